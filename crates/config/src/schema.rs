@@ -1,0 +1,737 @@
+//! The configuration schema: every key, its type, its default and its meaning.
+//!
+//! Key names follow the seed system (Hydra/Lightning) so that its scenario commands work verbatim.
+//! The doc comment on each field is the user documentation of that key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Error, Result};
+
+/// The fully resolved configuration of one vidtrain run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name of the experiment; runs are written to `paths.run_dir/<experiment>/<timestamp>/`.
+    pub experiment: String,
+    /// Data loading: decoding, sampling, selective loading, prefetch.
+    pub data: DataConfig,
+    /// The training loop: accumulation, epochs, learning rate, folds.
+    pub train: TrainConfig,
+    /// Numeric precision and device.
+    pub trainer: TrainerConfig,
+    /// Model architecture and activation recompute.
+    pub model: ModelConfig,
+    /// Where the dataset lives and where runs are written.
+    pub paths: PathsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            experiment: "default".to_string(),
+            data: DataConfig::default(),
+            train: TrainConfig::default(),
+            trainer: TrainerConfig::default(),
+            model: ModelConfig::default(),
+            paths: PathsConfig::default(),
+        }
+    }
+}
+
+/// `data.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Samples (labelled segments) per micro-batch. Lower it, and raise
+    /// `train.accumulate_grad_batches`, to cut activation memory at the same effective batch.
+    pub batch_size: usize,
+    /// Decoder worker threads (0 = decode on the training thread). Each worker holds one sample
+    /// in flight, so host memory grows with this number.
+    pub num_workers: usize,
+    /// Side of the square frames fed to the model, in pixels; ffmpeg scales to it while decoding.
+    pub img_size: usize,
+    /// Frames sampled uniformly from each labelled segment (the model's `T`).
+    pub uniform_temporal_subsample_num: usize,
+    /// Longest stretch of a video treated as one chunk; a longer video is cut into chunks and only
+    /// the sampled frames of one chunk's segments are decoded at a time.
+    pub max_video_frames: usize,
+    /// Load and decode RGB frames. `false` spawns no ffmpeg at all.
+    pub load_rgb: bool,
+    /// Load body keypoints. `false` opens no keypoint file at all.
+    pub load_kpt: bool,
+    /// Ready micro-batches queued between the decoders and the trainer (bounded channel).
+    pub prefetch_depth: usize,
+    /// Camera views used, any subset of `front`, `left`, `right`.
+    pub views: Vec<String>,
+    /// What to do with a bad sample (unreadable video, range past the end, unknown label):
+    /// `skip` logs it, counts it and carries on; `error` stops the run.
+    pub on_bad_sample: OnBadSample,
+    /// Joints kept from each keypoint frame (the seed keeps 52 of 70).
+    pub keypoint_indices: Vec<usize>,
+    /// Longest time one ffmpeg decode may take before it is killed, in seconds.
+    pub decode_timeout_s: u64,
+    /// Timeline label names in class-id order; labels not listed are reported as unknown.
+    pub class_names: Vec<String>,
+    /// Keep decoded samples in host memory, up to this many MiB, so later epochs do not decode
+    /// again. 0 (the default) keeps nothing: host memory stays bounded by the prefetch depth.
+    pub cache_decoded_mib: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 4,
+            num_workers: 2,
+            img_size: 224,
+            uniform_temporal_subsample_num: 8,
+            max_video_frames: 1000,
+            load_rgb: true,
+            load_kpt: false,
+            prefetch_depth: 2,
+            views: vec!["front".into(), "left".into(), "right".into()],
+            on_bad_sample: OnBadSample::Skip,
+            keypoint_indices: seed_keypoint_indices(),
+            decode_timeout_s: 120,
+            class_names: seed_class_names(),
+            cache_decoded_mib: 0,
+        }
+    }
+}
+
+/// The 52 of 70 SAM-3D-body joints the seed's models keep: head 0–4, shoulders 5–6,
+/// both hands 21–62, acromions and neck 67–69.
+pub fn seed_keypoint_indices() -> Vec<usize> {
+    (0..=6).chain(21..=62).chain(67..=69).collect()
+}
+
+/// The seed's nine head-direction classes, in class-id order.
+pub fn seed_class_names() -> Vec<String> {
+    [
+        "left",
+        "right",
+        "down",
+        "up",
+        "right_up",
+        "right_down",
+        "left_down",
+        "left_up",
+        "front",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `data.on_bad_sample`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadSample {
+    /// Log the sample with the file and reason, count it, continue.
+    Skip,
+    /// Stop with an error naming the file.
+    Error,
+}
+
+/// `train.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Micro-batches whose gradients are summed before one optimizer step. The loss is scaled by
+    /// 1/N, so `batch_size=1 accumulate_grad_batches=4` trains like `batch_size=4`.
+    pub accumulate_grad_batches: usize,
+    /// Passes over the training set.
+    pub max_epochs: usize,
+    /// Stop after this many optimizer steps; -1 means no limit (Lightning's convention).
+    pub max_steps: i64,
+    /// Adam learning rate (the peak rate when `train.lr_schedule = "cosine"`).
+    pub lr: f64,
+    /// Learning-rate schedule over the optimizer steps of the run: `constant` or `cosine`
+    /// (half a cosine from `train.lr` down to 0).
+    pub lr_schedule: LrSchedule,
+    /// Cross-validation fold held out for validation (0-based, `< k_folds`), or `"all"`.
+    pub fold: Fold,
+    /// Number of cross-validation folds; persons are split into this many groups.
+    pub k_folds: usize,
+    /// Segments per forward pass during evaluation/inference of long videos.
+    pub video_batch_size: usize,
+    /// `multi` uses every view in `data.views`; `single` uses only `train.view_name`.
+    pub view: ViewMode,
+    /// The view used when `train.view = "single"`.
+    pub view_name: String,
+    /// Seed for initialisation, shuffling and dropout.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            accumulate_grad_batches: 1,
+            max_epochs: 10,
+            max_steps: -1,
+            lr: 1e-4,
+            lr_schedule: LrSchedule::Constant,
+            fold: Fold::Index(0),
+            k_folds: 5,
+            video_batch_size: 16,
+            view: ViewMode::Multi,
+            view_name: "front".to_string(),
+            seed: 42,
+        }
+    }
+}
+
+/// `train.lr_schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// `train.lr` at every step.
+    Constant,
+    /// `train.lr · ½(1 + cos(π · step / total_steps))`.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate for optimizer step `step` (0-based) of `total_steps`.
+    pub fn rate(self, peak: f64, step: usize, total_steps: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => peak,
+            LrSchedule::Cosine => {
+                let progress = step as f64 / total_steps.max(1) as f64;
+                peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+            }
+        }
+    }
+}
+
+/// `train.view`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewMode {
+    /// One view, `train.view_name`.
+    Single,
+    /// All views in `data.views`, fused per `model.fusion_mode`.
+    Multi,
+}
+
+/// `train.fold`: one fold index or every fold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// Hold out this fold.
+    Index(usize),
+    /// Run every fold in turn.
+    All,
+}
+
+impl Serialize for Fold {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Fold::Index(index) => serializer.serialize_u64(*index as u64),
+            Fold::All => serializer.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fold {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Index(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)
+            .map_err(|_| serde::de::Error::custom("expected a fold index (0, 1, ...) or \"all\""))?
+        {
+            Raw::Index(index) => Ok(Fold::Index(index as usize)),
+            Raw::Text(text) if text == "all" => Ok(Fold::All),
+            Raw::Text(text) => text.parse::<usize>().map(Fold::Index).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "expected a fold index (0, 1, ...) or \"all\", got \"{text}\""
+                ))
+            }),
+        }
+    }
+}
+
+/// `trainer.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerConfig {
+    /// Numeric precision: `32`, `16` / `16-mixed` (fp16 compute, loss scaling), `bf16` /
+    /// `bf16-mixed`. Half precision needs the CUDA backend.
+    pub precision: Precision,
+    /// Where to train: `auto` (CUDA when built with it and a GPU is present, else CPU), `cpu`, `cuda`.
+    pub accelerator: Accelerator,
+    /// Train in 32-bit instead of failing when half precision is asked for on a backend without it.
+    pub precision_fallback: bool,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self {
+            precision: Precision::Full,
+            accelerator: Accelerator::Auto,
+            precision_fallback: false,
+        }
+    }
+}
+
+/// `trainer.precision`, accepting the seed's (Lightning's) spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout (`32`, `32-true`).
+    Full,
+    /// fp16 compute, f32 master weights, dynamic loss scaling (`16`, `16-mixed`).
+    Half,
+    /// bf16 compute, f32 master weights (`bf16`, `bf16-mixed`).
+    BHalf,
+}
+
+impl Precision {
+    /// The canonical spelling, as written back by `config show`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Full => "32",
+            Precision::Half => "16-mixed",
+            Precision::BHalf => "bf16-mixed",
+        }
+    }
+
+    /// Parses every spelling Lightning accepts for these three modes.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "32" | "32-true" => Some(Precision::Full),
+            "16" | "16-mixed" => Some(Precision::Half),
+            "bf16" | "bf16-mixed" => Some(Precision::BHalf),
+            _ => None,
+        }
+    }
+
+    /// Whether compute runs in a 16-bit float type.
+    pub fn is_half(self) -> bool {
+        self != Precision::Full
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Precision {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Precision {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        const EXPECTED: &str = "one of 32, 16, 16-mixed, bf16, bf16-mixed";
+        let raw = Raw::deserialize(deserializer)
+            .map_err(|_| serde::de::Error::custom(format!("expected {EXPECTED}")))?;
+        let text = match raw {
+            Raw::Number(number) => number.to_string(),
+            Raw::Text(text) => text,
+        };
+        Precision::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected {EXPECTED}, got \"{text}\"")))
+    }
+}
+
+/// `trainer.accelerator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accelerator {
+    /// CUDA when the binary has it and a GPU answers, else the CPU.
+    Auto,
+    /// The CPU backend (burn-ndarray).
+    Cpu,
+    /// The CUDA backend; an error if the binary was built without `--features cuda`.
+    Cuda,
+}
+
+/// `model.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Architecture: `transformer` (the seed's conv-stem video transformer).
+    pub backbone: Backbone,
+    /// Number of classes (the seed's 9 head directions).
+    pub model_class_num: usize,
+    /// The seed's switch for activation recompute; `true` means `model.checkpoint = "all"`.
+    pub use_gradient_checkpointing: bool,
+    /// Where activations are recomputed in backward instead of kept: `none`, `encoder`, `stem`, `all`.
+    pub checkpoint: CheckpointMode,
+    /// Token width D of the transformer (the stem ends with D channels).
+    pub transformer_dim: usize,
+    /// Transformer encoder layers.
+    pub transformer_layers: usize,
+    /// Attention heads; must divide `transformer_dim`.
+    pub transformer_heads: usize,
+    /// Hidden width of each feed-forward block.
+    pub transformer_ff_dim: usize,
+    /// Dropout probability in the encoder and before the classifier.
+    pub transformer_dropout: f64,
+    /// Model input: `rgb`, `kpt` or `rgb_kpt`.
+    pub input_type: InputType,
+    /// How views are fused: `logit_mean`, `prob_mean`, `feature_mean`, `feature_concat`.
+    pub fusion_mode: FusionMode,
+    /// How RGB and keypoint features are fused when `input_type = "rgb_kpt"`: `concat` or `mean`.
+    pub modality_fusion: ModalityFusion,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            backbone: Backbone::Transformer,
+            model_class_num: 9,
+            use_gradient_checkpointing: false,
+            checkpoint: CheckpointMode::None,
+            transformer_dim: 256,
+            transformer_layers: 4,
+            transformer_heads: 4,
+            transformer_ff_dim: 1024,
+            transformer_dropout: 0.1,
+            input_type: InputType::Rgb,
+            fusion_mode: FusionMode::LogitMean,
+            modality_fusion: ModalityFusion::Concat,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The recompute mode in effect: the seed's boolean switch turns everything on.
+    pub fn effective_checkpoint(&self) -> CheckpointMode {
+        if self.use_gradient_checkpointing {
+            CheckpointMode::All
+        } else {
+            self.checkpoint
+        }
+    }
+
+    /// Spatial downsampling of the backbone: `img_size` must be a multiple of it.
+    pub fn spatial_stride(&self) -> usize {
+        match self.backbone {
+            // Two stride-2 convolutions in the stem.
+            Backbone::Transformer => 4,
+        }
+    }
+}
+
+/// `model.backbone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backbone {
+    /// Conv3d stem → spatial mean → sinusoidal positions → transformer encoder → mean pool.
+    Transformer,
+}
+
+/// `model.checkpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointMode {
+    /// Keep every activation (fastest, most memory).
+    None,
+    /// Recompute the transformer encoder blocks.
+    Encoder,
+    /// Recompute the convolution stem stages.
+    Stem,
+    /// Recompute both.
+    All,
+}
+
+/// `model.input_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputType {
+    /// RGB frames only.
+    Rgb,
+    /// Body keypoints only.
+    Kpt,
+    /// Both, fused per `model.modality_fusion`.
+    RgbKpt,
+}
+
+/// `model.fusion_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionMode {
+    /// Mean of per-view logits.
+    LogitMean,
+    /// Mean of per-view class probabilities.
+    ProbMean,
+    /// Mean of per-view features, one classifier.
+    FeatureMean,
+    /// Concatenated per-view features, one classifier.
+    FeatureConcat,
+}
+
+/// `model.modality_fusion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModalityFusion {
+    /// Concatenate RGB and keypoint features.
+    Concat,
+    /// Average RGB and keypoint features.
+    Mean,
+}
+
+/// `paths.*` keys. Relative dataset paths are resolved against `paths.root_path`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PathsConfig {
+    /// Base folder of the dataset; relative `annotation_path`, `video_path` and `keypoint_path`
+    /// are taken inside it. Empty means the current directory.
+    pub root_path: PathBuf,
+    /// Label Studio video-timeline JSON export. Empty means "no dataset configured": `vidtrain
+    /// train` then generates and trains the bundled demo.
+    pub annotation_path: PathBuf,
+    /// Folder with one sub-folder per view (`front/`, `left/`, `right/`) holding the videos.
+    pub video_path: PathBuf,
+    /// Folder with one sub-folder per view holding `<video stem>.npy` keypoint arrays.
+    pub keypoint_path: PathBuf,
+    /// Where run directories are written (`<run_dir>/<experiment>/<timestamp>/`).
+    pub run_dir: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            root_path: PathBuf::new(),
+            annotation_path: PathBuf::new(),
+            video_path: PathBuf::new(),
+            keypoint_path: PathBuf::new(),
+            run_dir: PathBuf::from("runs"),
+        }
+    }
+}
+
+impl PathsConfig {
+    /// Whether a dataset is configured (an annotation file is named).
+    pub fn has_dataset(&self) -> bool {
+        !self.annotation_path.as_os_str().is_empty()
+    }
+
+    /// `path` resolved against `root_path` when relative.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() || self.root_path.as_os_str().is_empty() {
+            path.to_path_buf()
+        } else {
+            self.root_path.join(path)
+        }
+    }
+}
+
+/// The views vidtrain knows.
+pub const KNOWN_VIEWS: [&str; 3] = ["front", "left", "right"];
+
+impl Config {
+    /// Views actually used by this run, in `data.views` order.
+    pub fn active_views(&self) -> Vec<String> {
+        match self.train.view {
+            ViewMode::Single => vec![self.train.view_name.clone()],
+            ViewMode::Multi => self.data.views.clone(),
+        }
+    }
+
+    /// Rejects impossible or contradictory settings before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |key: &str, message: String| {
+            Err(Error::Invalid {
+                key: key.to_string(),
+                message,
+            })
+        };
+        let data = &self.data;
+        if !data.load_rgb && !data.load_kpt {
+            return invalid(
+                "data.load_rgb",
+                "both data.load_rgb and data.load_kpt are false: nothing would be loaded; \
+                 set one of them to true"
+                    .into(),
+            );
+        }
+        for (key, value) in [
+            ("data.batch_size", data.batch_size),
+            ("data.img_size", data.img_size),
+            (
+                "data.uniform_temporal_subsample_num",
+                data.uniform_temporal_subsample_num,
+            ),
+            ("data.max_video_frames", data.max_video_frames),
+            ("data.prefetch_depth", data.prefetch_depth),
+            (
+                "train.accumulate_grad_batches",
+                self.train.accumulate_grad_batches,
+            ),
+            ("train.max_epochs", self.train.max_epochs),
+            ("train.k_folds", self.train.k_folds),
+            ("train.video_batch_size", self.train.video_batch_size),
+            ("model.model_class_num", self.model.model_class_num),
+            ("model.transformer_dim", self.model.transformer_dim),
+            ("model.transformer_heads", self.model.transformer_heads),
+            ("model.transformer_ff_dim", self.model.transformer_ff_dim),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1, got 0".into());
+            }
+        }
+        let stride = self.model.spatial_stride();
+        if data.img_size % stride != 0 {
+            let lower = (data.img_size / stride).max(1) * stride;
+            return invalid(
+                "data.img_size",
+                format!(
+                    "must be a multiple of {stride} (the {:?} backbone's spatial stride), got {}; \
+                     try {lower}",
+                    self.model.backbone, data.img_size
+                ),
+            );
+        }
+        if data.uniform_temporal_subsample_num > data.max_video_frames {
+            return invalid(
+                "data.uniform_temporal_subsample_num",
+                format!(
+                    "samples {} frames per segment but data.max_video_frames is {}",
+                    data.uniform_temporal_subsample_num, data.max_video_frames
+                ),
+            );
+        }
+        if self.model.transformer_dim % self.model.transformer_heads != 0 {
+            return invalid(
+                "model.transformer_heads",
+                format!(
+                    "must divide model.transformer_dim ({}), got {}",
+                    self.model.transformer_dim, self.model.transformer_heads
+                ),
+            );
+        }
+        if self.model.transformer_dim % 2 != 0 {
+            return invalid(
+                "model.transformer_dim",
+                format!(
+                    "must be even (the stem's first stage has dim/2 channels), got {}",
+                    self.model.transformer_dim
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&self.model.transformer_dropout) {
+            return invalid(
+                "model.transformer_dropout",
+                format!("must be in [0, 1), got {}", self.model.transformer_dropout),
+            );
+        }
+        if !(self.train.lr > 0.0 && self.train.lr.is_finite()) {
+            return invalid(
+                "train.lr",
+                format!("must be a positive number, got {}", self.train.lr),
+            );
+        }
+        if self.train.max_steps < -1 || self.train.max_steps == 0 {
+            return invalid(
+                "train.max_steps",
+                format!(
+                    "must be -1 (no limit) or at least 1, got {}",
+                    self.train.max_steps
+                ),
+            );
+        }
+        if let Fold::Index(fold) = self.train.fold
+            && fold >= self.train.k_folds
+        {
+            return invalid(
+                "train.fold",
+                format!(
+                    "fold {fold} does not exist with train.k_folds = {}; use 0..{} or \"all\"",
+                    self.train.k_folds,
+                    self.train.k_folds - 1
+                ),
+            );
+        }
+        if data.class_names.len() != self.model.model_class_num {
+            return invalid(
+                "model.model_class_num",
+                format!(
+                    "is {} but data.class_names lists {} classes",
+                    self.model.model_class_num,
+                    data.class_names.len()
+                ),
+            );
+        }
+        if data.views.is_empty() {
+            return invalid(
+                "data.views",
+                "is empty; list at least one of front, left, right".into(),
+            );
+        }
+        for view in data
+            .views
+            .iter()
+            .chain(std::iter::once(&self.train.view_name))
+        {
+            if !KNOWN_VIEWS.contains(&view.as_str()) {
+                let key = if view == &self.train.view_name {
+                    "train.view_name"
+                } else {
+                    "data.views"
+                };
+                return invalid(
+                    key,
+                    format!("unknown view \"{view}\"; expected one of front, left, right"),
+                );
+            }
+        }
+        match self.model.input_type {
+            InputType::Rgb if !data.load_rgb => {
+                return invalid(
+                    "model.input_type",
+                    "is \"rgb\" but data.load_rgb = false; load RGB or use input_type = \"kpt\""
+                        .into(),
+                );
+            }
+            InputType::Kpt if !data.load_kpt => {
+                return invalid(
+                    "model.input_type",
+                    "is \"kpt\" but data.load_kpt = false; set data.load_kpt = true".into(),
+                );
+            }
+            InputType::RgbKpt if !(data.load_rgb && data.load_kpt) => {
+                return invalid(
+                    "model.input_type",
+                    "is \"rgb_kpt\" but data.load_rgb or data.load_kpt is false".into(),
+                );
+            }
+            InputType::Kpt | InputType::RgbKpt => {
+                return invalid(
+                    "model.input_type",
+                    format!(
+                        "\"{}\" needs the keypoint encoder, which this version of vidtrain does \
+                         not have yet; use input_type = \"rgb\"",
+                        if self.model.input_type == InputType::Kpt {
+                            "kpt"
+                        } else {
+                            "rgb_kpt"
+                        }
+                    ),
+                );
+            }
+            InputType::Rgb => {}
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML, as saved in the run directory and printed by `config show`.
+    pub fn to_toml(&self) -> String {
+        // Serialising a plain struct of strings, numbers and lists cannot fail.
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# not serialisable: {error}"))
+    }
+}

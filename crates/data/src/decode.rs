@@ -1,0 +1,250 @@
+//! Decoding exactly the sampled frames of one video with one ffmpeg process: input seek, `select`
+//! of the wanted indices, scaling inside ffmpeg, rgb24 straight into the caller's buffer.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ffmpeg_sidecar::command::FfmpegCommand;
+
+use crate::probe::{VideoInfo, find_tool};
+use crate::{Error, Result};
+
+static DECODE_PROCESSES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many ffmpeg decode processes this process has started (for tests and `data bench`).
+pub fn decode_processes_spawned() -> usize {
+    DECODE_PROCESSES.load(Ordering::Relaxed)
+}
+
+/// Decodes sampled frames, scaled to `img_size × img_size`, as rgb24 bytes.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    ffmpeg: PathBuf,
+    img_size: usize,
+    timeout: Duration,
+}
+
+impl FrameDecoder {
+    /// A decoder using the `ffmpeg` on PATH; fails with install instructions if there is none.
+    pub fn new(img_size: usize, timeout: Duration) -> Result<Self> {
+        Ok(Self {
+            ffmpeg: find_tool("ffmpeg")?,
+            img_size,
+            timeout,
+        })
+    }
+
+    /// Bytes of one decoded frame.
+    pub fn frame_bytes(&self) -> usize {
+        self.img_size * self.img_size * 3
+    }
+
+    /// Decodes `frame_indices` (non-decreasing; repeats allowed) of `path` into `out`, which must
+    /// hold `frame_indices.len() × frame_bytes()` bytes, frame after frame in `[h, w, 3]` order.
+    pub fn decode(
+        &self,
+        path: &Path,
+        info: &VideoInfo,
+        frame_indices: &[usize],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let frame_bytes = self.frame_bytes();
+        assert_eq!(
+            out.len(),
+            frame_indices.len() * frame_bytes,
+            "output buffer size"
+        );
+        let (Some(&first), Some(&last)) = (frame_indices.first(), frame_indices.last()) else {
+            return Ok(());
+        };
+        if last >= info.n_frames {
+            return Err(Error::BadRange {
+                path: path.to_path_buf(),
+                message: format!(
+                    "frame {last} requested but the video has {} frames",
+                    info.n_frames
+                ),
+            });
+        }
+        let mut unique: Vec<usize> = frame_indices.to_vec();
+        unique.dedup();
+        let wanted_bytes = unique.len() * frame_bytes;
+
+        // `n` in `select` counts from the seek point. Seeking half a frame early keeps the first
+        // wanted frame (rounding the seek time up past its timestamp would drop it).
+        let select = unique
+            .iter()
+            .map(|index| format!("eq(n\\,{})", index - first))
+            .collect::<Vec<_>>()
+            .join("+");
+        let mut command = FfmpegCommand::new_with_path(&self.ffmpeg);
+        command.args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "level+error",
+            "-threads",
+            "1",
+        ]);
+        if first > 0 {
+            command.args(["-ss", &format!("{:.6}", (first as f64 - 0.5) / info.fps)]);
+        }
+        command.arg("-i").arg(path);
+        command.args([
+            "-vf",
+            &format!("select={select},scale={0}:{0}", self.img_size),
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            &unique.len().to_string(),
+            "-an",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ]);
+        let decode_error = |message: String| Error::Decode {
+            path: path.to_path_buf(),
+            first_frame: first,
+            last_frame: last,
+            message,
+        };
+        let mut child = command.spawn().map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                Error::ToolMissing {
+                    program: "ffmpeg".into(),
+                }
+            } else {
+                decode_error(format!("cannot start ffmpeg: {error}"))
+            }
+        })?;
+        DECODE_PROCESSES.fetch_add(1, Ordering::Relaxed);
+        let mut stdout = child.take_stdout().expect("stdout is piped");
+        let stderr = child.take_stderr().expect("stderr is piped");
+        // Drain stderr on its own thread so a chatty ffmpeg never blocks on a full pipe.
+        let stderr_thread = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
+            text
+        });
+        let child = Arc::new(Mutex::new(child));
+        let (done_sender, done_receiver) = crossbeam_channel::bounded::<()>(0);
+        let watchdog = {
+            let child = Arc::clone(&child);
+            let timeout = self.timeout;
+            std::thread::spawn(move || {
+                if done_receiver.recv_timeout(timeout)
+                    == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    let _ = child.lock().map(|mut child| child.kill());
+                    return true;
+                }
+                false
+            })
+        };
+
+        let read_result = read_full(&mut stdout, &mut out[..wanted_bytes]);
+        // Anything past the expected bytes means the select went wrong; drain it so ffmpeg exits.
+        let extra = std::io::copy(&mut stdout, &mut std::io::sink()).unwrap_or(0);
+        drop(done_sender);
+        let timed_out = watchdog.join().unwrap_or(false);
+        let status = child
+            .lock()
+            .map_err(|_| decode_error("ffmpeg handle poisoned".into()))?
+            .wait()
+            .map_err(|error| decode_error(format!("waiting for ffmpeg: {error}")))?;
+        let stderr_text = stderr_thread.join().unwrap_or_default();
+
+        if timed_out {
+            return Err(Error::DecodeTimeout {
+                path: path.to_path_buf(),
+                seconds: self.timeout.as_secs(),
+            });
+        }
+        let got = read_result.map_err(|error| decode_error(format!("reading frames: {error}")))?;
+        let error_lines: Vec<&str> = stderr_text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        if !status.success() {
+            return Err(decode_error(format!(
+                "ffmpeg exited with {status}: {}",
+                error_lines.last().copied().unwrap_or("no message")
+            )));
+        }
+        if got < wanted_bytes {
+            return Err(Error::ShortRead {
+                path: path.to_path_buf(),
+                first_frame: first,
+                last_frame: last,
+                expected_frames: unique.len(),
+                got_frames: got / frame_bytes,
+            });
+        }
+        if extra > 0 {
+            return Err(decode_error(format!(
+                "ffmpeg produced {extra} bytes more than the {} frames asked for",
+                unique.len()
+            )));
+        }
+        if !error_lines.is_empty() {
+            // Every frame arrived and ffmpeg exited 0: concealed damage, worth a warning only.
+            tracing::warn!(path = %path.display(), "ffmpeg reported: {}", error_lines.join(" | "));
+        }
+        expand_repeats(frame_indices, frame_bytes, out);
+        Ok(())
+    }
+}
+
+/// Reads until `buffer` is full or the stream ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+/// The decoded unique frames sit at the front of `out`; spread them to their positions in
+/// `frame_indices` (which repeats frames for short segments), back to front so nothing is
+/// overwritten before it is copied.
+fn expand_repeats(frame_indices: &[usize], frame_bytes: usize, out: &mut [u8]) {
+    let mut unique_position = Vec::with_capacity(frame_indices.len());
+    let mut position = 0usize;
+    for (i, index) in frame_indices.iter().enumerate() {
+        if i > 0 && frame_indices[i - 1] != *index {
+            position += 1;
+        }
+        unique_position.push(position);
+    }
+    for (slot, &source) in unique_position.iter().enumerate().rev() {
+        if slot != source {
+            out.copy_within(
+                source * frame_bytes..(source + 1) * frame_bytes,
+                slot * frame_bytes,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_spread_in_place() {
+        // Unique frames 7, 8, 9 decoded as bytes 1, 2, 3 at the front.
+        let mut out = vec![1, 2, 3, 0, 0, 0];
+        expand_repeats(&[7, 7, 8, 8, 8, 9], 1, &mut out);
+        assert_eq!(out, vec![1, 1, 2, 2, 2, 3]);
+    }
+}

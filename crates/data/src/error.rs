@@ -1,0 +1,82 @@
+//! Data errors: each names the file (and frames or key) involved and what to do about it.
+
+use std::path::PathBuf;
+
+/// Why the dataset could not be indexed or a sample could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// ffmpeg or ffprobe is not installed.
+    #[error(
+        "`{program}` was not found on PATH; vidtrain decodes videos with ffmpeg. Install it \
+         (Debian/Ubuntu: `sudo apt-get install -y ffmpeg`, macOS: `brew install ffmpeg`) and retry"
+    )]
+    ToolMissing { program: String },
+    /// The annotation export could not be read or parsed.
+    #[error("annotation file {}: {message}", .path.display())]
+    Annotation { path: PathBuf, message: String },
+    /// A video named by the annotations does not exist.
+    #[error("video {} (view {view}) does not exist; check paths.video_path and data.views", .path.display())]
+    MissingVideo { path: PathBuf, view: String },
+    /// ffprobe could not read a video's stream information.
+    #[error("cannot probe video {}: {message}", .path.display())]
+    Probe { path: PathBuf, message: String },
+    /// ffmpeg failed on a video.
+    #[error("decoding {} frames {first_frame}..={last_frame} failed: {message}", .path.display())]
+    Decode {
+        path: PathBuf,
+        first_frame: usize,
+        last_frame: usize,
+        message: String,
+    },
+    /// ffmpeg delivered fewer frames than asked for (a damaged or short file usually exits 0).
+    #[error(
+        "video {} delivered {got_frames} of {expected_frames} frames in {first_frame}..={last_frame}; \
+         the file is damaged or shorter than its header says",
+        .path.display()
+    )]
+    ShortRead {
+        path: PathBuf,
+        first_frame: usize,
+        last_frame: usize,
+        expected_frames: usize,
+        got_frames: usize,
+    },
+    /// ffmpeg took longer than `data.decode_timeout_s` and was killed.
+    #[error("decoding {} took longer than {seconds} s and was stopped (raise data.decode_timeout_s if the file is just slow)", .path.display())]
+    DecodeTimeout { path: PathBuf, seconds: u64 },
+    /// A labelled range that cannot become a sample (e.g. it starts past the end of the video).
+    #[error("{}: {message}", .path.display())]
+    BadRange { path: PathBuf, message: String },
+    /// Labels that are not in `data.class_names`.
+    #[error("annotation file {} uses labels that are not classes: {labels}; add them to data.class_names or fix the export", .path.display())]
+    UnknownLabels { path: PathBuf, labels: String },
+    /// A keypoint file that cannot be read.
+    #[error("keypoint file {}: {message}", .path.display())]
+    Keypoints { path: PathBuf, message: String },
+    /// Nothing to train on.
+    #[error("no samples: {0}")]
+    NoSamples(String),
+    /// A file system error on `path`.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The decode worker threads stopped unexpectedly.
+    #[error("the data pipeline stopped: {0}")]
+    Pipeline(String),
+}
+
+/// Result of data operations.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! vidtrain's data loading: a Label Studio index of multi-view videos, a chunk plan that turns
+//! labelled ranges into fixed-length samples, ffmpeg decoding of only the sampled frames (scaled
+//! by ffmpeg, as u8), keypoints read frame by frame, and a bounded prefetch pipeline.
+//!
+//! Host memory is bounded by the pipeline (`prefetch_depth + num_workers + 1` batches), never by
+//! the length of a video.
+
+mod dataset;
+mod decode;
+pub mod demo;
+mod error;
+mod index;
+mod keypoints;
+mod pipeline;
+mod plan;
+mod probe;
+mod rng;
+
+pub use dataset::{Dataset, SampleShape};
+pub use decode::{FrameDecoder, decode_processes_spawned};
+pub use error::{Error, Result};
+pub use index::{Index, LabelledRange, Problem, Recording, ViewVideo};
+pub use keypoints::{KeypointReport, keypoint_files_opened, read_keypoints};
+pub use pipeline::{Batch, Pipeline, PipelineBuilder};
+pub use plan::{ChunkPlan, Sample, uniform_temporal_subsample};
+pub use probe::{VideoInfo, find_tool, probe_video};
+pub use rng::shuffled;

@@ -1,0 +1,286 @@
+//! The bounded prefetch pipeline: worker threads load batches in a fixed order and hand them to
+//! the trainer through bounded crossbeam channels, so host memory holds at most
+//! `prefetch_depth + num_workers + 1` batches whatever the video length.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::dataset::{Dataset, SampleShape};
+use crate::{Error, Result};
+
+/// One micro-batch of u8 frames and f32 keypoints, as loaded (nothing converted yet).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Sample ids (into the dataset's plan), in batch order.
+    pub sample_ids: Vec<usize>,
+    /// Class id per sample.
+    pub labels: Vec<usize>,
+    /// `[batch, views, frames, img, img, 3]` rgb24 bytes (empty without RGB).
+    pub video: Vec<u8>,
+    /// `[batch, views, frames, joints, 3]` keypoints (empty without keypoints).
+    pub keypoints: Vec<f32>,
+    /// Sizes of each sample.
+    pub shape: SampleShape,
+}
+
+impl Batch {
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the batch holds no sample (every sample was skipped).
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Host bytes held by the batch's buffers.
+    pub fn host_bytes(&self) -> usize {
+        self.video.len() + self.keypoints.len() * 4
+    }
+}
+
+/// Configures a [`Pipeline`].
+#[derive(Debug, Clone)]
+pub struct PipelineBuilder {
+    workers: usize,
+    prefetch_depth: usize,
+    batch_size: usize,
+    skip_bad_samples: bool,
+}
+
+impl PipelineBuilder {
+    /// Worker threads (0 = load on the consuming thread).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// Ready batches queued between workers and consumer (at least one per worker).
+    pub fn prefetch_depth(mut self, prefetch_depth: usize) -> Self {
+        self.prefetch_depth = prefetch_depth.max(1);
+        self
+    }
+
+    /// Samples per batch.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Log, count and leave out samples that fail to load instead of stopping.
+    pub fn skip_bad_samples(mut self, skip: bool) -> Self {
+        self.skip_bad_samples = skip;
+        self
+    }
+
+    /// Starts loading `order` (sample ids) in batches, in exactly that order.
+    pub fn build(self, dataset: Arc<Dataset>, order: Vec<usize>) -> Pipeline {
+        let batches: Vec<Vec<usize>> = order
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect();
+        let n_batches = batches.len();
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let loader = BatchLoader {
+            dataset,
+            skip_bad_samples: self.skip_bad_samples,
+            skipped: Arc::clone(&skipped),
+        };
+        if self.workers == 0 {
+            return Pipeline {
+                mode: Mode::Inline { loader, batches },
+                next_batch: 0,
+                n_batches,
+                skipped,
+                stop,
+                failed: false,
+            };
+        }
+        let per_worker_depth = self.prefetch_depth.div_ceil(self.workers).max(1);
+        let mut receivers = Vec::with_capacity(self.workers);
+        let mut threads = Vec::with_capacity(self.workers);
+        for worker in 0..self.workers {
+            let (sender, receiver) = bounded(per_worker_depth);
+            receivers.push(receiver);
+            let mine: Vec<Vec<usize>> = batches
+                .iter()
+                .skip(worker)
+                .step_by(self.workers)
+                .cloned()
+                .collect();
+            let loader = loader.clone();
+            let stop = Arc::clone(&stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("vidtrain-decode-{worker}"))
+                .spawn(move || run_worker(loader, mine, sender, stop))
+                .expect("spawning a decode worker thread");
+            threads.push(thread);
+        }
+        Pipeline {
+            mode: Mode::Threads { receivers, threads },
+            next_batch: 0,
+            n_batches,
+            skipped,
+            stop,
+            failed: false,
+        }
+    }
+}
+
+/// Batches in a deterministic order, loaded ahead by worker threads; an iterator of `Result<Batch>`.
+/// Dropping it stops the workers (after their current sample) and joins them.
+#[derive(Debug)]
+pub struct Pipeline {
+    mode: Mode,
+    next_batch: usize,
+    n_batches: usize,
+    skipped: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    failed: bool,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Inline {
+        loader: BatchLoader,
+        batches: Vec<Vec<usize>>,
+    },
+    Threads {
+        receivers: Vec<Receiver<Result<Batch>>>,
+        threads: Vec<JoinHandle<()>>,
+    },
+}
+
+impl Pipeline {
+    /// A builder with one worker, prefetch depth 2, batch size 1, skipping bad samples.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder {
+            workers: 1,
+            prefetch_depth: 2,
+            batch_size: 1,
+            skip_bad_samples: true,
+        }
+    }
+
+    /// Batches this pipeline delivers (before skips).
+    pub fn n_batches(&self) -> usize {
+        self.n_batches
+    }
+
+    /// Samples skipped so far because they failed to load.
+    pub fn skipped(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
+    }
+}
+
+impl Iterator for Pipeline {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        loop {
+            if self.failed || self.next_batch >= self.n_batches {
+                return None;
+            }
+            let batch_number = self.next_batch;
+            self.next_batch += 1;
+            let result = match &mut self.mode {
+                Mode::Inline { loader, batches } => loader.load(&batches[batch_number]),
+                Mode::Threads { receivers, .. } => {
+                    let receiver = &receivers[batch_number % receivers.len()];
+                    receiver.recv().unwrap_or_else(|_| {
+                        Err(Error::Pipeline("a decode worker stopped early".into()))
+                    })
+                }
+            };
+            match result {
+                Ok(batch) if batch.is_empty() => continue,
+                Ok(batch) => return Some(Ok(batch)),
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Mode::Threads { receivers, threads } = &mut self.mode {
+            // Dropping the receivers makes a blocked `send` fail, so every worker exits.
+            receivers.clear();
+            for thread in threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct BatchLoader {
+    dataset: Arc<Dataset>,
+    skip_bad_samples: bool,
+    skipped: Arc<AtomicUsize>,
+}
+
+impl BatchLoader {
+    fn load(&self, sample_ids: &[usize]) -> Result<Batch> {
+        let shape = self.dataset.sample_shape();
+        let mut video = vec![0u8; sample_ids.len() * shape.video_bytes()];
+        let mut keypoints = vec![0f32; sample_ids.len() * shape.keypoint_values()];
+        let mut kept = Vec::with_capacity(sample_ids.len());
+        let mut labels = Vec::with_capacity(sample_ids.len());
+        for &sample_id in sample_ids {
+            let slot = kept.len();
+            let video_out = &mut video[slot * shape.video_bytes()..][..shape.video_bytes()];
+            let keypoint_out =
+                &mut keypoints[slot * shape.keypoint_values()..][..shape.keypoint_values()];
+            match self.dataset.load(sample_id, video_out, keypoint_out) {
+                Ok(()) => {
+                    kept.push(sample_id);
+                    labels.push(self.dataset.plan.samples[sample_id].class);
+                }
+                Err(error)
+                    if self.skip_bad_samples && !matches!(error, Error::ToolMissing { .. }) =>
+                {
+                    self.skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("sample {sample_id} skipped: {error}");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        video.truncate(kept.len() * shape.video_bytes());
+        keypoints.truncate(kept.len() * shape.keypoint_values());
+        Ok(Batch {
+            sample_ids: kept,
+            labels,
+            video,
+            keypoints,
+            shape,
+        })
+    }
+}
+
+fn run_worker(
+    loader: BatchLoader,
+    batches: Vec<Vec<usize>>,
+    sender: Sender<Result<Batch>>,
+    stop: Arc<AtomicBool>,
+) {
+    for sample_ids in batches {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let result = loader.load(&sample_ids);
+        let failed = result.is_err();
+        if sender.send(result).is_err() || failed {
+            return;
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The chunk plan: videos cut into chunks of at most `data.max_video_frames`, labelled ranges cut
+//! at chunk borders into segments, each segment sampled to `T` frame indices. Pure arithmetic.
+
+use crate::index::Index;
+
+/// One training sample: `T` frame indices of one labelled segment, decoded in every view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// Index into [`Index::recordings`].
+    pub recording: usize,
+    /// Chunk number within the recording.
+    pub chunk: usize,
+    /// Class id.
+    pub class: usize,
+    /// First frame of the segment.
+    pub start: usize,
+    /// Last frame of the segment (inclusive).
+    pub end: usize,
+    /// The `T` frames to decode, non-decreasing (short segments repeat frames).
+    pub frame_indices: Vec<usize>,
+}
+
+/// All samples of an index, in recording/time order.
+#[derive(Debug, Clone)]
+pub struct ChunkPlan {
+    /// Samples in recording and time order.
+    pub samples: Vec<Sample>,
+    /// Chunks per recording.
+    pub chunks_per_recording: Vec<usize>,
+}
+
+impl ChunkPlan {
+    /// Plans every recording of `index`.
+    pub fn build(index: &Index, max_video_frames: usize, frames_per_sample: usize) -> Self {
+        let mut samples = Vec::new();
+        let mut chunks_per_recording = Vec::with_capacity(index.recordings.len());
+        for (recording_id, recording) in index.recordings.iter().enumerate() {
+            let n_chunks = recording.n_frames.div_ceil(max_video_frames).max(1);
+            chunks_per_recording.push(n_chunks);
+            for range in &recording.ranges {
+                let first_chunk = range.start / max_video_frames;
+                let last_chunk = range.end / max_video_frames;
+                for chunk in first_chunk..=last_chunk {
+                    let chunk_start = chunk * max_video_frames;
+                    let chunk_end = chunk_start + max_video_frames - 1;
+                    let start = range.start.max(chunk_start);
+                    let end = range.end.min(chunk_end);
+                    samples.push(Sample {
+                        recording: recording_id,
+                        chunk,
+                        class: range.class,
+                        start,
+                        end,
+                        frame_indices: uniform_temporal_subsample(start, end, frames_per_sample),
+                    });
+                }
+            }
+        }
+        ChunkPlan {
+            samples,
+            chunks_per_recording,
+        }
+    }
+
+    /// Sample ids whose person falls in (`holdout`) or out of (`!holdout`) fold `fold` of `k_folds`.
+    /// Persons are sorted and dealt round-robin into folds, so a split never mixes one person's
+    /// recordings between training and validation.
+    pub fn fold_samples(
+        &self,
+        index: &Index,
+        fold: usize,
+        k_folds: usize,
+        holdout: bool,
+    ) -> Vec<usize> {
+        let persons = index.persons();
+        let fold_of = |person: &str| {
+            persons
+                .iter()
+                .position(|candidate| candidate == person)
+                .map(|position| position % k_folds)
+        };
+        self.samples
+            .iter()
+            .enumerate()
+            .filter(|(_, sample)| {
+                let person = &index.recordings[sample.recording].person;
+                (fold_of(person) == Some(fold)) == holdout
+            })
+            .map(|(id, _)| id)
+            .collect()
+    }
+}
+
+/// `count` indices spread evenly over `start..=end` (PyTorchVideo's `uniform_temporal_subsample`:
+/// `linspace(start, end, count)` truncated to integers).
+pub fn uniform_temporal_subsample(start: usize, end: usize, count: usize) -> Vec<usize> {
+    if count == 1 {
+        return vec![start];
+    }
+    let span = (end - start) as f64;
+    (0..count)
+        .map(|i| start + ((i as f64) * span / ((count - 1) as f64)).floor() as usize)
+        .map(|index| index.min(end))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{LabelledRange, Recording, ViewVideo};
+    use crate::probe::VideoInfo;
+
+    #[test]
+    fn subsampling_matches_linspace() {
+        assert_eq!(
+            uniform_temporal_subsample(0, 14, 8),
+            vec![0, 2, 4, 6, 8, 10, 12, 14]
+        );
+        assert_eq!(uniform_temporal_subsample(10, 12, 4), vec![10, 10, 11, 12]);
+        assert_eq!(uniform_temporal_subsample(5, 5, 3), vec![5, 5, 5]);
+        assert_eq!(uniform_temporal_subsample(3, 9, 1), vec![3]);
+    }
+
+    fn recording(person: &str, n_frames: usize, ranges: &[(usize, usize, usize)]) -> Recording {
+        Recording {
+            name: format!("{person}.mp4"),
+            person: person.to_string(),
+            views: vec![ViewVideo {
+                view: "front".into(),
+                path: "x.mp4".into(),
+                info: VideoInfo {
+                    n_frames,
+                    fps: 30.0,
+                    width: 8,
+                    height: 8,
+                },
+                keypoints: None,
+            }],
+            n_frames,
+            ranges: ranges
+                .iter()
+                .map(|&(class, start, end)| LabelledRange { class, start, end })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ranges_are_cut_at_chunk_borders() {
+        let index = Index {
+            recordings: vec![recording("person_1", 1000, &[(0, 0, 99), (3, 250, 620)])],
+            class_names: vec![],
+            problems: vec![],
+        };
+        let plan = ChunkPlan::build(&index, 300, 4);
+        assert_eq!(plan.chunks_per_recording, vec![4]);
+        let spans: Vec<_> = plan
+            .samples
+            .iter()
+            .map(|s| (s.chunk, s.class, s.start, s.end))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0, 0, 0, 99),
+                (0, 3, 250, 299),
+                (1, 3, 300, 599),
+                (2, 3, 600, 620)
+            ]
+        );
+        for sample in &plan.samples {
+            assert_eq!(sample.frame_indices.len(), 4);
+            assert!(
+                sample
+                    .frame_indices
+                    .iter()
+                    .all(|&f| f >= sample.start && f <= sample.end)
+            );
+        }
+    }
+
+    #[test]
+    fn folds_split_by_person_and_cover_everything_once() {
+        let index = Index {
+            recordings: (0..5)
+                .map(|p| recording(&format!("person_{p}"), 100, &[(0, 0, 9), (1, 10, 19)]))
+                .collect(),
+            class_names: vec![],
+            problems: vec![],
+        };
+        let plan = ChunkPlan::build(&index, 100, 2);
+        let mut seen = vec![0; plan.samples.len()];
+        for fold in 0..5 {
+            let val = plan.fold_samples(&index, fold, 5, true);
+            let train = plan.fold_samples(&index, fold, 5, false);
+            assert_eq!(val.len() + train.len(), plan.samples.len());
+            let val_persons: Vec<_> = val.iter().map(|&id| plan.samples[id].recording).collect();
+            assert!(
+                train
+                    .iter()
+                    .all(|id| !val_persons.contains(&plan.samples[*id].recording))
+            );
+            for id in val {
+                seen[id] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&count| count == 1));
+    }
+}

@@ -1,0 +1,233 @@
+//! Host memory measurement for vidtrain: current and peak resident set size (RSS) read from procfs,
+//! and a sampler thread that records a timeline with named phase marks.
+//!
+//! On systems without procfs every reading is `None`; callers print "n/a" rather than a guess.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Current resident set size of this process, in bytes (`VmRSS`).
+pub fn current_rss_bytes() -> Option<u64> {
+    read_status_kib("VmRSS:").map(|kib| kib * 1024)
+}
+
+/// Peak resident set size of this process since start or the last [`reset_peak_rss`] (`VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    read_status_kib("VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Resets the kernel's peak RSS mark to the current RSS (Linux `clear_refs` 5), so that the next
+/// [`peak_rss_bytes`] measures one phase alone. Returns whether the reset took effect.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn read_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One reading of the timeline.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MemorySample {
+    /// Seconds since the sampler started.
+    pub t_s: f64,
+    /// Host RSS in bytes.
+    pub host_rss_bytes: u64,
+}
+
+/// A named moment (a phase boundary such as `epoch 1 validation`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryMark {
+    /// Seconds since the sampler started.
+    pub t_s: f64,
+    /// What starts here.
+    pub label: String,
+    /// Host RSS in bytes at that moment.
+    pub host_rss_bytes: u64,
+}
+
+/// Everything the sampler saw; written to `memory.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryReport {
+    /// Highest host RSS seen by the kernel (`VmHWM`), in bytes.
+    pub peak_host_rss_bytes: Option<u64>,
+    /// Highest host RSS among the samples, in bytes.
+    pub peak_sampled_host_rss_bytes: u64,
+    /// Sampling interval in milliseconds.
+    pub interval_ms: u64,
+    /// Readings over time (thinned to at most a few thousand points).
+    pub timeline: Vec<MemorySample>,
+    /// Phase marks.
+    pub marks: Vec<MemoryMark>,
+}
+
+/// Samples host RSS on a background thread every `interval` until [`MemorySampler::finish`].
+#[derive(Debug)]
+pub struct MemorySampler {
+    started: Instant,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    timeline: Arc<Mutex<Vec<MemorySample>>>,
+    marks: Mutex<Vec<MemoryMark>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const MAX_TIMELINE_POINTS: usize = 4000;
+
+impl MemorySampler {
+    /// Starts sampling.
+    pub fn start(interval: Duration) -> Self {
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let timeline = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, peak, timeline) =
+                (Arc::clone(&stop), Arc::clone(&peak), Arc::clone(&timeline));
+            std::thread::Builder::new()
+                .name("vidtrain-memory".into())
+                .spawn(move || {
+                    let mut every = 1usize;
+                    let mut tick = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(rss) = current_rss_bytes() {
+                            peak.fetch_max(rss, Ordering::Relaxed);
+                            if tick % every == 0
+                                && let Ok(mut timeline) = timeline.lock()
+                            {
+                                timeline.push(MemorySample {
+                                    t_s: started.elapsed().as_secs_f64(),
+                                    host_rss_bytes: rss,
+                                });
+                                // Keep long runs bounded: halve the resolution when full.
+                                if timeline.len() >= MAX_TIMELINE_POINTS {
+                                    let thinned: Vec<_> =
+                                        timeline.iter().step_by(2).copied().collect();
+                                    *timeline = thinned;
+                                    every *= 2;
+                                }
+                            }
+                        }
+                        tick += 1;
+                        std::thread::sleep(interval);
+                    }
+                })
+                .ok()
+        };
+        Self {
+            started,
+            interval,
+            stop,
+            peak,
+            timeline,
+            marks: Mutex::new(Vec::new()),
+            thread,
+        }
+    }
+
+    /// Records a phase boundary.
+    pub fn mark(&self, label: impl Into<String>) {
+        let rss = current_rss_bytes().unwrap_or(0);
+        self.peak.fetch_max(rss, Ordering::Relaxed);
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.push(MemoryMark {
+                t_s: self.started.elapsed().as_secs_f64(),
+                label: label.into(),
+                host_rss_bytes: rss,
+            });
+        }
+    }
+
+    /// Highest RSS sampled so far.
+    pub fn peak_sampled(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Stops sampling and returns the report.
+    pub fn finish(mut self) -> MemoryReport {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let timeline = self.timeline.lock().map(|t| t.clone()).unwrap_or_default();
+        let marks = self.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        MemoryReport {
+            peak_host_rss_bytes: peak_rss_bytes(),
+            peak_sampled_host_rss_bytes: self.peak.load(Ordering::Relaxed),
+            interval_ms: self.interval.as_millis() as u64,
+            timeline,
+            marks,
+        }
+    }
+}
+
+/// `1536 MiB`-style text for a byte count.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tests measure the whole process, so they must not run alongside each other.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn rss_grows_when_memory_is_touched() {
+        let _serial = SERIAL.lock().unwrap();
+        let before = current_rss_bytes().expect("procfs on Linux");
+        let block = std::hint::black_box(vec![1u8; 64 << 20]);
+        let after = current_rss_bytes().unwrap();
+        assert!(
+            after >= before + (60 << 20),
+            "before {before}, after {after}"
+        );
+        assert!(peak_rss_bytes().unwrap() >= after);
+        drop(block);
+    }
+
+    #[test]
+    fn sampler_sees_a_short_peak() {
+        let _serial = SERIAL.lock().unwrap();
+        let sampler = MemorySampler::start(Duration::from_millis(5));
+        let baseline = current_rss_bytes().unwrap();
+        let block = std::hint::black_box(vec![1u8; 48 << 20]);
+        std::thread::sleep(Duration::from_millis(50));
+        sampler.mark("block held");
+        drop(block);
+        let report = sampler.finish();
+        assert!(report.peak_sampled_host_rss_bytes >= baseline + (40 << 20));
+        assert_eq!(report.marks.len(), 1);
+        assert!(!report.timeline.is_empty());
+    }
+
+    #[test]
+    fn bytes_format_with_binary_units() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(1536 << 20), "1.5 GiB");
+    }
+}

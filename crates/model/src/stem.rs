@@ -1,0 +1,69 @@
+//! The seed's convolution stem: Conv3d(3→D/2, 3×7×7, stride 1×2×2) → BatchNorm → ReLU →
+//! Conv3d(D/2→D, 1×3×3, stride 1×2×2) → BatchNorm → ReLU, on `[n, t, c, h, w]` video.
+
+use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+use crate::conv::{Conv3dGemm, Conv3dGemmConfig};
+
+/// Configuration of a [`VideoStem`].
+#[derive(Config, Debug)]
+pub struct VideoStemConfig {
+    /// Input channels (3 for RGB).
+    pub channels_in: usize,
+    /// Output channels D (the first stage has D/2).
+    pub dim: usize,
+}
+
+impl VideoStemConfig {
+    /// Builds the stem.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> VideoStem<B> {
+        let half = self.dim / 2;
+        VideoStem {
+            conv1: Conv3dGemmConfig::new(self.channels_in, half, [3, 7, 7], [1, 2, 2], [1, 3, 3])
+                .init(device),
+            norm1: BatchNormConfig::new(half).init(device),
+            conv2: Conv3dGemmConfig::new(half, self.dim, [1, 3, 3], [1, 2, 2], [0, 1, 1])
+                .init(device),
+            norm2: BatchNormConfig::new(self.dim).init(device),
+        }
+    }
+}
+
+/// Two conv → BatchNorm → ReLU stages; spatial size ÷4, time kept.
+#[derive(Module, Debug)]
+pub struct VideoStem<B: Backend> {
+    conv1: Conv3dGemm<B>,
+    norm1: BatchNorm<B>,
+    conv2: Conv3dGemm<B>,
+    norm2: BatchNorm<B>,
+}
+
+impl<B: Backend> VideoStem<B> {
+    /// # Shapes
+    /// - input: `[n, t, c, h, w]`
+    /// - output: `[n, t, dim, h/4, w/4]`
+    pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
+        let _span = tracing::trace_span!("stem").entered();
+        let x = stage(&self.conv1, &self.norm1, input); // [n, t, dim/2, h/2, w/2]
+        stage(&self.conv2, &self.norm2, x) // [n, t, dim, h/4, w/4]
+    }
+
+    /// Output size `[t, h, w]` for an input of size `[t, h, w]`.
+    pub fn output_size(&self, input: [usize; 3]) -> [usize; 3] {
+        self.conv2.output_size(self.conv1.output_size(input))
+    }
+}
+
+fn stage<B: Backend>(
+    conv: &Conv3dGemm<B>,
+    norm: &BatchNorm<B>,
+    input: Tensor<B, 5>,
+) -> Tensor<B, 5> {
+    let x = conv.forward(input);
+    let [n, t, c, h, w] = x.dims();
+    // BatchNorm wants channels on axis 1: fold frames into the batch.
+    let x = norm.forward(x.reshape([n * t, c, h * w]));
+    relu(x).reshape([n, t, c, h, w])
+}

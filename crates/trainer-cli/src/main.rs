@@ -1,0 +1,178 @@
+//! `vidtrain`: the command line. Parses arguments, resolves the config, calls the library
+//! crates, prints results. No training or data logic lives here.
+//!
+//! Exit codes: 0 success; 1 the run failed (data, I/O, non-finite loss); 2 bad command line or
+//! config (nothing was started).
+
+mod args;
+mod demo;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use args::{Cli, Command, ConfigArgs, ConfigCommand};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// An error and the exit code it maps to.
+struct Failure {
+    error: anyhow::Error,
+    code: u8,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = if is_usage_error(&error) { 2 } else { 1 };
+        Failure { error, code }
+    }
+}
+
+/// Config and "unsupported setting" errors are the user's to fix before anything runs: exit 2.
+fn is_usage_error(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<vidtrain_config::Error>().is_some()
+            || matches!(
+                cause.downcast_ref::<vidtrain_trainer::Error>(),
+                Some(
+                    vidtrain_trainer::Error::Config(_)
+                        | vidtrain_trainer::Error::Unsupported { .. }
+                )
+            )
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIDTRAIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => {
+            let config = load_config(&args, None)?;
+            print!("{}", config.to_toml());
+            Ok(())
+        }
+        Command::DemoData(args) => {
+            let spec = args.to_spec()?;
+            let summary = vidtrain_data::demo::generate(&spec).with_context(|| {
+                format!("generating the demo dataset in {}", spec.out.display())
+            })?;
+            println!(
+                "wrote {} videos and {} labelled ranges; train on it with:\n  vidtrain train --config {}",
+                summary.videos,
+                summary.ranges,
+                summary.config_path.display()
+            );
+            Ok(())
+        }
+        Command::Train(args) => train(&args),
+    }
+}
+
+/// Resolves the config: defaults < configs/default.toml < `preset` < --config files < env < overrides.
+fn load_config(
+    args: &ConfigArgs,
+    preset: Option<(&str, &str, &std::path::Path)>,
+) -> anyhow::Result<vidtrain_config::Config> {
+    let mut loader = vidtrain_config::ConfigLoader::new();
+    if let Some((name, text, dataset_file)) = preset {
+        loader = loader.preset(name, text).file(dataset_file)?;
+    }
+    for file in &args.config {
+        loader = loader.file(file)?;
+    }
+    let config = loader.env().overrides(&args.overrides)?.load()?;
+    Ok(config)
+}
+
+fn train(args: &ConfigArgs) -> Result<(), Failure> {
+    let mut config = load_config(args, None)?;
+    if !config.paths.has_dataset() {
+        let dataset_config = demo::ensure_demo_dataset()?;
+        eprintln!(
+            "no dataset configured (paths.annotation_path is empty): training the bundled demo \
+             from {}",
+            dataset_config.parent().unwrap_or(&dataset_config).display()
+        );
+        config = load_config(
+            args,
+            Some(("configs/demo.toml", demo::DEMO_TOML, &dataset_config)),
+        )?;
+    }
+    let options = vidtrain_trainer::TrainOptions {
+        progress_bar: std::io::stderr().is_terminal(),
+    };
+    let summary = vidtrain_trainer::train(&config, &options).context("training failed")?;
+    print_summary(&summary);
+    Ok(())
+}
+
+fn print_summary(summary: &vidtrain_trainer::RunSummary) {
+    let bytes = |value: Option<u64>| {
+        value.map_or_else(|| "n/a".to_string(), vidtrain_memutil::format_bytes)
+    };
+    let rows = [
+        ("val_accuracy", format!("{:.3}", summary.val_accuracy)),
+        ("val_macro_f1", format!("{:.3}", summary.val_macro_f1)),
+        (
+            "train_loss_final",
+            format!("{:.4}", summary.train_loss_final),
+        ),
+        (
+            "epochs / steps",
+            format!("{} / {}", summary.epochs, summary.steps),
+        ),
+        (
+            "train / val samples",
+            format!("{} / {}", summary.train_size, summary.val_size),
+        ),
+        ("samples_per_s", format!("{:.1}", summary.samples_per_s)),
+        ("wall_s", format!("{:.1}", summary.wall_s)),
+        ("peak_host_rss", bytes(summary.peak_host_rss_bytes)),
+        ("peak_device", bytes(summary.peak_device_bytes)),
+        (
+            "backend / precision",
+            format!("{} / {}", summary.backend, summary.precision),
+        ),
+        (
+            "skipped sample loads",
+            summary.skipped_sample_loads.to_string(),
+        ),
+    ];
+    println!();
+    for (name, value) in rows {
+        println!("  {name:<22} {value}");
+    }
+    println!("\nrun directory: {}", summary.run_dir.display());
+}

@@ -1,0 +1,231 @@
+//! vidtrain's training loop: picks the backend, opens the dataset and run directory, trains with
+//! exact gradient accumulation, validates every epoch and writes `config.toml`, `metrics.jsonl`,
+//! `memory.json`, `summary.json` and checkpoints into `runs/<experiment>/<timestamp>/`.
+
+mod error;
+mod fit;
+mod metrics;
+mod progress;
+mod run_dir;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vidtrain_config::{Accelerator, CheckpointMode, Config, Fold};
+use vidtrain_data::Dataset;
+use vidtrain_memutil::MemorySampler;
+
+pub use error::{Error, Result};
+pub use metrics::ClassificationMetrics;
+pub use run_dir::{RunDir, write_atomically};
+
+/// How a run reports progress (not part of the config: it does not change results).
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Draw a progress bar (on a terminal) instead of plain periodic lines.
+    pub progress_bar: bool,
+}
+
+/// What a finished run reports; also written to `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// `cpu (ndarray)` or `cuda`.
+    pub backend: String,
+    /// `trainer.precision` in effect.
+    pub precision: String,
+    /// Validation accuracy after the last epoch.
+    pub val_accuracy: f64,
+    /// Validation macro-F1 after the last epoch.
+    pub val_macro_f1: f64,
+    /// Mean validation loss after the last epoch.
+    pub val_loss: f64,
+    /// Validation confusion matrix after the last epoch (`[label][prediction]`).
+    pub val_confusion: Vec<Vec<usize>>,
+    /// Loss of the last training micro-batch.
+    pub train_loss_final: f64,
+    /// Epoch with the best validation accuracy.
+    pub best_epoch: Option<usize>,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Training samples processed (all epochs).
+    pub train_samples: usize,
+    /// Samples in the training split.
+    pub train_size: usize,
+    /// Samples in the validation split.
+    pub val_size: usize,
+    /// Training throughput, samples per second of training time (validation excluded).
+    pub samples_per_s: f64,
+    /// Wall time of the whole run, seconds.
+    pub wall_s: f64,
+    /// Peak host RSS of the process, bytes.
+    pub peak_host_rss_bytes: Option<u64>,
+    /// Peak device memory in use, bytes (`null` on the CPU backend).
+    pub peak_device_bytes: Option<u64>,
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Sample loads that failed and were skipped (`data.on_bad_sample = "skip"`).
+    pub skipped_sample_loads: usize,
+    /// The last checkpoint written.
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// The backend a config resolves to in this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// burn-ndarray on the CPU.
+    Cpu,
+    /// burn-cuda (only in builds with the `cuda` feature).
+    Cuda,
+}
+
+/// Picks the backend for `config` and refuses settings it cannot honour, before any work starts.
+pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
+    let cuda_built = cfg!(feature = "cuda");
+    let choice = match config.trainer.accelerator {
+        Accelerator::Cpu => BackendChoice::Cpu,
+        Accelerator::Cuda if !cuda_built => {
+            return Err(Error::Unsupported {
+                key: "trainer.accelerator".into(),
+                message: "is \"cuda\" but this vidtrain was built without CUDA; rebuild with \
+                          `cargo build --release -p trainer-cli --features cuda` or use \"cpu\""
+                    .into(),
+            });
+        }
+        Accelerator::Cuda => BackendChoice::Cuda,
+        Accelerator::Auto if cuda_built && std::path::Path::new("/dev/nvidiactl").exists() => {
+            BackendChoice::Cuda
+        }
+        Accelerator::Auto => BackendChoice::Cpu,
+    };
+    if config.trainer.precision.is_half() {
+        match choice {
+            BackendChoice::Cpu if !config.trainer.precision_fallback => {
+                return Err(Error::Unsupported {
+                    key: "trainer.precision".into(),
+                    message: format!(
+                        "is {} but the CPU backend (burn-ndarray) has no f16/bf16 arithmetic. Train \
+                         on a GPU (build with --features cuda), set trainer.precision=32, or pass \
+                         trainer.precision_fallback=true to train in 32-bit here",
+                        config.trainer.precision
+                    ),
+                });
+            }
+            BackendChoice::Cpu => {
+                tracing::warn!(
+                    "trainer.precision={} is not available on the CPU backend; training in 32-bit \
+                     (trainer.precision_fallback=true)",
+                    config.trainer.precision
+                );
+            }
+            BackendChoice::Cuda => {
+                return Err(Error::Unsupported {
+                    key: "trainer.precision".into(),
+                    message: "mixed precision is not implemented in this version yet; use \
+                              trainer.precision=32"
+                        .into(),
+                });
+            }
+        }
+    }
+    if config.model.effective_checkpoint() != CheckpointMode::None {
+        return Err(Error::Unsupported {
+            key: "model.use_gradient_checkpointing".into(),
+            message: "activation recompute (model.use_gradient_checkpointing / model.checkpoint) \
+                      is not implemented in this version yet; set it to false / \"none\" and \
+                      lower data.batch_size instead"
+                .into(),
+        });
+    }
+    if config.train.fold == Fold::All {
+        return Err(Error::Unsupported {
+            key: "train.fold".into(),
+            message: "\"all\" (every fold in turn) is not implemented in this version yet; pick \
+                      one fold, e.g. train.fold=0"
+                .into(),
+        });
+    }
+    Ok(choice)
+}
+
+/// Trains a model as `config` says and returns the summary.
+pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
+    let started = Instant::now();
+    let backend = resolve_backend(config)?;
+    let memory = MemorySampler::start(Duration::from_millis(50));
+    let dataset = Arc::new(Dataset::open(config)?);
+    for problem in &dataset.index.problems {
+        tracing::warn!(path = %problem.path.display(), "{}", problem.message);
+    }
+    let Fold::Index(fold) = config.train.fold else {
+        unreachable!("resolve_backend refuses train.fold=all");
+    };
+    let k_folds = config.train.k_folds;
+    let persons = dataset.index.persons();
+    if persons.len() < 2 {
+        return Err(vidtrain_data::Error::NoSamples(format!(
+            "cross-validation needs at least 2 persons, the dataset has {}",
+            persons.len()
+        ))
+        .into());
+    }
+    let train_ids = dataset
+        .plan
+        .fold_samples(&dataset.index, fold, k_folds, false);
+    let val_ids = dataset
+        .plan
+        .fold_samples(&dataset.index, fold, k_folds, true);
+    if train_ids.is_empty() || val_ids.is_empty() {
+        return Err(vidtrain_data::Error::NoSamples(format!(
+            "fold {fold} of {k_folds} leaves {} training and {} validation samples ({} persons); \
+             lower train.k_folds or add recordings",
+            train_ids.len(),
+            val_ids.len(),
+            persons.len()
+        ))
+        .into());
+    }
+    tracing::info!(
+        "dataset: {} recordings, {} persons, {} samples ({} train / {} validation, fold {fold} of {k_folds})",
+        dataset.index.recordings.len(),
+        persons.len(),
+        dataset.len(),
+        train_ids.len(),
+        val_ids.len()
+    );
+    let run_dir = RunDir::create(&config.paths.run_dir, &config.experiment)?;
+    // The fully resolved config goes in first, so every run can be reproduced from its folder.
+    run_dir.write("config.toml", config.to_toml().as_bytes())?;
+    let context = fit::RunContext {
+        config,
+        options,
+        dataset,
+        train_ids,
+        val_ids,
+        run_dir,
+        memory,
+        backend_name: match backend {
+            BackendChoice::Cpu => "cpu (ndarray)",
+            BackendChoice::Cuda => "cuda",
+        },
+        started,
+    };
+    match backend {
+        BackendChoice::Cpu => fit::fit::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+            context,
+            burn::backend::ndarray::NdArrayDevice::Cpu,
+        ),
+        #[cfg(feature = "cuda")]
+        BackendChoice::Cuda => fit::fit::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
+            context,
+            burn::backend::cuda::CudaDevice::default(),
+        ),
+        #[cfg(not(feature = "cuda"))]
+        BackendChoice::Cuda => unreachable!("resolve_backend returns Cuda only in cuda builds"),
+    }
+}

@@ -1,0 +1,145 @@
+//! The run directory `runs/<experiment>/<timestamp>/`: resolved config, metrics lines, memory
+//! report, summary and checkpoints. Every file is written whole (temporary file + rename).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// An open run directory.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    metrics: std::fs::File,
+}
+
+impl RunDir {
+    /// Creates `<run_dir>/<experiment>/<UTC timestamp>[-N]/` and its `checkpoints/` folder.
+    pub fn create(run_dir: &Path, experiment: &str) -> Result<Self> {
+        let parent = run_dir.join(experiment);
+        let stamp = utc_timestamp();
+        let mut path = parent.join(&stamp);
+        let mut attempt = 1;
+        while path.exists() {
+            attempt += 1;
+            path = parent.join(format!("{stamp}-{attempt}"));
+        }
+        let checkpoints = path.join("checkpoints");
+        std::fs::create_dir_all(&checkpoints).map_err(|error| Error::io(&checkpoints, error))?;
+        let metrics_path = path.join("metrics.jsonl");
+        let metrics = std::fs::File::create(&metrics_path)
+            .map_err(|error| Error::io(&metrics_path, error))?;
+        Ok(Self { path, metrics })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checkpoints folder.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.path.join("checkpoints")
+    }
+
+    /// Appends one JSON line to `metrics.jsonl` (flushed, so a crash keeps what was logged).
+    pub fn log_metrics(&mut self, record: &impl Serialize) -> Result<()> {
+        let path = self.path.join("metrics.jsonl");
+        let line = serde_json::to_string(record).expect("metrics serialise");
+        writeln!(self.metrics, "{line}")
+            .and_then(|()| self.metrics.flush())
+            .map_err(|error| Error::io(path, error))
+    }
+
+    /// Writes `name` in the run directory whole.
+    pub fn write(&self, name: &str, contents: &[u8]) -> Result<PathBuf> {
+        let path = self.path.join(name);
+        write_atomically(&path, contents)?;
+        Ok(path)
+    }
+
+    /// Writes `name` as pretty JSON.
+    pub fn write_json(&self, name: &str, value: &impl Serialize) -> Result<PathBuf> {
+        let text = serde_json::to_string_pretty(value).expect("JSON serialise");
+        self.write(name, text.as_bytes())
+    }
+}
+
+/// Writes to `<path>.partial`, syncs, then renames over `path`: readers see the old file or the
+/// new one, never half of one.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let temporary = partial_path(path);
+    let mut file =
+        std::fs::File::create(&temporary).map_err(|error| Error::io(&temporary, error))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| Error::io(&temporary, error))?;
+    std::fs::rename(&temporary, path).map_err(|error| Error::io(path, error))
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// `2026-11-27T14-05-09Z` (file-name safe UTC).
+pub fn utc_timestamp() -> String {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let (days, time_of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
+        time_of_day / 3600,
+        (time_of_day / 60) % 60,
+        time_of_day % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_784), (2026, 11, 27));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_partial_file() {
+        let folder = std::env::temp_dir().join(format!("vidtrain-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("summary.json");
+        write_atomically(&path, b"{}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        assert!(!partial_path(&path).exists());
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+}
