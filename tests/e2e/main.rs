@@ -1,1 +1,62 @@
-//! e2e
+//! End-to-end tests: the real `vidtrain` binary on generated data, one module per theme, all
+//! through [`vidtrain`].
+
+mod config;
+mod train;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch folder for one test, emptied first.
+pub fn scratch(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("e2e")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// Runs `vidtrain args...` in `dir` with the demo cache inside the target folder.
+pub fn vidtrain(dir: &Path, args: &[&str]) -> Output {
+    vidtrain_with(dir, args, |_| {})
+}
+
+/// Like [`vidtrain`], with a hook to adjust the command (environment, PATH).
+pub fn vidtrain_with(dir: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vidtrain"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "VIDTRAIN_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vidtrain-cache"),
+        )
+        .env_remove("VIDTRAIN_LOG");
+    adjust(&mut command);
+    command.output().expect("running vidtrain")
+}
+
+/// Stderr as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Stdout as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A failure must be a message, never a panic or a backtrace.
+pub fn assert_clean_failure(output: &Output, code: i32) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "stderr: {text}");
+    assert!(
+        !text.contains("panicked") && !text.contains("backtrace"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("error: ") || text.contains("\nerror: "),
+        "{text}"
+    );
+}

@@ -1,1 +1,192 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`. A bare `cargo xtask` lists the commands.
+//!
+//! Kept free of Burn so that it builds in seconds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+
+/// Commands: name, one-line description.
+const COMMANDS: [(&str, &str); 2] = [
+    (
+        "ci",
+        "fmt check, clippy -D warnings, cuda type-check, the whole test suite (what CI runs)",
+    ),
+    (
+        "demo-data",
+        "generate the demo dataset: cargo xtask demo-data --out DIR [vidtrain demo-data flags]",
+    ),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("demo-data") => demo_data(&args[1..]),
+        Some(other) => {
+            eprintln!("unknown command `{other}`\n");
+            print_commands();
+            return ExitCode::from(2);
+        }
+        None => {
+            print_commands();
+            return ExitCode::SUCCESS;
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_commands() {
+    println!("usage: cargo xtask <command>\n\ncommands:");
+    for (name, description) in COMMANDS {
+        println!("  {name:<10} {description}");
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    eprintln!("$ cargo {}", args.join(" "));
+    let started = std::time::Instant::now();
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(project_root())
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    eprintln!("  ({:.0} s)", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Everything CI checks. Tests run in release: Burn's CPU backend trains 10–50× faster there,
+/// and the release build is shared with the main job.
+fn ci() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["check", "-p", "trainer-cli", "--features", "cuda"])?;
+    cargo(&["test", "--release", "--workspace", "--no-fail-fast"])?;
+    Ok(())
+}
+
+fn demo_data(args: &[String]) -> anyhow::Result<()> {
+    let mut full = vec!["run", "--release", "-p", "trainer-cli", "--", "demo-data"];
+    full.extend(args.iter().map(String::as_str));
+    cargo(&full)
+}
+
+#[cfg(test)]
+mod tidy {
+    //! Repository checks that run with the test suite.
+
+    use super::project_root;
+    use std::path::{Path, PathBuf};
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if name == "target" || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    fn all_rust_files() -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for folder in ["crates", "xtask", "tests"] {
+            rust_files(&project_root().join(folder), &mut files);
+        }
+        assert!(files.len() > 10, "found only {} files", files.len());
+        files
+    }
+
+    #[test]
+    fn every_rust_file_starts_with_a_module_doc() {
+        let missing: Vec<_> = all_rust_files()
+            .into_iter()
+            .filter(|path| !std::fs::read_to_string(path).unwrap().starts_with("//!"))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "files without a leading //! doc: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn no_debug_macros_are_left() {
+        let needle = ["dbg", "!("].concat();
+        let offending: Vec<_> = all_rust_files()
+            .into_iter()
+            .filter(|path| std::fs::read_to_string(path).unwrap().contains(&needle))
+            .collect();
+        assert!(offending.is_empty(), "{needle} left in {offending:?}");
+    }
+
+    #[test]
+    fn crates_depend_only_downwards() {
+        // config ← data, model, memutil ← trainer ← trainer-cli
+        let allowed: &[(&str, &[&str])] = &[
+            ("vidtrain-config", &[]),
+            ("vidtrain-data", &["vidtrain-config"]),
+            ("vidtrain-model", &["vidtrain-config"]),
+            ("vidtrain-memutil", &["vidtrain-config"]),
+            (
+                "vidtrain-trainer",
+                &[
+                    "vidtrain-config",
+                    "vidtrain-data",
+                    "vidtrain-model",
+                    "vidtrain-memutil",
+                ],
+            ),
+        ];
+        for (package, deps) in allowed {
+            let folder = package.trim_start_matches("vidtrain-");
+            let manifest = std::fs::read_to_string(
+                project_root()
+                    .join("crates")
+                    .join(folder)
+                    .join("Cargo.toml"),
+            )
+            .unwrap();
+            for line in manifest.lines() {
+                if let Some(dependency) = line.split(['.', ' ', '=']).next()
+                    && dependency.starts_with("vidtrain-")
+                {
+                    assert!(
+                        deps.contains(&dependency),
+                        "{package} depends on {dependency}, which the design does not allow"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -109,10 +109,7 @@ impl ConfigLoader {
             self.figment = self.figment.merge(Override {
                 key: key.to_string(),
                 raw: raw.to_string(),
-                value: value
-                    .trim()
-                    .parse::<Value>()
-                    .unwrap_or_else(|never| match never {}),
+                value: parse_value(value.trim()),
             });
         }
         Ok(self)
@@ -128,6 +125,20 @@ impl ConfigLoader {
     /// Resolves the config without [`Config::validate`] (for tools that inspect partial configs).
     pub fn load_unvalidated(self) -> Result<Config> {
         self.figment.extract::<Config>().map_err(translate)
+    }
+}
+
+/// Parses an override's value like figment does (numbers, booleans, `[lists]`, strings), plus the
+/// scientific notation figment reads as a string (`train.lr=1e-4`).
+fn parse_value(text: &str) -> Value {
+    let value = text.parse::<Value>().unwrap_or_else(|never| match never {});
+    let is_scientific = text.chars().any(|c| c.is_ascii_digit())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || "+-.eE".contains(c));
+    match (&value, text.parse::<f64>()) {
+        (Value::String(..), Ok(number)) if is_scientific => Value::from(number),
+        _ => value,
     }
 }
 
@@ -196,8 +207,13 @@ fn translate(error: figment::Error) -> Error {
     let source = source_name(error.metadata.as_ref());
     match &error.kind {
         Kind::UnknownField(field, expected) => {
-            let key = join_key(&path, field);
-            let suggestion = closest(field, expected).map(|best| join_key(&path, best));
+            // figment's path may or may not already end with the unknown field.
+            let section = match error.path.split_last() {
+                Some((last, parent)) if last == field => parent.join("."),
+                _ => path.clone(),
+            };
+            let key = join_key(&section, field);
+            let suggestion = closest(field, expected).map(|best| join_key(&section, best));
             // Dotted overrides can name a wrong *section*; look across the whole schema then.
             let suggestion = suggestion.or_else(|| closest_anywhere(&key));
             Error::UnknownKey {
@@ -271,4 +287,240 @@ pub(crate) fn all_keys() -> Vec<String> {
         walk("", &value, &mut keys);
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Fold, Precision};
+
+    fn load(overrides: &[&str]) -> Result<Config> {
+        ConfigLoader::new().overrides(overrides)?.load()
+    }
+
+    fn error_text(overrides: &[&str]) -> String {
+        load(overrides).expect_err("should be rejected").to_string()
+    }
+
+    #[test]
+    fn default_toml_spells_out_the_built_in_defaults() {
+        let from_file: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(from_file, Config::default());
+        // And it names every key of the schema.
+        for key in all_keys() {
+            let (section, field) = key.split_once('.').unwrap_or(("", &key));
+            let table: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+            let present = if section.is_empty() {
+                table.contains_key(field)
+            } else {
+                table[section].as_table().unwrap().contains_key(field)
+            };
+            assert!(present, "configs/default.toml lacks `{key}`");
+        }
+    }
+
+    #[test]
+    fn the_seeds_scenario_commands_are_accepted_verbatim() {
+        let a = load(&[
+            "trainer.precision=16",
+            "train.accumulate_grad_batches=4",
+            "data.batch_size=1",
+        ])
+        .unwrap();
+        assert_eq!(a.trainer.precision, Precision::Half);
+        assert_eq!(a.train.accumulate_grad_batches, 4);
+        assert_eq!(a.data.batch_size, 1);
+        let b = load(&[
+            "trainer.precision=16",
+            "train.accumulate_grad_batches=8",
+            "data.batch_size=1",
+            "data.max_video_frames=300",
+            "data.img_size=160",
+            "data.num_workers=2",
+        ])
+        .unwrap();
+        assert_eq!(
+            (b.data.max_video_frames, b.data.img_size, b.data.num_workers),
+            (300, 160, 2)
+        );
+        let c = load(&[
+            "trainer.precision=16",
+            "train.accumulate_grad_batches=16",
+            "data.batch_size=1",
+            "data.max_video_frames=200",
+            "data.img_size=112",
+            "data.num_workers=0",
+            "model.use_gradient_checkpointing=true",
+        ])
+        .unwrap();
+        assert!(c.model.use_gradient_checkpointing);
+        assert_eq!(c.data.num_workers, 0);
+    }
+
+    #[test]
+    fn scenario_presets_equal_the_scenario_commands() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let preset = |name: &str| {
+            ConfigLoader::new()
+                .file(&root.join(name))
+                .unwrap()
+                .load()
+                .unwrap()
+        };
+        assert_eq!(
+            preset("scenario-a-16g-ram-8g-vram.toml"),
+            load(&[
+                "trainer.precision=16",
+                "train.accumulate_grad_batches=4",
+                "data.batch_size=1"
+            ])
+            .unwrap()
+        );
+        assert_eq!(
+            preset("scenario-c-4g-vram.toml"),
+            load(&[
+                "trainer.precision=16",
+                "train.accumulate_grad_batches=16",
+                "data.batch_size=1",
+                "data.max_video_frames=200",
+                "data.img_size=112",
+                "data.num_workers=0",
+                "model.use_gradient_checkpointing=true",
+            ])
+            .unwrap()
+        );
+        let b = preset("scenario-b-8g-ram-6g-vram.toml");
+        assert_eq!((b.train.accumulate_grad_batches, b.data.img_size), (8, 160));
+    }
+
+    #[test]
+    fn precision_accepts_every_lightning_spelling() {
+        for (text, expected) in [
+            ("32", Precision::Full),
+            ("32-true", Precision::Full),
+            ("16", Precision::Half),
+            ("16-mixed", Precision::Half),
+            ("bf16", Precision::BHalf),
+            ("bf16-mixed", Precision::BHalf),
+        ] {
+            let config = load(&[&format!("trainer.precision={text}")]).unwrap();
+            assert_eq!(config.trainer.precision, expected, "{text}");
+        }
+        let message = error_text(&["trainer.precision=8"]);
+        assert!(
+            message.contains("trainer.precision") && message.contains("bf16-mixed"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_the_closest_valid_key_and_the_source() {
+        let message = error_text(&["data.batchsize=1"]);
+        assert!(message.contains("`data.batchsize`"), "{message}");
+        assert!(
+            message.contains("did you mean `data.batch_size`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("command-line override `data.batchsize=1`"),
+            "{message}"
+        );
+        let message = error_text(&["trian.lr=0.1"]);
+        assert!(message.contains("did you mean `train"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_say_what_was_expected() {
+        let message = error_text(&["data.batch_size=four"]);
+        assert!(message.contains("data.batch_size"), "{message}");
+        assert!(message.contains("expected"), "{message}");
+        let message = error_text(&["data.on_bad_sample=ignore"]);
+        assert!(
+            message.contains("skip") && message.contains("error"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn impossible_combinations_are_rejected_with_the_key() {
+        for (overrides, key) in [
+            (
+                &["data.load_rgb=false", "data.load_kpt=false"][..],
+                "data.load_rgb",
+            ),
+            (
+                &["train.accumulate_grad_batches=0"][..],
+                "train.accumulate_grad_batches",
+            ),
+            (&["data.img_size=150"][..], "data.img_size"),
+            (
+                &["model.transformer_heads=3"][..],
+                "model.transformer_heads",
+            ),
+            (&["train.fold=7"][..], "train.fold"),
+            (&["data.views=[front, top]"][..], "data.views"),
+        ] {
+            let message = error_text(overrides);
+            assert!(message.contains(key), "{overrides:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn scientific_notation_is_a_number() {
+        assert_eq!(load(&["train.lr=1e-3"]).unwrap().train.lr, 1e-3);
+        assert_eq!(load(&["train.lr=2.5E-4"]).unwrap().train.lr, 2.5e-4);
+        assert_eq!(load(&["experiment=1e3x"]).unwrap().experiment, "1e3x");
+    }
+
+    #[test]
+    fn lists_and_fold_all_parse_from_overrides() {
+        let config = load(&["data.views=[front, left]", "train.fold=all"]).unwrap();
+        assert_eq!(config.data.views, vec!["front", "left"]);
+        assert_eq!(config.train.fold, Fold::All);
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_then_env_then_overrides() {
+        let folder = std::env::temp_dir().join(format!("vidtrain-config-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let toml_path = folder.join("a.toml");
+        std::fs::write(&toml_path, "[data]\nbatch_size = 3\nimg_size = 64\n").unwrap();
+        let yaml_path = folder.join("b.yaml");
+        std::fs::write(&yaml_path, "data:\n  img_size: 96\ntrain:\n  lr: 0.5\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("VIDTRAIN_TRAIN__LR", "0.25");
+            jail.set_env("VIDTRAIN_LOG", "debug"); // not a key: ignored
+            let config = ConfigLoader::new()
+                .file(&toml_path)
+                .unwrap()
+                .file(&yaml_path)
+                .unwrap()
+                .env()
+                .overrides(["data.batch_size=2"])
+                .unwrap()
+                .load()
+                .unwrap();
+            assert_eq!(config.data.img_size, 96); // YAML over TOML
+            assert_eq!(config.train.lr, 0.25); // env over files
+            assert_eq!(config.data.batch_size, 2); // override over everything
+            Ok(())
+        });
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
+
+    #[test]
+    fn a_missing_config_file_is_named() {
+        let error = ConfigLoader::new()
+            .file(Path::new("/nonexistent/x.toml"))
+            .unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/x.toml"));
+    }
+
+    #[test]
+    fn overrides_without_equals_are_rejected() {
+        let error = ConfigLoader::new()
+            .overrides(["data.batch_size"])
+            .unwrap_err();
+        assert!(error.to_string().contains("key=value"));
+    }
 }

@@ -274,6 +274,9 @@ fn render_video(
         "1",
         "-pix_fmt",
         "yuv420p",
+        // Index at the front, as in streamable files: a file cut short still probes.
+        "-movflags",
+        "+faststart",
     ]);
     command.arg(&partial);
     let encode_error = |message: String| Error::Decode {

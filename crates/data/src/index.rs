@@ -105,11 +105,19 @@ impl Index {
             let name = video_file_name(&task.video);
             let mut view_videos = Vec::new();
             let mut missing = None;
+            let mut unreadable = None;
             for view in &views {
                 let path = find_video(&video_root.join(view), &name);
                 match path {
                     Some(path) => {
-                        let info = probe_video(&path)?;
+                        let info = match probe_video(&path) {
+                            Ok(info) => info,
+                            Err(error) if skip && !matches!(error, Error::ToolMissing { .. }) => {
+                                unreadable = Some(error);
+                                break;
+                            }
+                            Err(error) => return Err(error),
+                        };
                         let keypoints = config.data.load_kpt.then(|| {
                             keypoint_root
                                 .join(view)
@@ -127,6 +135,20 @@ impl Index {
                         break;
                     }
                 }
+            }
+            if let Some(error) = unreadable {
+                let path = match &error {
+                    Error::Probe { path, .. } => path.clone(),
+                    _ => video_root.join(&name),
+                };
+                report(
+                    Problem {
+                        path,
+                        message: format!("{error}; recording skipped"),
+                    },
+                    &mut problems,
+                )?;
+                continue;
             }
             if let Some(path) = missing {
                 let problem = Problem {

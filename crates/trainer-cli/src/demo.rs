@@ -9,7 +9,7 @@ use vidtrain_data::demo::{DemoSpec, generate};
 pub const DEMO_TOML: &str = include_str!("../../../configs/demo.toml");
 
 /// Bump when the generator changes, so old caches are not reused.
-const DEMO_VERSION: &str = "demo-v1";
+const DEMO_VERSION: &str = "demo-v2";
 
 /// The demo dataset's `vidtrain.toml`, generating the dataset into the cache folder on first use.
 pub fn ensure_demo_dataset() -> anyhow::Result<PathBuf> {

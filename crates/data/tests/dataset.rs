@@ -1,0 +1,411 @@
+//! Data crate tests on a generated demo dataset: exact frames against the ffmpeg CLI, chunking,
+//! selective loading (counted), keypoint reads, and every bad-input case with its outcome.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use vidtrain_config::{Config, OnBadSample};
+use vidtrain_data::demo::{DemoSpec, generate};
+use vidtrain_data::{
+    Dataset, Error, FrameDecoder, Pipeline, decode_processes_spawned, keypoint_files_opened,
+    probe_video, read_keypoints,
+};
+
+/// Decode and keypoint counters are process-wide, so the tests of this binary run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data-tests");
+    let path = root.join(name);
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+/// Two persons, 240 frames of 64×48 per view, generated once per test run.
+fn demo() -> &'static Path {
+    static DEMO: OnceLock<PathBuf> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let out = scratch("demo");
+        generate(&DemoSpec {
+            out: out.clone(),
+            persons: 2,
+            frames: 240,
+            width: 64,
+            height: 48,
+            seed: 5,
+        })
+        .unwrap();
+        out
+    })
+}
+
+fn config_for(root: &Path) -> Config {
+    let mut config = Config::default();
+    config.paths.root_path = root.to_path_buf();
+    config.paths.annotation_path = "annotations.json".into();
+    config.paths.video_path = "videos".into();
+    config.paths.keypoint_path = "keypoints".into();
+    config.data.img_size = 32;
+    config.data.num_workers = 1;
+    config
+}
+
+/// A copy of the demo whose annotation file is replaced by `tasks`.
+fn demo_with_annotations(name: &str, tasks: serde_json::Value) -> PathBuf {
+    let root = scratch(name);
+    std::fs::write(root.join("annotations.json"), tasks.to_string()).unwrap();
+    #[cfg(unix)]
+    for folder in ["videos", "keypoints"] {
+        std::os::unix::fs::symlink(demo().join(folder), root.join(folder)).unwrap();
+    }
+    root
+}
+
+fn ffmpeg_cli_frames(path: &Path, indices: &[usize], size: usize) -> Vec<u8> {
+    let select = indices
+        .iter()
+        .map(|i| format!("eq(n\\,{i})"))
+        .collect::<Vec<_>>()
+        .join("+");
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-vf", &format!("select={select},scale={size}:{size}")])
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    output.stdout
+}
+
+#[test]
+fn decoded_frames_equal_the_ffmpeg_cli_without_seeking() {
+    let _serial = serial();
+    let video = demo().join("videos/front/person_02_demo.mp4");
+    let info = probe_video(&video).unwrap();
+    assert_eq!((info.n_frames, info.width, info.height), (240, 64, 48));
+    let decoder = FrameDecoder::new(32, Duration::from_secs(30)).unwrap();
+    let indices = [0, 3, 3, 37, 61, 150, 239];
+    let mut ours = vec![0u8; indices.len() * decoder.frame_bytes()];
+    decoder.decode(&video, &info, &indices, &mut ours).unwrap();
+
+    let unique = [0, 3, 37, 61, 150, 239];
+    let reference = ffmpeg_cli_frames(&video, &unique, 32);
+    let frame = decoder.frame_bytes();
+    assert_eq!(reference.len(), unique.len() * frame);
+    for (slot, index) in indices.iter().enumerate() {
+        let position = unique.iter().position(|u| u == index).unwrap();
+        assert!(
+            ours[slot * frame..][..frame] == reference[position * frame..][..frame],
+            "frame {index} differs"
+        );
+    }
+
+    // A seek into the middle gives the same frames as decoding from the start.
+    let later = [100, 101, 180];
+    let mut seeked = vec![0u8; later.len() * frame];
+    decoder.decode(&video, &info, &later, &mut seeked).unwrap();
+    assert!(seeked == ffmpeg_cli_frames(&video, &later, 32));
+}
+
+#[test]
+fn chunks_cut_ranges_and_every_sample_stays_in_its_chunk() {
+    let _serial = serial();
+    let mut config = config_for(demo());
+    let whole = Dataset::open(&config).unwrap();
+    let annotations: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo().join("annotations.json")).unwrap())
+            .unwrap();
+    let ranges: usize = annotations
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|task| task["videoLabels"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(whole.index.recordings.len(), 2);
+    assert_eq!(
+        whole.len(),
+        ranges,
+        "one sample per range when chunks are long"
+    );
+
+    config.data.max_video_frames = 50;
+    let chunked = Dataset::open(&config).unwrap();
+    assert_eq!(chunked.plan.chunks_per_recording, vec![5, 5]);
+    assert!(chunked.len() > ranges);
+    for sample in &chunked.plan.samples {
+        let chunk_start = sample.chunk * 50;
+        assert!(sample.start >= chunk_start && sample.end < chunk_start + 50);
+        assert_eq!(
+            sample.frame_indices.len(),
+            config.data.uniform_temporal_subsample_num
+        );
+    }
+}
+
+fn load_all(config: &Config) -> (usize, usize) {
+    let dataset = Arc::new(Dataset::open(config).unwrap());
+    let ids: Vec<usize> = (0..dataset.len()).collect();
+    let pipeline = Pipeline::builder()
+        .workers(config.data.num_workers)
+        .batch_size(4)
+        .build(dataset, ids.clone());
+    let mut samples = 0;
+    for batch in pipeline {
+        samples += batch.unwrap().len();
+    }
+    (samples, ids.len())
+}
+
+#[test]
+fn load_rgb_false_spawns_no_ffmpeg_and_load_kpt_false_opens_no_keypoint_file() {
+    let _serial = serial();
+    let mut config = config_for(demo());
+    config.data.load_rgb = false;
+    config.data.load_kpt = true;
+    let decodes = decode_processes_spawned();
+    let opens = keypoint_files_opened();
+    let (loaded, total) = load_all(&config);
+    assert_eq!(loaded, total);
+    assert_eq!(
+        decode_processes_spawned(),
+        decodes,
+        "load_rgb=false decoded video"
+    );
+    assert_eq!(
+        keypoint_files_opened() - opens,
+        total * 3,
+        "one keypoint file per sample and view"
+    );
+
+    config.data.load_rgb = true;
+    config.data.load_kpt = false;
+    let decodes = decode_processes_spawned();
+    let opens = keypoint_files_opened();
+    let (loaded, total) = load_all(&config);
+    assert_eq!(loaded, total);
+    assert_eq!(
+        keypoint_files_opened(),
+        opens,
+        "load_kpt=false opened keypoints"
+    );
+    assert_eq!(
+        decode_processes_spawned() - decodes,
+        total * 3,
+        "one ffmpeg per sample and view"
+    );
+}
+
+#[test]
+fn keypoints_are_read_for_the_sampled_frames_only_and_missing_frames_are_zero() {
+    let _serial = serial();
+    let path = demo().join("keypoints/left/person_01_demo.npy");
+    let all: Vec<f32> = npyz::NpyFile::new(std::fs::File::open(&path).unwrap())
+        .unwrap()
+        .into_vec()
+        .unwrap();
+    let joints = [0, 5, 69];
+    let frames = [7, 7, 100, 239, 240, 5000];
+    let mut out = vec![0f32; frames.len() * joints.len() * 3];
+    let report = read_keypoints(&path, &frames, &joints, &mut out).unwrap();
+    assert_eq!(report.missing_frames, 2);
+    for (slot, &frame) in frames.iter().enumerate() {
+        for (position, &joint) in joints.iter().enumerate() {
+            let got = &out[(slot * joints.len() + position) * 3..][..3];
+            if frame < 240 {
+                assert_eq!(
+                    got,
+                    &all[(frame * 70 + joint) * 3..][..3],
+                    "frame {frame} joint {joint}"
+                );
+            } else {
+                assert_eq!(got, &[0.0; 3]);
+            }
+        }
+    }
+    // A missing file is all zeros, counted, not an error.
+    let report = read_keypoints(
+        &demo().join("keypoints/left/nope.npy"),
+        &frames,
+        &joints,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(report.missing_frames, frames.len());
+    assert!(out.iter().all(|&value| value == 0.0));
+}
+
+#[test]
+fn a_truncated_video_is_a_short_read_naming_the_file_or_a_counted_skip() {
+    let _serial = serial();
+    let root = scratch("truncated");
+    for folder in ["videos/front", "videos/left", "videos/right"] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+        for person in ["person_01_demo.mp4", "person_02_demo.mp4"] {
+            std::fs::copy(
+                demo().join(folder).join(person),
+                root.join(folder).join(person),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::copy(
+        demo().join("annotations.json"),
+        root.join("annotations.json"),
+    )
+    .unwrap();
+    // Cut person 1's front view to 40 % of its bytes (the MP4 index stays at the front).
+    let victim = root.join("videos/front/person_01_demo.mp4");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() * 4 / 10]).unwrap();
+
+    let mut config = config_for(&root);
+    let info = probe_video(&victim).unwrap();
+    let decoder = FrameDecoder::new(32, Duration::from_secs(30)).unwrap();
+    let mut out = vec![0u8; 2 * decoder.frame_bytes()];
+    let error = decoder
+        .decode(&victim, &info, &[200, 230], &mut out)
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ShortRead { .. } | Error::Decode { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("person_01_demo.mp4"), "{error}");
+
+    // In a pipeline with skip, the bad samples are left out and counted, the rest load.
+    config.data.on_bad_sample = OnBadSample::Skip;
+    let dataset = Arc::new(Dataset::open(&config).unwrap());
+    let ids: Vec<usize> = (0..dataset.len()).collect();
+    let mut pipeline = Pipeline::builder()
+        .workers(2)
+        .batch_size(3)
+        .build(Arc::clone(&dataset), ids.clone());
+    let loaded: usize = (&mut pipeline).map(|batch| batch.unwrap().len()).sum();
+    assert!(pipeline.skipped() > 0);
+    assert_eq!(loaded + pipeline.skipped(), ids.len());
+
+    // With `error`, the first bad sample stops the pipeline with the file's name.
+    let mut pipeline = Pipeline::builder()
+        .workers(2)
+        .batch_size(3)
+        .skip_bad_samples(false)
+        .build(dataset, ids);
+    let first_error = (&mut pipeline)
+        .find_map(|batch| batch.err())
+        .expect("an error");
+    assert!(first_error.to_string().contains("person_01_demo.mp4"));
+    assert!(
+        pipeline.next().is_none(),
+        "the pipeline stops after an error"
+    );
+}
+
+#[test]
+fn missing_videos_ranges_past_the_end_and_unknown_labels_are_reported() {
+    let _serial = serial();
+    let tasks = serde_json::json!([
+        {"video": "/data/upload/1/person_01_demo.mp4", "videoLabels": [
+            {"timelinelabels": ["left"], "ranges": [{"start": 10, "end": 40}]},
+            {"timelinelabels": ["sideways"], "ranges": [{"start": 50, "end": 60}]},
+            {"timelinelabels": ["up"], "ranges": [{"start": 500, "end": 600}]},
+            {"timelinelabels": ["down"], "ranges": [{"start": 230, "end": 400}]}
+        ]},
+        {"video": "/data/upload/1/person_09_demo.mp4", "videoLabels": [
+            {"timelinelabels": ["left"], "ranges": [{"start": 0, "end": 10}]}
+        ]}
+    ]);
+    let root = demo_with_annotations("bad-annotations", tasks);
+    let mut config = config_for(&root);
+    let dataset = Dataset::open(&config).unwrap();
+    assert_eq!(
+        dataset.index.recordings.len(),
+        1,
+        "the missing recording is skipped"
+    );
+    let ranges = &dataset.index.recordings[0].ranges;
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(
+        (ranges[1].start, ranges[1].end),
+        (230, 239),
+        "clipped to the video's end"
+    );
+    let problems: Vec<&str> = dataset
+        .index
+        .problems
+        .iter()
+        .map(|p| p.message.as_str())
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("video missing")));
+    assert!(problems.iter().any(|p| p.contains("500..=600")));
+    assert!(problems.iter().any(|p| p.contains("\"sideways\" ×1")));
+
+    config.data.on_bad_sample = OnBadSample::Error;
+    let error = Dataset::open(&config).unwrap_err();
+    assert!(
+        error.to_string().contains("person_01_demo.mp4") || error.to_string().contains("person_09"),
+        "{error}"
+    );
+}
+
+#[test]
+fn unknown_labels_stop_the_index_when_bad_samples_are_errors() {
+    let _serial = serial();
+    let tasks = serde_json::json!([
+        {"video": "person_01_demo.mp4", "videoLabels": [
+            {"timelinelabels": ["sideways"], "ranges": [{"start": 0, "end": 10}]}
+        ]}
+    ]);
+    let root = demo_with_annotations("unknown-label", tasks);
+    let mut config = config_for(&root);
+    config.data.on_bad_sample = OnBadSample::Error;
+    let error = Dataset::open(&config).unwrap_err();
+    assert!(matches!(error, Error::UnknownLabels { .. }), "{error}");
+    assert!(error.to_string().contains("sideways"));
+}
+
+#[test]
+fn a_missing_annotation_file_says_which_key_to_set() {
+    let _serial = serial();
+    let mut config = config_for(demo());
+    config.paths.annotation_path = "nope.json".into();
+    let error = Dataset::open(&config).unwrap_err().to_string();
+    assert!(
+        error.contains("nope.json") && error.contains("paths.annotation_path"),
+        "{error}"
+    );
+}
+
+#[test]
+fn dropping_a_pipeline_early_stops_its_workers() {
+    let _serial = serial();
+    let config = config_for(demo());
+    let dataset = Arc::new(Dataset::open(&config).unwrap());
+    let ids: Vec<usize> = (0..dataset.len()).collect();
+    let mut pipeline = Pipeline::builder()
+        .workers(2)
+        .prefetch_depth(1)
+        .batch_size(1)
+        .build(dataset, ids);
+    assert!(pipeline.next().unwrap().is_ok());
+    let started = std::time::Instant::now();
+    drop(pipeline); // joins the workers; must not wait for the whole epoch
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
