@@ -480,6 +480,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure type is fixed by figment"
+    )]
     fn layers_apply_in_order_file_then_env_then_overrides() {
         let folder = std::env::temp_dir().join(format!("vidtrain-config-{}", std::process::id()));
         std::fs::create_dir_all(&folder).unwrap();

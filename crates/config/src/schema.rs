@@ -586,7 +586,7 @@ impl Config {
             }
         }
         let stride = self.model.spatial_stride();
-        if data.img_size % stride != 0 {
+        if !data.img_size.is_multiple_of(stride) {
             let lower = (data.img_size / stride).max(1) * stride;
             return invalid(
                 "data.img_size",
@@ -606,7 +606,11 @@ impl Config {
                 ),
             );
         }
-        if self.model.transformer_dim % self.model.transformer_heads != 0 {
+        if !self
+            .model
+            .transformer_dim
+            .is_multiple_of(self.model.transformer_heads)
+        {
             return invalid(
                 "model.transformer_heads",
                 format!(
@@ -615,7 +619,7 @@ impl Config {
                 ),
             );
         }
-        if self.model.transformer_dim % 2 != 0 {
+        if !self.model.transformer_dim.is_multiple_of(2) {
             return invalid(
                 "model.transformer_dim",
                 format!(

@@ -307,9 +307,7 @@ fn a_truncated_video_is_a_short_read_naming_the_file_or_a_counted_skip() {
         .batch_size(3)
         .skip_bad_samples(false)
         .build(dataset, ids);
-    let first_error = (&mut pipeline)
-        .find_map(|batch| batch.err())
-        .expect("an error");
+    let first_error = pipeline.find_map(|batch| batch.err()).expect("an error");
     assert!(first_error.to_string().contains("person_01_demo.mp4"));
     assert!(
         pipeline.next().is_none(),

@@ -104,7 +104,7 @@ impl MemorySampler {
                     while !stop.load(Ordering::Relaxed) {
                         if let Some(rss) = current_rss_bytes() {
                             peak.fetch_max(rss, Ordering::Relaxed);
-                            if tick % every == 0
+                            if tick.is_multiple_of(every)
                                 && let Ok(mut timeline) = timeline.lock()
                             {
                                 timeline.push(MemorySample {
