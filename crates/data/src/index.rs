@@ -118,11 +118,10 @@ impl Index {
                             }
                             Err(error) => return Err(error),
                         };
-                        let keypoints = config.data.load_kpt.then(|| {
-                            keypoint_root
-                                .join(view)
-                                .join(Path::new(&name).with_extension("npy"))
-                        });
+                        let keypoints = config
+                            .data
+                            .load_kpt
+                            .then(|| keypoint_source(&keypoint_root.join(view), &name));
                         view_videos.push(ViewVideo {
                             view: view.clone(),
                             path,
@@ -395,6 +394,18 @@ fn find_video(folder: &Path, name: &str) -> Option<PathBuf> {
         prefix.len() == 8 && prefix.chars().all(|c| c.is_ascii_hexdigit());
     let stripped = folder.join(rest);
     (looks_like_upload_prefix && stripped.is_file()).then_some(stripped)
+}
+
+/// `<folder>/<stem>.npy` when it exists, else the per-frame folder `<folder>/<stem>/` when that
+/// exists, else the `.npy` path (whose absence is counted as missing frames when loading).
+fn keypoint_source(folder: &Path, video_name: &str) -> PathBuf {
+    let array = folder.join(Path::new(video_name).with_extension("npy"));
+    let frames = folder.join(Path::new(video_name).with_extension(""));
+    if !array.is_file() && frames.is_dir() {
+        frames
+    } else {
+        array
+    }
 }
 
 /// `person_07_night_high.mp4` → `person_07`; otherwise the file stem.

@@ -1,5 +1,6 @@
-//! Keypoints read for the sampled frames only: `.npy` arrays `[frames, joints, 2|3]` (f32),
-//! seeked row by row, never read whole.
+//! Keypoints read for the sampled frames only: either one `.npy` array `[frames, joints, 2|3]`
+//! (f32) per video and view, seeked row by row and never read whole, or a folder of per-frame
+//! files `{frame:06}_*.npy|npz` each holding one `[joints, 2|3]` array.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -33,6 +34,9 @@ pub fn read_keypoints(
 ) -> Result<KeypointReport> {
     assert_eq!(out.len(), frame_indices.len() * joint_indices.len() * 3);
     out.fill(0.0);
+    if path.is_dir() {
+        return read_frame_folder(path, frame_indices, joint_indices, out);
+    }
     let keypoint_error = |message: String| Error::Keypoints {
         path: path.to_path_buf(),
         message,
@@ -93,4 +97,123 @@ pub fn read_keypoints(
         }
     }
     Ok(report)
+}
+
+/// Reads per-frame files `{frame:06}_*.npy|npz` (or `{frame:06}.npy|npz`) from `folder`.
+fn read_frame_folder(
+    folder: &Path,
+    frame_indices: &[usize],
+    joint_indices: &[usize],
+    out: &mut [f32],
+) -> Result<KeypointReport> {
+    let mut wanted: Vec<usize> = frame_indices.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    // One directory scan per call, keeping only the frames asked for.
+    let mut files = std::collections::HashMap::new();
+    let entries = std::fs::read_dir(folder).map_err(|error| Error::io(folder, error))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_array = name.ends_with(".npy") || name.ends_with(".npz");
+        let digits: String = name.chars().take_while(char::is_ascii_digit).collect();
+        let rest = &name[digits.len()..];
+        if !is_array || digits.len() < 6 || !(rest.starts_with('_') || rest.starts_with('.')) {
+            continue;
+        }
+        if let Ok(frame) = digits.parse::<usize>()
+            && wanted.binary_search(&frame).is_ok()
+        {
+            files.entry(frame).or_insert_with(|| entry.path());
+        }
+    }
+    let mut report = KeypointReport::default();
+    let per_frame = joint_indices.len() * 3;
+    for (slot, frame) in frame_indices.iter().enumerate() {
+        let Some(file) = files.get(frame) else {
+            report.missing_frames += 1;
+            continue;
+        };
+        let values = match read_frame_file(file) {
+            Ok(values) => values,
+            Err(error) => {
+                // The seed's behaviour: an unreadable frame becomes zeros, with a warning.
+                tracing::warn!("keypoint frame skipped (zeros): {error}");
+                report.missing_frames += 1;
+                continue;
+            }
+        };
+        let (shape, data) = values;
+        let (joints, channels) = match shape.as_slice() {
+            [joints, channels] | [1, joints, channels] => (*joints as usize, *channels as usize),
+            _ => {
+                return Err(Error::Keypoints {
+                    path: file.clone(),
+                    message: format!("expected a [joints, 2|3] array, found shape {shape:?}"),
+                });
+            }
+        };
+        if !(channels == 2 || channels == 3) {
+            return Err(Error::Keypoints {
+                path: file.clone(),
+                message: format!("expected 2 or 3 values per joint, found {channels}"),
+            });
+        }
+        let frame_out = &mut out[slot * per_frame..][..per_frame];
+        for (position, &joint) in joint_indices.iter().enumerate() {
+            if joint >= joints {
+                return Err(Error::Keypoints {
+                    path: file.clone(),
+                    message: format!(
+                        "joint {joint} requested (data.keypoint_indices) but the file has {joints} joints"
+                    ),
+                });
+            }
+            frame_out[position * 3..position * 3 + channels]
+                .copy_from_slice(&data[joint * channels..][..channels]);
+        }
+    }
+    Ok(report)
+}
+
+/// Shape and f32 values of a `.npy` file, or of the first array in a `.npz` archive.
+fn read_frame_file(path: &Path) -> Result<(Vec<u64>, Vec<f32>)> {
+    let keypoint_error = |message: String| Error::Keypoints {
+        path: path.to_path_buf(),
+        message,
+    };
+    KEYPOINT_FILE_OPENS.fetch_add(1, Ordering::Relaxed);
+    if path.extension().is_some_and(|extension| extension == "npz") {
+        let mut archive = npyz::npz::NpzArchive::open(path)
+            .map_err(|error| keypoint_error(format!("not a .npz archive: {error}")))?;
+        let name = archive
+            .array_names()
+            .next()
+            .map(str::to_string)
+            .ok_or_else(|| keypoint_error("the archive holds no array".into()))?;
+        let array = archive
+            .by_name(&name)
+            .map_err(|error| keypoint_error(format!("array {name}: {error}")))?
+            .ok_or_else(|| keypoint_error(format!("array {name} missing")))?;
+        read_npy_values(Ok(array), path)
+    } else {
+        let file = File::open(path).map_err(|error| Error::io(path, error))?;
+        read_npy_values(npyz::NpyFile::new(BufReader::new(file)), path)
+    }
+}
+
+fn read_npy_values<R: std::io::Read>(
+    npy: std::io::Result<npyz::NpyFile<R>>,
+    path: &Path,
+) -> Result<(Vec<u64>, Vec<f32>)> {
+    let npy = npy.map_err(|error| Error::Keypoints {
+        path: path.to_path_buf(),
+        message: format!("not a .npy array: {error}"),
+    })?;
+    let shape = npy.shape().to_vec();
+    let values = npy.into_vec::<f32>().map_err(|error| Error::Keypoints {
+        path: path.to_path_buf(),
+        message: format!("expected float32 values: {error}"),
+    })?;
+    Ok((shape, values))
 }

@@ -14,6 +14,7 @@ mod keypoints;
 mod pipeline;
 mod plan;
 mod probe;
+mod report;
 mod rng;
 
 pub use dataset::{Dataset, SampleShape};
@@ -24,4 +25,5 @@ pub use keypoints::{KeypointReport, keypoint_files_opened, read_keypoints};
 pub use pipeline::{Batch, Pipeline, PipelineBuilder};
 pub use plan::{ChunkPlan, Sample, uniform_temporal_subsample};
 pub use probe::{VideoInfo, find_tool, probe_video};
+pub use report::DatasetReport;
 pub use rng::shuffled;

@@ -23,6 +23,29 @@ pub enum Command {
     },
     /// Generate a small synthetic dataset in the real dataset's layout.
     DemoData(DemoDataArgs),
+    /// Look at the dataset without training.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Videos, views, frames, chunks, segments per class, problems found (decodes nothing).
+    Inspect(ConfigArgs),
+    /// Run the loading pipeline alone; the last line of stdout is one line of JSON.
+    Bench(DataBenchArgs),
+}
+
+/// `vidtrain data bench` options.
+#[derive(Debug, Args)]
+pub struct DataBenchArgs {
+    /// Batches to load.
+    #[arg(long, default_value_t = 20)]
+    pub batches: usize,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use args::{Cli, Command, ConfigArgs, ConfigCommand};
+use args::{Cli, Command, ConfigArgs, ConfigCommand, DataCommand};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -97,6 +97,41 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Train(args) => train(&args),
+        Command::Data {
+            command: DataCommand::Inspect(args),
+        } => {
+            let config = load_config_or_demo(&args)?;
+            let dataset = vidtrain_data::Dataset::open(&config).context("indexing the dataset")?;
+            print!("{}", vidtrain_data::DatasetReport::new(&dataset));
+            Ok(())
+        }
+        Command::Data {
+            command: DataCommand::Bench(args),
+        } => {
+            let config = load_config_or_demo(&args.config)?;
+            let bench = vidtrain_trainer::bench_pipeline(&config, args.batches)
+                .context("running the data pipeline")?;
+            let bytes = |value: Option<u64>| {
+                value.map_or_else(|| "n/a".into(), vidtrain_memutil::format_bytes)
+            };
+            println!(
+                "{} batches ({} samples) in {:.1} s: {:.0} frames/s, peak RSS {} (baseline {}), \
+                 {} ffmpeg processes, {} skipped",
+                bench.batches,
+                bench.samples,
+                bench.wall_s,
+                bench.frames_per_s,
+                bytes(bench.peak_rss_bytes),
+                bytes(bench.baseline_rss_bytes),
+                bench.decode_processes,
+                bench.skipped
+            );
+            println!(
+                "{}",
+                serde_json::to_string(&bench).expect("bench serialises")
+            );
+            Ok(())
+        }
     }
 }
 
@@ -116,20 +151,25 @@ fn load_config(
     Ok(config)
 }
 
-fn train(args: &ConfigArgs) -> Result<(), Failure> {
-    let mut config = load_config(args, None)?;
-    if !config.paths.has_dataset() {
-        let dataset_config = demo::ensure_demo_dataset()?;
-        eprintln!(
-            "no dataset configured (paths.annotation_path is empty): training the bundled demo \
-             from {}",
-            dataset_config.parent().unwrap_or(&dataset_config).display()
-        );
-        config = load_config(
-            args,
-            Some(("configs/demo.toml", demo::DEMO_TOML, &dataset_config)),
-        )?;
+/// The config, or — when it names no dataset — the bundled demo's (generated on first use).
+fn load_config_or_demo(args: &ConfigArgs) -> anyhow::Result<vidtrain_config::Config> {
+    let config = load_config(args, None)?;
+    if config.paths.has_dataset() {
+        return Ok(config);
     }
+    let dataset_config = demo::ensure_demo_dataset()?;
+    eprintln!(
+        "no dataset configured (paths.annotation_path is empty): using the bundled demo from {}",
+        dataset_config.parent().unwrap_or(&dataset_config).display()
+    );
+    load_config(
+        args,
+        Some(("configs/demo.toml", demo::DEMO_TOML, &dataset_config)),
+    )
+}
+
+fn train(args: &ConfigArgs) -> Result<(), Failure> {
+    let config = load_config_or_demo(args)?;
     let options = vidtrain_trainer::TrainOptions {
         progress_bar: std::io::stderr().is_terminal(),
     };

@@ -77,7 +77,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let mut step = 0usize;
     let mut train_samples = 0usize;
     let mut train_time = Duration::ZERO;
-    let mut last_loss = f32::NAN;
+    let mut last_train_loss = f64::NAN;
     let mut best: Option<(usize, f64)> = None;
     let mut last_metrics: Option<(ClassificationMetrics, f64)> = None;
     let mut last_checkpoint: Option<PathBuf> = None;
@@ -147,7 +147,6 @@ pub(crate) fn fit<B: AutodiffBackend>(
             epoch_loss_sum += loss_value as f64 * batch.len() as f64;
             epoch_loss_samples += batch.len();
             train_samples += batch.len();
-            last_loss = loss_value;
             progress.batch(loss_value, step);
         }
         skipped_sample_loads += pipeline.skipped();
@@ -159,6 +158,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         train_time += epoch_started.elapsed();
         epochs_done = epoch;
         let train_loss = epoch_loss_sum / epoch_loss_samples.max(1) as f64;
+        last_train_loss = train_loss;
 
         context.memory.mark(format!("epoch {epoch} validation"));
         let (metrics, val_loss) =
@@ -209,7 +209,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         val_macro_f1: metrics.macro_f1,
         val_loss,
         val_confusion: metrics.confusion.clone(),
-        train_loss_final: last_loss as f64,
+        train_loss_final: last_train_loss,
         best_epoch: best.map(|(epoch, _)| epoch),
         epochs: epochs_done,
         steps: step,

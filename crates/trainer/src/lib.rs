@@ -5,6 +5,7 @@
 mod error;
 mod fit;
 mod metrics;
+mod pipeline_bench;
 mod progress;
 mod run_dir;
 
@@ -19,6 +20,7 @@ use vidtrain_memutil::MemorySampler;
 
 pub use error::{Error, Result};
 pub use metrics::ClassificationMetrics;
+pub use pipeline_bench::{PipelineBench, bench_pipeline};
 pub use run_dir::{RunDir, write_atomically};
 
 /// How a run reports progress (not part of the config: it does not change results).
@@ -45,7 +47,7 @@ pub struct RunSummary {
     pub val_loss: f64,
     /// Validation confusion matrix after the last epoch (`[label][prediction]`).
     pub val_confusion: Vec<Vec<usize>>,
-    /// Loss of the last training micro-batch.
+    /// Mean training loss of the last epoch.
     pub train_loss_final: f64,
     /// Epoch with the best validation accuracy.
     pub best_epoch: Option<usize>,

@@ -1,0 +1,72 @@
+//! The data pipeline measured alone (`vidtrain data bench`): throughput, peak RSS, ffmpeg
+//! processes, skips — no model, no training.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use vidtrain_config::{Config, OnBadSample};
+use vidtrain_data::{Dataset, Pipeline, decode_processes_spawned, shuffled};
+
+use crate::Result;
+
+/// What one pipeline run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineBench {
+    /// Batches delivered.
+    pub batches: usize,
+    /// Samples delivered.
+    pub samples: usize,
+    /// Decoded frames delivered per second (samples × views × T / wall time).
+    pub frames_per_s: f64,
+    /// Peak RSS of the process while the pipeline ran (the kernel's mark, reset at the start).
+    pub peak_rss_bytes: Option<u64>,
+    /// RSS before the pipeline started (index and binary).
+    pub baseline_rss_bytes: Option<u64>,
+    /// ffmpeg processes started.
+    pub decode_processes: usize,
+    /// Samples that failed and were skipped.
+    pub skipped: usize,
+    /// Bytes of one micro-batch (u8 frames + f32 keypoints).
+    pub batch_bytes: usize,
+    /// Wall time of the pipeline run, seconds.
+    pub wall_s: f64,
+}
+
+/// Runs the training pipeline of `config` for up to `batches` batches of shuffled samples.
+pub fn bench_pipeline(config: &Config, batches: usize) -> Result<PipelineBench> {
+    let dataset = Arc::new(Dataset::open(config)?);
+    let ids: Vec<usize> = (0..dataset.len()).collect();
+    let order = shuffled(&ids, config.train.seed);
+    let shape = dataset.sample_shape();
+    let baseline_rss_bytes = vidtrain_memutil::current_rss_bytes();
+    vidtrain_memutil::reset_peak_rss();
+    let decodes_before = decode_processes_spawned();
+    let started = Instant::now();
+    let mut pipeline = Pipeline::builder()
+        .workers(config.data.num_workers)
+        .prefetch_depth(config.data.prefetch_depth)
+        .batch_size(config.data.batch_size)
+        .skip_bad_samples(config.data.on_bad_sample == OnBadSample::Skip)
+        .build(dataset, order);
+    let mut delivered = 0;
+    let mut samples = 0;
+    for batch in pipeline.by_ref().take(batches) {
+        samples += batch?.len();
+        delivered += 1;
+    }
+    let skipped = pipeline.skipped();
+    drop(pipeline);
+    let wall_s = started.elapsed().as_secs_f64();
+    Ok(PipelineBench {
+        batches: delivered,
+        samples,
+        frames_per_s: (samples * shape.views * shape.frames) as f64 / wall_s.max(1e-9),
+        peak_rss_bytes: vidtrain_memutil::peak_rss_bytes(),
+        baseline_rss_bytes,
+        decode_processes: decode_processes_spawned() - decodes_before,
+        skipped,
+        batch_bytes: config.data.batch_size * (shape.video_bytes() + 4 * shape.keypoint_values()),
+        wall_s,
+    })
+}
