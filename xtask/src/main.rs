@@ -2,16 +2,22 @@
 //!
 //! Kept free of Burn so that it builds in seconds.
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 
 /// Commands: name, one-line description.
-const COMMANDS: [(&str, &str); 2] = [
+const COMMANDS: [(&str, &str); 3] = [
     (
         "ci",
         "fmt check, clippy -D warnings, cuda type-check, the whole test suite (what CI runs)",
+    ),
+    (
+        "bench",
+        "cargo xtask bench data: pipeline peak RSS (1- vs 10-minute 720p), speed vs ffmpeg, RSS by workers",
     ),
     (
         "demo-data",
@@ -24,6 +30,13 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("demo-data") => demo_data(&args[1..]),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("data") => bench::data(),
+            _ => {
+                eprintln!("usage: cargo xtask bench data");
+                return ExitCode::from(2);
+            }
+        },
         Some(other) => {
             eprintln!("unknown command `{other}`\n");
             print_commands();
@@ -51,14 +64,14 @@ fn print_commands() {
 }
 
 /// The workspace root (xtask lives one level below it).
-fn project_root() -> PathBuf {
+pub(crate) fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is inside the workspace")
         .to_path_buf()
 }
 
-fn cargo(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!("$ cargo {}", args.join(" "));
     let started = std::time::Instant::now();
@@ -102,7 +115,9 @@ mod tidy {
     //! Repository checks that run with the test suite.
 
     use super::project_root;
-    use std::path::{Path, PathBuf};
+    mod bench;
+
+use std::path::{Path, PathBuf};
 
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {

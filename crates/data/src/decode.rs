@@ -75,38 +75,8 @@ impl FrameDecoder {
 
         // `n` in `select` counts from the seek point. Seeking half a frame early keeps the first
         // wanted frame (rounding the seek time up past its timestamp would drop it).
-        let select = unique
-            .iter()
-            .map(|index| format!("eq(n\\,{})", index - first))
-            .collect::<Vec<_>>()
-            .join("+");
-        let mut command = FfmpegCommand::new_with_path(&self.ffmpeg);
-        command.args([
-            "-nostdin",
-            "-hide_banner",
-            "-loglevel",
-            "level+error",
-            "-threads",
-            "1",
-        ]);
-        if first > 0 {
-            command.args(["-ss", &format!("{:.6}", (first as f64 - 0.5) / info.fps)]);
-        }
-        command.arg("-i").arg(path);
-        command.args([
-            "-vf",
-            &format!("select={select},scale={0}:{0}", self.img_size),
-            "-fps_mode",
-            "passthrough",
-            "-frames:v",
-            &unique.len().to_string(),
-            "-an",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ]);
+        let mut command = self.command(path, info, &unique);
+        command.args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
         let decode_error = |message: String| Error::Decode {
             path: path.to_path_buf(),
             first_frame: first,
@@ -196,6 +166,78 @@ impl FrameDecoder {
             tracing::warn!(path = %path.display(), "ffmpeg reported: {}", error_lines.join(" | "));
         }
         expand_repeats(frame_indices, frame_bytes, out);
+        Ok(())
+    }
+}
+
+impl FrameDecoder {
+    /// The ffmpeg command for `unique` (sorted, distinct) frames, up to the output options:
+    /// input seek half a frame before the first frame (rounding the seek time up past its
+    /// timestamp would drop it), `select` with `n` counted from the seek point, scaling in ffmpeg.
+    fn command(&self, path: &Path, info: &VideoInfo, unique: &[usize]) -> FfmpegCommand {
+        let first = unique[0];
+        let select = unique
+            .iter()
+            .map(|index| format!("eq(n\\,{})", index - first))
+            .collect::<Vec<_>>()
+            .join("+");
+        let mut command = FfmpegCommand::new_with_path(&self.ffmpeg);
+        command.args([
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "level+error",
+            "-threads",
+            "1",
+        ]);
+        if first > 0 {
+            command.args(["-ss", &format!("{:.6}", (first as f64 - 0.5) / info.fps)]);
+        }
+        command.arg("-i").arg(path);
+        command.args([
+            "-vf",
+            &format!("select={select},scale={0}:{0}", self.img_size),
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            &unique.len().to_string(),
+            "-an",
+        ]);
+        command
+    }
+
+    /// Runs the same seek, select and scale as [`FrameDecoder::decode`] with ffmpeg's null
+    /// output (`-f null -`): the cost of decoding alone, the reference for pipeline benchmarks.
+    pub fn decode_discarding(
+        &self,
+        path: &Path,
+        info: &VideoInfo,
+        frame_indices: &[usize],
+    ) -> Result<()> {
+        let mut unique: Vec<usize> = frame_indices.to_vec();
+        unique.dedup();
+        if unique.is_empty() {
+            return Ok(());
+        }
+        let mut command = self.command(path, info, &unique);
+        command.args(["-f", "null", "-"]);
+        let output = command
+            .as_inner_mut()
+            .output()
+            .map_err(|error| Error::Decode {
+                path: path.to_path_buf(),
+                first_frame: unique[0],
+                last_frame: unique[unique.len() - 1],
+                message: format!("cannot run ffmpeg: {error}"),
+            })?;
+        if !output.status.success() {
+            return Err(Error::Decode {
+                path: path.to_path_buf(),
+                first_frame: unique[0],
+                last_frame: unique[unique.len() - 1],
+                message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
         Ok(())
     }
 }

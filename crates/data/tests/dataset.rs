@@ -407,3 +407,54 @@ fn dropping_a_pipeline_early_stops_its_workers() {
     drop(pipeline); // joins the workers; must not wait for the whole epoch
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|line| line.starts_with(field)).unwrap();
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn pipeline_host_memory_stays_within_its_bound() {
+    let _serial = serial();
+    let mut config = config_for(demo());
+    config.data.img_size = 224;
+    config.data.num_workers = 2;
+    config.data.prefetch_depth = 2;
+    let batch_size = 4;
+    let dataset = Arc::new(Dataset::open(&config).unwrap());
+    let batch_bytes = batch_size * dataset.sample_shape().video_bytes();
+    // Every sample twice; the consumer is slower than the two workers, so the queues fill.
+    let ids: Vec<usize> = (0..dataset.len()).cycle().take(2 * dataset.len()).collect();
+    let expected = ids.len();
+    let before = status_kib("VmRSS:") * 1024;
+    // Reset the kernel's high-water mark so that it measures the pipeline alone.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let pipeline = Pipeline::builder()
+        .workers(2)
+        .prefetch_depth(2)
+        .batch_size(batch_size)
+        .build(dataset, ids);
+    let mut delivered = 0;
+    for batch in pipeline {
+        let batch = batch.unwrap();
+        // A slow consumer, so that the workers fill every queue slot.
+        std::thread::sleep(Duration::from_millis(300));
+        delivered += batch.len();
+    }
+    assert_eq!(delivered, expected);
+    let peak = status_kib("VmHWM:") * 1024;
+    let bound = (2 + 2 + 1) * batch_bytes as u64 + (32 << 20);
+    assert!(
+        peak.saturating_sub(before) <= bound,
+        "pipeline grew RSS by {} MiB; bound {} MiB ({} MiB per batch)",
+        (peak - before) >> 20,
+        bound >> 20,
+        batch_bytes >> 20
+    );
+}

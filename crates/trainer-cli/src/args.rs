@@ -44,6 +44,9 @@ pub struct DataBenchArgs {
     /// Batches to load.
     #[arg(long, default_value_t = 20)]
     pub batches: usize,
+    /// Afterwards, decode the same samples with plain `ffmpeg ... -f null -` for comparison.
+    #[arg(long)]
+    pub ffmpeg_baseline: bool,
     #[command(flatten)]
     pub config: ConfigArgs,
 }

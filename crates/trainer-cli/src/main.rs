@@ -109,8 +109,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             command: DataCommand::Bench(args),
         } => {
             let config = load_config_or_demo(&args.config)?;
-            let bench = vidtrain_trainer::bench_pipeline(&config, args.batches)
-                .context("running the data pipeline")?;
+            let bench =
+                vidtrain_trainer::bench_pipeline(&config, args.batches, args.ffmpeg_baseline)
+                    .context("running the data pipeline")?;
             let bytes = |value: Option<u64>| {
                 value.map_or_else(|| "n/a".into(), vidtrain_memutil::format_bytes)
             };
@@ -126,6 +127,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 bench.decode_processes,
                 bench.skipped
             );
+            if let Some(reference) = bench.ffmpeg_null_frames_per_s {
+                println!(
+                    "plain ffmpeg -f null on the same samples: {reference:.0} frames/s ({:.2}x)",
+                    bench.frames_per_s / reference
+                );
+            }
             println!(
                 "{}",
                 serde_json::to_string(&bench).expect("bench serialises")

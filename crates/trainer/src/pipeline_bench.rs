@@ -2,11 +2,11 @@
 //! processes, skips — no model, no training.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use vidtrain_config::{Config, OnBadSample};
-use vidtrain_data::{Dataset, Pipeline, decode_processes_spawned, shuffled};
+use vidtrain_data::{Dataset, FrameDecoder, Pipeline, decode_processes_spawned, shuffled};
 
 use crate::Result;
 
@@ -31,11 +31,20 @@ pub struct PipelineBench {
     pub batch_bytes: usize,
     /// Wall time of the pipeline run, seconds.
     pub wall_s: f64,
+    /// Frames per second of plain `ffmpeg ... -f null -` runs with the same seek, select and
+    /// scale over the same samples, one after another (when asked for).
+    pub ffmpeg_null_frames_per_s: Option<f64>,
 }
 
-/// Runs the training pipeline of `config` for up to `batches` batches of shuffled samples.
-pub fn bench_pipeline(config: &Config, batches: usize) -> Result<PipelineBench> {
+/// Runs the training pipeline of `config` for up to `batches` batches of shuffled samples; with
+/// `ffmpeg_baseline`, then decodes the same samples with ffmpeg's null output for comparison.
+pub fn bench_pipeline(
+    config: &Config,
+    batches: usize,
+    ffmpeg_baseline: bool,
+) -> Result<PipelineBench> {
     let dataset = Arc::new(Dataset::open(config)?);
+    let reference = Arc::clone(&dataset);
     let ids: Vec<usize> = (0..dataset.len()).collect();
     let order = shuffled(&ids, config.train.seed);
     let shape = dataset.sample_shape();
@@ -50,23 +59,44 @@ pub fn bench_pipeline(config: &Config, batches: usize) -> Result<PipelineBench> 
         .skip_bad_samples(config.data.on_bad_sample == OnBadSample::Skip)
         .build(dataset, order);
     let mut delivered = 0;
-    let mut samples = 0;
+    let mut sample_ids = Vec::new();
     for batch in pipeline.by_ref().take(batches) {
-        samples += batch?.len();
+        sample_ids.extend(batch?.sample_ids);
         delivered += 1;
     }
+    let samples = sample_ids.len();
     let skipped = pipeline.skipped();
     drop(pipeline);
     let wall_s = started.elapsed().as_secs_f64();
+    let peak_rss_bytes = vidtrain_memutil::peak_rss_bytes();
+    let decode_processes = decode_processes_spawned() - decodes_before;
+    let frames = (samples * shape.views * shape.frames) as f64;
+    let ffmpeg_null_frames_per_s = if ffmpeg_baseline && shape.rgb {
+        let decoder = FrameDecoder::new(
+            config.data.img_size,
+            Duration::from_secs(config.data.decode_timeout_s),
+        )?;
+        let baseline_started = Instant::now();
+        for &id in &sample_ids {
+            let sample = &reference.plan.samples[id];
+            for video in &reference.index.recordings[sample.recording].views {
+                decoder.decode_discarding(&video.path, &video.info, &sample.frame_indices)?;
+            }
+        }
+        Some(frames / baseline_started.elapsed().as_secs_f64().max(1e-9))
+    } else {
+        None
+    };
     Ok(PipelineBench {
         batches: delivered,
         samples,
-        frames_per_s: (samples * shape.views * shape.frames) as f64 / wall_s.max(1e-9),
-        peak_rss_bytes: vidtrain_memutil::peak_rss_bytes(),
+        frames_per_s: frames / wall_s.max(1e-9),
+        peak_rss_bytes,
         baseline_rss_bytes,
-        decode_processes: decode_processes_spawned() - decodes_before,
+        decode_processes,
         skipped,
         batch_bytes: config.data.batch_size * (shape.video_bytes() + 4 * shape.keypoint_values()),
         wall_s,
+        ffmpeg_null_frames_per_s,
     })
 }

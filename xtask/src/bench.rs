@@ -1,0 +1,179 @@
+//! `cargo xtask bench data`: the data pipeline's memory and speed on long 720p videos, measured
+//! by the release `vidtrain data bench`, written to `target/bench/data.json` and printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::{cargo, project_root};
+
+/// Frames of the short and the long video (1 and 10 minutes at 30 fps).
+const SHORT_FRAMES: usize = 1800;
+const LONG_FRAMES: usize = 18_000;
+
+pub fn data() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    let target = target_dir();
+    let vidtrain = target.join("release/vidtrain");
+    let folder = target.join("bench/data");
+    std::fs::create_dir_all(&folder)?;
+    let short = dataset(&folder, "short", SHORT_FRAMES)?;
+    let long = dataset(&folder, "long", LONG_FRAMES)?;
+
+    let settings = [
+        "data.views=[front]",
+        "data.img_size=224",
+        "data.batch_size=4",
+        "data.uniform_temporal_subsample_num=8",
+        "data.max_video_frames=500",
+        "data.prefetch_depth=2",
+    ];
+    let run = |config: &Path, workers: usize, extra: &[&str]| -> anyhow::Result<Value> {
+        let workers = format!("data.num_workers={workers}");
+        let mut args: Vec<&str> = vec!["data", "bench", "--batches", "15", "--config"];
+        let config = config.to_str().context("UTF-8 path")?;
+        args.push(config);
+        args.extend(extra);
+        args.extend(settings);
+        args.push(&workers);
+        eprintln!("$ vidtrain {}", args.join(" "));
+        let output = Command::new(&vidtrain).args(&args).output()?;
+        if !output.status.success() {
+            bail!("vidtrain data bench failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().last().context("no output")?;
+        Ok(serde_json::from_str(last)?)
+    };
+
+    let short_run = run(&short, 2, &[])?;
+    let long_run = run(&long, 2, &[])?;
+    let throughput = run(&long, 1, &["--ffmpeg-baseline"])?;
+    let mut by_workers = Vec::new();
+    for workers in [0, 1, 2, 4] {
+        let result = run(&long, workers, &[])?;
+        by_workers.push(json!({"num_workers": workers, "peak_rss_bytes": result["peak_rss_bytes"], "frames_per_s": result["frames_per_s"], "batch_bytes": result["batch_bytes"]}));
+    }
+
+    let peak = |value: &Value| value["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN);
+    let rss_ratio = peak(&long_run) / peak(&short_run);
+    let speed_ratio = throughput["frames_per_s"].as_f64().unwrap_or(f64::NAN)
+        / throughput["ffmpeg_null_frames_per_s"].as_f64().unwrap_or(f64::NAN);
+    let report = json!({
+        "host": host(),
+        "git_revision": git_revision(),
+        "settings": settings,
+        "short_video_frames": SHORT_FRAMES,
+        "long_video_frames": LONG_FRAMES,
+        "peak_rss_short_bytes": short_run["peak_rss_bytes"],
+        "peak_rss_long_bytes": long_run["peak_rss_bytes"],
+        "rss_long_over_short": rss_ratio,
+        "pipeline_frames_per_s_1_worker": throughput["frames_per_s"],
+        "ffmpeg_null_frames_per_s": throughput["ffmpeg_null_frames_per_s"],
+        "pipeline_over_ffmpeg_null": speed_ratio,
+        "by_workers": by_workers,
+    });
+    let out = target.join("bench/data.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+
+    let mib = |value: &Value| value.as_f64().unwrap_or(f64::NAN) / 1048576.0;
+    println!("data pipeline, 720p H.264, {}", settings.join(" "));
+    println!(
+        "  peak RSS, 1-minute video   {:8.1} MiB",
+        mib(&short_run["peak_rss_bytes"])
+    );
+    println!(
+        "  peak RSS, 10-minute video  {:8.1} MiB   ratio {:.3} (target <= 1.1)",
+        mib(&long_run["peak_rss_bytes"]),
+        rss_ratio
+    );
+    println!(
+        "  frames/s, pipeline (1 worker) {:.1} vs ffmpeg -f null {:.1}: {:.2}x (target >= 0.8)",
+        throughput["frames_per_s"].as_f64().unwrap_or(f64::NAN),
+        throughput["ffmpeg_null_frames_per_s"].as_f64().unwrap_or(f64::NAN),
+        speed_ratio
+    );
+    println!("  num_workers  peak RSS (MiB)  frames/s");
+    for row in report["by_workers"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>11}  {:>14.1}  {:>8.1}",
+            row["num_workers"],
+            mib(&row["peak_rss_bytes"]),
+            row["frames_per_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+/// A one-view dataset of one 720p test-pattern video with labelled 60-frame ranges every 90
+/// frames; returns its config file. Reused when already there.
+fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> {
+    let root = folder.join(name);
+    let video_folder = root.join("videos/front");
+    std::fs::create_dir_all(&video_folder)?;
+    let video = video_folder.join(format!("person_01_{name}.mp4"));
+    if !video.is_file() {
+        eprintln!("encoding {} ({frames} frames of 1280x720)", video.display());
+        let partial = video.with_extension("partial.mp4");
+        let status = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size=1280x720:rate=30:duration={}", frames / 30))
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-pix_fmt", "yuv420p"])
+            .args(["-movflags", "+faststart"])
+            .arg(&partial)
+            .status()
+            .context("running ffmpeg (install it: apt-get install -y ffmpeg)")?;
+        if !status.success() {
+            bail!("encoding {} failed", video.display());
+        }
+        std::fs::rename(&partial, &video)?;
+    }
+    let classes = ["left", "right", "down", "up", "front"];
+    let labels: Vec<Value> = (0..frames / 90)
+        .map(|i| {
+            json!({"timelinelabels": [classes[i % classes.len()]],
+                   "ranges": [{"start": i * 90, "end": i * 90 + 59}]})
+        })
+        .collect();
+    let tasks = json!([{"video": format!("person_01_{name}.mp4"), "videoLabels": labels}]);
+    std::fs::write(root.join("annotations.json"), tasks.to_string())?;
+    let config = root.join("vidtrain.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nroot_path = \"{}\"\nannotation_path = \"annotations.json\"\nvideo_path = \"videos\"\n",
+            root.display()
+        ),
+    )?;
+    Ok(config)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
+fn host() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        });
+    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).ok()})
+}
+
+fn git_revision() -> Option<String> {
+    let output = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(project_root())
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
