@@ -41,7 +41,10 @@ pub fn data() -> anyhow::Result<()> {
         eprintln!("$ vidtrain {}", args.join(" "));
         let output = Command::new(&vidtrain).args(&args).output()?;
         if !output.status.success() {
-            bail!("vidtrain data bench failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "vidtrain data bench failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
         let last = stdout.lines().last().context("no output")?;
@@ -60,7 +63,9 @@ pub fn data() -> anyhow::Result<()> {
     let peak = |value: &Value| value["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN);
     let rss_ratio = peak(&long_run) / peak(&short_run);
     let speed_ratio = throughput["frames_per_s"].as_f64().unwrap_or(f64::NAN)
-        / throughput["ffmpeg_null_frames_per_s"].as_f64().unwrap_or(f64::NAN);
+        / throughput["ffmpeg_null_frames_per_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
     let report = json!({
         "host": host(),
         "git_revision": git_revision(),
@@ -92,7 +97,9 @@ pub fn data() -> anyhow::Result<()> {
     println!(
         "  frames/s, pipeline (1 worker) {:.1} vs ffmpeg -f null {:.1}: {:.2}x (target >= 0.8)",
         throughput["frames_per_s"].as_f64().unwrap_or(f64::NAN),
-        throughput["ffmpeg_null_frames_per_s"].as_f64().unwrap_or(f64::NAN),
+        throughput["ffmpeg_null_frames_per_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
         speed_ratio
     );
     println!("  num_workers  peak RSS (MiB)  frames/s");
@@ -120,8 +127,20 @@ fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> 
         let partial = video.with_extension("partial.mp4");
         let status = Command::new("ffmpeg")
             .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-            .arg(format!("testsrc2=size=1280x720:rate=30:duration={}", frames / 30))
-            .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60", "-pix_fmt", "yuv420p"])
+            .arg(format!(
+                "testsrc2=size=1280x720:rate=30:duration={}",
+                frames / 30
+            ))
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "60",
+                "-pix_fmt",
+                "yuv420p",
+            ])
             .args(["-movflags", "+faststart"])
             .arg(&partial)
             .status()

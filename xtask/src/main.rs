@@ -115,9 +115,7 @@ mod tidy {
     //! Repository checks that run with the test suite.
 
     use super::project_root;
-    mod bench;
-
-use std::path::{Path, PathBuf};
+    use std::path::{Path, PathBuf};
 
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
