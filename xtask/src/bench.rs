@@ -32,7 +32,7 @@ pub fn data() -> anyhow::Result<()> {
     ];
     let run = |config: &Path, workers: usize, extra: &[&str]| -> anyhow::Result<Value> {
         let workers = format!("data.num_workers={workers}");
-        let mut args: Vec<&str> = vec!["data", "bench", "--batches", "15", "--config"];
+        let mut args: Vec<&str> = vec!["data", "bench", "--batches", "12", "--config"];
         let config = config.to_str().context("UTF-8 path")?;
         args.push(config);
         args.extend(extra);
@@ -115,8 +115,8 @@ pub fn data() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A one-view dataset of one 720p test-pattern video with labelled 60-frame ranges every 90
-/// frames; returns its config file. Reused when already there.
+/// A one-view dataset of one 720p test-pattern video labelled in consecutive 30-frame ranges;
+/// returns its config file. The video is reused when already there.
 fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> {
     let root = folder.join(name);
     let video_folder = root.join("videos/front");
@@ -151,10 +151,12 @@ fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> 
         std::fs::rename(&partial, &video)?;
     }
     let classes = ["left", "right", "down", "up", "front"];
-    let labels: Vec<Value> = (0..frames / 90)
+    // One labelled second after another: 60 segments in the short video, 600 in the long one,
+    // so both deliver the same number of batches.
+    let labels: Vec<Value> = (0..frames / 30)
         .map(|i| {
             json!({"timelinelabels": [classes[i % classes.len()]],
-                   "ranges": [{"start": i * 90, "end": i * 90 + 59}]})
+                   "ranges": [{"start": i * 30, "end": i * 30 + 29}]})
         })
         .collect();
     let tasks = json!([{"video": format!("person_01_{name}.mp4"), "videoLabels": labels}]);

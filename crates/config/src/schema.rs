@@ -714,21 +714,13 @@ impl Config {
                     "is \"rgb_kpt\" but data.load_rgb or data.load_kpt is false".into(),
                 );
             }
-            InputType::Kpt | InputType::RgbKpt => {
+            InputType::Kpt | InputType::RgbKpt if data.keypoint_indices.is_empty() => {
                 return invalid(
-                    "model.input_type",
-                    format!(
-                        "\"{}\" needs the keypoint encoder, which this version of vidtrain does \
-                         not have yet; use input_type = \"rgb\"",
-                        if self.model.input_type == InputType::Kpt {
-                            "kpt"
-                        } else {
-                            "rgb_kpt"
-                        }
-                    ),
+                    "data.keypoint_indices",
+                    "is empty but the model reads keypoints; list the joints to keep".into(),
                 );
             }
-            InputType::Rgb => {}
+            InputType::Rgb | InputType::Kpt | InputType::RgbKpt => {}
         }
         Ok(())
     }

@@ -3,16 +3,18 @@
 
 mod conv;
 mod encoder;
+mod keypoint_encoder;
 mod stem;
 mod video_transformer;
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use vidtrain_config::{Backbone, FusionMode};
+use vidtrain_config::{Backbone, FusionMode, InputType, ModalityFusion};
 
 pub use conv::{Conv3dGemm, Conv3dGemmConfig};
 pub use encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+pub use keypoint_encoder::{KeypointEncoder, KeypointEncoderConfig};
 pub use stem::{VideoStem, VideoStemConfig};
 pub use video_transformer::{VideoTransformer, VideoTransformerConfig};
 
@@ -20,77 +22,156 @@ pub use video_transformer::{VideoTransformer, VideoTransformerConfig};
 #[cfg(test)]
 pub(crate) type TestBackend = burn::backend::NdArray<f32>;
 
-/// Configuration of an [`ActionModel`]: a backbone shared by all views, view fusion, classifier.
+/// Configuration of an [`ActionModel`]: per-view encoders shared by all views, modality fusion,
+/// view fusion, classifier.
 #[derive(Debug, Clone)]
 pub struct ActionModelConfig {
-    /// The per-view backbone.
-    pub backbone: VideoTransformerConfig,
+    /// The RGB backbone (absent when `model.input_type = "kpt"`).
+    pub backbone: Option<VideoTransformerConfig>,
+    /// The keypoint encoder (absent when `model.input_type = "rgb"`).
+    pub keypoint_encoder: Option<KeypointEncoderConfig>,
     /// Views per sample.
     pub views: usize,
     /// Classes.
     pub classes: usize,
     /// How per-view outputs are combined.
     pub fusion: FusionMode,
+    /// How RGB and keypoint features are combined (both encoders present).
+    pub modality_fusion: ModalityFusion,
 }
 
 impl ActionModelConfig {
     /// The model a resolved vidtrain config asks for.
     pub fn from_config(config: &vidtrain_config::Config) -> Self {
         let model = &config.model;
-        match model.backbone {
-            Backbone::Transformer => Self {
-                backbone: VideoTransformerConfig::new(
-                    model.transformer_dim,
-                    model.transformer_layers,
-                    model.transformer_heads,
-                    model.transformer_ff_dim,
-                    model.transformer_dropout,
-                ),
-                views: config.active_views().len(),
-                classes: model.model_class_num,
-                fusion: model.fusion_mode,
-            },
+        let uses_rgb = model.input_type != InputType::Kpt;
+        let uses_keypoints = model.input_type != InputType::Rgb;
+        let backbone = match model.backbone {
+            Backbone::Transformer => VideoTransformerConfig::new(
+                model.transformer_dim,
+                model.transformer_layers,
+                model.transformer_heads,
+                model.transformer_ff_dim,
+                model.transformer_dropout,
+            ),
+        };
+        let keypoint_encoder = KeypointEncoderConfig::new(
+            config.data.keypoint_indices.len(),
+            model.transformer_dim,
+            model.transformer_layers,
+            model.transformer_heads,
+            model.transformer_ff_dim,
+            model.transformer_dropout,
+        );
+        Self {
+            backbone: uses_rgb.then_some(backbone),
+            keypoint_encoder: uses_keypoints.then_some(keypoint_encoder),
+            views: config.active_views().len(),
+            classes: model.model_class_num,
+            fusion: model.fusion_mode,
+            modality_fusion: model.modality_fusion,
         }
+    }
+
+    /// Width of one view's feature vector.
+    pub fn view_feature_dim(&self) -> usize {
+        let rgb = self.backbone.as_ref().map_or(0, |backbone| backbone.dim);
+        let keypoints = self
+            .keypoint_encoder
+            .as_ref()
+            .map_or(0, |encoder| encoder.dim);
+        match (rgb, keypoints, self.modality_fusion) {
+            (0, dim, _) | (dim, 0, _) => dim,
+            (rgb, keypoints, ModalityFusion::Concat) => rgb + keypoints,
+            (rgb, _, ModalityFusion::Mean) => rgb,
+        }
+    }
+
+    /// Dropout probability before the classifier.
+    fn dropout(&self) -> f64 {
+        self.backbone
+            .as_ref()
+            .map(|backbone| backbone.dropout)
+            .or(self
+                .keypoint_encoder
+                .as_ref()
+                .map(|encoder| encoder.dropout))
+            .unwrap_or(0.0)
     }
 
     /// Builds the model with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> ActionModel<B> {
         let feature_dim = match self.fusion {
-            FusionMode::FeatureConcat => self.views * self.backbone.dim,
-            _ => self.backbone.dim,
+            FusionMode::FeatureConcat => self.views * self.view_feature_dim(),
+            _ => self.view_feature_dim(),
         };
         ActionModel {
-            backbone: self.backbone.init(device),
-            dropout: DropoutConfig::new(self.backbone.dropout).init(),
+            backbone: self.backbone.as_ref().map(|config| config.init(device)),
+            keypoint_encoder: self
+                .keypoint_encoder
+                .as_ref()
+                .map(|config| config.init(device)),
+            dropout: DropoutConfig::new(self.dropout()).init(),
             head: LinearConfig::new(feature_dim, self.classes).init(device),
             fusion: self.fusion,
+            modality_fusion: self.modality_fusion,
         }
     }
 }
 
-/// Multi-view action classifier.
+/// Multi-view (and optionally multi-modal) action classifier.
 #[derive(Module, Debug)]
 pub struct ActionModel<B: Backend> {
-    backbone: VideoTransformer<B>,
+    backbone: Option<VideoTransformer<B>>,
+    keypoint_encoder: Option<KeypointEncoder<B>>,
     dropout: Dropout,
     head: Linear<B>,
     #[module(skip)]
     fusion: FusionMode,
+    #[module(skip)]
+    modality_fusion: ModalityFusion,
 }
 
 impl<B: Backend> ActionModel<B> {
     /// Class scores; for `prob_mean` these are log mean probabilities, so cross-entropy applies
-    /// unchanged (`log_softmax` of log-probabilities is the identity).
+    /// unchanged (`log_softmax` of log-probabilities is the identity). Each input must be given
+    /// when the model has the matching encoder.
     ///
     /// # Shapes
     /// - video: `[batch, views, t, h, w, 3]` as decoded (rgb24 order), values in 0..1
+    /// - keypoints: `[batch, views, t, joints, 3]`
     /// - output: `[batch, classes]`
-    pub fn forward(&self, video: Tensor<B, 6>) -> Tensor<B, 2> {
-        let [batch, views, t, h, w, c] = video.dims();
-        let frames = video
-            .reshape([batch * views, t, h, w, c])
-            .permute([0, 1, 4, 2, 3]); // [b·v, t, 3, h, w]
-        let features = self.backbone.forward(frames); // [b·v, dim]
+    pub fn forward(
+        &self,
+        video: Option<Tensor<B, 6>>,
+        keypoints: Option<Tensor<B, 5>>,
+    ) -> Tensor<B, 2> {
+        let rgb_features = self.backbone.as_ref().map(|backbone| {
+            let video = video.expect("the model has an RGB backbone: pass video");
+            let [batch, views, t, h, w, c] = video.dims();
+            let frames = video
+                .reshape([batch * views, t, h, w, c])
+                .permute([0, 1, 4, 2, 3]); // [b·v, t, 3, h, w]
+            (backbone.forward(frames), batch, views) // [b·v, dim]
+        });
+        let keypoint_features = self.keypoint_encoder.as_ref().map(|encoder| {
+            let keypoints = keypoints.expect("the model has a keypoint encoder: pass keypoints");
+            let [batch, views, t, joints, c] = keypoints.dims();
+            let features = encoder.forward(keypoints.reshape([batch * views, t, joints, c]));
+            (features, batch, views) // [b·v, dim]
+        });
+        let (features, batch, views) = match (rgb_features, keypoint_features) {
+            (Some(rgb), None) => rgb,
+            (None, Some(keypoints)) => keypoints,
+            (Some((rgb, batch, views)), Some((keypoints, _, _))) => {
+                let fused = match self.modality_fusion {
+                    ModalityFusion::Concat => Tensor::cat(vec![rgb, keypoints], 1),
+                    ModalityFusion::Mean => (rgb + keypoints) / 2.0,
+                };
+                (fused, batch, views)
+            }
+            (None, None) => unreachable!("an ActionModel has at least one encoder"),
+        };
         let dim = features.dims()[1];
         let features = features.reshape([batch, views, dim]); // [b, v, dim]
         match self.fusion {
@@ -120,30 +201,65 @@ mod tests {
     use super::*;
     use burn::tensor::Distribution;
 
-    #[test]
-    fn every_fusion_mode_gives_one_score_per_class() {
-        let device = Default::default();
-        for fusion in [
-            FusionMode::LogitMean,
-            FusionMode::ProbMean,
-            FusionMode::FeatureMean,
-            FusionMode::FeatureConcat,
-        ] {
-            let config = ActionModelConfig {
-                backbone: VideoTransformerConfig::new(16, 1, 2, 32, 0.0),
-                views: 3,
-                classes: 9,
-                fusion,
-            };
-            let model = config.init::<TestBackend>(&device);
-            let video = Tensor::random([2, 3, 4, 16, 16, 3], Distribution::Default, &device);
-            let scores = model.forward(video);
-            assert_eq!(scores.dims(), [2, 9]);
-            let values = scores.into_data().to_vec::<f32>().unwrap();
-            assert!(
-                values.iter().all(|v| v.is_finite()),
-                "{fusion:?}: {values:?}"
-            );
+    fn config(
+        input: InputType,
+        fusion: FusionMode,
+        modality_fusion: ModalityFusion,
+    ) -> ActionModelConfig {
+        ActionModelConfig {
+            backbone: (input != InputType::Kpt)
+                .then(|| VideoTransformerConfig::new(16, 1, 2, 32, 0.0)),
+            keypoint_encoder: (input != InputType::Rgb)
+                .then(|| KeypointEncoderConfig::new(5, 16, 1, 2, 32, 0.0)),
+            views: 3,
+            classes: 9,
+            fusion,
+            modality_fusion,
         }
+    }
+
+    #[test]
+    fn every_input_and_fusion_mode_gives_one_score_per_class() {
+        let device = Default::default();
+        for input in [InputType::Rgb, InputType::Kpt, InputType::RgbKpt] {
+            for fusion in [
+                FusionMode::LogitMean,
+                FusionMode::ProbMean,
+                FusionMode::FeatureMean,
+                FusionMode::FeatureConcat,
+            ] {
+                for modality_fusion in [ModalityFusion::Concat, ModalityFusion::Mean] {
+                    let model = config(input, fusion, modality_fusion).init::<TestBackend>(&device);
+                    let video = (input != InputType::Kpt).then(|| {
+                        Tensor::random([2, 3, 4, 16, 16, 3], Distribution::Default, &device)
+                    });
+                    let keypoints = (input != InputType::Rgb)
+                        .then(|| Tensor::random([2, 3, 4, 5, 3], Distribution::Default, &device));
+                    let scores = model.forward(video, keypoints);
+                    assert_eq!(scores.dims(), [2, 9]);
+                    let values = scores.into_data().to_vec::<f32>().unwrap();
+                    assert!(
+                        values.iter().all(|v| v.is_finite()),
+                        "{input:?} {fusion:?}: {values:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prob_mean_scores_are_log_probabilities() {
+        let device = Default::default();
+        let model = config(InputType::Kpt, FusionMode::ProbMean, ModalityFusion::Concat)
+            .init::<TestBackend>(&device);
+        let keypoints = Tensor::random([2, 3, 4, 5, 3], Distribution::Default, &device);
+        let sums = model
+            .forward(None, Some(keypoints))
+            .exp()
+            .sum_dim(1)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        assert!(sums.iter().all(|sum| (sum - 1.0).abs() < 1e-5), "{sums:?}");
     }
 }

@@ -128,9 +128,11 @@ pub(crate) fn fit<B: AutodiffBackend>(
             let group_len = group_samples.min(order.len() - group_start);
             let weight = batch.len() as f64 / group_len as f64;
 
-            let video = video_tensor::<B>(&batch, &device);
             let labels = labels_tensor::<B>(&batch, &device);
-            let logits = model.forward(video);
+            let logits = model.forward(
+                video_tensor::<B>(&batch, &device),
+                keypoint_tensor::<B>(&batch, &device),
+            );
             let loss = loss_function.forward(logits, labels);
             let loss_value: f32 = loss.clone().into_scalar().elem();
             if !loss_value.is_finite() {
@@ -258,7 +260,10 @@ fn validate<B: AutodiffBackend>(
         .build(Arc::clone(dataset), ids.to_vec());
     for batch in pipeline {
         let batch = batch?;
-        let logits = model.forward(video_tensor::<B::InnerBackend>(&batch, device));
+        let logits = model.forward(
+            video_tensor::<B::InnerBackend>(&batch, device),
+            keypoint_tensor::<B::InnerBackend>(&batch, device),
+        );
         let loss: f32 = loss_function
             .forward(
                 logits.clone(),
@@ -276,28 +281,35 @@ fn validate<B: AutodiffBackend>(
     Ok((metrics, loss_sum / labels.len().max(1) as f64))
 }
 
-/// u8 frames → f32 in 0..1, `[batch, views, t, h, w, 3]`.
-fn video_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 6> {
+/// u8 frames → f32 in 0..1, `[batch, views, t, h, w, 3]` (`None` when RGB is not loaded).
+fn video_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<B, 6>> {
     let shape = batch.shape;
+    if !shape.rgb {
+        return None;
+    }
     let values: Vec<f32> = batch
         .video
         .iter()
         .map(|&byte| f32::from(byte) * (1.0 / 255.0))
         .collect();
-    Tensor::from_data(
-        TensorData::new(
-            values,
-            [
-                batch.len(),
-                shape.views,
-                shape.frames,
-                shape.img_size,
-                shape.img_size,
-                3,
-            ],
-        ),
-        device,
-    )
+    let dims = [
+        batch.len(),
+        shape.views,
+        shape.frames,
+        shape.img_size,
+        shape.img_size,
+        3,
+    ];
+    Some(Tensor::from_data(TensorData::new(values, dims), device))
+}
+
+/// Keypoints `[batch, views, t, joints, 3]` (`None` when keypoints are not loaded).
+fn keypoint_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<B, 5>> {
+    let shape = batch.shape;
+    (shape.joints > 0).then(|| {
+        let dims = [batch.len(), shape.views, shape.frames, shape.joints, 3];
+        Tensor::from_data(TensorData::new(batch.keypoints.clone(), dims), device)
+    })
 }
 
 fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
