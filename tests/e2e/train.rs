@@ -114,12 +114,17 @@ fn training_writes_the_run_directory_contract() {
         serde_json::from_str(&std::fs::read_to_string(run.join("memory.json")).unwrap()).unwrap();
     assert!(!memory["timeline"].as_array().unwrap().is_empty());
 
-    assert!(run.join("checkpoints/model-last.mpk").is_file());
+    for file in ["model.mpk", "optimizer.mpk", "state.json"] {
+        assert!(run.join("checkpoints/last").join(file).is_file(), "{file}");
+    }
     assert!(run.join("checkpoints/model-best.mpk").is_file());
     let leftovers: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()
         .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().contains("partial"))
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.contains("partial") || name.contains(".old")
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("run directory:"));
@@ -197,4 +202,142 @@ fn the_bundled_demo_trains_to_at_least_80_percent() {
     .unwrap();
     let accuracy = summary["val_accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.8, "demo val_accuracy {accuracy}: {summary}");
+}
+
+/// The losses logged for each optimizer step in a run's metrics.jsonl.
+fn step_losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record["event"] == "step")
+        .map(|record| {
+            (
+                record["step"].as_u64().unwrap(),
+                record["loss"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn runs_of(experiment: &Path) -> Vec<std::path::PathBuf> {
+    let mut runs: Vec<_> = std::fs::read_dir(experiment)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    runs.sort();
+    runs
+}
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    let dir = scratch("train-resume");
+    let config = small_dataset(&dir);
+    // Dropout on, accumulation on, several epochs: everything that could drift on resume.
+    let common = |experiment: &'static str, extra: &[&'static str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            config.as_str(),
+            "train.max_epochs=6",
+            "data.batch_size=2",
+            "train.accumulate_grad_batches=2",
+            "model.transformer_dropout=0.2",
+        ];
+        args.push(experiment);
+        args.extend_from_slice(&TINY_MODEL[..5]);
+        args.extend_from_slice(extra);
+        let output = vidtrain(&dir, &args);
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    common("experiment=straight", &["train.max_steps=10"]);
+    common("experiment=resumed", &["train.max_steps=5"]);
+    common(
+        "experiment=resumed",
+        &["train.max_steps=10", "train.resume=last"],
+    );
+
+    let straight = step_losses(&runs_of(&dir.join("runs/straight"))[0]);
+    let resumed_runs = runs_of(&dir.join("runs/resumed"));
+    assert_eq!(resumed_runs.len(), 2);
+    let first_half = step_losses(&resumed_runs[0]);
+    let second_half = step_losses(&resumed_runs[1]);
+    assert_eq!(straight.len(), 10);
+    assert_eq!(
+        first_half.iter().map(|(step, _)| *step).collect::<Vec<_>>(),
+        (1..=5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        second_half
+            .iter()
+            .map(|(step, _)| *step)
+            .collect::<Vec<_>>(),
+        (6..=10).collect::<Vec<_>>()
+    );
+    for ((step, expected), (_, got)) in straight.iter().zip(first_half.iter().chain(&second_half)) {
+        assert!(
+            (expected - got).abs() <= 1e-6,
+            "step {step}: {expected} uninterrupted vs {got} resumed"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130() {
+    let dir = scratch("train-interrupt");
+    let config = small_dataset(&dir);
+    let mut args = vec![
+        "train",
+        "--config",
+        config.as_str(),
+        "train.max_epochs=200",
+        "experiment=stopped",
+    ];
+    args.extend(TINY_MODEL);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vidtrain"))
+        .args(&args)
+        .current_dir(&dir)
+        .env(
+            "VIDTRAIN_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vidtrain-cache"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first optimizer step, then interrupt like a terminal's Ctrl-C.
+    let started = std::time::Instant::now();
+    let metrics = loop {
+        let found = std::fs::read_dir(dir.join("runs/stopped"))
+            .ok()
+            .and_then(|mut runs| runs.next())
+            .and_then(|run| run.ok())
+            .map(|run| run.path().join("metrics.jsonl"))
+            .filter(|metrics| {
+                std::fs::read_to_string(metrics).is_ok_and(|text| text.contains("\"step\""))
+            });
+        if let Some(metrics) = found {
+            break metrics;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no training step within 120 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_clean_failure(&output, 130);
+    let text = stderr(&output);
+    assert!(
+        text.contains("interrupted") && text.contains("train.resume="),
+        "{text}"
+    );
+    let run = metrics.parent().unwrap();
+    assert!(run.join("checkpoints/last/state.json").is_file());
+    assert!(!run.join("checkpoints/last.partial").exists());
 }

@@ -162,6 +162,12 @@ pub struct TrainConfig {
     pub view_name: String,
     /// Seed for initialisation, shuffling and dropout.
     pub seed: u64,
+    /// Also save a resumable checkpoint every this many optimizer steps (0: only after each
+    /// epoch). Checkpoints replace the previous one whole; an interrupted write leaves the old.
+    pub checkpoint_every_steps: usize,
+    /// Continue a run: `""` (start fresh), `"last"` (the newest run of this experiment with a
+    /// checkpoint), or the path of a run folder or checkpoint folder. Use the same config.
+    pub resume: String,
 }
 
 impl Default for TrainConfig {
@@ -178,6 +184,8 @@ impl Default for TrainConfig {
             view: ViewMode::Multi,
             view_name: "front".to_string(),
             seed: 42,
+            checkpoint_every_steps: 0,
+            resume: String::new(),
         }
     }
 }

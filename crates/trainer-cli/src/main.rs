@@ -2,7 +2,7 @@
 //! crates, prints results. No training or data logic lives here.
 //!
 //! Exit codes: 0 success; 1 the run failed (data, I/O, non-finite loss); 2 bad command line or
-//! config (nothing was started).
+//! config (nothing was started); 130 interrupted by Ctrl-C (a checkpoint was saved first).
 
 mod args;
 mod demo;
@@ -45,12 +45,25 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        let code = if is_usage_error(&error) { 2 } else { 1 };
+        let interrupted = error.chain().any(|cause| {
+            matches!(
+                cause.downcast_ref::<vidtrain_trainer::Error>(),
+                Some(vidtrain_trainer::Error::Interrupted { .. })
+            )
+        });
+        let code = if interrupted {
+            130
+        } else if is_usage_error(&error) {
+            2
+        } else {
+            1
+        };
         Failure { error, code }
     }
 }
 
-/// Config and "unsupported setting" errors are the user's to fix before anything runs: exit 2.
+/// Config and "unsupported setting" errors are the user's to fix before anything runs: exit 2;
+/// an interrupted run exits 130 like any program stopped by Ctrl-C.
 fn is_usage_error(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.downcast_ref::<vidtrain_config::Error>().is_some()
@@ -70,6 +83,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -177,8 +191,22 @@ fn load_config_or_demo(args: &ConfigArgs) -> anyhow::Result<vidtrain_config::Con
 
 fn train(args: &ConfigArgs) -> Result<(), Failure> {
     let config = load_config_or_demo(args)?;
+    // First Ctrl-C: finish the current optimizer step, save a checkpoint, exit 130.
+    // A second Ctrl-C stops at once (the last complete checkpoint stays intact).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handler_stop = std::sync::Arc::clone(&stop);
+    let handler = ctrlc::set_handler(move || {
+        if handler_stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the current step (Ctrl-C again to stop now) ...");
+    });
+    if let Err(error) = handler {
+        tracing::warn!("Ctrl-C will not save a checkpoint: {error}");
+    }
     let options = vidtrain_trainer::TrainOptions {
         progress_bar: std::io::stderr().is_terminal(),
+        stop: Some(stop),
     };
     let summary = vidtrain_trainer::train(&config, &options).context("training failed")?;
     print_summary(&summary);

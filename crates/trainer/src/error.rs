@@ -32,6 +32,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Training was stopped on request (Ctrl-C) after saving a checkpoint.
+    #[error("interrupted; checkpoint saved in {} (continue with train.resume={})", .checkpoint.display(), .checkpoint.display())]
+    Interrupted { checkpoint: PathBuf },
     /// A checkpoint could not be written or read.
     #[error("checkpoint {}: {message}", .path.display())]
     Checkpoint { path: PathBuf, message: String },

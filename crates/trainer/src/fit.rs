@@ -1,7 +1,7 @@
 //! The training loop, generic over the autodiff backend: epochs of shuffled micro-batches with
 //! exact gradient accumulation, Adam steps, validation, metrics lines and checkpoints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
 use vidtrain_memutil::MemorySampler;
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
+use crate::checkpoint::{self, TrainingState};
 use crate::metrics::ClassificationMetrics;
 use crate::progress::Progress;
 use crate::run_dir::RunDir;
@@ -74,22 +75,53 @@ pub(crate) fn fit<B: AutodiffBackend>(
             .rate(config.train.lr, step, total_steps)
     };
 
-    let mut step = 0usize;
-    let mut train_samples = 0usize;
+    let checkpoints = context.run_dir.checkpoints();
+    let mut state = TrainingState {
+        epoch: 1,
+        position: 0,
+        step: 0,
+        train_samples: 0,
+        epoch_loss_sum: 0.0,
+        epoch_loss_samples: 0,
+        best: None,
+        last_train_loss: None,
+    };
+    if let Some(folder) = checkpoint::resolve_resume(config, context.run_dir.path())? {
+        let (restored_model, restored_optimizer, restored_state) =
+            checkpoint::load(&folder, model, optimizer, &device)?;
+        tracing::info!(
+            "resuming from {} at epoch {}, step {}",
+            folder.display(),
+            restored_state.epoch,
+            restored_state.step
+        );
+        (model, optimizer, state) = (restored_model, restored_optimizer, restored_state);
+    }
     let mut train_time = Duration::ZERO;
-    let mut last_train_loss = f64::NAN;
-    let mut best: Option<(usize, f64)> = None;
     let mut last_metrics: Option<(ClassificationMetrics, f64)> = None;
     let mut last_checkpoint: Option<PathBuf> = None;
-    let mut epochs_done = 0usize;
+    let mut epochs_done = state.epoch.saturating_sub(1);
     let mut skipped_sample_loads = 0usize;
     let mut progress = Progress::new(
         context.options.progress_bar,
         config.train.max_epochs,
         context.train_ids.len().div_ceil(batch_size),
     );
+    let reached_max_steps = |step: usize| max_steps.is_some_and(|max| step >= max);
+    let stop_requested = || {
+        context
+            .options
+            .stop
+            .as_ref()
+            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    // Accumulation groups are fixed by position in the epoch's order, so the loss weight of each
+    // micro-batch is its share of its group's samples: a last, smaller group steps with the
+    // right scale, and `batch_size=4` equals `batch_size=1 accumulate_grad_batches=4`.
+    let group_samples = batch_size * accumulate;
 
-    'epochs: for epoch in 1..=config.train.max_epochs {
+    'epochs: while state.epoch <= config.train.max_epochs && !reached_max_steps(state.step) {
+        let epoch = state.epoch;
         context.memory.mark(format!("epoch {epoch} train"));
         progress.start_epoch(epoch);
         let epoch_started = Instant::now();
@@ -97,37 +129,32 @@ pub(crate) fn fit<B: AutodiffBackend>(
             &context.train_ids,
             config.train.seed ^ ((epoch as u64) << 32),
         );
-        // Accumulation groups are fixed by position in the order, so the loss weight of each
-        // micro-batch is its share of its group's samples: a last, smaller group steps with the
-        // right scale, and `batch_size=4` equals `batch_size=1 accumulate_grad_batches=4`.
-        let group_samples = batch_size * accumulate;
         let mut position_of = vec![0usize; context.dataset.len()];
         for (position, &id) in order.iter().enumerate() {
             position_of[id] = position;
         }
-        let mut pipeline = build_pipeline(config, &context.dataset, order.clone());
+        let mut pipeline =
+            build_pipeline(config, &context.dataset, order[state.position..].to_vec());
         let mut accumulator = GradientsAccumulator::<ActionModel<B>>::new();
         let mut pending_group: Option<usize> = None;
-        let mut epoch_loss_sum = 0.0f64;
-        let mut epoch_loss_samples = 0usize;
+        let mut group_loss = 0.0f64;
+        let mut interrupted = false;
 
-        for batch in &mut pipeline {
+        let mut batches = pipeline.by_ref().peekable();
+        while let Some(batch) = batches.next() {
             let batch = batch?;
-            let group = position_of[batch.sample_ids[0]] / group_samples;
-            if let Some(previous) = pending_group
-                && previous != group
-            {
-                model = optimizer.step(learning_rate(step), model, accumulator.grads());
-                step += 1;
-                pending_group = None;
-                if max_steps.is_some_and(|max| step >= max) {
-                    break;
-                }
-            }
+            let first_position = position_of[batch.sample_ids[0]];
+            let group = first_position / group_samples;
             let group_start = group * group_samples;
             let group_len = group_samples.min(order.len() - group_start);
             let weight = batch.len() as f64 / group_len as f64;
 
+            // Dropout masks depend only on the seed and the sample position, so a resumed run
+            // draws exactly the masks the uninterrupted run would have drawn.
+            B::seed(
+                &device,
+                config.train.seed ^ ((epoch as u64) << 40) ^ first_position as u64,
+            );
             let labels = labels_tensor::<B>(&batch, &device);
             let logits = model.forward(
                 video_tensor::<B>(&batch, &device),
@@ -138,7 +165,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss_value,
-                    step: step + 1,
+                    step: state.step + 1,
                     epoch,
                     last_checkpoint,
                 });
@@ -146,37 +173,70 @@ pub(crate) fn fit<B: AutodiffBackend>(
             let grads = (loss * weight).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             pending_group = Some(group);
-            epoch_loss_sum += loss_value as f64 * batch.len() as f64;
-            epoch_loss_samples += batch.len();
-            train_samples += batch.len();
-            progress.batch(loss_value, step);
+            group_loss += loss_value as f64 * weight;
+            state.epoch_loss_sum += loss_value as f64 * batch.len() as f64;
+            state.epoch_loss_samples += batch.len();
+            state.train_samples += batch.len();
+            progress.batch(loss_value, state.step);
+
+            // The group ends when the next batch belongs to another group (or nothing follows).
+            let group_ends = match batches.peek() {
+                Some(Ok(next)) => position_of[next.sample_ids[0]] / group_samples != group,
+                _ => true,
+            };
+            if !group_ends {
+                continue;
+            }
+            let lr = learning_rate(state.step);
+            model = optimizer.step(lr, model, accumulator.grads());
+            state.step += 1;
+            state.position = group_start + group_len;
+            pending_group = None;
+            context.run_dir.log_metrics(&json!({
+                "event": "step", "epoch": epoch, "step": state.step, "loss": group_loss, "lr": lr,
+            }))?;
+            group_loss = 0.0;
+            let every = config.train.checkpoint_every_steps;
+            if every > 0 && state.step.is_multiple_of(every) {
+                last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state)?);
+            }
+            if stop_requested() {
+                interrupted = true;
+                break;
+            }
+            if reached_max_steps(state.step) {
+                break;
+            }
         }
+        drop(batches);
         skipped_sample_loads += pipeline.skipped();
         drop(pipeline);
-        if pending_group.is_some() {
-            model = optimizer.step(learning_rate(step), model, accumulator.grads());
-            step += 1;
-        }
+        debug_assert!(pending_group.is_none(), "every group ends with a step");
         train_time += epoch_started.elapsed();
+        if interrupted {
+            let folder = checkpoint::save(&checkpoints, &model, &optimizer, &state)?;
+            progress.finish();
+            return Err(Error::Interrupted { checkpoint: folder });
+        }
+        let epoch_finished = state.position >= order.len();
+        let train_loss = state.epoch_loss_sum / state.epoch_loss_samples.max(1) as f64;
+        state.last_train_loss = Some(train_loss);
         epochs_done = epoch;
-        let train_loss = epoch_loss_sum / epoch_loss_samples.max(1) as f64;
-        last_train_loss = train_loss;
 
         context.memory.mark(format!("epoch {epoch} validation"));
         let (metrics, val_loss) =
             validate(config, &context.dataset, &context.val_ids, &model, &device)?;
-        let improved = best.is_none_or(|(_, accuracy)| metrics.accuracy > accuracy);
+        let improved = state
+            .best
+            .is_none_or(|(_, accuracy)| metrics.accuracy > accuracy);
         if improved {
-            best = Some((epoch, metrics.accuracy));
-        }
-        last_checkpoint = Some(save_checkpoint(&model, &context.run_dir, "model-last")?);
-        if improved {
-            save_checkpoint(&model, &context.run_dir, "model-best")?;
+            state.best = Some((epoch, metrics.accuracy));
+            save_best_model(&model, &checkpoints)?;
         }
         context.run_dir.log_metrics(&json!({
             "event": "epoch",
             "epoch": epoch,
-            "step": step,
+            "step": state.step,
             "train_loss": train_loss,
             "val_loss": val_loss,
             "val_accuracy": metrics.accuracy,
@@ -189,7 +249,14 @@ pub(crate) fn fit<B: AutodiffBackend>(
         }))?;
         progress.end_epoch(epoch, train_loss, val_loss, &metrics);
         last_metrics = Some((metrics, val_loss));
-        if max_steps.is_some_and(|max| step >= max) {
+        if epoch_finished {
+            state.epoch += 1;
+            state.position = 0;
+            state.epoch_loss_sum = 0.0;
+            state.epoch_loss_samples = 0;
+        }
+        last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state)?);
+        if reached_max_steps(state.step) {
             break 'epochs;
         }
     }
@@ -211,14 +278,14 @@ pub(crate) fn fit<B: AutodiffBackend>(
         val_macro_f1: metrics.macro_f1,
         val_loss,
         val_confusion: metrics.confusion.clone(),
-        train_loss_final: last_train_loss,
-        best_epoch: best.map(|(epoch, _)| epoch),
+        train_loss_final: state.last_train_loss.unwrap_or(f64::NAN),
+        best_epoch: state.best.map(|(epoch, _)| epoch),
         epochs: epochs_done,
-        steps: step,
-        train_samples,
+        steps: state.step,
+        train_samples: state.train_samples,
         train_size: context.train_ids.len(),
         val_size: context.val_ids.len(),
-        samples_per_s: train_samples as f64 / train_time.as_secs_f64().max(1e-9),
+        samples_per_s: state.train_samples as f64 / train_time.as_secs_f64().max(1e-9),
         wall_s: context.started.elapsed().as_secs_f64(),
         peak_host_rss_bytes: memory.peak_host_rss_bytes,
         peak_device_bytes: None,
@@ -317,17 +384,12 @@ fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, 
     Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
 }
 
-/// Saves the model's weights as `checkpoints/<name>.mpk`, whole or not at all.
-fn save_checkpoint<B: AutodiffBackend>(
-    model: &ActionModel<B>,
-    run_dir: &RunDir,
-    name: &str,
-) -> Result<PathBuf> {
-    let folder = run_dir.checkpoints();
+/// Saves the model's weights as `checkpoints/model-best.mpk`, whole or not at all.
+fn save_best_model<B: AutodiffBackend>(model: &ActionModel<B>, checkpoints: &Path) -> Result<()> {
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     // The recorder adds `.mpk`; write under a temporary name and rename over the old file.
-    let temporary = folder.join(format!("{name}-partial"));
-    let final_path = folder.join(format!("{name}.mpk"));
+    let temporary = checkpoints.join("model-best-partial");
+    let final_path = checkpoints.join("model-best.mpk");
     model
         .clone()
         .save_file(&temporary, &recorder)
@@ -336,6 +398,5 @@ fn save_checkpoint<B: AutodiffBackend>(
             message: error.to_string(),
         })?;
     std::fs::rename(temporary.with_extension("mpk"), &final_path)
-        .map_err(|error| Error::io(&final_path, error))?;
-    Ok(final_path)
+        .map_err(|error| Error::io(&final_path, error))
 }

@@ -2,6 +2,7 @@
 //! exact gradient accumulation, validates every epoch and writes `config.toml`, `metrics.jsonl`,
 //! `memory.json`, `summary.json` and checkpoints into `runs/<experiment>/<timestamp>/`.
 
+mod checkpoint;
 mod error;
 mod fit;
 mod metrics;
@@ -28,6 +29,9 @@ pub use run_dir::{RunDir, write_atomically};
 pub struct TrainOptions {
     /// Draw a progress bar (on a terminal) instead of plain periodic lines.
     pub progress_bar: bool,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current optimizer step, save a
+    /// checkpoint and return [`Error::Interrupted`].
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a finished run reports; also written to `summary.json`.
@@ -73,7 +77,7 @@ pub struct RunSummary {
     pub parameters: usize,
     /// Sample loads that failed and were skipped (`data.on_bad_sample = "skip"`).
     pub skipped_sample_loads: usize,
-    /// The last checkpoint written.
+    /// The last checkpoint folder written (`checkpoints/last`: model, optimizer, state).
     pub last_checkpoint: Option<PathBuf>,
 }
 

@@ -72,7 +72,7 @@ fn trained_parameters(config: &Config) -> (Vec<Vec<f32>>, usize) {
     let model = ActionModelConfig::from_config(config)
         .init::<B>(&device)
         .load_file(
-            summary.last_checkpoint.clone().unwrap(),
+            summary.last_checkpoint.clone().unwrap().join("model"),
             &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
             &device,
         )
