@@ -298,6 +298,22 @@ mod tests {
         ConfigLoader::new().overrides(overrides)?.load()
     }
 
+    /// The seed's scenario commands, as its users type them.
+    const SCENARIO_A: [&str; 3] = [
+        "trainer.precision=16",
+        "train.accumulate_grad_batches=4",
+        "data.batch_size=1",
+    ];
+    const SCENARIO_C: [&str; 7] = [
+        "trainer.precision=16",
+        "train.accumulate_grad_batches=16",
+        "data.batch_size=1",
+        "data.max_video_frames=200",
+        "data.img_size=112",
+        "data.num_workers=0",
+        "model.use_gradient_checkpointing=true",
+    ];
+
     fn error_text(overrides: &[&str]) -> String {
         load(overrides).expect_err("should be rejected").to_string()
     }
@@ -321,12 +337,7 @@ mod tests {
 
     #[test]
     fn the_seeds_scenario_commands_are_accepted_verbatim() {
-        let a = load(&[
-            "trainer.precision=16",
-            "train.accumulate_grad_batches=4",
-            "data.batch_size=1",
-        ])
-        .unwrap();
+        let a = load(&SCENARIO_A).unwrap();
         assert_eq!(a.trainer.precision, Precision::Half);
         assert_eq!(a.train.accumulate_grad_batches, 4);
         assert_eq!(a.data.batch_size, 1);
@@ -343,16 +354,7 @@ mod tests {
             (b.data.max_video_frames, b.data.img_size, b.data.num_workers),
             (300, 160, 2)
         );
-        let c = load(&[
-            "trainer.precision=16",
-            "train.accumulate_grad_batches=16",
-            "data.batch_size=1",
-            "data.max_video_frames=200",
-            "data.img_size=112",
-            "data.num_workers=0",
-            "model.use_gradient_checkpointing=true",
-        ])
-        .unwrap();
+        let c = load(&SCENARIO_C).unwrap();
         assert!(c.model.use_gradient_checkpointing);
         assert_eq!(c.data.num_workers, 0);
     }
@@ -369,25 +371,11 @@ mod tests {
         };
         assert_eq!(
             preset("scenario-a-16g-ram-8g-vram.toml"),
-            load(&[
-                "trainer.precision=16",
-                "train.accumulate_grad_batches=4",
-                "data.batch_size=1"
-            ])
-            .unwrap()
+            load(&SCENARIO_A).unwrap()
         );
         assert_eq!(
             preset("scenario-c-4g-vram.toml"),
-            load(&[
-                "trainer.precision=16",
-                "train.accumulate_grad_batches=16",
-                "data.batch_size=1",
-                "data.max_video_frames=200",
-                "data.img_size=112",
-                "data.num_workers=0",
-                "model.use_gradient_checkpointing=true",
-            ])
-            .unwrap()
+            load(&SCENARIO_C).unwrap()
         );
         let b = preset("scenario-b-8g-ram-6g-vram.toml");
         assert_eq!((b.train.accumulate_grad_batches, b.data.img_size), (8, 160));

@@ -1,11 +1,13 @@
 //! Data crate tests on a generated demo dataset: exact frames against the ffmpeg CLI, chunking,
 //! selective loading (counted), keypoint reads, and every bad-input case with its outcome.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use common::ffmpeg_cli_frames;
 use vidtrain_config::{Config, OnBadSample};
 use vidtrain_data::demo::{DemoSpec, generate};
 use vidtrain_data::{
@@ -68,31 +70,6 @@ fn demo_with_annotations(name: &str, tasks: serde_json::Value) -> PathBuf {
         std::os::unix::fs::symlink(demo().join(folder), root.join(folder)).unwrap();
     }
     root
-}
-
-fn ffmpeg_cli_frames(path: &Path, indices: &[usize], size: usize) -> Vec<u8> {
-    let select = indices
-        .iter()
-        .map(|i| format!("eq(n\\,{i})"))
-        .collect::<Vec<_>>()
-        .join("+");
-    let output = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-vf", &format!("select={select},scale={size}:{size}")])
-        .args([
-            "-fps_mode",
-            "passthrough",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    output.stdout
 }
 
 #[test]

@@ -2,11 +2,14 @@
 //! first use into the target folder, never committed), compared with the ffmpeg CLI decoding
 //! from the start of the file without any seek.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use common::ffmpeg_cli_frames;
 use vidtrain_data::{FrameDecoder, probe_video, uniform_temporal_subsample};
 
 /// Folder holding `bikes.mp4` and `carphone_pristine.mp4`.
@@ -42,35 +45,6 @@ fn clips() -> &'static Path {
         assert!(data.join("bikes.mp4").is_file(), "bikes.mp4 not in {}", wheel.display());
         data
     })
-}
-
-fn ffmpeg_cli_frames(path: &Path, indices: &[usize], size: usize) -> Vec<u8> {
-    let select = indices
-        .iter()
-        .map(|i| format!("eq(n\\,{i})"))
-        .collect::<Vec<_>>()
-        .join("+");
-    let output = Command::new("ffmpeg")
-        .args(["-v", "error", "-threads", "1", "-i"])
-        .arg(path)
-        .args(["-vf", &format!("select={select},scale={size}:{size}")])
-        .args([
-            "-fps_mode",
-            "passthrough",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
 }
 
 /// Decodes `indices` with vidtrain's seek + select and checks every byte against the CLI.

@@ -1,0 +1,35 @@
+//! Helpers shared by the data crate's integration tests.
+
+use std::path::Path;
+use std::process::Command;
+
+/// `indices` of `path` decoded by the plain ffmpeg CLI from the start of the file (no seek),
+/// scaled to `size`², as rgb24 bytes: the reference that vidtrain's decoder must equal.
+pub fn ffmpeg_cli_frames(path: &Path, indices: &[usize], size: usize) -> Vec<u8> {
+    let select = indices
+        .iter()
+        .map(|i| format!("eq(n\\,{i})"))
+        .collect::<Vec<_>>()
+        .join("+");
+    let output = Command::new("ffmpeg")
+        .args(["-v", "error", "-threads", "1", "-i"])
+        .arg(path)
+        .args(["-vf", &format!("select={select},scale={size}:{size}")])
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
