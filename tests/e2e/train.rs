@@ -341,3 +341,25 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
     assert!(run.join("checkpoints/last/state.json").is_file());
     assert!(!run.join("checkpoints/last.partial").exists());
 }
+
+#[test]
+fn the_seeds_checkpointing_switch_trains() {
+    let dir = scratch("train-checkpointing");
+    let config = small_dataset(&dir);
+    let mut args = vec![
+        "train",
+        "--config",
+        config.as_str(),
+        "train.max_epochs=1",
+        "model.use_gradient_checkpointing=true",
+    ];
+    args.extend(TINY_MODEL);
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let saved =
+        std::fs::read_to_string(only_run_dir(&dir.join("runs")).join("config.toml")).unwrap();
+    assert!(
+        saved.contains("use_gradient_checkpointing = true"),
+        "{saved}"
+    );
+}

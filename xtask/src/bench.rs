@@ -198,3 +198,107 @@ fn git_revision() -> Option<String> {
         .ok()?;
     Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
+
+/// `cargo xtask bench recompute`: peak host RSS and speed of training steps of the seed's model
+/// (224 px, T 8, batch 4, D 256, 4 layers, one view) on the CPU backend — where activations live
+/// in host memory — for each `model.checkpoint` mode.
+pub fn recompute() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    let target = target_dir();
+    let vidtrain = target.join("release/vidtrain");
+    let folder = target.join("bench/recompute");
+    let data = folder.join("data");
+    if !data.join("vidtrain.toml").is_file() {
+        let status = Command::new(&vidtrain)
+            .args([
+                "demo-data",
+                "--persons",
+                "2",
+                "--frames",
+                "300",
+                "--size",
+                "64x64",
+                "--out",
+            ])
+            .arg(&data)
+            .status()?;
+        if !status.success() {
+            bail!("generating the benchmark data failed");
+        }
+    }
+    let config = data.join("vidtrain.toml");
+    let runs = folder.join("runs");
+    let mut rows = Vec::new();
+    for mode in ["none", "encoder", "stem", "all"] {
+        let experiment = format!("experiment=recompute-{mode}");
+        let checkpoint = format!("model.checkpoint={mode}");
+        let run_dir = format!("paths.run_dir={}", runs.display());
+        let args = [
+            "train",
+            "--config",
+            config.to_str().context("UTF-8 path")?,
+            "data.img_size=224",
+            "data.batch_size=4",
+            "data.uniform_temporal_subsample_num=8",
+            "train.view=single",
+            "model.transformer_dim=256",
+            "model.transformer_layers=4",
+            "model.transformer_heads=4",
+            "model.transformer_ff_dim=1024",
+            "train.max_steps=3",
+            "train.k_folds=2",
+            "train.video_batch_size=1",
+            "data.num_workers=0",
+            "data.prefetch_depth=1",
+            &experiment,
+            &checkpoint,
+            &run_dir,
+        ];
+        eprintln!("$ vidtrain {}", args.join(" "));
+        let output = Command::new(&vidtrain).args(args).output()?;
+        if !output.status.success() {
+            bail!(
+                "vidtrain train ({mode}) failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let experiment_folder = runs.join(format!("recompute-{mode}"));
+        let mut stamps: Vec<PathBuf> = std::fs::read_dir(&experiment_folder)?
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        stamps.sort();
+        let run = stamps.last().context("no run folder")?;
+        let summary: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json"))?)?;
+        rows.push(json!({
+            "mode": mode,
+            "peak_host_rss_bytes": summary["peak_host_rss_bytes"],
+            "samples_per_s": summary["samples_per_s"],
+            "steps": summary["steps"],
+        }));
+    }
+    let base_rss = rows[0]["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN);
+    let base_speed = rows[0]["samples_per_s"].as_f64().unwrap_or(f64::NAN);
+    println!("seed model, 224 px, T 8, batch 4, D 256, 4 layers, CPU backend, 3 optimizer steps");
+    println!("  model.checkpoint  peak host RSS  vs none  samples/s  slowdown");
+    for row in &mut rows {
+        let rss = row["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN);
+        let speed = row["samples_per_s"].as_f64().unwrap_or(f64::NAN);
+        row["rss_vs_none"] = json!(rss / base_rss);
+        row["slowdown_vs_none"] = json!(base_speed / speed);
+        println!(
+            "  {:<16}  {:>9.0} MiB  {:>7.2}  {:>9.2}  {:>7.2}x",
+            row["mode"].as_str().unwrap_or(""),
+            rss / 1048576.0,
+            rss / base_rss,
+            speed,
+            base_speed / speed
+        );
+    }
+    let report = json!({"host": host(), "git_revision": git_revision(), "rows": rows});
+    let out = target.join("bench/recompute.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("written to {}", out.display());
+    Ok(())
+}

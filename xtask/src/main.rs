@@ -17,7 +17,7 @@ const COMMANDS: [(&str, &str); 3] = [
     ),
     (
         "bench",
-        "cargo xtask bench data: pipeline peak RSS (1- vs 10-minute 720p), speed vs ffmpeg, RSS by workers",
+        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode",
     ),
     (
         "demo-data",
@@ -32,8 +32,9 @@ fn main() -> ExitCode {
         Some("demo-data") => demo_data(&args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("data") => bench::data(),
+            Some("recompute") => bench::recompute(),
             _ => {
-                eprintln!("usage: cargo xtask bench data");
+                eprintln!("usage: cargo xtask bench data|recompute");
                 return ExitCode::from(2);
             }
         },

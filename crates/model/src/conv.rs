@@ -232,21 +232,25 @@ mod tests {
 
     #[test]
     fn matches_burn_conv3d_stem_first_stage() {
+        let _rng = crate::rng_lock();
         check(3, 4, [3, 7, 7], [1, 2, 2], [1, 3, 3]);
     }
 
     #[test]
     fn matches_burn_conv3d_stem_second_stage() {
+        let _rng = crate::rng_lock();
         check(4, 6, [1, 3, 3], [1, 2, 2], [0, 1, 1]);
     }
 
     #[test]
     fn matches_burn_conv3d_without_padding() {
+        let _rng = crate::rng_lock();
         check(2, 3, [2, 2, 3], [2, 1, 3], [0, 0, 0]);
     }
 
     #[test]
     fn matches_burn_conv3d_with_odd_sizes_and_large_strides() {
+        let _rng = crate::rng_lock();
         check(2, 3, [1, 5, 4], [1, 3, 2], [0, 2, 1]);
         check(1, 2, [3, 3, 3], [1, 1, 1], [1, 1, 1]);
     }

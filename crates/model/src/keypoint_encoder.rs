@@ -5,6 +5,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+use crate::recompute::{Activation, SegmentKind};
 
 /// Configuration of a [`KeypointEncoder`].
 #[derive(Config, Debug)]
@@ -50,16 +51,45 @@ impl<B: Backend> KeypointEncoder<B> {
     /// - output: `[n, dim]`
     pub fn forward(&self, keypoints: Tensor<B, 4>) -> Tensor<B, 2> {
         let _span = tracing::trace_span!("keypoint_encoder").entered();
+        let mut x = Activation::Joints(keypoints);
+        for index in 0..self.segment_count() {
+            x = self.forward_segment(index, x);
+        }
+        self.finish(x.into_tokens())
+    }
+
+    /// Segments, in order: the embedding bridge, one per encoder block.
+    pub fn segment_count(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
+    /// What segment `index` is (decides whether it is recomputed).
+    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+        if index == 0 {
+            SegmentKind::Bridge
+        } else {
+            SegmentKind::Encoder
+        }
+    }
+
+    /// Runs segment `index` alone.
+    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        if index > 0 {
+            return Activation::Tokens(self.blocks[index - 1].forward(input.into_tokens()));
+        }
+        let keypoints = input.into_joints();
         let [n, t, joints, channels] = keypoints.dims();
         let x = self
             .embedding
             .forward(keypoints.reshape([n, t, joints * channels])); // [n, t, dim]
         let dim = x.dims()[2];
         let positions = sinusoidal_positions::<B>(t, dim, &x.device());
-        let mut x = x + positions.unsqueeze::<3>();
-        for block in &self.blocks {
-            x = block.forward(x);
-        }
-        self.norm.forward(x).mean_dim(1).reshape([n, dim]) // [n, dim]
+        Activation::Tokens(x + positions.unsqueeze::<3>())
+    }
+
+    /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
+    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, _, dim] = tokens.dims();
+        self.norm.forward(tokens).mean_dim(1).reshape([n, dim])
     }
 }

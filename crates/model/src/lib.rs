@@ -4,6 +4,7 @@
 mod conv;
 mod encoder;
 mod keypoint_encoder;
+mod recompute;
 mod stem;
 mod video_transformer;
 
@@ -15,12 +16,22 @@ use vidtrain_config::{Backbone, FusionMode, InputType, ModalityFusion};
 pub use conv::{Conv3dGemm, Conv3dGemmConfig};
 pub use encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 pub use keypoint_encoder::{KeypointEncoder, KeypointEncoderConfig};
+use recompute::Chain;
+pub use recompute::{Activation, SegmentKind};
 pub use stem::{VideoStem, VideoStemConfig};
 pub use video_transformer::{VideoTransformer, VideoTransformerConfig};
 
 /// The backend unit tests run on.
 #[cfg(test)]
 pub(crate) type TestBackend = burn::backend::NdArray<f32>;
+
+/// The CPU backend's random generator is one global: tests that seed it or draw from it hold
+/// this lock, so that parallel tests do not interleave their draws.
+#[cfg(test)]
+pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Configuration of an [`ActionModel`]: per-view encoders shared by all views, modality fusion,
 /// view fusion, classifier.
@@ -146,31 +157,122 @@ impl<B: Backend> ActionModel<B> {
         video: Option<Tensor<B, 6>>,
         keypoints: Option<Tensor<B, 5>>,
     ) -> Tensor<B, 2> {
-        let rgb_features = self.backbone.as_ref().map(|backbone| {
+        let (inputs, batch, views) = self.chain_inputs(video, keypoints);
+        let features = inputs
+            .into_iter()
+            .map(|(chain, input)| {
+                let features = match chain {
+                    Chain::Rgb => self.rgb().forward(input.into_clips()),
+                    Chain::Keypoints => self.keypoint().forward(input.into_joints()),
+                };
+                (chain, features)
+            })
+            .collect();
+        self.head_from_features(features, batch, views)
+    }
+
+    /// Draws every lazily initialised parameter now. Burn initialises a parameter on first use,
+    /// from whatever state the backend's random generator is in then; doing it right after
+    /// seeding makes the initial weights depend on the seed alone, not on later dropout seeding.
+    pub fn materialize_parameters(&self) {
+        struct Touch;
+        impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+                let _ = param.val();
+            }
+        }
+        self.visit(&mut Touch);
+    }
+
+    fn rgb(&self) -> &VideoTransformer<B> {
+        self.backbone
+            .as_ref()
+            .expect("the model has an RGB backbone")
+    }
+
+    fn keypoint(&self) -> &KeypointEncoder<B> {
+        self.keypoint_encoder
+            .as_ref()
+            .expect("the model has a keypoint encoder")
+    }
+
+    /// Each encoder's input with views folded into the batch, and `(batch, views)`.
+    pub(crate) fn chain_inputs(
+        &self,
+        video: Option<Tensor<B, 6>>,
+        keypoints: Option<Tensor<B, 5>>,
+    ) -> (Vec<(Chain, Activation<B>)>, usize, usize) {
+        let mut inputs = Vec::with_capacity(2);
+        let mut shape = (0, 0);
+        if self.backbone.is_some() {
             let video = video.expect("the model has an RGB backbone: pass video");
             let [batch, views, t, h, w, c] = video.dims();
             let frames = video
                 .reshape([batch * views, t, h, w, c])
                 .permute([0, 1, 4, 2, 3]); // [b·v, t, 3, h, w]
-            (backbone.forward(frames), batch, views) // [b·v, dim]
-        });
-        let keypoint_features = self.keypoint_encoder.as_ref().map(|encoder| {
+            inputs.push((Chain::Rgb, Activation::Clips(frames)));
+            shape = (batch, views);
+        }
+        if self.keypoint_encoder.is_some() {
             let keypoints = keypoints.expect("the model has a keypoint encoder: pass keypoints");
             let [batch, views, t, joints, c] = keypoints.dims();
-            let features = encoder.forward(keypoints.reshape([batch * views, t, joints, c]));
-            (features, batch, views) // [b·v, dim]
-        });
-        let (features, batch, views) = match (rgb_features, keypoint_features) {
-            (Some(rgb), None) => rgb,
-            (None, Some(keypoints)) => keypoints,
-            (Some((rgb, batch, views)), Some((keypoints, _, _))) => {
-                let fused = match self.modality_fusion {
-                    ModalityFusion::Concat => Tensor::cat(vec![rgb, keypoints], 1),
-                    ModalityFusion::Mean => (rgb + keypoints) / 2.0,
-                };
-                (fused, batch, views)
-            }
-            (None, None) => unreachable!("an ActionModel has at least one encoder"),
+            let joints = keypoints.reshape([batch * views, t, joints, c]); // [b·v, t, joints, 3]
+            inputs.push((Chain::Keypoints, Activation::Joints(joints)));
+            shape = (batch, views);
+        }
+        (inputs, shape.0, shape.1)
+    }
+
+    pub(crate) fn segment_count(&self, chain: Chain) -> usize {
+        match chain {
+            Chain::Rgb => self.rgb().segment_count(),
+            Chain::Keypoints => self.keypoint().segment_count(),
+        }
+    }
+
+    pub(crate) fn segment_kind(&self, chain: Chain, index: usize) -> SegmentKind {
+        match chain {
+            Chain::Rgb => self.rgb().segment_kind(index),
+            Chain::Keypoints => self.keypoint().segment_kind(index),
+        }
+    }
+
+    pub(crate) fn forward_segment(
+        &self,
+        chain: Chain,
+        index: usize,
+        input: Activation<B>,
+    ) -> Activation<B> {
+        match chain {
+            Chain::Rgb => self.rgb().forward_segment(index, input),
+            Chain::Keypoints => self.keypoint().forward_segment(index, input),
+        }
+    }
+
+    pub(crate) fn finish(&self, chain: Chain, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        match chain {
+            Chain::Rgb => self.rgb().finish(tokens),
+            Chain::Keypoints => self.keypoint().finish(tokens),
+        }
+    }
+
+    /// Modality fusion, view fusion and the classifier, from per-encoder `[b·v, dim]` features.
+    pub(crate) fn head_from_features(
+        &self,
+        features: Vec<(Chain, Tensor<B, 2>)>,
+        batch: usize,
+        views: usize,
+    ) -> Tensor<B, 2> {
+        let mut features = features.into_iter().map(|(_, features)| features);
+        let first = features
+            .next()
+            .expect("an ActionModel has at least one encoder");
+        let features = match features.next() {
+            None => first,
+            Some(second) => match self.modality_fusion {
+                ModalityFusion::Concat => Tensor::cat(vec![first, second], 1),
+                ModalityFusion::Mean => (first + second) / 2.0,
+            },
         };
         let dim = features.dims()[1];
         let features = features.reshape([batch, views, dim]); // [b, v, dim]
@@ -220,6 +322,7 @@ mod tests {
 
     #[test]
     fn every_input_and_fusion_mode_gives_one_score_per_class() {
+        let _rng = crate::rng_lock();
         let device = Default::default();
         for input in [InputType::Rgb, InputType::Kpt, InputType::RgbKpt] {
             for fusion in [
@@ -249,6 +352,7 @@ mod tests {
 
     #[test]
     fn prob_mean_scores_are_log_probabilities() {
+        let _rng = crate::rng_lock();
         let device = Default::default();
         let model = config(InputType::Kpt, FusionMode::ProbMean, ModalityFusion::Concat)
             .init::<TestBackend>(&device);

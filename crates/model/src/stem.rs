@@ -46,8 +46,20 @@ impl<B: Backend> VideoStem<B> {
     /// - output: `[n, t, dim, h/4, w/4]`
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let _span = tracing::trace_span!("stem").entered();
-        let x = stage(&self.conv1, &self.norm1, input); // [n, t, dim/2, h/2, w/2]
-        stage(&self.conv2, &self.norm2, x) // [n, t, dim, h/4, w/4]
+        let x = self.forward_stage(0, input); // [n, t, dim/2, h/2, w/2]
+        self.forward_stage(1, x) // [n, t, dim, h/4, w/4]
+    }
+
+    /// Runs stage `index` (0 or 1) alone, for activation recompute.
+    ///
+    /// # Shapes
+    /// - input: `[n, t, c, h, w]`
+    /// - output: `[n, t, c', h/2, w/2]`
+    pub fn forward_stage(&self, index: usize, input: Tensor<B, 5>) -> Tensor<B, 5> {
+        match index {
+            0 => stage(&self.conv1, &self.norm1, input),
+            _ => stage(&self.conv2, &self.norm2, input),
+        }
     }
 
     /// Output size `[t, h, w]` for an input of size `[t, h, w]`.

@@ -5,6 +5,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 use crate::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+use crate::recompute::{Activation, SegmentKind};
 use crate::stem::{VideoStem, VideoStemConfig};
 
 /// Configuration of a [`VideoTransformer`].
@@ -47,19 +48,49 @@ impl<B: Backend> VideoTransformer<B> {
     /// - input: `[n, t, 3, h, w]`, values in 0..1
     /// - output: `[n, dim]`
     pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
-        let x = self.stem.forward(video); // [n, t, dim, h/4, w/4]
-        let [n, t, dim, h, w] = x.dims();
-        let x = x
-            .reshape([n, t, dim, h * w])
-            .mean_dim(3)
-            .reshape([n, t, dim]); // [n, t, dim]
-        let positions = sinusoidal_positions::<B>(t, dim, &x.device());
-        let mut x = x + positions.unsqueeze::<3>();
-        for block in &self.blocks {
-            x = block.forward(x);
+        let mut x = Activation::Clips(video);
+        for index in 0..self.segment_count() {
+            x = self.forward_segment(index, x);
         }
-        let x = self.norm.forward(x);
-        x.mean_dim(1).reshape([n, dim]) // [n, dim]
+        self.finish(x.into_tokens())
+    }
+
+    /// Segments, in order: the two stem stages, the pooling bridge, one per encoder block.
+    pub fn segment_count(&self) -> usize {
+        3 + self.blocks.len()
+    }
+
+    /// What segment `index` is (decides whether it is recomputed).
+    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+        match index {
+            0 | 1 => SegmentKind::Stem,
+            2 => SegmentKind::Bridge,
+            _ => SegmentKind::Encoder,
+        }
+    }
+
+    /// Runs segment `index` alone.
+    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match index {
+            0 | 1 => Activation::Clips(self.stem.forward_stage(index, input.into_clips())),
+            2 => {
+                let x = input.into_clips(); // [n, t, dim, h/4, w/4]
+                let [n, t, dim, h, w] = x.dims();
+                let x = x
+                    .reshape([n, t, dim, h * w])
+                    .mean_dim(3)
+                    .reshape([n, t, dim]); // [n, t, dim]
+                let positions = sinusoidal_positions::<B>(t, dim, &x.device());
+                Activation::Tokens(x + positions.unsqueeze::<3>())
+            }
+            _ => Activation::Tokens(self.blocks[index - 3].forward(input.into_tokens())),
+        }
+    }
+
+    /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
+    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, _, dim] = tokens.dims();
+        self.norm.forward(tokens).mean_dim(1).reshape([n, dim])
     }
 
     /// Frames, height and width of the tokens for an input clip of `[t, h, w]`.

@@ -12,7 +12,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
-use vidtrain_config::{Config, OnBadSample};
+use vidtrain_config::{CheckpointMode, Config, OnBadSample};
 use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
 use vidtrain_memutil::MemorySampler;
 use vidtrain_model::{ActionModel, ActionModelConfig};
@@ -45,6 +45,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     B::seed(&device, config.train.seed);
     let model_config = ActionModelConfig::from_config(config);
     let mut model: ActionModel<B> = model_config.init(&device);
+    model.materialize_parameters();
     let parameters = model.num_params();
     tracing::info!(
         "model: {:?} backbone, {} parameters ({}), {} views, fusion {:?}",
@@ -119,6 +120,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     // micro-batch is its share of its group's samples: a last, smaller group steps with the
     // right scale, and `batch_size=4` equals `batch_size=1 accumulate_grad_batches=4`.
     let group_samples = batch_size * accumulate;
+    let recompute = config.model.effective_checkpoint();
 
     'epochs: while state.epoch <= config.train.max_epochs && !reached_max_steps(state.step) {
         let epoch = state.epoch;
@@ -156,12 +158,26 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 config.train.seed ^ ((epoch as u64) << 40) ^ first_position as u64,
             );
             let labels = labels_tensor::<B>(&batch, &device);
-            let logits = model.forward(
-                video_tensor::<B>(&batch, &device),
-                keypoint_tensor::<B>(&batch, &device),
-            );
-            let loss = loss_function.forward(logits, labels);
-            let loss_value: f32 = loss.clone().into_scalar().elem();
+            let video = video_tensor::<B>(&batch, &device);
+            let keypoints = keypoint_tensor::<B>(&batch, &device);
+            let (loss_value, grads) = if recompute == CheckpointMode::None {
+                let scores = model.forward(video, keypoints);
+                let loss = loss_function.forward(scores, labels);
+                let loss_value: f32 = loss.clone().into_scalar().elem();
+                let grads = (loss * weight).backward();
+                (loss_value, GradientsParams::from_grads(grads, &model))
+            } else {
+                let segment_seed =
+                    config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
+                model.loss_and_gradients(
+                    video,
+                    keypoints,
+                    |scores| loss_function.forward(scores, labels),
+                    weight,
+                    recompute,
+                    segment_seed,
+                )
+            };
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss_value,
@@ -170,8 +186,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
                     last_checkpoint,
                 });
             }
-            let grads = (loss * weight).backward();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+            accumulator.accumulate(&model, grads);
             pending_group = Some(group);
             group_loss += loss_value as f64 * weight;
             state.epoch_loss_sum += loss_value as f64 * batch.len() as f64;

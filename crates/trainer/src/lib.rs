@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vidtrain_config::{Accelerator, CheckpointMode, Config, Fold};
+use vidtrain_config::{Accelerator, Config, Fold};
 use vidtrain_data::Dataset;
 use vidtrain_memutil::MemorySampler;
 
@@ -138,15 +138,6 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
                 });
             }
         }
-    }
-    if config.model.effective_checkpoint() != CheckpointMode::None {
-        return Err(Error::Unsupported {
-            key: "model.use_gradient_checkpointing".into(),
-            message: "activation recompute (model.use_gradient_checkpointing / model.checkpoint) \
-                      is not implemented in this version yet; set it to false / \"none\" and \
-                      lower data.batch_size instead"
-                .into(),
-        });
     }
     if config.train.fold == Fold::All {
         return Err(Error::Unsupported {
