@@ -92,6 +92,10 @@ fn training_writes_the_run_directory_contract() {
         );
     }
     assert!(summary["steps"].as_u64().unwrap() >= 2);
+    let auroc = summary["val_macro_auroc"]
+        .as_f64()
+        .expect("val_macro_auroc");
+    assert!((0.0..=1.0).contains(&auroc), "{auroc}");
     assert!(summary["peak_host_rss_bytes"].as_u64().unwrap() > 10 << 20);
     assert!(
         summary["peak_device_bytes"].is_null(),

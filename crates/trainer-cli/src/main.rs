@@ -221,6 +221,12 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
         ("val_accuracy", format!("{:.3}", summary.val_accuracy)),
         ("val_macro_f1", format!("{:.3}", summary.val_macro_f1)),
         (
+            "val_macro_auroc",
+            summary
+                .val_macro_auroc
+                .map_or_else(|| "n/a".to_string(), |auroc| format!("{auroc:.3}")),
+        ),
+        (
             "train_loss_final",
             format!("{:.4}", summary.train_loss_final),
         ),

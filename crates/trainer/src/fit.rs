@@ -10,6 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 use vidtrain_config::{CheckpointMode, Config, OnBadSample};
@@ -258,6 +259,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
             "val_macro_f1": metrics.macro_f1,
             "val_per_class_f1": metrics.per_class_f1,
             "val_confusion": metrics.confusion,
+            "val_macro_auroc": metrics.macro_auroc,
+            "val_per_class_auroc": metrics.per_class_auroc,
             "val_samples": metrics.samples,
             "epoch_train_s": epoch_started.elapsed().as_secs_f64(),
             "host_rss_bytes": vidtrain_memutil::current_rss_bytes(),
@@ -292,6 +295,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         val_accuracy: metrics.accuracy,
         val_macro_f1: metrics.macro_f1,
         val_loss,
+        val_macro_auroc: metrics.macro_auroc,
         val_confusion: metrics.confusion.clone(),
         train_loss_final: state.last_train_loss.unwrap_or(f64::NAN),
         best_epoch: state.best.map(|(epoch, _)| epoch),
@@ -332,7 +336,7 @@ fn validate<B: AutodiffBackend>(
     let model = model.valid();
     let loss_function = CrossEntropyLossConfig::new().init(device);
     let mut labels = Vec::with_capacity(ids.len());
-    let mut predictions = Vec::with_capacity(ids.len());
+    let mut probabilities = Vec::with_capacity(ids.len() * config.model.model_class_num);
     let mut loss_sum = 0.0f64;
     let pipeline = Pipeline::builder()
         .workers(config.data.num_workers)
@@ -354,12 +358,15 @@ fn validate<B: AutodiffBackend>(
             .into_scalar()
             .elem();
         loss_sum += loss as f64 * batch.len() as f64;
-        let predicted = logits.argmax(1).into_data();
-        predictions.extend(predicted.iter::<i64>().map(|class| class as usize));
+        let batch_probabilities = softmax(logits, 1).into_data();
+        probabilities.extend(batch_probabilities.iter::<f32>());
         labels.extend_from_slice(&batch.labels);
     }
-    let metrics =
-        ClassificationMetrics::compute(&labels, &predictions, config.model.model_class_num);
+    let metrics = ClassificationMetrics::from_probabilities(
+        &labels,
+        &probabilities,
+        config.model.model_class_num,
+    );
     Ok((metrics, loss_sum / labels.len().max(1) as f64))
 }
 

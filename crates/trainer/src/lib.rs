@@ -49,6 +49,8 @@ pub struct RunSummary {
     pub val_macro_f1: f64,
     /// Mean validation loss after the last epoch.
     pub val_loss: f64,
+    /// Validation one-vs-rest AUROC (mean over classes) after the last epoch.
+    pub val_macro_auroc: Option<f64>,
     /// Validation confusion matrix after the last epoch (`[label][prediction]`).
     pub val_confusion: Vec<Vec<usize>>,
     /// Mean training loss of the last epoch.
