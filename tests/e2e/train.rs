@@ -367,3 +367,62 @@ fn the_seeds_checkpointing_switch_trains() {
         "{saved}"
     );
 }
+
+#[test]
+fn fold_all_runs_every_fold_and_summarises_them() {
+    let dir = scratch("train-folds");
+    let config = small_dataset(&dir);
+    let mut args = vec![
+        "train",
+        "--config",
+        config.as_str(),
+        "train.max_epochs=1",
+        "train.fold=all",
+        "experiment=cv",
+    ];
+    args.extend(TINY_MODEL);
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let experiment = dir.join("runs/cv");
+    for fold in 0..3 {
+        let stamps: Vec<_> = std::fs::read_dir(experiment.join(format!("fold-{fold}")))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(stamps.len(), 1, "fold {fold}");
+        assert!(
+            stamps[0].path().join("summary.json").is_file(),
+            "fold {fold}"
+        );
+    }
+    let summary_file = std::fs::read_dir(&experiment)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("cross-validation-")
+        })
+        .expect("a cross-validation summary");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(summary_file).unwrap()).unwrap();
+    let folds = summary["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 3);
+    let accuracies: Vec<f64> = folds
+        .iter()
+        .map(|run| run["val_accuracy"].as_f64().unwrap())
+        .collect();
+    let mean = accuracies.iter().sum::<f64>() / 3.0;
+    assert!((summary["val_accuracy_mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    // Every person is validated exactly once across the folds.
+    let validated: u64 = folds
+        .iter()
+        .map(|run| run["val_size"].as_u64().unwrap())
+        .sum();
+    let trained_and_validated =
+        folds[0]["train_size"].as_u64().unwrap() + folds[0]["val_size"].as_u64().unwrap();
+    assert_eq!(validated, trained_and_validated);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("mean"));
+}

@@ -208,6 +208,28 @@ fn train(args: &ConfigArgs) -> Result<(), Failure> {
         progress_bar: std::io::stderr().is_terminal(),
         stop: Some(stop),
     };
+    if config.train.fold == vidtrain_config::Fold::All {
+        let summary = vidtrain_trainer::train_all_folds(&config, &options)
+            .context("cross-validation failed")?;
+        println!("\n  fold  val_accuracy  val_macro_f1  run directory");
+        for (fold, run) in summary.folds.iter().enumerate() {
+            println!(
+                "  {fold:>4}  {:>12.3}  {:>12.3}  {}",
+                run.val_accuracy,
+                run.val_macro_f1,
+                run.run_dir.display()
+            );
+        }
+        println!(
+            "  mean  {:>6.3} ± {:.3}  {:>6.3} ± {:.3}\n\nsummary: {}",
+            summary.val_accuracy_mean,
+            summary.val_accuracy_std,
+            summary.val_macro_f1_mean,
+            summary.val_macro_f1_std,
+            summary.summary_path.display()
+        );
+        return Ok(());
+    }
     let summary = vidtrain_trainer::train(&config, &options).context("training failed")?;
     print_summary(&summary);
     Ok(())

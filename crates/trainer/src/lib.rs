@@ -141,18 +141,79 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
             }
         }
     }
-    if config.train.fold == Fold::All {
+    if config.train.fold == Fold::All && !config.train.resume.trim().is_empty() {
         return Err(Error::Unsupported {
-            key: "train.fold".into(),
-            message: "\"all\" (every fold in turn) is not implemented in this version yet; pick \
-                      one fold, e.g. train.fold=0"
+            key: "train.resume".into(),
+            message: "cannot resume a train.fold=all run as a whole; resume one fold with \
+                      train.fold=N and that fold's experiment (<experiment>/fold-N)"
                 .into(),
         });
     }
     Ok(choice)
 }
 
-/// Trains a model as `config` says and returns the summary.
+/// The outcome of `train.fold=all`: one run per fold and their mean ± standard deviation.
+#[derive(Debug, Clone, Serialize)]
+pub struct CrossValidationSummary {
+    /// Folds run.
+    pub k_folds: usize,
+    /// Mean and (population) standard deviation of the folds' final validation accuracy.
+    pub val_accuracy_mean: f64,
+    pub val_accuracy_std: f64,
+    /// Mean and standard deviation of the folds' final validation macro-F1.
+    pub val_macro_f1_mean: f64,
+    pub val_macro_f1_std: f64,
+    /// Each fold's summary, fold 0 first.
+    pub folds: Vec<RunSummary>,
+    /// Where this summary was written.
+    pub summary_path: PathBuf,
+}
+
+/// Runs every fold in turn (each a normal run under `<run_dir>/<experiment>/fold-<i>/`) and
+/// writes `<run_dir>/<experiment>/cross-validation-<timestamp>.json`.
+pub fn train_all_folds(config: &Config, options: &TrainOptions) -> Result<CrossValidationSummary> {
+    resolve_backend(config)?;
+    let mut folds = Vec::with_capacity(config.train.k_folds);
+    for fold in 0..config.train.k_folds {
+        let mut fold_config = config.clone();
+        fold_config.train.fold = Fold::Index(fold);
+        fold_config.experiment = format!("{}/fold-{fold}", config.experiment);
+        tracing::info!("fold {fold} of {}", config.train.k_folds);
+        folds.push(train(&fold_config, options)?);
+    }
+    let mean_std = |values: Vec<f64>| {
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let variance = values
+            .iter()
+            .map(|value| (value - mean).powi(2))
+            .sum::<f64>()
+            / values.len() as f64;
+        (mean, variance.sqrt())
+    };
+    let (val_accuracy_mean, val_accuracy_std) =
+        mean_std(folds.iter().map(|run| run.val_accuracy).collect());
+    let (val_macro_f1_mean, val_macro_f1_std) =
+        mean_std(folds.iter().map(|run| run.val_macro_f1).collect());
+    let folder = config.paths.run_dir.join(&config.experiment);
+    let summary_path = folder.join(format!(
+        "cross-validation-{}.json",
+        run_dir::utc_timestamp()
+    ));
+    let summary = CrossValidationSummary {
+        k_folds: config.train.k_folds,
+        val_accuracy_mean,
+        val_accuracy_std,
+        val_macro_f1_mean,
+        val_macro_f1_std,
+        folds,
+        summary_path: summary_path.clone(),
+    };
+    let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
+    write_atomically(&summary_path, text.as_bytes())?;
+    Ok(summary)
+}
+
+/// Trains a model as `config` says (one fold) and returns the summary.
 pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let backend = resolve_backend(config)?;
@@ -162,7 +223,8 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         tracing::warn!(path = %problem.path.display(), "{}", problem.message);
     }
     let Fold::Index(fold) = config.train.fold else {
-        unreachable!("resolve_backend refuses train.fold=all");
+        return train_all_folds(config, options)
+            .map(|summary| summary.folds.into_iter().last().expect("at least one fold"));
     };
     let k_folds = config.train.k_folds;
     let persons = dataset.index.persons();
