@@ -167,6 +167,15 @@ impl Pipeline {
         }
     }
 
+    /// A builder set from `data.*`: workers, prefetch depth, batch size, bad-sample policy.
+    pub fn builder_for(data: &vidtrain_config::DataConfig) -> PipelineBuilder {
+        Self::builder()
+            .workers(data.num_workers)
+            .prefetch_depth(data.prefetch_depth)
+            .batch_size(data.batch_size)
+            .skip_bad_samples(data.on_bad_sample == vidtrain_config::OnBadSample::Skip)
+    }
+
     /// Batches this pipeline delivers (before skips).
     pub fn n_batches(&self) -> usize {
         self.n_batches

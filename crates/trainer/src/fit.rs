@@ -13,7 +13,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
-use vidtrain_config::{CheckpointMode, Config, OnBadSample};
+use vidtrain_config::{CheckpointMode, Config};
 use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
 use vidtrain_memutil::MemorySampler;
 use vidtrain_model::{ActionModel, ActionModelConfig};
@@ -136,16 +136,17 @@ pub(crate) fn fit<B: AutodiffBackend>(
         for (position, &id) in order.iter().enumerate() {
             position_of[id] = position;
         }
-        let mut pipeline =
-            build_pipeline(config, &context.dataset, order[state.position..].to_vec());
+        let mut pipeline = Pipeline::builder_for(&config.data).build(
+            Arc::clone(&context.dataset),
+            order[state.position..].to_vec(),
+        );
         let mut accumulator = GradientsAccumulator::<ActionModel<B>>::new();
-        let mut pending_group: Option<usize> = None;
         let mut group_loss = 0.0f64;
         let mut interrupted = false;
 
         let mut batches = pipeline.by_ref().peekable();
         while let Some(batch) = batches.next() {
-            let batch = batch?;
+            let mut batch = batch?;
             let first_position = position_of[batch.sample_ids[0]];
             let group = first_position / group_samples;
             let group_start = group * group_samples;
@@ -160,7 +161,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             );
             let labels = labels_tensor::<B>(&batch, &device);
             let video = video_tensor::<B>(&batch, &device);
-            let keypoints = keypoint_tensor::<B>(&batch, &device);
+            let keypoints = keypoint_tensor::<B>(&mut batch, &device);
             let (loss_value, grads) = if recompute == CheckpointMode::None {
                 let scores = model.forward(video, keypoints);
                 let loss = loss_function.forward(scores, labels);
@@ -188,7 +189,6 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 });
             }
             accumulator.accumulate(&model, grads);
-            pending_group = Some(group);
             group_loss += loss_value as f64 * weight;
             state.epoch_loss_sum += loss_value as f64 * batch.len() as f64;
             state.epoch_loss_samples += batch.len();
@@ -207,7 +207,6 @@ pub(crate) fn fit<B: AutodiffBackend>(
             model = optimizer.step(lr, model, accumulator.grads());
             state.step += 1;
             state.position = group_start + group_len;
-            pending_group = None;
             context.run_dir.log_metrics(&json!({
                 "event": "step", "epoch": epoch, "step": state.step, "loss": group_loss, "lr": lr,
             }))?;
@@ -227,7 +226,6 @@ pub(crate) fn fit<B: AutodiffBackend>(
         drop(batches);
         skipped_sample_loads += pipeline.skipped();
         drop(pipeline);
-        debug_assert!(pending_group.is_none(), "every group ends with a step");
         train_time += epoch_started.elapsed();
         if interrupted {
             let folder = checkpoint::save(&checkpoints, &model, &optimizer, &state)?;
@@ -316,15 +314,6 @@ pub(crate) fn fit<B: AutodiffBackend>(
     Ok(summary)
 }
 
-fn build_pipeline(config: &Config, dataset: &Arc<Dataset>, order: Vec<usize>) -> Pipeline {
-    Pipeline::builder()
-        .workers(config.data.num_workers)
-        .prefetch_depth(config.data.prefetch_depth)
-        .batch_size(config.data.batch_size)
-        .skip_bad_samples(config.data.on_bad_sample == OnBadSample::Skip)
-        .build(Arc::clone(dataset), order)
-}
-
 /// Runs the model without autodiff over `ids`; returns metrics and the mean loss.
 fn validate<B: AutodiffBackend>(
     config: &Config,
@@ -338,17 +327,14 @@ fn validate<B: AutodiffBackend>(
     let mut labels = Vec::with_capacity(ids.len());
     let mut probabilities = Vec::with_capacity(ids.len() * config.model.model_class_num);
     let mut loss_sum = 0.0f64;
-    let pipeline = Pipeline::builder()
-        .workers(config.data.num_workers)
-        .prefetch_depth(config.data.prefetch_depth)
+    let pipeline = Pipeline::builder_for(&config.data)
         .batch_size(config.train.video_batch_size)
-        .skip_bad_samples(config.data.on_bad_sample == OnBadSample::Skip)
         .build(Arc::clone(dataset), ids.to_vec());
     for batch in pipeline {
-        let batch = batch?;
+        let mut batch = batch?;
         let logits = model.forward(
             video_tensor::<B::InnerBackend>(&batch, device),
-            keypoint_tensor::<B::InnerBackend>(&batch, device),
+            keypoint_tensor::<B::InnerBackend>(&mut batch, device),
         );
         let loss: f32 = loss_function
             .forward(
@@ -392,12 +378,14 @@ fn video_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<
     Some(Tensor::from_data(TensorData::new(values, dims), device))
 }
 
-/// Keypoints `[batch, views, t, joints, 3]` (`None` when keypoints are not loaded).
-fn keypoint_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<B, 5>> {
+/// Keypoints `[batch, views, t, joints, 3]`, moved out of the batch (`None` when keypoints are
+/// not loaded).
+fn keypoint_tensor<B: Backend>(batch: &mut Batch, device: &B::Device) -> Option<Tensor<B, 5>> {
     let shape = batch.shape;
     (shape.joints > 0).then(|| {
         let dims = [batch.len(), shape.views, shape.frames, shape.joints, 3];
-        Tensor::from_data(TensorData::new(batch.keypoints.clone(), dims), device)
+        let values = std::mem::take(&mut batch.keypoints);
+        Tensor::from_data(TensorData::new(values, dims), device)
     })
 }
 

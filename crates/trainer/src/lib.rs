@@ -223,8 +223,10 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         tracing::warn!(path = %problem.path.display(), "{}", problem.message);
     }
     let Fold::Index(fold) = config.train.fold else {
-        return train_all_folds(config, options)
-            .map(|summary| summary.folds.into_iter().last().expect("at least one fold"));
+        return Err(Error::Unsupported {
+            key: "train.fold".into(),
+            message: "\"all\" runs several trainings; call train_all_folds (the CLI does)".into(),
+        });
     };
     let k_folds = config.train.k_folds;
     let persons = dataset.index.persons();

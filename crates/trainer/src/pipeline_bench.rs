@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vidtrain_config::{Config, OnBadSample};
+use vidtrain_config::Config;
 use vidtrain_data::{Dataset, FrameDecoder, Pipeline, decode_processes_spawned, shuffled};
 
 use crate::Result;
@@ -52,12 +52,7 @@ pub fn bench_pipeline(
     vidtrain_memutil::reset_peak_rss();
     let decodes_before = decode_processes_spawned();
     let started = Instant::now();
-    let mut pipeline = Pipeline::builder()
-        .workers(config.data.num_workers)
-        .prefetch_depth(config.data.prefetch_depth)
-        .batch_size(config.data.batch_size)
-        .skip_bad_samples(config.data.on_bad_sample == OnBadSample::Skip)
-        .build(dataset, order);
+    let mut pipeline = Pipeline::builder_for(&config.data).build(dataset, order);
     let mut delivered = 0;
     let mut sample_ids = Vec::new();
     for batch in pipeline.by_ref().take(batches) {
