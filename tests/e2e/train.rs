@@ -49,6 +49,20 @@ const TINY_MODEL: [&str; 7] = [
     "train.lr=1e-3",
 ];
 
+/// `vidtrain train --config CONFIG <extra> <TINY_MODEL>`, which must succeed.
+fn train_tiny(dir: &Path, config: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["train", "--config", config];
+    args.extend_from_slice(extra);
+    args.extend(TINY_MODEL);
+    let output = vidtrain(dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    output
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 fn only_run_dir(runs: &Path) -> std::path::PathBuf {
     let experiments: Vec<_> = std::fs::read_dir(runs).unwrap().flatten().collect();
     assert_eq!(experiments.len(), 1);
@@ -64,21 +78,15 @@ fn only_run_dir(runs: &Path) -> std::path::PathBuf {
 fn training_writes_the_run_directory_contract() {
     let dir = scratch("train-contract");
     let config = small_dataset(&dir);
-    let mut args = vec![
-        "train",
-        "--config",
+    let output = train_tiny(
+        &dir,
         &config,
-        "train.max_epochs=2",
-        "experiment=contract",
-    ];
-    args.extend(TINY_MODEL);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
+        &["train.max_epochs=2", "experiment=contract"],
+    );
     let run = only_run_dir(&dir.join("runs"));
     assert!(run.starts_with(dir.join("runs/contract")));
 
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary = read_json(&run.join("summary.json"));
     for key in [
         "val_accuracy",
         "val_macro_f1",
@@ -114,8 +122,7 @@ fn training_writes_the_run_directory_contract() {
         .filter(|record: &serde_json::Value| record["event"] == "epoch")
         .collect();
     assert_eq!(epochs.len(), 2);
-    let memory: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("memory.json")).unwrap()).unwrap();
+    let memory = read_json(&run.join("memory.json"));
     assert!(!memory["timeline"].as_array().unwrap().is_empty());
 
     for file in ["model.mpk", "optimizer.mpk", "state.json"] {
@@ -138,20 +145,12 @@ fn training_writes_the_run_directory_contract() {
 fn accumulation_counts_optimizer_steps() {
     let dir = scratch("train-accumulate");
     let config = small_dataset(&dir);
-    let mut args = vec![
-        "train",
-        "--config",
+    train_tiny(
+        &dir,
         &config,
-        "train.max_epochs=1",
-        "train.accumulate_grad_batches=3",
-    ];
-    args.extend(TINY_MODEL);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(only_run_dir(&dir.join("runs")).join("summary.json")).unwrap(),
-    )
-    .unwrap();
+        &["train.max_epochs=1", "train.accumulate_grad_batches=3"],
+    );
+    let summary = read_json(&only_run_dir(&dir.join("runs")).join("summary.json"));
     let train_size = summary["train_size"].as_u64().unwrap();
     let micro_batches = train_size.div_ceil(4);
     assert_eq!(
@@ -200,10 +199,7 @@ fn the_bundled_demo_trains_to_at_least_80_percent() {
     let dir = scratch("demo");
     let output = vidtrain(&dir, &["train"]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(only_run_dir(&dir.join("runs")).join("summary.json")).unwrap(),
-    )
-    .unwrap();
+    let summary = read_json(&only_run_dir(&dir.join("runs")).join("summary.json"));
     let accuracy = summary["val_accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.8, "demo val_accuracy {accuracy}: {summary}");
 }
@@ -240,6 +236,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
     let config = small_dataset(&dir);
     // Dropout on, accumulation on, several epochs: everything that could drift on resume.
     let common = |experiment: &'static str, extra: &[&'static str]| {
+        // Not `train_tiny`: this test trains with batch 2 and the default learning rate.
         let mut args = vec![
             "train",
             "--config",
@@ -350,16 +347,14 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
 fn the_seeds_checkpointing_switch_trains() {
     let dir = scratch("train-checkpointing");
     let config = small_dataset(&dir);
-    let mut args = vec![
-        "train",
-        "--config",
-        config.as_str(),
-        "train.max_epochs=1",
-        "model.use_gradient_checkpointing=true",
-    ];
-    args.extend(TINY_MODEL);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
+    train_tiny(
+        &dir,
+        &config,
+        &[
+            "train.max_epochs=1",
+            "model.use_gradient_checkpointing=true",
+        ],
+    );
     let saved =
         std::fs::read_to_string(only_run_dir(&dir.join("runs")).join("config.toml")).unwrap();
     assert!(
@@ -372,17 +367,11 @@ fn the_seeds_checkpointing_switch_trains() {
 fn fold_all_runs_every_fold_and_summarises_them() {
     let dir = scratch("train-folds");
     let config = small_dataset(&dir);
-    let mut args = vec![
-        "train",
-        "--config",
-        config.as_str(),
-        "train.max_epochs=1",
-        "train.fold=all",
-        "experiment=cv",
-    ];
-    args.extend(TINY_MODEL);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
+    let output = train_tiny(
+        &dir,
+        &config,
+        &["train.max_epochs=1", "train.fold=all", "experiment=cv"],
+    );
     let experiment = dir.join("runs/cv");
     for fold in 0..3 {
         let stamps: Vec<_> = std::fs::read_dir(experiment.join(format!("fold-{fold}")))
@@ -406,8 +395,7 @@ fn fold_all_runs_every_fold_and_summarises_them() {
                 .starts_with("cross-validation-")
         })
         .expect("a cross-validation summary");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(summary_file).unwrap()).unwrap();
+    let summary = read_json(&summary_file);
     let folds = summary["folds"].as_array().unwrap();
     assert_eq!(folds.len(), 3);
     let accuracies: Vec<f64> = folds
