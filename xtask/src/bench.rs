@@ -201,7 +201,7 @@ fn git_revision() -> Option<String> {
 
 /// `cargo xtask bench recompute`: peak host RSS and speed of training steps of the seed's model
 /// (224 px, T 8, batch 4, D 256, 4 layers, one view) on the CPU backend — where activations live
-/// in host memory — for each `model.checkpoint` mode.
+/// in host memory — for each `model.checkpoint` mode, and of ViViT at the same size.
 pub fn recompute() -> anyhow::Result<()> {
     cargo(&["build", "--release", "-p", "trainer-cli"])?;
     let target = target_dir();
@@ -229,9 +229,14 @@ pub fn recompute() -> anyhow::Result<()> {
     let config = data.join("vidtrain.toml");
     let runs = folder.join("runs");
     let mut rows = Vec::new();
-    for mode in ["none", "encoder", "stem", "all"] {
-        let experiment = format!("experiment=recompute-{mode}");
+    let cases = ["none", "encoder", "stem", "all"]
+        .map(|mode| ("transformer", mode))
+        .into_iter()
+        .chain(["none", "all"].map(|mode| ("vivit", mode)));
+    for (backbone, mode) in cases {
+        let experiment = format!("experiment=recompute-{backbone}-{mode}");
         let checkpoint = format!("model.checkpoint={mode}");
+        let backbone_key = format!("model.backbone={backbone}");
         let run_dir = format!("paths.run_dir={}", runs.display());
         let args = [
             "train",
@@ -252,6 +257,7 @@ pub fn recompute() -> anyhow::Result<()> {
             "data.prefetch_depth=1",
             &experiment,
             &checkpoint,
+            &backbone_key,
             &run_dir,
         ];
         eprintln!("$ vidtrain {}", args.join(" "));
@@ -262,7 +268,7 @@ pub fn recompute() -> anyhow::Result<()> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let experiment_folder = runs.join(format!("recompute-{mode}"));
+        let experiment_folder = runs.join(format!("recompute-{backbone}-{mode}"));
         let mut stamps: Vec<PathBuf> = std::fs::read_dir(&experiment_folder)?
             .flatten()
             .map(|entry| entry.path())
@@ -272,23 +278,43 @@ pub fn recompute() -> anyhow::Result<()> {
         let summary: Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("summary.json"))?)?;
         rows.push(json!({
+            "backbone": backbone,
             "mode": mode,
             "peak_host_rss_bytes": summary["peak_host_rss_bytes"],
             "samples_per_s": summary["samples_per_s"],
             "steps": summary["steps"],
         }));
     }
-    let base_rss = rows[0]["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN);
-    let base_speed = rows[0]["samples_per_s"].as_f64().unwrap_or(f64::NAN);
-    println!("seed model, 224 px, T 8, batch 4, D 256, 4 layers, CPU backend, 3 optimizer steps");
-    println!("  model.checkpoint  peak host RSS  vs none  samples/s  slowdown");
+    println!(
+        "224 px, T 8, batch 4, D 256, 4 layers, 4 heads, one view, CPU backend, 3 optimizer steps \
+         (transformer: the seed's model; vivit: 2×16×16 tubelets, 784 tokens)"
+    );
+    println!("  backbone     model.checkpoint  peak host RSS  vs none  samples/s  slowdown");
+    let baselines: Vec<(String, f64, f64)> = rows
+        .iter()
+        .filter(|row| row["mode"] == "none")
+        .map(|row| {
+            (
+                row["backbone"].as_str().unwrap_or("").to_string(),
+                row["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN),
+                row["samples_per_s"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
     for row in &mut rows {
+        let backbone = row["backbone"].as_str().unwrap_or("").to_string();
+        let Some((_, base_rss, base_speed)) =
+            baselines.iter().find(|(name, _, _)| *name == backbone)
+        else {
+            continue;
+        };
         let rss = row["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN);
         let speed = row["samples_per_s"].as_f64().unwrap_or(f64::NAN);
         row["rss_vs_none"] = json!(rss / base_rss);
         row["slowdown_vs_none"] = json!(base_speed / speed);
         println!(
-            "  {:<16}  {:>9.0} MiB  {:>7.2}  {:>9.2}  {:>7.2}x",
+            "  {:<11}  {:<16}  {:>9.0} MiB  {:>7.2}  {:>9.2}  {:>7.2}x",
+            backbone,
             row["mode"].as_str().unwrap_or(""),
             rss / 1048576.0,
             rss / base_rss,

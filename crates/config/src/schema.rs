@@ -371,8 +371,11 @@ pub enum Accelerator {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Architecture: `transformer` (the seed's conv-stem video transformer).
+    /// Architecture: `transformer` (the seed's conv-stem video transformer) or `vivit`.
     pub backbone: Backbone,
+    /// ViViT tubelet `[frames, height, width]`; the clip's frames and `data.img_size` must be
+    /// multiples of it.
+    pub tubelet_size: [usize; 3],
     /// Number of classes (the seed's 9 head directions).
     pub model_class_num: usize,
     /// The seed's switch for activation recompute; `true` means `model.checkpoint = "all"`.
@@ -401,6 +404,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             backbone: Backbone::Transformer,
+            tubelet_size: [2, 16, 16],
             model_class_num: 9,
             use_gradient_checkpointing: false,
             checkpoint: CheckpointMode::None,
@@ -431,6 +435,17 @@ impl ModelConfig {
         match self.backbone {
             // Two stride-2 convolutions in the stem.
             Backbone::Transformer => 4,
+            // Square frames: a multiple of both the tubelet's height and width.
+            Backbone::Vivit => {
+                let [_, height, width] = self.tubelet_size;
+                let gcd = |mut a: usize, mut b: usize| {
+                    while b != 0 {
+                        (a, b) = (b, a % b);
+                    }
+                    a
+                };
+                height / gcd(height, width).max(1) * width
+            }
         }
     }
 }
@@ -441,6 +456,9 @@ impl ModelConfig {
 pub enum Backbone {
     /// Conv3d stem → spatial mean → sinusoidal positions → transformer encoder → mean pool.
     Transformer,
+    /// Tubelet embedding (`model.tubelet_size`) → learned positions → joint space-time
+    /// transformer encoder → mean pool.
+    Vivit,
 }
 
 /// `model.checkpoint`.
@@ -592,6 +610,30 @@ impl Config {
             if value == 0 {
                 return invalid(key, "must be at least 1, got 0".into());
             }
+        }
+        if self.model.tubelet_size.contains(&0) {
+            return invalid(
+                "model.tubelet_size",
+                format!(
+                    "every size must be at least 1, got {:?}",
+                    self.model.tubelet_size
+                ),
+            );
+        }
+        let tubelet_frames = self.model.tubelet_size[0];
+        if self.model.backbone == Backbone::Vivit
+            && !data
+                .uniform_temporal_subsample_num
+                .is_multiple_of(tubelet_frames)
+        {
+            return invalid(
+                "data.uniform_temporal_subsample_num",
+                format!(
+                    "must be a multiple of model.tubelet_size[0] = {tubelet_frames} for the vivit \
+                     backbone, got {}",
+                    data.uniform_temporal_subsample_num
+                ),
+            );
         }
         let stride = self.model.spatial_stride();
         if !data.img_size.is_multiple_of(stride) {

@@ -72,10 +72,17 @@ impl<B: Backend> KeypointEncoder<B> {
         }
     }
 
+    /// The encoder block that segment `index` is, if it is one.
+    pub fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        index
+            .checked_sub(1)
+            .and_then(|block| self.blocks.get(block))
+    }
+
     /// Runs segment `index` alone.
     pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        if index > 0 {
-            return Activation::Tokens(self.blocks[index - 1].forward(input.into_tokens()));
+        if let Some(block) = self.encoder_block(index) {
+            return Activation::Tokens(block.forward(input.into_tokens()));
         }
         let keypoints = input.into_joints();
         let [n, t, joints, channels] = keypoints.dims();

@@ -1,5 +1,6 @@
 //! vidtrain's models as Burn modules, generic over the backend: the seed's video transformer
-//! (with a GEMM convolution stem that trains fast on the CPU backend) and multi-view fusion.
+//! (with a GEMM convolution stem that trains fast on the CPU backend), ViViT, a keypoint
+//! encoder, multi-view and RGB+keypoint fusion, and activation recompute.
 
 mod conv;
 mod encoder;
@@ -7,6 +8,7 @@ mod keypoint_encoder;
 mod recompute;
 mod stem;
 mod video_transformer;
+mod vivit;
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
@@ -20,6 +22,7 @@ use recompute::Chain;
 pub use recompute::{Activation, SegmentKind};
 pub use stem::{VideoStem, VideoStemConfig};
 pub use video_transformer::{VideoTransformer, VideoTransformerConfig};
+pub use vivit::{Vivit, VivitConfig};
 
 /// The backend unit tests run on.
 #[cfg(test)]
@@ -38,7 +41,7 @@ pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
 #[derive(Debug, Clone)]
 pub struct ActionModelConfig {
     /// The RGB backbone (absent when `model.input_type = "kpt"`).
-    pub backbone: Option<VideoTransformerConfig>,
+    pub backbone: Option<BackboneConfig>,
     /// The keypoint encoder (absent when `model.input_type = "rgb"`).
     pub keypoint_encoder: Option<KeypointEncoderConfig>,
     /// Views per sample.
@@ -58,13 +61,26 @@ impl ActionModelConfig {
         let uses_rgb = model.input_type != InputType::Kpt;
         let uses_keypoints = model.input_type != InputType::Rgb;
         let backbone = match model.backbone {
-            Backbone::Transformer => VideoTransformerConfig::new(
+            Backbone::Transformer => BackboneConfig::Transformer(VideoTransformerConfig::new(
                 model.transformer_dim,
                 model.transformer_layers,
                 model.transformer_heads,
                 model.transformer_ff_dim,
                 model.transformer_dropout,
-            ),
+            )),
+            Backbone::Vivit => BackboneConfig::Vivit(VivitConfig::new(
+                model.transformer_dim,
+                model.transformer_layers,
+                model.transformer_heads,
+                model.transformer_ff_dim,
+                model.transformer_dropout,
+                model.tubelet_size,
+                [
+                    config.data.uniform_temporal_subsample_num,
+                    config.data.img_size,
+                    config.data.img_size,
+                ],
+            )),
         };
         let keypoint_encoder = KeypointEncoderConfig::new(
             config.data.keypoint_indices.len(),
@@ -86,7 +102,7 @@ impl ActionModelConfig {
 
     /// Width of one view's feature vector.
     pub fn view_feature_dim(&self) -> usize {
-        let rgb = self.backbone.as_ref().map_or(0, |backbone| backbone.dim);
+        let rgb = self.backbone.as_ref().map_or(0, BackboneConfig::dim);
         let keypoints = self
             .keypoint_encoder
             .as_ref()
@@ -102,7 +118,7 @@ impl ActionModelConfig {
     fn dropout(&self) -> f64 {
         self.backbone
             .as_ref()
-            .map(|backbone| backbone.dropout)
+            .map(BackboneConfig::dropout)
             .or(self
                 .keypoint_encoder
                 .as_ref()
@@ -130,10 +146,101 @@ impl ActionModelConfig {
     }
 }
 
+/// Configuration of the RGB backbone.
+#[derive(Debug, Clone)]
+pub enum BackboneConfig {
+    /// The seed's conv-stem video transformer.
+    Transformer(VideoTransformerConfig),
+    /// ViViT with joint space-time attention.
+    Vivit(VivitConfig),
+}
+
+impl BackboneConfig {
+    /// Width of the backbone's feature vector.
+    pub fn dim(&self) -> usize {
+        match self {
+            BackboneConfig::Transformer(config) => config.dim,
+            BackboneConfig::Vivit(config) => config.dim,
+        }
+    }
+
+    /// Dropout probability of the backbone.
+    pub fn dropout(&self) -> f64 {
+        match self {
+            BackboneConfig::Transformer(config) => config.dropout,
+            BackboneConfig::Vivit(config) => config.dropout,
+        }
+    }
+
+    /// Builds the backbone.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> VideoBackbone<B> {
+        match self {
+            BackboneConfig::Transformer(config) => VideoBackbone::Transformer(config.init(device)),
+            BackboneConfig::Vivit(config) => VideoBackbone::Vivit(config.init(device)),
+        }
+    }
+}
+
+/// The RGB backbone: clip `[n, t, 3, h, w]` → feature `[n, dim]`, as a chain of segments.
+#[derive(Module, Debug)]
+pub enum VideoBackbone<B: Backend> {
+    /// The seed's conv-stem video transformer.
+    Transformer(VideoTransformer<B>),
+    /// ViViT with joint space-time attention.
+    Vivit(Vivit<B>),
+}
+
+impl<B: Backend> VideoBackbone<B> {
+    /// # Shapes
+    /// - input: `[n, t, 3, h, w]`, values in 0..1
+    /// - output: `[n, dim]`
+    pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
+        match self {
+            VideoBackbone::Transformer(model) => model.forward(video),
+            VideoBackbone::Vivit(model) => model.forward(video),
+        }
+    }
+
+    fn segment_count(&self) -> usize {
+        match self {
+            VideoBackbone::Transformer(model) => model.segment_count(),
+            VideoBackbone::Vivit(model) => model.segment_count(),
+        }
+    }
+
+    fn segment_kind(&self, index: usize) -> SegmentKind {
+        match self {
+            VideoBackbone::Transformer(model) => model.segment_kind(index),
+            VideoBackbone::Vivit(model) => model.segment_kind(index),
+        }
+    }
+
+    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        match self {
+            VideoBackbone::Transformer(model) => model.encoder_block(index),
+            VideoBackbone::Vivit(model) => model.encoder_block(index),
+        }
+    }
+
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match self {
+            VideoBackbone::Transformer(model) => model.forward_segment(index, input),
+            VideoBackbone::Vivit(model) => model.forward_segment(index, input),
+        }
+    }
+
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        match self {
+            VideoBackbone::Transformer(model) => model.finish(tokens),
+            VideoBackbone::Vivit(model) => model.finish(tokens),
+        }
+    }
+}
+
 /// Multi-view (and optionally multi-modal) action classifier.
 #[derive(Module, Debug)]
 pub struct ActionModel<B: Backend> {
-    backbone: Option<VideoTransformer<B>>,
+    backbone: Option<VideoBackbone<B>>,
     keypoint_encoder: Option<KeypointEncoder<B>>,
     dropout: Dropout,
     head: Linear<B>,
@@ -184,7 +291,7 @@ impl<B: Backend> ActionModel<B> {
         self.visit(&mut Touch);
     }
 
-    fn rgb(&self) -> &VideoTransformer<B> {
+    fn rgb(&self) -> &VideoBackbone<B> {
         self.backbone
             .as_ref()
             .expect("the model has an RGB backbone")
@@ -234,6 +341,13 @@ impl<B: Backend> ActionModel<B> {
         match chain {
             Chain::Rgb => self.rgb().segment_kind(index),
             Chain::Keypoints => self.keypoint().segment_kind(index),
+        }
+    }
+
+    pub(crate) fn encoder_block(&self, chain: Chain, index: usize) -> Option<&EncoderBlock<B>> {
+        match chain {
+            Chain::Rgb => self.rgb().encoder_block(index),
+            Chain::Keypoints => self.keypoint().encoder_block(index),
         }
     }
 
@@ -309,8 +423,9 @@ mod tests {
         modality_fusion: ModalityFusion,
     ) -> ActionModelConfig {
         ActionModelConfig {
-            backbone: (input != InputType::Kpt)
-                .then(|| VideoTransformerConfig::new(16, 1, 2, 32, 0.0)),
+            backbone: (input != InputType::Kpt).then(|| {
+                BackboneConfig::Transformer(VideoTransformerConfig::new(16, 1, 2, 32, 0.0))
+            }),
             keypoint_encoder: (input != InputType::Rgb)
                 .then(|| KeypointEncoderConfig::new(5, 16, 1, 2, 32, 0.0)),
             views: 3,

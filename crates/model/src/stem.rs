@@ -46,19 +46,24 @@ impl<B: Backend> VideoStem<B> {
     /// - output: `[n, t, dim, h/4, w/4]`
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let _span = tracing::trace_span!("stem").entered();
-        let x = self.forward_stage(0, input); // [n, t, dim/2, h/2, w/2]
-        self.forward_stage(1, x) // [n, t, dim, h/4, w/4]
+        (0..Self::STEPS).fold(input, |x, step| self.forward_step(step, x))
     }
 
-    /// Runs stage `index` (0 or 1) alone, for activation recompute.
+    /// Steps of the stem, for activation recompute: convolution, BatchNorm + ReLU, twice.
+    pub const STEPS: usize = 4;
+
+    /// Runs step `index` alone: even steps are convolutions (each clip on its own), odd steps
+    /// BatchNorm + ReLU (statistics over the whole micro-batch).
     ///
     /// # Shapes
     /// - input: `[n, t, c, h, w]`
-    /// - output: `[n, t, c', h/2, w/2]`
-    pub fn forward_stage(&self, index: usize, input: Tensor<B, 5>) -> Tensor<B, 5> {
+    /// - output: `[n, t, c', h', w']` (a convolution halves `h` and `w`)
+    pub fn forward_step(&self, index: usize, input: Tensor<B, 5>) -> Tensor<B, 5> {
         match index {
-            0 => stage(&self.conv1, &self.norm1, input),
-            _ => stage(&self.conv2, &self.norm2, input),
+            0 => self.conv1.forward(input),
+            1 => normalize(&self.norm1, input),
+            2 => self.conv2.forward(input),
+            _ => normalize(&self.norm2, input),
         }
     }
 
@@ -68,12 +73,7 @@ impl<B: Backend> VideoStem<B> {
     }
 }
 
-fn stage<B: Backend>(
-    conv: &Conv3dGemm<B>,
-    norm: &BatchNorm<B>,
-    input: Tensor<B, 5>,
-) -> Tensor<B, 5> {
-    let x = conv.forward(input);
+fn normalize<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
     let [n, t, c, h, w] = x.dims();
     // BatchNorm wants channels on axis 1: fold frames into the batch.
     let x = norm.forward(x.reshape([n * t, c, h * w]));

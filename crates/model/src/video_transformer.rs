@@ -55,36 +55,44 @@ impl<B: Backend> VideoTransformer<B> {
         self.finish(x.into_tokens())
     }
 
-    /// Segments, in order: the two stem stages, the pooling bridge, one per encoder block.
+    /// Segments, in order: the four stem steps, the pooling bridge, one per encoder block.
     pub fn segment_count(&self) -> usize {
-        3 + self.blocks.len()
+        VideoStem::<B>::STEPS + 1 + self.blocks.len()
     }
 
-    /// What segment `index` is (decides whether it is recomputed).
+    /// What segment `index` is (decides whether and how it is recomputed).
     pub fn segment_kind(&self, index: usize) -> SegmentKind {
         match index {
-            0 | 1 => SegmentKind::Stem,
-            2 => SegmentKind::Bridge,
+            0 | 2 => SegmentKind::StemPerClip,
+            1 | 3 => SegmentKind::StemBatch,
+            4 => SegmentKind::Bridge,
             _ => SegmentKind::Encoder,
         }
     }
 
+    /// The encoder block that segment `index` is, if it is one.
+    pub fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        index
+            .checked_sub(VideoStem::<B>::STEPS + 1)
+            .and_then(|block| self.blocks.get(block))
+    }
+
     /// Runs segment `index` alone.
     pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        match index {
-            0 | 1 => Activation::Clips(self.stem.forward_stage(index, input.into_clips())),
-            2 => {
-                let x = input.into_clips(); // [n, t, dim, h/4, w/4]
-                let [n, t, dim, h, w] = x.dims();
-                let x = x
-                    .reshape([n, t, dim, h * w])
-                    .mean_dim(3)
-                    .reshape([n, t, dim]); // [n, t, dim]
-                let positions = sinusoidal_positions::<B>(t, dim, &x.device());
-                Activation::Tokens(x + positions.unsqueeze::<3>())
-            }
-            _ => Activation::Tokens(self.blocks[index - 3].forward(input.into_tokens())),
+        if let Some(block) = self.encoder_block(index) {
+            return Activation::Tokens(block.forward(input.into_tokens()));
         }
+        if index < VideoStem::<B>::STEPS {
+            return Activation::Clips(self.stem.forward_step(index, input.into_clips()));
+        }
+        let x = input.into_clips(); // [n, t, dim, h/4, w/4]
+        let [n, t, dim, h, w] = x.dims();
+        let x = x
+            .reshape([n, t, dim, h * w])
+            .mean_dim(3)
+            .reshape([n, t, dim]); // [n, t, dim]
+        let positions = sinusoidal_positions::<B>(t, dim, &x.device());
+        Activation::Tokens(x + positions.unsqueeze::<3>())
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.

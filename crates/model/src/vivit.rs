@@ -1,0 +1,199 @@
+//! ViViT with joint space-time attention ("model 1" of Arnab et al., 2021): tubelet embedding →
+//! learned positions → pre-norm encoder blocks over all space-time tokens → LayerNorm → mean.
+//!
+//! The tubelet embedding is a Conv3d whose stride equals its kernel, which is exactly a reshape
+//! into non-overlapping tubelets plus one linear layer: no convolution kernel at all, on the CPU
+//! or on CUDA.
+
+use burn::module::{Initializer, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+
+use crate::encoder::{EncoderBlock, EncoderBlockConfig};
+use crate::recompute::{Activation, SegmentKind};
+
+/// Configuration of a [`Vivit`].
+#[derive(Config, Debug)]
+pub struct VivitConfig {
+    /// Token width D.
+    pub dim: usize,
+    /// Encoder blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Feed-forward hidden width.
+    pub ff_dim: usize,
+    /// Dropout probability.
+    pub dropout: f64,
+    /// Tubelet size `[t, h, w]`.
+    pub tubelet: [usize; 3],
+    /// Input clip size `[t, h, w]` (the learned positions cover its tokens).
+    pub clip: [usize; 3],
+}
+
+impl VivitConfig {
+    /// Tokens per clip: `(t / tt) · (h / th) · (w / tw)`.
+    pub fn tokens(&self) -> usize {
+        let grid = self.token_grid();
+        grid[0] * grid[1] * grid[2]
+    }
+
+    /// Tokens along time, height and width.
+    pub fn token_grid(&self) -> [usize; 3] {
+        std::array::from_fn(|axis| self.clip[axis] / self.tubelet[axis])
+    }
+
+    /// Values in one tubelet: `3 · tt · th · tw`.
+    pub fn tubelet_values(&self) -> usize {
+        3 * self.tubelet.iter().product::<usize>()
+    }
+
+    /// Builds the backbone.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Vivit<B> {
+        let block = EncoderBlockConfig::new(self.dim, self.heads, self.ff_dim, self.dropout);
+        Vivit {
+            embedding: LinearConfig::new(self.tubelet_values(), self.dim).init(device),
+            positions: Initializer::Normal {
+                mean: 0.0,
+                std: 0.02,
+            }
+            .init([self.tokens(), self.dim], device),
+            blocks: (0..self.layers).map(|_| block.init(device)).collect(),
+            norm: LayerNormConfig::new(self.dim).init(device),
+            tubelet: self.tubelet,
+        }
+    }
+}
+
+/// Clip → feature vector.
+#[derive(Module, Debug)]
+pub struct Vivit<B: Backend> {
+    embedding: Linear<B>,
+    /// `[tokens, dim]`.
+    positions: Param<Tensor<B, 2>>,
+    blocks: Vec<EncoderBlock<B>>,
+    norm: LayerNorm<B>,
+    #[module(skip)]
+    tubelet: [usize; 3],
+}
+
+impl<B: Backend> Vivit<B> {
+    /// # Shapes
+    /// - input: `[n, t, 3, h, w]`, values in 0..1
+    /// - output: `[n, dim]`
+    pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
+        let _span = tracing::trace_span!("vivit").entered();
+        let mut x = Activation::Clips(video);
+        for index in 0..self.segment_count() {
+            x = self.forward_segment(index, x);
+        }
+        self.finish(x.into_tokens())
+    }
+
+    /// Segments, in order: the tubelet embedding, one per encoder block.
+    pub fn segment_count(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
+    /// What segment `index` is (decides whether and how it is recomputed).
+    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+        if index == 0 {
+            SegmentKind::StemPerClip
+        } else {
+            SegmentKind::Encoder
+        }
+    }
+
+    /// The encoder block that segment `index` is, if it is one.
+    pub fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        index
+            .checked_sub(1)
+            .and_then(|block| self.blocks.get(block))
+    }
+
+    /// Runs segment `index` alone.
+    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match self.encoder_block(index) {
+            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
+            None => Activation::Tokens(self.embed(input.into_clips())),
+        }
+    }
+
+    /// Tubelets → tokens, plus learned positions. Token order is (time, row, column); each
+    /// tubelet's values are ordered (frame, channel, row, column).
+    ///
+    /// # Shapes
+    /// - input: `[n, t, 3, h, w]`
+    /// - output: `[n, tokens, dim]`
+    fn embed(&self, video: Tensor<B, 5>) -> Tensor<B, 3> {
+        let [n, t, c, h, w] = video.dims();
+        let [tt, th, tw] = self.tubelet;
+        let [gt, gh, gw] = [t / tt, h / th, w / tw];
+        // Burn's CPU backend stops at rank 6, so split the axes in two steps.
+        let x = video
+            .reshape([n * gt, tt * c, gh, th, w]) // frames of a tubelet next to the channels
+            .reshape([n * gt, tt * c, gh, th, gw, tw])
+            .permute([0, 2, 4, 1, 3, 5]) // [n·gt, gh, gw, tt·c, th, tw]
+            .reshape([n, gt * gh * gw, tt * c * th * tw]);
+        let tokens = self.embedding.forward(x); // [n, tokens, dim]
+        tokens + self.positions.val().unsqueeze::<3>()
+    }
+
+    /// Final LayerNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
+    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, _, dim] = tokens.dims();
+        self.norm.forward(tokens).mean_dim(1).reshape([n, dim])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn tubelet_embedding_equals_a_stride_equal_convolution() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        let config = VivitConfig::new(5, 0, 1, 8, 0.0, [2, 4, 4], [4, 8, 12]);
+        let model: Vivit<TestBackend> = config.init(&device);
+        let video = Tensor::<TestBackend, 5>::random([2, 4, 3, 8, 12], Distribution::Default, &device);
+        let tokens = model.embed(video.clone()) - model.positions.val().unsqueeze::<3>();
+        let tokens = tokens.into_data().to_vec::<f32>().unwrap();
+
+        // The same sum written as a direct convolution loop over one output position at a time.
+        let input = video.into_data().to_vec::<f32>().unwrap();
+        let weight = model.embedding.weight.val().into_data().to_vec::<f32>().unwrap(); // [in, out]
+        let bias = model.embedding.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+        let at = |n: usize, t: usize, c: usize, y: usize, x: usize| {
+            input[(((n * 4 + t) * 3 + c) * 8 + y) * 12 + x]
+        };
+        let grid = config.token_grid();
+        assert_eq!(config.tokens(), 2 * 2 * 3);
+        for n in 0..2 {
+            for (token, (gt, gy, gx)) in (0..grid[0])
+                .flat_map(|gt| (0..grid[1]).flat_map(move |gy| (0..grid[2]).map(move |gx| (gt, gy, gx))))
+                .enumerate()
+            {
+                for out in 0..5 {
+                    let mut sum = bias[out];
+                    let mut feature = 0;
+                    for dt in 0..2 {
+                        for c in 0..3 {
+                            for dy in 0..4 {
+                                for dx in 0..4 {
+                                    let value = at(n, gt * 2 + dt, c, gy * 4 + dy, gx * 4 + dx);
+                                    sum += value * weight[feature * 5 + out];
+                                    feature += 1;
+                                }
+                            }
+                        }
+                    }
+                    let got = tokens[(n * 12 + token) * 5 + out];
+                    assert!((got - sum).abs() < 1e-5, "n {n} token {token} out {out}: {got} vs {sum}");
+                }
+            }
+        }
+    }
+}
