@@ -2,6 +2,7 @@
 //! through [`vidtrain`].
 
 mod config;
+mod inference;
 mod train;
 
 use std::path::{Path, PathBuf};

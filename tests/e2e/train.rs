@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::{assert_clean_failure, scratch, stderr, vidtrain, vidtrain_with};
 
 /// A small dataset: 3 persons, 200 frames of 48×48.
-fn small_dataset(dir: &Path) -> String {
+pub(crate) fn small_dataset(dir: &Path) -> String {
     let output = vidtrain(
         dir,
         &[
@@ -50,7 +50,7 @@ const TINY_MODEL: [&str; 7] = [
 ];
 
 /// `vidtrain train --config CONFIG <extra> <TINY_MODEL>`, which must succeed.
-fn train_tiny(dir: &Path, config: &str, extra: &[&str]) -> std::process::Output {
+pub(crate) fn train_tiny(dir: &Path, config: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["train", "--config", config];
     args.extend_from_slice(extra);
     args.extend(TINY_MODEL);
@@ -59,11 +59,11 @@ fn train_tiny(dir: &Path, config: &str, extra: &[&str]) -> std::process::Output 
     output
 }
 
-fn read_json(path: &Path) -> serde_json::Value {
+pub(crate) fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn only_run_dir(runs: &Path) -> std::path::PathBuf {
+pub(crate) fn only_run_dir(runs: &Path) -> std::path::PathBuf {
     let experiments: Vec<_> = std::fs::read_dir(runs).unwrap().flatten().collect();
     assert_eq!(experiments.len(), 1);
     let stamps: Vec<_> = std::fs::read_dir(experiments[0].path())

@@ -172,44 +172,12 @@ fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> 
     Ok(config)
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join("target"))
-}
-
-fn host() -> Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split(':').nth(1))
-                .map(|name| name.trim().to_string())
-        });
-    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).ok()})
-}
-
-fn git_revision() -> Option<String> {
-    let output = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(project_root())
-        .output()
-        .ok()?;
-    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
-
-/// `cargo xtask bench recompute`: peak host RSS and speed of training steps of the seed's model
-/// (224 px, T 8, batch 4, D 256, 4 layers, one view) on the CPU backend — where activations live
-/// in host memory — for each `model.checkpoint` mode, and of ViViT at the same size.
-pub fn recompute() -> anyhow::Result<()> {
-    cargo(&["build", "--release", "-p", "trainer-cli"])?;
-    let target = target_dir();
-    let vidtrain = target.join("release/vidtrain");
-    let folder = target.join("bench/recompute");
+/// The small benchmark dataset (2 persons, 300 frames of 64×64 in three views) in
+/// `folder/data`, generated once; returns its config file.
+pub(crate) fn bench_dataset(vidtrain: &Path, folder: &Path) -> anyhow::Result<PathBuf> {
     let data = folder.join("data");
     if !data.join("vidtrain.toml").is_file() {
-        let status = Command::new(&vidtrain)
+        let status = Command::new(vidtrain)
             .args([
                 "demo-data",
                 "--persons",
@@ -226,7 +194,55 @@ pub fn recompute() -> anyhow::Result<()> {
             bail!("generating the benchmark data failed");
         }
     }
-    let config = data.join("vidtrain.toml");
+    Ok(data.join("vidtrain.toml"))
+}
+
+/// The newest run folder of an experiment folder.
+pub(crate) fn latest_run(experiment: &Path) -> anyhow::Result<PathBuf> {
+    let mut stamps: Vec<PathBuf> = std::fs::read_dir(experiment)?
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    stamps.sort();
+    stamps.pop().context("no run folder")
+}
+
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+}
+
+pub(crate) fn host() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|name| name.trim().to_string())
+        });
+    json!({"cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).ok()})
+}
+
+pub(crate) fn git_revision() -> Option<String> {
+    let output = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(project_root())
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// `cargo xtask bench recompute`: peak host RSS and speed of training steps of the seed's model
+/// (224 px, T 8, batch 4, D 256, 4 layers, one view) on the CPU backend — where activations live
+/// in host memory — for each `model.checkpoint` mode, and of ViViT at the same size.
+pub fn recompute() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    let target = target_dir();
+    let vidtrain = target.join("release/vidtrain");
+    let folder = target.join("bench/recompute");
+    let config = bench_dataset(&vidtrain, &folder)?;
     let runs = folder.join("runs");
     let mut rows = Vec::new();
     let cases = ["none", "encoder", "stem", "all"]
@@ -268,13 +284,7 @@ pub fn recompute() -> anyhow::Result<()> {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let experiment_folder = runs.join(format!("recompute-{backbone}-{mode}"));
-        let mut stamps: Vec<PathBuf> = std::fs::read_dir(&experiment_folder)?
-            .flatten()
-            .map(|entry| entry.path())
-            .collect();
-        stamps.sort();
-        let run = stamps.last().context("no run folder")?;
+        let run = latest_run(&runs.join(format!("recompute-{backbone}-{mode}")))?;
         let summary: Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("summary.json"))?)?;
         rows.push(json!({

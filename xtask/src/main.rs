@@ -3,6 +3,7 @@
 //! Kept free of Burn so that it builds in seconds.
 
 mod bench;
+mod plan_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -17,7 +18,7 @@ const COMMANDS: [(&str, &str); 3] = [
     ),
     (
         "bench",
-        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode",
+        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench plan`: vidtrain plan vs measured peak RSS",
     ),
     (
         "demo-data",
@@ -33,8 +34,9 @@ fn main() -> ExitCode {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("data") => bench::data(),
             Some("recompute") => bench::recompute(),
+            Some("plan") => plan_bench::plan(),
             _ => {
-                eprintln!("usage: cargo xtask bench data|recompute");
+                eprintln!("usage: cargo xtask bench data|recompute|plan");
                 return ExitCode::from(2);
             }
         },

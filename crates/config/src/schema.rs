@@ -274,6 +274,9 @@ pub struct TrainerConfig {
     pub accelerator: Accelerator,
     /// Train in 32-bit instead of failing when half precision is asked for on a backend without it.
     pub precision_fallback: bool,
+    /// Clip gradients to this global L2 norm before each optimizer step (after fp16 loss-scale
+    /// unscaling), as Lightning's `gradient_clip_val`; 0 turns clipping off.
+    pub gradient_clip_val: f64,
 }
 
 impl Default for TrainerConfig {
@@ -282,6 +285,7 @@ impl Default for TrainerConfig {
             precision: Precision::Full,
             accelerator: Accelerator::Auto,
             precision_fallback: false,
+            gradient_clip_val: 0.0,
         }
     }
 }
@@ -682,6 +686,13 @@ impl Config {
             return invalid(
                 "model.transformer_dropout",
                 format!("must be in [0, 1), got {}", self.model.transformer_dropout),
+            );
+        }
+        let clip = self.trainer.gradient_clip_val;
+        if !(clip >= 0.0 && clip.is_finite()) {
+            return invalid(
+                "trainer.gradient_clip_val",
+                format!("must be 0 (off) or a positive norm, got {clip}"),
             );
         }
         if !(self.train.lr > 0.0 && self.train.lr.is_finite()) {

@@ -63,6 +63,34 @@ pub struct Dataset {
 impl Dataset {
     /// Indexes and plans the dataset named by `config.paths` (probing videos, decoding nothing).
     pub fn open(config: &Config) -> Result<Self> {
+        let index = Index::build(config)?;
+        let plan = ChunkPlan::build(
+            &index,
+            config.data.max_video_frames,
+            config.data.uniform_temporal_subsample_num,
+        );
+        Self::from_plan(config, index, plan)
+    }
+
+    /// Sliding windows (`window` frames every `stride`) over unlabelled `videos`, for prediction
+    /// (see [`Index::for_prediction`] and [`ChunkPlan::windows`]).
+    pub fn windows(
+        config: &Config,
+        videos: &[std::path::PathBuf],
+        window: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let index = Index::for_prediction(config, videos)?;
+        let plan = ChunkPlan::windows(
+            &index,
+            window,
+            stride,
+            config.data.uniform_temporal_subsample_num,
+        );
+        Self::from_plan(config, index, plan)
+    }
+
+    fn from_plan(config: &Config, index: Index, plan: ChunkPlan) -> Result<Self> {
         let decoder = if config.data.load_rgb {
             Some(FrameDecoder::new(
                 config.data.img_size,
@@ -71,12 +99,6 @@ impl Dataset {
         } else {
             None
         };
-        let index = Index::build(config)?;
-        let plan = ChunkPlan::build(
-            &index,
-            config.data.max_video_frames,
-            config.data.uniform_temporal_subsample_num,
-        );
         let joint_indices = if config.data.load_kpt {
             config.data.keypoint_indices.clone()
         } else {

@@ -17,6 +17,14 @@ pub enum Error {
     /// A video named by the annotations does not exist.
     #[error("video {} (view {view}) does not exist; check paths.video_path and data.views", .path.display())]
     MissingVideo { path: PathBuf, view: String },
+    /// A multi-view model was given a video outside a view folder.
+    #[error(
+        "{} is not inside a view folder, but the model takes the views {views}: pass a file \
+         under one of them (<root>/<view>/<name>; the other views are found beside it) or set \
+         train.view=single",
+        .path.display()
+    )]
+    ViewLayout { path: PathBuf, views: String },
     /// ffprobe could not read a video's stream information.
     #[error("cannot probe video {}: {message}", .path.display())]
     Probe { path: PathBuf, message: String },

@@ -284,6 +284,74 @@ impl Index {
         })
     }
 
+    /// Unlabelled recordings for prediction, one per video in `videos`. With several active
+    /// views, `videos` may name any one view's file (`<root>/<view>/<name>`): the other views are
+    /// the same name in the sibling view folders. Keypoints are found as in training
+    /// (`paths.keypoint_path/<view>/<stem>.npy` or a per-frame folder). A missing or unreadable
+    /// video is an error naming it.
+    pub fn for_prediction(config: &Config, videos: &[PathBuf]) -> Result<Self> {
+        let keypoint_root = config.paths.resolve(&config.paths.keypoint_path);
+        let views = config.active_views();
+        let mut recordings = Vec::with_capacity(videos.len());
+        for video in videos {
+            let name = video
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let parent = video.parent().unwrap_or(Path::new("."));
+            let in_view_folder = parent
+                .file_name()
+                .is_some_and(|folder| views.iter().any(|view| folder == view.as_str()));
+            let mut view_videos = Vec::with_capacity(views.len());
+            for view in &views {
+                let path = if views.len() == 1 {
+                    video.clone()
+                } else if in_view_folder {
+                    parent.with_file_name(view).join(&name)
+                } else {
+                    return Err(Error::ViewLayout {
+                        path: video.clone(),
+                        views: views.join(", "),
+                    });
+                };
+                if !path.is_file() {
+                    return Err(Error::MissingVideo {
+                        view: view.clone(),
+                        path,
+                    });
+                }
+                let info = probe_video(&path)?;
+                let keypoints = config
+                    .data
+                    .load_kpt
+                    .then(|| keypoint_source(&keypoint_root.join(view), &name));
+                view_videos.push(ViewVideo {
+                    view: view.clone(),
+                    path,
+                    info,
+                    keypoints,
+                });
+            }
+            let n_frames = view_videos
+                .iter()
+                .map(|video| video.info.n_frames)
+                .min()
+                .unwrap_or(0);
+            recordings.push(Recording {
+                person: person_of(&name),
+                name,
+                views: view_videos,
+                n_frames,
+                ranges: Vec::new(),
+            });
+        }
+        Ok(Self {
+            recordings,
+            class_names: config.data.class_names.clone(),
+            problems: Vec::new(),
+        })
+    }
+
     /// Distinct persons, sorted.
     pub fn persons(&self) -> Vec<String> {
         let mut persons: Vec<String> = self

@@ -62,6 +62,44 @@ impl ChunkPlan {
         }
     }
 
+    /// Sliding windows over every recording of `index`, for prediction: `window` frames every
+    /// `stride` frames (the last window ends at the last frame, so the tail is covered), each
+    /// sampled to `frames_per_sample` frames. Windows carry class 0; they have no label.
+    pub fn windows(index: &Index, window: usize, stride: usize, frames_per_sample: usize) -> Self {
+        let (window, stride) = (window.max(1), stride.max(1));
+        let mut samples = Vec::new();
+        let mut chunks_per_recording = Vec::with_capacity(index.recordings.len());
+        for (recording_id, recording) in index.recordings.iter().enumerate() {
+            let frames = recording.n_frames;
+            let mut starts: Vec<usize> = (0..frames.saturating_sub(window) + 1)
+                .step_by(stride)
+                .collect();
+            let last_start = frames.saturating_sub(window);
+            if frames > 0 && starts.last() != Some(&last_start) {
+                starts.push(last_start);
+            }
+            if frames == 0 {
+                starts.clear();
+            }
+            chunks_per_recording.push(starts.len());
+            for (number, start) in starts.into_iter().enumerate() {
+                let end = (start + window).min(frames) - 1;
+                samples.push(Sample {
+                    recording: recording_id,
+                    chunk: number,
+                    class: 0,
+                    start,
+                    end,
+                    frame_indices: uniform_temporal_subsample(start, end, frames_per_sample),
+                });
+            }
+        }
+        ChunkPlan {
+            samples,
+            chunks_per_recording,
+        }
+    }
+
     /// Sample ids whose person falls in (`holdout`) or out of (`!holdout`) fold `fold` of `k_folds`.
     /// Persons are sorted and dealt round-robin into folds, so a split never mixes one person's
     /// recordings between training and validation.
@@ -142,6 +180,41 @@ mod tests {
                 .map(|&(class, start, end)| LabelledRange { class, start, end })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn windows_cover_every_frame_with_the_last_one_flush_with_the_end() {
+        let index = Index {
+            recordings: vec![
+                recording("person_1", 100, &[]),
+                recording("person_2", 20, &[]),
+            ],
+            class_names: vec![],
+            problems: vec![],
+        };
+        let plan = ChunkPlan::windows(&index, 32, 32, 4);
+        let spans: Vec<_> = plan
+            .samples
+            .iter()
+            .map(|s| (s.recording, s.start, s.end))
+            .collect();
+        // Every 32 frames, then 68..99 ends at the last frame so that 96..99 are covered too; a
+        // short video is one short window.
+        assert_eq!(
+            spans,
+            vec![
+                (0, 0, 31),
+                (0, 32, 63),
+                (0, 64, 95),
+                (0, 68, 99),
+                (1, 0, 19)
+            ]
+        );
+        assert_eq!(plan.chunks_per_recording, vec![4, 1]);
+        assert_eq!(plan.samples[4].frame_indices, vec![0, 6, 12, 19]);
+        let overlapping = ChunkPlan::windows(&index, 50, 25, 2);
+        let starts: Vec<_> = overlapping.samples.iter().map(|s| s.start).collect();
+        assert_eq!(starts, vec![0, 25, 50, 0]);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! On systems without procfs every reading is `None`; callers print "n/a" rather than a guess.
 
+pub mod plan;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;

@@ -8,6 +8,8 @@ use burn::module::{Initializer, Param};
 use burn::prelude::*;
 use burn::tensor::Slice;
 
+use crate::precision::like;
+
 /// Configuration of a [`Conv3dGemm`].
 #[derive(Config, Debug)]
 pub struct Conv3dGemmConfig {
@@ -112,13 +114,12 @@ impl<B: Backend> Conv3dGemm<B> {
         let k = kt * kh * kw * c_in;
         let patches = Tensor::cat(taps, 2).reshape([n * t_out, k, h_out * w_out]);
         // [out, in, kt, kh, kw] → [out, kt, kh, kw, in] → [out, K·c_in], matching the patch order.
-        let weight = self
-            .weight
-            .val()
+        let weight = like(self.weight.val(), &patches)
             .permute([0, 2, 3, 4, 1])
             .reshape([1, c_out, k]);
         let output = weight.matmul(patches); // [n·t', out, h'·w']
-        let output = output + self.bias.val().reshape([1, c_out, 1]);
+        let bias = like(self.bias.val(), &output).reshape([1, c_out, 1]);
+        let output = output + bias;
         output.reshape([n, t_out, c_out, h_out, w_out])
     }
 }
@@ -134,10 +135,11 @@ fn pad_axis<B: Backend>(
         return tensor;
     }
     let device = tensor.device();
+    let dtype = tensor.dtype();
     let zeros = |len: usize| {
         let mut shape = tensor.dims();
         shape[axis] = len;
-        Tensor::zeros(shape, &device)
+        Tensor::zeros(shape, (&device, dtype))
     };
     let mut parts = Vec::with_capacity(3);
     if before > 0 {

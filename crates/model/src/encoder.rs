@@ -3,7 +3,9 @@
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
+
+use crate::precision::{layer_norm, linear, softmax_f32};
 use std::ops::Range;
 
 /// Configuration of one [`EncoderBlock`].
@@ -72,7 +74,7 @@ impl<B: Backend> EncoderBlock<B> {
 
     /// `norm(x)` projected to queries, keys and values: `[batch, tokens, 3·dim]`.
     pub fn query_key_value(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.qkv.forward(self.norm_attention.forward(input))
+        linear(&self.qkv, layer_norm(&self.norm_attention, input))
     }
 
     /// Attention context `[batch, tokens, dim]` (before the output projection), computed in query
@@ -86,7 +88,8 @@ impl<B: Backend> EncoderBlock<B> {
         if blocks.len() == 1 {
             return (self.attention_rows(qkv, 0..tokens, None), None);
         }
-        let base_seed = (self.dropout.prob > 0.0 && B::ad_enabled(&qkv.device())).then(|| draw_seed(&qkv));
+        let base_seed =
+            (self.dropout.prob > 0.0 && B::ad_enabled(&qkv.device())).then(|| draw_seed(&qkv));
         let contexts = blocks
             .into_iter()
             .enumerate()
@@ -118,13 +121,16 @@ impl<B: Backend> EncoderBlock<B> {
             qkv.clone().slice([0..batch, rows.clone(), 0..dim]),
             rows.len(),
         );
-        let key = split(qkv.clone().slice([0..batch, 0..tokens, dim..2 * dim]), tokens);
+        let key = split(
+            qkv.clone().slice([0..batch, 0..tokens, dim..2 * dim]),
+            tokens,
+        );
         let value = split(qkv.slice([0..batch, 0..tokens, 2 * dim..3 * dim]), tokens);
         let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt(); // [b, h, r, n]
         if let Some(seed) = dropout_seed {
             B::seed(&scores.device(), seed);
         }
-        let weights = self.dropout.forward(softmax(scores, 3));
+        let weights = self.dropout.forward(softmax_f32(scores, 3));
         let context = weights.matmul(value); // [b, h, r, head_dim]
         context.swap_dims(1, 2).reshape([batch, rows.len(), dim])
     }
@@ -132,13 +138,13 @@ impl<B: Backend> EncoderBlock<B> {
     /// Output projection, residual, and the feed-forward half: from the block input and the
     /// attention context to the block output.
     pub fn after_attention(&self, input: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
-        let attended = self.projection.forward(context);
+        let attended = linear(&self.projection, context);
         let x = input + self.dropout.forward(attended);
-        let hidden = gelu(
-            self.feed_forward_in
-                .forward(self.norm_feed_forward.forward(x.clone())),
-        );
-        let hidden = self.feed_forward_out.forward(self.dropout.forward(hidden));
+        let hidden = gelu(linear(
+            &self.feed_forward_in,
+            layer_norm(&self.norm_feed_forward, x.clone()),
+        ));
+        let hidden = linear(&self.feed_forward_out, self.dropout.forward(hidden));
         x + self.dropout.forward(hidden)
     }
 }
@@ -194,11 +200,11 @@ mod tests {
     fn attention_in_query_blocks_equals_attention_over_all_queries_at_once() {
         let _rng = crate::rng_lock();
         let device = Default::default();
-        let block: EncoderBlock<TestBackend> =
-            EncoderBlockConfig::new(8, 2, 16, 0.0).init(&device);
+        let block: EncoderBlock<TestBackend> = EncoderBlockConfig::new(8, 2, 16, 0.0).init(&device);
         let tokens = 2 * QUERY_BLOCK_TOKENS + 7;
         assert_eq!(query_blocks(tokens).len(), 3);
-        let input = Tensor::<TestBackend, 3>::random([2, tokens, 8], Distribution::Default, &device);
+        let input =
+            Tensor::<TestBackend, 3>::random([2, tokens, 8], Distribution::Default, &device);
         let blocked = block.forward(input.clone());
         let qkv = block.query_key_value(input.clone());
         let whole = block.after_attention(input, block.attention_rows(qkv, 0..tokens, None));

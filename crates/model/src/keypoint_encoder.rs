@@ -5,6 +5,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+use crate::precision::{layer_norm, like, linear, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
 
 /// Configuration of a [`KeypointEncoder`].
@@ -86,17 +87,18 @@ impl<B: Backend> KeypointEncoder<B> {
         }
         let keypoints = input.into_joints();
         let [n, t, joints, channels] = keypoints.dims();
-        let x = self
-            .embedding
-            .forward(keypoints.reshape([n, t, joints * channels])); // [n, t, dim]
+        let x = linear(
+            &self.embedding,
+            keypoints.reshape([n, t, joints * channels]),
+        ); // [n, t, dim]
         let dim = x.dims()[2];
-        let positions = sinusoidal_positions::<B>(t, dim, &x.device());
+        let positions = like(sinusoidal_positions::<B>(t, dim, &x.device()), &x);
         Activation::Tokens(x + positions.unsqueeze::<3>())
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
     pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         let [n, _, dim] = tokens.dims();
-        self.norm.forward(tokens).mean_dim(1).reshape([n, dim])
+        mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
     }
 }

@@ -5,13 +5,16 @@
 mod conv;
 mod encoder;
 mod keypoint_encoder;
+mod precision;
 mod recompute;
 mod stem;
+mod summary;
 mod video_transformer;
 mod vivit;
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 use vidtrain_config::{Backbone, FusionMode, InputType, ModalityFusion};
 
@@ -21,6 +24,7 @@ pub use keypoint_encoder::{KeypointEncoder, KeypointEncoderConfig};
 use recompute::Chain;
 pub use recompute::{Activation, SegmentKind};
 pub use stem::{VideoStem, VideoStemConfig};
+pub use summary::{InputShape, LayerRole, LayerSummary, ModelSummary};
 pub use video_transformer::{VideoTransformer, VideoTransformerConfig};
 pub use vivit::{Vivit, VivitConfig};
 
@@ -52,6 +56,9 @@ pub struct ActionModelConfig {
     pub fusion: FusionMode,
     /// How RGB and keypoint features are combined (both encoders present).
     pub modality_fusion: ModalityFusion,
+    /// The dtype activations are computed in (weights stay f32): `F32`, or `BF16`/`F16` for
+    /// mixed precision on a backend that has them (see the `precision` module).
+    pub compute_dtype: FloatDType,
 }
 
 impl ActionModelConfig {
@@ -97,6 +104,7 @@ impl ActionModelConfig {
             classes: model.model_class_num,
             fusion: model.fusion_mode,
             modality_fusion: model.modality_fusion,
+            compute_dtype: FloatDType::F32,
         }
     }
 
@@ -115,7 +123,7 @@ impl ActionModelConfig {
     }
 
     /// Dropout probability before the classifier.
-    fn dropout(&self) -> f64 {
+    pub(crate) fn dropout(&self) -> f64 {
         self.backbone
             .as_ref()
             .map(BackboneConfig::dropout)
@@ -142,6 +150,7 @@ impl ActionModelConfig {
             head: LinearConfig::new(feature_dim, self.classes).init(device),
             fusion: self.fusion,
             modality_fusion: self.modality_fusion,
+            compute_dtype: self.compute_dtype,
         }
     }
 }
@@ -182,6 +191,8 @@ impl BackboneConfig {
 }
 
 /// The RGB backbone: clip `[n, t, 3, h, w]` → feature `[n, dim]`, as a chain of segments.
+// One backbone per model, built once: boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum VideoBackbone<B: Backend> {
     /// The seed's conv-stem video transformer.
@@ -248,6 +259,8 @@ pub struct ActionModel<B: Backend> {
     fusion: FusionMode,
     #[module(skip)]
     modality_fusion: ModalityFusion,
+    #[module(skip)]
+    compute_dtype: FloatDType,
 }
 
 impl<B: Backend> ActionModel<B> {
@@ -267,15 +280,29 @@ impl<B: Backend> ActionModel<B> {
         let (inputs, batch, views) = self.chain_inputs(video, keypoints);
         let features = inputs
             .into_iter()
-            .map(|(chain, input)| {
-                let features = match chain {
-                    Chain::Rgb => self.rgb().forward(input.into_clips()),
-                    Chain::Keypoints => self.keypoint().forward(input.into_joints()),
-                };
-                (chain, features)
-            })
+            .map(|(chain, input)| (chain, self.forward_chain(chain, input)))
             .collect();
         self.head_from_features(features, batch, views)
+    }
+
+    /// One encoder, segment by segment. Without gradient tracking (validation, inference) a
+    /// per-clip segment runs one clip at a time, so that a large evaluation batch never holds the
+    /// whole batch's convolution patch matrix.
+    fn forward_chain(&self, chain: Chain, input: Activation<B>) -> Tensor<B, 2> {
+        let per_clip = !B::ad_enabled(&input.device());
+        let mut x = input;
+        for index in 0..self.segment_count(chain) {
+            x = if per_clip && self.segment_kind(chain, index) == SegmentKind::StemPerClip {
+                Activation::cat(
+                    (0..x.clips())
+                        .map(|clip| self.forward_segment(chain, index, x.clip(clip)))
+                        .collect(),
+                )
+            } else {
+                self.forward_segment(chain, index, x)
+            };
+        }
+        self.finish(chain, x.into_tokens())
     }
 
     /// Draws every lazily initialised parameter now. Burn initialises a parameter on first use,
@@ -315,6 +342,7 @@ impl<B: Backend> ActionModel<B> {
             let video = video.expect("the model has an RGB backbone: pass video");
             let [batch, views, t, h, w, c] = video.dims();
             let frames = video
+                .cast(self.compute_dtype)
                 .reshape([batch * views, t, h, w, c])
                 .permute([0, 1, 4, 2, 3]); // [b·v, t, 3, h, w]
             inputs.push((Chain::Rgb, Activation::Clips(frames)));
@@ -323,7 +351,9 @@ impl<B: Backend> ActionModel<B> {
         if self.keypoint_encoder.is_some() {
             let keypoints = keypoints.expect("the model has a keypoint encoder: pass keypoints");
             let [batch, views, t, joints, c] = keypoints.dims();
-            let joints = keypoints.reshape([batch * views, t, joints, c]); // [b·v, t, joints, 3]
+            let joints = keypoints
+                .cast(self.compute_dtype)
+                .reshape([batch * views, t, joints, c]); // [b·v, t, joints, 3]
             inputs.push((Chain::Keypoints, Activation::Joints(joints)));
             shape = (batch, views);
         }
@@ -377,7 +407,10 @@ impl<B: Backend> ActionModel<B> {
         batch: usize,
         views: usize,
     ) -> Tensor<B, 2> {
-        let mut features = features.into_iter().map(|(_, features)| features);
+        // The classifier and everything after it run in f32 (the loss wants f32 scores).
+        let mut features = features
+            .into_iter()
+            .map(|(_, features)| features.cast(FloatDType::F32));
         let first = features
             .next()
             .expect("an ActionModel has at least one encoder");
@@ -432,6 +465,7 @@ mod tests {
             classes: 9,
             fusion,
             modality_fusion,
+            compute_dtype: FloatDType::F32,
         }
     }
 

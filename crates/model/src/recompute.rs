@@ -1,12 +1,18 @@
 //! Activation recompute (gradient checkpointing) for Burn, which has no per-block checkpoint API.
 //!
-//! The encoders are chains of segments (stem stages, a bridge, encoder blocks). A training step
-//! runs every segment on a detached copy of its input. A recomputed segment runs on the model with
-//! gradient tracking off, so it records no graph and its internal activations are freed as it
-//! goes; only its input is kept. A kept segment runs tracked and keeps its graph. The loss is differentiated down to the chains' last outputs, then each segment is
-//! walked backwards: recomputed (with the same dropout seed) if its graph was dropped, and
-//! `sum(output · upstream)` is differentiated to get the parameter gradients and the gradient of
-//! its input, the upstream of the segment before. Gradients equal those of one plain backward.
+//! The encoders are chains of segments (stem convolutions and normalisations, a bridge, encoder
+//! blocks). A recomputed segment runs on the model with gradient tracking off, so it records no
+//! graph and its internal activations are freed as it goes; only its input is kept. Consecutive
+//! kept segments run tracked as one stretch and keep their graph. The loss is differentiated
+//! down to the chains' last outputs, then each stretch is walked backwards: a recomputed segment
+//! is replayed (with the same dropout seed) and `sum(output · upstream)` is differentiated to get
+//! the parameter gradients and the gradient of its input, the upstream of the stretch before.
+//! Gradients equal those of one plain backward.
+//!
+//! Replays are shaped to keep their own peak small: a per-clip segment (a convolution with its
+//! patch matrix) is replayed one clip at a time, and an encoder block's attention one query block
+//! at a time, so neither the batch's patch matrix nor the `[batch, heads, tokens, tokens]` scores
+//! ever exist whole.
 //!
 //! As with PyTorch's checkpointing, a recomputed BatchNorm updates its running statistics a
 //! second time (batch statistics, and so gradients, are unaffected).
@@ -98,7 +104,7 @@ impl<B: Backend> Activation<B> {
     }
 
     /// Clip `index` alone (first axis of length 1).
-    fn clip(&self, index: usize) -> Self {
+    pub(crate) fn clip(&self, index: usize) -> Self {
         match self {
             Activation::Clips(tensor) => Activation::Clips(tensor.clone().narrow(0, index, 1)),
             Activation::Joints(tensor) => Activation::Joints(tensor.clone().narrow(0, index, 1)),
@@ -107,11 +113,12 @@ impl<B: Backend> Activation<B> {
     }
 
     /// Concatenates per-clip activations back into one batch.
-    fn cat(parts: Vec<Self>) -> Self {
+    pub(crate) fn cat(parts: Vec<Self>) -> Self {
         match parts.first() {
-            Some(Activation::Clips(_)) => {
-                Activation::Clips(Tensor::cat(parts.into_iter().map(Self::into_clips).collect(), 0))
-            }
+            Some(Activation::Clips(_)) => Activation::Clips(Tensor::cat(
+                parts.into_iter().map(Self::into_clips).collect(),
+                0,
+            )),
             Some(Activation::Joints(_)) => Activation::Joints(Tensor::cat(
                 parts.into_iter().map(Self::into_joints).collect(),
                 0,
@@ -124,7 +131,7 @@ impl<B: Backend> Activation<B> {
         }
     }
 
-    fn device(&self) -> B::Device {
+    pub(crate) fn device(&self) -> B::Device {
         match self {
             Activation::Clips(tensor) => tensor.device(),
             Activation::Joints(tensor) => tensor.device(),
@@ -182,10 +189,14 @@ pub(crate) enum Chain {
     Keypoints,
 }
 
-/// A segment's saved input, and its output graph when the segment is kept.
+/// One recomputed segment, or a stretch of consecutive kept segments: its input, and its output
+/// graph when kept.
 struct Saved<B: AutodiffBackend> {
     input: Activation<B>,
     output: Option<Activation<B>>,
+    /// Index of its (first) segment.
+    first: usize,
+    /// Dropout seed of its first segment.
     seed: u64,
 }
 
@@ -197,8 +208,10 @@ struct Gradients<'a, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Gradients<'_, B> {
     fn add(&mut self, mut grads: B::Gradients) {
-        self.sum
-            .accumulate(self.model, GradientsParams::from_module(&mut grads, self.model));
+        self.sum.accumulate(
+            self.model,
+            GradientsParams::from_module(&mut grads, self.model),
+        );
     }
 }
 
@@ -228,17 +241,22 @@ impl<B: AutodiffBackend> ActionModel<B> {
         // backend is the autodiff one), so its internal activations are freed as it goes.
         let untracked = self.clone().no_grad();
 
-        // Forward, segment by segment, keeping graphs only where nothing is recomputed.
+        // Forward, segment by segment. A recomputed segment runs untracked and keeps only its
+        // input; consecutive kept segments run as one tracked stretch (cutting it at every segment
+        // would hold each inner boundary twice: in the graph and as a saved input).
         let mut chains = Vec::with_capacity(inputs.len());
         for (chain_number, (chain, input)) in inputs.into_iter().enumerate() {
+            let segment_seed =
+                |index: usize| seed ^ ((chain_number as u64) << 48) ^ ((index as u64) << 32);
+            let count = self.segment_count(chain);
             let mut saved: Vec<Saved<B>> = Vec::new();
             let mut x = input;
-            for index in 0..self.segment_count(chain) {
-                let segment_seed = seed ^ ((chain_number as u64) << 48) ^ ((index as u64) << 32);
+            let mut index = 0;
+            while index < count {
                 let kind = self.segment_kind(chain, index);
-                let recomputed = kind.recomputed_by(mode);
-                B::seed(&device, segment_seed);
-                let (input, output) = if recomputed {
+                let first = index;
+                if kind.recomputed_by(mode) {
+                    B::seed(&device, segment_seed(index));
                     let input = x.detach();
                     let output = if kind == SegmentKind::StemPerClip {
                         Activation::cat(
@@ -251,18 +269,31 @@ impl<B: AutodiffBackend> ActionModel<B> {
                     } else {
                         untracked.forward_segment(chain, index, input.clone())
                     };
-                    (input, output)
+                    index += 1;
+                    x = output;
+                    // The output's (empty) graph is dropped here; only the input is kept.
+                    saved.push(Saved {
+                        input,
+                        output: None,
+                        first,
+                        seed: segment_seed(first),
+                    });
                 } else {
                     let input = if index == 0 { x } else { x.leaf() };
-                    (input.clone(), self.forward_segment(chain, index, input))
-                };
-                x = output.clone().detach();
-                saved.push(Saved {
-                    input,
-                    // Dropping a recomputed segment's output frees its graph right here.
-                    output: (!recomputed).then_some(output),
-                    seed: segment_seed,
-                });
+                    let mut output = input.clone();
+                    while index < count && !self.segment_kind(chain, index).recomputed_by(mode) {
+                        B::seed(&device, segment_seed(index));
+                        output = self.forward_segment(chain, index, output);
+                        index += 1;
+                    }
+                    x = output.clone().detach();
+                    saved.push(Saved {
+                        input,
+                        output: Some(output),
+                        first,
+                        seed: segment_seed(first),
+                    });
+                }
             }
             chains.push((chain, saved, x.leaf()));
         }
@@ -283,27 +314,27 @@ impl<B: AutodiffBackend> ActionModel<B> {
             .collect();
         gradients.add(grads);
 
-        // Backward through each chain's segments, last first.
+        // Backward through each chain's stretches, last first.
         for ((chain, saved, _), upstream) in chains.into_iter().zip(last_gradients) {
             let Some(mut upstream) = upstream else {
                 continue;
             };
-            for (index, segment) in saved.into_iter().enumerate().rev() {
+            for stretch in saved.into_iter().rev() {
                 // The first segment's input is the data: no gradient wanted.
-                let wants_input_gradient = index > 0;
-                let input_gradient = match segment.output {
+                let wants_input_gradient = stretch.first > 0;
+                let input_gradient = match stretch.output {
                     Some(output) => {
                         let grads = output.dot(upstream).backward();
-                        let input_gradient = segment.input.gradient(&grads);
+                        let input_gradient = stretch.input.gradient(&grads);
                         gradients.add(grads);
                         input_gradient
                     }
                     None => self.replay_segment(
                         chain,
-                        index,
-                        segment.input,
+                        stretch.first,
+                        stretch.input,
                         upstream,
-                        segment.seed,
+                        stretch.seed,
                         wants_input_gradient,
                         &mut gradients,
                     ),
@@ -312,7 +343,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
                     break;
                 }
                 upstream = input_gradient
-                    .expect("a segment input after the first is a leaf that records gradients");
+                    .expect("a stretch input after the first is a leaf that records gradients");
             }
         }
         (value / weight as f32, gradients.sum.grads())
@@ -344,7 +375,10 @@ impl<B: AutodiffBackend> ActionModel<B> {
             Activation::Tokens(tokens) => query_blocks(tokens.dims()[1]).len(),
             _ => 1,
         };
-        match (self.segment_kind(chain, index), self.encoder_block(chain, index)) {
+        match (
+            self.segment_kind(chain, index),
+            self.encoder_block(chain, index),
+        ) {
             // A block whose attention fits one query block is replayed whole, like any segment.
             (SegmentKind::Encoder, Some(block)) if query_block_count > 1 => {
                 let input = input.into_tokens();
@@ -528,6 +562,7 @@ mod tests {
             classes: 5,
             fusion,
             modality_fusion: ModalityFusion::Mean,
+            compute_dtype: burn::tensor::FloatDType::F32,
         };
         let model: ActionModel<B> = config.init(&device);
         model.materialize_parameters();
@@ -710,6 +745,48 @@ mod tests {
             &segmented(&case, CheckpointMode::All),
             "query blocks with dropout 0.3",
         );
+    }
+
+    /// Mixed precision plumbing, checked on the CPU backend with f64 as the compute dtype (the CPU
+    /// backend has no f16/bf16, but holds f32 and f64 side by side the way CUDA holds f32 and
+    /// bf16): every layer must cast, or a binary op between dtypes fails; gradients must arrive
+    /// in f32 on the f32 master weights and equal the f32 ones up to f32 rounding.
+    #[test]
+    fn compute_in_another_dtype_keeps_f32_master_gradients() {
+        let _rng = crate::rng_lock();
+        for backbone in [Backbone::Transformer, Backbone::Vivit] {
+            let shape = Shape {
+                backbone,
+                frames: 4,
+            };
+            let mut case = case_of(shape, InputType::RgbKpt, FusionMode::ProbMean, 0.0);
+            let expected = plain(&case);
+            case.model.compute_dtype = burn::tensor::FloatDType::F64;
+            for mode in MODES {
+                let (_, grads) = case.model.loss_and_gradients(
+                    case.video.clone(),
+                    case.keypoints.clone(),
+                    |scores| {
+                        assert_eq!(scores.dtype(), burn::tensor::DType::F32);
+                        CrossEntropyLossConfig::new()
+                            .init(&Default::default())
+                            .forward(scores, case.labels.clone())
+                    },
+                    0.5,
+                    mode,
+                    11,
+                );
+                assert_equal(
+                    &expected,
+                    &collect(&case.model, &grads),
+                    &format!("{backbone:?} f64 compute {mode:?}"),
+                );
+            }
+            let scores = case
+                .model
+                .forward(case.video.clone(), case.keypoints.clone());
+            assert_eq!(scores.dtype(), burn::tensor::DType::F32);
+        }
     }
 
     #[test]

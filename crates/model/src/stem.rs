@@ -3,6 +3,7 @@
 
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::relu;
 
 use crate::conv::{Conv3dGemm, Conv3dGemmConfig};
@@ -75,7 +76,9 @@ impl<B: Backend> VideoStem<B> {
 
 fn normalize<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
     let [n, t, c, h, w] = x.dims();
-    // BatchNorm wants channels on axis 1: fold frames into the batch.
-    let x = norm.forward(x.reshape([n * t, c, h * w]));
-    relu(x).reshape([n, t, c, h, w])
+    // BatchNorm wants channels on axis 1: fold frames into the batch. Statistics (and the
+    // running averages, f32 buffers) are computed in f32 whatever the compute dtype.
+    let dtype = x.dtype();
+    let x = norm.forward(x.reshape([n * t, c, h * w]).cast(FloatDType::F32));
+    relu(x).cast(dtype).reshape([n, t, c, h, w])
 }

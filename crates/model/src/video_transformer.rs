@@ -5,6 +5,7 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 use crate::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+use crate::precision::{layer_norm, like, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
 use crate::stem::{VideoStem, VideoStemConfig};
 
@@ -87,18 +88,15 @@ impl<B: Backend> VideoTransformer<B> {
         }
         let x = input.into_clips(); // [n, t, dim, h/4, w/4]
         let [n, t, dim, h, w] = x.dims();
-        let x = x
-            .reshape([n, t, dim, h * w])
-            .mean_dim(3)
-            .reshape([n, t, dim]); // [n, t, dim]
-        let positions = sinusoidal_positions::<B>(t, dim, &x.device());
+        let x = mean_dim_f32(x.reshape([n, t, dim, h * w]), 3).reshape([n, t, dim]); // [n, t, dim]
+        let positions = like(sinusoidal_positions::<B>(t, dim, &x.device()), &x);
         Activation::Tokens(x + positions.unsqueeze::<3>())
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
     pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         let [n, _, dim] = tokens.dims();
-        self.norm.forward(tokens).mean_dim(1).reshape([n, dim])
+        mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
     }
 
     /// Frames, height and width of the tokens for an input clip of `[t, h, w]`.

@@ -10,6 +10,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::encoder::{EncoderBlock, EncoderBlockConfig};
+use crate::precision::{layer_norm, like, linear, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
 
 /// Configuration of a [`Vivit`].
@@ -135,14 +136,15 @@ impl<B: Backend> Vivit<B> {
             .reshape([n * gt, tt * c, gh, th, gw, tw])
             .permute([0, 2, 4, 1, 3, 5]) // [n·gt, gh, gw, tt·c, th, tw]
             .reshape([n, gt * gh * gw, tt * c * th * tw]);
-        let tokens = self.embedding.forward(x); // [n, tokens, dim]
-        tokens + self.positions.val().unsqueeze::<3>()
+        let tokens = linear(&self.embedding, x); // [n, tokens, dim]
+        let positions = like(self.positions.val(), &tokens);
+        tokens + positions.unsqueeze::<3>()
     }
 
     /// Final LayerNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
     pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         let [n, _, dim] = tokens.dims();
-        self.norm.forward(tokens).mean_dim(1).reshape([n, dim])
+        mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
     }
 }
 
@@ -158,14 +160,29 @@ mod tests {
         let device = Default::default();
         let config = VivitConfig::new(5, 0, 1, 8, 0.0, [2, 4, 4], [4, 8, 12]);
         let model: Vivit<TestBackend> = config.init(&device);
-        let video = Tensor::<TestBackend, 5>::random([2, 4, 3, 8, 12], Distribution::Default, &device);
+        let video =
+            Tensor::<TestBackend, 5>::random([2, 4, 3, 8, 12], Distribution::Default, &device);
         let tokens = model.embed(video.clone()) - model.positions.val().unsqueeze::<3>();
         let tokens = tokens.into_data().to_vec::<f32>().unwrap();
 
         // The same sum written as a direct convolution loop over one output position at a time.
         let input = video.into_data().to_vec::<f32>().unwrap();
-        let weight = model.embedding.weight.val().into_data().to_vec::<f32>().unwrap(); // [in, out]
-        let bias = model.embedding.bias.as_ref().unwrap().val().into_data().to_vec::<f32>().unwrap();
+        let weight = model
+            .embedding
+            .weight
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap(); // [in, out]
+        let bias = model
+            .embedding
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let at = |n: usize, t: usize, c: usize, y: usize, x: usize| {
             input[(((n * 4 + t) * 3 + c) * 8 + y) * 12 + x]
         };
@@ -173,7 +190,9 @@ mod tests {
         assert_eq!(config.tokens(), 2 * 2 * 3);
         for n in 0..2 {
             for (token, (gt, gy, gx)) in (0..grid[0])
-                .flat_map(|gt| (0..grid[1]).flat_map(move |gy| (0..grid[2]).map(move |gx| (gt, gy, gx))))
+                .flat_map(|gt| {
+                    (0..grid[1]).flat_map(move |gy| (0..grid[2]).map(move |gx| (gt, gy, gx)))
+                })
                 .enumerate()
             {
                 for out in 0..5 {
@@ -191,7 +210,10 @@ mod tests {
                         }
                     }
                     let got = tokens[(n * 12 + token) * 5 + out];
-                    assert!((got - sum).abs() < 1e-5, "n {n} token {token} out {out}: {got} vs {sum}");
+                    assert!(
+                        (got - sum).abs() < 1e-5,
+                        "n {n} token {token} out {out}: {got} vs {sum}"
+                    );
                 }
             }
         }

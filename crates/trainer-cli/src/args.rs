@@ -15,7 +15,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a model (the bundled demo when no dataset is configured).
-    Train(ConfigArgs),
+    Train(TrainArgs),
+    /// Predict peak host and device memory from the config alone; --fit picks settings that fit.
+    Plan(PlanArgs),
+    /// Score a saved model on the dataset: metrics, per-sample CSV, confusion-matrix image.
+    Eval(EvalArgs),
+    /// Predict the class of sliding windows over long videos (CSV or JSON).
+    Predict(PredictArgs),
     /// Inspect the resolved configuration.
     Config {
         #[command(subcommand)]
@@ -49,6 +55,123 @@ pub struct DataBenchArgs {
     pub ffmpeg_baseline: bool,
     #[command(flatten)]
     pub config: ConfigArgs,
+}
+
+/// `vidtrain train` options.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Before training, choose the fastest micro-batch / recompute / precision whose planned
+    /// peak fits this much GPU memory (on the CPU backend: host memory), e.g. `4GiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub fit_vram: Option<String>,
+    /// Also keep the planned host peak within this, e.g. `8GiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub fit_ram: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `vidtrain plan` options.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// One line of JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Choose the fastest settings that fit --vram / --ram and print the overrides.
+    #[arg(long)]
+    pub fit: bool,
+    /// GPU memory budget for --fit (on the CPU backend: host memory), e.g. `4GiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub vram: Option<String>,
+    /// Host memory budget for --fit, e.g. `8GiB`.
+    #[arg(long, value_name = "SIZE")]
+    pub ram: Option<String>,
+    /// Plan for this backend instead of the one trainer.accelerator picks here.
+    #[arg(long, value_enum)]
+    pub device: Option<PlanDevice>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `vidtrain plan --device`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PlanDevice {
+    /// The CPU backend: activations in host memory.
+    Cpu,
+    /// A CUDA GPU: activations in device memory.
+    Cuda,
+}
+
+/// `vidtrain eval` options.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run folder, its checkpoints/ or checkpoints/last folder, or a .mpk weights file. The
+    /// run's config.toml is the base config (before --config files and overrides).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// Which samples: the validation persons of train.fold, or every sample.
+    #[arg(long, value_enum, default_value = "validation")]
+    pub split: Split,
+    /// Output folder (default: eval-<timestamp>/ in the run folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `vidtrain eval --split`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Split {
+    /// The validation persons of `train.fold`.
+    Validation,
+    /// Every sample of the dataset.
+    All,
+}
+
+/// `vidtrain predict` options.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A run folder, its checkpoints/ or checkpoints/last folder, or a .mpk weights file.
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// Frames per window (each window is sampled to data.uniform_temporal_subsample_num frames,
+    /// as a labelled segment is in training).
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Frames between window starts (default: the window, i.e. no overlap).
+    #[arg(long)]
+    pub stride: Option<usize>,
+    /// Output file, `.csv` or `.json` (default: CSV on stdout).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Config file (TOML or YAML) on top of the run's config.toml; may repeat.
+    #[arg(long, value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// Videos to predict (with several views: any one view's file, the others are found in the
+    /// sibling view folders), and dotted KEY=VALUE overrides.
+    #[arg(value_name = "VIDEO|KEY=VALUE", required = true)]
+    pub inputs: Vec<String>,
+}
+
+impl PredictArgs {
+    /// The positional inputs split into videos and overrides (`section.key=value`).
+    pub fn videos_and_overrides(&self) -> (Vec<PathBuf>, Vec<String>) {
+        let is_override = |input: &str| {
+            input.split_once('=').is_some_and(|(key, _)| {
+                key.contains('.')
+                    && !key.contains('/')
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            })
+        };
+        let (overrides, videos): (Vec<&String>, Vec<&String>) =
+            self.inputs.iter().partition(|input| is_override(input));
+        (
+            videos.into_iter().map(PathBuf::from).collect(),
+            overrides.into_iter().cloned().collect(),
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]

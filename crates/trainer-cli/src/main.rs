@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use args::{Cli, Command, ConfigArgs, ConfigCommand, DataCommand};
+use args::{
+    Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalArgs, PlanArgs, PlanDevice,
+    PredictArgs, Split, TrainArgs,
+};
+use vidtrain_trainer::BackendChoice;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -111,6 +115,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Train(args) => train(&args),
+        Command::Plan(args) => plan(&args),
+        Command::Eval(args) => eval(&args),
+        Command::Predict(args) => predict(&args),
         Command::Data {
             command: DataCommand::Inspect(args),
         } => {
@@ -189,8 +196,93 @@ fn load_config_or_demo(args: &ConfigArgs) -> anyhow::Result<vidtrain_config::Con
     )
 }
 
-fn train(args: &ConfigArgs) -> Result<(), Failure> {
-    let config = load_config_or_demo(args)?;
+/// Samples in the configured dataset (indexing probes the videos; nothing is decoded), so that
+/// the plan caps the decoded-sample cache at what the dataset can fill.
+fn dataset_samples(config: &vidtrain_config::Config) -> Option<usize> {
+    if config.data.cache_decoded_mib == 0 {
+        return None;
+    }
+    vidtrain_data::Dataset::open(config)
+        .map(|dataset| dataset.len())
+        .ok()
+}
+
+fn parse_size(flag: &str, text: &Option<String>) -> anyhow::Result<Option<u64>> {
+    text.as_ref()
+        .map(|text| {
+            vidtrain_memutil::plan::parse_bytes(text).ok_or_else(|| {
+                anyhow::anyhow!("{flag} {text:?} is not a size; write e.g. 4GiB, 512MiB or 8GB")
+            })
+        })
+        .transpose()
+}
+
+/// Runs `--fit` and returns the chosen overrides, or the reason nothing fits.
+fn fit_overrides(
+    config: &vidtrain_config::Config,
+    backend: BackendChoice,
+    vram: Option<u64>,
+    ram: Option<u64>,
+) -> anyhow::Result<vidtrain_trainer::plan::Fit> {
+    if vram.is_none() && ram.is_none() {
+        anyhow::bail!("--fit needs a budget: --vram SIZE and/or --ram SIZE");
+    }
+    vidtrain_trainer::plan::fit(config, backend, dataset_samples(config), vram, ram)
+        .map_err(|no_fit| anyhow::anyhow!("{}", no_fit.message))
+}
+
+fn plan(args: &PlanArgs) -> Result<(), Failure> {
+    let config = load_config_or_demo(&args.config)?;
+    let backend = match args.device {
+        Some(PlanDevice::Cpu) => BackendChoice::Cpu,
+        Some(PlanDevice::Cuda) => BackendChoice::Cuda,
+        None => vidtrain_trainer::accelerator_backend(&config),
+    };
+    if args.fit {
+        let vram = parse_size("--vram", &args.vram)?;
+        let ram = parse_size("--ram", &args.ram)?;
+        let fit = fit_overrides(&config, backend, vram, ram)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&fit).expect("fit serialises"));
+        } else {
+            print!("{}", fit.plan.table());
+            println!("\nfits with: {}", fit.overrides.join(" "));
+        }
+        return Ok(());
+    }
+    let plan = vidtrain_trainer::plan::plan(&config, backend, dataset_samples(&config));
+    if args.json {
+        println!("{}", serde_json::to_string(&plan).expect("plan serialises"));
+    } else {
+        println!(
+            "{}\n",
+            vidtrain_trainer::plan::model_summary(&config).table()
+        );
+        print!("{}", plan.table());
+    }
+    Ok(())
+}
+
+fn train(args: &TrainArgs) -> Result<(), Failure> {
+    let mut config = load_config_or_demo(&args.config)?;
+    if args.fit_vram.is_some() || args.fit_ram.is_some() {
+        let vram = parse_size("--fit-vram", &args.fit_vram)?;
+        let ram = parse_size("--fit-ram", &args.fit_ram)?;
+        let backend = vidtrain_trainer::accelerator_backend(&config);
+        let fit = fit_overrides(&config, backend, vram, ram)?;
+        tracing::info!(
+            "--fit: {} (planned peak: host {}, device {})",
+            fit.overrides.join(" "),
+            vidtrain_memutil::format_bytes(fit.plan.host_peak_bytes),
+            vidtrain_memutil::format_bytes(fit.plan.device_peak_bytes)
+        );
+        let mut overrides = args.config.overrides.clone();
+        overrides.extend(fit.overrides);
+        config = load_config_or_demo(&ConfigArgs {
+            config: args.config.config.clone(),
+            overrides,
+        })?;
+    }
     // First Ctrl-C: finish the current optimizer step, save a checkpoint, exit 130.
     // A second Ctrl-C stops at once (the last complete checkpoint stays intact).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -233,6 +325,168 @@ fn train(args: &ConfigArgs) -> Result<(), Failure> {
     let summary = vidtrain_trainer::train(&config, &options).context("training failed")?;
     print_summary(&summary);
     Ok(())
+}
+
+/// The config of a saved model: its run's `config.toml` (when the checkpoint lies in a run
+/// folder), then `--config` files, environment and overrides.
+fn load_checkpoint_config(
+    checkpoint: &std::path::Path,
+    files: &[std::path::PathBuf],
+    overrides: &[String],
+) -> anyhow::Result<vidtrain_config::Config> {
+    let mut loader = vidtrain_config::ConfigLoader::new();
+    match vidtrain_trainer::inference::run_folder_of(checkpoint) {
+        Some(run) => loader = loader.file(&run.join("config.toml"))?,
+        None if files.is_empty() => anyhow::bail!(
+            "{} is not inside a run folder (no config.toml above it): pass the config the model \
+             was trained with, --config FILE",
+            checkpoint.display()
+        ),
+        None => {}
+    }
+    for file in files {
+        loader = loader.file(file)?;
+    }
+    Ok(loader.env().overrides(overrides)?.load()?)
+}
+
+fn eval(args: &EvalArgs) -> Result<(), Failure> {
+    let config = load_checkpoint_config(
+        &args.checkpoint,
+        &args.config.config,
+        &args.config.overrides,
+    )?;
+    let split = match args.split {
+        Split::Validation => vidtrain_trainer::inference::EvalSplit::Validation,
+        Split::All => vidtrain_trainer::inference::EvalSplit::All,
+    };
+    let report = vidtrain_trainer::inference::evaluate(&config, &args.checkpoint, split)
+        .context("evaluation failed")?;
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => vidtrain_trainer::inference::run_folder_of(&args.checkpoint)
+            .unwrap_or_else(|| std::path::PathBuf::from("."))
+            .join(format!("eval-{}", vidtrain_trainer::utc_timestamp())),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let write = |name: &str, contents: &[u8]| -> anyhow::Result<()> {
+        let path = out.join(name);
+        vidtrain_trainer::write_atomically(&path, contents)?;
+        Ok(())
+    };
+    write(
+        "metrics.json",
+        serde_json::to_string_pretty(&report)
+            .expect("report serialises")
+            .as_bytes(),
+    )?;
+    let mut csv = String::from("recording,start_frame,end_frame,label,predicted");
+    for class in &config.data.class_names {
+        csv += &format!(",p_{class}");
+    }
+    csv.push('\n');
+    for sample in &report.predictions {
+        csv += &format!(
+            "{},{},{},{},{}",
+            csv_field(&sample.recording),
+            sample.start_frame,
+            sample.end_frame,
+            sample.label,
+            sample.predicted
+        );
+        for probability in &sample.probabilities {
+            csv += &format!(",{probability:.6}");
+        }
+        csv.push('\n');
+    }
+    write("predictions.csv", csv.as_bytes())?;
+    write(
+        "confusion.svg",
+        vidtrain_trainer::confusion_svg::confusion_matrix_svg(
+            &config.data.class_names,
+            &report.metrics.confusion,
+            &format!("{} ({} samples)", report.weights.display(), report.samples),
+        )
+        .as_bytes(),
+    )?;
+    println!(
+        "{} samples: accuracy {:.3}, macro-F1 {:.3}, macro AUROC {}, loss {:.4}\nwritten to {}",
+        report.samples,
+        report.metrics.accuracy,
+        report.metrics.macro_f1,
+        report
+            .metrics
+            .macro_auroc
+            .map_or_else(|| "n/a".to_string(), |auroc| format!("{auroc:.3}")),
+        report.loss,
+        out.display()
+    );
+    Ok(())
+}
+
+fn predict(args: &PredictArgs) -> Result<(), Failure> {
+    let (videos, overrides) = args.videos_and_overrides();
+    if videos.is_empty() {
+        return Err(
+            anyhow::anyhow!("no video given: vidtrain predict --checkpoint PATH VIDEO...").into(),
+        );
+    }
+    let config = load_checkpoint_config(&args.checkpoint, &args.config, &overrides)?;
+    let stride = args.stride.unwrap_or(args.window);
+    let windows = vidtrain_trainer::inference::predict(
+        &config,
+        &args.checkpoint,
+        &videos,
+        args.window,
+        stride,
+    )
+    .context("prediction failed")?;
+    let json = args
+        .out
+        .as_ref()
+        .is_some_and(|out| out.extension().is_some_and(|ext| ext == "json"));
+    let text = if json {
+        serde_json::to_string_pretty(&windows).expect("predictions serialise") + "\n"
+    } else {
+        let mut csv = String::from("video,window,start_frame,end_frame,predicted");
+        for class in &config.data.class_names {
+            csv += &format!(",p_{class}");
+        }
+        csv.push('\n');
+        for window in &windows {
+            csv += &format!(
+                "{},{},{},{},{}",
+                csv_field(&window.video.display().to_string()),
+                window.window,
+                window.start_frame,
+                window.end_frame,
+                window.predicted
+            );
+            for probability in &window.probabilities {
+                csv += &format!(",{probability:.6}");
+            }
+            csv.push('\n');
+        }
+        csv
+    };
+    match &args.out {
+        Some(out) => {
+            vidtrain_trainer::write_atomically(out, text.as_bytes())
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("{} windows written to {}", windows.len(), out.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 fn print_summary(summary: &vidtrain_trainer::RunSummary) {

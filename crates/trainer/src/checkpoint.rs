@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use vidtrain_config::Config;
 use vidtrain_model::ActionModel;
 
+use crate::precision::LossScaler;
 use crate::{Error, Result};
 
 /// Where the training loop stands; restoring it (with the model and optimizer) continues the run
@@ -34,6 +35,9 @@ pub(crate) struct TrainingState {
     pub best: Option<(usize, f64)>,
     /// Mean training loss of the last finished epoch.
     pub last_train_loss: Option<f64>,
+    /// The fp16 loss scaler (scale, clean-step count, skipped steps).
+    #[serde(default)]
+    pub loss_scaler: LossScaler,
 }
 
 const LAST: &str = "last";

@@ -13,13 +13,15 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
-use vidtrain_config::{CheckpointMode, Config};
+use vidtrain_config::{CheckpointMode, Config, Precision};
 use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
 use vidtrain_memutil::MemorySampler;
-use vidtrain_model::{ActionModel, ActionModelConfig};
+use vidtrain_model::{ActionModel, ActionModelConfig, InputShape};
 
 use crate::checkpoint::{self, TrainingState};
+use crate::confusion_svg::confusion_matrix_svg;
 use crate::metrics::ClassificationMetrics;
+use crate::precision::{LossScaler, StepDecision, compute_dtype};
 use crate::progress::Progress;
 use crate::run_dir::RunDir;
 use crate::{Error, Result, RunSummary, TrainOptions};
@@ -34,6 +36,8 @@ pub(crate) struct RunContext<'a> {
     pub run_dir: RunDir,
     pub memory: MemorySampler,
     pub backend_name: &'static str,
+    /// The precision actually trained in (32 where a fallback applied).
+    pub precision: Precision,
     pub started: Instant,
 }
 
@@ -44,18 +48,28 @@ pub(crate) fn fit<B: AutodiffBackend>(
 ) -> Result<RunSummary> {
     let config = context.config;
     B::seed(&device, config.train.seed);
-    let model_config = ActionModelConfig::from_config(config);
+    let mut model_config = ActionModelConfig::from_config(config);
+    model_config.compute_dtype = compute_dtype(context.precision);
     let mut model: ActionModel<B> = model_config.init(&device);
     model.materialize_parameters();
     let parameters = model.num_params();
+    let summary = model_config.summary(InputShape {
+        batch: config.data.batch_size,
+        frames: config.data.uniform_temporal_subsample_num,
+        image: config.data.img_size,
+    });
     tracing::info!(
-        "model: {:?} backbone, {} parameters ({}), {} views, fusion {:?}",
+        "model: {:?} backbone, {} views, fusion {:?}, compute {:?}, recompute {:?}; per \
+         micro-batch of {}:\n{}",
         config.model.backbone,
-        parameters,
-        vidtrain_memutil::format_bytes(parameters as u64 * 4),
         model_config.views,
-        model_config.fusion
+        model_config.fusion,
+        model_config.compute_dtype,
+        config.model.effective_checkpoint(),
+        config.data.batch_size,
+        summary.table()
     );
+    context.run_dir.write_json("model-summary.json", &summary)?;
     let mut optimizer = AdamConfig::new().init::<B, ActionModel<B>>();
     let loss_function = CrossEntropyLossConfig::new().init(&device);
     let batch_size = config.data.batch_size;
@@ -87,6 +101,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         epoch_loss_samples: 0,
         best: None,
         last_train_loss: None,
+        loss_scaler: LossScaler::new(context.precision),
     };
     if let Some(folder) = checkpoint::resolve_resume(config, context.run_dir.path())? {
         let (restored_model, restored_optimizer, restored_state) =
@@ -162,11 +177,13 @@ pub(crate) fn fit<B: AutodiffBackend>(
             let labels = labels_tensor::<B>(&batch, &device);
             let video = video_tensor::<B>(&batch, &device);
             let keypoints = keypoint_tensor::<B>(&mut batch, &device);
+            // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
+            let scaled_weight = weight * state.loss_scaler.scale;
             let (loss_value, grads) = if recompute == CheckpointMode::None {
                 let scores = model.forward(video, keypoints);
                 let loss = loss_function.forward(scores, labels);
                 let loss_value: f32 = loss.clone().into_scalar().elem();
-                let grads = (loss * weight).backward();
+                let grads = (loss * scaled_weight).backward();
                 (loss_value, GradientsParams::from_grads(grads, &model))
             } else {
                 let segment_seed =
@@ -175,7 +192,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
                     video,
                     keypoints,
                     |scores| loss_function.forward(scores, labels),
-                    weight,
+                    scaled_weight,
                     recompute,
                     segment_seed,
                 )
@@ -204,11 +221,33 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 continue;
             }
             let lr = learning_rate(state.step);
-            model = optimizer.step(lr, model, accumulator.grads());
+            let decision = state.loss_scaler.unscale::<B, _>(
+                &model,
+                accumulator.grads(),
+                config.trainer.gradient_clip_val,
+            );
+            let skipped = match decision {
+                StepDecision::Step(grads) => {
+                    model = optimizer.step(lr, model, grads);
+                    false
+                }
+                StepDecision::Skip { scale } => {
+                    tracing::warn!(
+                        "step {}: inf/NaN gradients at loss scale {scale}; step skipped, scale \
+                         now {} ({} skipped so far)",
+                        state.step + 1,
+                        state.loss_scaler.scale,
+                        state.loss_scaler.skipped_steps
+                    );
+                    true
+                }
+            };
             state.step += 1;
             state.position = group_start + group_len;
             context.run_dir.log_metrics(&json!({
                 "event": "step", "epoch": epoch, "step": state.step, "loss": group_loss, "lr": lr,
+                "loss_scale": state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
+                "skipped": skipped,
             }))?;
             group_loss = 0.0;
             let every = config.train.checkpoint_every_steps;
@@ -263,6 +302,18 @@ pub(crate) fn fit<B: AutodiffBackend>(
             "epoch_train_s": epoch_started.elapsed().as_secs_f64(),
             "host_rss_bytes": vidtrain_memutil::current_rss_bytes(),
         }))?;
+        context.run_dir.write(
+            "confusion.svg",
+            confusion_matrix_svg(
+                &config.data.class_names,
+                &metrics.confusion,
+                &format!(
+                    "{} — validation, epoch {epoch}: accuracy {:.3}",
+                    config.experiment, metrics.accuracy
+                ),
+            )
+            .as_bytes(),
+        )?;
         progress.end_epoch(epoch, train_loss, val_loss, &metrics);
         last_metrics = Some((metrics, val_loss));
         if epoch_finished {
@@ -289,7 +340,9 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let summary = RunSummary {
         run_dir: context.run_dir.path().to_path_buf(),
         backend: context.backend_name.to_string(),
-        precision: config.trainer.precision.to_string(),
+        precision: context.precision.to_string(),
+        skipped_optimizer_steps: state.loss_scaler.skipped_steps,
+        final_loss_scale: state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
         val_accuracy: metrics.accuracy,
         val_macro_f1: metrics.macro_f1,
         val_loss,
@@ -357,7 +410,7 @@ fn validate<B: AutodiffBackend>(
 }
 
 /// u8 frames → f32 in 0..1, `[batch, views, t, h, w, 3]` (`None` when RGB is not loaded).
-fn video_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<B, 6>> {
+pub(crate) fn video_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<B, 6>> {
     let shape = batch.shape;
     if !shape.rgb {
         return None;
@@ -380,7 +433,10 @@ fn video_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<
 
 /// Keypoints `[batch, views, t, joints, 3]`, moved out of the batch (`None` when keypoints are
 /// not loaded).
-fn keypoint_tensor<B: Backend>(batch: &mut Batch, device: &B::Device) -> Option<Tensor<B, 5>> {
+pub(crate) fn keypoint_tensor<B: Backend>(
+    batch: &mut Batch,
+    device: &B::Device,
+) -> Option<Tensor<B, 5>> {
     let shape = batch.shape;
     (shape.joints > 0).then(|| {
         let dims = [batch.len(), shape.views, shape.frames, shape.joints, 3];
@@ -389,7 +445,7 @@ fn keypoint_tensor<B: Backend>(batch: &mut Batch, device: &B::Device) -> Option<
     })
 }
 
-fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
+pub(crate) fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
     let labels: Vec<i64> = batch.labels.iter().map(|&label| label as i64).collect();
     Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
 }

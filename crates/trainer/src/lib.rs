@@ -3,10 +3,14 @@
 //! `memory.json`, `summary.json` and checkpoints into `runs/<experiment>/<timestamp>/`.
 
 mod checkpoint;
+pub mod confusion_svg;
 mod error;
 mod fit;
+pub mod inference;
 mod metrics;
 mod pipeline_bench;
+pub mod plan;
+pub mod precision;
 mod progress;
 mod run_dir;
 
@@ -15,14 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vidtrain_config::{Accelerator, Config, Fold};
+use vidtrain_config::{Accelerator, Config, Fold, Precision};
 use vidtrain_data::Dataset;
 use vidtrain_memutil::MemorySampler;
 
 pub use error::{Error, Result};
 pub use metrics::ClassificationMetrics;
 pub use pipeline_bench::{PipelineBench, bench_pipeline};
-pub use run_dir::{RunDir, write_atomically};
+pub use run_dir::{RunDir, utc_timestamp, write_atomically};
 
 /// How a run reports progress (not part of the config: it does not change results).
 #[derive(Debug, Clone, Default)]
@@ -41,8 +45,12 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
     /// `cpu (ndarray)` or `cuda`.
     pub backend: String,
-    /// `trainer.precision` in effect.
+    /// `trainer.precision` in effect (32 where the CPU backend fell back).
     pub precision: String,
+    /// Optimizer steps skipped by fp16 loss scaling (inf/NaN gradients).
+    pub skipped_optimizer_steps: u64,
+    /// The fp16 loss scale at the end (`null` unless `trainer.precision=16`).
+    pub final_loss_scale: Option<f64>,
     /// Validation accuracy after the last epoch.
     pub val_accuracy: f64,
     /// Validation macro-F1 after the last epoch.
@@ -92,25 +100,31 @@ pub enum BackendChoice {
     Cuda,
 }
 
-/// Picks the backend for `config` and refuses settings it cannot honour, before any work starts.
-pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
+/// The backend `trainer.accelerator` picks in this build, without checking anything else.
+pub fn accelerator_backend(config: &Config) -> BackendChoice {
     let cuda_built = cfg!(feature = "cuda");
-    let choice = match config.trainer.accelerator {
+    match config.trainer.accelerator {
         Accelerator::Cpu => BackendChoice::Cpu,
-        Accelerator::Cuda if !cuda_built => {
-            return Err(Error::Unsupported {
-                key: "trainer.accelerator".into(),
-                message: "is \"cuda\" but this vidtrain was built without CUDA; rebuild with \
-                          `cargo build --release -p trainer-cli --features cuda` or use \"cpu\""
-                    .into(),
-            });
-        }
         Accelerator::Cuda => BackendChoice::Cuda,
         Accelerator::Auto if cuda_built && std::path::Path::new("/dev/nvidiactl").exists() => {
             BackendChoice::Cuda
         }
         Accelerator::Auto => BackendChoice::Cpu,
-    };
+    }
+}
+
+/// Picks the backend for `config` and refuses settings it cannot honour, before any work starts.
+pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
+    let cuda_built = cfg!(feature = "cuda");
+    if config.trainer.accelerator == Accelerator::Cuda && !cuda_built {
+        return Err(Error::Unsupported {
+            key: "trainer.accelerator".into(),
+            message: "is \"cuda\" but this vidtrain was built without CUDA; rebuild with \
+                      `cargo build --release -p trainer-cli --features cuda` or use \"cpu\""
+                .into(),
+        });
+    }
+    let choice = accelerator_backend(config);
     if config.trainer.precision.is_half() {
         match choice {
             BackendChoice::Cpu if !config.trainer.precision_fallback => {
@@ -131,14 +145,7 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
                     config.trainer.precision
                 );
             }
-            BackendChoice::Cuda => {
-                return Err(Error::Unsupported {
-                    key: "trainer.precision".into(),
-                    message: "mixed precision is not implemented in this version yet; use \
-                              trainer.precision=32"
-                        .into(),
-                });
-            }
+            BackendChoice::Cuda => {}
         }
     }
     if config.train.fold == Fold::All && !config.train.resume.trim().is_empty() {
@@ -150,6 +157,15 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
         });
     }
     Ok(choice)
+}
+
+/// The precision a run trains in on `backend`: the configured one, or 32 where the CPU backend
+/// falls back (`trainer.precision_fallback=true`; without it `resolve_backend` refused).
+pub fn effective_precision(config: &Config, backend: BackendChoice) -> Precision {
+    match backend {
+        BackendChoice::Cpu => Precision::Full,
+        BackendChoice::Cuda => config.trainer.precision,
+    }
 }
 
 /// The outcome of `train.fold=all`: one run per fold and their mean ± standard deviation.
@@ -276,6 +292,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
             BackendChoice::Cpu => "cpu (ndarray)",
             BackendChoice::Cuda => "cuda",
         },
+        precision: effective_precision(config, backend),
         started,
     };
     match backend {

@@ -1,0 +1,443 @@
+//! The memory plan: peak host and device memory of a training run predicted from sizes alone,
+//! before anything is decoded or trained. The caller (the trainer, which knows the model and the
+//! config) describes the parts in bytes; this module combines them the way a training step lives
+//! through them: parameters, gradients and optimizer state for the whole run, prefetched batches,
+//! and the activations of one micro-batch, whose peak depends on which layers are recomputed.
+
+use serde::Serialize;
+
+/// One layer of a chain, in bytes for one micro-batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationLayer {
+    /// Layer name (for the table).
+    pub name: String,
+    /// Kept by the autodiff graph for backward when the layer runs tracked.
+    pub saved: u64,
+    /// Alive only while its forward runs.
+    pub forward_extra: u64,
+    /// Alive only while its backward runs.
+    pub backward_extra: u64,
+    /// Alive at the peak of its replay under recompute (for the whole micro-batch).
+    pub replay_peak: u64,
+    /// Its output (the next layer's input).
+    pub output: u64,
+    /// Whether activation recompute drops its graph and replays it in backward.
+    pub recomputed: bool,
+    /// Whether its replay runs one clip at a time (`clips` of them).
+    pub per_clip: bool,
+}
+
+/// Where the activations live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivationHome {
+    /// The CPU backend: activations are host memory.
+    Host,
+    /// A GPU: activations are device memory.
+    Device,
+}
+
+/// Everything the plan prices.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanInput {
+    /// Trainable parameters.
+    pub parameters: u64,
+    /// Bytes of a parameter as stored (f32 master weights: 4).
+    pub parameter_bytes: u64,
+    /// Clips per micro-batch (samples × views), for per-clip replays.
+    pub clips: u64,
+    /// The layers of every chain, in execution order.
+    pub layers: Vec<ActivationLayer>,
+    /// One loaded micro-batch on the host (u8 frames + f32 keypoints).
+    pub batch_bytes: u64,
+    /// Micro-batches the loading pipeline holds at most (queued + in workers + in use).
+    pub pipeline_batches: u64,
+    /// The model input as tensors (f32 video + keypoints) for one micro-batch.
+    pub input_tensor_bytes: u64,
+    /// The layers again for one validation / inference batch (`train.video_batch_size`), run
+    /// forward only.
+    pub inference_layers: Vec<ActivationLayer>,
+    /// The model input as tensors for one validation batch.
+    pub inference_input_tensor_bytes: u64,
+    /// Samples per validation batch (for the table).
+    pub inference_batch: u64,
+    /// Clips per validation batch (per-clip layers run one clip at a time without autodiff).
+    pub inference_clips: u64,
+    /// Decoded samples kept across epochs (`data.cache_decoded_mib`, or less when the dataset is
+    /// smaller).
+    pub decoded_cache_bytes: u64,
+    /// The process itself: code, allocator and runtime before any tensor (host).
+    pub runtime_bytes: u64,
+    /// Where activations live.
+    pub home: ActivationHome,
+}
+
+/// One row of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    /// What it is.
+    pub name: String,
+    /// Bytes at the peak.
+    pub bytes: u64,
+}
+
+/// The predicted peaks, by component.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryPlan {
+    /// Host components (their sum is the host peak).
+    pub host: Vec<Component>,
+    /// Device components (empty on the CPU backend).
+    pub device: Vec<Component>,
+    /// Predicted peak host RSS.
+    pub host_peak_bytes: u64,
+    /// Predicted peak device memory in use (0 on the CPU backend).
+    pub device_peak_bytes: u64,
+    /// The layer at the activation peak, for "what to turn down".
+    pub activation_peak_layer: String,
+    /// Activation and input bytes at the peak, training step or validation batch, whichever is
+    /// larger (included in the host or device sum).
+    pub activation_peak_bytes: u64,
+}
+
+/// The activation peak of one micro-batch and the layer at which it happens.
+///
+/// Forward: each kept layer adds its saved tensors; a recomputed one adds only its input (the
+/// stored boundary) and its forward temporaries pass. Backward walks the layers in reverse:
+/// while layer `i`'s backward runs, everything kept or stored for layers `0..=i` is still alive,
+/// plus its gradients and temporaries; a recomputed layer first replays its forward (its saved
+/// tensors, for one clip at a time when it replays per clip).
+pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) {
+    let clips = clips.max(1);
+    let mut kept_before = Vec::with_capacity(layers.len());
+    let mut kept = 0u64;
+    let mut peak = (0u64, String::new());
+    let consider = |bytes: u64, name: &str, peak: &mut (u64, String)| {
+        if bytes > peak.0 {
+            *peak = (bytes, name.to_string());
+        }
+    };
+    for (index, layer) in layers.iter().enumerate() {
+        kept_before.push(kept);
+        // While it runs: everything kept so far, its input, what it saves as it goes, its
+        // temporaries and its output.
+        let input = index
+            .checked_sub(1)
+            .map_or(0, |previous| layers[previous].output);
+        let saving = if layer.recomputed { 0 } else { layer.saved };
+        consider(
+            kept + input + saving + layer.forward_extra + layer.output,
+            &layer.name,
+            &mut peak,
+        );
+        kept += if layer.recomputed { input } else { layer.saved };
+    }
+    // The last output stays (the head's input) through the backward.
+    let last_output = layers.last().map_or(0, |layer| layer.output);
+    for (index, layer) in layers.iter().enumerate().rev() {
+        // A replay first runs the layer forward again (its saved tensors and forward temporaries),
+        // then its backward (saved tensors freed as it goes, gradient temporaries made).
+        let share = if layer.recomputed && layer.per_clip {
+            clips
+        } else {
+            1
+        };
+        let replay = if layer.recomputed {
+            layer.replay_peak / share
+        } else {
+            0
+        };
+        let input = index
+            .checked_sub(1)
+            .map_or(0, |previous| layers[previous].output);
+        // Its own stored input (recomputed) or graph (kept), and its gradient temporaries (a
+        // per-clip replay makes them one clip at a time; the upstream gradient is whole).
+        let own = if layer.recomputed { input } else { layer.saved };
+        let backward = if layer.recomputed {
+            0
+        } else {
+            layer.backward_extra
+        };
+        consider(
+            kept_before[index] + own + replay + backward + layer.output + last_output,
+            &layer.name,
+            &mut peak,
+        );
+    }
+    peak
+}
+
+/// The peak of a forward pass without autodiff (validation, inference): one layer at a time holds
+/// its input, its temporaries (what it would save is freed when it ends; a per-clip layer makes
+/// them one of `clips` clips at a time) and its output.
+pub fn inference_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) {
+    let mut peak = (0u64, String::new());
+    for (index, layer) in layers.iter().enumerate() {
+        let input = index
+            .checked_sub(1)
+            .map_or(0, |previous| layers[previous].output);
+        let share = if layer.per_clip { clips.max(1) } else { 1 };
+        let bytes = input + (layer.saved + layer.forward_extra) / share + layer.output;
+        if bytes > peak.0 {
+            peak = (bytes, layer.name.clone());
+        }
+    }
+    peak
+}
+
+impl MemoryPlan {
+    /// Combines `input` into per-component peaks.
+    pub fn build(input: &PlanInput) -> Self {
+        let weights = input.parameters * input.parameter_bytes;
+        let (training, training_layer) = activation_peak(&input.layers, input.clips);
+        let (validation, validation_layer) =
+            inference_peak(&input.inference_layers, input.inference_clips);
+        let training = training + input.input_tensor_bytes;
+        let validation = validation + input.inference_input_tensor_bytes;
+        let (activations, peak_layer, activation_name) = if training >= validation {
+            (
+                training,
+                training_layer.clone(),
+                format!("activations + input, training step (peak in {training_layer})"),
+            )
+        } else {
+            (
+                validation,
+                validation_layer.clone(),
+                format!(
+                    "activations + input, validation batch of {} (peak in {validation_layer})",
+                    input.inference_batch
+                ),
+            )
+        };
+        let model_state = [
+            ("parameters (f32 master weights)", weights),
+            ("gradients", weights),
+            ("optimizer state (Adam moments)", 2 * weights),
+            ("optimizer step temporaries", weights),
+        ];
+        let mut host = vec![Component {
+            name: "runtime (code, allocator, threads)".into(),
+            bytes: input.runtime_bytes,
+        }];
+        let mut device = Vec::new();
+        let compute = match input.home {
+            ActivationHome::Host => &mut host,
+            ActivationHome::Device => &mut device,
+        };
+        for (name, bytes) in model_state {
+            compute.push(Component {
+                name: name.into(),
+                bytes,
+            });
+        }
+        compute.push(Component {
+            name: activation_name,
+            bytes: activations,
+        });
+        host.push(Component {
+            name: format!(
+                "loading pipeline ({} batches of {})",
+                input.pipeline_batches,
+                crate::format_bytes(input.batch_bytes)
+            ),
+            bytes: input.pipeline_batches * input.batch_bytes,
+        });
+        if input.decoded_cache_bytes > 0 {
+            host.push(Component {
+                name: "decoded-sample cache".into(),
+                bytes: input.decoded_cache_bytes,
+            });
+        }
+        let sum = |components: &[Component]| components.iter().map(|c| c.bytes).sum();
+        Self {
+            host_peak_bytes: sum(&host),
+            device_peak_bytes: sum(&device),
+            host,
+            device,
+            activation_peak_layer: peak_layer,
+            activation_peak_bytes: activations,
+        }
+    }
+
+    /// The plan as a table, host then device, each with its peak.
+    pub fn table(&self) -> String {
+        let mut text = String::new();
+        for (title, components, peak) in [
+            ("host", &self.host, self.host_peak_bytes),
+            ("device", &self.device, self.device_peak_bytes),
+        ] {
+            if components.is_empty() {
+                continue;
+            }
+            text += &format!("{title}\n");
+            for component in components {
+                text += &format!(
+                    "  {:<52} {:>12}\n",
+                    component.name,
+                    crate::format_bytes(component.bytes)
+                );
+            }
+            text += &format!("  {:<52} {:>12}\n", "peak", crate::format_bytes(peak));
+        }
+        text
+    }
+}
+
+/// Parses `4GiB`, `512MiB`, `8GB`, `1.5g` or a plain number of bytes.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "kb" => 1e3,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "mb" => 1e6,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "gb" => 1e9,
+        "t" | "tib" => 1024f64.powi(4),
+        "tb" => 1e12,
+        _ => return None,
+    };
+    (number >= 0.0).then_some((number * factor) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(name: &str, saved: u64, output: u64, recomputed: bool) -> ActivationLayer {
+        ActivationLayer {
+            name: name.into(),
+            saved,
+            forward_extra: 0,
+            backward_extra: 0,
+            replay_peak: saved,
+            output,
+            recomputed,
+            per_clip: false,
+        }
+    }
+
+    #[test]
+    fn without_recompute_the_peak_holds_every_saved_tensor() {
+        let layers = [layer("a", 100, 10, false), layer("b", 50, 5, false)];
+        // Forward of b: a's 100 + b's input 10 + b's 50 + b's output 5 = 165. Backward of b: 150
+        // kept + its output 5 + the chain's last output 5 = 160.
+        assert_eq!(activation_peak(&layers, 1), (165, "b".to_string()));
+    }
+
+    #[test]
+    fn recompute_keeps_inputs_and_replays_one_layer_at_a_time() {
+        let layers = [
+            layer("a", 100, 10, true),
+            layer("b", 100, 10, true),
+            layer("c", 100, 10, true),
+        ];
+        // Kept: only the inputs of b and c (10 each). The largest moment is a replay: layer c's
+        // backward with both stored inputs (20), 100 replayed, its upstream gradient 10 and the
+        // chain's last output 10.
+        let (peak, at) = activation_peak(&layers, 1);
+        assert_eq!((peak, at.as_str()), (140, "c"));
+        let plain = activation_peak(
+            &layers.map(|l| ActivationLayer {
+                recomputed: false,
+                ..l
+            }),
+            1,
+        );
+        assert!(peak < plain.0, "{peak} vs {plain:?}");
+    }
+
+    #[test]
+    fn a_per_clip_replay_divides_its_saved_tensors_by_the_clips() {
+        let mut conv = layer("conv", 400, 40, true);
+        conv.per_clip = true;
+        let layers = [conv, layer("head", 0, 4, false)];
+        // Replay of conv: 400 / 4 clips + its upstream gradient 40 + the last output 4 = 144.
+        assert_eq!(activation_peak(&layers, 4).0, 144);
+    }
+
+    #[test]
+    fn the_plan_adds_components_where_they_live() {
+        let input = PlanInput {
+            parameters: 1000,
+            parameter_bytes: 4,
+            clips: 1,
+            layers: vec![layer("a", 100, 10, false)],
+            batch_bytes: 50,
+            pipeline_batches: 3,
+            input_tensor_bytes: 200,
+            inference_layers: vec![layer("a", 100, 10, false)],
+            inference_input_tensor_bytes: 50,
+            inference_batch: 2,
+            inference_clips: 2,
+            decoded_cache_bytes: 0,
+            runtime_bytes: 7,
+            home: ActivationHome::Device,
+        };
+        let plan = MemoryPlan::build(&input);
+        // Device: weights 4000, gradients 4000, Adam 8000, step 4000, input 200, activations 120
+        // (a's backward: its 100 saved, its output 10 and that output's gradient 10).
+        assert_eq!(plan.device_peak_bytes, 20_320);
+        // Host: runtime 7 + pipeline 150.
+        assert_eq!(plan.host_peak_bytes, 157);
+        let cpu = MemoryPlan::build(&PlanInput {
+            home: ActivationHome::Host,
+            ..input
+        });
+        assert_eq!(cpu.host_peak_bytes, 20_477);
+        assert_eq!(cpu.device_peak_bytes, 0);
+    }
+
+    #[test]
+    fn a_large_validation_batch_can_set_the_peak() {
+        let layers = [layer("a", 100, 10, false), layer("b", 50, 5, false)];
+        // Training (peak 165 in b) vs a forward-only batch ten times larger: a holds 1000 + 100.
+        let big: Vec<_> = layers
+            .iter()
+            .map(|l| ActivationLayer {
+                saved: l.saved * 10,
+                output: l.output * 10,
+                ..l.clone()
+            })
+            .collect();
+        assert_eq!(inference_peak(&big, 1), (1100, "a".to_string()));
+        let plan = MemoryPlan::build(&PlanInput {
+            parameters: 0,
+            parameter_bytes: 4,
+            clips: 1,
+            layers: layers.to_vec(),
+            batch_bytes: 0,
+            pipeline_batches: 0,
+            input_tensor_bytes: 0,
+            inference_layers: big,
+            inference_input_tensor_bytes: 0,
+            inference_batch: 20,
+            inference_clips: 20,
+            decoded_cache_bytes: 0,
+            runtime_bytes: 0,
+            home: ActivationHome::Host,
+        });
+        assert_eq!(plan.activation_peak_bytes, 1100);
+        assert!(
+            plan.host[5].name.contains("validation batch of 20"),
+            "{:?}",
+            plan.host
+        );
+    }
+
+    #[test]
+    fn byte_sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("4GiB"), Some(4 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("8GB"), Some(8_000_000_000));
+        assert_eq!(parse_bytes("1.5g"), Some(3 << 29));
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        assert_eq!(parse_bytes("lots"), None);
+    }
+}

@@ -1,0 +1,61 @@
+//! Mixed precision inside one backend. Burn 0.21 has no autocast; on backends whose tensors carry
+//! their dtype at run time (CUDA), one `Autodiff<Cuda<f32>>` model holds f32 master weights, and
+//! each layer computes in its input's dtype: the model input is cast to the compute dtype (bf16
+//! or f16) once, and every weight is cast to the activation's dtype where it is used. The cast is
+//! an autodiff operation whose backward casts the gradient back, so gradients arrive in f32 on the
+//! f32 masters and the optimizer state stays f32. Normalisation statistics, softmax, pooling means
+//! and the loss run in f32 (their inputs are cast up and the results cast back down).
+//!
+//! Binary operations in Burn do not promote dtypes: a missing cast is an error, not a silent
+//! promotion. The CPU backend holds f32 and f64 in one backend the same way, so the plumbing is
+//! tested there with f64 as the "compute" dtype.
+
+use burn::nn::{LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::FloatDType;
+use burn::tensor::activation::softmax;
+
+/// `x · Wᵀ + b` with the weights cast to `x`'s dtype.
+pub(crate) fn linear<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    burn::tensor::module::linear(
+        x,
+        layer.weight.val().cast(dtype),
+        layer.bias.as_ref().map(|bias| bias.val().cast(dtype)),
+    )
+}
+
+/// LayerNorm computed in f32, result in `x`'s dtype.
+pub(crate) fn layer_norm<B: Backend, const D: usize>(
+    norm: &LayerNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    norm.forward(x.cast(FloatDType::F32)).cast(dtype)
+}
+
+/// Softmax over `dim` computed in f32, result in `x`'s dtype.
+pub(crate) fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    softmax(x.cast(FloatDType::F32), dim).cast(dtype)
+}
+
+/// Mean over `dim` (kept, size 1) accumulated in f32, result in `x`'s dtype.
+pub(crate) fn mean_dim_f32<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    dim: usize,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    x.cast(FloatDType::F32).mean_dim(dim).cast(dtype)
+}
+
+/// A parameter (or constant) in the dtype of the activation it meets.
+pub(crate) fn like<B: Backend, const D: usize, const E: usize>(
+    tensor: Tensor<B, D>,
+    activation: &Tensor<B, E>,
+) -> Tensor<B, D> {
+    tensor.cast(activation.dtype())
+}

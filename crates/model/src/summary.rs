@@ -1,0 +1,499 @@
+//! The model's layer-by-layer summary, computed from the configuration alone (no tensors): each
+//! segment's parameters, output shape and kind, in the order the recompute chain runs them. It is
+//! printed at the start of training (like Lightning's ModelSummary) and is what the memory plan
+//! prices.
+
+use serde::Serialize;
+
+use crate::recompute::SegmentKind;
+use crate::{ActionModelConfig, BackboneConfig, KeypointEncoderConfig};
+use vidtrain_config::FusionMode;
+
+/// The input of one micro-batch.
+#[derive(Debug, Clone, Copy)]
+pub struct InputShape {
+    /// Samples per micro-batch.
+    pub batch: usize,
+    /// Frames per clip.
+    pub frames: usize,
+    /// Frame height and width.
+    pub image: usize,
+}
+
+/// What a summary row is; decides how the memory plan prices it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerRole {
+    /// A stem convolution as patch gathering + GEMM, with its patch matrix size.
+    ConvGemm {
+        /// Elements of the patch matrix of one clip.
+        patch_elements_per_clip: usize,
+    },
+    /// BatchNorm + ReLU.
+    BatchNormRelu,
+    /// Spatial mean + positions (a cheap bridge).
+    Pool,
+    /// A linear embedding (keypoints per frame, ViViT tubelets), with its input size.
+    Embedding {
+        /// Elements of the embedding's input of one clip.
+        input_elements_per_clip: usize,
+    },
+    /// A pre-norm encoder block.
+    EncoderBlock {
+        /// Tokens per clip.
+        tokens: usize,
+        /// Attention heads.
+        heads: usize,
+        /// Feed-forward width.
+        ff_dim: usize,
+    },
+    /// Final LayerNorm + mean over tokens.
+    #[default]
+    Finish,
+    /// View fusion and the classifier.
+    Head,
+}
+
+/// One row of the summary.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LayerSummary {
+    /// Dotted name, e.g. `rgb.stem.conv1`.
+    pub name: String,
+    /// What it is.
+    pub role: LayerRole,
+    /// Parameters (trainable values).
+    pub params: usize,
+    /// Output shape for one micro-batch (views folded into the first axis).
+    pub output_shape: Vec<usize>,
+    /// Recompute class of the segment (`None` for the parts never recomputed).
+    #[serde(skip)]
+    pub segment: Option<SegmentKind>,
+    /// Activation elements the autodiff graph keeps for backward when this layer runs tracked.
+    pub saved_elements: usize,
+    /// Elements alive only while it runs forward (beyond what it saves and its output).
+    pub forward_extra_elements: usize,
+    /// Elements alive only while its backward runs (gradients and temporaries).
+    pub backward_extra_elements: usize,
+    /// Elements alive at the peak of its replay under activation recompute (for the whole
+    /// micro-batch; a per-clip replay holds a `1/clips` share at a time).
+    pub replay_peak_elements: usize,
+}
+
+impl LayerSummary {
+    /// Elements of the output of one micro-batch.
+    pub fn output_elements(&self) -> usize {
+        self.output_shape.iter().product()
+    }
+}
+
+/// The summary of a whole model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelSummary {
+    /// Rows in execution order.
+    pub layers: Vec<LayerSummary>,
+    /// Clips per micro-batch (samples × views).
+    pub clips: usize,
+}
+
+impl ModelSummary {
+    /// Parameters in total.
+    pub fn params(&self) -> usize {
+        self.layers.iter().map(|layer| layer.params).sum()
+    }
+
+    /// A fixed-width table: index, name, parameters, output shape.
+    pub fn table(&self) -> String {
+        let width = self
+            .layers
+            .iter()
+            .map(|layer| layer.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let mut text = format!("   | {:<width$} | {:>8} | output shape\n", "name", "params");
+        for (index, layer) in self.layers.iter().enumerate() {
+            text += &format!(
+                "{index:>2} | {:<width$} | {:>8} | {:?}\n",
+                layer.name,
+                human_count(layer.params),
+                layer.output_shape
+            );
+        }
+        text += &format!(
+            "{} parameters ({:.1} MiB as f32)",
+            human_count(self.params()),
+            (self.params() * 4) as f64 / 1048576.0
+        );
+        text
+    }
+}
+
+/// `12.3 K`, `4.1 M`.
+fn human_count(count: usize) -> String {
+    match count {
+        0..1_000 => count.to_string(),
+        1_000..1_000_000 => format!("{:.1} K", count as f64 / 1e3),
+        _ => format!("{:.1} M", count as f64 / 1e6),
+    }
+}
+
+fn linear_params(inputs: usize, outputs: usize) -> usize {
+    inputs * outputs + outputs
+}
+
+fn layer_norm_params(dim: usize) -> usize {
+    2 * dim
+}
+
+fn block_params(dim: usize, ff_dim: usize) -> usize {
+    2 * layer_norm_params(dim)
+        + linear_params(dim, 3 * dim)
+        + linear_params(dim, dim)
+        + linear_params(dim, ff_dim)
+        + linear_params(ff_dim, dim)
+}
+
+fn push_blocks(
+    layers: &mut Vec<LayerSummary>,
+    prefix: &str,
+    count: usize,
+    shape: [usize; 3],
+    heads: usize,
+    ff_dim: usize,
+) {
+    let [clips, tokens, dim] = shape;
+    for block in 0..count {
+        layers.push(LayerSummary {
+            name: format!("{prefix}.blocks.{block}"),
+            role: LayerRole::EncoderBlock {
+                tokens,
+                heads,
+                ff_dim,
+            },
+            params: block_params(dim, ff_dim),
+            output_shape: vec![clips, tokens, dim],
+            segment: Some(SegmentKind::Encoder),
+            ..LayerSummary::default()
+        });
+    }
+    layers.push(LayerSummary {
+        name: format!("{prefix}.norm"),
+        role: LayerRole::Finish,
+        params: layer_norm_params(dim),
+        output_shape: vec![clips, dim],
+        segment: None,
+        ..LayerSummary::default()
+    });
+}
+
+impl ActionModelConfig {
+    /// The summary for micro-batches of `input`, with `joints` keypoints per frame.
+    pub fn summary(&self, input: InputShape) -> ModelSummary {
+        let clips = input.batch * self.views;
+        let [t, s] = [input.frames, input.image];
+        let mut layers = Vec::new();
+        match &self.backbone {
+            Some(BackboneConfig::Transformer(config)) => {
+                let half = config.dim / 2;
+                let (s1, s2) = (s.div_ceil(2), s.div_ceil(2).div_ceil(2));
+                let stem = [
+                    ("conv1", 3, half, [3, 7, 7], s1),
+                    ("conv2", half, config.dim, [1, 3, 3], s2),
+                ];
+                for (number, (name, c_in, c_out, kernel, size)) in stem.into_iter().enumerate() {
+                    let taps: usize = kernel.iter().product();
+                    layers.push(LayerSummary {
+                        name: format!("rgb.stem.{name}"),
+                        role: LayerRole::ConvGemm {
+                            patch_elements_per_clip: t * taps * c_in * size * size,
+                        },
+                        params: taps * c_in * c_out + c_out,
+                        output_shape: vec![clips, t, c_out, size, size],
+                        segment: Some(SegmentKind::StemPerClip),
+                        ..LayerSummary::default()
+                    });
+                    layers.push(LayerSummary {
+                        name: format!("rgb.stem.norm{}", number + 1),
+                        role: LayerRole::BatchNormRelu,
+                        // Running mean and variance are buffers, not parameters.
+                        params: 2 * c_out,
+                        output_shape: vec![clips, t, c_out, size, size],
+                        segment: Some(SegmentKind::StemBatch),
+                        ..LayerSummary::default()
+                    });
+                }
+                layers.push(LayerSummary {
+                    name: "rgb.pool".into(),
+                    role: LayerRole::Pool,
+                    params: 0,
+                    output_shape: vec![clips, t, config.dim],
+                    segment: Some(SegmentKind::Bridge),
+                    ..LayerSummary::default()
+                });
+                push_blocks(
+                    &mut layers,
+                    "rgb",
+                    config.layers,
+                    [clips, t, config.dim],
+                    config.heads,
+                    config.ff_dim,
+                );
+            }
+            Some(BackboneConfig::Vivit(config)) => {
+                let tokens = config.tokens();
+                layers.push(LayerSummary {
+                    name: "rgb.tubelet_embedding".into(),
+                    role: LayerRole::Embedding {
+                        input_elements_per_clip: tokens * config.tubelet_values(),
+                    },
+                    params: linear_params(config.tubelet_values(), config.dim)
+                        + tokens * config.dim,
+                    output_shape: vec![clips, tokens, config.dim],
+                    segment: Some(SegmentKind::StemPerClip),
+                    ..LayerSummary::default()
+                });
+                push_blocks(
+                    &mut layers,
+                    "rgb",
+                    config.layers,
+                    [clips, tokens, config.dim],
+                    config.heads,
+                    config.ff_dim,
+                );
+            }
+            None => {}
+        }
+        if let Some(config) = &self.keypoint_encoder {
+            let KeypointEncoderConfig {
+                joints,
+                dim,
+                layers: count,
+                heads,
+                ff_dim,
+                ..
+            } = *config;
+            layers.push(LayerSummary {
+                name: "kpt.embedding".into(),
+                role: LayerRole::Embedding {
+                    input_elements_per_clip: t * joints * 3,
+                },
+                params: linear_params(joints * 3, dim),
+                output_shape: vec![clips, t, dim],
+                segment: Some(SegmentKind::Bridge),
+                ..LayerSummary::default()
+            });
+            push_blocks(&mut layers, "kpt", count, [clips, t, dim], heads, ff_dim);
+        }
+        let features = match self.fusion {
+            FusionMode::FeatureConcat => self.views * self.view_feature_dim(),
+            _ => self.view_feature_dim(),
+        };
+        layers.push(LayerSummary {
+            name: "head".into(),
+            role: LayerRole::Head,
+            params: linear_params(features, self.classes),
+            output_shape: vec![input.batch, self.classes],
+            segment: None,
+            ..LayerSummary::default()
+        });
+        let dropout = self.dropout() > 0.0;
+        let mut input_elements = clips * t * s * s * 3;
+        for layer in &mut layers {
+            if layer.name == "kpt.embedding" {
+                // The keypoint chain starts from the keypoints, not from the RGB chain's output.
+                input_elements = clips * t * self.keypoint_joints() * 3;
+            }
+            let costs = ActivationCosts::of(layer, input_elements, clips, dropout);
+            layer.saved_elements = costs.saved;
+            layer.forward_extra_elements = costs.forward_extra;
+            layer.backward_extra_elements = costs.backward_extra;
+            layer.replay_peak_elements = costs.replay_peak;
+            input_elements = layer.output_elements();
+        }
+        ModelSummary { layers, clips }
+    }
+
+    fn keypoint_joints(&self) -> usize {
+        self.keypoint_encoder
+            .as_ref()
+            .map_or(0, |encoder| encoder.joints)
+    }
+}
+
+/// What one layer costs in activation memory, in elements for a whole micro-batch.
+///
+/// These are accounting rules for how Burn 0.21's autodiff runs our layers, counted op by op
+/// from the sources (`burn-autodiff/src/ops`: which op keeps which operand for backward) and
+/// checked against measured peaks (`cargo xtask bench plan`):
+/// - a matmul keeps both operands; add/sub keep nothing; mul keeps the other operand; div keeps
+///   both; `exp` and ReLU keep their output; `powi`/GELU keep their input; slicing, reshapes of
+///   contiguous data and `mean_dim` keep only shapes; a reshape of a permuted tensor copies.
+struct ActivationCosts {
+    saved: usize,
+    forward_extra: usize,
+    backward_extra: usize,
+    /// Replay: the forward again, then its backward; by default the larger of the two moments.
+    replay_peak: usize,
+}
+
+impl ActivationCosts {
+    fn new(saved: usize, forward_extra: usize, backward_extra: usize) -> Self {
+        Self {
+            saved,
+            forward_extra,
+            backward_extra,
+            replay_peak: saved + forward_extra.max(backward_extra),
+        }
+    }
+
+    fn of(layer: &LayerSummary, input: usize, clips: usize, dropout: bool) -> Self {
+        let output = layer.output_elements();
+        let first = layer.name.ends_with("conv1") || layer.name.ends_with("tubelet_embedding");
+        match layer.role {
+            // The patch matrix is the matmul's right operand (kept); padding copies the input;
+            // backward makes the patch gradient and the padded input's gradient unless the input
+            // is the data.
+            LayerRole::ConvGemm {
+                patch_elements_per_clip,
+            } => {
+                let patches = patch_elements_per_clip * clips;
+                Self::new(
+                    patches,
+                    input + output,
+                    2 * output + if first { 0 } else { patches + 2 * input },
+                )
+            }
+            // Burn's BatchNorm keeps x − mean (for the variance's square and for the division),
+            // the normalised values (for γ's gradient), and ReLU its output; the statistics pass
+            // transposes a copy.
+            LayerRole::BatchNormRelu => Self::new(4 * output, 2 * output, 2 * output),
+            LayerRole::Pool => Self::new(0, input, input),
+            // A linear layer keeps its input (for ViViT, the tubelet-ordered copy of the video).
+            LayerRole::Embedding {
+                input_elements_per_clip,
+            } => Self::new(
+                input_elements_per_clip * clips,
+                input_elements_per_clip * clips,
+                2 * output,
+            ),
+            LayerRole::EncoderBlock {
+                tokens,
+                heads,
+                ff_dim,
+            } => {
+                let token_values = output; // clips · tokens · dim
+                let hidden = clips * tokens * ff_dim;
+                let scores = clips * heads * tokens * tokens;
+                let block_rows = tokens.min(crate::encoder::QUERY_BLOCK_TOKENS);
+                let block_scores = clips * heads * block_rows * tokens;
+                // Two LayerNorms (3 each + output), q/k/v copies, context copy, residual inputs;
+                // GELU input and output; softmax keeps exp and its result; dropout adds a mask
+                // per use (attention weights, after attention, hidden, after feed-forward).
+                let (token_copies, hidden_copies, score_copies) =
+                    if dropout { (15, 3, 4) } else { (13, 2, 2) };
+                let mut costs = Self::new(
+                    token_copies * token_values + hidden_copies * hidden + score_copies * scores,
+                    2 * block_scores + hidden,
+                    3 * token_values + 2 * hidden + 3 * block_scores,
+                );
+                if tokens > crate::encoder::QUERY_BLOCK_TOKENS {
+                    // Replayed in stages that do not overlap (see `replay_encoder_block`): the
+                    // block's second half from the untracked context (its graph, the held
+                    // q/k/v and context, gradients), then attention one query block at a time
+                    // (q/k/v and their gradient, one block's graph and temporaries).
+                    let (tail_tokens, tail_hidden) = if dropout { (11, 5) } else { (9, 4) };
+                    let second_half = tail_tokens * token_values + tail_hidden * hidden;
+                    let attention_block = 9 * token_values + (score_copies + 2) * block_scores;
+                    costs.replay_peak = second_half.max(attention_block);
+                }
+                costs
+            }
+            // LayerNorm (3 kept values) and the mean over tokens.
+            LayerRole::Finish => Self::new(3 * input, input, 2 * input),
+            LayerRole::Head => Self::new(2 * input + 2 * output, output, input),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recompute::Activation;
+    use crate::{TestBackend, VideoTransformerConfig, VivitConfig};
+    use burn::prelude::*;
+    use burn::tensor::Distribution;
+    use vidtrain_config::ModalityFusion;
+
+    fn config(backbone: BackboneConfig, fusion: FusionMode) -> ActionModelConfig {
+        ActionModelConfig {
+            backbone: Some(backbone),
+            keypoint_encoder: Some(KeypointEncoderConfig::new(5, 12, 1, 2, 20, 0.0)),
+            views: 2,
+            classes: 7,
+            fusion,
+            modality_fusion: ModalityFusion::Concat,
+            compute_dtype: burn::tensor::FloatDType::F32,
+        }
+    }
+
+    /// Parameter counts equal Burn's, and every output shape equals the shape a real forward
+    /// produces, segment by segment.
+    #[test]
+    fn summary_matches_the_built_model() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        let input = InputShape {
+            batch: 3,
+            frames: 4,
+            image: 32,
+        };
+        for (backbone, fusion) in [
+            (
+                BackboneConfig::Transformer(VideoTransformerConfig::new(16, 2, 2, 24, 0.0)),
+                FusionMode::FeatureConcat,
+            ),
+            (
+                BackboneConfig::Vivit(VivitConfig::new(16, 2, 2, 24, 0.0, [2, 8, 8], [4, 32, 32])),
+                FusionMode::LogitMean,
+            ),
+        ] {
+            let config = config(backbone, fusion);
+            let summary = config.summary(input);
+            let model = config.init::<TestBackend>(&device);
+            let running_statistics = match &config.backbone {
+                Some(BackboneConfig::Transformer(c)) => 2 * (c.dim / 2) + 2 * c.dim,
+                _ => 0,
+            };
+            assert_eq!(summary.params() + running_statistics, model.num_params());
+
+            let video = Tensor::<TestBackend, 6>::random(
+                [3, 2, 4, 32, 32, 3],
+                Distribution::Default,
+                &device,
+            );
+            let keypoints =
+                Tensor::<TestBackend, 5>::random([3, 2, 4, 5, 3], Distribution::Default, &device);
+            let (inputs, _, _) = model.chain_inputs(Some(video.clone()), Some(keypoints.clone()));
+            let mut shapes = Vec::new();
+            for (chain, input) in inputs {
+                let mut x = input;
+                for index in 0..model.segment_count(chain) {
+                    x = model.forward_segment(chain, index, x);
+                    shapes.push(match &x {
+                        Activation::Clips(t) => t.dims().to_vec(),
+                        Activation::Joints(t) => t.dims().to_vec(),
+                        Activation::Tokens(t) => t.dims().to_vec(),
+                    });
+                }
+                shapes.push(model.finish(chain, x.into_tokens()).dims().to_vec());
+            }
+            shapes.push(model.forward(Some(video), Some(keypoints)).dims().to_vec());
+            let expected: Vec<Vec<usize>> = summary
+                .layers
+                .iter()
+                .map(|layer| layer.output_shape.clone())
+                .collect();
+            assert_eq!(shapes, expected);
+        }
+    }
+}

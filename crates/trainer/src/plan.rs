@@ -1,0 +1,347 @@
+//! `vidtrain plan`: the memory a config will need, from its sizes alone (the model's layer
+//! summary priced by `vidtrain_memutil::plan`), and `--fit`: the fastest settings that fit a
+//! memory budget.
+
+use serde::Serialize;
+use vidtrain_config::{CheckpointMode, Config, Precision};
+use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, MemoryPlan, PlanInput};
+use vidtrain_model::{ActionModelConfig, InputShape, ModelSummary, SegmentKind};
+
+use crate::{BackendChoice, effective_precision};
+
+/// Host memory of the process before any tensor: code, the allocator's arenas and thread stacks
+/// (CPU backend), measured at the start of small runs here; the CUDA runtime adds its own host
+/// mappings (driver, kernels), estimated.
+const CPU_RUNTIME_BYTES: u64 = 24 << 20;
+const CUDA_RUNTIME_BYTES: u64 = 600 << 20;
+
+/// The plan of `config` on `backend`. `dataset_samples` (when the dataset was indexed) caps the
+/// decoded-sample cache at what the dataset can fill.
+pub fn plan(config: &Config, backend: BackendChoice, dataset_samples: Option<usize>) -> MemoryPlan {
+    MemoryPlan::build(&plan_input(config, backend, dataset_samples))
+}
+
+/// The model's layer summary for micro-batches of `data.batch_size`.
+pub fn model_summary(config: &Config) -> ModelSummary {
+    summary_for_batch(config, config.data.batch_size)
+}
+
+fn summary_for_batch(config: &Config, batch: usize) -> ModelSummary {
+    let data = &config.data;
+    ActionModelConfig::from_config(config).summary(InputShape {
+        batch,
+        frames: data.uniform_temporal_subsample_num,
+        image: data.img_size,
+    })
+}
+
+/// The summary's layers priced at `activation_bytes` per element; `mode` marks the recomputed.
+fn activation_layers(
+    summary: &ModelSummary,
+    activation_bytes: u64,
+    mode: CheckpointMode,
+) -> Vec<ActivationLayer> {
+    summary
+        .layers
+        .iter()
+        .map(|layer| ActivationLayer {
+            name: layer.name.clone(),
+            saved: layer.saved_elements as u64 * activation_bytes,
+            forward_extra: layer.forward_extra_elements as u64 * activation_bytes,
+            backward_extra: layer.backward_extra_elements as u64 * activation_bytes,
+            replay_peak: layer.replay_peak_elements as u64 * activation_bytes,
+            output: layer.output_elements() as u64 * activation_bytes,
+            recomputed: mode != CheckpointMode::None
+                && layer.segment.is_some_and(|kind| kind.recomputed_by(mode)),
+            per_clip: layer.segment == Some(SegmentKind::StemPerClip),
+        })
+        .collect()
+}
+
+/// The sizes [`plan`] prices.
+pub fn plan_input(
+    config: &Config,
+    backend: BackendChoice,
+    dataset_samples: Option<usize>,
+) -> PlanInput {
+    let data = &config.data;
+    let summary = model_summary(config);
+    let activation_bytes: u64 = match effective_precision(config, backend) {
+        Precision::Full => 4,
+        Precision::Half | Precision::BHalf => 2,
+    };
+    let layers = activation_layers(
+        &summary,
+        activation_bytes,
+        config.model.effective_checkpoint(),
+    );
+    let validation_batch = config.train.video_batch_size;
+    let inference_layers = activation_layers(
+        &summary_for_batch(config, validation_batch),
+        activation_bytes,
+        CheckpointMode::None,
+    );
+    let views = config.active_views().len();
+    let frames = data.uniform_temporal_subsample_num;
+    let video_values = if data.load_rgb {
+        views * frames * data.img_size * data.img_size * 3
+    } else {
+        0
+    };
+    let keypoint_values = if data.load_kpt {
+        views * frames * data.keypoint_indices.len() * 3
+    } else {
+        0
+    };
+    let sample_bytes = (video_values + 4 * keypoint_values) as u64;
+    let batch_bytes = sample_bytes * data.batch_size as u64;
+    // Frames become f32 (the conversion's vector and the tensor made from it), keypoints are moved.
+    let input_per_sample = (2 * 4 * video_values + 4 * keypoint_values) as u64;
+    let cache_budget = (data.cache_decoded_mib as u64) << 20;
+    let decoded_cache_bytes = match dataset_samples {
+        Some(samples) => cache_budget.min(samples as u64 * video_values as u64),
+        None => cache_budget,
+    };
+    PlanInput {
+        parameters: summary.params() as u64,
+        parameter_bytes: 4,
+        clips: summary.clips as u64,
+        layers,
+        batch_bytes,
+        pipeline_batches: (data.prefetch_depth + data.num_workers + 1) as u64,
+        input_tensor_bytes: input_per_sample * data.batch_size as u64,
+        inference_layers,
+        inference_input_tensor_bytes: input_per_sample * validation_batch as u64,
+        inference_batch: validation_batch as u64,
+        inference_clips: (validation_batch * views) as u64,
+        decoded_cache_bytes,
+        runtime_bytes: match backend {
+            BackendChoice::Cpu => CPU_RUNTIME_BYTES,
+            BackendChoice::Cuda => CUDA_RUNTIME_BYTES,
+        },
+        home: match backend {
+            BackendChoice::Cpu => ActivationHome::Host,
+            BackendChoice::Cuda => ActivationHome::Device,
+        },
+    }
+}
+
+/// The settings `--fit` chose, with their plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fit {
+    /// Overrides to apply, `key=value`.
+    pub overrides: Vec<String>,
+    /// `data.batch_size` chosen.
+    pub batch_size: usize,
+    /// `train.accumulate_grad_batches` chosen.
+    pub accumulate_grad_batches: usize,
+    /// `model.checkpoint` chosen.
+    pub checkpoint: CheckpointMode,
+    /// `trainer.precision` chosen.
+    pub precision: Precision,
+    /// The plan of the chosen settings.
+    pub plan: MemoryPlan,
+}
+
+/// Why nothing fits.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoFit {
+    /// The smallest plan tried (micro-batch 1, everything recomputed, the lowest precision).
+    pub smallest: MemoryPlan,
+    /// What to say.
+    pub message: String,
+}
+
+/// The fastest settings whose plan fits `device_budget` (the GPU; ignored on the CPU backend)
+/// and `host_budget`: the largest micro-batch that divides the effective batch
+/// (`batch_size × accumulate_grad_batches` stays what the config asks), then the least
+/// recompute, then the highest precision the backend has.
+pub fn fit(
+    config: &Config,
+    backend: BackendChoice,
+    dataset_samples: Option<usize>,
+    device_budget: Option<u64>,
+    host_budget: Option<u64>,
+) -> Result<Fit, NoFit> {
+    let effective_batch = config.data.batch_size * config.train.accumulate_grad_batches;
+    let precisions: Vec<Precision> = match backend {
+        BackendChoice::Cpu => vec![Precision::Full],
+        BackendChoice::Cuda => match config.trainer.precision {
+            Precision::Full => vec![Precision::Full, Precision::BHalf],
+            asked => vec![asked],
+        },
+    };
+    let modes = [
+        CheckpointMode::None,
+        CheckpointMode::Encoder,
+        CheckpointMode::Stem,
+        CheckpointMode::All,
+    ];
+    let fits = |plan: &MemoryPlan| {
+        let device_ok = match backend {
+            BackendChoice::Cuda => {
+                device_budget.is_none_or(|budget| plan.device_peak_bytes <= budget)
+            }
+            BackendChoice::Cpu => true,
+        };
+        let host_budget = match backend {
+            // On the CPU backend "VRAM" means nothing: the activations are host memory.
+            BackendChoice::Cpu => host_budget.or(device_budget),
+            BackendChoice::Cuda => host_budget,
+        };
+        device_ok && host_budget.is_none_or(|budget| plan.host_peak_bytes <= budget)
+    };
+    let mut smallest = None;
+    let mut batch_sizes: Vec<usize> = (1..=effective_batch)
+        .filter(|size| effective_batch.is_multiple_of(*size))
+        .collect();
+    batch_sizes.reverse();
+    for &batch_size in &batch_sizes {
+        for &precision in &precisions {
+            for mode in modes {
+                let mut candidate = config.clone();
+                candidate.data.batch_size = batch_size;
+                candidate.train.accumulate_grad_batches = effective_batch / batch_size;
+                candidate.model.use_gradient_checkpointing = false;
+                candidate.model.checkpoint = mode;
+                candidate.trainer.precision = precision;
+                let plan = plan(&candidate, backend, dataset_samples);
+                if fits(&plan) {
+                    let overrides = vec![
+                        format!("data.batch_size={batch_size}"),
+                        format!(
+                            "train.accumulate_grad_batches={}",
+                            effective_batch / batch_size
+                        ),
+                        format!("model.checkpoint={}", mode_name(mode)),
+                        "model.use_gradient_checkpointing=false".to_string(),
+                        format!("trainer.precision={precision}"),
+                    ];
+                    return Ok(Fit {
+                        overrides,
+                        batch_size,
+                        accumulate_grad_batches: effective_batch / batch_size,
+                        checkpoint: mode,
+                        precision,
+                        plan,
+                    });
+                }
+                smallest = Some(plan);
+            }
+        }
+    }
+    let smallest = smallest.expect("at least one candidate was planned");
+    let (home, budget, components) = match backend {
+        BackendChoice::Cuda if device_budget.is_some_and(|b| smallest.device_peak_bytes > b) => {
+            ("device", device_budget, &smallest.device)
+        }
+        BackendChoice::Cpu => ("host", host_budget.or(device_budget), &smallest.host),
+        BackendChoice::Cuda => ("host", host_budget, &smallest.host),
+    };
+    let largest = components
+        .iter()
+        .max_by_key(|component| component.bytes)
+        .map(|component| {
+            format!(
+                "{} ({})",
+                component.name,
+                vidtrain_memutil::format_bytes(component.bytes)
+            )
+        })
+        .unwrap_or_default();
+    let message = format!(
+        "nothing fits in {} of {home} memory: even micro-batch 1 with every layer recomputed \
+         needs {}; its largest part is {largest}. Lower data.img_size or \
+         data.uniform_temporal_subsample_num, use a smaller model, or free memory",
+        budget.map_or_else(|| "?".into(), vidtrain_memutil::format_bytes),
+        vidtrain_memutil::format_bytes(match home {
+            "device" => smallest.device_peak_bytes,
+            _ => smallest.host_peak_bytes,
+        })
+    );
+    Err(NoFit { smallest, message })
+}
+
+fn mode_name(mode: CheckpointMode) -> &'static str {
+    match mode {
+        CheckpointMode::None => "none",
+        CheckpointMode::Encoder => "encoder",
+        CheckpointMode::Stem => "stem",
+        CheckpointMode::All => "all",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed's model at 224 px, batch 4, one view, validating 4 samples at a time.
+    fn seed_config() -> Config {
+        let mut config = Config::default();
+        config.data.batch_size = 4;
+        config.train.accumulate_grad_batches = 1;
+        config.train.view = vidtrain_config::ViewMode::Single;
+        config.train.video_batch_size = 4;
+        config
+    }
+
+    #[test]
+    fn recompute_lowers_the_planned_peak_of_the_seed_model() {
+        let mut config = seed_config();
+        let none = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
+        config.model.checkpoint = CheckpointMode::All;
+        let all = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
+        assert!(all * 10 < none * 7, "all {all} vs none {none}");
+    }
+
+    #[test]
+    fn fit_never_proposes_settings_its_own_plan_says_exceed_the_budget() {
+        let config = seed_config();
+        for budget_mib in [600u64, 1000, 1500, 2500, 4000, 100_000] {
+            let budget = budget_mib << 20;
+            match fit(&config, BackendChoice::Cpu, None, None, Some(budget)) {
+                Ok(fit) => {
+                    assert!(
+                        fit.plan.host_peak_bytes <= budget,
+                        "{budget_mib} MiB: {fit:?}"
+                    );
+                    assert_eq!(fit.batch_size * fit.accumulate_grad_batches, 4);
+                    // The same settings planned again agree.
+                    let mut chosen = config.clone();
+                    chosen.data.batch_size = fit.batch_size;
+                    chosen.train.accumulate_grad_batches = fit.accumulate_grad_batches;
+                    chosen.model.checkpoint = fit.checkpoint;
+                    assert_eq!(
+                        plan(&chosen, BackendChoice::Cpu, None).host_peak_bytes,
+                        fit.plan.host_peak_bytes
+                    );
+                }
+                Err(no_fit) => {
+                    assert!(no_fit.smallest.host_peak_bytes > budget);
+                    assert!(
+                        no_fit.message.contains("nothing fits"),
+                        "{}",
+                        no_fit.message
+                    );
+                }
+            }
+        }
+        // A generous budget keeps the largest micro-batch and no recompute.
+        let fit = fit(&config, BackendChoice::Cpu, None, None, Some(100 << 30)).unwrap();
+        assert_eq!((fit.batch_size, fit.checkpoint), (4, CheckpointMode::None));
+    }
+
+    #[test]
+    fn fit_prefers_a_larger_micro_batch_with_recompute_to_a_smaller_one_without() {
+        let config = seed_config();
+        let none_at_4 = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
+        let mut all_at_4 = config.clone();
+        all_at_4.model.checkpoint = CheckpointMode::All;
+        let all_at_4 = plan(&all_at_4, BackendChoice::Cpu, None).host_peak_bytes;
+        // A budget between the two: micro-batch 4 with recompute.
+        let budget = (none_at_4 + all_at_4) / 2;
+        let chosen = fit(&config, BackendChoice::Cpu, None, None, Some(budget)).unwrap();
+        assert_eq!(chosen.batch_size, 4);
+        assert_ne!(chosen.checkpoint, CheckpointMode::None);
+    }
+}
