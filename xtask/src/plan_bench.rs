@@ -42,7 +42,7 @@ pub fn plan() -> anyhow::Result<()> {
                 "--config",
                 &data,
                 "--config",
-                &preset("scenario-a.toml"),
+                &preset("scenario-a-16g-ram-8g-vram.toml"),
                 "data.img_size=112",
             ])
             .into_iter()
@@ -55,7 +55,7 @@ pub fn plan() -> anyhow::Result<()> {
                 "--config",
                 &data,
                 "--config",
-                &preset("scenario-b.toml"),
+                &preset("scenario-b-8g-ram-6g-vram.toml"),
                 "data.img_size=112",
             ])
             .into_iter()
@@ -64,10 +64,15 @@ pub fn plan() -> anyhow::Result<()> {
         ),
         (
             "scenario C (112 px)",
-            strings(&["--config", &data, "--config", &preset("scenario-c.toml")])
-                .into_iter()
-                .chain(strings(&short))
-                .collect(),
+            strings(&[
+                "--config",
+                &data,
+                "--config",
+                &preset("scenario-c-4g-vram.toml"),
+            ])
+            .into_iter()
+            .chain(strings(&short))
+            .collect(),
         ),
         (
             "seed 224 px b4, none",

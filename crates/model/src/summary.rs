@@ -350,9 +350,11 @@ impl ActivationCosts {
         let output = layer.output_elements();
         let first = layer.name.ends_with("conv1") || layer.name.ends_with("tubelet_embedding");
         match layer.role {
-            // The patch matrix is the matmul's right operand (kept); padding copies the input;
-            // backward makes the patch gradient and the padded input's gradient unless the input
-            // is the data.
+            // The patch matrix is the matmul's right operand (kept); padding copies the input.
+            // Backward: the weight gradient multiplies by the transposed patch matrix, which the
+            // CPU backend copies, and the first layer's peak measured as two extra patch
+            // matrices (`cargo xtask bench plan`, demo and seed sizes); a later layer instead makes
+            // the patch gradient and the padded input's gradient.
             LayerRole::ConvGemm {
                 patch_elements_per_clip,
             } => {
@@ -360,7 +362,12 @@ impl ActivationCosts {
                 Self::new(
                     patches,
                     input + output,
-                    2 * output + if first { 0 } else { patches + 2 * input },
+                    2 * output
+                        + if first {
+                            2 * patches
+                        } else {
+                            patches + 2 * input
+                        },
                 )
             }
             // Burn's BatchNorm keeps x − mean (for the variance's square and for the division),

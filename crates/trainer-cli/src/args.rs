@@ -22,6 +22,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Predict the class of sliding windows over long videos (CSV or JSON).
     Predict(PredictArgs),
+    /// Time the model alone on random on-device inputs, row by row (precision, batch, recompute).
+    BenchModel(BenchModelArgs),
     /// Inspect the resolved configuration.
     Config {
         #[command(subcommand)]
@@ -100,6 +102,42 @@ pub enum PlanDevice {
     Cpu,
     /// A CUDA GPU: activations in device memory.
     Cuda,
+}
+
+/// `vidtrain bench-model` options.
+#[derive(Debug, Args)]
+pub struct BenchModelArgs {
+    /// Which model(s).
+    #[arg(long, value_enum, default_value = "both")]
+    pub backbone: BenchBackbone,
+    /// Only the rows whose names contain one of these (comma-separated), e.g. `bf16,fp32 b4`.
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+    /// Optimizer steps before timing (the first is reported alone as compile + tune time).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Tiny sizes, to check the harness on a CPU in seconds.
+    #[arg(long)]
+    pub tiny: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `vidtrain bench-model --backbone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchBackbone {
+    /// The seed's video transformer.
+    Transformer,
+    /// ViViT-S.
+    Vivit,
+    /// Both.
+    Both,
 }
 
 /// `vidtrain eval` options.

@@ -14,8 +14,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use args::{
-    Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalArgs, PlanArgs, PlanDevice,
-    PredictArgs, Split, TrainArgs,
+    BenchBackbone, BenchModelArgs, Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalArgs,
+    PlanArgs, PlanDevice, PredictArgs, Split, TrainArgs,
 };
 use vidtrain_trainer::BackendChoice;
 
@@ -116,6 +116,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Train(args) => train(&args),
         Command::Plan(args) => plan(&args),
+        Command::BenchModel(args) => bench_model(&args),
         Command::Eval(args) => eval(&args),
         Command::Predict(args) => predict(&args),
         Command::Data {
@@ -194,6 +195,83 @@ fn load_config_or_demo(args: &ConfigArgs) -> anyhow::Result<vidtrain_config::Con
         args,
         Some(("configs/demo.toml", demo::DEMO_TOML, &dataset_config)),
     )
+}
+
+fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
+    let config = load_config(&args.config, None)?;
+    let backend = vidtrain_trainer::accelerator_backend(&config);
+    let backbones: &[vidtrain_config::Backbone] = match args.backbone {
+        BenchBackbone::Transformer => &[vidtrain_config::Backbone::Transformer],
+        BenchBackbone::Vivit => &[vidtrain_config::Backbone::Vivit],
+        BenchBackbone::Both => &[
+            vidtrain_config::Backbone::Transformer,
+            vidtrain_config::Backbone::Vivit,
+        ],
+    };
+    let rows: Vec<_> = backbones
+        .iter()
+        .flat_map(|&backbone| vidtrain_trainer::model_bench::standard_rows(backbone, args.tiny))
+        .filter(|row| {
+            args.rows.is_empty()
+                || args
+                    .rows
+                    .iter()
+                    .any(|name| row.name.contains(name.as_str()))
+        })
+        .collect();
+    eprintln!(
+        "{} rows on {:?}, {} warm-up + {} timed optimizer steps each",
+        rows.len(),
+        backend,
+        args.warmup,
+        args.steps
+    );
+    let mut results = Vec::new();
+    println!(
+        "  {:<11} {:<27} {:>10} {:>10} {:>12} {:>12} {:>10} {:>9}",
+        "model", "row", "samples/s", "first s", "device use", "reserved", "host RSS", "loss"
+    );
+    for row in rows {
+        let result = vidtrain_trainer::model_bench::bench_rows(
+            &config,
+            std::slice::from_ref(&row),
+            backend,
+            args.warmup,
+            args.steps,
+            args.tiny,
+        )
+        .remove(0);
+        let bytes = |value: Option<u64>| {
+            value.map_or_else(|| "n/a".to_string(), vidtrain_memutil::format_bytes)
+        };
+        let number =
+            |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}"));
+        println!(
+            "  {:<11} {:<27} {:>10} {:>10} {:>12} {:>12} {:>10} {:>9}{}",
+            format!("{:?}", row.backbone).to_lowercase(),
+            row.name,
+            number(result.samples_per_s),
+            number(result.first_step_s),
+            bytes(result.peak_device_in_use_bytes),
+            bytes(result.peak_device_reserved_bytes),
+            bytes(result.peak_host_rss_bytes),
+            result
+                .final_loss
+                .map_or_else(|| "n/a".to_string(), |loss| format!("{loss:.4}")),
+            result
+                .error
+                .as_ref()
+                .map_or_else(String::new, |error| format!("  ({error})"))
+        );
+        results.push(result);
+        if let Some(out) = &args.out {
+            // Rewritten after every row, so a run stopped by a time limit keeps what it measured.
+            let text = serde_json::to_string_pretty(&results).expect("results serialise");
+            vidtrain_trainer::write_atomically(out, text.as_bytes())
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Samples in the configured dataset (indexing probes the videos; nothing is decoded), so that

@@ -4,10 +4,12 @@
 
 mod checkpoint;
 pub mod confusion_svg;
+pub mod device_memory;
 mod error;
 mod fit;
 pub mod inference;
 mod metrics;
+pub mod model_bench;
 mod pipeline_bench;
 pub mod plan;
 pub mod precision;

@@ -1,0 +1,100 @@
+//! Device memory readings. On CUDA: the CubeCL runtime's memory pools of this thread's stream
+//! (bytes in use by live tensors, bytes reserved from the driver), comparable to PyTorch's
+//! `memory_allocated` / `memory_reserved`; and releasing cached pool memory between phases. On the
+//! CPU backend there is no device memory: every reading is `None`.
+
+use crate::BackendChoice;
+
+/// One reading of device memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceMemory {
+    /// Bytes held by live tensors.
+    pub in_use_bytes: u64,
+    /// Bytes reserved by the memory pools (in use, padding and free pages kept for reuse).
+    pub reserved_bytes: u64,
+}
+
+/// The current reading for `backend` (`None` on the CPU backend, or when the runtime does not
+/// answer).
+pub fn read(backend: BackendChoice) -> Option<DeviceMemory> {
+    match backend {
+        BackendChoice::Cpu => None,
+        BackendChoice::Cuda => cuda::read(),
+    }
+}
+
+/// Returns cached, unused pool memory to the driver; the reserved bytes released, when known.
+pub fn release_cached(backend: BackendChoice) -> Option<u64> {
+    match backend {
+        BackendChoice::Cpu => None,
+        BackendChoice::Cuda => cuda::release_cached(),
+    }
+}
+
+/// Tracks the highest readings over a run.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct DevicePeaks {
+    /// Highest bytes in use seen.
+    pub in_use_bytes: u64,
+    /// Highest bytes reserved seen.
+    pub reserved_bytes: u64,
+    /// Whether any reading was taken.
+    pub measured: bool,
+}
+
+impl DevicePeaks {
+    /// Takes a reading and keeps the maxima.
+    pub fn sample(&mut self, backend: BackendChoice) {
+        if let Some(reading) = read(backend) {
+            self.in_use_bytes = self.in_use_bytes.max(reading.in_use_bytes);
+            self.reserved_bytes = self.reserved_bytes.max(reading.reserved_bytes);
+            self.measured = true;
+        }
+    }
+
+    /// The peak in use, or `None` when nothing was measured (CPU backend).
+    pub fn in_use(&self) -> Option<u64> {
+        self.measured.then_some(self.in_use_bytes)
+    }
+
+    /// The peak reserved, or `None` when nothing was measured.
+    pub fn reserved(&self) -> Option<u64> {
+        self.measured.then_some(self.reserved_bytes)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::DeviceMemory;
+    use cubecl::Runtime;
+    use cubecl::cuda::{CudaDevice, CudaRuntime};
+
+    pub fn read() -> Option<DeviceMemory> {
+        let client = CudaRuntime::client(&CudaDevice::default());
+        let usage = client.memory_usage().ok()?;
+        Some(DeviceMemory {
+            in_use_bytes: usage.bytes_in_use,
+            reserved_bytes: usage.bytes_reserved,
+        })
+    }
+
+    pub fn release_cached() -> Option<u64> {
+        let before = read()?;
+        CudaRuntime::client(&CudaDevice::default()).memory_cleanup();
+        let after = read()?;
+        Some(before.reserved_bytes.saturating_sub(after.reserved_bytes))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::DeviceMemory;
+
+    pub fn read() -> Option<DeviceMemory> {
+        None
+    }
+
+    pub fn release_cached() -> Option<u64> {
+        None
+    }
+}

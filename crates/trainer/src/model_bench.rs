@@ -1,0 +1,311 @@
+//! `vidtrain bench-model`: the model alone, trained on random inputs made on the device, row by
+//! row (precision, micro-batch × accumulation, recompute, clip size) — the numbers to put next to
+//! PyTorch's (`bench/pytorch_reference.py` runs the same rows). Per row: samples/s over the timed
+//! steps (device synced around them), the time of the first optimizer step (kernel compilation
+//! and autotuning on CUDA), peak device memory in use and reserved, peak host RSS, final loss.
+
+use std::time::Instant;
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+use vidtrain_config::{Backbone, CheckpointMode, Config, Precision};
+use vidtrain_model::{ActionModel, ActionModelConfig};
+
+use crate::device_memory::DevicePeaks;
+use crate::precision::{LossScaler, StepDecision, compute_dtype};
+use crate::{BackendChoice, Error, Result};
+
+/// One configuration to time.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// Short name, e.g. `bf16 b1x4 recompute`.
+    pub name: String,
+    /// Model.
+    pub backbone: Backbone,
+    /// Precision.
+    pub precision: Precision,
+    /// Samples per micro-batch.
+    pub micro_batch: usize,
+    /// Micro-batches per optimizer step.
+    pub accumulate: usize,
+    /// Activation recompute.
+    pub checkpoint: CheckpointMode,
+    /// Frames per clip.
+    pub frames: usize,
+    /// Frame side in pixels.
+    pub image: usize,
+}
+
+/// What one row measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// The row.
+    pub row: BenchRow,
+    /// Samples per second over the timed steps.
+    pub samples_per_s: Option<f64>,
+    /// Seconds of the first optimizer step (compilation, autotuning, first allocations).
+    pub first_step_s: Option<f64>,
+    /// Peak device bytes in use (read after each micro-batch's forward, where the graph is
+    /// largest without recompute).
+    pub peak_device_in_use_bytes: Option<u64>,
+    /// Peak device bytes reserved by the memory pools.
+    pub peak_device_reserved_bytes: Option<u64>,
+    /// Peak host RSS of the process during the row.
+    pub peak_host_rss_bytes: Option<u64>,
+    /// Loss of the last step.
+    pub final_loss: Option<f32>,
+    /// Why the row failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The rows of issue 7 for `backbone` at the seed's (transformer) or ViViT-S (vivit) size, and
+/// the two model sizes; `tiny` shrinks everything so that the harness runs on a CPU in seconds.
+pub fn standard_rows(backbone: Backbone, tiny: bool) -> Vec<BenchRow> {
+    let (frames, image) = match (backbone, tiny) {
+        (_, true) => (4, 32),
+        (Backbone::Transformer, false) => (8, 224),
+        (Backbone::Vivit, false) => (16, 224),
+    };
+    let row =
+        |name: &str, precision, micro_batch, accumulate, checkpoint, frames, image| BenchRow {
+            name: name.to_string(),
+            backbone,
+            precision,
+            micro_batch,
+            accumulate,
+            checkpoint,
+            frames,
+            image,
+        };
+    use CheckpointMode::{All, None};
+    use Precision::{BHalf, Full, Half};
+    let small_image = if tiny { 16 } else { 112 };
+    vec![
+        row("fp32 b4", Full, 4, 1, None, frames, image),
+        row("bf16 b4", BHalf, 4, 1, None, frames, image),
+        row("fp16 b4", Half, 4, 1, None, frames, image),
+        row("fp32 b1x4", Full, 1, 4, None, frames, image),
+        row("bf16 b1x4", BHalf, 1, 4, None, frames, image),
+        row("bf16 b1x4 recompute", BHalf, 1, 4, All, frames, image),
+        row(
+            "bf16 b1x4 recompute 112px",
+            BHalf,
+            1,
+            4,
+            All,
+            8,
+            small_image,
+        ),
+    ]
+}
+
+/// The model configuration of a row: the seed's transformer (D 256, 4 layers, 4 heads, FF 1024)
+/// or ViViT-S (D 384, 12 layers, 6 heads, FF 1536, 2×16×16 tubelets); one view, 9 classes.
+pub fn row_config(base: &Config, row: &BenchRow, tiny: bool) -> Config {
+    let mut config = base.clone();
+    config.model.backbone = row.backbone;
+    let (dim, layers, heads, ff) = match (row.backbone, tiny) {
+        (_, true) => (32, 2, 2, 64),
+        (Backbone::Transformer, false) => (256, 4, 4, 1024),
+        (Backbone::Vivit, false) => (384, 12, 6, 1536),
+    };
+    config.model.transformer_dim = dim;
+    config.model.transformer_layers = layers;
+    config.model.transformer_heads = heads;
+    config.model.transformer_ff_dim = ff;
+    config.model.tubelet_size = if tiny { [2, 8, 8] } else { [2, 16, 16] };
+    config.model.checkpoint = row.checkpoint;
+    config.model.use_gradient_checkpointing = false;
+    config.model.input_type = vidtrain_config::InputType::Rgb;
+    config.train.view = vidtrain_config::ViewMode::Single;
+    config.data.uniform_temporal_subsample_num = row.frames;
+    config.data.img_size = row.image;
+    config.data.batch_size = row.micro_batch;
+    config.train.accumulate_grad_batches = row.accumulate;
+    config.trainer.precision = row.precision;
+    config
+}
+
+/// Runs every row on `backend`: `warmup` optimizer steps (the first one timed alone), then
+/// `steps` timed ones. A failing row is reported with its error; the others still run.
+pub fn bench_rows(
+    base: &Config,
+    rows: &[BenchRow],
+    backend: BackendChoice,
+    warmup: usize,
+    steps: usize,
+    tiny: bool,
+) -> Vec<BenchResult> {
+    rows.iter()
+        .map(|row| {
+            let config = row_config(base, row, tiny);
+            let outcome = match backend {
+                BackendChoice::Cpu => {
+                    bench_row::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+                        &config,
+                        row,
+                        &burn::backend::ndarray::NdArrayDevice::Cpu,
+                        backend,
+                        warmup,
+                        steps,
+                    )
+                }
+                #[cfg(feature = "cuda")]
+                BackendChoice::Cuda => {
+                    bench_row::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
+                        &config,
+                        row,
+                        &burn::backend::cuda::CudaDevice::default(),
+                        backend,
+                        warmup,
+                        steps,
+                    )
+                }
+                #[cfg(not(feature = "cuda"))]
+                BackendChoice::Cuda => Err(Error::Unsupported {
+                    key: "trainer.accelerator".into(),
+                    message: "this vidtrain was built without CUDA".into(),
+                }),
+            };
+            outcome.unwrap_or_else(|error| BenchResult {
+                row: row.clone(),
+                samples_per_s: None,
+                first_step_s: None,
+                peak_device_in_use_bytes: None,
+                peak_device_reserved_bytes: None,
+                peak_host_rss_bytes: None,
+                final_loss: None,
+                error: Some(error.to_string()),
+            })
+        })
+        .collect()
+}
+
+fn bench_row<B: AutodiffBackend>(
+    config: &Config,
+    row: &BenchRow,
+    device: &B::Device,
+    backend: BackendChoice,
+    warmup: usize,
+    steps: usize,
+) -> Result<BenchResult> {
+    config.validate()?;
+    if row.precision.is_half() && backend == BackendChoice::Cpu {
+        return Err(Error::Unsupported {
+            key: "trainer.precision".into(),
+            message: format!("{} needs the CUDA backend", row.precision),
+        });
+    }
+    vidtrain_memutil::reset_peak_rss();
+    B::seed(device, 42);
+    let mut model_config = ActionModelConfig::from_config(config);
+    model_config.compute_dtype = compute_dtype(row.precision);
+    let mut model: ActionModel<B> = model_config.init(device);
+    model.materialize_parameters();
+    let mut optimizer = AdamConfig::new().init::<B, ActionModel<B>>();
+    let loss_function = CrossEntropyLossConfig::new().init(device);
+    let mut scaler = LossScaler::new(row.precision);
+    let mut peaks = DevicePeaks::default();
+    let classes = config.model.model_class_num;
+    let video_shape = [row.micro_batch, 1, row.frames, row.image, row.image, 3];
+    let sync = |device: &B::Device| {
+        B::sync(device).map_err(|error| Error::Unsupported {
+            key: "trainer.accelerator".into(),
+            message: format!("the device failed: {error:?}"),
+        })
+    };
+
+    let mut first_step_s = None;
+    let mut final_loss = None;
+    let mut timed = None;
+    for step in 0..warmup.max(1) + steps {
+        if step == warmup.max(1) {
+            sync(device)?;
+            timed = Some(Instant::now());
+        }
+        let started = Instant::now();
+        let mut accumulator = GradientsAccumulator::<ActionModel<B>>::new();
+        let mut step_loss = 0.0f32;
+        for micro in 0..row.accumulate {
+            B::seed(device, (step * row.accumulate + micro) as u64);
+            let video = Tensor::<B, 6>::random(video_shape, Distribution::Default, device);
+            let labels = Tensor::<B, 1, Int>::random(
+                [row.micro_batch],
+                Distribution::Uniform(0.0, classes as f64),
+                device,
+            );
+            let weight = scaler.scale / row.accumulate as f64;
+            let (loss, grads) = if row.checkpoint == CheckpointMode::None {
+                let scores = model.forward(Some(video), None);
+                let loss = loss_function.forward(scores, labels);
+                peaks.sample(backend);
+                let value: f32 = loss.clone().into_scalar().elem();
+                let grads = GradientsParams::from_grads((loss * weight).backward(), &model);
+                (value, grads)
+            } else {
+                model.loss_and_gradients(
+                    Some(video),
+                    None,
+                    |scores| loss_function.forward(scores, labels),
+                    weight,
+                    row.checkpoint,
+                    step as u64,
+                )
+            };
+            peaks.sample(backend);
+            step_loss += loss / row.accumulate as f32;
+            accumulator.accumulate(&model, grads);
+        }
+        if let StepDecision::Step(grads) = scaler.unscale::<B, _>(&model, accumulator.grads(), 0.0)
+        {
+            model = optimizer.step(1e-4, model, grads);
+        }
+        sync(device)?;
+        peaks.sample(backend);
+        if step == 0 {
+            first_step_s = Some(started.elapsed().as_secs_f64());
+        }
+        final_loss = Some(step_loss);
+    }
+    let samples = (steps * row.micro_batch * row.accumulate) as f64;
+    let samples_per_s = timed.map(|started| samples / started.elapsed().as_secs_f64());
+    Ok(BenchResult {
+        row: row.clone(),
+        samples_per_s: if steps > 0 { samples_per_s } else { None },
+        first_step_s,
+        peak_device_in_use_bytes: peaks.in_use(),
+        peak_device_reserved_bytes: peaks.reserved(),
+        peak_host_rss_bytes: vidtrain_memutil::peak_rss_bytes(),
+        final_loss,
+        error: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_rows_train_on_the_cpu_and_half_rows_say_why_not() {
+        let base = Config::default();
+        for backbone in [Backbone::Transformer, Backbone::Vivit] {
+            let rows = standard_rows(backbone, true);
+            let results = bench_rows(&base, &rows, BackendChoice::Cpu, 1, 1, true);
+            for result in &results {
+                if result.row.precision.is_half() {
+                    let error = result.error.as_deref().unwrap_or_default();
+                    assert!(error.contains("needs the CUDA backend"), "{error}");
+                    continue;
+                }
+                assert!(result.error.is_none(), "{:?}", result.error);
+                assert!(result.final_loss.is_some_and(f32::is_finite), "{result:?}");
+                assert!(result.samples_per_s.is_some_and(|s| s > 0.0));
+                assert!(result.peak_device_in_use_bytes.is_none());
+            }
+        }
+    }
+}
