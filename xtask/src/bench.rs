@@ -338,3 +338,46 @@ pub fn recompute() -> anyhow::Result<()> {
     println!("written to {}", out.display());
     Ok(())
 }
+
+/// `cargo xtask bench gpu`: builds the CUDA binary, strips it into `bench/gpu/bin/vidtrain`
+/// (ignored by git, carried to a GPU machine), then runs `bench/gpu/run.sh` when this machine
+/// has a GPU, or says how to run it on one.
+pub fn gpu() -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "trainer-cli",
+        "--features",
+        "cuda",
+    ])?;
+    let folder = project_root().join("bench/gpu/bin");
+    std::fs::create_dir_all(&folder)?;
+    let binary = folder.join("vidtrain");
+    std::fs::copy(target_dir().join("release/vidtrain"), &binary)?;
+    let stripped = Command::new("strip").arg(&binary).status();
+    if !stripped.is_ok_and(|status| status.success()) {
+        eprintln!("warning: strip failed; the binary is larger than it needs to be");
+    }
+    let size = std::fs::metadata(&binary)?.len();
+    println!("{} ({:.1} MiB)", binary.display(), size as f64 / 1048576.0);
+    let has_gpu = Command::new("nvidia-smi")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if has_gpu {
+        let status = Command::new("bash")
+            .arg("bench/gpu/run.sh")
+            .current_dir(project_root())
+            .status()?;
+        if !status.success() {
+            bail!("bench/gpu/run.sh failed");
+        }
+    } else {
+        println!(
+            "no GPU here. On a GPU machine with PyTorch, from the repository root, with \
+             bench/gpu/bin carried along:\n  OUT=<folder> bash bench/gpu/run.sh\n\
+             (results and compare.txt land in OUT; see docs/benchmarks.md)"
+        );
+    }
+    Ok(())
+}

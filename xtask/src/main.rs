@@ -18,7 +18,7 @@ const COMMANDS: [(&str, &str); 3] = [
     ),
     (
         "bench",
-        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench plan`: vidtrain plan vs measured peak RSS",
+        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench plan`: vidtrain plan vs measured peak RSS; `bench gpu`: CUDA binary + GPU script (vs PyTorch)",
     ),
     (
         "demo-data",
@@ -35,8 +35,9 @@ fn main() -> ExitCode {
             Some("data") => bench::data(),
             Some("recompute") => bench::recompute(),
             Some("plan") => plan_bench::plan(),
+            Some("gpu") => bench::gpu(),
             _ => {
-                eprintln!("usage: cargo xtask bench data|recompute|plan");
+                eprintln!("usage: cargo xtask bench data|recompute|plan|gpu");
                 return ExitCode::from(2);
             }
         },

@@ -1,9 +1,15 @@
-//! Host memory measurement for vidtrain: current and peak resident set size (RSS) read from procfs,
-//! and a sampler thread that records a timeline with named phase marks.
+//! Memory measurement for vidtrain: current and peak resident set size (RSS) read from procfs, a
+//! sampler thread that records a timeline with named marks and per-phase peaks (data wait,
+//! forward, backward, optimizer step, validation), device readings fed in by the trainer, an SVG
+//! plot of it all, and the memory plan ([`plan`]).
+//!
+//! On CUDA the device numbers come from the trainer (which knows the runtime); this crate only
+//! records them.
 //!
 //! On systems without procfs every reading is `None`; callers print "n/a" rather than a guess.
 
 pub mod plan;
+mod svg;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +54,61 @@ pub struct MemorySample {
     pub host_rss_bytes: u64,
 }
 
+/// What the training loop is doing; the sampler keeps the highest RSS seen in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Anything else (start-up, checkpoints).
+    Other = 0,
+    /// Waiting for the loading pipeline's next batch.
+    DataWait = 1,
+    /// Forward pass (graph being built).
+    Forward = 2,
+    /// Backward pass.
+    Backward = 3,
+    /// Forward and backward interleaved (activation recompute).
+    ForwardBackward = 4,
+    /// The optimizer step.
+    OptimizerStep = 5,
+    /// Validation.
+    Validation = 6,
+}
+
+impl Phase {
+    const ALL: [Phase; 7] = [
+        Phase::Other,
+        Phase::DataWait,
+        Phase::Forward,
+        Phase::Backward,
+        Phase::ForwardBackward,
+        Phase::OptimizerStep,
+        Phase::Validation,
+    ];
+
+    /// The name used in `memory.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Other => "other",
+            Phase::DataWait => "data_wait",
+            Phase::Forward => "forward",
+            Phase::Backward => "backward",
+            Phase::ForwardBackward => "forward_backward_recompute",
+            Phase::OptimizerStep => "optimizer_step",
+            Phase::Validation => "validation",
+        }
+    }
+}
+
+/// A device reading (bytes in use, reserved), taken by the trainer at a phase boundary.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DeviceSample {
+    /// Seconds since the sampler started.
+    pub t_s: f64,
+    /// Bytes held by live tensors.
+    pub in_use_bytes: u64,
+    /// Bytes reserved by the memory pools.
+    pub reserved_bytes: u64,
+}
+
 /// A named moment (a phase boundary such as `epoch 1 validation`).
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryMark {
@@ -72,6 +133,22 @@ pub struct MemoryReport {
     pub timeline: Vec<MemorySample>,
     /// Phase marks.
     pub marks: Vec<MemoryMark>,
+    /// Highest host RSS seen in each phase (samples and boundaries), by phase name.
+    pub phase_peak_host_rss_bytes: std::collections::BTreeMap<String, u64>,
+    /// Device readings (empty on the CPU backend).
+    pub device_timeline: Vec<DeviceSample>,
+    /// Highest device bytes in use among the readings.
+    pub peak_device_in_use_bytes: Option<u64>,
+    /// Highest device bytes reserved among the readings.
+    pub peak_device_reserved_bytes: Option<u64>,
+}
+
+impl MemoryReport {
+    /// The timeline as an SVG plot: host RSS (and device memory when measured) over time, with
+    /// validation phases shaded and the marks labelled.
+    pub fn svg(&self) -> String {
+        svg::timeline_svg(self)
+    }
 }
 
 /// Samples host RSS on a background thread every `interval` until [`MemorySampler::finish`].
@@ -83,6 +160,9 @@ pub struct MemorySampler {
     peak: Arc<AtomicU64>,
     timeline: Arc<Mutex<Vec<MemorySample>>>,
     marks: Mutex<Vec<MemoryMark>>,
+    phase: Arc<AtomicU64>,
+    phase_peaks: Arc<[AtomicU64; 7]>,
+    device: Mutex<Vec<DeviceSample>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -95,9 +175,12 @@ impl MemorySampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let timeline = Arc::new(Mutex::new(Vec::new()));
+        let phase = Arc::new(AtomicU64::new(Phase::Other as u64));
+        let phase_peaks: Arc<[AtomicU64; 7]> = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
         let thread = {
             let (stop, peak, timeline) =
                 (Arc::clone(&stop), Arc::clone(&peak), Arc::clone(&timeline));
+            let (phase, phase_peaks) = (Arc::clone(&phase), Arc::clone(&phase_peaks));
             std::thread::Builder::new()
                 .name("vidtrain-memory".into())
                 .spawn(move || {
@@ -106,6 +189,8 @@ impl MemorySampler {
                     while !stop.load(Ordering::Relaxed) {
                         if let Some(rss) = current_rss_bytes() {
                             peak.fetch_max(rss, Ordering::Relaxed);
+                            let current = phase.load(Ordering::Relaxed) as usize;
+                            phase_peaks[current.min(6)].fetch_max(rss, Ordering::Relaxed);
                             if tick.is_multiple_of(every)
                                 && let Ok(mut timeline) = timeline.lock()
                             {
@@ -135,7 +220,44 @@ impl MemorySampler {
             peak,
             timeline,
             marks: Mutex::new(Vec::new()),
+            phase,
+            phase_peaks,
+            device: Mutex::new(Vec::new()),
             thread,
+        }
+    }
+
+    /// Enters `phase`: the RSS at the boundary counts for the phase that ends and the one that
+    /// starts (one procfs read, a few microseconds).
+    pub fn phase(&self, phase: Phase) {
+        if let Some(rss) = current_rss_bytes() {
+            self.peak.fetch_max(rss, Ordering::Relaxed);
+            let ending = self.phase.load(Ordering::Relaxed) as usize;
+            self.phase_peaks[ending.min(6)].fetch_max(rss, Ordering::Relaxed);
+            self.phase_peaks[phase as usize].fetch_max(rss, Ordering::Relaxed);
+        }
+        self.phase.store(phase as u64, Ordering::Relaxed);
+    }
+
+    /// Records a device reading (taken by the caller, which knows the device).
+    pub fn device_sample(&self, in_use_bytes: u64, reserved_bytes: u64) {
+        if let Ok(mut device) = self.device.lock() {
+            // Bounded like the host timeline: keep every other reading when full.
+            if device.len() >= MAX_TIMELINE_POINTS {
+                let peak = device
+                    .iter()
+                    .copied()
+                    .max_by_key(|sample| sample.in_use_bytes);
+                let mut thinned: Vec<_> = device.iter().step_by(2).copied().collect();
+                thinned.extend(peak);
+                thinned.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+                *device = thinned;
+            }
+            device.push(DeviceSample {
+                t_s: self.started.elapsed().as_secs_f64(),
+                in_use_bytes,
+                reserved_bytes,
+            });
         }
     }
 
@@ -165,12 +287,27 @@ impl MemorySampler {
         }
         let timeline = self.timeline.lock().map(|t| t.clone()).unwrap_or_default();
         let marks = self.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        let device_timeline = self.device.lock().map(|d| d.clone()).unwrap_or_default();
+        let phase_peak_host_rss_bytes = Phase::ALL
+            .iter()
+            .map(|phase| {
+                (
+                    phase.name().to_string(),
+                    self.phase_peaks[*phase as usize].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, peak)| *peak > 0)
+            .collect();
         MemoryReport {
             peak_host_rss_bytes: peak_rss_bytes(),
             peak_sampled_host_rss_bytes: self.peak.load(Ordering::Relaxed),
             interval_ms: self.interval.as_millis() as u64,
             timeline,
             marks,
+            phase_peak_host_rss_bytes,
+            peak_device_in_use_bytes: device_timeline.iter().map(|s| s.in_use_bytes).max(),
+            peak_device_reserved_bytes: device_timeline.iter().map(|s| s.reserved_bytes).max(),
+            device_timeline,
         }
     }
 }
@@ -225,6 +362,32 @@ mod tests {
         assert!(report.peak_sampled_host_rss_bytes >= baseline + (40 << 20));
         assert_eq!(report.marks.len(), 1);
         assert!(!report.timeline.is_empty());
+    }
+
+    #[test]
+    fn phases_keep_their_own_peaks() {
+        let _serial = SERIAL.lock().unwrap();
+        let sampler = MemorySampler::start(Duration::from_millis(5));
+        sampler.phase(Phase::DataWait);
+        let quiet = current_rss_bytes().unwrap();
+        sampler.phase(Phase::Forward);
+        let block = std::hint::black_box(vec![1u8; 64 << 20]);
+        std::thread::sleep(Duration::from_millis(30));
+        sampler.phase(Phase::OptimizerStep);
+        drop(block);
+        sampler.device_sample(100, 300);
+        sampler.device_sample(200, 300);
+        let report = sampler.finish();
+        let peaks = &report.phase_peak_host_rss_bytes;
+        assert!(peaks["forward"] >= quiet + (60 << 20), "{peaks:?}");
+        assert!(peaks["data_wait"] < peaks["forward"], "{peaks:?}");
+        assert_eq!(report.peak_device_in_use_bytes, Some(200));
+        assert_eq!(report.peak_device_reserved_bytes, Some(300));
+        let svg = report.svg();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{svg}"
+        );
     }
 
     #[test]

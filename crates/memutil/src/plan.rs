@@ -19,6 +19,8 @@ pub struct ActivationLayer {
     pub backward_extra: u64,
     /// Alive at the peak of its replay under recompute (for the whole micro-batch).
     pub replay_peak: u64,
+    /// Alive while it runs without autodiff, beyond input and output.
+    pub inference_extra: u64,
     /// Its output (the next layer's input).
     pub output: u64,
     /// Whether activation recompute drops its graph and replays it in backward.
@@ -168,7 +170,8 @@ pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) 
 
 /// The peak of a forward pass without autodiff (validation, inference): one layer at a time holds
 /// its input, its temporaries (what it would save is freed when it ends; a per-clip layer makes
-/// them one of `clips` clips at a time) and its output.
+/// them one of `clips` clips at a time, and holds its output twice while concatenating) and its
+/// output.
 pub fn inference_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) {
     let mut peak = (0u64, String::new());
     for (index, layer) in layers.iter().enumerate() {
@@ -176,7 +179,9 @@ pub fn inference_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) {
             .checked_sub(1)
             .map_or(0, |previous| layers[previous].output);
         let share = if layer.per_clip { clips.max(1) } else { 1 };
-        let bytes = input + (layer.saved + layer.forward_extra) / share + layer.output;
+        // Per clip, the clips' outputs are collected and then concatenated: two copies.
+        let outputs = if layer.per_clip { 2 } else { 1 };
+        let bytes = input + layer.inference_extra / share + outputs * layer.output;
         if bytes > peak.0 {
             peak = (bytes, layer.name.clone());
         }
@@ -317,6 +322,7 @@ mod tests {
             forward_extra: 0,
             backward_extra: 0,
             replay_peak: saved,
+            inference_extra: saved,
             output,
             recomputed,
             per_clip: false,
@@ -402,6 +408,7 @@ mod tests {
             .iter()
             .map(|l| ActivationLayer {
                 saved: l.saved * 10,
+                inference_extra: l.inference_extra * 10,
                 output: l.output * 10,
                 ..l.clone()
             })

@@ -77,6 +77,9 @@ pub struct LayerSummary {
     /// Elements alive at the peak of its replay under activation recompute (for the whole
     /// micro-batch; a per-clip replay holds a `1/clips` share at a time).
     pub replay_peak_elements: usize,
+    /// Elements alive while it runs without autodiff (validation, inference), beyond its input
+    /// and output (whole batch; a per-clip layer runs one clip at a time).
+    pub inference_extra_elements: usize,
 }
 
 impl LayerSummary {
@@ -308,6 +311,7 @@ impl ActionModelConfig {
             layer.forward_extra_elements = costs.forward_extra;
             layer.backward_extra_elements = costs.backward_extra;
             layer.replay_peak_elements = costs.replay_peak;
+            layer.inference_extra_elements = costs.inference_extra;
             input_elements = layer.output_elements();
         }
         ModelSummary { layers, clips }
@@ -334,6 +338,8 @@ struct ActivationCosts {
     backward_extra: usize,
     /// Replay: the forward again, then its backward; by default the larger of the two moments.
     replay_peak: usize,
+    /// Without autodiff nothing is kept: only the layer's own temporaries.
+    inference_extra: usize,
 }
 
 impl ActivationCosts {
@@ -343,7 +349,13 @@ impl ActivationCosts {
             forward_extra,
             backward_extra,
             replay_peak: saved + forward_extra.max(backward_extra),
+            inference_extra: forward_extra,
         }
+    }
+
+    fn inference(mut self, inference_extra: usize) -> Self {
+        self.inference_extra = inference_extra;
+        self
     }
 
     fn of(layer: &LayerSummary, input: usize, clips: usize, dropout: bool) -> Self {
@@ -369,11 +381,15 @@ impl ActivationCosts {
                             patches + 2 * input
                         },
                 )
+                .inference(patches + input)
             }
             // Burn's BatchNorm keeps x − mean (for the variance's square and for the division),
             // the normalised values (for γ's gradient), and ReLU its output; the statistics pass
-            // transposes a copy.
-            LayerRole::BatchNormRelu => Self::new(4 * output, 2 * output, 2 * output),
+            // transposes a copy. In evaluation it normalises with the running statistics: one
+            // temporary besides input and output (measured: 3 × the output per clip).
+            LayerRole::BatchNormRelu => {
+                Self::new(4 * output, 2 * output, 2 * output).inference(output)
+            }
             LayerRole::Pool => Self::new(0, input, input),
             // A linear layer keeps its input (for ViViT, the tubelet-ordered copy of the video).
             LayerRole::Embedding {
@@ -405,12 +421,11 @@ impl ActivationCosts {
                 );
                 if tokens > crate::encoder::QUERY_BLOCK_TOKENS {
                     // Replayed in stages that do not overlap (see `replay_encoder_block`): the
-                    // block's second half from the untracked context (its graph, the held
-                    // q/k/v and context, gradients), then attention one query block at a time
-                    // (q/k/v and their gradient, one block's graph and temporaries).
-                    let (tail_tokens, tail_hidden) = if dropout { (11, 5) } else { (9, 4) };
-                    let second_half = tail_tokens * token_values + tail_hidden * hidden;
-                    let attention_block = 9 * token_values + (score_copies + 2) * block_scores;
+                    // block's second half from the untracked context, then attention one query
+                    // block at a time. Each stage frees its graph as its backward runs; the
+                    // factors are calibrated on ViViT at 224 px (`cargo xtask bench plan`).
+                    let second_half = 5 * token_values + 2 * hidden;
+                    let attention_block = 5 * token_values + 2 * block_scores;
                     costs.replay_peak = second_half.max(attention_block);
                 }
                 costs

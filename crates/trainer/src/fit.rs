@@ -15,16 +15,17 @@ use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 use vidtrain_config::{CheckpointMode, Config, Precision};
 use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
-use vidtrain_memutil::MemorySampler;
+use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::{ActionModel, ActionModelConfig, InputShape};
 
 use crate::checkpoint::{self, TrainingState};
 use crate::confusion_svg::confusion_matrix_svg;
+use crate::device_memory;
 use crate::metrics::ClassificationMetrics;
 use crate::precision::{LossScaler, StepDecision, compute_dtype};
 use crate::progress::Progress;
 use crate::run_dir::RunDir;
-use crate::{Error, Result, RunSummary, TrainOptions};
+use crate::{BackendChoice, Error, Result, RunSummary, TrainOptions};
 
 /// Everything a run needs that does not depend on the backend.
 pub(crate) struct RunContext<'a> {
@@ -38,7 +39,26 @@ pub(crate) struct RunContext<'a> {
     pub backend_name: &'static str,
     /// The precision actually trained in (32 where a fallback applied).
     pub precision: Precision,
+    /// The backend, for device memory readings.
+    pub backend: BackendChoice,
     pub started: Instant,
+}
+
+/// Records a device memory reading (nothing on the CPU backend).
+fn sample_device(memory: &MemorySampler, backend: BackendChoice) {
+    if let Some(reading) = device_memory::read(backend) {
+        memory.device_sample(reading.in_use_bytes, reading.reserved_bytes);
+    }
+}
+
+/// Returns the device's cached pool memory between phases and logs how much came back.
+fn release_device_cache(backend: BackendChoice, when: &str) {
+    if let Some(released) = device_memory::release_cached(backend) {
+        tracing::info!(
+            "{when}: returned {} of cached device memory",
+            vidtrain_memutil::format_bytes(released)
+        );
+    }
 }
 
 /// Trains and validates; returns the summary (also written to `summary.json`).
@@ -160,7 +180,11 @@ pub(crate) fn fit<B: AutodiffBackend>(
         let mut interrupted = false;
 
         let mut batches = pipeline.by_ref().peekable();
-        while let Some(batch) = batches.next() {
+        loop {
+            context.memory.phase(Phase::DataWait);
+            let Some(batch) = batches.next() else {
+                break;
+            };
             let mut batch = batch?;
             let first_position = position_of[batch.sample_ids[0]];
             let group = first_position / group_samples;
@@ -180,12 +204,17 @@ pub(crate) fn fit<B: AutodiffBackend>(
             // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
             let scaled_weight = weight * state.loss_scaler.scale;
             let (loss_value, grads) = if recompute == CheckpointMode::None {
+                context.memory.phase(Phase::Forward);
                 let scores = model.forward(video, keypoints);
                 let loss = loss_function.forward(scores, labels);
                 let loss_value: f32 = loss.clone().into_scalar().elem();
+                // The graph is whole here: the device's in-use peak of a step without recompute.
+                sample_device(&context.memory, context.backend);
+                context.memory.phase(Phase::Backward);
                 let grads = (loss * scaled_weight).backward();
                 (loss_value, GradientsParams::from_grads(grads, &model))
             } else {
+                context.memory.phase(Phase::ForwardBackward);
                 let segment_seed =
                     config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
                 model.loss_and_gradients(
@@ -197,6 +226,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
                     segment_seed,
                 )
             };
+            sample_device(&context.memory, context.backend);
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss_value,
@@ -221,6 +251,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 continue;
             }
             let lr = learning_rate(state.step);
+            context.memory.phase(Phase::OptimizerStep);
             let decision = state.loss_scaler.unscale::<B, _>(
                 &model,
                 accumulator.grads(),
@@ -277,8 +308,13 @@ pub(crate) fn fit<B: AutodiffBackend>(
         epochs_done = epoch;
 
         context.memory.mark(format!("epoch {epoch} validation"));
+        context.memory.phase(Phase::Validation);
+        release_device_cache(context.backend, "before validation");
         let (metrics, val_loss) =
             validate(config, &context.dataset, &context.val_ids, &model, &device)?;
+        sample_device(&context.memory, context.backend);
+        release_device_cache(context.backend, "after validation");
+        context.memory.phase(Phase::Other);
         let improved = state
             .best
             .is_none_or(|(_, accuracy)| metrics.accuracy > accuracy);
@@ -337,6 +373,9 @@ pub(crate) fn fit<B: AutodiffBackend>(
     )
     .finish();
     context.run_dir.write_json("memory.json", &memory)?;
+    context
+        .run_dir
+        .write("memory.svg", memory.svg().as_bytes())?;
     let summary = RunSummary {
         run_dir: context.run_dir.path().to_path_buf(),
         backend: context.backend_name.to_string(),
@@ -358,7 +397,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
         samples_per_s: state.train_samples as f64 / train_time.as_secs_f64().max(1e-9),
         wall_s: context.started.elapsed().as_secs_f64(),
         peak_host_rss_bytes: memory.peak_host_rss_bytes,
-        peak_device_bytes: None,
+        peak_device_bytes: memory.peak_device_in_use_bytes,
+        peak_device_reserved_bytes: memory.peak_device_reserved_bytes,
         parameters,
         skipped_sample_loads,
         last_checkpoint,

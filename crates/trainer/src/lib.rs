@@ -85,6 +85,8 @@ pub struct RunSummary {
     pub peak_host_rss_bytes: Option<u64>,
     /// Peak device memory in use, bytes (`null` on the CPU backend).
     pub peak_device_bytes: Option<u64>,
+    /// Peak device memory reserved by the memory pools, bytes (`null` on the CPU backend).
+    pub peak_device_reserved_bytes: Option<u64>,
     /// Trainable parameters.
     pub parameters: usize,
     /// Sample loads that failed and were skipped (`data.on_bad_sample = "skip"`).
@@ -295,6 +297,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
             BackendChoice::Cuda => "cuda",
         },
         precision: effective_precision(config, backend),
+        backend,
         started,
     };
     match backend {

@@ -15,10 +15,40 @@ use crate::{BackendChoice, effective_precision};
 const CPU_RUNTIME_BYTES: u64 = 24 << 20;
 const CUDA_RUNTIME_BYTES: u64 = 600 << 20;
 
-/// The plan of `config` on `backend`. `dataset_samples` (when the dataset was indexed) caps the
-/// decoded-sample cache at what the dataset can fill.
-pub fn plan(config: &Config, backend: BackendChoice, dataset_samples: Option<usize>) -> MemoryPlan {
-    MemoryPlan::build(&plan_input(config, backend, dataset_samples))
+/// Sizes of the configured dataset, when it was indexed (ffprobe only, nothing decoded).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DatasetSizes {
+    /// Samples in the whole dataset (what the decoded-sample cache can hold at most).
+    pub samples: usize,
+    /// Samples in the validation split (validation batches are no larger).
+    pub validation_samples: usize,
+}
+
+/// Indexes the dataset `config` names (probing videos, decoding nothing) for the plan; `None`
+/// when it cannot be read (the plan then assumes full validation batches and a full cache).
+pub fn dataset_sizes(config: &Config) -> Option<DatasetSizes> {
+    let dataset = vidtrain_data::Dataset::open(config).ok()?;
+    let k_folds = config.train.k_folds;
+    let validation = |fold| {
+        dataset
+            .plan
+            .fold_samples(&dataset.index, fold, k_folds, true)
+            .len()
+    };
+    let validation_samples = match config.train.fold {
+        vidtrain_config::Fold::Index(fold) => validation(fold),
+        vidtrain_config::Fold::All => (0..k_folds).map(validation).max().unwrap_or(0),
+    };
+    Some(DatasetSizes {
+        samples: dataset.len(),
+        validation_samples,
+    })
+}
+
+/// The plan of `config` on `backend`. `dataset` (when it was indexed) caps the decoded-sample
+/// cache at what the dataset can fill and validation batches at the validation split.
+pub fn plan(config: &Config, backend: BackendChoice, dataset: Option<DatasetSizes>) -> MemoryPlan {
+    MemoryPlan::build(&plan_input(config, backend, dataset))
 }
 
 /// The model's layer summary for micro-batches of `data.batch_size`.
@@ -50,6 +80,7 @@ fn activation_layers(
             forward_extra: layer.forward_extra_elements as u64 * activation_bytes,
             backward_extra: layer.backward_extra_elements as u64 * activation_bytes,
             replay_peak: layer.replay_peak_elements as u64 * activation_bytes,
+            inference_extra: layer.inference_extra_elements as u64 * activation_bytes,
             output: layer.output_elements() as u64 * activation_bytes,
             recomputed: mode != CheckpointMode::None
                 && layer.segment.is_some_and(|kind| kind.recomputed_by(mode)),
@@ -62,7 +93,7 @@ fn activation_layers(
 pub fn plan_input(
     config: &Config,
     backend: BackendChoice,
-    dataset_samples: Option<usize>,
+    dataset: Option<DatasetSizes>,
 ) -> PlanInput {
     let data = &config.data;
     let summary = model_summary(config);
@@ -75,7 +106,13 @@ pub fn plan_input(
         activation_bytes,
         config.model.effective_checkpoint(),
     );
-    let validation_batch = config.train.video_batch_size;
+    let validation_batch = match dataset {
+        Some(sizes) => config
+            .train
+            .video_batch_size
+            .min(sizes.validation_samples.max(1)),
+        None => config.train.video_batch_size,
+    };
     let inference_layers = activation_layers(
         &summary_for_batch(config, validation_batch),
         activation_bytes,
@@ -98,8 +135,8 @@ pub fn plan_input(
     // Frames become f32 (the conversion's vector and the tensor made from it), keypoints are moved.
     let input_per_sample = (2 * 4 * video_values + 4 * keypoint_values) as u64;
     let cache_budget = (data.cache_decoded_mib as u64) << 20;
-    let decoded_cache_bytes = match dataset_samples {
-        Some(samples) => cache_budget.min(samples as u64 * video_values as u64),
+    let decoded_cache_bytes = match dataset {
+        Some(sizes) => cache_budget.min(sizes.samples as u64 * video_values as u64),
         None => cache_budget,
     };
     PlanInput {
@@ -159,7 +196,7 @@ pub struct NoFit {
 pub fn fit(
     config: &Config,
     backend: BackendChoice,
-    dataset_samples: Option<usize>,
+    dataset: Option<DatasetSizes>,
     device_budget: Option<u64>,
     host_budget: Option<u64>,
 ) -> Result<Fit, NoFit> {
@@ -205,7 +242,7 @@ pub fn fit(
                 candidate.model.use_gradient_checkpointing = false;
                 candidate.model.checkpoint = mode;
                 candidate.trainer.precision = precision;
-                let plan = plan(&candidate, backend, dataset_samples);
+                let plan = plan(&candidate, backend, dataset);
                 if fits(&plan) {
                     let overrides = vec![
                         format!("data.batch_size={batch_size}"),

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# vidtrain vs PyTorch on one GPU, in one call: run from the repository root on the GPU machine,
+# with the stripped CUDA binary at bench/gpu/bin/vidtrain (`cargo xtask bench gpu` builds it).
+# Everything lands in $OUT (default bench-out/): nvidia-smi, both JSON files, logs, the kernel and
+# autotune caches (carry them back to warm a later run), and compare.txt, the ratio table.
+# Each part has its own time limit, so a slow part cannot eat the whole lease:
+#   T_PROBE (default 150 s)  one tiny row with cold caches: where the first step's time goes
+#   T_OURS  (default 240 s)  vidtrain bench-model, every row of both models
+#   T_TORCH (default 150 s)  bench/pytorch_reference.py, the same rows (+ Lightning if installed)
+set -u
+OUT=${OUT:-bench-out}
+BIN=${VIDTRAIN_BIN:-bench/gpu/bin/vidtrain}
+mkdir -p "$OUT/cache"
+stamp() { date -u +%H:%M:%S; }
+echo "$(stamp) start" | tee "$OUT/timeline.txt"
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >> "$OUT/nvidia-smi.txt"
+python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))' \
+  > "$OUT/torch.txt" 2>&1
+# CubeCL reads cubecl.toml from the working directory: keep compiled kernels and autotune results
+# in $OUT so that they come back and a later run can start warm.
+cat > cubecl.toml <<TOML
+[compilation]
+cache = { file = "$OUT/cache/kernels" }
+
+[autotune]
+cache = { file = "$OUT/cache/autotune" }
+TOML
+
+echo "$(stamp) probe: one tiny row, cold" | tee -a "$OUT/timeline.txt"
+timeout "${T_PROBE:-150}" "$BIN" bench-model --tiny --backbone vivit --rows "fp32 b4" \
+  --warmup 1 --steps 3 --out "$OUT/probe.json" trainer.accelerator=cuda \
+  > "$OUT/probe.log" 2>&1
+echo "$(stamp) probe exit $?" | tee -a "$OUT/timeline.txt"
+
+echo "$(stamp) vidtrain bench-model" | tee -a "$OUT/timeline.txt"
+timeout "${T_OURS:-240}" "$BIN" bench-model --backbone "${BACKBONE:-both}" \
+  --warmup "${WARMUP:-3}" --steps "${STEPS:-10}" --out "$OUT/ours.json" \
+  trainer.accelerator=cuda 2>&1 | tee "$OUT/ours.log"
+echo "$(stamp) vidtrain exit ${PIPESTATUS[0]}" | tee -a "$OUT/timeline.txt"
+
+echo "$(stamp) pytorch reference" | tee -a "$OUT/timeline.txt"
+timeout "${T_TORCH:-150}" python3 bench/pytorch_reference.py --backbone "${BACKBONE:-both}" \
+  --warmup "${WARMUP:-3}" --steps "${STEPS:-10}" --lightning --out "$OUT/pytorch.json" \
+  2>&1 | tee "$OUT/pytorch.log"
+echo "$(stamp) pytorch exit ${PIPESTATUS[0]}" | tee -a "$OUT/timeline.txt"
+
+if command -v ffmpeg > /dev/null; then
+  echo "$(stamp) full pipeline: demo data, bf16 b1x4" | tee -a "$OUT/timeline.txt"
+  timeout 120 "$BIN" train train.max_steps=20 trainer.precision=bf16 data.batch_size=1 \
+    train.accumulate_grad_batches=4 trainer.accelerator=cuda paths.run_dir="$OUT/runs" \
+    > "$OUT/pipeline.log" 2>&1
+  echo "$(stamp) pipeline exit $?" | tee -a "$OUT/timeline.txt"
+else
+  echo "full pipeline row skipped: no ffmpeg on this machine" | tee -a "$OUT/timeline.txt"
+fi
+
+python3 bench/gpu/compare.py "$OUT/ours.json" "$OUT/pytorch.json" | tee "$OUT/compare.txt"

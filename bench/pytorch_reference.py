@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""The rows of `vidtrain bench-model` in plain PyTorch, for a side-by-side comparison.
+
+Same two models (the seed's conv-stem video transformer and ViViT-S with joint space-time
+attention), same shapes, PyTorch's default initialisation (which vidtrain's layers follow), Adam
+at lr 1e-4, random inputs made on the device, `warmup` optimizer steps (the first one timed alone)
+then `steps` timed ones with the device synchronised around them. Mixed precision is PyTorch's
+autocast (bf16, or fp16 with a GradScaler); recompute is torch.utils.checkpoint on each stem stage
+and each encoder block, where vidtrain recomputes too. Optionally one row through Lightning.
+
+    python3 bench/pytorch_reference.py --out pytorch.json            # on a GPU
+    python3 bench/pytorch_reference.py --tiny --device cpu           # checks the script itself
+
+Prints a table and writes JSON rows with the same keys as vidtrain's.
+"""
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+CLASSES = 9
+
+
+def sinusoidal_positions(tokens, dim, device):
+    position = torch.arange(tokens, device=device, dtype=torch.float32)[:, None]
+    pair = torch.arange(dim // 2, device=device, dtype=torch.float32)
+    frequency = 1.0 / (10000.0 ** (2.0 * pair / dim))
+    angles = position * frequency
+    table = torch.zeros(tokens, dim, device=device)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles)
+    return table
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + ff(norm(x)) (GELU), dropout as vidtrain's."""
+
+    def __init__(self, dim, heads, ff_dim, dropout):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(
+            dim, heads, ff_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class VideoTransformer(nn.Module):
+    """The seed's model: Conv3d stem, spatial mean, sinusoidal positions, encoder, mean pool."""
+
+    def __init__(self, dim, layers, heads, ff_dim, dropout, recompute):
+        super().__init__()
+        half = dim // 2
+        self.stage1 = nn.Sequential(
+            nn.Conv3d(3, half, (3, 7, 7), (1, 2, 2), (1, 3, 3)), nn.BatchNorm3d(half), nn.ReLU()
+        )
+        self.stage2 = nn.Sequential(
+            nn.Conv3d(half, dim, (1, 3, 3), (1, 2, 2), (0, 1, 1)), nn.BatchNorm3d(dim), nn.ReLU()
+        )
+        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, ff_dim, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, CLASSES)
+        self.recompute = recompute
+
+    def run(self, module, x):
+        if self.recompute and self.training:
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
+    def forward(self, video):  # [n, 3, t, h, w]
+        x = self.run(self.stage1, video)
+        x = self.run(self.stage2, x)
+        x = x.mean(dim=(3, 4)).transpose(1, 2)  # [n, t, dim]
+        x = x + sinusoidal_positions(x.shape[1], x.shape[2], x.device).to(x.dtype)
+        for block in self.blocks:
+            x = self.run(block, x)
+        x = self.norm(x).mean(dim=1)
+        return self.head(self.dropout(x))
+
+
+class Vivit(nn.Module):
+    """ViViT model 1: tubelet embedding, learned positions, joint space-time blocks, mean pool."""
+
+    def __init__(self, dim, layers, heads, ff_dim, dropout, tubelet, clip, recompute):
+        super().__init__()
+        self.embedding = nn.Conv3d(3, dim, tubelet, tubelet)
+        tokens = math.prod(c // t for c, t in zip(clip, tubelet))
+        self.positions = nn.Parameter(torch.randn(tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, ff_dim, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, CLASSES)
+        self.recompute = recompute
+
+    def forward(self, video):  # [n, 3, t, h, w]
+        x = self.embedding(video).flatten(2).transpose(1, 2) + self.positions
+        for block in self.blocks:
+            if self.recompute and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.norm(x).mean(dim=1)
+        return self.head(self.dropout(x))
+
+
+def standard_rows(backbone, tiny):
+    """The rows of `vidtrain bench-model` (crates/trainer/src/model_bench.rs), same names."""
+    if tiny:
+        frames, image, small = 4, 32, 16
+    elif backbone == "transformer":
+        frames, image, small = 8, 224, 112
+    else:
+        frames, image, small = 16, 224, 112
+    row = lambda name, precision, mb, acc, recompute, t, s: dict(  # noqa: E731
+        name=name, backbone=backbone, precision=precision, micro_batch=mb, accumulate=acc,
+        recompute=recompute, frames=t, image=s)
+    return [
+        row("fp32 b4", "32", 4, 1, False, frames, image),
+        row("bf16 b4", "bf16", 4, 1, False, frames, image),
+        row("fp16 b4", "16", 4, 1, False, frames, image),
+        row("fp32 b1x4", "32", 1, 4, False, frames, image),
+        row("bf16 b1x4", "bf16", 1, 4, False, frames, image),
+        row("bf16 b1x4 recompute", "bf16", 1, 4, True, frames, image),
+        row("bf16 b1x4 recompute 112px", "bf16", 1, 4, True, 8, small),
+    ]
+
+
+def build(row, tiny):
+    if tiny:
+        dim, layers, heads, ff = 32, 2, 2, 64
+        tubelet = (2, 8, 8)
+    elif row["backbone"] == "transformer":
+        dim, layers, heads, ff = 256, 4, 4, 1024
+        tubelet = (2, 16, 16)
+    else:
+        dim, layers, heads, ff = 384, 12, 6, 1536
+        tubelet = (2, 16, 16)
+    if row["backbone"] == "transformer":
+        return VideoTransformer(dim, layers, heads, ff, 0.1, row["recompute"])
+    clip = (row["frames"], row["image"], row["image"])
+    return Vivit(dim, layers, heads, ff, 0.1, tubelet, clip, row["recompute"])
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_row(row, device, warmup, steps, tiny):
+    torch.manual_seed(42)
+    model = build(row, tiny).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    precision = row["precision"]
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
+    if precision == "16" and device.type != "cuda":
+        # (bf16 autocast also runs on the CPU, which lets --tiny check every other row there.)
+        return dict(row=row, error=f"{precision} needs a CUDA device")
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "16")
+    shape = (row["micro_batch"], 3, row["frames"], row["image"], row["image"])
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    first_step_s, final_loss, timed_from = None, None, None
+    for step in range(max(warmup, 1) + steps):
+        if step == max(warmup, 1):
+            sync(device)
+            timed_from = time.perf_counter()
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(row["accumulate"]):
+            video = torch.rand(shape, device=device)
+            labels = torch.randint(0, CLASSES, (row["micro_batch"],), device=device)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = F.cross_entropy(model(video).float(), labels) / row["accumulate"]
+            scaler.scale(loss).backward()
+            step_loss += loss.item()
+        scaler.step(optimizer)
+        scaler.update()
+        sync(device)
+        if step == 0:
+            first_step_s = time.perf_counter() - started
+        final_loss = step_loss
+    elapsed = time.perf_counter() - timed_from
+    samples = steps * row["micro_batch"] * row["accumulate"]
+    result = dict(
+        row=row,
+        samples_per_s=samples / elapsed if steps else None,
+        first_step_s=first_step_s,
+        peak_device_in_use_bytes=None,
+        peak_device_reserved_bytes=None,
+        peak_host_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        final_loss=final_loss,
+        error=None,
+    )
+    if device.type == "cuda":
+        result["peak_device_in_use_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["peak_device_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    return result
+
+
+def lightning_row(device, warmup, steps, tiny):
+    """One row (the seed model, bf16-mixed, batch 1 × 4 accumulation) through Lightning."""
+    try:
+        import lightning as L
+    except ImportError:
+        try:
+            import pytorch_lightning as L
+        except ImportError:
+            return None
+    row = standard_rows("transformer", tiny)[4] | {"name": "bf16 b1x4 (Lightning)"}
+    if device.type != "cuda":
+        return dict(row=row, error="bf16-mixed needs a CUDA device")
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = build(row, tiny)
+
+        def training_step(self, batch, _):
+            video, labels = batch
+            return F.cross_entropy(self.model(video).float(), labels)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-4)
+
+    shape = (3, row["frames"], row["image"], row["image"])
+    batches = (max(warmup, 1) + steps) * row["accumulate"]
+    data = [(torch.rand(shape), torch.randint(0, CLASSES, ()).item()) for _ in range(batches)]
+    loader = torch.utils.data.DataLoader(data, batch_size=1)
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_epochs=1,
+                        accumulate_grad_batches=row["accumulate"], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False)
+    torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    trainer.fit(Module(), loader)
+    elapsed = time.perf_counter() - started
+    return dict(row=row, samples_per_s=batches / elapsed, first_step_s=None,
+                peak_device_in_use_bytes=torch.cuda.max_memory_allocated(device),
+                peak_device_reserved_bytes=torch.cuda.max_memory_reserved(device),
+                peak_host_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                final_loss=None, error=None,
+                note="includes warm-up and data loading; samples/s over the whole fit")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", choices=["transformer", "vivit", "both"], default="both")
+    parser.add_argument("--rows", default="", help="comma-separated name filters")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--lightning", action="store_true", help="add the Lightning row")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    backbones = ["transformer", "vivit"] if args.backbone == "both" else [args.backbone]
+    filters = [name for name in args.rows.split(",") if name]
+    rows = [row for backbone in backbones for row in standard_rows(backbone, args.tiny)
+            if not filters or any(name in row["name"] for name in filters)]
+    results = []
+    print(f"  {'model':<11} {'row':<27} {'samples/s':>10} {'first s':>8} {'allocated':>10} "
+          f"{'reserved':>10} {'loss':>8}")
+    mib = lambda b: "n/a" if b is None else f"{b / 2**20:.0f} MiB"  # noqa: E731
+    for row in rows:
+        try:
+            result = bench_row(row, device, args.warmup, args.steps, args.tiny)
+        except torch.cuda.OutOfMemoryError as error:  # reported, the next row still runs
+            result = dict(row=row, error=f"out of memory: {error}")
+        results.append(result)
+        print(f"  {row['backbone']:<11} {row['name']:<27} "
+              f"{result.get('samples_per_s') or float('nan'):>10.2f} "
+              f"{result.get('first_step_s') or float('nan'):>8.2f} "
+              f"{mib(result.get('peak_device_in_use_bytes')):>10} "
+              f"{mib(result.get('peak_device_reserved_bytes')):>10} "
+              f"{result.get('final_loss') or float('nan'):>8.4f}"
+              + (f"  ({result['error']})" if result.get("error") else ""), flush=True)
+        if args.out:
+            with open(args.out, "w") as out:
+                json.dump(results, out, indent=2)
+    if args.lightning:
+        result = lightning_row(device, args.warmup, args.steps, args.tiny)
+        if result is not None:
+            results.append(result)
+            print(f"  lightning: {result}")
+    if args.out:
+        with open(args.out, "w") as out:
+            json.dump(results, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
