@@ -27,7 +27,8 @@ cache = { file = "$OUT/cache/autotune" }
 TOML
 
 echo "$(stamp) probe: one tiny row, cold" | tee -a "$OUT/timeline.txt"
-timeout "${T_PROBE:-150}" "$BIN" bench-model --tiny --backbone vivit --rows "fp32 b4" \
+# CUBECL_DEBUG_LOG logs every kernel compilation and autotune run with its time.
+CUBECL_DEBUG_LOG="$OUT/cubecl-probe.log" timeout "${T_PROBE:-150}" "$BIN" bench-model --tiny --backbone vivit --rows "fp32 b4" \
   --warmup 1 --steps 3 --out "$OUT/probe.json" trainer.accelerator=cuda \
   > "$OUT/probe.log" 2>&1
 echo "$(stamp) probe exit $?" | tee -a "$OUT/timeline.txt"

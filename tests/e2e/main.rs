@@ -3,6 +3,7 @@
 
 mod config;
 mod inference;
+mod plan;
 mod train;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,9 @@
-//! Device memory readings. On CUDA: the CubeCL runtime's memory pools of this thread's stream
-//! (bytes in use by live tensors, bytes reserved from the driver), comparable to PyTorch's
-//! `memory_allocated` / `memory_reserved`; and releasing cached pool memory between phases. On the
-//! CPU backend there is no device memory: every reading is `None`.
+//! Device memory readings and CUDA runtime settings. On CUDA: the CubeCL runtime's memory pools of
+//! this thread's stream (bytes in use by live tensors, bytes reserved from the driver), comparable
+//! to PyTorch's `memory_allocated` / `memory_reserved`; releasing cached pool memory between
+//! phases; and persistent kernel and autotune caches, so that only the first run on a machine
+//! compiles and tunes kernels. On the CPU backend there is no device memory: every reading is
+//! `None`.
 
 use crate::BackendChoice;
 
@@ -29,6 +31,28 @@ pub fn release_cached(backend: BackendChoice) -> Option<u64> {
         BackendChoice::Cpu => None,
         BackendChoice::Cuda => cuda::release_cached(),
     }
+}
+
+/// Keeps CubeCL's compiled kernels and autotune results in `vidtrain`'s cache folder
+/// (`$VIDTRAIN_CACHE_DIR`, else `$XDG_CACHE_HOME/vidtrain`, else `~/.cache/vidtrain`, then
+/// `cubecl/`) unless a `cubecl.toml` or the environment already chose; must run before the
+/// first CUDA tensor. Does nothing on the CPU backend.
+pub fn persist_kernel_caches(backend: BackendChoice) {
+    if backend == BackendChoice::Cuda
+        && let Some(folder) = cache_folder()
+    {
+        cuda::persist_kernel_caches(&folder.join("cubecl"));
+    }
+}
+
+fn cache_folder() -> Option<std::path::PathBuf> {
+    if let Some(folder) = std::env::var_os("VIDTRAIN_CACHE_DIR") {
+        return Some(folder.into());
+    }
+    if let Some(folder) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(std::path::PathBuf::from(folder).join("vidtrain"));
+    }
+    std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache/vidtrain"))
 }
 
 /// Tracks the highest readings over a run.
@@ -84,6 +108,23 @@ mod cuda {
         let after = read()?;
         Some(before.reserved_bytes.saturating_sub(after.reserved_bytes))
     }
+
+    pub fn persist_kernel_caches(folder: &std::path::Path) {
+        use cubecl::config::cache::CacheConfig;
+        use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+        // The runtime reads its configuration once; setting it afterwards would panic.
+        if CubeClRuntimeConfig::storage().lock().is_some() {
+            return;
+        }
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if config.compilation.cache.is_none() {
+            config.compilation.cache = Some(CacheConfig::File(folder.join("kernels")));
+        }
+        if matches!(config.autotune.cache, CacheConfig::Target) {
+            config.autotune.cache = CacheConfig::File(folder.join("autotune"));
+        }
+        CubeClRuntimeConfig::set(config);
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -97,4 +138,6 @@ mod cuda {
     pub fn release_cached() -> Option<u64> {
         None
     }
+
+    pub fn persist_kernel_caches(_folder: &std::path::Path) {}
 }

@@ -35,6 +35,10 @@ pub enum Error {
     /// Training was stopped on request (Ctrl-C) after saving a checkpoint.
     #[error("interrupted; checkpoint saved in {} (continue with train.resume={})", .checkpoint.display(), .checkpoint.display())]
     Interrupted { checkpoint: PathBuf },
+    /// The GPU ran out of memory (checkpoints already written are whole: each is written to a
+    /// temporary name and renamed).
+    #[error("the GPU ran out of memory: {message}\n{advice}")]
+    DeviceOutOfMemory { message: String, advice: String },
     /// A checkpoint could not be written or read.
     #[error("checkpoint {}: {message}", .path.display())]
     Checkpoint { path: PathBuf, message: String },

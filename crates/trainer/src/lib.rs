@@ -10,6 +10,7 @@ mod fit;
 pub mod inference;
 mod metrics;
 pub mod model_bench;
+pub mod oom;
 mod pipeline_bench;
 pub mod plan;
 pub mod precision;
@@ -306,10 +307,13 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
             burn::backend::ndarray::NdArrayDevice::Cpu,
         ),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => fit::fit::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
-            context,
-            burn::backend::cuda::CudaDevice::default(),
-        ),
+        BackendChoice::Cuda => oom::catching_device_oom(config, || {
+            device_memory::persist_kernel_caches(backend);
+            fit::fit::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
+                context,
+                burn::backend::cuda::CudaDevice::default(),
+            )
+        }),
         #[cfg(not(feature = "cuda"))]
         BackendChoice::Cuda => unreachable!("resolve_backend returns Cuda only in cuda builds"),
     }

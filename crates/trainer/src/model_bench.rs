@@ -140,6 +140,7 @@ pub fn bench_rows(
     steps: usize,
     tiny: bool,
 ) -> Vec<BenchResult> {
+    crate::device_memory::persist_kernel_caches(backend);
     rows.iter()
         .map(|row| {
             let config = row_config(base, row, tiny);

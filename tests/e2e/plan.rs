@@ -1,0 +1,132 @@
+//! `vidtrain plan` against a real run's measured peak, `--fit` and `train --fit-vram`, and the
+//! memory report files of a run.
+
+use crate::train::{only_run_dir, read_json, small_dataset};
+use crate::{assert_clean_failure, scratch, stderr, stdout, vidtrain};
+
+/// A config where activations dominate the process: the seed's stem at 96 px, 2 samples × 3 views.
+const MEDIUM: [&str; 10] = [
+    "data.img_size=96",
+    "data.batch_size=2",
+    "model.transformer_dim=64",
+    "model.transformer_layers=1",
+    "model.transformer_ff_dim=128",
+    "train.k_folds=3",
+    "train.video_batch_size=2",
+    "train.max_steps=2",
+    "data.num_workers=1",
+    "trainer.accelerator=cpu",
+];
+
+fn planned_host_peak(dir: &std::path::Path, config: &str, extra: &[&str]) -> u64 {
+    let mut args = vec!["plan", "--json", "--device", "cpu", "--config", config];
+    args.extend(MEDIUM);
+    args.extend_from_slice(extra);
+    let output = vidtrain(dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    plan["host_peak_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn the_plan_predicts_the_measured_peak_and_fit_keeps_within_budget() {
+    let dir = scratch("plan");
+    let config = small_dataset(&dir);
+
+    let predicted = planned_host_peak(&dir, &config, &[]);
+    let mut args = vec!["train", "--config", &config, "experiment=measured"];
+    args.extend(MEDIUM);
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let run = only_run_dir(&dir.join("runs"));
+    let measured = read_json(&run.join("summary.json"))["peak_host_rss_bytes"]
+        .as_u64()
+        .unwrap();
+    let ratio = predicted as f64 / measured as f64;
+    eprintln!("plan {predicted} B, measured {measured} B, ratio {ratio:.3}");
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "predicted {predicted}, measured {measured}"
+    );
+
+    // The run's memory report: per-phase peaks and the plot.
+    let memory = read_json(&run.join("memory.json"));
+    for phase in [
+        "data_wait",
+        "forward",
+        "backward",
+        "optimizer_step",
+        "validation",
+    ] {
+        assert!(
+            memory["phase_peak_host_rss_bytes"][phase]
+                .as_u64()
+                .is_some_and(|b| b > 0),
+            "{phase}: {}",
+            memory["phase_peak_host_rss_bytes"]
+        );
+    }
+    assert!(
+        std::fs::read_to_string(run.join("memory.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+
+    // A budget below the plain plan but above the fully recomputed one: --fit keeps the
+    // micro-batch and turns recompute on, and training with it stays near the budget.
+    let all = planned_host_peak(&dir, &config, &["model.checkpoint=all"]);
+    assert!(all < predicted, "recompute plans {all} vs {predicted}");
+    let budget_mib = (all + (predicted - all) / 4) >> 20;
+    let budget = format!("{budget_mib}MiB");
+    let mut args = vec![
+        "plan", "--fit", "--vram", &budget, "--device", "cpu", "--config", &config,
+    ];
+    args.extend(MEDIUM);
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("fits with: data.batch_size=2"), "{text}");
+    assert!(!text.contains("model.checkpoint=none"), "{text}");
+
+    let mut args = vec![
+        "train",
+        "--fit-vram",
+        &budget,
+        "--config",
+        &config,
+        "experiment=fitted",
+    ];
+    args.extend(MEDIUM);
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let fitted = std::fs::read_dir(dir.join("runs/fitted"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let saved: toml::Table =
+        toml::from_str(&std::fs::read_to_string(fitted.join("config.toml")).unwrap()).unwrap();
+    assert_ne!(saved["model"]["checkpoint"].as_str(), Some("none"));
+    let peak = read_json(&fitted.join("summary.json"))["peak_host_rss_bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        peak <= (budget_mib << 20) * 6 / 5,
+        "trained with --fit-vram {budget}: peak {peak} B"
+    );
+
+    // Nothing fits in 1 MiB: a message naming the largest part, exit 1.
+    let mut args = vec![
+        "plan", "--fit", "--vram", "1MiB", "--device", "cpu", "--config", &config,
+    ];
+    args.extend(MEDIUM);
+    let output = vidtrain(&dir, &args);
+    assert_clean_failure(&output, 1);
+    assert!(
+        stderr(&output).contains("nothing fits in 1.0 MiB"),
+        "{}",
+        stderr(&output)
+    );
+}
