@@ -11,6 +11,8 @@
 pub mod plan;
 mod svg;
 
+pub use svg::escape as svg_escape;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;

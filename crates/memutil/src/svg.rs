@@ -144,8 +144,10 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
     svg
 }
 
-fn escape(text: &str) -> String {
+/// `text` made safe inside SVG/XML text and attribute values.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -479,25 +479,23 @@ fn eval(args: &EvalArgs) -> Result<(), Failure> {
             .expect("report serialises")
             .as_bytes(),
     )?;
-    let mut csv = String::from("recording,start_frame,end_frame,label,predicted");
-    for class in &config.data.class_names {
-        csv += &format!(",p_{class}");
-    }
-    csv.push('\n');
-    for sample in &report.predictions {
-        csv += &format!(
-            "{},{},{},{},{}",
-            csv_field(&sample.recording),
-            sample.start_frame,
-            sample.end_frame,
-            sample.label,
-            sample.predicted
-        );
-        for probability in &sample.probabilities {
-            csv += &format!(",{probability:.6}");
-        }
-        csv.push('\n');
-    }
+    let csv = probability_csv(
+        "recording,start_frame,end_frame,label,predicted",
+        &config.data.class_names,
+        report.predictions.iter().map(|sample| {
+            (
+                format!(
+                    "{},{},{},{},{}",
+                    csv_field(&sample.recording),
+                    sample.start_frame,
+                    sample.end_frame,
+                    sample.label,
+                    sample.predicted
+                ),
+                sample.probabilities.as_slice(),
+            )
+        }),
+    );
     write("predictions.csv", csv.as_bytes())?;
     write(
         "confusion.svg",
@@ -547,26 +545,23 @@ fn predict(args: &PredictArgs) -> Result<(), Failure> {
     let text = if json {
         serde_json::to_string_pretty(&windows).expect("predictions serialise") + "\n"
     } else {
-        let mut csv = String::from("video,window,start_frame,end_frame,predicted");
-        for class in &config.data.class_names {
-            csv += &format!(",p_{class}");
-        }
-        csv.push('\n');
-        for window in &windows {
-            csv += &format!(
-                "{},{},{},{},{}",
-                csv_field(&window.video.display().to_string()),
-                window.window,
-                window.start_frame,
-                window.end_frame,
-                window.predicted
-            );
-            for probability in &window.probabilities {
-                csv += &format!(",{probability:.6}");
-            }
-            csv.push('\n');
-        }
-        csv
+        probability_csv(
+            "video,window,start_frame,end_frame,predicted",
+            &config.data.class_names,
+            windows.iter().map(|window| {
+                (
+                    format!(
+                        "{},{},{},{},{}",
+                        csv_field(&window.video.display().to_string()),
+                        window.window,
+                        window.start_frame,
+                        window.end_frame,
+                        window.predicted
+                    ),
+                    window.probabilities.as_slice(),
+                )
+            }),
+        )
     };
     match &args.out {
         Some(out) => {
@@ -577,6 +572,28 @@ fn predict(args: &PredictArgs) -> Result<(), Failure> {
         None => print!("{text}"),
     }
     Ok(())
+}
+
+/// A CSV table: `header` and one `p_<class>` column per class, then each row's leading fields
+/// and its class probabilities.
+fn probability_csv<'a>(
+    header: &str,
+    class_names: &[String],
+    rows: impl Iterator<Item = (String, &'a [f32])>,
+) -> String {
+    let mut csv = header.to_string();
+    for class in class_names {
+        csv += &format!(",p_{class}");
+    }
+    csv.push('\n');
+    for (fields, probabilities) in rows {
+        csv += &fields;
+        for probability in probabilities {
+            csv += &format!(",{probability:.6}");
+        }
+        csv.push('\n');
+    }
+    csv
 }
 
 /// A CSV field, quoted when it holds a comma, quote or line break.

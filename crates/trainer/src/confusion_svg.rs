@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use vidtrain_memutil::svg_escape as escape;
+
 const CELL: usize = 44;
 const LABEL_WIDTH: usize = 96;
 const TOP: usize = 110;
@@ -93,13 +95,6 @@ pub fn confusion_matrix_svg(
     }
     svg.push_str("</svg>\n");
     svg
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 use vidtrain_config::{CheckpointMode, Config, Precision};
@@ -415,32 +414,12 @@ fn validate<B: AutodiffBackend>(
     model: &ActionModel<B>,
     device: &B::Device,
 ) -> Result<(ClassificationMetrics, f64)> {
-    let model = model.valid();
-    let loss_function = CrossEntropyLossConfig::new().init(device);
-    let mut labels = Vec::with_capacity(ids.len());
-    let mut probabilities = Vec::with_capacity(ids.len() * config.model.model_class_num);
-    let mut loss_sum = 0.0f64;
-    let pipeline = Pipeline::builder_for(&config.data)
-        .batch_size(config.train.video_batch_size)
-        .build(Arc::clone(dataset), ids.to_vec());
-    for batch in pipeline {
-        let mut batch = batch?;
-        let logits = model.forward(
-            video_tensor::<B::InnerBackend>(&batch, device),
-            keypoint_tensor::<B::InnerBackend>(&mut batch, device),
-        );
-        let loss: f32 = loss_function
-            .forward(
-                logits.clone(),
-                labels_tensor::<B::InnerBackend>(&batch, device),
-            )
-            .into_scalar()
-            .elem();
-        loss_sum += loss as f64 * batch.len() as f64;
-        let batch_probabilities = softmax(logits, 1).into_data();
-        probabilities.extend(batch_probabilities.iter::<f32>());
-        labels.extend_from_slice(&batch.labels);
-    }
+    let (probabilities, loss_sum) =
+        crate::inference::probabilities(config, dataset, ids, &model.valid(), device)?;
+    let labels: Vec<usize> = ids
+        .iter()
+        .map(|&id| dataset.plan.samples[id].class)
+        .collect();
     let metrics = ClassificationMetrics::from_probabilities(
         &labels,
         &probabilities,

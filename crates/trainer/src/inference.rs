@@ -72,8 +72,9 @@ fn load_model<B: Backend>(
         })
 }
 
-/// Class probabilities of every sample of `ids`, in order, `video_batch_size` at a time.
-fn probabilities<B: Backend>(
+/// Class probabilities of every sample of `ids`, in order, `video_batch_size` at a time, and the
+/// sum of their cross-entropy losses.
+pub(crate) fn probabilities<B: Backend>(
     config: &Config,
     dataset: &Arc<Dataset>,
     ids: &[usize],
@@ -129,6 +130,25 @@ macro_rules! dispatch {
             BackendChoice::Cuda => unreachable!("resolve_backend returns Cuda only in cuda builds"),
         }
     };
+}
+
+/// Class probabilities and loss sum of `ids` with the weights at `weights`, on the backend the
+/// config resolves to.
+fn score(
+    config: &Config,
+    weights: &Path,
+    dataset: &Arc<Dataset>,
+    ids: &[usize],
+) -> Result<(Vec<f32>, f64)> {
+    let backend = resolve_backend(config)?;
+    dispatch!(
+        backend,
+        weighted_probabilities,
+        config,
+        weights,
+        dataset,
+        ids
+    )
 }
 
 /// Which samples `vidtrain eval` scores.
@@ -199,15 +219,7 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
         ))
         .into());
     }
-    let backend = resolve_backend(config)?;
-    let (probabilities, loss_sum) = dispatch!(
-        backend,
-        weighted_probabilities,
-        config,
-        &weights,
-        &dataset,
-        &ids
-    )?;
+    let (probabilities, loss_sum) = score(config, &weights, &dataset, &ids)?;
     let classes = config.model.model_class_num;
     let labels: Vec<usize> = ids
         .iter()
@@ -273,15 +285,7 @@ pub fn predict(
         videos.len(),
         config.train.video_batch_size
     );
-    let backend = resolve_backend(config)?;
-    let (probabilities, _) = dispatch!(
-        backend,
-        weighted_probabilities,
-        config,
-        &weights,
-        &dataset,
-        &ids
-    )?;
+    let (probabilities, _) = score(config, &weights, &dataset, &ids)?;
     let classes = config.model.model_class_num;
     Ok(ids
         .iter()

@@ -219,6 +219,16 @@ mod tests {
         (layer, grads)
     }
 
+    /// The weight gradient the scaler lets through for a loss scaled by `factor`; panics when
+    /// the step is skipped.
+    fn stepped_weight_gradient(scaler: &mut LossScaler, factor: f32, clip: f64) -> Vec<f32> {
+        let (layer, grads) = setup(factor);
+        let StepDecision::Step(grads) = scaler.unscale::<B, _>(&layer, grads, clip) else {
+            panic!("finite gradients were skipped");
+        };
+        weight_gradient(&layer, &grads)
+    }
+
     fn weight_gradient(layer: &Linear<B>, grads: &GradientsParams) -> Vec<f32> {
         grads
             .get::<NdArray<f32>, 2>(layer.weight.id)
@@ -232,16 +242,9 @@ mod tests {
     fn fp16_gradients_are_unscaled_before_the_step() {
         let mut scaler = LossScaler::new(Precision::Half);
         assert_eq!(scaler.scale, INITIAL_LOSS_SCALE);
-        let (layer, grads) = setup(INITIAL_LOSS_SCALE as f32);
-        let StepDecision::Step(grads) = scaler.unscale::<B, _>(&layer, grads, 0.0) else {
-            panic!("finite gradients were skipped");
-        };
         // d sum(W x + b) / dW = 1 for x = 1, once unscaled.
-        assert!(
-            weight_gradient(&layer, &grads)
-                .iter()
-                .all(|g| (g - 1.0).abs() < 1e-6)
-        );
+        let gradient = stepped_weight_gradient(&mut scaler, INITIAL_LOSS_SCALE as f32, 0.0);
+        assert!(gradient.iter().all(|g| (g - 1.0).abs() < 1e-6));
         assert_eq!((scaler.clean_steps, scaler.skipped_steps), (1, 0));
     }
 
@@ -265,16 +268,9 @@ mod tests {
     fn the_scale_doubles_after_the_growth_interval_of_clean_steps() {
         let mut scaler = LossScaler::new(Precision::Half);
         scaler.clean_steps = GROWTH_INTERVAL - 1;
-        let (layer, grads) = setup(INITIAL_LOSS_SCALE as f32);
-        let StepDecision::Step(grads) = scaler.unscale::<B, _>(&layer, grads, 0.0) else {
-            panic!("finite gradients were skipped");
-        };
         // These gradients were computed at the old scale and are unscaled by it.
-        assert!(
-            weight_gradient(&layer, &grads)
-                .iter()
-                .all(|g| (g - 1.0).abs() < 1e-6)
-        );
+        let gradient = stepped_weight_gradient(&mut scaler, INITIAL_LOSS_SCALE as f32, 0.0);
+        assert!(gradient.iter().all(|g| (g - 1.0).abs() < 1e-6));
         assert_eq!(scaler.scale, 2.0 * INITIAL_LOSS_SCALE);
         assert_eq!(scaler.clean_steps, 0);
     }
@@ -284,14 +280,10 @@ mod tests {
         for precision in [Precision::Full, Precision::BHalf] {
             let mut scaler = LossScaler::new(precision);
             assert_eq!(scaler.scale, 1.0);
-            let (layer, grads) = setup(3.0);
-            let StepDecision::Step(grads) = scaler.unscale::<B, _>(&layer, grads, 0.0) else {
-                panic!("{precision:?}: skipped");
-            };
+            let gradient = stepped_weight_gradient(&mut scaler, 3.0, 0.0);
             assert!(
-                weight_gradient(&layer, &grads)
-                    .iter()
-                    .all(|g| (g - 3.0).abs() < 1e-6)
+                gradient.iter().all(|g| (g - 3.0).abs() < 1e-6),
+                "{precision:?}"
             );
         }
     }
