@@ -109,6 +109,8 @@ pub struct DeviceSample {
     pub in_use_bytes: u64,
     /// Bytes reserved by the memory pools.
     pub reserved_bytes: u64,
+    /// The driver's used bytes on the whole device, when known.
+    pub driver_used_bytes: Option<u64>,
 }
 
 /// A named moment (a phase boundary such as `epoch 1 validation`).
@@ -143,6 +145,8 @@ pub struct MemoryReport {
     pub peak_device_in_use_bytes: Option<u64>,
     /// Highest device bytes reserved among the readings.
     pub peak_device_reserved_bytes: Option<u64>,
+    /// Highest driver-reported used bytes on the device among the readings.
+    pub peak_device_driver_used_bytes: Option<u64>,
 }
 
 impl MemoryReport {
@@ -242,7 +246,12 @@ impl MemorySampler {
     }
 
     /// Records a device reading (taken by the caller, which knows the device).
-    pub fn device_sample(&self, in_use_bytes: u64, reserved_bytes: u64) {
+    pub fn device_sample(
+        &self,
+        in_use_bytes: u64,
+        reserved_bytes: u64,
+        driver_used_bytes: Option<u64>,
+    ) {
         if let Ok(mut device) = self.device.lock() {
             // Bounded like the host timeline: keep every other reading when full.
             if device.len() >= MAX_TIMELINE_POINTS {
@@ -259,6 +268,7 @@ impl MemorySampler {
                 t_s: self.started.elapsed().as_secs_f64(),
                 in_use_bytes,
                 reserved_bytes,
+                driver_used_bytes,
             });
         }
     }
@@ -309,6 +319,10 @@ impl MemorySampler {
             phase_peak_host_rss_bytes,
             peak_device_in_use_bytes: device_timeline.iter().map(|s| s.in_use_bytes).max(),
             peak_device_reserved_bytes: device_timeline.iter().map(|s| s.reserved_bytes).max(),
+            peak_device_driver_used_bytes: device_timeline
+                .iter()
+                .filter_map(|s| s.driver_used_bytes)
+                .max(),
             device_timeline,
         }
     }
@@ -377,14 +391,15 @@ mod tests {
         std::thread::sleep(Duration::from_millis(30));
         sampler.phase(Phase::OptimizerStep);
         drop(block);
-        sampler.device_sample(100, 300);
-        sampler.device_sample(200, 300);
+        sampler.device_sample(100, 300, Some(900));
+        sampler.device_sample(200, 300, None);
         let report = sampler.finish();
         let peaks = &report.phase_peak_host_rss_bytes;
         assert!(peaks["forward"] >= quiet + (60 << 20), "{peaks:?}");
         assert!(peaks["data_wait"] < peaks["forward"], "{peaks:?}");
         assert_eq!(report.peak_device_in_use_bytes, Some(200));
         assert_eq!(report.peak_device_reserved_bytes, Some(300));
+        assert_eq!(report.peak_device_driver_used_bytes, Some(900));
         let svg = report.svg();
         assert!(
             svg.starts_with("<svg") && svg.contains("<polyline"),

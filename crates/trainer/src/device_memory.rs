@@ -14,6 +14,9 @@ pub struct DeviceMemory {
     pub in_use_bytes: u64,
     /// Bytes reserved by the memory pools (in use, padding and free pages kept for reuse).
     pub reserved_bytes: u64,
+    /// The driver's used bytes on the whole device (total − free: every process, the CUDA
+    /// context and kernels included), when the driver answers.
+    pub driver_used_bytes: Option<u64>,
 }
 
 /// The current reading for `backend` (`None` on the CPU backend, or when the runtime does not
@@ -62,6 +65,8 @@ pub struct DevicePeaks {
     pub in_use_bytes: u64,
     /// Highest bytes reserved seen.
     pub reserved_bytes: u64,
+    /// Highest driver-reported used bytes seen (whole device).
+    pub driver_used_bytes: Option<u64>,
     /// Whether any reading was taken.
     pub measured: bool,
 }
@@ -72,6 +77,7 @@ impl DevicePeaks {
         if let Some(reading) = read(backend) {
             self.in_use_bytes = self.in_use_bytes.max(reading.in_use_bytes);
             self.reserved_bytes = self.reserved_bytes.max(reading.reserved_bytes);
+            self.driver_used_bytes = self.driver_used_bytes.max(reading.driver_used_bytes);
             self.measured = true;
         }
     }
@@ -96,9 +102,14 @@ mod cuda {
     pub fn read() -> Option<DeviceMemory> {
         let client = CudaRuntime::client(&CudaDevice::default());
         let usage = client.memory_usage().ok()?;
+        let driver_used_bytes = cudarc::driver::CudaContext::new(0)
+            .and_then(|context| context.mem_get_info())
+            .ok()
+            .map(|(free, total)| total.saturating_sub(free) as u64);
         Some(DeviceMemory {
             in_use_bytes: usage.bytes_in_use,
             reserved_bytes: usage.bytes_reserved,
+            driver_used_bytes,
         })
     }
 

@@ -46,7 +46,11 @@ pub(crate) struct RunContext<'a> {
 /// Records a device memory reading (nothing on the CPU backend).
 fn sample_device(memory: &MemorySampler, backend: BackendChoice) {
     if let Some(reading) = device_memory::read(backend) {
-        memory.device_sample(reading.in_use_bytes, reading.reserved_bytes);
+        memory.device_sample(
+            reading.in_use_bytes,
+            reading.reserved_bytes,
+            reading.driver_used_bytes,
+        );
     }
 }
 

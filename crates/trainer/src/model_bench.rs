@@ -54,6 +54,9 @@ pub struct BenchResult {
     pub peak_device_in_use_bytes: Option<u64>,
     /// Peak device bytes reserved by the memory pools.
     pub peak_device_reserved_bytes: Option<u64>,
+    /// Peak used bytes of the whole device as the driver reports them (context and kernels
+    /// included; compare with `nvidia-smi`).
+    pub peak_device_driver_used_bytes: Option<u64>,
     /// Peak host RSS of the process during the row.
     pub peak_host_rss_bytes: Option<u64>,
     /// Loss of the last step.
@@ -178,6 +181,7 @@ pub fn bench_rows(
                 first_step_s: None,
                 peak_device_in_use_bytes: None,
                 peak_device_reserved_bytes: None,
+                peak_device_driver_used_bytes: None,
                 peak_host_rss_bytes: None,
                 final_loss: None,
                 error: Some(error.to_string()),
@@ -280,6 +284,7 @@ fn bench_row<B: AutodiffBackend>(
         first_step_s,
         peak_device_in_use_bytes: peaks.in_use(),
         peak_device_reserved_bytes: peaks.reserved(),
+        peak_device_driver_used_bytes: peaks.driver_used_bytes,
         peak_host_rss_bytes: vidtrain_memutil::peak_rss_bytes(),
         final_loss,
         error: None,
