@@ -37,6 +37,12 @@ pub fn confusion_matrix_svg(
         LABEL_WIDTH + classes * CELL / 2,
         height - 12
     );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="end" font-style="italic">annotated ↓</text>"#,
+        LABEL_WIDTH - 6,
+        TOP - 6
+    );
     let name = |class: usize| {
         class_names
             .get(class)
