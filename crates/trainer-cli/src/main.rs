@@ -221,7 +221,7 @@ fn load_config_or_demo(args: &ConfigArgs) -> anyhow::Result<vidtrain_config::Con
 
 fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
     let config = load_config(&args.config, None)?;
-    let backend = vidtrain_trainer::accelerator_backend(&config);
+    let backend = vidtrain_trainer::resolve_backend(&config).map_err(anyhow::Error::from)?;
     let backbones: &[vidtrain_config::Backbone] = match args.backbone {
         BenchBackbone::Transformer => &[vidtrain_config::Backbone::Transformer],
         BenchBackbone::Vivit => &[vidtrain_config::Backbone::Vivit],

@@ -28,6 +28,12 @@ pub fn read(backend: BackendChoice) -> Option<DeviceMemory> {
     }
 }
 
+/// Whether a CUDA driver and at least one GPU answer here; the reason when not. Asked before any
+/// CUDA work, so that a machine without a driver gets a message instead of a runtime panic.
+pub fn cuda_available() -> Result<(), String> {
+    cuda::available()
+}
+
 /// Returns cached, unused pool memory to the driver; the reserved bytes released, when known.
 pub fn release_cached(backend: BackendChoice) -> Option<u64> {
     match backend {
@@ -120,6 +126,24 @@ mod cuda {
         Some(before.reserved_bytes.saturating_sub(after.reserved_bytes))
     }
 
+    pub fn available() -> Result<(), String> {
+        // cudarc loads libcuda on first use and panics when it is missing: ask under
+        // catch_unwind, with the panic report silenced.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let answer = std::panic::catch_unwind(|| {
+            cudarc::driver::result::init()?;
+            cudarc::driver::result::device::get_count()
+        });
+        std::panic::set_hook(previous);
+        match answer {
+            Ok(Ok(count)) if count > 0 => Ok(()),
+            Ok(Ok(_)) => Err("the CUDA driver reports no GPU".into()),
+            Ok(Err(error)) => Err(format!("the CUDA driver failed to start: {error:?}")),
+            Err(_) => Err("no CUDA driver library (libcuda.so) could be loaded".into()),
+        }
+    }
+
     pub fn persist_kernel_caches(folder: &std::path::Path) {
         use cubecl::config::cache::CacheConfig;
         use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
@@ -151,4 +175,8 @@ mod cuda {
     }
 
     pub fn persist_kernel_caches(_folder: &std::path::Path) {}
+
+    pub fn available() -> Result<(), String> {
+        Err("this vidtrain was built without CUDA".into())
+    }
 }

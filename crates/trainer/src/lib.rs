@@ -129,7 +129,21 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
                 .into(),
         });
     }
-    let choice = accelerator_backend(config);
+    let mut choice = accelerator_backend(config);
+    if choice == BackendChoice::Cuda
+        && let Err(reason) = device_memory::cuda_available()
+    {
+        if config.trainer.accelerator == Accelerator::Cuda {
+            return Err(Error::Unsupported {
+                key: "trainer.accelerator".into(),
+                message: format!(
+                    "is \"cuda\" but {reason}; install the NVIDIA driver or use \"cpu\""
+                ),
+            });
+        }
+        tracing::warn!("trainer.accelerator=auto: {reason}; training on the CPU");
+        choice = BackendChoice::Cpu;
+    }
     if config.trainer.precision.is_half() {
         match choice {
             BackendChoice::Cpu if !config.trainer.precision_fallback => {
