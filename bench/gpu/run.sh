@@ -31,28 +31,33 @@ echo "$(stamp) probe: one tiny row, cold" | tee -a "$OUT/timeline.txt"
 CUBECL_DEBUG_LOG="$OUT/cubecl-probe.log" timeout "${T_PROBE:-150}" "$BIN" bench-model --tiny --backbone vivit --rows "fp32 b4" \
   --warmup 1 --steps 3 --out "$OUT/probe.json" trainer.accelerator=cuda \
   > "$OUT/probe.log" 2>&1
-echo "$(stamp) probe exit $?" | tee -a "$OUT/timeline.txt"
+status=$?  # (read before $(stamp), which resets $?)
+echo "$(stamp) probe exit $status" | tee -a "$OUT/timeline.txt"
 
 echo "$(stamp) vidtrain bench-model" | tee -a "$OUT/timeline.txt"
 timeout "${T_OURS:-240}" "$BIN" bench-model --backbone "${BACKBONE:-both}" \
   --warmup "${WARMUP:-3}" --steps "${STEPS:-10}" --out "$OUT/ours.json" \
   trainer.accelerator=cuda 2>&1 | tee "$OUT/ours.log"
-echo "$(stamp) vidtrain exit ${PIPESTATUS[0]}" | tee -a "$OUT/timeline.txt"
+status=${PIPESTATUS[0]}
+echo "$(stamp) vidtrain exit $status" | tee -a "$OUT/timeline.txt"
 
 echo "$(stamp) pytorch reference" | tee -a "$OUT/timeline.txt"
 timeout "${T_TORCH:-150}" python3 bench/pytorch_reference.py --backbone "${BACKBONE:-both}" \
   --warmup "${WARMUP:-3}" --steps "${STEPS:-10}" --lightning --out "$OUT/pytorch.json" \
   2>&1 | tee "$OUT/pytorch.log"
-echo "$(stamp) pytorch exit ${PIPESTATUS[0]}" | tee -a "$OUT/timeline.txt"
+status=${PIPESTATUS[0]}
+echo "$(stamp) pytorch exit $status" | tee -a "$OUT/timeline.txt"
 
 if command -v ffmpeg > /dev/null; then
   echo "$(stamp) full pipeline: demo data, bf16 b1x4" | tee -a "$OUT/timeline.txt"
   timeout 120 "$BIN" train train.max_steps=20 trainer.precision=bf16 data.batch_size=1 \
     train.accumulate_grad_batches=4 trainer.accelerator=cuda paths.run_dir="$OUT/runs" \
     > "$OUT/pipeline.log" 2>&1
-  echo "$(stamp) pipeline exit $?" | tee -a "$OUT/timeline.txt"
+  status=$?
+  echo "$(stamp) pipeline exit $status" | tee -a "$OUT/timeline.txt"
 else
   echo "full pipeline row skipped: no ffmpeg on this machine" | tee -a "$OUT/timeline.txt"
 fi
 
+rm -f cubecl.toml
 python3 bench/gpu/compare.py "$OUT/ours.json" "$OUT/pytorch.json" | tee "$OUT/compare.txt"
