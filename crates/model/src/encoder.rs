@@ -2,7 +2,6 @@
 
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::gelu;
 
 use crate::precision::{layer_norm, linear, softmax_f32};
@@ -66,9 +65,16 @@ impl<B: Backend> EncoderBlock<B> {
     /// - input: `[batch, tokens, dim]`
     /// - output: `[batch, tokens, dim]`
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_seeded(input, None)
+    }
+
+    /// [`Self::forward`] whose attention dropout, when attention runs in several query blocks,
+    /// is seeded per block from `dropout_seed` (see [`Self::attention`]), so that activation
+    /// recompute can replay a single block's masks.
+    pub fn forward_seeded(&self, input: Tensor<B, 3>, dropout_seed: Option<u64>) -> Tensor<B, 3> {
         let _span = tracing::trace_span!("encoder_block").entered();
         let qkv = self.query_key_value(input.clone());
-        let (context, _) = self.attention(qkv);
+        let context = self.attention(qkv, dropout_seed);
         self.after_attention(input, context)
     }
 
@@ -78,27 +84,25 @@ impl<B: Backend> EncoderBlock<B> {
     }
 
     /// Attention context `[batch, tokens, dim]` (before the output projection), computed in query
-    /// blocks of [`QUERY_BLOCK_TOKENS`]. With dropout on and more than one block, each block's
-    /// attention dropout is seeded from a base seed drawn here from the backend's generator (so a
-    /// replay after the same seeding draws the same masks); it is returned so that a single block
-    /// can be replayed alone with [`Self::attention_rows`].
-    pub fn attention(&self, qkv: Tensor<B, 3>) -> (Tensor<B, 3>, Option<u64>) {
+    /// blocks of [`QUERY_BLOCK_TOKENS`]. With `dropout_seed` and more than one block, block
+    /// `number`'s attention dropout is seeded with [`query_block_seed`], so that a replay can draw
+    /// one block's masks alone with [`Self::attention_rows`]; without it, masks come from the
+    /// generator's stream as it is.
+    pub fn attention(&self, qkv: Tensor<B, 3>, dropout_seed: Option<u64>) -> Tensor<B, 3> {
         let tokens = qkv.dims()[1];
         let blocks = query_blocks(tokens);
         if blocks.len() == 1 {
-            return (self.attention_rows(qkv, 0..tokens, None), None);
+            return self.attention_rows(qkv, 0..tokens, None);
         }
-        let base_seed =
-            (self.dropout.prob > 0.0 && B::ad_enabled(&qkv.device())).then(|| draw_seed(&qkv));
         let contexts = blocks
             .into_iter()
             .enumerate()
             .map(|(number, rows)| {
-                let seed = base_seed.map(|base| base.wrapping_add(number as u64));
+                let seed = dropout_seed.map(|seed| query_block_seed(seed, number));
                 self.attention_rows(qkv.clone(), rows, seed)
             })
             .collect();
-        (Tensor::cat(contexts, 1), base_seed)
+        Tensor::cat(contexts, 1)
     }
 
     /// Attention context of the query rows `rows` against every key: `[batch, rows, dim]`. When
@@ -157,20 +161,10 @@ pub fn query_blocks(tokens: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// A seed drawn from the backend's generator, so that it follows from the last seeding.
-fn draw_seed<B: Backend>(like: &Tensor<B, 3>) -> u64 {
-    let halves = Tensor::<B, 1>::random(
-        [2],
-        Distribution::Uniform(0.0, 16_777_216.0),
-        &like.device(),
-    )
-    .into_data()
-    .convert::<f32>()
-    .to_vec::<f32>()
-    .unwrap_or_default();
-    halves
-        .iter()
-        .fold(0u64, |seed, half| (seed << 24) ^ (*half as u64))
+/// The attention dropout seed of query block `number` of a block seeded with `seed`. Known on the
+/// host from the segment's seed, so no generator state is read back from the device.
+pub fn query_block_seed(seed: u64, number: usize) -> u64 {
+    seed ^ 0xa77e_0000_0000 ^ (number as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// The fixed sinusoidal position encoding of "Attention is all you need", `[tokens, dim]`.
@@ -195,6 +189,7 @@ pub fn sinusoidal_positions<B: Backend>(
 mod tests {
     use super::*;
     use crate::TestBackend;
+    use burn::tensor::Distribution;
 
     #[test]
     fn attention_in_query_blocks_equals_attention_over_all_queries_at_once() {

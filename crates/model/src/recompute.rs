@@ -23,7 +23,7 @@ use burn::tensor::backend::AutodiffBackend;
 use vidtrain_config::CheckpointMode;
 
 use crate::ActionModel;
-use crate::encoder::{EncoderBlock, query_blocks};
+use crate::encoder::{EncoderBlock, query_block_seed, query_blocks};
 
 /// What a segment is: decides whether a [`CheckpointMode`] recomputes it, and how it is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,18 +256,19 @@ impl<B: AutodiffBackend> ActionModel<B> {
                 let kind = self.segment_kind(chain, index);
                 let first = index;
                 if kind.recomputed_by(mode) {
-                    B::seed(&device, segment_seed(index));
+                    let seed = segment_seed(index);
+                    B::seed(&device, seed);
                     let input = x.detach();
                     let output = if kind == SegmentKind::StemPerClip {
                         Activation::cat(
                             (0..input.clips())
                                 .map(|clip| {
-                                    untracked.forward_segment(chain, index, input.clip(clip))
+                                    untracked.run_segment(chain, index, input.clip(clip), seed)
                                 })
                                 .collect(),
                         )
                     } else {
-                        untracked.forward_segment(chain, index, input.clone())
+                        untracked.run_segment(chain, index, input.clone(), seed)
                     };
                     index += 1;
                     x = output;
@@ -282,8 +283,9 @@ impl<B: AutodiffBackend> ActionModel<B> {
                     let input = if index == 0 { x } else { x.leaf() };
                     let mut output = input.clone();
                     while index < count && !self.segment_kind(chain, index).recomputed_by(mode) {
-                        B::seed(&device, segment_seed(index));
-                        output = self.forward_segment(chain, index, output);
+                        let seed = segment_seed(index);
+                        B::seed(&device, seed);
+                        output = self.run_segment(chain, index, output, seed);
                         index += 1;
                     }
                     x = output.clone().detach();
@@ -349,6 +351,23 @@ impl<B: AutodiffBackend> ActionModel<B> {
         (value / weight as f32, gradients.sum.grads())
     }
 
+    /// Runs segment `index`; an encoder block seeds its attention dropout per query block from
+    /// the segment's `seed`, so that a replay can draw one query block's masks alone.
+    fn run_segment(
+        &self,
+        chain: Chain,
+        index: usize,
+        input: Activation<B>,
+        seed: u64,
+    ) -> Activation<B> {
+        match self.encoder_block(chain, index) {
+            Some(block) => {
+                Activation::Tokens(block.forward_seeded(input.into_tokens(), Some(seed)))
+            }
+            None => self.forward_segment(chain, index, input),
+        }
+    }
+
     /// Recomputes a segment whose graph was dropped and pushes `upstream` (the gradient of its
     /// output) through it: parameter gradients go to `gradients`; returns its input's gradient.
     #[allow(clippy::too_many_arguments)]
@@ -383,8 +402,15 @@ impl<B: AutodiffBackend> ActionModel<B> {
             (SegmentKind::Encoder, Some(block)) if query_block_count > 1 => {
                 let input = input.into_tokens();
                 let upstream = upstream.into_tokens();
-                replay_encoder_block(block, input, upstream, wants_input_gradient, gradients)
-                    .map(Activation::Tokens)
+                replay_encoder_block(
+                    block,
+                    input,
+                    upstream,
+                    seed,
+                    wants_input_gradient,
+                    gradients,
+                )
+                .map(Activation::Tokens)
             }
             (SegmentKind::StemPerClip, _) => {
                 let mut input_gradients = Vec::new();
@@ -399,7 +425,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
             }
             _ => {
                 let input = track(input);
-                let output = self.forward_segment(chain, index, input.clone());
+                let output = self.run_segment(chain, index, input.clone(), seed);
                 let grads = output.dot(upstream).backward();
                 let input_gradient = input.gradient(&grads);
                 gradients.add(grads);
@@ -412,12 +438,13 @@ impl<B: AutodiffBackend> ActionModel<B> {
 /// Replays a recomputed encoder block without ever holding all of its attention scores: the
 /// queries/keys/values and the attention context are recomputed untracked, the block's second
 /// half is differentiated from the context, then attention is differentiated one query block at
-/// a time (dropout masks replayed from the block's seeds), and finally the first half. The
-/// backend generator must be seeded as it was before the block's forward.
+/// a time (dropout masks replayed from the per-block seeds derived from `seed`), and finally the
+/// first half. The backend generator must be seeded with `seed`, as before the block's forward.
 fn replay_encoder_block<B: AutodiffBackend>(
     block: &EncoderBlock<B>,
     input: Tensor<B, 3>,
     upstream: Tensor<B, 3>,
+    seed: u64,
     wants_input_gradient: bool,
     gradients: &mut Gradients<'_, B>,
 ) -> Option<Tensor<B, 3>> {
@@ -425,7 +452,7 @@ fn replay_encoder_block<B: AutodiffBackend>(
     let blocks = query_blocks(tokens);
     let untracked = block.clone().no_grad();
     let qkv = untracked.query_key_value(input.clone().detach());
-    let (context, dropout_seed) = untracked.attention(qkv.clone());
+    let context = untracked.attention(qkv.clone(), Some(seed));
 
     let input_leaf = input.clone().detach().require_grad();
     let context_leaf = context.require_grad();
@@ -443,8 +470,8 @@ fn replay_encoder_block<B: AutodiffBackend>(
     let mut qkv_gradient: Option<Tensor<B, 3>> = None;
     for (number, rows) in blocks.into_iter().enumerate() {
         let qkv_leaf = qkv.clone().require_grad();
-        let seed = dropout_seed.map(|base| base.wrapping_add(number as u64));
-        let rows_context = block.attention_rows(qkv_leaf.clone(), rows.clone(), seed);
+        let rows_seed = Some(query_block_seed(seed, number));
+        let rows_context = block.attention_rows(qkv_leaf.clone(), rows.clone(), rows_seed);
         let rows_upstream = context_gradient
             .clone()
             .slice([0..batch, rows, 0..width / 3]);
