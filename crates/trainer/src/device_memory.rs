@@ -127,15 +127,11 @@ mod cuda {
     }
 
     pub fn available() -> Result<(), String> {
-        // cudarc loads libcuda on first use and panics when it is missing: ask under
-        // catch_unwind, with the panic report silenced.
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let answer = std::panic::catch_unwind(|| {
+        // cudarc loads libcuda on first use and panics when it is missing.
+        let answer = crate::oom::catch_panic_quietly(|| {
             cudarc::driver::result::init()?;
             cudarc::driver::result::device::get_count()
         });
-        std::panic::set_hook(previous);
         match answer {
             Ok(Ok(count)) if count > 0 => Ok(()),
             Ok(Ok(_)) => Err("the CUDA driver reports no GPU".into()),

@@ -10,9 +10,17 @@ use vidtrain_config::{CheckpointMode, Config, Precision};
 use crate::plan::plan;
 use crate::{BackendChoice, Error, Result};
 
-/// Runs `work`; turns a device out-of-memory panic into a clear error.
-pub fn catching_device_oom<T>(config: &Config, work: impl FnOnce() -> Result<T>) -> Result<T> {
-    // Keep the panic message for the error instead of printing a backtrace-style report.
+/// A panic caught by [`catch_panic_quietly`]: its payload (to resume unwinding) and its report.
+pub(crate) struct CaughtPanic {
+    pub payload: Box<dyn std::any::Any + Send>,
+    pub message: String,
+}
+
+/// Runs `work` under `catch_unwind` with the panic report kept instead of printed (the CUDA
+/// runtime reports some failures only by panicking).
+pub(crate) fn catch_panic_quietly<T>(
+    work: impl FnOnce() -> T,
+) -> std::result::Result<T, CaughtPanic> {
     let message = Arc::new(Mutex::new(None::<String>));
     let previous = std::panic::take_hook();
     {
@@ -25,25 +33,37 @@ pub fn catching_device_oom<T>(config: &Config, work: impl FnOnce() -> Result<T>)
     }
     let outcome = catch_unwind(AssertUnwindSafe(work));
     std::panic::set_hook(previous);
-    match outcome {
+    outcome.map_err(|payload| {
+        let message = message
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        CaughtPanic { payload, message }
+    })
+}
+
+/// Runs `work`; turns a device out-of-memory panic into a clear error.
+pub fn catching_device_oom<T>(config: &Config, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_panic_quietly(work) {
         Ok(result) => result,
-        Err(payload) => {
-            let text = message
-                .lock()
-                .ok()
-                .and_then(|slot| slot.clone())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            if is_out_of_memory(&text) {
-                Err(Error::DeviceOutOfMemory {
-                    message: text.lines().last().unwrap_or_default().trim().to_string(),
-                    advice: out_of_memory_advice(config),
-                })
-            } else {
-                eprintln!("{text}");
-                resume_unwind(payload)
-            }
+        Err(CaughtPanic { payload, message }) if is_out_of_memory(&message) => {
+            drop(payload);
+            Err(Error::DeviceOutOfMemory {
+                message: message
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                advice: out_of_memory_advice(config),
+            })
+        }
+        Err(CaughtPanic { payload, message }) => {
+            eprintln!("{message}");
+            resume_unwind(payload)
         }
     }
 }
