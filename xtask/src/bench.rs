@@ -197,8 +197,31 @@ pub(crate) fn bench_dataset(vidtrain: &Path, folder: &Path) -> anyhow::Result<Pa
     Ok(data.join("vidtrain.toml"))
 }
 
+/// Runs `vidtrain <args>` (a `train` command) and returns the `summary.json` of the newest run
+/// in `experiment` (the folder its `experiment=` and `paths.run_dir=` name).
+pub(crate) fn train_summary<S: AsRef<std::ffi::OsStr> + std::fmt::Display>(
+    vidtrain: &Path,
+    args: &[S],
+    experiment: &Path,
+) -> anyhow::Result<Value> {
+    let shown: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    eprintln!("$ vidtrain {}", shown.join(" "));
+    let output = Command::new(vidtrain).args(args).output()?;
+    if !output.status.success() {
+        bail!(
+            "vidtrain {} failed: {}",
+            shown.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let run = latest_run(experiment)?;
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        run.join("summary.json"),
+    )?)?)
+}
+
 /// The newest run folder of an experiment folder.
-pub(crate) fn latest_run(experiment: &Path) -> anyhow::Result<PathBuf> {
+fn latest_run(experiment: &Path) -> anyhow::Result<PathBuf> {
     let mut stamps: Vec<PathBuf> = std::fs::read_dir(experiment)?
         .flatten()
         .map(|entry| entry.path())
@@ -276,17 +299,11 @@ pub fn recompute() -> anyhow::Result<()> {
             &backbone_key,
             &run_dir,
         ];
-        eprintln!("$ vidtrain {}", args.join(" "));
-        let output = Command::new(&vidtrain).args(args).output()?;
-        if !output.status.success() {
-            bail!(
-                "vidtrain train ({mode}) failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let run = latest_run(&runs.join(format!("recompute-{backbone}-{mode}")))?;
-        let summary: Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json"))?)?;
+        let summary = train_summary(
+            &vidtrain,
+            &args,
+            &runs.join(format!("recompute-{backbone}-{mode}")),
+        )?;
         rows.push(json!({
             "backbone": backbone,
             "mode": mode,

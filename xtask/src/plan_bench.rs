@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{bench_dataset, git_revision, host, latest_run, target_dir};
+use crate::bench::{bench_dataset, git_revision, host, target_dir, train_summary};
 use crate::{cargo, project_root};
 
 pub fn plan() -> anyhow::Result<()> {
@@ -34,87 +34,59 @@ pub fn plan() -> anyhow::Result<()> {
         "train.video_batch_size=4",
         "data.num_workers=0",
     ];
+    // Each case: its name and the argument groups it joins (every run adds `short`).
+    let case = |name: &'static str, groups: &[&[&str]]| {
+        let args: Vec<String> = groups
+            .iter()
+            .flat_map(|group| group.iter())
+            .chain(short.iter())
+            .map(|arg| arg.to_string())
+            .collect();
+        (name, args)
+    };
+    let (scenario_a, scenario_b, scenario_c) = (
+        preset("scenario-a-16g-ram-8g-vram.toml"),
+        preset("scenario-b-8g-ram-6g-vram.toml"),
+        preset("scenario-c-4g-vram.toml"),
+    );
+    let on_data = ["--config", data.as_str()];
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("demo, 1 epoch", vec!["train.max_epochs=1".into()]),
-        (
+        case(
             "scenario A at 112 px",
-            strings(&[
-                "--config",
-                &data,
-                "--config",
-                &preset("scenario-a-16g-ram-8g-vram.toml"),
-                "data.img_size=112",
-            ])
-            .into_iter()
-            .chain(strings(&short))
-            .collect(),
+            &[&on_data, &["--config", &scenario_a, "data.img_size=112"]],
         ),
-        (
+        case(
             "scenario B at 112 px",
-            strings(&[
-                "--config",
-                &data,
-                "--config",
-                &preset("scenario-b-8g-ram-6g-vram.toml"),
-                "data.img_size=112",
-            ])
-            .into_iter()
-            .chain(strings(&short))
-            .collect(),
+            &[&on_data, &["--config", &scenario_b, "data.img_size=112"]],
         ),
-        (
+        case(
             "scenario C (112 px)",
-            strings(&[
-                "--config",
-                &data,
-                "--config",
-                &preset("scenario-c-4g-vram.toml"),
-            ])
-            .into_iter()
-            .chain(strings(&short))
-            .collect(),
+            &[&on_data, &["--config", &scenario_c]],
         ),
-        (
+        case(
             "seed 224 px b4, none",
-            strings(&["--config", &data, "model.checkpoint=none"])
-                .into_iter()
-                .chain(strings(&seed_224))
-                .chain(strings(&short))
-                .collect(),
+            &[&on_data, &seed_224, &["model.checkpoint=none"]],
         ),
-        (
+        case(
             "seed 224 px b4, all",
-            strings(&["--config", &data, "model.checkpoint=all"])
-                .into_iter()
-                .chain(strings(&seed_224))
-                .chain(strings(&short))
-                .collect(),
+            &[&on_data, &seed_224, &["model.checkpoint=all"]],
         ),
-        (
+        case(
             "vivit 224 px b4, none",
-            strings(&[
-                "--config",
-                &data,
-                "model.backbone=vivit",
-                "model.checkpoint=none",
-            ])
-            .into_iter()
-            .chain(strings(&seed_224))
-            .chain(strings(&short))
-            .collect(),
+            &[
+                &on_data,
+                &seed_224,
+                &["model.backbone=vivit", "model.checkpoint=none"],
+            ],
         ),
-        (
+        case(
             "vivit 224 px b4, all",
-            strings(&[
-                "--config",
-                &data,
-                "model.backbone=vivit",
-                "model.checkpoint=all",
-            ])
-            .into_iter()
-            .chain(strings(&seed_224))
-            .chain(strings(&short))
-            .collect(),
+            &[
+                &on_data,
+                &seed_224,
+                &["model.backbone=vivit", "model.checkpoint=all"],
+            ],
         ),
     ];
     let mut rows = Vec::new();
@@ -131,17 +103,8 @@ pub fn plan() -> anyhow::Result<()> {
         let mut train_args = vec!["train".to_string()];
         train_args.extend(args.iter().cloned());
         train_args.extend([experiment, run_dir.clone()]);
-        eprintln!("$ vidtrain {}", train_args.join(" "));
-        let output = Command::new(&vidtrain).args(&train_args).output()?;
-        if !output.status.success() {
-            bail!(
-                "{name}: training failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let run = latest_run(&runs.join(format!("plan-{number}")))?;
-        let summary: Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json"))?)?;
+        let summary = train_summary(&vidtrain, &train_args, &runs.join(format!("plan-{number}")))
+            .with_context(|| format!("case {name}"))?;
         let predicted = planned["host_peak_bytes"].as_f64().unwrap_or(f64::NAN);
         let measured = summary["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN);
         rows.push(json!({
@@ -172,10 +135,6 @@ pub fn plan() -> anyhow::Result<()> {
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", out.display());
     Ok(())
-}
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|item| item.to_string()).collect()
 }
 
 /// Runs `vidtrain args` and parses the last line of stdout as JSON.
