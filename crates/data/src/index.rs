@@ -39,6 +39,39 @@ pub struct ViewVideo {
     pub keypoints: Option<PathBuf>,
 }
 
+impl ViewVideo {
+    /// Probes `path` (view `view` of the recording `name`) and finds its keypoints when the
+    /// config loads them.
+    fn probe(
+        config: &Config,
+        keypoint_root: &Path,
+        view: &str,
+        path: PathBuf,
+        name: &str,
+    ) -> Result<Self> {
+        let info = probe_video(&path)?;
+        let keypoints = config
+            .data
+            .load_kpt
+            .then(|| keypoint_source(&keypoint_root.join(view), name));
+        Ok(ViewVideo {
+            view: view.to_string(),
+            path,
+            info,
+            keypoints,
+        })
+    }
+}
+
+/// Frames usable in every view of a recording: the shortest view wins.
+fn usable_frames(views: &[ViewVideo]) -> usize {
+    views
+        .iter()
+        .map(|video| video.info.n_frames)
+        .min()
+        .unwrap_or(0)
+}
+
 /// A labelled stretch of frames, `start..=end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LabelledRange {
@@ -109,26 +142,15 @@ impl Index {
             for view in &views {
                 let path = find_video(&video_root.join(view), &name);
                 match path {
-                    Some(path) => {
-                        let info = match probe_video(&path) {
-                            Ok(info) => info,
-                            Err(error) if skip && !matches!(error, Error::ToolMissing { .. }) => {
-                                unreadable = Some(error);
-                                break;
-                            }
-                            Err(error) => return Err(error),
-                        };
-                        let keypoints = config
-                            .data
-                            .load_kpt
-                            .then(|| keypoint_source(&keypoint_root.join(view), &name));
-                        view_videos.push(ViewVideo {
-                            view: view.clone(),
-                            path,
-                            info,
-                            keypoints,
-                        });
-                    }
+                    Some(path) => match ViewVideo::probe(config, &keypoint_root, view, path, &name)
+                    {
+                        Ok(video) => view_videos.push(video),
+                        Err(error) if skip && !matches!(error, Error::ToolMissing { .. }) => {
+                            unreadable = Some(error);
+                            break;
+                        }
+                        Err(error) => return Err(error),
+                    },
                     None => {
                         missing = Some(video_root.join(view).join(&name));
                         break;
@@ -170,11 +192,7 @@ impl Index {
                 report(problem, &mut problems)?;
                 continue;
             }
-            let n_frames = view_videos
-                .iter()
-                .map(|video| video.info.n_frames)
-                .min()
-                .unwrap_or(0);
+            let n_frames = usable_frames(&view_videos);
             let first_path = view_videos[0].path.clone();
 
             // Markers bound the usable part of the video; everything else must be a class.
@@ -320,23 +338,9 @@ impl Index {
                         path,
                     });
                 }
-                let info = probe_video(&path)?;
-                let keypoints = config
-                    .data
-                    .load_kpt
-                    .then(|| keypoint_source(&keypoint_root.join(view), &name));
-                view_videos.push(ViewVideo {
-                    view: view.clone(),
-                    path,
-                    info,
-                    keypoints,
-                });
+                view_videos.push(ViewVideo::probe(config, &keypoint_root, view, path, &name)?);
             }
-            let n_frames = view_videos
-                .iter()
-                .map(|video| video.info.n_frames)
-                .min()
-                .unwrap_or(0);
+            let n_frames = usable_frames(&view_videos);
             recordings.push(Recording {
                 person: person_of(&name),
                 name,
