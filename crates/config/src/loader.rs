@@ -319,6 +319,23 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_modes_print_as_they_are_written() {
+        for mode in [
+            crate::CheckpointMode::None,
+            crate::CheckpointMode::Encoder,
+            crate::CheckpointMode::Stem,
+            crate::CheckpointMode::All,
+        ] {
+            let config = ConfigLoader::new()
+                .overrides(&[format!("model.checkpoint={}", mode.as_str())])
+                .unwrap()
+                .load()
+                .unwrap();
+            assert_eq!(config.model.checkpoint, mode);
+        }
+    }
+
+    #[test]
     fn default_toml_spells_out_the_built_in_defaults() {
         let from_file: Config = toml::from_str(DEFAULT_TOML).unwrap();
         assert_eq!(from_file, Config::default());

@@ -479,6 +479,18 @@ pub enum CheckpointMode {
     All,
 }
 
+impl CheckpointMode {
+    /// The spelling in config files and overrides.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointMode::None => "none",
+            CheckpointMode::Encoder => "encoder",
+            CheckpointMode::Stem => "stem",
+            CheckpointMode::All => "all",
+        }
+    }
+}
+
 /// `model.input_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

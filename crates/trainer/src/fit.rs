@@ -220,16 +220,18 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 context.memory.phase(Phase::ForwardBackward);
                 let segment_seed =
                     config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
-                model.loss_and_gradients(
+                let outcome = model.loss_and_gradients(
                     video,
                     keypoints,
                     |scores| loss_function.forward(scores, labels),
                     scaled_weight,
                     recompute,
                     segment_seed,
-                )
+                );
+                // Recompute's peaks are inside the replays; this reads what remains after them.
+                sample_device(&context.memory, context.backend);
+                outcome
             };
-            sample_device(&context.memory, context.backend);
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss_value,

@@ -250,7 +250,7 @@ pub fn fit(
                             "train.accumulate_grad_batches={}",
                             effective_batch / batch_size
                         ),
-                        format!("model.checkpoint={}", mode_name(mode)),
+                        format!("model.checkpoint={}", mode.as_str()),
                         "model.use_gradient_checkpointing=false".to_string(),
                         format!("trainer.precision={precision}"),
                     ];
@@ -297,15 +297,6 @@ pub fn fit(
         })
     );
     Err(NoFit { smallest, message })
-}
-
-fn mode_name(mode: CheckpointMode) -> &'static str {
-    match mode {
-        CheckpointMode::None => "none",
-        CheckpointMode::Encoder => "encoder",
-        CheckpointMode::Stem => "stem",
-        CheckpointMode::All => "all",
-    }
 }
 
 #[cfg(test)]
