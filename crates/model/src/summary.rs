@@ -28,6 +28,8 @@ pub enum LayerRole {
     ConvGemm {
         /// Elements of the patch matrix of one clip.
         patch_elements_per_clip: usize,
+        /// Whether its input is the data (no input gradient is made in backward).
+        reads_data: bool,
     },
     /// BatchNorm + ReLU.
     BatchNormRelu,
@@ -209,6 +211,7 @@ impl ActionModelConfig {
                         name: format!("rgb.stem.{name}"),
                         role: LayerRole::ConvGemm {
                             patch_elements_per_clip: t * taps * c_in * size * size,
+                            reads_data: number == 0,
                         },
                         params: taps * c_in * c_out + c_out,
                         output_shape: vec![clips, t, c_out, size, size],
@@ -360,7 +363,6 @@ impl ActivationCosts {
 
     fn of(layer: &LayerSummary, input: usize, clips: usize, dropout: bool) -> Self {
         let output = layer.output_elements();
-        let first = layer.name.ends_with("conv1") || layer.name.ends_with("tubelet_embedding");
         match layer.role {
             // The patch matrix is the matmul's right operand (kept); padding copies the input.
             // Backward: the weight gradient multiplies by the transposed patch matrix, which the
@@ -369,13 +371,14 @@ impl ActivationCosts {
             // the patch gradient and the padded input's gradient.
             LayerRole::ConvGemm {
                 patch_elements_per_clip,
+                reads_data,
             } => {
                 let patches = patch_elements_per_clip * clips;
                 Self::new(
                     patches,
                     input + output,
                     2 * output
-                        + if first {
+                        + if reads_data {
                             2 * patches
                         } else {
                             patches + 2 * input
