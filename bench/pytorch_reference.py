@@ -161,10 +161,8 @@ def bench_row(row, device, warmup, steps, tiny):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     precision = row["precision"]
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
-    if precision == "16" and device.type != "cuda":
-        # (bf16 autocast also runs on the CPU, which lets --tiny check every other row there.)
-        return dict(row=row, error=f"{precision} needs a CUDA device")
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "16")
+    # fp16 and bf16 autocast both run on the CPU too (PyTorch >= 2.4), as on CUDA.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     shape = (row["micro_batch"], 3, row["frames"], row["image"], row["image"])
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -256,6 +254,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", choices=["transformer", "vivit", "both"], default="both")
     parser.add_argument("--rows", default="", help="comma-separated name filters")
+    parser.add_argument("--exact", action="store_true", help="--rows names whole rows")
+    parser.add_argument("--frames", type=int, help="frames per clip of every row")
+    parser.add_argument("--image", type=int, help="frame side of every row")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tiny", action="store_true")
@@ -266,8 +268,15 @@ def main():
     device = torch.device(args.device)
     backbones = ["transformer", "vivit"] if args.backbone == "both" else [args.backbone]
     filters = [name for name in args.rows.split(",") if name]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    matches = (lambda name, row: name == row["name"]) if args.exact else \
+        (lambda name, row: name in row["name"])
     rows = [row for backbone in backbones for row in standard_rows(backbone, args.tiny)
-            if not filters or any(name in row["name"] for name in filters)]
+            if not filters or any(matches(name, row) for name in filters)]
+    for row in rows:
+        row["frames"] = args.frames or row["frames"]
+        row["image"] = args.image or row["image"]
     results = []
     print(f"  {'model':<11} {'row':<27} {'samples/s':>10} {'first s':>8} {'allocated':>10} "
           f"{'reserved':>10} {'loss':>8}")

@@ -1,5 +1,5 @@
 //! `vidtrain demo-data` and `vidtrain train`: the run directory contract, the demo's accuracy,
-//! and clear failures (half precision on CPU, ffmpeg missing).
+//! half precision on the CPU, and clear failures (ffmpeg missing).
 
 use std::path::Path;
 
@@ -159,21 +159,59 @@ fn accumulation_counts_optimizer_steps() {
     );
 }
 
+/// The seed's scenario A (fp16, batch 1 × 4 accumulation) as its users type it, on the CPU
+/// backend: it trains, with fp16 loss scaling, and says so in the summary.
 #[test]
-fn half_precision_on_the_cpu_fails_clearly_before_any_work() {
-    let dir = scratch("train-half");
+fn scenario_a_fp16_with_accumulation_trains_on_the_cpu() {
+    let dir = scratch("train-fp16");
     let config = small_dataset(&dir);
-    let output = vidtrain(
-        &dir,
-        &["train", "--config", &config, "trainer.precision=16"],
-    );
-    assert_clean_failure(&output, 2);
-    let text = stderr(&output);
-    assert!(
-        text.contains("trainer.precision") && text.contains("CPU"),
-        "{text}"
-    );
-    assert!(!dir.join("runs").exists());
+    let mut args = vec![
+        "train",
+        "--config",
+        &config,
+        "trainer.precision=16",
+        "train.accumulate_grad_batches=4",
+        "data.batch_size=1",
+        "train.max_epochs=1",
+    ];
+    args.extend(TINY_MODEL.iter().filter(|arg| !arg.starts_with("data.batch_size")));
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let run = only_run_dir(&dir.join("runs"));
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["precision"], "16-mixed");
+    assert_eq!(summary["backend"], "cpu (flex)");
+    let train_size = summary["train_size"].as_u64().unwrap();
+    assert_eq!(summary["steps"].as_u64().unwrap(), train_size.div_ceil(4));
+    assert!(summary["final_loss_scale"].as_f64().unwrap() >= 1.0);
+    let losses = step_losses(&run);
+    assert!(!losses.is_empty() && losses.iter().all(|(_, loss)| loss.is_finite()));
+}
+
+/// bf16 on the CPU follows the f32 run step by step: same seed, same data, the same model
+/// computed in bf16 (f32 master weights and Adam state).
+#[test]
+fn a_bf16_loss_curve_tracks_the_f32_one() {
+    let dir = scratch("train-bf16");
+    let config = small_dataset(&dir);
+    let mut curves = Vec::new();
+    for precision in ["32", "bf16"] {
+        let precision = format!("trainer.precision={precision}");
+        let experiment = format!("experiment=curve-{}", curves.len());
+        train_tiny(&dir, &config, &["train.max_epochs=2", &precision, &experiment]);
+        let experiment_dir = dir.join("runs").join(format!("curve-{}", curves.len()));
+        let stamp = std::fs::read_dir(&experiment_dir).unwrap().flatten().next().unwrap();
+        curves.push(step_losses(&stamp.path()));
+    }
+    let (full, half) = (&curves[0], &curves[1]);
+    assert_eq!(full.len(), half.len());
+    assert!(full.len() >= 4, "{full:?}");
+    for ((step, a), (_, b)) in full.iter().zip(half) {
+        assert!(
+            (a - b).abs() <= 0.05 * a.abs().max(0.1),
+            "step {step}: f32 loss {a}, bf16 loss {b}\nf32 {full:?}\nbf16 {half:?}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! Kept free of Burn so that it builds in seconds.
 
 mod bench;
+mod cpu_bench;
 mod plan_bench;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ const COMMANDS: [(&str, &str); 3] = [
     ),
     (
         "bench",
-        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench plan`: vidtrain plan vs measured peak RSS; `bench gpu`: CUDA binary + GPU script (vs PyTorch)",
+        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench plan`: vidtrain plan vs measured peak RSS; `bench cpu`: bench-model vs PyTorch eager on this CPU, ratio table; `bench gpu`: CUDA binary + GPU script (vs PyTorch)",
     ),
     (
         "demo-data",
@@ -36,8 +37,9 @@ fn main() -> ExitCode {
             Some("recompute") => bench::recompute(),
             Some("plan") => plan_bench::plan(),
             Some("gpu") => bench::gpu(),
+            Some("cpu") => cpu_bench::cpu(),
             _ => {
-                eprintln!("usage: cargo xtask bench data|recompute|plan|gpu");
+                eprintln!("usage: cargo xtask bench data|recompute|plan|cpu|gpu");
                 return ExitCode::from(2);
             }
         },

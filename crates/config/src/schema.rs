@@ -268,12 +268,18 @@ impl<'de> Deserialize<'de> for Fold {
 #[serde(deny_unknown_fields, default)]
 pub struct TrainerConfig {
     /// Numeric precision: `32`, `16` / `16-mixed` (fp16 compute, loss scaling), `bf16` /
-    /// `bf16-mixed`. Half precision needs the CUDA backend.
+    /// `bf16-mixed`. Both backends (CPU and CUDA) run all four: activations in 2 bytes, f32
+    /// master weights, Adam state, norms and loss.
     pub precision: Precision,
     /// Where to train: `auto` (CUDA when built with it and a GPU is present, else CPU), `cpu`, `cuda`.
     pub accelerator: Accelerator,
-    /// Train in 32-bit instead of failing when half precision is asked for on a backend without it.
+    /// Train in 32-bit instead of failing when half precision is asked for on a backend without it
+    /// (both backends of this build have it, so today this never changes a run).
     pub precision_fallback: bool,
+    /// Threads for tensor compute on the CPU backend (0 = every core). Decoder workers and their
+    /// ffmpeg processes run beside them; set it to leave cores to decoding. Applies once per
+    /// process: the first run of a process sizes the pool.
+    pub compute_threads: usize,
     /// Clip gradients to this global L2 norm before each optimizer step (after fp16 loss-scale
     /// unscaling), as Lightning's `gradient_clip_val`; 0 turns clipping off.
     pub gradient_clip_val: f64,
@@ -285,6 +291,7 @@ impl Default for TrainerConfig {
             precision: Precision::Full,
             accelerator: Accelerator::Auto,
             precision_fallback: false,
+            compute_threads: 0,
             gradient_clip_val: 0.0,
         }
     }
@@ -365,7 +372,7 @@ impl<'de> Deserialize<'de> for Precision {
 pub enum Accelerator {
     /// CUDA when the binary has it and a GPU answers, else the CPU.
     Auto,
-    /// The CPU backend (burn-ndarray).
+    /// The CPU backend (burn-flex: f32, f16 and bf16).
     Cpu,
     /// The CUDA backend; an error if the binary was built without `--features cuda`.
     Cuda,

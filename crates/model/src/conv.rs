@@ -1,18 +1,23 @@
-//! A 3-D convolution written as patch gathering (strided slices) + one matrix multiply.
+//! A 3-D convolution on channels-first video through the backend's own `conv3d` kernel, with the
+//! weights cast to the input's dtype (mixed precision) and no input gradient when the input is
+//! data.
 //!
-//! burn-ndarray's `Conv3d` is a naive loop whose backward takes minutes at the seed's sizes;
-//! strided slices and a GEMM train 10–50× faster there and map to fast kernels on CUDA. Video is
-//! laid out frames first, `[n, t, c, h, w]`, so each frame is a channels-first image.
+//! Session 1 wrote convolutions as strided-slice gather + GEMM because burn-ndarray's `Conv3d`
+//! was a naive loop. On burn-flex (decision 0003) Burn's own kernel is a tiled im2col + gemm that
+//! never builds the whole patch matrix: measured on the seed stem it is 4× faster forward and
+//! 1.6–2× faster backward than the gather, and it keeps only its input for backward instead of a
+//! patch matrix 147× the input (`docs/benchmarks.md`). On CUDA it is cubecl's implicit GEMM.
 
 use burn::module::{Initializer, Param};
 use burn::prelude::*;
-use burn::tensor::Slice;
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
 
 use crate::precision::like;
 
-/// Configuration of a [`Conv3dGemm`].
+/// Configuration of a [`VideoConv3d`].
 #[derive(Config, Debug)]
-pub struct Conv3dGemmConfig {
+pub struct VideoConv3dConfig {
     /// Input channels.
     pub channels_in: usize,
     /// Output channels.
@@ -25,9 +30,9 @@ pub struct Conv3dGemmConfig {
     pub padding: [usize; 3],
 }
 
-impl Conv3dGemmConfig {
+impl VideoConv3dConfig {
     /// Initialises weights like PyTorch's `Conv3d` (uniform ±1/√fan_in for weight and bias).
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv3dGemm<B> {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> VideoConv3d<B> {
         let [kt, kh, kw] = self.kernel;
         let fan_in = self.channels_in * kt * kh * kw;
         let initializer = Initializer::KaimingUniform {
@@ -46,7 +51,7 @@ impl Conv3dGemmConfig {
             max: bound,
         }
         .init([self.channels_out], device);
-        Conv3dGemm {
+        VideoConv3d {
             weight,
             bias,
             kernel: self.kernel,
@@ -56,10 +61,10 @@ impl Conv3dGemmConfig {
     }
 }
 
-/// A 3-D convolution as gather + GEMM. Weight layout is Burn's/PyTorch's `[out, in, kt, kh, kw]`,
-/// so weights move between this module and `Conv3d` unchanged.
+/// A 3-D convolution. Weight layout is Burn's/PyTorch's `[out, in, kt, kh, kw]`; the record
+/// (`weight`, `bias`) is the one session 1's gather convolution wrote, so old checkpoints load.
 #[derive(Module, Debug)]
-pub struct Conv3dGemm<B: Backend> {
+pub struct VideoConv3d<B: Backend> {
     /// `[out, in, kt, kh, kw]`.
     pub weight: Param<Tensor<B, 5>>,
     /// `[out]`.
@@ -69,7 +74,7 @@ pub struct Conv3dGemm<B: Backend> {
     padding: [usize; 3],
 }
 
-impl<B: Backend> Conv3dGemm<B> {
+impl<B: Backend> VideoConv3d<B> {
     /// Output size `[t, h, w]` for an input of size `[t, h, w]`.
     pub fn output_size(&self, input: [usize; 3]) -> [usize; 3] {
         std::array::from_fn(|axis| {
@@ -77,78 +82,22 @@ impl<B: Backend> Conv3dGemm<B> {
         })
     }
 
+    /// Computes in the input's dtype. Burn's autodiff makes the input gradient only when the
+    /// input is tracked, so a first layer fed data (untracked) never pays for it.
+    ///
     /// # Shapes
-    /// - input: `[n, t, c_in, h, w]` (frames first, then channels-first images)
-    /// - output: `[n, t_out, c_out, h_out, w_out]`
+    /// - input: `[n, c_in, t, h, w]`
+    /// - output: `[n, c_out, t_out, h_out, w_out]`
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
-        let [n, t, c_in, h, w] = input.dims();
-        let [t_out, h_out, w_out] = self.output_size([t, h, w]);
-        let [kt, kh, kw] = self.kernel;
-        let c_out = self.bias.dims()[0];
-
-        let [pad_t, pad_h, pad_w] = self.padding;
-        let padded = pad_axis(input, 1, pad_t, pad_t);
-        let padded = pad_axis(padded, 3, pad_h, pad_h);
-        let padded = pad_axis(padded, 4, pad_w, pad_w);
-        // One strided view per kernel tap, concatenated along channels: [n, t', K·c_in, h', w'],
-        // taps ordered (kt, kh, kw), channels inner. Concatenating on the channel axis keeps the
-        // copied runs `w'` long (on the last axis they would be 3 values long and 2–3× slower).
-        let window = |offset: usize, len: usize, stride: usize| {
-            let end = offset + (len - 1) * stride + 1;
-            Slice::new(offset as isize, Some(end as isize), stride as isize)
-        };
-        let mut taps = Vec::with_capacity(kt * kh * kw);
-        for dt in 0..kt {
-            for dh in 0..kh {
-                for dw in 0..kw {
-                    taps.push(padded.clone().slice([
-                        Slice::new(0, None, 1),
-                        window(dt, t_out, self.stride[0]),
-                        Slice::new(0, None, 1),
-                        window(dh, h_out, self.stride[1]),
-                        window(dw, w_out, self.stride[2]),
-                    ]));
-                }
-            }
-        }
-        let k = kt * kh * kw * c_in;
-        let patches = Tensor::cat(taps, 2).reshape([n * t_out, k, h_out * w_out]);
-        // [out, in, kt, kh, kw] → [out, kt, kh, kw, in] → [out, K·c_in], matching the patch order.
-        let weight = like(self.weight.val(), &patches)
-            .permute([0, 2, 3, 4, 1])
-            .reshape([1, c_out, k]);
-        let output = weight.matmul(patches); // [n·t', out, h'·w']
-        let bias = like(self.bias.val(), &output).reshape([1, c_out, 1]);
-        let output = output + bias;
-        output.reshape([n, t_out, c_out, h_out, w_out])
+        let weight = like(self.weight.val(), &input);
+        let bias = like(self.bias.val(), &input);
+        conv3d(
+            input,
+            weight,
+            Some(bias),
+            ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1),
+        )
     }
-}
-
-/// Zero-pads `tensor` by `before` and `after` elements on `axis`.
-fn pad_axis<B: Backend>(
-    tensor: Tensor<B, 5>,
-    axis: usize,
-    before: usize,
-    after: usize,
-) -> Tensor<B, 5> {
-    if before == 0 && after == 0 {
-        return tensor;
-    }
-    let device = tensor.device();
-    let dtype = tensor.dtype();
-    let zeros = |len: usize| {
-        let mut shape = tensor.dims();
-        shape[axis] = len;
-        Tensor::zeros(shape, (&device, dtype))
-    };
-    let mut parts = Vec::with_capacity(3);
-    if before > 0 {
-        parts.push(zeros(before));
-    }
-    let after_part = (after > 0).then(|| zeros(after));
-    parts.push(tensor);
-    parts.extend(after_part);
-    Tensor::cat(parts, axis)
 }
 
 #[cfg(test)]
@@ -162,7 +111,7 @@ mod tests {
 
     type B = Autodiff<TestBackend>;
 
-    /// The GEMM convolution equals Burn's `Conv3d` with the same weights: outputs and the
+    /// The convolution equals Burn's `Conv3d` module with the same weights: outputs and the
     /// gradients of weight, bias and input.
     fn check(
         channels_in: usize,
@@ -172,7 +121,7 @@ mod tests {
         padding: [usize; 3],
     ) {
         let device = Default::default();
-        let ours = Conv3dGemmConfig::new(channels_in, channels_out, kernel, stride, padding)
+        let ours = VideoConv3dConfig::new(channels_in, channels_out, kernel, stride, padding)
             .init::<B>(&device);
         let mut theirs = Conv3dConfig::new([channels_in, channels_out], kernel)
             .with_stride(stride)
@@ -183,13 +132,12 @@ mod tests {
         theirs.weight = Param::from_tensor(ours.weight.val().detach());
         theirs.bias = Some(Param::from_tensor(ours.bias.val().detach()));
 
-        // Channels-first input for Burn, the same values frames-first for ours.
         let input =
             Tensor::<B, 5>::random([2, channels_in, 5, 11, 10], Distribution::Default, &device);
         let input_first = input.clone().detach().require_grad();
-        let input_last = input.detach().permute([0, 2, 1, 3, 4]).require_grad();
+        let input_last = input.detach().require_grad();
         let expected = theirs.forward(input_first.clone());
-        let got = ours.forward(input_last.clone()).permute([0, 2, 1, 3, 4]);
+        let got = ours.forward(input_last.clone());
         got.to_data()
             .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
 
@@ -224,7 +172,6 @@ mod tests {
         input_last
             .grad(&grads_ours)
             .unwrap()
-            .permute([0, 2, 1, 3, 4])
             .to_data()
             .assert_approx_eq::<f32>(
                 &input_first.grad(&grads_theirs).unwrap().to_data(),

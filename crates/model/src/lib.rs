@@ -1,5 +1,5 @@
 //! vidtrain's models as Burn modules, generic over the backend: the seed's video transformer
-//! (with a GEMM convolution stem that trains fast on the CPU backend), ViViT, a keypoint
+//! (a convolution stem on the backend's own conv3d), ViViT, a keypoint
 //! encoder, multi-view and RGB+keypoint fusion, and activation recompute.
 
 mod conv;
@@ -18,7 +18,7 @@ use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 use vidtrain_config::{Backbone, FusionMode, InputType, ModalityFusion};
 
-pub use conv::{Conv3dGemm, Conv3dGemmConfig};
+pub use conv::{VideoConv3d, VideoConv3dConfig};
 pub use encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 pub use keypoint_encoder::{KeypointEncoder, KeypointEncoderConfig};
 use recompute::Chain;
@@ -30,7 +30,7 @@ pub use vivit::{Vivit, VivitConfig};
 
 /// The backend unit tests run on.
 #[cfg(test)]
-pub(crate) type TestBackend = burn::backend::NdArray<f32>;
+pub(crate) type TestBackend = burn::backend::Flex;
 
 /// The CPU backend's random generator is one global: tests that seed it or draw from it hold
 /// this lock, so that parallel tests do not interleave their draws.

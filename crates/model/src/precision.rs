@@ -1,14 +1,15 @@
 //! Mixed precision inside one backend. Burn 0.21 has no autocast; on backends whose tensors carry
-//! their dtype at run time (CUDA), one `Autodiff<Cuda<f32>>` model holds f32 master weights, and
-//! each layer computes in its input's dtype: the model input is cast to the compute dtype (bf16
+//! their dtype at run time (CUDA, burn-flex on the CPU), one `Autodiff<B>` model holds f32 master
+//! weights, and each layer computes in its input's dtype: the model input is cast to the compute dtype (bf16
 //! or f16) once, and every weight is cast to the activation's dtype where it is used. The cast is
 //! an autodiff operation whose backward casts the gradient back, so gradients arrive in f32 on the
 //! f32 masters and the optimizer state stays f32. Normalisation statistics, softmax, pooling means
 //! and the loss run in f32 (their inputs are cast up and the results cast back down).
 //!
 //! Binary operations in Burn do not promote dtypes: a missing cast is an error, not a silent
-//! promotion. The CPU backend holds f32 and f64 in one backend the same way, so the plumbing is
-//! tested there with f64 as the "compute" dtype.
+//! promotion. The CPU backend (burn-flex) holds f32, f64, f16 and bf16 in one backend the same
+//! way, so the same code trains in half precision on the CPU, and the plumbing is tested there
+//! in f64 (tightly) and in f16/bf16 (within their rounding).
 
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;

@@ -1,12 +1,14 @@
 //! The seed's convolution stem: Conv3d(3→D/2, 3×7×7, stride 1×2×2) → BatchNorm → ReLU →
-//! Conv3d(D/2→D, 1×3×3, stride 1×2×2) → BatchNorm → ReLU, on `[n, t, c, h, w]` video.
+//! Conv3d(D/2→D, 1×3×3, stride 1×2×2) → BatchNorm → ReLU. It takes decoded clips frames-first,
+//! `[n, t, c, h, w]`, and works channels-first, `[n, c, t, h, w]`: the layout of the backend's
+//! conv3d, in which BatchNorm's channel axis is axis 1 without a copy.
 
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::relu;
 
-use crate::conv::{Conv3dGemm, Conv3dGemmConfig};
+use crate::conv::{VideoConv3d, VideoConv3dConfig};
 
 /// Configuration of a [`VideoStem`].
 #[derive(Config, Debug)]
@@ -22,10 +24,10 @@ impl VideoStemConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> VideoStem<B> {
         let half = self.dim / 2;
         VideoStem {
-            conv1: Conv3dGemmConfig::new(self.channels_in, half, [3, 7, 7], [1, 2, 2], [1, 3, 3])
+            conv1: VideoConv3dConfig::new(self.channels_in, half, [3, 7, 7], [1, 2, 2], [1, 3, 3])
                 .init(device),
             norm1: BatchNormConfig::new(half).init(device),
-            conv2: Conv3dGemmConfig::new(half, self.dim, [1, 3, 3], [1, 2, 2], [0, 1, 1])
+            conv2: VideoConv3dConfig::new(half, self.dim, [1, 3, 3], [1, 2, 2], [0, 1, 1])
                 .init(device),
             norm2: BatchNormConfig::new(self.dim).init(device),
         }
@@ -35,16 +37,16 @@ impl VideoStemConfig {
 /// Two conv → BatchNorm → ReLU stages; spatial size ÷4, time kept.
 #[derive(Module, Debug)]
 pub struct VideoStem<B: Backend> {
-    conv1: Conv3dGemm<B>,
+    conv1: VideoConv3d<B>,
     norm1: BatchNorm<B>,
-    conv2: Conv3dGemm<B>,
+    conv2: VideoConv3d<B>,
     norm2: BatchNorm<B>,
 }
 
 impl<B: Backend> VideoStem<B> {
     /// # Shapes
     /// - input: `[n, t, c, h, w]`
-    /// - output: `[n, t, dim, h/4, w/4]`
+    /// - output: `[n, dim, t, h/4, w/4]`
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let _span = tracing::trace_span!("stem").entered();
         (0..Self::STEPS).fold(input, |x, step| self.forward_step(step, x))
@@ -57,11 +59,13 @@ impl<B: Backend> VideoStem<B> {
     /// BatchNorm + ReLU (statistics over the whole micro-batch).
     ///
     /// # Shapes
-    /// - input: `[n, t, c, h, w]`
-    /// - output: `[n, t, c', h', w']` (a convolution halves `h` and `w`)
+    /// - input: `[n, t, c, h, w]` for step 0, `[n, c, t, h, w]` after it
+    /// - output: `[n, c', t, h', w']` (a convolution halves `h` and `w`)
     pub fn forward_step(&self, index: usize, input: Tensor<B, 5>) -> Tensor<B, 5> {
         match index {
-            0 => self.conv1.forward(input),
+            // The input is data (no gradient flows to it), so the permute costs one copy of
+            // the clip, made inside the convolution.
+            0 => self.conv1.forward(input.permute([0, 2, 1, 3, 4])), // [n, c, t, h, w]
             1 => normalize(&self.norm1, input),
             2 => self.conv2.forward(input),
             _ => normalize(&self.norm2, input),
@@ -74,11 +78,11 @@ impl<B: Backend> VideoStem<B> {
     }
 }
 
+/// BatchNorm + ReLU on `[n, c, t, h, w]`. Statistics (and the running averages, f32 buffers)
+/// are computed in f32 whatever the compute dtype.
 fn normalize<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
-    let [n, t, c, h, w] = x.dims();
-    // BatchNorm wants channels on axis 1: fold frames into the batch. Statistics (and the
-    // running averages, f32 buffers) are computed in f32 whatever the compute dtype.
+    let [n, c, t, h, w] = x.dims();
     let dtype = x.dtype();
-    let x = norm.forward(x.reshape([n * t, c, h * w]).cast(FloatDType::F32));
-    relu(x).cast(dtype).reshape([n, t, c, h, w])
+    let x = norm.forward(x.reshape([n, c, t * h * w]).cast(FloatDType::F32));
+    relu(x).cast(dtype).reshape([n, c, t, h, w])
 }

@@ -24,10 +24,12 @@ pub struct InputShape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LayerRole {
-    /// A stem convolution as patch gathering + GEMM, with its patch matrix size.
-    ConvGemm {
-        /// Elements of the patch matrix of one clip.
-        patch_elements_per_clip: usize,
+    /// A 3-D convolution (the backend's conv3d).
+    Conv3d {
+        /// Kernel taps (`kt · kh · kw`).
+        taps: usize,
+        /// Input channels.
+        channels_in: usize,
         /// Whether its input is the data (no input gradient is made in backward).
         reads_data: bool,
     },
@@ -209,12 +211,13 @@ impl ActionModelConfig {
                     let taps: usize = kernel.iter().product();
                     layers.push(LayerSummary {
                         name: format!("rgb.stem.{name}"),
-                        role: LayerRole::ConvGemm {
-                            patch_elements_per_clip: t * taps * c_in * size * size,
+                        role: LayerRole::Conv3d {
+                            taps,
+                            channels_in: c_in,
                             reads_data: number == 0,
                         },
                         params: taps * c_in * c_out + c_out,
-                        output_shape: vec![clips, t, c_out, size, size],
+                        output_shape: vec![clips, c_out, t, size, size],
                         segment: Some(SegmentKind::StemPerClip),
                         ..LayerSummary::default()
                     });
@@ -223,7 +226,7 @@ impl ActionModelConfig {
                         role: LayerRole::BatchNormRelu,
                         // Running mean and variance are buffers, not parameters.
                         params: 2 * c_out,
-                        output_shape: vec![clips, t, c_out, size, size],
+                        output_shape: vec![clips, c_out, t, size, size],
                         segment: Some(SegmentKind::StemBatch),
                         ..LayerSummary::default()
                     });
@@ -364,27 +367,31 @@ impl ActivationCosts {
     fn of(layer: &LayerSummary, input: usize, clips: usize, dropout: bool) -> Self {
         let output = layer.output_elements();
         match layer.role {
-            // The patch matrix is the matmul's right operand (kept); padding copies the input.
-            // Backward: the weight gradient multiplies by the transposed patch matrix, which the
-            // CPU backend copies, and the first layer's peak measured as two extra patch
-            // matrices (`cargo xtask bench plan`, demo and seed sizes); a later layer instead makes
-            // the patch gradient and the padded input's gradient.
-            LayerRole::ConvGemm {
-                patch_elements_per_clip,
+            // Burn's conv3d keeps its input for the weight gradient. Forward, the CPU kernel
+            // copies the input contiguous and channels-last (tiles of the patch matrix are
+            // small). Backward, the weight gradient is a convolution of the swapped input with
+            // the swapped output gradient (copies of both, channels-last again) whose patch tiles
+            // are `taps` rows of `output / c_out` values for each of up to two input channels
+            // at a time; a later layer's input gradient is a transposed convolution with a full
+            // column buffer (`taps · c_in` rows over the output positions).
+            LayerRole::Conv3d {
+                taps,
+                channels_in,
                 reads_data,
             } => {
-                let patches = patch_elements_per_clip * clips;
+                let positions = output / layer.output_shape[1].max(1);
+                let weight_tiles = taps * positions * channels_in.min(2);
+                let input_gradient = if reads_data {
+                    0
+                } else {
+                    taps * channels_in * positions + input
+                };
                 Self::new(
-                    patches,
-                    input + output,
-                    2 * output
-                        + if reads_data {
-                            2 * patches
-                        } else {
-                            patches + 2 * input
-                        },
+                    input,
+                    2 * input + output,
+                    2 * input + 2 * output + weight_tiles.max(input_gradient),
                 )
-                .inference(patches + input)
+                .inference(2 * input)
             }
             // Burn's BatchNorm keeps x − mean (for the variance's square and for the division),
             // the normalised values (for γ's gradient), and ReLU its output; the statistics pass

@@ -86,9 +86,11 @@ impl<B: Backend> VideoTransformer<B> {
         if index < VideoStem::<B>::STEPS {
             return Activation::Clips(self.stem.forward_step(index, input.into_clips()));
         }
-        let x = input.into_clips(); // [n, t, dim, h/4, w/4]
-        let [n, t, dim, h, w] = x.dims();
-        let x = mean_dim_f32(x.reshape([n, t, dim, h * w]), 3).reshape([n, t, dim]); // [n, t, dim]
+        let x = input.into_clips(); // [n, dim, t, h/4, w/4]
+        let [n, dim, t, h, w] = x.dims();
+        let x = mean_dim_f32(x.reshape([n, dim, t, h * w]), 3) // [n, dim, t, 1]
+            .reshape([n, dim, t])
+            .swap_dims(1, 2); // [n, t, dim]
         let positions = like(sinusoidal_positions::<B>(t, dim, &x.device()), &x);
         Activation::Tokens(x + positions.unsqueeze::<3>())
     }

@@ -113,6 +113,15 @@ pub struct BenchModelArgs {
     /// Only the rows whose names contain one of these (comma-separated), e.g. `bf16,fp32 b4`.
     #[arg(long, value_delimiter = ',')]
     pub rows: Vec<String>,
+    /// `--rows` names whole rows (`bf16 b1x4` then excludes `bf16 b1x4 recompute`).
+    #[arg(long)]
+    pub exact: bool,
+    /// Frames per clip of every row, instead of the model's standard size.
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Frame side in pixels of every row, instead of the model's standard size.
+    #[arg(long)]
+    pub image: Option<usize>,
     /// Optimizer steps before timing (the first is reported alone as compile + tune time).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,

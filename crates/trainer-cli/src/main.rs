@@ -235,10 +235,18 @@ fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
         .flat_map(|&backbone| vidtrain_trainer::model_bench::standard_rows(backbone, args.tiny))
         .filter(|row| {
             args.rows.is_empty()
-                || args
-                    .rows
-                    .iter()
-                    .any(|name| row.name.contains(name.as_str()))
+                || args.rows.iter().any(|name| {
+                    if args.exact {
+                        row.name == *name
+                    } else {
+                        row.name.contains(name.as_str())
+                    }
+                })
+        })
+        .map(|mut row| {
+            row.frames = args.frames.unwrap_or(row.frames);
+            row.image = args.image.unwrap_or(row.image);
+            row
         })
         .collect();
     eprintln!(

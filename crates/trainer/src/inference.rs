@@ -121,8 +121,8 @@ fn weighted_probabilities<B: Backend>(
 macro_rules! dispatch {
     ($backend:expr, $body:ident, $($arg:expr),*) => {
         match $backend {
-            BackendChoice::Cpu => $body::<burn::backend::NdArray<f32>>(
-                $($arg,)* &burn::backend::ndarray::NdArrayDevice::Cpu, $backend),
+            BackendChoice::Cpu => $body::<crate::CpuBackend>(
+                $($arg,)* &crate::FlexDevice, $backend),
             #[cfg(feature = "cuda")]
             BackendChoice::Cuda => $body::<burn::backend::Cuda<f32>>(
                 $($arg,)* &burn::backend::cuda::CudaDevice::default(), $backend),
@@ -141,6 +141,7 @@ fn score(
     ids: &[usize],
 ) -> Result<(Vec<f32>, f64)> {
     let backend = resolve_backend(config)?;
+    crate::configure_compute_threads(config);
     dispatch!(
         backend,
         weighted_probabilities,

@@ -46,7 +46,7 @@ pub struct TrainOptions {
 pub struct RunSummary {
     /// The run directory.
     pub run_dir: PathBuf,
-    /// `cpu (ndarray)` or `cuda`.
+    /// `cpu (flex)` or `cuda`.
     pub backend: String,
     /// `trainer.precision` in effect (32 where the CPU backend fell back).
     pub precision: String,
@@ -96,10 +96,15 @@ pub struct RunSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
+/// The CPU backend: burn-flex (run-time dtypes, so mixed precision runs as on CUDA; gemm
+/// matmul). Every CPU path (training, evaluation, prediction, benches, tests) uses this alias.
+pub type CpuBackend = burn::backend::Flex;
+pub use burn::backend::flex::FlexDevice;
+
 /// The backend a config resolves to in this build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// burn-ndarray on the CPU.
+    /// burn-flex on the CPU ([`CpuBackend`]).
     Cpu,
     /// burn-cuda (only in builds with the `cuda` feature).
     Cuda,
@@ -116,6 +121,33 @@ pub fn accelerator_backend(config: &Config) -> BackendChoice {
         }
         Accelerator::Auto => BackendChoice::Cpu,
     }
+}
+
+/// Sizes the CPU backend's compute pool (rayon's global pool, which burn-flex runs on) from
+/// `trainer.compute_threads`, before the first tensor op. A process has one pool: the first call
+/// sizes it and a later call asking for another size is told so in a warning. Returns the pool's
+/// thread count.
+pub fn configure_compute_threads(config: &Config) -> usize {
+    static APPLIED: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let wanted = config.trainer.compute_threads;
+    let applied = *APPLIED.get_or_init(|| {
+        let built = rayon::ThreadPoolBuilder::new()
+            .num_threads(wanted)
+            .thread_name(|index| format!("compute-{index}"))
+            .build_global();
+        if let Err(error) = built {
+            // Someone (a test harness, an embedding program) built the pool first.
+            tracing::warn!("trainer.compute_threads={wanted} not applied: {error}");
+        }
+        rayon::current_num_threads()
+    });
+    if wanted != 0 && wanted != applied {
+        tracing::warn!(
+            "trainer.compute_threads={wanted} not applied: this process already computes on \
+             {applied} threads (the pool is sized once per process)"
+        );
+    }
+    applied
 }
 
 /// Picks the backend for `config` and refuses settings it cannot honour, before any work starts.
@@ -144,29 +176,9 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
         tracing::warn!("trainer.accelerator=auto: {reason}; training on the CPU");
         choice = BackendChoice::Cpu;
     }
-    if config.trainer.precision.is_half() {
-        match choice {
-            BackendChoice::Cpu if !config.trainer.precision_fallback => {
-                return Err(Error::Unsupported {
-                    key: "trainer.precision".into(),
-                    message: format!(
-                        "is {} but the CPU backend (burn-ndarray) has no f16/bf16 arithmetic. Train \
-                         on a GPU (build with --features cuda), set trainer.precision=32, or pass \
-                         trainer.precision_fallback=true to train in 32-bit here",
-                        config.trainer.precision
-                    ),
-                });
-            }
-            BackendChoice::Cpu => {
-                tracing::warn!(
-                    "trainer.precision={} is not available on the CPU backend; training in 32-bit \
-                     (trainer.precision_fallback=true)",
-                    config.trainer.precision
-                );
-            }
-            BackendChoice::Cuda => {}
-        }
-    }
+    // Both backends (flex on the CPU, CUDA) hold f16/bf16 tensors next to f32 ones, so every
+    // precision runs as configured; `trainer.precision_fallback` only matters for a backend
+    // without half precision, and this build has none.
     if config.train.fold == Fold::All && !config.train.resume.trim().is_empty() {
         return Err(Error::Unsupported {
             key: "train.resume".into(),
@@ -178,13 +190,10 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
     Ok(choice)
 }
 
-/// The precision a run trains in on `backend`: the configured one, or 32 where the CPU backend
-/// falls back (`trainer.precision_fallback=true`; without it `resolve_backend` refused).
-pub fn effective_precision(config: &Config, backend: BackendChoice) -> Precision {
-    match backend {
-        BackendChoice::Cpu => Precision::Full,
-        BackendChoice::Cuda => config.trainer.precision,
-    }
+/// The precision a run trains in on `backend`: the configured one (both backends of this build
+/// have f16 and bf16).
+pub fn effective_precision(config: &Config, _backend: BackendChoice) -> Precision {
+    config.trainer.precision
 }
 
 /// The outcome of `train.fold=all`: one run per fold and their mean ± standard deviation.
@@ -252,6 +261,10 @@ pub fn train_all_folds(config: &Config, options: &TrainOptions) -> Result<CrossV
 pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let backend = resolve_backend(config)?;
+    let threads = configure_compute_threads(config);
+    if backend == BackendChoice::Cpu {
+        tracing::info!("CPU compute on {threads} threads (trainer.compute_threads)");
+    }
     let memory = MemorySampler::start(Duration::from_millis(50));
     let dataset = Arc::new(Dataset::open(config)?);
     for problem in &dataset.index.problems {
@@ -308,7 +321,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         run_dir,
         memory,
         backend_name: match backend {
-            BackendChoice::Cpu => "cpu (ndarray)",
+            BackendChoice::Cpu => "cpu (flex)",
             BackendChoice::Cuda => "cuda",
         },
         precision: effective_precision(config, backend),
@@ -316,10 +329,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         started,
     };
     match backend {
-        BackendChoice::Cpu => fit::fit::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
-            context,
-            burn::backend::ndarray::NdArrayDevice::Cpu,
-        ),
+        BackendChoice::Cpu => fit::fit::<burn::backend::Autodiff<CpuBackend>>(context, FlexDevice),
         #[cfg(feature = "cuda")]
         BackendChoice::Cuda => oom::catching_device_oom(config, || {
             device_memory::persist_kernel_caches(backend);

@@ -144,15 +144,16 @@ pub fn bench_rows(
     tiny: bool,
 ) -> Vec<BenchResult> {
     crate::device_memory::persist_kernel_caches(backend);
+    crate::configure_compute_threads(base);
     rows.iter()
         .map(|row| {
             let config = row_config(base, row, tiny);
             let outcome = match backend {
                 BackendChoice::Cpu => {
-                    bench_row::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+                    bench_row::<burn::backend::Autodiff<crate::CpuBackend>>(
                         &config,
                         row,
-                        &burn::backend::ndarray::NdArrayDevice::Cpu,
+                        &crate::FlexDevice,
                         backend,
                         warmup,
                         steps,
@@ -199,12 +200,6 @@ fn bench_row<B: AutodiffBackend>(
     steps: usize,
 ) -> Result<BenchResult> {
     config.validate()?;
-    if row.precision.is_half() && backend == BackendChoice::Cpu {
-        return Err(Error::Unsupported {
-            key: "trainer.precision".into(),
-            message: format!("{} needs the CUDA backend", row.precision),
-        });
-    }
     vidtrain_memutil::reset_peak_rss();
     B::seed(device, 42);
     let mut model_config = ActionModelConfig::from_config(config);
@@ -296,17 +291,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiny_rows_train_on_the_cpu_and_half_rows_say_why_not() {
+    fn tiny_rows_of_every_precision_train_on_the_cpu() {
         let base = Config::default();
         for backbone in [Backbone::Transformer, Backbone::Vivit] {
             let rows = standard_rows(backbone, true);
             let results = bench_rows(&base, &rows, BackendChoice::Cpu, 1, 1, true);
             for result in &results {
-                if result.row.precision.is_half() {
-                    let error = result.error.as_deref().unwrap_or_default();
-                    assert!(error.contains("needs the CUDA backend"), "{error}");
-                    continue;
-                }
                 assert!(result.error.is_none(), "{:?}", result.error);
                 assert!(result.final_loss.is_some_and(f32::is_finite), "{result:?}");
                 assert!(result.samples_per_s.is_some_and(|s| s > 0.0));

@@ -204,10 +204,10 @@ fn scale_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::{Autodiff, Flex};
     use burn::nn::{Linear, LinearConfig};
 
-    type B = Autodiff<NdArray<f32>>;
+    type B = Autodiff<Flex>;
 
     /// A linear layer and the gradients of `factor · sum(layer(x))` for x = 1.
     fn setup(factor: f32) -> (Linear<B>, GradientsParams) {
@@ -231,7 +231,7 @@ mod tests {
 
     fn weight_gradient(layer: &Linear<B>, grads: &GradientsParams) -> Vec<f32> {
         grads
-            .get::<NdArray<f32>, 2>(layer.weight.id)
+            .get::<Flex, 2>(layer.weight.id)
             .unwrap()
             .into_data()
             .to_vec()
@@ -262,6 +262,54 @@ mod tests {
             StepDecision::Skip { .. }
         ));
         assert_eq!(scaler.scale, INITIAL_LOSS_SCALE / 4.0);
+    }
+
+    /// The gradients of `scale · sum(layer(x))` for a batch of 4 rows of ones, with the layer
+    /// computed in f16 as the model computes it (input and weights cast, f32 masters): the
+    /// upstream gradient `scale` and the weight gradient `4 · scale` are f16 values in backward,
+    /// so they overflow f16 (max 65504) for real once they pass it.
+    fn f16_gradients(layer: &Linear<B>, scale: f64) -> GradientsParams {
+        let device = Default::default();
+        let x = Tensor::<B, 2>::ones([4, 3], &device).cast(FloatDType::F16);
+        let y = burn::tensor::module::linear(
+            x,
+            layer.weight.val().cast(FloatDType::F16),
+            layer.bias.as_ref().map(|bias| bias.val().cast(FloatDType::F16)),
+        );
+        let loss = y.cast(FloatDType::F32).sum() * scale;
+        GradientsParams::from_grads(loss.backward(), layer)
+    }
+
+    #[test]
+    fn a_real_f16_overflow_skips_steps_until_the_scale_fits_and_the_scale_grows_back() {
+        let device = Default::default();
+        let layer: Linear<B> = LinearConfig::new(3, 2).init(&device);
+        let mut scaler = LossScaler::new(Precision::Half);
+        // 2^16 overflows the upstream gradient, 2^15 and 2^14 the weight gradient (4 · scale).
+        for overflowing in [65536.0, 32768.0, 16384.0] {
+            assert_eq!(scaler.scale, overflowing);
+            let grads = f16_gradients(&layer, scaler.scale);
+            let decision = scaler.unscale::<B, _>(&layer, grads, 0.0);
+            assert!(
+                matches!(decision, StepDecision::Skip { scale } if scale == overflowing),
+                "scale {overflowing} should overflow f16"
+            );
+        }
+        assert_eq!((scaler.scale, scaler.skipped_steps), (8192.0, 3));
+        let grads = f16_gradients(&layer, scaler.scale);
+        let StepDecision::Step(grads) = scaler.unscale::<B, _>(&layer, grads, 0.0) else {
+            panic!("2^13 fits f16 and was skipped");
+        };
+        // d sum(W x + b) / dW = 4 (four rows of ones), once unscaled.
+        assert!(weight_gradient(&layer, &grads).iter().all(|g| *g == 4.0));
+        // After the growth interval of clean steps the scale doubles again.
+        scaler.clean_steps = GROWTH_INTERVAL - 1;
+        let grads = f16_gradients(&layer, scaler.scale);
+        assert!(matches!(
+            scaler.unscale::<B, _>(&layer, grads, 0.0),
+            StepDecision::Step(_)
+        ));
+        assert_eq!(scaler.scale, 16384.0);
     }
 
     #[test]

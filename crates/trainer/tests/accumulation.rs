@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
@@ -13,7 +13,7 @@ use vidtrain_data::demo::{DemoSpec, generate};
 use vidtrain_model::ActionModelConfig;
 use vidtrain_trainer::{TrainOptions, train};
 
-type B = NdArray<f32>;
+type B = Flex;
 
 fn dataset() -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("accumulation-demo");

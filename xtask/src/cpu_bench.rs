@@ -1,0 +1,257 @@
+//! `cargo xtask bench cpu`: vidtrain and PyTorch eager side by side on this machine's CPU, the
+//! same model rows (`vidtrain bench-model` and `bench/pytorch_reference.py --device cpu`), each
+//! row in a fresh process on both sides so that every peak RSS is the row's own. Prints the ratio
+//! table (ours / PyTorch) last and writes `target/bench/cpu.json`.
+//!
+//! PyTorch comes from a cache venv (`$VIDTRAIN_TORCH_VENV`, default `~/.cache/vidtrain/torch-venv`),
+//! made with `pip install torch` when it is missing. `BENCH_STEPS` (default 2) timed steps after one
+//! warm-up step; `BENCH_BACKBONE=transformer|vivit|both` (default both).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::bench::{git_revision, host, target_dir};
+use crate::{cargo, project_root};
+
+/// The rows of the issue, by their `bench-model` names.
+const ROWS: [&str; 6] = [
+    "fp32 b4",
+    "bf16 b4",
+    "fp16 b4",
+    "fp32 b1x4",
+    "bf16 b1x4",
+    "bf16 b1x4 recompute",
+];
+
+/// A model and the clip size it runs at here: the seed transformer at full size; ViViT-S at
+/// 8 frames × 112 px (196 tokens), where a step takes seconds instead of minutes on two cores.
+struct Model {
+    backbone: &'static str,
+    clip: Option<(usize, usize)>,
+}
+
+const MODELS: [Model; 2] = [
+    Model {
+        backbone: "transformer",
+        clip: None,
+    },
+    Model {
+        backbone: "vivit",
+        clip: Some((8, 112)),
+    },
+];
+
+pub fn cpu() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    let vidtrain = target_dir().join("release/vidtrain");
+    let python = torch_python()?;
+    let folder = target_dir().join("bench/cpu");
+    std::fs::create_dir_all(&folder)?;
+    let steps = std::env::var("BENCH_STEPS").unwrap_or_else(|_| "2".into());
+    let only = std::env::var("BENCH_BACKBONE").unwrap_or_else(|_| "both".into());
+    let mut rows = Vec::new();
+    for model in MODELS
+        .iter()
+        .filter(|model| only == "both" || only == model.backbone)
+    {
+        for row in ROWS {
+            let mut common: Vec<String> = [
+                "--backbone",
+                model.backbone,
+                "--rows",
+                row,
+                "--exact",
+                "--warmup",
+                "1",
+                "--steps",
+                &steps,
+            ]
+            .map(String::from)
+            .to_vec();
+            if let Some((frames, image)) = model.clip {
+                common.extend([
+                    "--frames".into(),
+                    frames.to_string(),
+                    "--image".into(),
+                    image.to_string(),
+                ]);
+            }
+            let file = folder.join(format!("{}-{}", model.backbone, row.replace(' ', "_")));
+            let ours_file = file.with_extension("ours.json");
+            let mut ours = Command::new(&vidtrain);
+            ours.arg("bench-model")
+                .args(&common)
+                .arg("--out")
+                .arg(&ours_file)
+                .arg("trainer.accelerator=cpu");
+            let ours = run_row(ours, &ours_file);
+            let torch_file = file.with_extension("pytorch.json");
+            let mut torch = Command::new(&python);
+            torch
+                .arg(project_root().join("bench/pytorch_reference.py"))
+                .args(&common)
+                .args(["--device", "cpu", "--out"])
+                .arg(&torch_file);
+            let torch = run_row(torch, &torch_file);
+            rows.push(json!({"backbone": model.backbone, "row": row, "clip": model.clip,
+                             "ours": ours, "pytorch": torch}));
+        }
+    }
+    let report = json!({
+        "host": host(),
+        "git_revision": git_revision(),
+        "warmup_steps": 1,
+        "timed_steps": steps,
+        "torch": torch_version(&python),
+        "rows": rows,
+    });
+    let path = target_dir().join("bench/cpu.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("\n{}", ratio_table(&report));
+    println!("written to {}", path.display());
+    Ok(())
+}
+
+/// Runs one side of one row and returns its JSON result (or the failure as `{"error": ...}`, so
+/// that a failing row is reported and the others still run).
+fn run_row(mut command: Command, out: &Path) -> Value {
+    eprintln!("$ {command:?}");
+    let _ = std::fs::remove_file(out);
+    let outcome = command.output();
+    let failure = match &outcome {
+        Ok(output) if output.status.success() => None,
+        Ok(output) => Some(format!(
+            "exit {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+        Err(error) => Some(error.to_string()),
+    };
+    if let Ok(output) = &outcome {
+        eprint!("{}", String::from_utf8_lossy(&output.stdout));
+    }
+    let parsed = std::fs::read_to_string(out)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|value| value.as_array().and_then(|rows| rows.first().cloned()));
+    match (parsed, failure) {
+        (Some(value), None) => value,
+        (Some(value), Some(_)) if value["error"].is_string() => value,
+        (_, failure) => json!({"error": failure.unwrap_or_else(|| "no result written".into())}),
+    }
+}
+
+/// The ratio table: samples/s and peak RSS of both sides and ours / PyTorch, then the loss.
+fn ratio_table(report: &Value) -> String {
+    let mut text = format!(
+        "vidtrain / PyTorch {} eager on the CPU ({}), {} timed steps after 1 warm-up\n",
+        report["torch"].as_str().unwrap_or("?"),
+        report["host"]["cpu"].as_str().unwrap_or("?"),
+        report["timed_steps"].as_str().unwrap_or("?"),
+    );
+    text += &format!(
+        "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8}\n",
+        "model",
+        "row",
+        "ours s/s",
+        "pt s/s",
+        "speed",
+        "ours RSS",
+        "pt RSS",
+        "RSS",
+        "ours L",
+        "pt L"
+    );
+    let mib = |value: &Value| {
+        value
+            .as_f64()
+            .map_or("n/a".to_string(), |b| format!("{:.0}M", b / 1048576.0))
+    };
+    let number = |value: &Value, digits: usize| {
+        value
+            .as_f64()
+            .map_or("n/a".to_string(), |v| format!("{v:.digits$}"))
+    };
+    let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".to_string(),
+    };
+    for row in report["rows"].as_array().into_iter().flatten() {
+        let (ours, torch) = (&row["ours"], &row["pytorch"]);
+        let model = match row["clip"].as_array() {
+            Some(clip) => format!("{} {}x{}", row["backbone"].as_str().unwrap_or(""), clip[0], clip[1]),
+            None => row["backbone"].as_str().unwrap_or("").to_string(),
+        };
+        text += &format!(
+            "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8}",
+            model,
+            row["row"].as_str().unwrap_or(""),
+            number(&ours["samples_per_s"], 3),
+            number(&torch["samples_per_s"], 3),
+            ratio(&ours["samples_per_s"], &torch["samples_per_s"]),
+            mib(&ours["peak_host_rss_bytes"]),
+            mib(&torch["peak_host_rss_bytes"]),
+            ratio(&ours["peak_host_rss_bytes"], &torch["peak_host_rss_bytes"]),
+            number(&ours["final_loss"], 4),
+            number(&torch["final_loss"], 4),
+        );
+        for (side, result) in [("ours", ours), ("pytorch", torch)] {
+            if let Some(error) = result["error"].as_str() {
+                text += &format!("  ({side}: {error})");
+            }
+        }
+        text += "\n";
+    }
+    text
+}
+
+/// A Python with torch: the cache venv, made (`pip install torch`) when it is missing.
+fn torch_python() -> anyhow::Result<PathBuf> {
+    let venv = std::env::var_os("VIDTRAIN_TORCH_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/vidtrain/torch-venv"))
+        })
+        .context("neither VIDTRAIN_TORCH_VENV nor HOME is set")?;
+    let python = venv.join("bin/python");
+    let has_torch = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    if has_torch(&python) {
+        return Ok(python);
+    }
+    eprintln!("installing torch into {} (a few minutes)", venv.display());
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .context("running python3 -m venv")?;
+    if !made.success() {
+        bail!("python3 -m venv {} failed", venv.display());
+    }
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "torch", "numpy"])
+        .status()
+        .context("running pip")?;
+    if !installed.success() || !has_torch(&python) {
+        bail!("pip install torch into {} failed", venv.display());
+    }
+    Ok(python)
+}
+
+fn torch_version(python: &Path) -> Option<String> {
+    let output = Command::new(python)
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
