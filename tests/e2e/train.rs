@@ -174,7 +174,11 @@ fn scenario_a_fp16_with_accumulation_trains_on_the_cpu() {
         "data.batch_size=1",
         "train.max_epochs=1",
     ];
-    args.extend(TINY_MODEL.iter().filter(|arg| !arg.starts_with("data.batch_size")));
+    args.extend(
+        TINY_MODEL
+            .iter()
+            .filter(|arg| !arg.starts_with("data.batch_size")),
+    );
     let output = vidtrain(&dir, &args);
     assert!(output.status.success(), "{}", stderr(&output));
     let run = only_run_dir(&dir.join("runs"));
@@ -198,9 +202,17 @@ fn a_bf16_loss_curve_tracks_the_f32_one() {
     for precision in ["32", "bf16"] {
         let precision = format!("trainer.precision={precision}");
         let experiment = format!("experiment=curve-{}", curves.len());
-        train_tiny(&dir, &config, &["train.max_epochs=2", &precision, &experiment]);
+        train_tiny(
+            &dir,
+            &config,
+            &["train.max_epochs=2", &precision, &experiment],
+        );
         let experiment_dir = dir.join("runs").join(format!("curve-{}", curves.len()));
-        let stamp = std::fs::read_dir(&experiment_dir).unwrap().flatten().next().unwrap();
+        let stamp = std::fs::read_dir(&experiment_dir)
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap();
         curves.push(step_losses(&stamp.path()));
     }
     let (full, half) = (&curves[0], &curves[1]);

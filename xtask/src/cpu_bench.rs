@@ -96,8 +96,10 @@ pub fn cpu() -> anyhow::Result<()> {
                 .args(["--device", "cpu", "--out"])
                 .arg(&torch_file);
             let torch = run_row(torch, &torch_file);
-            rows.push(json!({"backbone": model.backbone, "row": row, "clip": model.clip,
-                             "ours": ours, "pytorch": torch}));
+            rows.push(
+                json!({"backbone": model.backbone, "row": row, "clip": model.clip,
+                             "ours": ours, "pytorch": torch}),
+            );
         }
     }
     let report = json!({
@@ -185,7 +187,12 @@ fn ratio_table(report: &Value) -> String {
     for row in report["rows"].as_array().into_iter().flatten() {
         let (ours, torch) = (&row["ours"], &row["pytorch"]);
         let model = match row["clip"].as_array() {
-            Some(clip) => format!("{} {}x{}", row["backbone"].as_str().unwrap_or(""), clip[0], clip[1]),
+            Some(clip) => format!(
+                "{} {}x{}",
+                row["backbone"].as_str().unwrap_or(""),
+                clip[0],
+                clip[1]
+            ),
             None => row["backbone"].as_str().unwrap_or("").to_string(),
         };
         text += &format!(
@@ -216,7 +223,8 @@ fn torch_python() -> anyhow::Result<PathBuf> {
     let venv = std::env::var_os("VIDTRAIN_TORCH_VENV")
         .map(PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/vidtrain/torch-venv"))
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/vidtrain/torch-venv"))
         })
         .context("neither VIDTRAIN_TORCH_VENV nor HOME is set")?;
     let python = venv.join("bin/python");

@@ -2,6 +2,7 @@
 //! (a convolution stem on the backend's own conv3d), ViViT, a keypoint
 //! encoder, multi-view and RGB+keypoint fusion, and activation recompute.
 
+mod batch_norm;
 mod conv;
 mod encoder;
 mod keypoint_encoder;

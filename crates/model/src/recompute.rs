@@ -863,7 +863,10 @@ mod tests {
                         mode,
                         11,
                     );
-                    assert!(loss.is_finite(), "{backbone:?} {dtype:?} {mode:?}: loss {loss}");
+                    assert!(
+                        loss.is_finite(),
+                        "{backbone:?} {dtype:?} {mode:?}: loss {loss}"
+                    );
                     assert_close(
                         &expected,
                         &collect(&case.model, &grads),

@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::relu;
 
+use crate::batch_norm::batch_norm;
 use crate::conv::{VideoConv3d, VideoConv3dConfig};
 
 /// Configuration of a [`VideoStem`].
@@ -83,6 +84,6 @@ impl<B: Backend> VideoStem<B> {
 fn normalize<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
     let [n, c, t, h, w] = x.dims();
     let dtype = x.dtype();
-    let x = norm.forward(x.reshape([n, c, t * h * w]).cast(FloatDType::F32));
+    let x = batch_norm(norm, x.reshape([n, c, t * h * w]).cast(FloatDType::F32));
     relu(x).cast(dtype).reshape([n, c, t, h, w])
 }

@@ -149,16 +149,14 @@ pub fn bench_rows(
         .map(|row| {
             let config = row_config(base, row, tiny);
             let outcome = match backend {
-                BackendChoice::Cpu => {
-                    bench_row::<burn::backend::Autodiff<crate::CpuBackend>>(
-                        &config,
-                        row,
-                        &crate::FlexDevice,
-                        backend,
-                        warmup,
-                        steps,
-                    )
-                }
+                BackendChoice::Cpu => bench_row::<burn::backend::Autodiff<crate::CpuBackend>>(
+                    &config,
+                    row,
+                    &crate::FlexDevice,
+                    backend,
+                    warmup,
+                    steps,
+                ),
                 #[cfg(feature = "cuda")]
                 BackendChoice::Cuda => {
                     bench_row::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(

@@ -274,7 +274,10 @@ mod tests {
         let y = burn::tensor::module::linear(
             x,
             layer.weight.val().cast(FloatDType::F16),
-            layer.bias.as_ref().map(|bias| bias.val().cast(FloatDType::F16)),
+            layer
+                .bias
+                .as_ref()
+                .map(|bias| bias.val().cast(FloatDType::F16)),
         );
         let loss = y.cast(FloatDType::F32).sum() * scale;
         GradientsParams::from_grads(loss.backward(), layer)

@@ -1,0 +1,138 @@
+//! BatchNorm over `[n, c, l]` written so that every broadcast hits the CPU backend's fast paths.
+//!
+//! Burn's `BatchNorm::forward` computes its statistics through `swap_dims(0, 1)` + reshape (a
+//! strided copy of the whole activation, twice) and broadcasts `[1, c, 1]` statistics over the
+//! batch, a pattern burn-flex's SIMD broadcast kernels do not cover, so it walks 51 M elements
+//! (the seed stem at 224 px, batch 4) one strided index at a time; it also keeps `x − mean`
+//! twice for backward. Here the statistics are reduced along the contiguous last axis first and
+//! repeated to `[n, c, 1]` (a few hundred values) before they meet the activation, so each
+//! broadcast is a per-row scalar over contiguous rows, and `x − mean` exists once. The module,
+//! its record and its semantics (biased variance, running-average momentum) are Burn's.
+
+use burn::nn::BatchNorm;
+use burn::prelude::*;
+
+/// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
+/// averages) when autodiff is on, running statistics otherwise.
+///
+/// # Shapes
+/// - x: `[n, c, l]`
+/// - output: `[n, c, l]`
+pub(crate) fn batch_norm<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [n, c, _] = x.dims();
+    if B::ad_enabled(&x.device()) {
+        let mean = x.clone().mean_dim(2).mean_dim(0); // [1, c, 1]
+        let centered = x - mean.clone().repeat_dim(0, n);
+        let var = centered.clone().square().mean_dim(2).mean_dim(0); // [1, c, 1]
+        update_running(norm, &mean, &var);
+        normalize(norm, centered, var, n)
+    } else {
+        let device = x.device();
+        let mean = norm
+            .running_mean
+            .value()
+            .to_device(&device)
+            .reshape([1, c, 1]);
+        let var = norm
+            .running_var
+            .value()
+            .to_device(&device)
+            .reshape([1, c, 1]);
+        normalize(norm, x - mean.repeat_dim(0, n), var, n)
+    }
+}
+
+/// `(x − mean) · γ / √(var + ε) + β`, with the per-channel factors repeated over the batch.
+fn normalize<B: Backend>(
+    norm: &BatchNorm<B>,
+    centered: Tensor<B, 3>,
+    var: Tensor<B, 3>,
+    n: usize,
+) -> Tensor<B, 3> {
+    let c = centered.dims()[1];
+    let scale = norm.gamma.val().reshape([1, c, 1]) / var.add_scalar(norm.epsilon).sqrt();
+    centered * scale.repeat_dim(0, n) + norm.beta.val().reshape([1, c, 1]).repeat_dim(0, n)
+}
+
+/// Running averages as Burn's BatchNorm keeps them: `(1 − momentum) · old + momentum · batch`.
+fn update_running<B: Backend>(norm: &BatchNorm<B>, mean: &Tensor<B, 3>, var: &Tensor<B, 3>) {
+    let device = mean.device();
+    let c = mean.dims()[1];
+    let blend = |old: Tensor<B, 1>, batch: &Tensor<B, 3>| {
+        old.to_device(&device).mul_scalar(1.0 - norm.momentum)
+            + batch
+                .clone()
+                .detach()
+                .mul_scalar(norm.momentum)
+                .reshape([c])
+    };
+    norm.running_mean
+        .update(blend(norm.running_mean.value_sync(), mean).detach());
+    norm.running_var
+        .update(blend(norm.running_var.value_sync(), var).detach());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::backend::Autodiff;
+    use burn::module::Param;
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type B = Autodiff<TestBackend>;
+
+    /// Outputs, gradients (input, γ, β) and running statistics equal Burn's `BatchNorm`, in
+    /// training and in evaluation.
+    #[test]
+    fn equals_burn_batch_norm() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        // Two modules with separate running statistics and the same γ, β.
+        let gamma = Tensor::<B, 1>::random([5], Distribution::Default, &device);
+        let beta = Tensor::<B, 1>::random([5], Distribution::Default, &device);
+        let module = || BatchNorm {
+            gamma: Param::from_tensor(gamma.clone()),
+            beta: Param::from_tensor(beta.clone()),
+            ..BatchNormConfig::new(5).init::<B>(&device)
+        };
+        let (ours, theirs) = (module(), module());
+        let x = Tensor::<B, 3>::random([3, 5, 17], Distribution::Normal(2.0, 3.0), &device);
+        let x_ours = x.clone().detach().require_grad();
+        let x_theirs = x.detach().require_grad();
+        let got = batch_norm(&ours, x_ours.clone());
+        let expected = theirs.forward(x_theirs.clone());
+        let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+        got.to_data()
+            .assert_approx_eq::<f32>(&expected.to_data(), tolerance);
+
+        let upstream = Tensor::<B, 3>::random([3, 5, 17], Distribution::Default, &device);
+        let grads_ours = (got * upstream.clone()).sum().backward();
+        let grads_theirs = (expected * upstream).sum().backward();
+        let gradient = |tensor: &Tensor<B, 3>, grads| tensor.grad(grads).unwrap().to_data();
+        gradient(&x_ours, &grads_ours)
+            .assert_approx_eq::<f32>(&gradient(&x_theirs, &grads_theirs), tolerance);
+        for (a, b) in [(&ours.gamma, &theirs.gamma), (&ours.beta, &theirs.beta)] {
+            a.grad(&grads_ours)
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&b.grad(&grads_theirs).unwrap().to_data(), tolerance);
+        }
+        for (a, b) in [
+            (&ours.running_mean, &theirs.running_mean),
+            (&ours.running_var, &theirs.running_var),
+        ] {
+            a.value()
+                .to_data()
+                .assert_approx_eq::<f32>(&b.value().to_data(), tolerance);
+        }
+
+        // Evaluation: running statistics, no autodiff.
+        let inner = |norm: &BatchNorm<B>| norm.clone().valid();
+        let x = Tensor::<TestBackend, 3>::random([2, 5, 9], Distribution::Default, &device);
+        batch_norm(&inner(&ours), x.clone())
+            .to_data()
+            .assert_approx_eq::<f32>(&inner(&theirs).forward(x).to_data(), tolerance);
+    }
+}
