@@ -77,7 +77,7 @@ mod tests {
     use super::*;
     use crate::TestBackend;
     use burn::backend::Autodiff;
-    use burn::module::Param;
+    use burn::module::{AutodiffModule, Param};
     use burn::nn::BatchNormConfig;
     use burn::tensor::{Distribution, Tolerance};
 

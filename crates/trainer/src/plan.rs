@@ -201,12 +201,10 @@ pub fn fit(
     host_budget: Option<u64>,
 ) -> Result<Fit, NoFit> {
     let effective_batch = config.data.batch_size * config.train.accumulate_grad_batches;
-    let precisions: Vec<Precision> = match backend {
-        BackendChoice::Cpu => vec![Precision::Full],
-        BackendChoice::Cuda => match config.trainer.precision {
-            Precision::Full => vec![Precision::Full, Precision::BHalf],
-            asked => vec![asked],
-        },
+    // Both backends have bf16 (burn-flex on the CPU, CUDA): 32 first, then bf16.
+    let precisions: Vec<Precision> = match config.trainer.precision {
+        Precision::Full => vec![Precision::Full, Precision::BHalf],
+        asked => vec![asked],
     };
     let modes = [
         CheckpointMode::None,
@@ -339,6 +337,7 @@ mod tests {
                     chosen.data.batch_size = fit.batch_size;
                     chosen.train.accumulate_grad_batches = fit.accumulate_grad_batches;
                     chosen.model.checkpoint = fit.checkpoint;
+                    chosen.trainer.precision = fit.precision;
                     assert_eq!(
                         plan(&chosen, BackendChoice::Cpu, None).host_peak_bytes,
                         fit.plan.host_peak_bytes
