@@ -24,7 +24,7 @@ pub use encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 pub use keypoint_encoder::{KeypointEncoder, KeypointEncoderConfig};
 use recompute::Chain;
 pub use recompute::{Activation, SegmentKind};
-pub use stem::{VideoStem, VideoStemConfig};
+pub use stem::{StemStep, VideoStem, VideoStemConfig};
 pub use summary::{InputShape, LayerRole, LayerSummary, ModelSummary};
 pub use video_transformer::{VideoTransformer, VideoTransformerConfig};
 pub use vivit::{Vivit, VivitConfig};
@@ -234,6 +234,13 @@ impl<B: Backend> VideoBackbone<B> {
         }
     }
 
+    fn stem_step(&self, index: usize, input: Tensor<B, 5>) -> Option<StemStep<'_, B>> {
+        match self {
+            VideoBackbone::Transformer(model) => model.stem_step(index, input),
+            VideoBackbone::Vivit(_) => None,
+        }
+    }
+
     fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
         match self {
             VideoBackbone::Transformer(model) => model.forward_segment(index, input),
@@ -379,6 +386,21 @@ impl<B: Backend> ActionModel<B> {
         match chain {
             Chain::Rgb => self.rgb().encoder_block(index),
             Chain::Keypoints => self.keypoint().encoder_block(index),
+        }
+    }
+
+    /// The stem step (convolution, BatchNorm + ReLU) that segment `index` of `chain` is, bound
+    /// to `input`; its gradients are computed by hand ([`StemStep::gradients`]) instead of
+    /// through autodiff.
+    pub(crate) fn stem_step(
+        &self,
+        chain: Chain,
+        index: usize,
+        input: &Activation<B>,
+    ) -> Option<StemStep<'_, B>> {
+        match (chain, input) {
+            (Chain::Rgb, Activation::Clips(clips)) => self.rgb().stem_step(index, clips.clone()),
+            _ => None,
         }
     }
 

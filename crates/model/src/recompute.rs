@@ -189,15 +189,26 @@ pub(crate) enum Chain {
     Keypoints,
 }
 
-/// One recomputed segment, or a stretch of consecutive kept segments: its input, and its output
-/// graph when kept.
+/// One recomputed segment, one stem step, or a stretch of consecutive kept segments: its input,
+/// and how it is differentiated.
 struct Saved<B: AutodiffBackend> {
     input: Activation<B>,
-    output: Option<Activation<B>>,
+    backward: StretchBackward<B>,
     /// Index of its (first) segment.
     first: usize,
     /// Dropout seed of its first segment.
     seed: u64,
+}
+
+/// How a saved stretch is differentiated.
+enum StretchBackward<B: AutodiffBackend> {
+    /// Kept segments: their output, whose graph autodiff walks.
+    Graph(Activation<B>),
+    /// A recomputed segment: replayed from its input.
+    Replay,
+    /// A stem step (convolution, BatchNorm + ReLU): run untracked, differentiated by hand from
+    /// its input ([`crate::StemStep::gradients`]); nothing is replayed.
+    ByHand,
 }
 
 /// Sums per-segment gradients into the model's parameter gradients.
@@ -208,10 +219,11 @@ struct Gradients<'a, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> Gradients<'_, B> {
     fn add(&mut self, mut grads: B::Gradients) {
-        self.sum.accumulate(
-            self.model,
-            GradientsParams::from_module(&mut grads, self.model),
-        );
+        self.add_params(GradientsParams::from_module(&mut grads, self.model));
+    }
+
+    fn add_params(&mut self, params: GradientsParams) {
+        self.sum.accumulate(self.model, params);
     }
 }
 
@@ -255,10 +267,21 @@ impl<B: AutodiffBackend> ActionModel<B> {
             while index < count {
                 let kind = self.segment_kind(chain, index);
                 let first = index;
-                if kind.recomputed_by(mode) {
+                let input = x.detach();
+                if let Some(step) = untracked.stem_step(chain, index, &input) {
+                    // Whatever the mode, a stem step keeps only its input and is differentiated
+                    // by hand, without a replay.
+                    x = Activation::Clips(step.forward());
+                    saved.push(Saved {
+                        input,
+                        backward: StretchBackward::ByHand,
+                        first,
+                        seed: segment_seed(first),
+                    });
+                    index += 1;
+                } else if kind.recomputed_by(mode) {
                     let seed = segment_seed(index);
                     B::seed(&device, seed);
-                    let input = x.detach();
                     let output = if kind == SegmentKind::StemPerClip {
                         Activation::cat(
                             (0..input.clips())
@@ -275,14 +298,17 @@ impl<B: AutodiffBackend> ActionModel<B> {
                     // The output's (empty) graph is dropped here; only the input is kept.
                     saved.push(Saved {
                         input,
-                        output: None,
+                        backward: StretchBackward::Replay,
                         first,
                         seed: segment_seed(first),
                     });
                 } else {
-                    let input = if index == 0 { x } else { x.leaf() };
+                    let input = if index == 0 { input } else { input.leaf() };
                     let mut output = input.clone();
-                    while index < count && !self.segment_kind(chain, index).recomputed_by(mode) {
+                    while index < count
+                        && !self.segment_kind(chain, index).recomputed_by(mode)
+                        && (index == first || self.stem_step(chain, index, &output).is_none())
+                    {
                         let seed = segment_seed(index);
                         B::seed(&device, seed);
                         output = self.run_segment(chain, index, output, seed);
@@ -291,7 +317,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
                     x = output.clone().detach();
                     saved.push(Saved {
                         input,
-                        output: Some(output),
+                        backward: StretchBackward::Graph(output),
                         first,
                         seed: segment_seed(first),
                     });
@@ -324,14 +350,25 @@ impl<B: AutodiffBackend> ActionModel<B> {
             for stretch in saved.into_iter().rev() {
                 // The first segment's input is the data: no gradient wanted.
                 let wants_input_gradient = stretch.first > 0;
-                let input_gradient = match stretch.output {
-                    Some(output) => {
+                let input_gradient = match stretch.backward {
+                    StretchBackward::Graph(output) => {
                         let grads = output.dot(upstream).backward();
                         let input_gradient = stretch.input.gradient(&grads);
                         gradients.add(grads);
                         input_gradient
                     }
-                    None => self.replay_segment(
+                    StretchBackward::ByHand => {
+                        let step = self
+                            .stem_step(chain, stretch.first, &stretch.input)
+                            .expect("a stretch differentiated by hand is a stem step");
+                        let (params, input_gradient) =
+                            step.gradients(upstream.into_clips(), wants_input_gradient);
+                        gradients.add_params(params);
+                        // Only a chain's first step reads its input rearranged, and no gradient
+                        // is wanted there.
+                        input_gradient.map(Activation::Clips)
+                    }
+                    StretchBackward::Replay => self.replay_segment(
                         chain,
                         stretch.first,
                         stretch.input,

@@ -8,7 +8,10 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::relu;
 
-use crate::batch_norm::batch_norm;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::batch_norm::{batch_norm, norm_relu_gradients};
 use crate::conv::{VideoConv3d, VideoConv3dConfig};
 
 /// Configuration of a [`VideoStem`].
@@ -63,19 +66,64 @@ impl<B: Backend> VideoStem<B> {
     /// - input: `[n, t, c, h, w]` for step 0, `[n, c, t, h, w]` after it
     /// - output: `[n, c', t, h', w']` (a convolution halves `h` and `w`)
     pub fn forward_step(&self, index: usize, input: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.step(index, input).forward()
+    }
+
+    /// Step `index` with its input as the step reads it: a convolution reads channels-first.
+    /// Step 0's input is data, frames-first: swapping the axes costs one copy of the clip, made
+    /// inside the convolution, and no gradient is ever wanted for it.
+    pub fn step(&self, index: usize, input: Tensor<B, 5>) -> StemStep<'_, B> {
         match index {
-            // The input is data (no gradient flows to it), so the permute costs one copy of
-            // the clip, made inside the convolution.
-            0 => self.conv1.forward(input.permute([0, 2, 1, 3, 4])), // [n, c, t, h, w]
-            1 => normalize(&self.norm1, input),
-            2 => self.conv2.forward(input),
-            _ => normalize(&self.norm2, input),
+            0 => StemStep::Convolution(&self.conv1, input.swap_dims(1, 2)), // [n, c, t, h, w]
+            1 => StemStep::NormRelu(&self.norm1, input),
+            2 => StemStep::Convolution(&self.conv2, input),
+            _ => StemStep::NormRelu(&self.norm2, input),
         }
     }
 
     /// Output size `[t, h, w]` for an input of size `[t, h, w]`.
     pub fn output_size(&self, input: [usize; 3]) -> [usize; 3] {
         self.conv2.output_size(self.conv1.output_size(input))
+    }
+}
+
+/// One step of the stem, bound to its input; in training its gradients are computed by hand
+/// ([`StemStep::gradients`]) instead of through autodiff.
+pub enum StemStep<'a, B: Backend> {
+    Convolution(&'a VideoConv3d<B>, Tensor<B, 5>),
+    NormRelu(&'a BatchNorm<B>, Tensor<B, 5>),
+}
+
+impl<B: Backend> StemStep<'_, B> {
+    pub fn forward(self) -> Tensor<B, 5> {
+        match self {
+            StemStep::Convolution(conv, input) => conv.forward(input),
+            StemStep::NormRelu(norm, input) => normalize(norm, input),
+        }
+    }
+}
+
+impl<B: AutodiffBackend> StemStep<'_, B> {
+    /// The step's parameter gradients for `upstream`, the gradient of its output, and its
+    /// input's when `wants_input` is set (as the step reads it: step 0 never wants it).
+    pub fn gradients(
+        self,
+        upstream: Tensor<B, 5>,
+        wants_input: bool,
+    ) -> (GradientsParams, Option<Tensor<B, 5>>) {
+        match self {
+            StemStep::Convolution(conv, input) => conv.gradients(input, upstream, wants_input),
+            StemStep::NormRelu(norm, input) => {
+                let [n, c, t, h, w] = input.dims();
+                let flat = |x: Tensor<B, 5>| x.reshape([n, c, t * h * w]);
+                let (gradients, input_gradient) =
+                    norm_relu_gradients(norm, flat(input), flat(upstream), wants_input);
+                (
+                    gradients,
+                    input_gradient.map(|gradient| gradient.reshape([n, c, t, h, w])),
+                )
+            }
+        }
     }
 }
 

@@ -84,6 +84,10 @@ pub struct LayerSummary {
     /// Elements alive while it runs without autodiff (validation, inference), beyond its input
     /// and output (whole batch; a per-clip layer runs one clip at a time).
     pub inference_extra_elements: usize,
+    /// Differentiated by hand (a stem convolution or BatchNorm + ReLU, see
+    /// `StemStep::gradients`): it keeps only its input, and its backward is
+    /// `replay_peak_elements` of temporaries, whatever the recompute mode.
+    pub by_hand: bool,
 }
 
 impl LayerSummary {
@@ -318,6 +322,13 @@ impl ActionModelConfig {
             layer.backward_extra_elements = costs.backward_extra;
             layer.replay_peak_elements = costs.replay_peak;
             layer.inference_extra_elements = costs.inference_extra;
+            layer.by_hand = matches!(
+                layer.role,
+                LayerRole::Conv3d { .. } | LayerRole::BatchNormRelu
+            );
+            if layer.by_hand {
+                layer.replay_peak_elements = costs.backward_extra;
+            }
             input_elements = layer.output_elements();
         }
         ModelSummary { layers, clips }
@@ -367,39 +378,41 @@ impl ActivationCosts {
     fn of(layer: &LayerSummary, input: usize, clips: usize, dropout: bool) -> Self {
         let output = layer.output_elements();
         match layer.role {
-            // Burn's conv3d keeps its input for the weight gradient. Forward, the CPU kernel
-            // copies the input contiguous and channels-last (tiles of the patch matrix are
-            // small). Backward, the weight gradient is a convolution of the swapped input with
-            // the swapped output gradient (copies of both, channels-last again) whose patch tiles
-            // are `taps` rows of `output / c_out` values for each of up to two input channels
-            // at a time; a later layer's input gradient is a transposed convolution with a full
-            // column buffer (`taps · c_in` rows over the output positions).
+            // A convolution keeps its input (for the weight gradient) and is differentiated by
+            // hand (`VideoConv3d::gradients`). Forward, the CPU kernel's patch tiles are small
+            // next to its output (re-measured on burn-flex with the e2e plan test). Backward, one
+            // clip at a time, the weight gradient is a convolution of the clip with its output
+            // gradient whose patch tiles are `taps` rows of the clip's positions for each of up
+            // to two input channels at a time; a later layer's input gradient is a transposed
+            // convolution with a column buffer of one clip (`taps · c_in` rows over the clip's
+            // output positions).
             LayerRole::Conv3d {
                 taps,
                 channels_in,
                 reads_data,
             } => {
                 let positions = output / layer.output_shape[1].max(1);
-                let weight_tiles = taps * positions * channels_in.min(2);
+                let clip_positions = positions / clips.max(1);
+                let weight_tiles = taps * clip_positions * channels_in.min(2);
                 let input_gradient = if reads_data {
                     0
                 } else {
-                    taps * channels_in * positions + input
+                    taps * channels_in * clip_positions + input
                 };
                 Self::new(
                     input,
-                    2 * input + output,
-                    2 * input + 2 * output + weight_tiles.max(input_gradient),
+                    output,
+                    output / clips.max(1) + weight_tiles + input_gradient,
                 )
                 .inference(2 * input)
             }
-            // Burn's BatchNorm keeps x − mean (for the variance's square and for the division),
-            // the normalised values (for γ's gradient), and ReLU its output; the statistics pass
-            // transposes a copy. In evaluation it normalises with the running statistics: one
-            // temporary besides input and output (measured: 3 × the output per clip).
-            LayerRole::BatchNormRelu => {
-                Self::new(4 * output, 2 * output, 2 * output).inference(output)
-            }
+            // BatchNorm + ReLU is differentiated by hand (`norm_relu_gradients`): it keeps only
+            // its input (the ReLU's output is the next layer's input, kept there). Forward and
+            // backward compute in f32 (the input's copy, x − mean, the normalised values, the
+            // gradient), each freed as soon as the next exists: two at a time, measured on the
+            // e2e plan test's 96 px stem. In evaluation it normalises with the running
+            // statistics: one temporary besides input and output.
+            LayerRole::BatchNormRelu => Self::new(output, 2 * output, 2 * output).inference(output),
             LayerRole::Pool => Self::new(0, input, input),
             // A linear layer keeps its input (for ViViT, the tubelet-ordered copy of the video).
             LayerRole::Embedding {

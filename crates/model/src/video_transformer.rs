@@ -7,7 +7,7 @@ use burn::prelude::*;
 use crate::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 use crate::precision::{layer_norm, like, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
-use crate::stem::{VideoStem, VideoStemConfig};
+use crate::stem::{StemStep, VideoStem, VideoStemConfig};
 
 /// Configuration of a [`VideoTransformer`].
 #[derive(Config, Debug)]
@@ -76,6 +76,11 @@ impl<B: Backend> VideoTransformer<B> {
         index
             .checked_sub(VideoStem::<B>::STEPS + 1)
             .and_then(|block| self.blocks.get(block))
+    }
+
+    /// The stem step that segment `index` is, if it is one, bound to `input`.
+    pub fn stem_step(&self, index: usize, input: Tensor<B, 5>) -> Option<StemStep<'_, B>> {
+        (index < VideoStem::<B>::STEPS).then(|| self.stem.step(index, input))
     }
 
     /// Runs segment `index` alone.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsAccumulator, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -206,32 +206,36 @@ pub(crate) fn fit<B: AutodiffBackend>(
             let keypoints = keypoint_tensor::<B>(&mut batch, &device);
             // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
             let scaled_weight = weight * state.loss_scaler.scale;
-            let (loss_value, grads) = if recompute == CheckpointMode::None {
-                context.memory.phase(Phase::Forward);
-                let scores = model.forward(video, keypoints);
-                let loss = loss_function.forward(scores, labels);
-                let loss_value: f32 = loss.clone().into_scalar().elem();
-                // The graph is whole here: the device's in-use peak of a step without recompute.
-                sample_device(&context.memory, context.backend);
-                context.memory.phase(Phase::Backward);
-                let grads = (loss * scaled_weight).backward();
-                (loss_value, GradientsParams::from_grads(grads, &model))
+            // Every mode goes through `loss_and_gradients`: it differentiates the convolutions
+            // by hand (faster than autodiff's generic conv backward), and without recompute it
+            // is one forward and one backward, like a plain `backward()`.
+            let plain = recompute == CheckpointMode::None;
+            context.memory.phase(if plain {
+                Phase::Forward
             } else {
-                context.memory.phase(Phase::ForwardBackward);
-                let segment_seed =
-                    config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
-                let outcome = model.loss_and_gradients(
-                    video,
-                    keypoints,
-                    |scores| loss_function.forward(scores, labels),
-                    scaled_weight,
-                    recompute,
-                    segment_seed,
-                );
-                // Recompute's peaks are inside the replays; this reads what remains after them.
-                sample_device(&context.memory, context.backend);
-                outcome
-            };
+                Phase::ForwardBackward
+            });
+            let segment_seed =
+                config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
+            let (loss_value, grads) = model.loss_and_gradients(
+                video,
+                keypoints,
+                |scores| {
+                    let loss = loss_function.forward(scores, labels);
+                    if plain {
+                        // The graph is whole here: the device's in-use peak of a step without
+                        // recompute.
+                        sample_device(&context.memory, context.backend);
+                        context.memory.phase(Phase::Backward);
+                    }
+                    loss
+                },
+                scaled_weight,
+                recompute,
+                segment_seed,
+            );
+            // Recompute's peaks are inside the replays; this reads what remains after them.
+            sample_device(&context.memory, context.backend);
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss_value,

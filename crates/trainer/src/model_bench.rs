@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsAccumulator, Optimizer};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
@@ -237,23 +237,21 @@ fn bench_row<B: AutodiffBackend>(
                 device,
             );
             let weight = scaler.scale / row.accumulate as f64;
-            let (loss, grads) = if row.checkpoint == CheckpointMode::None {
-                let scores = model.forward(Some(video), None);
-                let loss = loss_function.forward(scores, labels);
-                peaks.sample(backend);
-                let value: f32 = loss.clone().into_scalar().elem();
-                let grads = GradientsParams::from_grads((loss * weight).backward(), &model);
-                (value, grads)
-            } else {
-                model.loss_and_gradients(
-                    Some(video),
-                    None,
-                    |scores| loss_function.forward(scores, labels),
-                    weight,
-                    row.checkpoint,
-                    step as u64,
-                )
-            };
+            let plain = row.checkpoint == CheckpointMode::None;
+            let (loss, grads) = model.loss_and_gradients(
+                Some(video),
+                None,
+                |scores| {
+                    let loss = loss_function.forward(scores, labels);
+                    if plain {
+                        peaks.sample(backend);
+                    }
+                    loss
+                },
+                weight,
+                row.checkpoint,
+                step as u64,
+            );
             peaks.sample(backend);
             step_loss += loss / row.accumulate as f32;
             accumulator.accumulate(&model, grads);
