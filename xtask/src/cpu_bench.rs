@@ -5,10 +5,12 @@
 //!
 //! PyTorch comes from a cache venv (`$VIDTRAIN_TORCH_VENV`, default `~/.cache/vidtrain/torch-venv`),
 //! made with `pip install torch` when it is missing. `BENCH_STEPS` (default 2) timed steps after one
-//! warm-up step; `BENCH_BACKBONE=transformer|vivit|both` (default both).
+//! warm-up step; `BENCH_BACKBONE=transformer|vivit|both` (default both); `BENCH_ROW_TIMEOUT_S` (default
+//! 600) per side of a row.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -118,26 +120,55 @@ pub fn cpu() -> anyhow::Result<()> {
 }
 
 /// Runs one side of one row and returns its JSON result (or the failure as `{"error": ...}`, so
-/// that a failing row is reported and the others still run).
+/// that a failing row is reported and the others still run). A row that runs longer than
+/// `BENCH_ROW_TIMEOUT_S` (default 600) is killed and reported as timed out: PyTorch's fp16
+/// convolutions on some CPUs take many minutes a step.
 fn run_row(mut command: Command, out: &Path) -> Value {
     eprintln!("$ {command:?}");
     let _ = std::fs::remove_file(out);
-    let outcome = command.output();
-    let failure = match &outcome {
-        Ok(output) if output.status.success() => None,
-        Ok(output) => Some(format!(
-            "exit {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        )),
+    let limit = std::env::var("BENCH_ROW_TIMEOUT_S")
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .unwrap_or(600);
+    let failure = match command
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Err(error) => Some(error.to_string()),
+        Ok(mut child) => {
+            let stderr = child.stderr.take();
+            let last_line = std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut stderr) = stderr {
+                    let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+                }
+                text.lines().last().unwrap_or("").to_string()
+            });
+            let deadline = Instant::now() + Duration::from_secs(limit);
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Ok(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(200))
+                    }
+                    Ok(None) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(format!("timed out after {limit} s (BENCH_ROW_TIMEOUT_S)"));
+                    }
+                    Err(error) => break Err(error.to_string()),
+                }
+            };
+            let last_line = last_line.join().unwrap_or_default();
+            match status {
+                Ok(status) if status.success() => None,
+                Ok(status) => Some(format!("exit {status}: {last_line}")),
+                Err(error) => Some(error),
+            }
+        }
     };
-    if let Ok(output) = &outcome {
-        eprint!("{}", String::from_utf8_lossy(&output.stdout));
-    }
     let parsed = std::fs::read_to_string(out)
         .ok()
         .and_then(|text| serde_json::from_str::<Value>(&text).ok())

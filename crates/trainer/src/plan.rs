@@ -71,23 +71,41 @@ fn activation_layers(
     activation_bytes: u64,
     mode: CheckpointMode,
 ) -> Vec<ActivationLayer> {
+    let mut input_elements = 0u64;
     summary
         .layers
         .iter()
-        .map(|layer| ActivationLayer {
-            name: layer.name.clone(),
-            saved: layer.saved_elements as u64 * activation_bytes,
-            forward_extra: layer.forward_extra_elements as u64 * activation_bytes,
-            backward_extra: layer.backward_extra_elements as u64 * activation_bytes,
-            replay_peak: layer.replay_peak_elements as u64 * activation_bytes,
-            inference_extra: layer.inference_extra_elements as u64 * activation_bytes,
-            output: layer.output_elements() as u64 * activation_bytes,
-            // A stem step differentiated by hand keeps only its input and runs its backward
-            // from it, as a recomputed layer does (its "replay" is only that backward).
-            recomputed: layer.by_hand
-                || (mode != CheckpointMode::None
-                    && layer.segment.is_some_and(|kind| kind.recomputed_by(mode))),
-            per_clip: !layer.by_hand && layer.segment == Some(SegmentKind::StemPerClip),
+        .map(|layer| {
+            let output_elements = layer.output_elements() as u64;
+            // A stem step's temporaries are f32 whatever the compute dtype: BatchNorm computes
+            // its statistics and normalisation in f32, and burn-flex runs half-precision
+            // convolutions through f32 copies of their operands, input and output (measured
+            // with `cargo xtask bench plan`: priced at 2 bytes, the half-precision rows came
+            // out at 0.5–0.6 of the measured peak).
+            let (temporary_bytes, f32_copies) = if layer.by_hand && activation_bytes < 4 {
+                (4, (input_elements + output_elements) * 4)
+            } else {
+                (activation_bytes, 0)
+            };
+            input_elements = output_elements;
+            let temporaries = |elements: usize| elements as u64 * temporary_bytes + f32_copies;
+            ActivationLayer {
+                name: layer.name.clone(),
+                saved: layer.saved_elements as u64 * activation_bytes,
+                forward_extra: temporaries(layer.forward_extra_elements),
+                backward_extra: temporaries(layer.backward_extra_elements),
+                replay_peak: temporaries(layer.replay_peak_elements),
+                // Without autodiff (validation) the measured peaks show no f32 copies on top
+                // (the scenario rows of `cargo xtask bench plan`).
+                inference_extra: layer.inference_extra_elements as u64 * temporary_bytes,
+                output: layer.output_elements() as u64 * activation_bytes,
+                // A stem step differentiated by hand keeps only its input and runs its backward
+                // from it, as a recomputed layer does (its "replay" is only that backward).
+                recomputed: layer.by_hand
+                    || (mode != CheckpointMode::None
+                        && layer.segment.is_some_and(|kind| kind.recomputed_by(mode))),
+                per_clip: !layer.by_hand && layer.segment == Some(SegmentKind::StemPerClip),
+            }
         })
         .collect()
 }
