@@ -652,6 +652,24 @@ mod tests {
     }
 
     /// Gradients of `0.5 · loss` through one plain backward.
+    /// `loss_and_gradients` of `case` (weight 0.5, seed 11), checking that the scores reaching
+    /// the loss are f32 whatever the compute dtype.
+    fn f32_loss_gradients(case: &Case, mode: CheckpointMode) -> (f32, GradientsParams) {
+        case.model.loss_and_gradients(
+            case.video.clone(),
+            case.keypoints.clone(),
+            |scores| {
+                assert_eq!(scores.dtype(), burn::tensor::DType::F32);
+                CrossEntropyLossConfig::new()
+                    .init(&Default::default())
+                    .forward(scores, case.labels.clone())
+            },
+            0.5,
+            mode,
+            11,
+        )
+    }
+
     fn plain(case: &Case) -> Vec<Vec<f32>> {
         let device = Default::default();
         let scores = case
@@ -842,19 +860,7 @@ mod tests {
             let expected = plain(&case);
             case.model.compute_dtype = burn::tensor::FloatDType::F64;
             for mode in MODES {
-                let (_, grads) = case.model.loss_and_gradients(
-                    case.video.clone(),
-                    case.keypoints.clone(),
-                    |scores| {
-                        assert_eq!(scores.dtype(), burn::tensor::DType::F32);
-                        CrossEntropyLossConfig::new()
-                            .init(&Default::default())
-                            .forward(scores, case.labels.clone())
-                    },
-                    0.5,
-                    mode,
-                    11,
-                );
+                let (_, grads) = f32_loss_gradients(&case, mode);
                 assert_equal(
                     &expected,
                     &collect(&case.model, &grads),
@@ -887,19 +893,7 @@ mod tests {
             for (dtype, relative) in [(FloatDType::BF16, 0.08), (FloatDType::F16, 0.01)] {
                 case.model.compute_dtype = dtype;
                 for mode in MODES {
-                    let (loss, grads) = case.model.loss_and_gradients(
-                        case.video.clone(),
-                        case.keypoints.clone(),
-                        |scores| {
-                            assert_eq!(scores.dtype(), burn::tensor::DType::F32);
-                            CrossEntropyLossConfig::new()
-                                .init(&Default::default())
-                                .forward(scores, case.labels.clone())
-                        },
-                        0.5,
-                        mode,
-                        11,
-                    );
+                    let (loss, grads) = f32_loss_gradients(&case, mode);
                     assert!(
                         loss.is_finite(),
                         "{backbone:?} {dtype:?} {mode:?}: loss {loss}"
