@@ -9,10 +9,14 @@
 //! the parameter gradients and the gradient of its input, the upstream of the stretch before.
 //! Gradients equal those of one plain backward.
 //!
-//! Replays are shaped to keep their own peak small: a per-clip segment (a convolution with its
-//! patch matrix) is replayed one clip at a time, and an encoder block's attention one query block
-//! at a time, so neither the batch's patch matrix nor the `[batch, heads, tokens, tokens]` scores
-//! ever exist whole.
+//! Replays are shaped to keep their own peak small: a per-clip segment (ViViT's tubelet
+//! embedding) is replayed one clip at a time, and an encoder block's attention one query block at
+//! a time, so the `[batch, heads, tokens, tokens]` scores never exist whole.
+//!
+//! The seed stem's steps (convolutions, BatchNorm + ReLU) are neither kept nor replayed: in every
+//! mode each runs untracked, keeps only its input, and is differentiated by hand
+//! ([`crate::StemStep::gradients`]), which is faster on burn-flex than Burn's generic backward and
+//! keeps less than autodiff would.
 //!
 //! As with PyTorch's checkpointing, a recomputed BatchNorm updates its running statistics a
 //! second time (batch statistics, and so gradients, are unaffected).
@@ -29,11 +33,11 @@ use crate::encoder::{EncoderBlock, query_block_seed, query_blocks};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentKind {
     /// A stem step that treats each clip on its own (a convolution, a patch embedding), with no
-    /// randomness: recomputed by `stem` and `all`, run and replayed one clip at a time, so its
-    /// largest intermediate (a convolution's patch matrix) exists for one clip at a time.
+    /// randomness: recomputed by `stem` and `all`, run and replayed one clip at a time. (The seed
+    /// stem's convolutions have this kind but are differentiated by hand in every mode.)
     StemPerClip,
     /// A stem step with batch statistics (BatchNorm + ReLU): recomputed by `stem` and `all`,
-    /// replayed whole.
+    /// replayed whole. (The seed stem's are differentiated by hand in every mode.)
     StemBatch,
     /// A transformer encoder block (recomputed by `encoder` and `all`), replayed in three steps
     /// with attention one query block at a time.
