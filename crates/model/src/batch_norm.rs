@@ -24,9 +24,7 @@ use burn::tensor::backend::AutodiffBackend;
 pub(crate) fn batch_norm<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [n, c, _] = x.dims();
     if B::ad_enabled(&x.device()) {
-        let mean = x.clone().mean_dim(2).mean_dim(0); // [1, c, 1]
-        let centered = x - mean.clone().repeat_dim(0, n);
-        let var = centered.clone().square().mean_dim(2).mean_dim(0); // [1, c, 1]
+        let (centered, mean, var) = batch_statistics(x);
         update_running(norm, &mean, &var);
         normalize(norm, centered, var, n)
     } else {
@@ -43,6 +41,16 @@ pub(crate) fn batch_norm<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 3>) -> Te
             .reshape([1, c, 1]);
         normalize(norm, x - mean.repeat_dim(0, n), var, n)
     }
+}
+
+/// Batch statistics of `x` (`[n, c, l]`) per channel: `x − mean` (`[n, c, l]`), the mean and the
+/// biased variance (`[1, c, 1]` each), reduced along the contiguous last axis first.
+fn batch_statistics<B: Backend>(x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    let n = x.dims()[0];
+    let mean = x.clone().mean_dim(2).mean_dim(0);
+    let centered = x - mean.clone().repeat_dim(0, n);
+    let var = centered.clone().square().mean_dim(2).mean_dim(0);
+    (centered, mean, var)
 }
 
 /// `(x − mean) · γ / √(var + ε) + β`, with the per-channel factors repeated over the batch.
@@ -80,9 +88,7 @@ pub(crate) fn norm_relu_gradients<B: AutodiffBackend>(
     let gamma = norm.gamma.val().inner().reshape([1, c, 1]);
     let beta = norm.beta.val().inner().reshape([1, c, 1]);
 
-    let mean = x.clone().mean_dim(2).mean_dim(0); // [1, c, 1]
-    let centered = x - mean.repeat_dim(0, n);
-    let var = centered.clone().square().mean_dim(2).mean_dim(0);
+    let (centered, _, var) = batch_statistics(x);
     let inverse_std = var.add_scalar(norm.epsilon).sqrt().recip(); // [1, c, 1]
     let normalized = centered * inverse_std.clone().repeat_dim(0, n);
     // The ReLU passes the gradient where its input, γ·x̂ + β, is positive.

@@ -109,7 +109,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     /// arithmetic with three copies fewer: Burn's generic conv3d backward swaps the batch and
     /// channel axes of the input and of the output gradient (and again for the bias), and on
     /// burn-flex each swap is a single-threaded strided copy of a tensor the size of the
-    /// activation — measured at 35 % of the seed stem's step. Here each clip's weight gradient
+    /// activation — 35 % of the main thread's samples in a profile of the seed stem's step. Here each clip's weight gradient
     /// is a convolution of the clip with its output gradient read as `[channels, 1, t, h, w]`,
     /// a reshape of contiguous data, and the bias gradient a sum over contiguous rows.
     ///
@@ -122,9 +122,15 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         upstream: Tensor<B, 5>,
         wants_input: bool,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
-        let x = input.inner();
+        let [n, c_in, t, h, w] = input.dims();
+        // One copy when the input is a view with rearranged axes (the stem's first step reads
+        // frames-first data channels-first); a reshape of contiguous data costs nothing. Without
+        // it each clip's reshape below walked the view element by element.
+        let x = input
+            .inner()
+            .reshape([n, c_in * t * h * w])
+            .reshape([n, c_in, t, h, w]);
         let upstream = upstream.inner();
-        let [n, c_in, t, h, w] = x.dims();
         let [_, c_out, t_out, h_out, w_out] = upstream.dims();
         let [kt, kh, kw] = self.kernel;
         let weight = self.weight.val().inner();

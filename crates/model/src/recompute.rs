@@ -311,7 +311,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
                     let mut output = input.clone();
                     while index < count
                         && !self.segment_kind(chain, index).recomputed_by(mode)
-                        && (index == first || self.stem_step(chain, index, &output).is_none())
+                        && self.stem_step(chain, index, &output).is_none()
                     {
                         let seed = segment_seed(index);
                         B::seed(&device, seed);

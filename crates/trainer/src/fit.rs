@@ -234,8 +234,10 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 recompute,
                 segment_seed,
             );
-            // Recompute's peaks are inside the replays; this reads what remains after them.
-            sample_device(&context.memory, context.backend);
+            if !plain {
+                // Recompute's peaks are inside the replays; this reads what remains after them.
+                sample_device(&context.memory, context.backend);
+            }
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss_value,

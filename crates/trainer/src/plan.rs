@@ -70,6 +70,7 @@ fn activation_layers(
     summary: &ModelSummary,
     activation_bytes: u64,
     mode: CheckpointMode,
+    backend: BackendChoice,
 ) -> Vec<ActivationLayer> {
     let mut input_elements = 0u64;
     summary
@@ -78,14 +79,16 @@ fn activation_layers(
         .map(|layer| {
             let output_elements = layer.output_elements() as u64;
             // A stem step's temporaries are f32 whatever the compute dtype: BatchNorm computes
-            // its statistics and normalisation in f32, and burn-flex runs half-precision
-            // convolutions through f32 copies of their operands, input and output (measured
-            // with `cargo xtask bench plan`: priced at 2 bytes, the half-precision rows came
-            // out at 0.5–0.6 of the measured peak).
-            let (temporary_bytes, f32_copies) = if layer.by_hand && activation_bytes < 4 {
-                (4, (input_elements + output_elements) * 4)
+            // its statistics and normalisation in f32, and on the CPU burn-flex runs
+            // half-precision convolutions through f32 copies of their operands, input and output
+            // (measured with `cargo xtask bench plan`: priced at 2 bytes, the half-precision rows
+            // came out at 0.5–0.6 of the measured peak). cubecl's convolutions compute in half.
+            let half_stem_step = layer.by_hand && activation_bytes < 4;
+            let temporary_bytes = if half_stem_step { 4 } else { activation_bytes };
+            let f32_copies = if half_stem_step && backend == BackendChoice::Cpu {
+                (input_elements + output_elements) * 4
             } else {
-                (activation_bytes, 0)
+                0
             };
             input_elements = output_elements;
             let temporaries = |elements: usize| elements as u64 * temporary_bytes + f32_copies;
@@ -126,6 +129,7 @@ pub fn plan_input(
         &summary,
         activation_bytes,
         config.model.effective_checkpoint(),
+        backend,
     );
     let validation_batch = match dataset {
         Some(sizes) => config
@@ -138,6 +142,7 @@ pub fn plan_input(
         &summary_for_batch(config, validation_batch),
         activation_bytes,
         CheckpointMode::None,
+        backend,
     );
     let views = config.active_views().len();
     let frames = data.uniform_temporal_subsample_num;
