@@ -2,6 +2,7 @@
 //! through [`vidtrain`].
 
 mod config;
+mod faults;
 mod inference;
 mod plan;
 mod train;

@@ -39,7 +39,7 @@ pub(crate) fn small_dataset(dir: &Path) -> String {
     "data/vidtrain.toml".to_string()
 }
 
-const TINY_MODEL: [&str; 7] = [
+pub(crate) const TINY_MODEL: [&str; 7] = [
     "data.img_size=32",
     "model.transformer_dim=32",
     "model.transformer_layers=1",

@@ -71,7 +71,8 @@ pub struct DataConfig {
     pub on_bad_sample: OnBadSample,
     /// Joints kept from each keypoint frame (the seed keeps 52 of 70).
     pub keypoint_indices: Vec<usize>,
-    /// Longest time one ffmpeg decode may take before it is killed, in seconds.
+    /// Longest time one ffmpeg decode (or one ffprobe of a video) may take before it is killed,
+    /// in seconds.
     pub decode_timeout_s: u64,
     /// Timeline label names in class-id order; labels not listed are reported as unknown.
     pub class_names: Vec<String>,
@@ -726,6 +727,15 @@ impl Config {
                 format!(
                     "must be -1 (no limit) or at least 1, got {}",
                     self.train.max_steps
+                ),
+            );
+        }
+        if self.train.k_folds < 2 {
+            return invalid(
+                "train.k_folds",
+                format!(
+                    "must be at least 2 (folds split persons into training and validation), got {}",
+                    self.train.k_folds
                 ),
             );
         }

@@ -182,6 +182,7 @@ impl FrameDecoder {
             .collect::<Vec<_>>()
             .join("+");
         let mut command = FfmpegCommand::new_with_path(&self.ffmpeg);
+        in_own_process_group(command.as_inner_mut());
         command.args([
             "-nostdin",
             "-hide_banner",
@@ -240,6 +241,17 @@ impl FrameDecoder {
         }
         Ok(())
     }
+}
+
+/// Starts the child in a process group of its own. A terminal's Ctrl-C (SIGINT to the
+/// foreground process group) then reaches vidtrain alone, which finishes the decodes in flight,
+/// saves a checkpoint and stops; otherwise the decoders die with it and the samples they were
+/// loading fail as if their files were bad.
+pub(crate) fn in_own_process_group(command: &mut std::process::Command) {
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(command, 0);
+    #[cfg(not(unix))]
+    let _ = command;
 }
 
 /// Reads until `buffer` is full or the stream ends; returns the bytes read.

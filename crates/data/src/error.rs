@@ -28,6 +28,9 @@ pub enum Error {
     /// ffprobe could not read a video's stream information.
     #[error("cannot probe video {}: {message}", .path.display())]
     Probe { path: PathBuf, message: String },
+    /// ffprobe took longer than `data.decode_timeout_s` and was stopped.
+    #[error("probing {} took longer than {seconds} s and was stopped (is the file on a hung mount? raise data.decode_timeout_s if it is just slow)", .path.display())]
+    ProbeTimeout { path: PathBuf, seconds: u64 },
     /// ffmpeg failed on a video.
     #[error("decoding {} frames {first_frame}..={last_frame} failed: {message}", .path.display())]
     Decode {
@@ -65,12 +68,10 @@ pub enum Error {
     #[error("no samples: {0}")]
     NoSamples(String),
     /// A file system error on `path`.
-    #[error("{}: {source}", .path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The OS error is part of the message and deliberately not a `#[source]`: printed with its
+    // causes (`{:#}`), it would otherwise appear twice.
+    #[error("{}: {cause}", .path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
     /// The decode worker threads stopped unexpectedly.
     #[error("the data pipeline stopped: {0}")]
     Pipeline(String),
@@ -84,7 +85,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use vidtrain_config::{Config, OnBadSample};
 
-use crate::probe::{VideoInfo, probe_video};
+use crate::probe::{VideoInfo, probe_video_within};
 use crate::{Error, Result};
 
 /// One recording session: the same scene seen by several synchronised cameras, with one timeline
@@ -49,7 +49,8 @@ impl ViewVideo {
         path: PathBuf,
         name: &str,
     ) -> Result<Self> {
-        let info = probe_video(&path)?;
+        let timeout = std::time::Duration::from_secs(config.data.decode_timeout_s);
+        let info = probe_video_within(&path, timeout)?;
         let keypoints = config
             .data
             .load_kpt

@@ -24,6 +24,6 @@ pub use index::{Index, LabelledRange, Problem, Recording, ViewVideo};
 pub use keypoints::{KeypointReport, keypoint_files_opened, read_keypoints};
 pub use pipeline::{Batch, Pipeline, PipelineBuilder};
 pub use plan::{ChunkPlan, Sample, uniform_temporal_subsample};
-pub use probe::{VideoInfo, find_tool, probe_video};
+pub use probe::{DEFAULT_PROBE_TIMEOUT, VideoInfo, find_tool, probe_video, probe_video_within};
 pub use report::DatasetReport;
 pub use rng::shuffled;

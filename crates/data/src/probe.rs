@@ -1,7 +1,9 @@
 //! Locating ffmpeg/ffprobe and probing a video's stream once (frame count, frame rate, size).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
 
@@ -38,8 +40,17 @@ pub fn find_tool(program: &str) -> Result<PathBuf> {
         })
 }
 
-/// Probes the first video stream of `path`.
+/// How long [`probe_video`] lets ffprobe run (training uses `data.decode_timeout_s`).
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Probes the first video stream of `path`, giving ffprobe [`DEFAULT_PROBE_TIMEOUT`].
 pub fn probe_video(path: &Path) -> Result<VideoInfo> {
+    probe_video_within(path, DEFAULT_PROBE_TIMEOUT)
+}
+
+/// Probes the first video stream of `path`; an ffprobe still running after `timeout` (a file on
+/// a hung network mount, a pathological stream) is killed and reported, never waited on forever.
+pub fn probe_video_within(path: &Path, timeout: Duration) -> Result<VideoInfo> {
     let ffprobe = find_tool("ffprobe")?;
     let probe_error = |message: String| Error::Probe {
         path: path.to_path_buf(),
@@ -61,9 +72,13 @@ pub fn probe_video(path: &Path) -> Result<VideoInfo> {
             "json",
         ]);
         command.arg(path);
-        let output = command
-            .output()
-            .map_err(|error| probe_error(format!("cannot run ffprobe: {error}")))?;
+        crate::decode::in_own_process_group(&mut command);
+        let output = output_within(&mut command, timeout)
+            .map_err(|error| probe_error(format!("cannot run ffprobe: {error}")))?
+            .ok_or_else(|| Error::ProbeTimeout {
+                path: path.to_path_buf(),
+                seconds: timeout.as_secs(),
+            })?;
         if !output.status.success() {
             return Err(probe_error(
                 String::from_utf8_lossy(&output.stderr).trim().to_string(),
@@ -112,6 +127,49 @@ pub fn probe_video(path: &Path) -> Result<VideoInfo> {
     })
 }
 
+/// Runs `command` to completion like [`Command::output`], or kills it after `timeout` and returns
+/// `None`. Its output is drained on threads so a full pipe never stalls it.
+fn output_within(
+    command: &mut Command,
+    timeout: Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(status.map(|status| std::process::Output {
+        status,
+        stdout,
+        stderr,
+    }))
+}
+
 fn parse_rate(text: &str) -> Option<f64> {
     let (numerator, denominator) = text.split_once('/').unwrap_or((text, "1"));
     let rate = numerator.parse::<f64>().ok()? / denominator.parse::<f64>().ok()?;
@@ -121,6 +179,24 @@ fn parse_rate(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hanging_tool_is_killed_at_the_timeout() {
+        // A child of the probe that keeps the pipes open must not keep us waiting either:
+        // `sleep` replaces the shell, so killing it closes the pipes.
+        let started = Instant::now();
+        let output = output_within(
+            Command::new("sh").args(["-c", "exec sleep 30"]),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        assert!(output.is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let output = output_within(Command::new("true").arg("x"), Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert!(output.status.success());
+    }
 
     #[test]
     fn rates_parse_as_fractions() {

@@ -77,6 +77,8 @@ fn is_usage_error(error: &anyhow::Error) -> bool {
                 Some(
                     vidtrain_trainer::Error::Config(_)
                         | vidtrain_trainer::Error::Unsupported { .. }
+                        | vidtrain_trainer::Error::Setting { .. }
+                        | vidtrain_trainer::Error::ExceedsMachineMemory { .. }
                 )
             )
     })
@@ -429,8 +431,12 @@ fn train(args: &TrainArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let summary = vidtrain_trainer::train(&config, &options).context("training failed")?;
-    print_summary(&summary);
+    match vidtrain_trainer::train(&config, &options) {
+        Ok(summary) => print_summary(&summary),
+        // Resuming a finished run is a request already fulfilled: say so and exit 0.
+        Err(finished @ vidtrain_trainer::Error::AlreadyFinished { .. }) => eprintln!("{finished}"),
+        Err(error) => return Err(anyhow::Error::from(error).context("training failed").into()),
+    }
     Ok(())
 }
 
@@ -500,7 +506,7 @@ fn eval(args: &EvalArgs) -> Result<(), Failure> {
                     sample.label,
                     sample.predicted
                 ),
-                sample.probabilities.as_slice(),
+                Some(sample.probabilities.as_slice()),
             )
         }),
     );
@@ -564,9 +570,9 @@ fn predict(args: &PredictArgs) -> Result<(), Failure> {
                         window.window,
                         window.start_frame,
                         window.end_frame,
-                        window.predicted
+                        window.predicted.as_deref().unwrap_or("skipped")
                     ),
-                    window.probabilities.as_slice(),
+                    window.probabilities.as_deref(),
                 )
             }),
         )
@@ -583,11 +589,11 @@ fn predict(args: &PredictArgs) -> Result<(), Failure> {
 }
 
 /// A CSV table: `header` and one `p_<class>` column per class, then each row's leading fields
-/// and its class probabilities.
+/// and its class probabilities (empty fields for a row without them: a skipped window).
 fn probability_csv<'a>(
     header: &str,
     class_names: &[String],
-    rows: impl Iterator<Item = (String, &'a [f32])>,
+    rows: impl Iterator<Item = (String, Option<&'a [f32]>)>,
 ) -> String {
     let mut csv = header.to_string();
     for class in class_names {
@@ -596,8 +602,13 @@ fn probability_csv<'a>(
     csv.push('\n');
     for (fields, probabilities) in rows {
         csv += &fields;
-        for probability in probabilities {
-            csv += &format!(",{probability:.6}");
+        match probabilities {
+            Some(probabilities) => {
+                for probability in probabilities {
+                    csv += &format!(",{probability:.6}");
+                }
+            }
+            None => csv += &",".repeat(class_names.len()),
         }
         csv.push('\n');
     }

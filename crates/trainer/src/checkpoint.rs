@@ -4,9 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
 use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use vidtrain_config::Config;
@@ -41,10 +39,9 @@ pub(crate) struct TrainingState {
 }
 
 const LAST: &str = "last";
-
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::new()
-}
+/// A complete earlier checkpoint, present only if a kill fell between the two renames of
+/// [`save`].
+pub(crate) const LAST_OLD: &str = "last.old";
 
 /// Writes `checkpoints/last/` (model, optimizer, state) and returns its path.
 pub(crate) fn save<B, O>(
@@ -52,6 +49,7 @@ pub(crate) fn save<B, O>(
     model: &ActionModel<B>,
     optimizer: &O,
     state: &TrainingState,
+    config: &Config,
 ) -> Result<PathBuf>
 where
     B: AutodiffBackend,
@@ -59,25 +57,20 @@ where
 {
     let folder = checkpoints.join(LAST);
     let partial = checkpoints.join(format!("{LAST}.partial"));
-    let previous = checkpoints.join(format!("{LAST}.old"));
-    let checkpoint_error = |message: String| Error::Checkpoint {
-        path: folder.clone(),
-        message,
-    };
+    let previous = checkpoints.join(LAST_OLD);
     let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial).map_err(|error| Error::io(&partial, error))?;
-    model
-        .clone()
-        .save_file(partial.join("model"), &recorder())
-        .map_err(|error| checkpoint_error(format!("saving the model: {error}")))?;
-    Recorder::<B>::record(
-        &recorder(),
-        optimizer.to_record(),
-        partial.join("optimizer"),
-    )
-    .map_err(|error| checkpoint_error(format!("saving the optimizer: {error}")))?;
-    let state_text = serde_json::to_string_pretty(state).expect("state serialises");
-    crate::write_atomically(&partial.join("state.json"), state_text.as_bytes())?;
+    let written = (|| {
+        std::fs::create_dir_all(&partial).map_err(|error| Error::io(&partial, error))?;
+        crate::weights::save(model, &partial.join("model.mpk"), config)?;
+        crate::weights::save_record::<B, _>(optimizer.to_record(), &partial.join("optimizer.mpk"))?;
+        let state_text = serde_json::to_string_pretty(state).expect("state serialises");
+        crate::write_atomically(&partial.join("state.json"), state_text.as_bytes())
+    })();
+    if let Err(error) = written {
+        // A full disk: free what was written; `last` is still the previous checkpoint.
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(error);
+    }
     // Swap folders: at every moment `last` or `last.old` is a complete checkpoint.
     let _ = std::fs::remove_dir_all(&previous);
     if folder.exists() {
@@ -93,31 +86,36 @@ pub(crate) fn load<B, O>(
     folder: &Path,
     model: ActionModel<B>,
     optimizer: O,
+    config: &Config,
     device: &B::Device,
 ) -> Result<(ActionModel<B>, O, TrainingState)>
 where
     B: AutodiffBackend,
     O: Optimizer<ActionModel<B>, B>,
 {
+    let state = read_state(folder)?;
+    let model = crate::weights::load(model, &folder.join("model.mpk"), config, device)?;
+    let record = crate::weights::load_record::<B, _>(&folder.join("optimizer.mpk"), device)?;
+    Ok((model, optimizer.load_record(record), state))
+}
+
+/// The loop position saved in a checkpoint folder.
+pub(crate) fn read_state(folder: &Path) -> Result<TrainingState> {
     let checkpoint_error = |message: String| Error::Checkpoint {
         path: folder.to_path_buf(),
         message,
     };
-    let state_path = folder.join("state.json");
-    let state_text = std::fs::read_to_string(&state_path)
+    let state_text = std::fs::read_to_string(folder.join("state.json"))
         .map_err(|error| checkpoint_error(format!("reading state.json: {error}")))?;
-    let state: TrainingState = serde_json::from_str(&state_text)
-        .map_err(|error| checkpoint_error(format!("state.json: {error}")))?;
-    let model = model
-        .load_file(folder.join("model"), &recorder(), device)
-        .map_err(|error| {
-            checkpoint_error(format!(
-                "the model does not match this config (resume with the run's own config.toml): {error}"
-            ))
-        })?;
-    let record = Recorder::<B>::load(&recorder(), folder.join("optimizer"), device)
-        .map_err(|error| checkpoint_error(format!("loading the optimizer: {error}")))?;
-    Ok((model, optimizer.load_record(record), state))
+    serde_json::from_str(&state_text).map_err(|error| checkpoint_error(format!("state.json: {error}")))
+}
+
+impl TrainingState {
+    /// Whether a run at this position has nothing left to do under `config`'s limits.
+    pub(crate) fn is_finished(&self, config: &Config) -> bool {
+        let steps_done = usize::try_from(config.train.max_steps).is_ok_and(|max| self.step >= max);
+        self.epoch > config.train.max_epochs || steps_done
+    }
 }
 
 /// The checkpoint folder `train.resume` names: `""` none; `last` the newest run of this
@@ -128,7 +126,7 @@ pub(crate) fn resolve_resume(config: &Config, current_run: &Path) -> Result<Opti
         return Ok(None);
     }
     let complete = |folder: &Path| -> Option<PathBuf> {
-        [LAST, "last.old"]
+        [LAST, LAST_OLD]
             .iter()
             .map(|name| folder.join(name))
             .find(|candidate| candidate.join("state.json").is_file())
@@ -145,11 +143,13 @@ pub(crate) fn resolve_resume(config: &Config, current_run: &Path) -> Result<Opti
             .filter(|run| run.as_path() != current_run)
             .find_map(|run| complete(&run.join("checkpoints")))
             .map(Some)
-            .ok_or_else(|| Error::Checkpoint {
-                path: experiment,
-                message: "train.resume=last but no earlier run of this experiment has a \
-                          checkpoint; check experiment and paths.run_dir"
-                    .into(),
+            .ok_or_else(|| Error::Setting {
+                key: "train.resume".into(),
+                message: format!(
+                    "is \"last\" but no earlier run of this experiment has a checkpoint in {}; \
+                     check experiment and paths.run_dir",
+                    experiment.display()
+                ),
             });
     }
     let path = PathBuf::from(resume);
@@ -158,10 +158,13 @@ pub(crate) fn resolve_resume(config: &Config, current_run: &Path) -> Result<Opti
     } else {
         complete(&path.join("checkpoints")).or_else(|| complete(&path))
     };
-    found.map(Some).ok_or_else(|| Error::Checkpoint {
-        path,
-        message: "train.resume names no checkpoint (expected a run folder, its checkpoints/ \
-                  folder, or a checkpoint folder with state.json)"
-            .into(),
+    found.map(Some).ok_or_else(|| Error::Setting {
+        key: "train.resume".into(),
+        message: format!(
+            "{} is no checkpoint{}: expected a run folder, its checkpoints/ folder, or a \
+             checkpoint folder with state.json",
+            path.display(),
+            if path.exists() { "" } else { " (it does not exist)" }
+        ),
     })
 }

@@ -1,7 +1,7 @@
 //! The training loop, generic over the autodiff backend: epochs of shuffled micro-batches with
 //! exact gradient accumulation, Adam steps, validation, metrics lines and checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,6 @@ use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsAccumulator, Optimizer};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde_json::json;
 use vidtrain_config::{CheckpointMode, Config, Precision};
@@ -128,7 +127,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     };
     if let Some(folder) = checkpoint::resolve_resume(config, context.run_dir.path())? {
         let (restored_model, restored_optimizer, restored_state) =
-            checkpoint::load(&folder, model, optimizer, &device)?;
+            checkpoint::load(&folder, model, optimizer, config, &device)?;
         tracing::info!(
             "resuming from {} at epoch {}, step {}",
             folder.display(),
@@ -137,6 +136,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
         );
         (model, optimizer, state) = (restored_model, restored_optimizer, restored_state);
     }
+    // Throughput counts what this process trained, not the samples of the run it resumed.
+    let samples_before = state.train_samples;
     let mut train_time = Duration::ZERO;
     let mut last_metrics: Option<(ClassificationMetrics, f64)> = None;
     let mut last_checkpoint: Option<PathBuf> = None;
@@ -294,7 +295,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             group_loss = 0.0;
             let every = config.train.checkpoint_every_steps;
             if every > 0 && state.step.is_multiple_of(every) {
-                last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state)?);
+                last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state, config)?);
             }
             if stop_requested() {
                 interrupted = true;
@@ -309,7 +310,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         drop(pipeline);
         train_time += epoch_started.elapsed();
         if interrupted {
-            let folder = checkpoint::save(&checkpoints, &model, &optimizer, &state)?;
+            let folder = checkpoint::save(&checkpoints, &model, &optimizer, &state, config)?;
             progress.finish();
             return Err(Error::Interrupted { checkpoint: folder });
         }
@@ -321,8 +322,9 @@ pub(crate) fn fit<B: AutodiffBackend>(
         context.memory.mark(format!("epoch {epoch} validation"));
         context.memory.phase(Phase::Validation);
         release_device_cache(context.backend, "before validation");
-        let (metrics, val_loss) =
+        let (metrics, val_loss, val_skipped) =
             validate(config, &context.dataset, &context.val_ids, &model, &device)?;
+        skipped_sample_loads += val_skipped;
         sample_device(&context.memory, context.backend);
         release_device_cache(context.backend, "after validation");
         context.memory.phase(Phase::Other);
@@ -331,7 +333,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             .is_none_or(|(_, accuracy)| metrics.accuracy > accuracy);
         if improved {
             state.best = Some((epoch, metrics.accuracy));
-            save_best_model(&model, &checkpoints)?;
+            crate::weights::save(&model, &checkpoints.join("model-best.mpk"), config)?;
         }
         context.run_dir.log_metrics(&json!({
             "event": "epoch",
@@ -346,6 +348,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             "val_macro_auroc": metrics.macro_auroc,
             "val_per_class_auroc": metrics.per_class_auroc,
             "val_samples": metrics.samples,
+            "val_skipped": val_skipped,
             "epoch_train_s": epoch_started.elapsed().as_secs_f64(),
             "host_rss_bytes": vidtrain_memutil::current_rss_bytes(),
         }))?;
@@ -369,7 +372,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             state.epoch_loss_sum = 0.0;
             state.epoch_loss_samples = 0;
         }
-        last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state)?);
+        last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state, config)?);
         if reached_max_steps(state.step) {
             break 'epochs;
         }
@@ -405,7 +408,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
         train_samples: state.train_samples,
         train_size: context.train_ids.len(),
         val_size: context.val_ids.len(),
-        samples_per_s: state.train_samples as f64 / train_time.as_secs_f64().max(1e-9),
+        samples_per_s: (state.train_samples - samples_before) as f64
+            / train_time.as_secs_f64().max(1e-9),
         wall_s: context.started.elapsed().as_secs_f64(),
         peak_host_rss_bytes: memory.peak_host_rss_bytes,
         peak_device_bytes: memory.peak_device_in_use_bytes,
@@ -418,26 +422,30 @@ pub(crate) fn fit<B: AutodiffBackend>(
     Ok(summary)
 }
 
-/// Runs the model without autodiff over `ids`; returns metrics and the mean loss.
+/// Runs the model without autodiff over `ids`; returns metrics, the mean loss and the samples
+/// skipped. Metrics cover the samples that loaded (labels and predictions stay paired); a split
+/// where none loads, or a non-finite loss, is an error rather than a metric.
 fn validate<B: AutodiffBackend>(
     config: &Config,
     dataset: &Arc<Dataset>,
     ids: &[usize],
     model: &ActionModel<B>,
     device: &B::Device,
-) -> Result<(ClassificationMetrics, f64)> {
-    let (probabilities, loss_sum) =
+) -> Result<(ClassificationMetrics, f64, usize)> {
+    let scores =
         crate::inference::probabilities(config, dataset, ids, &model.valid(), device)?;
-    let labels: Vec<usize> = ids
+    let scores = crate::inference::usable(scores, ids.len(), "the validation split")?;
+    let labels: Vec<usize> = scores
+        .ids
         .iter()
         .map(|&id| dataset.plan.samples[id].class)
         .collect();
     let metrics = ClassificationMetrics::from_probabilities(
         &labels,
-        &probabilities,
+        &scores.probabilities,
         config.model.model_class_num,
     );
-    Ok((metrics, loss_sum / labels.len().max(1) as f64))
+    Ok((metrics, scores.mean_loss(), scores.skipped))
 }
 
 /// u8 frames → f32 in 0..1, `[batch, views, t, h, w, 3]` (`None` when RGB is not loaded).
@@ -479,21 +487,4 @@ pub(crate) fn keypoint_tensor<B: Backend>(
 pub(crate) fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
     let labels: Vec<i64> = batch.labels.iter().map(|&label| label as i64).collect();
     Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
-}
-
-/// Saves the model's weights as `checkpoints/model-best.mpk`, whole or not at all.
-fn save_best_model<B: AutodiffBackend>(model: &ActionModel<B>, checkpoints: &Path) -> Result<()> {
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    // The recorder adds `.mpk`; write under a temporary name and rename over the old file.
-    let temporary = checkpoints.join("model-best-partial");
-    let final_path = checkpoints.join("model-best.mpk");
-    model
-        .clone()
-        .save_file(&temporary, &recorder)
-        .map_err(|error| Error::Checkpoint {
-            path: final_path.clone(),
-            message: error.to_string(),
-        })?;
-    std::fs::rename(temporary.with_extension("mpk"), &final_path)
-        .map_err(|error| Error::io(&final_path, error))
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::activation::softmax;
 use serde::Serialize;
 use vidtrain_config::{Config, Fold};
@@ -22,15 +21,18 @@ use crate::{BackendChoice, Error, Result, effective_precision, resolve_backend};
 
 /// The weights file a `--checkpoint` argument names: a `.mpk` file, a checkpoint folder
 /// (`checkpoints/last` → its `model.mpk`), a run's `checkpoints/` folder or the run folder itself
-/// (→ `model-best.mpk`, else `last/model.mpk`).
+/// (→ `model-best.mpk`, else `last/model.mpk`, else `last.old/model.mpk`: the complete earlier
+/// checkpoint a kill between the two renames of a checkpoint save leaves).
 pub fn resolve_weights(checkpoint: &Path) -> Result<PathBuf> {
     let candidates = [
         checkpoint.to_path_buf(),
         checkpoint.join("model.mpk"),
         checkpoint.join("model-best.mpk"),
         checkpoint.join("last/model.mpk"),
+        checkpoint.join("last.old/model.mpk"),
         checkpoint.join("checkpoints/model-best.mpk"),
         checkpoint.join("checkpoints/last/model.mpk"),
+        checkpoint.join("checkpoints/last.old/model.mpk"),
     ];
     candidates
         .into_iter()
@@ -60,51 +62,71 @@ fn load_model<B: Backend>(
     let mut model_config = ActionModelConfig::from_config(config);
     model_config.compute_dtype = compute_dtype(effective_precision(config, backend));
     let model: ActionModel<B> = model_config.init(device);
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    model
-        .load_file(weights.with_extension(""), &recorder, device)
-        .map_err(|error| Error::Checkpoint {
-            path: weights.to_path_buf(),
-            message: format!(
-                "the weights do not fit the model this config describes (use the run's own \
-                 config.toml): {error}"
-            ),
-        })
+    crate::weights::load(model, weights, config, device)
 }
 
-/// Class probabilities of every sample of `ids`, in order, `video_batch_size` at a time, and the
-/// sum of their cross-entropy losses.
+/// What scoring a list of samples produced: the samples that loaded, in order, with their class
+/// probabilities; the ones that failed to load (`data.on_bad_sample = "skip"`) are left out of
+/// `ids`, so `ids[i]` always owns row `i` of `probabilities`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scores {
+    /// Sample ids scored, in the order asked for, without the skipped ones.
+    pub ids: Vec<usize>,
+    /// `probabilities[i · classes + c]`: class `c` of sample `ids[i]`.
+    pub probabilities: Vec<f32>,
+    /// Sum of the cross-entropy losses of the scored samples.
+    pub loss_sum: f64,
+    /// Samples that failed to load and were skipped.
+    pub skipped: usize,
+}
+
+impl Scores {
+    /// Mean loss of the scored samples (`NaN` when none was scored).
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.ids.len() as f64
+    }
+}
+
+/// Class probabilities of every sample of `ids` that loads, in order, `video_batch_size` at a
+/// time, and the sum of their cross-entropy losses.
 pub(crate) fn probabilities<B: Backend>(
     config: &Config,
     dataset: &Arc<Dataset>,
     ids: &[usize],
     model: &ActionModel<B>,
     device: &B::Device,
-) -> Result<(Vec<f32>, f64)> {
+) -> Result<Scores> {
     let classes = config.model.model_class_num;
     let loss_function = CrossEntropyLossConfig::new().init(device);
-    let mut probabilities = Vec::with_capacity(ids.len() * classes);
-    let mut loss_sum = 0.0f64;
-    let pipeline = Pipeline::builder_for(&config.data)
+    let mut scores = Scores {
+        ids: Vec::with_capacity(ids.len()),
+        probabilities: Vec::with_capacity(ids.len() * classes),
+        ..Scores::default()
+    };
+    let mut pipeline = Pipeline::builder_for(&config.data)
         .batch_size(config.train.video_batch_size)
         .build(Arc::clone(dataset), ids.to_vec());
-    for batch in pipeline {
+    for batch in pipeline.by_ref() {
         let mut batch = batch?;
-        let scores = model.forward(
+        let logits = model.forward(
             video_tensor::<B>(&batch, device),
             keypoint_tensor::<B>(&mut batch, device),
         );
         let loss: f32 = loss_function
-            .forward(scores.clone(), labels_tensor::<B>(&batch, device))
+            .forward(logits.clone(), labels_tensor::<B>(&batch, device))
             .into_scalar()
             .elem();
-        loss_sum += loss as f64 * batch.len() as f64;
-        probabilities.extend(softmax(scores, 1).into_data().iter::<f32>());
+        scores.loss_sum += loss as f64 * batch.len() as f64;
+        scores
+            .probabilities
+            .extend(softmax(logits, 1).into_data().iter::<f32>());
+        scores.ids.extend_from_slice(&batch.sample_ids);
     }
-    Ok((probabilities, loss_sum))
+    scores.skipped = pipeline.skipped();
+    Ok(scores)
 }
 
-/// Loads the weights and scores `ids`: class probabilities in order, and the loss sum.
+/// Loads the weights and scores `ids`.
 fn weighted_probabilities<B: Backend>(
     config: &Config,
     weights: &Path,
@@ -112,7 +134,7 @@ fn weighted_probabilities<B: Backend>(
     ids: &[usize],
     device: &B::Device,
     backend: BackendChoice,
-) -> Result<(Vec<f32>, f64)> {
+) -> Result<Scores> {
     let model = load_model::<B>(config, weights, device, backend)?;
     probabilities(config, dataset, ids, &model, device)
 }
@@ -132,14 +154,13 @@ macro_rules! dispatch {
     };
 }
 
-/// Class probabilities and loss sum of `ids` with the weights at `weights`, on the backend the
-/// config resolves to.
+/// Scores `ids` with the weights at `weights`, on the backend the config resolves to.
 fn score(
     config: &Config,
     weights: &Path,
     dataset: &Arc<Dataset>,
     ids: &[usize],
-) -> Result<(Vec<f32>, f64)> {
+) -> Result<Scores> {
     let backend = resolve_backend(config)?;
     crate::configure_compute_threads(config);
     dispatch!(
@@ -185,6 +206,8 @@ pub struct EvalReport {
     pub weights: PathBuf,
     /// Samples scored.
     pub samples: usize,
+    /// Samples that failed to load and were skipped (not in `samples` or the metrics).
+    pub skipped: usize,
     /// Mean cross-entropy.
     pub loss: f64,
     /// Accuracy, F1, AUROC and the confusion matrix.
@@ -220,17 +243,21 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
         ))
         .into());
     }
-    let (probabilities, loss_sum) = score(config, &weights, &dataset, &ids)?;
+    let scores = score(config, &weights, &dataset, &ids)?;
+    let scores = usable(scores, ids.len(), &format!("the {split:?} split"))?;
     let classes = config.model.model_class_num;
-    let labels: Vec<usize> = ids
+    let labels: Vec<usize> = scores
+        .ids
         .iter()
         .map(|&id| dataset.plan.samples[id].class)
         .collect();
-    let metrics = ClassificationMetrics::from_probabilities(&labels, &probabilities, classes);
+    let metrics =
+        ClassificationMetrics::from_probabilities(&labels, &scores.probabilities, classes);
     let name = |class: usize| class_name(config, class);
-    let predictions = ids
+    let predictions = scores
+        .ids
         .iter()
-        .zip(probabilities.chunks(classes))
+        .zip(scores.probabilities.chunks(classes))
         .map(|(&id, probabilities)| {
             let sample = &dataset.plan.samples[id];
             SamplePrediction {
@@ -245,11 +272,33 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
         .collect();
     Ok(EvalReport {
         weights,
-        samples: ids.len(),
-        loss: loss_sum / ids.len() as f64,
+        samples: scores.ids.len(),
+        skipped: scores.skipped,
+        loss: scores.mean_loss(),
         metrics,
         predictions,
     })
+}
+
+/// `scores` when they can be reported: at least one of the `asked` samples loaded, and every
+/// probability and the loss are finite (NaN inputs, such as NaN keypoints, must not become a
+/// metric printed with exit 0).
+pub(crate) fn usable(scores: Scores, asked: usize, what: &str) -> Result<Scores> {
+    if scores.ids.is_empty() {
+        return Err(vidtrain_data::Error::NoSamples(format!(
+            "none of the {asked} samples of {what} could be loaded ({} skipped; the warnings \
+             above name the files)",
+            scores.skipped
+        ))
+        .into());
+    }
+    if !scores.loss_sum.is_finite() || scores.probabilities.iter().any(|p| !p.is_finite()) {
+        return Err(Error::NonFiniteScores {
+            what: what.to_string(),
+            loss: scores.mean_loss(),
+        });
+    }
+    Ok(scores)
 }
 
 /// One window of `vidtrain predict`.
@@ -263,13 +312,17 @@ pub struct WindowPrediction {
     pub start_frame: usize,
     /// Last frame (inclusive).
     pub end_frame: usize,
-    /// The most probable class.
-    pub predicted: String,
-    /// Probability per class, in `data.class_names` order.
-    pub probabilities: Vec<f32>,
+    /// The most probable class (`None` when the window could not be loaded).
+    pub predicted: Option<String>,
+    /// Probability per class, in `data.class_names` order (`None` when skipped).
+    pub probabilities: Option<Vec<f32>>,
+    /// Whether the window failed to load and was skipped (`data.on_bad_sample = "skip"`).
+    pub skipped: bool,
 }
 
-/// Predicts every `window`-frame window (every `stride` frames) of each of `videos`.
+/// Predicts every `window`-frame window (every `stride` frames) of each of `videos`: one row per
+/// window, in order, each carrying its own window; a window that failed to load is a row marked
+/// skipped, never a shifted neighbour.
 pub fn predict(
     config: &Config,
     checkpoint: &Path,
@@ -286,20 +339,33 @@ pub fn predict(
         videos.len(),
         config.train.video_batch_size
     );
-    let (probabilities, _) = score(config, &weights, &dataset, &ids)?;
+    let scores = score(config, &weights, &dataset, &ids)?;
+    let scores = usable(scores, ids.len(), "the videos' windows")?;
+    if scores.skipped > 0 {
+        tracing::warn!(
+            "{} of {} windows could not be loaded; their rows are marked skipped",
+            scores.skipped,
+            ids.len()
+        );
+    }
     let classes = config.model.model_class_num;
+    let mut rows_of = vec![None; dataset.len()];
+    for (row, &id) in scores.ids.iter().enumerate() {
+        rows_of[id] = Some(&scores.probabilities[row * classes..(row + 1) * classes]);
+    }
     Ok(ids
         .iter()
-        .zip(probabilities.chunks(classes))
-        .map(|(&id, probabilities)| {
+        .map(|&id| {
             let sample = &dataset.plan.samples[id];
+            let probabilities = rows_of[id];
             WindowPrediction {
                 video: videos[sample.recording].clone(),
                 window: sample.chunk,
                 start_frame: sample.start,
                 end_frame: sample.end,
-                predicted: class_name(config, argmax(probabilities)),
-                probabilities: probabilities.to_vec(),
+                predicted: probabilities.map(|p| class_name(config, argmax(p))),
+                probabilities: probabilities.map(<[f32]>::to_vec),
+                skipped: probabilities.is_none(),
             }
         })
         .collect())

@@ -16,8 +16,9 @@ pub mod plan;
 pub mod precision;
 mod progress;
 mod run_dir;
+mod weights;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -190,6 +191,37 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
     Ok(choice)
 }
 
+/// Refuses a config whose planned host peak exceeds the machine's physical memory, before any
+/// allocation: a typo such as `data.img_size=100000` must be a message, not an abort on a
+/// terabyte-sized allocation. The dataset is not indexed for this (it may be large); the plan then
+/// assumes full validation batches, which only matters for configs already near the limit.
+pub fn refuse_plans_above_machine_memory(config: &Config, backend: BackendChoice) -> Result<()> {
+    let Some(machine_bytes) = vidtrain_memutil::total_memory_bytes() else {
+        return Ok(());
+    };
+    let plan = plan::plan(config, backend, None);
+    if plan.host_peak_bytes <= machine_bytes {
+        return Ok(());
+    }
+    let largest = plan
+        .host
+        .iter()
+        .max_by_key(|component| component.bytes)
+        .map(|component| {
+            format!(
+                "{} {}",
+                component.name,
+                vidtrain_memutil::format_bytes(component.bytes)
+            )
+        })
+        .unwrap_or_default();
+    Err(Error::ExceedsMachineMemory {
+        planned_bytes: plan.host_peak_bytes,
+        machine_bytes,
+        largest,
+    })
+}
+
 /// The precision a run trains in on `backend`: the configured one (both backends of this build
 /// have f16 and bf16).
 pub fn effective_precision(config: &Config, _backend: BackendChoice) -> Precision {
@@ -265,6 +297,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     if backend == BackendChoice::Cpu {
         tracing::info!("CPU compute on {threads} threads (trainer.compute_threads)");
     }
+    refuse_plans_above_machine_memory(config, backend)?;
     let memory = MemorySampler::start(Duration::from_millis(50));
     let dataset = Arc::new(Dataset::open(config)?);
     for problem in &dataset.index.problems {
@@ -309,6 +342,17 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         train_ids.len(),
         val_ids.len()
     );
+    if let Some(folder) = checkpoint::resolve_resume(config, Path::new(""))? {
+        let state = checkpoint::read_state(&folder)?;
+        if state.is_finished(config) {
+            return Err(Error::AlreadyFinished {
+                checkpoint: folder,
+                steps: state.step,
+                max_epochs: config.train.max_epochs,
+                max_steps: config.train.max_steps,
+            });
+        }
+    }
     let run_dir = RunDir::create(&config.paths.run_dir, &config.experiment)?;
     // The fully resolved config goes in first, so every run can be reproduced from its folder.
     run_dir.write("config.toml", config.to_toml().as_bytes())?;

@@ -17,20 +17,30 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates `<run_dir>/<experiment>/<UTC timestamp>[-N]/` and its `checkpoints/` folder.
+    /// Creates `<run_dir>/<experiment>/<UTC timestamp>[-N]/` and its `checkpoints/` folder. The
+    /// run folder itself is made with one `mkdir` that fails if it exists, so two runs started in
+    /// the same second never share a folder: the second takes the next free `-N`.
     pub fn create(run_dir: &Path, experiment: &str) -> Result<Self> {
         let parent = run_dir.join(experiment);
+        std::fs::create_dir_all(&parent).map_err(|error| Error::io(&parent, error))?;
         let stamp = utc_timestamp();
-        let mut path = parent.join(&stamp);
         let mut attempt = 1;
-        while path.exists() {
-            attempt += 1;
-            path = parent.join(format!("{stamp}-{attempt}"));
-        }
+        let path = loop {
+            let candidate = if attempt == 1 {
+                parent.join(&stamp)
+            } else {
+                parent.join(format!("{stamp}-{attempt}"))
+            };
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => break candidate,
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => attempt += 1,
+                Err(error) => return Err(Error::io(&candidate, error)),
+            }
+        };
         let checkpoints = path.join("checkpoints");
-        std::fs::create_dir_all(&checkpoints).map_err(|error| Error::io(&checkpoints, error))?;
+        std::fs::create_dir(&checkpoints).map_err(|error| Error::io(&checkpoints, error))?;
         let metrics_path = path.join("metrics.jsonl");
-        let metrics = std::fs::File::create(&metrics_path)
+        let metrics = std::fs::File::create_new(&metrics_path)
             .map_err(|error| Error::io(&metrics_path, error))?;
         Ok(Self { path, metrics })
     }
@@ -68,16 +78,44 @@ impl RunDir {
     }
 }
 
-/// Writes to `<path>.partial`, syncs, then renames over `path`: readers see the old file or the
-/// new one, never half of one.
+/// Writes to `<path>.partial`, syncs, checks its size, then renames over `path`: readers see the
+/// old file or the new one, never half of one. On failure (a full disk: "No space left on
+/// device") the partial file is removed and `path` keeps its previous contents.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let temporary = partial_path(path);
-    let mut file =
-        std::fs::File::create(&temporary).map_err(|error| Error::io(&temporary, error))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|error| Error::io(&temporary, error))?;
-    std::fs::rename(&temporary, path).map_err(|error| Error::io(path, error))
+    let written = std::fs::File::create(&temporary)
+        .and_then(|mut file| write_synced(&mut file, contents))
+        .and_then(|()| {
+            let size = std::fs::metadata(&temporary)?.len();
+            if size == contents.len() as u64 {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "wrote {size} of {} bytes",
+                    contents.len()
+                )))
+            }
+        });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(Error::io(&temporary, error));
+    }
+    std::fs::rename(&temporary, path).map_err(|error| Error::io(path, error))?;
+    // The rename is durable once the folder is synced (ignored where folders cannot be opened).
+    if let Some(folder) = path.parent()
+        && let Ok(folder) = std::fs::File::open(folder)
+    {
+        let _ = folder.sync_all();
+    }
+    Ok(())
+}
+
+/// Writes all of `contents` and syncs them to the device, so that an out-of-space error surfaces
+/// here instead of being lost in a buffered write or a later close.
+fn write_synced(file: &mut std::fs::File, contents: &[u8]) -> std::io::Result<()> {
+    file.write_all(contents)?;
+    file.flush()?;
+    file.sync_all()
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -130,6 +168,35 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_784), (2026, 11, 27));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn a_full_device_is_reported_as_such() {
+        // /dev/full accepts the open and fails every write with ENOSPC, as a full disk does.
+        let mut full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let error = write_synced(&mut full, &[7u8; 1 << 16]).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(28), "{error}");
+        assert!(error.to_string().contains("No space left on device"));
+    }
+
+    #[test]
+    fn runs_started_in_the_same_second_get_their_own_folders() {
+        let root = std::env::temp_dir().join(format!("vidtrain-rundir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let folders: Vec<PathBuf> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| RunDir::create(&root, "same").unwrap().path().to_path_buf()))
+                .collect();
+            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+        });
+        let mut distinct = folders.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 8, "{folders:?}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

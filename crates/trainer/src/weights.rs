@@ -1,0 +1,220 @@
+//! Model weights on disk: `<name>.mpk` (Burn's named MessagePack) with `<name>.architecture.json`
+//! beside it, the config keys that decide the weights' shapes. Saving encodes in memory and writes
+//! whole (fsync, size check, rename), so a full disk leaves the previous file and says "No space
+//! left on device"; loading refuses weights from another architecture by naming the keys that
+//! differ, and checks every tensor's shape (Burn's loader accepts any shape silently).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use serde_json::{Value, json};
+use vidtrain_config::{Backbone, Config};
+
+use crate::{Error, Result};
+
+/// The config keys (and derived sizes) that decide the shapes of a model's weights, by name.
+pub(crate) fn architecture(config: &Config) -> BTreeMap<String, Value> {
+    let model = &config.model;
+    let mut keys = BTreeMap::from([
+        ("model.backbone".to_string(), json!(model.backbone)),
+        ("model.input_type".to_string(), json!(model.input_type)),
+        ("model.model_class_num".into(), json!(model.model_class_num)),
+        ("model.transformer_dim".into(), json!(model.transformer_dim)),
+        (
+            "model.transformer_layers".into(),
+            json!(model.transformer_layers),
+        ),
+        (
+            "model.transformer_heads".into(),
+            json!(model.transformer_heads),
+        ),
+        (
+            "model.transformer_ff_dim".into(),
+            json!(model.transformer_ff_dim),
+        ),
+        ("model.fusion_mode".into(), json!(model.fusion_mode)),
+        ("model.modality_fusion".into(), json!(model.modality_fusion)),
+        (
+            "views (train.view, data.views)".into(),
+            json!(config.active_views().len()),
+        ),
+        (
+            "joints (data.keypoint_indices)".into(),
+            json!(config.data.keypoint_indices.len()),
+        ),
+    ]);
+    if model.backbone == Backbone::Vivit {
+        // ViViT's position embedding has one row per tubelet of the clip.
+        keys.insert("model.tubelet_size".into(), json!(model.tubelet_size));
+        keys.insert("data.img_size".into(), json!(config.data.img_size));
+        keys.insert(
+            "data.uniform_temporal_subsample_num".into(),
+            json!(config.data.uniform_temporal_subsample_num),
+        );
+    }
+    keys
+}
+
+/// The architecture file beside a weights file: `model.mpk` → `model.architecture.json`.
+fn architecture_path(weights: &Path) -> PathBuf {
+    weights.with_extension("architecture.json")
+}
+
+/// Writes `module` to `weights` (a `.mpk` path) and its architecture beside it, each whole.
+pub(crate) fn save<B: Backend, M: Module<B>>(
+    module: &M,
+    weights: &Path,
+    config: &Config,
+) -> Result<()> {
+    let text = serde_json::to_string_pretty(&architecture(config)).expect("JSON serialises");
+    crate::write_atomically(&architecture_path(weights), text.as_bytes())?;
+    save_record::<B, _>(module.clone().into_record(), weights)
+}
+
+/// Encodes `record` as named MessagePack in memory and writes it whole to `path`.
+pub(crate) fn save_record<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+    path: &Path,
+) -> Result<()> {
+    let bytes = Recorder::<B>::record(
+        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
+        record,
+        (),
+    )
+    .map_err(|error| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!("encoding: {error}"),
+    })?;
+    crate::write_atomically(path, &bytes)
+}
+
+/// Reads a record written by [`save_record`] (or Burn's `NamedMpkFileRecorder`).
+pub(crate) fn load_record<B: Backend, R: burn::record::Record<B>>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<R> {
+    let bytes = std::fs::read(path).map_err(|error| Error::io(path, error))?;
+    Recorder::<B>::load(
+        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
+        bytes,
+        device,
+    )
+    .map_err(|error| Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: format!(
+            "unreadable weights ({error}); the file is damaged or not a vidtrain checkpoint"
+        ),
+    })
+}
+
+/// Loads the weights at `weights` into `module` (built from `config`): refuses weights saved for
+/// another architecture (naming each key that differs) and any tensor whose shape differs.
+pub(crate) fn load<B: Backend, M: Module<B>>(
+    module: M,
+    weights: &Path,
+    config: &Config,
+    device: &B::Device,
+) -> Result<M> {
+    check_architecture(weights, config)?;
+    let expected = parameter_shapes(&module);
+    let record = load_record::<B, M::Record>(weights, device)?;
+    let loaded = module.load_record(record);
+    let found = parameter_shapes(&loaded);
+    let mismatched: Vec<String> = expected
+        .iter()
+        .filter_map(|(name, shape)| {
+            let got = found.get(name)?;
+            (got != shape).then(|| format!("{name}: {got:?} in the file, {shape:?} in the model"))
+        })
+        .collect();
+    if !mismatched.is_empty() {
+        return Err(Error::Checkpoint {
+            path: weights.to_path_buf(),
+            message: format!(
+                "{} tensors do not fit the model this config describes (use the run's own \
+                 config.toml): {}",
+                mismatched.len(),
+                mismatched.join("; ")
+            ),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Compares the architecture saved beside `weights` (when there is one: older checkpoints have
+/// none, and rely on the shape check) with the one `config` describes.
+fn check_architecture(weights: &Path, config: &Config) -> Result<()> {
+    let path = architecture_path(weights);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let saved: BTreeMap<String, Value> =
+        serde_json::from_str(&text).map_err(|error| Error::Checkpoint {
+            path: path.clone(),
+            message: format!("unreadable architecture file: {error}"),
+        })?;
+    let wanted = architecture(config);
+    let mut keys: Vec<&String> = saved.keys().chain(wanted.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let differences: Vec<String> = keys
+        .into_iter()
+        .filter(|key| saved.get(*key) != wanted.get(*key))
+        .map(|key| {
+            let show = |value: Option<&Value>| value.map_or("unset".to_string(), Value::to_string);
+            format!(
+                "{key} = {} in the checkpoint, {} in this config",
+                show(saved.get(key)),
+                show(wanted.get(key))
+            )
+        })
+        .collect();
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Checkpoint {
+        path: weights.to_path_buf(),
+        message: format!(
+            "was trained with another model: {}; use the run's own config.toml (or set these \
+             keys as the checkpoint has them)",
+            differences.join(", ")
+        ),
+    })
+}
+
+/// Every float parameter's shape by its path in the module (`rgb.blocks.0.attention.query.weight`).
+fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Vec<usize>> {
+    let mut collector = ShapeCollector {
+        path: Vec::new(),
+        shapes: BTreeMap::new(),
+    };
+    module.visit(&mut collector);
+    collector.shapes
+}
+
+struct ShapeCollector {
+    path: Vec<String>,
+    shapes: BTreeMap<String, Vec<usize>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ShapeCollector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // `lazy_shape` reads the shape without materialising a lazily initialised parameter.
+        let mut name = self.path.join(".");
+        if self.shapes.contains_key(&name) {
+            name = format!("{name}#{}", self.shapes.len());
+        }
+        self.shapes.insert(name, param.lazy_shape().dims::<D>().to_vec());
+    }
+}
