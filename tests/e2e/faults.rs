@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use crate::train::{TINY_MODEL, only_run_dir, read_json, small_dataset, train_tiny};
 use crate::{assert_clean_failure, scratch, stderr, vidtrain, vidtrain_with};
 
-/// Cuts `video` to 40 % of its bytes: the MP4 index stays at the front, so ffprobe still reads
-/// the full frame count, and decoding the later frames fails as on a truncated copy.
+/// Cuts `video` to 80 % of its bytes: the MP4 index stays at the front (a third of these tiny
+/// files), so ffprobe still reads the full frame count, the early frames decode, and decoding
+/// the later ones fails as on a truncated copy.
 fn truncate_video(video: &Path) {
     let bytes = std::fs::read(video).unwrap();
-    std::fs::write(video, &bytes[..bytes.len() * 4 / 10]).unwrap();
+    std::fs::write(video, &bytes[..bytes.len() * 8 / 10]).unwrap();
 }
 
 fn jsonl(path: &Path) -> Vec<serde_json::Value> {
@@ -81,13 +82,15 @@ fn validation_and_eval_skip_bad_samples_with_labels_and_predictions_paired() {
         }
     }
 
-    // Nothing left to validate on: a clear error, not a metric of nothing.
-    for person in 1..=3 {
-        let video = dir.join(format!("data/videos/left/person_{person:02}_demo.mp4"));
-        let bytes = std::fs::read(&video).unwrap();
-        std::fs::write(&video, &bytes[..bytes.len() / 20]).unwrap();
+    // Nothing left to validate on: a clear error, not a metric of nothing. (An ffmpeg that
+    // fails every decode; ffprobe still indexes the videos.)
+    let broken = dir.join("ffmpeg");
+    std::fs::write(&broken, "#!/bin/sh\necho 'damaged stream' >&2\nexit 1\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let output = vidtrain(
+    let output = vidtrain_with(
         &dir,
         &[
             "eval",
@@ -96,6 +99,9 @@ fn validation_and_eval_skip_bad_samples_with_labels_and_predictions_paired() {
             "--out",
             "eval-none",
         ],
+        |command| {
+            command.env("VIDTRAIN_FFMPEG", &broken);
+        },
     );
     assert_clean_failure(&output, 1);
     assert!(
