@@ -549,6 +549,10 @@ pub struct PathsConfig {
     pub video_path: PathBuf,
     /// Folder with one sub-folder per view holding `<video stem>.npy` keypoint arrays.
     pub keypoint_path: PathBuf,
+    /// Optional CSV (`video,view,path[,person,env,keypoints]`) or JSON list naming each
+    /// annotated video's file per view, for layouts other than `<video_path>/<view>/<name>`.
+    /// Empty: no manifest.
+    pub manifest: PathBuf,
     /// Where run directories are written (`<run_dir>/<experiment>/<timestamp>/`).
     pub run_dir: PathBuf,
 }
@@ -560,6 +564,7 @@ impl Default for PathsConfig {
             annotation_path: PathBuf::new(),
             video_path: PathBuf::new(),
             keypoint_path: PathBuf::new(),
+            manifest: PathBuf::new(),
             run_dir: PathBuf::from("runs"),
         }
     }

@@ -58,6 +58,7 @@ pub struct Dataset {
     joint_indices: Vec<usize>,
     cache: Option<DecodedCache>,
     missing_keypoint_frames: AtomicUsize,
+    non_finite_keypoint_values: AtomicUsize,
 }
 
 impl Dataset {
@@ -124,6 +125,7 @@ impl Dataset {
             joint_indices,
             cache,
             missing_keypoint_frames: AtomicUsize::new(0),
+            non_finite_keypoint_values: AtomicUsize::new(0),
         })
     }
 
@@ -145,6 +147,11 @@ impl Dataset {
     /// Keypoint frames that were missing and became zeros so far.
     pub fn missing_keypoint_frames(&self) -> usize {
         self.missing_keypoint_frames.load(Ordering::Relaxed)
+    }
+
+    /// NaN/Inf keypoint values read so far (each became 0).
+    pub fn non_finite_keypoint_values(&self) -> usize {
+        self.non_finite_keypoint_values.load(Ordering::Relaxed)
     }
 
     /// Loads sample `sample_id` into `video` (`shape.video_bytes()` bytes) and `keypoints`
@@ -177,6 +184,8 @@ impl Dataset {
                     continue;
                 };
                 let report = read_keypoints(path, &sample.frame_indices, &self.joint_indices, out)?;
+                self.non_finite_keypoint_values
+                    .fetch_add(report.non_finite_values, Ordering::Relaxed);
                 if report.missing_frames > 0 {
                     self.missing_keypoint_frames
                         .fetch_add(report.missing_frames, Ordering::Relaxed);

@@ -14,6 +14,9 @@ pub enum Error {
     /// The annotation export could not be read or parsed.
     #[error("annotation file {}: {message}", .path.display())]
     Annotation { path: PathBuf, message: String },
+    /// The `paths.manifest` file could not be read or has a bad row.
+    #[error("manifest {}: {message}", .path.display())]
+    Manifest { path: PathBuf, message: String },
     /// A video named by the annotations does not exist.
     #[error("video {} (view {view}) does not exist; check paths.video_path and data.views", .path.display())]
     MissingVideo { path: PathBuf, view: String },

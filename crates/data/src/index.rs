@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vidtrain_config::{Config, OnBadSample};
 
+use crate::keypoints::inspect_keypoints;
+use crate::manifest::Manifest;
 use crate::probe::{VideoInfo, probe_video_within};
 use crate::{Error, Result};
 
@@ -16,8 +18,13 @@ use crate::{Error, Result};
 pub struct Recording {
     /// File name of the video (the same in every view folder).
     pub name: String,
-    /// Person filmed, parsed from the file name (`person_07_...` → `person_07`); folds split by it.
+    /// The annotation's video field, as exported (an upload path, a local-files URL, a name).
+    pub video: String,
+    /// Person filmed (the manifest's `person`, else parsed from the path: `person_07_...` →
+    /// `person_07`); folds split by it.
     pub person: String,
+    /// Recording environment, when the manifest names one.
+    pub env: Option<String>,
     /// One entry per active view, in `data.views` order.
     pub views: Vec<ViewVideo>,
     /// Frames usable in every view (the shortest view wins).
@@ -35,33 +42,8 @@ pub struct ViewVideo {
     pub path: PathBuf,
     /// Probed stream facts.
     pub info: VideoInfo,
-    /// The `.npy` keypoint array of this view, when keypoints are loaded.
+    /// The `.npy` keypoint array (or per-frame folder) of this view, when keypoints are loaded.
     pub keypoints: Option<PathBuf>,
-}
-
-impl ViewVideo {
-    /// Probes `path` (view `view` of the recording `name`) and finds its keypoints when the
-    /// config loads them.
-    fn probe(
-        config: &Config,
-        keypoint_root: &Path,
-        view: &str,
-        path: PathBuf,
-        name: &str,
-    ) -> Result<Self> {
-        let timeout = std::time::Duration::from_secs(config.data.decode_timeout_s);
-        let info = probe_video_within(&path, timeout)?;
-        let keypoints = config
-            .data
-            .load_kpt
-            .then(|| keypoint_source(&keypoint_root.join(view), name));
-        Ok(ViewVideo {
-            view: view.to_string(),
-            path,
-            info,
-            keypoints,
-        })
-    }
 }
 
 /// Frames usable in every view of a recording: the shortest view wins.
@@ -84,12 +66,72 @@ pub struct LabelledRange {
     pub end: usize,
 }
 
-/// Something wrong in the dataset that was skipped (with `data.on_bad_sample = "skip"`).
+/// What is wrong with a part of the dataset (what `data inspect` lists, training warns about
+/// once and `summary.json` counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// A view's video was not found: the recording is skipped.
+    MissingView,
+    /// ffprobe could not read a video: the recording is skipped.
+    UnreadableVideo,
+    /// A second task for a video already annotated: ignored (it would double the samples).
+    DuplicateTask,
+    /// A task without any class label: nothing to train from it.
+    NoLabels,
+    /// A label entry with no label name: ignored.
+    EmptyLabel,
+    /// Labels that are not in `data.class_names`: their ranges are ignored.
+    UnknownLabel,
+    /// One range carrying two or more classes: ignored (either sample would be wrong).
+    ConflictingLabels,
+    /// A range that ends before it starts: ignored.
+    BadRange,
+    /// A range entirely outside the usable frames: ignored.
+    OutsideVideo,
+    /// A range running past the end of the video: clipped to it.
+    ClippedRange,
+    /// No keypoint file for a view while keypoints are loaded: the recording is skipped.
+    MissingKeypoints,
+    /// A keypoint file with fewer joints than `data.keypoint_indices` needs: skipped.
+    KeypointJoints,
+    /// A keypoint file that cannot be read: the recording is skipped.
+    BadKeypointFile,
+    /// NaN or infinite keypoint values: read as 0, like a missing keypoint.
+    NonFiniteKeypoints,
+}
+
+impl ProblemKind {
+    /// The kind's name as in `summary.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MissingView => "missing_view",
+            Self::UnreadableVideo => "unreadable_video",
+            Self::DuplicateTask => "duplicate_task",
+            Self::NoLabels => "no_labels",
+            Self::EmptyLabel => "empty_label",
+            Self::UnknownLabel => "unknown_label",
+            Self::ConflictingLabels => "conflicting_labels",
+            Self::BadRange => "bad_range",
+            Self::OutsideVideo => "outside_video",
+            Self::ClippedRange => "clipped_range",
+            Self::MissingKeypoints => "missing_keypoints",
+            Self::KeypointJoints => "keypoint_joints",
+            Self::BadKeypointFile => "bad_keypoint_file",
+            Self::NonFiniteKeypoints => "non_finite_keypoints",
+        }
+    }
+}
+
+/// Something wrong in the dataset, found while indexing (with `data.on_bad_sample = "skip"`;
+/// with `"error"` the first one stops the index).
 #[derive(Debug, Clone)]
 pub struct Problem {
+    /// What kind of problem.
+    pub kind: ProblemKind,
     /// The file concerned.
     pub path: PathBuf,
-    /// What is wrong, for the log.
+    /// What is wrong and what was done about it.
     pub message: String,
 }
 
@@ -100,177 +142,169 @@ pub struct Index {
     pub recordings: Vec<Recording>,
     /// Class names in id order.
     pub class_names: Vec<String>,
-    /// Problems skipped while indexing.
+    /// Problems found (and skipped) while indexing.
     pub problems: Vec<Problem>,
 }
 
 /// Label names that mark the usable part of a video instead of a class.
 const MARKER_LABELS: [&str; 3] = ["start", "mid", "end"];
 
+/// Collects problems: logged and kept when skipping, the first one an error otherwise.
+struct Problems {
+    skip: bool,
+    found: Vec<Problem>,
+}
+
+impl Problems {
+    fn report(&mut self, kind: ProblemKind, path: &Path, message: String) -> Result<()> {
+        if !self.skip {
+            return Err(Error::BadRange {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{message} (data.on_bad_sample = \"skip\" would list it and carry on)"
+                ),
+            });
+        }
+        tracing::debug!(path = %path.display(), "{}: {message}", kind.name());
+        self.found.push(Problem {
+            kind,
+            path: path.to_path_buf(),
+            message,
+        });
+        Ok(())
+    }
+}
+
+/// Where the files of one task's recording are, before probing.
+struct Located {
+    name: String,
+    person: String,
+    env: Option<String>,
+    /// `(view, video, keypoint source)` per active view.
+    views: Vec<(String, PathBuf, Option<PathBuf>)>,
+}
+
 impl Index {
-    /// Reads the annotation export and probes every video of every active view.
+    /// Reads the annotation export and probes every video of every active view. Everything
+    /// that cannot become a correct sample is found here, before any decoding: missing views or
+    /// keypoints, duplicate tasks, conflicting or missing labels, ranges past the end, keypoint
+    /// files that do not fit `data.keypoint_indices` or hold NaN/Inf.
     pub fn build(config: &Config) -> Result<Self> {
         let paths = &config.paths;
         let annotation_path = paths.resolve(&paths.annotation_path);
-        let video_root = paths.resolve(&paths.video_path);
-        let keypoint_root = paths.resolve(&paths.keypoint_path);
         let tasks = read_tasks(&annotation_path)?;
-        let class_names = config.data.class_names.clone();
-        let views = config.active_views();
-        let skip = config.data.on_bad_sample == OnBadSample::Skip;
-
-        let mut recordings = Vec::new();
-        let mut problems = Vec::new();
-        let mut unknown_labels: BTreeMap<String, usize> = BTreeMap::new();
-        let report = |problem: Problem, problems: &mut Vec<Problem>| -> Result<()> {
-            if skip {
-                tracing::warn!(path = %problem.path.display(), "skipped: {}", problem.message);
-                problems.push(problem);
-                Ok(())
-            } else {
-                Err(Error::BadRange {
-                    path: problem.path,
-                    message: problem.message,
-                })
-            }
+        let manifest = if paths.manifest.as_os_str().is_empty() {
+            None
+        } else {
+            Some(Manifest::read(&paths.resolve(&paths.manifest))?)
         };
+        let class_names = config.data.class_names.clone();
+        let mut problems = Problems {
+            skip: config.data.on_bad_sample == OnBadSample::Skip,
+            found: Vec::new(),
+        };
+        let mut recordings = Vec::new();
+        let mut unknown_labels: BTreeMap<String, usize> = BTreeMap::new();
+        let mut seen: BTreeMap<PathBuf, usize> = BTreeMap::new();
 
-        for task in tasks {
-            let name = video_file_name(&task.video);
-            let mut view_videos = Vec::new();
-            let mut missing = None;
-            let mut unreadable = None;
-            for view in &views {
-                let path = find_video(&video_root.join(view), &name);
-                match path {
-                    Some(path) => match ViewVideo::probe(config, &keypoint_root, view, path, &name)
-                    {
-                        Ok(video) => view_videos.push(video),
-                        Err(error) if skip && !matches!(error, Error::ToolMissing { .. }) => {
-                            unreadable = Some(error);
-                            break;
-                        }
-                        Err(error) => return Err(error),
-                    },
-                    None => {
-                        missing = Some(video_root.join(view).join(&name));
-                        break;
-                    }
+        for (task_number, task) in tasks.iter().enumerate() {
+            let located = match locate(config, manifest.as_ref(), &task.video) {
+                Ok(located) => located,
+                Err((path, message)) => {
+                    problems.report(ProblemKind::MissingView, &path, message)?;
+                    continue;
                 }
-            }
-            if let Some(error) = unreadable {
-                let path = match &error {
-                    Error::Probe { path, .. } => path.clone(),
-                    _ => video_root.join(&name),
-                };
-                report(
-                    Problem {
-                        path,
-                        message: format!("{error}; recording skipped"),
-                    },
-                    &mut problems,
+            };
+            let first_path = located.views[0].1.clone();
+            if let Some(first) = seen.get(&first_path) {
+                problems.report(
+                    ProblemKind::DuplicateTask,
+                    &annotation_path,
+                    format!(
+                        "task {task_number} annotates {} again (first in task {first}); ignored, \
+                         or its samples would count twice",
+                        task.video
+                    ),
                 )?;
                 continue;
             }
-            if let Some(path) = missing {
-                let problem = Problem {
-                    message: format!(
-                        "video missing for view folder {}; recording skipped",
-                        path.parent().unwrap_or(&video_root).display()
+            seen.insert(first_path.clone(), task_number);
+
+            let labels = task_labels(
+                task,
+                task_number,
+                &class_names,
+                &annotation_path,
+                &mut unknown_labels,
+                &mut problems,
+            )?;
+            if labels.ranges.is_empty() {
+                problems.report(
+                    ProblemKind::NoLabels,
+                    &annotation_path,
+                    format!(
+                        "task {task_number} ({}) has no class label; not used",
+                        task.video
                     ),
-                    path: path.clone(),
-                };
-                if !skip {
-                    return Err(Error::MissingVideo {
-                        view: path
-                            .parent()
-                            .and_then(|parent| parent.file_name())
-                            .map(|view| view.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                        path,
-                    });
-                }
-                report(problem, &mut problems)?;
+                )?;
                 continue;
             }
-            let n_frames = usable_frames(&view_videos);
-            let first_path = view_videos[0].path.clone();
 
-            // Markers bound the usable part of the video; everything else must be a class.
+            let Some(views) = probe_views(config, &located, &mut problems)? else {
+                continue;
+            };
+            let n_frames = usable_frames(&views);
             let mut usable = (0usize, n_frames.saturating_sub(1));
-            let mut marker_starts = Vec::new();
-            let mut marker_ends = Vec::new();
-            let mut ranges = Vec::new();
-            for label in &task.labels {
-                for name in &label.timelinelabels {
-                    for range in &label.ranges {
-                        if MARKER_LABELS.contains(&name.as_str()) {
-                            match name.as_str() {
-                                "start" => marker_starts.push(range.start),
-                                "end" => marker_ends.push(range.end.unwrap_or(range.start)),
-                                _ => {}
-                            }
-                            continue;
-                        }
-                        let Some(class) = class_names.iter().position(|class| class == name) else {
-                            *unknown_labels.entry(name.clone()).or_default() += 1;
-                            continue;
-                        };
-                        let end = range.end.unwrap_or(range.start);
-                        if end < range.start {
-                            report(
-                                Problem {
-                                    path: annotation_path.clone(),
-                                    message: format!(
-                                        "range {}..={} of \"{name}\" in task {} ends before it starts",
-                                        range.start, end, task.video
-                                    ),
-                                },
-                                &mut problems,
-                            )?;
-                            continue;
-                        }
-                        ranges.push(LabelledRange {
-                            class,
-                            start: range.start,
-                            end,
-                        });
-                    }
-                }
-            }
-            if let Some(start) = marker_starts.iter().min() {
+            if let Some(start) = labels.marker_starts.iter().min() {
                 usable.0 = *start;
             }
-            if let Some(end) = marker_ends.iter().max() {
+            if let Some(end) = labels.marker_ends.iter().max() {
                 usable.1 = usable.1.min(*end);
             }
-            let mut clipped = Vec::with_capacity(ranges.len());
-            for range in ranges {
+            let mut clipped = Vec::with_capacity(labels.ranges.len());
+            for range in labels.ranges {
+                let name = &class_names[range.class];
                 if range.start > usable.1 || range.end < usable.0 {
-                    report(
-                        Problem {
-                            path: first_path.clone(),
-                            message: format!(
-                                "labelled range {}..={} lies outside the usable frames {}..={} \
-                                 (the video has {n_frames} frames)",
-                                range.start, range.end, usable.0, usable.1
-                            ),
-                        },
-                        &mut problems,
+                    problems.report(
+                        ProblemKind::OutsideVideo,
+                        &first_path,
+                        format!(
+                            "range {}..={} of \"{name}\" lies outside the usable frames {}..={} \
+                             (the video has {n_frames} frames); ignored",
+                            range.start, range.end, usable.0, usable.1
+                        ),
                     )?;
                     continue;
                 }
-                clipped.push(LabelledRange {
+                let kept = LabelledRange {
                     class: range.class,
                     start: range.start.max(usable.0),
                     end: range.end.min(usable.1),
-                });
+                };
+                if kept.end < range.end && range.end >= n_frames {
+                    problems.report(
+                        ProblemKind::ClippedRange,
+                        &first_path,
+                        format!(
+                            "range {}..={} of \"{name}\" runs past the video's last frame {}; \
+                             clipped to {}..={}",
+                            range.start,
+                            range.end,
+                            n_frames.saturating_sub(1),
+                            kept.start,
+                            kept.end
+                        ),
+                    )?;
+                }
+                clipped.push(kept);
             }
             clipped.sort_by_key(|range| (range.start, range.end));
             recordings.push(Recording {
-                person: person_of(&name),
-                name,
-                views: view_videos,
+                name: located.name,
+                video: task.video.clone(),
+                person: located.person,
+                env: located.env,
+                views,
                 n_frames,
                 ranges: clipped,
             });
@@ -282,25 +316,32 @@ impl Index {
                 .map(|(name, count)| format!("\"{name}\" ×{count}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            if !skip {
+            if !problems.skip {
                 return Err(Error::UnknownLabels {
                     path: annotation_path,
                     labels,
                 });
             }
-            report(
-                Problem {
-                    path: annotation_path.clone(),
-                    message: format!("ranges with unknown labels skipped: {labels}"),
-                },
-                &mut problems,
+            problems.report(
+                ProblemKind::UnknownLabel,
+                &annotation_path,
+                format!("ranges with unknown labels skipped: {labels}"),
             )?;
         }
         Ok(Index {
             recordings,
             class_names,
-            problems,
+            problems: problems.found,
         })
+    }
+
+    /// Problems found while indexing, counted by kind.
+    pub fn problem_counts(&self) -> BTreeMap<ProblemKind, usize> {
+        let mut counts = BTreeMap::new();
+        for problem in &self.problems {
+            *counts.entry(problem.kind).or_default() += 1;
+        }
+        counts
     }
 
     /// Unlabelled recordings for prediction, one per video in `videos`. With several active
@@ -339,11 +380,23 @@ impl Index {
                         path,
                     });
                 }
-                view_videos.push(ViewVideo::probe(config, &keypoint_root, view, path, &name)?);
+                let keypoints = config
+                    .data
+                    .load_kpt
+                    .then(|| keypoint_source(&keypoint_root.join(view), &name, &path));
+                let timeout = std::time::Duration::from_secs(config.data.decode_timeout_s);
+                view_videos.push(ViewVideo {
+                    view: view.clone(),
+                    info: probe_video_within(&path, timeout)?,
+                    path,
+                    keypoints,
+                });
             }
             let n_frames = usable_frames(&view_videos);
             recordings.push(Recording {
                 person: person_of(&name),
+                video: video.display().to_string(),
+                env: None,
                 name,
                 views: view_videos,
                 n_frames,
@@ -446,52 +499,367 @@ fn read_tasks(path: &Path) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
-/// The file name part of a task's video reference (a path or URL).
-fn video_file_name(video: &str) -> String {
-    let without_query = video.split(['?', '#']).next().unwrap_or(video);
-    without_query
-        .rsplit(['/', '\\'])
-        .next()
-        .unwrap_or(without_query)
-        .to_string()
+/// A task's labels: class ranges (conflicts removed) and usable-part markers.
+struct TaskLabels {
+    ranges: Vec<LabelledRange>,
+    marker_starts: Vec<usize>,
+    marker_ends: Vec<usize>,
 }
 
-/// Finds `name` in `folder`, also without the `1a2b3c4d-` prefix Label Studio adds to uploads.
-fn find_video(folder: &Path, name: &str) -> Option<PathBuf> {
-    let direct = folder.join(name);
-    if direct.is_file() {
-        return Some(direct);
+/// Reads one task's timeline labels. Markers bound the usable part of the video; everything else
+/// must be a class. A range given twice with one class is kept once; a range carrying two classes
+/// is dropped as a problem.
+fn task_labels(
+    task: &Task,
+    task_number: usize,
+    class_names: &[String],
+    annotation_path: &Path,
+    unknown_labels: &mut BTreeMap<String, usize>,
+    problems: &mut Problems,
+) -> Result<TaskLabels> {
+    let mut labels = TaskLabels {
+        ranges: Vec::new(),
+        marker_starts: Vec::new(),
+        marker_ends: Vec::new(),
+    };
+    let mut classes_of: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+    let mut empty_entries = 0usize;
+    for label in &task.labels {
+        if label.timelinelabels.is_empty() {
+            empty_entries += 1;
+            continue;
+        }
+        for name in &label.timelinelabels {
+            for range in &label.ranges {
+                let end = range.end.unwrap_or(range.start);
+                match name.as_str() {
+                    "start" => labels.marker_starts.push(range.start),
+                    "end" => labels.marker_ends.push(end),
+                    marker if MARKER_LABELS.contains(&marker) => {}
+                    _ => {
+                        let Some(class) = class_names.iter().position(|class| class == name)
+                        else {
+                            *unknown_labels.entry(name.clone()).or_default() += 1;
+                            continue;
+                        };
+                        if end < range.start {
+                            problems.report(
+                                ProblemKind::BadRange,
+                                annotation_path,
+                                format!(
+                                    "range {}..={end} of \"{name}\" in task {task_number} ({}) \
+                                     ends before it starts; ignored",
+                                    range.start, task.video
+                                ),
+                            )?;
+                            continue;
+                        }
+                        let classes = classes_of.entry((range.start, end)).or_default();
+                        if !classes.contains(&class) {
+                            classes.push(class);
+                        }
+                    }
+                }
+            }
+        }
     }
-    let (prefix, rest) = name.split_once('-')?;
-    let looks_like_upload_prefix =
-        prefix.len() == 8 && prefix.chars().all(|c| c.is_ascii_hexdigit());
-    let stripped = folder.join(rest);
-    (looks_like_upload_prefix && stripped.is_file()).then_some(stripped)
+    if empty_entries > 0 {
+        problems.report(
+            ProblemKind::EmptyLabel,
+            annotation_path,
+            format!(
+                "task {task_number} ({}) has {empty_entries} label entries without a label name; \
+                 ignored",
+                task.video
+            ),
+        )?;
+    }
+    for ((start, end), classes) in classes_of {
+        if let [class] = classes[..] {
+            labels.ranges.push(LabelledRange { class, start, end });
+            continue;
+        }
+        let names: Vec<&str> = classes.iter().map(|&c| class_names[c].as_str()).collect();
+        problems.report(
+            ProblemKind::ConflictingLabels,
+            annotation_path,
+            format!(
+                "range {start}..={end} in task {task_number} ({}) is labelled {}; ignored",
+                task.video,
+                names.join(" and ")
+            ),
+        )?;
+    }
+    Ok(labels)
 }
 
-/// `<folder>/<stem>.npy` when it exists, else the per-frame folder `<folder>/<stem>/` when that
-/// exists, else the `.npy` path (whose absence is counted as missing frames when loading).
-fn keypoint_source(folder: &Path, video_name: &str) -> PathBuf {
+/// Finds the video (and keypoint source) of every active view of a task's recording, from the
+/// manifest when there is one, else from `<video_path>/<view>/<name>`. `Err` names the first
+/// missing view's file and says which views were found.
+fn locate(
+    config: &Config,
+    manifest: Option<&Manifest>,
+    video: &str,
+) -> std::result::Result<Located, (PathBuf, String)> {
+    let views = config.active_views();
+    let relative = annotation_relative_path(video);
+    let name = file_name_of(&relative);
+    let mut located = Located {
+        person: person_of(&relative),
+        name: name.clone(),
+        env: None,
+        views: Vec::with_capacity(views.len()),
+    };
+    let mut missing = Vec::new();
+    if let Some(manifest) = manifest {
+        let Some(entry) = manifest.lookup(video, &name) else {
+            let path = config.paths.resolve(&config.paths.manifest);
+            return Err((
+                path,
+                format!("the manifest does not list the video {video}; recording skipped"),
+            ));
+        };
+        if let Some(person) = &entry.person {
+            located.person.clone_from(person);
+        }
+        located.env.clone_from(&entry.env);
+        for view in &views {
+            match entry.views.get(view).filter(|path| path.is_file()) {
+                Some(path) => {
+                    let keypoints = config.data.load_kpt.then(|| {
+                        entry.keypoints.get(view).cloned().unwrap_or_else(|| {
+                            let keypoint_root = config.paths.resolve(&config.paths.keypoint_path);
+                            keypoint_source(&keypoint_root.join(view), &name, path)
+                        })
+                    });
+                    located.views.push((view.clone(), path.clone(), keypoints));
+                }
+                None => missing.push((
+                    view.clone(),
+                    entry.views.get(view).cloned().unwrap_or_default(),
+                )),
+            }
+        }
+    } else {
+        let video_root = config.paths.resolve(&config.paths.video_path);
+        let keypoint_root = config.paths.resolve(&config.paths.keypoint_path);
+        for view in &views {
+            let folder = video_root.join(view);
+            match find_video(&folder, &relative) {
+                Some(path) => {
+                    let keypoints = config
+                        .data
+                        .load_kpt
+                        .then(|| keypoint_source(&keypoint_root.join(view), &name, &path));
+                    located.views.push((view.clone(), path, keypoints));
+                }
+                None => missing.push((view.clone(), folder.join(&name))),
+            }
+        }
+    }
+    let Some((view, path)) = missing.into_iter().next() else {
+        return Ok(located);
+    };
+    let found: Vec<&str> = located.views.iter().map(|(v, ..)| v.as_str()).collect();
+    Err((
+        path.clone(),
+        format!(
+            "recording {video}: no video for view {view} ({} not found){}; recording skipped",
+            path.display(),
+            if found.is_empty() {
+                String::new()
+            } else {
+                format!(", only {} found", found.join(", "))
+            }
+        ),
+    ))
+}
+
+/// Probes each located view and checks its keypoint source; `None` when a problem skipped the
+/// recording.
+fn probe_views(
+    config: &Config,
+    located: &Located,
+    problems: &mut Problems,
+) -> Result<Option<Vec<ViewVideo>>> {
+    let timeout = std::time::Duration::from_secs(config.data.decode_timeout_s);
+    let needed_joints = config
+        .data
+        .keypoint_indices
+        .iter()
+        .max()
+        .map_or(0, |joint| joint + 1);
+    let mut views = Vec::with_capacity(located.views.len());
+    for (view, path, keypoints) in &located.views {
+        let info = match probe_video_within(path, timeout) {
+            Ok(info) => info,
+            Err(error @ Error::ToolMissing { .. }) => return Err(error),
+            Err(error) => {
+                problems.report(
+                    ProblemKind::UnreadableVideo,
+                    path,
+                    format!("{error}; recording skipped"),
+                )?;
+                return Ok(None);
+            }
+        };
+        if let Some(source) = keypoints {
+            let facts = match inspect_keypoints(source) {
+                Ok(Some(facts)) => facts,
+                Ok(None) => {
+                    problems.report(
+                        ProblemKind::MissingKeypoints,
+                        source,
+                        format!(
+                            "no keypoints for view {view} of {} (data.load_kpt is on; expected \
+                             this .npy array or a per-frame folder); recording skipped",
+                            located.name
+                        ),
+                    )?;
+                    return Ok(None);
+                }
+                Err(error) => {
+                    problems.report(
+                        ProblemKind::BadKeypointFile,
+                        source,
+                        format!("{error}; recording skipped"),
+                    )?;
+                    return Ok(None);
+                }
+            };
+            if facts.joints < needed_joints {
+                problems.report(
+                    ProblemKind::KeypointJoints,
+                    source,
+                    format!(
+                        "{} joints per frame, but data.keypoint_indices uses joint {}; \
+                         recording skipped (fix data.keypoint_indices for this layout)",
+                        facts.joints,
+                        needed_joints - 1
+                    ),
+                )?;
+                return Ok(None);
+            }
+            if let (Some(count), Some(frame)) =
+                (facts.non_finite_values, facts.first_non_finite_frame)
+                && count > 0
+            {
+                problems.report(
+                    ProblemKind::NonFiniteKeypoints,
+                    source,
+                    format!(
+                        "{count} NaN/Inf values (first in frame {frame}); they are read as 0, \
+                         like missing keypoints"
+                    ),
+                )?;
+            }
+        }
+        views.push(ViewVideo {
+            view: view.clone(),
+            path: path.clone(),
+            info,
+            keypoints: keypoints.clone(),
+        });
+    }
+    Ok(Some(views))
+}
+
+/// The path a task's video field names, relative to wherever the files are: the `d=` path of a
+/// Label Studio local-files URL (`/data/local-files/?d=drivers/front/a.mp4`, percent-decoded,
+/// sub-folders kept), else the last component of an upload path or URL (`/data/upload/3/x.mp4`).
+fn annotation_relative_path(video: &str) -> String {
+    if let Some((_, query)) = video.split_once('?') {
+        let local_file = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("d="))
+            .map(percent_decode);
+        if let Some(path) = local_file.filter(|path| !path.is_empty()) {
+            return path.trim_start_matches('/').to_string();
+        }
+    }
+    let without_query = video.split(['?', '#']).next().unwrap_or(video);
+    file_name_of(without_query)
+}
+
+/// The last component of a path or URL.
+fn file_name_of(path: &str) -> String {
+    path.rsplit(['/', '\\']).next().unwrap_or(path).to_string()
+}
+
+/// `%2F` → `/`, `+` left as is (Label Studio encodes paths with `%20` for spaces).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut position = 0;
+    while position < bytes.len() {
+        let hex = bytes
+            .get(position + 1..position + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[position], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                position += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                position += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// Finds the video at `relative` (a file name, or a local-files path with sub-folders) in a view
+/// folder: the whole relative path, then its file name, each also without the `1a2b3c4d-` prefix
+/// Label Studio adds to uploads.
+fn find_video(folder: &Path, relative: &str) -> Option<PathBuf> {
+    let name = file_name_of(relative);
+    let mut candidates = vec![folder.join(relative), folder.join(&name)];
+    if let Some((prefix, rest)) = name.split_once('-')
+        && prefix.len() == 8
+        && prefix.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        candidates.push(folder.join(rest));
+    }
+    candidates.into_iter().find(|path| path.is_file())
+}
+
+/// `<folder>/<stem>.npy` when it exists, else the per-frame folder `<folder>/<stem>/`, else an
+/// `.npy` beside the video itself (manifest layouts: `p1/front.mp4` + `p1/front.npy`); when none
+/// exists, the first (the index reports it missing).
+fn keypoint_source(folder: &Path, video_name: &str, video: &Path) -> PathBuf {
     let array = folder.join(Path::new(video_name).with_extension("npy"));
     let frames = folder.join(Path::new(video_name).with_extension(""));
-    if !array.is_file() && frames.is_dir() {
-        frames
-    } else {
-        array
-    }
+    let beside = video.with_extension("npy");
+    [&array, &frames, &beside]
+        .into_iter()
+        .find(|candidate| candidate.exists())
+        .unwrap_or(&array)
+        .clone()
 }
 
-/// `person_07_night_high.mp4` → `person_07`; otherwise the file stem.
-fn person_of(name: &str) -> String {
-    let stem = Path::new(name)
+/// The person of a video path: the first `person_<id>` among its components
+/// (`day/person_07/front.mp4`, `person_07_night_high.mp4` → `person_07`); otherwise the file
+/// stem.
+fn person_of(path: &str) -> String {
+    let components: Vec<&str> = path.split(['/', '\\']).collect();
+    for component in components.iter().rev() {
+        let stem = Path::new(component)
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parts: Vec<&str> = stem.split(['_', '-']).collect();
+        if let Some(at) = parts.iter().position(|part| *part == "person")
+            && at + 1 < parts.len()
+        {
+            return format!("person_{}", parts[at + 1]);
+        }
+    }
+    Path::new(components.last().copied().unwrap_or(path))
         .file_stem()
         .map(|stem| stem.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let parts: Vec<&str> = stem.split(['_', '-']).collect();
-    match parts.iter().position(|part| *part == "person") {
-        Some(at) if at + 1 < parts.len() => format!("person_{}", parts[at + 1]),
-        _ => stem,
-    }
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -499,10 +867,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn video_names_come_from_paths_and_urls() {
-        assert_eq!(video_file_name("/data/upload/1/a.mp4"), "a.mp4");
-        assert_eq!(video_file_name("http://x/y/b.mp4?d=1"), "b.mp4");
-        assert_eq!(video_file_name("c.mp4"), "c.mp4");
+    fn video_paths_come_from_uploads_urls_and_local_files() {
+        assert_eq!(annotation_relative_path("/data/upload/1/a.mp4"), "a.mp4");
+        assert_eq!(annotation_relative_path("http://x/y/b.mp4#t=1"), "b.mp4");
+        assert_eq!(annotation_relative_path("c.mp4"), "c.mp4");
+        assert_eq!(
+            annotation_relative_path("/data/local-files/?d=drivers/day/person_3.mp4"),
+            "drivers/day/person_3.mp4"
+        );
+        assert_eq!(
+            annotation_relative_path("/data/local-files/?d=drivers%2Fnight%20shift%2Fp.mp4"),
+            "drivers/night shift/p.mp4"
+        );
     }
 
     #[test]
@@ -510,5 +886,6 @@ mod tests {
         assert_eq!(person_of("person_07_night_high_h265.mp4"), "person_07");
         assert_eq!(person_of("ab12cd34-person_3_day.mp4"), "person_3");
         assert_eq!(person_of("clip.mp4"), "clip");
+        assert_eq!(person_of("day/person_12/front.mp4"), "person_12");
     }
 }

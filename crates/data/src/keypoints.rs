@@ -21,6 +21,110 @@ pub fn keypoint_files_opened() -> usize {
 pub struct KeypointReport {
     /// Requested frames that were missing (file absent or frame past its end) and became zeros.
     pub missing_frames: usize,
+    /// NaN or infinite values read, each replaced by 0 (what a missing keypoint reads as).
+    pub non_finite_values: usize,
+}
+
+/// What the index learns of a keypoint source without reading samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeypointFacts {
+    /// Joints per frame.
+    pub joints: usize,
+    /// Frames in the array (`None` for a per-frame folder).
+    pub frames: Option<usize>,
+    /// NaN or infinite values in the whole array (`None` for a per-frame folder: not scanned).
+    pub non_finite_values: Option<usize>,
+    /// The first frame holding one.
+    pub first_non_finite_frame: Option<usize>,
+}
+
+/// Reads the shape of the keypoint source at `path` (an `.npy` array or a per-frame folder) and,
+/// for an array, scans every value for NaN/Inf in fixed-size pieces (memory does not grow with
+/// the file). `Ok(None)` when there is no such file or folder.
+pub fn inspect_keypoints(path: &Path) -> Result<Option<KeypointFacts>> {
+    let keypoint_error = |message: String| Error::Keypoints {
+        path: path.to_path_buf(),
+        message,
+    };
+    if path.is_dir() {
+        let first = std::fs::read_dir(path)
+            .map_err(|error| Error::io(path, error))?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|file| file.extension().is_some_and(|ext| ext == "npy" || ext == "npz"))
+            .min();
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let (shape, _) = read_frame_file(&first)?;
+        let joints = match shape.as_slice() {
+            [joints, _] | [1, joints, _] => *joints as usize,
+            _ => {
+                return Err(Error::Keypoints {
+                    path: first,
+                    message: format!("expected a [joints, 2|3] array, found shape {shape:?}"),
+                });
+            }
+        };
+        return Ok(Some(KeypointFacts {
+            joints,
+            frames: None,
+            non_finite_values: None,
+            first_non_finite_frame: None,
+        }));
+    }
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::io(path, error)),
+    };
+    let npy = npyz::NpyFile::new(BufReader::with_capacity(1 << 20, file))
+        .map_err(|error| keypoint_error(format!("not a .npy file: {error}")))?;
+    let shape = npy.shape().to_vec();
+    if shape.len() != 3 || !(shape[2] == 2 || shape[2] == 3) {
+        return Err(keypoint_error(format!(
+            "expected shape [frames, joints, 2|3], found {shape:?}"
+        )));
+    }
+    let (frames, joints, channels) = (shape[0] as usize, shape[1] as usize, shape[2] as usize);
+    let values = npy
+        .data::<f32>()
+        .map_err(|error| keypoint_error(format!("expected float32 values: {error}")))?;
+    let mut non_finite = 0usize;
+    let mut first_bad = None;
+    let row = (joints * channels).max(1);
+    let mut read = 0usize;
+    for (position, value) in values.enumerate() {
+        let value = value.map_err(|error| Error::io(path, error))?;
+        read += 1;
+        if !value.is_finite() {
+            non_finite += 1;
+            first_bad.get_or_insert(position / row);
+        }
+    }
+    if read < frames * joints * channels {
+        return Err(keypoint_error(format!(
+            "the file ends after {read} of {} values; it is truncated",
+            frames * joints * channels
+        )));
+    }
+    Ok(Some(KeypointFacts {
+        joints,
+        frames: Some(frames),
+        non_finite_values: Some(non_finite),
+        first_non_finite_frame: first_bad,
+    }))
+}
+
+/// Replaces NaN/Inf values by 0 (a missing keypoint) and returns how many there were: one bad
+/// value must not turn a whole batch's loss into NaN.
+fn zero_non_finite(values: &mut [f32]) -> usize {
+    let mut count = 0;
+    for value in values.iter_mut().filter(|value| !value.is_finite()) {
+        *value = 0.0;
+        count += 1;
+    }
+    count
 }
 
 /// Reads `joint_indices` of `frame_indices` from the array at `path` into `out`
@@ -46,6 +150,7 @@ pub fn read_keypoints(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return Ok(KeypointReport {
                 missing_frames: frame_indices.len(),
+                non_finite_values: 0,
             });
         }
         Err(error) => return Err(Error::io(path, error)),
@@ -96,6 +201,7 @@ pub fn read_keypoints(
             frame_out[position * 3..position * 3 + channels].copy_from_slice(source);
         }
     }
+    report.non_finite_values = zero_non_finite(out);
     Ok(report)
 }
 
@@ -173,6 +279,7 @@ fn read_frame_folder(
                 .copy_from_slice(&data[joint * channels..][..channels]);
         }
     }
+    report.non_finite_values = zero_non_finite(out);
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ pub mod demo;
 mod error;
 mod index;
 mod keypoints;
+mod manifest;
 mod pipeline;
 mod plan;
 mod probe;
@@ -20,8 +21,11 @@ mod rng;
 pub use dataset::{Dataset, SampleShape};
 pub use decode::{FrameDecoder, decode_processes_spawned};
 pub use error::{Error, Result};
-pub use index::{Index, LabelledRange, Problem, Recording, ViewVideo};
-pub use keypoints::{KeypointReport, keypoint_files_opened, read_keypoints};
+pub use index::{Index, LabelledRange, Problem, ProblemKind, Recording, ViewVideo};
+pub use keypoints::{
+    KeypointFacts, KeypointReport, inspect_keypoints, keypoint_files_opened, read_keypoints,
+};
+pub use manifest::{Manifest, ManifestEntry};
 pub use pipeline::{Batch, Pipeline, PipelineBuilder};
 pub use plan::{ChunkPlan, Sample, uniform_temporal_subsample};
 pub use probe::{DEFAULT_PROBE_TIMEOUT, VideoInfo, find_tool, probe_video, probe_video_within};

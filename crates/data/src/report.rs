@@ -26,7 +26,11 @@ pub struct DatasetReport {
     pub segments: usize,
     /// `(class name, segments)` in class-id order.
     pub segments_per_class: Vec<(String, usize)>,
-    /// Problems skipped while indexing, as `file: message`.
+    /// How each annotated recording was resolved: `video field → view: file, ...`.
+    pub resolved: Vec<String>,
+    /// Problems found while indexing, counted by kind.
+    pub problem_counts: std::collections::BTreeMap<String, usize>,
+    /// Problems found while indexing, as `kind: file: message`.
     pub problems: Vec<String>,
 }
 
@@ -65,10 +69,48 @@ impl DatasetReport {
             chunks: dataset.plan.chunks_per_recording.iter().sum(),
             segments: dataset.len(),
             segments_per_class: index.class_names.iter().cloned().zip(per_class).collect(),
+            resolved: index
+                .recordings
+                .iter()
+                .map(|recording| {
+                    let views: Vec<String> = recording
+                        .views
+                        .iter()
+                        .map(|video| {
+                            let keypoints = video.keypoints.as_ref().map_or_else(String::new, |k| {
+                                format!(" (keypoints {})", k.display())
+                            });
+                            format!("{}: {}{keypoints}", video.view, video.path.display())
+                        })
+                        .collect();
+                    format!(
+                        "{} → person {}{}; {}",
+                        recording.video,
+                        recording.person,
+                        recording
+                            .env
+                            .as_ref()
+                            .map_or_else(String::new, |env| format!(", env {env}")),
+                        views.join(", ")
+                    )
+                })
+                .collect(),
+            problem_counts: index
+                .problem_counts()
+                .into_iter()
+                .map(|(kind, count)| (kind.name().to_string(), count))
+                .collect(),
             problems: index
                 .problems
                 .iter()
-                .map(|problem| format!("{}: {}", problem.path.display(), problem.message))
+                .map(|problem| {
+                    format!(
+                        "{}: {}: {}",
+                        problem.kind.name(),
+                        problem.path.display(),
+                        problem.message
+                    )
+                })
                 .collect(),
         }
     }
@@ -89,10 +131,24 @@ impl fmt::Display for DatasetReport {
         for (name, count) in &self.segments_per_class {
             writeln!(f, "  {name:<12} {count}")?;
         }
+        writeln!(f, "resolved")?;
+        for line in &self.resolved {
+            writeln!(f, "  {line}")?;
+        }
         if self.problems.is_empty() {
             writeln!(f, "problems     none")
         } else {
-            writeln!(f, "problems     {}", self.problems.len())?;
+            let counts: Vec<String> = self
+                .problem_counts
+                .iter()
+                .map(|(kind, count)| format!("{kind} {count}"))
+                .collect();
+            writeln!(
+                f,
+                "problems     {} ({})",
+                self.problems.len(),
+                counts.join(", ")
+            )?;
             for problem in &self.problems {
                 writeln!(f, "  {problem}")?;
             }

@@ -665,6 +665,19 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
             "skipped sample loads",
             summary.skipped_sample_loads.to_string(),
         ),
+        (
+            "dataset problems",
+            if summary.data_problems.is_empty() {
+                "none".to_string()
+            } else {
+                summary
+                    .data_problems
+                    .iter()
+                    .map(|(kind, count)| format!("{kind} {count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
     ];
     println!();
     for (name, value) in rows {

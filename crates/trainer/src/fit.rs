@@ -416,6 +416,14 @@ pub(crate) fn fit<B: AutodiffBackend>(
         peak_device_reserved_bytes: memory.peak_device_reserved_bytes,
         parameters,
         skipped_sample_loads,
+        data_problems: context
+            .dataset
+            .index
+            .problem_counts()
+            .into_iter()
+            .map(|(kind, count)| (kind.name().to_string(), count))
+            .collect(),
+        non_finite_keypoint_values: context.dataset.non_finite_keypoint_values(),
         last_checkpoint,
     };
     context.run_dir.write_json("summary.json", &summary)?;

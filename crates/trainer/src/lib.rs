@@ -91,8 +91,13 @@ pub struct RunSummary {
     pub peak_device_reserved_bytes: Option<u64>,
     /// Trainable parameters.
     pub parameters: usize,
-    /// Sample loads that failed and were skipped (`data.on_bad_sample = "skip"`).
+    /// Sample loads that failed and were skipped (`data.on_bad_sample = "skip"`), training and
+    /// validation.
     pub skipped_sample_loads: usize,
+    /// Dataset problems found while indexing, by kind (`vidtrain data inspect` lists them).
+    pub data_problems: std::collections::BTreeMap<String, usize>,
+    /// NaN/Inf keypoint values read (each became 0).
+    pub non_finite_keypoint_values: usize,
     /// The last checkpoint folder written (`checkpoints/last`: model, optimizer, state).
     pub last_checkpoint: Option<PathBuf>,
 }
@@ -189,6 +194,24 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
         });
     }
     Ok(choice)
+}
+
+/// One warning per kind of dataset problem, with its count and first case; `vidtrain data
+/// inspect` lists them all.
+fn warn_dataset_problems(index: &vidtrain_data::Index) {
+    for (kind, count) in index.problem_counts() {
+        let first = index
+            .problems
+            .iter()
+            .find(|problem| problem.kind == kind)
+            .expect("a counted kind has a problem");
+        tracing::warn!(
+            "dataset: {count} × {} (first: {}: {}); `vidtrain data inspect` lists them all",
+            kind.name(),
+            first.path.display(),
+            first.message
+        );
+    }
 }
 
 /// Refuses a config whose planned host peak exceeds the machine's physical memory, before any
@@ -300,9 +323,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     refuse_plans_above_machine_memory(config, backend)?;
     let memory = MemorySampler::start(Duration::from_millis(50));
     let dataset = Arc::new(Dataset::open(config)?);
-    for problem in &dataset.index.problems {
-        tracing::warn!(path = %problem.path.display(), "{}", problem.message);
-    }
+    warn_dataset_problems(&dataset.index);
     let Fold::Index(fold) = config.train.fold else {
         return Err(Error::Unsupported {
             key: "train.fold".into(),
