@@ -238,6 +238,10 @@ impl Index {
                 &mut unknown_labels,
                 &mut problems,
             )?;
+            if labels.ranges.is_empty() && labels.class_label_names > 0 {
+                // Its labels were unknown, conflicting or bad: reported above, nothing left.
+                continue;
+            }
             if labels.ranges.is_empty() {
                 problems.report(
                     ProblemKind::NoLabels,
@@ -502,6 +506,8 @@ fn read_tasks(path: &Path) -> Result<Vec<Task>> {
 /// A task's labels: class ranges (conflicts removed) and usable-part markers.
 struct TaskLabels {
     ranges: Vec<LabelledRange>,
+    /// Class label names met, known or not (a task with none has no labels at all).
+    class_label_names: usize,
     marker_starts: Vec<usize>,
     marker_ends: Vec<usize>,
 }
@@ -519,6 +525,7 @@ fn task_labels(
 ) -> Result<TaskLabels> {
     let mut labels = TaskLabels {
         ranges: Vec::new(),
+        class_label_names: 0,
         marker_starts: Vec::new(),
         marker_ends: Vec::new(),
     };
@@ -537,6 +544,7 @@ fn task_labels(
                     "end" => labels.marker_ends.push(end),
                     marker if MARKER_LABELS.contains(&marker) => {}
                     _ => {
+                        labels.class_label_names += 1;
                         let Some(class) = class_names.iter().position(|class| class == name)
                         else {
                             *unknown_labels.entry(name.clone()).or_default() += 1;

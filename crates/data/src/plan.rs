@@ -162,7 +162,9 @@ mod tests {
     fn recording(person: &str, n_frames: usize, ranges: &[(usize, usize, usize)]) -> Recording {
         Recording {
             name: format!("{person}.mp4"),
+            video: format!("{person}.mp4"),
             person: person.to_string(),
+            env: None,
             views: vec![ViewVideo {
                 view: "front".into(),
                 path: "x.mp4".into(),

@@ -327,9 +327,14 @@ fn missing_videos_ranges_past_the_end_and_unknown_labels_are_reported() {
         .iter()
         .map(|p| p.message.as_str())
         .collect();
-    assert_eq!(problems.len(), 3, "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("video missing")));
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("no video for view front")));
     assert!(problems.iter().any(|p| p.contains("500..=600")));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("230..=400") && p.contains("clipped to 230..=239"))
+    );
     assert!(problems.iter().any(|p| p.contains("\"sideways\" ×1")));
 
     config.data.on_bad_sample = OnBadSample::Error;
