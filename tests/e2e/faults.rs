@@ -43,7 +43,10 @@ fn validation_and_eval_skip_bad_samples_with_labels_and_predictions_paired() {
     let val_size = summary["val_size"].as_u64().unwrap();
     let val_skipped = epoch["val_skipped"].as_u64().unwrap();
     assert!(val_skipped > 0, "{}", stderr(&output));
-    assert_eq!(epoch["val_samples"].as_u64().unwrap() + val_skipped, val_size);
+    assert_eq!(
+        epoch["val_samples"].as_u64().unwrap() + val_skipped,
+        val_size
+    );
     let confusion_total: u64 = summary["val_confusion"]
         .as_array()
         .unwrap()
@@ -150,7 +153,11 @@ fn predict_rows_keep_their_own_windows_when_one_is_skipped() {
     let cut = predict("cut/left/person_02_demo.mp4", "cut.json");
 
     let (intact, cut) = (intact.as_array().unwrap(), cut.as_array().unwrap());
-    assert_eq!(intact.len(), cut.len(), "one row per window, skipped or not");
+    assert_eq!(
+        intact.len(),
+        cut.len(),
+        "one row per window, skipped or not"
+    );
     let skipped = cut.iter().filter(|row| row["skipped"] == true).count();
     assert!(skipped > 0 && skipped < cut.len(), "{cut:?}");
     for (window, (whole, partial)) in intact.iter().zip(cut).enumerate() {
@@ -283,11 +290,7 @@ fn ctrl_c_and_sigterm_save_a_checkpoint_without_failing_the_decoders() {
         true,
     );
     assert_clean_failure(&output, 130);
-    assert!(
-        !stderr(&output).contains("skipped"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(!stderr(&output).contains("skipped"), "{}", stderr(&output));
     assert!(run.join("checkpoints/last/state.json").is_file());
 
     // SIGTERM (Slurm, Docker, Kubernetes) saves like Ctrl-C.
@@ -349,7 +352,10 @@ fn a_full_disk_keeps_the_previous_checkpoints_whole_and_says_so() {
     let text = std::fs::read_to_string(dir.join("err.txt")).unwrap();
     assert_eq!(code.trim(), "1", "{text}");
     assert!(text.contains("No space left on device"), "{text}");
-    assert!(!text.contains("MessagePack") && !text.contains("panicked"), "{text}");
+    assert!(
+        !text.contains("MessagePack") && !text.contains("panicked"),
+        "{text}"
+    );
     let run = only_run_dir(&dir.join("copied-runs"));
     let leftovers: Vec<_> = walk(&run.join("checkpoints"))
         .into_iter()

@@ -2,6 +2,7 @@
 //! through [`vidtrain`].
 
 mod config;
+mod datasets;
 mod faults;
 mod inference;
 mod plan;

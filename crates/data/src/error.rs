@@ -74,7 +74,10 @@ pub enum Error {
     // The OS error is part of the message and deliberately not a `#[source]`: printed with its
     // causes (`{:#}`), it would otherwise appear twice.
     #[error("{}: {cause}", .path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     /// The decode worker threads stopped unexpectedly.
     #[error("the data pipeline stopped: {0}")]
     Pipeline(String),

@@ -545,8 +545,7 @@ fn task_labels(
                     marker if MARKER_LABELS.contains(&marker) => {}
                     _ => {
                         labels.class_label_names += 1;
-                        let Some(class) = class_names.iter().position(|class| class == name)
-                        else {
+                        let Some(class) = class_names.iter().position(|class| class == name) else {
                             *unknown_labels.entry(name.clone()).or_default() += 1;
                             continue;
                         };

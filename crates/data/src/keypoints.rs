@@ -51,7 +51,10 @@ pub fn inspect_keypoints(path: &Path) -> Result<Option<KeypointFacts>> {
             .map_err(|error| Error::io(path, error))?
             .flatten()
             .map(|entry| entry.path())
-            .filter(|file| file.extension().is_some_and(|ext| ext == "npy" || ext == "npz"))
+            .filter(|file| {
+                file.extension()
+                    .is_some_and(|ext| ext == "npy" || ext == "npz")
+            })
             .min();
         let Some(first) = first else {
             return Ok(None);

@@ -111,11 +111,16 @@ impl Manifest {
         Ok(Self { entries })
     }
 
-    /// The entry of an annotation's video field: listed as exported, or by its file name.
+    /// The entry of an annotation's video field: listed as exported, by its file name, or by
+    /// the file name without the `1a2b3c4d-` prefix Label Studio gives uploads.
     pub fn lookup(&self, video: &str, file_name: &str) -> Option<&ManifestEntry> {
+        let upload_name = file_name.split_once('-').and_then(|(prefix, rest)| {
+            (prefix.len() == 8 && prefix.chars().all(|c| c.is_ascii_hexdigit())).then_some(rest)
+        });
         self.entries
             .get(video)
             .or_else(|| self.entries.get(file_name))
+            .or_else(|| upload_name.and_then(|name| self.entries.get(name)))
     }
 
     /// Recordings listed.
@@ -160,6 +165,8 @@ mod tests {
             let manifest = Manifest::read(&path).unwrap();
             assert_eq!(manifest.len(), 2);
             let a = manifest.lookup("/data/upload/3/a.mp4", "a.mp4").unwrap();
+            let uploaded = manifest.lookup("/data/upload/3/0a1b2c3d-a.mp4", "0a1b2c3d-a.mp4");
+            assert_eq!(uploaded, Some(a));
             let folder = path.parent().unwrap();
             assert_eq!(a.views["front"], folder.join("day/p1/front.mp4"));
             assert_eq!(a.views["left"], folder.join("day/p1/left.mp4"));
@@ -174,12 +181,21 @@ mod tests {
 
     #[test]
     fn a_bad_manifest_names_the_row() {
-        let path = write("bad.csv", "video,view,path\na.mp4,front,x.mp4\na.mp4,front,y.mp4\n");
+        let path = write(
+            "bad.csv",
+            "video,view,path\na.mp4,front,x.mp4\na.mp4,front,y.mp4\n",
+        );
         let error = Manifest::read(&path).unwrap_err().to_string();
-        assert!(error.contains("row 3") && error.contains("twice"), "{error}");
+        assert!(
+            error.contains("row 3") && error.contains("twice"),
+            "{error}"
+        );
         let path = write("short.csv", "video,view\na.mp4,front\n");
         let error = Manifest::read(&path).unwrap_err().to_string();
-        assert!(error.contains("bad.csv") || error.contains("short.csv"), "{error}");
+        assert!(
+            error.contains("bad.csv") || error.contains("short.csv"),
+            "{error}"
+        );
         assert!(error.contains("path"), "{error}");
     }
 }

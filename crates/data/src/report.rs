@@ -77,9 +77,10 @@ impl DatasetReport {
                         .views
                         .iter()
                         .map(|video| {
-                            let keypoints = video.keypoints.as_ref().map_or_else(String::new, |k| {
-                                format!(" (keypoints {})", k.display())
-                            });
+                            let keypoints =
+                                video.keypoints.as_ref().map_or_else(String::new, |k| {
+                                    format!(" (keypoints {})", k.display())
+                                });
                             format!("{}: {}{keypoints}", video.view, video.path.display())
                         })
                         .collect();

@@ -328,7 +328,11 @@ fn missing_videos_ranges_past_the_end_and_unknown_labels_are_reported() {
         .map(|p| p.message.as_str())
         .collect();
     assert_eq!(problems.len(), 4, "{problems:?}");
-    assert!(problems.iter().any(|p| p.contains("no video for view front")));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("no video for view front"))
+    );
     assert!(problems.iter().any(|p| p.contains("500..=600")));
     assert!(
         problems

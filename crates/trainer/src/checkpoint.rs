@@ -107,7 +107,8 @@ pub(crate) fn read_state(folder: &Path) -> Result<TrainingState> {
     };
     let state_text = std::fs::read_to_string(folder.join("state.json"))
         .map_err(|error| checkpoint_error(format!("reading state.json: {error}")))?;
-    serde_json::from_str(&state_text).map_err(|error| checkpoint_error(format!("state.json: {error}")))
+    serde_json::from_str(&state_text)
+        .map_err(|error| checkpoint_error(format!("state.json: {error}")))
 }
 
 impl TrainingState {
@@ -164,7 +165,11 @@ pub(crate) fn resolve_resume(config: &Config, current_run: &Path) -> Result<Opti
             "{} is no checkpoint{}: expected a run folder, its checkpoints/ folder, or a \
              checkpoint folder with state.json",
             path.display(),
-            if path.exists() { "" } else { " (it does not exist)" }
+            if path.exists() {
+                ""
+            } else {
+                " (it does not exist)"
+            }
         ),
     })
 }

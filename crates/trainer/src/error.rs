@@ -52,7 +52,10 @@ pub enum Error {
     // The OS error is part of the message and deliberately not a `#[source]`: printed with its
     // causes (`{:#}`), it would otherwise appear twice.
     #[error("{}: {cause}", .path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     /// Training was stopped on request (Ctrl-C) after saving a checkpoint.
     #[error("interrupted; checkpoint saved in {} (continue with train.resume={})", .checkpoint.display(), .checkpoint.display())]
     Interrupted { checkpoint: PathBuf },

@@ -295,7 +295,13 @@ pub(crate) fn fit<B: AutodiffBackend>(
             group_loss = 0.0;
             let every = config.train.checkpoint_every_steps;
             if every > 0 && state.step.is_multiple_of(every) {
-                last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state, config)?);
+                last_checkpoint = Some(checkpoint::save(
+                    &checkpoints,
+                    &model,
+                    &optimizer,
+                    &state,
+                    config,
+                )?);
             }
             if stop_requested() {
                 interrupted = true;
@@ -372,7 +378,13 @@ pub(crate) fn fit<B: AutodiffBackend>(
             state.epoch_loss_sum = 0.0;
             state.epoch_loss_samples = 0;
         }
-        last_checkpoint = Some(checkpoint::save(&checkpoints, &model, &optimizer, &state, config)?);
+        last_checkpoint = Some(checkpoint::save(
+            &checkpoints,
+            &model,
+            &optimizer,
+            &state,
+            config,
+        )?);
         if reached_max_steps(state.step) {
             break 'epochs;
         }
@@ -440,8 +452,7 @@ fn validate<B: AutodiffBackend>(
     model: &ActionModel<B>,
     device: &B::Device,
 ) -> Result<(ClassificationMetrics, f64, usize)> {
-    let scores =
-        crate::inference::probabilities(config, dataset, ids, &model.valid(), device)?;
+    let scores = crate::inference::probabilities(config, dataset, ids, &model.valid(), device)?;
     let scores = crate::inference::usable(scores, ids.len(), "the validation split")?;
     let labels: Vec<usize> = scores
         .ids

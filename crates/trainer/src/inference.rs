@@ -155,12 +155,7 @@ macro_rules! dispatch {
 }
 
 /// Scores `ids` with the weights at `weights`, on the backend the config resolves to.
-fn score(
-    config: &Config,
-    weights: &Path,
-    dataset: &Arc<Dataset>,
-    ids: &[usize],
-) -> Result<Scores> {
+fn score(config: &Config, weights: &Path, dataset: &Arc<Dataset>, ids: &[usize]) -> Result<Scores> {
     let backend = resolve_backend(config)?;
     crate::configure_compute_threads(config);
     dispatch!(

@@ -188,9 +188,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let folders: Vec<PathBuf> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
-                .map(|_| scope.spawn(|| RunDir::create(&root, "same").unwrap().path().to_path_buf()))
+                .map(|_| {
+                    scope.spawn(|| RunDir::create(&root, "same").unwrap().path().to_path_buf())
+                })
                 .collect();
-            handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap())
+                .collect()
         });
         let mut distinct = folders.clone();
         distinct.sort();

@@ -215,6 +215,7 @@ impl<B: Backend> ModuleVisitor<B> for ShapeCollector {
         if self.shapes.contains_key(&name) {
             name = format!("{name}#{}", self.shapes.len());
         }
-        self.shapes.insert(name, param.lazy_shape().dims::<D>().to_vec());
+        self.shapes
+            .insert(name, param.lazy_shape().dims::<D>().to_vec());
     }
 }

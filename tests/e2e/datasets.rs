@@ -1,0 +1,192 @@
+//! Datasets as users have them: another folder layout named by a manifest, Label Studio upload
+//! and local-files names, and every kind of problem planted once — listed by `data inspect`,
+//! counted in `summary.json`, and trained around.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::train::{TINY_MODEL, only_run_dir, read_json, small_dataset};
+use crate::{stderr, stdout, vidtrain};
+
+const VIEWS: [&str; 3] = ["front", "left", "right"];
+
+/// Writes a float32 `[frames, joints, 3]` keypoint array.
+fn write_keypoints(path: &Path, frames: usize, joints: usize, value: impl Fn(usize) -> f32) {
+    let file = std::fs::File::create(path).unwrap();
+    let shape = [frames as u64, joints as u64, 3];
+    use npyz::WriterBuilder;
+    let mut writer = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .unwrap();
+    writer.extend((0..frames * joints * 3).map(value)).unwrap();
+    writer.finish().unwrap();
+}
+
+/// Copies the demo recording `person` to `<root>/<env>/<new_person>/<view>.mp4|.npy` and returns
+/// the manifest rows for it (`views` only).
+fn place(dir: &Path, person: usize, env: &str, new_person: &str, views: &[&str]) -> Vec<String> {
+    let folder = dir.join("layout").join(env).join(new_person);
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut rows = Vec::new();
+    for view in views {
+        let source = format!("person_{person:02}_demo");
+        std::fs::copy(
+            dir.join(format!("data/videos/{view}/{source}.mp4")),
+            folder.join(format!("{view}.mp4")),
+        )
+        .unwrap();
+        std::fs::copy(
+            dir.join(format!("data/keypoints/{view}/{source}.npy")),
+            folder.join(format!("{view}.npy")),
+        )
+        .unwrap();
+        rows.push(format!(
+            "{new_person}.mp4,{view},{env}/{new_person}/{view}.mp4,{new_person},{env}"
+        ));
+    }
+    rows
+}
+
+#[test]
+fn a_manifest_layout_with_upload_names_trains_and_inspect_lists_every_planted_problem() {
+    let dir = scratch_dataset();
+    let demo: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("data/annotations.json")).unwrap())
+            .unwrap();
+    let labels_of = |person: usize| demo[person - 1]["videoLabels"].clone();
+
+    // Three good recordings in <env>/<person>/<view>.mp4, and planted problems.
+    let mut rows = vec!["video,view,path,person,env".to_string()];
+    rows.extend(place(&dir, 1, "day", "driver_a", &VIEWS));
+    rows.extend(place(&dir, 2, "day", "driver_b", &VIEWS));
+    rows.extend(place(&dir, 3, "night", "driver_c", &VIEWS));
+    // missing_view: no right camera.
+    rows.extend(place(&dir, 1, "night", "driver_d", &["front", "left"]));
+    // no_labels: a task without any label.
+    rows.extend(place(&dir, 2, "night", "driver_e", &VIEWS));
+    // keypoint_joints: COCO-17 keypoints where 70 SAM-3D-body joints are expected.
+    rows.extend(place(&dir, 3, "day", "driver_f", &VIEWS));
+    write_keypoints(&dir.join("layout/day/driver_f/left.npy"), 200, 17, |_| 0.5);
+    // missing_keypoints: one view without keypoints.
+    rows.extend(place(&dir, 1, "day", "driver_g", &VIEWS));
+    std::fs::remove_file(dir.join("layout/day/driver_g/right.npy")).unwrap();
+    // non_finite_keypoints: joint 0 of every frame is NaN in one view of a good recording.
+    write_keypoints(&dir.join("layout/night/driver_c/front.npy"), 200, 70, |i| {
+        if i % (70 * 3) < 3 { f32::NAN } else { 0.25 }
+    });
+    std::fs::write(dir.join("layout/manifest.csv"), rows.join("\n") + "\n").unwrap();
+
+    let mut good_a = labels_of(1);
+    // empty_label, conflicting_labels, unknown_label inside good recordings.
+    good_a
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"timelinelabels": [], "ranges": [{"start": 3, "end": 9}]}));
+    let mut good_b = labels_of(2);
+    good_b
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"timelinelabels": ["left", "right"], "ranges": [{"start": 10, "end": 30}]}));
+    good_b
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"timelinelabels": ["sideways"], "ranges": [{"start": 40, "end": 60}]}));
+    // clipped_range: past the 200-frame video's end.
+    let mut good_c = labels_of(3);
+    good_c
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"timelinelabels": ["front"], "ranges": [{"start": 195, "end": 400}]}));
+    let tasks = json!([
+        {"video": "/data/upload/3/0a1b2c3d-driver_a.mp4", "videoLabels": good_a},
+        {"data": {"video": "/data/upload/3/9f8e7d6c-driver_b.mp4"},
+         "annotations": [{"result": good_b.as_array().unwrap().iter()
+             .map(|value| json!({"value": value})).collect::<Vec<_>>()}]},
+        {"video": "/data/local-files/?d=night%2Fdriver_c.mp4", "videoLabels": good_c},
+        {"video": "/data/upload/3/11223344-driver_d.mp4", "videoLabels": labels_of(1)},
+        {"video": "/data/upload/3/55667788-driver_e.mp4", "videoLabels": []},
+        {"video": "/data/upload/3/99aabbcc-driver_f.mp4", "videoLabels": labels_of(3)},
+        {"video": "/data/upload/3/ddeeff00-driver_g.mp4", "videoLabels": labels_of(1)},
+        // duplicate_task: driver_a annotated twice.
+        {"video": "/data/upload/3/0a1b2c3d-driver_a.mp4", "videoLabels": labels_of(2)},
+    ]);
+    std::fs::write(
+        dir.join("layout/labels.json"),
+        serde_json::to_string_pretty(&tasks).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("layout/dataset.toml"),
+        format!(
+            "[paths]\nroot_path = \"{}\"\nannotation_path = \"labels.json\"\nmanifest = \
+             \"manifest.csv\"\n\n[data]\nload_kpt = true\n",
+            dir.join("layout").display()
+        ),
+    )
+    .unwrap();
+
+    let output = vidtrain(
+        &dir,
+        &["data", "inspect", "--config", "layout/dataset.toml"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    for kind in [
+        "missing_view",
+        "duplicate_task",
+        "no_labels",
+        "empty_label",
+        "unknown_label",
+        "conflicting_labels",
+        "clipped_range",
+        "missing_keypoints",
+        "keypoint_joints",
+        "non_finite_keypoints",
+    ] {
+        assert!(
+            report.contains(&format!("{kind}: ")),
+            "{kind} missing:\n{report}"
+        );
+    }
+    assert!(report.contains("recordings   3 (3 persons)"), "{report}");
+    // How each entry resolved: upload name and local-files path through the manifest.
+    assert!(
+        report.contains("/data/upload/3/0a1b2c3d-driver_a.mp4 → person driver_a, env day; front: "),
+        "{report}"
+    );
+    assert!(
+        report.contains("layout/night/driver_c/right.mp4"),
+        "{report}"
+    );
+
+    let mut args = vec![
+        "train",
+        "--config",
+        "layout/dataset.toml",
+        "train.max_epochs=1",
+        "experiment=layout",
+    ];
+    args.extend(TINY_MODEL);
+    args.push("model.input_type=rgb_kpt");
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stderr(&output);
+    // Warned once per kind at the start, not once per sample.
+    assert_eq!(text.matches("× duplicate_task").count(), 1, "{text}");
+    let run = only_run_dir(&dir.join("runs"));
+    let summary = read_json(&run.join("summary.json"));
+    let problems = summary["data_problems"].as_object().unwrap();
+    assert_eq!(problems.len(), 10, "{problems:?}");
+    assert!(summary["non_finite_keypoint_values"].as_u64().unwrap() > 0);
+    assert!(summary["val_loss"].as_f64().unwrap().is_finite());
+}
+
+fn scratch_dataset() -> std::path::PathBuf {
+    let dir = crate::scratch("datasets-manifest");
+    small_dataset(&dir);
+    dir
+}
