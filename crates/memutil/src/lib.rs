@@ -36,6 +36,49 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Resident set size of this process plus every process it started, recursively (the ffmpeg
+/// decoders), in bytes: what the machine really spends on a run. Children are found through
+/// `/proc/<pid>/task/<tid>/children`; `None` without procfs.
+pub fn process_tree_rss_bytes() -> Option<u64> {
+    let own = current_rss_bytes()?;
+    let mut total = own;
+    let mut pending = children_of(std::process::id());
+    let mut seen = 0usize;
+    while let Some(pid) = pending.pop() {
+        // A guard against a pathological tree; vidtrain starts a handful of processes.
+        seen += 1;
+        if seen > 10_000 {
+            break;
+        }
+        if let Some(kib) = read_status_kib_of(pid, "VmRSS:") {
+            total += kib * 1024;
+        }
+        pending.extend(children_of(pid));
+    }
+    Some(total)
+}
+
+/// Direct children of `pid` (of all its threads: each decode worker thread starts its own).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn read_status_kib_of(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, field)
+}
+
 /// Physical memory of the machine, in bytes (`MemTotal` of `/proc/meminfo`).
 pub fn total_memory_bytes() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -51,6 +94,10 @@ pub fn total_memory_bytes() -> Option<u64> {
 
 fn read_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kib(&status, field)
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with(field))?;
     line[field.len()..]
         .trim()
@@ -67,6 +114,8 @@ pub struct MemorySample {
     pub t_s: f64,
     /// Host RSS in bytes.
     pub host_rss_bytes: u64,
+    /// RSS of the process tree (vidtrain and its ffmpeg decoders), bytes.
+    pub process_tree_rss_bytes: u64,
 }
 
 /// What the training loop is doing; the sampler keeps the highest RSS seen in each.
@@ -144,6 +193,9 @@ pub struct MemoryReport {
     pub peak_host_rss_bytes: Option<u64>,
     /// Highest host RSS among the samples, in bytes.
     pub peak_sampled_host_rss_bytes: u64,
+    /// Highest RSS of the process tree among the samples (vidtrain plus its ffmpeg decoders,
+    /// summed at each sample), in bytes.
+    pub peak_process_tree_rss_bytes: u64,
     /// Sampling interval in milliseconds.
     pub interval_ms: u64,
     /// Readings over time (thinned to at most a few thousand points).
@@ -177,6 +229,7 @@ pub struct MemorySampler {
     interval: Duration,
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
+    tree_peak: Arc<AtomicU64>,
     timeline: Arc<Mutex<Vec<MemorySample>>>,
     marks: Mutex<Vec<MemoryMark>>,
     phase: Arc<AtomicU64>,
@@ -193,6 +246,7 @@ impl MemorySampler {
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
+        let tree_peak = Arc::new(AtomicU64::new(0));
         let timeline = Arc::new(Mutex::new(Vec::new()));
         let phase = Arc::new(AtomicU64::new(Phase::Other as u64));
         let phase_peaks: Arc<[AtomicU64; 7]> = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
@@ -200,6 +254,7 @@ impl MemorySampler {
             let (stop, peak, timeline) =
                 (Arc::clone(&stop), Arc::clone(&peak), Arc::clone(&timeline));
             let (phase, phase_peaks) = (Arc::clone(&phase), Arc::clone(&phase_peaks));
+            let tree_peak = Arc::clone(&tree_peak);
             std::thread::Builder::new()
                 .name("vidtrain-memory".into())
                 .spawn(move || {
@@ -208,6 +263,8 @@ impl MemorySampler {
                     while !stop.load(Ordering::Relaxed) {
                         if let Some(rss) = current_rss_bytes() {
                             peak.fetch_max(rss, Ordering::Relaxed);
+                            let tree = process_tree_rss_bytes().unwrap_or(rss).max(rss);
+                            tree_peak.fetch_max(tree, Ordering::Relaxed);
                             let current = phase.load(Ordering::Relaxed) as usize;
                             phase_peaks[current.min(6)].fetch_max(rss, Ordering::Relaxed);
                             if tick.is_multiple_of(every)
@@ -216,6 +273,7 @@ impl MemorySampler {
                                 timeline.push(MemorySample {
                                     t_s: started.elapsed().as_secs_f64(),
                                     host_rss_bytes: rss,
+                                    process_tree_rss_bytes: tree,
                                 });
                                 // Keep long runs bounded: halve the resolution when full.
                                 if timeline.len() >= MAX_TIMELINE_POINTS {
@@ -237,6 +295,7 @@ impl MemorySampler {
             interval,
             stop,
             peak,
+            tree_peak,
             timeline,
             marks: Mutex::new(Vec::new()),
             phase,
@@ -299,6 +358,11 @@ impl MemorySampler {
         }
     }
 
+    /// Highest process-tree RSS (vidtrain plus its decoders) sampled so far.
+    pub fn peak_process_tree(&self) -> u64 {
+        self.tree_peak.load(Ordering::Relaxed)
+    }
+
     /// Highest RSS sampled so far.
     pub fn peak_sampled(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
@@ -326,6 +390,7 @@ impl MemorySampler {
         MemoryReport {
             peak_host_rss_bytes: peak_rss_bytes(),
             peak_sampled_host_rss_bytes: self.peak.load(Ordering::Relaxed),
+            peak_process_tree_rss_bytes: self.tree_peak.load(Ordering::Relaxed),
             interval_ms: self.interval.as_millis() as u64,
             timeline,
             marks,
@@ -376,6 +441,36 @@ mod tests {
         );
         assert!(peak_rss_bytes().unwrap() >= after);
         drop(block);
+    }
+
+    #[test]
+    fn the_process_tree_includes_child_processes() {
+        let _serial = SERIAL.lock().unwrap();
+        // A child holding 80 MiB, like an ffmpeg decoder holds its frames.
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys, time; b = bytearray(80 << 20); print(flush=True); time.sleep(30)",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let own = current_rss_bytes().unwrap();
+        let tree = process_tree_rss_bytes().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(tree >= own + (75 << 20), "own {own}, tree {tree}");
+        let after = process_tree_rss_bytes().unwrap();
+        assert!(
+            after < own + (40 << 20),
+            "own {own}, tree after the child {after}"
+        );
     }
 
     #[test]

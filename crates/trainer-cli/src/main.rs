@@ -162,14 +162,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 value.map_or_else(|| "n/a".into(), vidtrain_memutil::format_bytes)
             };
             println!(
-                "{} batches ({} samples) in {:.1} s: {:.0} frames/s, peak RSS {} (baseline {}), \
-                 {} ffmpeg processes, {} skipped",
+                "{} batches ({} samples) in {:.1} s: {:.0} frames/s, peak RSS {} (baseline {}; \
+                 with the ffmpeg decoders {}), {} ffmpeg processes, {} skipped",
                 bench.batches,
                 bench.samples,
                 bench.wall_s,
                 bench.frames_per_s,
                 bytes(bench.peak_rss_bytes),
                 bytes(bench.baseline_rss_bytes),
+                bytes(bench.peak_process_tree_rss_bytes),
                 bench.decode_processes,
                 bench.skipped
             );
@@ -652,6 +653,10 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
         ("samples_per_s", format!("{:.1}", summary.samples_per_s)),
         ("wall_s", format!("{:.1}", summary.wall_s)),
         ("peak_host_rss", bytes(summary.peak_host_rss_bytes)),
+        (
+            "  with decoders",
+            bytes(summary.peak_process_tree_rss_bytes),
+        ),
         ("peak_device in use", bytes(summary.peak_device_bytes)),
         (
             "peak_device reserved",

@@ -424,6 +424,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
             / train_time.as_secs_f64().max(1e-9),
         wall_s: context.started.elapsed().as_secs_f64(),
         peak_host_rss_bytes: memory.peak_host_rss_bytes,
+        peak_process_tree_rss_bytes: (memory.peak_process_tree_rss_bytes > 0)
+            .then_some(memory.peak_process_tree_rss_bytes),
         peak_device_bytes: memory.peak_device_in_use_bytes,
         peak_device_reserved_bytes: memory.peak_device_reserved_bytes,
         parameters,

@@ -85,6 +85,9 @@ pub struct RunSummary {
     pub wall_s: f64,
     /// Peak host RSS of the process, bytes.
     pub peak_host_rss_bytes: Option<u64>,
+    /// Peak RSS of the process tree (vidtrain plus its ffmpeg decoders, summed at each 50 ms
+    /// sample), bytes.
+    pub peak_process_tree_rss_bytes: Option<u64>,
     /// Peak device memory in use, bytes (`null` on the CPU backend).
     pub peak_device_bytes: Option<u64>,
     /// Peak device memory reserved by the memory pools, bytes (`null` on the CPU backend).

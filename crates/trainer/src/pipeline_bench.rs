@@ -21,6 +21,9 @@ pub struct PipelineBench {
     pub frames_per_s: f64,
     /// Peak RSS of the process while the pipeline ran (the kernel's mark, reset at the start).
     pub peak_rss_bytes: Option<u64>,
+    /// Peak RSS of the process tree while the pipeline ran: vidtrain plus its ffmpeg decoders,
+    /// summed at each sample (every 10 ms).
+    pub peak_process_tree_rss_bytes: Option<u64>,
     /// RSS before the pipeline started (index and binary).
     pub baseline_rss_bytes: Option<u64>,
     /// ffmpeg processes started.
@@ -51,6 +54,7 @@ pub fn bench_pipeline(
     let baseline_rss_bytes = vidtrain_memutil::current_rss_bytes();
     vidtrain_memutil::reset_peak_rss();
     let decodes_before = decode_processes_spawned();
+    let sampler = vidtrain_memutil::MemorySampler::start(Duration::from_millis(10));
     let started = Instant::now();
     let mut pipeline = Pipeline::builder_for(&config.data).build(dataset, order);
     let mut delivered = 0;
@@ -64,6 +68,8 @@ pub fn bench_pipeline(
     drop(pipeline);
     let wall_s = started.elapsed().as_secs_f64();
     let peak_rss_bytes = vidtrain_memutil::peak_rss_bytes();
+    let tree = sampler.finish().peak_process_tree_rss_bytes;
+    let peak_process_tree_rss_bytes = (tree > 0).then_some(tree);
     let decode_processes = decode_processes_spawned() - decodes_before;
     let frames = (samples * shape.views * shape.frames) as f64;
     let ffmpeg_null_frames_per_s = if ffmpeg_baseline && shape.rgb {
@@ -87,6 +93,7 @@ pub fn bench_pipeline(
         samples,
         frames_per_s: frames / wall_s.max(1e-9),
         peak_rss_bytes,
+        peak_process_tree_rss_bytes,
         baseline_rss_bytes,
         decode_processes,
         skipped,
