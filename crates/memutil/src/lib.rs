@@ -42,6 +42,7 @@ pub fn reset_peak_rss() -> bool {
 pub fn process_tree_rss_bytes() -> Option<u64> {
     let own = current_rss_bytes()?;
     let mut total = own;
+    let own_program = std::fs::read_link("/proc/self/exe").ok();
     let mut pending = children_of(std::process::id());
     let mut seen = 0usize;
     while let Some(pid) = pending.pop() {
@@ -49,6 +50,12 @@ pub fn process_tree_rss_bytes() -> Option<u64> {
         seen += 1;
         if seen > 10_000 {
             break;
+        }
+        // A child between fork and exec still maps our pages and shows our RSS as its own:
+        // counting it would double vidtrain. It is counted once it runs its own program.
+        let program = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if program.is_some() && program == own_program {
+            continue;
         }
         if let Some(kib) = read_status_kib_of(pid, "VmRSS:") {
             total += kib * 1024;
