@@ -190,3 +190,85 @@ fn scratch_dataset() -> std::path::PathBuf {
     small_dataset(&dir);
     dir
 }
+
+#[test]
+fn a_recording_missing_a_view_is_skipped_or_trained_on_the_views_it_has() {
+    let dir = crate::scratch("datasets-missing-view");
+    let config = small_dataset(&dir);
+    std::fs::remove_file(dir.join("data/videos/right/person_03_demo.mp4")).unwrap();
+    let train = |experiment: &str, extra: &[&str]| {
+        let experiment = format!("experiment={experiment}");
+        let mut args = vec![
+            "train",
+            "--config",
+            config.as_str(),
+            "train.max_epochs=1",
+            experiment.as_str(),
+        ];
+        args.extend(TINY_MODEL);
+        args.extend_from_slice(extra);
+        vidtrain(&dir, &args)
+    };
+    // Default: left out, and said so.
+    let output = train("skip", &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no video for view right"),
+        "{}",
+        stderr(&output)
+    );
+    let skipped = read_json(&only_run_dir(&dir.join("runs")).join("summary.json"));
+    assert_eq!(skipped["data_problems"]["missing_view"], 1);
+
+    // `use_present`: its samples train and validate on the two views it has, in micro-batches
+    // of their own (a mean fusion averages over the views present).
+    let output = train("present", &["data.missing_view=use_present"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let run = std::fs::read_dir(dir.join("runs/present"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let present = read_json(&run.join("summary.json"));
+    assert_eq!(present["data_problems"]["missing_view"], 1);
+    let samples = |summary: &serde_json::Value| {
+        summary["train_size"].as_u64().unwrap() + summary["val_size"].as_u64().unwrap()
+    };
+    assert!(
+        samples(&present) > samples(&skipped),
+        "{present} vs {skipped}"
+    );
+    assert_eq!(present["skipped_sample_loads"], 0);
+    assert!(present["val_loss"].as_f64().unwrap().is_finite());
+    let output = vidtrain(
+        &dir,
+        &[
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--split",
+            "all",
+            "--out",
+            "eval-present",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = read_json(&dir.join("eval-present/metrics.json"));
+    assert_eq!(report["samples"].as_u64().unwrap(), samples(&present));
+
+    // A fusion that needs every view refuses the setting before any work.
+    let output = train(
+        "concat",
+        &[
+            "data.missing_view=use_present",
+            "model.fusion_mode=feature_concat",
+        ],
+    );
+    crate::assert_clean_failure(&output, 2);
+    assert!(
+        stderr(&output).contains("data.missing_view"),
+        "{}",
+        stderr(&output)
+    );
+}

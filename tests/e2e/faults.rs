@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::train::{TINY_MODEL, only_run_dir, read_json, small_dataset, train_tiny};
-use crate::{assert_clean_failure, scratch, stderr, vidtrain, vidtrain_with};
+use crate::{
+    assert_clean_failure, assert_stderr_contains, scratch, stderr, vidtrain, vidtrain_with,
+};
 
 /// Cuts `video` to 80 % of its bytes: the MP4 index stays at the front (a third of these tiny
 /// files), so ffprobe still reads the full frame count, the early frames decode, and decoding
@@ -107,11 +109,7 @@ fn validation_and_eval_skip_bad_samples_with_labels_and_predictions_paired() {
         },
     );
     assert_clean_failure(&output, 1);
-    assert!(
-        stderr(&output).contains("could be loaded"),
-        "{}",
-        stderr(&output)
-    );
+    assert_stderr_contains(&output, "could be loaded");
 }
 
 #[test]
@@ -404,10 +402,9 @@ fn checkpoints_of_another_model_are_refused_by_name_and_shape() {
     // Used to load silently and print metrics of a half-loaded model.
     let output = eval_with(&["model.transformer_dim=64", "model.transformer_heads=4"]);
     assert_clean_failure(&output, 1);
-    assert!(
-        stderr(&output).contains("model.transformer_dim = 32 in the checkpoint, 64 in this config"),
-        "{}",
-        stderr(&output)
+    assert_stderr_contains(
+        &output,
+        "model.transformer_dim = 32 in the checkpoint, 64 in this config",
     );
     // Used to panic: another layer count, another backbone.
     for overrides in [
@@ -432,11 +429,7 @@ fn checkpoints_of_another_model_are_refused_by_name_and_shape() {
     args.push("model.transformer_dim=64");
     let output = vidtrain(&dir, &args);
     assert_clean_failure(&output, 1);
-    assert!(
-        stderr(&output).contains("model.transformer_dim"),
-        "{}",
-        stderr(&output)
-    );
+    assert_stderr_contains(&output, "model.transformer_dim");
 
     // Without the architecture file (older checkpoints), every tensor's shape is checked.
     for file in walk(&run) {
@@ -466,11 +459,7 @@ fn resuming_a_finished_run_says_so_and_a_larger_limit_continues_it() {
         &config,
         &["train.max_epochs=1", "experiment=f", "train.resume=last"],
     );
-    assert!(
-        stderr(&output).contains("already finished"),
-        "{}",
-        stderr(&output)
-    );
+    assert_stderr_contains(&output, "already finished");
     assert_eq!(
         std::fs::read_dir(dir.join("runs/f")).unwrap().count(),
         1,
@@ -550,11 +539,7 @@ fn a_hanging_ffprobe_is_stopped_at_the_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
     assert_clean_failure(&output, 1);
-    assert!(
-        stderr(&output).contains("took longer than 1 s"),
-        "{}",
-        stderr(&output)
-    );
+    assert_stderr_contains(&output, "took longer than 1 s");
 }
 
 #[test]

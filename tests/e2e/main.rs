@@ -51,6 +51,12 @@ pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Stderr of `output` must hold `text`.
+pub fn assert_stderr_contains(output: &Output, text: &str) {
+    let stderr = stderr(output);
+    assert!(stderr.contains(text), "expected {text:?} in:\n{stderr}");
+}
+
 /// A failure must be a message, never a panic or a backtrace.
 pub fn assert_clean_failure(output: &Output, code: i32) {
     let text = stderr(output);

@@ -69,6 +69,11 @@ pub struct DataConfig {
     /// What to do with a bad sample (unreadable video, range past the end, unknown label):
     /// `skip` logs it, counts it and carries on; `error` stops the run.
     pub on_bad_sample: OnBadSample,
+    /// A recording that lacks one of several views: `skip` leaves it out (listed by `data
+    /// inspect`); `use_present` trains and evaluates it on the views it has, which the mean
+    /// fusions (`logit_mean`, `prob_mean`, `feature_mean`) allow: its samples go through the
+    /// model in micro-batches of their own view count.
+    pub missing_view: MissingView,
     /// Joints kept from each keypoint frame (the seed keeps 52 of 70).
     pub keypoint_indices: Vec<usize>,
     /// Longest time one ffmpeg decode (or one ffprobe of a video) may take before it is killed,
@@ -94,6 +99,7 @@ impl Default for DataConfig {
             prefetch_depth: 2,
             views: vec!["front".into(), "left".into(), "right".into()],
             on_bad_sample: OnBadSample::Skip,
+            missing_view: MissingView::Skip,
             keypoint_indices: seed_keypoint_indices(),
             decode_timeout_s: 120,
             class_names: seed_class_names(),
@@ -133,6 +139,16 @@ pub enum OnBadSample {
     Skip,
     /// Stop with an error naming the file.
     Error,
+}
+
+/// `data.missing_view`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingView {
+    /// Leave the recording out (listed as a problem).
+    Skip,
+    /// Use the views the recording has (mean fusions only).
+    UsePresent,
 }
 
 /// `train.*` keys.
@@ -764,6 +780,17 @@ impl Config {
                     self.model.model_class_num,
                     data.class_names.len()
                 ),
+            );
+        }
+        if data.missing_view == MissingView::UsePresent
+            && self.model.fusion_mode == FusionMode::FeatureConcat
+        {
+            return invalid(
+                "data.missing_view",
+                "is \"use_present\", but model.fusion_mode = \"feature_concat\" needs every \
+                 view (its classifier takes one feature per view); use a mean fusion \
+                 (logit_mean, prob_mean, feature_mean) or data.missing_view = \"skip\""
+                    .into(),
             );
         }
         if data.views.is_empty() {

@@ -129,9 +129,19 @@ impl Dataset {
         })
     }
 
-    /// Sizes of one sample.
+    /// Sizes of one sample with every active view (the largest a sample can be).
     pub fn sample_shape(&self) -> SampleShape {
         self.shape
+    }
+
+    /// Sizes of sample `sample_id`: fewer views than [`Dataset::sample_shape`] when its recording
+    /// lacks a view and `data.missing_view = "use_present"`.
+    pub fn shape_of(&self, sample_id: usize) -> SampleShape {
+        let recording = &self.index.recordings[self.plan.samples[sample_id].recording];
+        SampleShape {
+            views: recording.views.len(),
+            ..self.shape
+        }
     }
 
     /// Number of samples.
@@ -154,8 +164,8 @@ impl Dataset {
         self.non_finite_keypoint_values.load(Ordering::Relaxed)
     }
 
-    /// Loads sample `sample_id` into `video` (`shape.video_bytes()` bytes) and `keypoints`
-    /// (`shape.keypoint_values()` values).
+    /// Loads sample `sample_id` into `video` (`shape_of(sample_id).video_bytes()` bytes) and
+    /// `keypoints` (`shape_of(sample_id).keypoint_values()` values).
     pub fn load(&self, sample_id: usize, video: &mut [u8], keypoints: &mut [f32]) -> Result<()> {
         let sample = &self.plan.samples[sample_id];
         let recording = &self.index.recordings[sample.recording];
@@ -164,7 +174,7 @@ impl Dataset {
             if let Some(bytes) = cached {
                 video.copy_from_slice(&bytes);
             } else {
-                let view_bytes = video.len() / self.shape.views;
+                let view_bytes = video.len() / recording.views.len();
                 for (view, out) in recording.views.iter().zip(video.chunks_mut(view_bytes)) {
                     decoder.decode(&view.path, &view.info, &sample.frame_indices, out)?;
                 }
@@ -174,7 +184,7 @@ impl Dataset {
             }
         }
         if !self.joint_indices.is_empty() {
-            let view_values = keypoints.len() / self.shape.views;
+            let view_values = keypoints.len() / recording.views.len();
             for (view, out) in recording
                 .views
                 .iter()

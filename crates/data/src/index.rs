@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vidtrain_config::{Config, OnBadSample};
+use vidtrain_config::{Config, MissingView, OnBadSample};
 
 use crate::keypoints::inspect_keypoints;
 use crate::manifest::Manifest;
@@ -156,6 +156,16 @@ struct Problems {
 }
 
 impl Problems {
+    /// Records a problem the config says how to handle (e.g. `data.missing_view = "use_present"`):
+    /// listed and counted, never an error.
+    fn note(&mut self, kind: ProblemKind, path: &Path, message: String) {
+        self.found.push(Problem {
+            kind,
+            path: path.to_path_buf(),
+            message,
+        });
+    }
+
     fn report(&mut self, kind: ProblemKind, path: &Path, message: String) -> Result<()> {
         if !self.skip {
             return Err(Error::BadRange {
@@ -180,8 +190,27 @@ struct Located {
     name: String,
     person: String,
     env: Option<String>,
-    /// `(view, video, keypoint source)` per active view.
+    /// `(view, video, keypoint source)` per active view that was found.
     views: Vec<(String, PathBuf, Option<PathBuf>)>,
+    /// `(view, where it was looked for)` per active view that was not found.
+    missing: Vec<(String, PathBuf)>,
+}
+
+impl Located {
+    /// What is missing, for the problem list.
+    fn missing_message(&self, video: &str) -> String {
+        let (view, path) = &self.missing[0];
+        let found: Vec<&str> = self.views.iter().map(|(v, ..)| v.as_str()).collect();
+        format!(
+            "recording {video}: no video for view {view} ({} not found){}",
+            path.display(),
+            if found.is_empty() {
+                String::new()
+            } else {
+                format!(", only {} found", found.join(", "))
+            }
+        )
+    }
 }
 
 impl Index {
@@ -208,13 +237,33 @@ impl Index {
         let mut seen: BTreeMap<PathBuf, usize> = BTreeMap::new();
 
         for (task_number, task) in tasks.iter().enumerate() {
-            let located = match locate(config, manifest.as_ref(), &task.video) {
+            let mut located = match locate(config, manifest.as_ref(), &task.video) {
                 Ok(located) => located,
                 Err((path, message)) => {
                     problems.report(ProblemKind::MissingView, &path, message)?;
                     continue;
                 }
             };
+            if !located.missing.is_empty() {
+                let path = located.missing[0].1.clone();
+                let message = located.missing_message(&task.video);
+                if config.data.missing_view == MissingView::UsePresent && !located.views.is_empty()
+                {
+                    problems.note(
+                        ProblemKind::MissingView,
+                        &path,
+                        format!("{message}; trained on the views present (data.missing_view)"),
+                    );
+                    located.missing.clear();
+                } else {
+                    problems.report(
+                        ProblemKind::MissingView,
+                        &path,
+                        format!("{message}; recording skipped"),
+                    )?;
+                    continue;
+                }
+            }
             let first_path = located.views[0].1.clone();
             if let Some(first) = seen.get(&first_path) {
                 problems.report(
@@ -601,8 +650,8 @@ fn task_labels(
 }
 
 /// Finds the video (and keypoint source) of every active view of a task's recording, from the
-/// manifest when there is one, else from `<video_path>/<view>/<name>`. `Err` names the first
-/// missing view's file and says which views were found.
+/// manifest when there is one, else from `<video_path>/<view>/<name>`; views not found are
+/// listed in `missing`. `Err` when the manifest does not list the video at all.
 fn locate(
     config: &Config,
     manifest: Option<&Manifest>,
@@ -616,6 +665,7 @@ fn locate(
         name: name.clone(),
         env: None,
         views: Vec::with_capacity(views.len()),
+        missing: Vec::new(),
     };
     let mut missing = Vec::new();
     if let Some(manifest) = manifest {
@@ -664,22 +714,8 @@ fn locate(
             }
         }
     }
-    let Some((view, path)) = missing.into_iter().next() else {
-        return Ok(located);
-    };
-    let found: Vec<&str> = located.views.iter().map(|(v, ..)| v.as_str()).collect();
-    Err((
-        path.clone(),
-        format!(
-            "recording {video}: no video for view {view} ({} not found){}; recording skipped",
-            path.display(),
-            if found.is_empty() {
-                String::new()
-            } else {
-                format!(", only {} found", found.join(", "))
-            }
-        ),
-    ))
+    located.missing = missing;
+    Ok(located)
 }
 
 /// Probes each located view and checks its keypoint source; `None` when a problem skipped the

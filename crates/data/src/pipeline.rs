@@ -99,6 +99,7 @@ impl PipelineBuilder {
                 skipped,
                 stop,
                 failed: false,
+                pending: Default::default(),
             };
         }
         let per_worker_depth = self.prefetch_depth.div_ceil(self.workers).max(1);
@@ -128,6 +129,7 @@ impl PipelineBuilder {
             skipped,
             stop,
             failed: false,
+            pending: Default::default(),
         }
     }
 }
@@ -142,6 +144,8 @@ pub struct Pipeline {
     skipped: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     failed: bool,
+    /// Batches of a planned batch not handed out yet (it split by view count).
+    pending: std::collections::VecDeque<Batch>,
 }
 
 #[derive(Debug)]
@@ -151,7 +155,7 @@ enum Mode {
         batches: Vec<Vec<usize>>,
     },
     Threads {
-        receivers: Vec<Receiver<Result<Batch>>>,
+        receivers: Vec<Receiver<Result<Vec<Batch>>>>,
         threads: Vec<JoinHandle<()>>,
     },
 }
@@ -176,7 +180,8 @@ impl Pipeline {
             .skip_bad_samples(data.on_bad_sample == vidtrain_config::OnBadSample::Skip)
     }
 
-    /// Batches this pipeline delivers (before skips).
+    /// Planned batches (before skips; one whose samples have different view counts is delivered
+    /// as one batch per count).
     pub fn n_batches(&self) -> usize {
         self.n_batches
     }
@@ -192,6 +197,9 @@ impl Iterator for Pipeline {
 
     fn next(&mut self) -> Option<Result<Batch>> {
         loop {
+            if let Some(batch) = self.pending.pop_front() {
+                return Some(Ok(batch));
+            }
             if self.failed || self.next_batch >= self.n_batches {
                 return None;
             }
@@ -207,8 +215,10 @@ impl Iterator for Pipeline {
                 }
             };
             match result {
-                Ok(batch) if batch.is_empty() => continue,
-                Ok(batch) => return Some(Ok(batch)),
+                Ok(batches) => {
+                    self.pending
+                        .extend(batches.into_iter().filter(|batch| !batch.is_empty()));
+                }
                 Err(error) => {
                     self.failed = true;
                     return Some(Err(error));
@@ -239,8 +249,27 @@ struct BatchLoader {
 }
 
 impl BatchLoader {
-    fn load(&self, sample_ids: &[usize]) -> Result<Batch> {
-        let shape = self.dataset.sample_shape();
+    /// Loads the samples of one planned batch. Samples whose recordings have fewer views
+    /// (`data.missing_view = "use_present"`) cannot share a tensor with the others: each view
+    /// count becomes a batch of its own, in order of first appearance.
+    fn load(&self, sample_ids: &[usize]) -> Result<Vec<Batch>> {
+        let mut by_views: Vec<(usize, Vec<usize>)> = Vec::new();
+        for &sample_id in sample_ids {
+            let views = self.dataset.shape_of(sample_id).views;
+            match by_views.iter_mut().find(|(count, _)| *count == views) {
+                Some((_, ids)) => ids.push(sample_id),
+                None => by_views.push((views, vec![sample_id])),
+            }
+        }
+        by_views
+            .into_iter()
+            .map(|(_, ids)| self.load_alike(&ids))
+            .collect()
+    }
+
+    /// Loads samples that share one shape into one batch.
+    fn load_alike(&self, sample_ids: &[usize]) -> Result<Batch> {
+        let shape = self.dataset.shape_of(sample_ids[0]);
         let mut video = vec![0u8; sample_ids.len() * shape.video_bytes()];
         let mut keypoints = vec![0f32; sample_ids.len() * shape.keypoint_values()];
         let mut kept = Vec::with_capacity(sample_ids.len());
@@ -279,7 +308,7 @@ impl BatchLoader {
 fn run_worker(
     loader: BatchLoader,
     batches: Vec<Vec<usize>>,
-    sender: Sender<Result<Batch>>,
+    sender: Sender<Result<Vec<Batch>>>,
     stop: Arc<AtomicBool>,
 ) {
     for sample_ids in batches {

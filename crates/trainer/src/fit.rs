@@ -114,6 +114,9 @@ pub(crate) fn fit<B: AutodiffBackend>(
     };
 
     let checkpoints = context.run_dir.checkpoints();
+    let save_last = |model: &ActionModel<B>, optimizer: &_, state: &TrainingState| {
+        checkpoint::save(&checkpoints, model, optimizer, state, config)
+    };
     let mut state = TrainingState {
         epoch: 1,
         position: 0,
@@ -295,13 +298,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             group_loss = 0.0;
             let every = config.train.checkpoint_every_steps;
             if every > 0 && state.step.is_multiple_of(every) {
-                last_checkpoint = Some(checkpoint::save(
-                    &checkpoints,
-                    &model,
-                    &optimizer,
-                    &state,
-                    config,
-                )?);
+                last_checkpoint = Some(save_last(&model, &optimizer, &state)?);
             }
             if stop_requested() {
                 interrupted = true;
@@ -316,7 +313,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         drop(pipeline);
         train_time += epoch_started.elapsed();
         if interrupted {
-            let folder = checkpoint::save(&checkpoints, &model, &optimizer, &state, config)?;
+            let folder = save_last(&model, &optimizer, &state)?;
             progress.finish();
             return Err(Error::Interrupted { checkpoint: folder });
         }
@@ -378,13 +375,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             state.epoch_loss_sum = 0.0;
             state.epoch_loss_samples = 0;
         }
-        last_checkpoint = Some(checkpoint::save(
-            &checkpoints,
-            &model,
-            &optimizer,
-            &state,
-            config,
-        )?);
+        last_checkpoint = Some(save_last(&model, &optimizer, &state)?);
         if reached_max_steps(state.step) {
             break 'epochs;
         }

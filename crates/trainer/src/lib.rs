@@ -229,22 +229,10 @@ pub fn refuse_plans_above_machine_memory(config: &Config, backend: BackendChoice
     if plan.host_peak_bytes <= machine_bytes {
         return Ok(());
     }
-    let largest = plan
-        .host
-        .iter()
-        .max_by_key(|component| component.bytes)
-        .map(|component| {
-            format!(
-                "{} {}",
-                component.name,
-                vidtrain_memutil::format_bytes(component.bytes)
-            )
-        })
-        .unwrap_or_default();
     Err(Error::ExceedsMachineMemory {
         planned_bytes: plan.host_peak_bytes,
         machine_bytes,
-        largest,
+        largest: plan::largest_component(&plan.host),
     })
 }
 

@@ -15,6 +15,21 @@ use crate::{BackendChoice, effective_precision};
 const CPU_RUNTIME_BYTES: u64 = 24 << 20;
 const CUDA_RUNTIME_BYTES: u64 = 600 << 20;
 
+/// The largest of a plan's components, as `name (size)`, for messages that say what to shrink.
+pub(crate) fn largest_component(components: &[vidtrain_memutil::plan::Component]) -> String {
+    components
+        .iter()
+        .max_by_key(|component| component.bytes)
+        .map(|component| {
+            format!(
+                "{} ({})",
+                component.name,
+                vidtrain_memutil::format_bytes(component.bytes)
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// Sizes of the configured dataset, when it was indexed (ffprobe only, nothing decoded).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct DatasetSizes {
@@ -299,17 +314,7 @@ pub fn fit(
         BackendChoice::Cpu => ("host", host_budget.or(device_budget), &smallest.host),
         BackendChoice::Cuda => ("host", host_budget, &smallest.host),
     };
-    let largest = components
-        .iter()
-        .max_by_key(|component| component.bytes)
-        .map(|component| {
-            format!(
-                "{} ({})",
-                component.name,
-                vidtrain_memutil::format_bytes(component.bytes)
-            )
-        })
-        .unwrap_or_default();
+    let largest = largest_component(components);
     let message = format!(
         "nothing fits in {} of {home} memory: even micro-batch 1 with every layer recomputed \
          needs {}; its largest part is {largest}. Lower data.img_size or \
