@@ -522,8 +522,16 @@ fn eval(args: &EvalArgs) -> Result<(), Failure> {
         .as_bytes(),
     )?;
     println!(
-        "{} samples: accuracy {:.3}, macro-F1 {:.3}, macro AUROC {}, loss {:.4}\nwritten to {}",
+        "{} samples{}: accuracy {:.3}, macro-F1 {:.3}, macro AUROC {}, loss {:.4}\nwritten to {}",
         report.samples,
+        if report.skipped > 0 {
+            format!(
+                " ({} could not be loaded and are not counted)",
+                report.skipped
+            )
+        } else {
+            String::new()
+        },
         report.metrics.accuracy,
         report.metrics.macro_f1,
         report

@@ -411,6 +411,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         train_samples: state.train_samples,
         train_size: context.train_ids.len(),
         val_size: context.val_ids.len(),
+        train_samples_this_run: state.train_samples - samples_before,
         samples_per_s: (state.train_samples - samples_before) as f64
             / train_time.as_secs_f64().max(1e-9),
         wall_s: context.started.elapsed().as_secs_f64(),

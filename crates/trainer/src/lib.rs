@@ -73,8 +73,11 @@ pub struct RunSummary {
     pub epochs: usize,
     /// Optimizer steps taken.
     pub steps: usize,
-    /// Training samples processed (all epochs).
+    /// Training samples processed (all epochs, including those of a run this one resumed).
     pub train_samples: usize,
+    /// Training samples this process trained (a resumed run counts from where it resumed);
+    /// `samples_per_s` divides these by the training time.
+    pub train_samples_this_run: usize,
     /// Samples in the training split.
     pub train_size: usize,
     /// Samples in the validation split.
