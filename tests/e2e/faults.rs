@@ -19,6 +19,16 @@ fn truncate_video(video: &Path) {
     std::fs::write(video, &bytes[..bytes.len() * 8 / 10]).unwrap();
 }
 
+/// An executable shell script `dir/name` running `body`: a stand-in for ffmpeg or ffprobe,
+/// passed through `VIDTRAIN_FFMPEG` / `VIDTRAIN_FFPROBE`.
+fn fake_tool(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 fn jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -89,12 +99,7 @@ fn validation_and_eval_skip_bad_samples_with_labels_and_predictions_paired() {
 
     // Nothing left to validate on: a clear error, not a metric of nothing. (An ffmpeg that
     // fails every decode; ffprobe still indexes the videos.)
-    let broken = dir.join("ffmpeg");
-    std::fs::write(&broken, "#!/bin/sh\necho 'damaged stream' >&2\nexit 1\n").unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let broken = fake_tool(&dir, "ffmpeg", "echo 'damaged stream' >&2\nexit 1");
     let output = vidtrain_with(
         &dir,
         &[
@@ -515,12 +520,7 @@ fn sizes_beyond_the_machine_are_refused_before_any_work() {
 fn a_hanging_ffprobe_is_stopped_at_the_timeout() {
     let dir = scratch("faults-ffprobe-hang");
     let config = small_dataset(&dir);
-    let fake = dir.join("ffprobe");
-    std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let fake = fake_tool(&dir, "ffprobe", "exec sleep 600");
     let started = Instant::now();
     let output = vidtrain_with(
         &dir,
