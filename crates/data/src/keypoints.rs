@@ -60,15 +60,7 @@ pub fn inspect_keypoints(path: &Path) -> Result<Option<KeypointFacts>> {
             return Ok(None);
         };
         let (shape, _) = read_frame_file(&first)?;
-        let joints = match shape.as_slice() {
-            [joints, _] | [1, joints, _] => *joints as usize,
-            _ => {
-                return Err(Error::Keypoints {
-                    path: first,
-                    message: format!("expected a [joints, 2|3] array, found shape {shape:?}"),
-                });
-            }
-        };
+        let (joints, _) = frame_array_dims(&shape, &first)?;
         return Ok(Some(KeypointFacts {
             joints,
             frames: None,
@@ -76,20 +68,9 @@ pub fn inspect_keypoints(path: &Path) -> Result<Option<KeypointFacts>> {
             first_non_finite_frame: None,
         }));
     }
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(Error::io(path, error)),
+    let Some((npy, (frames, joints, channels))) = open_array(path, 1 << 20)? else {
+        return Ok(None);
     };
-    let npy = npyz::NpyFile::new(BufReader::with_capacity(1 << 20, file))
-        .map_err(|error| keypoint_error(format!("not a .npy file: {error}")))?;
-    let shape = npy.shape().to_vec();
-    if shape.len() != 3 || !(shape[2] == 2 || shape[2] == 3) {
-        return Err(keypoint_error(format!(
-            "expected shape [frames, joints, 2|3], found {shape:?}"
-        )));
-    }
-    let (frames, joints, channels) = (shape[0] as usize, shape[1] as usize, shape[2] as usize);
     let values = npy
         .data::<f32>()
         .map_err(|error| keypoint_error(format!("expected float32 values: {error}")))?;
@@ -117,6 +98,51 @@ pub fn inspect_keypoints(path: &Path) -> Result<Option<KeypointFacts>> {
         non_finite_values: Some(non_finite),
         first_non_finite_frame: first_bad,
     }))
+}
+
+/// An opened keypoint array and its `(frames, joints, channels)`.
+type OpenArray = (npyz::NpyFile<BufReader<File>>, (usize, usize, usize));
+
+/// Opens the `.npy` array at `path` and checks its header: float32-readable, C order, shape
+/// `[frames, joints, 2|3]`. `Ok(None)` when the file does not exist.
+fn open_array(path: &Path, buffer_bytes: usize) -> Result<Option<OpenArray>> {
+    let keypoint_error = |message: String| Error::Keypoints {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::io(path, error)),
+    };
+    let npy = npyz::NpyFile::new(BufReader::with_capacity(buffer_bytes, file))
+        .map_err(|error| keypoint_error(format!("not a .npy file: {error}")))?;
+    let shape = npy.shape().to_vec();
+    if shape.len() != 3 || !(shape[2] == 2 || shape[2] == 3) {
+        return Err(keypoint_error(format!(
+            "expected shape [frames, joints, 2|3], found {shape:?}"
+        )));
+    }
+    if npy.order() != npyz::Order::C {
+        return Err(keypoint_error(
+            "Fortran-ordered arrays are not supported; save with numpy's default (C) order".into(),
+        ));
+    }
+    let dims = (shape[0] as usize, shape[1] as usize, shape[2] as usize);
+    Ok(Some((npy, dims)))
+}
+
+/// `(joints, channels)` of one per-frame array (`[joints, 2|3]` or `[1, joints, 2|3]`).
+fn frame_array_dims(shape: &[u64], file: &Path) -> Result<(usize, usize)> {
+    match shape {
+        [joints, channels] | [1, joints, channels] if *channels == 2 || *channels == 3 => {
+            Ok((*joints as usize, *channels as usize))
+        }
+        _ => Err(Error::Keypoints {
+            path: file.to_path_buf(),
+            message: format!("expected a [joints, 2|3] array, found shape {shape:?}"),
+        }),
+    }
 }
 
 /// Replaces NaN/Inf values by 0 (a missing keypoint) and returns how many there were: one bad
@@ -148,31 +174,14 @@ pub fn read_keypoints(
         path: path.to_path_buf(),
         message,
     };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(KeypointReport {
-                missing_frames: frame_indices.len(),
-                non_finite_values: 0,
-            });
-        }
-        Err(error) => return Err(Error::io(path, error)),
+    // Rows are seeked one by one: a small buffer, not the whole file.
+    let Some((npy, (n_frames, n_joints, channels))) = open_array(path, 8 << 10)? else {
+        return Ok(KeypointReport {
+            missing_frames: frame_indices.len(),
+            non_finite_values: 0,
+        });
     };
     KEYPOINT_FILE_OPENS.fetch_add(1, Ordering::Relaxed);
-    let npy = npyz::NpyFile::new(BufReader::new(file))
-        .map_err(|error| keypoint_error(format!("not a .npy file: {error}")))?;
-    let shape = npy.shape().to_vec();
-    if shape.len() != 3 || !(shape[2] == 2 || shape[2] == 3) {
-        return Err(keypoint_error(format!(
-            "expected shape [frames, joints, 2|3], found {shape:?}"
-        )));
-    }
-    if npy.order() != npyz::Order::C {
-        return Err(keypoint_error(
-            "Fortran-ordered arrays are not supported; save with numpy's default (C) order".into(),
-        ));
-    }
-    let (n_frames, n_joints, channels) = (shape[0] as usize, shape[1] as usize, shape[2] as usize);
     if let Some(&joint) = joint_indices.iter().find(|&&joint| joint >= n_joints) {
         return Err(keypoint_error(format!(
             "joint {joint} requested (data.keypoint_indices) but the file has {n_joints} joints"
@@ -253,21 +262,7 @@ fn read_frame_folder(
             }
         };
         let (shape, data) = values;
-        let (joints, channels) = match shape.as_slice() {
-            [joints, channels] | [1, joints, channels] => (*joints as usize, *channels as usize),
-            _ => {
-                return Err(Error::Keypoints {
-                    path: file.clone(),
-                    message: format!("expected a [joints, 2|3] array, found shape {shape:?}"),
-                });
-            }
-        };
-        if !(channels == 2 || channels == 3) {
-            return Err(Error::Keypoints {
-                path: file.clone(),
-                message: format!("expected 2 or 3 values per joint, found {channels}"),
-            });
-        }
+        let (joints, channels) = frame_array_dims(&shape, file)?;
         let frame_out = &mut out[slot * per_frame..][..per_frame];
         for (position, &joint) in joint_indices.iter().enumerate() {
             if joint >= joints {

@@ -114,9 +114,7 @@ impl Manifest {
     /// The entry of an annotation's video field: listed as exported, by its file name, or by
     /// the file name without the `1a2b3c4d-` prefix Label Studio gives uploads.
     pub fn lookup(&self, video: &str, file_name: &str) -> Option<&ManifestEntry> {
-        let upload_name = file_name.split_once('-').and_then(|(prefix, rest)| {
-            (prefix.len() == 8 && prefix.chars().all(|c| c.is_ascii_hexdigit())).then_some(rest)
-        });
+        let upload_name = crate::index::without_upload_prefix(file_name);
         self.entries
             .get(video)
             .or_else(|| self.entries.get(file_name))

@@ -40,8 +40,12 @@ pub fn reset_peak_rss() -> bool {
 /// decoders), in bytes: what the machine really spends on a run. Children are found through
 /// `/proc/<pid>/task/<tid>/children`; `None` without procfs.
 pub fn process_tree_rss_bytes() -> Option<u64> {
-    let own = current_rss_bytes()?;
-    let mut total = own;
+    Some(current_rss_bytes()? + descendants_rss_bytes())
+}
+
+/// Resident set size of every process this one started, recursively (0 without procfs).
+pub fn descendants_rss_bytes() -> u64 {
+    let mut total = 0;
     let own_program = std::fs::read_link("/proc/self/exe").ok();
     let mut pending = children_of(std::process::id());
     let mut seen = 0usize;
@@ -62,7 +66,7 @@ pub fn process_tree_rss_bytes() -> Option<u64> {
         }
         pending.extend(children_of(pid));
     }
-    Some(total)
+    total
 }
 
 /// Direct children of `pid` (of all its threads: each decode worker thread starts its own).
@@ -270,7 +274,7 @@ impl MemorySampler {
                     while !stop.load(Ordering::Relaxed) {
                         if let Some(rss) = current_rss_bytes() {
                             peak.fetch_max(rss, Ordering::Relaxed);
-                            let tree = process_tree_rss_bytes().unwrap_or(rss).max(rss);
+                            let tree = rss + descendants_rss_bytes();
                             tree_peak.fetch_max(tree, Ordering::Relaxed);
                             let current = phase.load(Ordering::Relaxed) as usize;
                             phase_peaks[current.min(6)].fetch_max(rss, Ordering::Relaxed);
