@@ -399,8 +399,31 @@ pub enum Accelerator {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Architecture: `transformer` (the seed's conv-stem video transformer) or `vivit`.
+    /// Architecture: `transformer` (the seed's conv-stem video transformer), `vivit`, `3dcnn`
+    /// (torchvision's 3-D ResNet, `model.resnet_depth`) or `stgcn` (ST-GCN on keypoints, with
+    /// `input_type = "kpt"`).
     pub backbone: Backbone,
+    /// Depth of the `3dcnn` backbone: 10, 18 (torchvision's `r3d_18`) or 34.
+    pub resnet_depth: usize,
+    /// Channels of the `3dcnn` stem and first stage (torchvision: 64; stages double it).
+    pub resnet_width: usize,
+    /// The keypoint encoder when keypoints are read: `transformer` (over frames) or `stgcn`
+    /// (`model.backbone = "stgcn"` implies it).
+    pub keypoint_backbone: KeypointBackboneKind,
+    /// Channels of ST-GCN's first blocks (mmaction2: 64; blocks 5 and 8 double it).
+    pub stgcn_width: usize,
+    /// ST-GCN's skeleton over the joints of `data.keypoint_indices`: `sam3d_body_52` (the seed's
+    /// 52 SAM-3D-body joints), `coco17`, or `custom` (`model.skeleton_edges`).
+    pub skeleton: SkeletonLayout,
+    /// Edges `[a, b]` between joint positions (0-based, in `data.keypoint_indices` order) when
+    /// `model.skeleton = "custom"`.
+    pub skeleton_edges: Vec<[usize; 2]>,
+    /// The centre joint of a custom skeleton (ST-GCN's spatial partition measures from it).
+    pub skeleton_center: usize,
+    /// A PyTorch state dict (`.pth`/`.pt`) or `.safetensors` file to start from (torchvision's
+    /// `r3d_18`, mmaction2's ST-GCN, or vidtrain's own layout); the classifier is re-initialised
+    /// when its class count differs. Empty: random initialisation.
+    pub pretrained: String,
     /// ViViT tubelet `[frames, height, width]`; the clip's frames and `data.img_size` must be
     /// multiples of it.
     pub tubelet_size: [usize; 3],
@@ -432,6 +455,14 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             backbone: Backbone::Transformer,
+            resnet_depth: 18,
+            resnet_width: 64,
+            keypoint_backbone: KeypointBackboneKind::Transformer,
+            stgcn_width: 64,
+            skeleton: SkeletonLayout::Sam3dBody52,
+            skeleton_edges: Vec::new(),
+            skeleton_center: 0,
+            pretrained: String::new(),
             tubelet_size: [2, 16, 16],
             model_class_num: 9,
             use_gradient_checkpointing: false,
@@ -458,9 +489,20 @@ impl ModelConfig {
         }
     }
 
+    /// The keypoint encoder in effect.
+    pub fn keypoint_encoder(&self) -> KeypointBackboneKind {
+        if self.backbone == Backbone::Stgcn {
+            KeypointBackboneKind::Stgcn
+        } else {
+            self.keypoint_backbone
+        }
+    }
+
     /// Spatial downsampling of the backbone: `img_size` must be a multiple of it.
     pub fn spatial_stride(&self) -> usize {
         match self.backbone {
+            // Padded convolutions take any size (as torchvision's); ST-GCN reads no frames.
+            Backbone::Resnet3d | Backbone::Stgcn => 1,
             // Two stride-2 convolutions in the stem.
             Backbone::Transformer => 4,
             // Square frames: a multiple of both the tubelet's height and width.
@@ -487,6 +529,46 @@ pub enum Backbone {
     /// Tubelet embedding (`model.tubelet_size`) → learned positions → joint space-time
     /// transformer encoder → mean pool.
     Vivit,
+    /// torchvision's 3-D ResNet (`r3d_18` at the defaults).
+    #[serde(rename = "3dcnn", alias = "resnet3d")]
+    Resnet3d,
+    /// ST-GCN on the keypoints (`input_type = "kpt"`).
+    Stgcn,
+}
+
+/// `model.keypoint_backbone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeypointBackboneKind {
+    /// Each frame's joints flattened into a token → transformer encoder over time.
+    Transformer,
+    /// ST-GCN over the skeleton (`model.skeleton`).
+    Stgcn,
+}
+
+/// `model.skeleton`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkeletonLayout {
+    /// The seed's 52 SAM-3D-body joints (`data.keypoint_indices` at its default).
+    #[serde(rename = "sam3d_body_52")]
+    Sam3dBody52,
+    /// COCO's 17 body keypoints.
+    #[serde(rename = "coco17")]
+    Coco17,
+    /// `model.skeleton_edges` and `model.skeleton_center`.
+    Custom,
+}
+
+impl SkeletonLayout {
+    /// Joints of a named layout (`None` for `custom`).
+    pub fn joints(self) -> Option<usize> {
+        match self {
+            SkeletonLayout::Sam3dBody52 => Some(52),
+            SkeletonLayout::Coco17 => Some(17),
+            SkeletonLayout::Custom => None,
+        }
+    }
 }
 
 /// `model.checkpoint`.
@@ -495,7 +577,8 @@ pub enum Backbone {
 pub enum CheckpointMode {
     /// Keep every activation (fastest, most memory).
     None,
-    /// Recompute the transformer encoder blocks.
+    /// Recompute the backbone's blocks (transformer encoder blocks, 3-D ResNet BasicBlocks,
+    /// ST-GCN blocks).
     Encoder,
     /// Recompute the convolution stem stages.
     Stem,
@@ -656,6 +739,7 @@ impl Config {
                 return invalid(key, "must be at least 1, got 0".into());
             }
         }
+        self.validate_backbones()?;
         if self.model.tubelet_size.contains(&0) {
             return invalid(
                 "model.tubelet_size",
@@ -845,6 +929,88 @@ impl Config {
             InputType::Rgb | InputType::Kpt | InputType::RgbKpt => {}
         }
         Ok(())
+    }
+
+    /// The 3-D ResNet's depth and ST-GCN's input and skeleton.
+    fn validate_backbones(&self) -> Result<()> {
+        let invalid = |key: &str, message: String| {
+            Err(Error::Invalid {
+                key: key.to_string(),
+                message,
+            })
+        };
+        let model = &self.model;
+        if model.backbone == Backbone::Resnet3d && ![10, 18, 34].contains(&model.resnet_depth) {
+            return invalid(
+                "model.resnet_depth",
+                format!("must be 10, 18 or 34, got {}", model.resnet_depth),
+            );
+        }
+        for (key, value) in [
+            ("model.resnet_width", model.resnet_width),
+            ("model.stgcn_width", model.stgcn_width),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1, got 0".into());
+            }
+        }
+        if model.backbone == Backbone::Stgcn && model.input_type != InputType::Kpt {
+            return invalid(
+                "model.backbone",
+                format!(
+                    "stgcn reads keypoints only, but model.input_type is {:?}; set \
+                     model.input_type = \"kpt\", or keep an RGB backbone and set \
+                     model.keypoint_backbone = \"stgcn\"",
+                    model.input_type
+                ),
+            );
+        }
+        if model.input_type == InputType::Rgb || model.keypoint_encoder() != KeypointBackboneKind::Stgcn {
+            return Ok(());
+        }
+        let joints = self.data.keypoint_indices.len();
+        match model.skeleton.joints() {
+            Some(layout) if layout != joints => invalid(
+                "model.skeleton",
+                format!(
+                    "{:?} has {layout} joints but data.keypoint_indices keeps {joints}; list \
+                     {layout} joints there, or describe the skeleton with model.skeleton = \
+                     \"custom\" and model.skeleton_edges",
+                    model.skeleton
+                ),
+            ),
+            Some(_) => Ok(()),
+            None => {
+                if model.skeleton_edges.is_empty() {
+                    return invalid(
+                        "model.skeleton_edges",
+                        "is empty but model.skeleton = \"custom\"; list the edges as [a, b] \
+                         pairs of joint positions"
+                            .into(),
+                    );
+                }
+                if model.skeleton_center >= joints {
+                    return invalid(
+                        "model.skeleton_center",
+                        format!("is {} but there are {joints} joints", model.skeleton_center),
+                    );
+                }
+                match model
+                    .skeleton_edges
+                    .iter()
+                    .find(|edge| edge.iter().any(|&joint| joint >= joints))
+                {
+                    Some(edge) => invalid(
+                        "model.skeleton_edges",
+                        format!(
+                            "edge {edge:?} names a joint outside 0..{joints} (positions in \
+                             data.keypoint_indices)"
+                        ),
+                    ),
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     /// The resolved config as TOML, as saved in the run directory and printed by `config show`.

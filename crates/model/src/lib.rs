@@ -1,33 +1,36 @@
-//! vidtrain's models as Burn modules, generic over the backend: the seed's video transformer
-//! (a convolution stem on the backend's own conv3d), ViViT, a keypoint
-//! encoder, multi-view and RGB+keypoint fusion, and activation recompute.
+//! vidtrain's models as Burn modules, generic over the backend: RGB backbones (the seed's video
+//! transformer, ViViT, torchvision's 3-D ResNet) and keypoint encoders (a transformer, ST-GCN)
+//! in `backbones/`, the layers they share in `layers/`, multi-view and RGB+keypoint fusion
+//! (here), activation recompute (`recompute`), mixed precision (`precision`), the layer summary
+//! the memory plan prices (`summary`) and PyTorch weight import (`pretrained`).
 
-mod batch_norm;
-mod conv;
-mod encoder;
-mod keypoint_encoder;
+pub mod backbones;
+pub mod layers;
 mod precision;
+pub mod pretrained;
 mod recompute;
-mod stem;
 mod summary;
-mod video_transformer;
-mod vivit;
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
-use vidtrain_config::{Backbone, FusionMode, InputType, ModalityFusion};
+use vidtrain_config::{Backbone, FusionMode, InputType, KeypointBackboneKind, ModalityFusion};
 
-pub use conv::{VideoConv3d, VideoConv3dConfig};
-pub use encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
-pub use keypoint_encoder::{KeypointEncoder, KeypointEncoderConfig};
+use backbones::KeypointBackbone;
+pub use backbones::keypoint_transformer::{KeypointEncoder, KeypointEncoderConfig};
+pub use backbones::resnet3d::{Resnet3d, Resnet3dConfig};
+pub use backbones::stgcn::{Stgcn, StgcnConfig};
+pub use backbones::video_transformer::{VideoTransformer, VideoTransformerConfig};
+pub use backbones::vivit::{Vivit, VivitConfig};
+pub use backbones::{BackboneConfig, KeypointBackboneConfig, VideoBackbone};
+pub use layers::conv3d::{VideoConv3d, VideoConv3dConfig};
+pub use layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+pub use layers::graph::Skeleton;
+pub use layers::stem::{StemStep, VideoStem, VideoStemConfig};
 use recompute::Chain;
 pub use recompute::{Activation, SegmentKind};
-pub use stem::{StemStep, VideoStem, VideoStemConfig};
 pub use summary::{InputShape, LayerRole, LayerSummary, ModelSummary};
-pub use video_transformer::{VideoTransformer, VideoTransformerConfig};
-pub use vivit::{Vivit, VivitConfig};
 
 /// The backend unit tests run on.
 #[cfg(test)]
@@ -41,6 +44,21 @@ pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The skeleton `model.skeleton` names (or `model.skeleton_edges` gives), over the joints of
+/// `data.keypoint_indices`. Config validation has checked that they fit.
+pub fn skeleton(config: &vidtrain_config::Config) -> Skeleton {
+    use vidtrain_config::SkeletonLayout;
+    match config.model.skeleton {
+        SkeletonLayout::Sam3dBody52 => Skeleton::sam3d_body_52(),
+        SkeletonLayout::Coco17 => Skeleton::coco17(),
+        SkeletonLayout::Custom => Skeleton {
+            joints: config.data.keypoint_indices.len(),
+            edges: config.model.skeleton_edges.clone(),
+            center: config.model.skeleton_center,
+        },
+    }
+}
+
 /// Configuration of an [`ActionModel`]: per-view encoders shared by all views, modality fusion,
 /// view fusion, classifier.
 #[derive(Debug, Clone)]
@@ -48,7 +66,7 @@ pub struct ActionModelConfig {
     /// The RGB backbone (absent when `model.input_type = "kpt"`).
     pub backbone: Option<BackboneConfig>,
     /// The keypoint encoder (absent when `model.input_type = "rgb"`).
-    pub keypoint_encoder: Option<KeypointEncoderConfig>,
+    pub keypoint_encoder: Option<KeypointBackboneConfig>,
     /// Views per sample.
     pub views: usize,
     /// Classes.
@@ -69,14 +87,14 @@ impl ActionModelConfig {
         let uses_rgb = model.input_type != InputType::Kpt;
         let uses_keypoints = model.input_type != InputType::Rgb;
         let backbone = match model.backbone {
-            Backbone::Transformer => BackboneConfig::Transformer(VideoTransformerConfig::new(
+            Backbone::Transformer => Some(BackboneConfig::Transformer(VideoTransformerConfig::new(
                 model.transformer_dim,
                 model.transformer_layers,
                 model.transformer_heads,
                 model.transformer_ff_dim,
                 model.transformer_dropout,
-            )),
-            Backbone::Vivit => BackboneConfig::Vivit(VivitConfig::new(
+            ))),
+            Backbone::Vivit => Some(BackboneConfig::Vivit(VivitConfig::new(
                 model.transformer_dim,
                 model.transformer_layers,
                 model.transformer_heads,
@@ -88,18 +106,34 @@ impl ActionModelConfig {
                     config.data.img_size,
                     config.data.img_size,
                 ],
+            ))),
+            Backbone::Resnet3d => Some(BackboneConfig::Resnet3d(Resnet3dConfig::new(
+                model.resnet_depth,
+                model.resnet_width,
+                model.transformer_dropout,
+            ))),
+            // ST-GCN reads keypoints only (config validation insists on `input_type = "kpt"`).
+            Backbone::Stgcn => None,
+        };
+        let keypoint_encoder = match model.keypoint_encoder() {
+            KeypointBackboneKind::Transformer => {
+                KeypointBackboneConfig::Transformer(KeypointEncoderConfig::new(
+                    config.data.keypoint_indices.len(),
+                    model.transformer_dim,
+                    model.transformer_layers,
+                    model.transformer_heads,
+                    model.transformer_ff_dim,
+                    model.transformer_dropout,
+                ))
+            }
+            KeypointBackboneKind::Stgcn => KeypointBackboneConfig::Stgcn(StgcnConfig::for_skeleton(
+                &skeleton(config),
+                model.stgcn_width,
+                model.transformer_dropout,
             )),
         };
-        let keypoint_encoder = KeypointEncoderConfig::new(
-            config.data.keypoint_indices.len(),
-            model.transformer_dim,
-            model.transformer_layers,
-            model.transformer_heads,
-            model.transformer_ff_dim,
-            model.transformer_dropout,
-        );
         Self {
-            backbone: uses_rgb.then_some(backbone),
+            backbone: backbone.filter(|_| uses_rgb),
             keypoint_encoder: uses_keypoints.then_some(keypoint_encoder),
             views: config.active_views().len(),
             classes: model.model_class_num,
@@ -115,7 +149,7 @@ impl ActionModelConfig {
         let keypoints = self
             .keypoint_encoder
             .as_ref()
-            .map_or(0, |encoder| encoder.dim);
+            .map_or(0, KeypointBackboneConfig::dim);
         match (rgb, keypoints, self.modality_fusion) {
             (0, dim, _) | (dim, 0, _) => dim,
             (rgb, keypoints, ModalityFusion::Concat) => rgb + keypoints,
@@ -131,7 +165,7 @@ impl ActionModelConfig {
             .or(self
                 .keypoint_encoder
                 .as_ref()
-                .map(|encoder| encoder.dropout))
+                .map(KeypointBackboneConfig::dropout))
             .unwrap_or(0.0)
     }
 
@@ -143,10 +177,14 @@ impl ActionModelConfig {
         };
         ActionModel {
             backbone: self.backbone.as_ref().map(|config| config.init(device)),
-            keypoint_encoder: self
-                .keypoint_encoder
-                .as_ref()
-                .map(|config| config.init(device)),
+            keypoint_encoder: match &self.keypoint_encoder {
+                Some(KeypointBackboneConfig::Transformer(config)) => Some(config.init(device)),
+                _ => None,
+            },
+            keypoint_gcn: match &self.keypoint_encoder {
+                Some(KeypointBackboneConfig::Stgcn(config)) => Some(config.init(device)),
+                _ => None,
+            },
             dropout: DropoutConfig::new(self.dropout()).init(),
             head: LinearConfig::new(feature_dim, self.classes).init(device),
             fusion: self.fusion,
@@ -156,111 +194,14 @@ impl ActionModelConfig {
     }
 }
 
-/// Configuration of the RGB backbone.
-#[derive(Debug, Clone)]
-pub enum BackboneConfig {
-    /// The seed's conv-stem video transformer.
-    Transformer(VideoTransformerConfig),
-    /// ViViT with joint space-time attention.
-    Vivit(VivitConfig),
-}
-
-impl BackboneConfig {
-    /// Width of the backbone's feature vector.
-    pub fn dim(&self) -> usize {
-        match self {
-            BackboneConfig::Transformer(config) => config.dim,
-            BackboneConfig::Vivit(config) => config.dim,
-        }
-    }
-
-    /// Dropout probability of the backbone.
-    pub fn dropout(&self) -> f64 {
-        match self {
-            BackboneConfig::Transformer(config) => config.dropout,
-            BackboneConfig::Vivit(config) => config.dropout,
-        }
-    }
-
-    /// Builds the backbone.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> VideoBackbone<B> {
-        match self {
-            BackboneConfig::Transformer(config) => VideoBackbone::Transformer(config.init(device)),
-            BackboneConfig::Vivit(config) => VideoBackbone::Vivit(config.init(device)),
-        }
-    }
-}
-
-/// The RGB backbone: clip `[n, t, 3, h, w]` → feature `[n, dim]`, as a chain of segments.
-// One backbone per model, built once: boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum VideoBackbone<B: Backend> {
-    /// The seed's conv-stem video transformer.
-    Transformer(VideoTransformer<B>),
-    /// ViViT with joint space-time attention.
-    Vivit(Vivit<B>),
-}
-
-impl<B: Backend> VideoBackbone<B> {
-    /// # Shapes
-    /// - input: `[n, t, 3, h, w]`, values in 0..1
-    /// - output: `[n, dim]`
-    pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
-        match self {
-            VideoBackbone::Transformer(model) => model.forward(video),
-            VideoBackbone::Vivit(model) => model.forward(video),
-        }
-    }
-
-    fn segment_count(&self) -> usize {
-        match self {
-            VideoBackbone::Transformer(model) => model.segment_count(),
-            VideoBackbone::Vivit(model) => model.segment_count(),
-        }
-    }
-
-    fn segment_kind(&self, index: usize) -> SegmentKind {
-        match self {
-            VideoBackbone::Transformer(model) => model.segment_kind(index),
-            VideoBackbone::Vivit(model) => model.segment_kind(index),
-        }
-    }
-
-    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
-        match self {
-            VideoBackbone::Transformer(model) => model.encoder_block(index),
-            VideoBackbone::Vivit(model) => model.encoder_block(index),
-        }
-    }
-
-    fn stem_step(&self, index: usize, input: Tensor<B, 5>) -> Option<StemStep<'_, B>> {
-        match self {
-            VideoBackbone::Transformer(model) => model.stem_step(index, input),
-            VideoBackbone::Vivit(_) => None,
-        }
-    }
-
-    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        match self {
-            VideoBackbone::Transformer(model) => model.forward_segment(index, input),
-            VideoBackbone::Vivit(model) => model.forward_segment(index, input),
-        }
-    }
-
-    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        match self {
-            VideoBackbone::Transformer(model) => model.finish(tokens),
-            VideoBackbone::Vivit(model) => model.finish(tokens),
-        }
-    }
-}
-
 /// Multi-view (and optionally multi-modal) action classifier.
 #[derive(Module, Debug)]
 pub struct ActionModel<B: Backend> {
     backbone: Option<VideoBackbone<B>>,
     keypoint_encoder: Option<KeypointEncoder<B>>,
+    /// ST-GCN, when it is the keypoint encoder (a field of its own, so that weights saved
+    /// before it existed still load).
+    keypoint_gcn: Option<Stgcn<B>>,
     dropout: Dropout,
     head: Linear<B>,
     #[module(skip)]
@@ -332,10 +273,16 @@ impl<B: Backend> ActionModel<B> {
             .expect("the model has an RGB backbone")
     }
 
-    fn keypoint(&self) -> &KeypointEncoder<B> {
-        self.keypoint_encoder
-            .as_ref()
-            .expect("the model has a keypoint encoder")
+    fn keypoint(&self) -> KeypointBackbone<'_, B> {
+        match (&self.keypoint_encoder, &self.keypoint_gcn) {
+            (Some(encoder), _) => KeypointBackbone::Transformer(encoder),
+            (None, Some(gcn)) => KeypointBackbone::Stgcn(gcn),
+            (None, None) => panic!("the model has a keypoint encoder"),
+        }
+    }
+
+    fn has_keypoint_encoder(&self) -> bool {
+        self.keypoint_encoder.is_some() || self.keypoint_gcn.is_some()
     }
 
     /// Each encoder's input with views folded into the batch, and `(batch, views)`.
@@ -356,7 +303,7 @@ impl<B: Backend> ActionModel<B> {
             inputs.push((Chain::Rgb, Activation::Clips(frames)));
             shape = (batch, views);
         }
-        if self.keypoint_encoder.is_some() {
+        if self.has_keypoint_encoder() {
             let keypoints = keypoints.expect("the model has a keypoint encoder: pass keypoints");
             let [batch, views, t, joints, c] = keypoints.dims();
             let joints = keypoints
@@ -483,7 +430,7 @@ mod tests {
                 BackboneConfig::Transformer(VideoTransformerConfig::new(16, 1, 2, 32, 0.0))
             }),
             keypoint_encoder: (input != InputType::Rgb)
-                .then(|| KeypointEncoderConfig::new(5, 16, 1, 2, 32, 0.0)),
+                .then(|| KeypointEncoderConfig::new(5, 16, 1, 2, 32, 0.0).into()),
             views: 3,
             classes: 9,
             fusion,

@@ -27,7 +27,7 @@ use burn::tensor::backend::AutodiffBackend;
 use vidtrain_config::CheckpointMode;
 
 use crate::ActionModel;
-use crate::encoder::{EncoderBlock, query_block_seed, query_blocks};
+use crate::layers::encoder::{EncoderBlock, query_block_seed, query_blocks};
 
 /// What a segment is: decides whether a [`CheckpointMode`] recomputes it, and how it is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,9 +39,10 @@ pub enum SegmentKind {
     /// A stem step with batch statistics (BatchNorm + ReLU): recomputed by `stem` and `all`,
     /// replayed whole. (The seed stem's are differentiated by hand in every mode.)
     StemBatch,
-    /// A transformer encoder block (recomputed by `encoder` and `all`), replayed in three steps
-    /// with attention one query block at a time.
-    Encoder,
+    /// A backbone block (recomputed by `encoder` and `all`): a transformer encoder block,
+    /// replayed in three steps with attention one query block at a time; a 3-D ResNet
+    /// BasicBlock or an ST-GCN block, replayed whole.
+    Block,
     /// A cheap reshaping step between the two (never recomputed).
     Bridge,
 }
@@ -55,7 +56,7 @@ impl SegmentKind {
                 SegmentKind::StemPerClip | SegmentKind::StemBatch,
                 CheckpointMode::Stem | CheckpointMode::All
             ) | (
-                SegmentKind::Encoder,
+                SegmentKind::Block,
                 CheckpointMode::Encoder | CheckpointMode::All
             )
         )
@@ -67,7 +68,7 @@ impl SegmentKind {
 pub enum Activation<B: Backend> {
     /// Video clips: `[n, t, c, h, w]` as decoded, `[n, c, t, h, w]` inside the conv stem.
     Clips(Tensor<B, 5>),
-    /// Keypoints `[n, t, joints, 3]`.
+    /// Keypoints: `[n, t, joints, 3]` as loaded, `[n, c, t, joints]` inside ST-GCN.
     Joints(Tensor<B, 4>),
     /// Tokens `[n, t, dim]`.
     Tokens(Tensor<B, 3>),
@@ -440,7 +441,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
             self.encoder_block(chain, index),
         ) {
             // A block whose attention fits one query block is replayed whole, like any segment.
-            (SegmentKind::Encoder, Some(block)) if query_block_count > 1 => {
+            (SegmentKind::Block, Some(block)) if query_block_count > 1 => {
                 let input = input.into_tokens();
                 let upstream = upstream.into_tokens();
                 replay_encoder_block(
@@ -548,7 +549,7 @@ fn replay_encoder_block<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encoder::QUERY_BLOCK_TOKENS;
+    use crate::layers::encoder::QUERY_BLOCK_TOKENS;
     use crate::{
         ActionModelConfig, BackboneConfig, KeypointEncoderConfig, TestBackend,
         VideoTransformerConfig, VivitConfig,
@@ -625,7 +626,7 @@ mod tests {
         let config = ActionModelConfig {
             backbone: (input != InputType::Kpt).then_some(backbone),
             keypoint_encoder: (input != InputType::Rgb)
-                .then(|| KeypointEncoderConfig::new(4, 8, 2, 2, 16, dropout)),
+                .then(|| KeypointEncoderConfig::new(4, 8, 2, 2, 16, dropout).into()),
             views: 2,
             classes: 5,
             fusion,
@@ -939,8 +940,8 @@ mod tests {
             assert!(!stem.recomputed_by(Encoder) && !stem.recomputed_by(None));
         }
         assert!(
-            SegmentKind::Encoder.recomputed_by(Encoder)
-                && !SegmentKind::Encoder.recomputed_by(Stem)
+            SegmentKind::Block.recomputed_by(Encoder)
+                && !SegmentKind::Block.recomputed_by(Stem)
         );
         assert!(!SegmentKind::Bridge.recomputed_by(All));
     }

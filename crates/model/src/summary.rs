@@ -6,7 +6,10 @@
 use serde::Serialize;
 
 use crate::recompute::SegmentKind;
-use crate::{ActionModelConfig, BackboneConfig, KeypointEncoderConfig};
+use crate::{
+    ActionModelConfig, BackboneConfig, KeypointBackboneConfig, KeypointEncoderConfig,
+    Resnet3dConfig, StgcnConfig,
+};
 use vidtrain_config::FusionMode;
 
 /// The input of one micro-batch.
@@ -51,7 +54,22 @@ pub enum LayerRole {
         /// Feed-forward width.
         ff_dim: usize,
     },
-    /// Final LayerNorm + mean over tokens.
+    /// A 3-D ResNet BasicBlock (two 3×3×3 convolutions with BatchNorm, a shortcut), run under
+    /// autodiff.
+    ResidualBlock {
+        /// Whether its shortcut is a 1×1×1 convolution + BatchNorm.
+        downsample: bool,
+    },
+    /// BatchNorm over a keypoint clip's joints × channels (ST-GCN's input), under autodiff.
+    InputNorm,
+    /// An ST-GCN block (graph convolution, temporal convolution, residual), under autodiff.
+    GraphBlock {
+        /// Adjacency partitions (the 1×1 convolution widens to this many times the output).
+        partitions: usize,
+        /// Whether its residual is a 1×1 temporal convolution + BatchNorm.
+        residual_conv: bool,
+    },
+    /// Final LayerNorm + mean over tokens (or, after a pool, the pooled features as they are).
     #[default]
     Finish,
     /// View fusion and the classifier.
@@ -183,7 +201,7 @@ fn push_blocks(
             },
             params: block_params(dim, ff_dim),
             output_shape: vec![clips, tokens, dim],
-            segment: Some(SegmentKind::Encoder),
+            segment: Some(SegmentKind::Block),
             ..LayerSummary::default()
         });
     }
@@ -274,28 +292,17 @@ impl ActionModelConfig {
                     config.ff_dim,
                 );
             }
+            Some(BackboneConfig::Resnet3d(config)) => {
+                push_resnet3d(&mut layers, config, clips, t, s)
+            }
             None => {}
         }
-        if let Some(config) = &self.keypoint_encoder {
-            let KeypointEncoderConfig {
-                joints,
-                dim,
-                layers: count,
-                heads,
-                ff_dim,
-                ..
-            } = *config;
-            layers.push(LayerSummary {
-                name: "kpt.embedding".into(),
-                role: LayerRole::Embedding {
-                    input_elements_per_clip: t * joints * 3,
-                },
-                params: linear_params(joints * 3, dim),
-                output_shape: vec![clips, t, dim],
-                segment: Some(SegmentKind::Bridge),
-                ..LayerSummary::default()
-            });
-            push_blocks(&mut layers, "kpt", count, [clips, t, dim], heads, ff_dim);
+        match &self.keypoint_encoder {
+            Some(KeypointBackboneConfig::Transformer(config)) => {
+                push_keypoint_transformer(&mut layers, config, clips, t)
+            }
+            Some(KeypointBackboneConfig::Stgcn(config)) => push_stgcn(&mut layers, config, clips, t),
+            None => {}
         }
         let features = match self.fusion {
             FusionMode::FeatureConcat => self.views * self.view_feature_dim(),
@@ -311,8 +318,10 @@ impl ActionModelConfig {
         });
         let dropout = self.dropout() > 0.0;
         let mut input_elements = clips * t * s * s * 3;
+        let mut keypoint_chain_started = false;
         for layer in &mut layers {
-            if layer.name == "kpt.embedding" {
+            if layer.name.starts_with("kpt.") && !keypoint_chain_started {
+                keypoint_chain_started = true;
                 // The keypoint chain starts from the keypoints, not from the RGB chain's output.
                 input_elements = clips * t * self.keypoint_joints() * 3;
             }
@@ -337,8 +346,160 @@ impl ActionModelConfig {
     fn keypoint_joints(&self) -> usize {
         self.keypoint_encoder
             .as_ref()
-            .map_or(0, |encoder| encoder.joints)
+            .map_or(0, KeypointBackboneConfig::joints)
     }
+}
+
+fn push_keypoint_transformer(
+    layers: &mut Vec<LayerSummary>,
+    config: &KeypointEncoderConfig,
+    clips: usize,
+    t: usize,
+) {
+    let KeypointEncoderConfig {
+        joints,
+        dim,
+        layers: count,
+        heads,
+        ff_dim,
+        ..
+    } = *config;
+    layers.push(LayerSummary {
+        name: "kpt.embedding".into(),
+        role: LayerRole::Embedding {
+            input_elements_per_clip: t * joints * 3,
+        },
+        params: linear_params(joints * 3, dim),
+        output_shape: vec![clips, t, dim],
+        segment: Some(SegmentKind::Bridge),
+        ..LayerSummary::default()
+    });
+    push_blocks(layers, "kpt", count, [clips, t, dim], heads, ff_dim);
+}
+
+/// Output size of a padded convolution along one axis.
+fn conv_size(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding - kernel) / stride + 1
+}
+
+/// BatchNorm's trainable values (running statistics are buffers).
+fn batch_norm_params(channels: usize) -> usize {
+    2 * channels
+}
+
+fn push_resnet3d(
+    layers: &mut Vec<LayerSummary>,
+    config: &Resnet3dConfig,
+    clips: usize,
+    frames: usize,
+    image: usize,
+) {
+    let width = config.width;
+    let stem_size = conv_size(image, 7, 2, 3);
+    let mut size = [frames, stem_size, stem_size];
+    let shape = |channels: usize, [t, h, w]: [usize; 3]| vec![clips, channels, t, h, w];
+    layers.push(LayerSummary {
+        name: "rgb.stem_conv".into(),
+        role: LayerRole::Conv3d {
+            taps: 3 * 7 * 7,
+            channels_in: 3,
+            reads_data: true,
+        },
+        params: 3 * 7 * 7 * 3 * width,
+        output_shape: shape(width, size),
+        segment: Some(SegmentKind::StemPerClip),
+        ..LayerSummary::default()
+    });
+    layers.push(LayerSummary {
+        name: "rgb.stem_norm".into(),
+        role: LayerRole::BatchNormRelu,
+        params: batch_norm_params(width),
+        output_shape: shape(width, size),
+        segment: Some(SegmentKind::StemBatch),
+        ..LayerSummary::default()
+    });
+    for (stage, index, channels_in, channels_out, stride) in config.blocks() {
+        size = size.map(|axis| conv_size(axis, 3, stride, 1));
+        let downsample = stride != 1 || channels_in != channels_out;
+        let shortcut = if downsample {
+            channels_in * channels_out + batch_norm_params(channels_out)
+        } else {
+            0
+        };
+        layers.push(LayerSummary {
+            name: format!("rgb.layer{}.{index}", stage + 1),
+            role: LayerRole::ResidualBlock { downsample },
+            params: 27 * channels_in * channels_out
+                + 27 * channels_out * channels_out
+                + 2 * batch_norm_params(channels_out)
+                + shortcut,
+            output_shape: shape(channels_out, size),
+            segment: Some(SegmentKind::Block),
+            ..LayerSummary::default()
+        });
+    }
+    push_pool_and_features(layers, "rgb", clips, config.dim());
+}
+
+fn push_stgcn(layers: &mut Vec<LayerSummary>, config: &StgcnConfig, clips: usize, frames: usize) {
+    let joints = config.joints;
+    layers.push(LayerSummary {
+        name: "kpt.data_bn".into(),
+        role: LayerRole::InputNorm,
+        params: batch_norm_params(joints * 3),
+        output_shape: vec![clips, 3, frames, joints],
+        segment: Some(SegmentKind::StemBatch),
+        ..LayerSummary::default()
+    });
+    let mut t = frames;
+    let partitions = 3;
+    for (number, (channels_in, channels_out, stride, residual)) in
+        config.blocks().into_iter().enumerate()
+    {
+        t = conv_size(t, 9, stride, 4);
+        let residual_conv = residual && (channels_in != channels_out || stride != 1);
+        let graph = (channels_in + 1) * channels_out * partitions
+            + partitions * joints * joints // edge importance
+            + batch_norm_params(channels_out);
+        let temporal = (9 * channels_out + 1) * channels_out + batch_norm_params(channels_out);
+        let shortcut = if residual_conv {
+            (channels_in + 1) * channels_out + batch_norm_params(channels_out)
+        } else {
+            0
+        };
+        layers.push(LayerSummary {
+            name: format!("kpt.gcn.{number}"),
+            role: LayerRole::GraphBlock {
+                partitions,
+                residual_conv,
+            },
+            params: graph + temporal + shortcut,
+            output_shape: vec![clips, channels_out, t, joints],
+            segment: Some(SegmentKind::Block),
+            ..LayerSummary::default()
+        });
+    }
+    push_pool_and_features(layers, "kpt", clips, config.dim());
+}
+
+/// Global average pool to `[clips, 1, dim]`, then the feature vector as it is.
+fn push_pool_and_features(layers: &mut Vec<LayerSummary>, prefix: &str, clips: usize, dim: usize) {
+    layers.push(LayerSummary {
+        name: format!("{prefix}.pool"),
+        role: LayerRole::Pool,
+        params: 0,
+        output_shape: vec![clips, 1, dim],
+        segment: Some(SegmentKind::Bridge),
+        ..LayerSummary::default()
+    });
+    layers.push(LayerSummary {
+        name: format!("{prefix}.features"),
+        role: LayerRole::Finish,
+        params: 0,
+        output_shape: vec![clips, dim],
+        segment: None,
+        ..LayerSummary::default()
+    });
 }
 
 /// What one layer costs in activation memory, in elements for a whole micro-batch.
@@ -430,7 +591,7 @@ impl ActivationCosts {
                 let token_values = output; // clips · tokens · dim
                 let hidden = clips * tokens * ff_dim;
                 let scores = clips * heads * tokens * tokens;
-                let block_rows = tokens.min(crate::encoder::QUERY_BLOCK_TOKENS);
+                let block_rows = tokens.min(crate::layers::encoder::QUERY_BLOCK_TOKENS);
                 let block_scores = clips * heads * block_rows * tokens;
                 // Two LayerNorms (3 each + output), q/k/v copies, context copy, residual inputs;
                 // GELU input and output; softmax keeps exp and its result; dropout adds a mask
@@ -442,7 +603,7 @@ impl ActivationCosts {
                     2 * block_scores + hidden,
                     3 * token_values + 2 * hidden + 3 * block_scores,
                 );
-                if tokens > crate::encoder::QUERY_BLOCK_TOKENS {
+                if tokens > crate::layers::encoder::QUERY_BLOCK_TOKENS {
                     // Replayed in stages that do not overlap (see `replay_encoder_block`): the
                     // block's second half from the untracked context, then attention one query
                     // block at a time. Each stage frees its graph as its backward runs; the
@@ -453,7 +614,35 @@ impl ActivationCosts {
                 }
                 costs
             }
-            // LayerNorm (3 kept values) and the mean over tokens.
+            // A BasicBlock under autodiff: each convolution keeps its input (the block's input
+            // serves the first and the shortcut), each BatchNorm its centred values, each ReLU its
+            // output; convolution backward makes an input gradient and a weight-gradient buffer
+            // the size of its input.
+            LayerRole::ResidualBlock { downsample } => {
+                let norms = if downsample { 3 } else { 2 };
+                Self::new(input + (norms + 2) * output, 2 * output, 2 * input + 3 * output)
+                    .inference(2 * output)
+            }
+            // The permuted copy of the keypoints and BatchNorm's centred values.
+            LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),
+            // The 1×1 convolution keeps its input and its `partitions`-wide output feeds the
+            // graph matmul (kept); BatchNorm centred values and ReLU output after the graph and
+            // after the temporal convolution (which keeps its input), the dropout mask, the
+            // residual convolution's BatchNorm.
+            LayerRole::GraphBlock {
+                partitions,
+                residual_conv,
+            } => {
+                let copies = partitions + 5 + usize::from(dropout) + usize::from(residual_conv);
+                Self::new(
+                    input + copies * output,
+                    (partitions + 1) * output,
+                    2 * input + (partitions + 2) * output,
+                )
+                .inference((partitions + 1) * output)
+            }
+            // After a pool the features pass as they are (the input is already `[clips, dim]`);
+            // otherwise LayerNorm (3 kept values) and the mean over tokens.
             LayerRole::Finish => Self::new(3 * input, input, 2 * input),
             LayerRole::Head => Self::new(2 * input + 2 * output, output, input),
         }
@@ -472,7 +661,7 @@ mod tests {
     fn config(backbone: BackboneConfig, fusion: FusionMode) -> ActionModelConfig {
         ActionModelConfig {
             backbone: Some(backbone),
-            keypoint_encoder: Some(KeypointEncoderConfig::new(5, 12, 1, 2, 20, 0.0)),
+            keypoint_encoder: Some(KeypointEncoderConfig::new(5, 12, 1, 2, 20, 0.0).into()),
             views: 2,
             classes: 7,
             fusion,

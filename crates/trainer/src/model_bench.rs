@@ -72,6 +72,9 @@ pub fn standard_rows(backbone: Backbone, tiny: bool) -> Vec<BenchRow> {
         (_, true) => (4, 32),
         (Backbone::Transformer, false) => (8, 224),
         (Backbone::Vivit, false) => (16, 224),
+        // torchvision's R3D clips; ST-GCN reads 64 frames of keypoints (`image` unused).
+        (Backbone::Resnet3d, false) => (16, 112),
+        (Backbone::Stgcn, false) => (64, 32),
     };
     let row =
         |name: &str, precision, micro_batch, accumulate, checkpoint, frames, image| BenchRow {
@@ -115,7 +118,13 @@ pub fn row_config(base: &Config, row: &BenchRow, tiny: bool) -> Config {
         (_, true) => (32, 2, 2, 64),
         (Backbone::Transformer, false) => (256, 4, 4, 1024),
         (Backbone::Vivit, false) => (384, 12, 6, 1536),
+        // The 3-D ResNet and ST-GCN have sizes of their own (`model.resnet_*`, `model.stgcn_*`).
+        (Backbone::Resnet3d | Backbone::Stgcn, false) => (256, 4, 4, 1024),
     };
+    if tiny {
+        config.model.resnet_width = 8;
+        config.model.stgcn_width = 8;
+    }
     config.model.transformer_dim = dim;
     config.model.transformer_layers = layers;
     config.model.transformer_heads = heads;
@@ -123,7 +132,11 @@ pub fn row_config(base: &Config, row: &BenchRow, tiny: bool) -> Config {
     config.model.tubelet_size = if tiny { [2, 8, 8] } else { [2, 16, 16] };
     config.model.checkpoint = row.checkpoint;
     config.model.use_gradient_checkpointing = false;
-    config.model.input_type = vidtrain_config::InputType::Rgb;
+    config.model.input_type = if row.backbone == Backbone::Stgcn {
+        vidtrain_config::InputType::Kpt
+    } else {
+        vidtrain_config::InputType::Rgb
+    };
     config.train.view = vidtrain_config::ViewMode::Single;
     config.data.uniform_temporal_subsample_num = row.frames;
     config.data.img_size = row.image;
@@ -210,6 +223,10 @@ fn bench_row<B: AutodiffBackend>(
     let mut peaks = DevicePeaks::default();
     let classes = config.model.model_class_num;
     let video_shape = [row.micro_batch, 1, row.frames, row.image, row.image, 3];
+    let joints = config.data.keypoint_indices.len();
+    let keypoint_shape = [row.micro_batch, 1, row.frames, joints, 3];
+    let reads_video = config.model.input_type != vidtrain_config::InputType::Kpt;
+    let reads_keypoints = config.model.input_type != vidtrain_config::InputType::Rgb;
     let sync = |device: &B::Device| {
         B::sync(device).map_err(|error| Error::Unsupported {
             key: "trainer.accelerator".into(),
@@ -230,7 +247,10 @@ fn bench_row<B: AutodiffBackend>(
         let mut step_loss = 0.0f32;
         for micro in 0..row.accumulate {
             B::seed(device, (step * row.accumulate + micro) as u64);
-            let video = Tensor::<B, 6>::random(video_shape, Distribution::Default, device);
+            let video = reads_video
+                .then(|| Tensor::<B, 6>::random(video_shape, Distribution::Default, device));
+            let keypoints = reads_keypoints
+                .then(|| Tensor::<B, 5>::random(keypoint_shape, Distribution::Default, device));
             let labels = Tensor::<B, 1, Int>::random(
                 [row.micro_batch],
                 Distribution::Uniform(0.0, classes as f64),
@@ -239,8 +259,8 @@ fn bench_row<B: AutodiffBackend>(
             let weight = scaler.scale / row.accumulate as f64;
             let plain = row.checkpoint == CheckpointMode::None;
             let (loss, grads) = model.loss_and_gradients(
-                Some(video),
-                None,
+                video,
+                keypoints,
                 |scores| {
                     let loss = loss_function.forward(scores, labels);
                     if plain {

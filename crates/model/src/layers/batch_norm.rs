@@ -43,6 +43,20 @@ pub(crate) fn batch_norm<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 3>) -> Te
     }
 }
 
+/// BatchNorm over axis 1 of a channels-first tensor of any rank (`[n, c, ...]`), computed in
+/// f32 whatever the input's dtype (statistics and running averages are f32), result in the
+/// input's dtype.
+pub(crate) fn batch_norm_channels<B: Backend, const D: usize>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let dtype = x.dtype();
+    let rest = dims[2..].iter().product::<usize>();
+    let normalized = batch_norm(norm, x.reshape([dims[0], dims[1], rest]).cast(FloatDType::F32));
+    normalized.cast(dtype).reshape(dims)
+}
+
 /// Batch statistics of `x` (`[n, c, l]`) per channel: `x − mean` (`[n, c, l]`), the mean and the
 /// biased variance (`[1, c, 1]` each), reduced along the contiguous last axis first.
 fn batch_statistics<B: Backend>(x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {

@@ -4,7 +4,7 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 use crate::precision::{layer_norm, like, linear, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
 
@@ -69,7 +69,7 @@ impl<B: Backend> KeypointEncoder<B> {
         if index == 0 {
             SegmentKind::Bridge
         } else {
-            SegmentKind::Encoder
+            SegmentKind::Block
         }
     }
 

@@ -4,10 +4,10 @@
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
-use crate::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 use crate::precision::{layer_norm, like, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
-use crate::stem::{StemStep, VideoStem, VideoStemConfig};
+use crate::layers::stem::{StemStep, VideoStem, VideoStemConfig};
 
 /// Configuration of a [`VideoTransformer`].
 #[derive(Config, Debug)]
@@ -67,7 +67,7 @@ impl<B: Backend> VideoTransformer<B> {
             0 | 2 => SegmentKind::StemPerClip,
             1 | 3 => SegmentKind::StemBatch,
             4 => SegmentKind::Bridge,
-            _ => SegmentKind::Encoder,
+            _ => SegmentKind::Block,
         }
     }
 

@@ -9,7 +9,7 @@ use burn::module::{Initializer, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::encoder::{EncoderBlock, EncoderBlockConfig};
+use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig};
 use crate::precision::{layer_norm, like, linear, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
 
@@ -101,7 +101,7 @@ impl<B: Backend> Vivit<B> {
         if index == 0 {
             SegmentKind::StemPerClip
         } else {
-            SegmentKind::Encoder
+            SegmentKind::Block
         }
     }
 

@@ -5,14 +5,13 @@
 
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use burn::tensor::activation::relu;
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::batch_norm::{batch_norm, norm_relu_gradients};
-use crate::conv::{VideoConv3d, VideoConv3dConfig};
+use crate::layers::batch_norm::{batch_norm_channels, norm_relu_gradients};
+use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 
 /// Configuration of a [`VideoStem`].
 #[derive(Config, Debug)]
@@ -130,8 +129,5 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
 /// BatchNorm + ReLU on `[n, c, t, h, w]`. Statistics (and the running averages, f32 buffers)
 /// are computed in f32 whatever the compute dtype.
 fn normalize<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
-    let [n, c, t, h, w] = x.dims();
-    let dtype = x.dtype();
-    let x = batch_norm(norm, x.reshape([n, c, t * h * w]).cast(FloatDType::F32));
-    relu(x).cast(dtype).reshape([n, c, t, h, w])
+    relu(batch_norm_channels(norm, x))
 }

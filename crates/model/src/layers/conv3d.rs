@@ -30,6 +30,9 @@ pub struct VideoConv3dConfig {
     pub stride: [usize; 3],
     /// Zero padding on each side `[t, h, w]`.
     pub padding: [usize; 3],
+    /// Whether it adds a bias (torchvision's ResNets have none: a BatchNorm follows).
+    #[config(default = true)]
+    pub bias: bool,
 }
 
 impl VideoConv3dConfig {
@@ -48,11 +51,13 @@ impl VideoConv3dConfig {
             device,
         );
         let bound = 1.0 / (fan_in as f64).sqrt();
-        let bias = Initializer::Uniform {
-            min: -bound,
-            max: bound,
-        }
-        .init([self.channels_out], device);
+        let bias = self.bias.then(|| {
+            Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            }
+            .init([self.channels_out], device)
+        });
         VideoConv3d {
             weight,
             bias,
@@ -69,8 +74,8 @@ impl VideoConv3dConfig {
 pub struct VideoConv3d<B: Backend> {
     /// `[out, in, kt, kh, kw]`.
     pub weight: Param<Tensor<B, 5>>,
-    /// `[out]`.
-    pub bias: Param<Tensor<B, 1>>,
+    /// `[out]`, when the convolution has a bias.
+    pub bias: Option<Param<Tensor<B, 1>>>,
     kernel: [usize; 3],
     stride: [usize; 3],
     padding: [usize; 3],
@@ -92,11 +97,11 @@ impl<B: Backend> VideoConv3d<B> {
     /// - output: `[n, c_out, t_out, h_out, w_out]`
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let weight = like(self.weight.val(), &input);
-        let bias = like(self.bias.val(), &input);
+        let bias = self.bias.as_ref().map(|bias| like(bias.val(), &input));
         conv3d(
             input,
             weight,
-            Some(bias),
+            bias,
             ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1),
         )
     }
@@ -153,13 +158,15 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
             .reduce(|sum, clip| sum + clip)
             .expect("a micro-batch has at least one clip")
             .swap_dims(0, 1); // [c_out, c_in, kt, kh, kw]
-        let bias_gradient = upstream
-            .clone()
-            .reshape([n, c_out, t_out * h_out * w_out])
-            .sum_dim(2)
-            .sum_dim(0)
-            .reshape([c_out])
-            .cast(self.bias.val().dtype());
+        let bias_gradient = self.bias.as_ref().map(|bias| {
+            upstream
+                .clone()
+                .reshape([n, c_out, t_out * h_out * w_out])
+                .sum_dim(2)
+                .sum_dim(0)
+                .reshape([c_out])
+                .cast(bias.val().dtype())
+        });
         let input_gradient = wants_input.then(|| {
             let padding_out = std::array::from_fn(|axis| {
                 let size_out = [t_out, h_out, w_out][axis];
@@ -176,7 +183,9 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         });
         let mut gradients = GradientsParams::new();
         gradients.register(self.weight.id, weight_gradient);
-        gradients.register(self.bias.id, bias_gradient);
+        if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
+            gradients.register(bias.id, gradient);
+        }
         (gradients, input_gradient)
     }
 }
@@ -211,7 +220,7 @@ mod tests {
             ))
             .init::<B>(&device);
         theirs.weight = Param::from_tensor(ours.weight.val().detach());
-        theirs.bias = Some(Param::from_tensor(ours.bias.val().detach()));
+        theirs.bias = Some(Param::from_tensor(ours.bias.as_ref().unwrap().val().detach()));
 
         let input =
             Tensor::<B, 5>::random([2, channels_in, 5, 11, 10], Distribution::Default, &device);
@@ -240,7 +249,7 @@ mod tests {
             .to_data()
             .assert_approx_eq::<f32>(&expected_weight, tolerance);
         by_hand
-            .get::<TestBackend, 1>(ours.bias.id)
+            .get::<TestBackend, 1>(ours.bias.as_ref().unwrap().id)
             .unwrap()
             .to_data()
             .assert_approx_eq::<f32>(&expected_bias.to_data(), tolerance);
@@ -257,6 +266,8 @@ mod tests {
                 tolerance,
             );
         ours.bias
+            .as_ref()
+            .unwrap()
             .grad(&grads_ours)
             .unwrap()
             .to_data()

@@ -1,0 +1,256 @@
+//! ST-GCN (Yan et al. 2018) on body keypoints, as mmaction2 lays it out (`STGCN` with
+//! `data_bn_type='VC'`, `unit_gcn` with edge importance, `unit_tcn`): BatchNorm over joints ×
+//! channels of the input, ten blocks (w×4, 2w×3, 4w×3 channels, w = 64 in mmaction2; temporal
+//! stride 2 at blocks 5 and 8), each a spatial graph convolution (`crate::layers::graph`) then a
+//! 9×1 temporal convolution + BatchNorm + dropout, plus a residual (none in the first block, a
+//! 1×1 temporal convolution + BatchNorm where the shape changes), then ReLU; global average pool
+//! over time and joints.
+//!
+//! Field names are mmaction2's (`data_bn`, `gcn.{i}.gcn.conv`, `gcn.{i}.tcn.bn`,
+//! `gcn.{i}.residual.conv`, …), so its state dicts load with the `backbone.` prefix dropped.
+//!
+//! As a chain on `[n, c, t, joints]` activations: the input BatchNorm (a batch-statistics stem
+//! step), one block segment per block, the pooling bridge to `[n, 1, 4w]` tokens.
+
+use burn::module::{Initializer, Param};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+
+use crate::layers::batch_norm::batch_norm_channels;
+use crate::layers::graph::{GraphConv, GraphConvConfig, Skeleton};
+use crate::precision::{like, mean_dim_f32};
+use crate::recompute::{Activation, SegmentKind};
+
+/// Configuration of an [`Stgcn`].
+#[derive(Config, Debug)]
+pub struct StgcnConfig {
+    /// Joints per frame (the skeleton's).
+    pub joints: usize,
+    /// The skeleton's spatial-partition adjacency `[3, joints, joints]`, row-major
+    /// ([`Skeleton::spatial_adjacency`]).
+    pub adjacency: Vec<f32>,
+    /// Channels of the first four blocks (mmaction2: 64).
+    pub width: usize,
+    /// Dropout after each temporal convolution and before the classifier.
+    pub dropout: f64,
+}
+
+impl StgcnConfig {
+    /// The configuration for `skeleton`.
+    pub fn for_skeleton(skeleton: &Skeleton, width: usize, dropout: f64) -> Self {
+        Self::new(
+            skeleton.joints,
+            skeleton.spatial_adjacency(),
+            width,
+            dropout,
+        )
+    }
+
+    /// Width of the feature vector (the last blocks' channels).
+    pub fn dim(&self) -> usize {
+        4 * self.width
+    }
+
+    /// Every block as `(channels in, channels out, temporal stride, residual)`, mmaction2's
+    /// ten: 3→w without residual, then w×3, 2w×3 (stride 2 first), 4w×3 (stride 2 first).
+    pub fn blocks(&self) -> Vec<(usize, usize, usize, bool)> {
+        let w = self.width;
+        let mut blocks = vec![(3, w, 1, false)];
+        let mut channels = w;
+        for number in 2..=10 {
+            let inflate = number == 5 || number == 8;
+            let out = if inflate { channels * 2 } else { channels };
+            blocks.push((channels, out, if inflate { 2 } else { 1 }, true));
+            channels = out;
+        }
+        blocks
+    }
+
+    /// Builds the backbone.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Stgcn<B> {
+        Stgcn {
+            data_bn: BatchNormConfig::new(self.joints * 3).init(device),
+            gcn: self
+                .blocks()
+                .into_iter()
+                .map(|(channels_in, channels_out, stride, residual)| StgcnBlock {
+                    gcn: GraphConvConfig::new(channels_in, channels_out, self.joints)
+                        .init(&self.adjacency, device),
+                    tcn: TemporalConv::new(
+                        channels_out,
+                        channels_out,
+                        9,
+                        stride,
+                        self.dropout,
+                        device,
+                    ),
+                    residual: (residual && (channels_in != channels_out || stride != 1)).then(
+                        || TemporalConv::new(channels_in, channels_out, 1, stride, 0.0, device),
+                    ),
+                    identity_residual: residual && channels_in == channels_out && stride == 1,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// mmaction2's `unit_tcn`: a `k×1` convolution over time (stride `s×1`, zero padding `k/2`),
+/// BatchNorm, dropout.
+#[derive(Module, Debug)]
+pub struct TemporalConv<B: Backend> {
+    conv: TemporalConvWeights<B>,
+    bn: BatchNorm<B>,
+    drop: Dropout,
+    #[module(skip)]
+    stride: usize,
+}
+
+/// The convolution's weights in PyTorch's `Conv2d` shapes.
+#[derive(Module, Debug)]
+pub struct TemporalConvWeights<B: Backend> {
+    /// `[out, in, k, 1]`.
+    pub weight: Param<Tensor<B, 4>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> TemporalConv<B> {
+    fn new(
+        channels_in: usize,
+        channels_out: usize,
+        kernel: usize,
+        stride: usize,
+        dropout: f64,
+        device: &B::Device,
+    ) -> Self {
+        let fan_in = channels_in * kernel;
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        Self {
+            conv: TemporalConvWeights {
+                weight: Initializer::KaimingUniform {
+                    gain: 1.0 / 3f64.sqrt(),
+                    fan_out_only: false,
+                }
+                .init_with(
+                    [channels_out, channels_in, kernel, 1],
+                    Some(fan_in),
+                    None,
+                    device,
+                ),
+                bias: Initializer::Uniform {
+                    min: -bound,
+                    max: bound,
+                }
+                .init([channels_out], device),
+            },
+            bn: BatchNormConfig::new(channels_out).init(device),
+            drop: DropoutConfig::new(dropout).init(),
+            stride,
+        }
+    }
+
+    /// # Shapes
+    /// - input: `[n, c_in, t, v]`
+    /// - output: `[n, c_out, ⌈t/stride⌉, v]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let weight = like(self.conv.weight.val(), &x);
+        let kernel = weight.dims()[2];
+        let bias = like(self.conv.bias.val(), &x);
+        let y = conv2d(
+            x,
+            weight,
+            Some(bias),
+            ConvOptions::new([self.stride, 1], [kernel / 2, 0], [1, 1], 1),
+        );
+        self.drop.forward(batch_norm_channels(&self.bn, y))
+    }
+}
+
+/// mmaction2's `STGCNBlock`.
+#[derive(Module, Debug)]
+pub struct StgcnBlock<B: Backend> {
+    gcn: GraphConv<B>,
+    tcn: TemporalConv<B>,
+    residual: Option<TemporalConv<B>>,
+    #[module(skip)]
+    identity_residual: bool,
+}
+
+impl<B: Backend> StgcnBlock<B> {
+    /// # Shapes
+    /// - input: `[n, c_in, t, v]`
+    /// - output: `[n, c_out, ⌈t/stride⌉, v]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let residual = match (&self.residual, self.identity_residual) {
+            (Some(conv), _) => Some(conv.forward(x.clone())),
+            (None, true) => Some(x.clone()),
+            (None, false) => None,
+        };
+        let y = self.tcn.forward(self.gcn.forward(x));
+        relu(match residual {
+            Some(residual) => y + residual,
+            None => y,
+        })
+    }
+}
+
+/// Keypoint sequence → feature vector.
+#[derive(Module, Debug)]
+pub struct Stgcn<B: Backend> {
+    data_bn: BatchNorm<B>,
+    gcn: Vec<StgcnBlock<B>>,
+}
+
+impl<B: Backend> Stgcn<B> {
+    /// # Shapes
+    /// - input: `[n, t, joints, 3]`
+    /// - output: `[n, 4·width]`
+    pub fn forward(&self, keypoints: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = Activation::Joints(keypoints);
+        for index in 0..self.segment_count() {
+            x = self.forward_segment(index, x);
+        }
+        self.finish(x.into_tokens())
+    }
+
+    /// Segments, in order: the input BatchNorm, one per block, the pooling bridge.
+    pub fn segment_count(&self) -> usize {
+        self.gcn.len() + 2
+    }
+
+    /// What segment `index` is.
+    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+        match index {
+            0 => SegmentKind::StemBatch,
+            _ if index <= self.gcn.len() => SegmentKind::Block,
+            _ => SegmentKind::Bridge,
+        }
+    }
+
+    /// Runs segment `index` alone.
+    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        let x = input.into_joints();
+        if index == 0 {
+            // [n, t, v, c] → [n, v·c, t] → BatchNorm over joints × channels → [n, c, t, v].
+            let [n, t, v, c] = x.dims();
+            let x = x.permute([0, 2, 3, 1]).reshape([n, v * c, t]);
+            let x = batch_norm_channels(&self.data_bn, x).reshape([n, v, c, t]);
+            return Activation::Joints(x.permute([0, 2, 3, 1]));
+        }
+        if let Some(block) = self.gcn.get(index - 1) {
+            return Activation::Joints(block.forward(x));
+        }
+        // Global average pool over time and joints: [n, c, t, v] → [n, 1, c].
+        let [n, c, t, v] = x.dims();
+        Activation::Tokens(mean_dim_f32(x.reshape([n, c, t * v]), 2).reshape([n, 1, c]))
+    }
+
+    /// `[n, 1, dim]` → `[n, dim]`.
+    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, _, dim] = tokens.dims();
+        tokens.reshape([n, dim])
+    }
+}
