@@ -965,7 +965,29 @@ impl Config {
                 ),
             );
         }
-        if model.input_type == InputType::Rgb || model.keypoint_encoder() != KeypointBackboneKind::Stgcn {
+        if model.input_type == InputType::RgbKpt && model.modality_fusion == ModalityFusion::Mean {
+            let rgb = match model.backbone {
+                Backbone::Resnet3d => 8 * model.resnet_width,
+                _ => model.transformer_dim,
+            };
+            let keypoints = match model.keypoint_encoder() {
+                KeypointBackboneKind::Stgcn => 4 * model.stgcn_width,
+                KeypointBackboneKind::Transformer => model.transformer_dim,
+            };
+            if rgb != keypoints {
+                return invalid(
+                    "model.modality_fusion",
+                    format!(
+                        "\"mean\" averages the RGB and keypoint features, but they are {rgb} and \
+                         {keypoints} wide; use \"concat\", or match the widths \
+                         (3dcnn: 8 × model.resnet_width, stgcn: 4 × model.stgcn_width)"
+                    ),
+                );
+            }
+        }
+        if model.input_type == InputType::Rgb
+            || model.keypoint_encoder() != KeypointBackboneKind::Stgcn
+        {
             return Ok(());
         }
         let joints = self.data.keypoint_indices.len();

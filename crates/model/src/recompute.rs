@@ -550,9 +550,10 @@ fn replay_encoder_block<B: AutodiffBackend>(
 mod tests {
     use super::*;
     use crate::layers::encoder::QUERY_BLOCK_TOKENS;
+    use crate::layers::graph::Skeleton;
     use crate::{
-        ActionModelConfig, BackboneConfig, KeypointEncoderConfig, TestBackend,
-        VideoTransformerConfig, VivitConfig,
+        ActionModelConfig, BackboneConfig, KeypointEncoderConfig, Resnet3dConfig, StgcnConfig,
+        TestBackend, VideoTransformerConfig, VivitConfig,
     };
     use burn::backend::Autodiff;
     use burn::module::{Module, ModuleVisitor, Param};
@@ -618,19 +619,36 @@ mod tests {
                 [2, 8, 8],
                 [frames, 32, 32],
             )),
+            Backbone::Resnet3d | Backbone::Stgcn => {
+                BackboneConfig::Resnet3d(Resnet3dConfig::new(10, 4, dropout))
+            }
         };
         let size = match shape.backbone {
-            Backbone::Transformer => 16,
             Backbone::Vivit => 32,
+            _ => 16,
+        };
+        // ST-GCN as the keypoint encoder when asked for, on a 4-joint star.
+        let keypoint_encoder = if shape.backbone == Backbone::Stgcn {
+            let star = Skeleton {
+                joints: 4,
+                edges: vec![[1, 0], [1, 2], [1, 3]],
+                center: 1,
+            };
+            StgcnConfig::for_skeleton(&star, 4, dropout).into()
+        } else {
+            KeypointEncoderConfig::new(4, 8, 2, 2, 16, dropout).into()
         };
         let config = ActionModelConfig {
             backbone: (input != InputType::Kpt).then_some(backbone),
-            keypoint_encoder: (input != InputType::Rgb)
-                .then(|| KeypointEncoderConfig::new(4, 8, 2, 2, 16, dropout).into()),
+            keypoint_encoder: (input != InputType::Rgb).then_some(keypoint_encoder),
             views: 2,
             classes: 5,
             fusion,
-            modality_fusion: ModalityFusion::Mean,
+            // Averaging needs equal widths: the transformers' are, the ResNet's and ST-GCN's not.
+            modality_fusion: match shape.backbone {
+                Backbone::Transformer | Backbone::Vivit => ModalityFusion::Mean,
+                Backbone::Resnet3d | Backbone::Stgcn => ModalityFusion::Concat,
+            },
             compute_dtype: burn::tensor::FloatDType::F32,
         };
         let model: ActionModel<B> = config.init(&device);
@@ -823,6 +841,40 @@ mod tests {
         }
     }
 
+    /// The 3-D ResNet (stem differentiated by hand, BasicBlocks replayed) and ST-GCN (input
+    /// BatchNorm and blocks replayed), alone and fused with each other.
+    #[test]
+    fn resnet_and_stgcn_recompute_gives_the_gradients_of_a_plain_backward() {
+        let _rng = crate::rng_lock();
+        for (backbone, input, fusion) in [
+            (Backbone::Resnet3d, InputType::Rgb, FusionMode::LogitMean),
+            (Backbone::Resnet3d, InputType::Rgb, FusionMode::FeatureConcat),
+            (Backbone::Stgcn, InputType::Kpt, FusionMode::ProbMean),
+            (Backbone::Stgcn, InputType::RgbKpt, FusionMode::FeatureMean),
+        ] {
+            let shape = Shape {
+                backbone,
+                frames: 4,
+            };
+            let case = case_of(shape, input, fusion, 0.0);
+            let expected = plain(&case);
+            for mode in MODES {
+                assert_equal(
+                    &expected,
+                    &segmented(&case, mode),
+                    &format!("{backbone:?} {input:?} {fusion:?} {mode:?}"),
+                );
+            }
+            // With dropout, recompute replays the masks of the first run.
+            let case = case_of(shape, input, fusion, 0.3);
+            assert_equal(
+                &segmented(&case, CheckpointMode::None),
+                &segmented(&case, CheckpointMode::All),
+                &format!("{backbone:?} {input:?} with dropout 0.3"),
+            );
+        }
+    }
+
     #[test]
     fn attention_replayed_in_query_blocks_gives_the_gradients_of_a_plain_backward() {
         let _rng = crate::rng_lock();
@@ -856,7 +908,12 @@ mod tests {
     #[test]
     fn compute_in_another_dtype_keeps_f32_master_gradients() {
         let _rng = crate::rng_lock();
-        for backbone in [Backbone::Transformer, Backbone::Vivit] {
+        for backbone in [
+            Backbone::Transformer,
+            Backbone::Vivit,
+            Backbone::Resnet3d,
+            Backbone::Stgcn,
+        ] {
             let shape = Shape {
                 backbone,
                 frames: 4,
@@ -866,9 +923,13 @@ mod tests {
             case.model.compute_dtype = burn::tensor::FloatDType::F64;
             for mode in MODES {
                 let (_, grads) = f32_loss_gradients(&case, mode);
-                assert_equal(
+                // The f32 reference carries f32 rounding through ten ST-GCN blocks plus the
+                // ResNet: a few 1e-5 relative at most; a missing cast fails outright.
+                assert_close(
                     &expected,
                     &collect(&case.model, &grads),
+                    5e-5,
+                    1e-6,
                     &format!("{backbone:?} f64 compute {mode:?}"),
                 );
             }

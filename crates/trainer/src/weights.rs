@@ -46,6 +46,23 @@ pub(crate) fn architecture(config: &Config) -> BTreeMap<String, Value> {
             json!(config.data.keypoint_indices.len()),
         ),
     ]);
+    match model.backbone {
+        Backbone::Resnet3d => {
+            keys.insert("model.resnet_depth".into(), json!(model.resnet_depth));
+            keys.insert("model.resnet_width".into(), json!(model.resnet_width));
+        }
+        Backbone::Transformer | Backbone::Vivit | Backbone::Stgcn => {}
+    }
+    if model.input_type != vidtrain_config::InputType::Rgb {
+        keys.insert(
+            "model.keypoint_backbone".into(),
+            json!(model.keypoint_encoder()),
+        );
+        if model.keypoint_encoder() == vidtrain_config::KeypointBackboneKind::Stgcn {
+            keys.insert("model.stgcn_width".into(), json!(model.stgcn_width));
+            keys.insert("model.skeleton".into(), json!(model.skeleton));
+        }
+    }
     if model.backbone == Backbone::Vivit {
         // ViViT's position embedding has one row per tubelet of the clip.
         keys.insert("model.tubelet_size".into(), json!(model.tubelet_size));

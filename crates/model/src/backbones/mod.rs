@@ -139,6 +139,12 @@ impl From<KeypointEncoderConfig> for KeypointBackboneConfig {
     }
 }
 
+impl From<StgcnConfig> for KeypointBackboneConfig {
+    fn from(config: StgcnConfig) -> Self {
+        KeypointBackboneConfig::Stgcn(config)
+    }
+}
+
 impl KeypointBackboneConfig {
     /// Width of the feature vector.
     pub fn dim(&self) -> usize {
