@@ -74,6 +74,24 @@ pub(crate) fn fit<B: AutodiffBackend>(
     model_config.compute_dtype = compute_dtype(context.precision);
     let mut model: ActionModel<B> = model_config.init(&device);
     model.materialize_parameters();
+    if !config.model.pretrained.is_empty() {
+        let path = std::path::Path::new(&config.model.pretrained);
+        let report = crate::pretrained::load(&mut model, config, path)?;
+        match report.head_reinitialised_from {
+            Some(file_classes) => tracing::info!(
+                "model.pretrained: {} tensors from {}; its classifier has {file_classes} classes, \
+                 this model {}: the classifier starts fresh",
+                report.loaded,
+                path.display(),
+                config.model.model_class_num
+            ),
+            None => tracing::info!(
+                "model.pretrained: {} tensors from {}",
+                report.loaded,
+                path.display()
+            ),
+        }
+    }
     let parameters = model.num_params();
     let summary = model_config.summary(InputShape {
         batch: config.data.batch_size,

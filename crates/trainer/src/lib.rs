@@ -14,6 +14,7 @@ pub mod oom;
 mod pipeline_bench;
 pub mod plan;
 pub mod precision;
+pub mod pretrained;
 mod progress;
 mod run_dir;
 mod weights;

@@ -1,0 +1,216 @@
+//! `model.pretrained`: PyTorch weights into a vidtrain model through burn-store (decision 0005).
+//!
+//! A `.pth`/`.pt` state dict (read by burn-store's pickle reader, no Python) or a `.safetensors`
+//! file; keys are renamed by `vidtrain_model::pretrained::PYTORCH_KEY_RENAMES` (torchvision's
+//! R3D, mmaction2's ST-GCN, Lightning/DataParallel prefixes), Linear weights transposed and
+//! BatchNorm's `weight`/`bias` read as γ/β by burn-store's PyTorch adapter. The classifier is
+//! left at its fresh initialisation when the file's class count differs from
+//! `model.model_class_num` (fine-tuning on other classes); anything else that does not fit —
+//! a parameter the file lacks, a key the model has no place for, a shape that differs — is an
+//! error that lists every such key.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn_store::{
+    ApplyError, KeyRemapper, ModuleSnapshot, ModuleStore, PathFilter, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
+};
+use vidtrain_config::Config;
+use vidtrain_model::ActionModel;
+use vidtrain_model::pretrained::{PYTORCH_KEY_RENAMES, is_ignored_pytorch_key};
+
+use crate::{Error, Result};
+
+/// What loading a pretrained file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PretrainedReport {
+    /// Tensors loaded.
+    pub loaded: usize,
+    /// The file's class count when it differed from the model's (the classifier was left at
+    /// its fresh initialisation), else `None`.
+    pub head_reinitialised_from: Option<usize>,
+}
+
+const KEY: &str = "model.pretrained";
+
+fn setting(message: String) -> Error {
+    Error::Setting {
+        key: KEY.into(),
+        message,
+    }
+}
+
+/// The file's tensors in two stores of the same kind: burn-store's stores are consumed per
+/// `apply`, and the classifier's shape must be read before deciding what to apply.
+enum WeightsFile {
+    Pytorch(Box<PytorchStore>),
+    Safetensors(Box<SafetensorsStore>),
+}
+
+impl WeightsFile {
+    fn open(path: &Path, remapper: &KeyRemapper) -> Result<Self> {
+        let extension = path
+            .extension()
+            .and_then(|extension| extension.to_str())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match extension.as_str() {
+            "pth" | "pt" | "bin" | "ckpt" => Ok(WeightsFile::Pytorch(Box::new(
+                PytorchStore::from_file(path)
+                    .remap(remapper.clone())
+                    .map_indices_contiguous(false)
+                    .allow_partial(true)
+                    .validate(false),
+            ))),
+            "safetensors" => Ok(WeightsFile::Safetensors(Box::new(
+                SafetensorsStore::from_file(path)
+                    .remap(remapper.clone())
+                    .map_indices_contiguous(false)
+                    .skip_enum_variants(true)
+                    .with_from_adapter(PyTorchToBurnAdapter)
+                    .allow_partial(true)
+                    .validate(false),
+            ))),
+            _ => Err(setting(format!(
+                "{} is neither a PyTorch state dict (.pth, .pt) nor a .safetensors file",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Every key (after renaming) with its shape.
+    fn shapes(&mut self) -> std::result::Result<Vec<(String, Vec<usize>)>, String> {
+        let snapshots = match self {
+            WeightsFile::Pytorch(store) => store.get_all_snapshots().map_err(|e| e.to_string())?,
+            WeightsFile::Safetensors(store) => {
+                store.get_all_snapshots().map_err(|e| e.to_string())?
+            }
+        };
+        Ok(snapshots
+            .iter()
+            .map(|(key, snapshot)| (key.clone(), snapshot.shape.to_vec()))
+            .collect())
+    }
+
+    fn apply<B: Backend>(
+        self,
+        model: &mut ActionModel<B>,
+        filter: PathFilter,
+    ) -> std::result::Result<burn_store::ApplyResult, String> {
+        match self {
+            WeightsFile::Pytorch(store) => model
+                .load_from(&mut store.filter(filter))
+                .map_err(|e| e.to_string()),
+            WeightsFile::Safetensors(store) => model
+                .load_from(&mut store.filter(filter))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Loads `config.model.pretrained` into `model`.
+pub fn load<B: Backend>(
+    model: &mut ActionModel<B>,
+    config: &Config,
+    path: &Path,
+) -> Result<PretrainedReport> {
+    if !path.is_file() {
+        return Err(setting(format!(
+            "{} does not exist or is not a file",
+            path.display()
+        )));
+    }
+    let remapper = KeyRemapper::from_patterns(PYTORCH_KEY_RENAMES.to_vec())
+        .expect("the key renames are valid regular expressions");
+    let unreadable = |error: String| {
+        setting(format!(
+            "{} could not be read as weights: {error}",
+            path.display()
+        ))
+    };
+    let shapes = WeightsFile::open(path, &remapper)?
+        .shapes()
+        .map_err(unreadable)?;
+    // PyTorch's classifier weight is [classes, features].
+    let classes = config.model.model_class_num;
+    let head_reinitialised_from = shapes
+        .iter()
+        .find(|(key, _)| key == "head.weight")
+        .and_then(|(_, shape)| shape.first().copied())
+        .filter(|&file_classes| file_classes != classes);
+    let filter = if head_reinitialised_from.is_some() {
+        PathFilter::new().with_predicate(|path, _| !path.starts_with("head."))
+    } else {
+        PathFilter::new().match_all()
+    };
+    let result = WeightsFile::open(path, &remapper)?
+        .apply(model, filter)
+        .map_err(unreadable)?;
+
+    let mut problems = Vec::new();
+    let missing: Vec<&str> = result
+        .missing
+        .iter()
+        .map(|(path, _)| path.as_str())
+        .filter(|path| head_reinitialised_from.is_none() || !path.starts_with("head."))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "missing from the file ({}): {}",
+            missing.len(),
+            missing.join(", ")
+        ));
+    }
+    let unexpected: Vec<&str> = result
+        .unused
+        .iter()
+        .map(String::as_str)
+        .filter(|key| !is_ignored_pytorch_key(key))
+        .filter(|key| head_reinitialised_from.is_none() || !key.starts_with("head."))
+        .collect();
+    if !unexpected.is_empty() {
+        problems.push(format!(
+            "in the file but not in the model ({}): {}",
+            unexpected.len(),
+            unexpected.join(", ")
+        ));
+    }
+    let mis_shaped: Vec<String> = result
+        .errors
+        .iter()
+        .map(|error| match error {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "{path} (model {:?}, file {:?})",
+                expected.as_slice(),
+                found.as_slice()
+            ),
+            other => other.to_string(),
+        })
+        .collect();
+    if !mis_shaped.is_empty() {
+        problems.push(format!(
+            "not loadable ({}): {}",
+            mis_shaped.len(),
+            mis_shaped.join(", ")
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(setting(format!(
+            "{} does not fit the configured model (model.backbone = {:?}, model.resnet_depth, \
+             model.resnet_width, model.stgcn_width, data.keypoint_indices must match the \
+             network that saved it):\n  {}",
+            path.display(),
+            config.model.backbone,
+            problems.join("\n  ")
+        )));
+    }
+    Ok(PretrainedReport {
+        loaded: result.applied.len(),
+        head_reinitialised_from,
+    })
+}
