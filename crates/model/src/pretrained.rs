@@ -1,5 +1,6 @@
 //! How PyTorch state dicts name vidtrain's parameters: the key renames that carry
-//! torchvision's `r3d_18` (and its depth-10/34 siblings) and mmaction2's ST-GCN onto
+//! torchvision's `r3d_18` (and its depth-10/34 siblings), mmaction2's ST-GCN and the seed
+//! transformer of `bench/pytorch_reference.py` onto
 //! [`crate::ActionModel`]'s module paths. Pure data: reading the file is the trainer's
 //! (`vidtrain_trainer::pretrained`, through burn-store).
 
@@ -19,6 +20,18 @@ pub const PYTORCH_KEY_RENAMES: &[(&str, &str)] = &[
     (r"^(layer[1-4]\.\d+)\.downsample\.0\.", "backbone.$1.downsample.conv."),
     (r"^(layer[1-4]\.\d+)\.downsample\.1\.", "backbone.$1.downsample.norm."),
     (r"^fc\.", "head."),
+    // The seed transformer of `bench/pytorch_reference.py` (stages of Conv3d + BatchNorm3d,
+    // `nn.TransformerEncoderLayer` blocks with `norm_first`).
+    (r"^stage([12])\.0\.", "backbone.stem.conv$1."),
+    (r"^stage([12])\.1\.", "backbone.stem.norm$1."),
+    (r"^blocks\.(\d+)\.layer\.self_attn\.in_proj_(weight|bias)$", "backbone.blocks.$1.qkv.$2"),
+    (r"^blocks\.(\d+)\.layer\.self_attn\.out_proj\.", "backbone.blocks.$1.projection."),
+    (r"^blocks\.(\d+)\.layer\.norm1\.", "backbone.blocks.$1.norm_attention."),
+    (r"^blocks\.(\d+)\.layer\.norm2\.", "backbone.blocks.$1.norm_feed_forward."),
+    (r"^blocks\.(\d+)\.layer\.linear1\.", "backbone.blocks.$1.feed_forward_in."),
+    (r"^blocks\.(\d+)\.layer\.linear2\.", "backbone.blocks.$1.feed_forward_out."),
+    (r"^norm\.", "backbone.norm."),
+    (r"^head\.", "head."),
     // mmaction2's RecognizerGCN: `backbone.` (STGCN) and `cls_head.fc_cls.`.
     (r"^backbone\.(data_bn|gcn)\.", "keypoint_gcn.$1."),
     (r"^cls_head\.fc_cls\.", "head."),

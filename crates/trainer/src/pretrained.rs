@@ -162,11 +162,32 @@ pub fn load<B: Backend>(
             missing.join(", ")
         ));
     }
+    // burn-store finds BatchNorm/LayerNorm's γ and β under PyTorch's `weight` and `bias` but
+    // still lists those file keys as unused; they were used when their γ/β was applied. Applied
+    // paths carry enum variant names (`backbone.Resnet3d.…`), which file keys do not.
+    let applied: std::collections::HashSet<String> = result
+        .applied
+        .iter()
+        .map(|path| {
+            path.split('.')
+                .filter(|segment| !segment.starts_with(|c: char| c.is_ascii_uppercase()))
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .collect();
+    let used_as_norm_parameter = |key: &str| {
+        [(".weight", ".gamma"), (".bias", ".beta")]
+            .iter()
+            .any(|(pytorch, burn)| {
+                key.strip_suffix(pytorch)
+                    .is_some_and(|prefix| applied.contains(&format!("{prefix}{burn}")))
+            })
+    };
     let unexpected: Vec<&str> = result
         .unused
         .iter()
         .map(String::as_str)
-        .filter(|key| !is_ignored_pytorch_key(key))
+        .filter(|key| !is_ignored_pytorch_key(key) && !used_as_norm_parameter(key))
         .filter(|key| head_reinitialised_from.is_none() || !key.starts_with("head."))
         .collect();
     if !unexpected.is_empty() {
