@@ -249,8 +249,9 @@ fn ratio_table(report: &Value) -> String {
     text
 }
 
-/// A Python with torch: the cache venv, made (`pip install torch`) when it is missing.
-fn torch_python() -> anyhow::Result<PathBuf> {
+/// A Python with torch and torchvision: the cache venv, made (`pip install torch torchvision`)
+/// when it is missing.
+pub(crate) fn torch_python() -> anyhow::Result<PathBuf> {
     let venv = std::env::var_os("VIDTRAIN_TORCH_VENV")
         .map(PathBuf::from)
         .or_else(|| {
@@ -261,14 +262,17 @@ fn torch_python() -> anyhow::Result<PathBuf> {
     let python = venv.join("bin/python");
     let has_torch = |python: &Path| {
         Command::new(python)
-            .args(["-c", "import torch"])
+            .args(["-c", "import torch, torchvision, safetensors, numpy"])
             .output()
             .is_ok_and(|output| output.status.success())
     };
     if has_torch(&python) {
         return Ok(python);
     }
-    eprintln!("installing torch into {} (a few minutes)", venv.display());
+    eprintln!(
+        "installing torch and torchvision into {} (a few minutes)",
+        venv.display()
+    );
     let made = Command::new("python3")
         .args(["-m", "venv"])
         .arg(&venv)
@@ -278,7 +282,16 @@ fn torch_python() -> anyhow::Result<PathBuf> {
         bail!("python3 -m venv {} failed", venv.display());
     }
     let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "torch", "numpy"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "torch",
+            "torchvision",
+            "safetensors",
+            "numpy",
+        ])
         .status()
         .context("running pip")?;
     if !installed.success() || !has_torch(&python) {

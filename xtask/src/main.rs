@@ -78,11 +78,17 @@ pub(crate) fn project_root() -> PathBuf {
 }
 
 pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with(args, &[])
+}
+
+/// `cargo ARGS` with environment variables set for it (and the processes it starts).
+fn cargo_with(args: &[&str], env: &[(&str, &Path)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!("$ cargo {}", args.join(" "));
     let started = std::time::Instant::now();
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(project_root())
         .status()
         .with_context(|| format!("running {cargo}"))?;
@@ -106,8 +112,40 @@ fn ci() -> anyhow::Result<()> {
         "warnings",
     ])?;
     cargo(&["check", "-p", "trainer-cli", "--features", "cuda"])?;
-    cargo(&["test", "--release", "--workspace", "--no-fail-fast"])?;
-    Ok(())
+    // The PyTorch equality tests' fixtures: reference models with random weights, their state
+    // dicts, inputs and logits (bench/reference_fixtures.py, torch from PyPI).
+    let python = cpu_bench::torch_python()?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"));
+    let fixtures = target.join("torch-fixtures");
+    let made = Command::new(&python)
+        .arg(project_root().join("bench/reference_fixtures.py"))
+        .arg(&fixtures)
+        .status()
+        .context("running bench/reference_fixtures.py")?;
+    if !made.success() {
+        bail!("bench/reference_fixtures.py failed");
+    }
+    let env = [("VIDTRAIN_TORCH_FIXTURES", fixtures.as_path())];
+    let tests = cargo_with(
+        &["test", "--release", "--workspace", "--no-fail-fast"],
+        &env,
+    );
+    let equality = cargo_with(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "vidtrain-trainer",
+            "--test",
+            "pytorch_equality",
+            "--",
+            "--ignored",
+        ],
+        &env,
+    );
+    tests.and(equality)
 }
 
 fn demo_data(args: &[String]) -> anyhow::Result<()> {
