@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `vidtrain` binary on generated data, one module per theme, all
 //! through [`vidtrain`].
 
+mod backbones;
 mod config;
 mod datasets;
 mod faults;

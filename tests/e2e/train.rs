@@ -255,7 +255,7 @@ fn the_bundled_demo_trains_to_at_least_80_percent() {
 }
 
 /// The losses logged for each optimizer step in a run's metrics.jsonl.
-fn step_losses(run: &Path) -> Vec<(u64, f64)> {
+pub(crate) fn step_losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -270,7 +270,7 @@ fn step_losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn runs_of(experiment: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn runs_of(experiment: &Path) -> Vec<std::path::PathBuf> {
     let mut runs: Vec<_> = std::fs::read_dir(experiment)
         .unwrap()
         .flatten()
@@ -488,6 +488,30 @@ fn recompute_leaves_every_step_loss_of_a_run_unchanged_with_dropout_on() {
             "model.input_type=kpt",
             "data.load_kpt=true",
             "data.load_rgb=false",
+        ],
+        &[
+            "model.backbone=3dcnn",
+            "model.resnet_depth=10",
+            "model.resnet_width=4",
+            "model.fusion_mode=logit_mean",
+        ],
+        &[
+            "model.backbone=3dcnn",
+            "model.resnet_depth=10",
+            "model.resnet_width=4",
+            "model.fusion_mode=feature_concat",
+            "model.input_type=rgb_kpt",
+            "data.load_kpt=true",
+            "model.keypoint_backbone=stgcn",
+            "model.stgcn_width=4",
+        ],
+        &[
+            "model.backbone=stgcn",
+            "model.stgcn_width=4",
+            "model.input_type=kpt",
+            "data.load_kpt=true",
+            "data.load_rgb=false",
+            "model.fusion_mode=prob_mean",
         ],
     ];
     for (number, case) in cases.iter().enumerate() {

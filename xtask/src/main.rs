@@ -132,6 +132,7 @@ fn ci() -> anyhow::Result<()> {
         &["test", "--release", "--workspace", "--no-fail-fast"],
         &env,
     );
+    // The tests that need those fixtures (marked ignored for a plain `cargo test`).
     let equality = cargo_with(
         &[
             "test",
@@ -145,7 +146,20 @@ fn ci() -> anyhow::Result<()> {
         ],
         &env,
     );
-    tests.and(equality)
+    let pretrained_runs = cargo_with(
+        &[
+            "test",
+            "--release",
+            "-p",
+            "trainer-cli",
+            "--test",
+            "e2e",
+            "--",
+            "--ignored",
+        ],
+        &env,
+    );
+    tests.and(equality).and(pretrained_runs)
 }
 
 fn demo_data(args: &[String]) -> anyhow::Result<()> {

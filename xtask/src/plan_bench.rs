@@ -1,7 +1,8 @@
 //! `cargo xtask bench plan`: `vidtrain plan`'s predicted host peak next to the peak RSS measured
 //! by a real CPU training run of the same config, for the demo, the seed's three scenarios at
-//! reduced size (in their fp16), and the seed model and ViViT at 224 px with and without recompute,
-//! in f32 and in half precision.
+//! reduced size (in their fp16), the seed model and ViViT at 224 px with and without recompute,
+//! in f32 and in half precision, and torchvision's r3d_18 (112 px, 16 frames) and ST-GCN (64
+//! frames) with and without recompute. `BENCH_CASES=r3d,stgcn` runs only the named cases.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,6 +31,25 @@ pub fn plan() -> anyhow::Result<()> {
         "data.batch_size=4",
         "train.view=single",
         "train.video_batch_size=4",
+        "data.num_workers=0",
+    ];
+    let seed_112 = [
+        "data.img_size=112",
+        "data.batch_size=4",
+        "train.view=single",
+        "train.video_batch_size=4",
+        "data.num_workers=0",
+        "data.uniform_temporal_subsample_num=16",
+    ];
+    let r3d_18 = ["model.backbone=3dcnn", "model.resnet_depth=18"];
+    let stgcn = [
+        "model.backbone=stgcn",
+        "model.input_type=kpt",
+        "data.load_kpt=true",
+        "data.load_rgb=false",
+        "data.batch_size=16",
+        "train.view=single",
+        "data.uniform_temporal_subsample_num=64",
         "data.num_workers=0",
     ];
     // Each case: its name and the argument groups it joins (every run adds `short`).
@@ -114,9 +134,32 @@ pub fn plan() -> anyhow::Result<()> {
                 ],
             ],
         ),
+        case(
+            "r3d_18 112 px b4, none",
+            &[&on_data, &seed_112, &r3d_18, &["model.checkpoint=none"]],
+        ),
+        case(
+            "r3d_18 112 px b4, all",
+            &[&on_data, &seed_112, &r3d_18, &["model.checkpoint=all"]],
+        ),
+        case(
+            "stgcn 64 frames b16, none",
+            &[&on_data, &stgcn, &["model.checkpoint=none"]],
+        ),
+        case(
+            "stgcn 64 frames b16, all",
+            &[&on_data, &stgcn, &["model.checkpoint=all"]],
+        ),
     ];
+    // `BENCH_CASES=r3d,stgcn` runs only the cases whose name contains one of the words.
+    let only: Vec<String> = std::env::var("BENCH_CASES")
+        .map(|words| words.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let mut rows = Vec::new();
     for (number, (name, args)) in cases.iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|word| name.contains(word.as_str())) {
+            continue;
+        }
         let experiment = format!("experiment=plan-{number}");
         let mut plan_args = vec![
             "plan".to_string(),

@@ -87,13 +87,15 @@ impl ActionModelConfig {
         let uses_rgb = model.input_type != InputType::Kpt;
         let uses_keypoints = model.input_type != InputType::Rgb;
         let backbone = match model.backbone {
-            Backbone::Transformer => Some(BackboneConfig::Transformer(VideoTransformerConfig::new(
-                model.transformer_dim,
-                model.transformer_layers,
-                model.transformer_heads,
-                model.transformer_ff_dim,
-                model.transformer_dropout,
-            ))),
+            Backbone::Transformer => {
+                Some(BackboneConfig::Transformer(VideoTransformerConfig::new(
+                    model.transformer_dim,
+                    model.transformer_layers,
+                    model.transformer_heads,
+                    model.transformer_ff_dim,
+                    model.transformer_dropout,
+                )))
+            }
             Backbone::Vivit => Some(BackboneConfig::Vivit(VivitConfig::new(
                 model.transformer_dim,
                 model.transformer_layers,
@@ -126,11 +128,13 @@ impl ActionModelConfig {
                     model.transformer_dropout,
                 ))
             }
-            KeypointBackboneKind::Stgcn => KeypointBackboneConfig::Stgcn(StgcnConfig::for_skeleton(
-                &skeleton(config),
-                model.stgcn_width,
-                model.transformer_dropout,
-            )),
+            KeypointBackboneKind::Stgcn => {
+                KeypointBackboneConfig::Stgcn(StgcnConfig::for_skeleton(
+                    &skeleton(config),
+                    model.stgcn_width,
+                    model.transformer_dropout,
+                ))
+            }
         };
         Self {
             backbone: backbone.filter(|_| uses_rgb),

@@ -17,19 +17,43 @@ pub const PYTORCH_KEY_RENAMES: &[(&str, &str)] = &[
     (r"^(layer[1-4]\.\d+)\.conv1\.1\.", "backbone.$1.bn1."),
     (r"^(layer[1-4]\.\d+)\.conv2\.0\.", "backbone.$1.conv2."),
     (r"^(layer[1-4]\.\d+)\.conv2\.1\.", "backbone.$1.bn2."),
-    (r"^(layer[1-4]\.\d+)\.downsample\.0\.", "backbone.$1.downsample.conv."),
-    (r"^(layer[1-4]\.\d+)\.downsample\.1\.", "backbone.$1.downsample.norm."),
+    (
+        r"^(layer[1-4]\.\d+)\.downsample\.0\.",
+        "backbone.$1.downsample.conv.",
+    ),
+    (
+        r"^(layer[1-4]\.\d+)\.downsample\.1\.",
+        "backbone.$1.downsample.norm.",
+    ),
     (r"^fc\.", "head."),
     // The seed transformer of `bench/pytorch_reference.py` (stages of Conv3d + BatchNorm3d,
     // `nn.TransformerEncoderLayer` blocks with `norm_first`).
     (r"^stage([12])\.0\.", "backbone.stem.conv$1."),
     (r"^stage([12])\.1\.", "backbone.stem.norm$1."),
-    (r"^blocks\.(\d+)\.layer\.self_attn\.in_proj_(weight|bias)$", "backbone.blocks.$1.qkv.$2"),
-    (r"^blocks\.(\d+)\.layer\.self_attn\.out_proj\.", "backbone.blocks.$1.projection."),
-    (r"^blocks\.(\d+)\.layer\.norm1\.", "backbone.blocks.$1.norm_attention."),
-    (r"^blocks\.(\d+)\.layer\.norm2\.", "backbone.blocks.$1.norm_feed_forward."),
-    (r"^blocks\.(\d+)\.layer\.linear1\.", "backbone.blocks.$1.feed_forward_in."),
-    (r"^blocks\.(\d+)\.layer\.linear2\.", "backbone.blocks.$1.feed_forward_out."),
+    (
+        r"^blocks\.(\d+)\.layer\.self_attn\.in_proj_(weight|bias)$",
+        "backbone.blocks.$1.qkv.$2",
+    ),
+    (
+        r"^blocks\.(\d+)\.layer\.self_attn\.out_proj\.",
+        "backbone.blocks.$1.projection.",
+    ),
+    (
+        r"^blocks\.(\d+)\.layer\.norm1\.",
+        "backbone.blocks.$1.norm_attention.",
+    ),
+    (
+        r"^blocks\.(\d+)\.layer\.norm2\.",
+        "backbone.blocks.$1.norm_feed_forward.",
+    ),
+    (
+        r"^blocks\.(\d+)\.layer\.linear1\.",
+        "backbone.blocks.$1.feed_forward_in.",
+    ),
+    (
+        r"^blocks\.(\d+)\.layer\.linear2\.",
+        "backbone.blocks.$1.feed_forward_out.",
+    ),
     (r"^norm\.", "backbone.norm."),
     (r"^head\.", "head."),
     // mmaction2's RecognizerGCN: `backbone.` (STGCN) and `cls_head.fc_cls.`.

@@ -848,7 +848,11 @@ mod tests {
         let _rng = crate::rng_lock();
         for (backbone, input, fusion) in [
             (Backbone::Resnet3d, InputType::Rgb, FusionMode::LogitMean),
-            (Backbone::Resnet3d, InputType::Rgb, FusionMode::FeatureConcat),
+            (
+                Backbone::Resnet3d,
+                InputType::Rgb,
+                FusionMode::FeatureConcat,
+            ),
             (Backbone::Stgcn, InputType::Kpt, FusionMode::ProbMean),
             (Backbone::Stgcn, InputType::RgbKpt, FusionMode::FeatureMean),
         ] {
@@ -1001,8 +1005,7 @@ mod tests {
             assert!(!stem.recomputed_by(Encoder) && !stem.recomputed_by(None));
         }
         assert!(
-            SegmentKind::Block.recomputed_by(Encoder)
-                && !SegmentKind::Block.recomputed_by(Stem)
+            SegmentKind::Block.recomputed_by(Encoder) && !SegmentKind::Block.recomputed_by(Stem)
         );
         assert!(!SegmentKind::Bridge.recomputed_by(All));
     }

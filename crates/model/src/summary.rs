@@ -301,7 +301,9 @@ impl ActionModelConfig {
             Some(KeypointBackboneConfig::Transformer(config)) => {
                 push_keypoint_transformer(&mut layers, config, clips, t)
             }
-            Some(KeypointBackboneConfig::Stgcn(config)) => push_stgcn(&mut layers, config, clips, t),
+            Some(KeypointBackboneConfig::Stgcn(config)) => {
+                push_stgcn(&mut layers, config, clips, t)
+            }
             None => {}
         }
         let features = match self.fusion {
@@ -620,8 +622,12 @@ impl ActivationCosts {
             // the size of its input.
             LayerRole::ResidualBlock { downsample } => {
                 let norms = if downsample { 3 } else { 2 };
-                Self::new(input + (norms + 2) * output, 2 * output, 2 * input + 3 * output)
-                    .inference(2 * output)
+                Self::new(
+                    input + (norms + 2) * output,
+                    2 * output,
+                    2 * input + 3 * output,
+                )
+                .inference(2 * output)
             }
             // The permuted copy of the keypoints and BatchNorm's centred values.
             LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),
@@ -653,8 +659,8 @@ impl ActivationCosts {
 mod tests {
     use super::*;
     use crate::recompute::Activation;
-    use crate::{TestBackend, VideoTransformerConfig, VivitConfig};
     use crate::{Resnet3dConfig, StgcnConfig};
+    use crate::{TestBackend, VideoTransformerConfig, VivitConfig};
     use burn::prelude::*;
     use burn::tensor::Distribution;
     use vidtrain_config::ModalityFusion;

@@ -369,6 +369,8 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
             });
         }
     }
+    // A weights file that does not fit is refused before a run folder exists.
+    pretrained::check(config)?;
     let run_dir = RunDir::create(&config.paths.run_dir, &config.experiment)?;
     // The fully resolved config goes in first, so every run can be reproduced from its folder.
     run_dir.write("config.toml", config.to_toml().as_bytes())?;

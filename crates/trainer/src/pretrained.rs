@@ -109,6 +109,18 @@ impl WeightsFile {
     }
 }
 
+/// Checks, before a run starts, that `model.pretrained` (when set) loads into the configured
+/// model: the same load into a throwaway CPU model.
+pub fn check(config: &Config) -> Result<()> {
+    if config.model.pretrained.is_empty() {
+        return Ok(());
+    }
+    let device = Default::default();
+    let mut model: ActionModel<burn::backend::Flex> =
+        vidtrain_model::ActionModelConfig::from_config(config).init(&device);
+    load(&mut model, config, Path::new(&config.model.pretrained)).map(|_| ())
+}
+
 /// Loads `config.model.pretrained` into `model`.
 pub fn load<B: Backend>(
     model: &mut ActionModel<B>,

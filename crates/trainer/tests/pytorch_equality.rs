@@ -17,9 +17,10 @@ use vidtrain_model::{ActionModel, ActionModelConfig};
 const WHY_IGNORED: &str = "needs PyTorch fixtures: run through `cargo xtask ci`";
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(std::env::var_os("VIDTRAIN_TORCH_FIXTURES").unwrap_or_else(|| {
-        panic!("VIDTRAIN_TORCH_FIXTURES is not set ({WHY_IGNORED})")
-    }))
+    PathBuf::from(
+        std::env::var_os("VIDTRAIN_TORCH_FIXTURES")
+            .unwrap_or_else(|| panic!("VIDTRAIN_TORCH_FIXTURES is not set ({WHY_IGNORED})")),
+    )
 }
 
 struct Fixture {
@@ -84,7 +85,10 @@ fn logits(fixture: &Fixture, weights: &Path) -> (Vec<f32>, usize) {
         6 => model.forward(Some(Tensor::from_data(input, &device)), None),
         _ => model.forward(None, Some(Tensor::from_data(input, &device))),
     };
-    (scores.into_data().to_vec::<f32>().unwrap(), trainable(&config))
+    (
+        scores.into_data().to_vec::<f32>().unwrap(),
+        trainable(&config),
+    )
 }
 
 /// Parameters PyTorch counts (`requires_grad`) in the model `config` builds: Burn's count less
@@ -110,8 +114,18 @@ fn assert_same_logits(name: &str, weights: &str) {
     let (got, parameters) = logits(&fixture, &fixtures().join(weights));
     assert_eq!(parameters, fixture.parameters, "{name}: parameter count");
     assert_eq!(got.len(), fixture.logits.len());
-    let norm = |values: &[f32]| values.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-    let difference: Vec<f32> = got.iter().zip(&fixture.logits).map(|(a, b)| a - b).collect();
+    let norm = |values: &[f32]| {
+        values
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let difference: Vec<f32> = got
+        .iter()
+        .zip(&fixture.logits)
+        .map(|(a, b)| a - b)
+        .collect();
     let relative = norm(&difference) / norm(&fixture.logits);
     assert!(
         relative <= 1e-4,

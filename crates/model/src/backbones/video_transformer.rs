@@ -5,9 +5,9 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
+use crate::layers::stem::{StemStep, VideoStem, VideoStemConfig};
 use crate::precision::{layer_norm, like, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
-use crate::layers::stem::{StemStep, VideoStem, VideoStemConfig};
 
 /// Configuration of a [`VideoTransformer`].
 #[derive(Config, Debug)]

@@ -53,7 +53,10 @@ pub(crate) fn batch_norm_channels<B: Backend, const D: usize>(
     let dims = x.dims();
     let dtype = x.dtype();
     let rest = dims[2..].iter().product::<usize>();
-    let normalized = batch_norm(norm, x.reshape([dims[0], dims[1], rest]).cast(FloatDType::F32));
+    let normalized = batch_norm(
+        norm,
+        x.reshape([dims[0], dims[1], rest]).cast(FloatDType::F32),
+    );
     normalized.cast(dtype).reshape(dims)
 }
 

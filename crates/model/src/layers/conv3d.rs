@@ -220,7 +220,9 @@ mod tests {
             ))
             .init::<B>(&device);
         theirs.weight = Param::from_tensor(ours.weight.val().detach());
-        theirs.bias = Some(Param::from_tensor(ours.bias.as_ref().unwrap().val().detach()));
+        theirs.bias = Some(Param::from_tensor(
+            ours.bias.as_ref().unwrap().val().detach(),
+        ));
 
         let input =
             Tensor::<B, 5>::random([2, channels_in, 5, 11, 10], Distribution::Default, &device);

@@ -301,7 +301,11 @@ mod tests {
         let skeleton = Skeleton::sam3d_body_52();
         skeleton.check().unwrap();
         assert_eq!(skeleton.joints, 52);
-        assert_eq!(skeleton.edges.len(), 51, "a tree over 52 joints has 51 edges");
+        assert_eq!(
+            skeleton.edges.len(),
+            51,
+            "a tree over 52 joints has 51 edges"
+        );
         assert!(
             skeleton.hops_from_center().iter().all(|&h| h != usize::MAX),
             "every joint reaches the neck"
@@ -328,7 +332,10 @@ mod tests {
         for k in 1..3 {
             for column in 0..v {
                 let sum: f32 = (0..v).map(|row| at(k, row, column)).sum();
-                assert!(sum == 0.0 || (sum - 1.0).abs() < 1e-6, "k {k} column {column}");
+                assert!(
+                    sum == 0.0 || (sum - 1.0).abs() < 1e-6,
+                    "k {k} column {column}"
+                );
             }
         }
     }
