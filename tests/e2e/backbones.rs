@@ -2,13 +2,13 @@
 //! refused before anything starts (exit 2, the key named, no run folder), each trains, and
 //! `model.pretrained` starts a run from PyTorch weights.
 
-use crate::train::{TINY_MODEL, small_dataset, step_losses};
+use crate::train::{TINY_MODEL, read_json, small_dataset, step_losses};
 use crate::{assert_clean_failure, assert_stderr_contains, scratch, stderr, vidtrain};
 
 /// `vidtrain train` on the small dataset with `extra`; returns the output.
 fn train(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let config = small_dataset(dir);
-    let mut args = vec!["train", "--config", config.as_str(), "train.max_steps=2"];
+    let mut args = vec!["train", "--config", config.as_str()];
     args.extend(TINY_MODEL);
     args.extend_from_slice(extra);
     vidtrain(dir, &args)
@@ -64,7 +64,7 @@ fn impossible_backbone_settings_are_refused_before_a_run_starts() {
         ),
     ];
     for (extra, key) in cases {
-        let output = train(&dir, extra);
+        let output = train(&dir, &[&extra[..], &["train.max_steps=2"]].concat());
         assert_clean_failure(&output, 2);
         assert_stderr_contains(&output, key);
         assert!(
@@ -99,12 +99,30 @@ fn each_new_backbone_trains_with_every_input_it_takes() {
     ];
     for (number, case) in cases.iter().enumerate() {
         let experiment = format!("experiment=case-{number}");
-        let output = train(&dir, &[&case[..], &[experiment.as_str()]].concat());
+        let output = train(
+            &dir,
+            &[&case[..], &[experiment.as_str(), "train.max_epochs=1"]].concat(),
+        );
         assert!(output.status.success(), "{case:?}: {}", stderr(&output));
-        let runs = crate::train::runs_of(&dir.join(format!("runs/case-{number}")));
-        let losses = step_losses(&runs[0]);
-        assert_eq!(losses.len(), 2, "{case:?}");
+        let run = &crate::train::runs_of(&dir.join(format!("runs/case-{number}")))[0];
+        let losses = step_losses(run);
+        assert!(!losses.is_empty(), "{case:?}");
         assert!(losses.iter().all(|(_, loss)| loss.is_finite()), "{case:?}");
+        // One epoch: eval of the saved model reproduces the validation accuracy.
+        let summary = read_json(&run.join("summary.json"));
+        let out = format!("eval-{number}");
+        let output = vidtrain(
+            &dir,
+            &["eval", "--checkpoint", run.to_str().unwrap(), "--out", &out],
+        );
+        assert!(output.status.success(), "{case:?}: {}", stderr(&output));
+        let report = read_json(&dir.join(&out).join("metrics.json"));
+        let accuracy = report["metrics"]["accuracy"].as_f64().unwrap();
+        assert!(
+            (accuracy - summary["val_accuracy"].as_f64().unwrap()).abs() < 1e-9,
+            "{case:?}: eval {accuracy} vs {}",
+            summary["val_accuracy"]
+        );
     }
 }
 
@@ -127,6 +145,7 @@ fn training_starts_from_torchvision_weights_and_refuses_a_file_of_another_depth(
     let output = train(
         &dir,
         &[
+            "train.max_steps=1",
             "model.backbone=3dcnn",
             "model.resnet_depth=18",
             "model.resnet_width=64",
@@ -141,6 +160,7 @@ fn training_starts_from_torchvision_weights_and_refuses_a_file_of_another_depth(
     let output = train(
         &other,
         &[
+            "train.max_steps=1",
             "model.backbone=3dcnn",
             "model.resnet_depth=34",
             weights.as_str(),
