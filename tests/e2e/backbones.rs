@@ -51,7 +51,8 @@ fn impossible_backbone_settings_are_refused_before_a_run_starts() {
         (
             &[
                 "model.backbone=3dcnn",
-                "model.resnet_width=4",
+                // 64 wide against the keypoint transformer's 32.
+                "model.resnet_width=8",
                 "model.input_type=rgb_kpt",
                 "data.load_kpt=true",
                 "model.modality_fusion=mean",
