@@ -7,7 +7,7 @@ and `NAME.safetensors` for one of them), and one input with the logits PyTorch c
 in evaluation mode, f32 (`NAME.json`). `crates/trainer/tests/pytorch_equality.rs` loads each
 state dict through `model.pretrained` and compares vidtrain's logits (relative 1e-4).
 
-- `r3d_18`: torchvision's `r3d_18` (33.4 M parameters with 400 classes; here 9 classes).
+- `r3d_18`: torchvision's `r3d_18` as torchvision builds it (400 classes, 33.4 M parameters).
 - `stgcn`: ST-GCN written here from mmaction2's `STGCN` / `STGCNBlock` / `unit_gcn` /
   `unit_tcn` (`data_bn_type='VC'`, `adaptive='importance'`, spatial partitions), with its
   parameter names, on COCO-17 with mmaction2's `inward` edge list and its graph normalisation.
@@ -201,12 +201,14 @@ def main():
 
     import torchvision
 
-    r3d = torchvision.models.video.r3d_18(weights=None, num_classes=CLASSES)
+    # torchvision's own head: 400 Kinetics classes (a run on 9 classes starts its head fresh).
+    r3d = torchvision.models.video.r3d_18(weights=None)
     randomise_buffers(r3d, generator)
     clip = torch.rand(2, 8, 48, 48, 3, generator=generator)  # [n, t, h, w, 3]
     write(
         out, "r3d_18", r3d, clip.permute(0, 4, 1, 2, 3).contiguous(), clip[:, None],
         {"model.backbone": "3dcnn", "model.resnet_depth": 18, "model.resnet_width": 64,
+         "model.model_class_num": 400, "data.class_names": [f"class_{i}" for i in range(400)],
          "model.input_type": "rgb", "data.img_size": 48, "data.uniform_temporal_subsample_num": 8},
         safetensors=True,
     )
