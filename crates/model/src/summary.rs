@@ -631,21 +631,26 @@ impl ActivationCosts {
             }
             // The permuted copy of the keypoints and BatchNorm's centred values.
             LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),
-            // The 1×1 convolution keeps its input and its `partitions`-wide output feeds the
-            // graph matmul (kept); BatchNorm centred values and ReLU output after the graph and
-            // after the temporal convolution (which keeps its input), the dropout mask, the
-            // residual convolution's BatchNorm.
+            // Op by op, a block keeps its input, the 1×1 convolution's `partitions`-wide output
+            // (the graph matmul's operand), BatchNorm's centred values and ReLU outputs, the
+            // dropout mask and the residual's BatchNorm: about `partitions + 6` outputs. The
+            // measured peaks are lower (`cargo xtask bench plan`, ST-GCN at 64 frames, batch 16:
+            // about `partitions + 1` outputs per block, some of those operands being shared or
+            // freed early), and the rule follows the measurement, a dropout mask on top. A
+            // replayed block peaks at its input and about three outputs.
             LayerRole::GraphBlock {
                 partitions,
                 residual_conv,
             } => {
-                let copies = partitions + 5 + usize::from(dropout) + usize::from(residual_conv);
-                Self::new(
+                let copies = partitions + 1 + usize::from(dropout);
+                let mut costs = Self::new(
                     input + copies * output,
-                    (partitions + 1) * output,
-                    2 * input + (partitions + 2) * output,
+                    2 * output,
+                    input + (1 + usize::from(residual_conv)) * output,
                 )
-                .inference((partitions + 1) * output)
+                .inference((partitions + 1) * output);
+                costs.replay_peak = input + 3 * output;
+                costs
             }
             // After a pool the features pass as they are (the input is already `[clips, dim]`);
             // otherwise LayerNorm (3 kept values) and the mean over tokens.
