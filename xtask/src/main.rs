@@ -132,26 +132,16 @@ fn ci() -> anyhow::Result<()> {
         &["test", "--release", "--workspace", "--no-fail-fast"],
         &env,
     );
-    // The tests that need those fixtures (marked ignored for a plain `cargo test`).
-    let equality = cargo_with(
+    // The tests that need those fixtures (marked ignored for a plain `cargo test`). Selected
+    // from the whole workspace, so that features unify as in the run above and nothing is
+    // rebuilt.
+    let with_fixtures = cargo_with(
         &[
             "test",
             "--release",
-            "-p",
-            "vidtrain-trainer",
+            "--workspace",
             "--test",
             "pytorch_equality",
-            "--",
-            "--ignored",
-        ],
-        &env,
-    );
-    let pretrained_runs = cargo_with(
-        &[
-            "test",
-            "--release",
-            "-p",
-            "trainer-cli",
             "--test",
             "e2e",
             "--",
@@ -159,7 +149,7 @@ fn ci() -> anyhow::Result<()> {
         ],
         &env,
     );
-    tests.and(equality).and(pretrained_runs)
+    tests.and(with_fixtures)
 }
 
 fn demo_data(args: &[String]) -> anyhow::Result<()> {
