@@ -400,18 +400,34 @@ pub enum Accelerator {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// Architecture: `transformer` (the seed's conv-stem video transformer), `vivit`, `3dcnn`
-    /// (torchvision's 3-D ResNet, `model.resnet_depth`) or `stgcn` (ST-GCN on keypoints, with
-    /// `input_type = "kpt"`).
+    /// (torchvision's 3-D ResNet, `model.resnet_depth`), `stgcn` (ST-GCN on keypoints, with
+    /// `input_type = "kpt"`) or `mamba` (VideoMamba; with `input_type = "kpt"`, Mamba over frames).
     pub backbone: Backbone,
     /// Depth of the `3dcnn` backbone: 10, 18 (torchvision's `r3d_18`) or 34.
     pub resnet_depth: usize,
     /// Channels of the `3dcnn` stem and first stage (torchvision: 64; stages double it).
     pub resnet_width: usize,
-    /// The keypoint encoder when keypoints are read: `transformer` (over frames) or `stgcn`
-    /// (`model.backbone = "stgcn"` implies it).
+    /// The keypoint encoder when keypoints are read: `transformer` (over frames), `stgcn` or
+    /// `mamba` (over frames). `model.backbone = "stgcn"` implies `stgcn`, and `"mamba"` with
+    /// `input_type = "kpt"` implies `mamba`.
     pub keypoint_backbone: KeypointBackboneKind,
     /// Channels of ST-GCN's first blocks (mmaction2: 64; blocks 5 and 8 double it).
     pub stgcn_width: usize,
+    /// Token width D of the Mamba backbone (VideoMamba-Ti: 192).
+    pub mamba_dim: usize,
+    /// Mamba blocks (VideoMamba-Ti: 24).
+    pub mamba_layers: usize,
+    /// State size N of each channel's selective scan (16).
+    pub mamba_state: usize,
+    /// Inner width of a Mamba block as a multiple of `mamba_dim` (2).
+    pub mamba_expand: usize,
+    /// Kernel of a Mamba block's causal depthwise convolution (4).
+    pub mamba_conv_kernel: usize,
+    /// A backward scan beside the forward one in every block (VideoMamba); `false`: causal Mamba.
+    pub mamba_bidirectional: bool,
+    /// Steps per chunk of the selective scan: a recomputed block holds one chunk's states at a
+    /// time, so smaller chunks lower the peak and add sequential carries.
+    pub mamba_chunk: usize,
     /// ST-GCN's skeleton over the joints of `data.keypoint_indices`: `sam3d_body_52` (the seed's
     /// 52 SAM-3D-body joints), `coco17`, or `custom` (`model.skeleton_edges`).
     pub skeleton: SkeletonLayout,
@@ -459,6 +475,13 @@ impl Default for ModelConfig {
             resnet_width: 64,
             keypoint_backbone: KeypointBackboneKind::Transformer,
             stgcn_width: 64,
+            mamba_dim: 192,
+            mamba_layers: 24,
+            mamba_state: 16,
+            mamba_expand: 2,
+            mamba_conv_kernel: 4,
+            mamba_bidirectional: true,
+            mamba_chunk: 32,
             skeleton: SkeletonLayout::Sam3dBody52,
             skeleton_edges: Vec::new(),
             skeleton_center: 0,
@@ -491,10 +514,10 @@ impl ModelConfig {
 
     /// The keypoint encoder in effect.
     pub fn keypoint_encoder(&self) -> KeypointBackboneKind {
-        if self.backbone == Backbone::Stgcn {
-            KeypointBackboneKind::Stgcn
-        } else {
-            self.keypoint_backbone
+        match (self.backbone, self.input_type) {
+            (Backbone::Stgcn, _) => KeypointBackboneKind::Stgcn,
+            (Backbone::Mamba, InputType::Kpt) => KeypointBackboneKind::Mamba,
+            _ => self.keypoint_backbone,
         }
     }
 
@@ -503,10 +526,11 @@ impl ModelConfig {
         match self.backbone {
             // Padded convolutions take any size (as torchvision's); ST-GCN reads no frames.
             Backbone::Resnet3d | Backbone::Stgcn => 1,
+            Backbone::Mamba if self.input_type == InputType::Kpt => 1,
             // Two stride-2 convolutions in the stem.
             Backbone::Transformer => 4,
             // Square frames: a multiple of both the tubelet's height and width.
-            Backbone::Vivit => {
+            Backbone::Vivit | Backbone::Mamba => {
                 let [_, height, width] = self.tubelet_size;
                 let gcd = |mut a: usize, mut b: usize| {
                     while b != 0 {
@@ -534,6 +558,9 @@ pub enum Backbone {
     Resnet3d,
     /// ST-GCN on the keypoints (`input_type = "kpt"`).
     Stgcn,
+    /// VideoMamba: tubelet embedding → spatial and temporal positions → bidirectional Mamba
+    /// blocks → mean pool; with `input_type = "kpt"`, Mamba blocks over frames.
+    Mamba,
 }
 
 /// `model.keypoint_backbone`.
@@ -544,6 +571,8 @@ pub enum KeypointBackboneKind {
     Transformer,
     /// ST-GCN over the skeleton (`model.skeleton`).
     Stgcn,
+    /// Each frame's joints flattened into a token → bidirectional Mamba blocks over time.
+    Mamba,
 }
 
 /// `model.skeleton`.
@@ -750,7 +779,9 @@ impl Config {
             );
         }
         let tubelet_frames = self.model.tubelet_size[0];
-        if self.model.backbone == Backbone::Vivit
+        let tubelets = self.model.backbone == Backbone::Vivit
+            || (self.model.backbone == Backbone::Mamba && self.model.input_type != InputType::Kpt);
+        if tubelets
             && !data
                 .uniform_temporal_subsample_num
                 .is_multiple_of(tubelet_frames)
@@ -758,8 +789,9 @@ impl Config {
             return invalid(
                 "data.uniform_temporal_subsample_num",
                 format!(
-                    "must be a multiple of model.tubelet_size[0] = {tubelet_frames} for the vivit \
+                    "must be a multiple of model.tubelet_size[0] = {tubelet_frames} for the {:?} \
                      backbone, got {}",
+                    self.model.backbone,
                     data.uniform_temporal_subsample_num
                 ),
             );
@@ -949,6 +981,11 @@ impl Config {
         for (key, value) in [
             ("model.resnet_width", model.resnet_width),
             ("model.stgcn_width", model.stgcn_width),
+            ("model.mamba_dim", model.mamba_dim),
+            ("model.mamba_state", model.mamba_state),
+            ("model.mamba_expand", model.mamba_expand),
+            ("model.mamba_conv_kernel", model.mamba_conv_kernel),
+            ("model.mamba_chunk", model.mamba_chunk),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1, got 0".into());
@@ -968,11 +1005,13 @@ impl Config {
         if model.input_type == InputType::RgbKpt && model.modality_fusion == ModalityFusion::Mean {
             let rgb = match model.backbone {
                 Backbone::Resnet3d => 8 * model.resnet_width,
+                Backbone::Mamba => model.mamba_dim,
                 _ => model.transformer_dim,
             };
             let keypoints = match model.keypoint_encoder() {
                 KeypointBackboneKind::Stgcn => 4 * model.stgcn_width,
                 KeypointBackboneKind::Transformer => model.transformer_dim,
+                KeypointBackboneKind::Mamba => model.mamba_dim,
             };
             if rgb != keypoints {
                 return invalid(
@@ -980,7 +1019,7 @@ impl Config {
                     format!(
                         "\"mean\" averages the RGB and keypoint features, but they are {rgb} and \
                          {keypoints} wide; use \"concat\", or match the widths \
-                         (3dcnn: 8 × model.resnet_width, stgcn: 4 × model.stgcn_width)"
+                         (3dcnn: 8 × model.resnet_width, stgcn: 4 × model.stgcn_width, mamba: model.mamba_dim)"
                     ),
                 );
             }

@@ -1,5 +1,6 @@
 //! vidtrain's models as Burn modules, generic over the backend: RGB backbones (the seed's video
-//! transformer, ViViT, torchvision's 3-D ResNet) and keypoint encoders (a transformer, ST-GCN)
+//! transformer, ViViT, torchvision's 3-D ResNet, VideoMamba) and keypoint encoders (a
+//! transformer, ST-GCN, Mamba)
 //! in `backbones/`, the layers they share in `layers/`, multi-view and RGB+keypoint fusion
 //! (here), activation recompute (`recompute`), mixed precision (`precision`), the layer summary
 //! the memory plan prices (`summary`) and PyTorch weight import (`pretrained`).
@@ -19,6 +20,7 @@ use vidtrain_config::{Backbone, FusionMode, InputType, KeypointBackboneKind, Mod
 
 use backbones::KeypointBackbone;
 pub use backbones::keypoint_transformer::{KeypointEncoder, KeypointEncoderConfig};
+pub use backbones::mamba::{KeypointMamba, KeypointMambaConfig, VideoMamba, VideoMambaConfig};
 pub use backbones::resnet3d::{Resnet3d, Resnet3dConfig};
 pub use backbones::stgcn::{Stgcn, StgcnConfig};
 pub use backbones::video_transformer::{VideoTransformer, VideoTransformerConfig};
@@ -27,6 +29,7 @@ pub use backbones::{BackboneConfig, KeypointBackboneConfig, VideoBackbone};
 pub use layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 pub use layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 pub use layers::graph::Skeleton;
+pub use layers::mamba::{MambaBlock, MambaBlockConfig};
 pub use layers::stem::{StemStep, VideoStem, VideoStemConfig};
 use recompute::Chain;
 pub use recompute::{Activation, SegmentKind};
@@ -57,6 +60,16 @@ pub fn skeleton(config: &vidtrain_config::Config) -> Skeleton {
             center: config.model.skeleton_center,
         },
     }
+}
+
+/// The Mamba block `model.mamba_*` describes.
+fn mamba_block(model: &vidtrain_config::ModelConfig) -> MambaBlockConfig {
+    MambaBlockConfig::new(model.mamba_dim)
+        .with_state(model.mamba_state)
+        .with_expand(model.mamba_expand)
+        .with_conv_kernel(model.mamba_conv_kernel)
+        .with_bidirectional(model.mamba_bidirectional)
+        .with_chunk(model.mamba_chunk)
 }
 
 /// Configuration of an [`ActionModel`]: per-view encoders shared by all views, modality fusion,
@@ -114,6 +127,19 @@ impl ActionModelConfig {
                 model.resnet_width,
                 model.transformer_dropout,
             ))),
+            Backbone::Mamba => Some(BackboneConfig::Mamba(
+                VideoMambaConfig::new(
+                    mamba_block(model),
+                    model.mamba_layers,
+                    model.tubelet_size,
+                    [
+                        config.data.uniform_temporal_subsample_num,
+                        config.data.img_size,
+                        config.data.img_size,
+                    ],
+                )
+                .with_dropout(model.transformer_dropout),
+            )),
             // ST-GCN reads keypoints only (config validation insists on `input_type = "kpt"`).
             Backbone::Stgcn => None,
         };
@@ -135,6 +161,14 @@ impl ActionModelConfig {
                     model.transformer_dropout,
                 ))
             }
+            KeypointBackboneKind::Mamba => KeypointBackboneConfig::Mamba(
+                KeypointMambaConfig::new(
+                    config.data.keypoint_indices.len(),
+                    mamba_block(model),
+                    model.mamba_layers,
+                )
+                .with_dropout(model.transformer_dropout),
+            ),
         };
         Self {
             backbone: backbone.filter(|_| uses_rgb),
@@ -189,6 +223,10 @@ impl ActionModelConfig {
                 Some(KeypointBackboneConfig::Stgcn(config)) => Some(config.init(device)),
                 _ => None,
             },
+            keypoint_mamba: match &self.keypoint_encoder {
+                Some(KeypointBackboneConfig::Mamba(config)) => Some(config.init(device)),
+                _ => None,
+            },
             dropout: DropoutConfig::new(self.dropout()).init(),
             head: LinearConfig::new(feature_dim, self.classes).init(device),
             fusion: self.fusion,
@@ -206,6 +244,8 @@ pub struct ActionModel<B: Backend> {
     /// ST-GCN, when it is the keypoint encoder (a field of its own, so that weights saved
     /// before it existed still load).
     keypoint_gcn: Option<Stgcn<B>>,
+    /// Mamba over frames, when it is the keypoint encoder.
+    keypoint_mamba: Option<KeypointMamba<B>>,
     dropout: Dropout,
     head: Linear<B>,
     #[module(skip)]
@@ -278,15 +318,18 @@ impl<B: Backend> ActionModel<B> {
     }
 
     fn keypoint(&self) -> KeypointBackbone<'_, B> {
-        match (&self.keypoint_encoder, &self.keypoint_gcn) {
-            (Some(encoder), _) => KeypointBackbone::Transformer(encoder),
-            (None, Some(gcn)) => KeypointBackbone::Stgcn(gcn),
-            (None, None) => panic!("the model has a keypoint encoder"),
+        match (&self.keypoint_encoder, &self.keypoint_gcn, &self.keypoint_mamba) {
+            (Some(encoder), _, _) => KeypointBackbone::Transformer(encoder),
+            (None, Some(gcn), _) => KeypointBackbone::Stgcn(gcn),
+            (None, None, Some(mamba)) => KeypointBackbone::Mamba(mamba),
+            (None, None, None) => panic!("the model has a keypoint encoder"),
         }
     }
 
     fn has_keypoint_encoder(&self) -> bool {
-        self.keypoint_encoder.is_some() || self.keypoint_gcn.is_some()
+        self.keypoint_encoder.is_some()
+            || self.keypoint_gcn.is_some()
+            || self.keypoint_mamba.is_some()
     }
 
     /// Each encoder's input with views folded into the batch, and `(batch, views)`.
@@ -337,6 +380,13 @@ impl<B: Backend> ActionModel<B> {
         match chain {
             Chain::Rgb => self.rgb().encoder_block(index),
             Chain::Keypoints => self.keypoint().encoder_block(index),
+        }
+    }
+
+    pub(crate) fn mamba_block(&self, chain: Chain, index: usize) -> Option<&MambaBlock<B>> {
+        match chain {
+            Chain::Rgb => self.rgb().mamba_block(index),
+            Chain::Keypoints => self.keypoint().mamba_block(index),
         }
     }
 

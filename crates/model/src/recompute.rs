@@ -10,8 +10,9 @@
 //! Gradients equal those of one plain backward.
 //!
 //! Replays are shaped to keep their own peak small: a per-clip segment (ViViT's tubelet
-//! embedding) is replayed one clip at a time, and an encoder block's attention one query block at
-//! a time, so the `[batch, heads, tokens, tokens]` scores never exist whole.
+//! embedding) is replayed one clip at a time, an encoder block's attention one query block at
+//! a time, so the `[batch, heads, tokens, tokens]` scores never exist whole, and a Mamba block's
+//! selective scan one chunk at a time, so its `[batch, tokens, inner, state]` states never do.
 //!
 //! The seed stem's steps (convolutions, BatchNorm + ReLU) are neither kept nor replayed: in every
 //! mode each runs untracked, keeps only its input, and is differentiated by hand
@@ -28,6 +29,8 @@ use vidtrain_config::CheckpointMode;
 
 use crate::ActionModel;
 use crate::layers::encoder::{EncoderBlock, query_block_seed, query_blocks};
+use crate::layers::mamba::MambaBlock;
+use crate::layers::selective_scan::{ScanInputs, chunk_carries, scan_chunk};
 
 /// What a segment is: decides whether a [`CheckpointMode`] recomputes it, and how it is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,6 +435,16 @@ impl<B: AutodiffBackend> ActionModel<B> {
             }
         };
         B::seed(&device, seed);
+        if let Some(block) = self.mamba_block(chain, index) {
+            return replay_mamba_block(
+                block,
+                input.into_tokens(),
+                upstream.into_tokens(),
+                wants_input_gradient,
+                gradients,
+            )
+            .map(Activation::Tokens);
+        }
         let query_block_count = match &input {
             Activation::Tokens(tokens) => query_blocks(tokens.dims()[1]).len(),
             _ => 1,
@@ -474,6 +487,117 @@ impl<B: AutodiffBackend> ActionModel<B> {
                 input_gradient
             }
         }
+    }
+}
+
+/// Replays a recomputed Mamba block without ever holding a whole scan's states: the block's
+/// first stage (norm, projections, convolutions) and its scans run untracked, the last stage
+/// (gate, out-projection, residual) is differentiated from the scans' outputs, then each scan is
+/// differentiated one chunk at a time from the last, each chunk from its carried-in state (kept
+/// from an untracked pass) with the gradient of its carried-out state coming from the chunk after
+/// it, and finally the first stage from the scan inputs' gradients.
+fn replay_mamba_block<B: AutodiffBackend>(
+    block: &MambaBlock<B>,
+    input: Tensor<B, 3>,
+    upstream: Tensor<B, 3>,
+    wants_input_gradient: bool,
+    gradients: &mut Gradients<'_, B>,
+) -> Option<Tensor<B, 3>> {
+    let track = |tensor: Tensor<B, 3>| {
+        if wants_input_gradient {
+            tensor.detach().require_grad()
+        } else {
+            tensor.detach()
+        }
+    };
+    let untracked = block.clone().no_grad();
+    let (gate, scans) = untracked.scan_inputs(input.clone().detach());
+    let dtype = scans[0].x.dtype();
+    let outputs = untracked.scan(&scans);
+
+    // The last stage, from the scans' outputs.
+    let residual = track(input.clone());
+    let gate = gate.require_grad();
+    let outputs: Vec<Tensor<B, 3>> = outputs.into_iter().map(Tensor::require_grad).collect();
+    let output = block.output(residual.clone(), gate.clone(), outputs.clone());
+    let grads = (output * upstream).sum().backward();
+    let residual_gradient = residual.grad(&grads).map(Tensor::<B, 3>::from_inner);
+    let gradient_of = |leaf: &Tensor<B, 3>, grads: &B::Gradients| {
+        Tensor::<B, 3>::from_inner(leaf.grad(grads).expect("a Mamba stage input is used"))
+    };
+    let gate_gradient = gradient_of(&gate, &grads);
+    let output_gradients: Vec<Tensor<B, 3>> = outputs
+        .iter()
+        .map(|output| gradient_of(output, &grads))
+        .collect();
+    gradients.add(grads);
+
+    // Each scan, one chunk at a time from the last.
+    let untracked_parameters = untracked.scan_parameters(dtype);
+    let mut scan_gradients = Vec::with_capacity(scans.len());
+    for (direction, (inputs, output_gradient)) in scans.iter().zip(output_gradients).enumerate() {
+        let carries = chunk_carries(inputs, &untracked_parameters[direction], block.chunk());
+        let mut carry_gradient: Option<Tensor<B, 3>> = None;
+        let mut pieces = Vec::new();
+        for ((start, length), carry) in inputs
+            .chunks(block.chunk())
+            .into_iter()
+            .zip(carries)
+            .rev()
+        {
+            let piece = inputs.narrow(start, length);
+            let leaves = ScanInputs {
+                x: piece.x.require_grad(),
+                delta: piece.delta.require_grad(),
+                b: piece.b.require_grad(),
+                c: piece.c.require_grad(),
+            };
+            let carry = carry.map(Tensor::require_grad);
+            let parameters = block.scan_parameters(dtype).swap_remove(direction);
+            let (y, last) = scan_chunk(&leaves, &parameters, carry.clone());
+            let mut objective = (y * output_gradient.clone().narrow(1, start, length)).sum();
+            if let Some(carry_gradient) = carry_gradient.take() {
+                objective = objective + (last * carry_gradient).sum();
+            }
+            let grads = objective.backward();
+            pieces.push(ScanInputs {
+                x: gradient_of(&leaves.x, &grads),
+                delta: gradient_of(&leaves.delta, &grads),
+                b: gradient_of(&leaves.b, &grads),
+                c: gradient_of(&leaves.c, &grads),
+            });
+            carry_gradient = carry.map(|carry| gradient_of(&carry, &grads));
+            gradients.add(grads);
+        }
+        pieces.reverse();
+        let cat = |field: fn(&ScanInputs<B>) -> &Tensor<B, 3>| {
+            Tensor::cat(pieces.iter().map(|piece| field(piece).clone()).collect(), 1)
+        };
+        scan_gradients.push(ScanInputs {
+            x: cat(|piece| &piece.x),
+            delta: cat(|piece| &piece.delta),
+            b: cat(|piece| &piece.b),
+            c: cat(|piece| &piece.c),
+        });
+    }
+
+    // The first stage, from the gradients of the gate and of the scans' inputs.
+    let input = track(input);
+    let (gate, scans) = block.scan_inputs(input.clone());
+    let mut objective = (gate * gate_gradient).sum();
+    for (inputs, gradient) in scans.into_iter().zip(scan_gradients) {
+        objective = objective
+            + (inputs.x * gradient.x).sum()
+            + (inputs.delta * gradient.delta).sum()
+            + (inputs.b * gradient.b).sum()
+            + (inputs.c * gradient.c).sum();
+    }
+    let grads = objective.backward();
+    let input_gradient = input.grad(&grads).map(Tensor::<B, 3>::from_inner);
+    gradients.add(grads);
+    match (input_gradient, residual_gradient) {
+        (Some(stages), Some(residual)) => Some(stages + residual),
+        _ => None,
     }
 }
 
@@ -552,8 +676,9 @@ mod tests {
     use crate::layers::encoder::QUERY_BLOCK_TOKENS;
     use crate::layers::graph::Skeleton;
     use crate::{
-        ActionModelConfig, BackboneConfig, KeypointEncoderConfig, Resnet3dConfig, StgcnConfig,
-        TestBackend, VideoTransformerConfig, VivitConfig,
+        ActionModelConfig, BackboneConfig, KeypointEncoderConfig, KeypointMambaConfig,
+        MambaBlockConfig, Resnet3dConfig, StgcnConfig, TestBackend, VideoMambaConfig,
+        VideoTransformerConfig, VivitConfig,
     };
     use burn::backend::Autodiff;
     use burn::module::{Module, ModuleVisitor, Param};
@@ -622,9 +747,14 @@ mod tests {
             Backbone::Resnet3d | Backbone::Stgcn => {
                 BackboneConfig::Resnet3d(Resnet3dConfig::new(10, 4, dropout))
             }
+            // Chunks of 3 steps: 32 tokens in 11 chunks, the last one short.
+            Backbone::Mamba => BackboneConfig::Mamba(
+                VideoMambaConfig::new(mamba_block(), 2, [2, 8, 8], [frames, 32, 32])
+                    .with_dropout(dropout),
+            ),
         };
         let size = match shape.backbone {
-            Backbone::Vivit => 32,
+            Backbone::Vivit | Backbone::Mamba => 32,
             _ => 16,
         };
         // ST-GCN as the keypoint encoder when asked for, on a 4-joint star.
@@ -635,6 +765,10 @@ mod tests {
                 center: 1,
             };
             StgcnConfig::for_skeleton(&star, 4, dropout).into()
+        } else if shape.backbone == Backbone::Mamba {
+            KeypointMambaConfig::new(4, mamba_block(), 2)
+                .with_dropout(dropout)
+                .into()
         } else {
             KeypointEncoderConfig::new(4, 8, 2, 2, 16, dropout).into()
         };
@@ -646,7 +780,7 @@ mod tests {
             fusion,
             // Averaging needs equal widths: the transformers' are, the ResNet's and ST-GCN's not.
             modality_fusion: match shape.backbone {
-                Backbone::Transformer | Backbone::Vivit => ModalityFusion::Mean,
+                Backbone::Transformer | Backbone::Vivit | Backbone::Mamba => ModalityFusion::Mean,
                 Backbone::Resnet3d | Backbone::Stgcn => ModalityFusion::Concat,
             },
             compute_dtype: burn::tensor::FloatDType::F32,
@@ -666,6 +800,10 @@ mod tests {
                 .then(|| Tensor::random([3, 2, frames, 4, 3], Distribution::Default, &device)),
             labels: Tensor::from_data(TensorData::new(vec![0i64, 3, 4], [3]), &device),
         }
+    }
+
+    fn mamba_block() -> MambaBlockConfig {
+        MambaBlockConfig::new(8).with_state(4).with_chunk(3)
     }
 
     fn collect(model: &ActionModel<B>, grads: &GradientsParams) -> Vec<Vec<f32>> {
@@ -875,6 +1013,37 @@ mod tests {
                 &segmented(&case, CheckpointMode::None),
                 &segmented(&case, CheckpointMode::All),
                 &format!("{backbone:?} {input:?} with dropout 0.3"),
+            );
+        }
+    }
+
+    /// VideoMamba and the keypoint Mamba: a recomputed block replays its scans chunk by chunk.
+    #[test]
+    fn mamba_recompute_gives_the_gradients_of_a_plain_backward() {
+        let _rng = crate::rng_lock();
+        for (input, fusion) in [
+            (InputType::Rgb, FusionMode::LogitMean),
+            (InputType::Kpt, FusionMode::FeatureConcat),
+            (InputType::RgbKpt, FusionMode::FeatureMean),
+        ] {
+            let shape = Shape {
+                backbone: Backbone::Mamba,
+                frames: 4,
+            };
+            let case = case_of(shape, input, fusion, 0.0);
+            let expected = plain(&case);
+            for mode in MODES {
+                assert_equal(
+                    &expected,
+                    &segmented(&case, mode),
+                    &format!("mamba {input:?} {fusion:?} {mode:?}"),
+                );
+            }
+            let case = case_of(shape, input, fusion, 0.3);
+            assert_equal(
+                &segmented(&case, CheckpointMode::None),
+                &segmented(&case, CheckpointMode::All),
+                &format!("mamba {input:?} with dropout 0.3"),
             );
         }
     }

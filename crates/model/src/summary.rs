@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::recompute::SegmentKind;
 use crate::{
     ActionModelConfig, BackboneConfig, KeypointBackboneConfig, KeypointEncoderConfig,
-    Resnet3dConfig, StgcnConfig,
+    MambaBlockConfig, Resnet3dConfig, StgcnConfig,
 };
 use vidtrain_config::FusionMode;
 
@@ -68,6 +68,20 @@ pub enum LayerRole {
         partitions: usize,
         /// Whether its residual is a 1×1 temporal convolution + BatchNorm.
         residual_conv: bool,
+    },
+    /// A Mamba block (norm, in-projection, per direction a convolution, projections and the
+    /// selective scan, gate, out-projection), under autodiff.
+    MambaBlock {
+        /// Tokens per clip (the scan's length).
+        tokens: usize,
+        /// Inner width E.
+        inner: usize,
+        /// State size N.
+        state: usize,
+        /// Scan directions (2 when bidirectional).
+        directions: usize,
+        /// Steps per scan chunk.
+        chunk: usize,
     },
     /// Final LayerNorm + mean over tokens (or, after a pool, the pooled features as they are).
     #[default]
@@ -180,6 +194,55 @@ fn block_params(dim: usize, ff_dim: usize) -> usize {
         + linear_params(dim, dim)
         + linear_params(dim, ff_dim)
         + linear_params(ff_dim, dim)
+}
+
+/// Parameters of one Mamba block: RMSNorm, in/out projections, and per direction the depthwise
+/// convolution, x/Δ projections, A_log and D.
+fn mamba_block_params(config: &MambaBlockConfig) -> usize {
+    let (dim, inner, state) = (config.dim, config.inner(), config.state);
+    let rank = config.dt_rank();
+    let direction = inner * config.conv_kernel
+        + inner
+        + inner * (rank + 2 * state)
+        + linear_params(rank, inner)
+        + inner * state
+        + inner;
+    dim + 2 * dim * inner + inner * dim + config.directions() * direction
+}
+
+/// Mamba blocks over `[clips, tokens, dim]`, then the final RMSNorm.
+fn push_mamba_blocks(
+    layers: &mut Vec<LayerSummary>,
+    prefix: &str,
+    count: usize,
+    config: &MambaBlockConfig,
+    clips: usize,
+    tokens: usize,
+) {
+    for block in 0..count {
+        layers.push(LayerSummary {
+            name: format!("{prefix}.blocks.{block}"),
+            role: LayerRole::MambaBlock {
+                tokens,
+                inner: config.inner(),
+                state: config.state,
+                directions: config.directions(),
+                chunk: config.chunk,
+            },
+            params: mamba_block_params(config),
+            output_shape: vec![clips, tokens, config.dim],
+            segment: Some(SegmentKind::Block),
+            ..LayerSummary::default()
+        });
+    }
+    layers.push(LayerSummary {
+        name: format!("{prefix}.norm"),
+        role: LayerRole::Finish,
+        params: config.dim,
+        output_shape: vec![clips, config.dim],
+        segment: None,
+        ..LayerSummary::default()
+    });
 }
 
 fn push_blocks(
@@ -295,6 +358,23 @@ impl ActionModelConfig {
             Some(BackboneConfig::Resnet3d(config)) => {
                 push_resnet3d(&mut layers, config, clips, t, s)
             }
+            Some(BackboneConfig::Mamba(config)) => {
+                let [frames, rows, columns] = config.token_grid();
+                let tokens = frames * rows * columns;
+                let tubelet_values = 3 * config.tubelet.iter().product::<usize>();
+                layers.push(LayerSummary {
+                    name: "rgb.tubelet_embedding".into(),
+                    role: LayerRole::Embedding {
+                        input_elements_per_clip: tokens * tubelet_values,
+                    },
+                    params: linear_params(tubelet_values, config.dim())
+                        + (rows * columns + frames) * config.dim(),
+                    output_shape: vec![clips, tokens, config.dim()],
+                    segment: Some(SegmentKind::StemPerClip),
+                    ..LayerSummary::default()
+                });
+                push_mamba_blocks(&mut layers, "rgb", config.layers, &config.block, clips, tokens);
+            }
             None => {}
         }
         match &self.keypoint_encoder {
@@ -303,6 +383,19 @@ impl ActionModelConfig {
             }
             Some(KeypointBackboneConfig::Stgcn(config)) => {
                 push_stgcn(&mut layers, config, clips, t)
+            }
+            Some(KeypointBackboneConfig::Mamba(config)) => {
+                layers.push(LayerSummary {
+                    name: "kpt.embedding".into(),
+                    role: LayerRole::Embedding {
+                        input_elements_per_clip: t * config.joints * 3,
+                    },
+                    params: linear_params(config.joints * 3, config.dim()),
+                    output_shape: vec![clips, t, config.dim()],
+                    segment: Some(SegmentKind::Bridge),
+                    ..LayerSummary::default()
+                });
+                push_mamba_blocks(&mut layers, "kpt", config.layers, &config.block, clips, t);
             }
             None => {}
         }
@@ -650,6 +743,42 @@ impl ActivationCosts {
                 )
                 .inference((partitions + 1) * output);
                 costs.replay_peak = input + 3 * output;
+                costs
+            }
+            // Op by op (the rules above): RMSNorm keeps about three copies of the block's input,
+            // the in-projection its normalised input; per direction, the padded convolution
+            // input, its output and sigmoid, Δ's softplus (four values) and the products with Δ
+            // make about ten `[tokens, inner]` values, and the scan keeps per chunk its decays
+            // `exp(Δ·A)`, then two `[chunk, inner, state]` values per Hillis–Steele round and the
+            // final states and decays: `(2·rounds + 3)` state-sized values over the sequence. The
+            // gate and out-projection keep four more `[tokens, inner]` values. Backward holds the
+            // gradients of about three state-sized values of one direction. A replay
+            // (`replay_mamba_block`) holds the stages' `[tokens, inner]` tensors and their
+            // gradients whole but only one chunk's scan graph at a time.
+            LayerRole::MambaBlock {
+                tokens,
+                inner,
+                state,
+                directions,
+                chunk,
+            } => {
+                let chunk = chunk.clamp(1, tokens.max(1));
+                let rounds = chunk.next_power_of_two().trailing_zeros() as usize;
+                let states = clips * tokens * inner * state;
+                let chunk_states = clips * chunk * inner * state;
+                let inner_values = clips * tokens * inner;
+                let mut costs = Self::new(
+                    3 * input
+                        + input
+                        + directions * ((2 * rounds + 3) * states + 10 * inner_values)
+                        + 4 * inner_values,
+                    2 * chunk_states,
+                    3 * states + 2 * inner_values,
+                )
+                .inference((3 * directions + 3) * inner_values + 4 * chunk_states);
+                costs.replay_peak = input
+                    + (6 * directions + 4) * inner_values
+                    + (2 * rounds + 6) * chunk_states;
                 costs
             }
             // After a pool the features pass as they are (the input is already `[clips, dim]`);

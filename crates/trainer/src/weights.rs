@@ -11,7 +11,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use serde_json::{Value, json};
-use vidtrain_config::{Backbone, Config};
+use vidtrain_config::{Backbone, Config, InputType, KeypointBackboneKind};
 
 use crate::{Error, Result};
 
@@ -51,20 +51,36 @@ pub(crate) fn architecture(config: &Config) -> BTreeMap<String, Value> {
             keys.insert("model.resnet_depth".into(), json!(model.resnet_depth));
             keys.insert("model.resnet_width".into(), json!(model.resnet_width));
         }
-        Backbone::Transformer | Backbone::Vivit | Backbone::Stgcn => {}
+        Backbone::Transformer | Backbone::Vivit | Backbone::Stgcn | Backbone::Mamba => {}
     }
-    if model.input_type != vidtrain_config::InputType::Rgb {
+    let mamba_rgb = model.backbone == Backbone::Mamba && model.input_type != InputType::Kpt;
+    if mamba_rgb || model.keypoint_encoder() == KeypointBackboneKind::Mamba {
+        for (key, value) in [
+            ("model.mamba_dim", model.mamba_dim),
+            ("model.mamba_layers", model.mamba_layers),
+            ("model.mamba_state", model.mamba_state),
+            ("model.mamba_expand", model.mamba_expand),
+            ("model.mamba_conv_kernel", model.mamba_conv_kernel),
+        ] {
+            keys.insert(key.into(), json!(value));
+        }
+        keys.insert(
+            "model.mamba_bidirectional".into(),
+            json!(model.mamba_bidirectional),
+        );
+    }
+    if model.input_type != InputType::Rgb {
         keys.insert(
             "model.keypoint_backbone".into(),
             json!(model.keypoint_encoder()),
         );
-        if model.keypoint_encoder() == vidtrain_config::KeypointBackboneKind::Stgcn {
+        if model.keypoint_encoder() == KeypointBackboneKind::Stgcn {
             keys.insert("model.stgcn_width".into(), json!(model.stgcn_width));
             keys.insert("model.skeleton".into(), json!(model.skeleton));
         }
     }
-    if model.backbone == Backbone::Vivit {
-        // ViViT's position embedding has one row per tubelet of the clip.
+    if model.backbone == Backbone::Vivit || mamba_rgb {
+        // ViViT's and VideoMamba's position embeddings have one row per tubelet of the clip.
         keys.insert("model.tubelet_size".into(), json!(model.tubelet_size));
         keys.insert("data.img_size".into(), json!(config.data.img_size));
         keys.insert(

@@ -1,8 +1,10 @@
-//! The backbones: per-clip RGB encoders (the seed's video transformer, ViViT, a 3-D ResNet) and
-//! keypoint encoders (a transformer over frames, ST-GCN over the skeleton). Each is a chain of
+//! The backbones: per-clip RGB encoders (the seed's video transformer, ViViT, a 3-D ResNet,
+//! VideoMamba) and keypoint encoders (a transformer over frames, ST-GCN over the skeleton, Mamba
+//! over frames). Each is a chain of
 //! segments for `crate::recompute`; [`VideoBackbone`] and [`KeypointBackbone`] dispatch to them.
 
 pub mod keypoint_transformer;
+pub mod mamba;
 pub mod resnet3d;
 pub mod stgcn;
 pub mod video_transformer;
@@ -11,9 +13,11 @@ pub mod vivit;
 use burn::prelude::*;
 
 use crate::layers::encoder::EncoderBlock;
+use crate::layers::mamba::MambaBlock;
 use crate::layers::stem::StemStep;
 use crate::recompute::{Activation, SegmentKind};
 use keypoint_transformer::{KeypointEncoder, KeypointEncoderConfig};
+use mamba::{KeypointMamba, KeypointMambaConfig, VideoMamba, VideoMambaConfig};
 use resnet3d::{Resnet3d, Resnet3dConfig};
 use stgcn::{Stgcn, StgcnConfig};
 use video_transformer::{VideoTransformer, VideoTransformerConfig};
@@ -28,6 +32,8 @@ pub enum BackboneConfig {
     Vivit(VivitConfig),
     /// torchvision's 3-D ResNet.
     Resnet3d(Resnet3dConfig),
+    /// VideoMamba.
+    Mamba(VideoMambaConfig),
 }
 
 impl BackboneConfig {
@@ -37,6 +43,7 @@ impl BackboneConfig {
             BackboneConfig::Transformer(config) => config.dim,
             BackboneConfig::Vivit(config) => config.dim,
             BackboneConfig::Resnet3d(config) => config.dim(),
+            BackboneConfig::Mamba(config) => config.dim(),
         }
     }
 
@@ -46,6 +53,7 @@ impl BackboneConfig {
             BackboneConfig::Transformer(config) => config.dropout,
             BackboneConfig::Vivit(config) => config.dropout,
             BackboneConfig::Resnet3d(config) => config.dropout,
+            BackboneConfig::Mamba(config) => config.dropout,
         }
     }
 
@@ -55,6 +63,7 @@ impl BackboneConfig {
             BackboneConfig::Transformer(config) => VideoBackbone::Transformer(config.init(device)),
             BackboneConfig::Vivit(config) => VideoBackbone::Vivit(config.init(device)),
             BackboneConfig::Resnet3d(config) => VideoBackbone::Resnet3d(config.init(device)),
+            BackboneConfig::Mamba(config) => VideoBackbone::Mamba(config.init(device)),
         }
     }
 }
@@ -70,6 +79,8 @@ pub enum VideoBackbone<B: Backend> {
     Vivit(Vivit<B>),
     /// torchvision's 3-D ResNet.
     Resnet3d(Resnet3d<B>),
+    /// VideoMamba.
+    Mamba(VideoMamba<B>),
 }
 
 /// Calls `$method` on whichever RGB backbone `$self` holds.
@@ -79,6 +90,7 @@ macro_rules! each_video_backbone {
             VideoBackbone::Transformer($model) => $call,
             VideoBackbone::Vivit($model) => $call,
             VideoBackbone::Resnet3d($model) => $call,
+            VideoBackbone::Mamba($model) => $call,
         }
     };
 }
@@ -103,14 +115,21 @@ impl<B: Backend> VideoBackbone<B> {
         match self {
             VideoBackbone::Transformer(model) => model.encoder_block(index),
             VideoBackbone::Vivit(model) => model.encoder_block(index),
-            VideoBackbone::Resnet3d(_) => None,
+            VideoBackbone::Resnet3d(_) | VideoBackbone::Mamba(_) => None,
+        }
+    }
+
+    pub(crate) fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
+        match self {
+            VideoBackbone::Mamba(model) => model.mamba_block(index),
+            _ => None,
         }
     }
 
     pub(crate) fn stem_step(&self, index: usize, input: Tensor<B, 5>) -> Option<StemStep<'_, B>> {
         match self {
             VideoBackbone::Transformer(model) => model.stem_step(index, input),
-            VideoBackbone::Vivit(_) => None,
+            VideoBackbone::Vivit(_) | VideoBackbone::Mamba(_) => None,
             VideoBackbone::Resnet3d(model) => model.stem_step(index, input),
         }
     }
@@ -131,6 +150,8 @@ pub enum KeypointBackboneConfig {
     Transformer(KeypointEncoderConfig),
     /// ST-GCN over the skeleton.
     Stgcn(StgcnConfig),
+    /// Mamba blocks over frames.
+    Mamba(KeypointMambaConfig),
 }
 
 impl From<KeypointEncoderConfig> for KeypointBackboneConfig {
@@ -145,12 +166,19 @@ impl From<StgcnConfig> for KeypointBackboneConfig {
     }
 }
 
+impl From<KeypointMambaConfig> for KeypointBackboneConfig {
+    fn from(config: KeypointMambaConfig) -> Self {
+        KeypointBackboneConfig::Mamba(config)
+    }
+}
+
 impl KeypointBackboneConfig {
     /// Width of the feature vector.
     pub fn dim(&self) -> usize {
         match self {
             KeypointBackboneConfig::Transformer(config) => config.dim,
             KeypointBackboneConfig::Stgcn(config) => config.dim(),
+            KeypointBackboneConfig::Mamba(config) => config.dim(),
         }
     }
 
@@ -159,6 +187,7 @@ impl KeypointBackboneConfig {
         match self {
             KeypointBackboneConfig::Transformer(config) => config.joints,
             KeypointBackboneConfig::Stgcn(config) => config.joints,
+            KeypointBackboneConfig::Mamba(config) => config.joints,
         }
     }
 
@@ -167,6 +196,7 @@ impl KeypointBackboneConfig {
         match self {
             KeypointBackboneConfig::Transformer(config) => config.dropout,
             KeypointBackboneConfig::Stgcn(config) => config.dropout,
+            KeypointBackboneConfig::Mamba(config) => config.dropout,
         }
     }
 }
@@ -176,6 +206,7 @@ impl KeypointBackboneConfig {
 pub(crate) enum KeypointBackbone<'a, B: Backend> {
     Transformer(&'a KeypointEncoder<B>),
     Stgcn(&'a Stgcn<B>),
+    Mamba(&'a KeypointMamba<B>),
 }
 
 impl<'a, B: Backend> KeypointBackbone<'a, B> {
@@ -183,6 +214,7 @@ impl<'a, B: Backend> KeypointBackbone<'a, B> {
         match self {
             KeypointBackbone::Transformer(model) => model.segment_count(),
             KeypointBackbone::Stgcn(model) => model.segment_count(),
+            KeypointBackbone::Mamba(model) => model.segment_count(),
         }
     }
 
@@ -190,13 +222,21 @@ impl<'a, B: Backend> KeypointBackbone<'a, B> {
         match self {
             KeypointBackbone::Transformer(model) => model.segment_kind(index),
             KeypointBackbone::Stgcn(model) => model.segment_kind(index),
+            KeypointBackbone::Mamba(model) => model.segment_kind(index),
         }
     }
 
     pub(crate) fn encoder_block(&self, index: usize) -> Option<&'a EncoderBlock<B>> {
         match *self {
             KeypointBackbone::Transformer(model) => model.encoder_block(index),
-            KeypointBackbone::Stgcn(_) => None,
+            KeypointBackbone::Stgcn(_) | KeypointBackbone::Mamba(_) => None,
+        }
+    }
+
+    pub(crate) fn mamba_block(&self, index: usize) -> Option<&'a MambaBlock<B>> {
+        match *self {
+            KeypointBackbone::Mamba(model) => model.mamba_block(index),
+            _ => None,
         }
     }
 
@@ -204,6 +244,7 @@ impl<'a, B: Backend> KeypointBackbone<'a, B> {
         match self {
             KeypointBackbone::Transformer(model) => model.forward_segment(index, input),
             KeypointBackbone::Stgcn(model) => model.forward_segment(index, input),
+            KeypointBackbone::Mamba(model) => model.forward_segment(index, input),
         }
     }
 
@@ -211,6 +252,7 @@ impl<'a, B: Backend> KeypointBackbone<'a, B> {
         match self {
             KeypointBackbone::Transformer(model) => model.finish(tokens),
             KeypointBackbone::Stgcn(model) => model.finish(tokens),
+            KeypointBackbone::Mamba(model) => model.finish(tokens),
         }
     }
 }

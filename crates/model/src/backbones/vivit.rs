@@ -127,16 +127,7 @@ impl<B: Backend> Vivit<B> {
     /// - input: `[n, t, 3, h, w]`
     /// - output: `[n, tokens, dim]`
     fn embed(&self, video: Tensor<B, 5>) -> Tensor<B, 3> {
-        let [n, t, c, h, w] = video.dims();
-        let [tt, th, tw] = self.tubelet;
-        let [gt, gh, gw] = [t / tt, h / th, w / tw];
-        // Burn's CPU backend stops at rank 6, so split the axes in two steps.
-        let x = video
-            .reshape([n * gt, tt * c, gh, th, w]) // frames of a tubelet next to the channels
-            .reshape([n * gt, tt * c, gh, th, gw, tw])
-            .permute([0, 2, 4, 1, 3, 5]) // [n·gt, gh, gw, tt·c, th, tw]
-            .reshape([n, gt * gh * gw, tt * c * th * tw]);
-        let tokens = linear(&self.embedding, x); // [n, tokens, dim]
+        let tokens = linear(&self.embedding, tubelets(video, self.tubelet)); // [n, tokens, dim]
         let positions = like(self.positions.val(), &tokens);
         tokens + positions.unsqueeze::<3>()
     }
@@ -146,6 +137,24 @@ impl<B: Backend> Vivit<B> {
         let [n, _, dim] = tokens.dims();
         mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
     }
+}
+
+/// Cuts clips into non-overlapping tubelets `[tt, th, tw]`: token order (time, row, column),
+/// each tubelet's values ordered (frame, channel, row, column).
+///
+/// # Shapes
+/// - input: `[n, t, c, h, w]`
+/// - output: `[n, (t / tt) · (h / th) · (w / tw), tt · c · th · tw]`
+pub(crate) fn tubelets<B: Backend>(video: Tensor<B, 5>, tubelet: [usize; 3]) -> Tensor<B, 3> {
+    let [n, t, c, h, w] = video.dims();
+    let [tt, th, tw] = tubelet;
+    let [gt, gh, gw] = [t / tt, h / th, w / tw];
+    // Burn's CPU backend stops at rank 6, so split the axes in two steps.
+    video
+        .reshape([n * gt, tt * c, gh, th, w]) // frames of a tubelet next to the channels
+        .reshape([n * gt, tt * c, gh, th, gw, tw])
+        .permute([0, 2, 4, 1, 3, 5]) // [n·gt, gh, gw, tt·c, th, tw]
+        .reshape([n, gt * gh * gw, tt * c * th * tw])
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! The layers the backbones are built from: convolutions, normalisation, attention (encoder
-//! blocks), the seed's convolution stem and graph convolution over a skeleton. Each layer's
+//! blocks), Mamba blocks and their selective scan, the seed's convolution stem and graph convolution over a skeleton. Each layer's
 //! activation-memory rule for the plan sits in `crate::summary`, keyed by [`crate::LayerRole`].
 
 pub mod batch_norm;
 pub mod conv3d;
 pub mod encoder;
 pub mod graph;
+pub mod mamba;
+pub mod selective_scan;
 pub mod stem;

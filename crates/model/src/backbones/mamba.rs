@@ -1,0 +1,236 @@
+//! Mamba backbones. [`VideoMamba`] (Li et al. 2024): ViViT's linear tubelet embedding, learned
+//! spatial positions plus learned temporal positions, a stack of bidirectional Mamba blocks over
+//! the flattened (time, row, column) token sequence, RMSNorm, mean over tokens.
+//! [`KeypointMamba`]: one token per frame (its joints flattened, a linear layer, sinusoidal
+//! positions over time), the same blocks. VideoMamba-Ti is D 192, 24 blocks, state 16, expand 2.
+//!
+//! Each block is a `Block` segment; under recompute it is replayed with its selective scan one
+//! chunk at a time (`crate::recompute`).
+
+use burn::module::{Initializer, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+
+use super::vivit::tubelets;
+use crate::layers::encoder::sinusoidal_positions;
+use crate::layers::mamba::{MambaBlock, MambaBlockConfig, RmsNorm};
+use crate::precision::{like, linear, mean_dim_f32};
+use crate::recompute::{Activation, SegmentKind};
+
+/// Configuration of a [`VideoMamba`].
+#[derive(Config, Debug)]
+pub struct VideoMambaConfig {
+    /// Every block's configuration (its `dim` is the token width).
+    pub block: MambaBlockConfig,
+    /// Mamba blocks.
+    pub layers: usize,
+    /// Tubelet size `[t, h, w]`.
+    pub tubelet: [usize; 3],
+    /// Input clip size `[t, h, w]` (the learned positions cover its tokens).
+    pub clip: [usize; 3],
+    /// Dropout probability before the classifier.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+}
+
+impl VideoMambaConfig {
+    /// Token width D.
+    pub fn dim(&self) -> usize {
+        self.block.dim
+    }
+
+    /// Tokens along time, height and width.
+    pub fn token_grid(&self) -> [usize; 3] {
+        std::array::from_fn(|axis| self.clip[axis] / self.tubelet[axis])
+    }
+
+    /// Builds the backbone.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> VideoMamba<B> {
+        let [frames, rows, columns] = self.token_grid();
+        let positions = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        VideoMamba {
+            embedding: LinearConfig::new(3 * self.tubelet.iter().product::<usize>(), self.dim())
+                .init(device),
+            spatial_positions: positions.init([rows * columns, self.dim()], device),
+            temporal_positions: Initializer::Zeros.init([frames, self.dim()], device),
+            blocks: (0..self.layers)
+                .map(|_| self.block.init(device))
+                .collect(),
+            norm: RmsNorm::new(self.dim(), device),
+            tubelet: self.tubelet,
+        }
+    }
+}
+
+/// Clip → feature vector.
+#[derive(Module, Debug)]
+pub struct VideoMamba<B: Backend> {
+    embedding: Linear<B>,
+    /// `[rows · columns, dim]`, shared by every frame.
+    spatial_positions: Param<Tensor<B, 2>>,
+    /// `[frames, dim]`, shared by every position (zeros at first, as VideoMamba's).
+    temporal_positions: Param<Tensor<B, 2>>,
+    blocks: Vec<MambaBlock<B>>,
+    norm: RmsNorm<B>,
+    #[module(skip)]
+    tubelet: [usize; 3],
+}
+
+impl<B: Backend> VideoMamba<B> {
+    /// # Shapes
+    /// - input: `[n, t, 3, h, w]`, values in 0..1
+    /// - output: `[n, dim]`
+    pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
+        let _span = tracing::trace_span!("video_mamba").entered();
+        let mut x = Activation::Clips(video);
+        for index in 0..self.segment_count() {
+            x = self.forward_segment(index, x);
+        }
+        self.finish(x.into_tokens())
+    }
+
+    /// Segments, in order: the tubelet embedding, one per Mamba block.
+    pub fn segment_count(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
+    /// What segment `index` is.
+    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+        if index == 0 {
+            SegmentKind::StemPerClip
+        } else {
+            SegmentKind::Block
+        }
+    }
+
+    /// The Mamba block that segment `index` is, if it is one.
+    pub fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
+        index
+            .checked_sub(1)
+            .and_then(|block| self.blocks.get(block))
+    }
+
+    /// Runs segment `index` alone.
+    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match self.mamba_block(index) {
+            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
+            None => Activation::Tokens(self.embed(input.into_clips())),
+        }
+    }
+
+    /// Tubelets → tokens `[n, frames · rows · columns, dim]`, plus spatial and temporal positions.
+    fn embed(&self, video: Tensor<B, 5>) -> Tensor<B, 3> {
+        let tokens = linear(&self.embedding, tubelets(video, self.tubelet));
+        let [n, count, dim] = tokens.dims();
+        let [places, _] = self.spatial_positions.dims();
+        let frames = count / places;
+        let spatial = like(self.spatial_positions.val(), &tokens).reshape([1, 1, places, dim]);
+        let temporal = like(self.temporal_positions.val(), &tokens).reshape([1, frames, 1, dim]);
+        (tokens.reshape([n, frames, places, dim]) + spatial + temporal).reshape([n, count, dim])
+    }
+
+    /// Final RMSNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
+    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, _, dim] = tokens.dims();
+        mean_dim_f32(self.norm.forward(tokens), 1).reshape([n, dim])
+    }
+}
+
+/// Configuration of a [`KeypointMamba`].
+#[derive(Config, Debug)]
+pub struct KeypointMambaConfig {
+    /// Joints per frame.
+    pub joints: usize,
+    /// Every block's configuration.
+    pub block: MambaBlockConfig,
+    /// Mamba blocks.
+    pub layers: usize,
+    /// Dropout probability before the classifier.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+}
+
+impl KeypointMambaConfig {
+    /// Token width D.
+    pub fn dim(&self) -> usize {
+        self.block.dim
+    }
+
+    /// Builds the encoder.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> KeypointMamba<B> {
+        KeypointMamba {
+            embedding: LinearConfig::new(self.joints * 3, self.dim()).init(device),
+            blocks: (0..self.layers)
+                .map(|_| self.block.init(device))
+                .collect(),
+            norm: RmsNorm::new(self.dim(), device),
+        }
+    }
+}
+
+/// Keypoint sequence → feature vector, one token per frame.
+#[derive(Module, Debug)]
+pub struct KeypointMamba<B: Backend> {
+    embedding: Linear<B>,
+    blocks: Vec<MambaBlock<B>>,
+    norm: RmsNorm<B>,
+}
+
+impl<B: Backend> KeypointMamba<B> {
+    /// # Shapes
+    /// - input: `[n, t, joints, 3]`
+    /// - output: `[n, dim]`
+    pub fn forward(&self, keypoints: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = Activation::Joints(keypoints);
+        for index in 0..self.segment_count() {
+            x = self.forward_segment(index, x);
+        }
+        self.finish(x.into_tokens())
+    }
+
+    /// Segments, in order: the embedding bridge, one per Mamba block.
+    pub fn segment_count(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
+    /// What segment `index` is.
+    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+        if index == 0 {
+            SegmentKind::Bridge
+        } else {
+            SegmentKind::Block
+        }
+    }
+
+    /// The Mamba block that segment `index` is, if it is one.
+    pub fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
+        index
+            .checked_sub(1)
+            .and_then(|block| self.blocks.get(block))
+    }
+
+    /// Runs segment `index` alone.
+    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        if let Some(block) = self.mamba_block(index) {
+            return Activation::Tokens(block.forward(input.into_tokens()));
+        }
+        let keypoints = input.into_joints();
+        let [n, t, joints, channels] = keypoints.dims();
+        let x = linear(
+            &self.embedding,
+            keypoints.reshape([n, t, joints * channels]),
+        );
+        let dim = x.dims()[2];
+        let positions = like(sinusoidal_positions::<B>(t, dim, &x.device()), &x);
+        Activation::Tokens(x + positions.unsqueeze::<3>())
+    }
+
+    /// Final RMSNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
+    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, _, dim] = tokens.dims();
+        mean_dim_f32(self.norm.forward(tokens), 1).reshape([n, dim])
+    }
+}
