@@ -555,7 +555,7 @@ fn replay_mamba_block<B: AutodiffBackend>(
             let carry = carry.map(Tensor::require_grad);
             let parameters = block.scan_parameters(dtype).swap_remove(direction);
             let (y, last) = scan_chunk(&leaves, &parameters, carry.clone());
-            let mut objective = (y * output_gradient.clone().narrow(1, start, length)).sum();
+            let mut objective = (y * output_gradient.clone().narrow(0, start, length)).sum();
             if let Some(carry_gradient) = carry_gradient.take() {
                 objective = objective + (last * carry_gradient).sum();
             }
@@ -571,7 +571,7 @@ fn replay_mamba_block<B: AutodiffBackend>(
         }
         pieces.reverse();
         let cat = |field: fn(&ScanInputs<B>) -> &Tensor<B, 3>| {
-            Tensor::cat(pieces.iter().map(|piece| field(piece).clone()).collect(), 1)
+            Tensor::cat(pieces.iter().map(|piece| field(piece).clone()).collect(), 0)
         };
         scan_gradients.push(ScanInputs {
             x: cat(|piece| &piece.x),

@@ -145,6 +145,8 @@ pub enum BenchBackbone {
     Transformer,
     /// ViViT-S.
     Vivit,
+    /// VideoMamba (Ti by default).
+    Mamba,
     /// Both.
     Both,
 }

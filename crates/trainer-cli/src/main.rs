@@ -228,6 +228,7 @@ fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
     let backbones: &[vidtrain_config::Backbone] = match args.backbone {
         BenchBackbone::Transformer => &[vidtrain_config::Backbone::Transformer],
         BenchBackbone::Vivit => &[vidtrain_config::Backbone::Vivit],
+        BenchBackbone::Mamba => &[vidtrain_config::Backbone::Mamba],
         BenchBackbone::Both => &[
             vidtrain_config::Backbone::Transformer,
             vidtrain_config::Backbone::Vivit,

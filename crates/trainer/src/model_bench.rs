@@ -71,7 +71,7 @@ pub fn standard_rows(backbone: Backbone, tiny: bool) -> Vec<BenchRow> {
     let (frames, image) = match (backbone, tiny) {
         (_, true) => (4, 32),
         (Backbone::Transformer, false) => (8, 224),
-        (Backbone::Vivit, false) => (16, 224),
+        (Backbone::Vivit | Backbone::Mamba, false) => (16, 224),
         // torchvision's R3D clips; ST-GCN reads 64 frames of keypoints (`image` unused).
         (Backbone::Resnet3d, false) => (16, 112),
         (Backbone::Stgcn, false) => (64, 32),
@@ -118,12 +118,15 @@ pub fn row_config(base: &Config, row: &BenchRow, tiny: bool) -> Config {
         (_, true) => (32, 2, 2, 64),
         (Backbone::Transformer, false) => (256, 4, 4, 1024),
         (Backbone::Vivit, false) => (384, 12, 6, 1536),
-        // The 3-D ResNet and ST-GCN have sizes of their own (`model.resnet_*`, `model.stgcn_*`).
-        (Backbone::Resnet3d | Backbone::Stgcn, false) => (256, 4, 4, 1024),
+        // The 3-D ResNet, ST-GCN and VideoMamba have sizes of their own (`model.resnet_*`,
+        // `model.stgcn_*`, `model.mamba_*`; VideoMamba-Ti by default).
+        (Backbone::Resnet3d | Backbone::Stgcn | Backbone::Mamba, false) => (256, 4, 4, 1024),
     };
     if tiny {
         config.model.resnet_width = 8;
         config.model.stgcn_width = 8;
+        config.model.mamba_dim = 32;
+        config.model.mamba_layers = 2;
     }
     config.model.transformer_dim = dim;
     config.model.transformer_layers = layers;

@@ -160,7 +160,8 @@ impl<B: Backend> MambaBlock<B> {
             .collect()
     }
 
-    /// Every direction's scan, whole.
+    /// Every direction's scan, whole: outputs `[length, batch, inner]` (time-major, the backward
+    /// direction's in reversed order).
     pub fn scan(&self, scans: &[ScanInputs<B>]) -> Vec<Tensor<B, 3>> {
         let dtype = scans[0].x.dtype();
         scans
@@ -171,7 +172,7 @@ impl<B: Backend> MambaBlock<B> {
     }
 
     /// The first stage: the gate `z` `[b, l, E]` (in the input's dtype) and each direction's scan
-    /// inputs (in f32, the backward direction's in reversed order).
+    /// inputs (time-major, in f32, the backward direction's in reversed order).
     pub fn scan_inputs(&self, input: Tensor<B, 3>) -> (Tensor<B, 3>, Vec<ScanInputs<B>>) {
         let projected = linear(&self.in_proj, self.norm.forward(input));
         let inner = projected.dims()[2] / 2;
@@ -187,7 +188,7 @@ impl<B: Backend> MambaBlock<B> {
                 } else {
                     x.clone().flip([1])
                 };
-                direction.scan_inputs(x)
+                direction.scan_inputs(swap_batch_and_time(x))
             })
             .collect();
         (gate, scans)
@@ -204,10 +205,10 @@ impl<B: Backend> MambaBlock<B> {
         let summed = outputs
             .into_iter()
             .enumerate()
-            .map(|(number, y)| if number == 0 { y } else { y.flip([1]) })
+            .map(|(number, y)| if number == 0 { y } else { y.flip([0]) })
             .reduce(|sum, y| sum + y)
             .expect("a Mamba block scans in at least one direction");
-        let gated = summed.cast(gate.dtype()) * silu(gate);
+        let gated = swap_batch_and_time(summed).cast(gate.dtype()) * silu(gate);
         input + linear(&self.out_proj, gated)
     }
 }
@@ -229,7 +230,8 @@ pub struct MambaDirection<B: Backend> {
 }
 
 impl<B: Backend> MambaDirection<B> {
-    /// Convolution, SiLU and projections of `x` `[b, l, E]`; the results in the scan's dtype.
+    /// Convolution, SiLU and projections of `x` `[l, b, E]` (time-major); the results in the
+    /// scan's dtype.
     fn scan_inputs(&self, x: Tensor<B, 3>) -> ScanInputs<B> {
         let u = silu(self.causal_conv(x));
         let projected = linear(&self.x_proj, u.clone());
@@ -254,25 +256,35 @@ impl<B: Backend> MambaDirection<B> {
     }
 
     /// Depthwise Conv1d over time with `k − 1` zeros of left padding, so step t sees steps
-    /// t − k + 1 … t only: `[b, l, E]` → `[b, l, E]`.
+    /// t − k + 1 … t only: `[l, b, E]` → `[l, b, E]` (time-major, so each tap's shifted input is
+    /// a contiguous slice).
     fn causal_conv(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [batch, length, inner] = x.dims();
+        let [length, batch, inner] = x.dims();
         let kernel = self.conv_weight.dims()[2];
         let weight = like(self.conv_weight.val(), &x)
             .reshape([inner, kernel])
             .transpose(); // [k, E]
-        let padding = Tensor::<B, 3>::zeros([batch, kernel - 1, inner], &x.device()).cast(x.dtype());
-        let padded = Tensor::cat(vec![padding, x], 1);
+        let padding = Tensor::<B, 3>::zeros([kernel - 1, batch, inner], &x.device()).cast(x.dtype());
+        let padded = Tensor::cat(vec![padding, x], 0);
         let mut output = like(self.conv_bias.val(), &padded)
-            .reshape([1, 1, inner])
-            .expand([batch, length, inner]);
+            .reshape([1, inner])
+            .repeat_dim(0, length * batch);
         for tap in 0..kernel {
             output = output
-                + padded.clone().narrow(1, tap, length)
-                    * weight.clone().narrow(0, tap, 1).reshape([1, 1, inner]);
+                + padded.clone().narrow(0, tap, length).reshape([length * batch, inner])
+                    * weight.clone().narrow(0, tap, 1);
         }
-        output
+        output.reshape([length, batch, inner])
     }
+}
+
+/// `[b, l, w]` ↔ `[l, b, w]`, copied into a contiguous tensor (the reshape of the swapped view
+/// copies once; every later op then runs on contiguous data).
+fn swap_batch_and_time<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [first, second, width] = x.dims();
+    x.swap_dims(0, 1)
+        .reshape([second * first * width])
+        .reshape([second, first, width])
 }
 
 /// The scan runs in f32, or in f64 when the model does.
@@ -330,13 +342,13 @@ mod tests {
         let device = Default::default();
         let block: MambaBlock<TestBackend> = MambaBlockConfig::new(8).init(&device);
         let direction = &block.directions[0];
-        let x = Tensor::<TestBackend, 3>::random([1, 10, 16], Distribution::Default, &device);
+        let x = Tensor::<TestBackend, 3>::random([10, 2, 16], Distribution::Default, &device);
         let changed = x.clone().slice_assign(
-            [0..1, 6..7, 0..16],
-            Tensor::ones([1, 1, 16], &device) * 5.0,
+            [6..7, 0..2, 0..16],
+            Tensor::ones([1, 2, 16], &device) * 5.0,
         );
-        let before = direction.causal_conv(x).narrow(1, 0, 6);
-        let after = direction.causal_conv(changed).narrow(1, 0, 6);
+        let before = direction.causal_conv(x).narrow(0, 0, 6);
+        let after = direction.causal_conv(changed).narrow(0, 0, 6);
         before.into_data().assert_eq(&after.into_data(), true);
     }
 

@@ -19,32 +19,33 @@
 
 use burn::prelude::*;
 
-/// The per-step inputs of one scan, all in f32.
+/// The per-step inputs of one scan, time-major (so that a chunk of steps is a contiguous slice),
+/// all in f32.
 #[derive(Debug, Clone)]
 pub struct ScanInputs<B: Backend> {
-    /// xₜ: `[batch, length, inner]`.
+    /// xₜ: `[length, batch, inner]`.
     pub x: Tensor<B, 3>,
-    /// Δₜ (after softplus, positive): `[batch, length, inner]`.
+    /// Δₜ (after softplus, positive): `[length, batch, inner]`.
     pub delta: Tensor<B, 3>,
-    /// Bₜ: `[batch, length, state]`.
+    /// Bₜ: `[length, batch, state]`.
     pub b: Tensor<B, 3>,
-    /// Cₜ: `[batch, length, state]`.
+    /// Cₜ: `[length, batch, state]`.
     pub c: Tensor<B, 3>,
 }
 
 impl<B: Backend> ScanInputs<B> {
     /// Steps in the sequence.
     pub fn length(&self) -> usize {
-        self.x.dims()[1]
+        self.x.dims()[0]
     }
 
     /// Steps `start .. start + length` alone.
     pub fn narrow(&self, start: usize, length: usize) -> Self {
         Self {
-            x: self.x.clone().narrow(1, start, length),
-            delta: self.delta.clone().narrow(1, start, length),
-            b: self.b.clone().narrow(1, start, length),
-            c: self.c.clone().narrow(1, start, length),
+            x: self.x.clone().narrow(0, start, length),
+            delta: self.delta.clone().narrow(0, start, length),
+            b: self.b.clone().narrow(0, start, length),
+            c: self.c.clone().narrow(0, start, length),
         }
     }
 
@@ -69,7 +70,7 @@ pub struct ScanParameters<B: Backend> {
     pub d: Tensor<B, 1>,
 }
 
-/// The whole scan: `y` `[batch, length, inner]`.
+/// The whole scan: `y` `[length, batch, inner]`.
 pub fn selective_scan<B: Backend>(
     inputs: &ScanInputs<B>,
     parameters: &ScanParameters<B>,
@@ -82,7 +83,7 @@ pub fn selective_scan<B: Backend>(
         outputs.push(y);
         state = Some(last);
     }
-    Tensor::cat(outputs, 1)
+    Tensor::cat(outputs, 0)
 }
 
 /// The states entering each chunk (`None` for the first), for a replay that differentiates the
@@ -103,54 +104,74 @@ pub fn chunk_carries<B: Backend>(
     carries
 }
 
-/// One chunk from the state `initial` (zero when `None`): its outputs `[batch, steps, inner]`
+/// One chunk from the state `initial` (zero when `None`): its outputs `[steps, batch, inner]`
 /// and its last state `[batch, inner, state]`.
+///
+/// The state-sized tensors are kept as `[steps, batch · inner · state]` rows, so that every
+/// slice of steps is contiguous and every product is either elementwise on equal shapes, a
+/// row shared by all steps, or a matmul — the shapes the CPU backend runs with SIMD rather than
+/// through its element-by-element strided path.
 pub fn scan_chunk<B: Backend>(
     inputs: &ScanInputs<B>,
     parameters: &ScanParameters<B>,
     initial: Option<Tensor<B, 3>>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-    let [batch, steps, inner] = inputs.x.dims();
+    let [steps, batch, inner] = inputs.x.dims();
     let state_size = parameters.a.dims()[1];
-    // aₜ = exp(Δₜ·A) and vₜ = (Δₜ·xₜ) ⊗ Bₜ: [batch, steps, inner, state].
-    let mut decay = (inputs.delta.clone().unsqueeze_dim::<4>(3)
-        * parameters.a.clone().reshape([1, 1, inner, state_size]))
-    .exp();
-    let mut state = (inputs.delta.clone() * inputs.x.clone()).unsqueeze_dim::<4>(3)
-        * inputs.b.clone().unsqueeze_dim::<4>(2);
+    let rows = steps * batch;
+    let width = batch * inner * state_size;
+    // aₜ = exp(Δₜ·A): A repeated for every (step, sample), scaled by Δ per channel.
+    let a = parameters
+        .a
+        .clone()
+        .reshape([1, inner * state_size])
+        .repeat_dim(0, rows)
+        .reshape([rows, inner, state_size]);
+    let mut decay = (a * inputs.delta.clone().reshape([rows, inner, 1]))
+        .exp()
+        .reshape([steps, width]);
+    // vₜ = (Δₜ·xₜ) ⊗ Bₜ, one outer product per (step, sample).
+    let mut state = (inputs.delta.clone() * inputs.x.clone())
+        .reshape([rows, inner, 1])
+        .matmul(inputs.b.clone().reshape([rows, 1, state_size]))
+        .reshape([steps, width]);
     // After the round with `offset`, state[t] holds Σ over the last 2·offset steps up to t of
     // vₛ times the decays between s and t, and decay[t] the product of those 2·offset decays.
     let mut offset = 1;
     while offset < steps {
         let tail = steps - offset;
-        let earlier_state = state.clone().narrow(1, 0, tail);
-        let later_decay = decay.clone().narrow(1, offset, tail);
+        let later_decay = decay.clone().narrow(0, offset, tail);
+        let carried = state.clone().narrow(0, 0, tail) * later_decay.clone();
         state = Tensor::cat(
             vec![
-                state.clone().narrow(1, 0, offset),
-                state.narrow(1, offset, tail) + later_decay.clone() * earlier_state,
+                state.clone().narrow(0, 0, offset),
+                state.narrow(0, offset, tail) + carried,
             ],
-            1,
+            0,
         );
         // The decay products are needed by the next round, and by the carry-in at the end.
         if 2 * offset < steps || initial.is_some() {
-            let earlier_decay = decay.clone().narrow(1, 0, tail);
+            let earlier_decay = decay.clone().narrow(0, 0, tail);
             decay = Tensor::cat(
-                vec![decay.narrow(1, 0, offset), later_decay * earlier_decay],
-                1,
+                vec![decay.narrow(0, 0, offset), earlier_decay * later_decay],
+                0,
             );
         }
         offset *= 2;
     }
     if let Some(initial) = initial {
-        state = state + decay * initial.unsqueeze_dim::<4>(1);
+        state = state + decay * initial.reshape([1, width]);
     }
-    let last = state.clone().narrow(1, steps - 1, 1).reshape([batch, inner, state_size]);
-    let y = (state * inputs.c.clone().unsqueeze_dim::<4>(2))
-        .sum_dim(3)
-        .reshape([batch, steps, inner])
-        + inputs.x.clone() * parameters.d.clone().reshape([1, 1, inner]);
-    (y, last)
+    let last = state
+        .clone()
+        .narrow(0, steps - 1, 1)
+        .reshape([batch, inner, state_size]);
+    let read = state
+        .reshape([rows, inner, state_size])
+        .matmul(inputs.c.clone().reshape([rows, state_size, 1]))
+        .reshape([rows, inner]);
+    let skip = inputs.x.clone().reshape([rows, inner]) * parameters.d.clone().reshape([1, inner]);
+    ((read + skip).reshape([steps, batch, inner]), last)
 }
 
 #[cfg(test)]
@@ -169,6 +190,7 @@ mod tests {
         upstream: Tensor<B, 3>,
     }
 
+    /// Time-major inputs `[length, batch, ·]`.
     fn case(batch: usize, length: usize, inner: usize, state: usize, delta_scale: f64) -> Case {
         let device = Default::default();
         let random = |shape: [usize; 3], low: f64, high: f64| {
@@ -177,30 +199,30 @@ mod tests {
         };
         Case {
             inputs: ScanInputs {
-                x: random([batch, length, inner], -1.0, 1.0),
-                delta: random([batch, length, inner], 0.01, delta_scale),
-                b: random([batch, length, state], -1.0, 1.0),
-                c: random([batch, length, state], -1.0, 1.0),
+                x: random([length, batch, inner], -1.0, 1.0),
+                delta: random([length, batch, inner], 0.01, delta_scale),
+                b: random([length, batch, state], -1.0, 1.0),
+                c: random([length, batch, state], -1.0, 1.0),
             },
             // S4D-real: A = −(1 … state), here perturbed.
             a_log: Tensor::<B, 2>::random([inner, state], Distribution::Uniform(0.0, 2.8), &device)
                 .require_grad(),
             d: Tensor::<B, 1>::random([inner], Distribution::Uniform(0.5, 1.5), &device)
                 .require_grad(),
-            upstream: Tensor::random([batch, length, inner], Distribution::Default, &device),
+            upstream: Tensor::random([length, batch, inner], Distribution::Default, &device),
         }
     }
 
     /// The recurrence as written, one step at a time.
     fn sequential(inputs: &ScanInputs<B>, parameters: &ScanParameters<B>) -> Tensor<B, 3> {
-        let [batch, length, inner] = inputs.x.dims();
+        let [length, batch, inner] = inputs.x.dims();
         let state_size = parameters.a.dims()[1];
         let mut h = Tensor::<B, 3>::zeros([batch, inner, state_size], &inputs.x.device());
         let mut outputs = Vec::new();
         for t in 0..length {
             let step = |tensor: &Tensor<B, 3>| {
                 let width = tensor.dims()[2];
-                tensor.clone().narrow(1, t, 1).reshape([batch, width])
+                tensor.clone().narrow(0, t, 1).reshape([batch, width])
             };
             let (x, delta, b, c) = (
                 step(&inputs.x),
@@ -214,9 +236,9 @@ mod tests {
             h = decay * h + (delta * x.clone()).unsqueeze_dim::<3>(2) * b.unsqueeze_dim::<3>(1);
             let y = (h.clone() * c.unsqueeze_dim::<3>(1)).sum_dim(2).reshape([batch, inner])
                 + x * parameters.d.clone().unsqueeze_dim(0);
-            outputs.push(y.unsqueeze_dim::<3>(1));
+            outputs.push(y.unsqueeze_dim::<3>(0));
         }
-        Tensor::cat(outputs, 1)
+        Tensor::cat(outputs, 0)
     }
 
     /// Output and the gradients of x, Δ, B, C, A_log and D for `sum(y · upstream)`.
