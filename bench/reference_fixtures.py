@@ -12,6 +12,11 @@ state dict through `model.pretrained` and compares vidtrain's logits (relative 1
   `unit_tcn` (`data_bn_type='VC'`, `adaptive='importance'`, spatial partitions), with its
   parameter names, on COCO-17 with mmaction2's `inward` edge list and its graph normalisation.
 - `transformer`: the seed transformer of `bench/pytorch_reference.py`.
+- `videomamba`, `mamba_kpt`: VideoMamba and the keypoint Mamba of `bench/mamba_reference.py`
+  (sequential selective scan), with the gradient of `sum(logits · upstream)` with respect to
+  the input as well.
+- `selective_scan`: random scan inputs, the sequential recurrence's output and the gradients of
+  x, delta, A, B, C and D (computed in float64).
 
     python3 bench/reference_fixtures.py OUT_DIR
 
@@ -28,6 +33,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pytorch_reference import VideoTransformer  # noqa: E402
+import mamba_reference  # noqa: E402
 
 CLASSES = 9
 
@@ -193,6 +199,59 @@ def write(out, name, model, model_input, vidtrain_input, config, safetensors=Fal
     print(f"{name}: {parameters} parameters, logits {list(logits.shape)}")
 
 
+def write_with_input_gradient(out, name, model, model_input, config, generator):
+    """Like `write`, plus `upstream` and the gradient of `sum(logits · upstream)` with respect
+    to the input (vidtrain's layout is the model's here)."""
+    write(out, name, model, model_input, model_input, config)
+    leaf = model_input.clone().requires_grad_()
+    logits = model(leaf)
+    upstream = torch.randn(logits.shape, generator=generator)
+    (logits * upstream).sum().backward()
+    path = os.path.join(out, f"{name}.json")
+    with open(path) as file:
+        fixture = json.load(file)
+    fixture["upstream"] = upstream.flatten().tolist()
+    fixture["input_gradient"] = leaf.grad.flatten().tolist()
+    with open(path, "w") as file:
+        json.dump(fixture, file)
+
+
+def randomise_mamba(model, generator):
+    """A, D, Δ's bias and the norms away from their initial values."""
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if name.endswith("a_log"):
+                tensor.add_(torch.rand(tensor.shape, generator=generator) * 0.5)
+            elif name.endswith(".d") or name.endswith("norm.weight"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif name.endswith("dt_proj.bias"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 2 - 3)
+
+
+def write_selective_scan(out, generator):
+    batch, length, inner, state = 2, 45, 6, 5
+    def rand(*shape, low=-1.0, high=1.0):
+        return (torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low)
+                + low).requires_grad_()
+    x, b, c = rand(batch, length, inner), rand(batch, length, state), rand(batch, length, state)
+    delta = rand(batch, length, inner, low=0.01, high=1.5)
+    a = (-torch.exp(torch.rand(inner, state, generator=generator, dtype=torch.float64) * 2.8)
+         ).requires_grad_()
+    d = rand(inner, low=0.5, high=1.5)
+    y = mamba_reference.selective_scan(x, delta, a, b, c, d)
+    upstream = torch.randn(y.shape, generator=generator, dtype=torch.float64)
+    (y * upstream).sum().backward()
+    values = lambda tensor: tensor.detach().flatten().tolist()  # noqa: E731
+    fixture = {"shape": [batch, length, inner, state], "upstream": values(upstream),
+               "y": values(y)}
+    for name, tensor in [("x", x), ("delta", delta), ("a", a), ("b", b), ("c", c), ("d", d)]:
+        fixture[name] = values(tensor)
+        fixture[f"grad_{name}"] = values(tensor.grad)
+    with open(os.path.join(out, "selective_scan.json"), "w") as file:
+        json.dump(fixture, file)
+    print(f"selective_scan: {batch}x{length}x{inner}x{state}")
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -234,6 +293,36 @@ def main():
          "model.transformer_layers": 2, "model.transformer_heads": 4,
          "model.transformer_ff_dim": 64, "model.input_type": "rgb", "data.img_size": 32,
          "data.uniform_temporal_subsample_num": 6},
+    )
+
+    main_mamba(out, generator)
+
+
+def main_mamba(out, generator):
+    write_selective_scan(out, generator)
+
+    videomamba = mamba_reference.VideoMambaClassifier(
+        CLASSES, dim=32, layers=2, tubelet=(2, 8, 8), clip=(4, 16, 16))
+    randomise_mamba(videomamba, generator)
+    clip = torch.rand(2, 1, 4, 16, 16, 3, generator=generator)
+    write_with_input_gradient(
+        out, "videomamba", videomamba, clip,
+        {"model.backbone": "mamba", "model.mamba_dim": 32, "model.mamba_layers": 2,
+         "model.tubelet_size": [2, 8, 8], "model.input_type": "rgb", "data.img_size": 16,
+         "data.uniform_temporal_subsample_num": 4},
+        generator,
+    )
+
+    keypoint_mamba = mamba_reference.KeypointMambaClassifier(CLASSES, joints=17, dim=24, layers=2)
+    randomise_mamba(keypoint_mamba, generator)
+    joints = torch.randn(2, 1, 30, 17, 3, generator=generator)
+    write_with_input_gradient(
+        out, "mamba_kpt", keypoint_mamba, joints,
+        {"model.backbone": "mamba", "model.mamba_dim": 24, "model.mamba_layers": 2,
+         "model.input_type": "kpt", "data.keypoint_indices": list(range(17)),
+         "data.load_kpt": True, "data.load_rgb": False,
+         "data.uniform_temporal_subsample_num": 30},
+        generator,
     )
 
 

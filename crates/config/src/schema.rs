@@ -481,7 +481,7 @@ impl Default for ModelConfig {
             mamba_expand: 2,
             mamba_conv_kernel: 4,
             mamba_bidirectional: true,
-            mamba_chunk: 32,
+            mamba_chunk: 16,
             skeleton: SkeletonLayout::Sam3dBody52,
             skeleton_edges: Vec::new(),
             skeleton_center: 0,
@@ -791,8 +791,7 @@ impl Config {
                 format!(
                     "must be a multiple of model.tubelet_size[0] = {tubelet_frames} for the {:?} \
                      backbone, got {}",
-                    self.model.backbone,
-                    data.uniform_temporal_subsample_num
+                    self.model.backbone, data.uniform_temporal_subsample_num
                 ),
             );
         }

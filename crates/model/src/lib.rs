@@ -318,7 +318,11 @@ impl<B: Backend> ActionModel<B> {
     }
 
     fn keypoint(&self) -> KeypointBackbone<'_, B> {
-        match (&self.keypoint_encoder, &self.keypoint_gcn, &self.keypoint_mamba) {
+        match (
+            &self.keypoint_encoder,
+            &self.keypoint_gcn,
+            &self.keypoint_mamba,
+        ) {
             (Some(encoder), _, _) => KeypointBackbone::Transformer(encoder),
             (None, Some(gcn), _) => KeypointBackbone::Stgcn(gcn),
             (None, None, Some(mamba)) => KeypointBackbone::Mamba(mamba),

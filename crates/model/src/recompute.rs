@@ -539,11 +539,7 @@ fn replay_mamba_block<B: AutodiffBackend>(
         let carries = chunk_carries(inputs, &untracked_parameters[direction], block.chunk());
         let mut carry_gradient: Option<Tensor<B, 3>> = None;
         let mut pieces = Vec::new();
-        for ((start, length), carry) in inputs
-            .chunks(block.chunk())
-            .into_iter()
-            .zip(carries)
-            .rev()
+        for ((start, length), carry) in inputs.chunks(block.chunk()).into_iter().zip(carries).rev()
         {
             let piece = inputs.narrow(start, length);
             let leaves = ScanInputs {

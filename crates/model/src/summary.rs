@@ -373,7 +373,14 @@ impl ActionModelConfig {
                     segment: Some(SegmentKind::StemPerClip),
                     ..LayerSummary::default()
                 });
-                push_mamba_blocks(&mut layers, "rgb", config.layers, &config.block, clips, tokens);
+                push_mamba_blocks(
+                    &mut layers,
+                    "rgb",
+                    config.layers,
+                    &config.block,
+                    clips,
+                    tokens,
+                );
             }
             None => {}
         }
@@ -776,9 +783,8 @@ impl ActivationCosts {
                     3 * states + 2 * inner_values,
                 )
                 .inference((3 * directions + 3) * inner_values + 4 * chunk_states);
-                costs.replay_peak = input
-                    + (6 * directions + 4) * inner_values
-                    + (2 * rounds + 6) * chunk_states;
+                costs.replay_peak =
+                    input + (6 * directions + 4) * inner_values + (2 * rounds + 6) * chunk_states;
                 costs
             }
             // After a pool the features pass as they are (the input is already `[clips, dim]`);

@@ -184,3 +184,185 @@ fn another_class_count_reinitialises_the_head_and_a_wrong_depth_names_every_misf
         "names the unexpected second block: {error}"
     );
 }
+
+fn relative_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let norm = |values: &mut dyn Iterator<Item = f64>| values.map(|v| v * v).sum::<f64>().sqrt();
+    norm(&mut got.iter().zip(want).map(|(a, b)| (a - b) as f64))
+        / norm(&mut want.iter().map(|&v| v as f64))
+}
+
+fn json_floats(json: &serde_json::Value, key: &str) -> Vec<f32> {
+    json[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("fixture has no {key}"))
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The logits and the gradient of `sum(logits · upstream)` with respect to the input equal the
+/// reference's (its selective scan a plain loop over time), whatever the chunk of vidtrain's scan.
+fn assert_same_logits_and_input_gradient(name: &str) {
+    type B = burn::backend::Autodiff<Flex>;
+    let fixture = read(name);
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    let weights = fixtures().join(format!("{name}.pth"));
+    let device = Default::default();
+    // Chunks of one step, ones that do not divide the sequence, and one longer than it.
+    for chunk in [1, 3, 16, 64] {
+        let mut config = fixture.config.clone();
+        config.model.pretrained = weights.display().to_string();
+        config.model.transformer_dropout = 0.0;
+        config.model.mamba_chunk = chunk;
+        let mut model: ActionModel<B> = ActionModelConfig::from_config(&config).init(&device);
+        vidtrain_trainer::pretrained::load(&mut model, &config, &weights).unwrap();
+        let input = Tensor::<B, 1>::from_floats(fixture.input.as_slice(), &device).require_grad();
+        let shape = fixture.input_shape.clone();
+        let scores = match shape.len() {
+            6 => model.forward(
+                Some(
+                    input
+                        .clone()
+                        .reshape(<[usize; 6]>::try_from(shape).unwrap()),
+                ),
+                None,
+            ),
+            _ => model.forward(
+                None,
+                Some(
+                    input
+                        .clone()
+                        .reshape(<[usize; 5]>::try_from(shape).unwrap()),
+                ),
+            ),
+        };
+        let logits = scores.clone().into_data().to_vec::<f32>().unwrap();
+        let error = relative_error(&logits, &fixture.logits);
+        assert!(
+            error <= 1e-4,
+            "{name}, chunk {chunk}: logits differ by {error:e}"
+        );
+        let upstream =
+            Tensor::<B, 1>::from_floats(json_floats(&json, "upstream").as_slice(), &device)
+                .reshape(scores.dims());
+        let grads = (scores * upstream).sum().backward();
+        let gradient = input
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let error = relative_error(&gradient, &json_floats(&json, "input_gradient"));
+        assert!(
+            error <= 1e-4,
+            "{name}, chunk {chunk}: input gradient differs by {error:e}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs PyTorch fixtures: run through `cargo xtask ci`"]
+fn videomamba_gives_the_sequential_references_logits_and_input_gradient() {
+    assert_same_logits_and_input_gradient("videomamba");
+}
+
+#[test]
+#[ignore = "needs PyTorch fixtures: run through `cargo xtask ci`"]
+fn keypoint_mamba_gives_the_sequential_references_logits_and_input_gradient() {
+    assert_same_logits_and_input_gradient("mamba_kpt");
+}
+
+/// vidtrain's chunked scan (f32) against the recurrence run step by step in float64 by PyTorch:
+/// the output and the gradients of x, Δ, A, B, C and D, for chunks that divide the 45 steps and
+/// chunks that do not.
+#[test]
+#[ignore = "needs PyTorch fixtures: run through `cargo xtask ci`"]
+fn chunked_scan_equals_the_sequential_recurrence_of_pytorch() {
+    use vidtrain_model::layers::selective_scan::{ScanInputs, ScanParameters, selective_scan};
+    type B = burn::backend::Autodiff<Flex>;
+    let path = fixtures().join("selective_scan.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let shape: Vec<usize> = json["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let [batch, length, inner, state] = <[usize; 4]>::try_from(shape).unwrap();
+    let device = Default::default();
+    // PyTorch's are batch-major `[batch, length, ·]`; vidtrain's scan is time-major.
+    let sequence = |key: &str, width: usize| {
+        Tensor::<B, 1>::from_floats(json_floats(&json, key).as_slice(), &device)
+            .reshape([batch, length, width])
+            .swap_dims(0, 1)
+            .reshape([length * batch * width])
+            .reshape([length, batch, width])
+            .require_grad()
+    };
+    let batch_major = |tensor: Tensor<burn::backend::Flex, 3>| {
+        let [l, b, w] = tensor.dims();
+        tensor
+            .swap_dims(0, 1)
+            .reshape([b * l * w])
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    for chunk in [1, 4, 7, 16, 45, 64] {
+        let inputs = ScanInputs {
+            x: sequence("x", inner),
+            delta: sequence("delta", inner),
+            b: sequence("b", state),
+            c: sequence("c", state),
+        };
+        let parameters = ScanParameters {
+            a: Tensor::<B, 1>::from_floats(json_floats(&json, "a").as_slice(), &device)
+                .reshape([inner, state])
+                .require_grad(),
+            d: Tensor::<B, 1>::from_floats(json_floats(&json, "d").as_slice(), &device)
+                .require_grad(),
+        };
+        let y = selective_scan(&inputs, &parameters, chunk);
+        let upstream = sequence("upstream", inner).detach();
+        let grads = (y.clone() * upstream).sum().backward();
+        let checks = [
+            ("y", batch_major(y.inner())),
+            ("grad_x", batch_major(inputs.x.grad(&grads).unwrap())),
+            (
+                "grad_delta",
+                batch_major(inputs.delta.grad(&grads).unwrap()),
+            ),
+            ("grad_b", batch_major(inputs.b.grad(&grads).unwrap())),
+            ("grad_c", batch_major(inputs.c.grad(&grads).unwrap())),
+            (
+                "grad_a",
+                parameters
+                    .a
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .to_vec()
+                    .unwrap(),
+            ),
+            (
+                "grad_d",
+                parameters
+                    .d
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .to_vec()
+                    .unwrap(),
+            ),
+        ];
+        for (key, got) in checks {
+            let error = relative_error(&got, &json_floats(&json, key));
+            assert!(error <= 1e-4, "chunk {chunk}: {key} differs by {error:e}");
+        }
+    }
+}

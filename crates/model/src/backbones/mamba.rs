@@ -56,9 +56,7 @@ impl VideoMambaConfig {
                 .init(device),
             spatial_positions: positions.init([rows * columns, self.dim()], device),
             temporal_positions: Initializer::Zeros.init([frames, self.dim()], device),
-            blocks: (0..self.layers)
-                .map(|_| self.block.init(device))
-                .collect(),
+            blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
             norm: RmsNorm::new(self.dim(), device),
             tubelet: self.tubelet,
         }
@@ -163,9 +161,7 @@ impl KeypointMambaConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> KeypointMamba<B> {
         KeypointMamba {
             embedding: LinearConfig::new(self.joints * 3, self.dim()).init(device),
-            blocks: (0..self.layers)
-                .map(|_| self.block.init(device))
-                .collect(),
+            blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
             norm: RmsNorm::new(self.dim(), device),
         }
     }

@@ -43,7 +43,7 @@ pub struct MambaBlockConfig {
     #[config(default = true)]
     pub bidirectional: bool,
     /// Steps per chunk of the selective scan.
-    #[config(default = 32)]
+    #[config(default = 16)]
     pub chunk: usize,
 }
 
@@ -264,14 +264,18 @@ impl<B: Backend> MambaDirection<B> {
         let weight = like(self.conv_weight.val(), &x)
             .reshape([inner, kernel])
             .transpose(); // [k, E]
-        let padding = Tensor::<B, 3>::zeros([kernel - 1, batch, inner], &x.device()).cast(x.dtype());
+        let padding =
+            Tensor::<B, 3>::zeros([kernel - 1, batch, inner], &x.device()).cast(x.dtype());
         let padded = Tensor::cat(vec![padding, x], 0);
         let mut output = like(self.conv_bias.val(), &padded)
             .reshape([1, inner])
             .repeat_dim(0, length * batch);
         for tap in 0..kernel {
             output = output
-                + padded.clone().narrow(0, tap, length).reshape([length * batch, inner])
+                + padded
+                    .clone()
+                    .narrow(0, tap, length)
+                    .reshape([length * batch, inner])
                     * weight.clone().narrow(0, tap, 1);
         }
         output.reshape([length, batch, inner])
@@ -343,10 +347,9 @@ mod tests {
         let block: MambaBlock<TestBackend> = MambaBlockConfig::new(8).init(&device);
         let direction = &block.directions[0];
         let x = Tensor::<TestBackend, 3>::random([10, 2, 16], Distribution::Default, &device);
-        let changed = x.clone().slice_assign(
-            [6..7, 0..2, 0..16],
-            Tensor::ones([1, 2, 16], &device) * 5.0,
-        );
+        let changed = x
+            .clone()
+            .slice_assign([6..7, 0..2, 0..16], Tensor::ones([1, 2, 16], &device) * 5.0);
         let before = direction.causal_conv(x).narrow(0, 0, 6);
         let after = direction.causal_conv(changed).narrow(0, 0, 6);
         before.into_data().assert_eq(&after.into_data(), true);
@@ -371,6 +374,9 @@ mod tests {
         // Δ at rest (dt_proj of zeros) lies in [0.001, 0.1].
         let bias = direction.dt_proj.bias.as_ref().unwrap().val();
         let delta = softplus(bias).into_data().to_vec::<f32>().unwrap();
-        assert!(delta.iter().all(|d| (0.000_99..=0.100_1).contains(d)), "{delta:?}");
+        assert!(
+            delta.iter().all(|d| (0.000_99..=0.100_1).contains(d)),
+            "{delta:?}"
+        );
     }
 }

@@ -194,8 +194,7 @@ mod tests {
     fn case(batch: usize, length: usize, inner: usize, state: usize, delta_scale: f64) -> Case {
         let device = Default::default();
         let random = |shape: [usize; 3], low: f64, high: f64| {
-            Tensor::<B, 3>::random(shape, Distribution::Uniform(low, high), &device)
-                .require_grad()
+            Tensor::<B, 3>::random(shape, Distribution::Uniform(low, high), &device).require_grad()
         };
         Case {
             inputs: ScanInputs {
@@ -234,7 +233,9 @@ mod tests {
                 * parameters.a.clone().unsqueeze_dim::<3>(0))
             .exp();
             h = decay * h + (delta * x.clone()).unsqueeze_dim::<3>(2) * b.unsqueeze_dim::<3>(1);
-            let y = (h.clone() * c.unsqueeze_dim::<3>(1)).sum_dim(2).reshape([batch, inner])
+            let y = (h.clone() * c.unsqueeze_dim::<3>(1))
+                .sum_dim(2)
+                .reshape([batch, inner])
                 + x * parameters.d.clone().unsqueeze_dim(0);
             outputs.push(y.unsqueeze_dim::<3>(0));
         }
@@ -242,16 +243,20 @@ mod tests {
     }
 
     /// Output and the gradients of x, Δ, B, C, A_log and D for `sum(y · upstream)`.
-    fn run(case: &Case, scan: impl Fn(&ScanInputs<B>, &ScanParameters<B>) -> Tensor<B, 3>) -> Vec<Vec<f32>> {
+    fn run(
+        case: &Case,
+        scan: impl Fn(&ScanInputs<B>, &ScanParameters<B>) -> Tensor<B, 3>,
+    ) -> Vec<Vec<f32>> {
         let parameters = ScanParameters {
             a: case.a_log.clone().exp().neg(),
             d: case.d.clone(),
         };
         let y = scan(&case.inputs, &parameters);
         let grads = (y.clone() * case.upstream.clone()).sum().backward();
-        let values = |tensor: Tensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend, 3>| {
-            tensor.into_data().to_vec::<f32>().unwrap()
-        };
+        let values = |tensor: Tensor<
+            <B as burn::tensor::backend::AutodiffBackend>::InnerBackend,
+            3,
+        >| { tensor.into_data().to_vec::<f32>().unwrap() };
         let inputs = &case.inputs;
         vec![
             y.inner().into_data().to_vec::<f32>().unwrap(),
@@ -259,8 +264,18 @@ mod tests {
             values(inputs.delta.grad(&grads).unwrap()),
             values(inputs.b.grad(&grads).unwrap()),
             values(inputs.c.grad(&grads).unwrap()),
-            case.a_log.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
-            case.d.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(),
+            case.a_log
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
+            case.d
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap(),
         ]
     }
 
@@ -278,7 +293,9 @@ mod tests {
         let want = run(&case, sequential);
         // Chunks that divide 37 and ones that do not, down to one step and up to the whole.
         for chunk in [1, 2, 5, 8, 16, 37, 64] {
-            let got = run(&case, |inputs, parameters| selective_scan(inputs, parameters, chunk));
+            let got = run(&case, |inputs, parameters| {
+                selective_scan(inputs, parameters, chunk)
+            });
             for (name, (got, want)) in ["y", "x", "delta", "B", "C", "A_log", "D"]
                 .iter()
                 .zip(got.iter().zip(&want))
@@ -297,7 +314,9 @@ mod tests {
         // cumulative-sum form cannot represent in f32.
         let case = case(1, 70, 3, 4, 20.0);
         let want = run(&case, sequential);
-        let got = run(&case, |inputs, parameters| selective_scan(inputs, parameters, 64));
+        let got = run(&case, |inputs, parameters| {
+            selective_scan(inputs, parameters, 64)
+        });
         for (got, want) in got.iter().zip(&want) {
             assert!(got.iter().all(|v| v.is_finite()));
             assert!(relative(got, want) <= 1e-5);
