@@ -799,7 +799,7 @@ impl ActivationCosts {
 mod tests {
     use super::*;
     use crate::recompute::Activation;
-    use crate::{Resnet3dConfig, StgcnConfig};
+    use crate::{KeypointMambaConfig, Resnet3dConfig, StgcnConfig, VideoMambaConfig};
     use crate::{TestBackend, VideoTransformerConfig, VivitConfig};
     use burn::prelude::*;
     use burn::tensor::Distribution;
@@ -860,6 +860,17 @@ mod tests {
                 BackboneConfig::Resnet3d(Resnet3dConfig::new(34, 2, 0.0)),
                 transformer.clone(),
                 FusionMode::ProbMean,
+            ),
+            (
+                BackboneConfig::Mamba(VideoMambaConfig::new(
+                    MambaBlockConfig::new(16).with_state(4),
+                    2,
+                    [2, 8, 8],
+                    [4, 32, 32],
+                )),
+                KeypointMambaConfig::new(5, MambaBlockConfig::new(12).with_bidirectional(false), 1)
+                    .into(),
+                FusionMode::FeatureConcat,
             ),
         ] {
             let config = config(backbone, keypoint_encoder, fusion);
