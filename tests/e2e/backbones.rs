@@ -1,4 +1,4 @@
-//! The 3-D ResNet and ST-GCN backbones from the command line: settings that cannot work are
+//! The 3-D ResNet, ST-GCN and Mamba backbones from the command line: settings that cannot work are
 //! refused before anything starts (exit 2, the key named, no run folder), each trains, and
 //! `model.pretrained` starts a run from PyTorch weights.
 
@@ -63,6 +63,19 @@ fn impossible_backbone_settings_are_refused_before_a_run_starts() {
             &["model.pretrained=no-such-weights.pth"],
             "model.pretrained",
         ),
+        (
+            &["model.backbone=mamba", "model.mamba_state=0"],
+            "model.mamba_state",
+        ),
+        (
+            &["model.backbone=mamba", "model.mamba_chunk=0"],
+            "model.mamba_chunk",
+        ),
+        // Tubelets of 3 frames do not tile the clip's 8.
+        (
+            &["model.backbone=mamba", "model.tubelet_size=[3,16,16]"],
+            "data.uniform_temporal_subsample_num",
+        ),
     ];
     for (extra, key) in cases {
         let output = train(&dir, &[&extra[..], &["train.max_steps=2"]].concat());
@@ -97,6 +110,20 @@ fn each_new_backbone_trains_with_every_input_it_takes() {
         ]
         .concat(),
         &STGCN_KPT,
+        &[
+            "model.backbone=mamba",
+            "model.mamba_dim=16",
+            "model.mamba_layers=1",
+        ],
+        &[
+            "model.backbone=mamba",
+            "model.mamba_dim=16",
+            "model.mamba_layers=1",
+            "model.mamba_bidirectional=false",
+            "model.input_type=kpt",
+            "data.load_kpt=true",
+            "data.load_rgb=false",
+        ],
     ];
     for (number, case) in cases.iter().enumerate() {
         let experiment = format!("experiment=case-{number}");

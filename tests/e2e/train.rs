@@ -513,6 +513,17 @@ fn recompute_leaves_every_step_loss_of_a_run_unchanged_with_dropout_on() {
             "data.load_rgb=false",
             "model.fusion_mode=prob_mean",
         ],
+        // VideoMamba with keypoint Mamba beside it; chunks of 3 do not divide its 16 tokens.
+        &[
+            "model.backbone=mamba",
+            "model.mamba_dim=16",
+            "model.mamba_layers=2",
+            "model.mamba_chunk=3",
+            "model.input_type=rgb_kpt",
+            "data.load_kpt=true",
+            "model.keypoint_backbone=mamba",
+            "model.fusion_mode=feature_concat",
+        ],
     ];
     for (number, case) in cases.iter().enumerate() {
         let mut losses = Vec::new();
