@@ -264,7 +264,9 @@ pub(crate) fn git_revision() -> Option<String> {
 
 /// `cargo xtask bench recompute`: peak host RSS and speed of training steps of the seed's model
 /// (224 px, T 8, batch 4, D 256, 4 layers, one view) on the CPU backend — where activations live
-/// in host memory — for each `model.checkpoint` mode, and of ViViT at the same size.
+/// in host memory — for each `model.checkpoint` mode, of ViViT at the same size, and of
+/// VideoMamba (D 192, 6 blocks, 112 px, batch 2: 196 tokens a clip). `BENCH_CASES=mamba` runs
+/// only the named backbones.
 pub fn recompute() -> anyhow::Result<()> {
     cargo(&["build", "--release", "-p", "trainer-cli"])?;
     let target = target_dir();
@@ -273,16 +275,26 @@ pub fn recompute() -> anyhow::Result<()> {
     let config = bench_dataset(&vidtrain, &folder)?;
     let runs = folder.join("runs");
     let mut rows = Vec::new();
+    let only = bench_cases();
     let cases = ["none", "encoder", "stem", "all"]
         .map(|mode| ("transformer", mode))
         .into_iter()
-        .chain(["none", "all"].map(|mode| ("vivit", mode)));
+        .chain(["none", "all"].map(|mode| ("vivit", mode)))
+        .chain(["none", "all"].map(|mode| ("mamba", mode)))
+        .filter(|(backbone, _)| only.is_empty() || only.iter().any(|word| backbone.contains(word)));
+    // VideoMamba's scan states make it the heaviest per token: a smaller clip keeps `none` near
+    // 1.5 GiB.
+    let mamba_size = [
+        "data.img_size=112",
+        "data.batch_size=2",
+        "model.mamba_layers=6",
+    ];
     for (backbone, mode) in cases {
         let experiment = format!("experiment=recompute-{backbone}-{mode}");
         let checkpoint = format!("model.checkpoint={mode}");
         let backbone_key = format!("model.backbone={backbone}");
         let run_dir = format!("paths.run_dir={}", runs.display());
-        let args = [
+        let mut args = vec![
             "train",
             "--config",
             config.to_str().context("UTF-8 path")?,
@@ -304,6 +316,9 @@ pub fn recompute() -> anyhow::Result<()> {
             &backbone_key,
             &run_dir,
         ];
+        if backbone == "mamba" {
+            args.extend(mamba_size);
+        }
         let summary = train_summary(
             &vidtrain,
             &args,
@@ -319,7 +334,8 @@ pub fn recompute() -> anyhow::Result<()> {
     }
     println!(
         "224 px, T 8, batch 4, D 256, 4 layers, 4 heads, one view, CPU backend, 3 optimizer steps \
-         (transformer: the seed's model; vivit: 2×16×16 tubelets, 784 tokens)"
+         (transformer: the seed's model; vivit: 2×16×16 tubelets, 784 tokens; mamba: VideoMamba \
+         D 192, state 16, 6 blocks, 112 px, batch 2, 196 tokens)"
     );
     println!("  backbone     model.checkpoint  peak host RSS  vs none  samples/s  slowdown");
     let baselines: Vec<(String, f64, f64)> = rows
@@ -356,6 +372,94 @@ pub fn recompute() -> anyhow::Result<()> {
     }
     let report = json!({"host": host(), "git_revision": git_revision(), "rows": rows});
     let out = target.join("bench/recompute.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+/// `BENCH_CASES=a,b`: the words naming the cases to run (all when unset).
+fn bench_cases() -> Vec<String> {
+    std::env::var("BENCH_CASES")
+        .map(|words| words.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// `cargo xtask bench tokens`: how time and peak memory of a training step grow with the
+/// sequence, VideoMamba (linear scan) beside ViViT (quadratic attention) at the same width and
+/// depth (D 192, 4 blocks; ViViT with 3 heads and FF 768), 112 px, batch 2, one view, f32, no
+/// recompute, on the CPU backend: 8, 16 and 32 frames, i.e. 196, 392 and 784 tokens a clip.
+pub fn tokens() -> anyhow::Result<()> {
+    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    let target = target_dir();
+    let vidtrain = target.join("release/vidtrain");
+    let folder = target.join("bench/tokens");
+    let config = bench_dataset(&vidtrain, &folder)?;
+    let runs = folder.join("runs");
+    let mut rows = Vec::new();
+    for backbone in ["mamba", "vivit"] {
+        for frames in [8, 16, 32] {
+            let name = format!("tokens-{backbone}-{frames}");
+            let args = [
+                "train".to_string(),
+                "--config".into(),
+                config.to_str().context("UTF-8 path")?.into(),
+                format!("model.backbone={backbone}"),
+                format!("data.uniform_temporal_subsample_num={frames}"),
+                "data.img_size=112".into(),
+                "data.batch_size=2".into(),
+                "train.view=single".into(),
+                "model.mamba_layers=4".into(),
+                "model.transformer_dim=192".into(),
+                "model.transformer_layers=4".into(),
+                "model.transformer_heads=3".into(),
+                "model.transformer_ff_dim=768".into(),
+                "model.transformer_dropout=0".into(),
+                "model.checkpoint=none".into(),
+                "train.max_steps=3".into(),
+                "train.k_folds=2".into(),
+                "train.video_batch_size=1".into(),
+                "data.num_workers=0".into(),
+                "data.prefetch_depth=1".into(),
+                format!("experiment={name}"),
+                format!("paths.run_dir={}", runs.display()),
+            ];
+            let summary = train_summary(&vidtrain, &args, &runs.join(&name))?;
+            rows.push(json!({
+                "backbone": backbone,
+                "frames": frames,
+                "tokens": frames / 2 * 49,
+                "peak_host_rss_bytes": summary["peak_host_rss_bytes"],
+                "samples_per_s": summary["samples_per_s"],
+            }));
+        }
+    }
+    println!(
+        "112 px, batch 2, one view, D 192, 4 blocks, f32, no recompute, CPU backend, 3 optimizer \
+         steps; cost relative to each model's 196 tokens"
+    );
+    println!("  backbone  tokens  s/sample  vs 1x  peak host RSS  vs 1x");
+    for backbone in ["mamba", "vivit"] {
+        let of: Vec<&Value> = rows
+            .iter()
+            .filter(|row| row["backbone"] == backbone)
+            .collect();
+        let seconds = |row: &Value| 1.0 / row["samples_per_s"].as_f64().unwrap_or(f64::NAN);
+        let rss = |row: &Value| row["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN);
+        let (base_seconds, base_rss) = (seconds(of[0]), rss(of[0]));
+        for row in of {
+            println!(
+                "  {:<8}  {:>6}  {:>8.2}  {:>5.2}  {:>9.0} MiB  {:>5.2}",
+                backbone,
+                row["tokens"],
+                seconds(row),
+                seconds(row) / base_seconds,
+                rss(row) / 1048576.0,
+                rss(row) / base_rss
+            );
+        }
+    }
+    let report = json!({"host": host(), "git_revision": git_revision(), "rows": rows});
+    let out = target.join("bench/tokens.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", out.display());
     Ok(())

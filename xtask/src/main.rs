@@ -19,7 +19,7 @@ const COMMANDS: [(&str, &str); 3] = [
     ),
     (
         "bench",
-        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench plan`: vidtrain plan vs measured peak RSS; `bench cpu`: bench-model vs PyTorch eager on this CPU, ratio table; `bench gpu`: CUDA binary + GPU script (vs PyTorch)",
+        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench tokens`: VideoMamba vs ViViT cost at 1x/2x/4x tokens; `bench plan`: vidtrain plan vs measured peak RSS; `bench cpu`: bench-model vs PyTorch eager on this CPU, ratio table; `bench gpu`: CUDA binary + GPU script (vs PyTorch)",
     ),
     (
         "demo-data",
@@ -35,11 +35,12 @@ fn main() -> ExitCode {
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("data") => bench::data(),
             Some("recompute") => bench::recompute(),
+            Some("tokens") => bench::tokens(),
             Some("plan") => plan_bench::plan(),
             Some("gpu") => bench::gpu(),
             Some("cpu") => cpu_bench::cpu(),
             _ => {
-                eprintln!("usage: cargo xtask bench data|recompute|plan|cpu|gpu");
+                eprintln!("usage: cargo xtask bench data|recompute|tokens|plan|cpu|gpu");
                 return ExitCode::from(2);
             }
         },

@@ -2,7 +2,8 @@
 //! by a real CPU training run of the same config, for the demo, the seed's three scenarios at
 //! reduced size (in their fp16), the seed model and ViViT at 224 px with and without recompute,
 //! in f32 and in half precision, and torchvision's r3d_18 (112 px, 16 frames) and ST-GCN (64
-//! frames) with and without recompute. `BENCH_CASES=r3d,stgcn` runs only the named cases.
+//! frames) with and without recompute, and VideoMamba (112 px) and the keypoint Mamba (256
+//! frames) likewise. `BENCH_CASES=r3d,stgcn` runs only the named cases.
 
 use std::path::Path;
 use std::process::Command;
@@ -50,6 +51,29 @@ pub fn plan() -> anyhow::Result<()> {
         "data.batch_size=16",
         "train.view=single",
         "data.uniform_temporal_subsample_num=64",
+        "data.num_workers=0",
+    ];
+    // VideoMamba (D 192, state 16, expand 2, chunks of 16) with 4 blocks: 196 tokens a clip.
+    let mamba_112 = [
+        "model.backbone=mamba",
+        "model.mamba_layers=4",
+        "data.img_size=112",
+        "data.batch_size=2",
+        "train.view=single",
+        "train.video_batch_size=2",
+        "data.num_workers=0",
+        "data.uniform_temporal_subsample_num=8",
+    ];
+    // The keypoint Mamba over 256 frames of the 52 joints.
+    let mamba_kpt = [
+        "model.backbone=mamba",
+        "model.mamba_layers=4",
+        "model.input_type=kpt",
+        "data.load_kpt=true",
+        "data.load_rgb=false",
+        "data.batch_size=8",
+        "train.view=single",
+        "data.uniform_temporal_subsample_num=256",
         "data.num_workers=0",
     ];
     // Each case: its name and the argument groups it joins (every run adds `short`).
@@ -149,6 +173,30 @@ pub fn plan() -> anyhow::Result<()> {
         case(
             "stgcn 64 frames b16, all",
             &[&on_data, &stgcn, &["model.checkpoint=all"]],
+        ),
+        case(
+            "mamba 112 px b2, none",
+            &[&on_data, &mamba_112, &["model.checkpoint=none"]],
+        ),
+        case(
+            "mamba 112 px b2, all",
+            &[&on_data, &mamba_112, &["model.checkpoint=all"]],
+        ),
+        case(
+            "mamba 112 px b2 bf16, none",
+            &[
+                &on_data,
+                &mamba_112,
+                &["model.checkpoint=none", "trainer.precision=bf16"],
+            ],
+        ),
+        case(
+            "mamba kpt 256 frames b8, none",
+            &[&on_data, &mamba_kpt, &["model.checkpoint=none"]],
+        ),
+        case(
+            "mamba kpt 256 frames b8, all",
+            &[&on_data, &mamba_kpt, &["model.checkpoint=all"]],
         ),
     ];
     // `BENCH_CASES=r3d,stgcn` runs only the cases whose name contains one of the words.

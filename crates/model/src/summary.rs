@@ -784,7 +784,7 @@ impl ActivationCosts {
                 )
                 .inference((3 * directions + 3) * inner_values + 4 * chunk_states);
                 costs.replay_peak =
-                    input + (6 * directions + 4) * inner_values + (2 * rounds + 6) * chunk_states;
+                    input + (4 * directions + 4) * inner_values + (2 * rounds + 3) * chunk_states;
                 costs
             }
             // After a pool the features pass as they are (the input is already `[clips, dim]`);
