@@ -120,6 +120,9 @@ pub struct LayerSummary {
     /// `StemStep::gradients`): it keeps only its input, and its backward is
     /// `replay_peak_elements` of temporaries, whatever the recompute mode.
     pub by_hand: bool,
+    /// Its saved values and temporaries are f32 whatever the compute dtype (a Mamba block's
+    /// selective scan runs in f32); its output is in the compute dtype.
+    pub f32_internals: bool,
 }
 
 impl LayerSummary {
@@ -232,6 +235,7 @@ fn push_mamba_blocks(
             params: mamba_block_params(config),
             output_shape: vec![clips, tokens, config.dim],
             segment: Some(SegmentKind::Block),
+            f32_internals: true,
             ..LayerSummary::default()
         });
     }

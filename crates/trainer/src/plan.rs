@@ -99,7 +99,13 @@ fn activation_layers(
             // (measured with `cargo xtask bench plan`: priced at 2 bytes, the half-precision rows
             // came out at 0.5–0.6 of the measured peak). cubecl's convolutions compute in half.
             let half_stem_step = layer.by_hand && activation_bytes < 4;
-            let temporary_bytes = if half_stem_step { 4 } else { activation_bytes };
+            // A Mamba block keeps and makes f32 values whatever the compute dtype.
+            let internal_bytes = if layer.f32_internals {
+                activation_bytes.max(4)
+            } else {
+                activation_bytes
+            };
+            let temporary_bytes = if half_stem_step { 4 } else { internal_bytes };
             let f32_copies = if half_stem_step && backend == BackendChoice::Cpu {
                 (input_elements + output_elements) * 4
             } else {
@@ -109,7 +115,7 @@ fn activation_layers(
             let temporaries = |elements: usize| elements as u64 * temporary_bytes + f32_copies;
             ActivationLayer {
                 name: layer.name.clone(),
-                saved: layer.saved_elements as u64 * activation_bytes,
+                saved: layer.saved_elements as u64 * internal_bytes,
                 forward_extra: temporaries(layer.forward_extra_elements),
                 backward_extra: temporaries(layer.backward_extra_elements),
                 replay_peak: temporaries(layer.replay_peak_elements),
