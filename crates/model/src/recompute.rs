@@ -992,27 +992,36 @@ mod tests {
             (Backbone::Stgcn, InputType::Kpt, FusionMode::ProbMean),
             (Backbone::Stgcn, InputType::RgbKpt, FusionMode::FeatureMean),
         ] {
-            let shape = Shape {
-                backbone,
-                frames: 4,
-            };
-            let case = case_of(shape, input, fusion, 0.0);
-            let expected = plain(&case);
-            for mode in MODES {
-                assert_equal(
-                    &expected,
-                    &segmented(&case, mode),
-                    &format!("{backbone:?} {input:?} {fusion:?} {mode:?}"),
-                );
-            }
-            // With dropout, recompute replays the masks of the first run.
-            let case = case_of(shape, input, fusion, 0.3);
+            assert_every_mode_matches_a_plain_backward(backbone, input, fusion);
+        }
+    }
+
+    /// Every recompute mode gives the gradients of a plain backward, and with dropout the
+    /// replayed masks are those of the first run.
+    fn assert_every_mode_matches_a_plain_backward(
+        backbone: Backbone,
+        input: InputType,
+        fusion: FusionMode,
+    ) {
+        let shape = Shape {
+            backbone,
+            frames: 4,
+        };
+        let case = case_of(shape, input, fusion, 0.0);
+        let expected = plain(&case);
+        for mode in MODES {
             assert_equal(
-                &segmented(&case, CheckpointMode::None),
-                &segmented(&case, CheckpointMode::All),
-                &format!("{backbone:?} {input:?} with dropout 0.3"),
+                &expected,
+                &segmented(&case, mode),
+                &format!("{backbone:?} {input:?} {fusion:?} {mode:?}"),
             );
         }
+        let case = case_of(shape, input, fusion, 0.3);
+        assert_equal(
+            &segmented(&case, CheckpointMode::None),
+            &segmented(&case, CheckpointMode::All),
+            &format!("{backbone:?} {input:?} with dropout 0.3"),
+        );
     }
 
     /// VideoMamba and the keypoint Mamba: a recomputed block replays its scans chunk by chunk.
@@ -1024,25 +1033,7 @@ mod tests {
             (InputType::Kpt, FusionMode::FeatureConcat),
             (InputType::RgbKpt, FusionMode::FeatureMean),
         ] {
-            let shape = Shape {
-                backbone: Backbone::Mamba,
-                frames: 4,
-            };
-            let case = case_of(shape, input, fusion, 0.0);
-            let expected = plain(&case);
-            for mode in MODES {
-                assert_equal(
-                    &expected,
-                    &segmented(&case, mode),
-                    &format!("mamba {input:?} {fusion:?} {mode:?}"),
-                );
-            }
-            let case = case_of(shape, input, fusion, 0.3);
-            assert_equal(
-                &segmented(&case, CheckpointMode::None),
-                &segmented(&case, CheckpointMode::All),
-                &format!("mamba {input:?} with dropout 0.3"),
-            );
+            assert_every_mode_matches_a_plain_backward(Backbone::Mamba, input, fusion);
         }
     }
 

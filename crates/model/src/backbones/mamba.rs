@@ -132,8 +132,7 @@ impl<B: Backend> VideoMamba<B> {
 
     /// Final RMSNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
     pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [n, _, dim] = tokens.dims();
-        mean_dim_f32(self.norm.forward(tokens), 1).reshape([n, dim])
+        norm_and_mean(&self.norm, tokens)
     }
 }
 
@@ -226,7 +225,12 @@ impl<B: Backend> KeypointMamba<B> {
 
     /// Final RMSNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
     pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [n, _, dim] = tokens.dims();
-        mean_dim_f32(self.norm.forward(tokens), 1).reshape([n, dim])
+        norm_and_mean(&self.norm, tokens)
     }
+}
+
+/// RMSNorm, then the mean over tokens (in f32): `[n, tokens, dim]` → `[n, dim]`.
+fn norm_and_mean<B: Backend>(norm: &RmsNorm<B>, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [n, _, dim] = tokens.dims();
+    mean_dim_f32(norm.forward(tokens), 1).reshape([n, dim])
 }
