@@ -549,7 +549,7 @@ fn replay_mamba_block<B: AutodiffBackend>(
                 c: piece.c.require_grad(),
             };
             let carry = carry.map(Tensor::require_grad);
-            let parameters = block.scan_parameters(dtype).swap_remove(direction);
+            let parameters = block.direction_scan_parameters(direction, dtype);
             let (y, last) = scan_chunk(&leaves, &parameters, carry.clone());
             let mut objective = (y * output_gradient.clone().narrow(0, start, length)).sum();
             if let Some(carry_gradient) = carry_gradient.take() {

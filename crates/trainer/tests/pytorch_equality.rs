@@ -113,20 +113,7 @@ fn assert_same_logits(name: &str, weights: &str) {
     let fixture = read(name);
     let (got, parameters) = logits(&fixture, &fixtures().join(weights));
     assert_eq!(parameters, fixture.parameters, "{name}: parameter count");
-    assert_eq!(got.len(), fixture.logits.len());
-    let norm = |values: &[f32]| {
-        values
-            .iter()
-            .map(|v| (*v as f64).powi(2))
-            .sum::<f64>()
-            .sqrt()
-    };
-    let difference: Vec<f32> = got
-        .iter()
-        .zip(&fixture.logits)
-        .map(|(a, b)| a - b)
-        .collect();
-    let relative = norm(&difference) / norm(&fixture.logits);
+    let relative = relative_error(&got, &fixture.logits);
     assert!(
         relative <= 1e-4,
         "{name} ({weights}): logits differ by {relative:e}\n ours    {got:?}\n pytorch {:?}",
@@ -211,6 +198,11 @@ fn assert_same_logits_and_input_gradient(name: &str) {
     )
     .unwrap();
     let weights = fixtures().join(format!("{name}.pth"));
+    assert_eq!(
+        trainable(&fixture.config),
+        fixture.parameters,
+        "{name}: parameter count"
+    );
     let device = Default::default();
     // Chunks of one step, ones that do not divide the sequence, and one longer than it.
     for chunk in [1, 3, 16, 64] {

@@ -160,6 +160,11 @@ impl<B: Backend> MambaBlock<B> {
             .collect()
     }
 
+    /// The scan parameters of direction `number` alone (0 forward, 1 backward).
+    pub fn direction_scan_parameters(&self, number: usize, dtype: DType) -> ScanParameters<B> {
+        self.directions[number].scan_parameters(dtype)
+    }
+
     /// Every direction's scan, whole: outputs `[length, batch, inner]` (time-major, the backward
     /// direction's in reversed order).
     pub fn scan(&self, scans: &[ScanInputs<B>]) -> Vec<Tensor<B, 3>> {
