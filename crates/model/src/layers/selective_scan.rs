@@ -76,32 +76,40 @@ pub fn selective_scan<B: Backend>(
     parameters: &ScanParameters<B>,
     chunk: usize,
 ) -> Tensor<B, 3> {
+    scan_chunks(inputs, parameters, chunk, false).0
+}
+
+/// The whole scan, and the states entering each chunk (`None` for the first), for a replay that
+/// differentiates the scan one chunk at a time. Run it untracked: besides `y` it keeps only these
+/// `[batch, inner, state]` carries.
+pub fn selective_scan_with_carries<B: Backend>(
+    inputs: &ScanInputs<B>,
+    parameters: &ScanParameters<B>,
+    chunk: usize,
+) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 3>>>) {
+    scan_chunks(inputs, parameters, chunk, true)
+}
+
+/// Chunk after chunk, each from the last state of the one before; the carries only when asked
+/// (an untracked forward would otherwise hold one state per chunk for nothing).
+fn scan_chunks<B: Backend>(
+    inputs: &ScanInputs<B>,
+    parameters: &ScanParameters<B>,
+    chunk: usize,
+    keep_carries: bool,
+) -> (Tensor<B, 3>, Vec<Option<Tensor<B, 3>>>) {
     let mut state = None;
     let mut outputs = Vec::new();
+    let mut carries = Vec::new();
     for (start, length) in inputs.chunks(chunk) {
+        if keep_carries {
+            carries.push(state.clone());
+        }
         let (y, last) = scan_chunk(&inputs.narrow(start, length), parameters, state);
         outputs.push(y);
         state = Some(last);
     }
-    Tensor::cat(outputs, 0)
-}
-
-/// The states entering each chunk (`None` for the first), for a replay that differentiates the
-/// scan one chunk at a time. Run it untracked: it keeps nothing but these `[batch, inner, state]`
-/// carries.
-pub fn chunk_carries<B: Backend>(
-    inputs: &ScanInputs<B>,
-    parameters: &ScanParameters<B>,
-    chunk: usize,
-) -> Vec<Option<Tensor<B, 3>>> {
-    let mut state = None;
-    let mut carries = Vec::new();
-    for (start, length) in inputs.chunks(chunk) {
-        carries.push(state.clone());
-        let (_, last) = scan_chunk(&inputs.narrow(start, length), parameters, state);
-        state = Some(last);
-    }
-    carries
+    (Tensor::cat(outputs, 0), carries)
 }
 
 /// One chunk from the state `initial` (zero when `None`): its outputs `[steps, batch, inner]`

@@ -8,7 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use super::Gradients;
 use crate::layers::encoder::{EncoderBlock, query_block_seed, query_blocks};
 use crate::layers::mamba::MambaBlock;
-use crate::layers::selective_scan::{ScanInputs, chunk_carries, scan_chunk};
+use crate::layers::selective_scan::{ScanInputs, scan_chunk, selective_scan_with_carries};
 
 /// Replays a recomputed Mamba block without ever holding a whole scan's states: the block's
 /// first stage (norm, projections, convolutions) and its scans run untracked, the last stage
@@ -33,7 +33,12 @@ pub(super) fn replay_mamba_block<B: AutodiffBackend>(
     let untracked = block.clone().no_grad();
     let (gate, scans) = untracked.scan_inputs(input.clone().detach());
     let dtype = scans[0].x.dtype();
-    let outputs = untracked.scan(&scans);
+    // One untracked pass per scan gives its output and the state entering each chunk.
+    let (outputs, carries): (Vec<_>, Vec<_>) = scans
+        .iter()
+        .zip(untracked.scan_parameters(dtype))
+        .map(|(inputs, parameters)| selective_scan_with_carries(inputs, &parameters, block.chunk()))
+        .unzip();
 
     // The last stage, from the scans' outputs.
     let residual = track(input.clone());
@@ -53,10 +58,10 @@ pub(super) fn replay_mamba_block<B: AutodiffBackend>(
     gradients.add(grads);
 
     // Each scan, one chunk at a time from the last.
-    let untracked_parameters = untracked.scan_parameters(dtype);
     let mut scan_gradients = Vec::with_capacity(scans.len());
-    for (direction, (inputs, output_gradient)) in scans.iter().zip(output_gradients).enumerate() {
-        let carries = chunk_carries(inputs, &untracked_parameters[direction], block.chunk());
+    for (direction, ((inputs, output_gradient), carries)) in
+        scans.iter().zip(output_gradients).zip(carries).enumerate()
+    {
         let mut carry_gradient: Option<Tensor<B, 3>> = None;
         let mut pieces = Vec::new();
         for ((start, length), carry) in inputs.chunks(block.chunk()).into_iter().zip(carries).rev()
