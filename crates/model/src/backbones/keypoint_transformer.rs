@@ -85,15 +85,7 @@ impl<B: Backend> KeypointEncoder<B> {
         if let Some(block) = self.encoder_block(index) {
             return Activation::Tokens(block.forward(input.into_tokens()));
         }
-        let keypoints = input.into_joints();
-        let [n, t, joints, channels] = keypoints.dims();
-        let x = linear(
-            &self.embedding,
-            keypoints.reshape([n, t, joints * channels]),
-        ); // [n, t, dim]
-        let dim = x.dims()[2];
-        let positions = like(sinusoidal_positions::<B>(t, dim, &x.device()), &x);
-        Activation::Tokens(x + positions.unsqueeze::<3>())
+        Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
@@ -101,4 +93,21 @@ impl<B: Backend> KeypointEncoder<B> {
         let [n, _, dim] = tokens.dims();
         mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
     }
+}
+
+/// One token per frame: the frame's joints flattened, `embedding`, sinusoidal positions over time
+/// (the keypoint transformer's and the keypoint Mamba's first segment).
+///
+/// # Shapes
+/// - input: `[n, t, joints, 3]`
+/// - output: `[n, t, dim]`
+pub(crate) fn frame_tokens<B: Backend>(
+    embedding: &Linear<B>,
+    keypoints: Tensor<B, 4>,
+) -> Tensor<B, 3> {
+    let [n, t, joints, channels] = keypoints.dims();
+    let x = linear(embedding, keypoints.reshape([n, t, joints * channels]));
+    let dim = x.dims()[2];
+    let positions = like(sinusoidal_positions::<B>(t, dim, &x.device()), &x);
+    x + positions.unsqueeze::<3>()
 }

@@ -11,8 +11,8 @@ use burn::module::{Initializer, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
+use super::keypoint_transformer::frame_tokens;
 use super::vivit::tubelets;
-use crate::layers::encoder::sinusoidal_positions;
 use crate::layers::mamba::{MambaBlock, MambaBlockConfig, RmsNorm};
 use crate::precision::{like, linear, mean_dim_f32};
 use crate::recompute::{Activation, SegmentKind};
@@ -212,15 +212,7 @@ impl<B: Backend> KeypointMamba<B> {
         if let Some(block) = self.mamba_block(index) {
             return Activation::Tokens(block.forward(input.into_tokens()));
         }
-        let keypoints = input.into_joints();
-        let [n, t, joints, channels] = keypoints.dims();
-        let x = linear(
-            &self.embedding,
-            keypoints.reshape([n, t, joints * channels]),
-        );
-        let dim = x.dims()[2];
-        let positions = like(sinusoidal_positions::<B>(t, dim, &x.device()), &x);
-        Activation::Tokens(x + positions.unsqueeze::<3>())
+        Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
     /// Final RMSNorm and mean over time: `[n, t, dim]` → `[n, dim]`.

@@ -243,7 +243,7 @@ impl<B: Backend> MambaDirection<B> {
         let rank = self.dt_proj.weight.dims()[0];
         let state = self.a_log.dims()[1];
         let dt = linear(&self.dt_proj, projected.clone().narrow(2, 0, rank));
-        let dtype = scan_dtype(u.dtype());
+        let dtype = accumulation_dtype(u.dtype());
         ScanInputs {
             x: u.cast(dtype),
             delta: softplus(dt.cast(dtype)),
@@ -253,7 +253,7 @@ impl<B: Backend> MambaDirection<B> {
     }
 
     fn scan_parameters(&self, dtype: DType) -> ScanParameters<B> {
-        let dtype = scan_dtype(dtype);
+        let dtype = accumulation_dtype(dtype);
         ScanParameters {
             a: self.a_log.val().cast(dtype).exp().neg(),
             d: self.d.val().cast(dtype),
@@ -296,8 +296,8 @@ fn swap_batch_and_time<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
         .reshape([second, first, width])
 }
 
-/// The scan runs in f32, or in f64 when the model does.
-fn scan_dtype(dtype: DType) -> FloatDType {
+/// Where a Mamba block accumulates (its scan, RMSNorm): f32, or f64 when the model computes in f64.
+fn accumulation_dtype(dtype: DType) -> FloatDType {
     if dtype == DType::F64 {
         FloatDType::F64
     } else {
@@ -330,7 +330,7 @@ impl<B: Backend> RmsNorm<B> {
     /// Normalises the last axis.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
-        let x = x.cast(scan_dtype(dtype));
+        let x = x.cast(accumulation_dtype(dtype));
         let mean_square = x.clone().powi_scalar(2).mean_dim(D - 1);
         let mut shape = [1; D];
         shape[D - 1] = self.weight.dims()[0];
