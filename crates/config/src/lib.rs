@@ -6,10 +6,12 @@
 //! Every error names the key and the layer it came from; [`Config::validate`] rejects impossible
 //! combinations before any work starts.
 
+mod controls;
 mod error;
 mod loader;
 mod schema;
 
+pub use controls::*;
 pub use error::{Error, Result};
 pub use loader::{ConfigLoader, DEFAULT_TOML, ENV_PREFIX};
 pub use schema::*;

@@ -28,6 +28,7 @@ pub const ENV_PREFIX: &str = "VIDTRAIN_";
 /// ```
 #[derive(Debug, Clone)]
 pub struct ConfigLoader {
+    /// Everything above the built-in defaults: presets, files, environment, overrides.
     figment: Figment,
 }
 
@@ -38,15 +39,21 @@ impl Default for ConfigLoader {
 }
 
 impl ConfigLoader {
-    /// Built-in defaults, then `configs/default.toml`.
+    /// Built-in defaults, then `configs/default.toml` (added when the config is resolved).
     pub fn new() -> Self {
-        let figment = Figment::new()
+        Self {
+            figment: Figment::new(),
+        }
+    }
+
+    /// The built-in defaults and `configs/default.toml`.
+    fn defaults() -> Figment {
+        Figment::new()
             .merge(Serialized::defaults(Config::default()))
             .merge(Named::new(
                 "configs/default.toml",
                 Toml::string(DEFAULT_TOML),
-            ));
-        Self { figment }
+            ))
     }
 
     /// Adds an embedded preset (TOML text) named `name` in error messages.
@@ -124,7 +131,26 @@ impl ConfigLoader {
 
     /// Resolves the config without [`Config::validate`] (for tools that inspect partial configs).
     pub fn load_unvalidated(self) -> Result<Config> {
-        self.figment.extract::<Config>().map_err(translate)
+        let config = Self::defaults()
+            .merge(self.figment.clone())
+            .extract::<Config>()
+            .map_err(translate)?;
+        // `data.augment` names a preset of augmentation keys: it sits just above the defaults,
+        // so a key the user set anywhere wins over it.
+        let Some(preset) = config.data.augment.as_toml() else {
+            return Ok(config);
+        };
+        Self::defaults()
+            .merge(Named::new(
+                format!(
+                    "data.augment preset `{preset_name}`",
+                    preset_name = config.data.augment.name()
+                ),
+                Toml::string(preset),
+            ))
+            .merge(self.figment)
+            .extract::<Config>()
+            .map_err(translate)
     }
 }
 
@@ -531,5 +557,79 @@ mod tests {
             .overrides(["data.batch_size"])
             .unwrap_err();
         assert!(error.to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn an_augment_preset_sets_its_keys_and_explicit_keys_win() {
+        let standard = load(&["data.augment=standard"]).unwrap();
+        assert_eq!(standard.data.hflip_prob, 0.5);
+        assert_eq!(standard.data.crop_scale, [0.6, 1.0]);
+        assert_eq!(standard.data.color_jitter, [0.2, 0.2, 0.2]);
+        assert!(standard.data.temporal_jitter && standard.augments());
+        // A key set on the command line, in either order, beats the preset.
+        for overrides in [
+            ["data.augment=standard", "data.hflip_prob=0"],
+            ["data.hflip_prob=0", "data.augment=standard"],
+        ] {
+            let config = load(&overrides).unwrap();
+            assert_eq!(config.data.hflip_prob, 0.0);
+            assert_eq!(config.data.crop_scale, [0.6, 1.0]);
+        }
+        let light = load(&["data.augment=light"]).unwrap();
+        assert_eq!(light.data.crop_scale, [1.0, 1.0]);
+        assert_eq!(light.data.color_jitter, [0.0; 3]);
+        assert!(!load(&[]).unwrap().augments());
+    }
+
+    #[test]
+    fn class_weights_are_a_name_or_one_weight_per_class() {
+        use crate::ClassWeights;
+        let balanced = load(&["train.class_weights=balanced"]).unwrap();
+        assert_eq!(balanced.train.class_weights, ClassWeights::Balanced);
+        let list = load(&["train.class_weights=[1,1,1,1,1,1,1,1,0.2]"]).unwrap();
+        assert_eq!(
+            list.train.class_weights,
+            ClassWeights::Fixed(vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2])
+        );
+        let short = load(&["train.class_weights=[1,2]"]).unwrap_err().to_string();
+        assert!(short.contains("train.class_weights") && short.contains("2 weights for 9"));
+        let word = load(&["train.class_weights=inverse"]).unwrap_err().to_string();
+        assert!(word.contains("\"balanced\""), "{word}");
+        assert_eq!(
+            crate::balanced_class_weights(&[0, 0, 0, 1], 3),
+            vec![4.0 / 9.0, 4.0 / 3.0, 0.0]
+        );
+    }
+
+    #[test]
+    fn training_controls_are_checked_before_a_run() {
+        for (override_, key) in [
+            ("train.monitor=val_acc", "train.monitor"),
+            ("data.hflip_prob=1.5", "data.hflip_prob"),
+            ("data.crop_scale=[0.8,0.5]", "data.crop_scale"),
+            ("data.flip_label_pairs=[[\"left\",\"sideways\"]]", "data.flip_label_pairs"),
+            ("train.nesterov=true", "train.nesterov"),
+            ("eval.clips=0", "eval.clips"),
+        ] {
+            let error = load(&[override_]).unwrap_err().to_string();
+            assert!(error.contains(key), "{override_}: {error}");
+        }
+        assert!(load(&["train.optimizer=sgd", "train.nesterov=true"]).is_ok());
+        assert!(!crate::MonitorMode::Auto.maximises("val_loss"));
+        assert!(crate::MonitorMode::Auto.maximises("val_macro_f1"));
+    }
+
+    #[test]
+    fn flip_joint_pairs_become_positions_among_the_kept_joints() {
+        let config = load(&[]).unwrap();
+        let positions = config.flip_joint_positions();
+        // Kept: 0–6 at 0–6, hands 21–62 at 7–48, 67–69 at 49–51.
+        assert!(positions.contains(&[1, 2]) && positions.contains(&[5, 6]));
+        assert!(positions.contains(&[7, 28]) && positions.contains(&[27, 48]));
+        assert!(positions.contains(&[49, 50]));
+        // Elbows, hips and feet are not kept: nothing to exchange.
+        assert_eq!(positions.len(), 3 + 21 + 1);
+        let custom = load(&["data.flip_joint_pairs=[[0,69]]"]).unwrap();
+        assert_eq!(custom.flip_joint_positions(), vec![[0, 51]]);
     }
 }

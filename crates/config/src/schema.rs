@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::controls::{AugmentPreset, ClassWeights, MonitorMode, OptimizerKind, Sampler};
 use crate::{Error, Result};
 
 /// The fully resolved configuration of one vidtrain run.
@@ -26,6 +27,8 @@ pub struct Config {
     pub model: ModelConfig,
     /// Where the dataset lives and where runs are written.
     pub paths: PathsConfig,
+    /// Evaluation (`eval`, validation, `predict`).
+    pub eval: EvalConfig,
 }
 
 impl Default for Config {
@@ -37,6 +40,7 @@ impl Default for Config {
             trainer: TrainerConfig::default(),
             model: ModelConfig::default(),
             paths: PathsConfig::default(),
+            eval: EvalConfig::default(),
         }
     }
 }
@@ -84,6 +88,45 @@ pub struct DataConfig {
     /// Keep decoded samples in host memory, up to this many MiB, so later epochs do not decode
     /// again. 0 (the default) keeps nothing: host memory stays bounded by the prefetch depth.
     pub cache_decoded_mib: usize,
+    /// Augmentation preset for training (validation, `eval` and `predict` never augment):
+    /// `none`, `light` (flip, temporal jitter) or `standard` (`light` plus random resized crop and
+    /// colour jitter). A preset sets the augmentation keys below; any of them set explicitly (in
+    /// a file, the environment or on the command line) wins over the preset.
+    pub augment: AugmentPreset,
+    /// Probability of flipping a training sample horizontally: frames mirrored by ffmpeg's
+    /// `hflip`, labels swapped by `data.flip_label_pairs`, views by `data.flip_view_pairs`,
+    /// keypoints mirrored (`data.keypoint_flip_width`, `data.flip_joint_pairs`).
+    pub hflip_prob: f64,
+    /// Random resized crop: the crop's share of the frame's area is drawn from this range
+    /// (torchvision's `scale`); `[1.0, 1.0]` turns cropping off. ffmpeg crops before it scales to
+    /// `data.img_size`, in the same decode.
+    pub crop_scale: [f64; 2],
+    /// Random resized crop: range of the crop's aspect ratio, width / height (torchvision's
+    /// `ratio`), drawn log-uniformly.
+    pub crop_ratio: [f64; 2],
+    /// Colour jitter strengths `[brightness, contrast, saturation]`: each factor is drawn from
+    /// `[1 − s, 1 + s]` per sample (the same for all its frames and views), applied to the
+    /// decoded u8 frames as torchvision's `adjust_*`. `[0, 0, 0]` turns it off.
+    pub color_jitter: [f64; 3],
+    /// Draw each sampled frame at a random position within its share of the segment (TSN
+    /// segment sampling) instead of the fixed uniform subsample. Training only.
+    pub temporal_jitter: bool,
+    /// Centre crop for validation, `eval` and `predict`: the crop's side as a share of the
+    /// width and height (1.0 = the whole frame, the default).
+    pub eval_crop: f64,
+    /// Class pairs a horizontal flip exchanges (a `left` gaze seen mirrored is a `right` gaze).
+    pub flip_label_pairs: Vec<[String; 2]>,
+    /// Camera views a horizontal flip exchanges (the left camera's mirror image is the right's).
+    pub flip_view_pairs: Vec<[String; 2]>,
+    /// Joint pairs (joint numbers of the keypoint files, as in `data.keypoint_indices`) a flip
+    /// exchanges; empty uses the pairs of `model.skeleton` (SAM-3D-body / MHR70 or COCO-17).
+    pub flip_joint_pairs: Vec<[usize; 2]>,
+    /// A flip maps a keypoint's x to `keypoint_flip_width − x`: 0 for camera-centred 3D
+    /// keypoints (SAM-3D-body), the frame width for pixel coordinates, 1 for normalised ones.
+    pub keypoint_flip_width: f64,
+    /// Order of training samples each epoch: `shuffle` (each sample once) or `balanced` (as many
+    /// draws, with replacement, each class equally likely).
+    pub sampler: Sampler,
 }
 
 impl Default for DataConfig {
@@ -104,6 +147,18 @@ impl Default for DataConfig {
             decode_timeout_s: 120,
             class_names: seed_class_names(),
             cache_decoded_mib: 0,
+            augment: AugmentPreset::None,
+            hflip_prob: 0.0,
+            crop_scale: [1.0, 1.0],
+            crop_ratio: [0.75, 4.0 / 3.0],
+            color_jitter: [0.0, 0.0, 0.0],
+            temporal_jitter: false,
+            eval_crop: 1.0,
+            flip_label_pairs: seed_flip_label_pairs(),
+            flip_view_pairs: vec![["left".into(), "right".into()]],
+            flip_joint_pairs: Vec::new(),
+            keypoint_flip_width: 0.0,
+            sampler: Sampler::Shuffle,
         }
     }
 }
@@ -128,6 +183,17 @@ pub fn seed_class_names() -> Vec<String> {
         "front",
     ]
     .map(String::from)
+    .to_vec()
+}
+
+/// The seed's classes a horizontal flip exchanges.
+pub fn seed_flip_label_pairs() -> Vec<[String; 2]> {
+    [
+        ["left", "right"],
+        ["left_up", "right_up"],
+        ["left_down", "right_down"],
+    ]
+    .map(|pair| pair.map(String::from))
     .to_vec()
 }
 
@@ -185,6 +251,33 @@ pub struct TrainConfig {
     /// Continue a run: `""` (start fresh), `"last"` (the newest run of this experiment with a
     /// checkpoint), or the path of a run folder or checkpoint folder. Use the same config.
     pub resume: String,
+    /// `adam` (as before; L2 `weight_decay` added to the gradient, like `torch.optim.Adam`),
+    /// `adamw` (decoupled weight decay) or `sgd` (with `train.momentum`, `train.nesterov`).
+    pub optimizer: OptimizerKind,
+    /// Weight decay: L2 penalty for `adam`/`sgd`, decoupled decay for `adamw`.
+    pub weight_decay: f64,
+    /// SGD momentum (0 = plain SGD; dampening 0, as PyTorch).
+    pub momentum: f64,
+    /// Nesterov momentum for SGD.
+    pub nesterov: bool,
+    /// Linear warm-up from 0 to `train.lr` over this many optimizer steps before the schedule.
+    pub warmup_steps: usize,
+    /// Warm-up as a share of the run's optimizer steps (used when `train.warmup_steps = 0`).
+    pub warmup_fraction: f64,
+    /// Label smoothing of the cross-entropy loss (`torch.nn.CrossEntropyLoss(label_smoothing)`).
+    pub label_smoothing: f64,
+    /// Class weights in the loss: `"none"`, `"balanced"` (n_samples / (n_classes · count), from
+    /// the training split, as scikit-learn) or a list with one weight per class.
+    pub class_weights: ClassWeights,
+    /// Metric that chooses the best checkpoint and drives early stopping: any number of the
+    /// epoch line of `metrics.jsonl` (`val_accuracy`, `val_macro_f1`, `val_loss`,
+    /// `val_macro_auroc`, `train_loss`).
+    pub monitor: String,
+    /// Whether larger or smaller `train.monitor` is better; `auto` minimises losses and
+    /// maximises the rest.
+    pub monitor_mode: MonitorMode,
+    /// Stop when `train.monitor` has not improved for this many epochs (0 = never stop early).
+    pub early_stopping_patience: usize,
 }
 
 impl Default for TrainConfig {
@@ -203,6 +296,17 @@ impl Default for TrainConfig {
             seed: 42,
             checkpoint_every_steps: 0,
             resume: String::new(),
+            optimizer: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            nesterov: false,
+            warmup_steps: 0,
+            warmup_fraction: 0.0,
+            label_smoothing: 0.0,
+            class_weights: ClassWeights::None,
+            monitor: "val_accuracy".to_string(),
+            monitor_mode: MonitorMode::Auto,
+            early_stopping_patience: 0,
         }
     }
 }
@@ -280,6 +384,22 @@ impl<'de> Deserialize<'de> for Fold {
     }
 }
 
+/// `eval.*` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Temporal clips per segment whose class probabilities are averaged (multi-clip testing):
+    /// clip k of N samples each frame at (k + ½)/N of its share of the segment; 1 keeps the
+    /// uniform subsample of training.
+    pub clips: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self { clips: 1 }
+    }
+}
+
 /// `trainer.*` keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -300,6 +420,9 @@ pub struct TrainerConfig {
     /// Clip gradients to this global L2 norm before each optimizer step (after fp16 loss-scale
     /// unscaling), as Lightning's `gradient_clip_val`; 0 turns clipping off.
     pub gradient_clip_val: f64,
+    /// Write TensorBoard event files (`tensorboard/` in the run directory) beside
+    /// `metrics.jsonl`: `tensorboard --logdir runs`.
+    pub tensorboard: bool,
 }
 
 impl Default for TrainerConfig {
@@ -310,6 +433,7 @@ impl Default for TrainerConfig {
             precision_fallback: false,
             compute_threads: 0,
             gradient_clip_val: 0.0,
+            tensorboard: true,
         }
     }
 }
@@ -769,6 +893,7 @@ impl Config {
             }
         }
         self.validate_backbones()?;
+        self.validate_training_controls()?;
         if self.model.tubelet_size.contains(&0) {
             return invalid(
                 "model.tubelet_size",

@@ -236,7 +236,7 @@ fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
     };
     let rows: Vec<_> = backbones
         .iter()
-        .flat_map(|&backbone| vidtrain_trainer::model_bench::standard_rows(backbone, args.tiny))
+        .flat_map(|&backbone| vidtrain_trainer::bench::model::standard_rows(backbone, args.tiny))
         .filter(|row| {
             args.rows.is_empty()
                 || args.rows.iter().any(|name| {
@@ -266,7 +266,7 @@ fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
         "model", "row", "samples/s", "first s", "device use", "reserved", "host RSS", "loss"
     );
     for row in rows {
-        let result = vidtrain_trainer::model_bench::bench_rows(
+        let result = vidtrain_trainer::bench::model::bench_rows(
             &config,
             std::slice::from_ref(&row),
             backend,
@@ -515,7 +515,7 @@ fn eval(args: &EvalArgs) -> Result<(), Failure> {
     write("predictions.csv", csv.as_bytes())?;
     write(
         "confusion.svg",
-        vidtrain_trainer::confusion_svg::confusion_matrix_svg(
+        vidtrain_trainer::report::confusion_svg::confusion_matrix_svg(
             &config.data.class_names,
             &report.metrics.confusion,
             &format!("{} ({} samples)", report.weights.display(), report.samples),

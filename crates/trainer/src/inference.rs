@@ -15,8 +15,8 @@ use vidtrain_data::{Dataset, Pipeline};
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
 use crate::fit::{keypoint_tensor, labels_tensor, video_tensor};
-use crate::metrics::ClassificationMetrics;
-use crate::precision::compute_dtype;
+use crate::report::metrics::ClassificationMetrics;
+use crate::fit::precision::compute_dtype;
 use crate::{BackendChoice, Error, Result, effective_precision, resolve_backend};
 
 /// The weights file a `--checkpoint` argument names: a `.mpk` file, a checkpoint folder
@@ -62,7 +62,7 @@ fn load_model<B: Backend>(
     let mut model_config = ActionModelConfig::from_config(config);
     model_config.compute_dtype = compute_dtype(effective_precision(config, backend));
     let model: ActionModel<B> = model_config.init(device);
-    crate::weights::load(model, weights, config, device)
+    crate::persist::weights::load(model, weights, config, device)
 }
 
 /// What scoring a list of samples produced: the samples that loaded, in order, with their class

@@ -2,22 +2,14 @@
 //! exact gradient accumulation, validates every epoch and writes `config.toml`, `metrics.jsonl`,
 //! `memory.json`, `summary.json` and checkpoints into `runs/<experiment>/<timestamp>/`.
 
-mod checkpoint;
-pub mod confusion_svg;
-pub mod device_memory;
+pub mod bench;
+pub mod device;
 mod error;
 mod fit;
 pub mod inference;
-mod metrics;
-pub mod model_bench;
-pub mod oom;
-mod pipeline_bench;
+pub mod persist;
 pub mod plan;
-pub mod precision;
-pub mod pretrained;
-mod progress;
-mod run_dir;
-mod weights;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,9 +21,9 @@ use vidtrain_data::Dataset;
 use vidtrain_memutil::MemorySampler;
 
 pub use error::{Error, Result};
-pub use metrics::ClassificationMetrics;
-pub use pipeline_bench::{PipelineBench, bench_pipeline};
-pub use run_dir::{RunDir, utc_timestamp, write_atomically};
+pub use report::metrics::ClassificationMetrics;
+pub use bench::pipeline::{PipelineBench, bench_pipeline};
+pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically};
 
 /// How a run reports progress (not part of the config: it does not change results).
 #[derive(Debug, Clone, Default)]
@@ -176,7 +168,7 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
     }
     let mut choice = accelerator_backend(config);
     if choice == BackendChoice::Cuda
-        && let Err(reason) = device_memory::cuda_available()
+        && let Err(reason) = device::memory::cuda_available()
     {
         if config.trainer.accelerator == Accelerator::Cuda {
             return Err(Error::Unsupported {
@@ -291,7 +283,7 @@ pub fn train_all_folds(config: &Config, options: &TrainOptions) -> Result<CrossV
     let folder = config.paths.run_dir.join(&config.experiment);
     let summary_path = folder.join(format!(
         "cross-validation-{}.json",
-        run_dir::utc_timestamp()
+        persist::run_dir::utc_timestamp()
     ));
     let summary = CrossValidationSummary {
         k_folds: config.train.k_folds,
@@ -358,8 +350,8 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         train_ids.len(),
         val_ids.len()
     );
-    if let Some(folder) = checkpoint::resolve_resume(config, Path::new(""))? {
-        let state = checkpoint::read_state(&folder)?;
+    if let Some(folder) = persist::checkpoint::resolve_resume(config, Path::new(""))? {
+        let state = persist::checkpoint::read_state(&folder)?;
         if state.is_finished(config) {
             return Err(Error::AlreadyFinished {
                 checkpoint: folder,
@@ -370,7 +362,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         }
     }
     // A weights file that does not fit is refused before a run folder exists.
-    pretrained::check(config)?;
+    persist::pretrained::check(config)?;
     let run_dir = RunDir::create(&config.paths.run_dir, &config.experiment)?;
     // The fully resolved config goes in first, so every run can be reproduced from its folder.
     run_dir.write("config.toml", config.to_toml().as_bytes())?;
@@ -393,8 +385,8 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     match backend {
         BackendChoice::Cpu => fit::fit::<burn::backend::Autodiff<CpuBackend>>(context, FlexDevice),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => oom::catching_device_oom(config, || {
-            device_memory::persist_kernel_caches(backend);
+        BackendChoice::Cuda => device::oom::catching_device_oom(config, || {
+            device::memory::persist_kernel_caches(backend);
             fit::fit::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
                 context,
                 burn::backend::cuda::CudaDevice::default(),

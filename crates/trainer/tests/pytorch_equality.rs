@@ -79,7 +79,7 @@ fn logits(fixture: &Fixture, weights: &Path) -> (Vec<f32>, usize) {
     let mut config = fixture.config.clone();
     config.model.pretrained = weights.display().to_string();
     let mut model: ActionModel<Flex> = ActionModelConfig::from_config(&config).init(&device);
-    vidtrain_trainer::pretrained::load(&mut model, &config, weights).unwrap();
+    vidtrain_trainer::persist::pretrained::load(&mut model, &config, weights).unwrap();
     let input = TensorData::new(fixture.input.clone(), fixture.input_shape.clone());
     let scores = match fixture.input_shape.len() {
         6 => model.forward(Some(Tensor::from_data(input, &device)), None),
@@ -156,13 +156,13 @@ fn another_class_count_reinitialises_the_head_and_a_wrong_depth_names_every_misf
     let mut config = fixture.config.clone();
     config.model.model_class_num = 4;
     let mut model: ActionModel<Flex> = ActionModelConfig::from_config(&config).init(&device);
-    let report = vidtrain_trainer::pretrained::load(&mut model, &config, &weights).unwrap();
+    let report = vidtrain_trainer::persist::pretrained::load(&mut model, &config, &weights).unwrap();
     assert_eq!(report.head_reinitialised_from, Some(400));
 
     let mut config = fixture.config.clone();
     config.model.resnet_depth = 10;
     let mut model: ActionModel<Flex> = ActionModelConfig::from_config(&config).init(&device);
-    let error = vidtrain_trainer::pretrained::load(&mut model, &config, &weights)
+    let error = vidtrain_trainer::persist::pretrained::load(&mut model, &config, &weights)
         .unwrap_err()
         .to_string();
     assert!(error.contains("model.pretrained"), "{error}");
@@ -211,7 +211,7 @@ fn assert_same_logits_and_input_gradient(name: &str) {
         config.model.transformer_dropout = 0.0;
         config.model.mamba_chunk = chunk;
         let mut model: ActionModel<B> = ActionModelConfig::from_config(&config).init(&device);
-        vidtrain_trainer::pretrained::load(&mut model, &config, &weights).unwrap();
+        vidtrain_trainer::persist::pretrained::load(&mut model, &config, &weights).unwrap();
         let input = Tensor::<B, 1>::from_floats(fixture.input.as_slice(), &device).require_grad();
         let shape = fixture.input_shape.clone();
         let scores = match shape.len() {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::metrics::ClassificationMetrics;
+use crate::report::metrics::ClassificationMetrics;
 
 /// Reports training progress on stderr.
 pub(crate) struct Progress {

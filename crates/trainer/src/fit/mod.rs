@@ -1,6 +1,10 @@
 //! The training loop, generic over the autodiff backend: epochs of shuffled micro-batches with
 //! exact gradient accumulation, Adam steps, validation, metrics lines and checkpoints.
 
+
+pub(crate) mod precision;
+mod progress;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +20,13 @@ use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
 use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::{ActionModel, ActionModelConfig, InputShape};
 
-use crate::checkpoint::{self, TrainingState};
-use crate::confusion_svg::confusion_matrix_svg;
-use crate::device_memory;
-use crate::metrics::ClassificationMetrics;
-use crate::precision::{LossScaler, StepDecision, compute_dtype};
-use crate::progress::Progress;
-use crate::run_dir::RunDir;
+use crate::persist::checkpoint::{self, TrainingState};
+use crate::report::confusion_svg::confusion_matrix_svg;
+use crate::device::memory as device_memory;
+use crate::report::metrics::ClassificationMetrics;
+use crate::fit::precision::{LossScaler, StepDecision, compute_dtype};
+use crate::fit::progress::Progress;
+use crate::persist::run_dir::RunDir;
 use crate::{BackendChoice, Error, Result, RunSummary, TrainOptions};
 
 /// Everything a run needs that does not depend on the backend.
@@ -76,7 +80,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     model.materialize_parameters();
     if !config.model.pretrained.is_empty() {
         let path = std::path::Path::new(&config.model.pretrained);
-        let report = crate::pretrained::load(&mut model, config, path)?;
+        let report = crate::persist::pretrained::load(&mut model, config, path)?;
         match report.head_reinitialised_from {
             Some(file_classes) => tracing::info!(
                 "model.pretrained: {} tensors from {}; its classifier has {file_classes} classes, \
@@ -354,7 +358,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             .is_none_or(|(_, accuracy)| metrics.accuracy > accuracy);
         if improved {
             state.best = Some((epoch, metrics.accuracy));
-            crate::weights::save(&model, &checkpoints.join("model-best.mpk"), config)?;
+            crate::persist::weights::save(&model, &checkpoints.join("model-best.mpk"), config)?;
         }
         context.run_dir.log_metrics(&json!({
             "event": "epoch",

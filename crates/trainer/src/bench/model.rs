@@ -15,8 +15,8 @@ use serde::Serialize;
 use vidtrain_config::{Backbone, CheckpointMode, Config, Precision};
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
-use crate::device_memory::DevicePeaks;
-use crate::precision::{LossScaler, StepDecision, compute_dtype};
+use crate::device::memory::DevicePeaks;
+use crate::fit::precision::{LossScaler, StepDecision, compute_dtype};
 use crate::{BackendChoice, Error, Result};
 
 /// One configuration to time.
@@ -159,7 +159,7 @@ pub fn bench_rows(
     steps: usize,
     tiny: bool,
 ) -> Vec<BenchResult> {
-    crate::device_memory::persist_kernel_caches(backend);
+    crate::device::memory::persist_kernel_caches(backend);
     crate::configure_compute_threads(base);
     rows.iter()
         .map(|row| {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use vidtrain_config::Config;
 use vidtrain_model::ActionModel;
 
-use crate::precision::LossScaler;
+use crate::fit::precision::LossScaler;
 use crate::{Error, Result};
 
 /// Where the training loop stands; restoring it (with the model and optimizer) continues the run
@@ -61,8 +61,8 @@ where
     let _ = std::fs::remove_dir_all(&partial);
     let written = (|| {
         std::fs::create_dir_all(&partial).map_err(|error| Error::io(&partial, error))?;
-        crate::weights::save(model, &partial.join("model.mpk"), config)?;
-        crate::weights::save_record::<B, _>(optimizer.to_record(), &partial.join("optimizer.mpk"))?;
+        crate::persist::weights::save(model, &partial.join("model.mpk"), config)?;
+        crate::persist::weights::save_record::<B, _>(optimizer.to_record(), &partial.join("optimizer.mpk"))?;
         let state_text = serde_json::to_string_pretty(state).expect("state serialises");
         crate::write_atomically(&partial.join("state.json"), state_text.as_bytes())
     })();
@@ -94,8 +94,8 @@ where
     O: Optimizer<ActionModel<B>, B>,
 {
     let state = read_state(folder)?;
-    let model = crate::weights::load(model, &folder.join("model.mpk"), config, device)?;
-    let record = crate::weights::load_record::<B, _>(&folder.join("optimizer.mpk"), device)?;
+    let model = crate::persist::weights::load(model, &folder.join("model.mpk"), config, device)?;
+    let record = crate::persist::weights::load_record::<B, _>(&folder.join("optimizer.mpk"), device)?;
     Ok((model, optimizer.load_record(record), state))
 }
 

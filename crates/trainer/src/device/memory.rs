@@ -128,7 +128,7 @@ mod cuda {
 
     pub fn available() -> Result<(), String> {
         // cudarc loads libcuda on first use and panics when it is missing.
-        let answer = crate::oom::catch_panic_quietly(|| {
+        let answer = crate::device::oom::catch_panic_quietly(|| {
             cudarc::driver::result::init()?;
             cudarc::driver::result::device::get_count()
         });

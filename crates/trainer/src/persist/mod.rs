@@ -1,0 +1,7 @@
+//! What a run writes and reads back: the run directory, model weights, resumable checkpoints and
+//! pretrained weights from other frameworks' files.
+
+pub(crate) mod checkpoint;
+pub mod pretrained;
+pub mod run_dir;
+pub(crate) mod weights;
