@@ -591,9 +591,13 @@ mod tests {
             list.train.class_weights,
             ClassWeights::Fixed(vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2])
         );
-        let short = load(&["train.class_weights=[1,2]"]).unwrap_err().to_string();
+        let short = load(&["train.class_weights=[1,2]"])
+            .unwrap_err()
+            .to_string();
         assert!(short.contains("train.class_weights") && short.contains("2 weights for 9"));
-        let word = load(&["train.class_weights=inverse"]).unwrap_err().to_string();
+        let word = load(&["train.class_weights=inverse"])
+            .unwrap_err()
+            .to_string();
         assert!(word.contains("\"balanced\""), "{word}");
         assert_eq!(
             crate::balanced_class_weights(&[0, 0, 0, 1], 3),
@@ -607,7 +611,10 @@ mod tests {
             ("train.monitor=val_acc", "train.monitor"),
             ("data.hflip_prob=1.5", "data.hflip_prob"),
             ("data.crop_scale=[0.8,0.5]", "data.crop_scale"),
-            ("data.flip_label_pairs=[[\"left\",\"sideways\"]]", "data.flip_label_pairs"),
+            (
+                "data.flip_label_pairs=[[\"left\",\"sideways\"]]",
+                "data.flip_label_pairs",
+            ),
             ("train.nesterov=true", "train.nesterov"),
             ("eval.clips=0", "eval.clips"),
         ] {

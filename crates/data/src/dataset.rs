@@ -10,6 +10,7 @@ use std::time::Duration;
 use vidtrain_config::Config;
 
 use crate::Result;
+use crate::augment::{Augmentation, SampleTransform, apply_color};
 use crate::decode::FrameDecoder;
 use crate::index::Index;
 use crate::keypoints::read_keypoints;
@@ -59,6 +60,27 @@ pub struct Dataset {
     cache: Option<DecodedCache>,
     missing_keypoint_frames: AtomicUsize,
     non_finite_keypoint_values: AtomicUsize,
+    augmentation: Augmentation,
+}
+
+/// Which transforms a pipeline's samples get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transforms {
+    /// The plan's frames, whole (validation uses [`Transforms::Evaluation`]).
+    #[default]
+    None,
+    /// Training augmentation, drawn from the epoch's seed.
+    Training {
+        /// Seed of this epoch's draws.
+        epoch_seed: u64,
+    },
+    /// The evaluation crop and clip `clip` of `clips`.
+    Evaluation {
+        /// This clip.
+        clip: usize,
+        /// Clips per segment (`eval.clips`).
+        clips: usize,
+    },
 }
 
 impl Dataset {
@@ -126,6 +148,7 @@ impl Dataset {
             cache,
             missing_keypoint_frames: AtomicUsize::new(0),
             non_finite_keypoint_values: AtomicUsize::new(0),
+            augmentation: Augmentation::from_config(config),
         })
     }
 
@@ -167,33 +190,89 @@ impl Dataset {
     /// Loads sample `sample_id` into `video` (`shape_of(sample_id).video_bytes()` bytes) and
     /// `keypoints` (`shape_of(sample_id).keypoint_values()` values).
     pub fn load(&self, sample_id: usize, video: &mut [u8], keypoints: &mut [f32]) -> Result<()> {
+        self.load_transformed(sample_id, &SampleTransform::default(), video, keypoints)
+            .map(|_| ())
+    }
+
+    /// What `transforms` draws for sample `sample_id`.
+    pub fn transform_for(&self, sample_id: usize, transforms: Transforms) -> SampleTransform {
+        let sample = &self.plan.samples[sample_id];
+        match transforms {
+            Transforms::None => SampleTransform::default(),
+            Transforms::Training { epoch_seed } => {
+                let info = &self.index.recordings[sample.recording].views[0].info;
+                let aspect = info.width as f64 / info.height.max(1) as f64;
+                self.augmentation
+                    .draw_training(epoch_seed, sample_id, sample, aspect)
+            }
+            Transforms::Evaluation { clip, clips } => {
+                self.augmentation.evaluation(sample, clip, clips)
+            }
+        }
+    }
+
+    /// Loads sample `sample_id` as [`Dataset::load`] does, transformed: crop and flip by ffmpeg,
+    /// colour jitter on the frames, other frame indices; a flip also exchanges the paired views
+    /// and mirrors the keypoints. Returns the sample's class as seen (a flipped `left` is
+    /// `right`).
+    pub fn load_transformed(
+        &self,
+        sample_id: usize,
+        transform: &SampleTransform,
+        video: &mut [u8],
+        keypoints: &mut [f32],
+    ) -> Result<usize> {
         let sample = &self.plan.samples[sample_id];
         let recording = &self.index.recordings[sample.recording];
+        let flip = transform.spatial.hflip;
+        let frame_indices = transform
+            .frame_indices
+            .as_deref()
+            .unwrap_or(&sample.frame_indices);
+        // Slot `i` holds the frames of view `sources[i]` (paired views exchanged by a flip).
+        let sources: Vec<usize> = if flip {
+            let names: Vec<&str> = recording
+                .views
+                .iter()
+                .map(|view| view.view.as_str())
+                .collect();
+            self.augmentation.flipped_view_sources(&names)
+        } else {
+            (0..recording.views.len()).collect()
+        };
         if let Some(decoder) = &self.decoder {
-            let cached = self.cache.as_ref().and_then(|cache| cache.get(sample_id));
+            // The cache holds plain decodes only; a crop, flip or other frames decode afresh.
+            let cache = self.cache.as_ref().filter(|_| !transform.changes_decode());
+            let cached = cache.and_then(|cache| cache.get(sample_id));
             if let Some(bytes) = cached {
                 video.copy_from_slice(&bytes);
             } else {
                 let view_bytes = video.len() / recording.views.len();
-                for (view, out) in recording.views.iter().zip(video.chunks_mut(view_bytes)) {
-                    decoder.decode(&view.path, &view.info, &sample.frame_indices, out)?;
+                for (&source, out) in sources.iter().zip(video.chunks_mut(view_bytes)) {
+                    let view = &recording.views[source];
+                    decoder.decode_transformed(
+                        &view.path,
+                        &view.info,
+                        frame_indices,
+                        transform.spatial,
+                        out,
+                    )?;
                 }
-                if let Some(cache) = &self.cache {
+                if let Some(cache) = cache {
                     cache.put(sample_id, video);
                 }
+            }
+            if let Some(factors) = transform.color {
+                apply_color(video, decoder.frame_bytes(), factors);
             }
         }
         if !self.joint_indices.is_empty() {
             let view_values = keypoints.len() / recording.views.len();
-            for (view, out) in recording
-                .views
-                .iter()
-                .zip(keypoints.chunks_mut(view_values))
-            {
-                let Some(path) = &view.keypoints else {
+            for (&source, out) in sources.iter().zip(keypoints.chunks_mut(view_values)) {
+                let Some(path) = &recording.views[source].keypoints else {
                     continue;
                 };
-                let report = read_keypoints(path, &sample.frame_indices, &self.joint_indices, out)?;
+                let report = read_keypoints(path, frame_indices, &self.joint_indices, out)?;
                 self.non_finite_keypoint_values
                     .fetch_add(report.non_finite_values, Ordering::Relaxed);
                 if report.missing_frames > 0 {
@@ -205,9 +284,17 @@ impl Dataset {
                         report.missing_frames
                     );
                 }
+                if flip {
+                    self.augmentation
+                        .flip_keypoints(out, self.joint_indices.len());
+                }
             }
         }
-        Ok(())
+        Ok(if flip {
+            self.augmentation.flipped_class(sample.class)
+        } else {
+            sample.class
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ffmpeg_sidecar::command::FfmpegCommand;
 
+use crate::augment::SpatialTransform;
 use crate::probe::{VideoInfo, find_tool};
 use crate::{Error, Result};
 
@@ -51,6 +52,19 @@ impl FrameDecoder {
         frame_indices: &[usize],
         out: &mut [u8],
     ) -> Result<()> {
+        self.decode_transformed(path, info, frame_indices, SpatialTransform::default(), out)
+    }
+
+    /// [`FrameDecoder::decode`] with a crop (before scaling) and a horizontal flip (after it)
+    /// done by ffmpeg in the same process.
+    pub fn decode_transformed(
+        &self,
+        path: &Path,
+        info: &VideoInfo,
+        frame_indices: &[usize],
+        spatial: SpatialTransform,
+        out: &mut [u8],
+    ) -> Result<()> {
         let frame_bytes = self.frame_bytes();
         assert_eq!(
             out.len(),
@@ -75,7 +89,7 @@ impl FrameDecoder {
 
         // `n` in `select` counts from the seek point. Seeking half a frame early keeps the first
         // wanted frame (rounding the seek time up past its timestamp would drop it).
-        let mut command = self.command(path, info, &unique);
+        let mut command = self.command(path, info, &unique, spatial);
         command.args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
         let decode_error = |message: String| Error::Decode {
             path: path.to_path_buf(),
@@ -174,7 +188,13 @@ impl FrameDecoder {
     /// The ffmpeg command for `unique` (sorted, distinct) frames, up to the output options:
     /// input seek half a frame before the first frame (rounding the seek time up past its
     /// timestamp would drop it), `select` with `n` counted from the seek point, scaling in ffmpeg.
-    fn command(&self, path: &Path, info: &VideoInfo, unique: &[usize]) -> FfmpegCommand {
+    fn command(
+        &self,
+        path: &Path,
+        info: &VideoInfo,
+        unique: &[usize],
+        spatial: SpatialTransform,
+    ) -> FfmpegCommand {
         let first = unique[0];
         let select = unique
             .iter()
@@ -195,9 +215,14 @@ impl FrameDecoder {
             command.args(["-ss", &format!("{:.6}", (first as f64 - 0.5) / info.fps)]);
         }
         command.arg("-i").arg(path);
+        let crop = spatial
+            .crop
+            .map(|crop| format!("{},", crop.ffmpeg_filter()))
+            .unwrap_or_default();
+        let flip = if spatial.hflip { ",hflip" } else { "" };
         command.args([
             "-vf",
-            &format!("select={select},scale={0}:{0}", self.img_size),
+            &format!("select={select},{crop}scale={0}:{0}{flip}", self.img_size),
             "-fps_mode",
             "passthrough",
             "-frames:v",
@@ -220,7 +245,7 @@ impl FrameDecoder {
         if unique.is_empty() {
             return Ok(());
         }
-        let mut command = self.command(path, info, &unique);
+        let mut command = self.command(path, info, &unique, SpatialTransform::default());
         command.args(["-f", "null", "-"]);
         let output = command
             .as_inner_mut()

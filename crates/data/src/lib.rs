@@ -5,6 +5,7 @@
 //! Host memory is bounded by the pipeline (`prefetch_depth + num_workers + 1` batches), never by
 //! the length of a video.
 
+mod augment;
 mod dataset;
 mod decode;
 pub mod demo;
@@ -18,7 +19,10 @@ mod probe;
 mod report;
 mod rng;
 
-pub use dataset::{Dataset, SampleShape};
+pub use augment::{
+    Augmentation, ColorFactors, Crop, SampleTransform, SpatialTransform, apply_color,
+};
+pub use dataset::{Dataset, SampleShape, Transforms};
 pub use decode::{FrameDecoder, decode_processes_spawned};
 pub use error::{Error, Result};
 pub use index::{Index, LabelledRange, Problem, ProblemKind, Recording, ViewVideo};
@@ -30,4 +34,4 @@ pub use pipeline::{Batch, Pipeline, PipelineBuilder};
 pub use plan::{ChunkPlan, Sample, uniform_temporal_subsample};
 pub use probe::{DEFAULT_PROBE_TIMEOUT, VideoInfo, find_tool, probe_video, probe_video_within};
 pub use report::DatasetReport;
-pub use rng::shuffled;
+pub use rng::{class_balanced, shuffled};

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::dataset::{Dataset, SampleShape};
+use crate::dataset::{Dataset, SampleShape, Transforms};
 use crate::{Error, Result};
 
 /// One micro-batch of u8 frames and f32 keypoints, as loaded (nothing converted yet).
@@ -16,7 +16,9 @@ use crate::{Error, Result};
 pub struct Batch {
     /// Sample ids (into the dataset's plan), in batch order.
     pub sample_ids: Vec<usize>,
-    /// Class id per sample.
+    /// Each sample's position in the order the pipeline was built with.
+    pub positions: Vec<usize>,
+    /// Class id per sample, as loaded (a flipped sample carries the flipped class).
     pub labels: Vec<usize>,
     /// `[batch, views, frames, img, img, 3]` rgb24 bytes (empty without RGB).
     pub video: Vec<u8>,
@@ -50,9 +52,16 @@ pub struct PipelineBuilder {
     prefetch_depth: usize,
     batch_size: usize,
     skip_bad_samples: bool,
+    transforms: Transforms,
 }
 
 impl PipelineBuilder {
+    /// Transforms of the samples (none by default).
+    pub fn transforms(mut self, transforms: Transforms) -> Self {
+        self.transforms = transforms;
+        self
+    }
+
     /// Worker threads (0 = load on the consuming thread).
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
@@ -79,9 +88,11 @@ impl PipelineBuilder {
 
     /// Starts loading `order` (sample ids) in batches, in exactly that order.
     pub fn build(self, dataset: Arc<Dataset>, order: Vec<usize>) -> Pipeline {
-        let batches: Vec<Vec<usize>> = order
+        // Each planned batch as (position in `order`, sample id) pairs.
+        let positioned: Vec<(usize, usize)> = order.into_iter().enumerate().collect();
+        let batches: Vec<Vec<(usize, usize)>> = positioned
             .chunks(self.batch_size)
-            .map(<[usize]>::to_vec)
+            .map(<[(usize, usize)]>::to_vec)
             .collect();
         let n_batches = batches.len();
         let skipped = Arc::new(AtomicUsize::new(0));
@@ -90,6 +101,7 @@ impl PipelineBuilder {
             dataset,
             skip_bad_samples: self.skip_bad_samples,
             skipped: Arc::clone(&skipped),
+            transforms: self.transforms,
         };
         if self.workers == 0 {
             return Pipeline {
@@ -108,7 +120,7 @@ impl PipelineBuilder {
         for worker in 0..self.workers {
             let (sender, receiver) = bounded(per_worker_depth);
             receivers.push(receiver);
-            let mine: Vec<Vec<usize>> = batches
+            let mine: Vec<Vec<(usize, usize)>> = batches
                 .iter()
                 .skip(worker)
                 .step_by(self.workers)
@@ -152,7 +164,7 @@ pub struct Pipeline {
 enum Mode {
     Inline {
         loader: BatchLoader,
-        batches: Vec<Vec<usize>>,
+        batches: Vec<Vec<(usize, usize)>>,
     },
     Threads {
         receivers: Vec<Receiver<Result<Vec<Batch>>>>,
@@ -168,6 +180,7 @@ impl Pipeline {
             prefetch_depth: 2,
             batch_size: 1,
             skip_bad_samples: true,
+            transforms: Transforms::None,
         }
     }
 
@@ -246,43 +259,50 @@ struct BatchLoader {
     dataset: Arc<Dataset>,
     skip_bad_samples: bool,
     skipped: Arc<AtomicUsize>,
+    transforms: Transforms,
 }
 
 impl BatchLoader {
     /// Loads the samples of one planned batch. Samples whose recordings have fewer views
     /// (`data.missing_view = "use_present"`) cannot share a tensor with the others: each view
     /// count becomes a batch of its own, in order of first appearance.
-    fn load(&self, sample_ids: &[usize]) -> Result<Vec<Batch>> {
-        let mut by_views: Vec<(usize, Vec<usize>)> = Vec::new();
-        for &sample_id in sample_ids {
+    fn load(&self, planned: &[(usize, usize)]) -> Result<Vec<Batch>> {
+        let mut by_views: Vec<(usize, Vec<(usize, usize)>)> = Vec::new();
+        for &(position, sample_id) in planned {
             let views = self.dataset.shape_of(sample_id).views;
             match by_views.iter_mut().find(|(count, _)| *count == views) {
-                Some((_, ids)) => ids.push(sample_id),
-                None => by_views.push((views, vec![sample_id])),
+                Some((_, members)) => members.push((position, sample_id)),
+                None => by_views.push((views, vec![(position, sample_id)])),
             }
         }
         by_views
             .into_iter()
-            .map(|(_, ids)| self.load_alike(&ids))
+            .map(|(_, members)| self.load_alike(&members))
             .collect()
     }
 
     /// Loads samples that share one shape into one batch.
-    fn load_alike(&self, sample_ids: &[usize]) -> Result<Batch> {
-        let shape = self.dataset.shape_of(sample_ids[0]);
-        let mut video = vec![0u8; sample_ids.len() * shape.video_bytes()];
-        let mut keypoints = vec![0f32; sample_ids.len() * shape.keypoint_values()];
-        let mut kept = Vec::with_capacity(sample_ids.len());
-        let mut labels = Vec::with_capacity(sample_ids.len());
-        for &sample_id in sample_ids {
+    fn load_alike(&self, planned: &[(usize, usize)]) -> Result<Batch> {
+        let shape = self.dataset.shape_of(planned[0].1);
+        let mut video = vec![0u8; planned.len() * shape.video_bytes()];
+        let mut keypoints = vec![0f32; planned.len() * shape.keypoint_values()];
+        let mut kept = Vec::with_capacity(planned.len());
+        let mut positions = Vec::with_capacity(planned.len());
+        let mut labels = Vec::with_capacity(planned.len());
+        for &(position, sample_id) in planned {
             let slot = kept.len();
             let video_out = &mut video[slot * shape.video_bytes()..][..shape.video_bytes()];
             let keypoint_out =
                 &mut keypoints[slot * shape.keypoint_values()..][..shape.keypoint_values()];
-            match self.dataset.load(sample_id, video_out, keypoint_out) {
-                Ok(()) => {
+            let transform = self.dataset.transform_for(sample_id, self.transforms);
+            match self
+                .dataset
+                .load_transformed(sample_id, &transform, video_out, keypoint_out)
+            {
+                Ok(label) => {
                     kept.push(sample_id);
-                    labels.push(self.dataset.plan.samples[sample_id].class);
+                    positions.push(position);
+                    labels.push(label);
                 }
                 Err(error)
                     if self.skip_bad_samples && !matches!(error, Error::ToolMissing { .. }) =>
@@ -297,6 +317,7 @@ impl BatchLoader {
         keypoints.truncate(kept.len() * shape.keypoint_values());
         Ok(Batch {
             sample_ids: kept,
+            positions,
             labels,
             video,
             keypoints,
@@ -307,15 +328,15 @@ impl BatchLoader {
 
 fn run_worker(
     loader: BatchLoader,
-    batches: Vec<Vec<usize>>,
+    batches: Vec<Vec<(usize, usize)>>,
     sender: Sender<Result<Vec<Batch>>>,
     stop: Arc<AtomicBool>,
 ) {
-    for sample_ids in batches {
+    for planned in batches {
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let result = loader.load(&sample_ids);
+        let result = loader.load(&planned);
         let failed = result.is_err();
         if sender.send(result).is_err() || failed {
             return;

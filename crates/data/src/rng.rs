@@ -37,6 +37,24 @@ pub fn shuffled(ids: &[usize], seed: u64) -> Vec<usize> {
     order
 }
 
+/// `ids.len()` draws with replacement in which every class present is equally likely and the
+/// samples of a class are equally likely (PyTorch's `WeightedRandomSampler` with weights
+/// 1 / class count), fixed by `seed`. `class_of` gives a sample id's class.
+pub fn class_balanced(ids: &[usize], class_of: impl Fn(usize) -> usize, seed: u64) -> Vec<usize> {
+    let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for &id in ids {
+        by_class.entry(class_of(id)).or_default().push(id);
+    }
+    let classes: Vec<&Vec<usize>> = by_class.values().collect();
+    let mut rng = SplitMix64::new(seed ^ 0xba1a_6ced);
+    (0..ids.len())
+        .map(|_| {
+            let members = classes[rng.below(classes.len() as u64) as usize];
+            members[rng.below(members.len() as u64) as usize]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +69,25 @@ mod tests {
         let mut sorted = first.clone();
         sorted.sort();
         assert_eq!(sorted, ids);
+    }
+
+    #[test]
+    fn balanced_draws_give_each_class_an_equal_share() {
+        // 90 samples of class 0, 10 of class 1.
+        let ids: Vec<usize> = (0..100).collect();
+        let class_of = |id: usize| usize::from(id >= 90);
+        let draws = class_balanced(&ids, class_of, 5);
+        assert_eq!(draws.len(), 100);
+        assert_eq!(draws, class_balanced(&ids, class_of, 5));
+        let rare: usize = (0..50)
+            .map(|seed| {
+                class_balanced(&ids, class_of, seed)
+                    .iter()
+                    .filter(|&&id| class_of(id) == 1)
+                    .count()
+            })
+            .sum();
+        // 5000 draws, half expected from class 1 (10 % under shuffling).
+        assert!((2300..2700).contains(&rare), "{rare}");
     }
 }

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::ffmpeg_cli_frames;
+use common::{ffmpeg_cli_frames, ffmpeg_cli_frames_filtered};
 use vidtrain_config::{Config, OnBadSample};
 use vidtrain_data::demo::{DemoSpec, generate};
 use vidtrain_data::{
-    Dataset, Error, FrameDecoder, Pipeline, decode_processes_spawned, keypoint_files_opened,
-    probe_video, read_keypoints,
+    Dataset, Error, FrameDecoder, Pipeline, Transforms, decode_processes_spawned,
+    keypoint_files_opened, probe_video, read_keypoints,
 };
 
 /// Decode and keypoint counters are process-wide, so the tests of this binary run one at a time.
@@ -443,4 +443,145 @@ fn pipeline_host_memory_stays_within_its_bound() {
         bound >> 20,
         batch_bytes >> 20
     );
+}
+
+/// The first sample of class `name` and its recording.
+fn first_sample_of(dataset: &Dataset, config: &Config, name: &str) -> usize {
+    let class = config
+        .data
+        .class_names
+        .iter()
+        .position(|n| n == name)
+        .unwrap();
+    (0..dataset.len())
+        .find(|&id| dataset.plan.samples[id].class == class)
+        .unwrap_or_else(|| panic!("the demo has no `{name}` segment"))
+}
+
+#[test]
+fn a_flipped_sample_carries_the_swapped_label_views_and_mirrored_keypoints() {
+    let _serial = serial();
+    let mut config = config_for(demo());
+    config.data.load_kpt = true;
+    config.data.hflip_prob = 1.0;
+    config.model.skeleton = vidtrain_config::SkeletonLayout::Sam3dBody52;
+    let dataset = Arc::new(Dataset::open(&config).unwrap());
+    let views: Vec<String> = dataset.index.recordings[0]
+        .views
+        .iter()
+        .map(|view| view.view.clone())
+        .collect();
+    assert_eq!(views, ["front", "left", "right"]);
+    for (name, flipped) in [("left", "right"), ("left_up", "right_up"), ("up", "up")] {
+        let id = first_sample_of(&dataset, &config, name);
+        let load = |transforms| {
+            Pipeline::builder()
+                .transforms(transforms)
+                .build(Arc::clone(&dataset), vec![id])
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let plain = load(Transforms::None);
+        let flip = load(Transforms::Training { epoch_seed: 1 });
+        let class_name = |class: usize| config.data.class_names[class].as_str();
+        assert_eq!(class_name(plain.labels[0]), name);
+        assert_eq!(class_name(flip.labels[0]), flipped);
+
+        // Pixels: view slot i of the flip is ffmpeg's hflip of the view it was exchanged with.
+        let sample = &dataset.plan.samples[id];
+        let recording = &dataset.index.recordings[sample.recording];
+        let view_bytes = flip.video.len() / 3;
+        for (slot, source) in [(0, "front"), (1, "right"), (2, "left")] {
+            let path = &recording
+                .views
+                .iter()
+                .find(|v| v.view == source)
+                .unwrap()
+                .path;
+            let mut unique = sample.frame_indices.clone();
+            unique.dedup();
+            let reference = ffmpeg_cli_frames_filtered(path, &unique, "", 32, ",hflip");
+            let frame = 32 * 32 * 3;
+            for (position, index) in sample.frame_indices.iter().enumerate() {
+                let at = unique.iter().position(|u| u == index).unwrap();
+                assert!(
+                    flip.video[slot * view_bytes + position * frame..][..frame]
+                        == reference[at * frame..][..frame],
+                    "{name}: slot {slot} frame {index} is not the hflip of {source}"
+                );
+            }
+        }
+
+        // Keypoints: the right view's, x negated, left and right joints exchanged.
+        let joints = plain.shape.joints;
+        let view_values = plain.keypoints.len() / 3;
+        let positions = config.flip_joint_positions();
+        let partner = |joint: usize| {
+            positions
+                .iter()
+                .find_map(|&[a, b]| (a == joint).then_some(b).or((b == joint).then_some(a)))
+                .unwrap_or(joint)
+        };
+        for frame in 0..plain.shape.frames {
+            for joint in 0..joints {
+                let at =
+                    |view: usize, joint: usize| view * view_values + (frame * joints + joint) * 3;
+                let flipped_value = &flip.keypoints[at(1, joint)..][..3];
+                let source = &plain.keypoints[at(2, partner(joint))..][..3];
+                assert_eq!(flipped_value, [-source[0], source[1], source[2]]);
+            }
+        }
+    }
+}
+
+#[test]
+fn evaluation_crops_and_colour_jitter_change_exactly_what_they_should() {
+    let _serial = serial();
+    let mut config = config_for(demo());
+    config.data.eval_crop = 0.5;
+    config.data.views = vec!["front".into()];
+    let dataset = Arc::new(Dataset::open(&config).unwrap());
+    let id = first_sample_of(&dataset, &config, "down");
+    let sample = dataset.plan.samples[id].clone();
+    let recording = &dataset.index.recordings[sample.recording];
+    let cropped = Pipeline::builder()
+        .transforms(Transforms::Evaluation { clip: 0, clips: 1 })
+        .build(Arc::clone(&dataset), vec![id])
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut unique = sample.frame_indices.clone();
+    unique.dedup();
+    assert_eq!(
+        unique, sample.frame_indices,
+        "the demo's segments are long enough"
+    );
+    let reference = ffmpeg_cli_frames_filtered(
+        &recording.views[0].path,
+        &unique,
+        "crop=iw*0.5:ih*0.5:iw*0.25:ih*0.25,",
+        32,
+        "",
+    );
+    assert!(
+        cropped.video == reference,
+        "centre crop differs from ffmpeg's"
+    );
+
+    // Colour jitter on top of the plain frames, nothing else.
+    config.data.color_jitter = [0.4, 0.4, 0.4];
+    config.data.eval_crop = 1.0;
+    let dataset = Arc::new(Dataset::open(&config).unwrap());
+    let transform = dataset.transform_for(id, Transforms::Training { epoch_seed: 3 });
+    let factors = transform.color.unwrap();
+    assert!(transform.frame_indices.is_none() && !transform.spatial.hflip);
+    let mut video = vec![0u8; dataset.shape_of(id).video_bytes()];
+    let label = dataset
+        .load_transformed(id, &transform, &mut video, &mut [])
+        .unwrap();
+    assert_eq!(label, sample.class);
+    let mut expected = ffmpeg_cli_frames(&recording.views[0].path, &unique, 32);
+    vidtrain_data::apply_color(&mut expected, 32 * 32 * 3, factors);
+    assert!(video == expected);
 }

@@ -14,9 +14,9 @@ use vidtrain_config::{Config, Fold};
 use vidtrain_data::{Dataset, Pipeline};
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
+use crate::fit::precision::compute_dtype;
 use crate::fit::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::report::metrics::ClassificationMetrics;
-use crate::fit::precision::compute_dtype;
 use crate::{BackendChoice, Error, Result, effective_precision, resolve_backend};
 
 /// The weights file a `--checkpoint` argument names: a `.mpk` file, a checkpoint folder

@@ -20,10 +20,10 @@ use vidtrain_config::{Accelerator, Config, Fold, Precision};
 use vidtrain_data::Dataset;
 use vidtrain_memutil::MemorySampler;
 
-pub use error::{Error, Result};
-pub use report::metrics::ClassificationMetrics;
 pub use bench::pipeline::{PipelineBench, bench_pipeline};
+pub use error::{Error, Result};
 pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically};
+pub use report::metrics::ClassificationMetrics;
 
 /// How a run reports progress (not part of the config: it does not change results).
 #[derive(Debug, Clone, Default)]

@@ -156,7 +156,8 @@ fn another_class_count_reinitialises_the_head_and_a_wrong_depth_names_every_misf
     let mut config = fixture.config.clone();
     config.model.model_class_num = 4;
     let mut model: ActionModel<Flex> = ActionModelConfig::from_config(&config).init(&device);
-    let report = vidtrain_trainer::persist::pretrained::load(&mut model, &config, &weights).unwrap();
+    let report =
+        vidtrain_trainer::persist::pretrained::load(&mut model, &config, &weights).unwrap();
     assert_eq!(report.head_reinitialised_from, Some(400));
 
     let mut config = fixture.config.clone();

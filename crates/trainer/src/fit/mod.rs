@@ -1,7 +1,6 @@
 //! The training loop, generic over the autodiff backend: epochs of shuffled micro-batches with
 //! exact gradient accumulation, Adam steps, validation, metrics lines and checkpoints.
 
-
 pub(crate) mod precision;
 mod progress;
 
@@ -20,13 +19,13 @@ use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
 use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::{ActionModel, ActionModelConfig, InputShape};
 
-use crate::persist::checkpoint::{self, TrainingState};
-use crate::report::confusion_svg::confusion_matrix_svg;
 use crate::device::memory as device_memory;
-use crate::report::metrics::ClassificationMetrics;
 use crate::fit::precision::{LossScaler, StepDecision, compute_dtype};
 use crate::fit::progress::Progress;
+use crate::persist::checkpoint::{self, TrainingState};
 use crate::persist::run_dir::RunDir;
+use crate::report::confusion_svg::confusion_matrix_svg;
+use crate::report::metrics::ClassificationMetrics;
 use crate::{BackendChoice, Error, Result, RunSummary, TrainOptions};
 
 /// Everything a run needs that does not depend on the backend.

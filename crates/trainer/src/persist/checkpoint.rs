@@ -62,7 +62,10 @@ where
     let written = (|| {
         std::fs::create_dir_all(&partial).map_err(|error| Error::io(&partial, error))?;
         crate::persist::weights::save(model, &partial.join("model.mpk"), config)?;
-        crate::persist::weights::save_record::<B, _>(optimizer.to_record(), &partial.join("optimizer.mpk"))?;
+        crate::persist::weights::save_record::<B, _>(
+            optimizer.to_record(),
+            &partial.join("optimizer.mpk"),
+        )?;
         let state_text = serde_json::to_string_pretty(state).expect("state serialises");
         crate::write_atomically(&partial.join("state.json"), state_text.as_bytes())
     })();
@@ -95,7 +98,8 @@ where
 {
     let state = read_state(folder)?;
     let model = crate::persist::weights::load(model, &folder.join("model.mpk"), config, device)?;
-    let record = crate::persist::weights::load_record::<B, _>(&folder.join("optimizer.mpk"), device)?;
+    let record =
+        crate::persist::weights::load_record::<B, _>(&folder.join("optimizer.mpk"), device)?;
     Ok((model, optimizer.load_record(record), state))
 }
 
