@@ -365,7 +365,7 @@ fn a_full_disk_keeps_the_previous_checkpoints_whole_and_says_so() {
         .filter(|path| path.to_string_lossy().contains("partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    for weights in ["checkpoints/last/model.mpk", "checkpoints/model-best.mpk"] {
+    for weights in ["checkpoints/last/model.mpk", "checkpoints/best/model.mpk"] {
         let output = vidtrain(
             &dir,
             &[
@@ -553,7 +553,7 @@ fn a_checkpoint_left_mid_swap_serves_eval_and_predict() {
         run.join("checkpoints/last.old"),
     )
     .unwrap();
-    std::fs::remove_file(run.join("checkpoints/model-best.mpk")).unwrap();
+    std::fs::remove_dir_all(run.join("checkpoints/best")).unwrap();
     let run_arg = run.to_str().unwrap();
     let output = vidtrain(&dir, &["eval", "--checkpoint", run_arg, "--out", "e"]);
     assert!(output.status.success(), "{}", stderr(&output));

@@ -128,7 +128,9 @@ fn training_writes_the_run_directory_contract() {
     for file in ["model.mpk", "optimizer.mpk", "state.json"] {
         assert!(run.join("checkpoints/last").join(file).is_file(), "{file}");
     }
-    assert!(run.join("checkpoints/model-best.mpk").is_file());
+    for file in ["model.mpk", "metrics.json"] {
+        assert!(run.join("checkpoints/best").join(file).is_file(), "{file}");
+    }
     let leftovers: Vec<_> = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()
         .flatten()

@@ -128,7 +128,7 @@ impl<'de> Deserialize<'de> for ClassWeights {
 }
 
 /// Weights n_samples / (n_classes · count) per class (scikit-learn's `balanced`); a class absent
-/// from `labels` gets 0 (it contributes no loss term anyway).
+/// from `labels` gets 1 (no sample carries it; the loss needs positive weights).
 pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f64> {
     let mut counts = vec![0usize; classes];
     for &label in labels {
@@ -138,7 +138,7 @@ pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f64> {
         .iter()
         .map(|&count| {
             if count == 0 {
-                0.0
+                1.0
             } else {
                 labels.len() as f64 / (classes * count) as f64
             }

@@ -601,7 +601,7 @@ mod tests {
         assert!(word.contains("\"balanced\""), "{word}");
         assert_eq!(
             crate::balanced_class_weights(&[0, 0, 0, 1], 3),
-            vec![4.0 / 9.0, 4.0 / 3.0, 0.0]
+            vec![4.0 / 9.0, 4.0 / 3.0, 1.0]
         );
     }
 

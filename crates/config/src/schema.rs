@@ -266,8 +266,10 @@ pub struct TrainConfig {
     pub warmup_fraction: f64,
     /// Label smoothing of the cross-entropy loss (`torch.nn.CrossEntropyLoss(label_smoothing)`).
     pub label_smoothing: f64,
-    /// Class weights in the loss: `"none"`, `"balanced"` (n_samples / (n_classes · count), from
-    /// the training split, as scikit-learn) or a list with one weight per class.
+    /// Class weights in the training loss: `"none"`, `"balanced"` (n_samples / (n_classes ·
+    /// count) over the training split, as scikit-learn) or a list with one weight (> 0) per
+    /// class. The weighted mean is taken per micro-batch, as PyTorch's, so with weights
+    /// `batch_size = 4` and `batch_size = 1, accumulate_grad_batches = 4` differ slightly.
     pub class_weights: ClassWeights,
     /// Metric that chooses the best checkpoint and drives early stopping: any number of the
     /// epoch line of `metrics.jsonl` (`val_accuracy`, `val_macro_f1`, `val_loss`,

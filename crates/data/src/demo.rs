@@ -33,6 +33,8 @@ pub struct DemoSpec {
     pub height: usize,
     /// Seed of the timeline and trajectories.
     pub seed: u64,
+    /// Share of segments labelled `front` (`None`: every class equally likely).
+    pub front_share: Option<f64>,
 }
 
 impl Default for DemoSpec {
@@ -44,6 +46,7 @@ impl Default for DemoSpec {
             width: 64,
             height: 64,
             seed: 0,
+            front_share: None,
         }
     }
 }
@@ -79,6 +82,15 @@ const KEYPOINT_JOINTS: usize = 70;
 /// Writes the dataset described by `spec`; deterministic for a given spec.
 pub fn generate(spec: &DemoSpec) -> Result<DemoSummary> {
     let ffmpeg = find_tool("ffmpeg")?;
+    if spec
+        .front_share
+        .is_some_and(|share| !(0.0..=1.0).contains(&share))
+    {
+        return Err(Error::NoSamples(format!(
+            "the share of `front` segments must be in 0..=1, got {:?}",
+            spec.front_share
+        )));
+    }
     if spec.persons == 0 || spec.frames < 64 || spec.width < 16 || spec.height < 16 {
         return Err(Error::NoSamples(format!(
             "demo needs at least 1 person, 64 frames and 16×16 pixels (got {} persons, {} frames, {}×{})",
@@ -98,7 +110,7 @@ pub fn generate(spec: &DemoSpec) -> Result<DemoSummary> {
     for person in 0..spec.persons {
         let name = format!("person_{:02}_demo.mp4", person + 1);
         let mut rng = SplitMix64::new(spec.seed ^ ((person as u64 + 1) * 0x9E37_79B9));
-        let timeline = Timeline::random(&mut rng, spec.frames);
+        let timeline = Timeline::random(&mut rng, spec.frames, spec.front_share);
         n_ranges += timeline.ranges.len();
         for (view_number, view) in VIEWS.iter().enumerate() {
             let style = ViewStyle::new(view_number, person, spec.width);
@@ -174,7 +186,7 @@ struct Timeline {
 }
 
 impl Timeline {
-    fn random(rng: &mut SplitMix64, frames: usize) -> Self {
+    fn random(rng: &mut SplitMix64, frames: usize, front_share: Option<f64>) -> Self {
         let mut ranges = Vec::new();
         let mut centres = Vec::with_capacity(frames);
         let mut position = (0.5, 0.5);
@@ -191,7 +203,12 @@ impl Timeline {
                 break;
             }
             let length = (24 + rng.below(25) as usize).min(remaining);
-            let class = rng.below(DEMO_CLASSES.len() as u64) as usize;
+            let front = DEMO_CLASSES.len() - 1;
+            let class = match front_share {
+                None => rng.below(DEMO_CLASSES.len() as u64) as usize,
+                Some(share) if rng.unit() < share => front,
+                Some(_) => rng.below(front as u64) as usize,
+            };
             let (_, dx, dy) = DEMO_CLASSES[class];
             let norm = (dx * dx + dy * dy).sqrt().max(1.0);
             let (dx, dy) = (dx / norm, dy / norm);
@@ -369,4 +386,28 @@ fn write_keypoints(path: &Path, timeline: &Timeline, view_number: usize) -> Resu
         .finish()
         .map_err(|error| Error::io(&partial, error))?;
     std::fs::rename(&partial, path).map_err(|error| Error::io(path, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_front_share_makes_that_share_of_segments_front() {
+        let front = DEMO_CLASSES.len() - 1;
+        let share_of_front = |front_share: Option<f64>| {
+            let (mut fronts, mut total) = (0, 0);
+            for person in 0..20u64 {
+                let mut rng = SplitMix64::new(person);
+                let timeline = Timeline::random(&mut rng, 1800, front_share);
+                fronts += timeline.ranges.iter().filter(|r| r.class == front).count();
+                total += timeline.ranges.len();
+            }
+            fronts as f64 / total as f64
+        };
+        let imbalanced = share_of_front(Some(0.6));
+        assert!((0.55..0.65).contains(&imbalanced), "{imbalanced}");
+        let uniform = share_of_front(None);
+        assert!((0.07..0.16).contains(&uniform), "{uniform}");
+    }
 }

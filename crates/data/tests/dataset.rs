@@ -44,6 +44,7 @@ fn demo() -> &'static Path {
             width: 64,
             height: 48,
             seed: 5,
+            front_share: None,
         })
         .unwrap();
         out

@@ -154,8 +154,9 @@ pub enum BenchBackbone {
 /// `vidtrain eval` options.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A run folder, its checkpoints/ or checkpoints/last folder, or a .mpk weights file. The
-    /// run's config.toml is the base config (before --config files and overrides).
+    /// A run folder or its checkpoints/ folder (→ the best epoch by train.monitor, in
+    /// checkpoints/best/), a checkpoints/best or checkpoints/last folder, or a .mpk weights
+    /// file. The run's config.toml is the base config (before --config files and overrides).
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
     /// Which samples: the validation persons of train.fold, or every sample.
@@ -180,7 +181,8 @@ pub enum Split {
 /// `vidtrain predict` options.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// A run folder, its checkpoints/ or checkpoints/last folder, or a .mpk weights file.
+    /// A run folder or its checkpoints/ folder (→ the best epoch by train.monitor), a
+    /// checkpoints/best or checkpoints/last folder, or a .mpk weights file.
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
     /// Frames per window (each window is sampled to data.uniform_temporal_subsample_num frames,
@@ -258,6 +260,10 @@ pub struct DemoDataArgs {
     /// Seed of the generated timelines.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Share of segments labelled `front` (an imbalanced dataset, like real driver-gaze data);
+    /// the other classes share the rest equally. Default: all nine classes equally likely.
+    #[arg(long, value_name = "SHARE")]
+    pub front_share: Option<f64>,
 }
 
 impl DemoDataArgs {
@@ -277,6 +283,7 @@ impl DemoDataArgs {
             width,
             height,
             seed: self.seed,
+            front_share: self.front_share,
         })
     }
 }

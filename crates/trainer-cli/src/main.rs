@@ -634,6 +634,17 @@ fn csv_field(text: &str) -> String {
     }
 }
 
+/// `name count` per class, in class-id order.
+fn class_counts(summary: &vidtrain_trainer::RunSummary, counts: &[usize]) -> String {
+    summary
+        .class_names
+        .iter()
+        .zip(counts)
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_summary(summary: &vidtrain_trainer::RunSummary) {
     let bytes = |value: Option<u64>| {
         value.map_or_else(|| "n/a".to_string(), vidtrain_memutil::format_bytes)
@@ -653,7 +664,33 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
         ),
         (
             "epochs / steps",
-            format!("{} / {}", summary.epochs, summary.steps),
+            format!(
+                "{} / {}{}",
+                summary.epochs,
+                summary.steps,
+                if summary.stopped_early {
+                    " (stopped early)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "best epoch",
+            match (summary.best_epoch, summary.best_value) {
+                (Some(epoch), Some(value)) => {
+                    format!("{epoch} ({} {value:.3}, checkpoints/best)", summary.monitor)
+                }
+                _ => "n/a".to_string(),
+            },
+        ),
+        (
+            "class counts train",
+            class_counts(summary, &summary.class_counts_train),
+        ),
+        (
+            "class counts val",
+            class_counts(summary, &summary.class_counts_val),
         ),
         (
             "train / val samples",

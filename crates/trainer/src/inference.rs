@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use serde::Serialize;
 use vidtrain_config::{Config, Fold};
-use vidtrain_data::{Dataset, Pipeline};
+use vidtrain_data::{Dataset, Pipeline, Transforms};
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
 use crate::fit::precision::compute_dtype;
@@ -20,20 +20,25 @@ use crate::report::metrics::ClassificationMetrics;
 use crate::{BackendChoice, Error, Result, effective_precision, resolve_backend};
 
 /// The weights file a `--checkpoint` argument names: a `.mpk` file, a checkpoint folder
-/// (`checkpoints/last` → its `model.mpk`), a run's `checkpoints/` folder or the run folder itself
-/// (→ `model-best.mpk`, else `last/model.mpk`, else `last.old/model.mpk`: the complete earlier
-/// checkpoint a kill between the two renames of a checkpoint save leaves).
+/// (`checkpoints/last` or `checkpoints/best` → its `model.mpk`), a run's `checkpoints/` folder or
+/// the run folder itself (→ the best epoch's `best/model.mpk` by `train.monitor`, else
+/// `model-best.mpk` of runs before it, else `last/model.mpk`, else `last.old/model.mpk`: the
+/// complete earlier checkpoint a kill between the two renames of a checkpoint save leaves).
 pub fn resolve_weights(checkpoint: &Path) -> Result<PathBuf> {
-    let candidates = [
-        checkpoint.to_path_buf(),
-        checkpoint.join("model.mpk"),
-        checkpoint.join("model-best.mpk"),
-        checkpoint.join("last/model.mpk"),
-        checkpoint.join("last.old/model.mpk"),
-        checkpoint.join("checkpoints/model-best.mpk"),
-        checkpoint.join("checkpoints/last/model.mpk"),
-        checkpoint.join("checkpoints/last.old/model.mpk"),
-    ];
+    let within = |folder: &Path| {
+        [
+            "best/model.mpk",
+            "best.old/model.mpk",
+            "model-best.mpk",
+            "last/model.mpk",
+            "last.old/model.mpk",
+        ]
+        .map(|name| folder.join(name))
+    };
+    let candidates = [checkpoint.to_path_buf(), checkpoint.join("model.mpk")]
+        .into_iter()
+        .chain(within(checkpoint))
+        .chain(within(&checkpoint.join("checkpoints")));
     candidates
         .into_iter()
         .find(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "mpk"))
@@ -88,13 +93,65 @@ impl Scores {
 }
 
 /// Class probabilities of every sample of `ids` that loads, in order, `video_batch_size` at a
-/// time, and the sum of their cross-entropy losses.
+/// time, and the sum of their cross-entropy losses. With `eval.clips = N > 1` each sample is
+/// scored on N temporal clips whose probabilities are averaged (a sample counts when every clip
+/// loaded); its loss is then −ln of the averaged probability of its class.
 pub(crate) fn probabilities<B: Backend>(
     config: &Config,
     dataset: &Arc<Dataset>,
     ids: &[usize],
     model: &ActionModel<B>,
     device: &B::Device,
+) -> Result<Scores> {
+    let clips = config.eval.clips.max(1);
+    if clips == 1 {
+        return clip_probabilities(config, dataset, ids, model, device, 0, 1);
+    }
+    let classes = config.model.model_class_num;
+    let mut sums: Vec<Option<(usize, Vec<f32>)>> = vec![None; dataset.len()];
+    let mut skipped = 0;
+    for clip in 0..clips {
+        let scores = clip_probabilities(config, dataset, ids, model, device, clip, clips)?;
+        skipped = skipped.max(scores.skipped);
+        for (row, &id) in scores.ids.iter().enumerate() {
+            let values = &scores.probabilities[row * classes..(row + 1) * classes];
+            let (count, sum) = sums[id].get_or_insert_with(|| (0, vec![0.0; classes]));
+            *count += 1;
+            sum.iter_mut()
+                .zip(values)
+                .for_each(|(total, value)| *total += value);
+        }
+    }
+    let mut scores = Scores {
+        skipped,
+        ..Scores::default()
+    };
+    for &id in ids {
+        let Some((count, sum)) = &sums[id] else {
+            continue;
+        };
+        if *count < clips {
+            continue;
+        }
+        let mean: Vec<f32> = sum.iter().map(|total| total / clips as f32).collect();
+        let label = dataset.plan.samples[id].class;
+        scores.loss_sum -= f64::from(mean[label].max(f32::MIN_POSITIVE)).ln();
+        scores.probabilities.extend(mean);
+        scores.ids.push(id);
+    }
+    scores.skipped = ids.len() - scores.ids.len();
+    Ok(scores)
+}
+
+/// [`probabilities`] of clip `clip` of `clips`.
+fn clip_probabilities<B: Backend>(
+    config: &Config,
+    dataset: &Arc<Dataset>,
+    ids: &[usize],
+    model: &ActionModel<B>,
+    device: &B::Device,
+    clip: usize,
+    clips: usize,
 ) -> Result<Scores> {
     let classes = config.model.model_class_num;
     let loss_function = CrossEntropyLossConfig::new().init(device);
@@ -105,6 +162,7 @@ pub(crate) fn probabilities<B: Backend>(
     };
     let mut pipeline = Pipeline::builder_for(&config.data)
         .batch_size(config.train.video_batch_size)
+        .transforms(Transforms::Evaluation { clip, clips })
         .build(Arc::clone(dataset), ids.to_vec());
     for batch in pipeline.by_ref() {
         let mut batch = batch?;

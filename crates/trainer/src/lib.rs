@@ -60,8 +60,22 @@ pub struct RunSummary {
     pub val_confusion: Vec<Vec<usize>>,
     /// Mean training loss of the last epoch.
     pub train_loss_final: f64,
-    /// Epoch with the best validation accuracy.
+    /// The metric that chose the best epoch (`train.monitor`).
+    pub monitor: String,
+    /// Epoch with the best `monitor` value.
     pub best_epoch: Option<usize>,
+    /// That value.
+    pub best_value: Option<f64>,
+    /// `checkpoints/best/`: the best epoch's model (what `eval` and `predict` load by default).
+    pub best_checkpoint: Option<PathBuf>,
+    /// Whether early stopping ended the run before `train.max_epochs`.
+    pub stopped_early: bool,
+    /// `data.class_names`, the order of the class counts.
+    pub class_names: Vec<String>,
+    /// Samples per class in the training split (`data.class_names` order).
+    pub class_counts_train: Vec<usize>,
+    /// Samples per class in the validation split.
+    pub class_counts_val: Vec<usize>,
     /// Epochs run.
     pub epochs: usize,
     /// Optimizer steps taken.

@@ -25,6 +25,7 @@ fn dataset() -> PathBuf {
             width: 32,
             height: 32,
             seed: 9,
+            front_share: None,
         })
         .unwrap();
     }

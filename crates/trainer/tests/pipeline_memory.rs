@@ -21,6 +21,7 @@ fn vidtrain_and_its_decoders_stay_within_the_loading_bound() {
             width: 64,
             height: 48,
             seed: 5,
+            front_share: None,
         })
         .unwrap();
     }

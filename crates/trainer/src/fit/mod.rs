@@ -1,33 +1,42 @@
-//! The training loop, generic over the autodiff backend: epochs of shuffled micro-batches with
-//! exact gradient accumulation, Adam steps, validation, metrics lines and checkpoints.
+//! The training loop, generic over the autodiff backend: epochs of shuffled (or class-balanced)
+//! micro-batches with exact gradient accumulation and optimizer steps (`step`), validation
+//! (`validation`), model selection and early stopping (`selection`), and observers that log and
+//! draw the run (`observers`). This file holds the loop that ties them together.
 
+mod observers;
+pub(crate) mod optimizer;
 pub(crate) mod precision;
 mod progress;
+mod selection;
+mod step;
+mod validation;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsAccumulator, Optimizer};
-use burn::prelude::*;
+use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
-use serde_json::json;
-use vidtrain_config::{CheckpointMode, Config, Precision};
-use vidtrain_data::{Batch, Dataset, Pipeline, shuffled};
+use vidtrain_config::{Config, Precision, Sampler};
+use vidtrain_data::{Dataset, Pipeline, Transforms, class_balanced, shuffled};
 use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::{ActionModel, ActionModelConfig, InputShape};
 
 use crate::device::memory as device_memory;
-use crate::fit::precision::{LossScaler, StepDecision, compute_dtype};
+use crate::fit::observers::{
+    EpochRecord, MetricsLog, Pictures, RunObserver, StepRecord, TensorBoardLog, epochs_logged,
+};
+use crate::fit::optimizer::{TrainingOptimizer, class_weights, learning_rate, training_loss};
+use crate::fit::precision::{LossScaler, compute_dtype};
 use crate::fit::progress::Progress;
+use crate::fit::selection::ModelSelection;
+use crate::fit::step::{Learner, MemoryProbe};
 use crate::persist::checkpoint::{self, TrainingState};
 use crate::persist::run_dir::RunDir;
-use crate::report::confusion_svg::confusion_matrix_svg;
 use crate::report::metrics::ClassificationMetrics;
 use crate::{BackendChoice, Error, Result, RunSummary, TrainOptions};
 
+pub(crate) use step::{keypoint_tensor, labels_tensor, video_tensor};
 /// Everything a run needs that does not depend on the backend.
 pub(crate) struct RunContext<'a> {
     pub config: &'a Config,
@@ -46,7 +55,7 @@ pub(crate) struct RunContext<'a> {
 }
 
 /// Records a device memory reading (nothing on the CPU backend).
-fn sample_device(memory: &MemorySampler, backend: BackendChoice) {
+pub(crate) fn sample_device(memory: &MemorySampler, backend: BackendChoice) {
     if let Some(reading) = device_memory::read(backend) {
         memory.device_sample(
             reading.in_use_bytes,
@@ -66,16 +75,15 @@ fn release_device_cache(backend: BackendChoice, when: &str) {
     }
 }
 
-/// Trains and validates; returns the summary (also written to `summary.json`).
-pub(crate) fn fit<B: AutodiffBackend>(
-    mut context: RunContext<'_>,
-    device: B::Device,
-) -> Result<RunSummary> {
+/// Builds the model (with `model.pretrained` loaded) and logs its summary.
+fn build_model<B: AutodiffBackend>(
+    context: &RunContext<'_>,
+    device: &B::Device,
+) -> Result<ActionModel<B>> {
     let config = context.config;
-    B::seed(&device, config.train.seed);
     let mut model_config = ActionModelConfig::from_config(config);
     model_config.compute_dtype = compute_dtype(context.precision);
-    let mut model: ActionModel<B> = model_config.init(&device);
+    let mut model: ActionModel<B> = model_config.init(device);
     model.materialize_parameters();
     if !config.model.pretrained.is_empty() {
         let path = std::path::Path::new(&config.model.pretrained);
@@ -95,7 +103,6 @@ pub(crate) fn fit<B: AutodiffBackend>(
             ),
         }
     }
-    let parameters = model.num_params();
     let summary = model_config.summary(InputShape {
         batch: config.data.batch_size,
         frames: config.data.uniform_temporal_subsample_num,
@@ -113,12 +120,83 @@ pub(crate) fn fit<B: AutodiffBackend>(
         summary.table()
     );
     context.run_dir.write_json("model-summary.json", &summary)?;
-    let mut optimizer = AdamConfig::new().init::<B, ActionModel<B>>();
-    let loss_function = CrossEntropyLossConfig::new().init(&device);
+    Ok(model)
+}
+
+/// Samples per class of `ids`.
+fn class_counts(dataset: &Dataset, ids: &[usize], classes: usize) -> Vec<usize> {
+    let mut counts = vec![0; classes];
+    for &id in ids {
+        counts[dataset.plan.samples[id].class] += 1;
+    }
+    counts
+}
+
+/// The training order of epoch `epoch`: a permutation, or class-balanced draws.
+fn epoch_order(
+    config: &Config,
+    dataset: &Dataset,
+    train_ids: &[usize],
+    epoch: usize,
+) -> Vec<usize> {
+    let seed = config.train.seed ^ ((epoch as u64) << 32);
+    match config.data.sampler {
+        Sampler::Shuffle => shuffled(train_ids, seed),
+        Sampler::Balanced => class_balanced(train_ids, |id| dataset.plan.samples[id].class, seed),
+    }
+}
+
+/// What the training samples of epoch `epoch` go through: augmentation (and the evaluation crop
+/// it falls back to) when any is configured.
+fn training_transforms(config: &Config, epoch: usize) -> Transforms {
+    if config.augments() || config.data.eval_crop < 1.0 {
+        Transforms::Training {
+            epoch_seed: config.train.seed ^ ((epoch as u64) << 32) ^ 0xa06e_2026,
+        }
+    } else {
+        Transforms::None
+    }
+}
+
+/// Trains and validates; returns the summary (also written to `summary.json`).
+pub(crate) fn fit<B: AutodiffBackend>(
+    mut context: RunContext<'_>,
+    device: B::Device,
+) -> Result<RunSummary> {
+    let config = context.config;
+    B::seed(&device, config.train.seed);
+    let model = build_model::<B>(&context, &device)?;
+    let parameters = model.num_params();
+    let classes = config.model.model_class_num;
+    let train_counts = class_counts(&context.dataset, &context.train_ids, classes);
+    let val_counts = class_counts(&context.dataset, &context.val_ids, classes);
+    let train_labels: Vec<usize> = context
+        .train_ids
+        .iter()
+        .map(|&id| context.dataset.plan.samples[id].class)
+        .collect();
+    let weights = class_weights(config, &train_labels);
+    tracing::info!(
+        "class counts (train / validation): {}{}",
+        config
+            .data
+            .class_names
+            .iter()
+            .enumerate()
+            .map(|(class, name)| format!("{name} {}/{}", train_counts[class], val_counts[class]))
+            .collect::<Vec<_>>()
+            .join(", "),
+        weights.as_ref().map_or(String::new(), |weights| format!(
+            "; loss weights {:?}",
+            weights
+                .iter()
+                .map(|w| (w * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        ))
+    );
     let batch_size = config.data.batch_size;
     let accumulate = config.train.accumulate_grad_batches;
     let max_steps = usize::try_from(config.train.max_steps).ok();
-    let classes = config.model.model_class_num;
     let steps_per_epoch = context
         .train_ids
         .len()
@@ -127,17 +205,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let total_steps = max_steps
         .unwrap_or(usize::MAX)
         .min(steps_per_epoch * config.train.max_epochs);
-    let learning_rate = |step: usize| {
-        config
-            .train
-            .lr_schedule
-            .rate(config.train.lr, step, total_steps)
-    };
 
     let checkpoints = context.run_dir.checkpoints();
-    let save_last = |model: &ActionModel<B>, optimizer: &_, state: &TrainingState| {
-        checkpoint::save(&checkpoints, model, optimizer, state, config)
-    };
     let mut state = TrainingState {
         epoch: 1,
         position: 0,
@@ -149,6 +218,9 @@ pub(crate) fn fit<B: AutodiffBackend>(
         last_train_loss: None,
         loss_scaler: LossScaler::new(context.precision),
     };
+    let mut model = model;
+    let mut optimizer = TrainingOptimizer::<B>::from_config(config);
+    let mut earlier_epochs = Vec::new();
     if let Some(folder) = checkpoint::resolve_resume(config, context.run_dir.path())? {
         let (restored_model, restored_optimizer, restored_state) =
             checkpoint::load(&folder, model, optimizer, config, &device)?;
@@ -158,20 +230,48 @@ pub(crate) fn fit<B: AutodiffBackend>(
             restored_state.epoch,
             restored_state.step
         );
+        if let Some(run_folder) = crate::inference::run_folder_of(&folder) {
+            earlier_epochs = epochs_logged(&run_folder);
+            earlier_epochs.retain(|point| point.epoch < restored_state.epoch);
+        }
         (model, optimizer, state) = (restored_model, restored_optimizer, restored_state);
     }
+    let recompute = config.model.effective_checkpoint();
+    let loss_function = training_loss::<B>(config, weights.as_deref(), &device);
+    let mut learner = Learner::new(model, optimizer, loss_function, recompute);
+    let save_last = |learner: &Learner<B>, state: &TrainingState| {
+        checkpoint::save(
+            &checkpoints,
+            learner.model(),
+            &learner.optimizer,
+            state,
+            config,
+        )
+    };
+
+    let mut observers: Vec<Box<dyn RunObserver>> = vec![
+        Box::new(MetricsLog),
+        Box::new(Pictures::new(config, earlier_epochs)),
+    ];
+    if config.trainer.tensorboard {
+        observers.push(Box::new(TensorBoardLog::create(&context.run_dir, config)?));
+    }
+    observers.push(Box::new(Progress::new(
+        context.options.progress_bar,
+        config.train.max_epochs,
+        context.train_ids.len().div_ceil(batch_size),
+    )));
+    let selection = ModelSelection::from_config(config);
+
     // Throughput counts what this process trained, not the samples of the run it resumed.
     let samples_before = state.train_samples;
     let mut train_time = Duration::ZERO;
     let mut last_metrics: Option<(ClassificationMetrics, f64)> = None;
     let mut last_checkpoint: Option<PathBuf> = None;
+    let mut best_checkpoint: Option<PathBuf> = None;
+    let mut stopped_early = false;
     let mut epochs_done = state.epoch.saturating_sub(1);
     let mut skipped_sample_loads = 0usize;
-    let mut progress = Progress::new(
-        context.options.progress_bar,
-        config.train.max_epochs,
-        context.train_ids.len().div_ceil(batch_size),
-    );
     let reached_max_steps = |step: usize| max_steps.is_some_and(|max| step >= max);
     let stop_requested = || {
         context
@@ -184,26 +284,19 @@ pub(crate) fn fit<B: AutodiffBackend>(
     // micro-batch is its share of its group's samples: a last, smaller group steps with the
     // right scale, and `batch_size=4` equals `batch_size=1 accumulate_grad_batches=4`.
     let group_samples = batch_size * accumulate;
-    let recompute = config.model.effective_checkpoint();
 
     'epochs: while state.epoch <= config.train.max_epochs && !reached_max_steps(state.step) {
         let epoch = state.epoch;
         context.memory.mark(format!("epoch {epoch} train"));
-        progress.start_epoch(epoch);
+        observers
+            .iter_mut()
+            .for_each(|observer| observer.epoch_started(epoch));
         let epoch_started = Instant::now();
-        let order = shuffled(
-            &context.train_ids,
-            config.train.seed ^ ((epoch as u64) << 32),
-        );
-        let mut position_of = vec![0usize; context.dataset.len()];
-        for (position, &id) in order.iter().enumerate() {
-            position_of[id] = position;
-        }
-        let mut pipeline = Pipeline::builder_for(&config.data).build(
-            Arc::clone(&context.dataset),
-            order[state.position..].to_vec(),
-        );
-        let mut accumulator = GradientsAccumulator::<ActionModel<B>>::new();
+        let order = epoch_order(config, &context.dataset, &context.train_ids, epoch);
+        let resumed_at = state.position;
+        let mut pipeline = Pipeline::builder_for(&config.data)
+            .transforms(training_transforms(config, epoch))
+            .build(Arc::clone(&context.dataset), order[resumed_at..].to_vec());
         let mut group_loss = 0.0f64;
         let mut interrupted = false;
 
@@ -214,7 +307,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 break;
             };
             let mut batch = batch?;
-            let first_position = position_of[batch.sample_ids[0]];
+            let first_position = resumed_at + batch.positions[0];
             let group = first_position / group_samples;
             let group_start = group * group_samples;
             let group_len = group_samples.min(order.len() - group_start);
@@ -226,43 +319,19 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 &device,
                 config.train.seed ^ ((epoch as u64) << 40) ^ first_position as u64,
             );
-            let labels = labels_tensor::<B>(&batch, &device);
-            let video = video_tensor::<B>(&batch, &device);
-            let keypoints = keypoint_tensor::<B>(&mut batch, &device);
-            // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
-            let scaled_weight = weight * state.loss_scaler.scale;
-            // Every mode goes through `loss_and_gradients`: it differentiates the convolutions
-            // by hand (faster than autodiff's generic conv backward), and without recompute it
-            // is one forward and one backward, like a plain `backward()`.
-            let plain = recompute == CheckpointMode::None;
-            context.memory.phase(if plain {
-                Phase::Forward
-            } else {
-                Phase::ForwardBackward
-            });
             let segment_seed =
                 config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
-            let (loss_value, grads) = model.loss_and_gradients(
-                video,
-                keypoints,
-                |scores| {
-                    let loss = loss_function.forward(scores, labels);
-                    if plain {
-                        // The graph is whole here: the device's in-use peak of a step without
-                        // recompute.
-                        sample_device(&context.memory, context.backend);
-                        context.memory.phase(Phase::Backward);
-                    }
-                    loss
-                },
-                scaled_weight,
-                recompute,
+            // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
+            let loss_value = learner.micro_batch(
+                &mut batch,
+                weight * state.loss_scaler.scale,
                 segment_seed,
+                &MemoryProbe {
+                    memory: &context.memory,
+                    backend: context.backend,
+                },
+                &device,
             );
-            if !plain {
-                // Recompute's peaks are inside the replays; this reads what remains after them.
-                sample_device(&context.memory, context.backend);
-            }
             if !loss_value.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss_value,
@@ -271,55 +340,55 @@ pub(crate) fn fit<B: AutodiffBackend>(
                     last_checkpoint,
                 });
             }
-            accumulator.accumulate(&model, grads);
             group_loss += loss_value as f64 * weight;
             state.epoch_loss_sum += loss_value as f64 * batch.len() as f64;
             state.epoch_loss_samples += batch.len();
             state.train_samples += batch.len();
-            progress.batch(loss_value, state.step);
+            for observer in observers.iter_mut() {
+                observer.micro_batch(loss_value, state.step);
+            }
 
             // The group ends when the next batch belongs to another group (or nothing follows).
             let group_ends = match batches.peek() {
-                Some(Ok(next)) => position_of[next.sample_ids[0]] / group_samples != group,
+                Some(Ok(next)) => (resumed_at + next.positions[0]) / group_samples != group,
                 _ => true,
             };
             if !group_ends {
                 continue;
             }
-            let lr = learning_rate(state.step);
+            let lr = learning_rate(config, state.step, total_steps);
             context.memory.phase(Phase::OptimizerStep);
-            let decision = state.loss_scaler.unscale::<B, _>(
-                &model,
-                accumulator.grads(),
+            let overflowed = learner.optimizer_step(
+                lr,
+                &mut state.loss_scaler,
                 config.trainer.gradient_clip_val,
             );
-            let skipped = match decision {
-                StepDecision::Step(grads) => {
-                    model = optimizer.step(lr, model, grads);
-                    false
-                }
-                StepDecision::Skip { scale } => {
-                    tracing::warn!(
-                        "step {}: inf/NaN gradients at loss scale {scale}; step skipped, scale \
-                         now {} ({} skipped so far)",
-                        state.step + 1,
-                        state.loss_scaler.scale,
-                        state.loss_scaler.skipped_steps
-                    );
-                    true
-                }
-            };
+            if let Some(scale) = overflowed {
+                tracing::warn!(
+                    "step {}: inf/NaN gradients at loss scale {scale}; step skipped, scale \
+                     now {} ({} skipped so far)",
+                    state.step + 1,
+                    state.loss_scaler.scale,
+                    state.loss_scaler.skipped_steps
+                );
+            }
             state.step += 1;
             state.position = group_start + group_len;
-            context.run_dir.log_metrics(&json!({
-                "event": "step", "epoch": epoch, "step": state.step, "loss": group_loss, "lr": lr,
-                "loss_scale": state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
-                "skipped": skipped,
-            }))?;
+            let record = StepRecord {
+                epoch,
+                step: state.step,
+                loss: group_loss,
+                lr,
+                loss_scale: state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
+                skipped: overflowed.is_some(),
+            };
+            for observer in observers.iter_mut() {
+                observer.step(&record, &mut context.run_dir)?;
+            }
             group_loss = 0.0;
             let every = config.train.checkpoint_every_steps;
             if every > 0 && state.step.is_multiple_of(every) {
-                last_checkpoint = Some(save_last(&model, &optimizer, &state)?);
+                last_checkpoint = Some(save_last(&learner, &state)?);
             }
             if stop_requested() {
                 interrupted = true;
@@ -334,8 +403,10 @@ pub(crate) fn fit<B: AutodiffBackend>(
         drop(pipeline);
         train_time += epoch_started.elapsed();
         if interrupted {
-            let folder = save_last(&model, &optimizer, &state)?;
-            progress.finish();
+            let folder = save_last(&learner, &state)?;
+            observers
+                .iter_mut()
+                .for_each(|observer| observer.finished());
             return Err(Error::Interrupted { checkpoint: folder });
         }
         let epoch_finished = state.position >= order.len();
@@ -346,49 +417,47 @@ pub(crate) fn fit<B: AutodiffBackend>(
         context.memory.mark(format!("epoch {epoch} validation"));
         context.memory.phase(Phase::Validation);
         release_device_cache(context.backend, "before validation");
-        let (metrics, val_loss, val_skipped) =
-            validate(config, &context.dataset, &context.val_ids, &model, &device)?;
+        let (metrics, val_loss, val_skipped) = validation::validate(
+            config,
+            &context.dataset,
+            &context.val_ids,
+            learner.model(),
+            &device,
+        )?;
         skipped_sample_loads += val_skipped;
         sample_device(&context.memory, context.backend);
         release_device_cache(context.backend, "after validation");
         context.memory.phase(Phase::Other);
-        let improved = state
-            .best
-            .is_none_or(|(_, accuracy)| metrics.accuracy > accuracy);
-        if improved {
-            state.best = Some((epoch, metrics.accuracy));
-            crate::persist::weights::save(&model, &checkpoints.join("model-best.mpk"), config)?;
+        let mut record = EpochRecord {
+            epoch,
+            step: state.step,
+            train_loss,
+            val_loss,
+            metrics: &metrics,
+            val_skipped,
+            epoch_train_s: epoch_started.elapsed().as_secs_f64(),
+            host_rss_bytes: vidtrain_memutil::current_rss_bytes(),
+            peak_host_rss_bytes: context.memory.peak_sampled(),
+            is_best: false,
+        };
+        record.is_best = selection.consider(&mut state, epoch, record.metric(&selection.monitor));
+        if record.is_best {
+            let best = serde_json::json!({
+                "epoch": epoch, "step": state.step, "monitor": selection.monitor,
+                "value": record.metric(&selection.monitor), "val_loss": val_loss,
+                "val_accuracy": metrics.accuracy, "val_macro_f1": metrics.macro_f1,
+                "val_macro_auroc": metrics.macro_auroc, "train_loss": train_loss,
+            });
+            best_checkpoint = Some(checkpoint::save_best(
+                &checkpoints,
+                learner.model(),
+                &best,
+                config,
+            )?);
         }
-        context.run_dir.log_metrics(&json!({
-            "event": "epoch",
-            "epoch": epoch,
-            "step": state.step,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": metrics.accuracy,
-            "val_macro_f1": metrics.macro_f1,
-            "val_per_class_f1": metrics.per_class_f1,
-            "val_confusion": metrics.confusion,
-            "val_macro_auroc": metrics.macro_auroc,
-            "val_per_class_auroc": metrics.per_class_auroc,
-            "val_samples": metrics.samples,
-            "val_skipped": val_skipped,
-            "epoch_train_s": epoch_started.elapsed().as_secs_f64(),
-            "host_rss_bytes": vidtrain_memutil::current_rss_bytes(),
-        }))?;
-        context.run_dir.write(
-            "confusion.svg",
-            confusion_matrix_svg(
-                &config.data.class_names,
-                &metrics.confusion,
-                &format!(
-                    "{} — validation, epoch {epoch}: accuracy {:.3}",
-                    config.experiment, metrics.accuracy
-                ),
-            )
-            .as_bytes(),
-        )?;
-        progress.end_epoch(epoch, train_loss, val_loss, &metrics);
+        for observer in observers.iter_mut() {
+            observer.epoch(&record, &mut context.run_dir)?;
+        }
         last_metrics = Some((metrics, val_loss));
         if epoch_finished {
             state.epoch += 1;
@@ -396,12 +465,30 @@ pub(crate) fn fit<B: AutodiffBackend>(
             state.epoch_loss_sum = 0.0;
             state.epoch_loss_samples = 0;
         }
-        last_checkpoint = Some(save_last(&model, &optimizer, &state)?);
+        let stop_early = epoch_finished && selection.should_stop(&state, epoch);
+        if stop_early {
+            // The run is complete: a resume must not train on.
+            state.epoch = config.train.max_epochs + 1;
+        }
+        last_checkpoint = Some(save_last(&learner, &state)?);
+        if stop_early {
+            let (best_epoch, best_value) = state.best.unwrap_or_default();
+            tracing::info!(
+                "early stopping after epoch {epoch}: {} has not improved for {} epochs (best \
+                 {best_value:.4} at epoch {best_epoch})",
+                selection.monitor,
+                epoch - best_epoch
+            );
+            stopped_early = true;
+            break 'epochs;
+        }
         if reached_max_steps(state.step) {
             break 'epochs;
         }
     }
-    progress.finish();
+    observers
+        .iter_mut()
+        .for_each(|observer| observer.finished());
 
     let (metrics, val_loss) = last_metrics
         .unwrap_or_else(|| (ClassificationMetrics::compute(&[], &[], classes), f64::NAN));
@@ -414,6 +501,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     context
         .run_dir
         .write("memory.svg", memory.svg().as_bytes())?;
+    let best_exists = checkpoints.join(checkpoint::BEST).is_dir();
     let summary = RunSummary {
         run_dir: context.run_dir.path().to_path_buf(),
         backend: context.backend_name.to_string(),
@@ -426,7 +514,15 @@ pub(crate) fn fit<B: AutodiffBackend>(
         val_macro_auroc: metrics.macro_auroc,
         val_confusion: metrics.confusion.clone(),
         train_loss_final: state.last_train_loss.unwrap_or(f64::NAN),
+        monitor: selection.monitor.clone(),
         best_epoch: state.best.map(|(epoch, _)| epoch),
+        best_value: state.best.map(|(_, value)| value),
+        best_checkpoint: best_checkpoint
+            .or_else(|| best_exists.then(|| checkpoints.join(checkpoint::BEST))),
+        stopped_early,
+        class_names: config.data.class_names.clone(),
+        class_counts_train: train_counts,
+        class_counts_val: val_counts,
         epochs: epochs_done,
         steps: state.step,
         train_samples: state.train_samples,
@@ -455,70 +551,4 @@ pub(crate) fn fit<B: AutodiffBackend>(
     };
     context.run_dir.write_json("summary.json", &summary)?;
     Ok(summary)
-}
-
-/// Runs the model without autodiff over `ids`; returns metrics, the mean loss and the samples
-/// skipped. Metrics cover the samples that loaded (labels and predictions stay paired); a split
-/// where none loads, or a non-finite loss, is an error rather than a metric.
-fn validate<B: AutodiffBackend>(
-    config: &Config,
-    dataset: &Arc<Dataset>,
-    ids: &[usize],
-    model: &ActionModel<B>,
-    device: &B::Device,
-) -> Result<(ClassificationMetrics, f64, usize)> {
-    let scores = crate::inference::probabilities(config, dataset, ids, &model.valid(), device)?;
-    let scores = crate::inference::usable(scores, ids.len(), "the validation split")?;
-    let labels: Vec<usize> = scores
-        .ids
-        .iter()
-        .map(|&id| dataset.plan.samples[id].class)
-        .collect();
-    let metrics = ClassificationMetrics::from_probabilities(
-        &labels,
-        &scores.probabilities,
-        config.model.model_class_num,
-    );
-    Ok((metrics, scores.mean_loss(), scores.skipped))
-}
-
-/// u8 frames → f32 in 0..1, `[batch, views, t, h, w, 3]` (`None` when RGB is not loaded).
-pub(crate) fn video_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Option<Tensor<B, 6>> {
-    let shape = batch.shape;
-    if !shape.rgb {
-        return None;
-    }
-    let values: Vec<f32> = batch
-        .video
-        .iter()
-        .map(|&byte| f32::from(byte) * (1.0 / 255.0))
-        .collect();
-    let dims = [
-        batch.len(),
-        shape.views,
-        shape.frames,
-        shape.img_size,
-        shape.img_size,
-        3,
-    ];
-    Some(Tensor::from_data(TensorData::new(values, dims), device))
-}
-
-/// Keypoints `[batch, views, t, joints, 3]`, moved out of the batch (`None` when keypoints are
-/// not loaded).
-pub(crate) fn keypoint_tensor<B: Backend>(
-    batch: &mut Batch,
-    device: &B::Device,
-) -> Option<Tensor<B, 5>> {
-    let shape = batch.shape;
-    (shape.joints > 0).then(|| {
-        let dims = [batch.len(), shape.views, shape.frames, shape.joints, 3];
-        let values = std::mem::take(&mut batch.keypoints);
-        Tensor::from_data(TensorData::new(values, dims), device)
-    })
-}
-
-pub(crate) fn labels_tensor<B: Backend>(batch: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
-    let labels: Vec<i64> = batch.labels.iter().map(|&label| label as i64).collect();
-    Tensor::from_data(TensorData::new(labels, [batch.len()]), device)
 }

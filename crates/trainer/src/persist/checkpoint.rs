@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::optim::Optimizer;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use vidtrain_config::Config;
 use vidtrain_model::ActionModel;
 
+use crate::fit::optimizer::TrainingOptimizer;
 use crate::fit::precision::LossScaler;
 use crate::{Error, Result};
 
@@ -39,42 +39,61 @@ pub(crate) struct TrainingState {
 }
 
 const LAST: &str = "last";
+/// The best epoch's model by `train.monitor`.
+pub(crate) const BEST: &str = "best";
 /// A complete earlier checkpoint, present only if a kill fell between the two renames of
 /// [`save`].
 pub(crate) const LAST_OLD: &str = "last.old";
 
 /// Writes `checkpoints/last/` (model, optimizer, state) and returns its path.
-pub(crate) fn save<B, O>(
+pub(crate) fn save<B: AutodiffBackend>(
     checkpoints: &Path,
     model: &ActionModel<B>,
-    optimizer: &O,
+    optimizer: &TrainingOptimizer<B>,
     state: &TrainingState,
     config: &Config,
-) -> Result<PathBuf>
-where
-    B: AutodiffBackend,
-    O: Optimizer<ActionModel<B>, B>,
-{
-    let folder = checkpoints.join(LAST);
-    let partial = checkpoints.join(format!("{LAST}.partial"));
-    let previous = checkpoints.join(LAST_OLD);
-    let _ = std::fs::remove_dir_all(&partial);
-    let written = (|| {
-        std::fs::create_dir_all(&partial).map_err(|error| Error::io(&partial, error))?;
+) -> Result<PathBuf> {
+    replace_folder(checkpoints, LAST, |partial| {
         crate::persist::weights::save(model, &partial.join("model.mpk"), config)?;
-        crate::persist::weights::save_record::<B, _>(
-            optimizer.to_record(),
-            &partial.join("optimizer.mpk"),
-        )?;
+        optimizer.save(&partial.join("optimizer.mpk"))?;
         let state_text = serde_json::to_string_pretty(state).expect("state serialises");
         crate::write_atomically(&partial.join("state.json"), state_text.as_bytes())
-    })();
+    })
+}
+
+/// Writes `checkpoints/best/`: the model and `metrics.json` (the epoch and its metrics).
+pub(crate) fn save_best<B: AutodiffBackend>(
+    checkpoints: &Path,
+    model: &ActionModel<B>,
+    metrics: &serde_json::Value,
+    config: &Config,
+) -> Result<PathBuf> {
+    replace_folder(checkpoints, BEST, |partial| {
+        crate::persist::weights::save(model, &partial.join("model.mpk"), config)?;
+        let text = serde_json::to_string_pretty(metrics).expect("metrics serialise");
+        crate::write_atomically(&partial.join("metrics.json"), text.as_bytes())
+    })
+}
+
+/// Writes `checkpoints/<name>/` whole: `write` fills `<name>.partial/`, which then replaces the
+/// folder by renames, so that at every moment `<name>` or `<name>.old` is complete.
+fn replace_folder(
+    checkpoints: &Path,
+    name: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let folder = checkpoints.join(name);
+    let partial = checkpoints.join(format!("{name}.partial"));
+    let previous = checkpoints.join(format!("{name}.old"));
+    let _ = std::fs::remove_dir_all(&partial);
+    let written = std::fs::create_dir_all(&partial)
+        .map_err(|error| Error::io(&partial, error))
+        .and_then(|()| write(&partial));
     if let Err(error) = written {
-        // A full disk: free what was written; `last` is still the previous checkpoint.
+        // A full disk: free what was written; the folder still holds the previous version.
         let _ = std::fs::remove_dir_all(&partial);
         return Err(error);
     }
-    // Swap folders: at every moment `last` or `last.old` is a complete checkpoint.
     let _ = std::fs::remove_dir_all(&previous);
     if folder.exists() {
         std::fs::rename(&folder, &previous).map_err(|error| Error::io(&folder, error))?;
@@ -84,26 +103,19 @@ where
     Ok(folder)
 }
 
-/// Loads a checkpoint folder into `model` and `optimizer`.
-pub(crate) fn load<B, O>(
+pub(crate) fn load<B: AutodiffBackend>(
     folder: &Path,
     model: ActionModel<B>,
-    optimizer: O,
+    optimizer: TrainingOptimizer<B>,
     config: &Config,
     device: &B::Device,
-) -> Result<(ActionModel<B>, O, TrainingState)>
-where
-    B: AutodiffBackend,
-    O: Optimizer<ActionModel<B>, B>,
-{
+) -> Result<(ActionModel<B>, TrainingOptimizer<B>, TrainingState)> {
     let state = read_state(folder)?;
     let model = crate::persist::weights::load(model, &folder.join("model.mpk"), config, device)?;
-    let record =
-        crate::persist::weights::load_record::<B, _>(&folder.join("optimizer.mpk"), device)?;
-    Ok((model, optimizer.load_record(record), state))
+    let optimizer = optimizer.load(&folder.join("optimizer.mpk"), device)?;
+    Ok((model, optimizer, state))
 }
 
-/// The loop position saved in a checkpoint folder.
 pub(crate) fn read_state(folder: &Path) -> Result<TrainingState> {
     let checkpoint_error = |message: String| Error::Checkpoint {
         path: folder.to_path_buf(),

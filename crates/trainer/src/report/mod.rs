@@ -1,4 +1,7 @@
-//! What a run reports about the model: classification metrics and the pictures drawn from them.
+//! What a run reports about the model: classification metrics, the pictures drawn from them
+//! (confusion matrix, learning curves) and TensorBoard event files.
 
 pub mod confusion_svg;
+pub mod curves_svg;
 pub mod metrics;
+pub mod tensorboard;
