@@ -3,6 +3,7 @@
 
 mod backbones;
 mod config;
+mod controls;
 mod datasets;
 mod faults;
 mod inference;

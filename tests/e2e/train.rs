@@ -284,10 +284,34 @@ pub(crate) fn runs_of(experiment: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_resumed_run_equals_an_uninterrupted_one() {
-    let dir = scratch("train-resume");
+    assert_resume_is_exact("train-resume", &[]);
+}
+
+#[test]
+fn a_resumed_run_with_augmentation_sgd_and_balanced_draws_equals_an_uninterrupted_one() {
+    assert_resume_is_exact(
+        "train-resume-augmented",
+        &[
+            "data.augment=standard",
+            "data.load_kpt=true",
+            "data.sampler=balanced",
+            "train.optimizer=sgd",
+            "train.nesterov=true",
+            "train.lr=0.01",
+            "train.warmup_steps=3",
+            "train.lr_schedule=cosine",
+            "train.label_smoothing=0.1",
+            "train.class_weights=balanced",
+        ],
+    );
+}
+
+/// Trains 10 steps straight, and 5 + 5 with a resume in between; every step's loss must agree.
+pub(crate) fn assert_resume_is_exact(name: &str, extra: &[&str]) {
+    let dir = scratch(name);
     let config = small_dataset(&dir);
     // Dropout on, accumulation on, several epochs: everything that could drift on resume.
-    let common = |experiment: &'static str, extra: &[&'static str]| {
+    let common = |experiment: &'static str, limits: &[&'static str]| {
         // Not `train_tiny`: this test trains with batch 2 and the default learning rate.
         let mut args = vec![
             "train",
@@ -300,6 +324,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         ];
         args.push(experiment);
         args.extend_from_slice(&TINY_MODEL[..5]);
+        args.extend_from_slice(limits);
         args.extend_from_slice(extra);
         let output = vidtrain(&dir, &args);
         assert!(output.status.success(), "{}", stderr(&output));

@@ -249,8 +249,8 @@ fn ratio_table(report: &Value) -> String {
     text
 }
 
-/// A Python with torch and torchvision: the cache venv, made (`pip install torch torchvision`)
-/// when it is missing.
+/// A Python with torch, torchvision and tensorboard (whose event reader checks vidtrain's
+/// TensorBoard files): the cache venv, made or completed with pip when something is missing.
 pub(crate) fn torch_python() -> anyhow::Result<PathBuf> {
     let venv = std::env::var_os("VIDTRAIN_TORCH_VENV")
         .map(PathBuf::from)
@@ -262,7 +262,10 @@ pub(crate) fn torch_python() -> anyhow::Result<PathBuf> {
     let python = venv.join("bin/python");
     let has_torch = |python: &Path| {
         Command::new(python)
-            .args(["-c", "import torch, torchvision, safetensors, numpy"])
+            .args([
+                "-c",
+                "import torch, torchvision, safetensors, numpy, tensorboard",
+            ])
             .output()
             .is_ok_and(|output| output.status.success())
     };
@@ -270,7 +273,7 @@ pub(crate) fn torch_python() -> anyhow::Result<PathBuf> {
         return Ok(python);
     }
     eprintln!(
-        "installing torch and torchvision into {} (a few minutes)",
+        "installing torch, torchvision and tensorboard into {} (a few minutes)",
         venv.display()
     );
     let made = Command::new("python3")
@@ -291,6 +294,7 @@ pub(crate) fn torch_python() -> anyhow::Result<PathBuf> {
             "torchvision",
             "safetensors",
             "numpy",
+            "tensorboard",
         ])
         .status()
         .context("running pip")?;

@@ -128,7 +128,11 @@ fn ci() -> anyhow::Result<()> {
     if !made.success() {
         bail!("bench/reference_fixtures.py failed");
     }
-    let env = [("VIDTRAIN_TORCH_FIXTURES", fixtures.as_path())];
+    let env = [
+        ("VIDTRAIN_TORCH_FIXTURES", fixtures.as_path()),
+        // The e2e test that reads TensorBoard files back with TensorBoard's own reader.
+        ("VIDTRAIN_PYTHON", python.as_path()),
+    ];
     let tests = cargo_with(
         &["test", "--release", "--workspace", "--no-fail-fast"],
         &env,

@@ -523,7 +523,8 @@ fn eval(args: &EvalArgs) -> Result<(), Failure> {
         .as_bytes(),
     )?;
     println!(
-        "{} samples{}: accuracy {:.3}, macro-F1 {:.3}, macro AUROC {}, loss {:.4}\nwritten to {}",
+        "weights {}\n{} samples{}: accuracy {:.3}, macro-F1 {:.3}, macro AUROC {}, loss {:.4}\nwritten to {}",
+        report.weights.display(),
         report.samples,
         if report.skipped > 0 {
             format!(

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use burn::module::AutodiffModule;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
@@ -18,15 +19,15 @@ use vidtrain_model::ActionModel;
 use crate::Result;
 use crate::persist::weights::{load_record, save_record};
 
-/// The optimizer `train.optimizer` names, with its state.
+/// The optimizer `train.optimizer` names, with its state, for a module `M` (the model).
 #[derive(Clone)]
-pub(crate) enum TrainingOptimizer<B: AutodiffBackend> {
-    Adam(OptimizerAdaptor<Adam, ActionModel<B>, B>),
-    AdamW(OptimizerAdaptor<AdamW, ActionModel<B>, B>),
-    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, ActionModel<B>, B>),
+pub(crate) enum TrainingOptimizer<B: AutodiffBackend, M: AutodiffModule<B> = ActionModel<B>> {
+    Adam(OptimizerAdaptor<Adam, M, B>),
+    AdamW(OptimizerAdaptor<AdamW, M, B>),
+    Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, M, B>),
 }
 
-impl<B: AutodiffBackend> TrainingOptimizer<B> {
+impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
     /// A fresh optimizer as `train.*` configures it.
     pub(crate) fn from_config(config: &Config) -> Self {
         let train = &config.train;
@@ -57,12 +58,7 @@ impl<B: AutodiffBackend> TrainingOptimizer<B> {
     }
 
     /// One optimizer step at learning rate `lr`.
-    pub(crate) fn step(
-        &mut self,
-        lr: f64,
-        model: ActionModel<B>,
-        grads: GradientsParams,
-    ) -> ActionModel<B> {
+    pub(crate) fn step(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
         match self {
             Self::Adam(optimizer) => optimizer.step(lr, model, grads),
             Self::AdamW(optimizer) => optimizer.step(lr, model, grads),
@@ -140,6 +136,108 @@ pub(crate) fn training_loss<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Tensor;
+
+    type B = Autodiff<Flex>;
+
+    /// A 3 → 2 linear layer and the gradients of sum(layer(x)) at x = 1: 1 for every weight.
+    fn layer_and_unit_gradients(layer: Option<Linear<B>>) -> (Linear<B>, GradientsParams) {
+        let device = Default::default();
+        let layer = layer.unwrap_or_else(|| LinearConfig::new(3, 2).init(&device));
+        let loss = layer.forward(Tensor::<B, 2>::ones([1, 3], &device)).sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &layer);
+        (layer, grads)
+    }
+
+    fn weights(layer: &Linear<B>) -> Vec<f32> {
+        layer.weight.val().into_data().to_vec().unwrap()
+    }
+
+    /// The weights after `steps` optimizer steps at `lr` with unit gradients, and before.
+    fn stepped(overrides: &[&str], lr: f64, steps: usize) -> (Vec<f32>, Vec<f32>) {
+        let mut optimizer = TrainingOptimizer::<B, Linear<B>>::from_config(&config(overrides));
+        let (mut layer, _) = layer_and_unit_gradients(None);
+        let before = weights(&layer);
+        for _ in 0..steps {
+            let (current, grads) = layer_and_unit_gradients(Some(layer));
+            layer = optimizer.step(lr, current, grads);
+        }
+        (before, weights(&layer))
+    }
+
+    fn assert_update(before: &[f32], after: &[f32], expected: impl Fn(f32) -> f32) {
+        for (old, new) in before.iter().zip(after) {
+            assert!(
+                (new - expected(*old)).abs() < 1e-5,
+                "{old} → {new}, expected {}",
+                expected(*old)
+            );
+        }
+    }
+
+    #[test]
+    fn sgd_follows_pytorch_momentum_nesterov_and_weight_decay() {
+        let lr = 0.1f32;
+        // Momentum 0.9, no dampening: buffers 1, then 1.9.
+        let (before, after) = stepped(&["train.optimizer=sgd"], lr.into(), 2);
+        assert_update(&before, &after, |w| w - lr * (1.0 + 1.9));
+        // Nesterov: the update is g + 0.9 · buffer: 1.9, then 1 + 0.9 · 1.9.
+        let (before, after) = stepped(
+            &["train.optimizer=sgd", "train.nesterov=true"],
+            lr.into(),
+            2,
+        );
+        assert_update(&before, &after, |w| w - lr * (1.9 + 1.0 + 0.9 * 1.9));
+        // L2 weight decay: g + wd · w.
+        let (before, after) = stepped(
+            &[
+                "train.optimizer=sgd",
+                "train.momentum=0",
+                "train.weight_decay=0.5",
+            ],
+            lr.into(),
+            1,
+        );
+        assert_update(&before, &after, |w| w - lr * (1.0 + 0.5 * w));
+    }
+
+    #[test]
+    fn adamw_decays_weights_apart_from_the_adam_step() {
+        let lr = 0.01f32;
+        // One Adam step with bias correction moves every weight by lr · g / (|g| + ε) ≈ lr.
+        let (before, after) = stepped(&["train.optimizer=adam"], lr.into(), 1);
+        assert_update(&before, &after, |w| w - lr);
+        let (before, after) = stepped(
+            &["train.optimizer=adamw", "train.weight_decay=0.5"],
+            lr.into(),
+            1,
+        );
+        assert_update(&before, &after, |w| w * (1.0 - lr * 0.5) - lr);
+    }
+
+    #[test]
+    fn optimizer_state_survives_a_save_and_load() {
+        let folder = std::env::temp_dir().join(format!("vidtrain-optim-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("optimizer.mpk");
+        let config = config(&["train.optimizer=sgd", "train.nesterov=true"]);
+        let device = Default::default();
+        let mut optimizer = TrainingOptimizer::<B, Linear<B>>::from_config(&config);
+        let (layer, grads) = layer_and_unit_gradients(None);
+        let layer = optimizer.step(0.1, layer, grads);
+        optimizer.save(&path).unwrap();
+        let restored = TrainingOptimizer::<B, Linear<B>>::from_config(&config)
+            .load(&path, &device)
+            .unwrap();
+        let next = |mut optimizer: TrainingOptimizer<B, Linear<B>>| {
+            let (current, grads) = layer_and_unit_gradients(Some(layer.clone()));
+            weights(&optimizer.step(0.1, current, grads))
+        };
+        assert_eq!(next(optimizer), next(restored));
+        let _ = std::fs::remove_dir_all(&folder);
+    }
 
     fn config(overrides: &[&str]) -> Config {
         vidtrain_config::ConfigLoader::new()
