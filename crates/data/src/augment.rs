@@ -9,52 +9,9 @@
 
 use vidtrain_config::Config;
 
+use crate::decode::{Crop, SpatialTransform};
 use crate::plan::{Sample, uniform_temporal_subsample};
 use crate::rng::SplitMix64;
-
-/// A crop window as shares of the frame: left, top, width, height (each in 0..=1).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Crop {
-    /// Left edge, share of the width.
-    pub x: f64,
-    /// Top edge, share of the height.
-    pub y: f64,
-    /// Width, share of the width.
-    pub width: f64,
-    /// Height, share of the height.
-    pub height: f64,
-}
-
-impl Crop {
-    /// The centred window whose sides are `share` of the frame's.
-    pub fn centre(share: f64) -> Self {
-        let margin = (1.0 - share) / 2.0;
-        Crop {
-            x: margin,
-            y: margin,
-            width: share,
-            height: share,
-        }
-    }
-
-    /// ffmpeg's `crop` filter for this window (expressions of the input size, so one filter
-    /// serves views of any resolution).
-    pub(crate) fn ffmpeg_filter(&self) -> String {
-        format!(
-            "crop=iw*{:.6}:ih*{:.6}:iw*{:.6}:ih*{:.6}",
-            self.width, self.height, self.x, self.y
-        )
-    }
-}
-
-/// What ffmpeg does to every frame of one sample besides sampling and scaling.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct SpatialTransform {
-    /// Crop before scaling (`None`: the whole frame).
-    pub crop: Option<Crop>,
-    /// Mirror left to right after scaling (ffmpeg's `hflip`).
-    pub hflip: bool,
-}
 
 /// Colour jitter factors of one sample, torchvision's `adjust_brightness/contrast/saturation`.
 #[derive(Debug, Clone, Copy, PartialEq)]

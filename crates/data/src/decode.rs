@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use ffmpeg_sidecar::command::FfmpegCommand;
 
-use crate::augment::SpatialTransform;
-use crate::probe::{VideoInfo, find_tool};
+use crate::probe::{VideoInfo, find_tool, in_own_process_group};
 use crate::{Error, Result};
 
 static DECODE_PROCESSES: AtomicUsize = AtomicUsize::new(0);
@@ -18,6 +17,50 @@ static DECODE_PROCESSES: AtomicUsize = AtomicUsize::new(0);
 /// How many ffmpeg decode processes this process has started (for tests and `data bench`).
 pub fn decode_processes_spawned() -> usize {
     DECODE_PROCESSES.load(Ordering::Relaxed)
+}
+
+/// A crop window as shares of the frame: left, top, width, height (each in 0..=1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Crop {
+    /// Left edge, share of the width.
+    pub x: f64,
+    /// Top edge, share of the height.
+    pub y: f64,
+    /// Width, share of the width.
+    pub width: f64,
+    /// Height, share of the height.
+    pub height: f64,
+}
+
+impl Crop {
+    /// The centred window whose sides are `share` of the frame's.
+    pub fn centre(share: f64) -> Self {
+        let margin = (1.0 - share) / 2.0;
+        Crop {
+            x: margin,
+            y: margin,
+            width: share,
+            height: share,
+        }
+    }
+
+    /// ffmpeg's `crop` filter for this window (expressions of the input size, so one filter
+    /// serves views of any resolution).
+    pub(crate) fn ffmpeg_filter(&self) -> String {
+        format!(
+            "crop=iw*{:.6}:ih*{:.6}:iw*{:.6}:ih*{:.6}",
+            self.width, self.height, self.x, self.y
+        )
+    }
+}
+
+/// What ffmpeg does to every frame of one sample besides sampling and scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SpatialTransform {
+    /// Crop before scaling (`None`: the whole frame).
+    pub crop: Option<Crop>,
+    /// Mirror left to right after scaling (ffmpeg's `hflip`).
+    pub hflip: bool,
 }
 
 /// Decodes sampled frames, scaled to `img_size × img_size`, as rgb24 bytes.
@@ -266,17 +309,6 @@ impl FrameDecoder {
         }
         Ok(())
     }
-}
-
-/// Starts the child in a process group of its own. A terminal's Ctrl-C (SIGINT to the
-/// foreground process group) then reaches vidtrain alone, which finishes the decodes in flight,
-/// saves a checkpoint and stops; otherwise the decoders die with it and the samples they were
-/// loading fail as if their files were bad.
-pub(crate) fn in_own_process_group(command: &mut std::process::Command) {
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(command, 0);
-    #[cfg(not(unix))]
-    let _ = command;
 }
 
 /// Reads until `buffer` is full or the stream ends; returns the bytes read.

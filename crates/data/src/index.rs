@@ -853,20 +853,13 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-/// `x.mp4` from `0a1b2c3d-x.mp4`: the file name without the 8-hex-digit prefix Label Studio
-/// gives uploads (`None` when there is no such prefix).
-pub(crate) fn without_upload_prefix(name: &str) -> Option<&str> {
-    let (prefix, rest) = name.split_once('-')?;
-    (prefix.len() == 8 && prefix.chars().all(|c| c.is_ascii_hexdigit())).then_some(rest)
-}
-
 /// Finds the video at `relative` (a file name, or a local-files path with sub-folders) in a view
 /// folder: the whole relative path, then its file name, each also without the `1a2b3c4d-` prefix
 /// Label Studio adds to uploads.
 fn find_video(folder: &Path, relative: &str) -> Option<PathBuf> {
     let name = file_name_of(relative);
     let mut candidates = vec![folder.join(relative), folder.join(&name)];
-    candidates.extend(without_upload_prefix(&name).map(|rest| folder.join(rest)));
+    candidates.extend(crate::manifest::without_upload_prefix(&name).map(|rest| folder.join(rest)));
     candidates.into_iter().find(|path| path.is_file())
 }
 

@@ -19,11 +19,9 @@ mod probe;
 mod report;
 mod rng;
 
-pub use augment::{
-    Augmentation, ColorFactors, Crop, SampleTransform, SpatialTransform, apply_color,
-};
+pub use augment::{Augmentation, ColorFactors, SampleTransform, apply_color};
 pub use dataset::{Dataset, SampleShape, Transforms};
-pub use decode::{FrameDecoder, decode_processes_spawned};
+pub use decode::{Crop, FrameDecoder, SpatialTransform, decode_processes_spawned};
 pub use error::{Error, Result};
 pub use index::{Index, LabelledRange, Problem, ProblemKind, Recording, ViewVideo};
 pub use keypoints::{

@@ -114,7 +114,7 @@ impl Manifest {
     /// The entry of an annotation's video field: listed as exported, by its file name, or by
     /// the file name without the `1a2b3c4d-` prefix Label Studio gives uploads.
     pub fn lookup(&self, video: &str, file_name: &str) -> Option<&ManifestEntry> {
-        let upload_name = crate::index::without_upload_prefix(file_name);
+        let upload_name = without_upload_prefix(file_name);
         self.entries
             .get(video)
             .or_else(|| self.entries.get(file_name))
@@ -130,6 +130,13 @@ impl Manifest {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// `x.mp4` from `0a1b2c3d-x.mp4`: the file name without the 8-hex-digit prefix Label Studio
+/// gives uploads (`None` when there is no such prefix).
+pub(crate) fn without_upload_prefix(name: &str) -> Option<&str> {
+    let (prefix, rest) = name.split_once('-')?;
+    (prefix.len() == 8 && prefix.chars().all(|c| c.is_ascii_hexdigit())).then_some(rest)
 }
 
 #[cfg(test)]

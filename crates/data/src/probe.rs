@@ -72,7 +72,7 @@ pub fn probe_video_within(path: &Path, timeout: Duration) -> Result<VideoInfo> {
             "json",
         ]);
         command.arg(path);
-        crate::decode::in_own_process_group(&mut command);
+        in_own_process_group(&mut command);
         let output = output_within(&mut command, timeout)
             .map_err(|error| probe_error(format!("cannot run ffprobe: {error}")))?
             .ok_or_else(|| Error::ProbeTimeout {
@@ -184,6 +184,17 @@ fn parse_rate(text: &str) -> Option<f64> {
     let (numerator, denominator) = text.split_once('/').unwrap_or((text, "1"));
     let rate = numerator.parse::<f64>().ok()? / denominator.parse::<f64>().ok()?;
     (rate.is_finite() && rate > 0.0).then_some(rate)
+}
+
+/// Starts the child in a process group of its own. A terminal's Ctrl-C (SIGINT to the
+/// foreground process group) then reaches vidtrain alone, which finishes the decodes in flight,
+/// saves a checkpoint and stops; otherwise the decoders die with it and the samples they were
+/// loading fail as if their files were bad.
+pub(crate) fn in_own_process_group(command: &mut std::process::Command) {
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(command, 0);
+    #[cfg(not(unix))]
+    let _ = command;
 }
 
 #[cfg(test)]

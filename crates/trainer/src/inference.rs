@@ -14,8 +14,8 @@ use vidtrain_config::{Config, Fold};
 use vidtrain_data::{Dataset, Pipeline, Transforms};
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
+use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::fit::precision::compute_dtype;
-use crate::fit::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::report::metrics::ClassificationMetrics;
 use crate::{BackendChoice, Error, Result, effective_precision, resolve_backend};
 

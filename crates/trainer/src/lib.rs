@@ -2,6 +2,7 @@
 //! exact gradient accumulation, validates every epoch and writes `config.toml`, `metrics.jsonl`,
 //! `memory.json`, `summary.json` and checkpoints into `runs/<experiment>/<timestamp>/`.
 
+mod batch_tensors;
 pub mod bench;
 pub mod device;
 mod error;

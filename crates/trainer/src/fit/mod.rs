@@ -36,7 +36,6 @@ use crate::persist::run_dir::RunDir;
 use crate::report::metrics::ClassificationMetrics;
 use crate::{BackendChoice, Error, Result, RunSummary, TrainOptions};
 
-pub(crate) use step::{keypoint_tensor, labels_tensor, video_tensor};
 /// Everything a run needs that does not depend on the backend.
 pub(crate) struct RunContext<'a> {
     pub config: &'a Config,

@@ -42,7 +42,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
             ),
             OptimizerKind::Sgd => {
                 // PyTorch's SGD: no dampening (Burn's default is 0.1).
-                let momentum = (train.momentum > 0.0).then(|| MomentumConfig {
+                let momentum = (train.momentum > 0.0).then_some(MomentumConfig {
                     momentum: train.momentum,
                     dampening: 0.0,
                     nesterov: train.nesterov,

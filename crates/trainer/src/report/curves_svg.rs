@@ -20,6 +20,9 @@ pub struct EpochPoint {
     pub val_macro_f1: f64,
 }
 
+/// One plotted line: its name, its colour and how to read its value from an epoch.
+type Series = (&'static str, &'static str, fn(&EpochPoint) -> f64);
+
 const PANEL_WIDTH: f64 = 440.0;
 const HEIGHT: f64 = 320.0;
 const LEFT: f64 = 56.0;
@@ -48,11 +51,11 @@ pub fn curves_svg(points: &[EpochPoint], title: &str) -> String {
         .filter(|value| value.is_finite())
         .fold(1e-9, f64::max)
         * 1.05;
-    let losses: [(&str, &str, fn(&EpochPoint) -> f64); 2] = [
+    let losses: [Series; 2] = [
         ("train loss", "#1f77b4", |point| point.train_loss),
         ("val loss", "#d62728", |point| point.val_loss),
     ];
-    let scores: [(&str, &str, fn(&EpochPoint) -> f64); 2] = [
+    let scores: [Series; 2] = [
         ("val accuracy", "#2ca02c", |point| point.val_accuracy),
         ("val macro-F1", "#9467bd", |point| point.val_macro_f1),
     ];
@@ -79,7 +82,7 @@ fn panel(
     last_epoch: usize,
     top: f64,
     axis: &str,
-    series: &[(&str, &str, fn(&EpochPoint) -> f64)],
+    series: &[Series],
 ) {
     let plot_height = HEIGHT - TOP - BOTTOM;
     let x = |epoch: usize| {
