@@ -146,11 +146,18 @@ fn a_run_with_every_control_selects_stops_and_reports_as_configured() {
 fn several_clips_average_what_single_clips_at_those_offsets_score() {
     let dir = scratch("controls-clips");
     let config = small_dataset(&dir);
-    let mut args = vec!["train", "--config", config.as_str(), "train.max_epochs=1"];
+    let mut args = vec![
+        "train",
+        "--config",
+        config.as_str(),
+        "train.max_epochs=1",
+        "trainer.tensorboard=false",
+    ];
     args.extend(TINY_MODEL);
     let output = vidtrain(&dir, &args);
     assert!(output.status.success(), "{}", stderr(&output));
     let run = only_run_dir(&dir.join("runs"));
+    assert!(!run.join("tensorboard").exists());
     let eval = |out: &str, clips: &str| {
         let output = vidtrain(
             &dir,

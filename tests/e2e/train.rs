@@ -342,6 +342,10 @@ pub(crate) fn assert_resume_is_exact(name: &str, extra: &[&str]) {
     assert_eq!(resumed_runs.len(), 2);
     let first_half = step_losses(&resumed_runs[0]);
     let second_half = step_losses(&resumed_runs[1]);
+    // The resumed run carries the best epoch so far, so `eval` on it has a best model even
+    // when no later epoch beat the earlier run's.
+    let best = read_json(&resumed_runs[1].join("checkpoints/best/metrics.json"));
+    assert!(best["epoch"].as_u64().is_some(), "{best}");
     assert_eq!(straight.len(), 10);
     assert_eq!(
         first_half.iter().map(|(step, _)| *step).collect::<Vec<_>>(),

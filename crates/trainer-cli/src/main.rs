@@ -680,7 +680,19 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
             "best epoch",
             match (summary.best_epoch, summary.best_value) {
                 (Some(epoch), Some(value)) => {
-                    format!("{epoch} ({} {value:.3}, checkpoints/best)", summary.monitor)
+                    let metric = |name: &str| {
+                        summary
+                            .best_metrics
+                            .as_ref()
+                            .and_then(|metrics| metrics[name].as_f64())
+                            .map_or_else(|| "n/a".to_string(), |value| format!("{value:.3}"))
+                    };
+                    format!(
+                        "{epoch} by {} {value:.3}: accuracy {}, macro-F1 {} (checkpoints/best)",
+                        summary.monitor,
+                        metric("val_accuracy"),
+                        metric("val_macro_f1")
+                    )
                 }
                 _ => "n/a".to_string(),
             },

@@ -67,6 +67,8 @@ pub struct RunSummary {
     pub best_epoch: Option<usize>,
     /// That value.
     pub best_value: Option<f64>,
+    /// The best epoch's metrics (`checkpoints/best/metrics.json`).
+    pub best_metrics: Option<serde_json::Value>,
     /// `checkpoints/best/`: the best epoch's model (what `eval` and `predict` load by default).
     pub best_checkpoint: Option<PathBuf>,
     /// Whether early stopping ended the run before `train.max_epochs`.

@@ -220,6 +220,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let mut model = model;
     let mut optimizer = TrainingOptimizer::<B>::from_config(config);
     let mut earlier_epochs = Vec::new();
+    let mut best_metrics: Option<serde_json::Value> = None;
     if let Some(folder) = checkpoint::resolve_resume(config, context.run_dir.path())? {
         let (restored_model, restored_optimizer, restored_state) =
             checkpoint::load(&folder, model, optimizer, config, &device)?;
@@ -232,6 +233,9 @@ pub(crate) fn fit<B: AutodiffBackend>(
         if let Some(run_folder) = crate::inference::run_folder_of(&folder) {
             earlier_epochs = epochs_logged(&run_folder);
             earlier_epochs.retain(|point| point.epoch < restored_state.epoch);
+        }
+        if let Some(earlier_checkpoints) = folder.parent() {
+            best_metrics = checkpoint::carry_best(earlier_checkpoints, &checkpoints)?;
         }
         (model, optimizer, state) = (restored_model, restored_optimizer, restored_state);
     }
@@ -453,6 +457,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 &best,
                 config,
             )?);
+            best_metrics = Some(best);
         }
         for observer in observers.iter_mut() {
             observer.epoch(&record, &mut context.run_dir)?;
@@ -516,6 +521,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         monitor: selection.monitor.clone(),
         best_epoch: state.best.map(|(epoch, _)| epoch),
         best_value: state.best.map(|(_, value)| value),
+        best_metrics,
         best_checkpoint: best_checkpoint
             .or_else(|| best_exists.then(|| checkpoints.join(checkpoint::BEST))),
         stopped_early,

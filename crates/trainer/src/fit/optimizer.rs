@@ -178,6 +178,47 @@ mod tests {
     }
 
     #[test]
+    fn the_training_loss_smooths_labels_and_weighs_classes_as_pytorch() {
+        let device = Default::default();
+        let logits = Tensor::<B, 2>::from_floats([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]], &device);
+        let labels = Tensor::<B, 1, burn::tensor::Int>::from_ints([0, 1], &device);
+        let log_softmax = |row: [f64; 3]| {
+            let total = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            row.map(|x| x - total)
+        };
+        let rows = [log_softmax([2.0, 0.0, -1.0]), log_softmax([0.5, 1.5, 0.0])];
+        let loss_of = |overrides: &[&str], weights: Option<&[f64]>| -> f64 {
+            let loss = training_loss::<B>(&config(overrides), weights, &device);
+            f64::from(loss.forward(logits.clone(), labels.clone()).into_scalar())
+        };
+        // torch.nn.CrossEntropyLoss(label_smoothing=0.3): targets 0.7 + 0.1 on the label, 0.1
+        // elsewhere.
+        let smoothed: f64 = rows
+            .iter()
+            .zip([0, 1])
+            .map(|(row, label)| {
+                -(0..3)
+                    .map(|class| row[class] * if class == label { 0.8 } else { 0.1 })
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / 2.0;
+        assert!((loss_of(&["train.label_smoothing=0.3"], None) - smoothed).abs() < 1e-5);
+        // torch.nn.CrossEntropyLoss(weight=w): Σ w_y · nll / Σ w_y.
+        let weights = [3.0, 1.0, 1.0];
+        let weighted = -(3.0 * rows[0][0] + 1.0 * rows[1][1]) / 4.0;
+        assert!((loss_of(&[], Some(&weights)) - weighted).abs() < 1e-5);
+        let plain = -(rows[0][0] + rows[1][1]) / 2.0;
+        assert!((loss_of(&[], None) - plain).abs() < 1e-5);
+        // `balanced` weights come from the training labels.
+        let balanced = config(&["train.class_weights=balanced"]);
+        let mut expected = vec![1.0; 9];
+        expected[..2].copy_from_slice(&[4.0 / 27.0, 4.0 / 9.0]);
+        assert_eq!(class_weights(&balanced, &[0, 0, 0, 1]), Some(expected));
+        assert_eq!(class_weights(&config(&[]), &[0, 1]), None);
+    }
+
+    #[test]
     fn sgd_follows_pytorch_momentum_nesterov_and_weight_decay() {
         let lr = 0.1f32;
         // Momentum 0.9, no dampening: buffers 1, then 1.9.

@@ -75,6 +75,34 @@ pub(crate) fn save_best<B: AutodiffBackend>(
     })
 }
 
+/// Copies a resumed run's `checkpoints/best/` into this run's (the best epoch so far may be one
+/// of the earlier run); returns its `metrics.json`. Nothing when the earlier run has none.
+pub(crate) fn carry_best(
+    from_checkpoints: &Path,
+    checkpoints: &Path,
+) -> Result<Option<serde_json::Value>> {
+    let from = from_checkpoints.join(BEST);
+    if from == checkpoints.join(BEST) || !from.join("metrics.json").is_file() {
+        return Ok(None);
+    }
+    let files: Vec<PathBuf> = std::fs::read_dir(&from)
+        .map_err(|error| Error::io(&from, error))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_file())
+        .collect();
+    replace_folder(checkpoints, BEST, |partial| {
+        for file in &files {
+            let name = file.file_name().unwrap_or_default();
+            std::fs::copy(file, partial.join(name)).map_err(|error| Error::io(file, error))?;
+        }
+        Ok(())
+    })?;
+    let text = std::fs::read_to_string(from.join("metrics.json"))
+        .map_err(|error| Error::io(&from, error))?;
+    Ok(serde_json::from_str(&text).ok())
+}
+
 /// Writes `checkpoints/<name>/` whole: `write` fills `<name>.partial/`, which then replaces the
 /// folder by renames, so that at every moment `<name>` or `<name>.old` is complete.
 fn replace_folder(
