@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::train::{TINY_MODEL, only_run_dir, read_json, small_dataset};
+use crate::train::{only_run_dir, read_json, small_dataset, train_tiny};
 use crate::{scratch, stderr, stdout, vidtrain};
 
 fn lines(run: &Path, event: &str) -> Vec<serde_json::Value> {
@@ -21,10 +21,7 @@ fn lines(run: &Path, event: &str) -> Vec<serde_json::Value> {
 fn a_run_with_every_control_selects_stops_and_reports_as_configured() {
     let dir = scratch("controls-all");
     let config = small_dataset(&dir);
-    let mut args = vec![
-        "train",
-        "--config",
-        config.as_str(),
+    let args = [
         "experiment=controls",
         "train.max_epochs=6",
         "data.augment=standard",
@@ -42,9 +39,7 @@ fn a_run_with_every_control_selects_stops_and_reports_as_configured() {
         "train.monitor_mode=max",
         "train.early_stopping_patience=1",
     ];
-    args.extend(TINY_MODEL);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
+    let output = train_tiny(&dir, &config, &args);
     let run = only_run_dir(&dir.join("runs"));
     let summary = read_json(&run.join("summary.json"));
     let epochs = lines(&run, "epoch");
@@ -146,16 +141,11 @@ fn a_run_with_every_control_selects_stops_and_reports_as_configured() {
 fn several_clips_average_what_single_clips_at_those_offsets_score() {
     let dir = scratch("controls-clips");
     let config = small_dataset(&dir);
-    let mut args = vec![
-        "train",
-        "--config",
-        config.as_str(),
-        "train.max_epochs=1",
-        "trainer.tensorboard=false",
-    ];
-    args.extend(TINY_MODEL);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
+    train_tiny(
+        &dir,
+        &config,
+        &["train.max_epochs=1", "trainer.tensorboard=false"],
+    );
     let run = only_run_dir(&dir.join("runs"));
     assert!(!run.join("tensorboard").exists());
     let eval = |out: &str, clips: &str| {
@@ -189,10 +179,7 @@ fn tensorboard_reads_the_runs_scalars() {
         std::env::var("VIDTRAIN_PYTHON").expect("VIDTRAIN_PYTHON is set by cargo xtask ci");
     let dir = scratch("controls-tensorboard");
     let config = small_dataset(&dir);
-    let mut args = vec!["train", "--config", config.as_str(), "train.max_epochs=2"];
-    args.extend(TINY_MODEL);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
+    train_tiny(&dir, &config, &["train.max_epochs=2"]);
     let run = only_run_dir(&dir.join("runs"));
     let script = r#"
 import json, sys

@@ -11,7 +11,7 @@
 pub mod plan;
 mod svg;
 
-pub use svg::escape as svg_escape;
+pub use svg::{document_start as svg_document_start, escape as svg_escape};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

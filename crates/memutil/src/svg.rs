@@ -12,6 +12,22 @@ const RIGHT: f64 = 20.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 40.0;
 
+/// The opening of a stand-alone SVG drawing on white: `<svg …>` sized `width × height`, sans-serif
+/// text of `font_size` pixels. The caller appends shapes and `</svg>`.
+pub fn document_start(
+    width: impl std::fmt::Display,
+    height: impl std::fmt::Display,
+    font_size: u32,
+) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="{font_size}">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    svg
+}
+
 pub fn timeline_svg(report: &MemoryReport) -> String {
     let end_s = report
         .timeline
@@ -37,12 +53,7 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
         * 1.05;
     let x = |t: f64| LEFT + (WIDTH - LEFT - RIGHT) * t / end_s;
     let y = |bytes: u64| TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - bytes as f64 / top_bytes);
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let mut svg = document_start(WIDTH, HEIGHT, 11);
     // Validation phases: from a mark naming validation to the next mark (or the end).
     for (index, mark) in report.marks.iter().enumerate() {
         if !mark.label.contains("validation") {

@@ -206,17 +206,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         .min(steps_per_epoch * config.train.max_epochs);
 
     let checkpoints = context.run_dir.checkpoints();
-    let mut state = TrainingState {
-        epoch: 1,
-        position: 0,
-        step: 0,
-        train_samples: 0,
-        epoch_loss_sum: 0.0,
-        epoch_loss_samples: 0,
-        best: None,
-        last_train_loss: None,
-        loss_scaler: LossScaler::new(context.precision),
-    };
+    let mut state = TrainingState::start(LossScaler::new(context.precision));
     let mut model = model;
     let mut optimizer = TrainingOptimizer::<B>::from_config(config);
     let mut earlier_epochs = Vec::new();

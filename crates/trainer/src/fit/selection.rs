@@ -62,17 +62,7 @@ mod tests {
     use crate::fit::precision::LossScaler;
 
     fn state() -> TrainingState {
-        TrainingState {
-            epoch: 1,
-            position: 0,
-            step: 0,
-            train_samples: 0,
-            epoch_loss_sum: 0.0,
-            epoch_loss_samples: 0,
-            best: None,
-            last_train_loss: None,
-            loss_scaler: LossScaler::default(),
-        }
+        TrainingState::start(LossScaler::default())
     }
 
     fn selection(overrides: &[&str]) -> ModelSelection {

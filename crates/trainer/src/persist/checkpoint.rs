@@ -156,6 +156,21 @@ pub(crate) fn read_state(folder: &Path) -> Result<TrainingState> {
 }
 
 impl TrainingState {
+    /// The state of a run that has not trained yet.
+    pub(crate) fn start(loss_scaler: LossScaler) -> Self {
+        TrainingState {
+            epoch: 1,
+            position: 0,
+            step: 0,
+            train_samples: 0,
+            epoch_loss_sum: 0.0,
+            epoch_loss_samples: 0,
+            best: None,
+            last_train_loss: None,
+            loss_scaler,
+        }
+    }
+
     /// Whether a run at this position has nothing left to do under `config`'s limits.
     pub(crate) fn is_finished(&self, config: &Config) -> bool {
         let steps_done = usize::try_from(config.train.max_steps).is_ok_and(|max| self.step >= max);

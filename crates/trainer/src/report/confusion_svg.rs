@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use vidtrain_memutil::svg_escape as escape;
+use vidtrain_memutil::{svg_document_start, svg_escape as escape};
 
 const CELL: usize = 44;
 const LABEL_WIDTH: usize = 96;
@@ -19,12 +19,7 @@ pub fn confusion_matrix_svg(
     let classes = confusion.len();
     let width = LABEL_WIDTH + classes * CELL + 20;
     let height = TOP + classes * CELL + 40;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let mut svg = svg_document_start(width, height, 12);
     let _ = writeln!(
         svg,
         r#"<text x="{}" y="18" font-size="14" font-weight="bold">{}</text>"#,

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use vidtrain_memutil::svg_escape as escape;
+use vidtrain_memutil::{svg_document_start, svg_escape as escape};
 
 /// One epoch's points.
 #[derive(Debug, Clone, Copy)]
@@ -33,12 +33,7 @@ const GAP: f64 = 40.0;
 /// The SVG text of `points` with `title` above both panels.
 pub fn curves_svg(points: &[EpochPoint], title: &str) -> String {
     let width = 2.0 * (LEFT + PANEL_WIDTH) + GAP;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let mut svg = svg_document_start(width, HEIGHT, 11);
     let _ = writeln!(
         svg,
         r#"<text x="8" y="18" font-size="14" font-weight="bold">{}</text>"#,
