@@ -33,6 +33,7 @@ use crate::fit::selection::ModelSelection;
 use crate::fit::step::{Learner, MemoryProbe};
 use crate::persist::checkpoint::{self, TrainingState};
 use crate::persist::run_dir::RunDir;
+use crate::report::curves_svg::EpochPoint;
 use crate::report::metrics::ClassificationMetrics;
 use crate::{BackendChoice, Error, Result, RunSummary, TrainOptions};
 
@@ -157,6 +158,270 @@ fn training_transforms(config: &Config, epoch: usize) -> Transforms {
     }
 }
 
+/// Logs the samples per class of both splits and the loss weights in use.
+fn log_class_counts(
+    config: &Config,
+    train_counts: &[usize],
+    val_counts: &[usize],
+    weights: Option<&[f64]>,
+) {
+    let counts = config
+        .data
+        .class_names
+        .iter()
+        .zip(train_counts.iter().zip(val_counts))
+        .map(|(name, (train, val))| format!("{name} {train}/{val}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let weights = weights.map_or(String::new(), |weights| {
+        let rounded: Vec<f64> = weights
+            .iter()
+            .map(|w| (w * 1000.0).round() / 1000.0)
+            .collect();
+        format!("; loss weights {rounded:?}")
+    });
+    tracing::info!("class counts (train / validation): {counts}{weights}");
+}
+
+/// Where training starts: fresh, or where `train.resume` names.
+struct Resumed<B: AutodiffBackend> {
+    model: ActionModel<B>,
+    optimizer: TrainingOptimizer<B>,
+    state: TrainingState,
+    /// Epochs of the resumed run, for `curves.svg`.
+    earlier_epochs: Vec<EpochPoint>,
+    /// The resumed run's best epoch (its `checkpoints/best/` is copied into this run's).
+    best_metrics: Option<serde_json::Value>,
+}
+
+fn resume_or_start<B: AutodiffBackend>(
+    context: &RunContext<'_>,
+    model: ActionModel<B>,
+    checkpoints: &std::path::Path,
+    device: &B::Device,
+) -> Result<Resumed<B>> {
+    let config = context.config;
+    let optimizer = TrainingOptimizer::<B>::from_config(config);
+    let Some(folder) = checkpoint::resolve_resume(config, context.run_dir.path())? else {
+        return Ok(Resumed {
+            model,
+            optimizer,
+            state: TrainingState::start(LossScaler::new(context.precision)),
+            earlier_epochs: Vec::new(),
+            best_metrics: None,
+        });
+    };
+    let (model, optimizer, state) = checkpoint::load(&folder, model, optimizer, config, device)?;
+    tracing::info!(
+        "resuming from {} at epoch {}, step {}",
+        folder.display(),
+        state.epoch,
+        state.step
+    );
+    let mut earlier_epochs = crate::inference::run_folder_of(&folder)
+        .map(|run_folder| epochs_logged(&run_folder))
+        .unwrap_or_default();
+    earlier_epochs.retain(|point| point.epoch < state.epoch);
+    let best_metrics = match folder.parent() {
+        Some(earlier_checkpoints) => checkpoint::carry_best(earlier_checkpoints, checkpoints)?,
+        None => None,
+    };
+    Ok(Resumed {
+        model,
+        optimizer,
+        state,
+        earlier_epochs,
+        best_metrics,
+    })
+}
+
+/// The loop's fixed numbers.
+struct Schedule {
+    /// Samples per accumulation group (`batch_size × accumulate_grad_batches`).
+    group_samples: usize,
+    /// Optimizer steps of the whole run (for the learning-rate schedule).
+    total_steps: usize,
+    /// `train.max_steps`, when set.
+    max_steps: Option<usize>,
+}
+
+impl Schedule {
+    fn reached_max_steps(&self, step: usize) -> bool {
+        self.max_steps.is_some_and(|max| step >= max)
+    }
+}
+
+/// What is being trained: the model and optimizer, the loop's position, the last checkpoint.
+struct Training<B: AutodiffBackend> {
+    learner: Learner<B>,
+    state: TrainingState,
+    last_checkpoint: Option<PathBuf>,
+}
+
+impl<B: AutodiffBackend> Training<B> {
+    /// Saves `checkpoints/last/` and remembers it.
+    fn save_last(&mut self, config: &Config, checkpoints: &std::path::Path) -> Result<PathBuf> {
+        let folder = checkpoint::save(
+            checkpoints,
+            self.learner.model(),
+            &self.learner.optimizer,
+            &self.state,
+            config,
+        )?;
+        self.last_checkpoint = Some(folder.clone());
+        Ok(folder)
+    }
+}
+
+/// How an epoch's training pass ended.
+struct PassEnd {
+    /// Stopped by a request (Ctrl-C, SIGTERM) after an optimizer step.
+    interrupted: bool,
+    /// Samples in the epoch's order.
+    epoch_samples: usize,
+    /// Sample loads skipped by the pipeline.
+    skipped_loads: usize,
+}
+
+/// Trains epoch `training.state.epoch` from `training.state.position` on: micro-batches in the
+/// epoch's order, one optimizer step per accumulation group, observers told of every step.
+/// Ends at the epoch's end, at `train.max_steps`, or after the step during which a stop was
+/// requested.
+fn train_pass<B: AutodiffBackend>(
+    context: &mut RunContext<'_>,
+    training: &mut Training<B>,
+    observers: &mut [Box<dyn RunObserver>],
+    schedule: &Schedule,
+    device: &B::Device,
+) -> Result<PassEnd> {
+    let config = context.config;
+    let epoch = training.state.epoch;
+    let group_samples = schedule.group_samples;
+    let order = epoch_order(config, &context.dataset, &context.train_ids, epoch);
+    let resumed_at = training.state.position;
+    let mut pipeline = Pipeline::builder_for(&config.data)
+        .transforms(training_transforms(config, epoch))
+        .build(Arc::clone(&context.dataset), order[resumed_at..].to_vec());
+    let stop_requested = || {
+        context
+            .options
+            .stop
+            .as_ref()
+            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let mut group_loss = 0.0f64;
+    let mut interrupted = false;
+    let mut batches = pipeline.by_ref().peekable();
+    loop {
+        context.memory.phase(Phase::DataWait);
+        let Some(batch) = batches.next() else {
+            break;
+        };
+        let mut batch = batch?;
+        let state = &mut training.state;
+        // Accumulation groups are fixed by position in the epoch's order, so the loss weight of
+        // each micro-batch is its share of its group's samples: a last, smaller group steps with
+        // the right scale, and `batch_size=4` equals `batch_size=1 accumulate_grad_batches=4`.
+        let first_position = resumed_at + batch.positions[0];
+        let group = first_position / group_samples;
+        let group_start = group * group_samples;
+        let group_len = group_samples.min(order.len() - group_start);
+        let weight = batch.len() as f64 / group_len as f64;
+
+        // Dropout masks depend only on the seed and the sample position, so a resumed run
+        // draws exactly the masks the uninterrupted run would have drawn.
+        B::seed(
+            device,
+            config.train.seed ^ ((epoch as u64) << 40) ^ first_position as u64,
+        );
+        let segment_seed =
+            config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
+        // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
+        let loss_value = training.learner.micro_batch(
+            &mut batch,
+            weight * state.loss_scaler.scale,
+            segment_seed,
+            &MemoryProbe {
+                memory: &context.memory,
+                backend: context.backend,
+            },
+            device,
+        );
+        if !loss_value.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                value: loss_value,
+                step: state.step + 1,
+                epoch,
+                last_checkpoint: training.last_checkpoint.clone(),
+            });
+        }
+        group_loss += loss_value as f64 * weight;
+        state.epoch_loss_sum += loss_value as f64 * batch.len() as f64;
+        state.epoch_loss_samples += batch.len();
+        state.train_samples += batch.len();
+        for observer in observers.iter_mut() {
+            observer.micro_batch(loss_value, state.step);
+        }
+
+        // The group ends when the next batch belongs to another group (or nothing follows).
+        let group_ends = match batches.peek() {
+            Some(Ok(next)) => (resumed_at + next.positions[0]) / group_samples != group,
+            _ => true,
+        };
+        if !group_ends {
+            continue;
+        }
+        let lr = learning_rate(config, state.step, schedule.total_steps);
+        context.memory.phase(Phase::OptimizerStep);
+        let overflowed = training.learner.optimizer_step(
+            lr,
+            &mut state.loss_scaler,
+            config.trainer.gradient_clip_val,
+        );
+        if let Some(scale) = overflowed {
+            tracing::warn!(
+                "step {}: inf/NaN gradients at loss scale {scale}; step skipped, scale now {} \
+                 ({} skipped so far)",
+                state.step + 1,
+                state.loss_scaler.scale,
+                state.loss_scaler.skipped_steps
+            );
+        }
+        state.step += 1;
+        state.position = group_start + group_len;
+        let record = StepRecord {
+            epoch,
+            step: state.step,
+            loss: group_loss,
+            lr,
+            loss_scale: state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
+            skipped: overflowed.is_some(),
+        };
+        for observer in observers.iter_mut() {
+            observer.step(&record, &mut context.run_dir)?;
+        }
+        group_loss = 0.0;
+        let every = config.train.checkpoint_every_steps;
+        if every > 0 && state.step.is_multiple_of(every) {
+            let checkpoints = context.run_dir.checkpoints();
+            training.save_last(config, &checkpoints)?;
+        }
+        if stop_requested() {
+            interrupted = true;
+            break;
+        }
+        if schedule.reached_max_steps(training.state.step) {
+            break;
+        }
+    }
+    drop(batches);
+    Ok(PassEnd {
+        interrupted,
+        epoch_samples: order.len(),
+        skipped_loads: pipeline.skipped(),
+    })
+}
+
 /// Trains and validates; returns the summary (also written to `summary.json`).
 pub(crate) fn fit<B: AutodiffBackend>(
     mut context: RunContext<'_>,
@@ -175,24 +440,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         .map(|&id| context.dataset.plan.samples[id].class)
         .collect();
     let weights = class_weights(config, &train_labels);
-    tracing::info!(
-        "class counts (train / validation): {}{}",
-        config
-            .data
-            .class_names
-            .iter()
-            .enumerate()
-            .map(|(class, name)| format!("{name} {}/{}", train_counts[class], val_counts[class]))
-            .collect::<Vec<_>>()
-            .join(", "),
-        weights.as_ref().map_or(String::new(), |weights| format!(
-            "; loss weights {:?}",
-            weights
-                .iter()
-                .map(|w| (w * 1000.0).round() / 1000.0)
-                .collect::<Vec<_>>()
-        ))
-    );
+    log_class_counts(config, &train_counts, &val_counts, weights.as_deref());
     let batch_size = config.data.batch_size;
     let accumulate = config.train.accumulate_grad_batches;
     let max_steps = usize::try_from(config.train.max_steps).ok();
@@ -206,40 +454,19 @@ pub(crate) fn fit<B: AutodiffBackend>(
         .min(steps_per_epoch * config.train.max_epochs);
 
     let checkpoints = context.run_dir.checkpoints();
-    let mut state = TrainingState::start(LossScaler::new(context.precision));
-    let mut model = model;
-    let mut optimizer = TrainingOptimizer::<B>::from_config(config);
-    let mut earlier_epochs = Vec::new();
-    let mut best_metrics: Option<serde_json::Value> = None;
-    if let Some(folder) = checkpoint::resolve_resume(config, context.run_dir.path())? {
-        let (restored_model, restored_optimizer, restored_state) =
-            checkpoint::load(&folder, model, optimizer, config, &device)?;
-        tracing::info!(
-            "resuming from {} at epoch {}, step {}",
-            folder.display(),
-            restored_state.epoch,
-            restored_state.step
-        );
-        if let Some(run_folder) = crate::inference::run_folder_of(&folder) {
-            earlier_epochs = epochs_logged(&run_folder);
-            earlier_epochs.retain(|point| point.epoch < restored_state.epoch);
-        }
-        if let Some(earlier_checkpoints) = folder.parent() {
-            best_metrics = checkpoint::carry_best(earlier_checkpoints, &checkpoints)?;
-        }
-        (model, optimizer, state) = (restored_model, restored_optimizer, restored_state);
-    }
+    let Resumed {
+        model,
+        optimizer,
+        state,
+        earlier_epochs,
+        mut best_metrics,
+    } = resume_or_start(&context, model, &checkpoints, &device)?;
     let recompute = config.model.effective_checkpoint();
     let loss_function = training_loss::<B>(config, weights.as_deref(), &device);
-    let mut learner = Learner::new(model, optimizer, loss_function, recompute);
-    let save_last = |learner: &Learner<B>, state: &TrainingState| {
-        checkpoint::save(
-            &checkpoints,
-            learner.model(),
-            &learner.optimizer,
-            state,
-            config,
-        )
+    let mut training = Training {
+        learner: Learner::new(model, optimizer, loss_function, recompute),
+        state,
+        last_checkpoint: None,
     };
 
     let mut observers: Vec<Box<dyn RunObserver>> = vec![
@@ -257,152 +484,46 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let selection = ModelSelection::from_config(config);
 
     // Throughput counts what this process trained, not the samples of the run it resumed.
-    let samples_before = state.train_samples;
+    let samples_before = training.state.train_samples;
     let mut train_time = Duration::ZERO;
     let mut last_metrics: Option<(ClassificationMetrics, f64)> = None;
-    let mut last_checkpoint: Option<PathBuf> = None;
     let mut best_checkpoint: Option<PathBuf> = None;
     let mut stopped_early = false;
-    let mut epochs_done = state.epoch.saturating_sub(1);
+    let mut epochs_done = training.state.epoch.saturating_sub(1);
     let mut skipped_sample_loads = 0usize;
-    let reached_max_steps = |step: usize| max_steps.is_some_and(|max| step >= max);
-    let stop_requested = || {
-        context
-            .options
-            .stop
-            .as_ref()
-            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
+    let schedule = Schedule {
+        group_samples: batch_size * accumulate,
+        total_steps,
+        max_steps,
     };
-    // Accumulation groups are fixed by position in the epoch's order, so the loss weight of each
-    // micro-batch is its share of its group's samples: a last, smaller group steps with the
-    // right scale, and `batch_size=4` equals `batch_size=1 accumulate_grad_batches=4`.
-    let group_samples = batch_size * accumulate;
 
-    'epochs: while state.epoch <= config.train.max_epochs && !reached_max_steps(state.step) {
-        let epoch = state.epoch;
+    while training.state.epoch <= config.train.max_epochs
+        && !schedule.reached_max_steps(training.state.step)
+    {
+        let epoch = training.state.epoch;
         context.memory.mark(format!("epoch {epoch} train"));
         observers
             .iter_mut()
             .for_each(|observer| observer.epoch_started(epoch));
         let epoch_started = Instant::now();
-        let order = epoch_order(config, &context.dataset, &context.train_ids, epoch);
-        let resumed_at = state.position;
-        let mut pipeline = Pipeline::builder_for(&config.data)
-            .transforms(training_transforms(config, epoch))
-            .build(Arc::clone(&context.dataset), order[resumed_at..].to_vec());
-        let mut group_loss = 0.0f64;
-        let mut interrupted = false;
-
-        let mut batches = pipeline.by_ref().peekable();
-        loop {
-            context.memory.phase(Phase::DataWait);
-            let Some(batch) = batches.next() else {
-                break;
-            };
-            let mut batch = batch?;
-            let first_position = resumed_at + batch.positions[0];
-            let group = first_position / group_samples;
-            let group_start = group * group_samples;
-            let group_len = group_samples.min(order.len() - group_start);
-            let weight = batch.len() as f64 / group_len as f64;
-
-            // Dropout masks depend only on the seed and the sample position, so a resumed run
-            // draws exactly the masks the uninterrupted run would have drawn.
-            B::seed(
-                &device,
-                config.train.seed ^ ((epoch as u64) << 40) ^ first_position as u64,
-            );
-            let segment_seed =
-                config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
-            // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
-            let loss_value = learner.micro_batch(
-                &mut batch,
-                weight * state.loss_scaler.scale,
-                segment_seed,
-                &MemoryProbe {
-                    memory: &context.memory,
-                    backend: context.backend,
-                },
-                &device,
-            );
-            if !loss_value.is_finite() {
-                return Err(Error::NonFiniteLoss {
-                    value: loss_value,
-                    step: state.step + 1,
-                    epoch,
-                    last_checkpoint,
-                });
-            }
-            group_loss += loss_value as f64 * weight;
-            state.epoch_loss_sum += loss_value as f64 * batch.len() as f64;
-            state.epoch_loss_samples += batch.len();
-            state.train_samples += batch.len();
-            for observer in observers.iter_mut() {
-                observer.micro_batch(loss_value, state.step);
-            }
-
-            // The group ends when the next batch belongs to another group (or nothing follows).
-            let group_ends = match batches.peek() {
-                Some(Ok(next)) => (resumed_at + next.positions[0]) / group_samples != group,
-                _ => true,
-            };
-            if !group_ends {
-                continue;
-            }
-            let lr = learning_rate(config, state.step, total_steps);
-            context.memory.phase(Phase::OptimizerStep);
-            let overflowed = learner.optimizer_step(
-                lr,
-                &mut state.loss_scaler,
-                config.trainer.gradient_clip_val,
-            );
-            if let Some(scale) = overflowed {
-                tracing::warn!(
-                    "step {}: inf/NaN gradients at loss scale {scale}; step skipped, scale \
-                     now {} ({} skipped so far)",
-                    state.step + 1,
-                    state.loss_scaler.scale,
-                    state.loss_scaler.skipped_steps
-                );
-            }
-            state.step += 1;
-            state.position = group_start + group_len;
-            let record = StepRecord {
-                epoch,
-                step: state.step,
-                loss: group_loss,
-                lr,
-                loss_scale: state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
-                skipped: overflowed.is_some(),
-            };
-            for observer in observers.iter_mut() {
-                observer.step(&record, &mut context.run_dir)?;
-            }
-            group_loss = 0.0;
-            let every = config.train.checkpoint_every_steps;
-            if every > 0 && state.step.is_multiple_of(every) {
-                last_checkpoint = Some(save_last(&learner, &state)?);
-            }
-            if stop_requested() {
-                interrupted = true;
-                break;
-            }
-            if reached_max_steps(state.step) {
-                break;
-            }
-        }
-        drop(batches);
-        skipped_sample_loads += pipeline.skipped();
-        drop(pipeline);
+        let pass = train_pass(
+            &mut context,
+            &mut training,
+            &mut observers,
+            &schedule,
+            &device,
+        )?;
+        skipped_sample_loads += pass.skipped_loads;
         train_time += epoch_started.elapsed();
-        if interrupted {
-            let folder = save_last(&learner, &state)?;
+        if pass.interrupted {
+            let folder = training.save_last(config, &checkpoints)?;
             observers
                 .iter_mut()
                 .for_each(|observer| observer.finished());
             return Err(Error::Interrupted { checkpoint: folder });
         }
-        let epoch_finished = state.position >= order.len();
+        let state = &mut training.state;
+        let epoch_finished = state.position >= pass.epoch_samples;
         let train_loss = state.epoch_loss_sum / state.epoch_loss_samples.max(1) as f64;
         state.last_train_loss = Some(train_loss);
         epochs_done = epoch;
@@ -414,7 +535,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             config,
             &context.dataset,
             &context.val_ids,
-            learner.model(),
+            training.learner.model(),
             &device,
         )?;
         skipped_sample_loads += val_skipped;
@@ -433,7 +554,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             peak_host_rss_bytes: context.memory.peak_sampled(),
             is_best: false,
         };
-        record.is_best = selection.consider(&mut state, epoch, record.metric(&selection.monitor));
+        record.is_best = selection.consider(state, epoch, record.metric(&selection.monitor));
         if record.is_best {
             let best = serde_json::json!({
                 "epoch": epoch, "step": state.step, "monitor": selection.monitor,
@@ -443,7 +564,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             });
             best_checkpoint = Some(checkpoint::save_best(
                 &checkpoints,
-                learner.model(),
+                training.learner.model(),
                 &best,
                 config,
             )?);
@@ -459,12 +580,13 @@ pub(crate) fn fit<B: AutodiffBackend>(
             state.epoch_loss_sum = 0.0;
             state.epoch_loss_samples = 0;
         }
-        let stop_early = epoch_finished && selection.should_stop(&state, epoch);
+        let stop_early = epoch_finished && selection.should_stop(state, epoch);
         if stop_early {
             // The run is complete: a resume must not train on.
             state.epoch = config.train.max_epochs + 1;
         }
-        last_checkpoint = Some(save_last(&learner, &state)?);
+        training.save_last(config, &checkpoints)?;
+        let state = &training.state;
         if stop_early {
             let (best_epoch, best_value) = state.best.unwrap_or_default();
             tracing::info!(
@@ -474,10 +596,10 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 epoch - best_epoch
             );
             stopped_early = true;
-            break 'epochs;
+            break;
         }
-        if reached_max_steps(state.step) {
-            break 'epochs;
+        if schedule.reached_max_steps(state.step) {
+            break;
         }
     }
     observers
@@ -496,6 +618,11 @@ pub(crate) fn fit<B: AutodiffBackend>(
         .run_dir
         .write("memory.svg", memory.svg().as_bytes())?;
     let best_exists = checkpoints.join(checkpoint::BEST).is_dir();
+    let Training {
+        state,
+        last_checkpoint,
+        ..
+    } = training;
     let summary = RunSummary {
         run_dir: context.run_dir.path().to_path_buf(),
         backend: context.backend_name.to_string(),
