@@ -1,8 +1,10 @@
-//! The training loop, generic over the autodiff backend: epochs of shuffled (or class-balanced)
-//! micro-batches with exact gradient accumulation and optimizer steps (`step`), validation
-//! (`validation`), model selection and early stopping (`selection`), and observers that log and
-//! draw the run (`observers`). This file holds the loop that ties them together.
+//! The training loop, generic over the autodiff backend: each epoch's training pass (`epoch`:
+//! shuffled or class-balanced micro-batches, exact gradient accumulation, optimizer steps from
+//! `step` and `optimizer`), validation (`validation`), model selection and early stopping
+//! (`selection`), and observers that log and draw the run (`observers`). This file builds the
+//! model, resumes, runs the epochs and writes the summary.
 
+mod epoch;
 mod observers;
 pub(crate) mod optimizer;
 pub(crate) mod precision;
@@ -17,20 +19,21 @@ use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::{Config, Precision, Sampler};
-use vidtrain_data::{Dataset, Pipeline, Transforms, class_balanced, shuffled};
+use vidtrain_config::{Config, Precision};
+use vidtrain_data::Dataset;
 use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::{ActionModel, ActionModelConfig, InputShape};
 
 use crate::device::memory as device_memory;
+use crate::fit::epoch::{Schedule, Training, train_pass};
 use crate::fit::observers::{
-    EpochRecord, MetricsLog, Pictures, RunObserver, StepRecord, TensorBoardLog, epochs_logged,
+    EpochRecord, MetricsLog, Pictures, RunObserver, TensorBoardLog, epochs_logged,
 };
-use crate::fit::optimizer::{TrainingOptimizer, class_weights, learning_rate, training_loss};
+use crate::fit::optimizer::{TrainingOptimizer, class_weights, training_loss};
 use crate::fit::precision::{LossScaler, compute_dtype};
 use crate::fit::progress::Progress;
 use crate::fit::selection::ModelSelection;
-use crate::fit::step::{Learner, MemoryProbe};
+use crate::fit::step::Learner;
 use crate::persist::checkpoint::{self, TrainingState};
 use crate::persist::run_dir::RunDir;
 use crate::report::curves_svg::EpochPoint;
@@ -132,32 +135,6 @@ fn class_counts(dataset: &Dataset, ids: &[usize], classes: usize) -> Vec<usize> 
     counts
 }
 
-/// The training order of epoch `epoch`: a permutation, or class-balanced draws.
-fn epoch_order(
-    config: &Config,
-    dataset: &Dataset,
-    train_ids: &[usize],
-    epoch: usize,
-) -> Vec<usize> {
-    let seed = config.train.seed ^ ((epoch as u64) << 32);
-    match config.data.sampler {
-        Sampler::Shuffle => shuffled(train_ids, seed),
-        Sampler::Balanced => class_balanced(train_ids, |id| dataset.plan.samples[id].class, seed),
-    }
-}
-
-/// What the training samples of epoch `epoch` go through: augmentation (and the evaluation crop
-/// it falls back to) when any is configured.
-fn training_transforms(config: &Config, epoch: usize) -> Transforms {
-    if config.augments() || config.data.eval_crop < 1.0 {
-        Transforms::Training {
-            epoch_seed: config.train.seed ^ ((epoch as u64) << 32) ^ 0xa06e_2026,
-        }
-    } else {
-        Transforms::None
-    }
-}
-
 /// Logs the samples per class of both splits and the loss weights in use.
 fn log_class_counts(
     config: &Config,
@@ -232,193 +209,6 @@ fn resume_or_start<B: AutodiffBackend>(
         state,
         earlier_epochs,
         best_metrics,
-    })
-}
-
-/// The loop's fixed numbers.
-struct Schedule {
-    /// Samples per accumulation group (`batch_size × accumulate_grad_batches`).
-    group_samples: usize,
-    /// Optimizer steps of the whole run (for the learning-rate schedule).
-    total_steps: usize,
-    /// `train.max_steps`, when set.
-    max_steps: Option<usize>,
-}
-
-impl Schedule {
-    fn reached_max_steps(&self, step: usize) -> bool {
-        self.max_steps.is_some_and(|max| step >= max)
-    }
-}
-
-/// What is being trained: the model and optimizer, the loop's position, the last checkpoint.
-struct Training<B: AutodiffBackend> {
-    learner: Learner<B>,
-    state: TrainingState,
-    last_checkpoint: Option<PathBuf>,
-}
-
-impl<B: AutodiffBackend> Training<B> {
-    /// Saves `checkpoints/last/` and remembers it.
-    fn save_last(&mut self, config: &Config, checkpoints: &std::path::Path) -> Result<PathBuf> {
-        let folder = checkpoint::save(
-            checkpoints,
-            self.learner.model(),
-            &self.learner.optimizer,
-            &self.state,
-            config,
-        )?;
-        self.last_checkpoint = Some(folder.clone());
-        Ok(folder)
-    }
-}
-
-/// How an epoch's training pass ended.
-struct PassEnd {
-    /// Stopped by a request (Ctrl-C, SIGTERM) after an optimizer step.
-    interrupted: bool,
-    /// Samples in the epoch's order.
-    epoch_samples: usize,
-    /// Sample loads skipped by the pipeline.
-    skipped_loads: usize,
-}
-
-/// Trains epoch `training.state.epoch` from `training.state.position` on: micro-batches in the
-/// epoch's order, one optimizer step per accumulation group, observers told of every step.
-/// Ends at the epoch's end, at `train.max_steps`, or after the step during which a stop was
-/// requested.
-fn train_pass<B: AutodiffBackend>(
-    context: &mut RunContext<'_>,
-    training: &mut Training<B>,
-    observers: &mut [Box<dyn RunObserver>],
-    schedule: &Schedule,
-    device: &B::Device,
-) -> Result<PassEnd> {
-    let config = context.config;
-    let epoch = training.state.epoch;
-    let group_samples = schedule.group_samples;
-    let order = epoch_order(config, &context.dataset, &context.train_ids, epoch);
-    let resumed_at = training.state.position;
-    let mut pipeline = Pipeline::builder_for(&config.data)
-        .transforms(training_transforms(config, epoch))
-        .build(Arc::clone(&context.dataset), order[resumed_at..].to_vec());
-    let stop_requested = || {
-        context
-            .options
-            .stop
-            .as_ref()
-            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
-    };
-    let mut group_loss = 0.0f64;
-    let mut interrupted = false;
-    let mut batches = pipeline.by_ref().peekable();
-    loop {
-        context.memory.phase(Phase::DataWait);
-        let Some(batch) = batches.next() else {
-            break;
-        };
-        let mut batch = batch?;
-        let state = &mut training.state;
-        // Accumulation groups are fixed by position in the epoch's order, so the loss weight of
-        // each micro-batch is its share of its group's samples: a last, smaller group steps with
-        // the right scale, and `batch_size=4` equals `batch_size=1 accumulate_grad_batches=4`.
-        let first_position = resumed_at + batch.positions[0];
-        let group = first_position / group_samples;
-        let group_start = group * group_samples;
-        let group_len = group_samples.min(order.len() - group_start);
-        let weight = batch.len() as f64 / group_len as f64;
-
-        // Dropout masks depend only on the seed and the sample position, so a resumed run
-        // draws exactly the masks the uninterrupted run would have drawn.
-        B::seed(
-            device,
-            config.train.seed ^ ((epoch as u64) << 40) ^ first_position as u64,
-        );
-        let segment_seed =
-            config.train.seed ^ 0x5eed ^ ((epoch as u64) << 40) ^ first_position as u64;
-        // fp16: gradients of `scale × weight × loss`; unscaled at the group's end.
-        let loss_value = training.learner.micro_batch(
-            &mut batch,
-            weight * state.loss_scaler.scale,
-            segment_seed,
-            &MemoryProbe {
-                memory: &context.memory,
-                backend: context.backend,
-            },
-            device,
-        );
-        if !loss_value.is_finite() {
-            return Err(Error::NonFiniteLoss {
-                value: loss_value,
-                step: state.step + 1,
-                epoch,
-                last_checkpoint: training.last_checkpoint.clone(),
-            });
-        }
-        group_loss += loss_value as f64 * weight;
-        state.epoch_loss_sum += loss_value as f64 * batch.len() as f64;
-        state.epoch_loss_samples += batch.len();
-        state.train_samples += batch.len();
-        for observer in observers.iter_mut() {
-            observer.micro_batch(loss_value, state.step);
-        }
-
-        // The group ends when the next batch belongs to another group (or nothing follows).
-        let group_ends = match batches.peek() {
-            Some(Ok(next)) => (resumed_at + next.positions[0]) / group_samples != group,
-            _ => true,
-        };
-        if !group_ends {
-            continue;
-        }
-        let lr = learning_rate(config, state.step, schedule.total_steps);
-        context.memory.phase(Phase::OptimizerStep);
-        let overflowed = training.learner.optimizer_step(
-            lr,
-            &mut state.loss_scaler,
-            config.trainer.gradient_clip_val,
-        );
-        if let Some(scale) = overflowed {
-            tracing::warn!(
-                "step {}: inf/NaN gradients at loss scale {scale}; step skipped, scale now {} \
-                 ({} skipped so far)",
-                state.step + 1,
-                state.loss_scaler.scale,
-                state.loss_scaler.skipped_steps
-            );
-        }
-        state.step += 1;
-        state.position = group_start + group_len;
-        let record = StepRecord {
-            epoch,
-            step: state.step,
-            loss: group_loss,
-            lr,
-            loss_scale: state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
-            skipped: overflowed.is_some(),
-        };
-        for observer in observers.iter_mut() {
-            observer.step(&record, &mut context.run_dir)?;
-        }
-        group_loss = 0.0;
-        let every = config.train.checkpoint_every_steps;
-        if every > 0 && state.step.is_multiple_of(every) {
-            let checkpoints = context.run_dir.checkpoints();
-            training.save_last(config, &checkpoints)?;
-        }
-        if stop_requested() {
-            interrupted = true;
-            break;
-        }
-        if schedule.reached_max_steps(training.state.step) {
-            break;
-        }
-    }
-    drop(batches);
-    Ok(PassEnd {
-        interrupted,
-        epoch_samples: order.len(),
-        skipped_loads: pipeline.skipped(),
     })
 }
 
