@@ -265,12 +265,20 @@ impl Config {
                 format!("must be in (0, 1], got {}", data.eval_crop),
             );
         }
-        for pair in &data.flip_label_pairs {
-            if let Some(name) = pair.iter().find(|name| !data.class_names.contains(name)) {
-                return invalid(
-                    "data.flip_label_pairs",
-                    format!("`{name}` is not in data.class_names {:?}", data.class_names),
-                );
+        // The default pairs name the seed's classes: checked only where a flip can happen, so a
+        // dataset with other classes needs no setting until it turns flipping on.
+        if data.hflip_prob > 0.0 {
+            for pair in &data.flip_label_pairs {
+                if let Some(name) = pair.iter().find(|name| !data.class_names.contains(name)) {
+                    return invalid(
+                        "data.flip_label_pairs",
+                        format!(
+                            "`{name}` is not one of the {} data.class_names; list the pairs of \
+                             classes a horizontal flip exchanges (`[]` when none does)",
+                            data.class_names.len()
+                        ),
+                    );
+                }
             }
         }
         for pair in &data.flip_view_pairs {

@@ -611,10 +611,6 @@ mod tests {
             ("train.monitor=val_acc", "train.monitor"),
             ("data.hflip_prob=1.5", "data.hflip_prob"),
             ("data.crop_scale=[0.8,0.5]", "data.crop_scale"),
-            (
-                "data.flip_label_pairs=[[\"left\",\"sideways\"]]",
-                "data.flip_label_pairs",
-            ),
             ("train.nesterov=true", "train.nesterov"),
             ("eval.clips=0", "eval.clips"),
         ] {
@@ -622,6 +618,26 @@ mod tests {
             assert!(error.contains(key), "{override_}: {error}");
         }
         assert!(load(&["train.optimizer=sgd", "train.nesterov=true"]).is_ok());
+        // Other classes: the seed's default flip pairs do not stand in the way until flips are
+        // on, and then the error says what to set.
+        let other_classes = [
+            "data.class_names=[\"walk\",\"run\"]",
+            "model.model_class_num=2",
+        ];
+        assert!(load(&other_classes).is_ok());
+        let flipping = [other_classes[0], other_classes[1], "data.hflip_prob=0.5"];
+        let error = load(&flipping).unwrap_err().to_string();
+        assert!(
+            error.contains("data.flip_label_pairs") && error.contains("`[]`"),
+            "{error}"
+        );
+        let none = [
+            other_classes[0],
+            other_classes[1],
+            "data.hflip_prob=0.5",
+            "data.flip_label_pairs=[]",
+        ];
+        assert!(load(&none).is_ok());
         assert!(!crate::MonitorMode::Auto.maximises("val_loss"));
         assert!(crate::MonitorMode::Auto.maximises("val_macro_f1"));
     }
