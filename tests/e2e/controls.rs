@@ -17,6 +17,15 @@ fn lines(run: &Path, event: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `vidtrain eval --checkpoint RUN --out OUT <overrides>`, which must succeed; returns OUT.
+fn eval_run(dir: &Path, run: &Path, out: &str, overrides: &[&str]) -> std::path::PathBuf {
+    let mut args = vec!["eval", "--checkpoint", run.to_str().unwrap(), "--out", out];
+    args.extend_from_slice(overrides);
+    let output = vidtrain(dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    dir.join(out)
+}
+
 #[test]
 fn a_run_with_every_control_selects_stops_and_reports_as_configured() {
     let dir = scratch("controls-all");
@@ -116,18 +125,7 @@ fn a_run_with_every_control_selects_stops_and_reports_as_configured() {
     assert_eq!(events.len(), 1);
 
     // `eval` on the run folder scores the best epoch's model, with two clips per segment.
-    let output = vidtrain(
-        &dir,
-        &[
-            "eval",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--out",
-            "eval",
-        ],
-    );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let report = read_json(&dir.join("eval/metrics.json"));
+    let report = read_json(&eval_run(&dir, &run, "eval", &[]).join("metrics.json"));
     assert!(
         report["weights"]
             .as_str()
@@ -149,19 +147,8 @@ fn several_clips_average_what_single_clips_at_those_offsets_score() {
     let run = only_run_dir(&dir.join("runs"));
     assert!(!run.join("tensorboard").exists());
     let eval = |out: &str, clips: &str| {
-        let output = vidtrain(
-            &dir,
-            &[
-                "eval",
-                "--checkpoint",
-                run.to_str().unwrap(),
-                "--out",
-                out,
-                clips,
-            ],
-        );
-        assert!(output.status.success(), "{}", stderr(&output));
-        std::fs::read_to_string(dir.join(out).join("predictions.csv")).unwrap()
+        std::fs::read_to_string(eval_run(&dir, &run, out, &[clips]).join("predictions.csv"))
+            .unwrap()
     };
     let one = eval("one", "eval.clips=1");
     let two = eval("two", "eval.clips=2");

@@ -206,8 +206,9 @@ impl Augmentation {
     /// Mirrors one view's keypoints `[frames, joints, 3]` in place: x ↦ width − x, left and
     /// right joints exchanged.
     pub fn flip_keypoints(&self, values: &mut [f32], joints: usize) {
+        let mut original = vec![0.0; joints * 3];
         for frame in values.chunks_mut(joints * 3) {
-            let original = frame.to_vec();
+            original.copy_from_slice(frame);
             for (position, &source) in self.flipped_joint.iter().enumerate().take(joints) {
                 let from = &original[source * 3..source * 3 + 3];
                 let to = &mut frame[position * 3..position * 3 + 3];

@@ -109,10 +109,8 @@ pub(crate) fn probabilities<B: Backend>(
     }
     let classes = config.model.model_class_num;
     let mut sums: Vec<Option<(usize, Vec<f32>)>> = vec![None; dataset.len()];
-    let mut skipped = 0;
     for clip in 0..clips {
         let scores = clip_probabilities(config, dataset, ids, model, device, clip, clips)?;
-        skipped = skipped.max(scores.skipped);
         for (row, &id) in scores.ids.iter().enumerate() {
             let values = &scores.probabilities[row * classes..(row + 1) * classes];
             let (count, sum) = sums[id].get_or_insert_with(|| (0, vec![0.0; classes]));
@@ -122,10 +120,7 @@ pub(crate) fn probabilities<B: Backend>(
                 .for_each(|(total, value)| *total += value);
         }
     }
-    let mut scores = Scores {
-        skipped,
-        ..Scores::default()
-    };
+    let mut scores = Scores::default();
     for &id in ids {
         let Some((count, sum)) = &sums[id] else {
             continue;

@@ -258,3 +258,30 @@ pub(crate) fn epochs_logged(run_folder: &std::path::Path) -> Vec<EpochPoint> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_monitorable_metric_is_read_from_the_epoch_record() {
+        let metrics = ClassificationMetrics::from_probabilities(&[0, 1], &[0.9, 0.1, 0.2, 0.8], 2);
+        let record = EpochRecord {
+            epoch: 1,
+            step: 1,
+            train_loss: 0.5,
+            val_loss: 0.25,
+            metrics: &metrics,
+            val_skipped: 0,
+            epoch_train_s: 1.0,
+            host_rss_bytes: None,
+            peak_host_rss_bytes: 0,
+            is_best: false,
+        };
+        for name in vidtrain_config::MONITORABLE_METRICS {
+            assert!(record.metric(name).is_some_and(f64::is_finite), "{name}");
+        }
+        assert_eq!(record.metric("val_loss"), Some(0.25));
+        assert_eq!(record.metric("val_acc"), None);
+    }
+}
