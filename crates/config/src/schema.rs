@@ -425,6 +425,11 @@ pub struct TrainerConfig {
     /// Write TensorBoard event files (`tensorboard/` in the run directory) beside
     /// `metrics.jsonl`: `tensorboard --logdir runs`.
     pub tensorboard: bool,
+    /// Data-parallel runs (`mpiexec -n N vidtrain train`): seconds one rank waits in a
+    /// collective (gradient all-reduce, weight broadcast, metric gather) for the others before
+    /// it ends every rank with an error naming the collective. A dead or hung rank then stops
+    /// the run instead of hanging it; raise it when validation or checkpoints take longer.
+    pub collective_timeout_s: f64,
 }
 
 impl Default for TrainerConfig {
@@ -436,6 +441,7 @@ impl Default for TrainerConfig {
             compute_threads: 0,
             gradient_clip_val: 0.0,
             tensorboard: true,
+            collective_timeout_s: 600.0,
         }
     }
 }
@@ -976,6 +982,13 @@ impl Config {
             return invalid(
                 "trainer.gradient_clip_val",
                 format!("must be 0 (off) or a positive norm, got {clip}"),
+            );
+        }
+        let timeout = self.trainer.collective_timeout_s;
+        if !(timeout > 0.0 && timeout.is_finite()) {
+            return invalid(
+                "trainer.collective_timeout_s",
+                format!("must be a positive number of seconds, got {timeout}"),
             );
         }
         if !(self.train.lr > 0.0 && self.train.lr.is_finite()) {

@@ -106,8 +106,12 @@ fn bound_allocator_retention() {
 fn bound_allocator_retention() {}
 
 fn init_logging() {
+    // In a data-parallel run rank 0 tells the story; the other ranks speak up only to warn.
+    let follower = vidtrain_trainer::distributed::launch_from_environment()
+        .is_some_and(|launch| launch.rank > 0);
+    let default_level = if follower { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIDTRAIN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -407,13 +411,41 @@ fn train(args: &TrainArgs) -> Result<(), Failure> {
     if let Err(error) = handler {
         tracing::warn!("Ctrl-C will not save a checkpoint: {error}");
     }
+    // Under mpiexec/srun: join the other ranks (a build without MPI refuses to run as one of
+    // several).
+    let session = vidtrain_trainer::distributed::join(&config).map_err(anyhow::Error::from)?;
+    let world = session.world();
     let options = vidtrain_trainer::TrainOptions {
-        progress_bar: std::io::stderr().is_terminal(),
+        progress_bar: std::io::stderr().is_terminal() && world.is_leader(),
         stop: Some(stop),
+        world: world.clone(),
     };
+    let trained = train_with(&config, &options);
+    if let Err(failure) = &trained
+        && world.size() > 1
+        && failure.code != 130
+    {
+        // A failure on one rank would leave the others waiting in a collective: report it and
+        // end them all now. (A stop request ends every rank after the same step instead.)
+        eprintln!("error: rank {}: {:#}", world.rank(), failure.error);
+        world.abort(i32::from(failure.code));
+    }
+    drop(session);
+    trained
+}
+
+/// `vidtrain train` once the ranks (if several) are joined; only rank 0 prints the summary.
+fn train_with(
+    config: &vidtrain_config::Config,
+    options: &vidtrain_trainer::TrainOptions,
+) -> Result<(), Failure> {
+    let leader = options.world.is_leader();
     if config.train.fold == vidtrain_config::Fold::All {
-        let summary = vidtrain_trainer::train_all_folds(&config, &options)
+        let summary = vidtrain_trainer::train_all_folds(config, options)
             .context("cross-validation failed")?;
+        if !leader {
+            return Ok(());
+        }
         println!("\n  fold  val_accuracy  val_macro_f1  run directory");
         for (fold, run) in summary.folds.iter().enumerate() {
             println!(
@@ -433,8 +465,9 @@ fn train(args: &TrainArgs) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    match vidtrain_trainer::train(&config, &options) {
-        Ok(summary) => print_summary(&summary),
+    match vidtrain_trainer::train(config, options) {
+        Ok(summary) if leader => print_summary(&summary),
+        Ok(_) => {}
         // Resuming a finished run is a request already fulfilled: say so and exit 0.
         Err(finished @ vidtrain_trainer::Error::AlreadyFinished { .. }) => eprintln!("{finished}"),
         Err(error) => return Err(anyhow::Error::from(error).context("training failed").into()),

@@ -80,6 +80,10 @@ pub enum Error {
     /// A checkpoint could not be written or read.
     #[error("checkpoint {}: {message}", .path.display())]
     Checkpoint { path: PathBuf, message: String },
+
+    /// Data-parallel training: the ranks could not agree (rank 0's weights, the run folder).
+    #[error("data-parallel training, rank {rank}: {message}")]
+    Distributed { rank: usize, message: String },
 }
 
 /// Result of training operations.

@@ -5,6 +5,7 @@
 mod batch_tensors;
 pub mod bench;
 pub mod device;
+pub mod distributed;
 mod error;
 mod fit;
 pub mod inference;
@@ -34,6 +35,9 @@ pub struct TrainOptions {
     /// Set (e.g. by a Ctrl-C handler) to stop after the current optimizer step, save a
     /// checkpoint and return [`Error::Interrupted`].
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The ranks training this model together (one, unless started by `mpiexec`/`srun` in a
+    /// build with the `mpi` feature).
+    pub world: distributed::World,
 }
 
 /// What a finished run reports; also written to `summary.json`.
@@ -96,8 +100,18 @@ pub struct RunSummary {
     pub samples_per_s: f64,
     /// Wall time of the whole run, seconds.
     pub wall_s: f64,
+    /// Ranks that trained together (`mpiexec -n N`; 1 otherwise).
+    pub world_size: usize,
+    /// Samples per optimizer step over all ranks: `batch_size × accumulate_grad_batches ×
+    /// world_size`.
+    pub global_batch: usize,
+    /// Seconds this rank spent in collectives (gradient and loss all-reduces, broadcasts,
+    /// gathers; waiting for slower ranks included); 0 with one rank.
+    pub collective_s: f64,
     /// Peak host RSS of the process, bytes.
     pub peak_host_rss_bytes: Option<u64>,
+    /// Peak host RSS of every rank, rank 0 first (one entry with one rank).
+    pub peak_host_rss_bytes_per_rank: Vec<Option<u64>>,
     /// Peak RSS of the process tree (vidtrain plus its ffmpeg decoders, summed at each 50 ms
     /// sample), bytes.
     pub peak_process_tree_rss_bytes: Option<u64>,
@@ -311,9 +325,24 @@ pub fn train_all_folds(config: &Config, options: &TrainOptions) -> Result<CrossV
         folds,
         summary_path: summary_path.clone(),
     };
-    let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    write_atomically(&summary_path, text.as_bytes())?;
+    if options.world.is_leader() {
+        let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
+        write_atomically(&summary_path, text.as_bytes())?;
+    }
     Ok(summary)
+}
+
+/// Rank 0 creates the run directory and tells the other ranks where it is.
+fn open_run_dir(config: &Config, world: &distributed::World) -> Result<RunDir> {
+    if world.is_leader() {
+        let run_dir = RunDir::create(&config.paths.run_dir, &config.experiment)?;
+        let path = run_dir.path().to_string_lossy().into_owned();
+        world.broadcast_text("the run directory's path", &path)?;
+        Ok(run_dir)
+    } else {
+        let path = world.broadcast_text("the run directory's path", "")?;
+        Ok(RunDir::follower(PathBuf::from(path)))
+    }
 }
 
 /// Trains a model as `config` says (one fold) and returns the summary.
@@ -380,7 +409,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     }
     // A weights file that does not fit is refused before a run folder exists.
     persist::pretrained::check(config)?;
-    let run_dir = RunDir::create(&config.paths.run_dir, &config.experiment)?;
+    let run_dir = open_run_dir(config, &options.world)?;
     // The fully resolved config goes in first, so every run can be reproduced from its folder.
     run_dir.write("config.toml", config.to_toml().as_bytes())?;
     let context = fit::RunContext {

@@ -183,24 +183,49 @@ fn resume_or_start<B: AutodiffBackend>(
         return Ok(Resumed {
             model,
             optimizer,
-            state: TrainingState::start(LossScaler::new(context.precision)),
+            state: TrainingState::start(
+                LossScaler::new(context.precision),
+                context.options.world.size(),
+            ),
             earlier_epochs: Vec::new(),
             best_metrics: None,
         });
     };
-    let (model, optimizer, state) = checkpoint::load(&folder, model, optimizer, config, device)?;
+    let (model, optimizer, mut state) =
+        checkpoint::load(&folder, model, optimizer, config, device)?;
     tracing::info!(
         "resuming from {} at epoch {}, step {}",
         folder.display(),
         state.epoch,
         state.step
     );
+    let world_size = context.options.world.size();
+    if state.world_size != world_size {
+        let per_rank = config.data.batch_size * config.train.accumulate_grad_batches;
+        tracing::warn!(
+            "the checkpoint was written by {} ranks and this run has {world_size}: each optimizer \
+             step now averages {} samples instead of {} (and the learning-rate schedule is \
+             recounted); epoch {} continues at sample {} of its order, so the steps from here \
+             differ from an uninterrupted {}-rank run. Resume with the same number of ranks for \
+             an exact continuation.",
+            state.world_size,
+            per_rank * world_size,
+            per_rank * state.world_size,
+            state.epoch,
+            state.position,
+            state.world_size
+        );
+        state.world_size = world_size;
+    }
     let mut earlier_epochs = crate::inference::run_folder_of(&folder)
         .map(|run_folder| epochs_logged(&run_folder))
         .unwrap_or_default();
     earlier_epochs.retain(|point| point.epoch < state.epoch);
     let best_metrics = match folder.parent() {
-        Some(earlier_checkpoints) => checkpoint::carry_best(earlier_checkpoints, checkpoints)?,
+        Some(earlier_checkpoints) if context.run_dir.writes() => {
+            checkpoint::carry_best(earlier_checkpoints, checkpoints)?
+        }
+        Some(earlier_checkpoints) => checkpoint::read_best_metrics(earlier_checkpoints),
         None => None,
     };
     Ok(Resumed {
@@ -212,12 +237,24 @@ fn resume_or_start<B: AutodiffBackend>(
     })
 }
 
+/// Every rank's peak host RSS, rank 0 first (what each rank's replica, optimizer and pipeline
+/// cost; on one machine their sum is the run's footprint).
+fn peak_rss_per_rank(world: &crate::distributed::World, own: Option<u64>) -> Vec<Option<u64>> {
+    let own = own.map_or(-1.0, |bytes| bytes as f64);
+    world
+        .gather_f64("the peak memory gather", &[own])
+        .into_iter()
+        .map(|values| values.first().filter(|bytes| **bytes >= 0.0).map(|bytes| *bytes as u64))
+        .collect()
+}
+
 /// Trains and validates; returns the summary (also written to `summary.json`).
 pub(crate) fn fit<B: AutodiffBackend>(
     mut context: RunContext<'_>,
     device: B::Device,
 ) -> Result<RunSummary> {
     let config = context.config;
+    let world = context.options.world.clone();
     B::seed(&device, config.train.seed);
     let model = build_model::<B>(&context, &device)?;
     let parameters = model.num_params();
@@ -234,11 +271,15 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let batch_size = config.data.batch_size;
     let accumulate = config.train.accumulate_grad_batches;
     let max_steps = usize::try_from(config.train.max_steps).ok();
-    let steps_per_epoch = context
-        .train_ids
-        .len()
-        .div_ceil(batch_size)
-        .div_ceil(accumulate);
+    let global_batch = batch_size * accumulate * world.size();
+    let steps_per_epoch = context.train_ids.len().div_ceil(global_batch);
+    if world.size() > 1 {
+        tracing::info!(
+            "data parallel: {} ranks × batch_size {batch_size} × accumulate_grad_batches \
+             {accumulate} = {global_batch} samples per optimizer step",
+            world.size()
+        );
+    }
     let total_steps = max_steps
         .unwrap_or(usize::MAX)
         .min(steps_per_epoch * config.train.max_epochs);
@@ -251,26 +292,33 @@ pub(crate) fn fit<B: AutodiffBackend>(
         earlier_epochs,
         mut best_metrics,
     } = resume_or_start(&context, model, &checkpoints, &device)?;
+    let model = crate::distributed::replicate_model(&world, model, &device)?;
     let recompute = config.model.effective_checkpoint();
     let loss_function = training_loss::<B>(config, weights.as_deref(), &device);
     let mut training = Training {
         learner: Learner::new(model, optimizer, loss_function, recompute),
         state,
         last_checkpoint: None,
+        saves: world.is_leader(),
     };
 
-    let mut observers: Vec<Box<dyn RunObserver>> = vec![
-        Box::new(MetricsLog),
-        Box::new(Pictures::new(config, earlier_epochs)),
-    ];
-    if config.trainer.tensorboard {
-        observers.push(Box::new(TensorBoardLog::create(&context.run_dir, config)?));
+    // Rank 0 logs, draws and reports for the whole run (its numbers are every rank's means).
+    let mut observers: Vec<Box<dyn RunObserver>> = Vec::new();
+    if world.is_leader() {
+        observers.push(Box::new(MetricsLog));
+        observers.push(Box::new(Pictures::new(config, earlier_epochs)));
+        if config.trainer.tensorboard {
+            observers.push(Box::new(TensorBoardLog::create(&context.run_dir, config)?));
+        }
+        observers.push(Box::new(Progress::new(
+            context.options.progress_bar,
+            config.train.max_epochs,
+            context
+                .train_ids
+                .len()
+                .div_ceil(batch_size * world.size()),
+        )));
     }
-    observers.push(Box::new(Progress::new(
-        context.options.progress_bar,
-        config.train.max_epochs,
-        context.train_ids.len().div_ceil(batch_size),
-    )));
     let selection = ModelSelection::from_config(config);
 
     // Throughput counts what this process trained, not the samples of the run it resumed.
@@ -326,6 +374,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             &context.dataset,
             &context.val_ids,
             training.learner.model(),
+            &world,
             &device,
         )?;
         skipped_sample_loads += val_skipped;
@@ -345,7 +394,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
             is_best: false,
         };
         record.is_best = selection.consider(state, epoch, record.metric(&selection.monitor));
-        if record.is_best {
+        if record.is_best && world.is_leader() {
             let best = serde_json::json!({
                 "epoch": epoch, "step": state.step, "monitor": selection.monitor,
                 "value": record.metric(&selection.monitor), "val_loss": val_loss,
@@ -359,6 +408,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 config,
             )?);
             best_metrics = Some(best);
+        } else if record.is_best {
+            best_checkpoint = Some(checkpoints.join(checkpoint::BEST));
         }
         for observer in observers.iter_mut() {
             observer.epoch(&record, &mut context.run_dir)?;
@@ -444,7 +495,11 @@ pub(crate) fn fit<B: AutodiffBackend>(
         samples_per_s: (state.train_samples - samples_before) as f64
             / train_time.as_secs_f64().max(1e-9),
         wall_s: context.started.elapsed().as_secs_f64(),
+        world_size: world.size(),
+        global_batch,
+        collective_s: world.collective_seconds(),
         peak_host_rss_bytes: memory.peak_host_rss_bytes,
+        peak_host_rss_bytes_per_rank: peak_rss_per_rank(&world, memory.peak_host_rss_bytes),
         peak_process_tree_rss_bytes: (memory.peak_process_tree_rss_bytes > 0)
             .then_some(memory.peak_process_tree_rss_bytes),
         peak_device_bytes: memory.peak_device_in_use_bytes,

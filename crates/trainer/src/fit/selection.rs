@@ -62,7 +62,7 @@ mod tests {
     use crate::fit::precision::LossScaler;
 
     fn state() -> TrainingState {
-        TrainingState::start(LossScaler::default())
+        TrainingState::start(LossScaler::default(), 1)
     }
 
     fn selection(overrides: &[&str]) -> ModelSelection {

@@ -10,6 +10,7 @@ use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::ActionModel;
 
 use crate::BackendChoice;
+use crate::distributed::{World, all_reduce_gradients};
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::fit::optimizer::TrainingOptimizer;
 use crate::fit::precision::{LossScaler, StepDecision};
@@ -114,16 +115,20 @@ impl<B: AutodiffBackend> Learner<B> {
         loss_value
     }
 
-    /// Ends the accumulation group: unscales (fp16) and clips the summed gradients, then steps
-    /// at `lr`, or skips the step when fp16 gradients overflowed. Returns the loss scale that
+    /// Ends the accumulation group: sums the gradients over the ranks, unscales (fp16) and
+    /// clips them, then steps at `lr`, or skips the step when fp16 gradients overflowed (on
+    /// every rank alike: an inf on one rank is in everyone's sum). Returns the loss scale that
     /// overflowed when it skipped.
     pub(crate) fn optimizer_step(
         &mut self,
         lr: f64,
         scaler: &mut LossScaler,
         clip: f64,
+        world: &World,
+        device: &B::Device,
     ) -> Option<f64> {
         let grads = self.accumulator.grads();
+        let grads = all_reduce_gradients::<B, _>(world, self.model(), grads, device);
         match scaler.unscale::<B, _>(self.model(), grads, clip) {
             StepDecision::Step(grads) => {
                 let model = self

@@ -36,9 +36,16 @@ pub(crate) struct TrainingState {
     /// The fp16 loss scaler (scale, clean-step count, skipped steps).
     #[serde(default)]
     pub loss_scaler: LossScaler,
+    /// Ranks that trained (data parallel); a resume with another count changes the global batch.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
 }
 
-const LAST: &str = "last";
+fn one_rank() -> usize {
+    1
+}
+
+pub(crate) const LAST: &str = "last";
 /// The best epoch's model by `train.monitor`.
 pub(crate) const BEST: &str = "best";
 /// A complete earlier checkpoint, present only if a kill fell between the two renames of
@@ -103,6 +110,13 @@ pub(crate) fn carry_best(
     Ok(serde_json::from_str(&text).ok())
 }
 
+/// The `metrics.json` of an earlier run's best epoch, read without copying anything (ranks
+/// other than 0 of a data-parallel run, which write nothing).
+pub(crate) fn read_best_metrics(from_checkpoints: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(from_checkpoints.join(BEST).join("metrics.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Writes `checkpoints/<name>/` whole: `write` fills `<name>.partial/`, which then replaces the
 /// folder by renames, so that at every moment `<name>` or `<name>.old` is complete.
 fn replace_folder(
@@ -157,7 +171,7 @@ pub(crate) fn read_state(folder: &Path) -> Result<TrainingState> {
 
 impl TrainingState {
     /// The state of a run that has not trained yet.
-    pub(crate) fn start(loss_scaler: LossScaler) -> Self {
+    pub(crate) fn start(loss_scaler: LossScaler, world_size: usize) -> Self {
         TrainingState {
             epoch: 1,
             position: 0,
@@ -168,6 +182,7 @@ impl TrainingState {
             best: None,
             last_train_loss: None,
             loss_scaler,
+            world_size,
         }
     }
 

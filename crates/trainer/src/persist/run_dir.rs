@@ -9,11 +9,13 @@ use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// An open run directory.
+/// An open run directory. In a data-parallel run only rank 0 holds a writing one; the other
+/// ranks hold a [`RunDir::follower`] of the same folder, whose writes do nothing.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
-    metrics: std::fs::File,
+    /// `metrics.jsonl`, open for appending; `None` on a follower.
+    metrics: Option<std::fs::File>,
 }
 
 impl RunDir {
@@ -42,7 +44,24 @@ impl RunDir {
         let metrics_path = path.join("metrics.jsonl");
         let metrics = std::fs::File::create_new(&metrics_path)
             .map_err(|error| Error::io(&metrics_path, error))?;
-        Ok(Self { path, metrics })
+        Ok(Self {
+            path,
+            metrics: Some(metrics),
+        })
+    }
+
+    /// The run directory rank 0 created at `path`, seen from another rank: every write is
+    /// skipped (rank 0 writes the same contents).
+    pub fn follower(path: PathBuf) -> Self {
+        Self {
+            path,
+            metrics: None,
+        }
+    }
+
+    /// Whether this process writes the folder (false on a follower).
+    pub fn writes(&self) -> bool {
+        self.metrics.is_some()
     }
 
     /// The directory.
@@ -58,16 +77,21 @@ impl RunDir {
     /// Appends one JSON line to `metrics.jsonl` (flushed, so a crash keeps what was logged).
     pub fn log_metrics(&mut self, record: &impl Serialize) -> Result<()> {
         let path = self.path.join("metrics.jsonl");
+        let Some(metrics) = self.metrics.as_mut() else {
+            return Ok(());
+        };
         let line = serde_json::to_string(record).expect("metrics serialise");
-        writeln!(self.metrics, "{line}")
-            .and_then(|()| self.metrics.flush())
+        writeln!(metrics, "{line}")
+            .and_then(|()| metrics.flush())
             .map_err(|error| Error::io(path, error))
     }
 
     /// Writes `name` in the run directory whole.
     pub fn write(&self, name: &str, contents: &[u8]) -> Result<PathBuf> {
         let path = self.path.join(name);
-        write_atomically(&path, contents)?;
+        if self.writes() {
+            write_atomically(&path, contents)?;
+        }
         Ok(path)
     }
 

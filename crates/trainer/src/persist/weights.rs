@@ -107,19 +107,39 @@ pub(crate) fn save<B: Backend, M: Module<B>>(
     save_record::<B, _>(module.clone().into_record(), weights)
 }
 
+/// `record` as named MessagePack bytes (what a `.mpk` file holds).
+pub(crate) fn record_bytes<B: Backend, R: burn::record::Record<B>>(
+    record: R,
+) -> std::result::Result<Vec<u8>, String> {
+    Recorder::<B>::record(
+        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
+        record,
+        (),
+    )
+    .map_err(|error| format!("encoding: {error}"))
+}
+
+/// The record in `bytes` written by [`record_bytes`].
+pub(crate) fn record_from_bytes<B: Backend, R: burn::record::Record<B>>(
+    bytes: Vec<u8>,
+    device: &B::Device,
+) -> std::result::Result<R, String> {
+    Recorder::<B>::load(
+        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
+        bytes,
+        device,
+    )
+    .map_err(|error| error.to_string())
+}
+
 /// Encodes `record` as named MessagePack in memory and writes it whole to `path`.
 pub(crate) fn save_record<B: Backend, R: burn::record::Record<B>>(
     record: R,
     path: &Path,
 ) -> Result<()> {
-    let bytes = Recorder::<B>::record(
-        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
-        record,
-        (),
-    )
-    .map_err(|error| Error::Checkpoint {
+    let bytes = record_bytes::<B, R>(record).map_err(|message| Error::Checkpoint {
         path: path.to_path_buf(),
-        message: format!("encoding: {error}"),
+        message,
     })?;
     crate::write_atomically(path, &bytes)
 }
@@ -130,12 +150,7 @@ pub(crate) fn load_record<B: Backend, R: burn::record::Record<B>>(
     device: &B::Device,
 ) -> Result<R> {
     let bytes = std::fs::read(path).map_err(|error| Error::io(path, error))?;
-    Recorder::<B>::load(
-        &NamedMpkBytesRecorder::<FullPrecisionSettings>::new(),
-        bytes,
-        device,
-    )
-    .map_err(|error| Error::Checkpoint {
+    record_from_bytes::<B, R>(bytes, device).map_err(|error| Error::Checkpoint {
         path: path.to_path_buf(),
         message: format!(
             "unreadable weights ({error}); the file is damaged or not a vidtrain checkpoint"
