@@ -5,6 +5,8 @@ mod backbones;
 mod config;
 mod controls;
 mod datasets;
+#[cfg(feature = "mpi")]
+mod ddp;
 mod faults;
 mod inference;
 mod plan;

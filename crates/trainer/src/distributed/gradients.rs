@@ -23,7 +23,11 @@ impl<B: Backend> ModuleVisitor<B> for ParamShapes {
 }
 
 /// `grads[id]` as a flat f32 tensor, taken out of `grads`.
-fn take_flat<B: Backend>(grads: &mut GradientsParams, id: ParamId, dims: usize) -> Option<Tensor<B, 1>> {
+fn take_flat<B: Backend>(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    dims: usize,
+) -> Option<Tensor<B, 1>> {
     let flat = match dims {
         1 => grads.remove::<B, 1>(id),
         2 => grads.remove::<B, 2>(id).map(|g| g.flatten(0, 1)),
@@ -37,7 +41,12 @@ fn take_flat<B: Backend>(grads: &mut GradientsParams, id: ParamId, dims: usize) 
 }
 
 /// Registers `flat` reshaped to `shape` as the gradient of `id`.
-fn register<B: Backend>(grads: &mut GradientsParams, id: ParamId, flat: Tensor<B, 1>, shape: &[usize]) {
+fn register<B: Backend>(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    flat: Tensor<B, 1>,
+    shape: &[usize],
+) {
     match *shape {
         [a] => grads.register::<B, 1>(id, flat.reshape([a])),
         [a, b] => grads.register::<B, 2>(id, flat.reshape([a, b])),
@@ -92,11 +101,17 @@ pub(crate) fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
             .expect("gradients were cast to f32");
         let total = values.len();
         world.sum_f32("the gradient all-reduce", &mut values);
-        let flat = Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [total]), device);
+        let flat =
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [total]), device);
         let mut offset = 0;
         for ((id, shape), gradient) in bucket.drain(..) {
             let length = gradient.dims()[0];
-            register(reduced, *id, flat.clone().slice(offset..offset + length), shape);
+            register(
+                reduced,
+                *id,
+                flat.clone().slice(offset..offset + length),
+                shape,
+            );
             offset += length;
         }
     };

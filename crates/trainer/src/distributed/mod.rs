@@ -257,12 +257,13 @@ pub(crate) fn replicate_model<B: Backend, M: Module<B>>(
         message: format!("sharing rank 0's initial weights: {message}"),
     };
     let bytes = if world.is_leader() {
-        crate::persist::weights::record_bytes::<B, _>(model.clone().into_record()).map_err(failed)?
+        crate::persist::weights::record_bytes::<B, _>(model.clone().into_record())
+            .map_err(failed)?
     } else {
         Vec::new()
     };
     let bytes = world.broadcast_bytes("the initial weights' broadcast", bytes);
-    let record =
-        crate::persist::weights::record_from_bytes::<B, M::Record>(bytes, device).map_err(failed)?;
+    let record = crate::persist::weights::record_from_bytes::<B, M::Record>(bytes, device)
+        .map_err(failed)?;
     Ok(model.load_record(record))
 }

@@ -59,11 +59,7 @@ impl GroupShards {
     /// This rank's positions, group after group, in the order it trains them.
     pub(crate) fn positions(&self) -> Vec<usize> {
         (0..self.groups())
-            .flat_map(|group| {
-                self.group_range(group)
-                    .skip(self.rank)
-                    .step_by(self.size)
-            })
+            .flat_map(|group| self.group_range(group).skip(self.rank).step_by(self.size))
             .collect()
     }
 }

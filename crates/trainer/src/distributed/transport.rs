@@ -86,10 +86,22 @@ pub(super) fn broadcast_bytes(world: &World, what: &str, bytes: Vec<u8>) -> Vec<
     let comm = communicator();
     let root = comm.process_at_rank(0);
     let mut length = [bytes.len() as u64];
-    scope(|scope| wait(world, what, root.immediate_broadcast_into(scope, &mut length[..])));
+    scope(|scope| {
+        wait(
+            world,
+            what,
+            root.immediate_broadcast_into(scope, &mut length[..]),
+        )
+    });
     let mut buffer = bytes;
     buffer.resize(length[0] as usize, 0);
-    scope(|scope| wait(world, what, root.immediate_broadcast_into(scope, &mut buffer[..])));
+    scope(|scope| {
+        wait(
+            world,
+            what,
+            root.immediate_broadcast_into(scope, &mut buffer[..]),
+        )
+    });
     buffer
 }
 

@@ -244,7 +244,12 @@ fn peak_rss_per_rank(world: &crate::distributed::World, own: Option<u64>) -> Vec
     world
         .gather_f64("the peak memory gather", &[own])
         .into_iter()
-        .map(|values| values.first().filter(|bytes| **bytes >= 0.0).map(|bytes| *bytes as u64))
+        .map(|values| {
+            values
+                .first()
+                .filter(|bytes| **bytes >= 0.0)
+                .map(|bytes| *bytes as u64)
+        })
         .collect()
 }
 
@@ -313,10 +318,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         observers.push(Box::new(Progress::new(
             context.options.progress_bar,
             config.train.max_epochs,
-            context
-                .train_ids
-                .len()
-                .div_ceil(batch_size * world.size()),
+            context.train_ids.len().div_ceil(batch_size * world.size()),
         )));
     }
     let selection = ModelSelection::from_config(config);

@@ -10,8 +10,8 @@ use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::ActionModel;
 
 use crate::BackendChoice;
-use crate::distributed::{World, all_reduce_gradients};
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
+use crate::distributed::{World, all_reduce_gradients};
 use crate::fit::optimizer::TrainingOptimizer;
 use crate::fit::precision::{LossScaler, StepDecision};
 

@@ -33,8 +33,7 @@ pub(crate) fn validate<B: AutodiffBackend>(
         .step_by(world.size())
         .copied()
         .collect();
-    let scores =
-        crate::inference::probabilities(config, dataset, &shard, &model.valid(), device)?;
+    let scores = crate::inference::probabilities(config, dataset, &shard, &model.valid(), device)?;
     let classes = config.model.model_class_num;
     let scores = gather_scores(world, scores, ids, classes)?;
     let scores = crate::inference::usable(scores, ids.len(), "the validation split")?;
@@ -43,7 +42,8 @@ pub(crate) fn validate<B: AutodiffBackend>(
         .iter()
         .map(|&id| dataset.plan.samples[id].class)
         .collect();
-    let metrics = ClassificationMetrics::from_probabilities(&labels, &scores.probabilities, classes);
+    let metrics =
+        ClassificationMetrics::from_probabilities(&labels, &scores.probabilities, classes);
     Ok((metrics, scores.mean_loss(), scores.skipped))
 }
 
@@ -53,8 +53,11 @@ fn gather_scores(world: &World, scores: Scores, ids: &[usize], classes: usize) -
         return Ok(scores);
     }
     // [loss sum, skipped, then per sample: its index in `ids`, its probabilities]
-    let index_of: std::collections::HashMap<usize, usize> =
-        ids.iter().enumerate().map(|(index, &id)| (id, index)).collect();
+    let index_of: std::collections::HashMap<usize, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(index, &id)| (id, index))
+        .collect();
     let mut packed = vec![scores.loss_sum, scores.skipped as f64];
     for (row, id) in scores.ids.iter().enumerate() {
         packed.push(index_of[id] as f64);

@@ -4,4 +4,4 @@
 pub(crate) mod checkpoint;
 pub mod pretrained;
 pub mod run_dir;
-pub(crate) mod weights;
+pub mod weights;

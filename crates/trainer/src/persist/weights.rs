@@ -233,6 +233,49 @@ fn check_architecture(weights: &Path, config: &Config) -> Result<()> {
     })
 }
 
+/// Every float tensor of the model saved at `weights` (built from `config`, the run's own
+/// `config.toml`), by its path in the module, as f32 values: for comparing two trainings
+/// parameter by parameter (the data-parallel equality test does).
+pub fn parameter_values(config: &Config, weights: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
+    type Cpu = crate::CpuBackend;
+    let device = crate::FlexDevice;
+    let model: vidtrain_model::ActionModel<Cpu> =
+        vidtrain_model::ActionModelConfig::from_config(config).init(&device);
+    model.materialize_parameters();
+    let model = load(model, weights, config, &device)?;
+    let mut collector = ValueCollector {
+        path: Vec::new(),
+        values: BTreeMap::new(),
+    };
+    model.visit(&mut collector);
+    Ok(collector.values)
+}
+
+struct ValueCollector {
+    path: Vec<String>,
+    values: BTreeMap<String, Vec<f32>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ValueCollector {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let values = param
+            .val()
+            .cast(burn::tensor::FloatDType::F32)
+            .into_data()
+            .into_vec::<f32>()
+            .expect("cast to f32");
+        self.values.insert(self.path.join("."), values);
+    }
+}
+
 /// Every float parameter's shape by its path in the module (`rgb.blocks.0.attention.query.weight`).
 fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Vec<usize>> {
     let mut collector = ShapeCollector {

@@ -1,0 +1,293 @@
+//! Data-parallel training under `mpiexec` (builds with the `mpi` feature): two ranks train the
+//! same model as one rank with their combined batch, resume exactly, and a dead or hung rank
+//! ends the run with an error instead of hanging it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::train::{TINY_MODEL, runs_of, small_dataset, step_losses};
+use crate::{scratch, stderr, vidtrain};
+
+/// The keypoint model (no BatchNorm), no dropout, f32: nothing differs between a batch of 4
+/// and two of 2 except the order of float sums.
+const KEYPOINT_MODEL: [&str; 5] = [
+    "model.input_type=kpt",
+    "data.load_kpt=true",
+    "data.load_rgb=false",
+    "model.transformer_dropout=0",
+    "trainer.compute_threads=1",
+];
+
+/// `mpiexec -n <ranks> vidtrain <args>` in `dir`, as [`vidtrain`] runs one process.
+fn mpiexec(dir: &Path, ranks: usize, args: &[&str]) -> Command {
+    let mut command = Command::new("mpiexec");
+    command
+        .arg("-n")
+        .arg(ranks.to_string())
+        .arg(env!("CARGO_BIN_EXE_vidtrain"))
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "VIDTRAIN_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("vidtrain-cache"),
+        )
+        .env_remove("VIDTRAIN_LOG");
+    command
+}
+
+fn train_args<'a>(config: &'a str, experiment: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--config", config, experiment];
+    args.extend(TINY_MODEL);
+    args.extend(KEYPOINT_MODEL);
+    args.extend_from_slice(extra);
+    args
+}
+
+fn run_ok(output: Output) {
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+/// Largest |a − b| relative to the largest |a| of each tensor, over every parameter.
+fn parameter_difference(a: &Path, b: &Path) -> f64 {
+    let read = |run: &Path| {
+        let config = vidtrain_config::ConfigLoader::new()
+            .file(&run.join("config.toml"))
+            .unwrap()
+            .load()
+            .unwrap();
+        vidtrain_trainer::persist::weights::parameter_values(
+            &config,
+            &run.join("checkpoints/last/model.mpk"),
+        )
+        .unwrap()
+    };
+    let (a, b) = (read(a), read(b));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(name, values)| {
+            let other = &b[name];
+            let scale = values.iter().fold(1e-12f32, |max, v| max.max(v.abs()));
+            let worst = values
+                .iter()
+                .zip(other)
+                .fold(0f32, |max, (x, y)| max.max((x - y).abs()));
+            f64::from(worst / scale)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn assert_losses_match(one: &[(u64, f64)], other: &[(u64, f64)]) {
+    assert_eq!(one.len(), other.len(), "{one:?} vs {other:?}");
+    for ((step, expected), (other_step, got)) in one.iter().zip(other) {
+        assert_eq!(step, other_step);
+        assert!(
+            (expected - got).abs() <= 1e-5 * expected.abs(),
+            "step {step}: loss {got} with two ranks, {expected} with one"
+        );
+    }
+}
+
+#[test]
+fn two_ranks_of_two_train_the_parameters_of_one_rank_of_four() {
+    let dir = scratch("ddp-equal");
+    let config = small_dataset(&dir);
+    // 10 training samples: groups of 4, 4 and a short 2 (one sample per rank), then 4 and 4
+    // of epoch 2.
+    let steps = "train.max_steps=5";
+    run_ok(vidtrain(
+        &dir,
+        &train_args(&config, "experiment=one", &["data.batch_size=4", steps]),
+    ));
+    run_ok(
+        mpiexec(
+            &dir,
+            2,
+            &train_args(&config, "experiment=two", &["data.batch_size=2", steps]),
+        )
+        .output()
+        .unwrap(),
+    );
+    run_ok(
+        mpiexec(
+            &dir,
+            2,
+            &train_args(
+                &config,
+                "experiment=two-accumulating",
+                &[
+                    "data.batch_size=1",
+                    "train.accumulate_grad_batches=2",
+                    steps,
+                ],
+            ),
+        )
+        .output()
+        .unwrap(),
+    );
+    let one = &runs_of(&dir.join("runs/one"))[0];
+    let one_losses = step_losses(one);
+    assert_eq!(one_losses.len(), 5);
+    for experiment in ["two", "two-accumulating"] {
+        let runs = runs_of(&dir.join("runs").join(experiment));
+        assert_eq!(runs.len(), 1, "only rank 0 makes a run folder");
+        assert_losses_match(&one_losses, &step_losses(&runs[0]));
+        let difference = parameter_difference(one, &runs[0]);
+        assert!(
+            difference <= 1e-5,
+            "{experiment}: parameters differ by {difference}"
+        );
+        let summary = crate::train::read_json(&runs[0].join("summary.json"));
+        assert_eq!(summary["world_size"], 2);
+        assert_eq!(summary["global_batch"], 4);
+        assert_eq!(summary["train_samples"], 18, "4 + 4 + 2, then 4 + 4");
+    }
+}
+
+#[test]
+fn a_two_rank_run_resumes_exactly() {
+    let dir = scratch("ddp-resume");
+    let config = small_dataset(&dir);
+    let two = |experiment: &'static str, extra: &[&'static str]| {
+        let mut all = vec!["data.batch_size=2"];
+        all.extend_from_slice(extra);
+        run_ok(
+            mpiexec(&dir, 2, &train_args(&config, experiment, &all))
+                .output()
+                .unwrap(),
+        );
+    };
+    two("experiment=straight", &["train.max_steps=5"]);
+    two("experiment=resumed", &["train.max_steps=2"]);
+    two(
+        "experiment=resumed",
+        &["train.max_steps=5", "train.resume=last"],
+    );
+    let straight = &runs_of(&dir.join("runs/straight"))[0];
+    let resumed = runs_of(&dir.join("runs/resumed"));
+    assert_eq!(resumed.len(), 2);
+    let joined: Vec<(u64, f64)> = step_losses(&resumed[0])
+        .into_iter()
+        .chain(step_losses(&resumed[1]))
+        .collect();
+    assert_losses_match(&step_losses(straight), &joined);
+    let difference = parameter_difference(straight, &resumed[1]);
+    assert!(difference <= 1e-6, "parameters differ by {difference}");
+}
+
+/// The processes started with `marker` in their environment, by `PMI_RANK`.
+fn rank_pids(marker: &str) -> Vec<(usize, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let variables: Vec<String> = environ
+            .split(|&byte| byte == 0)
+            .map(|text| String::from_utf8_lossy(text).into_owned())
+            .collect();
+        let is_vidtrain = std::fs::read_link(entry.path().join("exe"))
+            .is_ok_and(|exe| exe.file_name().is_some_and(|name| name == "vidtrain"));
+        if !is_vidtrain
+            || !variables
+                .iter()
+                .any(|v| v == &format!("VIDTRAIN_TEST_MARK={marker}"))
+        {
+            continue;
+        }
+        if let Some(rank) = variables
+            .iter()
+            .find_map(|v| v.strip_prefix("PMI_RANK="))
+            .and_then(|rank| rank.parse().ok())
+        {
+            found.push((rank, pid));
+        }
+    }
+    found
+}
+
+/// Starts a long two-rank run, waits until it has taken a step, does `to_rank_1` to rank 1, and
+/// returns how mpiexec ended and how long after the signal.
+fn disturb_rank_1(name: &str, signal: &str, extra: &[&str]) -> (Output, Duration) {
+    let dir = scratch(name);
+    let config = small_dataset(&dir);
+    let mut args = vec!["data.batch_size=2", "train.max_epochs=1000"];
+    args.extend_from_slice(extra);
+    let child: Child = mpiexec(&dir, 2, &train_args(&config, "experiment=long", &args))
+        .env("VIDTRAIN_TEST_MARK", name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let stepped = || {
+        std::fs::read_dir(dir.join("runs/long"))
+            .ok()
+            .and_then(|mut runs| runs.next())
+            .is_some_and(|run| {
+                let run: PathBuf = run.unwrap().path();
+                std::fs::read_to_string(run.join("metrics.jsonl"))
+                    .is_ok_and(|text| text.contains("\"step\""))
+            })
+    };
+    while !stepped() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no step within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids = rank_pids(name);
+    let (_, pid) = *pids
+        .iter()
+        .find(|(rank, _)| *rank == 1)
+        .unwrap_or_else(|| panic!("rank 1 not found among {pids:?}"));
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    // Nothing of the run may outlive it (a stopped rank included); the launcher's kill may
+    // take a moment to be reaped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rank_pids(name).is_empty() {
+        if Instant::now() > deadline {
+            let left = rank_pids(name);
+            for (_, pid) in &left {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            panic!("rank processes outlived mpiexec: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (output, took)
+}
+
+#[test]
+fn a_killed_rank_ends_the_other_with_an_error() {
+    let (output, took) = disturb_rank_1("ddp-killed", "-KILL", &[]);
+    assert!(!output.status.success(), "{}", stderr(&output));
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+#[test]
+fn a_hung_rank_times_out_and_ends_every_rank() {
+    let (output, took) = disturb_rank_1("ddp-hung", "-STOP", &["trainer.collective_timeout_s=5"]);
+    assert!(!output.status.success(), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("waited 5 s for the other ranks"), "{text}");
+    assert!(text.contains("trainer.collective_timeout_s"), "{text}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
