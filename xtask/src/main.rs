@@ -112,7 +112,23 @@ fn ci() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
+    // The data-parallel build (MPI) is tested below; it needs MPICH installed.
+    require_mpi()?;
+    cargo(&[
+        "clippy",
+        "-p",
+        "vidtrain-trainer",
+        "-p",
+        "trainer-cli",
+        "--all-targets",
+        "--features",
+        "trainer-cli/mpi",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&["check", "-p", "trainer-cli", "--features", "cuda"])?;
+    cargo(&["check", "-p", "trainer-cli", "--features", "cuda,mpi"])?;
     // The PyTorch equality tests' fixtures: reference models with random weights, their state
     // dicts, inputs and logits (bench/reference_fixtures.py, torch from PyPI).
     let python = cpu_bench::torch_python()?;
@@ -133,8 +149,16 @@ fn ci() -> anyhow::Result<()> {
         // The e2e test that reads TensorBoard files back with TensorBoard's own reader.
         ("VIDTRAIN_PYTHON", python.as_path()),
     ];
+    // With MPI, so that the e2e tests run two ranks under `mpiexec`.
     let tests = cargo_with(
-        &["test", "--release", "--workspace", "--no-fail-fast"],
+        &[
+            "test",
+            "--release",
+            "--workspace",
+            "--features",
+            "trainer-cli/mpi",
+            "--no-fail-fast",
+        ],
         &env,
     );
     // The tests that need those fixtures (marked ignored for a plain `cargo test`). Selected
@@ -145,6 +169,8 @@ fn ci() -> anyhow::Result<()> {
             "test",
             "--release",
             "--workspace",
+            "--features",
+            "trainer-cli/mpi",
             "--test",
             "pytorch_equality",
             "--test",
@@ -155,6 +181,25 @@ fn ci() -> anyhow::Result<()> {
         &env,
     );
     tests.and(with_fixtures)
+}
+
+/// The MPI library and launcher the `mpi` feature builds against and its tests run under.
+fn require_mpi() -> anyhow::Result<()> {
+    let found = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if found("mpicc") && found("mpiexec") {
+        return Ok(());
+    }
+    bail!(
+        "the data-parallel tests need MPI: apt-get install mpich libmpich-dev libclang-dev \
+         (.ci/run installs them)"
+    )
 }
 
 fn demo_data(args: &[String]) -> anyhow::Result<()> {

@@ -91,6 +91,10 @@ pub struct PlanArgs {
     /// Plan for this backend instead of the one trainer.accelerator picks here.
     #[arg(long, value_enum)]
     pub device: Option<PlanDevice>,
+    /// Plan a data-parallel run of this many ranks (`mpiexec -n N`): per-rank memory and the
+    /// global batch. Default: the launcher's count when run under mpiexec/srun, else 1.
+    #[arg(long, value_name = "N")]
+    pub ranks: Option<usize>,
     #[command(flatten)]
     pub config: ConfigArgs,
 }

@@ -361,10 +361,17 @@ fn plan(args: &PlanArgs) -> Result<(), Failure> {
         }
         return Ok(());
     }
-    let plan = vidtrain_trainer::plan::plan(
+    let ranks = args.ranks.unwrap_or_else(|| {
+        vidtrain_trainer::distributed::launch_from_environment().map_or(1, |launch| launch.size)
+    });
+    if ranks == 0 {
+        return Err(anyhow::anyhow!("--ranks must be at least 1").into());
+    }
+    let plan = vidtrain_trainer::plan::plan_data_parallel(
         &config,
         backend,
         vidtrain_trainer::plan::dataset_sizes(&config),
+        ranks,
     );
     if args.json {
         println!("{}", serde_json::to_string(&plan).expect("plan serialises"));

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use vidtrain_config::{CheckpointMode, Config, Precision};
-use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, MemoryPlan, PlanInput};
+use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, Component, MemoryPlan, PlanInput};
 use vidtrain_model::{ActionModelConfig, InputShape, ModelSummary, SegmentKind};
 
 use crate::{BackendChoice, effective_precision};
@@ -64,6 +64,74 @@ pub fn dataset_sizes(config: &Config) -> Option<DatasetSizes> {
 /// cache at what the dataset can fill and validation batches at the validation split.
 pub fn plan(config: &Config, backend: BackendChoice, dataset: Option<DatasetSizes>) -> MemoryPlan {
     MemoryPlan::build(&plan_input(config, backend, dataset))
+}
+
+/// A data-parallel run's plan: what each rank needs (every rank holds a whole replica, its
+/// optimizer state and its own loading pipeline) and the batch an optimizer step averages.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataParallelPlan {
+    /// Ranks (`mpiexec -n N`).
+    pub ranks: usize,
+    /// Samples per optimizer step over all ranks: `batch_size × accumulate_grad_batches × ranks`.
+    pub global_batch: usize,
+    /// One rank's peaks (with the gradient all-reduce's buckets when `ranks > 1`); its fields
+    /// sit at the top of `vidtrain plan --json`, as for a single process.
+    #[serde(flatten)]
+    pub per_rank: MemoryPlan,
+    /// Host memory of all ranks when they share one machine.
+    pub host_peak_bytes_one_machine: u64,
+}
+
+/// The plan of `config` trained by `ranks` processes.
+pub fn plan_data_parallel(
+    config: &Config,
+    backend: BackendChoice,
+    dataset: Option<DatasetSizes>,
+    ranks: usize,
+) -> DataParallelPlan {
+    let ranks = ranks.max(1);
+    let mut per_rank = plan(config, backend, dataset);
+    if ranks > 1 {
+        // The gradients of one bucket flattened into one tensor, read back to the host, and the
+        // all-reduce's send copy: three buffers of up to one bucket (25 MiB of f32).
+        let parameters = model_summary(config).params() as u64;
+        let bytes = 3 * (parameters * 4).min(25 * 1024 * 1024);
+        per_rank.host.push(Component {
+            name: "gradient all-reduce buckets (data parallel)".into(),
+            bytes,
+        });
+        per_rank.host_peak_bytes += bytes;
+    }
+    DataParallelPlan {
+        ranks,
+        global_batch: config.data.batch_size * config.train.accumulate_grad_batches * ranks,
+        host_peak_bytes_one_machine: per_rank.host_peak_bytes * ranks as u64,
+        per_rank,
+    }
+}
+
+impl DataParallelPlan {
+    /// The per-rank table, then the ranks' totals and the global batch.
+    pub fn table(&self) -> String {
+        let mut text = self.per_rank.table();
+        if self.ranks > 1 {
+            text += &format!(
+                "\ndata parallel: {} ranks; the peaks above are per rank (each holds a replica, \
+                 its optimizer state and its own pipeline)\n  host, all ranks on one machine \
+                 {:>12}\n",
+                self.ranks,
+                vidtrain_memutil::format_bytes(self.host_peak_bytes_one_machine)
+            );
+        }
+        text += &format!(
+            "global batch: {} samples per optimizer step (batch_size × accumulate_grad_batches × \
+             {} rank{})\n",
+            self.global_batch,
+            self.ranks,
+            if self.ranks == 1 { "" } else { "s" }
+        );
+        text
+    }
 }
 
 /// The model's layer summary for micro-batches of `data.batch_size`.

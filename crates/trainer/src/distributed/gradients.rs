@@ -58,6 +58,58 @@ fn register<B: Backend>(
     }
 }
 
+/// Flat gradients waiting to be summed together.
+struct Bucket<'a, B: Backend> {
+    params: Vec<(ParamId, &'a [usize])>,
+    gradients: Vec<Tensor<B, 1>>,
+    values: usize,
+}
+
+impl<B: Backend> Default for Bucket<'_, B> {
+    fn default() -> Self {
+        Self {
+            params: Vec::new(),
+            gradients: Vec::new(),
+            values: 0,
+        }
+    }
+}
+
+impl<'a, B: Backend> Bucket<'a, B> {
+    fn push(&mut self, id: ParamId, shape: &'a [usize], flat: Tensor<B, 1>) {
+        self.values += flat.dims()[0];
+        self.params.push((id, shape));
+        self.gradients.push(flat);
+    }
+
+    /// One all-reduce of the whole bucket; its sums registered in `reduced`. Leaves it empty.
+    fn sum_into(&mut self, world: &World, reduced: &mut GradientsParams, device: &B::Device) {
+        if self.gradients.is_empty() {
+            return;
+        }
+        let lengths: Vec<usize> = self.gradients.iter().map(|g| g.dims()[0]).collect();
+        let flat = Tensor::cat(std::mem::take(&mut self.gradients), 0);
+        let mut values: Vec<f32> = flat
+            .into_data()
+            .into_vec()
+            .expect("gradients were cast to f32");
+        let total = values.len();
+        world.sum_f32("the gradient all-reduce", &mut values);
+        let flat = Tensor::<B, 1>::from_data(TensorData::new(values, [total]), device);
+        let mut offset = 0;
+        for ((id, shape), length) in self.params.drain(..).zip(lengths) {
+            register(
+                reduced,
+                id,
+                flat.clone().slice(offset..offset + length),
+                shape,
+            );
+            offset += length;
+        }
+        self.values = 0;
+    }
+}
+
 /// Sums `grads` over the ranks (a rank with no gradient for a parameter adds zeros; a parameter
 /// no rank has a gradient for stays without one, as on one rank). One rank: `grads` unchanged.
 pub(crate) fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
@@ -87,46 +139,16 @@ pub(crate) fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         .collect();
 
     let mut reduced = GradientsParams::new();
-    let mut bucket: Vec<(&(ParamId, Vec<usize>), Tensor<B::InnerBackend, 1>)> = Vec::new();
-    let mut bucket_values = 0usize;
-    let flush = |bucket: &mut Vec<(&(ParamId, Vec<usize>), Tensor<B::InnerBackend, 1>)>,
-                 reduced: &mut GradientsParams| {
-        if bucket.is_empty() {
-            return;
-        }
-        let flat = Tensor::cat(bucket.iter().map(|(_, g)| g.clone()).collect(), 0);
-        let mut values: Vec<f32> = flat
-            .into_data()
-            .into_vec()
-            .expect("gradients were cast to f32");
-        let total = values.len();
-        world.sum_f32("the gradient all-reduce", &mut values);
-        let flat =
-            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [total]), device);
-        let mut offset = 0;
-        for ((id, shape), gradient) in bucket.drain(..) {
-            let length = gradient.dims()[0];
-            register(
-                reduced,
-                *id,
-                flat.clone().slice(offset..offset + length),
-                shape,
-            );
-            offset += length;
-        }
-    };
-    for param in summed {
-        let (id, shape) = param;
+    let mut bucket = Bucket::<B::InnerBackend>::default();
+    for (id, shape) in summed {
         let length: usize = shape.iter().product();
         let gradient = take_flat::<B::InnerBackend>(&mut grads, *id, shape.len())
             .unwrap_or_else(|| Tensor::zeros([length], device));
-        bucket.push((param, gradient));
-        bucket_values += length;
-        if bucket_values >= BUCKET_VALUES {
-            flush(&mut bucket, &mut reduced);
-            bucket_values = 0;
+        bucket.push(*id, shape, gradient);
+        if bucket.values >= BUCKET_VALUES {
+            bucket.sum_into(world, &mut reduced, device);
         }
     }
-    flush(&mut bucket, &mut reduced);
+    bucket.sum_into(world, &mut reduced, device);
     reduced
 }
