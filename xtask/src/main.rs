@@ -4,6 +4,7 @@
 
 mod bench;
 mod cpu_bench;
+mod ddp_bench;
 mod plan_bench;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ const COMMANDS: [(&str, &str); 3] = [
     ),
     (
         "bench",
-        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench tokens`: VideoMamba vs ViViT cost at 1x/2x/4x tokens; `bench plan`: vidtrain plan vs measured peak RSS; `bench cpu`: bench-model vs PyTorch eager on this CPU, ratio table; `bench gpu`: CUDA binary + GPU script (vs PyTorch)",
+        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench tokens`: VideoMamba vs ViViT cost at 1x/2x/4x tokens; `bench plan`: vidtrain plan vs measured peak RSS; `bench cpu`: bench-model vs PyTorch eager on this CPU, ratio table; `bench gpu`: CUDA binary + GPU script (vs PyTorch); `bench ddp`: demo samples/s with 1 and 2 MPI ranks, collectives' share",
     ),
     (
         "demo-data",
@@ -39,8 +40,9 @@ fn main() -> ExitCode {
             Some("plan") => plan_bench::plan(),
             Some("gpu") => bench::gpu(),
             Some("cpu") => cpu_bench::cpu(),
+            Some("ddp") => ddp_bench::ddp(),
             _ => {
-                eprintln!("usage: cargo xtask bench data|recompute|tokens|plan|cpu|gpu");
+                eprintln!("usage: cargo xtask bench data|recompute|tokens|plan|cpu|gpu|ddp");
                 return ExitCode::from(2);
             }
         },
@@ -184,7 +186,7 @@ fn ci() -> anyhow::Result<()> {
 }
 
 /// The MPI library and launcher the `mpi` feature builds against and its tests run under.
-fn require_mpi() -> anyhow::Result<()> {
+pub(crate) fn require_mpi() -> anyhow::Result<()> {
     let found = |program: &str| {
         Command::new(program)
             .arg("--version")
