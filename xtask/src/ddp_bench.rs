@@ -20,7 +20,14 @@ struct Case {
 
 pub fn ddp() -> anyhow::Result<()> {
     require_mpi()?;
-    cargo(&["build", "--release", "-p", "trainer-cli", "--features", "mpi"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "trainer-cli",
+        "--features",
+        "mpi",
+    ])?;
     let target = target_dir();
     let vidtrain = target.join("release/vidtrain");
     let folder = target.join("bench/ddp");

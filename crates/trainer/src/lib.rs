@@ -108,6 +108,8 @@ pub struct RunSummary {
     /// Seconds this rank spent in collectives (gradient and loss all-reduces, broadcasts,
     /// gathers; waiting for slower ranks included); 0 with one rank.
     pub collective_s: f64,
+    /// Of those, seconds in the gradient all-reduce itself (the ranks enter it together).
+    pub gradient_sync_s: f64,
     /// Peak host RSS of the process, bytes.
     pub peak_host_rss_bytes: Option<u64>,
     /// Peak host RSS of every rank, rank 0 first (one entry with one rank).
@@ -433,9 +435,12 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         #[cfg(feature = "cuda")]
         BackendChoice::Cuda => device::oom::catching_device_oom(config, || {
             device::memory::persist_kernel_caches(backend);
+            // One GPU per rank of a machine; gradients summed by NCCL between them.
+            let gpu = options.world.local_rank();
+            options.world.connect_gpus(gpu)?;
             fit::fit::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
                 context,
-                burn::backend::cuda::CudaDevice::default(),
+                burn::backend::cuda::CudaDevice::new(gpu),
             )
         }),
         #[cfg(not(feature = "cuda"))]

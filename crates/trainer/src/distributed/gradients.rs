@@ -94,7 +94,7 @@ impl<'a, B: Backend> Bucket<'a, B> {
             .into_vec()
             .expect("gradients were cast to f32");
         let total = values.len();
-        world.sum_f32("the gradient all-reduce", &mut values);
+        world.sum_gradients("the gradient all-reduce", &mut values);
         let flat = Tensor::<B, 1>::from_data(TensorData::new(values, [total]), device);
         let mut offset = 0;
         for ((id, shape), length) in self.params.drain(..).zip(lengths) {
@@ -130,7 +130,7 @@ pub(crate) fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         // A gradient's rank is not checked on `get`; any `D` tells whether one is there.
         .map(|(id, _)| f32::from(u8::from(grads.get::<B::InnerBackend, 1>(*id).is_some())))
         .collect();
-    world.sum_f32("the gradient presence all-reduce", &mut present);
+    world.sum_gradients("the gradient presence all-reduce", &mut present);
     let summed: Vec<&(ParamId, Vec<usize>)> = params
         .iter()
         .zip(&present)

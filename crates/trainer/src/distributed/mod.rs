@@ -6,6 +6,8 @@
 //! N unrelated models into one run folder.
 
 mod gradients;
+#[cfg(all(feature = "mpi", feature = "cuda"))]
+mod nccl;
 mod shards;
 #[cfg(feature = "mpi")]
 mod transport;
@@ -46,6 +48,8 @@ pub(crate) use shards::GroupShards;
 pub struct World {
     rank: usize,
     size: usize,
+    /// Rank among the ranks of this machine (the GPU a CUDA rank trains on).
+    local_rank: usize,
     /// How long one collective may wait for the other ranks (`trainer.collective_timeout_s`);
     /// read by the MPI transport only.
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
@@ -54,6 +58,9 @@ pub struct World {
     connected: bool,
     /// Nanoseconds spent in collectives (waiting for other ranks included).
     collective_nanos: Arc<AtomicU64>,
+    /// Of those, nanoseconds in the gradient all-reduce (the ranks arrive there together, after
+    /// the step's loss all-reduce, so this is the transfer itself).
+    gradient_nanos: Arc<AtomicU64>,
 }
 
 impl Default for World {
@@ -62,9 +69,11 @@ impl Default for World {
         Self {
             rank: 0,
             size: 1,
+            local_rank: 0,
             timeout: Duration::from_secs(600),
             connected: false,
             collective_nanos: Arc::default(),
+            gradient_nanos: Arc::default(),
         }
     }
 }
@@ -98,6 +107,19 @@ pub fn launch_from_environment() -> Option<Launch> {
         };
         (launch.size >= 1 && launch.rank < launch.size).then_some(launch)
     })
+}
+
+/// The rank among the ranks of this machine, as MPICH (`MPI_LOCALRANKID`), Open MPI and Slurm
+/// set it.
+#[cfg(feature = "mpi")]
+fn local_rank_from_environment() -> Option<usize> {
+    [
+        "MPI_LOCALRANKID",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
 }
 
 /// The processes of this run, joined. Dropping it ends MPI (every rank must reach the drop).
@@ -144,6 +166,7 @@ pub fn join(config: &Config) -> Result<Session> {
             world: World {
                 rank,
                 size,
+                local_rank: local_rank_from_environment().unwrap_or(rank),
                 connected: size > 1,
                 ..alone
             },
@@ -174,6 +197,24 @@ impl World {
         self.size
     }
 
+    /// This rank's index among the ranks of its machine: the GPU it trains on.
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// CUDA runs: sums gradients with NCCL on GPU `ordinal` from now on (every rank calls it).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn connect_gpus(&self, ordinal: usize) -> Result<()> {
+        if !self.connected {
+            return Ok(());
+        }
+        #[cfg(feature = "mpi")]
+        nccl::connect(self, ordinal)?;
+        #[cfg(not(feature = "mpi"))]
+        let _ = ordinal;
+        Ok(())
+    }
+
     /// Whether this rank writes the run directory, logs progress and saves checkpoints.
     pub fn is_leader(&self) -> bool {
         self.rank == 0
@@ -193,6 +234,11 @@ impl World {
         std::process::exit(code)
     }
 
+    /// Seconds spent summing gradients so far.
+    pub fn gradient_sync_seconds(&self) -> f64 {
+        self.gradient_nanos.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
     fn timed<T>(&self, run: impl FnOnce() -> T) -> T {
         let started = Instant::now();
         let value = run();
@@ -209,11 +255,30 @@ impl World {
         }
     }
 
-    /// Like [`World::sum_f64`] for `f32` values (gradient buckets).
-    pub(crate) fn sum_f32(&self, what: &str, values: &mut [f32]) {
+    /// Like [`World::sum_f64`] for `f32` values: gradients, whose time is also counted apart.
+    pub(crate) fn sum_gradients(&self, what: &str, values: &mut [f32]) {
         if self.connected {
-            self.timed(|| link::sum(self, what, values));
+            let started = Instant::now();
+            self.timed(|| self.sum_gradient_values(what, values));
+            self.gradient_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
+    }
+
+    /// NCCL where [`World::connect_gpus`] connected this thread, else MPI.
+    fn sum_gradient_values(&self, what: &str, values: &mut [f32]) {
+        #[cfg(all(feature = "mpi", feature = "cuda"))]
+        if let Some(summed) = nccl::sum(values) {
+            if let Err(message) = summed {
+                eprintln!(
+                    "error: rank {} of {}: {what} over NCCL failed: {message}",
+                    self.rank, self.size
+                );
+                self.abort(1);
+            }
+            return;
+        }
+        link::sum(self, what, values);
     }
 
     /// Rank 0's `bytes` on every rank.

@@ -60,7 +60,8 @@ fn wait<'a, D: ?Sized, S: Scope<'a>>(world: &World, what: &str, mut request: Req
             abort(TIMED_OUT_EXIT_CODE);
         }
         // Yield first (a step's all-reduce usually completes within microseconds), then sleep
-        // so that a rank waiting for a slower one leaves the cores to it.
+        // so that a rank waiting for a slower one leaves the cores to it (measured on 2 cores:
+        // polling without sleeping for 20 ms made training 8 % slower).
         polls += 1;
         if polls < 64 {
             std::thread::yield_now();

@@ -500,6 +500,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         world_size: world.size(),
         global_batch,
         collective_s: world.collective_seconds(),
+        gradient_sync_s: world.gradient_sync_seconds(),
         peak_host_rss_bytes: memory.peak_host_rss_bytes,
         peak_host_rss_bytes_per_rank: peak_rss_per_rank(&world, memory.peak_host_rss_bytes),
         peak_process_tree_rss_bytes: (memory.peak_process_tree_rss_bytes > 0)
