@@ -173,6 +173,23 @@ fn a_two_rank_run_resumes_exactly() {
     assert_losses_match(&step_losses(straight), &joined);
     let difference = parameter_difference(straight, &resumed[1]);
     assert!(difference <= 1e-6, "parameters differ by {difference}");
+
+    // One rank resuming the two ranks' checkpoint trains on, and says what changed.
+    let output = vidtrain(
+        &dir,
+        &train_args(
+            &config,
+            "experiment=resumed",
+            &["data.batch_size=2", "train.max_steps=7", "train.resume=last"],
+        ),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("written by 2 ranks and this run has 1")
+            && text.contains("averages 2 samples instead of 4"),
+        "{text}"
+    );
 }
 
 /// The processes started with `marker` in their environment, by `PMI_RANK`.
@@ -209,9 +226,22 @@ fn rank_pids(marker: &str) -> Vec<(usize, u32)> {
     found
 }
 
-/// Starts a long two-rank run, waits until it has taken a step, does `to_rank_1` to rank 1, and
-/// returns how mpiexec ended and how long after the signal.
-fn disturb_rank_1(name: &str, signal: &str, extra: &[&str]) -> (Output, Duration) {
+/// Who gets the signal in [`disturb`].
+enum Target {
+    /// `mpiexec` itself (as Ctrl-C in its terminal does).
+    Launcher,
+    /// The rank-1 process alone.
+    Rank1,
+}
+
+/// Starts a long two-rank run, waits until it has taken a step, sends `signal` to `target`, and
+/// returns how mpiexec ended, how long after the signal, and the run folder.
+fn disturb(
+    name: &str,
+    target: Target,
+    signal: &str,
+    extra: &[&str],
+) -> (Output, Duration, PathBuf) {
     let dir = scratch(name);
     let config = small_dataset(&dir);
     let mut args = vec!["data.batch_size=2", "train.max_epochs=1000"];
@@ -240,11 +270,16 @@ fn disturb_rank_1(name: &str, signal: &str, extra: &[&str]) -> (Output, Duration
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pids = rank_pids(name);
-    let (_, pid) = *pids
-        .iter()
-        .find(|(rank, _)| *rank == 1)
-        .unwrap_or_else(|| panic!("rank 1 not found among {pids:?}"));
+    let pid = match target {
+        Target::Launcher => child.id(),
+        Target::Rank1 => {
+            let pids = rank_pids(name);
+            pids.iter()
+                .find(|(rank, _)| *rank == 1)
+                .unwrap_or_else(|| panic!("rank 1 not found among {pids:?}"))
+                .1
+        }
+    };
     let signalled = Instant::now();
     assert!(
         Command::new("kill")
@@ -272,22 +307,44 @@ fn disturb_rank_1(name: &str, signal: &str, extra: &[&str]) -> (Output, Duration
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    (output, took)
+    let run = runs_of(&dir.join("runs/long")).remove(0);
+    (output, took, run)
 }
 
 #[test]
 fn a_killed_rank_ends_the_other_with_an_error() {
-    let (output, took) = disturb_rank_1("ddp-killed", "-KILL", &[]);
+    let (output, took, _) = disturb("ddp-killed", Target::Rank1, "-KILL", &[]);
     assert!(!output.status.success(), "{}", stderr(&output));
     assert!(took < Duration::from_secs(60), "took {took:?}");
 }
 
 #[test]
 fn a_hung_rank_times_out_and_ends_every_rank() {
-    let (output, took) = disturb_rank_1("ddp-hung", "-STOP", &["trainer.collective_timeout_s=5"]);
+    let (output, took, _) = disturb(
+        "ddp-hung",
+        Target::Rank1,
+        "-STOP",
+        &["trainer.collective_timeout_s=5"],
+    );
     assert!(!output.status.success(), "{}", stderr(&output));
     let text = stderr(&output);
     assert!(text.contains("waited 5 s for the other ranks"), "{text}");
     assert!(text.contains("trainer.collective_timeout_s"), "{text}");
     assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+#[test]
+fn ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    let (output, took, run) = disturb("ddp-ctrl-c", Target::Launcher, "-INT", &[]);
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    let text = stderr(&output);
+    assert_eq!(
+        text.matches("interrupted; checkpoint saved").count(),
+        1,
+        "rank 0 alone reports: {text}"
+    );
+    let state = crate::train::read_json(&run.join("checkpoints/last/state.json"));
+    assert_eq!(state["world_size"], 2);
+    assert!(state["step"].as_u64().unwrap() >= 1, "{state}");
 }

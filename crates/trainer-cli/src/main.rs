@@ -409,11 +409,16 @@ fn train(args: &TrainArgs) -> Result<(), Failure> {
     // A second Ctrl-C stops at once (the last complete checkpoint stays intact).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let handler_stop = std::sync::Arc::clone(&stop);
+    // mpiexec hands Ctrl-C to every rank; rank 0 speaks for them.
+    let speaks = vidtrain_trainer::distributed::launch_from_environment()
+        .is_none_or(|launch| launch.rank == 0);
     let handler = ctrlc::set_handler(move || {
         if handler_stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
             std::process::exit(130);
         }
-        eprintln!("\nstopping after the current step (Ctrl-C again to stop now) ...");
+        if speaks {
+            eprintln!("\nstopping after the current step (Ctrl-C again to stop now) ...");
+        }
     });
     if let Err(error) = handler {
         tracing::warn!("Ctrl-C will not save a checkpoint: {error}");
@@ -438,6 +443,10 @@ fn train(args: &TrainArgs) -> Result<(), Failure> {
         world.abort(i32::from(failure.code));
     }
     drop(session);
+    if trained.is_err() && !world.is_leader() {
+        // Every rank stopped after the same step; rank 0 reports where its checkpoint is.
+        std::process::exit(130);
+    }
     trained
 }
 

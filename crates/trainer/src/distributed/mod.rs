@@ -89,11 +89,12 @@ pub struct Launch {
 /// `PMI_SIZE` (also Slurm's PMI), Open MPI's `OMPI_COMM_WORLD_*`, Slurm's `SLURM_PROCID` /
 /// `SLURM_NTASKS`. `None` when no launcher started it.
 pub fn launch_from_environment() -> Option<Launch> {
-    let read = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|text| text.trim().parse::<usize>().ok())
-    };
+    launch_from(|name| std::env::var(name).ok())
+}
+
+/// [`launch_from_environment`] over any variable lookup.
+fn launch_from(variable: impl Fn(&str) -> Option<String>) -> Option<Launch> {
+    let read = |name: &str| variable(name).and_then(|text| text.trim().parse::<usize>().ok());
     [
         ("PMI_RANK", "PMI_SIZE"),
         ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
@@ -139,12 +140,16 @@ impl Session {
 /// Joins the other ranks when a launcher started this process with more than one (MPI is
 /// initialised only then, so a plain `vidtrain train` never needs `mpiexec`).
 pub fn join(config: &Config) -> Result<Session> {
+    join_as(config, launch_from_environment())
+}
+
+fn join_as(config: &Config, launch: Option<Launch>) -> Result<Session> {
     let timeout = Duration::from_secs_f64(config.trainer.collective_timeout_s);
     let alone = World {
         timeout,
         ..World::default()
     };
-    let Some(launch) = launch_from_environment().filter(|launch| launch.size > 1) else {
+    let Some(launch) = launch.filter(|launch| launch.size > 1) else {
         return Ok(Session {
             world: alone,
             #[cfg(feature = "mpi")]
@@ -331,4 +336,65 @@ pub(crate) fn replicate_model<B: Backend, M: Module<B>>(
     let record = crate::persist::weights::record_from_bytes::<B, M::Record>(bytes, device)
         .map_err(failed)?;
     Ok(model.load_record(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(variables: &[(&str, &str)]) -> Option<Launch> {
+        launch_from(|name| {
+            variables
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        })
+    }
+
+    #[test]
+    fn mpich_open_mpi_and_slurm_launches_are_recognised() {
+        let expected = Some(Launch { rank: 1, size: 4 });
+        assert_eq!(launch(&[("PMI_RANK", "1"), ("PMI_SIZE", "4")]), expected);
+        assert_eq!(
+            launch(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_COMM_WORLD_SIZE", "4")]),
+            expected
+        );
+        assert_eq!(
+            launch(&[("SLURM_PROCID", "1"), ("SLURM_NTASKS", "4")]),
+            expected
+        );
+        assert_eq!(launch(&[]), None);
+        // A rank outside the world or a half-set pair is no launch.
+        assert_eq!(launch(&[("PMI_RANK", "4"), ("PMI_SIZE", "4")]), None);
+        assert_eq!(launch(&[("PMI_RANK", "0")]), None);
+    }
+
+    #[test]
+    fn one_process_trains_alone_without_mpi() {
+        let config = Config::default();
+        for launch in [None, Some(Launch { rank: 0, size: 1 })] {
+            let world = join_as(&config, launch).unwrap().world();
+            assert_eq!(
+                (world.rank(), world.size(), world.is_leader()),
+                (0, 1, true)
+            );
+            let mut values = [1.0, 2.0];
+            world.sum_f64("a test", &mut values);
+            assert_eq!(values, [1.0, 2.0]);
+            assert_eq!(world.gather_f64("a test", &[3.0]), vec![vec![3.0]]);
+        }
+    }
+
+    /// Without MPI, N copies would train N unrelated models into one run folder: refused.
+    #[cfg(not(feature = "mpi"))]
+    #[test]
+    fn a_build_without_mpi_refuses_to_be_one_of_several_ranks() {
+        let launch = Some(Launch { rank: 1, size: 2 });
+        let Err(error) = join_as(&Config::default(), launch) else {
+            panic!("joined without MPI");
+        };
+        let message = error.to_string();
+        assert!(message.contains("rank 1 of 2"), "{message}");
+        assert!(message.contains("--features mpi"), "{message}");
+    }
 }
