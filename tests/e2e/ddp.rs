@@ -180,7 +180,11 @@ fn a_two_rank_run_resumes_exactly() {
         &train_args(
             &config,
             "experiment=resumed",
-            &["data.batch_size=2", "train.max_steps=7", "train.resume=last"],
+            &[
+                "data.batch_size=2",
+                "train.max_steps=7",
+                "train.resume=last",
+            ],
         ),
     );
     assert!(output.status.success(), "{}", stderr(&output));

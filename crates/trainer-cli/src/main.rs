@@ -699,7 +699,7 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
     let bytes = |value: Option<u64>| {
         value.map_or_else(|| "n/a".to_string(), vidtrain_memutil::format_bytes)
     };
-    let rows = [
+    let mut rows = vec![
         ("val_accuracy", format!("{:.3}", summary.val_accuracy)),
         ("val_macro_f1", format!("{:.3}", summary.val_macro_f1)),
         (
@@ -792,6 +792,30 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
             },
         ),
     ];
+    if summary.world_size > 1 {
+        let per_rank: Vec<String> = summary
+            .peak_host_rss_bytes_per_rank
+            .iter()
+            .map(|bytes_of_rank| bytes(*bytes_of_rank))
+            .collect();
+        rows.extend([
+            (
+                "data parallel",
+                format!(
+                    "{} ranks, global batch {} per step",
+                    summary.world_size, summary.global_batch
+                ),
+            ),
+            ("peak_host_rss by rank", per_rank.join(", ")),
+            (
+                "collectives (rank 0)",
+                format!(
+                    "{:.1} s, of which gradient all-reduce {:.1} s",
+                    summary.collective_s, summary.gradient_sync_s
+                ),
+            ),
+        ]);
+    }
     println!();
     for (name, value) in rows {
         println!("  {name:<22} {value}");
