@@ -74,6 +74,7 @@ pub fn ddp() -> anyhow::Result<()> {
         let samples_per_s = number("samples_per_s");
         let train_s = number("train_samples_this_run") / samples_per_s;
         let collective_share = number("collective_s") / train_s;
+        let gradient_share = number("gradient_sync_s") / train_s;
         eprintln!(
             "{}: {samples_per_s:.1} samples/s, {:.1} % of the training time in collectives, \
              val_accuracy {:.3}",
@@ -91,23 +92,27 @@ pub fn ddp() -> anyhow::Result<()> {
             "train_s": train_s,
             "collective_s": summary["collective_s"],
             "collective_share": collective_share,
+            "gradient_sync_s": summary["gradient_sync_s"],
+            "gradient_sync_share": gradient_share,
             "val_accuracy": summary["val_accuracy"],
             "peak_host_rss_bytes_per_rank": summary["peak_host_rss_bytes_per_rank"],
         }));
     }
     let baseline = rows[0]["samples_per_s"].as_f64().unwrap_or(f64::NAN);
     println!(
-        "\n{:<20} {:>12} {:>10} {:>14} {:>12}",
-        "case", "samples/s", "× 1 rank", "collectives", "val_acc"
+        "\n{:<20} {:>10} {:>9} {:>12} {:>14} {:>8}",
+        "case", "samples/s", "× 1 rank", "collectives", "gradient sum", "val_acc"
     );
     for row in &rows {
         let speed = row["samples_per_s"].as_f64().unwrap_or(f64::NAN);
+        let percent = |key: &str| row[key].as_f64().unwrap_or(f64::NAN) * 100.0;
         println!(
-            "{:<20} {:>12.1} {:>10.2} {:>13.1}% {:>12.3}",
+            "{:<20} {:>10.1} {:>9.2} {:>11.1}% {:>13.1}% {:>8.3}",
             row["case"].as_str().unwrap_or_default(),
             speed,
             speed / baseline,
-            row["collective_share"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            percent("collective_share"),
+            percent("gradient_sync_share"),
             row["val_accuracy"].as_f64().unwrap_or(f64::NAN)
         );
     }

@@ -415,7 +415,8 @@ pub struct TrainerConfig {
     /// Train in 32-bit instead of failing when half precision is asked for on a backend without it
     /// (both backends of this build have it, so today this never changes a run).
     pub precision_fallback: bool,
-    /// Threads for tensor compute on the CPU backend (0 = every core). Decoder workers and their
+    /// Threads for tensor compute on the CPU backend (0 = every core; under mpiexec/srun, the
+    /// machine's cores divided among the ranks it runs). Decoder workers and their
     /// ffmpeg processes run beside them; set it to leave cores to decoding. Applies once per
     /// process: the first run of a process sizes the pool.
     pub compute_threads: usize,

@@ -162,12 +162,22 @@ pub fn accelerator_backend(config: &Config) -> BackendChoice {
 }
 
 /// Sizes the CPU backend's compute pool (rayon's global pool, which burn-flex runs on) from
-/// `trainer.compute_threads`, before the first tensor op. A process has one pool: the first call
+/// `trainer.compute_threads` (0: every core, or this rank's share of them when a launcher started
+/// several ranks on the machine), before the first tensor op. A process has one pool: the first call
 /// sizes it and a later call asking for another size is told so in a warning. Returns the pool's
 /// thread count.
 pub fn configure_compute_threads(config: &Config) -> usize {
     static APPLIED: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let wanted = config.trainer.compute_threads;
+    let mut wanted = config.trainer.compute_threads;
+    // Several ranks on one machine share its cores (as torchrun sets OMP_NUM_THREADS): each
+    // computes on its share unless trainer.compute_threads says otherwise.
+    if wanted == 0
+        && let Some(local_ranks) =
+            distributed::local_ranks_from_environment().filter(|&ranks| ranks > 1)
+    {
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        wanted = (cores / local_ranks).max(1);
+    }
     let applied = *APPLIED.get_or_init(|| {
         let built = rayon::ThreadPoolBuilder::new()
             .num_threads(wanted)

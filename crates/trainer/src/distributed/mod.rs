@@ -110,6 +110,23 @@ fn launch_from(variable: impl Fn(&str) -> Option<String>) -> Option<Launch> {
     })
 }
 
+/// Ranks a launcher started on this machine (MPICH's `MPI_LOCALNRANKS`, Open MPI's
+/// `OMPI_COMM_WORLD_LOCAL_SIZE`, Slurm's `SLURM_NTASKS_PER_NODE`), when it says.
+pub fn local_ranks_from_environment() -> Option<usize> {
+    [
+        "MPI_LOCALNRANKS",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "SLURM_NTASKS_PER_NODE",
+    ]
+    .iter()
+    .find_map(|name| {
+        // Slurm writes `4(x2)` for uneven layouts; the leading count is this node's.
+        let text = std::env::var(name).ok()?;
+        let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok().filter(|count| *count >= 1)
+    })
+}
+
 /// The rank among the ranks of this machine, as MPICH (`MPI_LOCALRANKID`), Open MPI and Slurm
 /// set it.
 #[cfg(feature = "mpi")]
