@@ -136,3 +136,46 @@ fn the_plan_predicts_the_measured_peak_and_fit_keeps_within_budget() {
         stderr(&output)
     );
 }
+
+#[test]
+fn the_plan_of_several_ranks_is_per_rank_with_the_global_batch() {
+    let dir = scratch("plan-ranks");
+    let config = small_dataset(&dir);
+    let plan_of = |ranks: &str| -> serde_json::Value {
+        let mut args = vec![
+            "plan", "--json", "--device", "cpu", "--config", &config, "--ranks", ranks,
+        ];
+        args.extend(MEDIUM);
+        args.push("train.accumulate_grad_batches=3");
+        let output = vidtrain(&dir, &args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap()
+    };
+    let (one, two) = (plan_of("1"), plan_of("2"));
+    assert_eq!(one["global_batch"], 2 * 3);
+    assert_eq!(two["global_batch"], 2 * 3 * 2);
+    let peak = |plan: &serde_json::Value| plan["host_peak_bytes"].as_u64().unwrap();
+    // A rank holds all a single process holds, plus the all-reduce's buckets.
+    let buckets = two["host"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|part| part["name"].as_str().unwrap().contains("all-reduce"))
+        .expect("the all-reduce buckets are planned")["bytes"]
+        .as_u64()
+        .unwrap();
+    assert!(buckets > 0);
+    assert_eq!(peak(&two), peak(&one) + buckets);
+    assert_eq!(
+        two["host_peak_bytes_one_machine"].as_u64(),
+        Some(2 * peak(&two))
+    );
+
+    let output = vidtrain(&dir, &["plan", "--config", &config, "--ranks", "2"]);
+    let text = stdout(&output);
+    assert!(text.contains("data parallel: 2 ranks"), "{text}");
+    assert!(
+        text.contains("global batch: 8 samples per optimizer step"),
+        "{text}"
+    );
+}

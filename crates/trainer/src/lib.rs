@@ -264,14 +264,24 @@ pub fn refuse_plans_above_machine_memory(config: &Config, backend: BackendChoice
     let Some(machine_bytes) = vidtrain_memutil::total_memory_bytes() else {
         return Ok(());
     };
-    let plan = plan::plan(config, backend, None);
-    if plan.host_peak_bytes <= machine_bytes {
+    // Ranks started on this machine each hold all of it.
+    let local_ranks = distributed::local_ranks_from_environment().unwrap_or(1);
+    let plan = plan::plan_data_parallel(config, backend, None, local_ranks);
+    if plan.host_peak_bytes_one_machine <= machine_bytes {
         return Ok(());
     }
+    let largest = plan::largest_component(&plan.per_rank.host);
     Err(Error::ExceedsMachineMemory {
-        planned_bytes: plan.host_peak_bytes,
+        planned_bytes: plan.host_peak_bytes_one_machine,
         machine_bytes,
-        largest: plan::largest_component(&plan.host),
+        largest: if local_ranks > 1 {
+            format!(
+                "{local_ranks} ranks on this machine, {} each, most of it {largest}",
+                vidtrain_memutil::format_bytes(plan.per_rank.host_peak_bytes)
+            )
+        } else {
+            largest
+        },
     })
 }
 
