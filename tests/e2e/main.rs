@@ -33,16 +33,21 @@ pub fn vidtrain(dir: &Path, args: &[&str]) -> Output {
 /// Like [`vidtrain`], with a hook to adjust the command (environment, PATH).
 pub fn vidtrain_with(dir: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vidtrain"));
+    command.args(args);
+    in_test_setting(&mut command, dir);
+    adjust(&mut command);
+    command.output().expect("running vidtrain")
+}
+
+/// Runs `command` in `dir` with the demo cache inside the target folder and default logging.
+pub fn in_test_setting(command: &mut Command, dir: &Path) {
     command
-        .args(args)
         .current_dir(dir)
         .env(
             "VIDTRAIN_CACHE_DIR",
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("vidtrain-cache"),
         )
         .env_remove("VIDTRAIN_LOG");
-    adjust(&mut command);
-    command.output().expect("running vidtrain")
 }
 
 /// Stderr as text.
