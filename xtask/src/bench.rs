@@ -226,7 +226,7 @@ pub(crate) fn train_summary<S: AsRef<std::ffi::OsStr> + std::fmt::Display>(
 }
 
 /// The newest run folder of an experiment folder.
-fn latest_run(experiment: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn latest_run(experiment: &Path) -> anyhow::Result<PathBuf> {
     let mut stamps: Vec<PathBuf> = std::fs::read_dir(experiment)?
         .flatten()
         .map(|entry| entry.path())

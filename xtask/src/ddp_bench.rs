@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{git_revision, host, target_dir};
+use crate::bench::{git_revision, host, latest_run, target_dir};
 use crate::{cargo, require_mpi};
 
 /// One measured configuration.
@@ -152,12 +152,7 @@ fn mpiexec_train(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let mut stamps: Vec<_> = std::fs::read_dir(experiment)?
-        .flatten()
-        .map(|entry| entry.path())
-        .collect();
-    stamps.sort();
-    let run = stamps.pop().context("no run folder")?;
+    let run = latest_run(experiment)?;
     Ok(serde_json::from_str(&std::fs::read_to_string(
         run.join("summary.json"),
     )?)?)
