@@ -375,3 +375,39 @@ fn ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint() {
     assert_eq!(state["world_size"], 2);
     assert!(state["step"].as_u64().unwrap() >= 1, "{state}");
 }
+
+#[test]
+fn an_error_on_one_rank_ends_every_rank_with_its_message() {
+    let dir = scratch("ddp-error");
+    let config = small_dataset(&dir);
+    crate::faults::truncate_video(&dir.join("data/videos/front/person_01_demo.mp4"));
+    let mut args = vec!["train", "--config", &config, "experiment=error"];
+    args.extend(TINY_MODEL);
+    args.extend([
+        "data.batch_size=2",
+        "train.max_epochs=3",
+        "data.on_bad_sample=error",
+        "trainer.compute_threads=1",
+    ]);
+    let mut command = mpiexec(&dir, 2, &args);
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // Whichever rank loads the damaged video first fails and ends the other at once.
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the run did not end within 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("error: rank "), "{text}");
+    assert!(text.contains("person_01_demo.mp4"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}

@@ -14,7 +14,7 @@ use crate::{
 /// Cuts `video` to 80 % of its bytes: the MP4 index stays at the front (a third of these tiny
 /// files), so ffprobe still reads the full frame count, the early frames decode, and decoding
 /// the later ones fails as on a truncated copy.
-fn truncate_video(video: &Path) {
+pub(crate) fn truncate_video(video: &Path) {
     let bytes = std::fs::read(video).unwrap();
     std::fs::write(video, &bytes[..bytes.len() * 8 / 10]).unwrap();
 }
