@@ -33,8 +33,11 @@ fn communicator() -> SimpleCommunicator {
     SimpleCommunicator::world()
 }
 
-/// Ends every rank (MPI_Abort).
+/// Ends every rank (MPI_Abort), after a pause in which the launcher forwards what this rank just
+/// printed: MPICH's mpiexec tears down its output forwarding with the job, and without the pause
+/// the error message was lost in about one run of three.
 pub(super) fn abort(code: i32) -> ! {
+    std::thread::sleep(Duration::from_millis(500));
     communicator().abort(code)
 }
 
