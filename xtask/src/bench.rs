@@ -210,12 +210,29 @@ pub(crate) fn train_summary<S: AsRef<std::ffi::OsStr> + std::fmt::Display>(
     experiment: &Path,
 ) -> anyhow::Result<Value> {
     let shown: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    eprintln!("$ vidtrain {}", shown.join(" "));
-    let output = Command::new(vidtrain).args(args).output()?;
+    let mut command = Command::new(vidtrain);
+    command.args(args);
+    run_summary(
+        command,
+        &format!("vidtrain {}", shown.join(" ")),
+        experiment,
+    )
+}
+
+/// Runs `command` (shown as `shown`), a training run under any launcher, and returns the
+/// `summary.json` of the newest run in `experiment`.
+pub(crate) fn run_summary(
+    mut command: Command,
+    shown: &str,
+    experiment: &Path,
+) -> anyhow::Result<Value> {
+    eprintln!("$ {shown}");
+    let output = command
+        .output()
+        .with_context(|| format!("running {shown}"))?;
     if !output.status.success() {
         bail!(
-            "vidtrain {} failed: {}",
-            shown.join(" "),
+            "{shown} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
@@ -226,7 +243,7 @@ pub(crate) fn train_summary<S: AsRef<std::ffi::OsStr> + std::fmt::Display>(
 }
 
 /// The newest run folder of an experiment folder.
-pub(crate) fn latest_run(experiment: &Path) -> anyhow::Result<PathBuf> {
+fn latest_run(experiment: &Path) -> anyhow::Result<PathBuf> {
     let mut stamps: Vec<PathBuf> = std::fs::read_dir(experiment)?
         .flatten()
         .map(|entry| entry.path())

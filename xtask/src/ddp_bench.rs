@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{git_revision, host, latest_run, target_dir};
+use crate::bench::{git_revision, host, run_summary, target_dir};
 use crate::{cargo, require_mpi};
 
 /// One measured configuration.
@@ -137,23 +136,12 @@ fn mpiexec_train(
     args: &[String],
     experiment: &Path,
 ) -> anyhow::Result<Value> {
-    eprintln!("$ mpiexec -n {ranks} vidtrain {}", args.join(" "));
-    let output = Command::new("mpiexec")
+    let mut command = Command::new("mpiexec");
+    command
         .arg("-n")
         .arg(ranks.to_string())
         .arg(vidtrain)
-        .args(args)
-        .output()
-        .context("running mpiexec")?;
-    if !output.status.success() {
-        bail!(
-            "mpiexec -n {ranks} vidtrain {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let run = latest_run(experiment)?;
-    Ok(serde_json::from_str(&std::fs::read_to_string(
-        run.join("summary.json"),
-    )?)?)
+        .args(args);
+    let shown = format!("mpiexec -n {ranks} vidtrain {}", args.join(" "));
+    run_summary(command, &shown, experiment)
 }
