@@ -9,6 +9,7 @@
 //! On systems without procfs every reading is `None`; callers print "n/a" rather than a guess.
 
 pub mod plan;
+pub mod reuse_pool;
 mod svg;
 
 pub use svg::{document_start as svg_document_start, escape as svg_escape};
@@ -28,6 +29,20 @@ pub fn current_rss_bytes() -> Option<u64> {
 /// Peak resident set size of this process since start or the last [`reset_peak_rss`] (`VmHWM`).
 pub fn peak_rss_bytes() -> Option<u64> {
     read_status_kib("VmHWM:").map(|kib| kib * 1024)
+}
+
+/// CPU time this process has spent so far, every thread together: `(user, system)` seconds from
+/// `/proc/self/stat` (Linux reports them in USER_HZ = 100 ticks per second). System time is the
+/// kernel working for vidtrain: mapping, zeroing and unmapping memory, page faults, I/O.
+pub fn process_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis are
+    // fixed: state is field 3, utime field 14, stime field 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    const USER_HZ: f64 = 100.0;
+    Some((ticks(11)? as f64 / USER_HZ, ticks(12)? as f64 / USER_HZ))
 }
 
 /// Resets the kernel's peak RSS mark to the current RSS (Linux `clear_refs` 5), so that the next

@@ -19,6 +19,11 @@ use args::{
 };
 use vidtrain_trainer::BackendChoice;
 
+/// Tensor-sized blocks are reused instead of mapped, zeroed and unmapped on every op
+/// (decision 0008); the cached bytes are resident, counted and bounded.
+#[global_allocator]
+static ALLOCATOR: vidtrain_memutil::reuse_pool::ReusePool = vidtrain_memutil::reuse_pool::ReusePool;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -266,8 +271,17 @@ fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
     );
     let mut results = Vec::new();
     println!(
-        "  {:<11} {:<27} {:>10} {:>10} {:>12} {:>12} {:>10} {:>9}",
-        "model", "row", "samples/s", "first s", "device use", "reserved", "host RSS", "loss"
+        "  {:<11} {:<27} {:>10} {:>10} {:>12} {:>12} {:>10} {:>9} {:>7} {:>10}",
+        "model",
+        "row",
+        "samples/s",
+        "first s",
+        "device use",
+        "reserved",
+        "host RSS",
+        "loss",
+        "kernel",
+        "pool peak"
     );
     for row in rows {
         let result = vidtrain_trainer::bench::model::bench_rows(
@@ -285,7 +299,7 @@ fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
         let number =
             |value: Option<f64>| value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.2}"));
         println!(
-            "  {:<11} {:<27} {:>10} {:>10} {:>12} {:>12} {:>10} {:>9}{}",
+            "  {:<11} {:<27} {:>10} {:>10} {:>12} {:>12} {:>10} {:>9} {:>7} {:>10}{}",
             format!("{:?}", row.backbone).to_lowercase(),
             row.name,
             number(result.samples_per_s),
@@ -296,6 +310,15 @@ fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
             result
                 .final_loss
                 .map_or_else(|| "n/a".to_string(), |loss| format!("{loss:.4}")),
+            result.kernel_share.map_or_else(
+                || "n/a".to_string(),
+                |share| format!("{:.1}%", share * 100.0)
+            ),
+            if result.pool.active {
+                vidtrain_memutil::format_bytes(result.pool.peak_cached_bytes)
+            } else {
+                "off".to_string()
+            },
             result
                 .error
                 .as_ref()
@@ -761,6 +784,19 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
         ("samples_per_s", format!("{:.1}", summary.samples_per_s)),
         ("wall_s", format!("{:.1}", summary.wall_s)),
         ("peak_host_rss", bytes(summary.peak_host_rss_bytes)),
+        (
+            "host reuse pool",
+            if summary.host_allocator.active {
+                format!(
+                    "at most {} cached, {} hits, {} misses",
+                    vidtrain_memutil::format_bytes(summary.host_allocator.peak_cached_bytes),
+                    summary.host_allocator.hits,
+                    summary.host_allocator.misses
+                )
+            } else {
+                "off".to_string()
+            },
+        ),
         (
             "  with decoders",
             bytes(summary.peak_process_tree_rss_bytes),

@@ -114,6 +114,11 @@ pub struct RunSummary {
     pub peak_host_rss_bytes: Option<u64>,
     /// Peak host RSS of every rank, rank 0 first (one entry with one rank).
     pub peak_host_rss_bytes_per_rank: Vec<Option<u64>>,
+    /// The host allocator's reuse pool over the run (`trainer.allocator_slack_percent`): the most
+    /// freed bytes it kept at once (resident, inside `peak_host_rss_bytes`), the peak of live
+    /// tensor-sized blocks, hits and misses; `active` false when the pool is not this process's
+    /// allocator (a library user's program).
+    pub host_allocator: vidtrain_memutil::reuse_pool::PoolStats,
     /// Peak RSS of the process tree (vidtrain plus its ffmpeg decoders, summed at each 50 ms
     /// sample), bytes.
     pub peak_process_tree_rss_bytes: Option<u64>,
@@ -167,6 +172,11 @@ pub fn accelerator_backend(config: &Config) -> BackendChoice {
 /// sizes it and a later call asking for another size is told so in a warning. Returns the pool's
 /// thread count.
 pub fn configure_compute_threads(config: &Config) -> usize {
+    // The host allocator's reuse pool (the `vidtrain` binary's global allocator) is sized with
+    // the compute pool: both are set where a run starts computing.
+    vidtrain_memutil::reuse_pool::set_slack_percent(
+        config.trainer.allocator_slack_percent as usize,
+    );
     static APPLIED: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let mut wanted = config.trainer.compute_threads;
     // Several ranks on one machine share its cores (as torchrun sets OMP_NUM_THREADS): each

@@ -61,6 +61,12 @@ pub struct BenchResult {
     pub peak_host_rss_bytes: Option<u64>,
     /// Loss of the last step.
     pub final_loss: Option<f32>,
+    /// CPU seconds (user, system) of the whole process over the timed steps.
+    pub timed_cpu_s: Option<(f64, f64)>,
+    /// Share of that CPU time spent in the kernel (page faults, zeroing and unmapping memory).
+    pub kernel_share: Option<f64>,
+    /// The allocator's reuse pool over the row (cached bytes are part of the host RSS).
+    pub pool: vidtrain_memutil::reuse_pool::PoolStats,
     /// Why the row failed, if it did.
     pub error: Option<String>,
 }
@@ -199,6 +205,9 @@ pub fn bench_rows(
                 peak_device_driver_used_bytes: None,
                 peak_host_rss_bytes: None,
                 final_loss: None,
+                timed_cpu_s: None,
+                kernel_share: None,
+                pool: vidtrain_memutil::reuse_pool::stats(),
                 error: Some(error.to_string()),
             })
         })
@@ -214,6 +223,8 @@ fn bench_row<B: AutodiffBackend>(
     steps: usize,
 ) -> Result<BenchResult> {
     config.validate()?;
+    vidtrain_memutil::reuse_pool::release_cached();
+    vidtrain_memutil::reuse_pool::reset_peak();
     vidtrain_memutil::reset_peak_rss();
     B::seed(device, 42);
     let mut model_config = ActionModelConfig::from_config(config);
@@ -240,10 +251,12 @@ fn bench_row<B: AutodiffBackend>(
     let mut first_step_s = None;
     let mut final_loss = None;
     let mut timed = None;
+    let mut cpu_at_start = None;
     for step in 0..warmup.max(1) + steps {
         if step == warmup.max(1) {
             sync(device)?;
             timed = Some(Instant::now());
+            cpu_at_start = vidtrain_memutil::process_cpu_seconds();
         }
         let started = Instant::now();
         let mut accumulator = GradientsAccumulator::<ActionModel<B>>::new();
@@ -292,6 +305,12 @@ fn bench_row<B: AutodiffBackend>(
     }
     let samples = (steps * row.micro_batch * row.accumulate) as f64;
     let samples_per_s = timed.map(|started| samples / started.elapsed().as_secs_f64());
+    let timed_cpu_s = cpu_at_start
+        .zip(vidtrain_memutil::process_cpu_seconds())
+        .map(|((user0, sys0), (user1, sys1))| (user1 - user0, sys1 - sys0));
+    let kernel_share = timed_cpu_s
+        .filter(|(user, sys)| user + sys > 0.0)
+        .map(|(user, sys)| sys / (user + sys));
     Ok(BenchResult {
         row: row.clone(),
         samples_per_s: if steps > 0 { samples_per_s } else { None },
@@ -301,6 +320,9 @@ fn bench_row<B: AutodiffBackend>(
         peak_device_driver_used_bytes: peaks.driver_used_bytes,
         peak_host_rss_bytes: vidtrain_memutil::peak_rss_bytes(),
         final_loss,
+        timed_cpu_s: if steps > 0 { timed_cpu_s } else { None },
+        kernel_share: if steps > 0 { kernel_share } else { None },
+        pool: vidtrain_memutil::reuse_pool::stats(),
         error: None,
     })
 }

@@ -503,6 +503,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         gradient_sync_s: world.gradient_sync_seconds(),
         peak_host_rss_bytes: memory.peak_host_rss_bytes,
         peak_host_rss_bytes_per_rank: peak_rss_per_rank(&world, memory.peak_host_rss_bytes),
+        host_allocator: vidtrain_memutil::reuse_pool::stats(),
         peak_process_tree_rss_bytes: (memory.peak_process_tree_rss_bytes > 0)
             .then_some(memory.peak_process_tree_rss_bytes),
         peak_device_bytes: memory.peak_device_in_use_bytes,
