@@ -6,6 +6,7 @@
 //! the memory plan prices (`summary`) and PyTorch weight import (`pretrained`).
 
 pub mod backbones;
+pub mod cpu_kernels;
 pub mod layers;
 mod precision;
 pub mod pretrained;

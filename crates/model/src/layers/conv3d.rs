@@ -11,10 +11,12 @@
 use burn::module::{Initializer, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::{conv_transpose3d, conv3d};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
+use crate::layers::conv_gemm::{ConvGeometry, conv3d_gradients};
 use crate::precision::like;
 
 /// Configuration of a [`VideoConv3d`].
@@ -127,6 +129,19 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         upstream: Tensor<B, 5>,
         wants_input: bool,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
+        let fast = crate::cpu_kernels::enabled::<B::InnerBackend>(&input.device());
+        self.gradients_by(input, upstream, wants_input, fast)
+    }
+
+    /// [`Self::gradients`] through the wide-gemm CPU kernel (`gemm_kernel`, `layers::conv_gemm`)
+    /// or through the backend's convolutions.
+    fn gradients_by(
+        &self,
+        input: Tensor<B, 5>,
+        upstream: Tensor<B, 5>,
+        wants_input: bool,
+        gemm_kernel: bool,
+    ) -> (GradientsParams, Option<Tensor<B, 5>>) {
         let [n, c_in, t, h, w] = input.dims();
         // One copy when the input is a view with rearranged axes (the stem's first step reads
         // frames-first data channels-first); a reshape of contiguous data costs nothing. Without
@@ -140,6 +155,37 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let [kt, kh, kw] = self.kernel;
         let weight = self.weight.val().inner();
         let master = weight.dtype();
+        if gemm_kernel {
+            let dtype = x.dtype();
+            let geometry = ConvGeometry {
+                input: [n, c_in, t, h, w],
+                channels_out: c_out,
+                kernel: self.kernel,
+                stride: self.stride,
+                padding: self.padding,
+                output: [t_out, h_out, w_out],
+            };
+            let bias_gradient = self.bias.as_ref().map(|bias| {
+                upstream
+                    .clone()
+                    .cast(FloatDType::F32)
+                    .reshape([n, c_out, t_out * h_out * w_out])
+                    .sum_dim(2)
+                    .sum_dim(0)
+                    .reshape([c_out])
+                    .cast(bias.val().dtype())
+            });
+            let (weight_gradient, input_gradient) =
+                conv3d_gradients(x, weight, upstream, geometry, wants_input);
+            let mut gradients = GradientsParams::new();
+            gradients.register(self.weight.id, weight_gradient.cast(master));
+            if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
+                gradients.register(bias.id, gradient);
+            }
+            let input_gradient =
+                input_gradient.map(|gradient| Tensor::from_inner(gradient.cast(dtype)));
+            return (gradients, input_gradient);
+        }
 
         // Correlating the input with the output gradient: the forward stride becomes the
         // dilation, and the result can exceed the kernel by the rows a stride drops.
@@ -240,25 +286,33 @@ mod tests {
         let grads_ours = (got * upstream.clone()).sum().backward();
         let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
 
-        // The hand-written backward (used in training) gives Burn's gradients too.
-        let (by_hand, input_by_hand) = ours.gradients(input_last.clone().detach(), upstream, true);
-        let expected_weight = theirs.weight.grad(&grads_theirs).unwrap().to_data();
-        let expected_bias = theirs.bias.as_ref().unwrap().grad(&grads_theirs).unwrap();
-        let expected_input = input_first.grad(&grads_theirs).unwrap().to_data();
-        by_hand
-            .get::<TestBackend, 5>(ours.weight.id)
-            .unwrap()
-            .to_data()
-            .assert_approx_eq::<f32>(&expected_weight, tolerance);
-        by_hand
-            .get::<TestBackend, 1>(ours.bias.as_ref().unwrap().id)
-            .unwrap()
-            .to_data()
-            .assert_approx_eq::<f32>(&expected_bias.to_data(), tolerance);
-        input_by_hand
-            .unwrap()
-            .to_data()
-            .assert_approx_eq::<f32>(&expected_input, tolerance);
+        // The hand-written backward (used in training) gives Burn's gradients too, through the
+        // wide-gemm CPU kernel and through the backend's convolutions.
+        for gemm_kernel in [true, false] {
+            let (by_hand, input_by_hand) = ours.gradients_by(
+                input_last.clone().detach(),
+                upstream.clone(),
+                true,
+                gemm_kernel,
+            );
+            let expected_weight = theirs.weight.grad(&grads_theirs).unwrap().to_data();
+            let expected_bias = theirs.bias.as_ref().unwrap().grad(&grads_theirs).unwrap();
+            let expected_input = input_first.grad(&grads_theirs).unwrap().to_data();
+            by_hand
+                .get::<TestBackend, 5>(ours.weight.id)
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&expected_weight, tolerance);
+            by_hand
+                .get::<TestBackend, 1>(ours.bias.as_ref().unwrap().id)
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&expected_bias.to_data(), tolerance);
+            input_by_hand
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&expected_input, tolerance);
+        }
         ours.weight
             .grad(&grads_ours)
             .unwrap()

@@ -4,6 +4,7 @@
 
 pub mod batch_norm;
 pub mod conv3d;
+pub mod conv_gemm;
 pub mod encoder;
 pub mod graph;
 pub mod mamba;
