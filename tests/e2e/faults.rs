@@ -449,6 +449,32 @@ fn checkpoints_of_another_model_are_refused_by_name_and_shape() {
         "{}",
         stderr(&output)
     );
+    // Another backbone without the architecture file: Burn's loader panicked ("Can't parse
+    // record from a different variant", exit 101) in eval and in a resumed run, which also left
+    // an empty run folder.
+    let vivit = ["model.backbone=vivit", "model.tubelet_size=[2,16,16]"];
+    let output = eval_with(&vivit);
+    assert_clean_failure(&output, 1);
+    assert_stderr_contains(&output, "holds the weights of another model");
+    let runs_before = walk(&dir.join("runs")).len();
+    let mut args = vec![
+        "train",
+        "--config",
+        config.as_str(),
+        "experiment=m",
+        "train.resume=last",
+        "train.max_epochs=2",
+    ];
+    args.extend(TINY_MODEL);
+    args.extend(vivit);
+    let output = vidtrain(&dir, &args);
+    assert_clean_failure(&output, 1);
+    assert_stderr_contains(&output, "holds the weights of another model");
+    assert_eq!(
+        walk(&dir.join("runs")).len(),
+        runs_before,
+        "no new run folder is left"
+    );
 }
 
 #[test]

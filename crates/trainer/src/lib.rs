@@ -444,30 +444,61 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     let run_dir = open_run_dir(config, &options.world)?;
     // The fully resolved config goes in first, so every run can be reproduced from its folder.
     run_dir.write("config.toml", config.to_toml().as_bytes())?;
-    let context = fit::RunContext {
-        config,
-        options,
-        dataset,
-        train_ids,
-        val_ids,
-        run_dir,
-        memory,
-        backend_name: match backend {
-            BackendChoice::Cpu => "cpu (flex)",
-            BackendChoice::Cuda => "cuda",
-        },
-        precision: effective_precision(config, backend),
+    let run_path = run_dir.path().to_path_buf();
+    let outcome = fit_on_backend(
         backend,
-        started,
+        fit::RunContext {
+            config,
+            options,
+            dataset,
+            train_ids,
+            val_ids,
+            run_dir,
+            memory,
+            backend_name: match backend {
+                BackendChoice::Cpu => "cpu (flex)",
+                BackendChoice::Cuda => "cuda",
+            },
+            precision: effective_precision(config, backend),
+            backend,
+            started,
+        },
+    );
+    if let Err(error) = &outcome
+        && options.world.is_leader()
+        && !matches!(error, Error::Interrupted { .. })
+    {
+        remove_if_nothing_was_trained(&run_path);
+    }
+    outcome
+}
+
+/// A run that failed before its first step (weights that do not load, a backend that refuses)
+/// leaves no folder behind: it would hold only its config and be taken for a run.
+fn remove_if_nothing_was_trained(run_path: &Path) {
+    let empty = |path: PathBuf| {
+        std::fs::read_dir(&path).map_or(true, |mut entries| entries.next().is_none())
     };
+    let no_steps = std::fs::metadata(run_path.join("metrics.jsonl")).map_or(true, |m| m.len() == 0);
+    if no_steps && empty(run_path.join("checkpoints")) && std::fs::remove_dir_all(run_path).is_ok()
+    {
+        tracing::info!(
+            "removed {} (the run failed before its first step)",
+            run_path.display()
+        );
+    }
+}
+
+/// Runs the training loop on `backend`.
+fn fit_on_backend(backend: BackendChoice, context: fit::RunContext<'_>) -> Result<RunSummary> {
     match backend {
         BackendChoice::Cpu => fit::fit::<burn::backend::Autodiff<CpuBackend>>(context, FlexDevice),
         #[cfg(feature = "cuda")]
-        BackendChoice::Cuda => device::oom::catching_device_oom(config, || {
+        BackendChoice::Cuda => device::oom::catching_device_oom(context.config, || {
             device::memory::persist_kernel_caches(backend);
             // One GPU per rank of a machine; gradients summed by NCCL between them.
-            let gpu = options.world.local_rank();
-            options.world.connect_gpus(gpu)?;
+            let gpu = context.options.world.local_rank();
+            context.options.world.connect_gpus(gpu)?;
             fit::fit::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
                 context,
                 burn::backend::cuda::CudaDevice::new(gpu),

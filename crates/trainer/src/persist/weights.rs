@@ -169,7 +169,24 @@ pub(crate) fn load<B: Backend, M: Module<B>>(
     check_architecture(weights, config)?;
     let expected = parameter_shapes(&module);
     let record = load_record::<B, M::Record>(weights, device)?;
-    let loaded = module.load_record(record);
+    // Burn's derived `load_record` of an enum module (the backbones) panics on a record of
+    // another variant: a file of another backbone without its architecture.json (a model file
+    // copied alone, a run older than that file) would end the program with a panic.
+    let loaded = crate::device::oom::catch_panic_quietly(|| module.load_record(record)).map_err(
+        |caught| Error::Checkpoint {
+            path: weights.to_path_buf(),
+            message: format!(
+                "holds the weights of another model: its layers do not fit model.backbone = {} \
+                 ({}), and no {} beside it says which model it is; use the config.toml of the \
+                 run that wrote it",
+                serde_json::to_string(&config.model.backbone).unwrap_or_default(),
+                caught.message.lines().last().unwrap_or_default().trim(),
+                architecture_path(weights)
+                    .file_name()
+                    .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
+            ),
+        },
+    )?;
     let found = parameter_shapes(&loaded);
     let mismatched: Vec<String> = expected
         .iter()
