@@ -546,15 +546,36 @@ fn sizes_beyond_the_machine_are_refused_before_any_work() {
 fn a_hanging_ffprobe_is_stopped_at_the_timeout() {
     let dir = scratch("faults-ffprobe-hang");
     let config = small_dataset(&dir);
-    let fake = fake_tool(&dir, "ffprobe", "exec sleep 600");
+    // `exec sleep`: the tool itself hangs. Plain `sleep` (a wrapper script): the tool's own child
+    // hangs and holds the pipes; killing the script alone used to wait forever (and orphan the
+    // sleep), past the timeout and past SIGTERM.
+    for (body, marker) in [
+        ("exec sleep 601", "sleep 601"),
+        ("sleep 602; true", "sleep 602"),
+    ] {
+        probe_hangs_until_the_timeout(&dir, &config, body);
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", marker])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "{body}: left running: {}",
+            String::from_utf8_lossy(&left.stdout)
+        );
+    }
+}
+
+fn probe_hangs_until_the_timeout(dir: &Path, config: &str, body: &str) {
+    let fake = fake_tool(dir, "ffprobe", body);
     let started = Instant::now();
     let output = vidtrain_with(
-        &dir,
+        dir,
         &[
             "data",
             "inspect",
             "--config",
-            &config,
+            config,
             "data.decode_timeout_s=1",
             "data.on_bad_sample=error",
         ],

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ffmpeg_sidecar::command::FfmpegCommand;
 
-use crate::probe::{VideoInfo, find_tool, in_own_process_group};
+use crate::probe::{VideoInfo, find_tool, in_own_process_group, kill_process_group};
 use crate::{Error, Result};
 
 static DECODE_PROCESSES: AtomicUsize = AtomicUsize::new(0);
@@ -167,7 +167,11 @@ impl FrameDecoder {
                 if done_receiver.recv_timeout(timeout)
                     == Err(crossbeam_channel::RecvTimeoutError::Timeout)
                 {
-                    let _ = child.lock().map(|mut child| child.kill());
+                    let _ = child.lock().map(|mut child| {
+                        // The whole group: a wrapper's children hold the pipes open too.
+                        kill_process_group(child.as_inner().id());
+                        child.kill()
+                    });
                     return true;
                 }
                 false

@@ -165,6 +165,7 @@ fn output_within(
             break Some(status);
         }
         if started.elapsed() >= timeout {
+            kill_process_group(child.id());
             let _ = child.kill();
             let _ = child.wait();
             break None;
@@ -197,6 +198,21 @@ pub(crate) fn in_own_process_group(command: &mut std::process::Command) {
     let _ = command;
 }
 
+/// Kills every process in the group that the child `pid` leads ([`in_own_process_group`]): a
+/// tool that is a wrapper script (or a probe stuck on a hung mount) may have children of its own
+/// that hold our pipes open; killing the direct child alone then waits forever for end-of-file.
+pub(crate) fn kill_process_group(pid: u32) {
+    #[cfg(unix)]
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    #[cfg(not(unix))]
+    let _ = pid;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +229,19 @@ mod tests {
         .unwrap();
         assert!(output.is_none());
         assert!(started.elapsed() < Duration::from_secs(5));
+        // Nor one whose shell stays and waits for its own child holding the pipes (a wrapper
+        // script without `exec`): the whole process group goes, not just the shell.
+        let started = Instant::now();
+        let mut wrapper = Command::new("sh");
+        wrapper.args(["-c", "sleep 30; true"]);
+        in_own_process_group(&mut wrapper);
+        let output = output_within(&mut wrapper, Duration::from_millis(300)).unwrap();
+        assert!(output.is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         let output = output_within(Command::new("true").arg("x"), Duration::from_secs(5))
             .unwrap()
             .unwrap();
