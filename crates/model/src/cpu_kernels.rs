@@ -6,12 +6,146 @@
 //! (the unit tests call both paths directly).
 
 use burn::prelude::*;
+use burn::tensor::{DType, FloatDType, TensorData, bf16, f16};
+use rayon::prelude::*;
 
-/// Whether the fast CPU kernels serve tensors of backend `B` on `device`.
+/// Whether the fast CPU kernels serve tensors of backend `B` on `device` (the plain CPU
+/// backend: kernels work on the inner tensors of by-hand gradients).
 pub fn enabled<B: Backend>(device: &B::Device) -> bool {
     static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let reference = *REFERENCE.get_or_init(|| {
         std::env::var("VIDTRAIN_CPU_KERNELS").is_ok_and(|value| value == "reference")
     });
-    !reference && B::name(device) == "flex"
+    !reference && plain_cpu::<B>(device)
+}
+
+/// Whether `B` is burn-flex itself (not wrapped in autodiff).
+fn plain_cpu<B: Backend>(device: &B::Device) -> bool {
+    B::name(device) == "flex"
+}
+
+/// `tensor.cast(dtype)` for float tensors, converted in parallel over the compute pool where the
+/// fast kernels serve (burn-flex's own cast converts through an f64 copy of the whole tensor on
+/// one thread). Only for tensors of the plain CPU backend (`flex`: the inner tensors of by-hand
+/// gradients and untracked forwards): an autodiff tensor, tracked or not, takes Burn's cast,
+/// which records the op for backward (Burn exposes no test for "tracked" short of a leaf).
+/// Dtypes other than f32/bf16/f16 take Burn's cast too.
+pub fn cast<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    dtype: impl Into<FloatDType>,
+) -> Tensor<B, D> {
+    let dtype: FloatDType = dtype.into();
+    let device = tensor.device();
+    let from = tensor.dtype();
+    let to = DType::from(dtype);
+    let supported = |dtype: DType| matches!(dtype, DType::F32 | DType::BF16 | DType::F16);
+    if from == to || !supported(from) || !supported(to) || !enabled::<B>(&device) {
+        return tensor.cast(dtype);
+    }
+    let data = tensor.into_data();
+    let converted = match (from, to) {
+        (DType::F32, DType::BF16) => convert(&data, bf16::from_f32),
+        (DType::F32, DType::F16) => convert(&data, f16::from_f32),
+        (DType::BF16, DType::F32) => convert(&data, bf16::to_f32),
+        (DType::F16, DType::F32) => convert(&data, f16::to_f32),
+        (DType::BF16, DType::F16) => convert(&data, |v: bf16| f16::from_f32(v.to_f32())),
+        (DType::F16, DType::BF16) => convert(&data, |v: f16| bf16::from_f32(v.to_f32())),
+        _ => unreachable!("both dtypes are f32, bf16 or f16 and differ"),
+    };
+    Tensor::from_data(converted, (&device, to))
+}
+
+/// Elements converted per task: large enough that a task outweighs its scheduling.
+const CAST_CHUNK: usize = 1 << 16;
+
+/// `data`'s values (of type `S`) mapped by `each` to a new buffer, in parallel.
+fn convert<S, T>(data: &TensorData, each: impl Fn(S) -> T + Sync) -> TensorData
+where
+    S: burn::tensor::Element + Copy + Sync,
+    T: burn::tensor::Element + Copy + Send + Default,
+{
+    let source = data.as_slice::<S>().expect("the dtype was checked");
+    let mut target = vec![T::default(); source.len()];
+    target
+        .par_chunks_mut(CAST_CHUNK)
+        .zip(source.par_chunks(CAST_CHUNK))
+        .for_each(|(target, source)| {
+            for (target, &source) in target.iter_mut().zip(source) {
+                *target = each(source);
+            }
+        });
+    TensorData::new(target, data.shape.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::tensor::Distribution;
+
+    /// The parallel cast equals a one-element-at-a-time conversion that rounds to nearest even
+    /// from the f32 value (as PyTorch does), in every direction between f32, bf16 and f16, on
+    /// values spread over many magnitudes (ties, subnormals and overflow to infinity included);
+    /// and it equals Burn's cast except where Burn's rounds wrongly: burn-flex converts through
+    /// f64, and `half`'s f64 → bf16 drops the low mantissa bits before rounding, so values just
+    /// above a tie round down (24 of 393 kB here, each by one bf16 step).
+    #[test]
+    fn cast_rounds_to_nearest_even_and_equals_burns_cast_elsewhere() {
+        let device = Default::default();
+        let count = 3 * (CAST_CHUNK + 7) * 2;
+        let magnitudes =
+            Tensor::<TestBackend, 1>::random([count], Distribution::Uniform(-40.0, 40.0), &device);
+        let signs = Tensor::<TestBackend, 1>::random([count], Distribution::Default, &device)
+            .sub_scalar(0.5)
+            .sign();
+        let values = magnitudes.exp().mul(signs).reshape([3, CAST_CHUNK + 7, 2]);
+        let as_f32 = |tensor: Tensor<TestBackend, 3>| {
+            tensor
+                .cast(FloatDType::F32)
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap()
+        };
+        let one_by_one = |value: f32, from: FloatDType, to: FloatDType| {
+            let value = match from {
+                FloatDType::BF16 => bf16::from_f32(value).to_f32(),
+                FloatDType::F16 => f16::from_f32(value).to_f32(),
+                _ => value,
+            };
+            match to {
+                FloatDType::BF16 => bf16::from_f32(value).to_f32(),
+                FloatDType::F16 => f16::from_f32(value).to_f32(),
+                _ => value,
+            }
+        };
+        let dtypes = [FloatDType::F32, FloatDType::BF16, FloatDType::F16];
+        let originals = as_f32(values.clone());
+        for from in dtypes {
+            let source = cast(values.clone(), from);
+            for to in dtypes {
+                let ours = cast(source.clone(), to);
+                let burns = source.clone().cast(to);
+                assert_eq!(ours.dtype(), burns.dtype());
+                assert_eq!(ours.dims(), burns.dims());
+                let (ours, burns) = (as_f32(ours), as_f32(burns));
+                for (index, &original) in originals.iter().enumerate() {
+                    let expected = one_by_one(original, from, to);
+                    assert!(
+                        ours[index].to_bits() == expected.to_bits(),
+                        "{from:?} → {to:?}: {original} gave {}, expected {expected}",
+                        ours[index]
+                    );
+                }
+                let differ = ours
+                    .iter()
+                    .zip(&burns)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert!(
+                    differ * 10_000 <= ours.len(),
+                    "{from:?} → {to:?}: {differ} differ"
+                );
+            }
+        }
+    }
 }

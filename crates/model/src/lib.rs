@@ -348,8 +348,7 @@ impl<B: Backend> ActionModel<B> {
         if self.backbone.is_some() {
             let video = video.expect("the model has an RGB backbone: pass video");
             let [batch, views, t, h, w, c] = video.dims();
-            let frames = video
-                .cast(self.compute_dtype)
+            let frames = cpu_kernels::cast(video, self.compute_dtype)
                 .reshape([batch * views, t, h, w, c])
                 .permute([0, 1, 4, 2, 3]); // [b·v, t, 3, h, w]
             inputs.push((Chain::Rgb, Activation::Clips(frames)));
@@ -358,9 +357,12 @@ impl<B: Backend> ActionModel<B> {
         if self.has_keypoint_encoder() {
             let keypoints = keypoints.expect("the model has a keypoint encoder: pass keypoints");
             let [batch, views, t, joints, c] = keypoints.dims();
-            let joints = keypoints
-                .cast(self.compute_dtype)
-                .reshape([batch * views, t, joints, c]); // [b·v, t, joints, 3]
+            let joints = cpu_kernels::cast(keypoints, self.compute_dtype).reshape([
+                batch * views,
+                t,
+                joints,
+                c,
+            ]); // [b·v, t, joints, 3]
             inputs.push((Chain::Keypoints, Activation::Joints(joints)));
             shape = (batch, views);
         }

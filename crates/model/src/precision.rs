@@ -16,6 +16,8 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 
+use crate::cpu_kernels::cast;
+
 /// `x · Wᵀ + b` with the weights cast to `x`'s dtype.
 pub(crate) fn linear<B: Backend, const D: usize>(
     layer: &Linear<B>,
@@ -35,13 +37,13 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
-    norm.forward(x.cast(FloatDType::F32)).cast(dtype)
+    cast(norm.forward(cast(x, FloatDType::F32)), dtype)
 }
 
 /// Softmax over `dim` computed in f32, result in `x`'s dtype.
 pub(crate) fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
     let dtype = x.dtype();
-    softmax(x.cast(FloatDType::F32), dim).cast(dtype)
+    cast(softmax(cast(x, FloatDType::F32), dim), dtype)
 }
 
 /// Mean over `dim` (kept, size 1) accumulated in f32, result in `x`'s dtype.
@@ -50,7 +52,7 @@ pub(crate) fn mean_dim_f32<B: Backend, const D: usize>(
     dim: usize,
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
-    x.cast(FloatDType::F32).mean_dim(dim).cast(dtype)
+    cast(cast(x, FloatDType::F32).mean_dim(dim), dtype)
 }
 
 /// A parameter (or constant) in the dtype of the activation it meets.

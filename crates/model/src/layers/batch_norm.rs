@@ -15,6 +15,8 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::cpu_kernels::cast;
+
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
 /// averages) when autodiff is on, running statistics otherwise.
 ///
@@ -55,9 +57,9 @@ pub(crate) fn batch_norm_channels<B: Backend, const D: usize>(
     let rest = dims[2..].iter().product::<usize>();
     let normalized = batch_norm(
         norm,
-        x.reshape([dims[0], dims[1], rest]).cast(FloatDType::F32),
+        cast(x.reshape([dims[0], dims[1], rest]), FloatDType::F32),
     );
-    normalized.cast(dtype).reshape(dims)
+    cast(normalized, dtype).reshape(dims)
 }
 
 /// Batch statistics of `x` (`[n, c, l]`) per channel: `x − mean` (`[n, c, l]`), the mean and the
@@ -99,7 +101,7 @@ pub(crate) fn norm_relu_gradients<B: AutodiffBackend>(
     wants_input: bool,
 ) -> (GradientsParams, Option<Tensor<B, 3>>) {
     let dtype = x.dtype();
-    let x = x.inner().cast(FloatDType::F32);
+    let x = cast(x.inner(), FloatDType::F32);
     let [n, c, l] = x.dims();
     let count = (n * l) as f64;
     let gamma = norm.gamma.val().inner().reshape([1, c, 1]);
@@ -111,10 +113,7 @@ pub(crate) fn norm_relu_gradients<B: AutodiffBackend>(
     // The ReLU passes the gradient where its input, γ·x̂ + β, is positive.
     let blocked = (normalized.clone() * gamma.clone().repeat_dim(0, n) + beta.repeat_dim(0, n))
         .lower_equal_elem(0.0);
-    let upstream = upstream
-        .inner()
-        .cast(FloatDType::F32)
-        .mask_fill(blocked, 0.0);
+    let upstream = cast(upstream.inner(), FloatDType::F32).mask_fill(blocked, 0.0);
 
     let beta_gradient = upstream.clone().sum_dim(2).sum_dim(0); // [1, c, 1]
     let gamma_gradient = (upstream.clone() * normalized.clone())
@@ -125,7 +124,7 @@ pub(crate) fn norm_relu_gradients<B: AutodiffBackend>(
         let scale = (gamma * inverse_std).repeat_dim(0, n);
         let shift = beta_gradient.clone().div_scalar(count).repeat_dim(0, n);
         let slope = gamma_gradient.clone().div_scalar(count).repeat_dim(0, n);
-        Tensor::from_inner(((upstream - shift - normalized * slope) * scale).cast(dtype))
+        Tensor::from_inner(cast((upstream - shift - normalized * slope) * scale, dtype))
     });
     let mut gradients = GradientsParams::new();
     gradients.register(norm.gamma.id, gamma_gradient.reshape([c]));

@@ -182,8 +182,8 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
             if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
                 gradients.register(bias.id, gradient);
             }
-            let input_gradient =
-                input_gradient.map(|gradient| Tensor::from_inner(gradient.cast(dtype)));
+            let input_gradient = input_gradient
+                .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype)));
             return (gradients, input_gradient);
         }
 

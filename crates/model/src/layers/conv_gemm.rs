@@ -21,6 +21,8 @@ use burn::prelude::*;
 use burn::tensor::{FloatDType, TensorData};
 use rayon::prelude::*;
 
+use crate::cpu_kernels::cast;
+
 /// The most bytes of im2col columns held at once (a group of output frames of one clip).
 pub const COLUMN_BYTES: usize = 32 << 20;
 
@@ -86,9 +88,7 @@ fn gradients_in_groups<B: Backend>(
     let frame_positions = geometry.frame_positions();
 
     let input = floats(input);
-    let upstream = upstream
-        .cast(FloatDType::F32)
-        .reshape([n, c_out, t_out * frame_positions]);
+    let upstream = cast(upstream, FloatDType::F32).reshape([n, c_out, t_out * frame_positions]);
     let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
     let weight_transposed = wants_input.then(|| weight_matrix.clone().transpose());
 
@@ -150,8 +150,7 @@ fn gradients_in_groups<B: Backend>(
 
 /// The values of a tensor as f32, in its logical (row-major) order.
 fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    tensor
-        .cast(FloatDType::F32)
+    cast(tensor, FloatDType::F32)
         .into_data()
         .into_vec::<f32>()
         .expect("a tensor cast to f32 holds f32")
