@@ -258,11 +258,15 @@ fn signalled_run(
     } else {
         child.id().to_string()
     };
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), "--", &target])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    // "INT,INT": the same signal twice, 5 ms apart.
+    for signal in signal.split(',') {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), "--", &target])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(5));
+    }
     (child.wait_with_output().unwrap(), run)
 }
 
@@ -295,6 +299,21 @@ fn ctrl_c_and_sigterm_save_a_checkpoint_without_failing_the_decoders() {
     assert_clean_failure(&output, 130);
     assert!(!stderr(&output).contains("skipped"), "{}", stderr(&output));
     assert!(run.join("checkpoints/last/state.json").is_file());
+
+    // One Ctrl-C delivered twice a few milliseconds apart (a terminal's Ctrl-C on `timeout
+    // vidtrain ...`): used to stop at once, exit 130 and leave `checkpoints/` empty.
+    let (output, run) = signalled_run(&dir, &config, "sigint-twice", &[], "INT,INT", false);
+    assert_clean_failure(&output, 130);
+    assert!(
+        run.join("checkpoints/last/state.json").is_file(),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("train.resume="),
+        "{}",
+        stderr(&output)
+    );
 
     // SIGTERM (Slurm, Docker, Kubernetes) saves like Ctrl-C.
     let (output, run) = signalled_run(&dir, &config, "sigterm", &[], "TERM", false);

@@ -189,7 +189,7 @@ fn ratio_table(report: &Value) -> String {
         report["timed_steps"].as_str().unwrap_or("?"),
     );
     text += &format!(
-        "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8}\n",
+        "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7}\n",
         "model",
         "row",
         "ours s/s",
@@ -199,7 +199,8 @@ fn ratio_table(report: &Value) -> String {
         "pt RSS",
         "RSS",
         "ours L",
-        "pt L"
+        "pt L",
+        "kernel"
     );
     let mib = |value: &Value| {
         value
@@ -227,7 +228,7 @@ fn ratio_table(report: &Value) -> String {
             None => row["backbone"].as_str().unwrap_or("").to_string(),
         };
         text += &format!(
-            "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8}",
+            "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7}",
             model,
             row["row"].as_str().unwrap_or(""),
             number(&ours["samples_per_s"], 3),
@@ -238,6 +239,10 @@ fn ratio_table(report: &Value) -> String {
             ratio(&ours["peak_host_rss_bytes"], &torch["peak_host_rss_bytes"]),
             number(&ours["final_loss"], 4),
             number(&torch["final_loss"], 4),
+            // vidtrain's share of CPU time in the kernel over the timed steps.
+            ours["kernel_share"]
+                .as_f64()
+                .map_or("n/a".to_string(), |share| format!("{:.1}%", share * 100.0)),
         );
         for (side, result) in [("ours", ours), ("pytorch", torch)] {
             if let Some(error) = result["error"].as_str() {

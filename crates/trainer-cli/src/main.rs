@@ -435,13 +435,30 @@ fn train(args: &TrainArgs) -> Result<(), Failure> {
     // mpiexec hands Ctrl-C to every rank; rank 0 speaks for them.
     let speaks = vidtrain_trainer::distributed::launch_from_environment()
         .is_none_or(|launch| launch.rank == 0);
+    let first_signal = std::sync::OnceLock::<std::time::Instant>::new();
     let handler = ctrlc::set_handler(move || {
-        if handler_stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            std::process::exit(130);
+        let first = *first_signal.get_or_init(std::time::Instant::now);
+        if !handler_stop.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            if speaks {
+                eprintln!("\nstopping after the current step (Ctrl-C again to stop now) ...");
+            }
+            return;
         }
+        // One Ctrl-C can arrive twice: a terminal's Ctrl-C on `timeout vidtrain ...` reaches
+        // vidtrain directly and through `timeout`, which forwards it. That is not a request to
+        // stop now; stopping then lost the checkpoint of the steps done.
+        if first.elapsed() < SAME_SIGNAL_WINDOW {
+            return;
+        }
+        // Stop now, but never while a checkpoint is being written: it would be cut in half.
+        vidtrain_trainer::wait_for_checkpoint_writes(std::time::Duration::from_secs(120));
         if speaks {
-            eprintln!("\nstopping after the current step (Ctrl-C again to stop now) ...");
+            eprintln!(
+                "stopped at once: the steps since the last checkpoint are not saved \
+                 (checkpoints/last/ holds the last complete one, if any)"
+            );
         }
+        std::process::exit(130);
     });
     if let Err(error) = handler {
         tracing::warn!("Ctrl-C will not save a checkpoint: {error}");
@@ -472,6 +489,9 @@ fn train(args: &TrainArgs) -> Result<(), Failure> {
     }
     trained
 }
+
+/// Signals closer than this to the first one are the same Ctrl-C delivered twice.
+const SAME_SIGNAL_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `vidtrain train` once the ranks (if several) are joined; only rank 0 prints the summary.
 fn train_with(

@@ -24,6 +24,7 @@ use vidtrain_memutil::MemorySampler;
 
 pub use bench::pipeline::{PipelineBench, bench_pipeline};
 pub use error::{Error, Result};
+pub use persist::checkpoint::wait_for_checkpoint_writes;
 pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically};
 pub use report::metrics::ClassificationMetrics;
 

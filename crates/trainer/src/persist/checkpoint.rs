@@ -3,6 +3,7 @@
 //! half-written checkpoint, and `train.resume` continues exactly where a run stopped.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -119,11 +120,46 @@ pub(crate) fn read_best_metrics(from_checkpoints: &Path) -> Option<serde_json::V
 
 /// Writes `checkpoints/<name>/` whole: `write` fills `<name>.partial/`, which then replaces the
 /// folder by renames, so that at every moment `<name>` or `<name>.old` is complete.
+/// Checkpoint folders being written now (a counter: `last/` and `best/` may overlap on
+/// different threads in principle).
+static WRITES_IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits until no checkpoint folder is being written, at most `limit`; returns whether none is.
+/// A "stop now" (a second Ctrl-C) calls it before ending the process, so it never cuts a
+/// checkpoint in half or ends the run between its steps and the save that keeps them.
+pub fn wait_for_checkpoint_writes(limit: std::time::Duration) -> bool {
+    let started = std::time::Instant::now();
+    while WRITES_IN_PROGRESS.load(Ordering::SeqCst) > 0 {
+        if started.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
+
+/// Counts a checkpoint write for [`wait_for_checkpoint_writes`] while it lives.
+struct WriteInProgress;
+
+impl WriteInProgress {
+    fn start() -> Self {
+        WRITES_IN_PROGRESS.fetch_add(1, Ordering::SeqCst);
+        WriteInProgress
+    }
+}
+
+impl Drop for WriteInProgress {
+    fn drop(&mut self) {
+        WRITES_IN_PROGRESS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn replace_folder(
     checkpoints: &Path,
     name: &str,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
+    let _counted = WriteInProgress::start();
     let folder = checkpoints.join(name);
     let partial = checkpoints.join(format!("{name}.partial"));
     let previous = checkpoints.join(format!("{name}.old"));
