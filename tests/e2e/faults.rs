@@ -608,6 +608,29 @@ fn probe_hangs_until_the_timeout(dir: &Path, config: &str, body: &str) {
 }
 
 #[test]
+fn a_tool_setting_that_names_nothing_is_an_error_not_a_silent_fallback() {
+    // VIDTRAIN_FFPROBE / VIDTRAIN_FFMPEG naming a missing file or a folder used to fall back to
+    // the ffprobe on PATH without a word.
+    let dir = scratch("faults-tool-override");
+    let config = small_dataset(&dir);
+    for (value, problem) in [
+        (dir.join("no-such-ffprobe"), "missing"),
+        (dir.clone(), "a folder"),
+    ] {
+        let output = vidtrain_with(
+            &dir,
+            &["data", "inspect", "--config", &config],
+            |command| {
+                command.env("VIDTRAIN_FFPROBE", &value);
+            },
+        );
+        assert_clean_failure(&output, 1);
+        assert_stderr_contains(&output, "VIDTRAIN_FFPROBE names");
+        assert_stderr_contains(&output, problem);
+    }
+}
+
+#[test]
 fn a_checkpoint_left_mid_swap_serves_eval_and_predict() {
     let dir = scratch("faults-last-old");
     let config = small_dataset(&dir);

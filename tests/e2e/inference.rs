@@ -123,3 +123,44 @@ fn eval_reproduces_training_validation_and_predict_covers_every_window() {
         stderr(&output)
     );
 }
+
+#[test]
+fn eval_refuses_a_validation_split_that_moved_since_training() {
+    let dir = scratch("eval-moved-split");
+    let config = small_dataset(&dir);
+    train_tiny(&dir, &config, &["train.max_epochs=1", "experiment=moved"]);
+    let run = only_run_dir(&dir.join("runs"));
+    let summary = read_json(&run.join("summary.json"));
+    assert_eq!(summary["val_persons"], serde_json::json!(["person_01"]));
+    assert_eq!(
+        summary["train_persons"],
+        serde_json::json!(["person_02", "person_03"])
+    );
+    let run_arg = run.to_str().unwrap();
+    let eval = |out: &str| {
+        vidtrain(
+            &dir,
+            &["eval", "--checkpoint", run_arg, "--split", "validation", "--out", out],
+        )
+    };
+    let output = eval("eval-before");
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    // person_01's left view goes missing: its recording is skipped. Folds used to be recomputed
+    // from the persons left, so fold 0 became person_02 — a training person — and eval printed
+    // its accuracy with exit 0.
+    std::fs::remove_file(dir.join("data/videos/left/person_01_demo.mp4")).unwrap();
+    let output = eval("eval-after");
+    assert_clean_failure(&output, 2);
+    let text = stderr(&output);
+    assert!(
+        text.contains("the run validated person_01") && text.contains("--split all"),
+        "{text}"
+    );
+    // Every sample can still be scored, on request.
+    let output = vidtrain(
+        &dir,
+        &["eval", "--checkpoint", run_arg, "--split", "all", "--out", "eval-all"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}

@@ -490,6 +490,12 @@ mod tests {
             ),
             (&["train.fold=7"][..], "train.fold"),
             (&["data.views=[front, top]"][..], "data.views"),
+            // Used to be accepted: every decode and probe then timed out at once.
+            (&["data.decode_timeout_s=0"][..], "data.decode_timeout_s"),
+            (
+                &["trainer.allocator_slack_percent=5000"][..],
+                "trainer.allocator_slack_percent",
+            ),
         ] {
             let message = error_text(overrides);
             assert!(message.contains(key), "{overrides:?}: {message}");

@@ -992,6 +992,13 @@ impl Config {
                 format!("must be 0 (off) or a positive norm, got {clip}"),
             );
         }
+        if self.data.decode_timeout_s == 0 {
+            return invalid(
+                "data.decode_timeout_s",
+                "must be at least 1 second: every decode and every probe would time out at once"
+                    .to_string(),
+            );
+        }
         if self.trainer.allocator_slack_percent > 1000 {
             return invalid(
                 "trainer.allocator_slack_percent",

@@ -11,6 +11,18 @@ pub enum Error {
          (Debian/Ubuntu: `sudo apt-get install -y ffmpeg`, macOS: `brew install ffmpeg`) and retry"
     )]
     ToolMissing { program: String },
+    /// `VIDTRAIN_FFMPEG` / `VIDTRAIN_FFPROBE` names something that is not a program file.
+    #[error(
+        "{variable} names {}, which is {problem}; point it at the {program} program (or unset it \
+         to use the {program} on PATH)",
+        .path.display()
+    )]
+    ToolOverride {
+        variable: String,
+        program: String,
+        path: PathBuf,
+        problem: &'static str,
+    },
     /// The annotation export could not be read or parsed.
     #[error("annotation file {}: {message}", .path.display())]
     Annotation { path: PathBuf, message: String },

@@ -144,6 +144,10 @@ pub struct Index {
     pub class_names: Vec<String>,
     /// Problems found (and skipped) while indexing.
     pub problems: Vec<Problem>,
+    /// The persons of every task of the export, sorted, whether or not its recording could be
+    /// used: cross-validation folds are cut from these, so a person whose files go bad does not
+    /// move every other person to another fold.
+    pub annotated_persons: Vec<String>,
 }
 
 /// Label names that mark the usable part of a video instead of a class.
@@ -235,15 +239,18 @@ impl Index {
         let mut recordings = Vec::new();
         let mut unknown_labels: BTreeMap<String, usize> = BTreeMap::new();
         let mut seen: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        let mut annotated_persons = Vec::new();
 
         for (task_number, task) in tasks.iter().enumerate() {
             let mut located = match locate(config, manifest.as_ref(), &task.video) {
                 Ok(located) => located,
                 Err((path, message)) => {
+                    annotated_persons.push(person_of(&annotation_relative_path(&task.video)));
                     problems.report(ProblemKind::MissingView, &path, message)?;
                     continue;
                 }
             };
+            annotated_persons.push(located.person.clone());
             if !located.missing.is_empty() {
                 let path = located.missing[0].1.clone();
                 let message = located.missing_message(&task.video);
@@ -381,10 +388,13 @@ impl Index {
                 format!("ranges with unknown labels skipped: {labels}"),
             )?;
         }
+        annotated_persons.sort();
+        annotated_persons.dedup();
         Ok(Index {
             recordings,
             class_names,
             problems: problems.found,
+            annotated_persons,
         })
     }
 
@@ -464,6 +474,26 @@ impl Index {
     }
 
     /// Distinct persons, sorted.
+    /// The persons folds are cut from: every annotated person (even one whose recordings were
+    /// all skipped), or the recordings' persons when the index was made without an export.
+    pub fn fold_persons(&self) -> Vec<String> {
+        let mut persons = self.annotated_persons.clone();
+        persons.extend(self.persons());
+        persons.sort();
+        persons.dedup();
+        persons
+    }
+
+    /// The persons of each split of `fold` of `k_folds`: `(training, validation)`, each sorted;
+    /// persons with no usable recording are left out.
+    pub fn split_persons(&self, fold: usize, k_folds: usize) -> (Vec<String>, Vec<String>) {
+        let folds = self.fold_persons();
+        self.persons().into_iter().partition(|person| {
+            folds.iter().position(|candidate| candidate == person).map(|p| p % k_folds)
+                != Some(fold)
+        })
+    }
+
     pub fn persons(&self) -> Vec<String> {
         let mut persons: Vec<String> = self
             .recordings
@@ -509,7 +539,9 @@ fn read_tasks(path: &Path) -> Result<Vec<Task>> {
             "cannot read it ({error}); set paths.annotation_path to a Label Studio JSON export"
         ))
     })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
+    // Windows tools (Notepad, PowerShell's `Out-File`) start UTF-8 files with a byte-order mark,
+    // which JSON parsers refuse.
+    let json: serde_json::Value = serde_json::from_str(without_bom(&text))
         .map_err(|error| annotation_error(format!("not valid JSON: {error}")))?;
     let list = json
         .as_array()
@@ -736,7 +768,9 @@ fn probe_views(
     for (view, path, keypoints) in &located.views {
         let info = match probe_video_within(path, timeout) {
             Ok(info) => info,
-            Err(error @ Error::ToolMissing { .. }) => return Err(error),
+            Err(error @ (Error::ToolMissing { .. } | Error::ToolOverride { .. })) => {
+                return Err(error);
+            }
             Err(error) => {
                 problems.report(
                     ProblemKind::UnreadableVideo,
@@ -820,8 +854,9 @@ fn annotation_relative_path(video: &str) -> String {
             return path.trim_start_matches('/').to_string();
         }
     }
+    // Upload names are percent-encoded like local-files paths (`person%2007.mp4`).
     let without_query = video.split(['?', '#']).next().unwrap_or(video);
-    file_name_of(without_query)
+    percent_decode(&file_name_of(without_query))
 }
 
 /// The last component of a path or URL.
@@ -865,16 +900,29 @@ fn find_video(folder: &Path, relative: &str) -> Option<PathBuf> {
 
 /// `<folder>/<stem>.npy` when it exists, else the per-frame folder `<folder>/<stem>/`, else an
 /// `.npy` beside the video itself (manifest layouts: `p1/front.mp4` + `p1/front.npy`); when none
-/// exists, the first (the index reports it missing).
+/// exists, the first (the index reports it missing). The stem is tried by the rules that found the
+/// video: the annotation's name, the found video's own name, and the name without the
+/// `1a2b3c4d-` prefix Label Studio adds to uploads.
 fn keypoint_source(folder: &Path, video_name: &str, video: &Path) -> PathBuf {
-    let array = folder.join(Path::new(video_name).with_extension("npy"));
-    let frames = folder.join(Path::new(video_name).with_extension(""));
-    let beside = video.with_extension("npy");
-    [&array, &frames, &beside]
+    let mut names = vec![video_name.to_string()];
+    names.extend(
+        video
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned()),
+    );
+    names.extend(crate::manifest::without_upload_prefix(video_name).map(str::to_string));
+    names.dedup();
+    let mut candidates = Vec::new();
+    for name in &names {
+        candidates.push(folder.join(Path::new(name).with_extension("npy")));
+        candidates.push(folder.join(Path::new(name).with_extension("")));
+    }
+    candidates.push(video.with_extension("npy"));
+    let first = candidates[0].clone();
+    candidates
         .into_iter()
         .find(|candidate| candidate.exists())
-        .unwrap_or(&array)
-        .clone()
+        .unwrap_or(first)
 }
 
 /// The person of a video path: the first `person_<id>` among its components
@@ -900,6 +948,11 @@ fn person_of(path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `text` without a leading UTF-8 byte-order mark.
+pub(crate) fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -916,6 +969,39 @@ mod tests {
         assert_eq!(
             annotation_relative_path("/data/local-files/?d=drivers%2Fnight%20shift%2Fp.mp4"),
             "drivers/night shift/p.mp4"
+        );
+    }
+
+    #[test]
+    fn keypoints_of_an_upload_resolve_by_the_rules_of_its_video() {
+        // The video `5e6f7a8b-person_07_morning.mp4` (a Label Studio upload) was found as
+        // `person_07_morning.mp4`; its keypoints used to be looked up only under the prefixed
+        // name and were reported missing.
+        let root = std::env::temp_dir().join(format!("vidtrain-kpt-{}", std::process::id()));
+        let keypoints = root.join("keypoints/front");
+        let videos = root.join("videos/front");
+        std::fs::create_dir_all(&keypoints).unwrap();
+        std::fs::create_dir_all(&videos).unwrap();
+        std::fs::write(keypoints.join("person_07_morning.npy"), b"").unwrap();
+        let video = videos.join("person_07_morning.mp4");
+        std::fs::write(&video, b"").unwrap();
+        let relative = annotation_relative_path("/data/upload/3/5e6f7a8b-person_07_morning.mp4");
+        assert_eq!(find_video(&videos, &relative), Some(video.clone()));
+        assert_eq!(
+            keypoint_source(&keypoints, &file_name_of(&relative), &video),
+            keypoints.join("person_07_morning.npy")
+        );
+        // A name with the prefix on disk still wins when it is there.
+        std::fs::write(keypoints.join("5e6f7a8b-person_07_morning.npy"), b"").unwrap();
+        assert_eq!(
+            keypoint_source(&keypoints, &file_name_of(&relative), &video),
+            keypoints.join("5e6f7a8b-person_07_morning.npy")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+        // Upload names are percent-decoded like local-files paths.
+        assert_eq!(
+            annotation_relative_path("/data/upload/3/5e6f7a8b-person%2007%20night.mp4"),
+            "5e6f7a8b-person 07 night.mp4"
         );
     }
 

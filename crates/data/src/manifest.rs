@@ -56,7 +56,7 @@ impl Manifest {
             ))
         })?;
         let rows: Vec<Row> = if path.extension().is_some_and(|ext| ext == "json") {
-            serde_json::from_str(&text).map_err(|error| {
+            serde_json::from_str(crate::index::without_bom(&text)).map_err(|error| {
                 manifest_error(format!(
                     "expected a JSON list of {{\"video\", \"view\", \"path\"}} objects: {error}"
                 ))

@@ -305,7 +305,11 @@ impl BatchLoader {
                     labels.push(label);
                 }
                 Err(error)
-                    if self.skip_bad_samples && !matches!(error, Error::ToolMissing { .. }) =>
+                    if self.skip_bad_samples
+                        && !matches!(
+                            error,
+                            Error::ToolMissing { .. } | Error::ToolOverride { .. }
+                        ) =>
                 {
                     self.skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("sample {sample_id} skipped: {error}");

@@ -110,7 +110,7 @@ impl ChunkPlan {
         k_folds: usize,
         holdout: bool,
     ) -> Vec<usize> {
-        let persons = index.persons();
+        let persons = index.fold_persons();
         let fold_of = |person: &str| {
             persons
                 .iter()
@@ -193,6 +193,7 @@ mod tests {
             ],
             class_names: vec![],
             problems: vec![],
+            annotated_persons: vec![],
         };
         let plan = ChunkPlan::windows(&index, 32, 32, 4);
         let spans: Vec<_> = plan
@@ -225,6 +226,7 @@ mod tests {
             recordings: vec![recording("person_1", 1000, &[(0, 0, 99), (3, 250, 620)])],
             class_names: vec![],
             problems: vec![],
+            annotated_persons: vec![],
         };
         let plan = ChunkPlan::build(&index, 300, 4);
         assert_eq!(plan.chunks_per_recording, vec![4]);
@@ -254,6 +256,38 @@ mod tests {
     }
 
     #[test]
+    fn folds_stay_put_when_a_persons_recordings_are_all_skipped() {
+        // person_1's keypoint file went bad: its recording is skipped. The others used to move
+        // to other folds, so a model validated on person_1 was scored on training persons.
+        let make = |skip: bool| Index {
+            recordings: (0..5)
+                .filter(|&p| !(skip && p == 1))
+                .map(|p| recording(&format!("person_{p}"), 100, &[(0, 0, 9)]))
+                .collect(),
+            class_names: vec![],
+            problems: vec![],
+            annotated_persons: (0..5).map(|p| format!("person_{p}")).collect(),
+        };
+        let (whole, dropped) = (make(false), make(true));
+        for fold in 0..5 {
+            let (_, val_whole) = whole.split_persons(fold, 5);
+            let (train_dropped, val_dropped) = dropped.split_persons(fold, 5);
+            let expected: Vec<_> = val_whole.into_iter().filter(|p| p != "person_1").collect();
+            assert_eq!(val_dropped, expected, "fold {fold}");
+            assert!(!train_dropped.contains(&"person_1".to_string()));
+            let plan = ChunkPlan::build(&dropped, 100, 2);
+            let val_persons: Vec<_> = plan
+                .fold_samples(&dropped, fold, 5, true)
+                .iter()
+                .map(|&id| dropped.recordings[plan.samples[id].recording].person.clone())
+                .collect();
+            assert!(val_persons.iter().all(|p| expected.contains(p)), "fold {fold}");
+        }
+        // Fold 1 (person_1's) now validates nobody.
+        assert!(dropped.split_persons(1, 5).1.is_empty());
+    }
+
+    #[test]
     fn folds_split_by_person_and_cover_everything_once() {
         let index = Index {
             recordings: (0..5)
@@ -261,6 +295,7 @@ mod tests {
                 .collect(),
             class_names: vec![],
             problems: vec![],
+            annotated_persons: vec![],
         };
         let plan = ChunkPlan::build(&index, 100, 2);
         let mut seen = vec![0; plan.samples.len()];

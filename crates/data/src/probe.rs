@@ -24,11 +24,22 @@ pub struct VideoInfo {
 /// missing ffmpeg is reported once with install instructions instead of as a spawn error.
 pub fn find_tool(program: &str) -> Result<PathBuf> {
     let env_key = format!("VIDTRAIN_{}", program.to_ascii_uppercase());
-    if let Some(path) = std::env::var_os(&env_key) {
+    if let Some(path) = std::env::var_os(&env_key).filter(|path| !path.is_empty()) {
+        // A setting that names nothing usable is an error, not a reason to run whatever
+        // `program` PATH holds: the user asked for that one.
         let path = PathBuf::from(path);
-        if path.is_file() {
-            return Ok(path);
-        }
+        let problem = match std::fs::metadata(&path) {
+            Ok(metadata) if metadata.is_file() => return Ok(path),
+            Ok(metadata) if metadata.is_dir() => "a folder",
+            Ok(_) => "not a regular file",
+            Err(_) => "missing",
+        };
+        return Err(Error::ToolOverride {
+            variable: env_key,
+            program: program.to_string(),
+            path,
+            problem,
+        });
     }
     std::env::var_os("PATH")
         .into_iter()

@@ -367,6 +367,19 @@ fn unknown_labels_stop_the_index_when_bad_samples_are_errors() {
 }
 
 #[test]
+fn an_annotation_file_with_a_byte_order_mark_reads_like_one_without() {
+    // Saved by Notepad or PowerShell: used to be refused as "not valid JSON".
+    let _serial = serial();
+    let text = std::fs::read_to_string(demo().join("annotations.json")).unwrap();
+    let root = demo_with_annotations("bom", serde_json::json!([]));
+    std::fs::write(root.join("annotations.json"), format!("\u{feff}{text}")).unwrap();
+    let with_bom = Dataset::open(&config_for(&root)).unwrap();
+    let without = Dataset::open(&config_for(demo())).unwrap();
+    assert_eq!(with_bom.len(), without.len());
+    assert!(with_bom.len() > 0);
+}
+
+#[test]
 fn a_missing_annotation_file_says_which_key_to_set() {
     let _serial = serial();
     let mut config = config_for(demo());

@@ -39,7 +39,7 @@ pub fn resolve_weights(checkpoint: &Path) -> Result<PathBuf> {
         .into_iter()
         .chain(within(checkpoint))
         .chain(within(&checkpoint.join("checkpoints")));
-    candidates
+    let found = candidates
         .into_iter()
         .find(|path| path.is_file() && path.extension().is_some_and(|ext| ext == "mpk"))
         .ok_or_else(|| Error::Checkpoint {
@@ -47,7 +47,30 @@ pub fn resolve_weights(checkpoint: &Path) -> Result<PathBuf> {
             message: "no model weights here: pass a run folder, its checkpoints/ or \
                       checkpoints/last folder, or a .mpk file"
                 .into(),
-        })
+        })?;
+    // A run folder scores its best epoch; when there is none (no validation, a copy without
+    // best/), say that the last one is scored instead of passing it off as the best.
+    if let Some(warning) = last_instead_of_best(checkpoint, &found) {
+        tracing::warn!("{warning}");
+    }
+    Ok(found)
+}
+
+/// The warning due when `checkpoint` (a run folder or its `checkpoints/`) resolved to a last
+/// checkpoint because it has no best one.
+fn last_instead_of_best(checkpoint: &Path, found: &Path) -> Option<String> {
+    let names_a_run = found.starts_with(checkpoint.join("checkpoints"))
+        || (found.parent()?.parent()? == checkpoint
+            && checkpoint.file_name().is_some_and(|name| name == "checkpoints"));
+    let folder = found.parent()?.file_name()?.to_string_lossy().into_owned();
+    (names_a_run && folder.starts_with("last")).then(|| {
+        format!(
+            "{} has no best checkpoint (checkpoints/best/, written when validation runs): \
+             scoring the last one, {}",
+            checkpoint.display(),
+            found.display()
+        )
+    })
 }
 
 /// The run folder a checkpoint belongs to (the nearest ancestor holding `config.toml`).
@@ -265,6 +288,68 @@ pub struct EvalReport {
     pub predictions: Vec<SamplePrediction>,
 }
 
+/// Refuses to score a validation split whose persons are not the ones the run that wrote
+/// `checkpoint` validated (its `summary.json`, `val_persons`): a dataset that changed since
+/// (a person dropped or added, another `train.k_folds`) would otherwise score persons the model
+/// was trained on, and the accuracy would look like a validation accuracy. Runs written before
+/// `val_persons` existed are not checked.
+fn check_validation_persons(
+    checkpoint: &Path,
+    dataset: &Dataset,
+    fold: usize,
+    k_folds: usize,
+) -> Result<()> {
+    let Some(summary_path) = run_folder_of(checkpoint).map(|run| run.join("summary.json")) else {
+        return Ok(());
+    };
+    let Some(recorded) = std::fs::read_to_string(&summary_path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|summary| summary.get("val_persons").cloned())
+        .and_then(|persons| serde_json::from_value::<Vec<String>>(persons).ok())
+    else {
+        return Ok(());
+    };
+    let (_, val_now) = dataset.index.split_persons(fold, k_folds);
+    if val_now == recorded {
+        return Ok(());
+    }
+    let trained_on: Vec<&String> = val_now
+        .iter()
+        .filter(|person| !recorded.contains(person))
+        .collect();
+    let list = |persons: &[String]| {
+        if persons.is_empty() {
+            "nobody".to_string()
+        } else {
+            persons.join(", ")
+        }
+    };
+    Err(Error::Setting {
+        key: "eval --split validation".into(),
+        message: format!(
+            "the run validated {} ({}), but fold {fold} of {k_folds} of this dataset now holds {}{}; \
+             the dataset changed since training (see `vidtrain data inspect`). Score every \
+             sample with --split all, or restore the dataset",
+            list(&recorded),
+            summary_path.display(),
+            list(&val_now),
+            if trained_on.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " — of those, {} were not held out by the run",
+                    trained_on
+                        .iter()
+                        .map(|person| person.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+    })
+}
+
 /// Scores `split` of the dataset `config` names with the weights at `checkpoint`.
 pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<EvalReport> {
     let weights = resolve_weights(checkpoint)?;
@@ -272,6 +357,7 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
     let ids: Vec<usize> = match (split, config.train.fold) {
         (EvalSplit::All, _) => (0..dataset.len()).collect(),
         (EvalSplit::Validation, Fold::Index(fold)) => {
+            check_validation_persons(checkpoint, &dataset, fold, config.train.k_folds)?;
             dataset
                 .plan
                 .fold_samples(&dataset.index, fold, config.train.k_folds, true)
@@ -434,4 +520,34 @@ fn class_name(config: &Config, class: usize) -> String {
         .get(class)
         .cloned()
         .unwrap_or_else(|| format!("class_{class}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_without_best_resolves_to_last_and_says_so() {
+        let run = std::env::temp_dir().join(format!("vidtrain-resolve-{}", std::process::id()));
+        let last = run.join("checkpoints/last");
+        std::fs::create_dir_all(&last).unwrap();
+        std::fs::write(last.join("model.mpk"), b"x").unwrap();
+        for named in [run.clone(), run.join("checkpoints")] {
+            let found = resolve_weights(&named).unwrap();
+            assert_eq!(found, last.join("model.mpk"));
+            let warning = last_instead_of_best(&named, &found).expect("a warning");
+            assert!(warning.contains("no best checkpoint"), "{warning}");
+        }
+        // Naming the last checkpoint itself is what the user asked for: no warning.
+        let found = resolve_weights(&last).unwrap();
+        assert!(last_instead_of_best(&last, &found).is_none());
+        // With a best checkpoint there is nothing to say.
+        let best = run.join("checkpoints/best");
+        std::fs::create_dir_all(&best).unwrap();
+        std::fs::write(best.join("model.mpk"), b"x").unwrap();
+        let found = resolve_weights(&run).unwrap();
+        assert_eq!(found, best.join("model.mpk"));
+        assert!(last_instead_of_best(&run, &found).is_none());
+        std::fs::remove_dir_all(&run).unwrap();
+    }
 }

@@ -97,6 +97,11 @@ pub struct RunSummary {
     pub train_size: usize,
     /// Samples in the validation split.
     pub val_size: usize,
+    /// The persons whose samples were trained on (`train.fold` of `train.k_folds`).
+    pub train_persons: Vec<String>,
+    /// The persons held out for validation: `eval --split validation` checks that it scores
+    /// these.
+    pub val_persons: Vec<String>,
     /// Training throughput, samples per second of training time (validation excluded).
     pub samples_per_s: f64,
     /// Wall time of the whole run, seconds.

@@ -466,6 +466,13 @@ pub(crate) fn fit<B: AutodiffBackend>(
         last_checkpoint,
         ..
     } = training;
+    let split_persons = match config.train.fold {
+        vidtrain_config::Fold::Index(fold) => context
+            .dataset
+            .index
+            .split_persons(fold, config.train.k_folds),
+        vidtrain_config::Fold::All => (Vec::new(), Vec::new()),
+    };
     let summary = RunSummary {
         run_dir: context.run_dir.path().to_path_buf(),
         backend: context.backend_name.to_string(),
@@ -493,6 +500,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
         train_samples: state.train_samples,
         train_size: context.train_ids.len(),
         val_size: context.val_ids.len(),
+        train_persons: split_persons.0,
+        val_persons: split_persons.1,
         train_samples_this_run: state.train_samples - samples_before,
         samples_per_s: (state.train_samples - samples_before) as f64
             / train_time.as_secs_f64().max(1e-9),
