@@ -79,6 +79,9 @@ pub struct PlanInput {
     pub runtime_bytes: u64,
     /// Where activations live.
     pub home: ActivationHome,
+    /// What the host allocator's reuse pool may add to the host tensors' peak, in percent
+    /// (`trainer.allocator_slack_percent`; [`crate::reuse_pool`]). Priced at its bound.
+    pub allocator_slack_percent: u64,
 }
 
 /// One row of the plan.
@@ -260,7 +263,20 @@ impl MemoryPlan {
                 bytes: input.decoded_cache_bytes,
             });
         }
-        let sum = |components: &[Component]| components.iter().map(|c| c.bytes).sum();
+        let sum = |components: &[Component]| components.iter().map(|c| c.bytes).sum::<u64>();
+        if input.allocator_slack_percent > 0 {
+            // The pool holds freed blocks for reuse up to this share of the live blocks' peak:
+            // everything on the host but the runtime itself.
+            let tensors = sum(&host) - input.runtime_bytes;
+            host.push(Component {
+                name: format!(
+                    "allocator reuse pool (at most {} % of the host tensors, \
+                     trainer.allocator_slack_percent)",
+                    input.allocator_slack_percent
+                ),
+                bytes: tensors * input.allocator_slack_percent / 100,
+            });
+        }
         Self {
             host_peak_bytes: sum(&host),
             device_peak_bytes: sum(&device),
@@ -392,6 +408,7 @@ mod tests {
             decoded_cache_bytes: 0,
             runtime_bytes: 7,
             home: ActivationHome::Device,
+            allocator_slack_percent: 0,
         };
         let plan = MemoryPlan::build(&input);
         // Device: weights 4000, gradients 4000, Adam 8000, step 4000, input 200, activations 120
@@ -401,10 +418,17 @@ mod tests {
         assert_eq!(plan.host_peak_bytes, 157);
         let cpu = MemoryPlan::build(&PlanInput {
             home: ActivationHome::Host,
-            ..input
+            ..input.clone()
         });
         assert_eq!(cpu.host_peak_bytes, 20_477);
         assert_eq!(cpu.device_peak_bytes, 0);
+        // The reuse pool's bound: a quarter of everything but the runtime.
+        let pooled = MemoryPlan::build(&PlanInput {
+            home: ActivationHome::Host,
+            allocator_slack_percent: 25,
+            ..input
+        });
+        assert_eq!(pooled.host_peak_bytes, 20_477 + (20_477 - 7) / 4);
     }
 
     #[test]
@@ -436,6 +460,7 @@ mod tests {
             decoded_cache_bytes: 0,
             runtime_bytes: 0,
             home: ActivationHome::Host,
+            allocator_slack_percent: 0,
         });
         assert_eq!(plan.activation_peak_bytes, 1100);
         assert!(

@@ -275,6 +275,7 @@ pub fn plan_input(
             BackendChoice::Cpu => ActivationHome::Host,
             BackendChoice::Cuda => ActivationHome::Device,
         },
+        allocator_slack_percent: u64::from(config.trainer.allocator_slack_percent),
     }
 }
 
