@@ -617,13 +617,9 @@ fn a_tool_setting_that_names_nothing_is_an_error_not_a_silent_fallback() {
         (dir.join("no-such-ffprobe"), "missing"),
         (dir.clone(), "a folder"),
     ] {
-        let output = vidtrain_with(
-            &dir,
-            &["data", "inspect", "--config", &config],
-            |command| {
-                command.env("VIDTRAIN_FFPROBE", &value);
-            },
-        );
+        let output = vidtrain_with(&dir, &["data", "inspect", "--config", &config], |command| {
+            command.env("VIDTRAIN_FFPROBE", &value);
+        });
         assert_clean_failure(&output, 1);
         assert_stderr_contains(&output, "VIDTRAIN_FFPROBE names");
         assert_stderr_contains(&output, problem);

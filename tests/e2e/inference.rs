@@ -140,7 +140,15 @@ fn eval_refuses_a_validation_split_that_moved_since_training() {
     let eval = |out: &str| {
         vidtrain(
             &dir,
-            &["eval", "--checkpoint", run_arg, "--split", "validation", "--out", out],
+            &[
+                "eval",
+                "--checkpoint",
+                run_arg,
+                "--split",
+                "validation",
+                "--out",
+                out,
+            ],
         )
     };
     let output = eval("eval-before");
@@ -160,7 +168,15 @@ fn eval_refuses_a_validation_split_that_moved_since_training() {
     // Every sample can still be scored, on request.
     let output = vidtrain(
         &dir,
-        &["eval", "--checkpoint", run_arg, "--split", "all", "--out", "eval-all"],
+        &[
+            "eval",
+            "--checkpoint",
+            run_arg,
+            "--split",
+            "all",
+            "--out",
+            "eval-all",
+        ],
     );
     assert!(output.status.success(), "{}", stderr(&output));
 }

@@ -470,6 +470,8 @@ impl Index {
             recordings,
             class_names: config.data.class_names.clone(),
             problems: Vec::new(),
+            // Videos to predict on are not split into folds.
+            annotated_persons: Vec::new(),
         })
     }
 
@@ -489,7 +491,10 @@ impl Index {
     pub fn split_persons(&self, fold: usize, k_folds: usize) -> (Vec<String>, Vec<String>) {
         let folds = self.fold_persons();
         self.persons().into_iter().partition(|person| {
-            folds.iter().position(|candidate| candidate == person).map(|p| p % k_folds)
+            folds
+                .iter()
+                .position(|candidate| candidate == person)
+                .map(|p| p % k_folds)
                 != Some(fold)
         })
     }

@@ -279,9 +279,16 @@ mod tests {
             let val_persons: Vec<_> = plan
                 .fold_samples(&dropped, fold, 5, true)
                 .iter()
-                .map(|&id| dropped.recordings[plan.samples[id].recording].person.clone())
+                .map(|&id| {
+                    dropped.recordings[plan.samples[id].recording]
+                        .person
+                        .clone()
+                })
                 .collect();
-            assert!(val_persons.iter().all(|p| expected.contains(p)), "fold {fold}");
+            assert!(
+                val_persons.iter().all(|p| expected.contains(p)),
+                "fold {fold}"
+            );
         }
         // Fold 1 (person_1's) now validates nobody.
         assert!(dropped.split_persons(1, 5).1.is_empty());

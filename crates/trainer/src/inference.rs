@@ -61,7 +61,9 @@ pub fn resolve_weights(checkpoint: &Path) -> Result<PathBuf> {
 fn last_instead_of_best(checkpoint: &Path, found: &Path) -> Option<String> {
     let names_a_run = found.starts_with(checkpoint.join("checkpoints"))
         || (found.parent()?.parent()? == checkpoint
-            && checkpoint.file_name().is_some_and(|name| name == "checkpoints"));
+            && checkpoint
+                .file_name()
+                .is_some_and(|name| name == "checkpoints"));
     let folder = found.parent()?.file_name()?.to_string_lossy().into_owned();
     (names_a_run && folder.starts_with("last")).then(|| {
         format!(
