@@ -441,17 +441,20 @@ fn checkpoints_of_another_model_are_refused_by_name_and_shape() {
         assert!(stderr(&output).contains(key), "{}", stderr(&output));
     }
     // Resume refuses it too, before training anything.
-    let mut args = vec![
-        "train",
-        "--config",
-        config.as_str(),
-        "experiment=m",
-        "train.resume=last",
-        "train.max_epochs=2",
-    ];
-    args.extend(TINY_MODEL);
-    args.push("model.transformer_dim=64");
-    let output = vidtrain(&dir, &args);
+    let resume_with = |overrides: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            config.as_str(),
+            "experiment=m",
+            "train.resume=last",
+            "train.max_epochs=2",
+        ];
+        args.extend(TINY_MODEL);
+        args.extend_from_slice(overrides);
+        vidtrain(&dir, &args)
+    };
+    let output = resume_with(&["model.transformer_dim=64"]);
     assert_clean_failure(&output, 1);
     assert_stderr_contains(&output, "model.transformer_dim");
 
@@ -476,17 +479,7 @@ fn checkpoints_of_another_model_are_refused_by_name_and_shape() {
     assert_clean_failure(&output, 1);
     assert_stderr_contains(&output, "holds the weights of another model");
     let runs_before = walk(&dir.join("runs")).len();
-    let mut args = vec![
-        "train",
-        "--config",
-        config.as_str(),
-        "experiment=m",
-        "train.resume=last",
-        "train.max_epochs=2",
-    ];
-    args.extend(TINY_MODEL);
-    args.extend(vivit);
-    let output = vidtrain(&dir, &args);
+    let output = resume_with(&vivit);
     assert_clean_failure(&output, 1);
     assert_stderr_contains(&output, "holds the weights of another model");
     assert_eq!(

@@ -376,7 +376,7 @@ fn an_annotation_file_with_a_byte_order_mark_reads_like_one_without() {
     let with_bom = Dataset::open(&config_for(&root)).unwrap();
     let without = Dataset::open(&config_for(demo())).unwrap();
     assert_eq!(with_bom.len(), without.len());
-    assert!(with_bom.len() > 0);
+    assert!(!with_bom.is_empty());
 }
 
 #[test]
