@@ -145,17 +145,25 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let [n, c_in, t, h, w] = input.dims();
         // One copy when the input is a view with rearranged axes (the stem's first step reads
         // frames-first data channels-first); a reshape of contiguous data costs nothing. Without
-        // it each clip's reshape below walked the view element by element.
+        // it each clip's reshape in `gradients_by_convolution` walked the view element by element.
         let x = input
             .inner()
             .reshape([n, c_in * t * h * w])
             .reshape([n, c_in, t, h, w]);
         let upstream = upstream.inner();
         let [_, c_out, t_out, h_out, w_out] = upstream.dims();
-        let [kt, kh, kw] = self.kernel;
         let weight = self.weight.val().inner();
         let master = weight.dtype();
-        if gemm_kernel {
+        // Summed in f32 whatever the activations' dtype.
+        let bias_gradient = self.bias.as_ref().map(|bias| {
+            crate::cpu_kernels::cast(upstream.clone(), FloatDType::F32)
+                .reshape([n, c_out, t_out * h_out * w_out])
+                .sum_dim(2)
+                .sum_dim(0)
+                .reshape([c_out])
+                .cast(bias.val().dtype())
+        });
+        let (weight_gradient, input_gradient) = if gemm_kernel {
             let dtype = x.dtype();
             let geometry = ConvGeometry {
                 input: [n, c_in, t, h, w],
@@ -165,28 +173,38 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                 padding: self.padding,
                 output: [t_out, h_out, w_out],
             };
-            let bias_gradient = self.bias.as_ref().map(|bias| {
-                upstream
-                    .clone()
-                    .cast(FloatDType::F32)
-                    .reshape([n, c_out, t_out * h_out * w_out])
-                    .sum_dim(2)
-                    .sum_dim(0)
-                    .reshape([c_out])
-                    .cast(bias.val().dtype())
-            });
             let (weight_gradient, input_gradient) =
                 conv3d_gradients(x, weight, upstream, geometry, wants_input);
-            let mut gradients = GradientsParams::new();
-            gradients.register(self.weight.id, weight_gradient.cast(master));
-            if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
-                gradients.register(bias.id, gradient);
-            }
-            let input_gradient = input_gradient
-                .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype)));
-            return (gradients, input_gradient);
+            (
+                weight_gradient.cast(master),
+                input_gradient
+                    .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype))),
+            )
+        } else {
+            self.gradients_by_convolution(x, weight, upstream, wants_input)
+        };
+        let mut gradients = GradientsParams::new();
+        gradients.register(self.weight.id, weight_gradient);
+        if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
+            gradients.register(bias.id, gradient);
         }
+        (gradients, input_gradient)
+    }
 
+    /// The weight gradient (in the master dtype) and input gradient through the backend's own
+    /// convolutions: each clip's weight gradient is a convolution of the clip with its output
+    /// gradient used as the kernel, the input gradient a transposed convolution.
+    fn gradients_by_convolution(
+        &self,
+        x: Tensor<B::InnerBackend, 5>,
+        weight: Tensor<B::InnerBackend, 5>,
+        upstream: Tensor<B::InnerBackend, 5>,
+        wants_input: bool,
+    ) -> (Tensor<B::InnerBackend, 5>, Option<Tensor<B, 5>>) {
+        let [n, c_in, t, h, w] = x.dims();
+        let [_, c_out, t_out, h_out, w_out] = upstream.dims();
+        let [kt, kh, kw] = self.kernel;
+        let master = weight.dtype();
         // Correlating the input with the output gradient: the forward stride becomes the
         // dilation, and the result can exceed the kernel by the rows a stride drops.
         let options = ConvOptions::new([1, 1, 1], self.padding, self.stride, 1);
@@ -204,22 +222,13 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
             .reduce(|sum, clip| sum + clip)
             .expect("a micro-batch has at least one clip")
             .swap_dims(0, 1); // [c_out, c_in, kt, kh, kw]
-        let bias_gradient = self.bias.as_ref().map(|bias| {
-            upstream
-                .clone()
-                .reshape([n, c_out, t_out * h_out * w_out])
-                .sum_dim(2)
-                .sum_dim(0)
-                .reshape([c_out])
-                .cast(bias.val().dtype())
-        });
         let input_gradient = wants_input.then(|| {
             let padding_out = std::array::from_fn(|axis| {
                 let size_out = [t_out, h_out, w_out][axis];
                 let covered = (size_out - 1) * self.stride[axis] + self.kernel[axis];
                 ([t, h, w][axis] + 2 * self.padding[axis]).saturating_sub(covered)
             });
-            let weight = weight.clone().cast(upstream.dtype());
+            let weight = weight.cast(upstream.dtype());
             Tensor::from_inner(conv_transpose3d(
                 upstream,
                 weight,
@@ -227,12 +236,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                 ConvTransposeOptions::new(self.stride, self.padding, padding_out, [1, 1, 1], 1),
             ))
         });
-        let mut gradients = GradientsParams::new();
-        gradients.register(self.weight.id, weight_gradient);
-        if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
-            gradients.register(bias.id, gradient);
-        }
-        (gradients, input_gradient)
+        (weight_gradient, input_gradient)
     }
 }
 
