@@ -601,6 +601,72 @@ fn probe_hangs_until_the_timeout(dir: &Path, config: &str, body: &str) {
 }
 
 #[test]
+fn sigterm_while_indexing_stops_the_probe_at_once_and_leaves_no_run() {
+    // Issue 29 item 8: SIGTERM during indexing used to wait out the probe's whole timeout, count
+    // the interrupted probe as an unreadable video, then create a run folder and save a step-0
+    // checkpoint.
+    let dir = scratch("faults-sigterm-indexing");
+    let config = small_dataset(&dir);
+    let fake = fake_tool(&dir, "ffprobe", "sleep 604; true");
+    let child = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(env!("CARGO_BIN_EXE_vidtrain"))
+            .args(["train", "--config", &config, "data.decode_timeout_s=120"])
+            .args(TINY_MODEL)
+            .arg("experiment=term-indexing")
+            .current_dir(&dir)
+            .env("VIDTRAIN_FFPROBE", &fake)
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    let probing = |marker: &str| {
+        !std::process::Command::new("pgrep")
+            .args(["-f", marker])
+            .output()
+            .unwrap()
+            .stdout
+            .is_empty()
+    };
+    let started = Instant::now();
+    while !probing("sleep 604") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no probe started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "took {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    assert_clean_failure(&output, 130);
+    assert_stderr_contains(&output, "while indexing");
+    assert!(
+        !stderr(&output).contains("unreadable"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !dir.join("runs/term-indexing").exists(),
+        "a run folder was created"
+    );
+    assert!(
+        !probing("sleep 604"),
+        "the probe's process was left running"
+    );
+}
+
+#[test]
 fn a_tool_setting_that_names_nothing_is_an_error_not_a_silent_fallback() {
     // VIDTRAIN_FFPROBE / VIDTRAIN_FFMPEG naming a missing file or a folder used to fall back to
     // the ffprobe on PATH without a word.

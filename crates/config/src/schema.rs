@@ -237,8 +237,10 @@ pub struct TrainConfig {
     pub fold: Fold,
     /// Number of cross-validation folds; persons are split into this many groups.
     pub k_folds: usize,
-    /// Segments per forward pass during evaluation/inference of long videos.
-    pub video_batch_size: usize,
+    /// Samples per forward pass in validation, `eval` and `predict`: `"auto"` (the default)
+    /// uses `data.batch_size`, so these passes, which keep no gradients, never need more memory
+    /// than a training micro-batch; a number asks for that many (faster when memory allows).
+    pub video_batch_size: InferenceBatch,
     /// `multi` uses every view in `data.views`; `single` uses only `train.view_name`.
     pub view: ViewMode,
     /// The view used when `train.view = "single"`.
@@ -292,7 +294,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Constant,
             fold: Fold::Index(0),
             k_folds: 5,
-            video_batch_size: 16,
+            video_batch_size: InferenceBatch::Auto,
             view: ViewMode::Multi,
             view_name: "front".to_string(),
             seed: 42,
@@ -382,6 +384,44 @@ impl<'de> Deserialize<'de> for Fold {
                     "expected a fold index (0, 1, ...) or \"all\", got \"{text}\""
                 ))
             }),
+        }
+    }
+}
+
+/// `train.video_batch_size`: samples per forward pass of validation, `eval` and `predict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InferenceBatch {
+    /// As many as a training micro-batch (`data.batch_size`).
+    Auto,
+    /// This many.
+    Samples(usize),
+}
+
+impl Serialize for InferenceBatch {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            InferenceBatch::Samples(samples) => serializer.serialize_u64(*samples as u64),
+            InferenceBatch::Auto => serializer.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InferenceBatch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Samples(u64),
+            Text(String),
+        }
+        let expected = "expected a number of samples (1, 2, ...) or \"auto\" (data.batch_size)";
+        match Raw::deserialize(deserializer).map_err(|_| serde::de::Error::custom(expected))? {
+            Raw::Samples(samples) => Ok(InferenceBatch::Samples(samples as usize)),
+            Raw::Text(text) if text == "auto" => Ok(InferenceBatch::Auto),
+            Raw::Text(text) => text
+                .parse::<usize>()
+                .map(InferenceBatch::Samples)
+                .map_err(|_| serde::de::Error::custom(format!("{expected}, got \"{text}\""))),
         }
     }
 }
@@ -866,6 +906,15 @@ impl Config {
         }
     }
 
+    /// Samples per forward pass of validation, `eval` and `predict` (`train.video_batch_size`,
+    /// `"auto"` resolved to `data.batch_size`).
+    pub fn inference_batch_size(&self) -> usize {
+        match self.train.video_batch_size {
+            InferenceBatch::Auto => self.data.batch_size,
+            InferenceBatch::Samples(samples) => samples,
+        }
+    }
+
     /// Rejects impossible or contradictory settings before any work starts.
     pub fn validate(&self) -> Result<()> {
         let invalid = |key: &str, message: String| {
@@ -898,7 +947,13 @@ impl Config {
             ),
             ("train.max_epochs", self.train.max_epochs),
             ("train.k_folds", self.train.k_folds),
-            ("train.video_batch_size", self.train.video_batch_size),
+            (
+                "train.video_batch_size",
+                match self.train.video_batch_size {
+                    InferenceBatch::Samples(samples) => samples,
+                    InferenceBatch::Auto => 1,
+                },
+            ),
             ("model.model_class_num", self.model.model_class_num),
             ("model.transformer_dim", self.model.transformer_dim),
             ("model.transformer_heads", self.model.transformer_heads),

@@ -40,6 +40,9 @@ pub enum Error {
         .path.display()
     )]
     ViewLayout { path: PathBuf, views: String },
+    /// The views of one recording cannot be used together (different frame rates).
+    #[error("{}: {message}", .path.display())]
+    ViewsOutOfStep { path: PathBuf, message: String },
     /// ffprobe could not read a video's stream information.
     #[error("cannot probe video {}: {message}", .path.display())]
     Probe { path: PathBuf, message: String },
@@ -90,6 +93,9 @@ pub enum Error {
         path: PathBuf,
         cause: std::io::Error,
     },
+    /// A stop was requested (Ctrl-C, SIGTERM) while the dataset was being indexed.
+    #[error("stopped by a signal while indexing the dataset (at {}); nothing was trained or saved", .path.display())]
+    Stopped { path: PathBuf },
     /// The decode worker threads stopped unexpectedly.
     #[error("the data pipeline stopped: {0}")]
     Pipeline(String),

@@ -46,13 +46,62 @@ pub struct ViewVideo {
     pub keypoints: Option<PathBuf>,
 }
 
+/// The view that limits a recording's frames: the shortest.
+fn shortest_view(views: &[ViewVideo]) -> Option<&ViewVideo> {
+    views.iter().min_by_key(|video| video.info.n_frames)
+}
+
 /// Frames usable in every view of a recording: the shortest view wins.
 fn usable_frames(views: &[ViewVideo]) -> usize {
+    shortest_view(views).map_or(0, |video| video.info.n_frames)
+}
+
+/// `front 30 fps, left 15 fps` / `front 600, left 300`, for messages about views that disagree.
+fn per_view(views: &[ViewVideo], fact: impl Fn(&VideoInfo) -> String) -> String {
     views
         .iter()
-        .map(|video| video.info.n_frames)
-        .min()
-        .unwrap_or(0)
+        .map(|video| format!("{} {}", video.view, fact(&video.info)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Views whose frame rates differ (by more than 0.5 %): a frame number is then a different
+/// moment in each view, and every range would pair unrelated frames. The file named is the
+/// first view that differs from the first view.
+fn frame_rate_mismatch(views: &[ViewVideo]) -> Option<(PathBuf, String)> {
+    let first = views.first()?;
+    let odd = views
+        .iter()
+        .find(|video| (video.info.fps - first.info.fps).abs() > 0.005 * first.info.fps)?;
+    Some((
+        odd.path.clone(),
+        format!(
+            "the views disagree in frame rate ({}): frame numbers name different moments in              each view, so the views would go out of step; re-encode them at one frame rate",
+            per_view(views, |info| format!("{:.3} fps", info.fps))
+        ),
+    ))
+}
+
+/// Views whose lengths differ by more than a second of frames (a few frames between cameras
+/// is normal): only the shortest view's frames are used, and if the cameras did not start
+/// together the views are out of step. The file named is the shortest view.
+fn length_mismatch(views: &[ViewVideo]) -> Option<(PathBuf, String)> {
+    let shortest = shortest_view(views)?;
+    let longest = views.iter().map(|video| video.info.n_frames).max()?;
+    let second = (shortest.info.fps.round() as usize).max(1);
+    (longest - shortest.info.n_frames > second).then(|| {
+        (
+            shortest.path.clone(),
+            format!(
+                "the views differ in length ({} frames): only frames 0..={} (view {}, the \
+                 shortest) are used; if the cameras did not start together, the views are out \
+                 of step",
+                per_view(views, |info| info.n_frames.to_string()),
+                shortest.info.n_frames.saturating_sub(1),
+                shortest.view
+            ),
+        )
+    })
 }
 
 /// A labelled stretch of frames, `start..=end`.
@@ -99,6 +148,10 @@ pub enum ProblemKind {
     BadKeypointFile,
     /// NaN or infinite keypoint values: read as 0, like a missing keypoint.
     NonFiniteKeypoints,
+    /// Views of one recording at different frame rates: the recording is skipped.
+    ViewsOutOfStep,
+    /// Views of one recording more than a second apart in length: the shortest is used.
+    ViewLengths,
 }
 
 impl ProblemKind {
@@ -119,6 +172,8 @@ impl ProblemKind {
             Self::KeypointJoints => "keypoint_joints",
             Self::BadKeypointFile => "bad_keypoint_file",
             Self::NonFiniteKeypoints => "non_finite_keypoints",
+            Self::ViewsOutOfStep => "views_out_of_step",
+            Self::ViewLengths => "view_lengths",
         }
     }
 }
@@ -313,7 +368,24 @@ impl Index {
             let Some(views) = probe_views(config, &located, &mut problems)? else {
                 continue;
             };
+            if let Some((path, message)) = frame_rate_mismatch(&views) {
+                problems.report(
+                    ProblemKind::ViewsOutOfStep,
+                    &path,
+                    format!("recording {}: {message}; recording skipped", task.video),
+                )?;
+                continue;
+            }
+            if let Some((path, message)) = length_mismatch(&views) {
+                problems.note(
+                    ProblemKind::ViewLengths,
+                    &path,
+                    format!("recording {}: {message}", task.video),
+                );
+            }
             let n_frames = usable_frames(&views);
+            // Ranges are checked against the shortest view, so that is the file to blame.
+            let limiting = shortest_view(&views).map_or(first_path.clone(), |v| v.path.clone());
             let mut usable = (0usize, n_frames.saturating_sub(1));
             if let Some(start) = labels.marker_starts.iter().min() {
                 usable.0 = *start;
@@ -327,11 +399,15 @@ impl Index {
                 if range.start > usable.1 || range.end < usable.0 {
                     problems.report(
                         ProblemKind::OutsideVideo,
-                        &first_path,
+                        &limiting,
                         format!(
                             "range {}..={} of \"{name}\" lies outside the usable frames {}..={} \
-                             (the video has {n_frames} frames); ignored",
-                            range.start, range.end, usable.0, usable.1
+                             ({} has {n_frames} frames); ignored",
+                            range.start,
+                            range.end,
+                            usable.0,
+                            usable.1,
+                            limiting.display()
                         ),
                     )?;
                     continue;
@@ -344,13 +420,14 @@ impl Index {
                 if kept.end < range.end && range.end >= n_frames {
                     problems.report(
                         ProblemKind::ClippedRange,
-                        &first_path,
+                        &limiting,
                         format!(
-                            "range {}..={} of \"{name}\" runs past the video's last frame {}; \
+                            "range {}..={} of \"{name}\" runs past the last frame {} of {}; \
                              clipped to {}..={}",
                             range.start,
                             range.end,
                             n_frames.saturating_sub(1),
+                            limiting.display(),
                             kept.start,
                             kept.end
                         ),
@@ -454,6 +531,12 @@ impl Index {
                     path,
                     keypoints,
                 });
+            }
+            if let Some((path, message)) = frame_rate_mismatch(&view_videos) {
+                return Err(Error::ViewsOutOfStep { path, message });
+            }
+            if let Some((path, message)) = length_mismatch(&view_videos) {
+                tracing::warn!("{}: {message}", path.display());
             }
             let n_frames = usable_frames(&view_videos);
             recordings.push(Recording {
@@ -773,7 +856,11 @@ fn probe_views(
     for (view, path, keypoints) in &located.views {
         let info = match probe_video_within(path, timeout) {
             Ok(info) => info,
-            Err(error @ (Error::ToolMissing { .. } | Error::ToolOverride { .. })) => {
+            Err(
+                error @ (Error::ToolMissing { .. }
+                | Error::ToolOverride { .. }
+                | Error::Stopped { .. }),
+            ) => {
                 return Err(error);
             }
             Err(error) => {

@@ -18,6 +18,7 @@ mod plan;
 mod probe;
 mod report;
 mod rng;
+mod stop;
 
 pub use augment::{Augmentation, ColorFactors, SampleTransform, apply_color};
 pub use dataset::{Dataset, SampleShape, Transforms};
@@ -33,3 +34,4 @@ pub use plan::{ChunkPlan, Sample, uniform_temporal_subsample};
 pub use probe::{DEFAULT_PROBE_TIMEOUT, VideoInfo, find_tool, probe_video, probe_video_within};
 pub use report::DatasetReport;
 pub use rng::{class_balanced, shuffled};
+pub use stop::watch_stop_flag;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::stop::stop_requested;
 use crate::{Error, Result};
 
 /// Stream facts of a video, read by ffprobe without decoding.
@@ -67,6 +68,11 @@ pub fn probe_video_within(path: &Path, timeout: Duration) -> Result<VideoInfo> {
         path: path.to_path_buf(),
         message,
     };
+    if stop_requested() {
+        return Err(Error::Stopped {
+            path: path.to_path_buf(),
+        });
+    }
     if !path.is_file() {
         return Err(probe_error("file does not exist".into()));
     }
@@ -84,12 +90,22 @@ pub fn probe_video_within(path: &Path, timeout: Duration) -> Result<VideoInfo> {
         ]);
         command.arg(path);
         in_own_process_group(&mut command);
-        let output = output_within(&mut command, timeout)
+        let output = match output_within(&mut command, timeout, stop_requested)
             .map_err(|error| probe_error(format!("cannot run ffprobe: {error}")))?
-            .ok_or_else(|| Error::ProbeTimeout {
-                path: path.to_path_buf(),
-                seconds: timeout.as_secs(),
-            })?;
+        {
+            Ended::Exited(output) => output,
+            Ended::TimedOut => {
+                return Err(Error::ProbeTimeout {
+                    path: path.to_path_buf(),
+                    seconds: timeout.as_secs(),
+                });
+            }
+            Ended::Stopped => {
+                return Err(Error::Stopped {
+                    path: path.to_path_buf(),
+                });
+            }
+        };
         if !output.status.success() {
             return Err(probe_error(
                 String::from_utf8_lossy(&output.stderr).trim().to_string(),
@@ -138,12 +154,23 @@ pub fn probe_video_within(path: &Path, timeout: Duration) -> Result<VideoInfo> {
     })
 }
 
-/// Runs `command` to completion like [`Command::output`], or kills it after `timeout` and returns
-/// `None`. Its output is drained on threads so a full pipe never stalls it.
+/// How [`output_within`] ended.
+enum Ended {
+    /// The command exited.
+    Exited(std::process::Output),
+    /// It ran past the timeout and was killed (with its process group).
+    TimedOut,
+    /// `stop` said so; it was killed (with its process group).
+    Stopped,
+}
+
+/// Runs `command` to completion like [`Command::output`], or kills it after `timeout` or as soon
+/// as `stop` says so. Its output is drained on threads so a full pipe never stalls it.
 fn output_within(
     command: &mut Command,
     timeout: Duration,
-) -> std::io::Result<Option<std::process::Output>> {
+    stop: impl Fn() -> bool,
+) -> std::io::Result<Ended> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -171,25 +198,35 @@ fn output_within(
             .map(|s| Box::new(s) as Box<dyn Read + Send>),
     );
     let started = Instant::now();
-    let status = loop {
+    let ended = loop {
         if let Some(status) = child.try_wait()? {
-            break Some(status);
+            break Ok(status);
         }
-        if started.elapsed() >= timeout {
+        let cut_short = if started.elapsed() >= timeout {
+            Some(Ended::TimedOut)
+        } else if stop() {
+            Some(Ended::Stopped)
+        } else {
+            None
+        };
+        if let Some(cut_short) = cut_short {
             kill_process_group(child.id());
             let _ = child.kill();
             let _ = child.wait();
-            break None;
+            break Err(cut_short);
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    Ok(status.map(|status| std::process::Output {
-        status,
-        stdout,
-        stderr,
-    }))
+    Ok(match ended {
+        Ok(status) => Ended::Exited(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        Err(cut_short) => cut_short,
+    })
 }
 
 fn parse_rate(text: &str) -> Option<f64> {
@@ -230,15 +267,17 @@ mod tests {
 
     #[test]
     fn a_hanging_tool_is_killed_at_the_timeout() {
+        let never = || false;
         // A child of the probe that keeps the pipes open must not keep us waiting either:
         // `sleep` replaces the shell, so killing it closes the pipes.
         let started = Instant::now();
-        let output = output_within(
+        let ended = output_within(
             Command::new("sh").args(["-c", "exec sleep 30"]),
             Duration::from_millis(300),
+            never,
         )
         .unwrap();
-        assert!(output.is_none());
+        assert!(matches!(ended, Ended::TimedOut));
         assert!(started.elapsed() < Duration::from_secs(5));
         // Nor one whose shell stays and waits for its own child holding the pipes (a wrapper
         // script without `exec`): the whole process group goes, not just the shell.
@@ -246,17 +285,36 @@ mod tests {
         let mut wrapper = Command::new("sh");
         wrapper.args(["-c", "sleep 30; true"]);
         in_own_process_group(&mut wrapper);
-        let output = output_within(&mut wrapper, Duration::from_millis(300)).unwrap();
-        assert!(output.is_none());
+        let ended = output_within(&mut wrapper, Duration::from_millis(300), never).unwrap();
+        assert!(matches!(ended, Ended::TimedOut));
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
-        let output = output_within(Command::new("true").arg("x"), Duration::from_secs(5))
-            .unwrap()
-            .unwrap();
-        assert!(output.status.success());
+        let ended =
+            output_within(Command::new("true").arg("x"), Duration::from_secs(5), never).unwrap();
+        assert!(matches!(ended, Ended::Exited(output) if output.status.success()));
+    }
+
+    #[test]
+    fn a_stop_request_ends_a_probe_at_once_not_at_its_timeout() {
+        // Issue 29 item 8: SIGTERM during indexing used to wait out the whole probe timeout.
+        let started = Instant::now();
+        let mut wrapper = Command::new("sh");
+        wrapper.args(["-c", "sleep 30; true"]);
+        in_own_process_group(&mut wrapper);
+        let asked = Instant::now() + Duration::from_millis(200);
+        let ended = output_within(&mut wrapper, Duration::from_secs(60), || {
+            Instant::now() >= asked
+        })
+        .unwrap();
+        assert!(matches!(ended, Ended::Stopped));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -350,6 +350,117 @@ fn missing_videos_ranges_past_the_end_and_unknown_labels_are_reported() {
     );
 }
 
+/// A copy of the demo (videos copied, so they can be replaced) with `view`'s video of person 1
+/// re-encoded by ffmpeg with `filter` (`-vf`).
+fn demo_with_reencoded_view(name: &str, view: &str, filter: &str) -> PathBuf {
+    let root = scratch(name);
+    for folder in ["videos/front", "videos/left", "videos/right"] {
+        std::fs::create_dir_all(root.join(folder)).unwrap();
+        for person in ["person_01_demo.mp4", "person_02_demo.mp4"] {
+            std::fs::copy(
+                demo().join(folder).join(person),
+                root.join(folder).join(person),
+            )
+            .unwrap();
+        }
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(demo().join("keypoints"), root.join("keypoints")).unwrap();
+    std::fs::copy(
+        demo().join("annotations.json"),
+        root.join("annotations.json"),
+    )
+    .unwrap();
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(demo().join("videos").join(view).join("person_01_demo.mp4"))
+        .args(["-vf", filter, "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(root.join("videos").join(view).join("person_01_demo.mp4"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    root
+}
+
+#[test]
+fn views_at_different_frame_rates_or_lengths_are_reported_naming_the_odd_file() {
+    // Issue 29 item 9: a 15 fps left view went unreported, the views silently out of step, and
+    // the clipping message blamed the front file with the left view's frame count.
+    let _serial = serial();
+    let root = demo_with_reencoded_view("half-rate-view", "left", "fps=12.5");
+    let mut config = config_for(&root);
+    config.data.on_bad_sample = OnBadSample::Skip;
+    let dataset = Dataset::open(&config).unwrap();
+    let names: Vec<&str> = dataset
+        .index
+        .recordings
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["person_02_demo.mp4"],
+        "the out-of-step recording is skipped"
+    );
+    let problem = dataset
+        .index
+        .problems
+        .iter()
+        .find(|p| p.kind == vidtrain_data::ProblemKind::ViewsOutOfStep)
+        .expect("a views_out_of_step problem");
+    assert!(
+        problem.path.ends_with("left/person_01_demo.mp4"),
+        "{problem:?}"
+    );
+    assert!(
+        problem.message.contains("frame rate"),
+        "{}",
+        problem.message
+    );
+    config.data.on_bad_sample = OnBadSample::Error;
+    let error = Dataset::open(&config).unwrap_err().to_string();
+    assert!(
+        error.contains("left/person_01_demo.mp4") && error.contains("frame rate"),
+        "{error}"
+    );
+
+    // Same rate, the left view 3 s shorter: listed (naming the left file), the shortest view's
+    // frames used, and a range past its end blamed on it.
+    let root = demo_with_reencoded_view("short-view", "left", "trim=end_frame=150");
+    let config = config_for(&root);
+    let dataset = Dataset::open(&config).unwrap();
+    let recording = dataset
+        .index
+        .recordings
+        .iter()
+        .find(|r| r.name == "person_01_demo.mp4")
+        .expect("kept");
+    assert_eq!(recording.n_frames, 150);
+    let lengths = dataset
+        .index
+        .problems
+        .iter()
+        .find(|p| p.kind == vidtrain_data::ProblemKind::ViewLengths)
+        .expect("a view_lengths problem");
+    assert!(
+        lengths.path.ends_with("left/person_01_demo.mp4"),
+        "{lengths:?}"
+    );
+    assert!(lengths.message.contains("front 240"), "{}", lengths.message);
+    for problem in &dataset.index.problems {
+        if matches!(
+            problem.kind,
+            vidtrain_data::ProblemKind::ClippedRange | vidtrain_data::ProblemKind::OutsideVideo
+        ) && problem.message.contains("person_01")
+        {
+            assert!(
+                problem.path.ends_with("left/person_01_demo.mp4"),
+                "{problem:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn unknown_labels_stop_the_index_when_bad_samples_are_errors() {
     let _serial = serial();

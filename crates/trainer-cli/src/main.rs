@@ -58,7 +58,13 @@ impl From<anyhow::Error> for Failure {
         let interrupted = error.chain().any(|cause| {
             matches!(
                 cause.downcast_ref::<vidtrain_trainer::Error>(),
-                Some(vidtrain_trainer::Error::Interrupted { .. })
+                Some(
+                    vidtrain_trainer::Error::Interrupted { .. }
+                        | vidtrain_trainer::Error::Data(vidtrain_data::Error::Stopped { .. })
+                )
+            ) || matches!(
+                cause.downcast_ref::<vidtrain_data::Error>(),
+                Some(vidtrain_data::Error::Stopped { .. })
             )
         });
         let code = if interrupted {

@@ -181,7 +181,7 @@ fn clip_probabilities<B: Backend>(
         ..Scores::default()
     };
     let mut pipeline = Pipeline::builder_for(&config.data)
-        .batch_size(config.train.video_batch_size)
+        .batch_size(config.inference_batch_size())
         .transforms(Transforms::Evaluation { clip, clips })
         .build(Arc::clone(dataset), ids.to_vec());
     for batch in pipeline.by_ref() {
@@ -473,7 +473,7 @@ pub fn predict(
         "{} windows of {window} frames (stride {stride}) in {} videos, {} at a time",
         ids.len(),
         videos.len(),
-        config.train.video_batch_size
+        config.inference_batch_size()
     );
     let scores = score(config, &weights, &dataset, &ids)?;
     let scores = usable(scores, ids.len(), "the videos' windows")?;

@@ -393,7 +393,15 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     }
     refuse_plans_above_machine_memory(config, backend)?;
     let memory = MemorySampler::start(Duration::from_millis(50));
+    // A signal while indexing ends the probe in flight and the run, before any run folder.
+    vidtrain_data::watch_stop_flag(options.stop.clone());
     let dataset = Arc::new(Dataset::open(config)?);
+    if stop_requested(options) {
+        return Err(vidtrain_data::Error::Stopped {
+            path: config.paths.resolve(&config.paths.annotation_path),
+        }
+        .into());
+    }
     warn_dataset_problems(&dataset.index);
     let Fold::Index(fold) = config.train.fold else {
         return Err(Error::Unsupported {
@@ -477,6 +485,13 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         remove_if_nothing_was_trained(&run_path);
     }
     outcome
+}
+
+fn stop_requested(options: &TrainOptions) -> bool {
+    options
+        .stop
+        .as_ref()
+        .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// A run that failed before its first step (weights that do not load, a backend that refuses)

@@ -222,10 +222,9 @@ pub fn plan_input(
     );
     let validation_batch = match dataset {
         Some(sizes) => config
-            .train
-            .video_batch_size
+            .inference_batch_size()
             .min(sizes.validation_samples.max(1)),
-        None => config.train.video_batch_size,
+        None => config.inference_batch_size(),
     };
     let inference_layers = activation_layers(
         &summary_for_batch(config, validation_batch),
@@ -413,8 +412,38 @@ mod tests {
         config.data.batch_size = 4;
         config.train.accumulate_grad_batches = 1;
         config.train.view = vidtrain_config::ViewMode::Single;
-        config.train.video_batch_size = 4;
+        config.train.video_batch_size = vidtrain_config::InferenceBatch::Samples(4);
         config
+    }
+
+    /// Issue 29 item 5: validation, `eval` and `predict` keep no gradients, so at the default
+    /// (`train.video_batch_size = "auto"`: a training micro-batch) their planned activations
+    /// never exceed the training step's, whatever the micro-batch, recompute or backbone.
+    #[test]
+    fn by_default_validation_plans_no_more_than_the_training_step() {
+        use vidtrain_config::Backbone;
+        use vidtrain_memutil::plan::{activation_peak, inference_peak};
+        for backbone in [Backbone::Transformer, Backbone::Vivit, Backbone::Resnet3d] {
+            for batch_size in [1, 4] {
+                for checkpoint in [CheckpointMode::None, CheckpointMode::All] {
+                    let mut config = Config::default();
+                    config.model.backbone = backbone;
+                    config.model.checkpoint = checkpoint;
+                    config.data.batch_size = batch_size;
+                    let input = plan_input(&config, BackendChoice::Cpu, None);
+                    let training =
+                        activation_peak(&input.layers, input.clips).0 + input.input_tensor_bytes;
+                    let validation = inference_peak(&input.inference_layers, input.inference_clips)
+                        .0
+                        + input.inference_input_tensor_bytes;
+                    assert!(
+                        validation <= training,
+                        "{backbone:?} batch {batch_size} {checkpoint:?}: validation {validation} \
+                         > training {training}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub fn out_of_memory_advice(config: &Config) -> String {
     }
     advice += &format!(
         "\n  train.video_batch_size={} (if it failed in validation)",
-        (config.train.video_batch_size / 2).max(1)
+        (config.inference_batch_size() / 2).max(1)
     );
     advice += "\n  or let vidtrain choose: vidtrain train --fit-vram <your GPU's memory> ...";
     advice
