@@ -686,6 +686,35 @@ fn a_tool_setting_that_names_nothing_is_an_error_not_a_silent_fallback() {
 }
 
 #[test]
+fn a_flipped_byte_in_a_weights_file_is_refused_not_loaded() {
+    // Issue 29 item 10: weights carried no checksum, so a byte flipped in the tensor data loaded
+    // as slightly different weights and `eval` exited 0 with other scores.
+    let dir = scratch("faults-flipped-byte");
+    let config = small_dataset(&dir);
+    train_tiny(&dir, &config, &["train.max_epochs=1", "experiment=flip"]);
+    let run = only_run_dir(&dir.join("runs"));
+    let best = run.join("checkpoints/best");
+    // The digest file is in `sha256sum -c` format.
+    let checked = std::process::Command::new("sha256sum")
+        .args(["-c", "model.mpk.sha256"])
+        .current_dir(&best)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let weights = best.join("model.mpk");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    // The middle of the file is inside some tensor's data, where the decoder cannot notice.
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&weights, &bytes).unwrap();
+    let run_arg = run.to_str().unwrap();
+    let output = vidtrain(&dir, &["eval", "--checkpoint", run_arg, "--out", "e"]);
+    assert_clean_failure(&output, 1);
+    assert_stderr_contains(&output, "model.mpk");
+    assert_stderr_contains(&output, "is damaged");
+}
+
+#[test]
 fn a_checkpoint_left_mid_swap_serves_eval_and_predict() {
     let dir = scratch("faults-last-old");
     let config = small_dataset(&dir);

@@ -166,6 +166,21 @@ pub fn plan() -> anyhow::Result<()> {
             "r3d_18 112 px b4, all",
             &[&on_data, &seed_112, &r3d_18, &["model.checkpoint=all"]],
         ),
+        // Full-size r3d_18 (33 M parameters) on a tiny clip: model state, not activations, sets
+        // the peak (the optimizer step and the checkpoint save).
+        case(
+            "r3d_18 32 px b4, none",
+            &[
+                &on_data,
+                &seed_112,
+                &r3d_18,
+                &[
+                    "data.img_size=32",
+                    "data.uniform_temporal_subsample_num=8",
+                    "model.checkpoint=none",
+                ],
+            ],
+        ),
         case(
             "stgcn 64 frames b16, none",
             &[&on_data, &stgcn, &["model.checkpoint=none"]],

@@ -25,7 +25,7 @@ use vidtrain_memutil::MemorySampler;
 pub use bench::pipeline::{PipelineBench, bench_pipeline};
 pub use error::{Error, Result};
 pub use persist::checkpoint::wait_for_checkpoint_writes;
-pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically};
+pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically, write_atomically_with};
 pub use report::metrics::ClassificationMetrics;
 
 /// How a run reports progress (not part of the config: it does not change results).

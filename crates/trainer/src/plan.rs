@@ -255,6 +255,12 @@ pub fn plan_input(
     };
     PlanInput {
         parameters: summary.params() as u64,
+        largest_layer_parameters: summary
+            .layers
+            .iter()
+            .map(|layer| layer.params as u64)
+            .max()
+            .unwrap_or(0),
         parameter_bytes: 4,
         clips: summary.clips as u64,
         layers,

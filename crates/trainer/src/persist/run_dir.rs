@@ -106,20 +106,27 @@ impl RunDir {
 /// old file or the new one, never half of one. On failure (a full disk: "No space left on
 /// device") the partial file is removed and `path` keeps its previous contents.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    write_atomically_with(path, |writer| writer.write_all(contents))
+}
+
+/// [`write_atomically`] with the contents streamed by `write` through a buffer, so that a large
+/// file (a checkpoint) is never whole in memory.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let temporary = partial_path(path);
-    let written = std::fs::File::create(&temporary)
-        .and_then(|mut file| write_synced(&mut file, contents))
-        .and_then(|()| {
-            let size = std::fs::metadata(&temporary)?.len();
-            if size == contents.len() as u64 {
-                Ok(())
-            } else {
-                Err(std::io::Error::other(format!(
-                    "wrote {size} of {} bytes",
-                    contents.len()
-                )))
-            }
-        });
+    let written = std::fs::File::create(&temporary).and_then(|file| {
+        let bytes = stream_synced(file, write)?;
+        let size = std::fs::metadata(&temporary)?.len();
+        if size == bytes {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "wrote {size} of {bytes} bytes"
+            )))
+        }
+    });
     if let Err(error) = written {
         let _ = std::fs::remove_file(&temporary);
         return Err(Error::io(&temporary, error));
@@ -134,12 +141,42 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Writes all of `contents` and syncs them to the device, so that an out-of-space error surfaces
-/// here instead of being lost in a buffered write or a later close.
-fn write_synced(file: &mut std::fs::File, contents: &[u8]) -> std::io::Result<()> {
-    file.write_all(contents)?;
-    file.flush()?;
-    file.sync_all()
+/// Streams `write` into `file` through a buffer and syncs it to the device, so that an
+/// out-of-space error surfaces here instead of being lost in a buffered write or a later close;
+/// returns the bytes written.
+fn stream_synced(
+    file: std::fs::File,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    let mut counted = CountingWriter {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        bytes: 0,
+    };
+    write(&mut counted)?;
+    let file = counted
+        .inner
+        .into_inner()
+        .map_err(|error| error.into_error())?;
+    file.sync_all()?;
+    Ok(counted.bytes)
+}
+
+/// Counts the bytes written through it (to check the file's size after the sync).
+struct CountingWriter<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -197,11 +234,12 @@ mod tests {
     #[test]
     fn a_full_device_is_reported_as_such() {
         // /dev/full accepts the open and fails every write with ENOSPC, as a full disk does.
-        let mut full = std::fs::OpenOptions::new()
+        let full = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/full")
             .unwrap();
-        let error = write_synced(&mut full, &[7u8; 1 << 16]).unwrap_err();
+        // Less than the buffer: the error comes from the final flush, not from a write.
+        let error = stream_synced(full, |writer| writer.write_all(&[7u8; 1 << 16])).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(28), "{error}");
         assert!(error.to_string().contains("No space left on device"));
     }
