@@ -185,6 +185,121 @@ fn a_manifest_layout_with_upload_names_trains_and_inspect_lists_every_planted_pr
     assert!(summary["val_loss"].as_f64().unwrap().is_finite());
 }
 
+#[test]
+fn annotator_and_manifest_mistakes_are_listed_not_merged_silently() {
+    // Issue 29 item 10: cancelled annotations and several annotators' results were merged into
+    // one set of labels, overlapping ranges of two classes, a manifest view outside data.views
+    // (dropped, the message showing an empty path), two views naming one file, person ids
+    // differing in case, names without a person id, and an empty manifest all passed without a
+    // word.
+    let dir = crate::scratch("datasets-mistakes");
+    small_dataset(&dir);
+    let demo: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("data/annotations.json")).unwrap())
+            .unwrap();
+    let labels_of = |person: usize| demo[person - 1]["videoLabels"].clone();
+    let results = |person: usize| {
+        labels_of(person)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|value| json!({"value": value}))
+            .collect::<Vec<_>>()
+    };
+    let mut rows = vec!["video,view,path,person,env".to_string()];
+    rows.extend(place(&dir, 1, "day", "driver_a", &VIEWS));
+    rows.extend(place(&dir, 2, "day", "driver_b", &VIEWS));
+    // A manifest typo: "rigth" is not in data.views.
+    let typo = place(&dir, 3, "day", "driver_c", &VIEWS);
+    rows.extend(typo.iter().map(|row| row.replace(",right,", ",rigth,")));
+    // Two views naming one file.
+    let same = place(&dir, 1, "night", "driver_d", &VIEWS);
+    rows.extend(
+        same.iter()
+            .map(|row| row.replace("driver_d/left.mp4", "driver_d/front.mp4")),
+    );
+    // Person ids from names (no person column): one driver in two cases, and a name without
+    // an id.
+    for (name, person) in [
+        ("Person_07_day", 1),
+        ("person_07_night", 2),
+        ("dashcam_0912", 3),
+    ] {
+        let placed = place(&dir, person, "names", name, &VIEWS);
+        rows.extend(
+            placed
+                .iter()
+                .map(|row| row.replace(&format!(",{name},names"), ",,names")),
+        );
+    }
+    std::fs::write(dir.join("layout/manifest.csv"), rows.join("\n") + "\n").unwrap();
+    let overlapping = json!([
+        {"timelinelabels": ["left"], "ranges": [{"start": 100, "end": 120}]},
+        {"timelinelabels": ["right"], "ranges": [{"start": 110, "end": 130}]},
+    ]);
+    let tasks = json!([
+        {"data": {"video": "/data/upload/3/0a1b2c3d-driver_a.mp4"}, "annotations": [
+            {"id": 7, "completed_by": 1, "was_cancelled": true, "result": results(3)},
+            {"id": 8, "completed_by": 1, "updated_at": "2026-01-05T10:00:00Z", "result": results(2)},
+            {"id": 9, "completed_by": {"id": 2, "email": "b@example.com"},
+             "updated_at": "2026-02-01T09:00:00Z", "result": results(1)}
+        ]},
+        {"video": "/data/upload/3/9f8e7d6c-driver_b.mp4", "videoLabels": overlapping},
+        {"video": "/data/upload/3/11223344-driver_c.mp4", "videoLabels": labels_of(3)},
+        {"video": "/data/upload/3/55667788-driver_d.mp4", "videoLabels": labels_of(1)},
+        {"video": "Person_07_day.mp4", "videoLabels": labels_of(1)},
+        {"video": "person_07_night.mp4", "videoLabels": labels_of(2)},
+        {"video": "dashcam_0912.mp4", "videoLabels": labels_of(3)},
+    ]);
+    std::fs::write(dir.join("layout/labels.json"), tasks.to_string()).unwrap();
+    std::fs::write(
+        dir.join("layout/dataset.toml"),
+        format!(
+            "[paths]\nroot_path = \"{}\"\nannotation_path = \"labels.json\"\nmanifest = \
+             \"manifest.csv\"\n",
+            dir.join("layout").display()
+        ),
+    )
+    .unwrap();
+    let output = vidtrain(
+        &dir,
+        &["data", "inspect", "--config", "layout/dataset.toml"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stdout(&output);
+    for expected in [
+        "cancelled_annotation: ",
+        "1 cancelled annotation(s)",
+        "several_annotations: ",
+        "used annotation 9 by b@example.com (the most recently updated), ignored annotation 8 by 1",
+        "overlapping_labels: ",
+        "100..=120 \"left\" and 110..=130 \"right\" overlap by 11 frame(s)",
+        "no row for view right of this video; its rows name the views front, left, rigth",
+        "same_file_for_views: ",
+        "views front and left are the same file",
+        "person_from_file_name: ",
+        "its file name dashcam_0912 is taken as the person",
+    ] {
+        assert!(report.contains(expected), "{expected:?} missing:\n{report}");
+    }
+    // driver_a, driver_b, Person_07_day + person_07_night (one person), dashcam_0912.
+    assert!(report.contains("recordings   5 (4 persons)"), "{report}");
+
+    // A manifest with a header and no rows is refused, not an empty dataset that "passes".
+    std::fs::write(
+        dir.join("layout/manifest.csv"),
+        "video,view,path,person,env\n",
+    )
+    .unwrap();
+    let output = vidtrain(
+        &dir,
+        &["data", "inspect", "--config", "layout/dataset.toml"],
+    );
+    crate::assert_clean_failure(&output, 1);
+    crate::assert_stderr_contains(&output, "manifest.csv");
+    crate::assert_stderr_contains(&output, "lists no videos");
+}
+
 fn scratch_dataset() -> std::path::PathBuf {
     let dir = crate::scratch("datasets-manifest");
     small_dataset(&dir);

@@ -353,12 +353,16 @@ fn a_full_disk_keeps_the_previous_checkpoints_whole_and_says_so() {
          ( {train} > out.txt 2> err.txt; echo $? > code.txt ) & \
          for i in $(seq 1 1200); do ls small/runs/full/*/checkpoints/last/state.json >/dev/null 2>&1 && break; sleep 0.1; done; \
          dd if=/dev/zero of=small/filler bs=4k 2>/dev/null; rm small/spare; wait; \
-         cp -r small/runs copied-runs",
+         cp -r small/runs copied-runs; \
+         dd if=/dev/zero of=small/filler2 bs=1k 2>/dev/null; \
+         '{vidtrain}' eval --checkpoint copied-runs/full/*/checkpoints/last --out small/eval-full \
+           > eval-out.txt 2> eval-err.txt; echo $? > eval-code.txt; ls small > small-listing.txt",
         train = train
             .iter()
             .map(|arg| format!("'{arg}'"))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        vidtrain = env!("CARGO_BIN_EXE_vidtrain"),
     );
     let output = std::process::Command::new("unshare")
         .args(["-rm", "sh", "-c", &script])
@@ -378,6 +382,13 @@ fn a_full_disk_keeps_the_previous_checkpoints_whole_and_says_so() {
         !text.contains("MessagePack") && !text.contains("panicked"),
         "{text}"
     );
+    // `eval` on the full disk: fails saying why, and leaves no half-filled eval folder.
+    let eval_text = std::fs::read_to_string(dir.join("eval-err.txt")).unwrap();
+    let eval_code = std::fs::read_to_string(dir.join("eval-code.txt")).unwrap();
+    assert_eq!(eval_code.trim(), "1", "{eval_text}");
+    assert!(eval_text.contains("No space left on device"), "{eval_text}");
+    let listing = std::fs::read_to_string(dir.join("small-listing.txt")).unwrap();
+    assert!(!listing.contains("eval-full"), "{listing}");
     let run = only_run_dir(&dir.join("copied-runs"));
     let leftovers: Vec<_> = walk(&run.join("checkpoints"))
         .into_iter()

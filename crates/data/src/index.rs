@@ -152,6 +152,16 @@ pub enum ProblemKind {
     ViewsOutOfStep,
     /// Views of one recording more than a second apart in length: the shortest is used.
     ViewLengths,
+    /// Two views of one recording are the same file: the recording is skipped.
+    SameFileForViews,
+    /// No `person_<id>` in a recording's name: its file name is taken as the person.
+    PersonFromFileName,
+    /// Label Studio annotations marked `was_cancelled`: ignored.
+    CancelledAnnotation,
+    /// A task annotated by several annotators: one annotation is used, the others ignored.
+    SeveralAnnotations,
+    /// Ranges of different classes that overlap: frames there are samples of both classes.
+    OverlappingLabels,
 }
 
 impl ProblemKind {
@@ -174,6 +184,11 @@ impl ProblemKind {
             Self::NonFiniteKeypoints => "non_finite_keypoints",
             Self::ViewsOutOfStep => "views_out_of_step",
             Self::ViewLengths => "view_lengths",
+            Self::SameFileForViews => "same_file_for_views",
+            Self::PersonFromFileName => "person_from_file_name",
+            Self::CancelledAnnotation => "cancelled_annotation",
+            Self::SeveralAnnotations => "several_annotations",
+            Self::OverlappingLabels => "overlapping_labels",
         }
     }
 }
@@ -251,18 +266,19 @@ struct Located {
     env: Option<String>,
     /// `(view, video, keypoint source)` per active view that was found.
     views: Vec<(String, PathBuf, Option<PathBuf>)>,
-    /// `(view, where it was looked for)` per active view that was not found.
-    missing: Vec<(String, PathBuf)>,
+    /// `(view, where it was looked for, why it is missing)` per active view that was not found.
+    missing: Vec<(String, PathBuf, String)>,
+    /// Whether `person` is the file name because the name holds no `person_<id>`.
+    person_from_file_name: bool,
 }
 
 impl Located {
     /// What is missing, for the problem list.
     fn missing_message(&self, video: &str) -> String {
-        let (view, path) = &self.missing[0];
+        let (view, _, reason) = &self.missing[0];
         let found: Vec<&str> = self.views.iter().map(|(v, ..)| v.as_str()).collect();
         format!(
-            "recording {video}: no video for view {view} ({} not found){}",
-            path.display(),
+            "recording {video}: no video for view {view} ({reason}){}",
             if found.is_empty() {
                 String::new()
             } else {
@@ -284,7 +300,16 @@ impl Index {
         let manifest = if paths.manifest.as_os_str().is_empty() {
             None
         } else {
-            Some(Manifest::read(&paths.resolve(&paths.manifest))?)
+            let path = paths.resolve(&paths.manifest);
+            let manifest = Manifest::read(&path)?;
+            if manifest.is_empty() {
+                return Err(Error::Manifest {
+                    path,
+                    message: "lists no videos; add rows (video,view,path) or unset paths.manifest"
+                        .into(),
+                });
+            }
+            Some(manifest)
         };
         let class_names = config.data.class_names.clone();
         let mut problems = Problems {
@@ -297,6 +322,9 @@ impl Index {
         let mut annotated_persons = Vec::new();
 
         for (task_number, task) in tasks.iter().enumerate() {
+            for (kind, message) in &task.notes {
+                problems.note(*kind, &annotation_path, message.clone());
+            }
             let mut located = match locate(config, manifest.as_ref(), &task.video) {
                 Ok(located) => located,
                 Err((path, message)) => {
@@ -325,6 +353,27 @@ impl Index {
                     )?;
                     continue;
                 }
+            }
+            if let Some(message) = one_file_for_two_views(&located.views) {
+                problems.report(
+                    ProblemKind::SameFileForViews,
+                    &located.views[0].1,
+                    format!("recording {}: {message}; recording skipped", task.video),
+                )?;
+                continue;
+            }
+            if located.person_from_file_name {
+                problems.note(
+                    ProblemKind::PersonFromFileName,
+                    &located.views[0].1,
+                    format!(
+                        "recording {}: no person_<id> in its name, so its file name {} is taken \
+                         as the person; cross-validation cannot keep one person's recordings in \
+                         one split (name files person_<id>_…, or give the manifest a person \
+                         column)",
+                        task.video, located.person
+                    ),
+                );
             }
             let first_path = located.views[0].1.clone();
             if let Some(first) = seen.get(&first_path) {
@@ -600,6 +649,8 @@ impl Index {
 struct Task {
     video: String,
     labels: Vec<TimelineLabel>,
+    /// What reading it left out and why (cancelled annotations, other annotators'), to list.
+    notes: Vec<(ProblemKind, String)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -647,12 +698,45 @@ fn read_tasks(path: &Path) -> Result<Vec<Task>> {
             })?
             .to_string();
         let mut labels: Vec<TimelineLabel> = Vec::new();
+        let mut notes = Vec::new();
         if let Some(video_labels) = task.get("videoLabels") {
             labels = serde_json::from_value(video_labels.clone()).map_err(|error| {
                 annotation_error(format!("task {position} ({video}): videoLabels: {error}"))
             })?;
         } else if let Some(annotations) = task.get("annotations").and_then(|a| a.as_array()) {
-            for annotation in annotations {
+            let (cancelled, kept): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = annotations
+                .iter()
+                .partition(|annotation| annotation["was_cancelled"].as_bool() == Some(true));
+            if !cancelled.is_empty() {
+                notes.push((
+                    ProblemKind::CancelledAnnotation,
+                    format!(
+                        "task {position} ({video}): {} cancelled annotation(s) (was_cancelled) \
+                         ignored",
+                        cancelled.len()
+                    ),
+                ));
+            }
+            let chosen = chosen_annotation(&kept);
+            if let Some((index, why)) = chosen.filter(|_| kept.len() > 1) {
+                let others: Vec<String> = kept
+                    .iter()
+                    .enumerate()
+                    .filter(|(at, _)| *at != index)
+                    .map(|(_, annotation)| annotation_name(annotation))
+                    .collect();
+                notes.push((
+                    ProblemKind::SeveralAnnotations,
+                    format!(
+                        "task {position} ({video}) has {} annotations; used {} ({why}), ignored \
+                         {} (annotators' ranges are not merged: they would mix two readings)",
+                        kept.len(),
+                        annotation_name(kept[index]),
+                        others.join(", ")
+                    ),
+                ));
+            }
+            if let Some(annotation) = chosen.map(|(index, _)| kept[index]) {
                 let results = annotation.get("result").and_then(|r| r.as_array());
                 for result in results.into_iter().flatten() {
                     if let Some(value) = result.get("value") {
@@ -667,9 +751,60 @@ fn read_tasks(path: &Path) -> Result<Vec<Task>> {
                 }
             }
         }
-        tasks.push(Task { video, labels });
+        tasks.push(Task {
+            video,
+            labels,
+            notes,
+        });
     }
     Ok(tasks)
+}
+
+/// Which of a task's (not cancelled) annotations to train on, and why: the one marked
+/// `ground_truth`, else the most recently updated (Label Studio's ISO timestamps compare as
+/// text), else the last listed.
+fn chosen_annotation(annotations: &[&serde_json::Value]) -> Option<(usize, &'static str)> {
+    if annotations.is_empty() {
+        return None;
+    }
+    if let Some(index) = annotations
+        .iter()
+        .position(|annotation| annotation["ground_truth"].as_bool() == Some(true))
+    {
+        return Some((index, "marked ground_truth"));
+    }
+    let updated = |annotation: &serde_json::Value| {
+        annotation["updated_at"]
+            .as_str()
+            .or_else(|| annotation["created_at"].as_str())
+            .map(str::to_string)
+    };
+    let latest = (0..annotations.len())
+        .rev()
+        .max_by_key(|&at| updated(annotations[at]));
+    match latest {
+        Some(index) if updated(annotations[index]).is_some() => {
+            Some((index, "the most recently updated"))
+        }
+        _ => Some((annotations.len() - 1, "the last listed")),
+    }
+}
+
+/// `annotation 12 by 3` / `annotation 12 by ann@example.com`, for messages.
+fn annotation_name(annotation: &serde_json::Value) -> String {
+    let id = annotation["id"]
+        .as_u64()
+        .map_or_else(|| "?".to_string(), |id| id.to_string());
+    let by = &annotation["completed_by"];
+    let by = by
+        .as_u64()
+        .map(|id| id.to_string())
+        .or_else(|| by["email"].as_str().map(str::to_string))
+        .or_else(|| by["id"].as_u64().map(|id| id.to_string()));
+    match by {
+        Some(by) => format!("annotation {id} by {by}"),
+        None => format!("annotation {id}"),
+    }
 }
 
 /// A task's labels: class ranges (conflicts removed) and usable-part markers.
@@ -766,7 +901,46 @@ fn task_labels(
             ),
         )?;
     }
+    if let Some(message) = overlapping_classes(&labels.ranges, class_names) {
+        problems.note(
+            ProblemKind::OverlappingLabels,
+            annotation_path,
+            format!("task {task_number} ({}): {message}", task.video),
+        );
+    }
     Ok(labels)
+}
+
+/// Ranges of different classes sharing frames (ranges sorted by start): samples cut there are
+/// taken for both classes. The first pair, and how many pairs in all.
+fn overlapping_classes(ranges: &[LabelledRange], class_names: &[String]) -> Option<String> {
+    let mut pairs = Vec::new();
+    for (at, first) in ranges.iter().enumerate() {
+        for second in &ranges[at + 1..] {
+            if second.start > first.end {
+                break;
+            }
+            if second.class != first.class {
+                pairs.push((first, second));
+            }
+        }
+    }
+    let (first, second) = pairs.first()?;
+    let shared = first.end.min(second.end) + 1 - second.start;
+    Some(format!(
+        "ranges {}..={} \"{}\" and {}..={} \"{}\" overlap by {shared} frame(s){}; samples there \
+         are taken for both classes (fix the export if that is not meant)",
+        first.start,
+        first.end,
+        class_names[first.class],
+        second.start,
+        second.end,
+        class_names[second.class],
+        match pairs.len() {
+            1 => String::new(),
+            more => format!(" ({more} overlapping pairs in all)"),
+        }
+    ))
 }
 
 /// Finds the video (and keypoint source) of every active view of a task's recording, from the
@@ -786,6 +960,7 @@ fn locate(
         env: None,
         views: Vec::with_capacity(views.len()),
         missing: Vec::new(),
+        person_from_file_name: person_in(&relative).is_none(),
     };
     let mut missing = Vec::new();
     if let Some(manifest) = manifest {
@@ -798,6 +973,7 @@ fn locate(
         };
         if let Some(person) = &entry.person {
             located.person.clone_from(person);
+            located.person_from_file_name = false;
         }
         located.env.clone_from(&entry.env);
         for view in &views {
@@ -811,10 +987,25 @@ fn locate(
                     });
                     located.views.push((view.clone(), path.clone(), keypoints));
                 }
-                None => missing.push((
-                    view.clone(),
-                    entry.views.get(view).cloned().unwrap_or_default(),
-                )),
+                None => match entry.views.get(view) {
+                    Some(path) => missing.push((
+                        view.clone(),
+                        path.clone(),
+                        format!("{} not found", path.display()),
+                    )),
+                    // A row whose view is not in data.views (a typo, another camera name) used
+                    // to be dropped without a word, and this message showed an empty path.
+                    None => missing.push((
+                        view.clone(),
+                        config.paths.resolve(&config.paths.manifest),
+                        format!(
+                            "the manifest has no row for view {view} of this video; its rows \
+                             name the views {} (data.views = {})",
+                            entry.views.keys().cloned().collect::<Vec<_>>().join(", "),
+                            views.join(", ")
+                        ),
+                    )),
+                },
             }
         }
     } else {
@@ -830,7 +1021,11 @@ fn locate(
                         .then(|| keypoint_source(&keypoint_root.join(view), &name, &path));
                     located.views.push((view.clone(), path, keypoints));
                 }
-                None => missing.push((view.clone(), folder.join(&name))),
+                None => {
+                    let path = folder.join(&name);
+                    let reason = format!("{} not found", path.display());
+                    missing.push((view.clone(), path, reason));
+                }
             }
         }
     }
@@ -1021,23 +1216,51 @@ fn keypoint_source(folder: &Path, video_name: &str, video: &Path) -> PathBuf {
 /// (`day/person_07/front.mp4`, `person_07_night_high.mp4` → `person_07`); otherwise the file
 /// stem.
 fn person_of(path: &str) -> String {
+    person_in(path).unwrap_or_else(|| {
+        let components: Vec<&str> = path.split(['/', '\\']).collect();
+        Path::new(components.last().copied().unwrap_or(path))
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// The `person_<id>` a path names (last component first), in lower case: `Person_07` and
+/// `person_07` are one driver, who must not land in both splits.
+fn person_in(path: &str) -> Option<String> {
     let components: Vec<&str> = path.split(['/', '\\']).collect();
-    for component in components.iter().rev() {
+    components.iter().rev().find_map(|component| {
         let stem = Path::new(component)
             .file_stem()
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_default();
         let parts: Vec<&str> = stem.split(['_', '-']).collect();
-        if let Some(at) = parts.iter().position(|part| *part == "person")
-            && at + 1 < parts.len()
-        {
-            return format!("person_{}", parts[at + 1]);
-        }
-    }
-    Path::new(components.last().copied().unwrap_or(path))
-        .file_stem()
-        .map(|stem| stem.to_string_lossy().into_owned())
-        .unwrap_or_default()
+        let at = parts
+            .iter()
+            .position(|part| part.eq_ignore_ascii_case("person"))?;
+        let id = parts.get(at + 1).filter(|id| !id.is_empty())?;
+        Some(format!("person_{}", id.to_lowercase()))
+    })
+}
+
+/// Two views of one recording naming the same file (a manifest copy-paste, a symlink farm gone
+/// wrong): the model would see one camera twice and train as if it had two.
+fn one_file_for_two_views(views: &[(String, PathBuf, Option<PathBuf>)]) -> Option<String> {
+    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    views.iter().enumerate().find_map(|(at, (view, path, _))| {
+        views[at + 1..]
+            .iter()
+            .find(|(_, other, _)| same(path, other))
+            .map(|(other_view, ..)| {
+                format!(
+                    "views {view} and {other_view} are the same file {}",
+                    path.display()
+                )
+            })
+    })
 }
 
 /// `text` without a leading UTF-8 byte-order mark.

@@ -581,7 +581,46 @@ fn eval(args: &EvalArgs) -> Result<(), Failure> {
             .unwrap_or_else(|| std::path::PathBuf::from("."))
             .join(format!("eval-{}", vidtrain_trainer::utc_timestamp())),
     };
+    // A folder this command made is removed again if its files cannot all be written (a full
+    // disk): a half-filled eval folder would be taken for a finished evaluation.
+    let created = !out.exists();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if let Err(error) = write_evaluation(&out, &config, &report) {
+        if created {
+            let _ = std::fs::remove_dir_all(&out);
+        }
+        return Err(error.into());
+    }
+    println!(
+        "weights {}\n{} samples{}: accuracy {:.3}, macro-F1 {:.3}, macro AUROC {}, loss {:.4}\nwritten to {}",
+        report.weights.display(),
+        report.samples,
+        if report.skipped > 0 {
+            format!(
+                " ({} could not be loaded and are not counted)",
+                report.skipped
+            )
+        } else {
+            String::new()
+        },
+        report.metrics.accuracy,
+        report.metrics.macro_f1,
+        report
+            .metrics
+            .macro_auroc
+            .map_or_else(|| "n/a".to_string(), |auroc| format!("{auroc:.3}")),
+        report.loss,
+        out.display()
+    );
+    Ok(())
+}
+
+/// `metrics.json`, `predictions.csv` and `confusion.svg` of an evaluation, each written whole.
+fn write_evaluation(
+    out: &std::path::Path,
+    config: &vidtrain_config::Config,
+    report: &vidtrain_trainer::inference::EvalReport,
+) -> anyhow::Result<()> {
     let write = |name: &str, contents: &[u8]| -> anyhow::Result<()> {
         let path = out.join(name);
         vidtrain_trainer::write_atomically(&path, contents)?;
@@ -620,27 +659,6 @@ fn eval(args: &EvalArgs) -> Result<(), Failure> {
         )
         .as_bytes(),
     )?;
-    println!(
-        "weights {}\n{} samples{}: accuracy {:.3}, macro-F1 {:.3}, macro AUROC {}, loss {:.4}\nwritten to {}",
-        report.weights.display(),
-        report.samples,
-        if report.skipped > 0 {
-            format!(
-                " ({} could not be loaded and are not counted)",
-                report.skipped
-            )
-        } else {
-            String::new()
-        },
-        report.metrics.accuracy,
-        report.metrics.macro_f1,
-        report
-            .metrics
-            .macro_auroc
-            .map_or_else(|| "n/a".to_string(), |auroc| format!("{auroc:.3}")),
-        report.loss,
-        out.display()
-    );
     Ok(())
 }
 

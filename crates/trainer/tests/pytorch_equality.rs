@@ -171,6 +171,24 @@ fn another_class_count_reinitialises_the_head_and_a_wrong_depth_names_every_misf
         error.contains("backbone.layer1.1.conv1.weight"),
         "names the unexpected second block: {error}"
     );
+
+    // Another width: every tensor is named once, as not loadable. BatchNorm's γ/β used to be
+    // listed twice, also under their file keys as "in the file but not in the model".
+    let mut config = fixture.config.clone();
+    config.model.resnet_width = 32;
+    let mut model: ActionModel<Flex> = ActionModelConfig::from_config(&config).init(&device);
+    let error = vidtrain_trainer::persist::pretrained::load(&mut model, &config, &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("backbone.stem_norm.gamma (model [32], file [64])"),
+        "{error}"
+    );
+    assert!(!error.contains("backbone.stem_norm.weight"), "{error}");
+    assert!(
+        !error.contains("in the file but not in the model"),
+        "{error}"
+    );
 }
 
 fn relative_error(got: &[f32], want: &[f32]) -> f64 {

@@ -175,17 +175,26 @@ pub fn load<B: Backend>(
         ));
     }
     // burn-store finds BatchNorm/LayerNorm's γ and β under PyTorch's `weight` and `bias` but
-    // still lists those file keys as unused; they were used when their γ/β was applied. Applied
-    // paths carry enum variant names (`backbone.Resnet3d.…`), which file keys do not.
+    // still lists those file keys as unused; they were used when their γ/β was applied, or
+    // tried and refused for its shape (then the γ/β is listed as not loadable, and listing the
+    // file key too named every such tensor twice). Applied paths carry enum variant names
+    // (`backbone.Resnet3d.…`), which file keys do not.
+    let without_variants = |path: &str| {
+        path.split('.')
+            .filter(|segment| !segment.starts_with(|c: char| c.is_ascii_uppercase()))
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mis_shaped_paths = result.errors.iter().filter_map(|error| match error {
+        ApplyError::ShapeMismatch { path, .. } => Some(path.as_str()),
+        _ => None,
+    });
     let applied: std::collections::HashSet<String> = result
         .applied
         .iter()
-        .map(|path| {
-            path.split('.')
-                .filter(|segment| !segment.starts_with(|c: char| c.is_ascii_uppercase()))
-                .collect::<Vec<_>>()
-                .join(".")
-        })
+        .map(String::as_str)
+        .chain(mis_shaped_paths)
+        .map(without_variants)
         .collect();
     let used_as_norm_parameter = |key: &str| {
         [(".weight", ".gamma"), (".bias", ".beta")]
