@@ -114,27 +114,7 @@ fn a_manifest_layout_with_upload_names_trains_and_inspect_lists_every_planted_pr
         // duplicate_task: driver_a annotated twice.
         {"video": "/data/upload/3/0a1b2c3d-driver_a.mp4", "videoLabels": labels_of(2)},
     ]);
-    std::fs::write(
-        dir.join("layout/labels.json"),
-        serde_json::to_string_pretty(&tasks).unwrap(),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("layout/dataset.toml"),
-        format!(
-            "[paths]\nroot_path = \"{}\"\nannotation_path = \"labels.json\"\nmanifest = \
-             \"manifest.csv\"\n\n[data]\nload_kpt = true\n",
-            dir.join("layout").display()
-        ),
-    )
-    .unwrap();
-
-    let output = vidtrain(
-        &dir,
-        &["data", "inspect", "--config", "layout/dataset.toml"],
-    );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let report = stdout(&output);
+    let report = inspect_layout(&dir, &tasks, "[data]\nload_kpt = true\n");
     for kind in [
         "missing_view",
         "duplicate_task",
@@ -251,22 +231,7 @@ fn annotator_and_manifest_mistakes_are_listed_not_merged_silently() {
         {"video": "person_07_night.mp4", "videoLabels": labels_of(2)},
         {"video": "dashcam_0912.mp4", "videoLabels": labels_of(3)},
     ]);
-    std::fs::write(dir.join("layout/labels.json"), tasks.to_string()).unwrap();
-    std::fs::write(
-        dir.join("layout/dataset.toml"),
-        format!(
-            "[paths]\nroot_path = \"{}\"\nannotation_path = \"labels.json\"\nmanifest = \
-             \"manifest.csv\"\n",
-            dir.join("layout").display()
-        ),
-    )
-    .unwrap();
-    let output = vidtrain(
-        &dir,
-        &["data", "inspect", "--config", "layout/dataset.toml"],
-    );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let report = stdout(&output);
+    let report = inspect_layout(&dir, &tasks, "");
     for expected in [
         "cancelled_annotation: ",
         "1 cancelled annotation(s)",
@@ -298,6 +263,28 @@ fn annotator_and_manifest_mistakes_are_listed_not_merged_silently() {
     crate::assert_clean_failure(&output, 1);
     crate::assert_stderr_contains(&output, "manifest.csv");
     crate::assert_stderr_contains(&output, "lists no videos");
+}
+
+/// Writes `tasks` as `layout/labels.json` and `layout/dataset.toml` (the manifest layout, plus
+/// `extra` TOML), runs `vidtrain data inspect` on it and returns its report.
+fn inspect_layout(dir: &Path, tasks: &serde_json::Value, extra: &str) -> String {
+    std::fs::write(
+        dir.join("layout/labels.json"),
+        serde_json::to_string_pretty(tasks).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("layout/dataset.toml"),
+        format!(
+            "[paths]\nroot_path = \"{}\"\nannotation_path = \"labels.json\"\nmanifest = \
+             \"manifest.csv\"\n\n{extra}",
+            dir.join("layout").display()
+        ),
+    )
+    .unwrap();
+    let output = vidtrain(dir, &["data", "inspect", "--config", "layout/dataset.toml"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
 }
 
 fn scratch_dataset() -> std::path::PathBuf {

@@ -11,7 +11,7 @@ use common::{ffmpeg_cli_frames, ffmpeg_cli_frames_filtered};
 use vidtrain_config::{Config, OnBadSample};
 use vidtrain_data::demo::{DemoSpec, generate};
 use vidtrain_data::{
-    Dataset, Error, FrameDecoder, Pipeline, Transforms, decode_processes_spawned,
+    Dataset, Error, FrameDecoder, Pipeline, ProblemKind, Transforms, decode_processes_spawned,
     keypoint_files_opened, probe_video, read_keypoints,
 };
 
@@ -350,6 +350,16 @@ fn missing_videos_ranges_past_the_end_and_unknown_labels_are_reported() {
     );
 }
 
+/// The first problem of `kind` the index found.
+fn problem_of(dataset: &Dataset, kind: ProblemKind) -> &vidtrain_data::Problem {
+    dataset
+        .index
+        .problems
+        .iter()
+        .find(|problem| problem.kind == kind)
+        .unwrap_or_else(|| panic!("no {} problem", kind.name()))
+}
+
 /// A copy of the demo (videos copied, so they can be replaced) with `view`'s video of person 1
 /// re-encoded by ffmpeg with `filter` (`-vf`).
 fn demo_with_reencoded_view(name: &str, view: &str, filter: &str) -> PathBuf {
@@ -402,12 +412,7 @@ fn views_at_different_frame_rates_or_lengths_are_reported_naming_the_odd_file() 
         ["person_02_demo.mp4"],
         "the out-of-step recording is skipped"
     );
-    let problem = dataset
-        .index
-        .problems
-        .iter()
-        .find(|p| p.kind == vidtrain_data::ProblemKind::ViewsOutOfStep)
-        .expect("a views_out_of_step problem");
+    let problem = problem_of(&dataset, ProblemKind::ViewsOutOfStep);
     assert!(
         problem.path.ends_with("left/person_01_demo.mp4"),
         "{problem:?}"
@@ -436,12 +441,7 @@ fn views_at_different_frame_rates_or_lengths_are_reported_naming_the_odd_file() 
         .find(|r| r.name == "person_01_demo.mp4")
         .expect("kept");
     assert_eq!(recording.n_frames, 150);
-    let lengths = dataset
-        .index
-        .problems
-        .iter()
-        .find(|p| p.kind == vidtrain_data::ProblemKind::ViewLengths)
-        .expect("a view_lengths problem");
+    let lengths = problem_of(&dataset, ProblemKind::ViewLengths);
     assert!(
         lengths.path.ends_with("left/person_01_demo.mp4"),
         "{lengths:?}"
@@ -450,7 +450,7 @@ fn views_at_different_frame_rates_or_lengths_are_reported_naming_the_odd_file() 
     for problem in &dataset.index.problems {
         if matches!(
             problem.kind,
-            vidtrain_data::ProblemKind::ClippedRange | vidtrain_data::ProblemKind::OutsideVideo
+            ProblemKind::ClippedRange | ProblemKind::OutsideVideo
         ) && problem.message.contains("person_01")
         {
             assert!(
