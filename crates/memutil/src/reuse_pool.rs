@@ -12,6 +12,11 @@
 //!   block, and first gives cached blocks back until live + cached + the new block fit within
 //!   the peak of live blocks plus the slack ([`set_slack_percent`] of that peak). So the pool adds
 //!   at most that share to the peak RSS — 0 % reuses only what never raises it.
+//! - When a block must be given back to make room for a new one, its pages are reused instead:
+//!   on Linux the pool maps its blocks itself and resizes the victim to the new class with
+//!   `mremap`, so only the difference in size is mapped fresh (and zeroed by the kernel) or
+//!   released. Half-precision steps, whose f32 copies come in other sizes than their bf16
+//!   tensors, missed their classes often and paid a fresh, zeroed mapping every time.
 //! - The cache is memory vidtrain holds: it is resident, it is in every RSS figure the program
 //!   prints, and it is counted ([`stats`]: bytes cached now and at most, hits and misses).
 //!   [`release_cached`] gives it all back.
@@ -58,6 +63,7 @@ static CACHED: AtomicUsize = AtomicUsize::new(0);
 static PEAK_CACHED: AtomicUsize = AtomicUsize::new(0);
 static HITS: AtomicU64 = AtomicU64::new(0);
 static MISSES: AtomicU64 = AtomicU64::new(0);
+static RECYCLED: AtomicU64 = AtomicU64::new(0);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
 /// What the pool did since the start or the last [`reset_peak`].
@@ -77,6 +83,8 @@ pub struct PoolStats {
     pub hits: u64,
     /// Pooled requests that went to the system.
     pub misses: u64,
+    /// Misses served by resizing a cached block given up for room (its pages reused).
+    pub recycled: u64,
 }
 
 /// Sets how much the pool may add to the peak RSS, in percent of the peak of live pooled blocks
@@ -95,6 +103,7 @@ pub fn stats() -> PoolStats {
         peak_cached_bytes: PEAK_CACHED.load(Ordering::Relaxed) as u64,
         hits: HITS.load(Ordering::Relaxed),
         misses: MISSES.load(Ordering::Relaxed),
+        recycled: RECYCLED.load(Ordering::Relaxed),
     }
 }
 
@@ -105,6 +114,7 @@ pub fn reset_peak() {
     PEAK_LIVE.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
     HITS.store(0, Ordering::Relaxed);
     MISSES.store(0, Ordering::Relaxed);
+    RECYCLED.store(0, Ordering::Relaxed);
 }
 
 /// Gives every cached block back to the system; returns the bytes released.
@@ -116,12 +126,11 @@ pub fn release_cached() -> u64 {
         if count == 0 {
             continue;
         }
-        let layout = class_layout(class);
         for slot in 0..count {
             let block = cache.blocks[class][slot] as *mut u8; // a base address
-            // SAFETY: every cached address was allocated by `System` with `class_layout(class)`
-            // and is owned by the cache alone.
-            unsafe { System.dealloc(block, layout) };
+            // SAFETY: every cached address is a block of `class` mapped by `blocks::map`, owned
+            // by the cache alone.
+            unsafe { blocks::unmap(block, class) };
             released += class_size(class) as u64;
         }
         cache.counts[class] = 0;
@@ -167,6 +176,80 @@ fn class_layout(class: usize) -> Layout {
         .expect("a valid size class layout")
 }
 
+/// Where pooled blocks come from. On Linux: anonymous mappings of their own (page-aligned, so
+/// aligned to [`POOL_ALIGN`]), which `mremap` resizes keeping their pages; elsewhere the system
+/// allocator, and no resizing.
+mod blocks {
+    use super::class_layout;
+
+    /// A new block of `class` (zeroed), or null.
+    #[cfg(target_os = "linux")]
+    pub(super) fn map(class: usize) -> *mut u8 {
+        use rustix::mm::{MapFlags, ProtFlags, mmap_anonymous};
+        // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing
+        // aliases nothing.
+        unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                class_layout(class).size(),
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }
+        .map_or(std::ptr::null_mut(), |base| base.cast())
+    }
+
+    /// Gives the block of `class` at `base` back.
+    ///
+    /// # Safety
+    /// `base` is a block of `class` from [`map`] or [`resize`] that nobody uses any more.
+    #[cfg(target_os = "linux")]
+    pub(super) unsafe fn unmap(base: *mut u8, class: usize) {
+        // SAFETY: the caller's guarantees; failure would leave the mapping, nothing unsound.
+        let _ = unsafe { rustix::mm::munmap(base.cast(), class_layout(class).size()) };
+    }
+
+    /// The block of `from` at `base` made a block of `to` keeping its pages (moved if it must
+    /// grow where it cannot), or `None` (the block is left as it was).
+    ///
+    /// # Safety
+    /// `base` is a block of `from` from [`map`] or [`resize`] that nobody uses any more.
+    #[cfg(target_os = "linux")]
+    pub(super) unsafe fn resize(base: *mut u8, from: usize, to: usize) -> Option<*mut u8> {
+        use rustix::mm::{MremapFlags, mremap};
+        // SAFETY: the caller's guarantees: a whole mapping of ours, page-aligned.
+        unsafe {
+            mremap(
+                base.cast(),
+                class_layout(from).size(),
+                class_layout(to).size(),
+                MremapFlags::MAYMOVE,
+            )
+        }
+        .ok()
+        .map(|base| base.cast())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn map(class: usize) -> *mut u8 {
+        use std::alloc::GlobalAlloc;
+        // SAFETY: the layout has a non-zero size.
+        unsafe { std::alloc::System.alloc_zeroed(class_layout(class)) }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) unsafe fn unmap(base: *mut u8, class: usize) {
+        use std::alloc::GlobalAlloc;
+        // SAFETY: the caller's guarantees; allocated by `map` with this layout.
+        unsafe { std::alloc::System.dealloc(base, class_layout(class)) };
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) unsafe fn resize(_base: *mut u8, _from: usize, _to: usize) -> Option<*mut u8> {
+        None
+    }
+}
+
 /// A block as the caller sees it: past the header.
 fn user_pointer(base: *mut u8) -> *mut u8 {
     // SAFETY (of the offset): every base is the start of an allocation of more than POOL_ALIGN
@@ -193,6 +276,20 @@ fn take_cached(class: usize) -> Option<(*mut u8, usize)> {
     Some((base as *mut u8, found))
 }
 
+/// A cached block within an octave of `class` (the nearest), to be resized for it: its pages
+/// are resident already, where a fresh mapping would fault and zero every page.
+fn take_nearby(class: usize) -> Option<(*mut u8, usize)> {
+    let mut cache = lock();
+    let found = (1..=CLASSES_PER_OCTAVE)
+        .flat_map(|distance| [class.checked_sub(distance), Some(class + distance)])
+        .flatten()
+        .find(|&k| k < CLASSES && cache.counts[k] > 0)?;
+    cache.counts[found] -= 1;
+    let base = cache.blocks[found][usize::from(cache.counts[found])];
+    CACHED.fetch_sub(class_size(found), Ordering::Relaxed);
+    Some((base as *mut u8, found))
+}
+
 /// Classes above its own a request may be served from (four eighths of an octave: ≤ 1.5×).
 const REUSE_SPAN: usize = 4;
 
@@ -211,19 +308,21 @@ fn keep(class: usize, base: *mut u8) -> bool {
     true
 }
 
-/// Makes room for a new system block of `bytes`: gives cached blocks back until the pool's
-/// footprint (live + cached + the new block) is within the most it has needed for live blocks
-/// alone plus the slack ([`set_slack_percent`]). So the pool never raises the peak RSS by more than the
-/// slack. Victims: the smallest cached block that covers what is missing, else the largest, again
-/// — as little cached memory as possible is given up.
-fn make_room(bytes: usize) {
+/// Makes room for a new block of `bytes`: gives cached blocks back until the pool's footprint
+/// (live + cached + the new block) is within the most it has needed for live blocks alone plus
+/// the slack ([`set_slack_percent`]). So the pool never raises the peak RSS by more than the
+/// slack. Victims: the smallest cached block that covers what is missing, else the largest,
+/// again — as little cached memory as possible is given up. The largest victim is not unmapped
+/// but returned (base, class) for the new block to be made of its pages.
+fn make_room(bytes: usize) -> Option<(*mut u8, usize)> {
     let live = LIVE.load(Ordering::Relaxed) + bytes;
     let peak_live = PEAK_LIVE.fetch_max(live, Ordering::Relaxed).max(live);
     let allowed = peak_live + peak_live / 100 * SLACK_PERCENT.load(Ordering::Relaxed);
     let mut cached = CACHED.load(Ordering::Relaxed);
     if live + cached <= allowed {
-        return;
+        return None;
     }
+    let mut recycled: Option<(*mut u8, usize)> = None;
     let mut cache = lock();
     while live + cached > allowed {
         let missing = live + cached - allowed;
@@ -236,12 +335,24 @@ fn make_room(bytes: usize) {
         };
         cache.counts[class] -= 1;
         let base = cache.blocks[class][usize::from(cache.counts[class])] as *mut u8;
-        // SAFETY: cached blocks were allocated by `System` with their class layout and are
-        // owned by the cache alone.
-        unsafe { System.dealloc(base, class_layout(class)) };
         cached -= class_size(class);
+        let unmapped = match recycled {
+            Some((_, kept)) if kept >= class => (base, class),
+            Some(smaller) => {
+                recycled = Some((base, class));
+                smaller
+            }
+            None => {
+                recycled = Some((base, class));
+                continue;
+            }
+        };
+        // SAFETY: cached blocks were mapped by `blocks::map` with their class and are owned by
+        // the cache alone.
+        unsafe { blocks::unmap(unmapped.0, unmapped.1) };
     }
     CACHED.store(cached, Ordering::Relaxed);
+    recycled
 }
 
 fn pooled_alloc(class: usize, zeroed: bool, requested: usize) -> *mut u8 {
@@ -258,18 +369,31 @@ fn pooled_alloc(class: usize, zeroed: bool, requested: usize) -> *mut u8 {
         return user;
     }
     MISSES.fetch_add(1, Ordering::Relaxed);
-    let layout = class_layout(class);
-    make_room(class_size(class));
+    let recycled = make_room(class_size(class)).or_else(|| take_nearby(class));
     LIVE.fetch_add(class_size(class), Ordering::Relaxed);
-    // SAFETY: the layout has a non-zero size.
-    let base = unsafe {
-        if zeroed {
-            System.alloc_zeroed(layout)
-        } else {
-            System.alloc(layout)
-        }
+    let base = match recycled {
+        // SAFETY: the victim is a block of `from` that the cache gave up and nobody else owns.
+        Some((victim, from)) => match unsafe { blocks::resize(victim, from, class) } {
+            Some(base) => {
+                RECYCLED.fetch_add(1, Ordering::Relaxed);
+                if zeroed {
+                    // SAFETY: the block holds `class_size(class) >= requested` bytes past its
+                    // header; its reused pages hold old data.
+                    unsafe { user_pointer(base).write_bytes(0, requested) };
+                }
+                base
+            }
+            None => {
+                // SAFETY: as above; resizing failed and left the victim as it was.
+                unsafe { blocks::unmap(victim, from) };
+                blocks::map(class)
+            }
+        },
+        // Fresh mappings are zeroed by the kernel.
+        None => blocks::map(class),
     };
     if base.is_null() {
+        LIVE.fetch_sub(class_size(class), Ordering::Relaxed);
         return base;
     }
     // SAFETY: the allocation starts with POOL_ALIGN (≥ size_of::<usize>()) bytes of header,
@@ -283,8 +407,8 @@ fn pooled_dealloc(user: *mut u8) {
     LIVE.fetch_sub(class_size(class), Ordering::Relaxed);
     let base = user.wrapping_sub(POOL_ALIGN);
     if !keep(class, base) {
-        // SAFETY: pooled blocks are allocated by `System` with their class layout.
-        unsafe { System.dealloc(base, class_layout(class)) };
+        // SAFETY: pooled blocks are mapped by `blocks::map` with their class.
+        unsafe { blocks::unmap(base, class) };
     }
 }
 
@@ -412,18 +536,30 @@ mod tests {
         assert_eq!(before.misses, 1);
 
         // Slack 0: a request the cache cannot serve first gives back what would lift the
-        // footprint (live + cached) above the peak of live blocks.
+        // footprint (live + cached) above the peak of live blocks: the cached 5 MiB block, whose
+        // pages are resized into the new block (no fresh mapping), zeroed as asked.
         let larger = alloc(mib(9));
         let after = stats();
         assert_eq!(after.cached_bytes, 0, "{after:?}");
+        assert_eq!(after.recycled, 1, "{after:?}");
         assert!(after.peak_live_bytes >= mib(9) as u64);
+        // SAFETY: the block holds 9 MiB.
+        unsafe {
+            assert_eq!(larger.add(123).read(), 0);
+            larger.add(mib(9) - 1).write(1);
+        }
         pooled_dealloc(larger);
+        // A miss within an octave of a cached block takes that block's pages too.
+        let near = alloc(mib(6));
+        assert_eq!(stats().recycled, 2);
+        assert_eq!(stats().cached_bytes, 0);
+        pooled_dealloc(near);
 
-        // Slack 100 %: the same miss keeps the cached block, since live + cached + new stays
-        // within twice the peak of live blocks.
+        // Slack 100 %: a miss more than an octave away keeps the cached block, since live +
+        // cached + new stays within twice the peak of live blocks.
         set_slack_percent(100);
         let cached = stats().cached_bytes;
-        let other = alloc(mib(3));
+        let other = alloc(mib(1));
         assert_eq!(stats().cached_bytes, cached);
         pooled_dealloc(other);
         let cached = stats().cached_bytes;

@@ -832,10 +832,11 @@ fn print_summary(summary: &vidtrain_trainer::RunSummary) {
             "host reuse pool",
             if summary.host_allocator.active {
                 format!(
-                    "at most {} cached, {} hits, {} misses",
+                    "at most {} cached, {} hits, {} misses ({} of them resized cached blocks)",
                     vidtrain_memutil::format_bytes(summary.host_allocator.peak_cached_bytes),
                     summary.host_allocator.hits,
-                    summary.host_allocator.misses
+                    summary.host_allocator.misses,
+                    summary.host_allocator.recycled
                 )
             } else {
                 "off".to_string()
