@@ -8,8 +8,10 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use burn::optim::GradientsParams;
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::cpu_kernels::cast;
 use crate::layers::batch_norm::{batch_norm_channels, norm_relu_gradients};
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 
@@ -103,6 +105,23 @@ impl<B: Backend> StemStep<'_, B> {
 }
 
 impl<B: AutodiffBackend> StemStep<'_, B> {
+    /// [`StemStep::forward`] for a step run untracked in training (its gradients are taken by
+    /// hand): BatchNorm's casts to f32 and back go through the inner backend's parallel cast.
+    /// On autodiff tensors only Burn's cast is safe (it records the op when tracked), and on
+    /// burn-flex it converts through f64 on one thread into fresh pages — 7–10 % of a bf16 step
+    /// of the seed model; here the input is known to be untracked.
+    pub fn forward_untracked(self) -> Tensor<B, 5> {
+        match self {
+            StemStep::NormRelu(norm, input) => {
+                let dtype = input.dtype();
+                let input = Tensor::from_inner(cast(input.inner(), FloatDType::F32));
+                let output = normalize(norm, input);
+                Tensor::from_inner(cast(output.inner(), dtype))
+            }
+            convolution => convolution.forward(),
+        }
+    }
+
     /// The step's parameter gradients for `upstream`, the gradient of its output, and its
     /// input's when `wants_input` is set (as the step reads it: step 0 never wants it).
     pub fn gradients(

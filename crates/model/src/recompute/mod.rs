@@ -280,7 +280,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
                 if let Some(step) = untracked.stem_step(chain, index, &input) {
                     // Whatever the mode, a stem step keeps only its input and is differentiated
                     // by hand, without a replay.
-                    x = Activation::Clips(step.forward());
+                    x = Activation::Clips(step.forward_untracked());
                     saved.push(Saved {
                         input,
                         backward: StretchBackward::ByHand,
