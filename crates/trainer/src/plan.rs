@@ -323,7 +323,7 @@ pub fn fit(
 ) -> Result<Fit, NoFit> {
     let effective_batch = config.data.batch_size * config.train.accumulate_grad_batches;
     // Both backends have bf16 (burn-flex on the CPU, CUDA); the measured faster one first. On the
-    // CPU that is 32 (`cargo xtask bench cpu`, seed model b4: fp32 1.02, bf16 0.80 samples/s;
+    // CPU that is 32 (`cargo xtask bench cpu`, seed model b4: fp32 1.18, bf16 0.96 samples/s;
     // burn-flex has no half-precision matrix kernels), so bf16 only when 32 does not fit; on a
     // GPU bf16 (tensor cores), so 32 only when bf16 does not fit either.
     let precisions: Vec<Precision> = match (config.trainer.precision, backend) {
