@@ -452,12 +452,15 @@ pub fn format_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    /// Tests measure the whole process, so they must not run alongside each other.
-    static SERIAL: Mutex<()> = Mutex::new(());
+    /// Tests measure the whole process, so they must not run alongside each other, nor
+    /// alongside the reuse pool's test, which maps and touches blocks of several MiB.
+    pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
 
     #[test]
     fn rss_grows_when_memory_is_touched() {
-        let _serial = SERIAL.lock().unwrap();
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let before = current_rss_bytes().expect("procfs on Linux");
         let block = std::hint::black_box(vec![1u8; 64 << 20]);
         let after = current_rss_bytes().unwrap();
@@ -471,7 +474,9 @@ mod tests {
 
     #[test]
     fn the_process_tree_includes_child_processes() {
-        let _serial = SERIAL.lock().unwrap();
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // A child holding 80 MiB, like an ffmpeg decoder holds its frames.
         let mut child = std::process::Command::new("python3")
             .args([
@@ -501,7 +506,9 @@ mod tests {
 
     #[test]
     fn sampler_sees_a_short_peak() {
-        let _serial = SERIAL.lock().unwrap();
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let sampler = MemorySampler::start(Duration::from_millis(5));
         let baseline = current_rss_bytes().unwrap();
         let block = std::hint::black_box(vec![1u8; 48 << 20]);
@@ -516,7 +523,9 @@ mod tests {
 
     #[test]
     fn phases_keep_their_own_peaks() {
-        let _serial = SERIAL.lock().unwrap();
+        let _serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let sampler = MemorySampler::start(Duration::from_millis(5));
         sampler.phase(Phase::DataWait);
         let quiet = current_rss_bytes().unwrap();

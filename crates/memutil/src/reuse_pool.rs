@@ -505,6 +505,9 @@ mod tests {
     // One test owns the pool's statics.
     #[test]
     fn blocks_are_reused_and_the_pool_never_adds_more_than_its_slack_to_the_peak() {
+        let _serial = crate::tests::SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mib = |n: usize| n << 20;
         let alloc = |bytes: usize| {
             let class = class_of(Layout::from_size_align(bytes, 4).unwrap()).unwrap();
