@@ -263,6 +263,73 @@ mod tidy {
         assert!(offending.is_empty(), "{needle} left in {offending:?}");
     }
 
+    /// Repository paths a reader is sent to from `README.md` and `docs/` (in backticks or as
+    /// link targets) exist: a renamed file otherwise leaves the docs pointing at nothing.
+    /// Paths under build outputs (`target/`, `bench/gpu/bin/`, made by `cargo xtask bench gpu`)
+    /// are not in a checkout and are not checked.
+    #[test]
+    fn every_path_the_docs_cite_exists() {
+        let root = project_root();
+        let mut documents = vec![root.join("README.md")];
+        let mut folders = vec![root.join("docs")];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|ext| ext == "md") {
+                    documents.push(path);
+                }
+            }
+        }
+        let cited_roots = [
+            "crates/", "docs/", "bench/", "configs/", "xtask/", "tests/", ".ci/", "shared/",
+        ];
+        let built = ["target/", "bench/gpu/bin/"];
+        let mut missing = Vec::new();
+        for document in &documents {
+            let text = std::fs::read_to_string(document).unwrap();
+            let in_backticks = text.split('`').skip(1).step_by(2);
+            let link_targets = text
+                .split("](")
+                .skip(1)
+                .filter_map(|rest| rest.split(')').next());
+            for cited in in_backticks.chain(link_targets) {
+                let path = cited
+                    .trim_end_matches(['.', ',', ';', ':'])
+                    .split(['#', ' '])
+                    .next()
+                    .unwrap_or_default();
+                let relative = path.trim_start_matches("../");
+                if !cited_roots
+                    .iter()
+                    .any(|prefix| relative.starts_with(prefix))
+                    || built.iter().any(|prefix| relative.starts_with(prefix))
+                    || relative.contains(['*', '<', '{', '…'])
+                {
+                    continue;
+                }
+                // `file.rs:120` cites a line; `../x` is relative to the document (a link).
+                let file = path.split(':').next().unwrap_or_default();
+                let resolved = if path.starts_with("../") {
+                    document.parent().unwrap().join(file)
+                } else {
+                    root.join(file)
+                };
+                if !resolved.exists() {
+                    missing.push(format!(
+                        "{}: {cited}",
+                        document.strip_prefix(&root).unwrap().display()
+                    ));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "cited paths that do not exist: {missing:#?}"
+        );
+    }
+
     #[test]
     fn crates_depend_only_downwards() {
         // config ← data, model, memutil ← trainer ← trainer-cli
