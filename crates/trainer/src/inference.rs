@@ -17,7 +17,7 @@ use vidtrain_model::{ActionModel, ActionModelConfig};
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::fit::precision::compute_dtype;
 use crate::report::metrics::ClassificationMetrics;
-use crate::{BackendChoice, Error, Result, effective_precision, resolve_backend};
+use crate::{BackendChoice, Error, Result, resolve_backend};
 
 /// The weights file a `--checkpoint` argument names: a `.mpk` file, a checkpoint folder
 /// (`checkpoints/last` or `checkpoints/best` → its `model.mpk`), a run's `checkpoints/` folder or
@@ -87,10 +87,9 @@ fn load_model<B: Backend>(
     config: &Config,
     weights: &Path,
     device: &B::Device,
-    backend: BackendChoice,
 ) -> Result<ActionModel<B>> {
     let mut model_config = ActionModelConfig::from_config(config);
-    model_config.compute_dtype = compute_dtype(effective_precision(config, backend));
+    model_config.compute_dtype = compute_dtype(config.trainer.precision);
     let model: ActionModel<B> = model_config.init(device);
     crate::persist::weights::load(model, weights, config, device)
 }
@@ -211,9 +210,8 @@ fn weighted_probabilities<B: Backend>(
     dataset: &Arc<Dataset>,
     ids: &[usize],
     device: &B::Device,
-    backend: BackendChoice,
 ) -> Result<Scores> {
-    let model = load_model::<B>(config, weights, device, backend)?;
+    let model = load_model::<B>(config, weights, device)?;
     probabilities(config, dataset, ids, &model, device)
 }
 
@@ -222,10 +220,10 @@ macro_rules! dispatch {
     ($backend:expr, $body:ident, $($arg:expr),*) => {
         match $backend {
             BackendChoice::Cpu => $body::<crate::CpuBackend>(
-                $($arg,)* &crate::FlexDevice, $backend),
+                $($arg,)* &crate::FlexDevice),
             #[cfg(feature = "cuda")]
             BackendChoice::Cuda => $body::<burn::backend::Cuda<f32>>(
-                $($arg,)* &burn::backend::cuda::CudaDevice::default(), $backend),
+                $($arg,)* &burn::backend::cuda::CudaDevice::default()),
             #[cfg(not(feature = "cuda"))]
             BackendChoice::Cuda => unreachable!("resolve_backend returns Cuda only in cuda builds"),
         }

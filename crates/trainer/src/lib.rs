@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use vidtrain_config::{Accelerator, Config, Fold, Precision};
+use vidtrain_config::{Accelerator, Config, Fold};
 use vidtrain_data::Dataset;
 use vidtrain_memutil::MemorySampler;
 
@@ -301,12 +301,6 @@ pub fn refuse_plans_above_machine_memory(config: &Config, backend: BackendChoice
     })
 }
 
-/// The precision a run trains in on `backend`: the configured one (both backends of this build
-/// have f16 and bf16).
-pub fn effective_precision(config: &Config, _backend: BackendChoice) -> Precision {
-    config.trainer.precision
-}
-
 /// The outcome of `train.fold=all`: one run per fold and their mean ± standard deviation.
 #[derive(Debug, Clone, Serialize)]
 pub struct CrossValidationSummary {
@@ -473,7 +467,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
                 BackendChoice::Cpu => "cpu (flex)",
                 BackendChoice::Cuda => "cuda",
             },
-            precision: effective_precision(config, backend),
+            precision: config.trainer.precision,
             backend,
             started,
         },

@@ -7,7 +7,7 @@ use vidtrain_config::{CheckpointMode, Config, Precision};
 use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, Component, MemoryPlan, PlanInput};
 use vidtrain_model::{ActionModelConfig, InputShape, ModelSummary, SegmentKind};
 
-use crate::{BackendChoice, effective_precision};
+use crate::BackendChoice;
 
 /// Host memory of the process before any tensor: code, the allocator's arenas and thread stacks
 /// (CPU backend), measured at the start of small runs here; the CUDA runtime adds its own host
@@ -210,7 +210,7 @@ pub fn plan_input(
 ) -> PlanInput {
     let data = &config.data;
     let summary = model_summary(config);
-    let activation_bytes: u64 = match effective_precision(config, backend) {
+    let activation_bytes: u64 = match config.trainer.precision {
         Precision::Full => 4,
         Precision::Half | Precision::BHalf => 2,
     };
