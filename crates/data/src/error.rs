@@ -101,6 +101,17 @@ pub enum Error {
     Pipeline(String),
 }
 
+impl Error {
+    /// Whether the error ends the run whatever `data.on_bad_sample` says: no tool to run, or a
+    /// stop requested. Nothing about one video or sample, so nothing to skip.
+    pub fn ends_the_run(&self) -> bool {
+        matches!(
+            self,
+            Error::ToolMissing { .. } | Error::ToolOverride { .. } | Error::Stopped { .. }
+        )
+    }
+}
+
 /// Result of data operations.
 pub type Result<T> = std::result::Result<T, Error>;
 

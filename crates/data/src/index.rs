@@ -607,7 +607,6 @@ impl Index {
         })
     }
 
-    /// Distinct persons, sorted.
     /// The persons folds are cut from: every annotated person (even one whose recordings were
     /// all skipped), or the recordings' persons when the index was made without an export.
     pub fn fold_persons(&self) -> Vec<String> {
@@ -618,19 +617,27 @@ impl Index {
         persons
     }
 
+    /// The fold of every person of [`Index::fold_persons`] among `k_folds`: sorted persons dealt
+    /// round-robin, so a split never mixes one person's recordings between training and
+    /// validation.
+    pub fn person_folds(&self, k_folds: usize) -> BTreeMap<String, usize> {
+        self.fold_persons()
+            .into_iter()
+            .enumerate()
+            .map(|(position, person)| (person, position % k_folds))
+            .collect()
+    }
+
     /// The persons of each split of `fold` of `k_folds`: `(training, validation)`, each sorted;
     /// persons with no usable recording are left out.
     pub fn split_persons(&self, fold: usize, k_folds: usize) -> (Vec<String>, Vec<String>) {
-        let folds = self.fold_persons();
-        self.persons().into_iter().partition(|person| {
-            folds
-                .iter()
-                .position(|candidate| candidate == person)
-                .map(|p| p % k_folds)
-                != Some(fold)
-        })
+        let folds = self.person_folds(k_folds);
+        self.persons()
+            .into_iter()
+            .partition(|person| folds.get(person) != Some(&fold))
     }
 
+    /// Distinct persons of the usable recordings, sorted.
     pub fn persons(&self) -> Vec<String> {
         let mut persons: Vec<String> = self
             .recordings
@@ -1051,13 +1058,7 @@ fn probe_views(
     for (view, path, keypoints) in &located.views {
         let info = match probe_video_within(path, timeout) {
             Ok(info) => info,
-            Err(
-                error @ (Error::ToolMissing { .. }
-                | Error::ToolOverride { .. }
-                | Error::Stopped { .. }),
-            ) => {
-                return Err(error);
-            }
+            Err(error) if error.ends_the_run() => return Err(error),
             Err(error) => {
                 problems.report(
                     ProblemKind::UnreadableVideo,
@@ -1246,15 +1247,17 @@ fn person_in(path: &str) -> Option<String> {
 /// Two views of one recording naming the same file (a manifest copy-paste, a symlink farm gone
 /// wrong): the model would see one camera twice and train as if it had two.
 fn one_file_for_two_views(views: &[(String, PathBuf, Option<PathBuf>)]) -> Option<String> {
-    let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
+    // Each path once, resolved (links, `..`); as given where it cannot be.
+    let files: Vec<PathBuf> = views
+        .iter()
+        .map(|(_, path, _)| std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()))
+        .collect();
     views.iter().enumerate().find_map(|(at, (view, path, _))| {
         views[at + 1..]
             .iter()
-            .find(|(_, other, _)| same(path, other))
-            .map(|(other_view, ..)| {
+            .zip(&files[at + 1..])
+            .find(|(_, other)| **other == files[at])
+            .map(|((other_view, ..), _)| {
                 format!(
                     "views {view} and {other_view} are the same file {}",
                     path.display()

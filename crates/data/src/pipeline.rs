@@ -304,13 +304,7 @@ impl BatchLoader {
                     positions.push(position);
                     labels.push(label);
                 }
-                Err(error)
-                    if self.skip_bad_samples
-                        && !matches!(
-                            error,
-                            Error::ToolMissing { .. } | Error::ToolOverride { .. }
-                        ) =>
-                {
+                Err(error) if self.skip_bad_samples && !error.ends_the_run() => {
                     self.skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("sample {sample_id} skipped: {error}");
                 }

@@ -100,9 +100,8 @@ impl ChunkPlan {
         }
     }
 
-    /// Sample ids whose person falls in (`holdout`) or out of (`!holdout`) fold `fold` of `k_folds`.
-    /// Persons are sorted and dealt round-robin into folds, so a split never mixes one person's
-    /// recordings between training and validation.
+    /// Sample ids whose person falls in (`holdout`) or out of (`!holdout`) fold `fold` of `k_folds`
+    /// ([`Index::person_folds`]).
     pub fn fold_samples(
         &self,
         index: &Index,
@@ -110,19 +109,13 @@ impl ChunkPlan {
         k_folds: usize,
         holdout: bool,
     ) -> Vec<usize> {
-        let persons = index.fold_persons();
-        let fold_of = |person: &str| {
-            persons
-                .iter()
-                .position(|candidate| candidate == person)
-                .map(|position| position % k_folds)
-        };
+        let folds = index.person_folds(k_folds);
         self.samples
             .iter()
             .enumerate()
             .filter(|(_, sample)| {
                 let person = &index.recordings[sample.recording].person;
-                (fold_of(person) == Some(fold)) == holdout
+                (folds.get(person) == Some(&fold)) == holdout
             })
             .map(|(id, _)| id)
             .collect()

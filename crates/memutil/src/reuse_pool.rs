@@ -51,6 +51,15 @@ struct Cache {
     counts: [u8; CLASSES],
 }
 
+impl Cache {
+    /// The last cached block of `class` (which has one), out of the table; the caller accounts
+    /// for it in `CACHED`.
+    fn pop(&mut self, class: usize) -> *mut u8 {
+        self.counts[class] -= 1;
+        self.blocks[class][usize::from(self.counts[class])] as *mut u8
+    }
+}
+
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
     blocks: [[0; SLOTS]; CLASSES],
     counts: [0; CLASSES],
@@ -268,26 +277,29 @@ fn class_of_block(user: *mut u8) -> usize {
 /// A cached block of `class` or of a class up to [`REUSE_SPAN`] classes larger (at most 1.5× the
 /// size), the smallest there is; its base address and its class.
 fn take_cached(class: usize) -> Option<(*mut u8, usize)> {
-    let mut cache = lock();
-    let found = (class..(class + REUSE_SPAN + 1).min(CLASSES)).find(|&k| cache.counts[k] > 0)?;
-    cache.counts[found] -= 1;
-    let base = cache.blocks[found][usize::from(cache.counts[found])];
-    CACHED.fetch_sub(class_size(found), Ordering::Relaxed);
-    Some((base as *mut u8, found))
+    take_first(class..=class + REUSE_SPAN)
 }
 
 /// A cached block within an octave of `class` (the nearest), to be resized for it: its pages
 /// are resident already, where a fresh mapping would fault and zero every page.
 fn take_nearby(class: usize) -> Option<(*mut u8, usize)> {
+    take_first(
+        (1..=CLASSES_PER_OCTAVE)
+            .flat_map(|distance| [class.checked_sub(distance), Some(class + distance)])
+            .flatten(),
+    )
+}
+
+/// A cached block of the first of `classes` that has one, taken out of the cache; its base
+/// address and its class.
+fn take_first(classes: impl Iterator<Item = usize>) -> Option<(*mut u8, usize)> {
     let mut cache = lock();
-    let found = (1..=CLASSES_PER_OCTAVE)
-        .flat_map(|distance| [class.checked_sub(distance), Some(class + distance)])
-        .flatten()
-        .find(|&k| k < CLASSES && cache.counts[k] > 0)?;
-    cache.counts[found] -= 1;
-    let base = cache.blocks[found][usize::from(cache.counts[found])];
+    let found = classes
+        .filter(|&class| class < CLASSES)
+        .find(|&class| cache.counts[class] > 0)?;
+    let base = cache.pop(found);
     CACHED.fetch_sub(class_size(found), Ordering::Relaxed);
-    Some((base as *mut u8, found))
+    Some((base, found))
 }
 
 /// Classes above its own a request may be served from (four eighths of an octave: ≤ 1.5×).
@@ -333,8 +345,7 @@ fn make_room(bytes: usize) -> Option<(*mut u8, usize)> {
         else {
             break;
         };
-        cache.counts[class] -= 1;
-        let base = cache.blocks[class][usize::from(cache.counts[class])] as *mut u8;
+        let base = cache.pop(class);
         cached -= class_size(class);
         let unmapped = match recycled {
             Some((_, kept)) if kept >= class => (base, class),

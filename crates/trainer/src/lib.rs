@@ -25,7 +25,7 @@ use vidtrain_memutil::MemorySampler;
 pub use bench::pipeline::{PipelineBench, bench_pipeline};
 pub use error::{Error, Result};
 pub use persist::checkpoint::wait_for_checkpoint_writes;
-pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically, write_atomically_with};
+pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically};
 pub use report::metrics::ClassificationMetrics;
 
 /// How a run reports progress (not part of the config: it does not change results).
@@ -39,6 +39,15 @@ pub struct TrainOptions {
     /// The ranks training this model together (one, unless started by `mpiexec`/`srun` in a
     /// build with the `mpi` feature).
     pub world: distributed::World,
+}
+
+impl TrainOptions {
+    /// Whether a stop was requested ([`TrainOptions::stop`] is set).
+    pub fn stop_requested(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// What a finished run reports; also written to `summary.json`.
@@ -390,7 +399,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     // A signal while indexing ends the probe in flight and the run, before any run folder.
     vidtrain_data::watch_stop_flag(options.stop.clone());
     let dataset = Arc::new(Dataset::open(config)?);
-    if stop_requested(options) {
+    if options.stop_requested() {
         return Err(vidtrain_data::Error::Stopped {
             path: config.paths.resolve(&config.paths.annotation_path),
         }
@@ -479,13 +488,6 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         remove_if_nothing_was_trained(&run_path);
     }
     outcome
-}
-
-fn stop_requested(options: &TrainOptions) -> bool {
-    options
-        .stop
-        .as_ref()
-        .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// A run that failed before its first step (weights that do not load, a backend that refuses)

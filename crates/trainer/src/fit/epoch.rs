@@ -136,13 +136,7 @@ pub(crate) fn train_pass<B: AutodiffBackend>(
             Arc::clone(&context.dataset),
             positions.iter().map(|&position| order[position]).collect(),
         );
-    let stop_requested = || {
-        context
-            .options
-            .stop
-            .as_ref()
-            .is_some_and(|stop| stop.load(std::sync::atomic::Ordering::Relaxed))
-    };
+    let stop_requested = || context.options.stop_requested();
     let mut interrupted = false;
     let mut batches = pipeline.by_ref().peekable();
     for group in 0..shards.groups() {

@@ -180,8 +180,13 @@ impl<W: Write> Write for CountingWriter<W> {
 }
 
 fn partial_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".partial")
+}
+
+/// The file beside `path` named as it plus `suffix` (`model.mpk` → `model.mpk.sha256`).
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
+    name.push(suffix);
     path.with_file_name(name)
 }
 

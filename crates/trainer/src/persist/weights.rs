@@ -147,7 +147,7 @@ pub(crate) fn save_record<B: Backend, R: burn::record::Record<B>>(
         record.into_item::<FullPrecisionSettings>(),
     );
     let mut digest = None;
-    crate::write_atomically_with(path, |writer| {
+    crate::persist::run_dir::write_atomically_with(path, |writer| {
         let mut hashing = HashingWriter {
             inner: writer,
             hasher: Sha256::new(),
@@ -196,9 +196,7 @@ impl std::io::Write for HashingWriter<'_> {
 
 /// `model.mpk` → `model.mpk.sha256`.
 fn checksum_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".sha256");
-    path.with_file_name(name)
+    crate::persist::run_dir::with_suffix(path, ".sha256")
 }
 
 fn file_name(path: &Path) -> String {
