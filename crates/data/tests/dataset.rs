@@ -233,22 +233,7 @@ fn keypoints_are_read_for_the_sampled_frames_only_and_missing_frames_are_zero() 
 #[test]
 fn a_truncated_video_is_a_short_read_naming_the_file_or_a_counted_skip() {
     let _serial = serial();
-    let root = scratch("truncated");
-    for folder in ["videos/front", "videos/left", "videos/right"] {
-        std::fs::create_dir_all(root.join(folder)).unwrap();
-        for person in ["person_01_demo.mp4", "person_02_demo.mp4"] {
-            std::fs::copy(
-                demo().join(folder).join(person),
-                root.join(folder).join(person),
-            )
-            .unwrap();
-        }
-    }
-    std::fs::copy(
-        demo().join("annotations.json"),
-        root.join("annotations.json"),
-    )
-    .unwrap();
+    let root = demo_with_copied_videos("truncated");
     // Cut person 1's front view to 40 % of its bytes (the MP4 index stays at the front).
     let victim = root.join("videos/front/person_01_demo.mp4");
     let bytes = std::fs::read(&victim).unwrap();
@@ -360,9 +345,9 @@ fn problem_of(dataset: &Dataset, kind: ProblemKind) -> &vidtrain_data::Problem {
         .unwrap_or_else(|| panic!("no {} problem", kind.name()))
 }
 
-/// A copy of the demo (videos copied, so they can be replaced) with `view`'s video of person 1
-/// re-encoded by ffmpeg with `filter` (`-vf`).
-fn demo_with_reencoded_view(name: &str, view: &str, filter: &str) -> PathBuf {
+/// A copy of the demo whose videos are copied (so that a test can damage or replace them), its
+/// annotations too, its keypoints linked.
+fn demo_with_copied_videos(name: &str) -> PathBuf {
     let root = scratch(name);
     for folder in ["videos/front", "videos/left", "videos/right"] {
         std::fs::create_dir_all(root.join(folder)).unwrap();
@@ -381,6 +366,13 @@ fn demo_with_reencoded_view(name: &str, view: &str, filter: &str) -> PathBuf {
         root.join("annotations.json"),
     )
     .unwrap();
+    root
+}
+
+/// A copy of the demo (videos copied, so they can be replaced) with `view`'s video of person 1
+/// re-encoded by ffmpeg with `filter` (`-vf`).
+fn demo_with_reencoded_view(name: &str, view: &str, filter: &str) -> PathBuf {
+    let root = demo_with_copied_videos(name);
     let status = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-i"])
         .arg(demo().join("videos").join(view).join("person_01_demo.mp4"))
