@@ -19,6 +19,12 @@ state dict through `model.pretrained` and compares vidtrain's logits (relative 1
   x, delta, A, B, C and D (computed in float64).
 
     python3 bench/reference_fixtures.py OUT_DIR
+    python3 bench/reference_fixtures.py check-export NAME FILE INPUT_JSON OUT_JSON
+
+`check-export` is the other half of vidtrain's export round trip: it builds the reference module
+of fixture NAME, loads FILE (a `vidtrain export`, `.safetensors` or `.pth`) with
+`load_state_dict(strict=True)`, runs INPUT_JSON's input (vidtrain's layout) in evaluation mode
+and writes the logits to OUT_JSON.
 
 Needs torch and torchvision (`cargo xtask ci` installs them in a cache venv).
 """
@@ -326,5 +332,50 @@ def main_mamba(out, generator):
     )
 
 
+def reference_module(name):
+    """The reference module of fixture `name`, as `main` builds it (weights aside), and the
+    function that turns vidtrain's input layout into its own."""
+    import torchvision
+
+    frames_first = lambda x: x[:, 0].permute(0, 4, 1, 2, 3).contiguous()  # noqa: E731
+    as_is = lambda x: x  # noqa: E731
+    if name == "r3d_18":
+        return torchvision.models.video.r3d_18(weights=None), frames_first
+    if name == "stgcn_coco17":
+        adjacency = torch.from_numpy(spatial_adjacency(COCO_INWARD, 17))
+        return RecognizerGCN(adjacency, base_channels=16), as_is
+    if name == "transformer":
+        return VideoTransformer(32, 2, 4, 64, 0.1, recompute=False), frames_first
+    if name == "videomamba":
+        return mamba_reference.VideoMambaClassifier(
+            CLASSES, dim=32, layers=2, tubelet=(2, 8, 8), clip=(4, 16, 16)), as_is
+    if name == "mamba_kpt":
+        return mamba_reference.KeypointMambaClassifier(
+            CLASSES, joints=17, dim=24, layers=2), as_is
+    raise SystemExit(f"no reference module named {name}")
+
+
+def check_export(name, path, input_json, out_json):
+    model, to_input = reference_module(name)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, weights_only=True)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    with open(input_json) as file:
+        given = json.load(file)
+    x = torch.tensor(given["input"], dtype=torch.float32).reshape(given["input_shape"])
+    with torch.no_grad():
+        logits = model(to_input(x))
+    with open(out_json, "w") as file:
+        json.dump({"logits": logits.flatten().tolist(), "keys": len(state)}, file)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "check-export":
+        check_export(*sys.argv[2:6])
+    else:
+        main()

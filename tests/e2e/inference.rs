@@ -1,4 +1,4 @@
-//! `vidtrain eval` and `vidtrain predict` on a model trained here.
+//! `vidtrain eval`, `vidtrain predict` and `vidtrain export` on a model trained here.
 
 use crate::train::{only_run_dir, read_json, small_dataset, train_tiny};
 use crate::{assert_clean_failure, scratch, stderr, vidtrain};
@@ -119,6 +119,43 @@ fn eval_reproduces_training_validation_and_predict_covers_every_window() {
     assert_clean_failure(&output, 1);
     assert!(
         stderr(&output).contains("nobody.mp4"),
+        "{}",
+        stderr(&output)
+    );
+
+    // The trained model out as PyTorch files (beside the weights by default), and back in
+    // through model.pretrained: a model trained here is deployable and fine-tunable.
+    let output = vidtrain(&dir, &["export", run_arg]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let exported = run.join("checkpoints/best/model.safetensors");
+    assert!(
+        exported.is_file(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let output = vidtrain(
+        &dir,
+        &["export", run_arg, "--format", "pth", "--out", "model.pth"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let pth = dir.join("model.pth");
+    let pretrained = format!("model.pretrained={:?}", pth.to_str().unwrap());
+    train_tiny(
+        &dir,
+        &config,
+        &["train.max_epochs=1", "experiment=from_export", &pretrained],
+    );
+    let output = vidtrain(&dir, &["export", dir.join("data").to_str().unwrap()]);
+    assert_clean_failure(&output, 1);
+    assert!(
+        stderr(&output).contains("not inside a run folder"),
+        "{}",
+        stderr(&output)
+    );
+    let output = vidtrain(&dir, &["export", run.join("tensorboard").to_str().unwrap()]);
+    assert_clean_failure(&output, 1);
+    assert!(
+        stderr(&output).contains("no model weights here"),
         "{}",
         stderr(&output)
     );

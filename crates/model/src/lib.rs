@@ -3,23 +3,27 @@
 //! transformer, ST-GCN, Mamba)
 //! in `backbones/`, the layers they share in `layers/`, multi-view and RGB+keypoint fusion
 //! (here), activation recompute (`recompute`), mixed precision (`precision`), the layer summary
-//! the memory plan prices (`summary`) and PyTorch weight import (`pretrained`).
+//! the memory plan prices (`summary`) and PyTorch parameter names (`pytorch_names`).
 
 pub mod backbones;
+pub mod chain;
 pub mod cpu_kernels;
 pub mod layers;
 mod precision;
-pub mod pretrained;
+pub mod pytorch_names;
 mod recompute;
 mod summary;
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
-use vidtrain_config::{Backbone, FusionMode, InputType, KeypointBackboneKind, ModalityFusion};
+use burn::tensor::backend::AutodiffBackend;
+use vidtrain_config::{
+    Backbone, CheckpointMode, FusionMode, InputType, KeypointBackboneKind, ModalityFusion,
+};
 
-use backbones::KeypointBackbone;
 pub use backbones::keypoint_transformer::{KeypointEncoder, KeypointEncoderConfig};
 pub use backbones::mamba::{KeypointMamba, KeypointMambaConfig, VideoMamba, VideoMambaConfig};
 pub use backbones::resnet3d::{Resnet3d, Resnet3dConfig};
@@ -27,13 +31,12 @@ pub use backbones::stgcn::{Stgcn, StgcnConfig};
 pub use backbones::video_transformer::{VideoTransformer, VideoTransformerConfig};
 pub use backbones::vivit::{Vivit, VivitConfig};
 pub use backbones::{BackboneConfig, KeypointBackboneConfig, VideoBackbone};
+pub use chain::{Activation, ChainConfig, SegmentChain, SegmentKind};
 pub use layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 pub use layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 pub use layers::graph::Skeleton;
 pub use layers::mamba::{MambaBlock, MambaBlockConfig};
 pub use layers::stem::{StemStep, VideoStem, VideoStemConfig};
-use recompute::Chain;
-pub use recompute::{Activation, SegmentKind};
 pub use summary::{InputShape, LayerRole, LayerSummary, ModelSummary};
 
 /// The backend unit tests run on.
@@ -184,11 +187,11 @@ impl ActionModelConfig {
 
     /// Width of one view's feature vector.
     pub fn view_feature_dim(&self) -> usize {
-        let rgb = self.backbone.as_ref().map_or(0, BackboneConfig::dim);
+        let rgb = self.backbone.as_ref().map_or(0, |c| c.as_chain().dim());
         let keypoints = self
             .keypoint_encoder
             .as_ref()
-            .map_or(0, KeypointBackboneConfig::dim);
+            .map_or(0, |c| c.as_chain().dim());
         match (rgb, keypoints, self.modality_fusion) {
             (0, dim, _) | (dim, 0, _) => dim,
             (rgb, keypoints, ModalityFusion::Concat) => rgb + keypoints,
@@ -200,11 +203,11 @@ impl ActionModelConfig {
     pub(crate) fn dropout(&self) -> f64 {
         self.backbone
             .as_ref()
-            .map(BackboneConfig::dropout)
+            .map(|c| c.as_chain().dropout())
             .or(self
                 .keypoint_encoder
                 .as_ref()
-                .map(KeypointBackboneConfig::dropout))
+                .map(|c| c.as_chain().dropout()))
             .unwrap_or(0.0)
     }
 
@@ -274,29 +277,9 @@ impl<B: Backend> ActionModel<B> {
         let (inputs, batch, views) = self.chain_inputs(video, keypoints);
         let features = inputs
             .into_iter()
-            .map(|(chain, input)| (chain, self.forward_chain(chain, input)))
+            .map(|(modality, input)| self.encoder(modality).forward_chain(input))
             .collect();
         self.head_from_features(features, batch, views)
-    }
-
-    /// One encoder, segment by segment. Without gradient tracking (validation, inference) a
-    /// per-clip segment runs one clip at a time, so that a large evaluation batch never holds the
-    /// whole batch's convolution patch matrix.
-    fn forward_chain(&self, chain: Chain, input: Activation<B>) -> Tensor<B, 2> {
-        let per_clip = !B::ad_enabled(&input.device());
-        let mut x = input;
-        for index in 0..self.segment_count(chain) {
-            x = if per_clip && self.segment_kind(chain, index) == SegmentKind::StemPerClip {
-                Activation::cat(
-                    (0..x.clips())
-                        .map(|clip| self.forward_segment(chain, index, x.clip(clip)))
-                        .collect(),
-                )
-            } else {
-                self.forward_segment(chain, index, x)
-            };
-        }
-        self.finish(chain, x.into_tokens())
     }
 
     /// Draws every lazily initialised parameter now. Burn initialises a parameter on first use,
@@ -312,22 +295,24 @@ impl<B: Backend> ActionModel<B> {
         self.visit(&mut Touch);
     }
 
-    fn rgb(&self) -> &VideoBackbone<B> {
-        self.backbone
-            .as_ref()
-            .expect("the model has an RGB backbone")
-    }
-
-    fn keypoint(&self) -> KeypointBackbone<'_, B> {
-        match (
-            &self.keypoint_encoder,
-            &self.keypoint_gcn,
-            &self.keypoint_mamba,
-        ) {
-            (Some(encoder), _, _) => KeypointBackbone::Transformer(encoder),
-            (None, Some(gcn), _) => KeypointBackbone::Stgcn(gcn),
-            (None, None, Some(mamba)) => KeypointBackbone::Mamba(mamba),
-            (None, None, None) => panic!("the model has a keypoint encoder"),
+    /// The encoder that reads `modality`.
+    pub(crate) fn encoder(&self, modality: Modality) -> &dyn SegmentChain<B> {
+        match modality {
+            Modality::Rgb => self
+                .backbone
+                .as_ref()
+                .expect("the model has an RGB backbone")
+                .as_chain(),
+            Modality::Keypoints => match (
+                &self.keypoint_encoder,
+                &self.keypoint_gcn,
+                &self.keypoint_mamba,
+            ) {
+                (Some(encoder), _, _) => encoder,
+                (None, Some(gcn), _) => gcn,
+                (None, None, Some(mamba)) => mamba,
+                (None, None, None) => panic!("the model has a keypoint encoder"),
+            },
         }
     }
 
@@ -342,7 +327,7 @@ impl<B: Backend> ActionModel<B> {
         &self,
         video: Option<Tensor<B, 6>>,
         keypoints: Option<Tensor<B, 5>>,
-    ) -> (Vec<(Chain, Activation<B>)>, usize, usize) {
+    ) -> (Vec<(Modality, Activation<B>)>, usize, usize) {
         let mut inputs = Vec::with_capacity(2);
         let mut shape = (0, 0);
         if self.backbone.is_some() {
@@ -351,7 +336,7 @@ impl<B: Backend> ActionModel<B> {
             let frames = cpu_kernels::cast(video, self.compute_dtype)
                 .reshape([batch * views, t, h, w, c])
                 .permute([0, 1, 4, 2, 3]); // [b·v, t, 3, h, w]
-            inputs.push((Chain::Rgb, Activation::Clips(frames)));
+            inputs.push((Modality::Rgb, Activation::Clips(frames)));
             shape = (batch, views);
         }
         if self.has_keypoint_encoder() {
@@ -363,85 +348,23 @@ impl<B: Backend> ActionModel<B> {
                 joints,
                 c,
             ]); // [b·v, t, joints, 3]
-            inputs.push((Chain::Keypoints, Activation::Joints(joints)));
+            inputs.push((Modality::Keypoints, Activation::Joints(joints)));
             shape = (batch, views);
         }
         (inputs, shape.0, shape.1)
     }
 
-    pub(crate) fn segment_count(&self, chain: Chain) -> usize {
-        match chain {
-            Chain::Rgb => self.rgb().segment_count(),
-            Chain::Keypoints => self.keypoint().segment_count(),
-        }
-    }
-
-    pub(crate) fn segment_kind(&self, chain: Chain, index: usize) -> SegmentKind {
-        match chain {
-            Chain::Rgb => self.rgb().segment_kind(index),
-            Chain::Keypoints => self.keypoint().segment_kind(index),
-        }
-    }
-
-    pub(crate) fn encoder_block(&self, chain: Chain, index: usize) -> Option<&EncoderBlock<B>> {
-        match chain {
-            Chain::Rgb => self.rgb().encoder_block(index),
-            Chain::Keypoints => self.keypoint().encoder_block(index),
-        }
-    }
-
-    pub(crate) fn mamba_block(&self, chain: Chain, index: usize) -> Option<&MambaBlock<B>> {
-        match chain {
-            Chain::Rgb => self.rgb().mamba_block(index),
-            Chain::Keypoints => self.keypoint().mamba_block(index),
-        }
-    }
-
-    /// The stem step (convolution, BatchNorm + ReLU) that segment `index` of `chain` is, bound
-    /// to `input`; its gradients are computed by hand ([`StemStep::gradients`]) instead of
-    /// through autodiff.
-    pub(crate) fn stem_step(
-        &self,
-        chain: Chain,
-        index: usize,
-        input: &Activation<B>,
-    ) -> Option<StemStep<'_, B>> {
-        match (chain, input) {
-            (Chain::Rgb, Activation::Clips(clips)) => self.rgb().stem_step(index, clips.clone()),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn forward_segment(
-        &self,
-        chain: Chain,
-        index: usize,
-        input: Activation<B>,
-    ) -> Activation<B> {
-        match chain {
-            Chain::Rgb => self.rgb().forward_segment(index, input),
-            Chain::Keypoints => self.keypoint().forward_segment(index, input),
-        }
-    }
-
-    pub(crate) fn finish(&self, chain: Chain, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        match chain {
-            Chain::Rgb => self.rgb().finish(tokens),
-            Chain::Keypoints => self.keypoint().finish(tokens),
-        }
-    }
-
     /// Modality fusion, view fusion and the classifier, from per-encoder `[b·v, dim]` features.
     pub(crate) fn head_from_features(
         &self,
-        features: Vec<(Chain, Tensor<B, 2>)>,
+        features: Vec<Tensor<B, 2>>,
         batch: usize,
         views: usize,
     ) -> Tensor<B, 2> {
         // The classifier and everything after it run in f32 (the loss wants f32 scores).
         let mut features = features
             .into_iter()
-            .map(|(_, features)| features.cast(FloatDType::F32));
+            .map(|features| features.cast(FloatDType::F32));
         let first = features
             .next()
             .expect("an ActionModel has at least one encoder");
@@ -474,6 +397,49 @@ impl<B: Backend> ActionModel<B> {
             }
         }
     }
+}
+
+impl<B: AutodiffBackend> ActionModel<B> {
+    /// One micro-batch's weighted loss gradients with activation recompute per `mode` (see
+    /// `crate::recompute`): `loss` maps class scores to the (unweighted, mean) loss, the gradients
+    /// are those of `weight · loss`, dropout is reseeded per segment from `seed`. Returns the loss
+    /// value and the parameter gradients, equal to those of one plain backward.
+    pub fn loss_and_gradients(
+        &self,
+        video: Option<Tensor<B, 6>>,
+        keypoints: Option<Tensor<B, 5>>,
+        loss: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1>,
+        weight: f64,
+        mode: CheckpointMode,
+        seed: u64,
+    ) -> (f32, GradientsParams) {
+        let (inputs, batch, views) = self.chain_inputs(video, keypoints);
+        let untracked = self.clone().no_grad();
+        let chains = inputs
+            .into_iter()
+            .map(|(modality, input)| recompute::ChainInput {
+                tracked: self.encoder(modality),
+                untracked: untracked.encoder(modality),
+                input,
+            })
+            .collect();
+        recompute::loss_and_gradients(
+            self,
+            chains,
+            |features| self.head_from_features(features, batch, views),
+            loss,
+            weight,
+            mode,
+            seed,
+        )
+    }
+}
+
+/// Which input an encoder of the model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Modality {
+    Rgb,
+    Keypoints,
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Predict the class of sliding windows over long videos (CSV or JSON).
     Predict(PredictArgs),
+    /// Write a trained model's weights as a PyTorch state dict (safetensors or .pth).
+    Export(ExportArgs),
     /// Time the model alone on random on-device inputs, row by row (precision, batch, recompute).
     BenchModel(BenchModelArgs),
     /// Inspect the resolved configuration.
@@ -180,6 +182,33 @@ pub enum Split {
     Validation,
     /// Every sample of the dataset.
     All,
+}
+
+/// `vidtrain export` options.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run folder or its checkpoints/ folder (→ the best epoch by train.monitor), a
+    /// checkpoints/best or checkpoints/last folder, or a .mpk weights file. The run's
+    /// config.toml says which model it is.
+    #[arg(value_name = "RUN")]
+    pub checkpoint: PathBuf,
+    /// File format: safetensors (`safetensors.torch.load_file`) or pth (`torch.load`).
+    #[arg(long, value_enum, default_value = "safetensors")]
+    pub format: ExportFormatArg,
+    /// Output file (default: beside the weights, model.safetensors or model.pth).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The config the model was trained with, for weights outside a run folder (on top of the
+    /// run's config.toml otherwise); may repeat.
+    #[arg(long, value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+}
+
+/// `vidtrain export --format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormatArg {
+    Safetensors,
+    Pth,
 }
 
 /// `vidtrain predict` options.

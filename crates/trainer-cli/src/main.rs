@@ -15,7 +15,7 @@ use clap::Parser;
 
 use args::{
     BenchBackbone, BenchModelArgs, Cli, Command, ConfigArgs, ConfigCommand, DataCommand, EvalArgs,
-    PlanArgs, PlanDevice, PredictArgs, Split, TrainArgs,
+    ExportArgs, ExportFormatArg, PlanArgs, PlanDevice, PredictArgs, Split, TrainArgs,
 };
 use vidtrain_trainer::BackendChoice;
 
@@ -158,6 +158,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::BenchModel(args) => bench_model(&args),
         Command::Eval(args) => eval(&args),
         Command::Predict(args) => predict(&args),
+        Command::Export(args) => export(&args),
         Command::Data {
             command: DataCommand::Inspect(args),
         } => {
@@ -659,6 +660,30 @@ fn write_evaluation(
         )
         .as_bytes(),
     )?;
+    Ok(())
+}
+
+fn export(args: &ExportArgs) -> Result<(), Failure> {
+    use vidtrain_trainer::persist::export::ExportFormat;
+    let config = load_checkpoint_config(&args.checkpoint, &args.config, &[])?;
+    let format = match args.format {
+        ExportFormatArg::Safetensors => ExportFormat::Safetensors,
+        ExportFormatArg::Pth => ExportFormat::Pth,
+    };
+    let report = vidtrain_trainer::persist::export::export(
+        &config,
+        &args.checkpoint,
+        format,
+        args.out.as_deref(),
+    )
+    .context("export failed")?;
+    println!(
+        "weights {}\n{} tensors ({} values) written to {}",
+        report.weights.display(),
+        report.tensors,
+        report.values,
+        report.out.display()
+    );
     Ok(())
 }
 

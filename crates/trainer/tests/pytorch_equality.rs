@@ -377,3 +377,93 @@ fn chunked_scan_equals_the_sequential_recurrence_of_pytorch() {
         }
     }
 }
+
+/// Every float parameter moved off the values it was loaded with (scaled and shifted by an amount
+/// that differs per tensor), so that an export is known to carry vidtrain's weights, not the
+/// file's.
+fn perturbed(model: ActionModel<Flex>) -> ActionModel<Flex> {
+    struct Perturb(usize);
+    impl burn::module::ModuleMapper<Flex> for Perturb {
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<Flex, D>>,
+        ) -> burn::module::Param<Tensor<Flex, D>> {
+            self.0 += 1;
+            let (id, tensor, mapper) = param.consume();
+            let shift = 0.01 * ((self.0 % 7) as f32 - 3.0);
+            burn::module::Param::from_mapped_value(id, tensor * 1.05 + shift, mapper)
+        }
+    }
+    model.map(&mut Perturb(0))
+}
+
+/// `vidtrain export` writes what PyTorch loads: for each backbone with a PyTorch reference, the
+/// model (loaded from the fixture, then changed) is exported as safetensors and as `.pth`; the
+/// reference module loads each file with `load_state_dict(strict=True)` and gives vidtrain's
+/// logits (relative ≤ 1e-4, f32, evaluation mode).
+#[test]
+#[ignore = "needs PyTorch fixtures: run through `cargo xtask ci`"]
+fn exported_weights_load_into_the_pytorch_reference_and_give_vidtrains_logits() {
+    use vidtrain_trainer::persist::export::{ExportFormat, state_dict, write};
+    let python = std::env::var_os("VIDTRAIN_PYTHON")
+        .unwrap_or_else(|| panic!("VIDTRAIN_PYTHON is not set ({WHY_IGNORED})"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/reference_fixtures.py");
+    let out = std::env::temp_dir().join(format!("vidtrain-export-check-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let device = Default::default();
+    for name in [
+        "r3d_18",
+        "stgcn_coco17",
+        "transformer",
+        "videomamba",
+        "mamba_kpt",
+    ] {
+        let fixture = read(name);
+        let mut config = fixture.config.clone();
+        let weights = fixtures().join(format!("{name}.pth"));
+        config.model.pretrained = weights.display().to_string();
+        let model_config = ActionModelConfig::from_config(&config);
+        let mut model: ActionModel<Flex> = model_config.init(&device);
+        vidtrain_trainer::persist::pretrained::load(&mut model, &config, &weights).unwrap();
+        let model = perturbed(model);
+        let input = TensorData::new(fixture.input.clone(), fixture.input_shape.clone());
+        let scores = match fixture.input_shape.len() {
+            6 => model.forward(Some(Tensor::from_data(input, &device)), None),
+            _ => model.forward(None, Some(Tensor::from_data(input, &device))),
+        };
+        let ours = scores.into_data().to_vec::<f32>().unwrap();
+        let moved = relative_error(&ours, &fixture.logits);
+        assert!(moved > 1e-3, "{name}: the perturbation changed nothing");
+
+        let state = state_dict(&model, &model_config).unwrap();
+        let input_json = out.join(format!("{name}-input.json"));
+        std::fs::write(
+            &input_json,
+            serde_json::json!({"input": fixture.input, "input_shape": fixture.input_shape})
+                .to_string(),
+        )
+        .unwrap();
+        for format in [ExportFormat::Safetensors, ExportFormat::Pth] {
+            let file = out.join(format!("{name}.{}", format.extension()));
+            write(&state, format, &file).unwrap();
+            let logits_json = out.join(format!("{name}-{}.json", format.extension()));
+            let status = std::process::Command::new(&python)
+                .arg(&script)
+                .args(["check-export", name])
+                .args([&file, &input_json, &logits_json])
+                .status()
+                .unwrap();
+            assert!(status.success(), "{name}: PyTorch did not load {file:?}");
+            let json: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&logits_json).unwrap()).unwrap();
+            let theirs = json_floats(&json, "logits");
+            let error = relative_error(&theirs, &ours);
+            assert!(
+                error <= 1e-4,
+                "{name} ({format:?}): PyTorch's logits on the export differ by {error:e}\n ours    \
+                 {ours:?}\n pytorch {theirs:?}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(out).unwrap();
+}

@@ -4,9 +4,10 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
+use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
-use crate::precision::{layer_norm, like, linear, mean_dim_f32};
-use crate::recompute::{Activation, SegmentKind};
+use crate::precision::{layer_norm, like, linear};
+use crate::summary::{InputShape, LayerSummary, rows};
 
 /// Configuration of a [`KeypointEncoder`].
 #[derive(Config, Debug)]
@@ -52,20 +53,17 @@ impl<B: Backend> KeypointEncoder<B> {
     /// - output: `[n, dim]`
     pub fn forward(&self, keypoints: Tensor<B, 4>) -> Tensor<B, 2> {
         let _span = tracing::trace_span!("keypoint_encoder").entered();
-        let mut x = Activation::Joints(keypoints);
-        for index in 0..self.segment_count() {
-            x = self.forward_segment(index, x);
-        }
-        self.finish(x.into_tokens())
+        self.forward_chain(Activation::Joints(keypoints))
     }
+}
 
-    /// Segments, in order: the embedding bridge, one per encoder block.
-    pub fn segment_count(&self) -> usize {
+/// Segments, in order: the embedding bridge, one per encoder block.
+impl<B: Backend> SegmentChain<B> for KeypointEncoder<B> {
+    fn segment_count(&self) -> usize {
         1 + self.blocks.len()
     }
 
-    /// What segment `index` is (decides whether it is recomputed).
-    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+    fn segment_kind(&self, index: usize) -> SegmentKind {
         if index == 0 {
             SegmentKind::Bridge
         } else {
@@ -73,25 +71,55 @@ impl<B: Backend> KeypointEncoder<B> {
         }
     }
 
-    /// The encoder block that segment `index` is, if it is one.
-    pub fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
         index
             .checked_sub(1)
             .and_then(|block| self.blocks.get(block))
     }
 
-    /// Runs segment `index` alone.
-    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        if let Some(block) = self.encoder_block(index) {
-            return Activation::Tokens(block.forward(input.into_tokens()));
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match self.encoder_block(index) {
+            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
+            None => Activation::Tokens(frame_tokens(&self.embedding, input.into_joints())),
         }
-        Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
-    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [n, _, dim] = tokens.dims();
-        mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        norm_and_mean(tokens, |tokens| layer_norm(&self.norm, tokens))
+    }
+}
+
+impl ChainConfig for KeypointEncoderConfig {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        input.frames * self.joints * 3
+    }
+
+    fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {
+        let t = input.frames;
+        let mut rows = vec![rows::frame_embedding(
+            prefix,
+            clips,
+            t,
+            self.joints,
+            self.dim,
+        )];
+        rows.extend(rows::encoder_blocks(
+            prefix,
+            self.layers,
+            [clips, t, self.dim],
+            self.heads,
+            self.ff_dim,
+        ));
+        rows
     }
 }
 

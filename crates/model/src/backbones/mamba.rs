@@ -13,9 +13,10 @@ use burn::prelude::*;
 
 use super::keypoint_transformer::frame_tokens;
 use super::vivit::tubelets;
+use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::mamba::{MambaBlock, MambaBlockConfig, RmsNorm};
-use crate::precision::{like, linear, mean_dim_f32};
-use crate::recompute::{Activation, SegmentKind};
+use crate::precision::{like, linear};
+use crate::summary::{InputShape, LayerSummary, rows};
 
 /// Configuration of a [`VideoMamba`].
 #[derive(Config, Debug)]
@@ -34,11 +35,6 @@ pub struct VideoMambaConfig {
 }
 
 impl VideoMambaConfig {
-    /// Token width D.
-    pub fn dim(&self) -> usize {
-        self.block.dim
-    }
-
     /// Tokens along time, height and width.
     pub fn token_grid(&self) -> [usize; 3] {
         std::array::from_fn(|axis| self.clip[axis] / self.tubelet[axis])
@@ -83,40 +79,7 @@ impl<B: Backend> VideoMamba<B> {
     /// - output: `[n, dim]`
     pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
         let _span = tracing::trace_span!("video_mamba").entered();
-        let mut x = Activation::Clips(video);
-        for index in 0..self.segment_count() {
-            x = self.forward_segment(index, x);
-        }
-        self.finish(x.into_tokens())
-    }
-
-    /// Segments, in order: the tubelet embedding, one per Mamba block.
-    pub fn segment_count(&self) -> usize {
-        1 + self.blocks.len()
-    }
-
-    /// What segment `index` is.
-    pub fn segment_kind(&self, index: usize) -> SegmentKind {
-        if index == 0 {
-            SegmentKind::StemPerClip
-        } else {
-            SegmentKind::Block
-        }
-    }
-
-    /// The Mamba block that segment `index` is, if it is one.
-    pub fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
-        index
-            .checked_sub(1)
-            .and_then(|block| self.blocks.get(block))
-    }
-
-    /// Runs segment `index` alone.
-    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        match self.mamba_block(index) {
-            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
-            None => Activation::Tokens(self.embed(input.into_clips())),
-        }
+        self.forward_chain(Activation::Clips(video))
     }
 
     /// Tubelets → tokens `[n, frames · rows · columns, dim]`, plus spatial and temporal positions.
@@ -129,10 +92,73 @@ impl<B: Backend> VideoMamba<B> {
         let temporal = like(self.temporal_positions.val(), &tokens).reshape([1, frames, 1, dim]);
         (tokens.reshape([n, frames, places, dim]) + spatial + temporal).reshape([n, count, dim])
     }
+}
+
+/// Segments, in order: the tubelet embedding, one per Mamba block.
+impl<B: Backend> SegmentChain<B> for VideoMamba<B> {
+    fn segment_count(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
+    fn segment_kind(&self, index: usize) -> SegmentKind {
+        if index == 0 {
+            SegmentKind::StemPerClip
+        } else {
+            SegmentKind::Block
+        }
+    }
+
+    fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
+        index
+            .checked_sub(1)
+            .and_then(|block| self.blocks.get(block))
+    }
+
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match self.mamba_block(index) {
+            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
+            None => Activation::Tokens(self.embed(input.into_clips())),
+        }
+    }
 
     /// Final RMSNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
-    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        norm_and_mean(&self.norm, tokens)
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        norm_and_mean(tokens, |tokens| self.norm.forward(tokens))
+    }
+}
+
+impl ChainConfig for VideoMambaConfig {
+    fn dim(&self) -> usize {
+        self.block.dim
+    }
+
+    fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        input.frames * input.image * input.image * 3
+    }
+
+    fn summary_rows(&self, prefix: &str, clips: usize, _input: InputShape) -> Vec<LayerSummary> {
+        let [frames, rows, columns] = self.token_grid();
+        let tokens = frames * rows * columns;
+        let mut summary = vec![rows::tubelet_embedding(
+            prefix,
+            clips,
+            tokens,
+            3 * self.tubelet.iter().product::<usize>(),
+            self.dim(),
+            (rows * columns + frames) * self.dim(),
+        )];
+        summary.extend(rows::mamba_blocks(
+            prefix,
+            self.layers,
+            &self.block,
+            clips,
+            tokens,
+        ));
+        summary
     }
 }
 
@@ -151,11 +177,6 @@ pub struct KeypointMambaConfig {
 }
 
 impl KeypointMambaConfig {
-    /// Token width D.
-    pub fn dim(&self) -> usize {
-        self.block.dim
-    }
-
     /// Builds the encoder.
     pub fn init<B: Backend>(&self, device: &B::Device) -> KeypointMamba<B> {
         KeypointMamba {
@@ -179,20 +200,17 @@ impl<B: Backend> KeypointMamba<B> {
     /// - input: `[n, t, joints, 3]`
     /// - output: `[n, dim]`
     pub fn forward(&self, keypoints: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = Activation::Joints(keypoints);
-        for index in 0..self.segment_count() {
-            x = self.forward_segment(index, x);
-        }
-        self.finish(x.into_tokens())
+        self.forward_chain(Activation::Joints(keypoints))
     }
+}
 
-    /// Segments, in order: the embedding bridge, one per Mamba block.
-    pub fn segment_count(&self) -> usize {
+/// Segments, in order: the embedding bridge, one per Mamba block.
+impl<B: Backend> SegmentChain<B> for KeypointMamba<B> {
+    fn segment_count(&self) -> usize {
         1 + self.blocks.len()
     }
 
-    /// What segment `index` is.
-    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+    fn segment_kind(&self, index: usize) -> SegmentKind {
         if index == 0 {
             SegmentKind::Bridge
         } else {
@@ -200,29 +218,54 @@ impl<B: Backend> KeypointMamba<B> {
         }
     }
 
-    /// The Mamba block that segment `index` is, if it is one.
-    pub fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
+    fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
         index
             .checked_sub(1)
             .and_then(|block| self.blocks.get(block))
     }
 
-    /// Runs segment `index` alone.
-    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        if let Some(block) = self.mamba_block(index) {
-            return Activation::Tokens(block.forward(input.into_tokens()));
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match self.mamba_block(index) {
+            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
+            None => Activation::Tokens(frame_tokens(&self.embedding, input.into_joints())),
         }
-        Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
     /// Final RMSNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
-    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        norm_and_mean(&self.norm, tokens)
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        norm_and_mean(tokens, |tokens| self.norm.forward(tokens))
     }
 }
 
-/// RMSNorm, then the mean over tokens (in f32): `[n, tokens, dim]` → `[n, dim]`.
-fn norm_and_mean<B: Backend>(norm: &RmsNorm<B>, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-    let [n, _, dim] = tokens.dims();
-    mean_dim_f32(norm.forward(tokens), 1).reshape([n, dim])
+impl ChainConfig for KeypointMambaConfig {
+    fn dim(&self) -> usize {
+        self.block.dim
+    }
+
+    fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        input.frames * self.joints * 3
+    }
+
+    fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {
+        let t = input.frames;
+        let mut rows = vec![rows::frame_embedding(
+            prefix,
+            clips,
+            t,
+            self.joints,
+            self.dim(),
+        )];
+        rows.extend(rows::mamba_blocks(
+            prefix,
+            self.layers,
+            &self.block,
+            clips,
+            t,
+        ));
+        rows
+    }
 }

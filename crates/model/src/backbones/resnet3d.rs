@@ -17,11 +17,51 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, pooled_features};
 use crate::layers::batch_norm::batch_norm_channels;
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 use crate::layers::stem::StemStep;
 use crate::precision::mean_dim_f32;
-use crate::recompute::{Activation, SegmentKind};
+use crate::pytorch_names::PytorchNames;
+use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
+
+/// torchvision's `VideoResNet` names (`stem.0`, `layer2.0.conv1.0`, `downsample.1`, `fc`).
+pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
+    import: &[
+        (r"^stem\.0\.", "backbone.stem_conv."),
+        (r"^stem\.1\.", "backbone.stem_norm."),
+        (r"^(layer[1-4]\.\d+)\.conv1\.0\.", "backbone.$1.conv1."),
+        (r"^(layer[1-4]\.\d+)\.conv1\.1\.", "backbone.$1.bn1."),
+        (r"^(layer[1-4]\.\d+)\.conv2\.0\.", "backbone.$1.conv2."),
+        (r"^(layer[1-4]\.\d+)\.conv2\.1\.", "backbone.$1.bn2."),
+        (
+            r"^(layer[1-4]\.\d+)\.downsample\.0\.",
+            "backbone.$1.downsample.conv.",
+        ),
+        (
+            r"^(layer[1-4]\.\d+)\.downsample\.1\.",
+            "backbone.$1.downsample.norm.",
+        ),
+        (r"^fc\.", "head."),
+    ],
+    export: &[
+        (r"^backbone\.stem_conv\.", "stem.0."),
+        (r"^backbone\.stem_norm\.", "stem.1."),
+        (r"^backbone\.(layer[1-4]\.\d+)\.conv1\.", "$1.conv1.0."),
+        (r"^backbone\.(layer[1-4]\.\d+)\.bn1\.", "$1.conv1.1."),
+        (r"^backbone\.(layer[1-4]\.\d+)\.conv2\.", "$1.conv2.0."),
+        (r"^backbone\.(layer[1-4]\.\d+)\.bn2\.", "$1.conv2.1."),
+        (
+            r"^backbone\.(layer[1-4]\.\d+)\.downsample\.conv\.",
+            "$1.downsample.0.",
+        ),
+        (
+            r"^backbone\.(layer[1-4]\.\d+)\.downsample\.norm\.",
+            "$1.downsample.1.",
+        ),
+        (r"^head\.", "fc."),
+    ],
+};
 
 /// Configuration of a [`Resnet3d`].
 #[derive(Config, Debug)]
@@ -43,11 +83,6 @@ impl Resnet3dConfig {
             34 => Some([3, 4, 6, 3]),
             _ => None,
         }
-    }
-
-    /// Width of the feature vector (the last stage's channels).
-    pub fn dim(&self) -> usize {
-        8 * self.width
     }
 
     /// Every block as `(stage, index in stage, channels in, channels out, stride)`.
@@ -169,11 +204,7 @@ impl<B: Backend> Resnet3d<B> {
     ///   normalise)
     /// - output: `[n, 8·width]`
     pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
-        let mut x = Activation::Clips(video);
-        for index in 0..self.segment_count() {
-            x = self.forward_segment(index, x);
-        }
-        self.finish(x.into_tokens())
+        self.forward_chain(Activation::Clips(video))
     }
 
     fn blocks(&self) -> impl Iterator<Item = &BasicBlock3d<B>> {
@@ -189,14 +220,15 @@ impl<B: Backend> Resnet3d<B> {
             .checked_sub(STEM_STEPS)
             .and_then(|block| self.blocks().nth(block))
     }
+}
 
-    /// Segments, in order: the two stem steps, one per block, the pooling bridge.
-    pub fn segment_count(&self) -> usize {
+/// Segments, in order: the two stem steps, one per block, the pooling bridge.
+impl<B: Backend> SegmentChain<B> for Resnet3d<B> {
+    fn segment_count(&self) -> usize {
         STEM_STEPS + self.blocks().count() + 1
     }
 
-    /// What segment `index` is.
-    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+    fn segment_kind(&self, index: usize) -> SegmentKind {
         match index {
             0 => SegmentKind::StemPerClip,
             1 => SegmentKind::StemBatch,
@@ -205,22 +237,23 @@ impl<B: Backend> Resnet3d<B> {
         }
     }
 
-    /// The stem step that segment `index` is, if it is one, bound to `input`.
-    pub fn stem_step(&self, index: usize, input: Tensor<B, 5>) -> Option<StemStep<'_, B>> {
+    fn stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
+        let Activation::Clips(clips) = input else {
+            return None;
+        };
         match index {
             // Decoded clips are frames-first; the convolution reads them channels-first.
             0 => Some(StemStep::Convolution(
                 &self.stem_conv,
-                input.swap_dims(1, 2),
+                clips.clone().swap_dims(1, 2),
             )),
-            1 => Some(StemStep::NormRelu(&self.stem_norm, input)),
+            1 => Some(StemStep::NormRelu(&self.stem_norm, clips.clone())),
             _ => None,
         }
     }
 
-    /// Runs segment `index` alone.
-    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        if let Some(step) = self.stem_step(index, input.clone().into_clips()) {
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        if let Some(step) = self.stem_step(index, &input) {
             return Activation::Clips(step.forward());
         }
         let x = input.into_clips();
@@ -232,9 +265,77 @@ impl<B: Backend> Resnet3d<B> {
         Activation::Tokens(mean_dim_f32(x.reshape([n, c, t * h * w]), 2).reshape([n, 1, c]))
     }
 
-    /// `[n, 1, dim]` → `[n, dim]`.
-    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [n, _, dim] = tokens.dims();
-        tokens.reshape([n, dim])
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        pooled_features(tokens)
+    }
+}
+
+impl ChainConfig for Resnet3dConfig {
+    /// The last stage's channels.
+    fn dim(&self) -> usize {
+        8 * self.width
+    }
+
+    fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    fn pytorch_names(&self) -> PytorchNames {
+        PYTORCH_NAMES
+    }
+
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        input.frames * input.image * input.image * 3
+    }
+
+    fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {
+        let width = self.width;
+        let stem_size = rows::conv_size(input.image, 7, 2, 3);
+        let mut size = [input.frames, stem_size, stem_size];
+        let shape = |channels: usize, [t, h, w]: [usize; 3]| vec![clips, channels, t, h, w];
+        let mut summary = vec![
+            LayerSummary {
+                name: format!("{prefix}.stem_conv"),
+                role: LayerRole::Conv3d {
+                    taps: 3 * 7 * 7,
+                    channels_in: 3,
+                    reads_data: true,
+                },
+                params: 3 * 7 * 7 * 3 * width,
+                output_shape: shape(width, size),
+                segment: Some(SegmentKind::StemPerClip),
+                ..LayerSummary::default()
+            },
+            LayerSummary {
+                name: format!("{prefix}.stem_norm"),
+                role: LayerRole::BatchNormRelu,
+                params: rows::batch_norm_params(width),
+                output_shape: shape(width, size),
+                segment: Some(SegmentKind::StemBatch),
+                ..LayerSummary::default()
+            },
+        ];
+        for (stage, index, channels_in, channels_out, stride) in self.blocks() {
+            size = size.map(|axis| rows::conv_size(axis, 3, stride, 1));
+            let downsample = stride != 1 || channels_in != channels_out;
+            let shortcut = if downsample {
+                channels_in * channels_out + rows::batch_norm_params(channels_out)
+            } else {
+                0
+            };
+            summary.push(LayerSummary {
+                name: format!("{prefix}.layer{}.{index}", stage + 1),
+                role: LayerRole::ResidualBlock { downsample },
+                params: 27 * channels_in * channels_out
+                    + 27 * channels_out * channels_out
+                    + 2 * rows::batch_norm_params(channels_out)
+                    + shortcut,
+                output_shape: shape(channels_out, size),
+                segment: Some(SegmentKind::Block),
+                ..LayerSummary::default()
+            });
+        }
+        summary.extend(rows::pool_and_features(prefix, clips, self.dim()));
+        summary
     }
 }

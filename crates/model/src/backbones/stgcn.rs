@@ -19,10 +19,29 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, pooled_features};
 use crate::layers::batch_norm::batch_norm_channels;
 use crate::layers::graph::{GraphConv, GraphConvConfig, Skeleton};
 use crate::precision::{like, mean_dim_f32};
-use crate::recompute::{Activation, SegmentKind};
+use crate::pytorch_names::PytorchNames;
+use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
+
+/// mmaction2's `RecognizerGCN` names: `backbone.` (STGCN) and `cls_head.fc_cls.`; `unit_gcn`'s
+/// adjacency `A` and edge importance `PA`.
+pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
+    import: &[
+        (r"^backbone\.(data_bn|gcn)\.", "keypoint_gcn.$1."),
+        (r"^cls_head\.fc_cls\.", "head."),
+        (r"\.gcn\.A$", ".gcn.adjacency"),
+        (r"\.gcn\.PA$", ".gcn.importance"),
+    ],
+    export: &[
+        (r"^keypoint_gcn\.(data_bn|gcn)\.", "backbone.$1."),
+        (r"^head\.", "cls_head.fc_cls."),
+        (r"\.gcn\.adjacency$", ".gcn.A"),
+        (r"\.gcn\.importance$", ".gcn.PA"),
+    ],
+};
 
 /// Configuration of an [`Stgcn`].
 #[derive(Config, Debug)]
@@ -47,11 +66,6 @@ impl StgcnConfig {
             width,
             dropout,
         )
-    }
-
-    /// Width of the feature vector (the last blocks' channels).
-    pub fn dim(&self) -> usize {
-        4 * self.width
     }
 
     /// Every block as `(channels in, channels out, temporal stride, residual)`, mmaction2's
@@ -209,20 +223,17 @@ impl<B: Backend> Stgcn<B> {
     /// - input: `[n, t, joints, 3]`
     /// - output: `[n, 4·width]`
     pub fn forward(&self, keypoints: Tensor<B, 4>) -> Tensor<B, 2> {
-        let mut x = Activation::Joints(keypoints);
-        for index in 0..self.segment_count() {
-            x = self.forward_segment(index, x);
-        }
-        self.finish(x.into_tokens())
+        self.forward_chain(Activation::Joints(keypoints))
     }
+}
 
-    /// Segments, in order: the input BatchNorm, one per block, the pooling bridge.
-    pub fn segment_count(&self) -> usize {
+/// Segments, in order: the input BatchNorm, one per block, the pooling bridge.
+impl<B: Backend> SegmentChain<B> for Stgcn<B> {
+    fn segment_count(&self) -> usize {
         self.gcn.len() + 2
     }
 
-    /// What segment `index` is.
-    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+    fn segment_kind(&self, index: usize) -> SegmentKind {
         match index {
             0 => SegmentKind::StemBatch,
             _ if index <= self.gcn.len() => SegmentKind::Block,
@@ -230,8 +241,7 @@ impl<B: Backend> Stgcn<B> {
         }
     }
 
-    /// Runs segment `index` alone.
-    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
         let x = input.into_joints();
         if index == 0 {
             // [n, t, v, c] → [n, v·c, t] → BatchNorm over joints × channels → [n, c, t, v].
@@ -248,9 +258,69 @@ impl<B: Backend> Stgcn<B> {
         Activation::Tokens(mean_dim_f32(x.reshape([n, c, t * v]), 2).reshape([n, 1, c]))
     }
 
-    /// `[n, 1, dim]` → `[n, dim]`.
-    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [n, _, dim] = tokens.dims();
-        tokens.reshape([n, dim])
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        pooled_features(tokens)
+    }
+}
+
+impl ChainConfig for StgcnConfig {
+    /// The last blocks' channels.
+    fn dim(&self) -> usize {
+        4 * self.width
+    }
+
+    fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    fn pytorch_names(&self) -> PytorchNames {
+        PYTORCH_NAMES
+    }
+
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        input.frames * self.joints * 3
+    }
+
+    fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {
+        let joints = self.joints;
+        let mut summary = vec![LayerSummary {
+            name: format!("{prefix}.data_bn"),
+            role: LayerRole::InputNorm,
+            params: rows::batch_norm_params(joints * 3),
+            output_shape: vec![clips, 3, input.frames, joints],
+            segment: Some(SegmentKind::StemBatch),
+            ..LayerSummary::default()
+        }];
+        let mut t = input.frames;
+        let partitions = 3;
+        for (number, (channels_in, channels_out, stride, residual)) in
+            self.blocks().into_iter().enumerate()
+        {
+            t = rows::conv_size(t, 9, stride, 4);
+            let residual_conv = residual && (channels_in != channels_out || stride != 1);
+            let graph = (channels_in + 1) * channels_out * partitions
+                + partitions * joints * joints // edge importance
+                + rows::batch_norm_params(channels_out);
+            let temporal =
+                (9 * channels_out + 1) * channels_out + rows::batch_norm_params(channels_out);
+            let shortcut = if residual_conv {
+                (channels_in + 1) * channels_out + rows::batch_norm_params(channels_out)
+            } else {
+                0
+            };
+            summary.push(LayerSummary {
+                name: format!("{prefix}.gcn.{number}"),
+                role: LayerRole::GraphBlock {
+                    partitions,
+                    residual_conv,
+                },
+                params: graph + temporal + shortcut,
+                output_shape: vec![clips, channels_out, t, joints],
+                segment: Some(SegmentKind::Block),
+                ..LayerSummary::default()
+            });
+        }
+        summary.extend(rows::pool_and_features(prefix, clips, self.dim()));
+        summary
     }
 }

@@ -4,10 +4,76 @@
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
+use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 use crate::layers::stem::{StemStep, VideoStem, VideoStemConfig};
 use crate::precision::{layer_norm, like, mean_dim_f32};
-use crate::recompute::{Activation, SegmentKind};
+use crate::pytorch_names::PytorchNames;
+use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
+
+/// The names of the seed transformer in `bench/pytorch_reference.py`: stages of Conv3d +
+/// BatchNorm3d, `nn.TransformerEncoderLayer` blocks with `norm_first`.
+pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
+    import: &[
+        (r"^stage([12])\.0\.", "backbone.stem.conv$1."),
+        (r"^stage([12])\.1\.", "backbone.stem.norm$1."),
+        (
+            r"^blocks\.(\d+)\.layer\.self_attn\.in_proj_(weight|bias)$",
+            "backbone.blocks.$1.qkv.$2",
+        ),
+        (
+            r"^blocks\.(\d+)\.layer\.self_attn\.out_proj\.",
+            "backbone.blocks.$1.projection.",
+        ),
+        (
+            r"^blocks\.(\d+)\.layer\.norm1\.",
+            "backbone.blocks.$1.norm_attention.",
+        ),
+        (
+            r"^blocks\.(\d+)\.layer\.norm2\.",
+            "backbone.blocks.$1.norm_feed_forward.",
+        ),
+        (
+            r"^blocks\.(\d+)\.layer\.linear1\.",
+            "backbone.blocks.$1.feed_forward_in.",
+        ),
+        (
+            r"^blocks\.(\d+)\.layer\.linear2\.",
+            "backbone.blocks.$1.feed_forward_out.",
+        ),
+        (r"^norm\.", "backbone.norm."),
+        (r"^head\.", "head."),
+    ],
+    export: &[
+        (r"^backbone\.stem\.conv([12])\.", "stage$1.0."),
+        (r"^backbone\.stem\.norm([12])\.", "stage$1.1."),
+        (
+            r"^backbone\.blocks\.(\d+)\.qkv\.(weight|bias)$",
+            "blocks.$1.layer.self_attn.in_proj_$2",
+        ),
+        (
+            r"^backbone\.blocks\.(\d+)\.projection\.",
+            "blocks.$1.layer.self_attn.out_proj.",
+        ),
+        (
+            r"^backbone\.blocks\.(\d+)\.norm_attention\.",
+            "blocks.$1.layer.norm1.",
+        ),
+        (
+            r"^backbone\.blocks\.(\d+)\.norm_feed_forward\.",
+            "blocks.$1.layer.norm2.",
+        ),
+        (
+            r"^backbone\.blocks\.(\d+)\.feed_forward_in\.",
+            "blocks.$1.layer.linear1.",
+        ),
+        (
+            r"^backbone\.blocks\.(\d+)\.feed_forward_out\.",
+            "blocks.$1.layer.linear2.",
+        ),
+        (r"^backbone\.norm\.", "norm."),
+    ],
+};
 
 /// Configuration of a [`VideoTransformer`].
 #[derive(Config, Debug)]
@@ -49,20 +115,22 @@ impl<B: Backend> VideoTransformer<B> {
     /// - input: `[n, t, 3, h, w]`, values in 0..1
     /// - output: `[n, dim]`
     pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
-        let mut x = Activation::Clips(video);
-        for index in 0..self.segment_count() {
-            x = self.forward_segment(index, x);
-        }
-        self.finish(x.into_tokens())
+        self.forward_chain(Activation::Clips(video))
     }
 
-    /// Segments, in order: the four stem steps, the pooling bridge, one per encoder block.
-    pub fn segment_count(&self) -> usize {
+    /// Frames, height and width of the tokens for an input clip of `[t, h, w]`.
+    pub fn stem_output_size(&self, input: [usize; 3]) -> [usize; 3] {
+        self.stem.output_size(input)
+    }
+}
+
+/// Segments, in order: the four stem steps, the pooling bridge, one per encoder block.
+impl<B: Backend> SegmentChain<B> for VideoTransformer<B> {
+    fn segment_count(&self) -> usize {
         VideoStem::<B>::STEPS + 1 + self.blocks.len()
     }
 
-    /// What segment `index` is (decides whether and how it is recomputed).
-    pub fn segment_kind(&self, index: usize) -> SegmentKind {
+    fn segment_kind(&self, index: usize) -> SegmentKind {
         match index {
             0 | 2 => SegmentKind::StemPerClip,
             1 | 3 => SegmentKind::StemBatch,
@@ -71,20 +139,22 @@ impl<B: Backend> VideoTransformer<B> {
         }
     }
 
-    /// The encoder block that segment `index` is, if it is one.
-    pub fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
         index
             .checked_sub(VideoStem::<B>::STEPS + 1)
             .and_then(|block| self.blocks.get(block))
     }
 
-    /// The stem step that segment `index` is, if it is one, bound to `input`.
-    pub fn stem_step(&self, index: usize, input: Tensor<B, 5>) -> Option<StemStep<'_, B>> {
-        (index < VideoStem::<B>::STEPS).then(|| self.stem.step(index, input))
+    fn stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
+        match input {
+            Activation::Clips(clips) if index < VideoStem::<B>::STEPS => {
+                Some(self.stem.step(index, clips.clone()))
+            }
+            _ => None,
+        }
     }
 
-    /// Runs segment `index` alone.
-    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
         if let Some(block) = self.encoder_block(index) {
             return Activation::Tokens(block.forward(input.into_tokens()));
         }
@@ -101,13 +171,77 @@ impl<B: Backend> VideoTransformer<B> {
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
-    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [n, _, dim] = tokens.dims();
-        mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        norm_and_mean(tokens, |tokens| layer_norm(&self.norm, tokens))
+    }
+}
+
+impl ChainConfig for VideoTransformerConfig {
+    fn dim(&self) -> usize {
+        self.dim
     }
 
-    /// Frames, height and width of the tokens for an input clip of `[t, h, w]`.
-    pub fn stem_output_size(&self, input: [usize; 3]) -> [usize; 3] {
-        self.stem.output_size(input)
+    fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    fn pytorch_names(&self) -> PytorchNames {
+        PYTORCH_NAMES
+    }
+
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        input.frames * input.image * input.image * 3
+    }
+
+    /// Two stem stages (a convolution and BatchNorm + ReLU each: 3×7×7 to D/2 channels at half
+    /// the size, 1×3×3 to D at a quarter), the pool, the blocks, the final norm.
+    fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {
+        let [t, s] = [input.frames, input.image];
+        let half = self.dim / 2;
+        let (s1, s2) = (s.div_ceil(2), s.div_ceil(2).div_ceil(2));
+        let stem = [
+            ("conv1", 3, half, [3, 7, 7], s1),
+            ("conv2", half, self.dim, [1, 3, 3], s2),
+        ];
+        let mut rows = Vec::new();
+        for (number, (name, c_in, c_out, kernel, size)) in stem.into_iter().enumerate() {
+            let taps: usize = kernel.iter().product();
+            let output_shape = vec![clips, c_out, t, size, size];
+            rows.push(LayerSummary {
+                name: format!("{prefix}.stem.{name}"),
+                role: LayerRole::Conv3d {
+                    taps,
+                    channels_in: c_in,
+                    reads_data: number == 0,
+                },
+                params: taps * c_in * c_out + c_out,
+                output_shape: output_shape.clone(),
+                segment: Some(SegmentKind::StemPerClip),
+                ..LayerSummary::default()
+            });
+            rows.push(LayerSummary {
+                name: format!("{prefix}.stem.norm{}", number + 1),
+                role: LayerRole::BatchNormRelu,
+                params: rows::batch_norm_params(c_out),
+                output_shape,
+                segment: Some(SegmentKind::StemBatch),
+                ..LayerSummary::default()
+            });
+        }
+        rows.push(LayerSummary {
+            name: format!("{prefix}.pool"),
+            role: LayerRole::Pool,
+            output_shape: vec![clips, t, self.dim],
+            segment: Some(SegmentKind::Bridge),
+            ..LayerSummary::default()
+        });
+        rows.extend(rows::encoder_blocks(
+            prefix,
+            self.layers,
+            [clips, t, self.dim],
+            self.heads,
+            self.ff_dim,
+        ));
+        rows
     }
 }

@@ -9,9 +9,10 @@ use burn::module::{Initializer, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
+use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig};
-use crate::precision::{layer_norm, like, linear, mean_dim_f32};
-use crate::recompute::{Activation, SegmentKind};
+use crate::precision::{layer_norm, like, linear};
+use crate::summary::{InputShape, LayerSummary, rows};
 
 /// Configuration of a [`Vivit`].
 #[derive(Config, Debug)]
@@ -84,40 +85,7 @@ impl<B: Backend> Vivit<B> {
     /// - output: `[n, dim]`
     pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
         let _span = tracing::trace_span!("vivit").entered();
-        let mut x = Activation::Clips(video);
-        for index in 0..self.segment_count() {
-            x = self.forward_segment(index, x);
-        }
-        self.finish(x.into_tokens())
-    }
-
-    /// Segments, in order: the tubelet embedding, one per encoder block.
-    pub fn segment_count(&self) -> usize {
-        1 + self.blocks.len()
-    }
-
-    /// What segment `index` is (decides whether and how it is recomputed).
-    pub fn segment_kind(&self, index: usize) -> SegmentKind {
-        if index == 0 {
-            SegmentKind::StemPerClip
-        } else {
-            SegmentKind::Block
-        }
-    }
-
-    /// The encoder block that segment `index` is, if it is one.
-    pub fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
-        index
-            .checked_sub(1)
-            .and_then(|block| self.blocks.get(block))
-    }
-
-    /// Runs segment `index` alone.
-    pub fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        match self.encoder_block(index) {
-            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
-            None => Activation::Tokens(self.embed(input.into_clips())),
-        }
+        self.forward_chain(Activation::Clips(video))
     }
 
     /// Tubelets → tokens, plus learned positions. Token order is (time, row, column); each
@@ -131,11 +99,72 @@ impl<B: Backend> Vivit<B> {
         let positions = like(self.positions.val(), &tokens);
         tokens + positions.unsqueeze::<3>()
     }
+}
+
+/// Segments, in order: the tubelet embedding, one per encoder block.
+impl<B: Backend> SegmentChain<B> for Vivit<B> {
+    fn segment_count(&self) -> usize {
+        1 + self.blocks.len()
+    }
+
+    fn segment_kind(&self, index: usize) -> SegmentKind {
+        if index == 0 {
+            SegmentKind::StemPerClip
+        } else {
+            SegmentKind::Block
+        }
+    }
+
+    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        index
+            .checked_sub(1)
+            .and_then(|block| self.blocks.get(block))
+    }
+
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        match self.encoder_block(index) {
+            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
+            None => Activation::Tokens(self.embed(input.into_clips())),
+        }
+    }
 
     /// Final LayerNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
-    pub fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [n, _, dim] = tokens.dims();
-        mean_dim_f32(layer_norm(&self.norm, tokens), 1).reshape([n, dim])
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        norm_and_mean(tokens, |tokens| layer_norm(&self.norm, tokens))
+    }
+}
+
+impl ChainConfig for VivitConfig {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        input.frames * input.image * input.image * 3
+    }
+
+    fn summary_rows(&self, prefix: &str, clips: usize, _input: InputShape) -> Vec<LayerSummary> {
+        let tokens = self.tokens();
+        let mut rows = vec![rows::tubelet_embedding(
+            prefix,
+            clips,
+            tokens,
+            self.tubelet_values(),
+            self.dim,
+            tokens * self.dim,
+        )];
+        rows.extend(rows::encoder_blocks(
+            prefix,
+            self.layers,
+            [clips, tokens, self.dim],
+            self.heads,
+            self.ff_dim,
+        ));
+        rows
     }
 }
 

@@ -2,6 +2,7 @@
 //! attention one query block at a time, a Mamba block's selective scans one chunk at a time. Each
 //! leaves its parameter gradients in [`Gradients`] and returns its input's gradient.
 
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -16,12 +17,12 @@ use crate::layers::selective_scan::{ScanInputs, scan_chunk, selective_scan_with_
 /// differentiated one chunk at a time from the last, each chunk from its carried-in state (kept
 /// from an untracked pass) with the gradient of its carried-out state coming from the chunk after
 /// it, and finally the first stage from the scan inputs' gradients.
-pub(super) fn replay_mamba_block<B: AutodiffBackend>(
+pub(super) fn replay_mamba_block<B: AutodiffBackend, M: AutodiffModule<B>>(
     block: &MambaBlock<B>,
     input: Tensor<B, 3>,
     upstream: Tensor<B, 3>,
     wants_input_gradient: bool,
-    gradients: &mut Gradients<'_, B>,
+    gradients: &mut Gradients<'_, B, M>,
 ) -> Option<Tensor<B, 3>> {
     let track = |tensor: Tensor<B, 3>| {
         if wants_input_gradient {
@@ -129,13 +130,13 @@ pub(super) fn replay_mamba_block<B: AutodiffBackend>(
 /// half is differentiated from the context, then attention is differentiated one query block at
 /// a time (dropout masks replayed from the per-block seeds derived from `seed`), and finally the
 /// first half. The backend generator must be seeded with `seed`, as before the block's forward.
-pub(super) fn replay_encoder_block<B: AutodiffBackend>(
+pub(super) fn replay_encoder_block<B: AutodiffBackend, M: AutodiffModule<B>>(
     block: &EncoderBlock<B>,
     input: Tensor<B, 3>,
     upstream: Tensor<B, 3>,
     seed: u64,
     wants_input_gradient: bool,
-    gradients: &mut Gradients<'_, B>,
+    gradients: &mut Gradients<'_, B, M>,
 ) -> Option<Tensor<B, 3>> {
     let tokens = input.dims()[1];
     let blocks = query_blocks(tokens);

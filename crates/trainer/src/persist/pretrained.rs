@@ -1,7 +1,7 @@
 //! `model.pretrained`: PyTorch weights into a vidtrain model through burn-store (decision 0005).
 //!
 //! A `.pth`/`.pt` state dict (read by burn-store's pickle reader, no Python) or a `.safetensors`
-//! file; keys are renamed by `vidtrain_model::pretrained::PYTORCH_KEY_RENAMES` (torchvision's
+//! file; keys are renamed by `vidtrain_model::pytorch_names::pytorch_key_renames` (torchvision's
 //! R3D, mmaction2's ST-GCN, Lightning/DataParallel prefixes), Linear weights transposed and
 //! BatchNorm's `weight`/`bias` read as γ/β by burn-store's PyTorch adapter. The classifier is
 //! left at its fresh initialisation when the file's class count differs from
@@ -18,7 +18,7 @@ use burn_store::{
 };
 use vidtrain_config::Config;
 use vidtrain_model::ActionModel;
-use vidtrain_model::pretrained::{PYTORCH_KEY_RENAMES, is_ignored_pytorch_key};
+use vidtrain_model::pytorch_names::{is_ignored_pytorch_key, pytorch_key_renames};
 
 use crate::{Error, Result};
 
@@ -133,7 +133,7 @@ pub fn load<B: Backend>(
             path.display()
         )));
     }
-    let remapper = KeyRemapper::from_patterns(PYTORCH_KEY_RENAMES.to_vec())
+    let remapper = KeyRemapper::from_patterns(pytorch_key_renames())
         .expect("the key renames are valid regular expressions");
     let unreadable = |error: String| {
         setting(format!(

@@ -1,0 +1,194 @@
+//! The activation-cost rules the memory plan prices each summary row with, by layer role.
+
+use super::{LayerRole, LayerSummary};
+
+/// What one layer costs in activation memory, in elements for a whole micro-batch.
+///
+/// These are accounting rules for how Burn 0.21's autodiff runs our layers, counted op by op
+/// from the sources (`burn-autodiff/src/ops`: which op keeps which operand for backward) and
+/// checked against measured peaks (`cargo xtask bench plan`):
+/// - a matmul keeps both operands; add/sub keep nothing; mul keeps the other operand; div keeps
+///   both; `exp` and ReLU keep their output; `powi`/GELU keep their input; slicing, reshapes of
+///   contiguous data and `mean_dim` keep only shapes; a reshape of a permuted tensor copies.
+pub(super) struct ActivationCosts {
+    pub(super) saved: usize,
+    pub(super) forward_extra: usize,
+    pub(super) backward_extra: usize,
+    /// Replay: the forward again, then its backward; by default the larger of the two moments.
+    pub(super) replay_peak: usize,
+    /// Without autodiff nothing is kept: only the layer's own temporaries.
+    pub(super) inference_extra: usize,
+}
+
+impl ActivationCosts {
+    fn new(saved: usize, forward_extra: usize, backward_extra: usize) -> Self {
+        Self {
+            saved,
+            forward_extra,
+            backward_extra,
+            replay_peak: saved + forward_extra.max(backward_extra),
+            inference_extra: forward_extra,
+        }
+    }
+
+    fn inference(mut self, inference_extra: usize) -> Self {
+        self.inference_extra = inference_extra;
+        self
+    }
+
+    pub(super) fn of(layer: &LayerSummary, input: usize, clips: usize, dropout: bool) -> Self {
+        let output = layer.output_elements();
+        match layer.role {
+            // A convolution keeps its input (for the weight gradient) and is differentiated by
+            // hand (`VideoConv3d::gradients`). Forward, the CPU kernel's patch tiles are small
+            // next to its output (re-measured on burn-flex with the e2e plan test). Backward, one
+            // clip at a time, the weight gradient is a convolution of the clip with its output
+            // gradient whose patch tiles are `taps` rows of the clip's positions for each of up
+            // to two input channels at a time; a later layer's input gradient is a transposed
+            // convolution with a column buffer of one clip (`taps · c_in` rows over the clip's
+            // output positions).
+            LayerRole::Conv3d {
+                taps,
+                channels_in,
+                reads_data,
+            } => {
+                let positions = output / layer.output_shape[1].max(1);
+                let clip_positions = positions / clips.max(1);
+                let weight_tiles = taps * clip_positions * channels_in.min(2);
+                let input_gradient = if reads_data {
+                    0
+                } else {
+                    taps * channels_in * clip_positions + input
+                };
+                Self::new(
+                    input,
+                    output,
+                    output / clips.max(1) + weight_tiles + input_gradient,
+                )
+                .inference(2 * input)
+            }
+            // BatchNorm + ReLU is differentiated by hand (`norm_relu_gradients`): it keeps only
+            // its input (the ReLU's output is the next layer's input, kept there). Forward and
+            // backward compute in f32 (the input's copy, x − mean, the normalised values, the
+            // gradient), each freed as soon as the next exists: two at a time, measured on the
+            // e2e plan test's 96 px stem. In evaluation it normalises with the running
+            // statistics: one temporary besides input and output.
+            LayerRole::BatchNormRelu => Self::new(output, 2 * output, 2 * output).inference(output),
+            LayerRole::Pool => Self::new(0, input, input),
+            // A linear layer keeps its input (for ViViT, the tubelet-ordered copy of the video).
+            LayerRole::Embedding {
+                input_elements_per_clip,
+            } => Self::new(
+                input_elements_per_clip * clips,
+                input_elements_per_clip * clips,
+                2 * output,
+            ),
+            LayerRole::EncoderBlock {
+                tokens,
+                heads,
+                ff_dim,
+            } => {
+                let token_values = output; // clips · tokens · dim
+                let hidden = clips * tokens * ff_dim;
+                let scores = clips * heads * tokens * tokens;
+                let block_rows = tokens.min(crate::layers::encoder::QUERY_BLOCK_TOKENS);
+                let block_scores = clips * heads * block_rows * tokens;
+                // Two LayerNorms (3 each + output), q/k/v copies, context copy, residual inputs;
+                // GELU input and output; softmax keeps exp and its result; dropout adds a mask
+                // per use (attention weights, after attention, hidden, after feed-forward).
+                let (token_copies, hidden_copies, score_copies) =
+                    if dropout { (15, 3, 4) } else { (13, 2, 2) };
+                let mut costs = Self::new(
+                    token_copies * token_values + hidden_copies * hidden + score_copies * scores,
+                    2 * block_scores + hidden,
+                    3 * token_values + 2 * hidden + 3 * block_scores,
+                );
+                if tokens > crate::layers::encoder::QUERY_BLOCK_TOKENS {
+                    // Replayed in stages that do not overlap (see `replay_encoder_block`): the
+                    // block's second half from the untracked context, then attention one query
+                    // block at a time. Each stage frees its graph as its backward runs; the
+                    // factors are calibrated on ViViT at 224 px (`cargo xtask bench plan`).
+                    let second_half = 5 * token_values + 2 * hidden;
+                    let attention_block = 5 * token_values + 2 * block_scores;
+                    costs.replay_peak = second_half.max(attention_block);
+                }
+                costs
+            }
+            // A BasicBlock under autodiff: each convolution keeps its input (the block's input
+            // serves the first and the shortcut), each BatchNorm its centred values, each ReLU its
+            // output; convolution backward makes an input gradient and a weight-gradient buffer
+            // the size of its input.
+            LayerRole::ResidualBlock { downsample } => {
+                let norms = if downsample { 3 } else { 2 };
+                Self::new(
+                    input + (norms + 2) * output,
+                    2 * output,
+                    2 * input + 3 * output,
+                )
+                .inference(2 * output)
+            }
+            // The permuted copy of the keypoints and BatchNorm's centred values.
+            LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),
+            // Op by op, a block keeps its input, the 1×1 convolution's `partitions`-wide output
+            // (the graph matmul's operand), BatchNorm's centred values and ReLU outputs, the
+            // dropout mask and the residual's BatchNorm: about `partitions + 6` outputs. The
+            // measured peaks are lower (`cargo xtask bench plan`, ST-GCN at 64 frames, batch 16:
+            // about `partitions + 1` outputs per block, some of those operands being shared or
+            // freed early), and the rule follows the measurement, a dropout mask on top. A
+            // replayed block peaks at its input and about three outputs.
+            LayerRole::GraphBlock {
+                partitions,
+                residual_conv,
+            } => {
+                let copies = partitions + 1 + usize::from(dropout);
+                let mut costs = Self::new(
+                    input + copies * output,
+                    2 * output,
+                    input + (1 + usize::from(residual_conv)) * output,
+                )
+                .inference((partitions + 1) * output);
+                costs.replay_peak = input + 3 * output;
+                costs
+            }
+            // Op by op (the rules above): RMSNorm keeps about three copies of the block's input,
+            // the in-projection its normalised input; per direction, the padded convolution
+            // input, its output and sigmoid, Δ's softplus (four values) and the products with Δ
+            // make about ten `[tokens, inner]` values, and the scan keeps per chunk its decays
+            // `exp(Δ·A)`, then two `[chunk, inner, state]` values per Hillis–Steele round and the
+            // final states and decays: `(2·rounds + 3)` state-sized values over the sequence. The
+            // gate and out-projection keep four more `[tokens, inner]` values. Backward holds the
+            // gradients of about three state-sized values of one direction. A replay
+            // (`replay_mamba_block`) holds the stages' `[tokens, inner]` tensors and their
+            // gradients whole but only one chunk's scan graph at a time.
+            LayerRole::MambaBlock {
+                tokens,
+                inner,
+                state,
+                directions,
+                chunk,
+            } => {
+                let chunk = chunk.clamp(1, tokens.max(1));
+                let rounds = chunk.next_power_of_two().trailing_zeros() as usize;
+                let states = clips * tokens * inner * state;
+                let chunk_states = clips * chunk * inner * state;
+                let inner_values = clips * tokens * inner;
+                let mut costs = Self::new(
+                    3 * input
+                        + input
+                        + directions * ((2 * rounds + 3) * states + 10 * inner_values)
+                        + 4 * inner_values,
+                    2 * chunk_states,
+                    3 * states + 2 * inner_values,
+                )
+                .inference((3 * directions + 3) * inner_values + 4 * chunk_states);
+                costs.replay_peak =
+                    input + (4 * directions + 4) * inner_values + (2 * rounds + 3) * chunk_states;
+                costs
+            }
+            // After a pool the features pass as they are (the input is already `[clips, dim]`);
+            // otherwise LayerNorm (3 kept values) and the mean over tokens.
+            LayerRole::Finish => Self::new(3 * input, input, 2 * input),
+            LayerRole::Head => Self::new(2 * input + 2 * output, output, input),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `vidtrain export` and `model.pretrained` are inverses: a model exported as safetensors or
+//! `.pth` and read back through `model.pretrained` into a freshly initialised model gives the
+//! exported model's logits, for every backbone (the PyTorch side of the round trip is
+//! `pytorch_equality.rs`, which needs PyTorch).
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use vidtrain_config::{Config, ConfigLoader};
+use vidtrain_model::{ActionModel, ActionModelConfig};
+use vidtrain_trainer::persist::export::{ExportFormat, state_dict, write};
+
+fn config(overrides: &[&str]) -> Config {
+    let base = [
+        "train.view=\"single\"",
+        "data.img_size=32",
+        "data.uniform_temporal_subsample_num=4",
+        "model.transformer_dim=16",
+        "model.transformer_layers=1",
+        "model.transformer_heads=2",
+        "model.transformer_ff_dim=32",
+        "model.resnet_width=4",
+        "model.resnet_depth=10",
+        "model.stgcn_width=4",
+        "model.mamba_dim=16",
+        "model.mamba_layers=1",
+        "model.tubelet_size=[2, 8, 8]",
+    ];
+    ConfigLoader::new()
+        .overrides(base.iter().chain(overrides).map(|s| s.to_string()))
+        .unwrap()
+        .load()
+        .unwrap()
+}
+
+fn logits(model: &ActionModel<Flex>, config: &Config) -> Vec<f32> {
+    let device = Default::default();
+    let [t, s] = [4, 32];
+    let joints = config.data.keypoint_indices.len();
+    let video = (config.model.input_type != vidtrain_config::InputType::Kpt)
+        .then(|| Tensor::random([2, 1, t, s, s, 3], Distribution::Default, &device));
+    let keypoints = (config.model.input_type != vidtrain_config::InputType::Rgb)
+        .then(|| Tensor::random([2, 1, t, joints, 3], Distribution::Default, &device));
+    model
+        .forward(video, keypoints)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn every_backbone_exported_and_read_back_through_model_pretrained_gives_the_same_logits() {
+    let out = std::env::temp_dir().join(format!("vidtrain-export-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let device = Default::default();
+    for (name, overrides) in [
+        ("transformer", &["model.backbone=\"transformer\""][..]),
+        ("vivit", &["model.backbone=\"vivit\""]),
+        ("r3d", &["model.backbone=\"3dcnn\""]),
+        ("videomamba", &["model.backbone=\"mamba\""]),
+        (
+            "stgcn",
+            &[
+                "model.backbone=\"stgcn\"",
+                "model.input_type=\"kpt\"",
+                "data.load_rgb=false",
+                "data.load_kpt=true",
+            ],
+        ),
+        (
+            "rgb+kpt",
+            &[
+                "model.backbone=\"transformer\"",
+                "model.input_type=\"rgb_kpt\"",
+                "data.load_kpt=true",
+            ],
+        ),
+        (
+            "kpt mamba",
+            &[
+                "model.backbone=\"mamba\"",
+                "model.input_type=\"kpt\"",
+                "data.load_rgb=false",
+                "data.load_kpt=true",
+            ],
+        ),
+    ] {
+        let config = config(overrides);
+        let model_config = ActionModelConfig::from_config(&config);
+        Flex::seed(&device, 1);
+        let model: ActionModel<Flex> = model_config.init(&device);
+        model.materialize_parameters();
+        Flex::seed(&device, 7);
+        let expected = logits(&model, &config);
+        let state = state_dict(&model, &model_config).unwrap();
+        for format in [ExportFormat::Safetensors, ExportFormat::Pth] {
+            let file = out.join(format!("{}.{}", name.replace(' ', "_"), format.extension()));
+            write(&state, format, &file).unwrap();
+            let mut config = config.clone();
+            config.model.pretrained = file.display().to_string();
+            Flex::seed(&device, 2);
+            let mut fresh: ActionModel<Flex> = model_config.init(&device);
+            let report =
+                vidtrain_trainer::persist::pretrained::load(&mut fresh, &config, &file).unwrap();
+            assert_eq!(report.head_reinitialised_from, None, "{name}");
+            Flex::seed(&device, 7);
+            let got = logits(&fresh, &config);
+            assert_eq!(got, expected, "{name} through {format:?}");
+        }
+    }
+    std::fs::remove_dir_all(out).unwrap();
+}
