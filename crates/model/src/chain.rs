@@ -99,6 +99,129 @@ pub trait ChainConfig {
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary>;
 }
 
+/// How every backbone is laid out: a few lead segments (a stem, an embedding, a pooling
+/// bridge), then its blocks, then optionally one tail segment (a global pool), then a finish.
+/// Implementing it implements [`SegmentChain`]: a backbone says what its lead segments are,
+/// where its blocks are and how it finishes; the indexing is written once, here.
+pub(crate) trait BlockChain<B: Backend> {
+    /// The blocks' type (an encoder block, a Mamba block, a BasicBlock, an ST-GCN block).
+    type Block: ChainBlock<B>;
+
+    /// Segments before the blocks.
+    const LEAD: usize;
+
+    /// Segments after the blocks (0, or 1: a pooling bridge to `[n, 1, dim]` tokens).
+    const TAIL: usize = 0;
+
+    /// What lead segment `index` is.
+    fn lead_kind(&self, index: usize) -> SegmentKind;
+
+    /// Runs lead segment `index` alone.
+    fn forward_lead(&self, index: usize, input: Activation<B>) -> Activation<B>;
+
+    /// The stem step that lead segment `index` is, if it is one, bound to `input`.
+    fn lead_stem_step(&self, _index: usize, _input: &Activation<B>) -> Option<StemStep<'_, B>> {
+        None
+    }
+
+    /// Blocks in the chain.
+    fn block_count(&self) -> usize;
+
+    /// Block `index` (counted from the first block).
+    fn block_at(&self, index: usize) -> Option<&Self::Block>;
+
+    /// Runs the tail segment (only called when `TAIL` is 1).
+    fn forward_tail(&self, input: Activation<B>) -> Activation<B> {
+        input
+    }
+
+    /// The last segment's tokens `[n, tokens, dim]` → `[n, dim]`.
+    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2>;
+
+    /// The block that segment `index` is, if it is one.
+    fn block(&self, index: usize) -> Option<&Self::Block> {
+        index
+            .checked_sub(Self::LEAD)
+            .and_then(|block| self.block_at(block))
+    }
+}
+
+/// A block of a [`BlockChain`]: one activation in, one out, and what `crate::recompute` replays
+/// it as.
+pub(crate) trait ChainBlock<B: Backend> {
+    fn forward_block(&self, input: Activation<B>) -> Activation<B>;
+
+    fn as_encoder_block(&self) -> Option<&EncoderBlock<B>> {
+        None
+    }
+
+    fn as_mamba_block(&self) -> Option<&MambaBlock<B>> {
+        None
+    }
+}
+
+impl<B: Backend> ChainBlock<B> for EncoderBlock<B> {
+    fn forward_block(&self, input: Activation<B>) -> Activation<B> {
+        Activation::Tokens(self.forward(input.into_tokens()))
+    }
+
+    fn as_encoder_block(&self) -> Option<&EncoderBlock<B>> {
+        Some(self)
+    }
+}
+
+impl<B: Backend> ChainBlock<B> for MambaBlock<B> {
+    fn forward_block(&self, input: Activation<B>) -> Activation<B> {
+        Activation::Tokens(self.forward(input.into_tokens()))
+    }
+
+    fn as_mamba_block(&self) -> Option<&MambaBlock<B>> {
+        Some(self)
+    }
+}
+
+impl<B: Backend, C: BlockChain<B>> SegmentChain<B> for C {
+    fn segment_count(&self) -> usize {
+        C::LEAD + self.block_count() + C::TAIL
+    }
+
+    fn segment_kind(&self, index: usize) -> SegmentKind {
+        if index < C::LEAD {
+            self.lead_kind(index)
+        } else if index < C::LEAD + self.block_count() {
+            SegmentKind::Block
+        } else {
+            SegmentKind::Bridge
+        }
+    }
+
+    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        if index < C::LEAD {
+            return self.forward_lead(index, input);
+        }
+        match self.block(index) {
+            Some(block) => block.forward_block(input),
+            None => self.forward_tail(input),
+        }
+    }
+
+    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        self.finish_tokens(tokens)
+    }
+
+    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        self.block(index)?.as_encoder_block()
+    }
+
+    fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
+        self.block(index)?.as_mamba_block()
+    }
+
+    fn stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
+        self.lead_stem_step(index, input)
+    }
+}
+
 /// A chain's usual finish: `norm` (LayerNorm or RMSNorm), then the mean over tokens in f32:
 /// `[n, tokens, dim]` → `[n, dim]`.
 pub(crate) fn norm_and_mean<B: Backend>(

@@ -4,7 +4,7 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
+use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 use crate::precision::{layer_norm, like, linear};
 use crate::summary::{InputShape, LayerSummary, rows};
@@ -58,34 +58,28 @@ impl<B: Backend> KeypointEncoder<B> {
 }
 
 /// Segments, in order: the embedding bridge, one per encoder block.
-impl<B: Backend> SegmentChain<B> for KeypointEncoder<B> {
-    fn segment_count(&self) -> usize {
-        1 + self.blocks.len()
+impl<B: Backend> BlockChain<B> for KeypointEncoder<B> {
+    type Block = EncoderBlock<B>;
+    const LEAD: usize = 1;
+
+    fn lead_kind(&self, _index: usize) -> SegmentKind {
+        SegmentKind::Bridge
     }
 
-    fn segment_kind(&self, index: usize) -> SegmentKind {
-        if index == 0 {
-            SegmentKind::Bridge
-        } else {
-            SegmentKind::Block
-        }
+    fn forward_lead(&self, _index: usize, input: Activation<B>) -> Activation<B> {
+        Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
-    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
-        index
-            .checked_sub(1)
-            .and_then(|block| self.blocks.get(block))
+    fn block_count(&self) -> usize {
+        self.blocks.len()
     }
 
-    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        match self.encoder_block(index) {
-            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
-            None => Activation::Tokens(frame_tokens(&self.embedding, input.into_joints())),
-        }
+    fn block_at(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        self.blocks.get(index)
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
-    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         norm_and_mean(tokens, |tokens| layer_norm(&self.norm, tokens))
     }
 }

@@ -13,7 +13,7 @@ use burn::prelude::*;
 
 use super::keypoint_transformer::frame_tokens;
 use super::vivit::tubelets;
-use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
+use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::mamba::{MambaBlock, MambaBlockConfig, RmsNorm};
 use crate::precision::{like, linear};
 use crate::summary::{InputShape, LayerSummary, rows};
@@ -95,34 +95,28 @@ impl<B: Backend> VideoMamba<B> {
 }
 
 /// Segments, in order: the tubelet embedding, one per Mamba block.
-impl<B: Backend> SegmentChain<B> for VideoMamba<B> {
-    fn segment_count(&self) -> usize {
-        1 + self.blocks.len()
+impl<B: Backend> BlockChain<B> for VideoMamba<B> {
+    type Block = MambaBlock<B>;
+    const LEAD: usize = 1;
+
+    fn lead_kind(&self, _index: usize) -> SegmentKind {
+        SegmentKind::StemPerClip
     }
 
-    fn segment_kind(&self, index: usize) -> SegmentKind {
-        if index == 0 {
-            SegmentKind::StemPerClip
-        } else {
-            SegmentKind::Block
-        }
+    fn forward_lead(&self, _index: usize, input: Activation<B>) -> Activation<B> {
+        Activation::Tokens(self.embed(input.into_clips()))
     }
 
-    fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
-        index
-            .checked_sub(1)
-            .and_then(|block| self.blocks.get(block))
+    fn block_count(&self) -> usize {
+        self.blocks.len()
     }
 
-    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        match self.mamba_block(index) {
-            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
-            None => Activation::Tokens(self.embed(input.into_clips())),
-        }
+    fn block_at(&self, index: usize) -> Option<&MambaBlock<B>> {
+        self.blocks.get(index)
     }
 
     /// Final RMSNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
-    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         norm_and_mean(tokens, |tokens| self.norm.forward(tokens))
     }
 }
@@ -205,34 +199,28 @@ impl<B: Backend> KeypointMamba<B> {
 }
 
 /// Segments, in order: the embedding bridge, one per Mamba block.
-impl<B: Backend> SegmentChain<B> for KeypointMamba<B> {
-    fn segment_count(&self) -> usize {
-        1 + self.blocks.len()
+impl<B: Backend> BlockChain<B> for KeypointMamba<B> {
+    type Block = MambaBlock<B>;
+    const LEAD: usize = 1;
+
+    fn lead_kind(&self, _index: usize) -> SegmentKind {
+        SegmentKind::Bridge
     }
 
-    fn segment_kind(&self, index: usize) -> SegmentKind {
-        if index == 0 {
-            SegmentKind::Bridge
-        } else {
-            SegmentKind::Block
-        }
+    fn forward_lead(&self, _index: usize, input: Activation<B>) -> Activation<B> {
+        Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
-    fn mamba_block(&self, index: usize) -> Option<&MambaBlock<B>> {
-        index
-            .checked_sub(1)
-            .and_then(|block| self.blocks.get(block))
+    fn block_count(&self) -> usize {
+        self.blocks.len()
     }
 
-    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        match self.mamba_block(index) {
-            Some(block) => Activation::Tokens(block.forward(input.into_tokens())),
-            None => Activation::Tokens(frame_tokens(&self.embedding, input.into_joints())),
-        }
+    fn block_at(&self, index: usize) -> Option<&MambaBlock<B>> {
+        self.blocks.get(index)
     }
 
     /// Final RMSNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
-    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         norm_and_mean(tokens, |tokens| self.norm.forward(tokens))
     }
 }

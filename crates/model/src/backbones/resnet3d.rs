@@ -17,7 +17,9 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, pooled_features};
+use crate::chain::{
+    Activation, BlockChain, ChainBlock, ChainConfig, SegmentChain, SegmentKind, pooled_features,
+};
 use crate::layers::batch_norm::batch_norm_channels;
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 use crate::layers::stem::StemStep;
@@ -195,9 +197,6 @@ pub struct Resnet3d<B: Backend> {
     layer4: Vec<BasicBlock3d<B>>,
 }
 
-/// Segments before the blocks: the stem's convolution and its BatchNorm + ReLU.
-const STEM_STEPS: usize = 2;
-
 impl<B: Backend> Resnet3d<B> {
     /// # Shapes
     /// - input: `[n, t, 3, h, w]`, values as given (torchvision's models expect the caller to
@@ -214,30 +213,29 @@ impl<B: Backend> Resnet3d<B> {
             .chain(&self.layer3)
             .chain(&self.layer4)
     }
+}
 
-    fn block(&self, index: usize) -> Option<&BasicBlock3d<B>> {
-        index
-            .checked_sub(STEM_STEPS)
-            .and_then(|block| self.blocks().nth(block))
+impl<B: Backend> ChainBlock<B> for BasicBlock3d<B> {
+    fn forward_block(&self, input: Activation<B>) -> Activation<B> {
+        Activation::Clips(self.forward(input.into_clips()))
     }
 }
 
 /// Segments, in order: the two stem steps, one per block, the pooling bridge.
-impl<B: Backend> SegmentChain<B> for Resnet3d<B> {
-    fn segment_count(&self) -> usize {
-        STEM_STEPS + self.blocks().count() + 1
-    }
+impl<B: Backend> BlockChain<B> for Resnet3d<B> {
+    type Block = BasicBlock3d<B>;
+    const LEAD: usize = 2;
+    const TAIL: usize = 1;
 
-    fn segment_kind(&self, index: usize) -> SegmentKind {
-        match index {
-            0 => SegmentKind::StemPerClip,
-            1 => SegmentKind::StemBatch,
-            _ if self.block(index).is_some() => SegmentKind::Block,
-            _ => SegmentKind::Bridge,
+    fn lead_kind(&self, index: usize) -> SegmentKind {
+        if index == 0 {
+            SegmentKind::StemPerClip
+        } else {
+            SegmentKind::StemBatch
         }
     }
 
-    fn stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
+    fn lead_stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
         let Activation::Clips(clips) = input else {
             return None;
         };
@@ -252,20 +250,29 @@ impl<B: Backend> SegmentChain<B> for Resnet3d<B> {
         }
     }
 
-    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        if let Some(step) = self.stem_step(index, &input) {
-            return Activation::Clips(step.forward());
-        }
+    fn forward_lead(&self, index: usize, input: Activation<B>) -> Activation<B> {
+        let step = self
+            .lead_stem_step(index, &input)
+            .expect("both lead segments are stem steps on clips");
+        Activation::Clips(step.forward())
+    }
+
+    fn block_count(&self) -> usize {
+        self.blocks().count()
+    }
+
+    fn block_at(&self, index: usize) -> Option<&BasicBlock3d<B>> {
+        self.blocks().nth(index)
+    }
+
+    /// Global average pool: `[n, c, t, h, w]` → `[n, 1, c]`.
+    fn forward_tail(&self, input: Activation<B>) -> Activation<B> {
         let x = input.into_clips();
-        if let Some(block) = self.block(index) {
-            return Activation::Clips(block.forward(x));
-        }
-        // Global average pool: [n, c, t, h, w] → [n, 1, c].
         let [n, c, t, h, w] = x.dims();
         Activation::Tokens(mean_dim_f32(x.reshape([n, c, t * h * w]), 2).reshape([n, 1, c]))
     }
 
-    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         pooled_features(tokens)
     }
 }

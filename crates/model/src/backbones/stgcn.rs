@@ -19,7 +19,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
-use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, pooled_features};
+use crate::chain::{
+    Activation, BlockChain, ChainBlock, ChainConfig, SegmentChain, SegmentKind, pooled_features,
+};
 use crate::layers::batch_norm::batch_norm_channels;
 use crate::layers::graph::{GraphConv, GraphConvConfig, Skeleton};
 use crate::precision::{like, mean_dim_f32};
@@ -227,38 +229,47 @@ impl<B: Backend> Stgcn<B> {
     }
 }
 
+impl<B: Backend> ChainBlock<B> for StgcnBlock<B> {
+    fn forward_block(&self, input: Activation<B>) -> Activation<B> {
+        Activation::Joints(self.forward(input.into_joints()))
+    }
+}
+
 /// Segments, in order: the input BatchNorm, one per block, the pooling bridge.
-impl<B: Backend> SegmentChain<B> for Stgcn<B> {
-    fn segment_count(&self) -> usize {
-        self.gcn.len() + 2
+impl<B: Backend> BlockChain<B> for Stgcn<B> {
+    type Block = StgcnBlock<B>;
+    const LEAD: usize = 1;
+    const TAIL: usize = 1;
+
+    fn lead_kind(&self, _index: usize) -> SegmentKind {
+        SegmentKind::StemBatch
     }
 
-    fn segment_kind(&self, index: usize) -> SegmentKind {
-        match index {
-            0 => SegmentKind::StemBatch,
-            _ if index <= self.gcn.len() => SegmentKind::Block,
-            _ => SegmentKind::Bridge,
-        }
-    }
-
-    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
+    /// `[n, t, v, c]` → `[n, v·c, t]` → BatchNorm over joints × channels → `[n, c, t, v]`.
+    fn forward_lead(&self, _index: usize, input: Activation<B>) -> Activation<B> {
         let x = input.into_joints();
-        if index == 0 {
-            // [n, t, v, c] → [n, v·c, t] → BatchNorm over joints × channels → [n, c, t, v].
-            let [n, t, v, c] = x.dims();
-            let x = x.permute([0, 2, 3, 1]).reshape([n, v * c, t]);
-            let x = batch_norm_channels(&self.data_bn, x).reshape([n, v, c, t]);
-            return Activation::Joints(x.permute([0, 2, 3, 1]));
-        }
-        if let Some(block) = self.gcn.get(index - 1) {
-            return Activation::Joints(block.forward(x));
-        }
-        // Global average pool over time and joints: [n, c, t, v] → [n, 1, c].
+        let [n, t, v, c] = x.dims();
+        let x = x.permute([0, 2, 3, 1]).reshape([n, v * c, t]);
+        let x = batch_norm_channels(&self.data_bn, x).reshape([n, v, c, t]);
+        Activation::Joints(x.permute([0, 2, 3, 1]))
+    }
+
+    fn block_count(&self) -> usize {
+        self.gcn.len()
+    }
+
+    fn block_at(&self, index: usize) -> Option<&StgcnBlock<B>> {
+        self.gcn.get(index)
+    }
+
+    /// Global average pool over time and joints: `[n, c, t, v]` → `[n, 1, c]`.
+    fn forward_tail(&self, input: Activation<B>) -> Activation<B> {
+        let x = input.into_joints();
         let [n, c, t, v] = x.dims();
         Activation::Tokens(mean_dim_f32(x.reshape([n, c, t * v]), 2).reshape([n, 1, c]))
     }
 
-    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         pooled_features(tokens)
     }
 }

@@ -4,7 +4,7 @@
 use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
-use crate::chain::{Activation, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
+use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 use crate::layers::stem::{StemStep, VideoStem, VideoStemConfig};
 use crate::precision::{layer_norm, like, mean_dim_f32};
@@ -125,27 +125,19 @@ impl<B: Backend> VideoTransformer<B> {
 }
 
 /// Segments, in order: the four stem steps, the pooling bridge, one per encoder block.
-impl<B: Backend> SegmentChain<B> for VideoTransformer<B> {
-    fn segment_count(&self) -> usize {
-        VideoStem::<B>::STEPS + 1 + self.blocks.len()
-    }
+impl<B: Backend> BlockChain<B> for VideoTransformer<B> {
+    type Block = EncoderBlock<B>;
+    const LEAD: usize = VideoStem::<B>::STEPS + 1;
 
-    fn segment_kind(&self, index: usize) -> SegmentKind {
+    fn lead_kind(&self, index: usize) -> SegmentKind {
         match index {
             0 | 2 => SegmentKind::StemPerClip,
             1 | 3 => SegmentKind::StemBatch,
-            4 => SegmentKind::Bridge,
-            _ => SegmentKind::Block,
+            _ => SegmentKind::Bridge,
         }
     }
 
-    fn encoder_block(&self, index: usize) -> Option<&EncoderBlock<B>> {
-        index
-            .checked_sub(VideoStem::<B>::STEPS + 1)
-            .and_then(|block| self.blocks.get(block))
-    }
-
-    fn stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
+    fn lead_stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
         match input {
             Activation::Clips(clips) if index < VideoStem::<B>::STEPS => {
                 Some(self.stem.step(index, clips.clone()))
@@ -154,10 +146,7 @@ impl<B: Backend> SegmentChain<B> for VideoTransformer<B> {
         }
     }
 
-    fn forward_segment(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        if let Some(block) = self.encoder_block(index) {
-            return Activation::Tokens(block.forward(input.into_tokens()));
-        }
+    fn forward_lead(&self, index: usize, input: Activation<B>) -> Activation<B> {
         if index < VideoStem::<B>::STEPS {
             return Activation::Clips(self.stem.forward_step(index, input.into_clips()));
         }
@@ -170,8 +159,16 @@ impl<B: Backend> SegmentChain<B> for VideoTransformer<B> {
         Activation::Tokens(x + positions.unsqueeze::<3>())
     }
 
+    fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn block_at(&self, index: usize) -> Option<&EncoderBlock<B>> {
+        self.blocks.get(index)
+    }
+
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
-    fn finish(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
         norm_and_mean(tokens, |tokens| layer_norm(&self.norm, tokens))
     }
 }
