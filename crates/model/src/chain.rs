@@ -124,11 +124,13 @@ pub(crate) trait BlockChain<B: Backend> {
         None
     }
 
-    /// Blocks in the chain.
-    fn block_count(&self) -> usize;
+    /// The blocks, in order.
+    fn blocks(&self) -> impl Iterator<Item = &Self::Block>;
 
-    /// Block `index` (counted from the first block).
-    fn block_at(&self, index: usize) -> Option<&Self::Block>;
+    /// Blocks in the chain.
+    fn block_count(&self) -> usize {
+        self.blocks().count()
+    }
 
     /// Runs the tail segment (only called when `TAIL` is 1).
     fn forward_tail(&self, input: Activation<B>) -> Activation<B> {
@@ -142,7 +144,7 @@ pub(crate) trait BlockChain<B: Backend> {
     fn block(&self, index: usize) -> Option<&Self::Block> {
         index
             .checked_sub(Self::LEAD)
-            .and_then(|block| self.block_at(block))
+            .and_then(|block| self.blocks().nth(block))
     }
 }
 

@@ -70,12 +70,8 @@ impl<B: Backend> BlockChain<B> for KeypointEncoder<B> {
         Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
-    fn block_count(&self) -> usize {
-        self.blocks.len()
-    }
-
-    fn block_at(&self, index: usize) -> Option<&EncoderBlock<B>> {
-        self.blocks.get(index)
+    fn blocks(&self) -> impl Iterator<Item = &EncoderBlock<B>> {
+        self.blocks.iter()
     }
 
     /// Final LayerNorm and mean over time: `[n, t, dim]` → `[n, dim]`.

@@ -107,12 +107,8 @@ impl<B: Backend> BlockChain<B> for VideoMamba<B> {
         Activation::Tokens(self.embed(input.into_clips()))
     }
 
-    fn block_count(&self) -> usize {
-        self.blocks.len()
-    }
-
-    fn block_at(&self, index: usize) -> Option<&MambaBlock<B>> {
-        self.blocks.get(index)
+    fn blocks(&self) -> impl Iterator<Item = &MambaBlock<B>> {
+        self.blocks.iter()
     }
 
     /// Final RMSNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
@@ -211,12 +207,8 @@ impl<B: Backend> BlockChain<B> for KeypointMamba<B> {
         Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
     }
 
-    fn block_count(&self) -> usize {
-        self.blocks.len()
-    }
-
-    fn block_at(&self, index: usize) -> Option<&MambaBlock<B>> {
-        self.blocks.get(index)
+    fn blocks(&self) -> impl Iterator<Item = &MambaBlock<B>> {
+        self.blocks.iter()
     }
 
     /// Final RMSNorm and mean over time: `[n, t, dim]` → `[n, dim]`.

@@ -205,14 +205,6 @@ impl<B: Backend> Resnet3d<B> {
     pub fn forward(&self, video: Tensor<B, 5>) -> Tensor<B, 2> {
         self.forward_chain(Activation::Clips(video))
     }
-
-    fn blocks(&self) -> impl Iterator<Item = &BasicBlock3d<B>> {
-        self.layer1
-            .iter()
-            .chain(&self.layer2)
-            .chain(&self.layer3)
-            .chain(&self.layer4)
-    }
 }
 
 impl<B: Backend> ChainBlock<B> for BasicBlock3d<B> {
@@ -257,12 +249,12 @@ impl<B: Backend> BlockChain<B> for Resnet3d<B> {
         Activation::Clips(step.forward())
     }
 
-    fn block_count(&self) -> usize {
-        self.blocks().count()
-    }
-
-    fn block_at(&self, index: usize) -> Option<&BasicBlock3d<B>> {
-        self.blocks().nth(index)
+    fn blocks(&self) -> impl Iterator<Item = &BasicBlock3d<B>> {
+        self.layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
     }
 
     /// Global average pool: `[n, c, t, h, w]` → `[n, 1, c]`.

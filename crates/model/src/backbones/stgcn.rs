@@ -254,12 +254,8 @@ impl<B: Backend> BlockChain<B> for Stgcn<B> {
         Activation::Joints(x.permute([0, 2, 3, 1]))
     }
 
-    fn block_count(&self) -> usize {
-        self.gcn.len()
-    }
-
-    fn block_at(&self, index: usize) -> Option<&StgcnBlock<B>> {
-        self.gcn.get(index)
+    fn blocks(&self) -> impl Iterator<Item = &StgcnBlock<B>> {
+        self.gcn.iter()
     }
 
     /// Global average pool over time and joints: `[n, c, t, v]` → `[n, 1, c]`.

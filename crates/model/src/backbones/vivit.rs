@@ -114,12 +114,8 @@ impl<B: Backend> BlockChain<B> for Vivit<B> {
         Activation::Tokens(self.embed(input.into_clips()))
     }
 
-    fn block_count(&self) -> usize {
-        self.blocks.len()
-    }
-
-    fn block_at(&self, index: usize) -> Option<&EncoderBlock<B>> {
-        self.blocks.get(index)
+    fn blocks(&self) -> impl Iterator<Item = &EncoderBlock<B>> {
+        self.blocks.iter()
     }
 
     /// Final LayerNorm and mean over tokens: `[n, tokens, dim]` → `[n, dim]`.
