@@ -12,12 +12,11 @@ use burn::tensor::activation::softmax;
 use serde::Serialize;
 use vidtrain_config::{Config, Fold};
 use vidtrain_data::{Dataset, Pipeline, Transforms};
-use vidtrain_model::{ActionModel, ActionModelConfig};
+use vidtrain_model::ActionModel;
 
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
-use crate::fit::precision::compute_dtype;
 use crate::report::metrics::ClassificationMetrics;
-use crate::{BackendChoice, Error, Result, resolve_backend};
+use crate::{Error, Result, resolve_backend};
 
 /// The weights file a `--checkpoint` argument names: a `.mpk` file, a checkpoint folder
 /// (`checkpoints/last` or `checkpoints/best` → its `model.mpk`), a run's `checkpoints/` folder or
@@ -88,9 +87,7 @@ fn load_model<B: Backend>(
     weights: &Path,
     device: &B::Device,
 ) -> Result<ActionModel<B>> {
-    let mut model_config = ActionModelConfig::from_config(config);
-    model_config.compute_dtype = compute_dtype(config.trainer.precision);
-    let model: ActionModel<B> = model_config.init(device);
+    let model: ActionModel<B> = crate::build_model(config, device);
     crate::persist::weights::load(model, weights, config, device)
 }
 
@@ -215,33 +212,13 @@ fn weighted_probabilities<B: Backend>(
     probabilities(config, dataset, ids, &model, device)
 }
 
-/// Calls `$function::<Backend>(args…, &device, backend)` for the backend chosen at run time.
-macro_rules! dispatch {
-    ($backend:expr, $body:ident, $($arg:expr),*) => {
-        match $backend {
-            BackendChoice::Cpu => $body::<crate::CpuBackend>(
-                $($arg,)* &crate::FlexDevice),
-            #[cfg(feature = "cuda")]
-            BackendChoice::Cuda => $body::<burn::backend::Cuda<f32>>(
-                $($arg,)* &burn::backend::cuda::CudaDevice::default()),
-            #[cfg(not(feature = "cuda"))]
-            BackendChoice::Cuda => unreachable!("resolve_backend returns Cuda only in cuda builds"),
-        }
-    };
-}
-
 /// Scores `ids` with the weights at `weights`, on the backend the config resolves to.
 fn score(config: &Config, weights: &Path, dataset: &Arc<Dataset>, ids: &[usize]) -> Result<Scores> {
     let backend = resolve_backend(config)?;
     crate::configure_compute_threads(config);
-    dispatch!(
-        backend,
-        weighted_probabilities,
-        config,
-        weights,
-        dataset,
-        ids
-    )
+    on_backend!(backend, |B, device| {
+        weighted_probabilities::<B>(config, weights, dataset, ids, &device)
+    })
 }
 
 /// Which samples `vidtrain eval` scores.

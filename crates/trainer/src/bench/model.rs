@@ -1,22 +1,23 @@
-//! `vidtrain bench-model`: the model alone, trained on random inputs made on the device, row by
-//! row (precision, micro-batch × accumulation, recompute, clip size) — the numbers to put next to
-//! PyTorch's (`bench/pytorch_reference.py` runs the same rows). Per row: samples/s over the timed
+//! `vidtrain bench-model`: the training step alone (the one `vidtrain train` runs: its optimizer,
+//! schedule, loss, recompute, loss scaling and clipping), on random batches without a data
+//! loader, row by row (precision, micro-batch × accumulation, recompute, clip size) — the numbers
+//! to put next to PyTorch's (`bench/pytorch_reference.py` runs the same rows). Per row: samples/s over the timed
 //! steps (device synced around them), the time of the first optimizer step (kernel compilation
 //! and autotuning on CUDA), peak device memory in use and reserved, peak host RSS, final loss.
 
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsAccumulator, Optimizer};
-use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use vidtrain_config::{Backbone, CheckpointMode, Config, Precision};
-use vidtrain_model::{ActionModel, ActionModelConfig};
+use vidtrain_data::{Batch, SampleShape};
+use vidtrain_memutil::MemorySampler;
+use vidtrain_model::ActionModel;
 
-use crate::device::memory::DevicePeaks;
-use crate::fit::precision::{LossScaler, StepDecision, compute_dtype};
+use crate::distributed::World;
+use crate::fit::optimizer::{TrainingOptimizer, training_loss};
+use crate::fit::step::{Learner, MemoryProbe};
+use crate::precision::LossScaler;
 use crate::{BackendChoice, Error, Result};
 
 /// One configuration to time.
@@ -170,31 +171,17 @@ pub fn bench_rows(
     rows.iter()
         .map(|row| {
             let config = row_config(base, row, tiny);
-            let outcome = match backend {
-                BackendChoice::Cpu => bench_row::<burn::backend::Autodiff<crate::CpuBackend>>(
-                    &config,
-                    row,
-                    &crate::FlexDevice,
-                    backend,
-                    warmup,
-                    steps,
-                ),
-                #[cfg(feature = "cuda")]
-                BackendChoice::Cuda => {
-                    bench_row::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
-                        &config,
-                        row,
-                        &burn::backend::cuda::CudaDevice::default(),
-                        backend,
-                        warmup,
-                        steps,
-                    )
-                }
-                #[cfg(not(feature = "cuda"))]
-                BackendChoice::Cuda => Err(Error::Unsupported {
+            let outcome = if backend == BackendChoice::Cuda && !cfg!(feature = "cuda") {
+                Err(Error::Unsupported {
                     key: "trainer.accelerator".into(),
                     message: "this vidtrain was built without CUDA".into(),
-                }),
+                })
+            } else {
+                on_backend!(backend, |B, device| {
+                    bench_row::<burn::backend::Autodiff<B>>(
+                        &config, row, &device, backend, warmup, steps,
+                    )
+                })
             };
             outcome.unwrap_or_else(|error| BenchResult {
                 row: row.clone(),
@@ -214,6 +201,50 @@ pub fn bench_rows(
         .collect()
 }
 
+/// A micro-batch of random data in the loader's host layout (rgb24 bytes, f32 keypoints), so that
+/// the timed step includes the host → device copy and conversion a real step does.
+fn random_batch(config: &Config, row: &BenchRow, seed: u64) -> Batch {
+    let reads_video = config.model.input_type != vidtrain_config::InputType::Kpt;
+    let reads_keypoints = config.model.input_type != vidtrain_config::InputType::Rgb;
+    let shape = SampleShape {
+        views: 1,
+        frames: row.frames,
+        img_size: row.image,
+        joints: if reads_keypoints {
+            config.data.keypoint_indices.len()
+        } else {
+            0
+        },
+        rgb: reads_video,
+    };
+    // xorshift64*: fast, and the same batch for the same seed.
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let samples = row.micro_batch;
+    let classes = config.model.model_class_num as u64;
+    Batch {
+        sample_ids: (0..samples).collect(),
+        positions: (0..samples).collect(),
+        labels: (0..samples).map(|_| (next() % classes) as usize).collect(),
+        video: (0..samples * shape.video_bytes())
+            .map(|_| (next() >> 56) as u8)
+            .collect(),
+        keypoints: (0..samples * row.frames * shape.joints * 3)
+            .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32)
+            .collect(),
+        shape,
+    }
+}
+
+/// Times the step training runs: `fit`'s [`Learner`] with the configured optimizer
+/// (`train.optimizer`), learning-rate schedule and warm-up, loss (`train.label_smoothing`),
+/// activation recompute, fp16 loss scaling and gradient clipping
+/// (`trainer.gradient_clip_val`), on host batches converted as the loader's are.
 fn bench_row<B: AutodiffBackend>(
     config: &Config,
     row: &BenchRow,
@@ -227,20 +258,20 @@ fn bench_row<B: AutodiffBackend>(
     vidtrain_memutil::reuse_pool::reset_peak();
     vidtrain_memutil::reset_peak_rss();
     B::seed(device, 42);
-    let mut model_config = ActionModelConfig::from_config(config);
-    model_config.compute_dtype = compute_dtype(row.precision);
-    let mut model: ActionModel<B> = model_config.init(device);
-    model.materialize_parameters();
-    let mut optimizer = AdamConfig::new().init::<B, ActionModel<B>>();
-    let loss_function = CrossEntropyLossConfig::new().init(device);
-    let mut scaler = LossScaler::new(row.precision);
-    let mut peaks = DevicePeaks::default();
-    let classes = config.model.model_class_num;
-    let video_shape = [row.micro_batch, 1, row.frames, row.image, row.image, 3];
-    let joints = config.data.keypoint_indices.len();
-    let keypoint_shape = [row.micro_batch, 1, row.frames, joints, 3];
-    let reads_video = config.model.input_type != vidtrain_config::InputType::Kpt;
-    let reads_keypoints = config.model.input_type != vidtrain_config::InputType::Rgb;
+    let model: ActionModel<B> = crate::build_model(config, device);
+    let mut learner = Learner::new(
+        model,
+        TrainingOptimizer::from_config(config),
+        training_loss::<B>(config, None, device),
+        config.model.effective_checkpoint(),
+    );
+    let mut scaler = LossScaler::new(config.trainer.precision);
+    let memory = MemorySampler::start(std::time::Duration::from_millis(50));
+    let probe = MemoryProbe {
+        memory: &memory,
+        backend,
+    };
+    let world = World::default();
     let sync = |device: &B::Device| {
         B::sync(device).map_err(|error| Error::Unsupported {
             key: "trainer.accelerator".into(),
@@ -248,56 +279,36 @@ fn bench_row<B: AutodiffBackend>(
         })
     };
 
+    let total_steps = warmup.max(1) + steps;
     let mut first_step_s = None;
     let mut final_loss = None;
     let mut timed = None;
     let mut cpu_at_start = None;
-    for step in 0..warmup.max(1) + steps {
+    for step in 0..total_steps {
         if step == warmup.max(1) {
             sync(device)?;
             timed = Some(Instant::now());
             cpu_at_start = vidtrain_memutil::process_cpu_seconds();
         }
         let started = Instant::now();
-        let mut accumulator = GradientsAccumulator::<ActionModel<B>>::new();
         let mut step_loss = 0.0f32;
         for micro in 0..row.accumulate {
-            B::seed(device, (step * row.accumulate + micro) as u64);
-            let video = reads_video
-                .then(|| Tensor::<B, 6>::random(video_shape, Distribution::Default, device));
-            let keypoints = reads_keypoints
-                .then(|| Tensor::<B, 5>::random(keypoint_shape, Distribution::Default, device));
-            let labels = Tensor::<B, 1, Int>::random(
-                [row.micro_batch],
-                Distribution::Uniform(0.0, classes as f64),
-                device,
-            );
+            let seed = (step * row.accumulate + micro) as u64;
+            let mut batch = random_batch(config, row, seed);
             let weight = scaler.scale / row.accumulate as f64;
-            let plain = row.checkpoint == CheckpointMode::None;
-            let (loss, grads) = model.loss_and_gradients(
-                video,
-                keypoints,
-                |scores| {
-                    let loss = loss_function.forward(scores, labels);
-                    if plain {
-                        peaks.sample(backend);
-                    }
-                    loss
-                },
-                weight,
-                row.checkpoint,
-                step as u64,
-            );
-            peaks.sample(backend);
+            let loss = learner.micro_batch(&mut batch, weight, seed, &probe, device);
             step_loss += loss / row.accumulate as f32;
-            accumulator.accumulate(&model, grads);
         }
-        if let StepDecision::Step(grads) = scaler.unscale::<B, _>(&model, accumulator.grads(), 0.0)
-        {
-            model = optimizer.step(1e-4, model, grads);
-        }
+        let lr = crate::fit::optimizer::learning_rate(config, step, total_steps);
+        learner.optimizer_step(
+            lr,
+            &mut scaler,
+            config.trainer.gradient_clip_val,
+            &world,
+            device,
+        );
         sync(device)?;
-        peaks.sample(backend);
+        crate::fit::sample_device(&memory, backend);
         if step == 0 {
             first_step_s = Some(started.elapsed().as_secs_f64());
         }
@@ -311,13 +322,14 @@ fn bench_row<B: AutodiffBackend>(
     let kernel_share = timed_cpu_s
         .filter(|(user, sys)| user + sys > 0.0)
         .map(|(user, sys)| sys / (user + sys));
+    let report = memory.finish();
     Ok(BenchResult {
         row: row.clone(),
         samples_per_s: if steps > 0 { samples_per_s } else { None },
         first_step_s,
-        peak_device_in_use_bytes: peaks.in_use(),
-        peak_device_reserved_bytes: peaks.reserved(),
-        peak_device_driver_used_bytes: peaks.driver_used_bytes,
+        peak_device_in_use_bytes: report.peak_device_in_use_bytes,
+        peak_device_reserved_bytes: report.peak_device_reserved_bytes,
+        peak_device_driver_used_bytes: report.peak_device_driver_used_bytes,
         peak_host_rss_bytes: vidtrain_memutil::peak_rss_bytes(),
         final_loss,
         timed_cpu_s: if steps > 0 { timed_cpu_s } else { None },

@@ -224,15 +224,15 @@ impl World {
         self.local_rank
     }
 
-    /// CUDA runs: sums gradients with NCCL on GPU `ordinal` from now on (every rank calls it).
-    #[cfg(feature = "cuda")]
+    /// CUDA runs: sums gradients with NCCL on GPU `ordinal` from now on (every rank calls it;
+    /// nothing to connect in a build without both CUDA and MPI).
     pub(crate) fn connect_gpus(&self, ordinal: usize) -> Result<()> {
         if !self.connected {
             return Ok(());
         }
-        #[cfg(feature = "mpi")]
+        #[cfg(all(feature = "cuda", feature = "mpi"))]
         nccl::connect(self, ordinal)?;
-        #[cfg(not(feature = "mpi"))]
+        #[cfg(not(all(feature = "cuda", feature = "mpi")))]
         let _ = ordinal;
         Ok(())
     }

@@ -7,10 +7,9 @@
 mod epoch;
 mod observers;
 pub(crate) mod optimizer;
-pub(crate) mod precision;
 mod progress;
 mod selection;
-mod step;
+pub(crate) mod step;
 mod validation;
 
 use std::path::PathBuf;
@@ -30,12 +29,12 @@ use crate::fit::observers::{
     EpochRecord, MetricsLog, Pictures, RunObserver, TensorBoardLog, epochs_logged,
 };
 use crate::fit::optimizer::{TrainingOptimizer, class_weights, training_loss};
-use crate::fit::precision::{LossScaler, compute_dtype};
 use crate::fit::progress::Progress;
 use crate::fit::selection::ModelSelection;
 use crate::fit::step::Learner;
 use crate::persist::checkpoint::{self, TrainingState};
 use crate::persist::run_dir::RunDir;
+use crate::precision::{LossScaler, compute_dtype};
 use crate::report::curves_svg::EpochPoint;
 use crate::report::metrics::ClassificationMetrics;
 use crate::{BackendChoice, Error, Result, RunSummary, TrainOptions};
@@ -79,15 +78,12 @@ fn release_device_cache(backend: BackendChoice, when: &str) {
 }
 
 /// Builds the model (with `model.pretrained` loaded) and logs its summary.
-fn build_model<B: AutodiffBackend>(
+fn model_for_training<B: AutodiffBackend>(
     context: &RunContext<'_>,
     device: &B::Device,
 ) -> Result<ActionModel<B>> {
     let config = context.config;
-    let mut model_config = ActionModelConfig::from_config(config);
-    model_config.compute_dtype = compute_dtype(context.precision);
-    let mut model: ActionModel<B> = model_config.init(device);
-    model.materialize_parameters();
+    let mut model: ActionModel<B> = crate::build_model(config, device);
     if !config.model.pretrained.is_empty() {
         let path = std::path::Path::new(&config.model.pretrained);
         let report = crate::persist::pretrained::load(&mut model, config, path)?;
@@ -106,6 +102,7 @@ fn build_model<B: AutodiffBackend>(
             ),
         }
     }
+    let model_config = ActionModelConfig::from_config(config);
     let summary = model_config.summary(InputShape {
         batch: config.data.batch_size,
         frames: config.data.uniform_temporal_subsample_num,
@@ -117,7 +114,7 @@ fn build_model<B: AutodiffBackend>(
         config.model.backbone,
         model_config.views,
         model_config.fusion,
-        model_config.compute_dtype,
+        compute_dtype(config.trainer.precision),
         config.model.effective_checkpoint(),
         config.data.batch_size,
         summary.table()
@@ -261,7 +258,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let config = context.config;
     let world = context.options.world.clone();
     B::seed(&device, config.train.seed);
-    let model = build_model::<B>(&context, &device)?;
+    let model = model_for_training::<B>(&context, &device)?;
     let parameters = model.num_params();
     let classes = config.model.model_class_num;
     let train_counts = class_counts(&context.dataset, &context.train_ids, classes);

@@ -59,7 +59,7 @@ impl ModelSelection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fit::precision::LossScaler;
+    use crate::precision::LossScaler;
 
     fn state() -> TrainingState {
         TrainingState::start(LossScaler::default(), 1)

@@ -13,7 +13,7 @@ use crate::BackendChoice;
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::distributed::{World, all_reduce_gradients};
 use crate::fit::optimizer::TrainingOptimizer;
-use crate::fit::precision::{LossScaler, StepDecision};
+use crate::precision::{LossScaler, StepDecision};
 
 /// The model, its optimizer and the gradients of the accumulation group in progress.
 pub(crate) struct Learner<B: AutodiffBackend> {

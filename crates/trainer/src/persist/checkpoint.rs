@@ -11,7 +11,7 @@ use vidtrain_config::Config;
 use vidtrain_model::ActionModel;
 
 use crate::fit::optimizer::TrainingOptimizer;
-use crate::fit::precision::LossScaler;
+use crate::precision::LossScaler;
 use crate::{Error, Result};
 
 /// Where the training loop stands; restoring it (with the model and optimizer) continues the run

@@ -101,9 +101,7 @@ pub fn export(
 ) -> Result<ExportReport> {
     let weights = crate::inference::resolve_weights(checkpoint)?;
     let device = crate::FlexDevice;
-    let model: ActionModel<crate::CpuBackend> =
-        ActionModelConfig::from_config(config).init(&device);
-    model.materialize_parameters();
+    let model: ActionModel<crate::CpuBackend> = crate::build_model(config, &device);
     let model = crate::persist::weights::load(model, &weights, config, &device)?;
     let out = out.map_or_else(
         || weights.with_extension(format.extension()),

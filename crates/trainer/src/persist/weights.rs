@@ -345,9 +345,7 @@ fn check_architecture(weights: &Path, config: &Config) -> Result<()> {
 pub fn parameter_values(config: &Config, weights: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
     type Cpu = crate::CpuBackend;
     let device = crate::FlexDevice;
-    let model: vidtrain_model::ActionModel<Cpu> =
-        vidtrain_model::ActionModelConfig::from_config(config).init(&device);
-    model.materialize_parameters();
+    let model: vidtrain_model::ActionModel<Cpu> = crate::build_model(config, &device);
     let model = load(model, weights, config, &device)?;
     let mut collector = ValueCollector {
         path: Vec::new(),
