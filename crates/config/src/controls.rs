@@ -127,25 +127,6 @@ impl<'de> Deserialize<'de> for ClassWeights {
     }
 }
 
-/// Weights n_samples / (n_classes · count) per class (scikit-learn's `balanced`); a class absent
-/// from `labels` gets 1 (no sample carries it; the loss needs positive weights).
-pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f64> {
-    let mut counts = vec![0usize; classes];
-    for &label in labels {
-        counts[label] += 1;
-    }
-    counts
-        .iter()
-        .map(|&count| {
-            if count == 0 {
-                1.0
-            } else {
-                labels.len() as f64 / (classes * count) as f64
-            }
-        })
-        .collect()
-}
-
 /// The metrics `train.monitor` may name (numbers of the epoch line of `metrics.jsonl`).
 pub const MONITORABLE_METRICS: [&str; 5] = [
     "val_accuracy",

@@ -10,6 +10,7 @@ mod controls;
 mod error;
 mod loader;
 mod schema;
+mod validate;
 
 pub use controls::*;
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use burn::optim::{
     Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
 };
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::{ClassWeights, Config, OptimizerKind, balanced_class_weights};
+use vidtrain_config::{ClassWeights, Config, LrSchedule, OptimizerKind};
 use vidtrain_model::ActionModel;
 
 use crate::Result;
@@ -104,9 +104,42 @@ pub(crate) fn learning_rate(config: &Config, step: usize, total_steps: usize) ->
     if step < warmup {
         return train.lr * (step + 1) as f64 / warmup as f64;
     }
-    train
-        .lr_schedule
-        .rate(train.lr, step - warmup, total_steps.saturating_sub(warmup))
+    scheduled_rate(
+        train.lr_schedule,
+        train.lr,
+        step - warmup,
+        total_steps.saturating_sub(warmup),
+    )
+}
+
+/// `schedule`'s learning rate for optimizer step `step` (0-based) of `total_steps`, from `peak`.
+fn scheduled_rate(schedule: LrSchedule, peak: f64, step: usize, total_steps: usize) -> f64 {
+    match schedule {
+        LrSchedule::Constant => peak,
+        LrSchedule::Cosine => {
+            let progress = step as f64 / total_steps.max(1) as f64;
+            peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+        }
+    }
+}
+
+/// Weights n_samples / (n_classes · count) per class (scikit-learn's `balanced`); a class absent
+/// from `labels` gets 1 (no sample carries it; the loss needs positive weights).
+fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f64> {
+    let mut counts = vec![0usize; classes];
+    for &label in labels {
+        counts[label] += 1;
+    }
+    counts
+        .iter()
+        .map(|&count| {
+            if count == 0 {
+                1.0
+            } else {
+                labels.len() as f64 / (classes * count) as f64
+            }
+        })
+        .collect()
 }
 
 /// The class weights of `train.class_weights` for a training split with `labels`.
@@ -175,6 +208,14 @@ mod tests {
                 expected(*old)
             );
         }
+    }
+
+    #[test]
+    fn balanced_weights_are_scikit_learns_and_an_absent_class_weighs_one() {
+        assert_eq!(
+            balanced_class_weights(&[0, 0, 0, 1], 3),
+            vec![4.0 / 9.0, 4.0 / 3.0, 1.0]
+        );
     }
 
     #[test]
