@@ -3,6 +3,10 @@
 //! Both stream micro-batches of `train.video_batch_size` samples through the bounded pipeline, so
 //! memory stays bounded by the batch, not by the video's length.
 
+mod output;
+
+pub use output::{windows_text, write_evaluation};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
