@@ -347,17 +347,17 @@ mod tests {
     #[test]
     fn checkpoint_modes_print_as_they_are_written() {
         for mode in [
-            crate::CheckpointMode::None,
-            crate::CheckpointMode::Encoder,
-            crate::CheckpointMode::Stem,
-            crate::CheckpointMode::All,
+            crate::RecomputeMode::None,
+            crate::RecomputeMode::Encoder,
+            crate::RecomputeMode::Stem,
+            crate::RecomputeMode::All,
         ] {
             let config = ConfigLoader::new()
                 .overrides(&[format!("model.checkpoint={}", mode.as_str())])
                 .unwrap()
                 .load()
                 .unwrap();
-            assert_eq!(config.model.checkpoint, mode);
+            assert_eq!(config.model.recompute, mode);
         }
     }
 

@@ -9,8 +9,8 @@
 
 use vidtrain_config::Config;
 
+use crate::chunks::{Sample, uniform_temporal_subsample};
 use crate::decode::{Crop, SpatialTransform};
-use crate::plan::{Sample, uniform_temporal_subsample};
 use crate::rng::SplitMix64;
 
 /// Colour jitter factors of one sample, torchvision's `adjust_brightness/contrast/saturation`.

@@ -1,4 +1,4 @@
-//! A dataset ready for loading: the index, its chunk plan, the decoder, and the per-sample loader
+//! A dataset ready for loading: the index, its chunks (the sample chunk plan), the decoder, and the per-sample loader
 //! that fills caller-provided u8 frame and f32 keypoint buffers.
 
 use std::collections::HashMap;
@@ -11,10 +11,10 @@ use vidtrain_config::Config;
 
 use crate::Result;
 use crate::augment::{Augmentation, SampleTransform, apply_color};
+use crate::chunks::ChunkPlan;
 use crate::decode::FrameDecoder;
 use crate::index::Index;
 use crate::keypoints::read_keypoints;
-use crate::plan::ChunkPlan;
 
 /// Sizes of one sample, shared by every sample of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub struct Dataset {
     /// Recordings and classes.
     pub index: Index,
     /// Every sample of every recording.
-    pub plan: ChunkPlan,
+    pub chunks: ChunkPlan,
     shape: SampleShape,
     decoder: Option<FrameDecoder>,
     joint_indices: Vec<usize>,
@@ -66,7 +66,7 @@ pub struct Dataset {
 /// Which transforms a pipeline's samples get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Transforms {
-    /// The plan's frames, whole (validation uses [`Transforms::Evaluation`]).
+    /// The chunks' frames, whole (validation uses [`Transforms::Evaluation`]).
     #[default]
     None,
     /// Training augmentation, drawn from the epoch's seed.
@@ -87,12 +87,12 @@ impl Dataset {
     /// Indexes and plans the dataset named by `config.paths` (probing videos, decoding nothing).
     pub fn open(config: &Config) -> Result<Self> {
         let index = Index::build(config)?;
-        let plan = ChunkPlan::build(
+        let chunks = ChunkPlan::build(
             &index,
             config.data.max_video_frames,
             config.data.uniform_temporal_subsample_num,
         );
-        Self::from_plan(config, index, plan)
+        Self::from_chunks(config, index, chunks)
     }
 
     /// Sliding windows (`window` frames every `stride`) over unlabelled `videos`, for prediction
@@ -104,16 +104,16 @@ impl Dataset {
         stride: usize,
     ) -> Result<Self> {
         let index = Index::for_prediction(config, videos)?;
-        let plan = ChunkPlan::windows(
+        let chunks = ChunkPlan::windows(
             &index,
             window,
             stride,
             config.data.uniform_temporal_subsample_num,
         );
-        Self::from_plan(config, index, plan)
+        Self::from_chunks(config, index, chunks)
     }
 
-    fn from_plan(config: &Config, index: Index, plan: ChunkPlan) -> Result<Self> {
+    fn from_chunks(config: &Config, index: Index, chunks: ChunkPlan) -> Result<Self> {
         let decoder = if config.data.load_rgb {
             Some(FrameDecoder::new(
                 config.data.img_size,
@@ -141,7 +141,7 @@ impl Dataset {
         });
         Ok(Self {
             index,
-            plan,
+            chunks,
             shape,
             decoder,
             joint_indices,
@@ -160,7 +160,7 @@ impl Dataset {
     /// Sizes of sample `sample_id`: fewer views than [`Dataset::sample_shape`] when its recording
     /// lacks a view and `data.missing_view = "use_present"`.
     pub fn shape_of(&self, sample_id: usize) -> SampleShape {
-        let recording = &self.index.recordings[self.plan.samples[sample_id].recording];
+        let recording = &self.index.recordings[self.chunks.samples[sample_id].recording];
         SampleShape {
             views: recording.views.len(),
             ..self.shape
@@ -169,12 +169,12 @@ impl Dataset {
 
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.plan.samples.len()
+        self.chunks.samples.len()
     }
 
     /// Whether there is no sample.
     pub fn is_empty(&self) -> bool {
-        self.plan.samples.is_empty()
+        self.chunks.samples.is_empty()
     }
 
     /// Keypoint frames that were missing and became zeros so far.
@@ -196,7 +196,7 @@ impl Dataset {
 
     /// What `transforms` draws for sample `sample_id`.
     pub fn transform_for(&self, sample_id: usize, transforms: Transforms) -> SampleTransform {
-        let sample = &self.plan.samples[sample_id];
+        let sample = &self.chunks.samples[sample_id];
         match transforms {
             Transforms::None => SampleTransform::default(),
             Transforms::Training { epoch_seed } => {
@@ -222,7 +222,7 @@ impl Dataset {
         video: &mut [u8],
         keypoints: &mut [f32],
     ) -> Result<usize> {
-        let sample = &self.plan.samples[sample_id];
+        let sample = &self.chunks.samples[sample_id];
         let recording = &self.index.recordings[sample.recording];
         let flip = transform.spatial.hflip;
         let frame_indices = transform

@@ -6,6 +6,7 @@
 //! the length of a video.
 
 mod augment;
+mod chunks;
 mod dataset;
 mod decode;
 pub mod demo;
@@ -14,13 +15,13 @@ mod index;
 mod keypoints;
 mod manifest;
 mod pipeline;
-mod plan;
 mod probe;
 mod report;
 mod rng;
 mod stop;
 
 pub use augment::{Augmentation, ColorFactors, SampleTransform, apply_color};
+pub use chunks::{ChunkPlan, Sample, uniform_temporal_subsample};
 pub use dataset::{Dataset, SampleShape, Transforms};
 pub use decode::{Crop, FrameDecoder, SpatialTransform, decode_processes_spawned};
 pub use error::{Error, Result};
@@ -30,7 +31,6 @@ pub use keypoints::{
 };
 pub use manifest::{Manifest, ManifestEntry};
 pub use pipeline::{Batch, Pipeline, PipelineBuilder};
-pub use plan::{ChunkPlan, Sample, uniform_temporal_subsample};
 pub use probe::{DEFAULT_PROBE_TIMEOUT, VideoInfo, find_tool, probe_video, probe_video_within};
 pub use report::DatasetReport;
 pub use rng::{class_balanced, shuffled};

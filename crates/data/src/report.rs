@@ -39,7 +39,7 @@ impl DatasetReport {
     pub fn new(dataset: &Dataset) -> Self {
         let index = &dataset.index;
         let mut per_class = vec![0usize; index.class_names.len()];
-        for sample in &dataset.plan.samples {
+        for sample in &dataset.chunks.samples {
             per_class[sample.class] += 1;
         }
         Self {
@@ -66,7 +66,7 @@ impl DatasetReport {
                 .iter()
                 .map(|recording| recording.n_frames)
                 .sum(),
-            chunks: dataset.plan.chunks_per_recording.iter().sum(),
+            chunks: dataset.chunks.chunks_per_recording.iter().sum(),
             segments: dataset.len(),
             segments_per_class: index.class_names.iter().cloned().zip(per_class).collect(),
             resolved: index

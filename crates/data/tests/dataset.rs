@@ -126,9 +126,9 @@ fn chunks_cut_ranges_and_every_sample_stays_in_its_chunk() {
 
     config.data.max_video_frames = 50;
     let chunked = Dataset::open(&config).unwrap();
-    assert_eq!(chunked.plan.chunks_per_recording, vec![5, 5]);
+    assert_eq!(chunked.chunks.chunks_per_recording, vec![5, 5]);
     assert!(chunked.len() > ranges);
-    for sample in &chunked.plan.samples {
+    for sample in &chunked.chunks.samples {
         let chunk_start = sample.chunk * 50;
         assert!(sample.start >= chunk_start && sample.end < chunk_start + 50);
         assert_eq!(
@@ -571,7 +571,7 @@ fn first_sample_of(dataset: &Dataset, config: &Config, name: &str) -> usize {
         .position(|n| n == name)
         .unwrap();
     (0..dataset.len())
-        .find(|&id| dataset.plan.samples[id].class == class)
+        .find(|&id| dataset.chunks.samples[id].class == class)
         .unwrap_or_else(|| panic!("the demo has no `{name}` segment"))
 }
 
@@ -606,7 +606,7 @@ fn a_flipped_sample_carries_the_swapped_label_views_and_mirrored_keypoints() {
         assert_eq!(class_name(flip.labels[0]), flipped);
 
         // Pixels: view slot i of the flip is ffmpeg's hflip of the view it was exchanged with.
-        let sample = &dataset.plan.samples[id];
+        let sample = &dataset.chunks.samples[id];
         let recording = &dataset.index.recordings[sample.recording];
         let view_bytes = flip.video.len() / 3;
         for (slot, source) in [(0, "front"), (1, "right"), (2, "left")] {
@@ -660,7 +660,7 @@ fn evaluation_crops_and_colour_jitter_change_exactly_what_they_should() {
     config.data.views = vec!["front".into()];
     let dataset = Arc::new(Dataset::open(&config).unwrap());
     let id = first_sample_of(&dataset, &config, "down");
-    let sample = dataset.plan.samples[id].clone();
+    let sample = dataset.chunks.samples[id].clone();
     let recording = &dataset.index.recordings[sample.recording];
     let cropped = Pipeline::builder()
         .transforms(Transforms::Evaluation { clip: 0, clips: 1 })

@@ -11,7 +11,7 @@
 //! plus its arms in `backbones/mod.rs` (see `docs/architecture.md`).
 
 use burn::prelude::*;
-use vidtrain_config::CheckpointMode;
+use vidtrain_config::RecomputeMode;
 
 use crate::layers::encoder::EncoderBlock;
 use crate::layers::mamba::MambaBlock;
@@ -240,7 +240,7 @@ pub(crate) fn pooled_features<B: Backend>(tokens: Tensor<B, 3>) -> Tensor<B, 2> 
     tokens.reshape([n, dim])
 }
 
-/// What a segment is: decides whether a [`CheckpointMode`] recomputes it, and how it is replayed.
+/// What a segment is: decides whether a [`RecomputeMode`] recomputes it, and how it is replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentKind {
     /// A stem step that treats each clip on its own (a convolution, a patch embedding), with no
@@ -260,15 +260,15 @@ pub enum SegmentKind {
 
 impl SegmentKind {
     /// Whether `mode` recomputes segments of this kind.
-    pub fn recomputed_by(self, mode: CheckpointMode) -> bool {
+    pub fn recomputed_by(self, mode: RecomputeMode) -> bool {
         matches!(
             (self, mode),
             (
                 SegmentKind::StemPerClip | SegmentKind::StemBatch,
-                CheckpointMode::Stem | CheckpointMode::All
+                RecomputeMode::Stem | RecomputeMode::All
             ) | (
                 SegmentKind::Block,
-                CheckpointMode::Encoder | CheckpointMode::All
+                RecomputeMode::Encoder | RecomputeMode::All
             )
         )
     }

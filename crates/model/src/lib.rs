@@ -21,7 +21,7 @@ use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use vidtrain_config::{
-    Backbone, CheckpointMode, FusionMode, InputType, KeypointBackboneKind, ModalityFusion,
+    Backbone, FusionMode, InputType, KeypointBackboneKind, ModalityFusion, RecomputeMode,
 };
 
 pub use backbones::keypoint_transformer::{KeypointEncoder, KeypointEncoderConfig};
@@ -410,7 +410,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
         keypoints: Option<Tensor<B, 5>>,
         loss: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1>,
         weight: f64,
-        mode: CheckpointMode,
+        mode: RecomputeMode,
         seed: u64,
     ) -> (f32, GradientsParams) {
         let (inputs, batch, views) = self.chain_inputs(video, keypoints);

@@ -320,10 +320,10 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
         .into());
     }
     let train_ids = dataset
-        .plan
+        .chunks
         .fold_samples(&dataset.index, fold, k_folds, false);
     let val_ids = dataset
-        .plan
+        .chunks
         .fold_samples(&dataset.index, fold, k_folds, true);
     if train_ids.is_empty() || val_ids.is_empty() {
         return Err(vidtrain_data::Error::NoSamples(format!(

@@ -3,7 +3,7 @@
 //! memory budget.
 
 use serde::Serialize;
-use vidtrain_config::{CheckpointMode, Config, Precision};
+use vidtrain_config::{Config, Precision, RecomputeMode};
 use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, Component, MemoryPlan, PlanInput};
 use vidtrain_model::{ActionModelConfig, InputShape, ModelSummary, SegmentKind};
 
@@ -46,7 +46,7 @@ pub fn dataset_sizes(config: &Config) -> Option<DatasetSizes> {
     let k_folds = config.train.k_folds;
     let validation = |fold| {
         dataset
-            .plan
+            .chunks
             .fold_samples(&dataset.index, fold, k_folds, true)
             .len()
     };
@@ -152,7 +152,7 @@ fn summary_for_batch(config: &Config, batch: usize) -> ModelSummary {
 fn activation_layers(
     summary: &ModelSummary,
     activation_bytes: u64,
-    mode: CheckpointMode,
+    mode: RecomputeMode,
     backend: BackendChoice,
 ) -> Vec<ActivationLayer> {
     let mut input_elements = 0u64;
@@ -194,7 +194,7 @@ fn activation_layers(
                 // A stem step differentiated by hand keeps only its input and runs its backward
                 // from it, as a recomputed layer does (its "replay" is only that backward).
                 recomputed: layer.by_hand
-                    || (mode != CheckpointMode::None
+                    || (mode != RecomputeMode::None
                         && layer.segment.is_some_and(|kind| kind.recomputed_by(mode))),
                 per_clip: !layer.by_hand && layer.segment == Some(SegmentKind::StemPerClip),
             }
@@ -217,7 +217,7 @@ pub fn plan_input(
     let layers = activation_layers(
         &summary,
         activation_bytes,
-        config.model.effective_checkpoint(),
+        config.model.effective_recompute(),
         backend,
     );
     let validation_batch = match dataset {
@@ -229,7 +229,7 @@ pub fn plan_input(
     let inference_layers = activation_layers(
         &summary_for_batch(config, validation_batch),
         activation_bytes,
-        CheckpointMode::None,
+        RecomputeMode::None,
         backend,
     );
     let views = config.active_views().len();
@@ -294,7 +294,7 @@ pub struct Fit {
     /// `train.accumulate_grad_batches` chosen.
     pub accumulate_grad_batches: usize,
     /// `model.checkpoint` chosen.
-    pub checkpoint: CheckpointMode,
+    pub checkpoint: RecomputeMode,
     /// `trainer.precision` chosen.
     pub precision: Precision,
     /// The plan of the chosen settings.
@@ -332,10 +332,10 @@ pub fn fit(
         (asked, _) => vec![asked],
     };
     let modes = [
-        CheckpointMode::None,
-        CheckpointMode::Encoder,
-        CheckpointMode::Stem,
-        CheckpointMode::All,
+        RecomputeMode::None,
+        RecomputeMode::Encoder,
+        RecomputeMode::Stem,
+        RecomputeMode::All,
     ];
     let fits = |plan: &MemoryPlan| {
         let device_ok = match backend {
@@ -363,7 +363,7 @@ pub fn fit(
                 candidate.data.batch_size = batch_size;
                 candidate.train.accumulate_grad_batches = effective_batch / batch_size;
                 candidate.model.use_gradient_checkpointing = false;
-                candidate.model.checkpoint = mode;
+                candidate.model.recompute = mode;
                 candidate.trainer.precision = precision;
                 let plan = plan(&candidate, backend, dataset);
                 if fits(&plan) {
@@ -435,10 +435,10 @@ mod tests {
         use vidtrain_memutil::plan::{activation_peak, inference_peak};
         for backbone in [Backbone::Transformer, Backbone::Vivit, Backbone::Resnet3d] {
             for batch_size in [1, 4] {
-                for checkpoint in [CheckpointMode::None, CheckpointMode::All] {
+                for checkpoint in [RecomputeMode::None, RecomputeMode::All] {
                     let mut config = Config::default();
                     config.model.backbone = backbone;
-                    config.model.checkpoint = checkpoint;
+                    config.model.recompute = checkpoint;
                     config.data.batch_size = batch_size;
                     let input = plan_input(&config, BackendChoice::Cpu, None);
                     let training =
@@ -460,7 +460,7 @@ mod tests {
     fn recompute_lowers_the_planned_peak_of_vivit_and_the_seed_stem_is_lean_without_it() {
         let mut config = seed_config();
         let none = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
-        config.model.checkpoint = CheckpointMode::All;
+        config.model.recompute = RecomputeMode::All;
         let all = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
         // The stem keeps only its steps' inputs in every mode (differentiated by hand).
         assert!(
@@ -469,7 +469,7 @@ mod tests {
         );
         config.model.backbone = vidtrain_config::Backbone::Vivit;
         let all = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
-        config.model.checkpoint = CheckpointMode::None;
+        config.model.recompute = RecomputeMode::None;
         let none = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
         assert!(all * 10 < none * 7, "vivit: all {all} vs none {none}");
     }
@@ -500,7 +500,7 @@ mod tests {
                     let mut chosen = config.clone();
                     chosen.data.batch_size = fit.batch_size;
                     chosen.train.accumulate_grad_batches = fit.accumulate_grad_batches;
-                    chosen.model.checkpoint = fit.checkpoint;
+                    chosen.model.recompute = fit.checkpoint;
                     chosen.trainer.precision = fit.precision;
                     assert_eq!(
                         plan(&chosen, BackendChoice::Cpu, None).host_peak_bytes,
@@ -519,7 +519,7 @@ mod tests {
         }
         // A generous budget keeps the largest micro-batch and no recompute.
         let fit = fit(&config, BackendChoice::Cpu, None, None, Some(100 << 30)).unwrap();
-        assert_eq!((fit.batch_size, fit.checkpoint), (4, CheckpointMode::None));
+        assert_eq!((fit.batch_size, fit.checkpoint), (4, RecomputeMode::None));
     }
 
     #[test]
@@ -528,12 +528,12 @@ mod tests {
         config.model.backbone = vidtrain_config::Backbone::Vivit;
         let none_at_4 = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
         let mut all_at_4 = config.clone();
-        all_at_4.model.checkpoint = CheckpointMode::All;
+        all_at_4.model.recompute = RecomputeMode::All;
         let all_at_4 = plan(&all_at_4, BackendChoice::Cpu, None).host_peak_bytes;
         // A budget between the two: micro-batch 4 with recompute.
         let budget = (none_at_4 + all_at_4) / 2;
         let chosen = fit(&config, BackendChoice::Cpu, None, None, Some(budget)).unwrap();
         assert_eq!(chosen.batch_size, 4);
-        assert_ne!(chosen.checkpoint, CheckpointMode::None);
+        assert_ne!(chosen.checkpoint, RecomputeMode::None);
     }
 }

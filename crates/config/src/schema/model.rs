@@ -54,8 +54,11 @@ pub struct ModelConfig {
     pub model_class_num: usize,
     /// The seed's switch for activation recompute; `true` means `model.checkpoint = "all"`.
     pub use_gradient_checkpointing: bool,
-    /// Where activations are recomputed in backward instead of kept: `none`, `encoder`, `stem`, `all`.
-    pub checkpoint: CheckpointMode,
+    /// Where activations are recomputed in backward instead of kept: `none`, `encoder`, `stem`,
+    /// `all` (the key is `model.checkpoint`, as the seed's users type it; inside the code this
+    /// is recompute, "checkpoint" being the saved training state).
+    #[serde(rename = "checkpoint")]
+    pub recompute: RecomputeMode,
     /// Token width D of the transformer (the stem ends with D channels).
     pub transformer_dim: usize,
     /// Transformer encoder layers.
@@ -96,7 +99,7 @@ impl Default for ModelConfig {
             tubelet_size: [2, 16, 16],
             model_class_num: 9,
             use_gradient_checkpointing: false,
-            checkpoint: CheckpointMode::None,
+            recompute: RecomputeMode::None,
             transformer_dim: 256,
             transformer_layers: 4,
             transformer_heads: 4,
@@ -111,11 +114,11 @@ impl Default for ModelConfig {
 
 impl ModelConfig {
     /// The recompute mode in effect: the seed's boolean switch turns everything on.
-    pub fn effective_checkpoint(&self) -> CheckpointMode {
+    pub fn effective_recompute(&self) -> RecomputeMode {
         if self.use_gradient_checkpointing {
-            CheckpointMode::All
+            RecomputeMode::All
         } else {
-            self.checkpoint
+            self.recompute
         }
     }
 
@@ -210,7 +213,7 @@ impl SkeletonLayout {
 /// `model.checkpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CheckpointMode {
+pub enum RecomputeMode {
     /// Keep every activation (fastest, most memory).
     None,
     /// Recompute the backbone's blocks (transformer encoder blocks, 3-D ResNet BasicBlocks,
@@ -222,14 +225,14 @@ pub enum CheckpointMode {
     All,
 }
 
-impl CheckpointMode {
+impl RecomputeMode {
     /// The spelling in config files and overrides.
     pub fn as_str(self) -> &'static str {
         match self {
-            CheckpointMode::None => "none",
-            CheckpointMode::Encoder => "encoder",
-            CheckpointMode::Stem => "stem",
-            CheckpointMode::All => "all",
+            RecomputeMode::None => "none",
+            RecomputeMode::Encoder => "encoder",
+            RecomputeMode::Stem => "stem",
+            RecomputeMode::All => "all",
         }
     }
 }

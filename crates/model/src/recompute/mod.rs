@@ -28,7 +28,7 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::CheckpointMode;
+use vidtrain_config::RecomputeMode;
 
 use crate::chain::{Activation, SegmentChain, SegmentKind};
 use crate::layers::encoder::query_blocks;
@@ -140,7 +140,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     head: impl FnOnce(Vec<Tensor<B, 2>>) -> Tensor<B, 2>,
     loss: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1>,
     weight: f64,
-    mode: CheckpointMode,
+    mode: RecomputeMode,
     seed: u64,
 ) -> (f32, GradientsParams) {
     let device = chains[0].input.device();

@@ -142,7 +142,7 @@ fn collect(model: &ActionModel<B>, grads: &GradientsParams) -> Vec<Vec<f32>> {
 /// Gradients of `0.5 · loss` through one plain backward.
 /// `loss_and_gradients` of `case` (weight 0.5, seed 11), checking that the scores reaching
 /// the loss are f32 whatever the compute dtype.
-fn f32_loss_gradients(case: &Case, mode: CheckpointMode) -> (f32, GradientsParams) {
+fn f32_loss_gradients(case: &Case, mode: RecomputeMode) -> (f32, GradientsParams) {
     case.model.loss_and_gradients(
         case.video.clone(),
         case.keypoints.clone(),
@@ -170,7 +170,7 @@ fn plain(case: &Case) -> Vec<Vec<f32>> {
     collect(&case.model, &grads)
 }
 
-fn segmented(case: &Case, mode: CheckpointMode) -> Vec<Vec<f32>> {
+fn segmented(case: &Case, mode: RecomputeMode) -> Vec<Vec<f32>> {
     let device = Default::default();
     let labels = case.labels.clone();
     let (_, grads) = case.model.loss_and_gradients(
@@ -269,11 +269,11 @@ fn recompute_gives_the_gradients_of_a_plain_backward() {
     }
 }
 
-const MODES: [CheckpointMode; 4] = [
-    CheckpointMode::None,
-    CheckpointMode::Encoder,
-    CheckpointMode::Stem,
-    CheckpointMode::All,
+const MODES: [RecomputeMode; 4] = [
+    RecomputeMode::None,
+    RecomputeMode::Encoder,
+    RecomputeMode::Stem,
+    RecomputeMode::All,
 ];
 
 #[test]
@@ -341,8 +341,8 @@ fn assert_every_mode_matches_a_plain_backward(
     }
     let case = case_of(shape, input, fusion, 0.3);
     assert_equal(
-        &segmented(&case, CheckpointMode::None),
-        &segmented(&case, CheckpointMode::All),
+        &segmented(&case, RecomputeMode::None),
+        &segmented(&case, RecomputeMode::All),
         &format!("{backbone:?} {input:?} with dropout 0.3"),
     );
 }
@@ -370,7 +370,7 @@ fn attention_replayed_in_query_blocks_gives_the_gradients_of_a_plain_backward() 
     };
     let case = case_of(shape, InputType::Kpt, FusionMode::LogitMean, 0.0);
     let expected = plain(&case);
-    for mode in [CheckpointMode::None, CheckpointMode::All] {
+    for mode in [RecomputeMode::None, RecomputeMode::All] {
         assert_equal(
             &expected,
             &segmented(&case, mode),
@@ -380,8 +380,8 @@ fn attention_replayed_in_query_blocks_gives_the_gradients_of_a_plain_backward() 
     // With dropout, the replay draws each block's masks again.
     let case = case_of(shape, InputType::Kpt, FusionMode::LogitMean, 0.3);
     assert_equal(
-        &segmented(&case, CheckpointMode::None),
-        &segmented(&case, CheckpointMode::All),
+        &segmented(&case, RecomputeMode::None),
+        &segmented(&case, RecomputeMode::All),
         "query blocks with dropout 0.3",
     );
 }
@@ -466,13 +466,13 @@ fn half_precision_gradients_are_close_to_f32() {
 fn recomputed_dropout_replays_the_first_masks() {
     let _rng = crate::rng_lock();
     let case = case(InputType::RgbKpt, FusionMode::FeatureConcat, 0.3);
-    let kept = segmented(&case, CheckpointMode::None);
+    let kept = segmented(&case, RecomputeMode::None);
     assert_equal(
         &kept,
-        &segmented(&case, CheckpointMode::None),
+        &segmented(&case, RecomputeMode::None),
         "dropout 0.3 twice",
     );
-    assert_equal(&kept, &segmented(&case, CheckpointMode::All), "dropout 0.3");
+    assert_equal(&kept, &segmented(&case, RecomputeMode::All), "dropout 0.3");
     // And dropout is really on: a plain backward (other masks) gives other gradients.
     let plain = plain(&case);
     assert!(kept.iter().zip(&plain).any(|(a, b)| a != b));
@@ -481,7 +481,7 @@ fn recomputed_dropout_replays_the_first_masks() {
 #[test]
 fn modes_recompute_the_segments_they_name() {
     let _rng = crate::rng_lock();
-    use CheckpointMode::*;
+    use RecomputeMode::*;
     for stem in [SegmentKind::StemPerClip, SegmentKind::StemBatch] {
         assert!(stem.recomputed_by(Stem) && stem.recomputed_by(All));
         assert!(!stem.recomputed_by(Encoder) && !stem.recomputed_by(None));

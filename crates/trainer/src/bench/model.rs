@@ -9,13 +9,14 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
-use vidtrain_config::{Backbone, CheckpointMode, Config, Precision};
+use vidtrain_config::{Backbone, Config, Precision, RecomputeMode};
 use vidtrain_data::{Batch, SampleShape};
 use vidtrain_memutil::MemorySampler;
 use vidtrain_model::ActionModel;
 
 use crate::distributed::World;
-use crate::fit::optimizer::{TrainingOptimizer, training_loss};
+use crate::fit::loss::training_loss;
+use crate::fit::optimizer::TrainingOptimizer;
 use crate::fit::step::{Learner, MemoryProbe};
 use crate::precision::LossScaler;
 use crate::{BackendChoice, Error, Result};
@@ -34,7 +35,7 @@ pub struct BenchRow {
     /// Micro-batches per optimizer step.
     pub accumulate: usize,
     /// Activation recompute.
-    pub checkpoint: CheckpointMode,
+    pub recompute: RecomputeMode,
     /// Frames per clip.
     pub frames: usize,
     /// Frame side in pixels.
@@ -83,19 +84,18 @@ pub fn standard_rows(backbone: Backbone, tiny: bool) -> Vec<BenchRow> {
         (Backbone::Resnet3d, false) => (16, 112),
         (Backbone::Stgcn, false) => (64, 32),
     };
-    let row =
-        |name: &str, precision, micro_batch, accumulate, checkpoint, frames, image| BenchRow {
-            name: name.to_string(),
-            backbone,
-            precision,
-            micro_batch,
-            accumulate,
-            checkpoint,
-            frames,
-            image,
-        };
-    use CheckpointMode::{All, None};
+    let row = |name: &str, precision, micro_batch, accumulate, recompute, frames, image| BenchRow {
+        name: name.to_string(),
+        backbone,
+        precision,
+        micro_batch,
+        accumulate,
+        recompute,
+        frames,
+        image,
+    };
     use Precision::{BHalf, Full, Half};
+    use RecomputeMode::{All, None};
     let small_image = if tiny { 16 } else { 112 };
     vec![
         row("fp32 b4", Full, 4, 1, None, frames, image),
@@ -140,7 +140,7 @@ pub fn row_config(base: &Config, row: &BenchRow, tiny: bool) -> Config {
     config.model.transformer_heads = heads;
     config.model.transformer_ff_dim = ff;
     config.model.tubelet_size = if tiny { [2, 8, 8] } else { [2, 16, 16] };
-    config.model.checkpoint = row.checkpoint;
+    config.model.recompute = row.recompute;
     config.model.use_gradient_checkpointing = false;
     config.model.input_type = if row.backbone == Backbone::Stgcn {
         vidtrain_config::InputType::Kpt
@@ -263,7 +263,7 @@ fn bench_row<B: AutodiffBackend>(
         model,
         TrainingOptimizer::from_config(config),
         training_loss::<B>(config, None, device),
-        config.model.effective_checkpoint(),
+        config.model.effective_recompute(),
     );
     let mut scaler = LossScaler::new(config.trainer.precision);
     let memory = MemorySampler::start(std::time::Duration::from_millis(50));

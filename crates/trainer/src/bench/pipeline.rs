@@ -79,7 +79,7 @@ pub fn bench_pipeline(
         )?;
         let baseline_started = Instant::now();
         for &id in &sample_ids {
-            let sample = &reference.plan.samples[id];
+            let sample = &reference.chunks.samples[id];
             for video in &reference.index.recordings[sample.recording].views {
                 decoder.decode_discarding(&video.path, &video.info, &sample.frame_indices)?;
             }

@@ -5,7 +5,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Mutex};
 
-use vidtrain_config::{CheckpointMode, Config, Precision};
+use vidtrain_config::{Config, Precision, RecomputeMode};
 
 use crate::plan::plan;
 use crate::{BackendChoice, Error, Result};
@@ -100,7 +100,7 @@ pub fn out_of_memory_advice(config: &Config) -> String {
             config.train.accumulate_grad_batches * 2
         );
     }
-    if config.model.effective_checkpoint() != CheckpointMode::All {
+    if config.model.effective_recompute() != RecomputeMode::All {
         advice += "\n  model.checkpoint=all (recompute activations in backward)";
     }
     if config.trainer.precision == Precision::Full {

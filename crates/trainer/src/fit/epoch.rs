@@ -28,7 +28,7 @@ pub(crate) fn epoch_order(
     let seed = config.train.seed ^ ((epoch as u64) << 32);
     match config.data.sampler {
         Sampler::Shuffle => shuffled(train_ids, seed),
-        Sampler::Balanced => class_balanced(train_ids, |id| dataset.plan.samples[id].class, seed),
+        Sampler::Balanced => class_balanced(train_ids, |id| dataset.chunks.samples[id].class, seed),
     }
 }
 

@@ -5,6 +5,7 @@
 //! model, resumes, runs the epochs and writes the summary.
 
 mod epoch;
+pub(crate) mod loss;
 mod observers;
 pub(crate) mod optimizer;
 mod progress;
@@ -25,10 +26,11 @@ use vidtrain_model::{ActionModel, ActionModelConfig, InputShape};
 
 use crate::device::memory as device_memory;
 use crate::fit::epoch::{Schedule, Training, train_pass};
+use crate::fit::loss::{class_weights, training_loss};
 use crate::fit::observers::{
     EpochRecord, MetricsLog, Pictures, RunObserver, TensorBoardLog, epochs_logged,
 };
-use crate::fit::optimizer::{TrainingOptimizer, class_weights, training_loss};
+use crate::fit::optimizer::TrainingOptimizer;
 use crate::fit::progress::Progress;
 use crate::fit::selection::ModelSelection;
 use crate::fit::step::Learner;
@@ -115,7 +117,7 @@ fn model_for_training<B: AutodiffBackend>(
         model_config.views,
         model_config.fusion,
         compute_dtype(config.trainer.precision),
-        config.model.effective_checkpoint(),
+        config.model.effective_recompute(),
         config.data.batch_size,
         summary.table()
     );
@@ -127,7 +129,7 @@ fn model_for_training<B: AutodiffBackend>(
 fn class_counts(dataset: &Dataset, ids: &[usize], classes: usize) -> Vec<usize> {
     let mut counts = vec![0; classes];
     for &id in ids {
-        counts[dataset.plan.samples[id].class] += 1;
+        counts[dataset.chunks.samples[id].class] += 1;
     }
     counts
 }
@@ -266,7 +268,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
     let train_labels: Vec<usize> = context
         .train_ids
         .iter()
-        .map(|&id| context.dataset.plan.samples[id].class)
+        .map(|&id| context.dataset.chunks.samples[id].class)
         .collect();
     let weights = class_weights(config, &train_labels);
     log_class_counts(config, &train_counts, &val_counts, weights.as_deref());
@@ -295,7 +297,7 @@ pub(crate) fn fit<B: AutodiffBackend>(
         mut best_metrics,
     } = resume_or_start(&context, model, &checkpoints, &device)?;
     let model = crate::distributed::replicate_model(&world, model, &device)?;
-    let recompute = config.model.effective_checkpoint();
+    let recompute = config.model.effective_recompute();
     let loss_function = training_loss::<B>(config, weights.as_deref(), &device);
     let mut training = Training {
         learner: Learner::new(model, optimizer, loss_function, recompute),

@@ -4,7 +4,7 @@
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::CheckpointMode;
+use vidtrain_config::RecomputeMode;
 use vidtrain_data::Batch;
 use vidtrain_memutil::{MemorySampler, Phase};
 use vidtrain_model::ActionModel;
@@ -23,7 +23,7 @@ pub(crate) struct Learner<B: AutodiffBackend> {
     pub optimizer: TrainingOptimizer<B>,
     accumulator: GradientsAccumulator<ActionModel<B>>,
     loss: CrossEntropyLoss<B>,
-    recompute: CheckpointMode,
+    recompute: RecomputeMode,
 }
 
 /// Where a micro-batch's memory readings go.
@@ -49,7 +49,7 @@ impl<B: AutodiffBackend> Learner<B> {
         model: ActionModel<B>,
         optimizer: TrainingOptimizer<B>,
         loss: CrossEntropyLoss<B>,
-        recompute: CheckpointMode,
+        recompute: RecomputeMode,
     ) -> Self {
         Self {
             model: Some(model),
@@ -77,7 +77,7 @@ impl<B: AutodiffBackend> Learner<B> {
         // Every mode goes through `loss_and_gradients`: it differentiates the convolutions by
         // hand (faster than autodiff's generic conv backward), and without recompute it is one
         // forward and one backward, like a plain `backward()`.
-        let plain = self.recompute == CheckpointMode::None;
+        let plain = self.recompute == RecomputeMode::None;
         probe.memory.phase(if plain {
             Phase::Forward
         } else {

@@ -40,7 +40,7 @@ pub(crate) fn validate<B: AutodiffBackend>(
     let labels: Vec<usize> = scores
         .ids
         .iter()
-        .map(|&id| dataset.plan.samples[id].class)
+        .map(|&id| dataset.chunks.samples[id].class)
         .collect();
     let metrics =
         ClassificationMetrics::from_probabilities(&labels, &scores.probabilities, classes);

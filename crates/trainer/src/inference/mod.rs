@@ -154,7 +154,7 @@ pub(crate) fn probabilities<B: Backend>(
             continue;
         }
         let mean: Vec<f32> = sum.iter().map(|total| total / clips as f32).collect();
-        let label = dataset.plan.samples[id].class;
+        let label = dataset.chunks.samples[id].class;
         scores.loss_sum -= f64::from(mean[label].max(f32::MIN_POSITIVE)).ln();
         scores.probabilities.extend(mean);
         scores.ids.push(id);
@@ -340,7 +340,7 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
         (EvalSplit::Validation, Fold::Index(fold)) => {
             check_validation_persons(checkpoint, &dataset, fold, config.train.k_folds)?;
             dataset
-                .plan
+                .chunks
                 .fold_samples(&dataset.index, fold, config.train.k_folds, true)
         }
         (EvalSplit::Validation, Fold::All) => {
@@ -364,7 +364,7 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
     let labels: Vec<usize> = scores
         .ids
         .iter()
-        .map(|&id| dataset.plan.samples[id].class)
+        .map(|&id| dataset.chunks.samples[id].class)
         .collect();
     let metrics =
         ClassificationMetrics::from_probabilities(&labels, &scores.probabilities, classes);
@@ -374,7 +374,7 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
         .iter()
         .zip(scores.probabilities.chunks(classes))
         .map(|(&id, probabilities)| {
-            let sample = &dataset.plan.samples[id];
+            let sample = &dataset.chunks.samples[id];
             SamplePrediction {
                 recording: dataset.index.recordings[sample.recording].name.clone(),
                 start_frame: sample.start,
@@ -471,7 +471,7 @@ pub fn predict(
     Ok(ids
         .iter()
         .map(|&id| {
-            let sample = &dataset.plan.samples[id];
+            let sample = &dataset.chunks.samples[id];
             let probabilities = rows_of[id];
             WindowPrediction {
                 video: videos[sample.recording].clone(),
