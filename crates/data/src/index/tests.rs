@@ -1,3 +1,5 @@
+//! Index unit tests: Label Studio parsing and file location details.
+
 use super::*;
 
 #[test]

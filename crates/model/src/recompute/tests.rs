@@ -1,3 +1,5 @@
+//! Recompute gives the gradients of a plain backward, for every backbone, mode and dtype.
+
 use super::*;
 use crate::ActionModel;
 use crate::layers::encoder::QUERY_BLOCK_TOKENS;

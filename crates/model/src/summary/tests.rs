@@ -1,3 +1,5 @@
+//! The layer summary equals the built model: parameter counts and every segment's output shape.
+
 use super::*;
 use crate::chain::Activation;
 use crate::{
