@@ -122,6 +122,16 @@ impl ConfigLoader {
         Ok(self)
     }
 
+    /// The built-in defaults with dotted `key=value` overrides, resolved and validated: the
+    /// config a library user or a test builds without files or environment.
+    pub fn with_overrides<I, S>(overrides: I) -> Result<Config>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::new().overrides(overrides)?.load()
+    }
+
     /// Resolves and validates the config.
     pub fn load(self) -> Result<Config> {
         let config = self.load_unvalidated()?;

@@ -286,11 +286,7 @@ mod tests {
     }
 
     fn config(overrides: &[&str]) -> Config {
-        vidtrain_config::ConfigLoader::new()
-            .overrides(overrides)
-            .unwrap()
-            .load()
-            .unwrap()
+        vidtrain_config::ConfigLoader::with_overrides(overrides).unwrap()
     }
 
     #[test]

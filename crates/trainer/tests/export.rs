@@ -26,11 +26,7 @@ fn config(overrides: &[&str]) -> Config {
         "model.mamba_layers=1",
         "model.tubelet_size=[2, 8, 8]",
     ];
-    ConfigLoader::new()
-        .overrides(base.iter().chain(overrides).map(|s| s.to_string()))
-        .unwrap()
-        .load()
-        .unwrap()
+    ConfigLoader::with_overrides(base.iter().chain(overrides)).unwrap()
 }
 
 fn logits(model: &ActionModel<Flex>, config: &Config) -> Vec<f32> {

@@ -46,11 +46,7 @@ fn read(name: &str) -> Fixture {
             "model.transformer_dropout=0.1".to_string(),
         ])
         .collect();
-    let config = ConfigLoader::new()
-        .overrides(overrides)
-        .unwrap()
-        .load()
-        .unwrap();
+    let config = ConfigLoader::with_overrides(overrides).unwrap();
     let floats = |key: &str| -> Vec<f32> {
         json[key]
             .as_array()

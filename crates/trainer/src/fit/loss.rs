@@ -57,11 +57,7 @@ mod tests {
     type B = Autodiff<Flex>;
 
     fn config(overrides: &[&str]) -> Config {
-        vidtrain_config::ConfigLoader::new()
-            .overrides(overrides)
-            .unwrap()
-            .load()
-            .unwrap()
+        vidtrain_config::ConfigLoader::with_overrides(overrides).unwrap()
     }
 
     #[test]

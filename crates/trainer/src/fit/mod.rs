@@ -11,6 +11,7 @@ pub(crate) mod optimizer;
 mod progress;
 mod selection;
 pub(crate) mod step;
+mod summary;
 mod validation;
 
 use std::path::PathBuf;
@@ -253,30 +254,56 @@ fn peak_rss_per_rank(world: &crate::distributed::World, own: Option<u64>) -> Vec
 }
 
 /// Trains and validates; returns the summary (also written to `summary.json`).
-pub(crate) fn fit<B: AutodiffBackend>(
-    mut context: RunContext<'_>,
-    device: B::Device,
-) -> Result<RunSummary> {
+/// What the epochs leave for the summary.
+pub(crate) struct RunTotals {
+    /// Training samples of the run this one resumed (throughput counts this process's).
+    samples_before: usize,
+    train_time: Duration,
+    /// The last validation's metrics and loss.
+    last_metrics: Option<(ClassificationMetrics, f64)>,
+    best_checkpoint: Option<PathBuf>,
+    best_metrics: Option<serde_json::Value>,
+    stopped_early: bool,
+    epochs_done: usize,
+    skipped_sample_loads: usize,
+}
+
+/// The split's class counts and the loss's class weights (`train.class_weights`), logged.
+struct SplitClasses {
+    train_counts: Vec<usize>,
+    val_counts: Vec<usize>,
+    weights: Option<Vec<f64>>,
+}
+
+impl SplitClasses {
+    fn of(context: &RunContext<'_>) -> Self {
+        let config = context.config;
+        let classes = config.model.model_class_num;
+        let train_counts = class_counts(&context.dataset, &context.train_ids, classes);
+        let val_counts = class_counts(&context.dataset, &context.val_ids, classes);
+        let train_labels: Vec<usize> = context
+            .train_ids
+            .iter()
+            .map(|&id| context.dataset.chunks.samples[id].class)
+            .collect();
+        let weights = class_weights(config, &train_labels);
+        log_class_counts(config, &train_counts, &val_counts, weights.as_deref());
+        Self {
+            train_counts,
+            val_counts,
+            weights,
+        }
+    }
+}
+
+/// Optimizer steps per group and in the whole run (`train.max_epochs`, `train.max_steps`).
+fn schedule(context: &RunContext<'_>) -> Schedule {
     let config = context.config;
-    let world = context.options.world.clone();
-    B::seed(&device, config.train.seed);
-    let model = model_for_training::<B>(&context, &device)?;
-    let parameters = model.num_params();
-    let classes = config.model.model_class_num;
-    let train_counts = class_counts(&context.dataset, &context.train_ids, classes);
-    let val_counts = class_counts(&context.dataset, &context.val_ids, classes);
-    let train_labels: Vec<usize> = context
-        .train_ids
-        .iter()
-        .map(|&id| context.dataset.chunks.samples[id].class)
-        .collect();
-    let weights = class_weights(config, &train_labels);
-    log_class_counts(config, &train_counts, &val_counts, weights.as_deref());
+    let world = &context.options.world;
     let batch_size = config.data.batch_size;
     let accumulate = config.train.accumulate_grad_batches;
     let max_steps = usize::try_from(config.train.max_steps).ok();
     let global_batch = batch_size * accumulate * world.size();
-    let steps_per_epoch = context.train_ids.len().div_ceil(global_batch);
     if world.size() > 1 {
         tracing::info!(
             "data parallel: {} ranks × batch_size {batch_size} × accumulate_grad_batches \
@@ -284,29 +311,23 @@ pub(crate) fn fit<B: AutodiffBackend>(
             world.size()
         );
     }
-    let total_steps = max_steps
-        .unwrap_or(usize::MAX)
-        .min(steps_per_epoch * config.train.max_epochs);
+    let steps_per_epoch = context.train_ids.len().div_ceil(global_batch);
+    Schedule {
+        group_samples: batch_size * accumulate,
+        total_steps: max_steps
+            .unwrap_or(usize::MAX)
+            .min(steps_per_epoch * config.train.max_epochs),
+        max_steps,
+    }
+}
 
-    let checkpoints = context.run_dir.checkpoints();
-    let Resumed {
-        model,
-        optimizer,
-        state,
-        earlier_epochs,
-        mut best_metrics,
-    } = resume_or_start(&context, model, &checkpoints, &device)?;
-    let model = crate::distributed::replicate_model(&world, model, &device)?;
-    let recompute = config.model.effective_recompute();
-    let loss_function = training_loss::<B>(config, weights.as_deref(), &device);
-    let mut training = Training {
-        learner: Learner::new(model, optimizer, loss_function, recompute),
-        state,
-        last_checkpoint: None,
-        saves: world.is_leader(),
-    };
-
-    // Rank 0 logs, draws and reports for the whole run (its numbers are every rank's means).
+/// Rank 0 logs, draws and reports for the whole run (its numbers are every rank's means).
+fn observers(
+    context: &RunContext<'_>,
+    earlier_epochs: Vec<EpochPoint>,
+) -> Result<Vec<Box<dyn RunObserver>>> {
+    let config = context.config;
+    let world = &context.options.world;
     let mut observers: Vec<Box<dyn RunObserver>> = Vec::new();
     if world.is_leader() {
         observers.push(Box::new(MetricsLog));
@@ -317,23 +338,56 @@ pub(crate) fn fit<B: AutodiffBackend>(
         observers.push(Box::new(Progress::new(
             context.options.progress_bar,
             config.train.max_epochs,
-            context.train_ids.len().div_ceil(batch_size * world.size()),
+            context
+                .train_ids
+                .len()
+                .div_ceil(config.data.batch_size * world.size()),
         )));
     }
-    let selection = ModelSelection::from_config(config);
+    Ok(observers)
+}
 
-    // Throughput counts what this process trained, not the samples of the run it resumed.
-    let samples_before = training.state.train_samples;
-    let mut train_time = Duration::ZERO;
-    let mut last_metrics: Option<(ClassificationMetrics, f64)> = None;
-    let mut best_checkpoint: Option<PathBuf> = None;
-    let mut stopped_early = false;
-    let mut epochs_done = training.state.epoch.saturating_sub(1);
-    let mut skipped_sample_loads = 0usize;
-    let schedule = Schedule {
-        group_samples: batch_size * accumulate,
-        total_steps,
-        max_steps,
+/// Trains `context`'s split on `device`: builds (or resumes) the model, runs the epochs —
+/// training pass, validation, model selection, checkpoints — and writes `summary.json`.
+pub(crate) fn fit<B: AutodiffBackend>(
+    mut context: RunContext<'_>,
+    device: B::Device,
+) -> Result<RunSummary> {
+    let config = context.config;
+    let world = context.options.world.clone();
+    B::seed(&device, config.train.seed);
+    let model = model_for_training::<B>(&context, &device)?;
+    let parameters = model.num_params();
+    let classes = SplitClasses::of(&context);
+    let schedule = schedule(&context);
+    let checkpoints = context.run_dir.checkpoints();
+    let Resumed {
+        model,
+        optimizer,
+        state,
+        earlier_epochs,
+        best_metrics,
+    } = resume_or_start(&context, model, &checkpoints, &device)?;
+    let model = crate::distributed::replicate_model(&world, model, &device)?;
+    let loss_function = training_loss::<B>(config, classes.weights.as_deref(), &device);
+    let recompute = config.model.effective_recompute();
+    let mut training = Training {
+        learner: Learner::new(model, optimizer, loss_function, recompute),
+        state,
+        last_checkpoint: None,
+        saves: world.is_leader(),
+    };
+    let mut observers = observers(&context, earlier_epochs)?;
+    let selection = ModelSelection::from_config(config);
+    let mut totals = RunTotals {
+        samples_before: training.state.train_samples,
+        train_time: Duration::ZERO,
+        last_metrics: None,
+        best_checkpoint: None,
+        best_metrics,
+        stopped_early: false,
+        epochs_done: training.state.epoch.saturating_sub(1),
+        skipped_sample_loads: 0,
     };
 
     while training.state.epoch <= config.train.max_epochs
@@ -352,8 +406,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
             &schedule,
             &device,
         )?;
-        skipped_sample_loads += pass.skipped_loads;
-        train_time += epoch_started.elapsed();
+        totals.skipped_sample_loads += pass.skipped_loads;
+        totals.train_time += epoch_started.elapsed();
         if pass.interrupted {
             let folder = training.save_last(config, &checkpoints)?;
             observers
@@ -361,173 +415,121 @@ pub(crate) fn fit<B: AutodiffBackend>(
                 .for_each(|observer| observer.finished());
             return Err(Error::Interrupted { checkpoint: folder });
         }
-        let state = &mut training.state;
-        let epoch_finished = state.position >= pass.epoch_samples;
-        let train_loss = state.epoch_loss_sum / state.epoch_loss_samples.max(1) as f64;
-        state.last_train_loss = Some(train_loss);
-        epochs_done = epoch;
-
-        context.memory.mark(format!("epoch {epoch} validation"));
-        context.memory.phase(Phase::Validation);
-        release_device_cache(context.backend, "before validation");
-        let (metrics, val_loss, val_skipped) = validation::validate(
-            config,
-            &context.dataset,
-            &context.val_ids,
-            training.learner.model(),
-            &world,
+        totals.epochs_done = epoch;
+        let epoch_finished = training.state.position >= pass.epoch_samples;
+        let ended = end_epoch(
+            &mut context,
+            &mut training,
+            &mut observers,
+            &selection,
+            &mut totals,
+            epoch_finished,
+            epoch_started,
             &device,
         )?;
-        skipped_sample_loads += val_skipped;
-        sample_device(&context.memory, context.backend);
-        release_device_cache(context.backend, "after validation");
-        context.memory.phase(Phase::Other);
-        let mut record = EpochRecord {
-            epoch,
-            step: state.step,
-            train_loss,
-            val_loss,
-            metrics: &metrics,
-            val_skipped,
-            epoch_train_s: epoch_started.elapsed().as_secs_f64(),
-            host_rss_bytes: vidtrain_memutil::current_rss_bytes(),
-            peak_host_rss_bytes: context.memory.peak_sampled(),
-            is_best: false,
-        };
-        record.is_best = selection.consider(state, epoch, record.metric(&selection.monitor));
-        if record.is_best && world.is_leader() {
-            let best = serde_json::json!({
-                "epoch": epoch, "step": state.step, "monitor": selection.monitor,
-                "value": record.metric(&selection.monitor), "val_loss": val_loss,
-                "val_accuracy": metrics.accuracy, "val_macro_f1": metrics.macro_f1,
-                "val_macro_auroc": metrics.macro_auroc, "train_loss": train_loss,
-            });
-            best_checkpoint = Some(checkpoint::save_best(
-                &checkpoints,
-                training.learner.model(),
-                &best,
-                config,
-            )?);
-            best_metrics = Some(best);
-        } else if record.is_best {
-            best_checkpoint = Some(checkpoints.join(checkpoint::BEST));
-        }
-        for observer in observers.iter_mut() {
-            observer.epoch(&record, &mut context.run_dir)?;
-        }
-        last_metrics = Some((metrics, val_loss));
-        if epoch_finished {
-            state.epoch += 1;
-            state.position = 0;
-            state.epoch_loss_sum = 0.0;
-            state.epoch_loss_samples = 0;
-        }
-        let stop_early = epoch_finished && selection.should_stop(state, epoch);
-        if stop_early {
-            // The run is complete: a resume must not train on.
-            state.epoch = config.train.max_epochs + 1;
-        }
-        training.save_last(config, &checkpoints)?;
-        let state = &training.state;
-        if stop_early {
-            let (best_epoch, best_value) = state.best.unwrap_or_default();
-            tracing::info!(
-                "early stopping after epoch {epoch}: {} has not improved for {} epochs (best \
-                 {best_value:.4} at epoch {best_epoch})",
-                selection.monitor,
-                epoch - best_epoch
-            );
-            stopped_early = true;
-            break;
-        }
-        if schedule.reached_max_steps(state.step) {
+        if ended || schedule.reached_max_steps(training.state.step) {
             break;
         }
     }
     observers
         .iter_mut()
         .for_each(|observer| observer.finished());
+    summary::finish_run(context, training, totals, &selection, classes, parameters)
+}
 
-    let (metrics, val_loss) = last_metrics
-        .unwrap_or_else(|| (ClassificationMetrics::compute(&[], &[], classes), f64::NAN));
-    let memory = std::mem::replace(
-        &mut context.memory,
-        MemorySampler::start(Duration::from_secs(3600)),
-    )
-    .finish();
-    context.run_dir.write_json("memory.json", &memory)?;
-    context
-        .run_dir
-        .write("memory.svg", memory.svg().as_bytes())?;
-    let best_exists = checkpoints.join(checkpoint::BEST).is_dir();
-    let Training {
-        state,
-        last_checkpoint,
-        ..
-    } = training;
-    let split_persons = match config.train.fold {
-        vidtrain_config::Fold::Index(fold) => context
-            .dataset
-            .index
-            .split_persons(fold, config.train.k_folds),
-        vidtrain_config::Fold::All => (Vec::new(), Vec::new()),
-    };
-    let summary = RunSummary {
-        run_dir: context.run_dir.path().to_path_buf(),
-        backend: context.backend_name.to_string(),
-        precision: context.precision.to_string(),
-        skipped_optimizer_steps: state.loss_scaler.skipped_steps,
-        final_loss_scale: state.loss_scaler.enabled.then_some(state.loss_scaler.scale),
-        val_accuracy: metrics.accuracy,
-        val_macro_f1: metrics.macro_f1,
+/// After an epoch's training pass: validation, model selection (saving `checkpoints/best` on an
+/// improvement), observers, the epoch's bookkeeping, early stopping, `checkpoints/last`.
+/// Returns whether the run stops early.
+fn end_epoch<B: AutodiffBackend>(
+    context: &mut RunContext<'_>,
+    training: &mut Training<B>,
+    observers: &mut [Box<dyn RunObserver>],
+    selection: &ModelSelection,
+    totals: &mut RunTotals,
+    epoch_finished: bool,
+    epoch_started: Instant,
+    device: &B::Device,
+) -> Result<bool> {
+    let config = context.config;
+    let world = context.options.world.clone();
+    let checkpoints = context.run_dir.checkpoints();
+    let state = &mut training.state;
+    let epoch = state.epoch;
+    let train_loss = state.epoch_loss_sum / state.epoch_loss_samples.max(1) as f64;
+    state.last_train_loss = Some(train_loss);
+
+    context.memory.mark(format!("epoch {epoch} validation"));
+    context.memory.phase(Phase::Validation);
+    release_device_cache(context.backend, "before validation");
+    let (metrics, val_loss, val_skipped) = validation::validate(
+        config,
+        &context.dataset,
+        &context.val_ids,
+        training.learner.model(),
+        &world,
+        device,
+    )?;
+    totals.skipped_sample_loads += val_skipped;
+    sample_device(&context.memory, context.backend);
+    release_device_cache(context.backend, "after validation");
+    context.memory.phase(Phase::Other);
+    let state = &mut training.state;
+    let mut record = EpochRecord {
+        epoch,
+        step: state.step,
+        train_loss,
         val_loss,
-        val_macro_auroc: metrics.macro_auroc,
-        val_confusion: metrics.confusion.clone(),
-        train_loss_final: state.last_train_loss.unwrap_or(f64::NAN),
-        monitor: selection.monitor.clone(),
-        best_epoch: state.best.map(|(epoch, _)| epoch),
-        best_value: state.best.map(|(_, value)| value),
-        best_metrics,
-        best_checkpoint: best_checkpoint
-            .or_else(|| best_exists.then(|| checkpoints.join(checkpoint::BEST))),
-        stopped_early,
-        class_names: config.data.class_names.clone(),
-        class_counts_train: train_counts,
-        class_counts_val: val_counts,
-        epochs: epochs_done,
-        steps: state.step,
-        train_samples: state.train_samples,
-        train_size: context.train_ids.len(),
-        val_size: context.val_ids.len(),
-        train_persons: split_persons.0,
-        val_persons: split_persons.1,
-        train_samples_this_run: state.train_samples - samples_before,
-        samples_per_s: (state.train_samples - samples_before) as f64
-            / train_time.as_secs_f64().max(1e-9),
-        wall_s: context.started.elapsed().as_secs_f64(),
-        world_size: world.size(),
-        global_batch,
-        collective_s: world.collective_seconds(),
-        gradient_sync_s: world.gradient_sync_seconds(),
-        peak_host_rss_bytes: memory.peak_host_rss_bytes,
-        peak_host_rss_bytes_per_rank: peak_rss_per_rank(&world, memory.peak_host_rss_bytes),
-        host_allocator: vidtrain_memutil::reuse_pool::stats(),
-        peak_process_tree_rss_bytes: (memory.peak_process_tree_rss_bytes > 0)
-            .then_some(memory.peak_process_tree_rss_bytes),
-        peak_device_bytes: memory.peak_device_in_use_bytes,
-        peak_device_reserved_bytes: memory.peak_device_reserved_bytes,
-        parameters,
-        skipped_sample_loads,
-        data_problems: context
-            .dataset
-            .index
-            .problem_counts()
-            .into_iter()
-            .map(|(kind, count)| (kind.name().to_string(), count))
-            .collect(),
-        non_finite_keypoint_values: context.dataset.non_finite_keypoint_values(),
-        last_checkpoint,
+        metrics: &metrics,
+        val_skipped,
+        epoch_train_s: epoch_started.elapsed().as_secs_f64(),
+        host_rss_bytes: vidtrain_memutil::current_rss_bytes(),
+        peak_host_rss_bytes: context.memory.peak_sampled(),
+        is_best: false,
     };
-    context.run_dir.write_json("summary.json", &summary)?;
-    Ok(summary)
+    record.is_best = selection.consider(state, epoch, record.metric(&selection.monitor));
+    if record.is_best && world.is_leader() {
+        let best = serde_json::json!({
+            "epoch": epoch, "step": state.step, "monitor": selection.monitor,
+            "value": record.metric(&selection.monitor), "val_loss": val_loss,
+            "val_accuracy": metrics.accuracy, "val_macro_f1": metrics.macro_f1,
+            "val_macro_auroc": metrics.macro_auroc, "train_loss": train_loss,
+        });
+        totals.best_checkpoint = Some(checkpoint::save_best(
+            &checkpoints,
+            training.learner.model(),
+            &best,
+            config,
+        )?);
+        totals.best_metrics = Some(best);
+    } else if record.is_best {
+        totals.best_checkpoint = Some(checkpoints.join(checkpoint::BEST));
+    }
+    for observer in observers.iter_mut() {
+        observer.epoch(&record, &mut context.run_dir)?;
+    }
+    totals.last_metrics = Some((metrics, val_loss));
+    let state = &mut training.state;
+    if epoch_finished {
+        state.epoch += 1;
+        state.position = 0;
+        state.epoch_loss_sum = 0.0;
+        state.epoch_loss_samples = 0;
+    }
+    let stop_early = epoch_finished && selection.should_stop(state, epoch);
+    if stop_early {
+        // The run is complete: a resume must not train on.
+        state.epoch = config.train.max_epochs + 1;
+    }
+    training.save_last(config, &checkpoints)?;
+    if stop_early {
+        let (best_epoch, best_value) = training.state.best.unwrap_or_default();
+        tracing::info!(
+            "early stopping after epoch {epoch}: {} has not improved for {} epochs (best \
+             {best_value:.4} at epoch {best_epoch})",
+            selection.monitor,
+            epoch - best_epoch
+        );
+        totals.stopped_early = true;
+    }
+    Ok(stop_early)
 }

@@ -66,11 +66,7 @@ mod tests {
     }
 
     fn selection(overrides: &[&str]) -> ModelSelection {
-        let config = vidtrain_config::ConfigLoader::new()
-            .overrides(overrides)
-            .unwrap()
-            .load()
-            .unwrap();
+        let config = vidtrain_config::ConfigLoader::with_overrides(overrides).unwrap();
         ModelSelection::from_config(&config)
     }
 

@@ -37,13 +37,7 @@ pub(crate) fn validate<B: AutodiffBackend>(
     let classes = config.model.model_class_num;
     let scores = gather_scores(world, scores, ids, classes)?;
     let scores = crate::inference::usable(scores, ids.len(), "the validation split")?;
-    let labels: Vec<usize> = scores
-        .ids
-        .iter()
-        .map(|&id| dataset.chunks.samples[id].class)
-        .collect();
-    let metrics =
-        ClassificationMetrics::from_probabilities(&labels, &scores.probabilities, classes);
+    let metrics = scores.metrics(dataset, classes);
     Ok((metrics, scores.mean_loss(), scores.skipped))
 }
 

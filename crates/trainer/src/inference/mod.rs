@@ -111,6 +111,16 @@ pub(crate) struct Scores {
 }
 
 impl Scores {
+    /// Accuracy, F1, AUROC and the confusion matrix of these scores against the samples' labels.
+    pub(crate) fn metrics(&self, dataset: &Dataset, classes: usize) -> ClassificationMetrics {
+        let labels: Vec<usize> = self
+            .ids
+            .iter()
+            .map(|&id| dataset.chunks.samples[id].class)
+            .collect();
+        ClassificationMetrics::from_probabilities(&labels, &self.probabilities, classes)
+    }
+
     /// Mean loss of the scored samples (`NaN` when none was scored).
     pub fn mean_loss(&self) -> f64 {
         self.loss_sum / self.ids.len() as f64
@@ -361,13 +371,7 @@ pub fn evaluate(config: &Config, checkpoint: &Path, split: EvalSplit) -> Result<
     let scores = score(config, &weights, &dataset, &ids)?;
     let scores = usable(scores, ids.len(), &format!("the {split:?} split"))?;
     let classes = config.model.model_class_num;
-    let labels: Vec<usize> = scores
-        .ids
-        .iter()
-        .map(|&id| dataset.chunks.samples[id].class)
-        .collect();
-    let metrics =
-        ClassificationMetrics::from_probabilities(&labels, &scores.probabilities, classes);
+    let metrics = scores.metrics(&dataset, classes);
     let name = |class: usize| class_name(config, class);
     let predictions = scores
         .ids
