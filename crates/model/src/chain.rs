@@ -90,6 +90,13 @@ pub trait ChainConfig {
         PytorchNames::VIDTRAIN
     }
 
+    /// The config keys besides the model's common ones (`model.backbone`, the transformer
+    /// sizes, views, joints, classes, fusion) that decide this chain's weight shapes: saved
+    /// beside every weights file (`<name>.architecture.json`) and compared on load.
+    fn architecture_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Elements of one clip's input (`t · h · w · 3` video, `t · joints · 3` keypoints).
     fn input_elements_per_clip(&self, input: InputShape) -> usize;
 

@@ -66,16 +66,6 @@ pub fn skeleton(config: &vidtrain_config::Config) -> Skeleton {
     }
 }
 
-/// The Mamba block `model.mamba_*` describes.
-fn mamba_block(model: &vidtrain_config::ModelConfig) -> MambaBlockConfig {
-    MambaBlockConfig::new(model.mamba_dim)
-        .with_state(model.mamba_state)
-        .with_expand(model.mamba_expand)
-        .with_conv_kernel(model.mamba_conv_kernel)
-        .with_bidirectional(model.mamba_bidirectional)
-        .with_chunk(model.mamba_chunk)
-}
-
 /// Configuration of an [`ActionModel`]: per-view encoders shared by all views, modality fusion,
 /// view fusion, classifier.
 #[derive(Debug, Clone)]
@@ -103,77 +93,8 @@ impl ActionModelConfig {
         let model = &config.model;
         let uses_rgb = model.input_type != InputType::Kpt;
         let uses_keypoints = model.input_type != InputType::Rgb;
-        let backbone = match model.backbone {
-            Backbone::Transformer => {
-                Some(BackboneConfig::Transformer(VideoTransformerConfig::new(
-                    model.transformer_dim,
-                    model.transformer_layers,
-                    model.transformer_heads,
-                    model.transformer_ff_dim,
-                    model.transformer_dropout,
-                )))
-            }
-            Backbone::Vivit => Some(BackboneConfig::Vivit(VivitConfig::new(
-                model.transformer_dim,
-                model.transformer_layers,
-                model.transformer_heads,
-                model.transformer_ff_dim,
-                model.transformer_dropout,
-                model.tubelet_size,
-                [
-                    config.data.uniform_temporal_subsample_num,
-                    config.data.img_size,
-                    config.data.img_size,
-                ],
-            ))),
-            Backbone::Resnet3d => Some(BackboneConfig::Resnet3d(Resnet3dConfig::new(
-                model.resnet_depth,
-                model.resnet_width,
-                model.transformer_dropout,
-            ))),
-            Backbone::Mamba => Some(BackboneConfig::Mamba(
-                VideoMambaConfig::new(
-                    mamba_block(model),
-                    model.mamba_layers,
-                    model.tubelet_size,
-                    [
-                        config.data.uniform_temporal_subsample_num,
-                        config.data.img_size,
-                        config.data.img_size,
-                    ],
-                )
-                .with_dropout(model.transformer_dropout),
-            )),
-            // ST-GCN reads keypoints only (config validation insists on `input_type = "kpt"`).
-            Backbone::Stgcn => None,
-        };
-        let keypoint_encoder = match model.keypoint_encoder() {
-            KeypointBackboneKind::Transformer => {
-                KeypointBackboneConfig::Transformer(KeypointEncoderConfig::new(
-                    config.data.keypoint_indices.len(),
-                    model.transformer_dim,
-                    model.transformer_layers,
-                    model.transformer_heads,
-                    model.transformer_ff_dim,
-                    model.transformer_dropout,
-                ))
-            }
-            KeypointBackboneKind::Stgcn => {
-                KeypointBackboneConfig::Stgcn(StgcnConfig::for_skeleton(
-                    &skeleton(config),
-                    model.stgcn_width,
-                    model.transformer_dropout,
-                ))
-            }
-            KeypointBackboneKind::Mamba => KeypointBackboneConfig::Mamba(
-                KeypointMambaConfig::new(
-                    config.data.keypoint_indices.len(),
-                    mamba_block(model),
-                    model.mamba_layers,
-                )
-                .with_dropout(model.transformer_dropout),
-            ),
-        };
+        let backbone = BackboneConfig::from_vidtrain(config);
+        let keypoint_encoder = KeypointBackboneConfig::from_vidtrain(config);
         Self {
             backbone: backbone.filter(|_| uses_rgb),
             keypoint_encoder: uses_keypoints.then_some(keypoint_encoder),

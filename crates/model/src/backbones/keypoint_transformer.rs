@@ -27,6 +27,20 @@ pub struct KeypointEncoderConfig {
 }
 
 impl KeypointEncoderConfig {
+    /// The keypoint transformer `model.transformer_*` describes, over the joints of
+    /// `data.keypoint_indices`.
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        let model = &config.model;
+        Self::new(
+            config.data.keypoint_indices.len(),
+            model.transformer_dim,
+            model.transformer_layers,
+            model.transformer_heads,
+            model.transformer_ff_dim,
+            model.transformer_dropout,
+        )
+    }
+
     /// Builds the encoder.
     pub fn init<B: Backend>(&self, device: &B::Device) -> KeypointEncoder<B> {
         let block = EncoderBlockConfig::new(self.dim, self.heads, self.ff_dim, self.dropout);

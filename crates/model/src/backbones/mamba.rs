@@ -35,6 +35,23 @@ pub struct VideoMambaConfig {
 }
 
 impl VideoMambaConfig {
+    /// VideoMamba as `model.mamba_*` and `model.tubelet_size` describe it, its positions
+    /// covering the clip of `data.uniform_temporal_subsample_num` × `data.img_size`².
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        let model = &config.model;
+        Self::new(
+            MambaBlockConfig::from_vidtrain(model),
+            model.mamba_layers,
+            model.tubelet_size,
+            [
+                config.data.uniform_temporal_subsample_num,
+                config.data.img_size,
+                config.data.img_size,
+            ],
+        )
+        .with_dropout(model.transformer_dropout)
+    }
+
     /// Tokens along time, height and width.
     pub fn token_grid(&self) -> [usize; 3] {
         std::array::from_fn(|axis| self.clip[axis] / self.tubelet[axis])
@@ -118,6 +135,20 @@ impl<B: Backend> BlockChain<B> for VideoMamba<B> {
 }
 
 impl ChainConfig for VideoMambaConfig {
+    fn architecture_keys(&self) -> &'static [&'static str] {
+        &[
+            "model.mamba_dim",
+            "model.mamba_layers",
+            "model.mamba_state",
+            "model.mamba_expand",
+            "model.mamba_conv_kernel",
+            "model.mamba_bidirectional",
+            "model.tubelet_size",
+            "data.img_size",
+            "data.uniform_temporal_subsample_num",
+        ]
+    }
+
     fn dim(&self) -> usize {
         self.block.dim
     }
@@ -167,6 +198,17 @@ pub struct KeypointMambaConfig {
 }
 
 impl KeypointMambaConfig {
+    /// The keypoint Mamba `model.mamba_*` describes, over the joints of `data.keypoint_indices`.
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        let model = &config.model;
+        Self::new(
+            config.data.keypoint_indices.len(),
+            MambaBlockConfig::from_vidtrain(model),
+            model.mamba_layers,
+        )
+        .with_dropout(model.transformer_dropout)
+    }
+
     /// Builds the encoder.
     pub fn init<B: Backend>(&self, device: &B::Device) -> KeypointMamba<B> {
         KeypointMamba {
@@ -218,6 +260,17 @@ impl<B: Backend> BlockChain<B> for KeypointMamba<B> {
 }
 
 impl ChainConfig for KeypointMambaConfig {
+    fn architecture_keys(&self) -> &'static [&'static str] {
+        &[
+            "model.mamba_dim",
+            "model.mamba_layers",
+            "model.mamba_state",
+            "model.mamba_expand",
+            "model.mamba_conv_kernel",
+            "model.mamba_bidirectional",
+        ]
+    }
+
     fn dim(&self) -> usize {
         self.block.dim
     }

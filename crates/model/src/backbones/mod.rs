@@ -11,6 +11,7 @@ pub mod video_transformer;
 pub mod vivit;
 
 use burn::prelude::*;
+use vidtrain_config::{Backbone, Config, KeypointBackboneKind};
 
 use crate::chain::{Activation, ChainConfig, SegmentChain};
 use keypoint_transformer::KeypointEncoderConfig;
@@ -34,6 +35,20 @@ pub enum BackboneConfig {
 }
 
 impl BackboneConfig {
+    /// The RGB backbone `model.backbone` names (`None` for ST-GCN, which reads keypoints only:
+    /// config validation insists on `model.input_type = "kpt"` with it).
+    pub fn from_vidtrain(config: &Config) -> Option<Self> {
+        Some(match config.model.backbone {
+            Backbone::Transformer => {
+                Self::Transformer(VideoTransformerConfig::from_vidtrain(config))
+            }
+            Backbone::Vivit => Self::Vivit(VivitConfig::from_vidtrain(config)),
+            Backbone::Resnet3d => Self::Resnet3d(Resnet3dConfig::from_vidtrain(config)),
+            Backbone::Mamba => Self::Mamba(VideoMambaConfig::from_vidtrain(config)),
+            Backbone::Stgcn => return None,
+        })
+    }
+
     /// The configuration as the chain protocol sees it.
     pub fn as_chain(&self) -> &dyn ChainConfig {
         match self {
@@ -119,6 +134,18 @@ impl From<KeypointMambaConfig> for KeypointBackboneConfig {
 }
 
 impl KeypointBackboneConfig {
+    /// The keypoint encoder in effect (`model.keypoint_backbone`, or ST-GCN when it is
+    /// `model.backbone`).
+    pub fn from_vidtrain(config: &Config) -> Self {
+        match config.model.keypoint_encoder() {
+            KeypointBackboneKind::Transformer => {
+                Self::Transformer(KeypointEncoderConfig::from_vidtrain(config))
+            }
+            KeypointBackboneKind::Stgcn => Self::Stgcn(StgcnConfig::from_vidtrain(config)),
+            KeypointBackboneKind::Mamba => Self::Mamba(KeypointMambaConfig::from_vidtrain(config)),
+        }
+    }
+
     /// The configuration as the chain protocol sees it.
     pub fn as_chain(&self) -> &dyn ChainConfig {
         match self {

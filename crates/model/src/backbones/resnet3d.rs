@@ -77,6 +77,16 @@ pub struct Resnet3dConfig {
 }
 
 impl Resnet3dConfig {
+    /// The R3D `model.resnet_depth` and `model.resnet_width` describe.
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        let model = &config.model;
+        Self::new(
+            model.resnet_depth,
+            model.resnet_width,
+            model.transformer_dropout,
+        )
+    }
+
     /// BasicBlocks per stage, as torchvision's ResNets: `None` for an unsupported depth.
     pub fn blocks_per_stage(depth: usize) -> Option<[usize; 4]> {
         match depth {
@@ -270,6 +280,13 @@ impl<B: Backend> BlockChain<B> for Resnet3d<B> {
 }
 
 impl ChainConfig for Resnet3dConfig {
+    fn architecture_keys(&self) -> &'static [&'static str] {
+        &[
+            "model.resnet_depth",
+            "model.resnet_width",
+        ]
+    }
+
     /// The last stage's channels.
     fn dim(&self) -> usize {
         8 * self.width

@@ -60,6 +60,15 @@ pub struct StgcnConfig {
 }
 
 impl StgcnConfig {
+    /// ST-GCN of `model.stgcn_width` on the skeleton `model.skeleton` names.
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        Self::for_skeleton(
+            &crate::skeleton(config),
+            config.model.stgcn_width,
+            config.model.transformer_dropout,
+        )
+    }
+
     /// The configuration for `skeleton`.
     pub fn for_skeleton(skeleton: &Skeleton, width: usize, dropout: f64) -> Self {
         Self::new(
@@ -271,6 +280,13 @@ impl<B: Backend> BlockChain<B> for Stgcn<B> {
 }
 
 impl ChainConfig for StgcnConfig {
+    fn architecture_keys(&self) -> &'static [&'static str] {
+        &[
+            "model.stgcn_width",
+            "model.skeleton",
+        ]
+    }
+
     /// The last blocks' channels.
     fn dim(&self) -> usize {
         4 * self.width

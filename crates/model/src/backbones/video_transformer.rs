@@ -91,6 +91,18 @@ pub struct VideoTransformerConfig {
 }
 
 impl VideoTransformerConfig {
+    /// The seed transformer `model.transformer_*` describes.
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        let model = &config.model;
+        Self::new(
+            model.transformer_dim,
+            model.transformer_layers,
+            model.transformer_heads,
+            model.transformer_ff_dim,
+            model.transformer_dropout,
+        )
+    }
+
     /// Builds the backbone.
     pub fn init<B: Backend>(&self, device: &B::Device) -> VideoTransformer<B> {
         let block = EncoderBlockConfig::new(self.dim, self.heads, self.ff_dim, self.dropout);

@@ -34,6 +34,25 @@ pub struct VivitConfig {
 }
 
 impl VivitConfig {
+    /// ViViT as `model.transformer_*` and `model.tubelet_size` describe it, its positions
+    /// covering the clip of `data.uniform_temporal_subsample_num` × `data.img_size`².
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        let model = &config.model;
+        Self::new(
+            model.transformer_dim,
+            model.transformer_layers,
+            model.transformer_heads,
+            model.transformer_ff_dim,
+            model.transformer_dropout,
+            model.tubelet_size,
+            [
+                config.data.uniform_temporal_subsample_num,
+                config.data.img_size,
+                config.data.img_size,
+            ],
+        )
+    }
+
     /// Tokens per clip: `(t / tt) · (h / th) · (w / tw)`.
     pub fn tokens(&self) -> usize {
         let grid = self.token_grid();
@@ -125,6 +144,14 @@ impl<B: Backend> BlockChain<B> for Vivit<B> {
 }
 
 impl ChainConfig for VivitConfig {
+    fn architecture_keys(&self) -> &'static [&'static str] {
+        &[
+            "model.tubelet_size",
+            "data.img_size",
+            "data.uniform_temporal_subsample_num",
+        ]
+    }
+
     fn dim(&self) -> usize {
         self.dim
     }

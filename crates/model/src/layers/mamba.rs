@@ -48,6 +48,16 @@ pub struct MambaBlockConfig {
 }
 
 impl MambaBlockConfig {
+    /// The block `model.mamba_*` describes.
+    pub fn from_vidtrain(model: &vidtrain_config::ModelConfig) -> Self {
+        Self::new(model.mamba_dim)
+            .with_state(model.mamba_state)
+            .with_expand(model.mamba_expand)
+            .with_conv_kernel(model.mamba_conv_kernel)
+            .with_bidirectional(model.mamba_bidirectional)
+            .with_chunk(model.mamba_chunk)
+    }
+
     /// Inner width E.
     pub fn inner(&self) -> usize {
         self.expand * self.dim

@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::record::{BurnRecord, FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use vidtrain_config::{Backbone, Config, InputType, KeypointBackboneKind};
+use vidtrain_config::{Config, InputType};
 
 use crate::{Error, Result};
 
@@ -48,47 +48,20 @@ pub(crate) fn architecture(config: &Config) -> BTreeMap<String, Value> {
             json!(config.data.keypoint_indices.len()),
         ),
     ]);
-    match model.backbone {
-        Backbone::Resnet3d => {
-            keys.insert("model.resnet_depth".into(), json!(model.resnet_depth));
-            keys.insert("model.resnet_width".into(), json!(model.resnet_width));
-        }
-        Backbone::Transformer | Backbone::Vivit | Backbone::Stgcn | Backbone::Mamba => {}
-    }
-    let mamba_rgb = model.backbone == Backbone::Mamba && model.input_type != InputType::Kpt;
-    if mamba_rgb || model.keypoint_encoder() == KeypointBackboneKind::Mamba {
-        for (key, value) in [
-            ("model.mamba_dim", model.mamba_dim),
-            ("model.mamba_layers", model.mamba_layers),
-            ("model.mamba_state", model.mamba_state),
-            ("model.mamba_expand", model.mamba_expand),
-            ("model.mamba_conv_kernel", model.mamba_conv_kernel),
-        ] {
-            keys.insert(key.into(), json!(value));
-        }
-        keys.insert(
-            "model.mamba_bidirectional".into(),
-            json!(model.mamba_bidirectional),
-        );
-    }
     if model.input_type != InputType::Rgb {
         keys.insert(
             "model.keypoint_backbone".into(),
             json!(model.keypoint_encoder()),
         );
-        if model.keypoint_encoder() == KeypointBackboneKind::Stgcn {
-            keys.insert("model.stgcn_width".into(), json!(model.stgcn_width));
-            keys.insert("model.skeleton".into(), json!(model.skeleton));
-        }
     }
-    if model.backbone == Backbone::Vivit || mamba_rgb {
-        // ViViT's and VideoMamba's position embeddings have one row per tubelet of the clip.
-        keys.insert("model.tubelet_size".into(), json!(model.tubelet_size));
-        keys.insert("data.img_size".into(), json!(config.data.img_size));
-        keys.insert(
-            "data.uniform_temporal_subsample_num".into(),
-            json!(config.data.uniform_temporal_subsample_num),
-        );
+    // Each encoder names the keys that shape its own weights (`ChainConfig::architecture_keys`).
+    let values = serde_json::to_value(config).expect("the config serialises");
+    let model_config = vidtrain_model::ActionModelConfig::from_config(config);
+    let rgb = model_config.backbone.iter().map(|c| c.as_chain());
+    let keypoints = model_config.keypoint_encoder.iter().map(|c| c.as_chain());
+    for key in rgb.chain(keypoints).flat_map(|chain| chain.architecture_keys()) {
+        let value = values.pointer(&format!("/{}", key.replace('.', "/")));
+        keys.insert(key.to_string(), value.cloned().unwrap_or(Value::Null));
     }
     keys
 }
@@ -412,5 +385,56 @@ impl<B: Backend> ModuleVisitor<B> for ShapeCollector {
         }
         self.shapes
             .insert(name, param.lazy_shape().dims::<D>().to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_of(overrides: &[&str]) -> BTreeMap<String, Value> {
+        architecture(&vidtrain_config::ConfigLoader::with_overrides(overrides).unwrap())
+    }
+
+    /// Each encoder adds the keys that shape its weights, with the config's values; keys of an
+    /// encoder the model does not build are absent.
+    #[test]
+    fn every_encoder_names_the_keys_that_shape_its_weights() {
+        let r3d = keys_of(&["model.backbone=\"3dcnn\"", "model.resnet_depth=34"]);
+        assert_eq!(r3d["model.resnet_depth"], json!(34));
+        assert_eq!(r3d["model.resnet_width"], json!(64));
+        assert!(!r3d.contains_key("model.mamba_dim"));
+        assert!(!r3d.contains_key("model.keypoint_backbone"));
+
+        let vivit = keys_of(&["model.backbone=\"vivit\""]);
+        for key in [
+            "model.tubelet_size",
+            "data.img_size",
+            "data.uniform_temporal_subsample_num",
+        ] {
+            assert!(vivit.contains_key(key), "{key}");
+        }
+        assert!(!vivit.contains_key("model.resnet_depth"));
+
+        let both_mamba = keys_of(&[
+            "model.backbone=\"mamba\"",
+            "model.input_type=\"rgb_kpt\"",
+            "data.load_kpt=true",
+            "model.keypoint_backbone=\"mamba\"",
+            "model.mamba_state=8",
+        ]);
+        assert_eq!(both_mamba["model.mamba_state"], json!(8));
+        assert_eq!(both_mamba["model.keypoint_backbone"], json!("mamba"));
+        assert!(both_mamba.contains_key("model.tubelet_size"));
+
+        let stgcn = keys_of(&[
+            "model.backbone=\"stgcn\"",
+            "model.input_type=\"kpt\"",
+            "data.load_rgb=false",
+            "data.load_kpt=true",
+        ]);
+        assert_eq!(stgcn["model.stgcn_width"], json!(64));
+        assert_eq!(stgcn["model.skeleton"], json!("sam3d_body_52"));
+        assert!(!stgcn.contains_key("model.tubelet_size"));
     }
 }
