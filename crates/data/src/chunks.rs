@@ -20,6 +20,26 @@ pub struct Sample {
     pub frame_indices: Vec<usize>,
 }
 
+impl Sample {
+    /// Frames `start..=end` of chunk `chunk` of `recording`, sampled to `frames` indices.
+    fn spanning(
+        recording: usize,
+        chunk: usize,
+        class: usize,
+        [start, end]: [usize; 2],
+        frames: usize,
+    ) -> Self {
+        Self {
+            recording,
+            chunk,
+            class,
+            start,
+            end,
+            frame_indices: uniform_temporal_subsample(start, end, frames),
+        }
+    }
+}
+
 /// All samples of an index, in recording/time order.
 #[derive(Debug, Clone)]
 pub struct ChunkPlan {
@@ -45,14 +65,13 @@ impl ChunkPlan {
                     let chunk_end = chunk_start + max_video_frames - 1;
                     let start = range.start.max(chunk_start);
                     let end = range.end.min(chunk_end);
-                    samples.push(Sample {
-                        recording: recording_id,
+                    samples.push(Sample::spanning(
+                        recording_id,
                         chunk,
-                        class: range.class,
-                        start,
-                        end,
-                        frame_indices: uniform_temporal_subsample(start, end, frames_per_sample),
-                    });
+                        range.class,
+                        [start, end],
+                        frames_per_sample,
+                    ));
                 }
             }
         }
@@ -84,14 +103,13 @@ impl ChunkPlan {
             chunks_per_recording.push(starts.len());
             for (number, start) in starts.into_iter().enumerate() {
                 let end = (start + window).min(frames) - 1;
-                samples.push(Sample {
-                    recording: recording_id,
-                    chunk: number,
-                    class: 0,
-                    start,
-                    end,
-                    frame_indices: uniform_temporal_subsample(start, end, frames_per_sample),
-                });
+                samples.push(Sample::spanning(
+                    recording_id,
+                    number,
+                    0,
+                    [start, end],
+                    frames_per_sample,
+                ));
             }
         }
         ChunkPlan {

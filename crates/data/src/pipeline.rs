@@ -104,15 +104,7 @@ impl PipelineBuilder {
             transforms: self.transforms,
         };
         if self.workers == 0 {
-            return Pipeline {
-                mode: Mode::Inline { loader, batches },
-                next_batch: 0,
-                n_batches,
-                skipped,
-                stop,
-                failed: false,
-                pending: Default::default(),
-            };
+            return Pipeline::started(Mode::Inline { loader, batches }, n_batches, skipped, stop);
         }
         let per_worker_depth = self.prefetch_depth.div_ceil(self.workers).max(1);
         let mut receivers = Vec::with_capacity(self.workers);
@@ -134,15 +126,7 @@ impl PipelineBuilder {
                 .expect("spawning a decode worker thread");
             threads.push(thread);
         }
-        Pipeline {
-            mode: Mode::Threads { receivers, threads },
-            next_batch: 0,
-            n_batches,
-            skipped,
-            stop,
-            failed: false,
-            pending: Default::default(),
-        }
+        Pipeline::started(Mode::Threads { receivers, threads }, n_batches, skipped, stop)
     }
 }
 
@@ -173,6 +157,24 @@ enum Mode {
 }
 
 impl Pipeline {
+    /// A pipeline about to hand out its first batch.
+    fn started(
+        mode: Mode,
+        n_batches: usize,
+        skipped: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Pipeline {
+            mode,
+            next_batch: 0,
+            n_batches,
+            skipped,
+            stop,
+            failed: false,
+            pending: Default::default(),
+        }
+    }
+
     /// A builder with one worker, prefetch depth 2, batch size 1, skipping bad samples.
     pub fn builder() -> PipelineBuilder {
         PipelineBuilder {
