@@ -7,14 +7,14 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::{cargo, project_root};
+use crate::{build_vidtrain, project_root};
 
 /// Frames of the short and the long video (1 and 10 minutes at 30 fps).
 const SHORT_FRAMES: usize = 1800;
 const LONG_FRAMES: usize = 18_000;
 
 pub fn data() -> anyhow::Result<()> {
-    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    build_vidtrain("")?;
     let target = target_dir();
     let vidtrain = target.join("release/vidtrain");
     let folder = target.join("bench/data");
@@ -285,7 +285,7 @@ pub(crate) fn git_revision() -> Option<String> {
 /// VideoMamba (D 192, 6 blocks, 112 px, batch 2: 196 tokens a clip). `BENCH_CASES=mamba` runs
 /// only the named backbones.
 pub fn recompute() -> anyhow::Result<()> {
-    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    build_vidtrain("")?;
     let target = target_dir();
     let vidtrain = target.join("release/vidtrain");
     let folder = target.join("bench/recompute");
@@ -406,7 +406,7 @@ fn bench_cases() -> Vec<String> {
 /// depth (D 192, 4 blocks; ViViT with 3 heads and FF 768), 112 px, batch 2, one view, f32, no
 /// recompute, on the CPU backend: 8, 16 and 32 frames, i.e. 196, 392 and 784 tokens a clip.
 pub fn tokens() -> anyhow::Result<()> {
-    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    build_vidtrain("")?;
     let target = target_dir();
     let vidtrain = target.join("release/vidtrain");
     let folder = target.join("bench/tokens");
@@ -486,14 +486,7 @@ pub fn tokens() -> anyhow::Result<()> {
 /// (ignored by git, carried to a GPU machine), then runs `bench/gpu/run.sh` when this machine
 /// has a GPU, or says how to run it on one.
 pub fn gpu() -> anyhow::Result<()> {
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "trainer-cli",
-        "--features",
-        "cuda",
-    ])?;
+    build_vidtrain("cuda")?;
     let folder = project_root().join("bench/gpu/bin");
     std::fs::create_dir_all(&folder)?;
     let binary = folder.join("vidtrain");

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{git_revision, host, target_dir};
-use crate::{cargo, project_root};
+use crate::{build_vidtrain, project_root};
 
 /// The rows of the issue, by their `bench-model` names.
 const ROWS: [&str; 6] = [
@@ -47,7 +47,7 @@ const MODELS: [Model; 2] = [
 ];
 
 pub fn cpu() -> anyhow::Result<()> {
-    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    build_vidtrain("")?;
     let vidtrain = target_dir().join("release/vidtrain");
     let python = torch_python()?;
     let folder = target_dir().join("bench/cpu");

@@ -8,7 +8,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::bench::{git_revision, host, run_summary, target_dir};
-use crate::{cargo, require_mpi};
+use crate::{build_vidtrain, require_mpi};
 
 /// One measured configuration.
 struct Case {
@@ -19,14 +19,7 @@ struct Case {
 
 pub fn ddp() -> anyhow::Result<()> {
     require_mpi()?;
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "trainer-cli",
-        "--features",
-        "mpi",
-    ])?;
+    build_vidtrain("mpi")?;
     let target = target_dir();
     let vidtrain = target.join("release/vidtrain");
     let folder = target.join("bench/ddp");

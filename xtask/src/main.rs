@@ -80,6 +80,15 @@ pub(crate) fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds the release `vidtrain` with `features` (none: `""`); benches run that binary.
+pub(crate) fn build_vidtrain(features: &str) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release", "-p", "trainer-cli"];
+    if !features.is_empty() {
+        args.extend(["--features", features]);
+    }
+    cargo(&args)
+}
+
 pub(crate) fn cargo(args: &[&str]) -> anyhow::Result<()> {
     cargo_with(args, &[])
 }

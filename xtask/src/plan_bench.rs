@@ -12,10 +12,10 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{bench_dataset, git_revision, host, target_dir, train_summary};
-use crate::{cargo, project_root};
+use crate::{build_vidtrain, project_root};
 
 pub fn plan() -> anyhow::Result<()> {
-    cargo(&["build", "--release", "-p", "trainer-cli"])?;
+    build_vidtrain("")?;
     let target = target_dir();
     let vidtrain = target.join("release/vidtrain");
     let folder = target.join("bench/plan");
