@@ -126,7 +126,12 @@ impl PipelineBuilder {
                 .expect("spawning a decode worker thread");
             threads.push(thread);
         }
-        Pipeline::started(Mode::Threads { receivers, threads }, n_batches, skipped, stop)
+        Pipeline::started(
+            Mode::Threads { receivers, threads },
+            n_batches,
+            skipped,
+            stop,
+        )
     }
 }
 

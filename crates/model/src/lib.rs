@@ -20,9 +20,7 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::{
-    Backbone, FusionMode, InputType, KeypointBackboneKind, ModalityFusion, RecomputeMode,
-};
+use vidtrain_config::{FusionMode, InputType, ModalityFusion, RecomputeMode};
 
 pub use backbones::keypoint_transformer::{KeypointEncoder, KeypointEncoderConfig};
 pub use backbones::mamba::{KeypointMamba, KeypointMambaConfig, VideoMamba, VideoMambaConfig};

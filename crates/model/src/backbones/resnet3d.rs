@@ -281,10 +281,7 @@ impl<B: Backend> BlockChain<B> for Resnet3d<B> {
 
 impl ChainConfig for Resnet3dConfig {
     fn architecture_keys(&self) -> &'static [&'static str] {
-        &[
-            "model.resnet_depth",
-            "model.resnet_width",
-        ]
+        &["model.resnet_depth", "model.resnet_width"]
     }
 
     /// The last stage's channels.

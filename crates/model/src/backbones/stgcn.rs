@@ -281,10 +281,7 @@ impl<B: Backend> BlockChain<B> for Stgcn<B> {
 
 impl ChainConfig for StgcnConfig {
     fn architecture_keys(&self) -> &'static [&'static str] {
-        &[
-            "model.stgcn_width",
-            "model.skeleton",
-        ]
+        &["model.stgcn_width", "model.skeleton"]
     }
 
     /// The last blocks' channels.

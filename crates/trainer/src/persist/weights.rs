@@ -59,7 +59,10 @@ pub(crate) fn architecture(config: &Config) -> BTreeMap<String, Value> {
     let model_config = vidtrain_model::ActionModelConfig::from_config(config);
     let rgb = model_config.backbone.iter().map(|c| c.as_chain());
     let keypoints = model_config.keypoint_encoder.iter().map(|c| c.as_chain());
-    for key in rgb.chain(keypoints).flat_map(|chain| chain.architecture_keys()) {
+    for key in rgb
+        .chain(keypoints)
+        .flat_map(|chain| chain.architecture_keys())
+    {
         let value = values.pointer(&format!("/{}", key.replace('.', "/")));
         keys.insert(key.to_string(), value.cloned().unwrap_or(Value::Null));
     }
