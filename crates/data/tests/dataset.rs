@@ -25,11 +25,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data-tests");
-    let path = root.join(name);
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
+    common::scratch("data-tests", name)
 }
 
 /// Two persons, 240 frames of 64×48 per view, generated once per test run.

@@ -1,6 +1,8 @@
 //! Per-frame keypoint folders (`{frame:06}_*.npy|npz`, the original system's layout) and the
 //! converter script in `tools/` (run with the Python and numpy that CI installs).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -8,12 +10,7 @@ use npyz::WriterBuilder;
 use vidtrain_data::read_keypoints;
 
 fn scratch(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("keypoint-tests")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
+    common::scratch("keypoint-tests", name)
 }
 
 fn write_npy(path: &Path, shape: &[u64], values: &[f32]) {
