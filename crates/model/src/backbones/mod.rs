@@ -3,6 +3,10 @@
 //! over frames). Each implements the chain protocol of `crate::chain` in its own file; the enums
 //! here hold whichever is configured and hand it out as a `dyn SegmentChain` / `dyn ChainConfig`.
 
+// One backbone per model, built once: boxing the larger variant of `VideoBackbone` (and of the
+// record enum its derive generates) would buy nothing.
+#![allow(clippy::large_enum_variant)]
+
 pub mod keypoint_transformer;
 pub mod mamba;
 pub mod resnet3d;
@@ -21,81 +25,80 @@ use stgcn::StgcnConfig;
 use video_transformer::{VideoTransformer, VideoTransformerConfig};
 use vivit::{Vivit, VivitConfig};
 
-/// Configuration of the RGB backbone.
-#[derive(Debug, Clone)]
-pub enum BackboneConfig {
-    /// The seed's conv-stem video transformer.
-    Transformer(VideoTransformerConfig),
-    /// ViViT with joint space-time attention.
-    Vivit(VivitConfig),
-    /// torchvision's 3-D ResNet.
-    Resnet3d(Resnet3dConfig),
-    /// VideoMamba.
-    Mamba(VideoMambaConfig),
-}
+/// Generates everything that dispatches over the RGB backbones from one line per backbone
+/// (`model.backbone` value => variant(config type, module type)): the configuration enum with its
+/// `from_vidtrain`, `as_chain` and `init`, and the module enum with its `as_chain`. A new RGB
+/// backbone is its file plus one line in the list below.
+macro_rules! rgb_backbones {
+    (
+        rgb: [ $( $(#[$doc:meta])* $value:ident => $variant:ident($config:ident, $module:ident), )* ]
+        keypoints_only: [ $( $keypoints_only:ident ),* ]
+    ) => {
+        /// Configuration of the RGB backbone.
+        #[derive(Debug, Clone)]
+        pub enum BackboneConfig {
+            $( $(#[$doc])* $variant($config), )*
+        }
 
-impl BackboneConfig {
-    /// The RGB backbone `model.backbone` names (`None` for ST-GCN, which reads keypoints only:
-    /// config validation insists on `model.input_type = "kpt"` with it).
-    pub fn from_vidtrain(config: &Config) -> Option<Self> {
-        Some(match config.model.backbone {
-            Backbone::Transformer => {
-                Self::Transformer(VideoTransformerConfig::from_vidtrain(config))
+        impl BackboneConfig {
+            /// The RGB backbone `model.backbone` names (`None` for a backbone that reads
+            /// keypoints only, such as ST-GCN: config validation insists on
+            /// `model.input_type = "kpt"` with it).
+            pub fn from_vidtrain(config: &Config) -> Option<Self> {
+                match config.model.backbone {
+                    $( Backbone::$value => Some(Self::$variant($config::from_vidtrain(config))), )*
+                    $( Backbone::$keypoints_only => None, )*
+                }
             }
-            Backbone::Vivit => Self::Vivit(VivitConfig::from_vidtrain(config)),
-            Backbone::Resnet3d => Self::Resnet3d(Resnet3dConfig::from_vidtrain(config)),
-            Backbone::Mamba => Self::Mamba(VideoMambaConfig::from_vidtrain(config)),
-            Backbone::Stgcn => return None,
-        })
-    }
 
-    /// The configuration as the chain protocol sees it.
-    pub fn as_chain(&self) -> &dyn ChainConfig {
-        match self {
-            BackboneConfig::Transformer(config) => config,
-            BackboneConfig::Vivit(config) => config,
-            BackboneConfig::Resnet3d(config) => config,
-            BackboneConfig::Mamba(config) => config,
-        }
-    }
+            /// The configuration as the chain protocol sees it.
+            pub fn as_chain(&self) -> &dyn ChainConfig {
+                match self {
+                    $( Self::$variant(config) => config, )*
+                }
+            }
 
-    /// Builds the backbone.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> VideoBackbone<B> {
-        match self {
-            BackboneConfig::Transformer(config) => VideoBackbone::Transformer(config.init(device)),
-            BackboneConfig::Vivit(config) => VideoBackbone::Vivit(config.init(device)),
-            BackboneConfig::Resnet3d(config) => VideoBackbone::Resnet3d(config.init(device)),
-            BackboneConfig::Mamba(config) => VideoBackbone::Mamba(config.init(device)),
+            /// Builds the backbone.
+            pub fn init<B: Backend>(&self, device: &B::Device) -> VideoBackbone<B> {
+                match self {
+                    $( Self::$variant(config) => VideoBackbone::$variant(config.init(device)), )*
+                }
+            }
         }
-    }
+
+        /// The RGB backbone: clip `[n, t, 3, h, w]` → feature `[n, dim]`, as a chain of
+        /// segments.
+        #[derive(Module, Debug)]
+        pub enum VideoBackbone<B: Backend> {
+            $( $(#[$doc])* $variant($module<B>), )*
+        }
+
+        impl<B: Backend> VideoBackbone<B> {
+            /// The backbone as a chain of segments.
+            pub fn as_chain(&self) -> &dyn SegmentChain<B> {
+                match self {
+                    $( Self::$variant(model) => model, )*
+                }
+            }
+        }
+    };
 }
 
-/// The RGB backbone: clip `[n, t, 3, h, w]` → feature `[n, dim]`, as a chain of segments.
-// One backbone per model, built once: boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum VideoBackbone<B: Backend> {
-    /// The seed's conv-stem video transformer.
-    Transformer(VideoTransformer<B>),
-    /// ViViT with joint space-time attention.
-    Vivit(Vivit<B>),
-    /// torchvision's 3-D ResNet.
-    Resnet3d(Resnet3d<B>),
-    /// VideoMamba.
-    Mamba(VideoMamba<B>),
+rgb_backbones! {
+    rgb: [
+        /// The seed's conv-stem video transformer.
+        Transformer => Transformer(VideoTransformerConfig, VideoTransformer),
+        /// ViViT with joint space-time attention.
+        Vivit => Vivit(VivitConfig, Vivit),
+        /// torchvision's 3-D ResNet.
+        Resnet3d => Resnet3d(Resnet3dConfig, Resnet3d),
+        /// VideoMamba.
+        Mamba => Mamba(VideoMambaConfig, VideoMamba),
+    ]
+    keypoints_only: [Stgcn]
 }
 
 impl<B: Backend> VideoBackbone<B> {
-    /// The backbone as a chain of segments.
-    pub fn as_chain(&self) -> &dyn SegmentChain<B> {
-        match self {
-            VideoBackbone::Transformer(model) => model,
-            VideoBackbone::Vivit(model) => model,
-            VideoBackbone::Resnet3d(model) => model,
-            VideoBackbone::Mamba(model) => model,
-        }
-    }
-
     /// # Shapes
     /// - input: `[n, t, 3, h, w]`, values in 0..1
     /// - output: `[n, dim]`
