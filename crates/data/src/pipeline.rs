@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::dataset::{Dataset, SampleShape, Transforms};
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// One micro-batch of u8 frames and f32 keypoints, as loaded (nothing converted yet).
@@ -37,6 +38,29 @@ impl Batch {
     /// Whether the batch holds no sample (every sample was skipped).
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// `samples` samples of `shape` with random frames, keypoints in 0..1 and labels below
+    /// `classes`, fixed by `seed`: a batch in the loader's layout without a dataset (the model
+    /// benchmark trains on these).
+    pub fn random(shape: SampleShape, samples: usize, classes: usize, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let mut video = vec![0u8; samples * shape.video_bytes()];
+        for bytes in video.chunks_mut(8) {
+            bytes.copy_from_slice(&rng.next().to_le_bytes()[..bytes.len()]);
+        }
+        Batch {
+            sample_ids: (0..samples).collect(),
+            positions: (0..samples).collect(),
+            labels: (0..samples)
+                .map(|_| rng.below(classes as u64) as usize)
+                .collect(),
+            video,
+            keypoints: (0..samples * shape.keypoint_values())
+                .map(|_| rng.unit() as f32)
+                .collect(),
+            shape,
+        }
     }
 
     /// Host bytes held by the batch's buffers.
@@ -346,5 +370,28 @@ fn run_worker(
         if sender.send(result).is_err() || failed {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_random_batch_has_the_loaders_layout_and_is_fixed_by_its_seed() {
+        let shape = SampleShape {
+            views: 2,
+            frames: 3,
+            img_size: 5,
+            joints: 4,
+            rgb: true,
+        };
+        let batch = Batch::random(shape, 3, 9, 7);
+        assert_eq!(batch.video.len(), 3 * 2 * 3 * 5 * 5 * 3);
+        assert_eq!(batch.keypoints.len(), 3 * 2 * 3 * 4 * 3);
+        assert!(batch.labels.iter().all(|&label| label < 9));
+        assert!(batch.keypoints.iter().all(|v| (0.0..1.0).contains(v)));
+        assert_eq!(batch.video, Batch::random(shape, 3, 9, 7).video);
+        assert_ne!(batch.video, Batch::random(shape, 3, 9, 8).video);
     }
 }

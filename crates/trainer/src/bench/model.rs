@@ -201,43 +201,19 @@ pub fn bench_rows(
         .collect()
 }
 
-/// A micro-batch of random data in the loader's host layout (rgb24 bytes, f32 keypoints), so that
-/// the timed step includes the host → device copy and conversion a real step does.
-fn random_batch(config: &Config, row: &BenchRow, seed: u64) -> Batch {
-    let reads_video = config.model.input_type != vidtrain_config::InputType::Kpt;
-    let reads_keypoints = config.model.input_type != vidtrain_config::InputType::Rgb;
-    let shape = SampleShape {
+/// The shape of one sample of `row` as the loader would deliver it.
+fn sample_shape(config: &Config, row: &BenchRow) -> SampleShape {
+    let input = config.model.input_type;
+    SampleShape {
         views: 1,
         frames: row.frames,
         img_size: row.image,
-        joints: if reads_keypoints {
-            config.data.keypoint_indices.len()
-        } else {
+        joints: if input == vidtrain_config::InputType::Rgb {
             0
+        } else {
+            config.data.keypoint_indices.len()
         },
-        rgb: reads_video,
-    };
-    // xorshift64*: fast, and the same batch for the same seed.
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
-    let samples = row.micro_batch;
-    let classes = config.model.model_class_num as u64;
-    Batch {
-        sample_ids: (0..samples).collect(),
-        positions: (0..samples).collect(),
-        labels: (0..samples).map(|_| (next() % classes) as usize).collect(),
-        video: (0..samples * shape.video_bytes())
-            .map(|_| (next() >> 56) as u8)
-            .collect(),
-        keypoints: (0..samples * row.frames * shape.joints * 3)
-            .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32)
-            .collect(),
-        shape,
+        rgb: input != vidtrain_config::InputType::Kpt,
     }
 }
 
@@ -279,6 +255,8 @@ fn bench_row<B: AutodiffBackend>(
         })
     };
 
+    let shape = sample_shape(config, row);
+    let classes = config.model.model_class_num;
     let total_steps = warmup.max(1) + steps;
     let mut first_step_s = None;
     let mut final_loss = None;
@@ -294,7 +272,9 @@ fn bench_row<B: AutodiffBackend>(
         let mut step_loss = 0.0f32;
         for micro in 0..row.accumulate {
             let seed = (step * row.accumulate + micro) as u64;
-            let mut batch = random_batch(config, row, seed);
+            // Random batches in the loader's host layout, so that the timed step includes the
+            // host → device copy and conversion a real step does.
+            let mut batch = Batch::random(shape, row.micro_batch, classes, seed);
             let weight = scaler.scale / row.accumulate as f64;
             let loss = learner.micro_batch(&mut batch, weight, seed, &probe, device);
             step_loss += loss / row.accumulate as f32;
