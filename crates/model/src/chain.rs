@@ -93,12 +93,22 @@ pub trait ChainConfig {
     /// The config keys besides the model's common ones (`model.backbone`, the transformer
     /// sizes, views, joints, classes, fusion) that decide this chain's weight shapes: saved
     /// beside every weights file (`<name>.architecture.json`) and compared on load.
-    fn architecture_keys(&self) -> &'static [&'static str] {
-        &[]
+    fn architecture_keys(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    /// Joints per frame of a keypoint encoder; `None` for a chain that reads video.
+    fn keypoint_joints(&self) -> Option<usize> {
+        None
     }
 
     /// Elements of one clip's input (`t · h · w · 3` video, `t · joints · 3` keypoints).
-    fn input_elements_per_clip(&self, input: InputShape) -> usize;
+    fn input_elements_per_clip(&self, input: InputShape) -> usize {
+        match self.keypoint_joints() {
+            Some(joints) => input.frames * joints * 3,
+            None => input.frames * input.image * input.image * 3,
+        }
+    }
 
     /// The layer-table rows of the chain, in execution order, for `clips` clips of `input`:
     /// each segment's name (under `prefix`), parameters, output shape, kind and layer role; the

@@ -103,8 +103,8 @@ impl ChainConfig for KeypointEncoderConfig {
         self.dropout
     }
 
-    fn input_elements_per_clip(&self, input: InputShape) -> usize {
-        input.frames * self.joints * 3
+    fn keypoint_joints(&self) -> Option<usize> {
+        Some(self.joints)
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {

@@ -12,7 +12,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use super::keypoint_transformer::frame_tokens;
-use super::vivit::tubelets;
+use super::vivit::{TUBELET_CLIP_KEYS, tubelets};
 use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::mamba::{MambaBlock, MambaBlockConfig, RmsNorm};
 use crate::precision::{like, linear};
@@ -135,18 +135,8 @@ impl<B: Backend> BlockChain<B> for VideoMamba<B> {
 }
 
 impl ChainConfig for VideoMambaConfig {
-    fn architecture_keys(&self) -> &'static [&'static str] {
-        &[
-            "model.mamba_dim",
-            "model.mamba_layers",
-            "model.mamba_state",
-            "model.mamba_expand",
-            "model.mamba_conv_kernel",
-            "model.mamba_bidirectional",
-            "model.tubelet_size",
-            "data.img_size",
-            "data.uniform_temporal_subsample_num",
-        ]
+    fn architecture_keys(&self) -> Vec<&'static str> {
+        [MambaBlockConfig::ARCHITECTURE_KEYS, TUBELET_CLIP_KEYS].concat()
     }
 
     fn dim(&self) -> usize {
@@ -155,10 +145,6 @@ impl ChainConfig for VideoMambaConfig {
 
     fn dropout(&self) -> f64 {
         self.dropout
-    }
-
-    fn input_elements_per_clip(&self, input: InputShape) -> usize {
-        input.frames * input.image * input.image * 3
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, _input: InputShape) -> Vec<LayerSummary> {
@@ -260,15 +246,8 @@ impl<B: Backend> BlockChain<B> for KeypointMamba<B> {
 }
 
 impl ChainConfig for KeypointMambaConfig {
-    fn architecture_keys(&self) -> &'static [&'static str] {
-        &[
-            "model.mamba_dim",
-            "model.mamba_layers",
-            "model.mamba_state",
-            "model.mamba_expand",
-            "model.mamba_conv_kernel",
-            "model.mamba_bidirectional",
-        ]
+    fn architecture_keys(&self) -> Vec<&'static str> {
+        MambaBlockConfig::ARCHITECTURE_KEYS.to_vec()
     }
 
     fn dim(&self) -> usize {
@@ -279,8 +258,8 @@ impl ChainConfig for KeypointMambaConfig {
         self.dropout
     }
 
-    fn input_elements_per_clip(&self, input: InputShape) -> usize {
-        input.frames * self.joints * 3
+    fn keypoint_joints(&self) -> Option<usize> {
+        Some(self.joints)
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {

@@ -280,8 +280,8 @@ impl<B: Backend> BlockChain<B> for Resnet3d<B> {
 }
 
 impl ChainConfig for Resnet3dConfig {
-    fn architecture_keys(&self) -> &'static [&'static str] {
-        &["model.resnet_depth", "model.resnet_width"]
+    fn architecture_keys(&self) -> Vec<&'static str> {
+        vec!["model.resnet_depth", "model.resnet_width"]
     }
 
     /// The last stage's channels.
@@ -295,10 +295,6 @@ impl ChainConfig for Resnet3dConfig {
 
     fn pytorch_names(&self) -> PytorchNames {
         PYTORCH_NAMES
-    }
-
-    fn input_elements_per_clip(&self, input: InputShape) -> usize {
-        input.frames * input.image * input.image * 3
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {

@@ -280,8 +280,8 @@ impl<B: Backend> BlockChain<B> for Stgcn<B> {
 }
 
 impl ChainConfig for StgcnConfig {
-    fn architecture_keys(&self) -> &'static [&'static str] {
-        &["model.stgcn_width", "model.skeleton"]
+    fn architecture_keys(&self) -> Vec<&'static str> {
+        vec!["model.stgcn_width", "model.skeleton"]
     }
 
     /// The last blocks' channels.
@@ -297,8 +297,8 @@ impl ChainConfig for StgcnConfig {
         PYTORCH_NAMES
     }
 
-    fn input_elements_per_clip(&self, input: InputShape) -> usize {
-        input.frames * self.joints * 3
+    fn keypoint_joints(&self) -> Option<usize> {
+        Some(self.joints)
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {

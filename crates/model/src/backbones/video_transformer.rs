@@ -194,10 +194,6 @@ impl ChainConfig for VideoTransformerConfig {
         PYTORCH_NAMES
     }
 
-    fn input_elements_per_clip(&self, input: InputShape) -> usize {
-        input.frames * input.image * input.image * 3
-    }
-
     /// Two stem stages (a convolution and BatchNorm + ReLU each: 3×7×7 to D/2 channels at half
     /// the size, 1×3×3 to D at a quarter), the pool, the blocks, the final norm.
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {

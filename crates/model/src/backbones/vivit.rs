@@ -144,12 +144,8 @@ impl<B: Backend> BlockChain<B> for Vivit<B> {
 }
 
 impl ChainConfig for VivitConfig {
-    fn architecture_keys(&self) -> &'static [&'static str] {
-        &[
-            "model.tubelet_size",
-            "data.img_size",
-            "data.uniform_temporal_subsample_num",
-        ]
+    fn architecture_keys(&self) -> Vec<&'static str> {
+        TUBELET_CLIP_KEYS.to_vec()
     }
 
     fn dim(&self) -> usize {
@@ -158,10 +154,6 @@ impl ChainConfig for VivitConfig {
 
     fn dropout(&self) -> f64 {
         self.dropout
-    }
-
-    fn input_elements_per_clip(&self, input: InputShape) -> usize {
-        input.frames * input.image * input.image * 3
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, _input: InputShape) -> Vec<LayerSummary> {
@@ -184,6 +176,14 @@ impl ChainConfig for VivitConfig {
         rows
     }
 }
+
+/// The config keys that size a tubelet embedding's learned positions (one per tubelet of the
+/// clip): ViViT's and VideoMamba's.
+pub(crate) const TUBELET_CLIP_KEYS: &[&str] = &[
+    "model.tubelet_size",
+    "data.img_size",
+    "data.uniform_temporal_subsample_num",
+];
 
 /// Cuts clips into non-overlapping tubelets `[tt, th, tw]`: token order (time, row, column),
 /// each tubelet's values ordered (frame, channel, row, column).

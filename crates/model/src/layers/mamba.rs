@@ -48,6 +48,17 @@ pub struct MambaBlockConfig {
 }
 
 impl MambaBlockConfig {
+    /// The config keys [`MambaBlockConfig::from_vidtrain`] reads that shape the weights
+    /// (`model.mamba_chunk` only changes how the scan is computed).
+    pub const ARCHITECTURE_KEYS: &[&str] = &[
+        "model.mamba_dim",
+        "model.mamba_layers",
+        "model.mamba_state",
+        "model.mamba_expand",
+        "model.mamba_conv_kernel",
+        "model.mamba_bidirectional",
+    ];
+
     /// The block `model.mamba_*` describes.
     pub fn from_vidtrain(model: &vidtrain_config::ModelConfig) -> Self {
         Self::new(model.mamba_dim)
