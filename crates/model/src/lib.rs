@@ -136,25 +136,20 @@ impl ActionModelConfig {
             FusionMode::FeatureConcat => self.views * self.view_feature_dim(),
             _ => self.view_feature_dim(),
         };
-        ActionModel {
+        let model = ActionModel {
             backbone: self.backbone.as_ref().map(|config| config.init(device)),
-            keypoint_encoder: match &self.keypoint_encoder {
-                Some(KeypointBackboneConfig::Transformer(config)) => Some(config.init(device)),
-                _ => None,
-            },
-            keypoint_gcn: match &self.keypoint_encoder {
-                Some(KeypointBackboneConfig::Stgcn(config)) => Some(config.init(device)),
-                _ => None,
-            },
-            keypoint_mamba: match &self.keypoint_encoder {
-                Some(KeypointBackboneConfig::Mamba(config)) => Some(config.init(device)),
-                _ => None,
-            },
+            keypoint_encoder: None,
+            keypoint_gcn: None,
+            keypoint_mamba: None,
             dropout: DropoutConfig::new(self.dropout()).init(),
             head: LinearConfig::new(feature_dim, self.classes).init(device),
             fusion: self.fusion,
             modality_fusion: self.modality_fusion,
             compute_dtype: self.compute_dtype,
+        };
+        match &self.keypoint_encoder {
+            Some(config) => model.with_keypoint_encoder(config, device),
+            None => model,
         }
     }
 }
@@ -222,23 +217,10 @@ impl<B: Backend> ActionModel<B> {
                 .as_ref()
                 .expect("the model has an RGB backbone")
                 .as_chain(),
-            Modality::Keypoints => match (
-                &self.keypoint_encoder,
-                &self.keypoint_gcn,
-                &self.keypoint_mamba,
-            ) {
-                (Some(encoder), _, _) => encoder,
-                (None, Some(gcn), _) => gcn,
-                (None, None, Some(mamba)) => mamba,
-                (None, None, None) => panic!("the model has a keypoint encoder"),
-            },
+            Modality::Keypoints => self
+                .keypoint_chain()
+                .expect("the model has a keypoint encoder"),
         }
-    }
-
-    fn has_keypoint_encoder(&self) -> bool {
-        self.keypoint_encoder.is_some()
-            || self.keypoint_gcn.is_some()
-            || self.keypoint_mamba.is_some()
     }
 
     /// Each encoder's input with views folded into the batch, and `(batch, views)`.
@@ -258,7 +240,7 @@ impl<B: Backend> ActionModel<B> {
             inputs.push((Modality::Rgb, Activation::Clips(frames)));
             shape = (batch, views);
         }
-        if self.has_keypoint_encoder() {
+        if self.keypoint_chain().is_some() {
             let keypoints = keypoints.expect("the model has a keypoint encoder: pass keypoints");
             let [batch, views, t, joints, c] = keypoints.dims();
             let joints = cpu_kernels::cast(keypoints, self.compute_dtype).reshape([
@@ -373,10 +355,14 @@ mod tests {
     ) -> ActionModelConfig {
         ActionModelConfig {
             backbone: (input != InputType::Kpt).then(|| {
-                BackboneConfig::Transformer(VideoTransformerConfig::new(16, 1, 2, 32, 0.0))
+                BackboneConfig::Transformer(VideoTransformerConfig::new(
+                    EncoderBlockConfig::new(16, 2, 32, 0.0),
+                    1,
+                ))
             }),
-            keypoint_encoder: (input != InputType::Rgb)
-                .then(|| KeypointEncoderConfig::new(5, 16, 1, 2, 32, 0.0).into()),
+            keypoint_encoder: (input != InputType::Rgb).then(|| {
+                KeypointEncoderConfig::new(5, EncoderBlockConfig::new(16, 2, 32, 0.0), 1).into()
+            }),
             views: 3,
             classes: 9,
             fusion,

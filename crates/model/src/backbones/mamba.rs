@@ -11,7 +11,7 @@ use burn::module::{Initializer, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
-use super::keypoint_transformer::frame_tokens;
+use super::frame_tokens::FrameTokenEncoder;
 use super::vivit::{TUBELET_CLIP_KEYS, tubelets};
 use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::mamba::{MambaBlock, MambaBlockConfig, RmsNorm};
@@ -197,7 +197,7 @@ impl KeypointMambaConfig {
 
     /// Builds the encoder.
     pub fn init<B: Backend>(&self, device: &B::Device) -> KeypointMamba<B> {
-        KeypointMamba {
+        FrameTokenEncoder {
             embedding: LinearConfig::new(self.joints * 3, self.dim()).init(device),
             blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
             norm: RmsNorm::new(self.dim(), device),
@@ -205,45 +205,8 @@ impl KeypointMambaConfig {
     }
 }
 
-/// Keypoint sequence → feature vector, one token per frame.
-#[derive(Module, Debug)]
-pub struct KeypointMamba<B: Backend> {
-    embedding: Linear<B>,
-    blocks: Vec<MambaBlock<B>>,
-    norm: RmsNorm<B>,
-}
-
-impl<B: Backend> KeypointMamba<B> {
-    /// # Shapes
-    /// - input: `[n, t, joints, 3]`
-    /// - output: `[n, dim]`
-    pub fn forward(&self, keypoints: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.forward_chain(Activation::Joints(keypoints))
-    }
-}
-
-/// Segments, in order: the embedding bridge, one per Mamba block.
-impl<B: Backend> BlockChain<B> for KeypointMamba<B> {
-    type Block = MambaBlock<B>;
-    const LEAD: usize = 1;
-
-    fn lead_kind(&self, _index: usize) -> SegmentKind {
-        SegmentKind::Bridge
-    }
-
-    fn forward_lead(&self, _index: usize, input: Activation<B>) -> Activation<B> {
-        Activation::Tokens(frame_tokens(&self.embedding, input.into_joints()))
-    }
-
-    fn blocks(&self) -> impl Iterator<Item = &MambaBlock<B>> {
-        self.blocks.iter()
-    }
-
-    /// Final RMSNorm and mean over time: `[n, t, dim]` → `[n, dim]`.
-    fn finish_tokens(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        norm_and_mean(tokens, |tokens| self.norm.forward(tokens))
-    }
-}
+/// Keypoint sequence → feature vector, one token per frame, through Mamba blocks.
+pub type KeypointMamba<B> = FrameTokenEncoder<B, MambaBlock<B>, RmsNorm<B>>;
 
 impl ChainConfig for KeypointMambaConfig {
     fn architecture_keys(&self) -> Vec<&'static str> {
@@ -264,20 +227,7 @@ impl ChainConfig for KeypointMambaConfig {
 
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {
         let t = input.frames;
-        let mut rows = vec![rows::frame_embedding(
-            prefix,
-            clips,
-            t,
-            self.joints,
-            self.dim(),
-        )];
-        rows.extend(rows::mamba_blocks(
-            prefix,
-            self.layers,
-            &self.block,
-            clips,
-            t,
-        ));
-        rows
+        let blocks = rows::mamba_blocks(prefix, self.layers, &self.block, clips, t);
+        rows::frame_token_chain(prefix, [clips, t, self.dim()], self.joints, blocks)
     }
 }

@@ -7,6 +7,7 @@
 // record enum its derive generates) would buy nothing.
 #![allow(clippy::large_enum_variant)]
 
+pub mod frame_tokens;
 pub mod keypoint_transformer;
 pub mod mamba;
 pub mod resnet3d;
@@ -17,6 +18,7 @@ pub mod vivit;
 use burn::prelude::*;
 use vidtrain_config::{Backbone, Config, KeypointBackboneKind};
 
+use crate::ActionModel;
 use crate::chain::{Activation, ChainConfig, SegmentChain};
 use keypoint_transformer::KeypointEncoderConfig;
 use mamba::{KeypointMambaConfig, VideoMamba, VideoMambaConfig};
@@ -107,54 +109,74 @@ impl<B: Backend> VideoBackbone<B> {
     }
 }
 
-/// Configuration of the keypoint encoder.
-#[derive(Debug, Clone)]
-pub enum KeypointBackboneConfig {
-    /// A transformer over frames (each frame's joints flattened into one token).
-    Transformer(KeypointEncoderConfig),
-    /// ST-GCN over the skeleton.
-    Stgcn(StgcnConfig),
-    /// Mamba blocks over frames.
-    Mamba(KeypointMambaConfig),
-}
+/// Generates everything that dispatches over the keypoint encoders from one line per encoder
+/// (`model.keypoint_backbone` value => variant(config type) in the `ActionModel` field that
+/// holds it): the configuration enum with its `From` conversions, `from_vidtrain`, `as_chain`,
+/// and the model's `keypoint_chain` / `with_keypoint_encoder`. Each encoder has a field of its
+/// own in `ActionModel` (declared there, `None` in its constructor) so that weights files saved
+/// before an encoder existed still load; a new keypoint encoder is its file, one line below and
+/// that field.
+macro_rules! keypoint_backbones {
+    ( $( $(#[$doc:meta])* $value:ident => $variant:ident($config:ident) in $field:ident, )* ) => {
+        /// Configuration of the keypoint encoder.
+        #[derive(Debug, Clone)]
+        pub enum KeypointBackboneConfig {
+            $( $(#[$doc])* $variant($config), )*
+        }
 
-impl From<KeypointEncoderConfig> for KeypointBackboneConfig {
-    fn from(config: KeypointEncoderConfig) -> Self {
-        KeypointBackboneConfig::Transformer(config)
-    }
-}
-
-impl From<StgcnConfig> for KeypointBackboneConfig {
-    fn from(config: StgcnConfig) -> Self {
-        KeypointBackboneConfig::Stgcn(config)
-    }
-}
-
-impl From<KeypointMambaConfig> for KeypointBackboneConfig {
-    fn from(config: KeypointMambaConfig) -> Self {
-        KeypointBackboneConfig::Mamba(config)
-    }
-}
-
-impl KeypointBackboneConfig {
-    /// The keypoint encoder in effect (`model.keypoint_backbone`, or ST-GCN when it is
-    /// `model.backbone`).
-    pub fn from_vidtrain(config: &Config) -> Self {
-        match config.model.keypoint_encoder() {
-            KeypointBackboneKind::Transformer => {
-                Self::Transformer(KeypointEncoderConfig::from_vidtrain(config))
+        $(
+            impl From<$config> for KeypointBackboneConfig {
+                fn from(config: $config) -> Self {
+                    Self::$variant(config)
+                }
             }
-            KeypointBackboneKind::Stgcn => Self::Stgcn(StgcnConfig::from_vidtrain(config)),
-            KeypointBackboneKind::Mamba => Self::Mamba(KeypointMambaConfig::from_vidtrain(config)),
-        }
-    }
+        )*
 
-    /// The configuration as the chain protocol sees it.
-    pub fn as_chain(&self) -> &dyn ChainConfig {
-        match self {
-            KeypointBackboneConfig::Transformer(config) => config,
-            KeypointBackboneConfig::Stgcn(config) => config,
-            KeypointBackboneConfig::Mamba(config) => config,
+        impl KeypointBackboneConfig {
+            /// The keypoint encoder in effect (`model.keypoint_backbone`, or ST-GCN when it is
+            /// `model.backbone`).
+            pub fn from_vidtrain(config: &Config) -> Self {
+                match config.model.keypoint_encoder() {
+                    $( KeypointBackboneKind::$value => Self::$variant($config::from_vidtrain(config)), )*
+                }
+            }
+
+            /// The configuration as the chain protocol sees it.
+            pub fn as_chain(&self) -> &dyn ChainConfig {
+                match self {
+                    $( Self::$variant(config) => config, )*
+                }
+            }
         }
-    }
+
+        impl<B: Backend> ActionModel<B> {
+            /// The keypoint encoder, whichever field holds it.
+            pub(crate) fn keypoint_chain(&self) -> Option<&dyn SegmentChain<B>> {
+                None $( .or(self.$field.as_ref().map(|encoder| encoder as &dyn SegmentChain<B>)) )*
+            }
+
+            /// The model with the encoder `config` describes, freshly initialised, in its field.
+            pub(crate) fn with_keypoint_encoder(
+                mut self,
+                config: &KeypointBackboneConfig,
+                device: &B::Device,
+            ) -> Self {
+                match config {
+                    $( KeypointBackboneConfig::$variant(config) => {
+                        self.$field = Some(config.init(device))
+                    } )*
+                }
+                self
+            }
+        }
+    };
+}
+
+keypoint_backbones! {
+    /// A transformer over frames (each frame's joints flattened into one token).
+    Transformer => Transformer(KeypointEncoderConfig) in keypoint_encoder,
+    /// ST-GCN over the skeleton.
+    Stgcn => Stgcn(StgcnConfig) in keypoint_gcn,
+    /// Mamba blocks over frames.
+    Mamba => Mamba(KeypointMambaConfig) in keypoint_mamba,
 }

@@ -78,16 +78,10 @@ pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
 /// Configuration of a [`VideoTransformer`].
 #[derive(Config, Debug)]
 pub struct VideoTransformerConfig {
-    /// Token width D.
-    pub dim: usize,
+    /// Every encoder block's configuration (its `dim` is the token width D).
+    pub block: EncoderBlockConfig,
     /// Encoder blocks.
     pub layers: usize,
-    /// Attention heads.
-    pub heads: usize,
-    /// Feed-forward hidden width.
-    pub ff_dim: usize,
-    /// Dropout probability.
-    pub dropout: f64,
 }
 
 impl VideoTransformerConfig {
@@ -95,21 +89,18 @@ impl VideoTransformerConfig {
     pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
         let model = &config.model;
         Self::new(
-            model.transformer_dim,
+            EncoderBlockConfig::from_vidtrain(model),
             model.transformer_layers,
-            model.transformer_heads,
-            model.transformer_ff_dim,
-            model.transformer_dropout,
         )
     }
 
     /// Builds the backbone.
     pub fn init<B: Backend>(&self, device: &B::Device) -> VideoTransformer<B> {
-        let block = EncoderBlockConfig::new(self.dim, self.heads, self.ff_dim, self.dropout);
+        let dim = self.block.dim;
         VideoTransformer {
-            stem: VideoStemConfig::new(3, self.dim).init(device),
-            blocks: (0..self.layers).map(|_| block.init(device)).collect(),
-            norm: LayerNormConfig::new(self.dim).init(device),
+            stem: VideoStemConfig::new(3, dim).init(device),
+            blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
+            norm: LayerNormConfig::new(dim).init(device),
         }
     }
 }
@@ -183,11 +174,11 @@ impl<B: Backend> BlockChain<B> for VideoTransformer<B> {
 
 impl ChainConfig for VideoTransformerConfig {
     fn dim(&self) -> usize {
-        self.dim
+        self.block.dim
     }
 
     fn dropout(&self) -> f64 {
-        self.dropout
+        self.block.dropout
     }
 
     fn pytorch_names(&self) -> PytorchNames {
@@ -198,11 +189,11 @@ impl ChainConfig for VideoTransformerConfig {
     /// the size, 1×3×3 to D at a quarter), the pool, the blocks, the final norm.
     fn summary_rows(&self, prefix: &str, clips: usize, input: InputShape) -> Vec<LayerSummary> {
         let [t, s] = [input.frames, input.image];
-        let half = self.dim / 2;
+        let half = self.dim() / 2;
         let (s1, s2) = (s.div_ceil(2), s.div_ceil(2).div_ceil(2));
         let stem = [
             ("conv1", 3, half, [3, 7, 7], s1),
-            ("conv2", half, self.dim, [1, 3, 3], s2),
+            ("conv2", half, self.dim(), [1, 3, 3], s2),
         ];
         let mut rows = Vec::new();
         for (number, (name, c_in, c_out, kernel, size)) in stem.into_iter().enumerate() {
@@ -232,16 +223,16 @@ impl ChainConfig for VideoTransformerConfig {
         rows.push(LayerSummary {
             name: format!("{prefix}.pool"),
             role: LayerRole::Pool,
-            output_shape: vec![clips, t, self.dim],
+            output_shape: vec![clips, t, self.dim()],
             segment: Some(SegmentKind::Bridge),
             ..LayerSummary::default()
         });
         rows.extend(rows::encoder_blocks(
             prefix,
             self.layers,
-            [clips, t, self.dim],
-            self.heads,
-            self.ff_dim,
+            &self.block,
+            clips,
+            t,
         ));
         rows
     }

@@ -17,16 +17,10 @@ use crate::summary::{InputShape, LayerSummary, rows};
 /// Configuration of a [`Vivit`].
 #[derive(Config, Debug)]
 pub struct VivitConfig {
-    /// Token width D.
-    pub dim: usize,
+    /// Every encoder block's configuration (its `dim` is the token width D).
+    pub block: EncoderBlockConfig,
     /// Encoder blocks.
     pub layers: usize,
-    /// Attention heads.
-    pub heads: usize,
-    /// Feed-forward hidden width.
-    pub ff_dim: usize,
-    /// Dropout probability.
-    pub dropout: f64,
     /// Tubelet size `[t, h, w]`.
     pub tubelet: [usize; 3],
     /// Input clip size `[t, h, w]` (the learned positions cover its tokens).
@@ -39,11 +33,8 @@ impl VivitConfig {
     pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
         let model = &config.model;
         Self::new(
-            model.transformer_dim,
+            EncoderBlockConfig::from_vidtrain(model),
             model.transformer_layers,
-            model.transformer_heads,
-            model.transformer_ff_dim,
-            model.transformer_dropout,
             model.tubelet_size,
             [
                 config.data.uniform_temporal_subsample_num,
@@ -71,16 +62,16 @@ impl VivitConfig {
 
     /// Builds the backbone.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Vivit<B> {
-        let block = EncoderBlockConfig::new(self.dim, self.heads, self.ff_dim, self.dropout);
+        let dim = self.block.dim;
         Vivit {
-            embedding: LinearConfig::new(self.tubelet_values(), self.dim).init(device),
+            embedding: LinearConfig::new(self.tubelet_values(), dim).init(device),
             positions: Initializer::Normal {
                 mean: 0.0,
                 std: 0.02,
             }
-            .init([self.tokens(), self.dim], device),
-            blocks: (0..self.layers).map(|_| block.init(device)).collect(),
-            norm: LayerNormConfig::new(self.dim).init(device),
+            .init([self.tokens(), dim], device),
+            blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
+            norm: LayerNormConfig::new(dim).init(device),
             tubelet: self.tubelet,
         }
     }
@@ -149,11 +140,11 @@ impl ChainConfig for VivitConfig {
     }
 
     fn dim(&self) -> usize {
-        self.dim
+        self.block.dim
     }
 
     fn dropout(&self) -> f64 {
-        self.dropout
+        self.block.dropout
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, _input: InputShape) -> Vec<LayerSummary> {
@@ -163,15 +154,15 @@ impl ChainConfig for VivitConfig {
             clips,
             tokens,
             self.tubelet_values(),
-            self.dim,
-            tokens * self.dim,
+            self.dim(),
+            tokens * self.dim(),
         )];
         rows.extend(rows::encoder_blocks(
             prefix,
             self.layers,
-            [clips, tokens, self.dim],
-            self.heads,
-            self.ff_dim,
+            &self.block,
+            clips,
+            tokens,
         ));
         rows
     }
@@ -213,7 +204,12 @@ mod tests {
     fn tubelet_embedding_equals_a_stride_equal_convolution() {
         let _rng = crate::rng_lock();
         let device = Default::default();
-        let config = VivitConfig::new(5, 0, 1, 8, 0.0, [2, 4, 4], [4, 8, 12]);
+        let config = VivitConfig::new(
+            EncoderBlockConfig::new(5, 1, 8, 0.0),
+            0,
+            [2, 4, 4],
+            [4, 8, 12],
+        );
         let model: Vivit<TestBackend> = config.init(&device);
         let video =
             Tensor::<TestBackend, 5>::random([2, 4, 3, 8, 12], Distribution::Default, &device);

@@ -21,6 +21,17 @@ pub struct EncoderBlockConfig {
 }
 
 impl EncoderBlockConfig {
+    /// The block `model.transformer_*` describes (the seed transformer's, ViViT's and the
+    /// keypoint transformer's).
+    pub fn from_vidtrain(model: &vidtrain_config::ModelConfig) -> Self {
+        Self::new(
+            model.transformer_dim,
+            model.transformer_heads,
+            model.transformer_ff_dim,
+            model.transformer_dropout,
+        )
+    }
+
     /// Builds the block.
     pub fn init<B: Backend>(&self, device: &B::Device) -> EncoderBlock<B> {
         EncoderBlock {

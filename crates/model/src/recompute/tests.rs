@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::ActionModel;
+use crate::EncoderBlockConfig;
 use crate::layers::encoder::QUERY_BLOCK_TOKENS;
 use crate::layers::graph::Skeleton;
 use crate::{
@@ -60,16 +61,14 @@ fn case_of(shape: Shape, input: InputType, fusion: FusionMode, dropout: f64) -> 
     B::seed(&device, 3);
     let frames = shape.frames;
     let backbone = match shape.backbone {
-        Backbone::Transformer => {
-            BackboneConfig::Transformer(VideoTransformerConfig::new(8, 2, 2, 16, dropout))
-        }
+        Backbone::Transformer => BackboneConfig::Transformer(VideoTransformerConfig::new(
+            EncoderBlockConfig::new(8, 2, 16, dropout),
+            2,
+        )),
         // 4 frames of 32×32 in 2×8×8 tubelets: 2·4·4 = 32 tokens.
         Backbone::Vivit => BackboneConfig::Vivit(VivitConfig::new(
-            8,
+            EncoderBlockConfig::new(8, 2, 16, dropout),
             2,
-            2,
-            16,
-            dropout,
             [2, 8, 8],
             [frames, 32, 32],
         )),
@@ -99,7 +98,7 @@ fn case_of(shape: Shape, input: InputType, fusion: FusionMode, dropout: f64) -> 
             .with_dropout(dropout)
             .into()
     } else {
-        KeypointEncoderConfig::new(4, 8, 2, 2, 16, dropout).into()
+        KeypointEncoderConfig::new(4, EncoderBlockConfig::new(8, 2, 16, dropout), 2).into()
     };
     let config = ActionModelConfig {
         backbone: (input != InputType::Kpt).then_some(backbone),

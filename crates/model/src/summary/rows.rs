@@ -2,6 +2,7 @@
 //! layers several backbones are made of (encoder blocks, Mamba blocks, embeddings, a final pool).
 
 use super::{LayerRole, LayerSummary};
+use crate::EncoderBlockConfig;
 use crate::chain::SegmentKind;
 use crate::layers::mamba::MambaBlockConfig;
 
@@ -46,15 +47,15 @@ fn mamba_block_params(config: &MambaBlockConfig) -> usize {
     dim + 2 * dim * inner + inner * dim + config.directions() * direction
 }
 
-/// One token per frame from its flattened joints (a bridge: never recomputed).
-pub(crate) fn frame_embedding(
+/// A keypoint chain over frames: one token of width `dim` per frame from its flattened joints (a
+/// bridge: never recomputed), then `blocks` (the rows of its blocks and finish).
+pub(crate) fn frame_token_chain(
     prefix: &str,
-    clips: usize,
-    frames: usize,
+    [clips, frames, dim]: [usize; 3],
     joints: usize,
-    dim: usize,
-) -> LayerSummary {
-    LayerSummary {
+    blocks: Vec<LayerSummary>,
+) -> Vec<LayerSummary> {
+    let embedding = LayerSummary {
         name: format!("{prefix}.embedding"),
         role: LayerRole::Embedding {
             input_elements_per_clip: frames * joints * 3,
@@ -63,7 +64,8 @@ pub(crate) fn frame_embedding(
         output_shape: vec![clips, frames, dim],
         segment: Some(SegmentKind::Bridge),
         ..LayerSummary::default()
-    }
+    };
+    [embedding].into_iter().chain(blocks).collect()
 }
 
 /// A linear tubelet embedding of `tokens` tubelets of `tubelet_values` each, with
@@ -92,11 +94,11 @@ pub(crate) fn tubelet_embedding(
 pub(crate) fn encoder_blocks(
     prefix: &str,
     count: usize,
-    shape: [usize; 3],
-    heads: usize,
-    ff_dim: usize,
+    block: &EncoderBlockConfig,
+    clips: usize,
+    tokens: usize,
 ) -> Vec<LayerSummary> {
-    let [clips, tokens, dim] = shape;
+    let (dim, heads, ff_dim) = (block.dim, block.heads, block.ff_dim);
     let blocks = (0..count).map(|block| LayerSummary {
         name: format!("{prefix}.blocks.{block}"),
         role: LayerRole::EncoderBlock {

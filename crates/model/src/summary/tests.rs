@@ -1,6 +1,7 @@
 //! The layer summary equals the built model: parameter counts and every segment's output shape.
 
 use super::*;
+use crate::EncoderBlockConfig;
 use crate::chain::Activation;
 use crate::{
     KeypointEncoderConfig, KeypointMambaConfig, MambaBlockConfig, Resnet3dConfig, StgcnConfig,
@@ -39,7 +40,7 @@ fn summary_matches_the_built_model() {
         image: 32,
     };
     let transformer: KeypointBackboneConfig =
-        KeypointEncoderConfig::new(5, 12, 1, 2, 20, 0.0).into();
+        KeypointEncoderConfig::new(5, EncoderBlockConfig::new(12, 2, 20, 0.0), 1).into();
     let star = crate::Skeleton {
         joints: 5,
         edges: vec![[0, 1], [0, 2], [0, 3], [0, 4]],
@@ -48,12 +49,20 @@ fn summary_matches_the_built_model() {
     let stgcn: KeypointBackboneConfig = StgcnConfig::for_skeleton(&star, 4, 0.0).into();
     for (backbone, keypoint_encoder, fusion) in [
         (
-            BackboneConfig::Transformer(VideoTransformerConfig::new(16, 2, 2, 24, 0.0)),
+            BackboneConfig::Transformer(VideoTransformerConfig::new(
+                EncoderBlockConfig::new(16, 2, 24, 0.0),
+                2,
+            )),
             transformer.clone(),
             FusionMode::FeatureConcat,
         ),
         (
-            BackboneConfig::Vivit(VivitConfig::new(16, 2, 2, 24, 0.0, [2, 8, 8], [4, 32, 32])),
+            BackboneConfig::Vivit(VivitConfig::new(
+                EncoderBlockConfig::new(16, 2, 24, 0.0),
+                2,
+                [2, 8, 8],
+                [4, 32, 32],
+            )),
             transformer.clone(),
             FusionMode::LogitMean,
         ),
@@ -85,7 +94,7 @@ fn summary_matches_the_built_model() {
         // Burn counts BatchNorm's running mean and variance, and ST-GCN's fixed adjacency.
         let running_statistics = |channels: usize| 2 * channels;
         let rgb_buffers = match &config.backbone {
-            Some(BackboneConfig::Transformer(c)) => 2 * (c.dim / 2) + 2 * c.dim,
+            Some(BackboneConfig::Transformer(c)) => 2 * (c.block.dim / 2) + 2 * c.block.dim,
             Some(BackboneConfig::Resnet3d(c)) => {
                 running_statistics(c.width)
                     + c.blocks()
