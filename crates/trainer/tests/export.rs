@@ -106,3 +106,63 @@ fn every_backbone_exported_and_read_back_through_model_pretrained_gives_the_same
     }
     std::fs::remove_dir_all(out).unwrap();
 }
+
+/// The keypoint encoders' parameter names are those weights files saved before the keypoint
+/// transformer and the keypoint Mamba shared one generic module (`FrameTokenEncoder`): a renamed
+/// field would make every earlier run's `model.mpk` fail to load.
+#[test]
+fn keypoint_encoders_keep_the_parameter_names_of_earlier_weights_files() {
+    use burn_store::ModuleSnapshot;
+    let device = Default::default();
+    for (backbone, expected) in [
+        (
+            "transformer",
+            &[
+                "keypoint_encoder.blocks.0.feed_forward_in.bias",
+                "keypoint_encoder.blocks.0.feed_forward_in.weight",
+                "keypoint_encoder.blocks.0.feed_forward_out.bias",
+                "keypoint_encoder.blocks.0.feed_forward_out.weight",
+                "keypoint_encoder.blocks.0.norm_attention.beta",
+                "keypoint_encoder.blocks.0.norm_attention.gamma",
+                "keypoint_encoder.blocks.0.norm_feed_forward.beta",
+                "keypoint_encoder.blocks.0.norm_feed_forward.gamma",
+                "keypoint_encoder.blocks.0.projection.bias",
+                "keypoint_encoder.blocks.0.projection.weight",
+                "keypoint_encoder.blocks.0.qkv.bias",
+                "keypoint_encoder.blocks.0.qkv.weight",
+                "keypoint_encoder.embedding.bias",
+                "keypoint_encoder.embedding.weight",
+                "keypoint_encoder.norm.beta",
+                "keypoint_encoder.norm.gamma",
+            ][..],
+        ),
+        (
+            "mamba",
+            &[
+                "keypoint_mamba.blocks.0.in_proj.weight",
+                "keypoint_mamba.blocks.0.norm.weight",
+                "keypoint_mamba.blocks.0.out_proj.weight",
+                "keypoint_mamba.embedding.bias",
+                "keypoint_mamba.embedding.weight",
+                "keypoint_mamba.norm.weight",
+            ],
+        ),
+    ] {
+        let config = config(&[
+            "model.input_type=\"kpt\"",
+            &format!("model.keypoint_backbone=\"{backbone}\""),
+            "data.load_rgb=false",
+            "data.load_kpt=true",
+        ]);
+        let model: ActionModel<Flex> = ActionModelConfig::from_config(&config).init(&device);
+        let mut names: Vec<String> = model
+            .collect(None, None, false)
+            .iter()
+            .map(|snapshot| snapshot.full_path())
+            // The classifier, and the Mamba block's inner scan (a type the change did not touch).
+            .filter(|name| !name.starts_with("head.") && !name.contains(".directions."))
+            .collect();
+        names.sort();
+        assert_eq!(names, expected, "{backbone}");
+    }
+}
