@@ -17,12 +17,7 @@ use std::process::{Command, Output};
 
 /// A scratch folder for one test, emptied first.
 pub fn scratch(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("e2e")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
+    vidtrain_testkit::scratch!("e2e", name)
 }
 
 /// Runs `vidtrain args...` in `dir` with the demo cache inside the target folder.

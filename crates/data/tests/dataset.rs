@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{ffmpeg_cli_frames, ffmpeg_cli_frames_filtered};
 use vidtrain_config::{Config, OnBadSample};
-use vidtrain_data::demo::{DemoSpec, generate};
 use vidtrain_data::{
     Dataset, Error, FrameDecoder, Pipeline, ProblemKind, Transforms, decode_processes_spawned,
     keypoint_files_opened, probe_video, read_keypoints,
@@ -25,34 +24,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    common::scratch("data-tests", name)
+    vidtrain_testkit::scratch!("data-tests", name)
 }
 
-/// Two persons, 240 frames of 64×48 per view, generated once per test run.
+/// The small demo dataset, generated once per test run.
 fn demo() -> &'static Path {
     static DEMO: OnceLock<PathBuf> = OnceLock::new();
-    DEMO.get_or_init(|| {
-        let out = scratch("demo");
-        generate(&DemoSpec {
-            out: out.clone(),
-            persons: 2,
-            frames: 240,
-            width: 64,
-            height: 48,
-            seed: 5,
-            front_share: None,
-        })
-        .unwrap();
-        out
-    })
+    DEMO.get_or_init(|| vidtrain_testkit::small_demo(&scratch("demo")))
 }
 
 fn config_for(root: &Path) -> Config {
-    let mut config = Config::default();
-    config.paths.root_path = root.to_path_buf();
-    config.paths.annotation_path = "annotations.json".into();
-    config.paths.video_path = "videos".into();
-    config.paths.keypoint_path = "keypoints".into();
+    let mut config = vidtrain_testkit::demo_config(root);
     config.data.img_size = 32;
     config.data.num_workers = 1;
     config

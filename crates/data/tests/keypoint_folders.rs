@@ -10,7 +10,7 @@ use npyz::WriterBuilder;
 use vidtrain_data::read_keypoints;
 
 fn scratch(name: &str) -> PathBuf {
-    common::scratch("keypoint-tests", name)
+    vidtrain_testkit::scratch!("keypoint-tests", name)
 }
 
 fn write_npy(path: &Path, shape: &[u64], values: &[f32]) {

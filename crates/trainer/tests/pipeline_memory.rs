@@ -5,30 +5,15 @@
 
 use std::path::Path;
 
-use vidtrain_config::Config;
-use vidtrain_data::demo::{DemoSpec, generate};
 use vidtrain_memutil::plan::DECODER_RSS_BYTES;
 use vidtrain_trainer::bench_pipeline;
 
 #[test]
 fn vidtrain_and_its_decoders_stay_within_the_loading_bound() {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-memory-demo");
-    if !out.join("vidtrain.toml").is_file() {
-        generate(&DemoSpec {
-            out: out.clone(),
-            persons: 2,
-            frames: 240,
-            width: 64,
-            height: 48,
-            seed: 5,
-            front_share: None,
-        })
-        .unwrap();
-    }
-    let mut config = Config::default();
-    config.paths.root_path = out;
-    config.paths.annotation_path = "annotations.json".into();
-    config.paths.video_path = "videos".into();
+    let demo = vidtrain_testkit::small_demo(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-memory-demo"),
+    );
+    let mut config = vidtrain_testkit::demo_config(&demo);
     config.data.img_size = 224;
     config.data.num_workers = 2;
     config.data.prefetch_depth = 2;

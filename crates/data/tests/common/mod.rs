@@ -3,18 +3,8 @@
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// An empty scratch folder `group/name` under the target's test folder (emptied first).
-pub fn scratch(group: &str, name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(group)
-        .join(name);
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
-}
 
 /// `indices` of `path` decoded by the plain ffmpeg CLI from the start of the file (no seek),
 /// scaled to `size`², as rgb24 bytes: the reference that vidtrain's decoder must equal.
