@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pytorch_reference import VideoTransformer  # noqa: E402
+from pytorch_reference import VideoTransformer, Vivit  # noqa: E402
 import mamba_reference  # noqa: E402
 
 CLASSES = 9
@@ -346,6 +346,8 @@ def reference_module(name):
         return RecognizerGCN(adjacency, base_channels=16), as_is
     if name == "transformer":
         return VideoTransformer(32, 2, 4, 64, 0.1, recompute=False), frames_first
+    if name == "vivit":
+        return Vivit(32, 2, 4, 64, 0.1, (2, 8, 8), (4, 16, 16), recompute=False), frames_first
     if name == "videomamba":
         return mamba_reference.VideoMambaClassifier(
             CLASSES, dim=32, layers=2, tubelet=(2, 8, 8), clip=(4, 16, 16)), as_is

@@ -17,7 +17,7 @@ use crate::layers::encoder::EncoderBlock;
 use crate::layers::mamba::MambaBlock;
 use crate::layers::stem::StemStep;
 use crate::precision::mean_dim_f32;
-use crate::pytorch_names::PytorchNames;
+use crate::pytorch_names::{PytorchLayout, PytorchNames};
 use crate::summary::{InputShape, LayerSummary};
 
 /// One encoder as a chain of segments.
@@ -88,6 +88,12 @@ pub trait ChainConfig {
     /// `model.pretrained` and `vidtrain export`.
     fn pytorch_names(&self) -> PytorchNames {
         PytorchNames::VIDTRAIN
+    }
+
+    /// Tensors its PyTorch reference lays out differently (beyond burn-store's `Linear`
+    /// transpose), converted on export and on import.
+    fn pytorch_layouts(&self) -> Vec<PytorchLayout> {
+        Vec::new()
     }
 
     /// The config keys besides the model's common ones (`model.backbone`, the transformer

@@ -29,7 +29,7 @@ use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
 
 /// torchvision's `VideoResNet` names (`stem.0`, `layer2.0.conv1.0`, `downsample.1`, `fc`).
 pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
-    import: &[
+    import: &[&[
         (r"^stem\.0\.", "backbone.stem_conv."),
         (r"^stem\.1\.", "backbone.stem_norm."),
         (r"^(layer[1-4]\.\d+)\.conv1\.0\.", "backbone.$1.conv1."),
@@ -45,8 +45,8 @@ pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
             "backbone.$1.downsample.norm.",
         ),
         (r"^fc\.", "head."),
-    ],
-    export: &[
+    ]],
+    export: &[&[
         (r"^backbone\.stem_conv\.", "stem.0."),
         (r"^backbone\.stem_norm\.", "stem.1."),
         (r"^backbone\.(layer[1-4]\.\d+)\.conv1\.", "$1.conv1.0."),
@@ -62,7 +62,7 @@ pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
             "$1.downsample.1.",
         ),
         (r"^head\.", "fc."),
-    ],
+    ]],
 };
 
 /// Configuration of a [`Resnet3d`].

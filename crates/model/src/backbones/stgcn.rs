@@ -31,18 +31,18 @@ use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
 /// mmaction2's `RecognizerGCN` names: `backbone.` (STGCN) and `cls_head.fc_cls.`; `unit_gcn`'s
 /// adjacency `A` and edge importance `PA`.
 pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
-    import: &[
+    import: &[&[
         (r"^backbone\.(data_bn|gcn)\.", "keypoint_gcn.$1."),
         (r"^cls_head\.fc_cls\.", "head."),
         (r"\.gcn\.A$", ".gcn.adjacency"),
         (r"\.gcn\.PA$", ".gcn.importance"),
-    ],
-    export: &[
+    ]],
+    export: &[&[
         (r"^keypoint_gcn\.(data_bn|gcn)\.", "backbone.$1."),
         (r"^head\.", "cls_head.fc_cls."),
         (r"\.gcn\.adjacency$", ".gcn.A"),
         (r"\.gcn\.importance$", ".gcn.PA"),
-    ],
+    ]],
 };
 
 /// Configuration of an [`Stgcn`].

@@ -12,11 +12,29 @@ use crate::pytorch_names::PytorchNames;
 use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
 
 /// The names of the seed transformer in `bench/pytorch_reference.py`: stages of Conv3d +
-/// BatchNorm3d, `nn.TransformerEncoderLayer` blocks with `norm_first`.
+/// BatchNorm3d, then the encoder blocks and norm of [`ENCODER_NAMES`].
 pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
     import: &[
-        (r"^stage([12])\.0\.", "backbone.stem.conv$1."),
-        (r"^stage([12])\.1\.", "backbone.stem.norm$1."),
+        &[
+            (r"^stage([12])\.0\.", "backbone.stem.conv$1."),
+            (r"^stage([12])\.1\.", "backbone.stem.norm$1."),
+        ],
+        ENCODER_NAMES.import[0],
+    ],
+    export: &[
+        &[
+            (r"^backbone\.stem\.conv([12])\.", "stage$1.0."),
+            (r"^backbone\.stem\.norm([12])\.", "stage$1.1."),
+        ],
+        ENCODER_NAMES.export[0],
+    ],
+};
+
+/// The encoder blocks (`nn.TransformerEncoderLayer` with `norm_first`, wrapped as `.layer`),
+/// final norm and classifier of the references in `bench/pytorch_reference.py` (the seed
+/// transformer's and ViViT's).
+pub(crate) const ENCODER_NAMES: PytorchNames = PytorchNames {
+    import: &[&[
         (
             r"^blocks\.(\d+)\.layer\.self_attn\.in_proj_(weight|bias)$",
             "backbone.blocks.$1.qkv.$2",
@@ -43,10 +61,8 @@ pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
         ),
         (r"^norm\.", "backbone.norm."),
         (r"^head\.", "head."),
-    ],
-    export: &[
-        (r"^backbone\.stem\.conv([12])\.", "stage$1.0."),
-        (r"^backbone\.stem\.norm([12])\.", "stage$1.1."),
+    ]],
+    export: &[&[
         (
             r"^backbone\.blocks\.(\d+)\.qkv\.(weight|bias)$",
             "blocks.$1.layer.self_attn.in_proj_$2",
@@ -72,7 +88,7 @@ pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
             "blocks.$1.layer.linear2.",
         ),
         (r"^backbone\.norm\.", "norm."),
-    ],
+    ]],
 };
 
 /// Configuration of a [`VideoTransformer`].

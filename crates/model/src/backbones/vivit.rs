@@ -9,10 +9,32 @@ use burn::module::{Initializer, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
+use super::video_transformer::ENCODER_NAMES;
 use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig};
 use crate::precision::{layer_norm, like, linear};
+use crate::pytorch_names::{PytorchLayout, PytorchNames};
 use crate::summary::{InputShape, LayerSummary, rows};
+
+/// The names of ViViT in `bench/pytorch_reference.py`: its tubelet embedding (a Conv3d there,
+/// see [`VivitConfig::pytorch_layouts`]) and learned positions, then the seed transformer's
+/// encoder blocks and norm.
+pub(crate) const PYTORCH_NAMES: PytorchNames = PytorchNames {
+    import: &[
+        &[
+            (r"^embedding\.", "backbone.embedding."),
+            (r"^positions$", "backbone.positions"),
+        ],
+        ENCODER_NAMES.import[0],
+    ],
+    export: &[
+        &[
+            (r"^backbone\.embedding\.", "embedding."),
+            (r"^backbone\.positions$", "positions"),
+        ],
+        ENCODER_NAMES.export[0],
+    ],
+};
 
 /// Configuration of a [`Vivit`].
 #[derive(Config, Debug)]
@@ -141,6 +163,23 @@ impl ChainConfig for VivitConfig {
 
     fn dim(&self) -> usize {
         self.block.dim
+    }
+
+    fn pytorch_names(&self) -> PytorchNames {
+        PYTORCH_NAMES
+    }
+
+    /// The tubelet embedding: a `Linear` weight `[D, frame · channel · row · column]` here (in
+    /// PyTorch's orientation), the Conv3d weight `[D, channel, frame, row, column]` there.
+    fn pytorch_layouts(&self) -> Vec<PytorchLayout> {
+        let [tt, th, tw] = self.tubelet;
+        let dim = self.dim();
+        vec![PytorchLayout {
+            path: "backbone.embedding.weight",
+            shape: vec![dim, self.tubelet_values()],
+            view: vec![dim, tt, 3, th, tw],
+            permutation: vec![0, 2, 1, 3, 4],
+        }]
     }
 
     fn dropout(&self) -> f64 {

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::DType;
-use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot};
+use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, TensorSnapshot};
 use vidtrain_config::Config;
-use vidtrain_model::pytorch_names::export_renames;
+use vidtrain_model::pytorch_names::{PytorchLayout, export_renames, pytorch_layouts};
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
 use crate::{Error, Result};
@@ -123,6 +123,7 @@ pub fn state_dict<B: Backend>(
     config: &ActionModelConfig,
 ) -> Result<Vec<StateTensor>> {
     let snapshots = model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true);
+    let snapshots = in_pytorch_layouts(snapshots, &pytorch_layouts(config))?;
     let remapper = KeyRemapper::from_patterns(export_renames(config))
         .expect("the export renames are valid regular expressions");
     let (snapshots, _) = remapper.remap(snapshots);
@@ -173,6 +174,32 @@ pub fn state_dict<B: Backend>(
         });
     }
     Ok(state)
+}
+
+/// `snapshots` with every tensor that `layouts` names (by vidtrain path) in PyTorch's layout.
+fn in_pytorch_layouts(
+    snapshots: Vec<TensorSnapshot>,
+    layouts: &[PytorchLayout],
+) -> Result<Vec<TensorSnapshot>> {
+    snapshots
+        .into_iter()
+        .map(|snapshot| {
+            let path = snapshot.full_path();
+            let Some(layout) = layouts.iter().find(|layout| layout.path == path) else {
+                return Ok(snapshot);
+            };
+            let data = snapshot.to_data().map_err(|error| Error::Checkpoint {
+                path: PathBuf::from(&path),
+                message: format!("could not be read for export: {error:?}"),
+            })?;
+            Ok(TensorSnapshot::from_data(
+                layout.to_pytorch(data),
+                snapshot.path_stack.clone().unwrap_or_default(),
+                snapshot.container_stack.clone().unwrap_or_default(),
+                snapshot.tensor_id.unwrap_or_default(),
+            ))
+        })
+        .collect()
 }
 
 /// Writes `state` to `path` in `format`, whole.

@@ -10,15 +10,18 @@
 //! error that lists every such key.
 
 use std::path::Path;
+use std::rc::Rc;
 
 use burn::prelude::*;
 use burn_store::{
     ApplyError, KeyRemapper, ModuleSnapshot, ModuleStore, PathFilter, PyTorchToBurnAdapter,
-    PytorchStore, SafetensorsStore,
+    PytorchStore, SafetensorsStore, TensorSnapshot,
 };
 use vidtrain_config::Config;
-use vidtrain_model::ActionModel;
-use vidtrain_model::pytorch_names::{is_ignored_pytorch_key, pytorch_key_renames};
+use vidtrain_model::pytorch_names::{
+    PytorchLayout, is_ignored_pytorch_key, pytorch_key_renames, pytorch_layouts,
+};
+use vidtrain_model::{ActionModel, ActionModelConfig};
 
 use crate::{Error, Result};
 
@@ -41,72 +44,68 @@ fn setting(message: String) -> Error {
     }
 }
 
-/// The file's tensors in two stores of the same kind: burn-store's stores are consumed per
-/// `apply`, and the classifier's shape must be read before deciding what to apply.
-enum WeightsFile {
-    Pytorch(Box<PytorchStore>),
-    Safetensors(Box<SafetensorsStore>),
+/// The file's tensors, renamed by `remapper` (read lazily: a tensor's values are read when it
+/// is applied).
+fn read_tensors(path: &Path, remapper: &KeyRemapper) -> Result<Vec<TensorSnapshot>> {
+    let extension = path
+        .extension()
+        .and_then(|extension| extension.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let unreadable = |error: String| {
+        setting(format!(
+            "{} could not be read as weights: {error}",
+            path.display()
+        ))
+    };
+    match extension.as_str() {
+        "pth" | "pt" | "bin" | "ckpt" => PytorchStore::from_file(path)
+            .remap(remapper.clone())
+            .map_indices_contiguous(false)
+            .get_all_snapshots()
+            .map(|tensors| tensors.values().cloned().collect())
+            .map_err(|error| unreadable(error.to_string())),
+        "safetensors" => SafetensorsStore::from_file(path)
+            .remap(remapper.clone())
+            .map_indices_contiguous(false)
+            .get_all_snapshots()
+            .map(|tensors| tensors.values().cloned().collect())
+            .map_err(|error| unreadable(error.to_string())),
+        _ => Err(setting(format!(
+            "{} is neither a PyTorch state dict (.pth, .pt) nor a .safetensors file",
+            path.display()
+        ))),
+    }
 }
 
-impl WeightsFile {
-    fn open(path: &Path, remapper: &KeyRemapper) -> Result<Self> {
-        let extension = path
-            .extension()
-            .and_then(|extension| extension.to_str())
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        match extension.as_str() {
-            "pth" | "pt" | "bin" | "ckpt" => Ok(WeightsFile::Pytorch(Box::new(
-                PytorchStore::from_file(path)
-                    .remap(remapper.clone())
-                    .map_indices_contiguous(false)
-                    .allow_partial(true)
-                    .validate(false),
-            ))),
-            "safetensors" => Ok(WeightsFile::Safetensors(Box::new(
-                SafetensorsStore::from_file(path)
-                    .remap(remapper.clone())
-                    .map_indices_contiguous(false)
-                    .skip_enum_variants(true)
-                    .with_from_adapter(PyTorchToBurnAdapter)
-                    .allow_partial(true)
-                    .validate(false),
-            ))),
-            _ => Err(setting(format!(
-                "{} is neither a PyTorch state dict (.pth, .pt) nor a .safetensors file",
-                path.display()
-            ))),
-        }
-    }
-
-    /// Every key (after renaming) with its shape.
-    fn shapes(&mut self) -> std::result::Result<Vec<(String, Vec<usize>)>, String> {
-        let snapshots = match self {
-            WeightsFile::Pytorch(store) => store.get_all_snapshots().map_err(|e| e.to_string())?,
-            WeightsFile::Safetensors(store) => {
-                store.get_all_snapshots().map_err(|e| e.to_string())?
-            }
-        };
-        Ok(snapshots
-            .iter()
-            .map(|(key, snapshot)| (key.clone(), snapshot.shape.to_vec()))
-            .collect())
-    }
-
-    fn apply<B: Backend>(
-        self,
-        model: &mut ActionModel<B>,
-        filter: PathFilter,
-    ) -> std::result::Result<burn_store::ApplyResult, String> {
-        match self {
-            WeightsFile::Pytorch(store) => model
-                .load_from(&mut store.filter(filter))
-                .map_err(|e| e.to_string()),
-            WeightsFile::Safetensors(store) => model
-                .load_from(&mut store.filter(filter))
-                .map_err(|e| e.to_string()),
-        }
-    }
+/// `tensors` with every tensor that `layouts` names in vidtrain's layout. A tensor of another
+/// shape than PyTorch's layout is left as it is (the load then reports its shape).
+fn in_vidtrain_layouts(
+    tensors: Vec<TensorSnapshot>,
+    layouts: &[PytorchLayout],
+) -> Vec<TensorSnapshot> {
+    tensors
+        .into_iter()
+        .map(|tensor| {
+            let path = tensor.full_path();
+            let Some(layout) = layouts.iter().find(|layout| {
+                layout.path == path && tensor.shape.as_slice() == layout.pytorch_shape()
+            }) else {
+                return tensor;
+            };
+            let shape = layout.shape.clone();
+            let layout = layout.clone();
+            let read = tensor.clone_data_fn();
+            TensorSnapshot::from_closure(
+                Rc::new(move || read().map(|data| layout.from_pytorch(data))),
+                tensor.dtype,
+                shape.into(),
+                tensor.path_stack.clone().unwrap_or_default(),
+                tensor.container_stack.clone().unwrap_or_default(),
+                tensor.tensor_id.unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 /// Checks, before a run starts, that `model.pretrained` (when set) loads into the configured
@@ -135,15 +134,12 @@ pub fn load<B: Backend>(
     }
     let remapper = KeyRemapper::from_patterns(pytorch_key_renames())
         .expect("the key renames are valid regular expressions");
-    let unreadable = |error: String| {
-        setting(format!(
-            "{} could not be read as weights: {error}",
-            path.display()
-        ))
-    };
-    let shapes = WeightsFile::open(path, &remapper)?
-        .shapes()
-        .map_err(unreadable)?;
+    let layouts = pytorch_layouts(&ActionModelConfig::from_config(config));
+    let tensors = in_vidtrain_layouts(read_tensors(path, &remapper)?, &layouts);
+    let shapes: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|tensor| (tensor.full_path(), tensor.shape.to_vec()))
+        .collect();
     // PyTorch's classifier weight is [classes, features].
     let classes = config.model.model_class_num;
     let head_reinitialised_from = shapes
@@ -156,9 +152,12 @@ pub fn load<B: Backend>(
     } else {
         PathFilter::new().match_all()
     };
-    let result = WeightsFile::open(path, &remapper)?
-        .apply(model, filter)
-        .map_err(unreadable)?;
+    let result = model.apply(
+        tensors,
+        Some(filter),
+        Some(Box::new(PyTorchToBurnAdapter)),
+        true,
+    );
 
     let mut problems = Vec::new();
     let missing: Vec<&str> = result
