@@ -465,8 +465,7 @@ fn exported_weights_load_into_the_pytorch_reference_and_give_vidtrains_logits() 
         let input_json = out.join(format!("{name}-input.json"));
         std::fs::write(
             &input_json,
-            serde_json::json!({"input": input, "input_shape": input_shape})
-                .to_string(),
+            serde_json::json!({"input": input, "input_shape": input_shape}).to_string(),
         )
         .unwrap();
         for format in [ExportFormat::Safetensors, ExportFormat::Pth] {

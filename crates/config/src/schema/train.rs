@@ -133,32 +133,54 @@ pub enum Fold {
 
 impl Serialize for Fold {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            Fold::Index(index) => serializer.serialize_u64(*index as u64),
-            Fold::All => serializer.serialize_str("all"),
-        }
+        let number = match self {
+            Fold::Index(index) => Some(*index),
+            Fold::All => None,
+        };
+        serialize_number_or(serializer, number, "all")
     }
 }
 
 impl<'de> Deserialize<'de> for Fold {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Index(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)
-            .map_err(|_| serde::de::Error::custom("expected a fold index (0, 1, ...) or \"all\""))?
-        {
-            Raw::Index(index) => Ok(Fold::Index(index as usize)),
-            Raw::Text(text) if text == "all" => Ok(Fold::All),
-            Raw::Text(text) => text.parse::<usize>().map(Fold::Index).map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "expected a fold index (0, 1, ...) or \"all\", got \"{text}\""
-                ))
-            }),
-        }
+        let expected = "expected a fold index (0, 1, ...) or \"all\"";
+        let number = deserialize_number_or(deserializer, "all", expected)?;
+        Ok(number.map_or(Fold::All, Fold::Index))
+    }
+}
+
+/// A key that takes a whole number or one keyword (`"all"`, `"auto"`): the number, or `None`
+/// for the keyword. A number written as text (`"3"`, as environment overrides give it) counts.
+fn deserialize_number_or<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    keyword: &str,
+    expected: &str,
+) -> std::result::Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer).map_err(|_| serde::de::Error::custom(expected))? {
+        Raw::Number(number) => Ok(Some(number as usize)),
+        Raw::Text(text) if text == keyword => Ok(None),
+        Raw::Text(text) => text
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{expected}, got \"{text}\""))),
+    }
+}
+
+/// The other direction of [`deserialize_number_or`].
+fn serialize_number_or<S: Serializer>(
+    serializer: S,
+    number: Option<usize>,
+    keyword: &str,
+) -> std::result::Result<S::Ok, S::Error> {
+    match number {
+        Some(number) => serializer.serialize_u64(number as u64),
+        None => serializer.serialize_str(keyword),
     }
 }
 
@@ -173,30 +195,19 @@ pub enum InferenceBatch {
 
 impl Serialize for InferenceBatch {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            InferenceBatch::Samples(samples) => serializer.serialize_u64(*samples as u64),
-            InferenceBatch::Auto => serializer.serialize_str("auto"),
-        }
+        let number = match self {
+            InferenceBatch::Samples(samples) => Some(*samples),
+            InferenceBatch::Auto => None,
+        };
+        serialize_number_or(serializer, number, "auto")
     }
 }
 
 impl<'de> Deserialize<'de> for InferenceBatch {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Samples(u64),
-            Text(String),
-        }
         let expected = "expected a number of samples (1, 2, ...) or \"auto\" (data.batch_size)";
-        match Raw::deserialize(deserializer).map_err(|_| serde::de::Error::custom(expected))? {
-            Raw::Samples(samples) => Ok(InferenceBatch::Samples(samples as usize)),
-            Raw::Text(text) if text == "auto" => Ok(InferenceBatch::Auto),
-            Raw::Text(text) => text
-                .parse::<usize>()
-                .map(InferenceBatch::Samples)
-                .map_err(|_| serde::de::Error::custom(format!("{expected}, got \"{text}\""))),
-        }
+        let number = deserialize_number_or(deserializer, "auto", expected)?;
+        Ok(number.map_or(InferenceBatch::Auto, InferenceBatch::Samples))
     }
 }
 

@@ -323,37 +323,20 @@ pub fn parameter_values(config: &Config, weights: &Path) -> Result<BTreeMap<Stri
     let device = crate::FlexDevice;
     let model: vidtrain_model::ActionModel<Cpu> = crate::build_model(config, &device);
     let model = load(model, weights, config, &device)?;
-    let mut collector = ValueCollector {
-        path: Vec::new(),
-        values: BTreeMap::new(),
-    };
-    model.visit(&mut collector);
-    Ok(collector.values)
-}
-
-struct ValueCollector {
-    path: Vec<String>,
-    values: BTreeMap<String, Vec<f32>>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ValueCollector {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let values = param
-            .val()
-            .cast(burn::tensor::FloatDType::F32)
-            .into_data()
-            .into_vec::<f32>()
-            .expect("cast to f32");
-        self.values.insert(self.path.join("."), values);
-    }
+    // burn-store's snapshots name each tensor by its module path.
+    Ok(
+        burn_store::ModuleSnapshot::collect(&model, None, None, false)
+            .into_iter()
+            .filter(|snapshot| snapshot.dtype.is_float())
+            .map(|snapshot| {
+                let values = snapshot
+                    .to_data()
+                    .map(|data| data.convert::<f32>().into_vec::<f32>().expect("converted"))
+                    .expect("an in-memory parameter reads");
+                (snapshot.full_path(), values)
+            })
+            .collect(),
+    )
 }
 
 /// Every float parameter's shape by its path in the module (`rgb.blocks.0.attention.query.weight`).
