@@ -63,6 +63,32 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+/// `train.optimizer_state`: how optimizer moments are stored between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OptimizerStateFormat {
+    /// 4 bytes a value.
+    #[serde(rename = "f32")]
+    F32,
+    /// bfloat16: 2 bytes a value, f32's range with 8 bits of mantissa.
+    #[serde(rename = "bf16")]
+    Bf16,
+    /// Block-wise 8-bit: 1 byte a value on bitsandbytes' dynamic (non-linear) code, one f32
+    /// scale (the block's largest magnitude) per block of 2048 values.
+    #[serde(rename = "8bit")]
+    Blockwise8,
+}
+
+impl OptimizerStateFormat {
+    /// The config value (`"f32"`, `"bf16"`, `"8bit"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::Blockwise8 => "8bit",
+        }
+    }
+}
+
 /// `train.monitor_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -11,6 +11,7 @@ pub mod distributed;
 mod error;
 mod fit;
 pub mod inference;
+pub mod optimizer_state;
 pub mod persist;
 pub mod plan;
 pub mod precision;

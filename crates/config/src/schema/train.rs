@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::controls::{ClassWeights, MonitorMode, OptimizerKind};
+use crate::controls::{ClassWeights, MonitorMode, OptimizerKind, OptimizerStateFormat};
 
 /// `train.*` keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,11 @@ pub struct TrainConfig {
     /// `adam` (as before; L2 `weight_decay` added to the gradient, like `torch.optim.Adam`),
     /// `adamw` (decoupled weight decay) or `sgd` (with `train.momentum`, `train.nesterov`).
     pub optimizer: OptimizerKind,
+    /// How the optimizer keeps its state (Adam's two moments, SGD's momentum): `"f32"` (as
+    /// PyTorch), `"bf16"` (half the bytes) or `"8bit"` (block-wise quantized with dynamic codes,
+    /// as bitsandbytes' 8-bit optimizers: about a quarter of the bytes). Parameters and the
+    /// update arithmetic stay f32; tensors under 4096 values keep f32 state.
+    pub optimizer_state: OptimizerStateFormat,
     /// Weight decay: L2 penalty for `adam`/`sgd`, decoupled decay for `adamw`.
     pub weight_decay: f64,
     /// SGD momentum (0 = plain SGD; dampening 0, as PyTorch).
@@ -88,6 +93,7 @@ impl Default for TrainConfig {
             checkpoint_every_steps: 0,
             resume: String::new(),
             optimizer: OptimizerKind::Adam,
+            optimizer_state: OptimizerStateFormat::F32,
             weight_decay: 0.0,
             momentum: 0.9,
             nesterov: false,

@@ -11,10 +11,11 @@ use burn::optim::{
     Adam, AdamConfig, AdamW, AdamWConfig, GradientsParams, Optimizer, Sgd, SgdConfig,
 };
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::{Config, LrSchedule, OptimizerKind};
+use vidtrain_config::{Config, LrSchedule, OptimizerKind, OptimizerStateFormat};
 use vidtrain_model::ActionModel;
 
 use crate::Result;
+use crate::optimizer_state::update::{CompactAdam, CompactSgd};
 use crate::persist::weights::{load_record, save_record};
 
 /// The optimizer `train.optimizer` names, with its state, for a module `M` (the model).
@@ -23,6 +24,10 @@ pub(crate) enum TrainingOptimizer<B: AutodiffBackend, M: AutodiffModule<B> = Act
     Adam(OptimizerAdaptor<Adam, M, B>),
     AdamW(OptimizerAdaptor<AdamW, M, B>),
     Sgd(OptimizerAdaptor<Sgd<B::InnerBackend>, M, B>),
+    /// Adam or AdamW with bf16 or 8-bit state (`train.optimizer_state`).
+    CompactAdam(OptimizerAdaptor<CompactAdam, M, B>),
+    /// SGD with momentum, its buffer in bf16 or 8 bits.
+    CompactSgd(OptimizerAdaptor<CompactSgd, M, B>),
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
@@ -31,6 +36,27 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
         let train = &config.train;
         let decay =
             (train.weight_decay > 0.0).then(|| WeightDecayConfig::new(train.weight_decay as f32));
+        let format = train.optimizer_state;
+        let has_state = train.optimizer != OptimizerKind::Sgd || train.momentum > 0.0;
+        if format != OptimizerStateFormat::F32 && has_state {
+            let weight_decay = train.weight_decay as f32;
+            return match train.optimizer {
+                OptimizerKind::Adam => Self::CompactAdam(OptimizerAdaptor::from(CompactAdam::new(
+                    format,
+                    weight_decay,
+                    false,
+                ))),
+                OptimizerKind::Adamw => Self::CompactAdam(OptimizerAdaptor::from(
+                    CompactAdam::new(format, weight_decay, true),
+                )),
+                OptimizerKind::Sgd => Self::CompactSgd(OptimizerAdaptor::from(CompactSgd {
+                    momentum: train.momentum as f32,
+                    nesterov: train.nesterov,
+                    weight_decay,
+                    format,
+                })),
+            };
+        }
         match train.optimizer {
             OptimizerKind::Adam => Self::Adam(AdamConfig::new().with_weight_decay(decay).init()),
             OptimizerKind::Adamw => Self::AdamW(
@@ -61,6 +87,8 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
             Self::Adam(optimizer) => optimizer.step(lr, model, grads),
             Self::AdamW(optimizer) => optimizer.step(lr, model, grads),
             Self::Sgd(optimizer) => optimizer.step(lr, model, grads),
+            Self::CompactAdam(optimizer) => optimizer.step(lr, model, grads),
+            Self::CompactSgd(optimizer) => optimizer.step(lr, model, grads),
         }
     }
 
@@ -70,6 +98,8 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
             Self::Adam(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
             Self::AdamW(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
             Self::Sgd(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
+            Self::CompactAdam(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
+            Self::CompactSgd(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
         }
     }
 
@@ -84,6 +114,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
             }
             Self::Sgd(optimizer) => {
                 Self::Sgd(optimizer.load_record(load_record::<B, _>(path, device)?))
+            }
+            Self::CompactAdam(optimizer) => {
+                Self::CompactAdam(optimizer.load_record(load_record::<B, _>(path, device)?))
+            }
+            Self::CompactSgd(optimizer) => {
+                Self::CompactSgd(optimizer.load_record(load_record::<B, _>(path, device)?))
             }
         })
     }
@@ -134,7 +170,8 @@ mod tests {
     fn layer_and_unit_gradients(layer: Option<Linear<B>>) -> (Linear<B>, GradientsParams) {
         let device = Default::default();
         let layer = layer.unwrap_or_else(|| LinearConfig::new(3, 2).init(&device));
-        let loss = layer.forward(Tensor::<B, 2>::ones([1, 3], &device)).sum();
+        let inputs = layer.weight.dims()[0];
+        let loss = layer.forward(Tensor::<B, 2>::ones([1, inputs], &device)).sum();
         let grads = GradientsParams::from_grads(loss.backward(), &layer);
         (layer, grads)
     }
@@ -206,24 +243,36 @@ mod tests {
     }
 
     #[test]
-    fn optimizer_state_survives_a_save_and_load() {
+    fn optimizer_state_survives_a_save_and_load_in_every_format() {
         let folder = std::env::temp_dir().join(format!("vidtrain-optim-{}", std::process::id()));
         std::fs::create_dir_all(&folder).unwrap();
-        let path = folder.join("optimizer.mpk");
-        let config = config(&["train.optimizer=sgd", "train.nesterov=true"]);
         let device = Default::default();
-        let mut optimizer = TrainingOptimizer::<B, Linear<B>>::from_config(&config);
-        let (layer, grads) = layer_and_unit_gradients(None);
-        let layer = optimizer.step(0.1, layer, grads);
-        optimizer.save(&path).unwrap();
-        let restored = TrainingOptimizer::<B, Linear<B>>::from_config(&config)
-            .load(&path, &device)
-            .unwrap();
-        let next = |mut optimizer: TrainingOptimizer<B, Linear<B>>| {
-            let (current, grads) = layer_and_unit_gradients(Some(layer.clone()));
-            weights(&optimizer.step(0.1, current, grads))
-        };
-        assert_eq!(next(optimizer), next(restored));
+        for (number, overrides) in [
+            &["train.optimizer=sgd", "train.nesterov=true"][..],
+            &["train.optimizer=sgd", "train.optimizer_state=8bit"],
+            &["train.optimizer=adam", "train.optimizer_state=8bit"],
+            &["train.optimizer=adamw", "train.optimizer_state=bf16"],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = folder.join(format!("optimizer-{number}.mpk"));
+            let config = config(overrides);
+            let mut optimizer = TrainingOptimizer::<B, Linear<B>>::from_config(&config);
+            // 128 × 64 weights: past the size under which state stays f32.
+            let layer = LinearConfig::new(128, 64).init(&device);
+            let (layer, grads) = layer_and_unit_gradients(Some(layer));
+            let layer = optimizer.step(0.1, layer, grads);
+            optimizer.save(&path).unwrap();
+            let restored = TrainingOptimizer::<B, Linear<B>>::from_config(&config)
+                .load(&path, &device)
+                .unwrap();
+            let next = |mut optimizer: TrainingOptimizer<B, Linear<B>>| {
+                let (current, grads) = layer_and_unit_gradients(Some(layer.clone()));
+                weights(&optimizer.step(0.1, current, grads))
+            };
+            assert_eq!(next(optimizer), next(restored), "{overrides:?}");
+        }
         let _ = std::fs::remove_dir_all(&folder);
     }
 
