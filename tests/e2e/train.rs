@@ -307,6 +307,19 @@ fn a_resumed_run_with_augmentation_sgd_and_balanced_draws_equals_an_uninterrupte
     );
 }
 
+#[test]
+fn a_resumed_run_with_8bit_adam_state_equals_an_uninterrupted_one() {
+    // Width 64: the blocks' weights (64 × 192, 64 × 128) hold 8-bit state, the rest f32.
+    assert_resume_is_exact(
+        "train-resume-8bit",
+        &[
+            "train.optimizer_state=8bit",
+            "model.transformer_dim=64",
+            "model.transformer_ff_dim=128",
+        ],
+    );
+}
+
 /// Trains 10 steps straight, and 5 + 5 with a resume in between; every step's loss must agree.
 pub(crate) fn assert_resume_is_exact(name: &str, extra: &[&str]) {
     let dir = scratch(name);

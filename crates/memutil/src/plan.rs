@@ -58,6 +58,14 @@ pub struct PlanInput {
     /// such layer, not a copy of the model (measured on r3d_18: the step's peak is parameters,
     /// gradients and moments plus ~one layer-4 convolution).
     pub largest_layer_parameters: u64,
+    /// The optimizer's state between steps (Adam's two moments, SGD's momentum), bytes, as
+    /// `train.optimizer_state` stores it.
+    pub optimizer_state_bytes: u64,
+    /// What it is, for the table (`Adam moments, 8-bit`).
+    pub optimizer_state: String,
+    /// The optimizer step's temporaries are one block per thread (the block-wise optimizers of
+    /// bf16/8-bit state update parameters in place), not about one layer (Burn's f32 ones).
+    pub blockwise_optimizer_step: bool,
     /// Clips per micro-batch (samples × views), for per-clip replays.
     pub clips: u64,
     /// The layers of every chain, in execution order.
@@ -229,13 +237,21 @@ impl MemoryPlan {
                 ),
             )
         };
-        let temporaries = (input.largest_layer_parameters * input.parameter_bytes).min(weights);
-        let optimizer_state = 2 * weights;
+        let (temporaries, temporaries_name) = if input.blockwise_optimizer_step {
+            (0, "optimizer step temporaries (a block per thread)")
+        } else {
+            (
+                (input.largest_layer_parameters * input.parameter_bytes).min(weights),
+                "optimizer step temporaries (about one layer)",
+            )
+        };
+        let optimizer_state = input.optimizer_state_bytes;
+        let optimizer_state_name = format!("optimizer state ({})", input.optimizer_state);
         let model_state = [
             ("parameters (f32 master weights)", weights),
             ("gradients", weights),
-            ("optimizer state (Adam moments)", optimizer_state),
-            ("optimizer step temporaries (about one layer)", temporaries),
+            (optimizer_state_name.as_str(), optimizer_state),
+            (temporaries_name, temporaries),
         ];
         let mut host = vec![Component {
             name: "runtime (code, allocator, threads)".into(),
@@ -423,6 +439,9 @@ mod tests {
             parameters: 1000,
             parameter_bytes: 4,
             largest_layer_parameters: 400,
+            optimizer_state_bytes: 8000,
+            optimizer_state: "Adam moments".into(),
+            blockwise_optimizer_step: false,
             clips: 1,
             layers: vec![layer("a", 100, 10, false)],
             batch_bytes: 50,
@@ -479,6 +498,9 @@ mod tests {
             parameters: 0,
             parameter_bytes: 4,
             largest_layer_parameters: 0,
+            optimizer_state_bytes: 0,
+            optimizer_state: "none".into(),
+            blockwise_optimizer_step: false,
             clips: 1,
             layers: layers.to_vec(),
             batch_bytes: 0,

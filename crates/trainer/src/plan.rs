@@ -3,7 +3,7 @@
 //! memory budget.
 
 use serde::Serialize;
-use vidtrain_config::{Config, Precision, RecomputeMode};
+use vidtrain_config::{Config, OptimizerKind, OptimizerStateFormat, Precision, RecomputeMode};
 use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, Component, MemoryPlan, PlanInput};
 use vidtrain_model::{ActionModelConfig, InputShape, ModelSummary, SegmentKind};
 
@@ -262,6 +262,10 @@ pub fn plan_input(
             .max()
             .unwrap_or(0),
         parameter_bytes: 4,
+        optimizer_state_bytes: optimizer_state_bytes(config, &summary),
+        optimizer_state: optimizer_state_name(config),
+        blockwise_optimizer_step: config.train.optimizer_state != OptimizerStateFormat::F32
+            && optimizer_moments(config) > 0,
         clips: summary.clips as u64,
         layers,
         batch_bytes,
@@ -284,6 +288,36 @@ pub fn plan_input(
     }
 }
 
+/// Moments the optimizer keeps per parameter: Adam's two, SGD's momentum buffer (none without
+/// momentum).
+fn optimizer_moments(config: &Config) -> u64 {
+    match config.train.optimizer {
+        OptimizerKind::Adam | OptimizerKind::Adamw => 2,
+        OptimizerKind::Sgd if config.train.momentum > 0.0 => 1,
+        OptimizerKind::Sgd => 0,
+    }
+}
+
+/// The optimizer state's bytes, layer by layer in `train.optimizer_state` (a layer under the
+/// quantization threshold stays f32, as the optimizer keeps small tensors).
+fn optimizer_state_bytes(config: &Config, summary: &ModelSummary) -> u64 {
+    let format = config.train.optimizer_state;
+    let per_moment: u64 = summary
+        .layers
+        .iter()
+        .map(|layer| crate::optimizer_state::moment_bytes(format, layer.params))
+        .sum();
+    optimizer_moments(config) * per_moment
+}
+
+fn optimizer_state_name(config: &Config) -> String {
+    let what = match config.train.optimizer {
+        OptimizerKind::Adam | OptimizerKind::Adamw => "Adam moments",
+        OptimizerKind::Sgd => "SGD momentum",
+    };
+    format!("{what}, {}", config.train.optimizer_state.name())
+}
+
 /// The settings `--fit` chose, with their plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fit {
@@ -297,6 +331,8 @@ pub struct Fit {
     pub checkpoint: RecomputeMode,
     /// `trainer.precision` chosen.
     pub precision: Precision,
+    /// `train.optimizer_state` chosen.
+    pub optimizer_state: OptimizerStateFormat,
     /// The plan of the chosen settings.
     pub plan: MemoryPlan,
 }
@@ -312,8 +348,10 @@ pub struct NoFit {
 
 /// The fastest settings whose plan fits `device_budget` (the GPU; ignored on the CPU backend)
 /// and `host_budget`: the largest micro-batch that divides the effective batch
-/// (`batch_size × accumulate_grad_batches` stays what the config asks), then the least
-/// recompute, then the precision measured faster on the backend (32 on the CPU, bf16 on a GPU).
+/// (`batch_size × accumulate_grad_batches` stays what the config asks), then the precision
+/// measured faster on the backend (32 on the CPU, bf16 on a GPU), then the least recompute,
+/// then the configured optimizer state before 8-bit state (which costs neither speed nor
+/// measurable accuracy here, so it comes before any recompute or smaller micro-batch).
 pub fn fit(
     config: &Config,
     backend: BackendChoice,
@@ -337,6 +375,10 @@ pub fn fit(
         RecomputeMode::Stem,
         RecomputeMode::All,
     ];
+    let states: Vec<OptimizerStateFormat> = match config.train.optimizer_state {
+        OptimizerStateFormat::Blockwise8 => vec![OptimizerStateFormat::Blockwise8],
+        asked => vec![asked, OptimizerStateFormat::Blockwise8],
+    };
     let fits = |plan: &MemoryPlan| {
         let device_ok = match backend {
             BackendChoice::Cuda => {
@@ -359,34 +401,39 @@ pub fn fit(
     for &batch_size in &batch_sizes {
         for &precision in &precisions {
             for mode in modes {
-                let mut candidate = config.clone();
-                candidate.data.batch_size = batch_size;
-                candidate.train.accumulate_grad_batches = effective_batch / batch_size;
-                candidate.model.use_gradient_checkpointing = false;
-                candidate.model.recompute = mode;
-                candidate.trainer.precision = precision;
-                let plan = plan(&candidate, backend, dataset);
-                if fits(&plan) {
-                    let overrides = vec![
-                        format!("data.batch_size={batch_size}"),
-                        format!(
-                            "train.accumulate_grad_batches={}",
-                            effective_batch / batch_size
-                        ),
-                        format!("model.checkpoint={}", mode.as_str()),
-                        "model.use_gradient_checkpointing=false".to_string(),
-                        format!("trainer.precision={precision}"),
-                    ];
-                    return Ok(Fit {
-                        overrides,
-                        batch_size,
-                        accumulate_grad_batches: effective_batch / batch_size,
-                        checkpoint: mode,
-                        precision,
-                        plan,
-                    });
+                for &state in &states {
+                    let mut candidate = config.clone();
+                    candidate.data.batch_size = batch_size;
+                    candidate.train.accumulate_grad_batches = effective_batch / batch_size;
+                    candidate.model.use_gradient_checkpointing = false;
+                    candidate.model.recompute = mode;
+                    candidate.trainer.precision = precision;
+                    candidate.train.optimizer_state = state;
+                    let plan = plan(&candidate, backend, dataset);
+                    if fits(&plan) {
+                        let overrides = vec![
+                            format!("data.batch_size={batch_size}"),
+                            format!(
+                                "train.accumulate_grad_batches={}",
+                                effective_batch / batch_size
+                            ),
+                            format!("model.checkpoint={}", mode.as_str()),
+                            "model.use_gradient_checkpointing=false".to_string(),
+                            format!("trainer.precision={precision}"),
+                            format!("train.optimizer_state={}", state.name()),
+                        ];
+                        return Ok(Fit {
+                            overrides,
+                            batch_size,
+                            accumulate_grad_batches: effective_batch / batch_size,
+                            checkpoint: mode,
+                            precision,
+                            optimizer_state: state,
+                            plan,
+                        });
+                    }
+                    smallest = Some(plan);
                 }
-                smallest = Some(plan);
             }
         }
     }
@@ -502,6 +549,7 @@ mod tests {
                     chosen.train.accumulate_grad_batches = fit.accumulate_grad_batches;
                     chosen.model.recompute = fit.checkpoint;
                     chosen.trainer.precision = fit.precision;
+                    chosen.train.optimizer_state = fit.optimizer_state;
                     assert_eq!(
                         plan(&chosen, BackendChoice::Cpu, None).host_peak_bytes,
                         fit.plan.host_peak_bytes
@@ -517,9 +565,46 @@ mod tests {
                 }
             }
         }
-        // A generous budget keeps the largest micro-batch and no recompute.
+        // A generous budget keeps the largest micro-batch, no recompute and f32 state.
         let fit = fit(&config, BackendChoice::Cpu, None, None, Some(100 << 30)).unwrap();
-        assert_eq!((fit.batch_size, fit.checkpoint), (4, RecomputeMode::None));
+        assert_eq!(
+            (fit.batch_size, fit.checkpoint, fit.optimizer_state),
+            (4, RecomputeMode::None, OptimizerStateFormat::F32)
+        );
+    }
+
+    /// r3d_18 (33 M parameters): between the plan with f32 Adam state and the one with 8-bit
+    /// state, `--fit` keeps micro-batch 4 without recompute and stores the moments in 8 bits.
+    #[test]
+    fn fit_turns_to_8bit_optimizer_state_before_recompute_or_a_smaller_micro_batch() {
+        let mut config = seed_config();
+        config.model.backbone = vidtrain_config::Backbone::Resnet3d;
+        config.model.resnet_depth = 18;
+        config.data.img_size = 112;
+        let f32_state = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
+        let mut eight_bit = config.clone();
+        eight_bit.train.optimizer_state = OptimizerStateFormat::Blockwise8;
+        let eight_bit = plan(&eight_bit, BackendChoice::Cpu, None).host_peak_bytes;
+        assert!(eight_bit < f32_state);
+        let chosen = fit(
+            &config,
+            BackendChoice::Cpu,
+            None,
+            None,
+            Some((f32_state + eight_bit) / 2),
+        )
+        .unwrap();
+        assert_eq!(
+            (chosen.batch_size, chosen.checkpoint, chosen.optimizer_state),
+            (4, RecomputeMode::None, OptimizerStateFormat::Blockwise8),
+            "{:?}",
+            chosen.overrides
+        );
+        assert!(
+            chosen
+                .overrides
+                .contains(&"train.optimizer_state=8bit".to_string())
+        );
     }
 
     #[test]

@@ -171,7 +171,9 @@ mod tests {
         let device = Default::default();
         let layer = layer.unwrap_or_else(|| LinearConfig::new(3, 2).init(&device));
         let inputs = layer.weight.dims()[0];
-        let loss = layer.forward(Tensor::<B, 2>::ones([1, inputs], &device)).sum();
+        let loss = layer
+            .forward(Tensor::<B, 2>::ones([1, inputs], &device))
+            .sum();
         let grads = GradientsParams::from_grads(loss.backward(), &layer);
         (layer, grads)
     }
