@@ -137,6 +137,66 @@ fn the_plan_predicts_the_measured_peak_and_fit_keeps_within_budget() {
     );
 }
 
+/// Issue 26: trained one sample at a time and validated six at a time (18 clips of 160 px), the
+/// peak is validation's; the plan prices it as it runs (the stem a clip at a time, the input
+/// freed after the first layer) instead of 1.6–1.9× over, as it did.
+#[test]
+fn the_plan_prices_a_validation_peak_as_validation_runs() {
+    let dir = scratch("plan-validation");
+    let config = small_dataset(&dir);
+    let validation_dominated = [
+        "data.img_size=160",
+        "data.batch_size=1",
+        "train.video_batch_size=8",
+    ];
+    let mut args = vec!["plan", "--json", "--device", "cpu", "--config", &config];
+    args.extend(MEDIUM);
+    args.extend(validation_dominated);
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    let predicted = plan["host_peak_bytes"].as_u64().unwrap();
+    let activations = plan["host"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|component| {
+            component["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("activations")
+        })
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(activations.contains("validation batch of"), "{activations}");
+
+    let mut args = vec!["train", "--config", &config, "experiment=measured"];
+    args.extend(MEDIUM);
+    args.extend(validation_dominated);
+    let output = vidtrain(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let run = only_run_dir(&dir.join("runs"));
+    let memory = read_json(&run.join("memory.json"));
+    let phases = &memory["phase_peak_host_rss_bytes"];
+    let validation = phases["validation"].as_u64().unwrap();
+    assert!(
+        validation > phases["backward"].as_u64().unwrap(),
+        "validation does not set the peak: {phases}"
+    );
+    let measured = read_json(&run.join("summary.json"))["peak_host_rss_bytes"]
+        .as_u64()
+        .unwrap();
+    let ratio = predicted as f64 / measured as f64;
+    eprintln!("validation peak: plan {predicted} B, measured {measured} B, ratio {ratio:.3}");
+    assert!(
+        (0.85..=1.15).contains(&ratio),
+        "predicted {predicted}, measured {measured}"
+    );
+}
+
 #[test]
 fn the_plan_of_several_ranks_is_per_rank_with_the_global_batch() {
     let dir = scratch("plan-ranks");

@@ -310,18 +310,37 @@ fn a_resumed_run_with_augmentation_sgd_and_balanced_draws_equals_an_uninterrupte
 #[test]
 fn a_resumed_run_with_8bit_adam_state_equals_an_uninterrupted_one() {
     // Width 64: the blocks' weights (64 × 192, 64 × 128) hold 8-bit state, the rest f32.
-    assert_resume_is_exact(
+    let wide = ["model.transformer_dim=64", "model.transformer_ff_dim=128"];
+    let dir = assert_resume_is_exact(
         "train-resume-8bit",
-        &[
-            "train.optimizer_state=8bit",
-            "model.transformer_dim=64",
-            "model.transformer_ff_dim=128",
-        ],
+        &[&["train.optimizer_state=8bit"][..], &wide].concat(),
+    );
+    // Resuming that 8-bit state as f32 is refused before training, naming both formats.
+    let config = dir.join("data/vidtrain.toml");
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "experiment=resumed",
+        "train.resume=last",
+        "train.max_steps=12",
+        "train.optimizer_state=f32",
+    ];
+    args.extend_from_slice(&TINY_MODEL[..5]);
+    args.extend_from_slice(&wide);
+    let output = vidtrain(&dir, &args);
+    crate::assert_clean_failure(&output, 1);
+    let text = stderr(&output);
+    assert!(
+        text.contains("written with train.optimizer=adam train.optimizer_state=8bit")
+            && text.contains("train.optimizer_state=f32"),
+        "{text}"
     );
 }
 
 /// Trains 10 steps straight, and 5 + 5 with a resume in between; every step's loss must agree.
-pub(crate) fn assert_resume_is_exact(name: &str, extra: &[&str]) {
+/// Returns the test's folder.
+pub(crate) fn assert_resume_is_exact(name: &str, extra: &[&str]) -> std::path::PathBuf {
     let dir = scratch(name);
     let config = small_dataset(&dir);
     // Dropout on, accumulation on, several epochs: everything that could drift on resume.
@@ -377,6 +396,7 @@ pub(crate) fn assert_resume_is_exact(name: &str, extra: &[&str]) {
             "step {step}: {expected} uninterrupted vs {got} resumed"
         );
     }
+    dir
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod bench;
 mod cpu_bench;
 mod ddp_bench;
+mod optimizer_bench;
 mod plan_bench;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ const COMMANDS: [(&str, &str); 3] = [
     ),
     (
         "bench",
-        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench tokens`: VideoMamba vs ViViT cost at 1x/2x/4x tokens; `bench plan`: vidtrain plan vs measured peak RSS; `bench cpu`: bench-model vs PyTorch eager on this CPU, ratio table; `bench gpu`: CUDA binary + GPU script (vs PyTorch); `bench ddp`: demo samples/s with 1 and 2 MPI ranks, collectives' share",
+        "`bench data`: pipeline RSS and speed on long 720p video; `bench recompute`: RSS per model.checkpoint mode; `bench tokens`: VideoMamba vs ViViT cost at 1x/2x/4x tokens; `bench plan`: vidtrain plan vs measured peak RSS; `bench cpu`: bench-model vs PyTorch eager on this CPU, ratio table; `bench gpu`: CUDA binary + GPU script (vs PyTorch); `bench ddp`: demo samples/s with 1 and 2 MPI ranks, collectives' share; `bench optimizer`: r3d_18's Adam state in f32/bf16/8bit vs PyTorch Adam and bitsandbytes Adam8bit",
     ),
     (
         "demo-data",
@@ -41,8 +42,11 @@ fn main() -> ExitCode {
             Some("gpu") => bench::gpu(),
             Some("cpu") => cpu_bench::cpu(),
             Some("ddp") => ddp_bench::ddp(),
+            Some("optimizer") => optimizer_bench::optimizer(),
             _ => {
-                eprintln!("usage: cargo xtask bench data|recompute|tokens|plan|cpu|gpu|ddp");
+                eprintln!(
+                    "usage: cargo xtask bench data|recompute|tokens|plan|cpu|gpu|ddp|optimizer"
+                );
                 return ExitCode::from(2);
             }
         },

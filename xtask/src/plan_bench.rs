@@ -3,7 +3,9 @@
 //! reduced size (in their fp16), the seed model and ViViT at 224 px with and without recompute,
 //! in f32 and in half precision, and torchvision's r3d_18 (112 px, 16 frames) and ST-GCN (64
 //! frames) with and without recompute, and VideoMamba (112 px) and the keypoint Mamba (256
-//! frames) likewise. `BENCH_CASES=r3d,stgcn` runs only the named cases.
+//! frames) likewise, r3d_18's model state in each `train.optimizer_state`, and a peak set by
+//! validation (the seed model, 3 views at 160 px, validated 16 samples at a time).
+//! `BENCH_CASES=r3d,stgcn` runs only the named cases.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,6 +23,7 @@ pub fn plan() -> anyhow::Result<()> {
     let folder = target.join("bench/plan");
     let data = bench_dataset(&vidtrain, &folder)?;
     let data = data.to_str().context("UTF-8 path")?.to_string();
+    let validation_data = validation_dataset(&vidtrain, &folder)?;
     let configs = project_root().join("configs");
     let preset = |name: &str| configs.join(name).display().to_string();
     let runs = folder.join("runs");
@@ -92,6 +95,28 @@ pub fn plan() -> anyhow::Result<()> {
         preset("scenario-c-4g-vram.toml"),
     );
     let on_data = ["--config", data.as_str()];
+    // The seed model on all three views at 160 px, trained 2 samples at a time and validated 16
+    // at a time (issue 26's case): validation sets the peak.
+    let validation_16 = [
+        "--config",
+        validation_data.as_str(),
+        "data.img_size=160",
+        "data.batch_size=2",
+        "data.uniform_temporal_subsample_num=8",
+        "train.video_batch_size=16",
+        "data.num_workers=0",
+    ];
+    // r3d_18's state (33 M parameters) on a tiny clip, in each `train.optimizer_state`.
+    let r3d_state = [
+        "data.img_size=32",
+        "data.batch_size=2",
+        "data.uniform_temporal_subsample_num=8",
+        "train.view=single",
+        "train.video_batch_size=2",
+        "data.num_workers=0",
+        "model.backbone=3dcnn",
+        "model.resnet_depth=18",
+    ];
     let cases: Vec<(&str, Vec<String>)> = vec![
         ("demo, 1 epoch", vec!["train.max_epochs=1".into()]),
         case(
@@ -182,6 +207,19 @@ pub fn plan() -> anyhow::Result<()> {
             ],
         ),
         case(
+            "r3d_18 32 px b2, adam f32",
+            &[&on_data, &r3d_state, &["train.optimizer_state=f32"]],
+        ),
+        case(
+            "r3d_18 32 px b2, adam bf16",
+            &[&on_data, &r3d_state, &["train.optimizer_state=bf16"]],
+        ),
+        case(
+            "r3d_18 32 px b2, adam 8bit",
+            &[&on_data, &r3d_state, &["train.optimizer_state=8bit"]],
+        ),
+        case("seed 160 px 3 views, validation 16", &[&validation_16]),
+        case(
             "stgcn 64 frames b16, none",
             &[&on_data, &stgcn, &["model.checkpoint=none"]],
         ),
@@ -267,6 +305,35 @@ pub fn plan() -> anyhow::Result<()> {
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("written to {}", out.display());
     Ok(())
+}
+
+/// A demo dataset of 6 persons (47 labelled ranges): with `train.k_folds=2` its validation split
+/// holds more than 16 samples.
+fn validation_dataset(vidtrain: &Path, folder: &Path) -> anyhow::Result<String> {
+    let data = folder.join("data-validation");
+    if !data.join("vidtrain.toml").is_file() {
+        let status = Command::new(vidtrain)
+            .args([
+                "demo-data",
+                "--persons",
+                "6",
+                "--frames",
+                "300",
+                "--size",
+                "64x64",
+            ])
+            .arg("--out")
+            .arg(&data)
+            .status()?;
+        if !status.success() {
+            bail!("generating the validation benchmark data failed");
+        }
+    }
+    Ok(data
+        .join("vidtrain.toml")
+        .to_str()
+        .context("UTF-8 path")?
+        .to_string())
 }
 
 /// Runs `vidtrain args` and parses the last line of stdout as JSON.

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use vidtrain_config::{Config, OptimizerKind, OptimizerStateFormat, Precision, RecomputeMode};
 use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, Component, MemoryPlan, PlanInput};
-use vidtrain_model::{ActionModelConfig, InputShape, ModelSummary, SegmentKind};
+use vidtrain_model::{ActionModelConfig, InputShape, LayerRole, ModelSummary, SegmentKind};
 
 use crate::BackendChoice;
 
@@ -179,6 +179,15 @@ fn activation_layers(
             } else {
                 0
             };
+            // Without autodiff a half-precision stem step casts its input to f32: BatchNorm on
+            // every backend, a convolution on burn-flex.
+            let inference_f32_input = if half_stem_step
+                && (backend == BackendChoice::Cpu || matches!(layer.role, LayerRole::BatchNormRelu))
+            {
+                input_elements * 4
+            } else {
+                0
+            };
             input_elements = output_elements;
             let temporaries = |elements: usize| elements as u64 * temporary_bytes + f32_copies;
             ActivationLayer {
@@ -187,9 +196,8 @@ fn activation_layers(
                 forward_extra: temporaries(layer.forward_extra_elements),
                 backward_extra: temporaries(layer.backward_extra_elements),
                 replay_peak: temporaries(layer.replay_peak_elements),
-                // Without autodiff (validation) the measured peaks show no f32 copies on top
-                // (the scenario rows of `cargo xtask bench plan`).
-                inference_extra: layer.inference_extra_elements as u64 * temporary_bytes,
+                inference_extra: layer.inference_extra_elements as u64 * temporary_bytes
+                    + inference_f32_input,
                 output: layer.output_elements() as u64 * activation_bytes,
                 // A stem step differentiated by hand keeps only its input and runs its backward
                 // from it, as a recomputed layer does (its "replay" is only that backward).
@@ -197,6 +205,9 @@ fn activation_layers(
                     || (mode != RecomputeMode::None
                         && layer.segment.is_some_and(|kind| kind.recomputed_by(mode))),
                 per_clip: !layer.by_hand && layer.segment == Some(SegmentKind::StemPerClip),
+                // `SegmentChain::forward_chain` runs these a clip at a time without autodiff,
+                // the seed stem's convolutions included.
+                inference_per_clip: layer.segment == Some(SegmentKind::StemPerClip),
             }
         })
         .collect()
@@ -272,7 +283,11 @@ pub fn plan_input(
         pipeline_batches: (data.prefetch_depth + data.num_workers + 1) as u64,
         input_tensor_bytes: input_per_sample * data.batch_size as u64,
         inference_layers,
-        inference_input_tensor_bytes: input_per_sample * validation_batch as u64,
+        // Validation converts a batch to f32 before the forward, when nothing else is alive;
+        // the model then holds the tensor through its first layer.
+        inference_input_tensor_bytes: 4
+            * (video_values + keypoint_values) as u64
+            * validation_batch as u64,
         inference_batch: validation_batch as u64,
         inference_clips: (validation_batch * views) as u64,
         decoded_cache_bytes,
@@ -490,9 +505,12 @@ mod tests {
                     let input = plan_input(&config, BackendChoice::Cpu, None);
                     let training =
                         activation_peak(&input.layers, input.clips).0 + input.input_tensor_bytes;
-                    let validation = inference_peak(&input.inference_layers, input.inference_clips)
-                        .0
-                        + input.inference_input_tensor_bytes;
+                    let validation = inference_peak(
+                        &input.inference_layers,
+                        input.inference_clips,
+                        input.inference_input_tensor_bytes,
+                    )
+                    .0;
                     assert!(
                         validation <= training,
                         "{backbone:?} batch {batch_size} {checkpoint:?}: validation {validation} \

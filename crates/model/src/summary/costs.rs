@@ -60,20 +60,25 @@ impl ActivationCosts {
                 } else {
                     taps * channels_in * clip_positions + input
                 };
+                // Without autodiff burn-flex's kernel copies its input to channels-last once
+                // (and a first layer's frames-first data to channels-first before that), tiles
+                // the patches and writes the output: one copy of the input beside it, two for
+                // data (measured layer by layer on the seed stem without autodiff, issue 26).
                 Self::new(
                     input,
                     output,
                     output / clips.max(1) + weight_tiles + input_gradient,
                 )
-                .inference(2 * input)
+                .inference(if reads_data { 2 * input } else { input })
             }
             // BatchNorm + ReLU is differentiated by hand (`norm_relu_gradients`): it keeps only
             // its input (the ReLU's output is the next layer's input, kept there). Forward and
             // backward compute in f32 (the input's copy, x − mean, the normalised values, the
             // gradient), each freed as soon as the next exists: two at a time, measured on the
             // e2e plan test's 96 px stem. In evaluation it normalises with the running
-            // statistics: one temporary besides input and output.
-            LayerRole::BatchNormRelu => Self::new(output, 2 * output, 2 * output).inference(output),
+            // statistics in place (measured: the step's peak is its input); a half-precision
+            // input's f32 copy is priced by the plan, which knows the dtype.
+            LayerRole::BatchNormRelu => Self::new(output, 2 * output, 2 * output).inference(0),
             LayerRole::Pool => Self::new(0, input, input),
             // A linear layer keeps its input (for ViViT, the tubelet-ordered copy of the video).
             LayerRole::Embedding {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
-use vidtrain_config::Config;
+use vidtrain_config::{Config, OptimizerKind, OptimizerStateFormat};
 use vidtrain_model::ActionModel;
 
 use crate::fit::optimizer::TrainingOptimizer;
@@ -40,6 +40,35 @@ pub(crate) struct TrainingState {
     /// Ranks that trained (data parallel); a resume with another count changes the global batch.
     #[serde(default = "one_rank")]
     pub world_size: usize,
+    /// The optimizer and state format that wrote `optimizer.mpk` (stamped on save; absent in
+    /// checkpoints of earlier versions, which knew f32 state only).
+    #[serde(default)]
+    pub optimizer: Option<OptimizerIdentity>,
+}
+
+/// `train.optimizer` and `train.optimizer_state`: an optimizer state file is readable only by
+/// the optimizer and format that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OptimizerIdentity {
+    pub optimizer: OptimizerKind,
+    pub optimizer_state: OptimizerStateFormat,
+}
+
+impl OptimizerIdentity {
+    pub(crate) fn of(config: &Config) -> Self {
+        Self {
+            optimizer: config.train.optimizer,
+            optimizer_state: config.train.optimizer_state,
+        }
+    }
+
+    fn keys(self) -> String {
+        format!(
+            "train.optimizer={} train.optimizer_state={}",
+            format!("{:?}", self.optimizer).to_lowercase(),
+            self.optimizer_state.name()
+        )
+    }
 }
 
 fn one_rank() -> usize {
@@ -64,7 +93,11 @@ pub(crate) fn save<B: AutodiffBackend>(
     replace_folder(checkpoints, LAST, |partial| {
         crate::persist::weights::save(model, &partial.join("model.mpk"), config)?;
         optimizer.save(&partial.join("optimizer.mpk"))?;
-        let state_text = serde_json::to_string_pretty(state).expect("state serialises");
+        let state = TrainingState {
+            optimizer: Some(OptimizerIdentity::of(config)),
+            ..state.clone()
+        };
+        let state_text = serde_json::to_string_pretty(&state).expect("state serialises");
         crate::write_atomically(&partial.join("state.json"), state_text.as_bytes())
     })
 }
@@ -189,6 +222,23 @@ pub(crate) fn load<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(ActionModel<B>, TrainingOptimizer<B>, TrainingState)> {
     let state = read_state(folder)?;
+    let asked = OptimizerIdentity::of(config);
+    let written = state.optimizer.unwrap_or(OptimizerIdentity {
+        optimizer: config.train.optimizer,
+        optimizer_state: OptimizerStateFormat::F32,
+    });
+    if written != asked {
+        return Err(Error::Checkpoint {
+            path: folder.to_path_buf(),
+            message: format!(
+                "its optimizer state was written with {} and this run asks for {}; resume \
+                 with {} (the state is stored in that format)",
+                written.keys(),
+                asked.keys(),
+                written.keys()
+            ),
+        });
+    }
     let model = crate::persist::weights::load(model, &folder.join("model.mpk"), config, device)?;
     let optimizer = optimizer.load(&folder.join("optimizer.mpk"), device)?;
     Ok((model, optimizer, state))
@@ -219,6 +269,7 @@ impl TrainingState {
             last_train_loss: None,
             loss_scaler,
             world_size,
+            optimizer: None,
         }
     }
 
