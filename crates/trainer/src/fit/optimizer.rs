@@ -266,6 +266,16 @@ mod tests {
             let (layer, grads) = layer_and_unit_gradients(Some(layer));
             let layer = optimizer.step(0.1, layer, grads);
             optimizer.save(&path).unwrap();
+            if overrides == ["train.optimizer=adam", "train.optimizer_state=8bit"] {
+                // Two moments of the weight (8192 codes, 4 scales each), the bias's in f32, and
+                // the record's names: one byte a code on disk too.
+                let state = 2 * (8192 + 4 * 4) + 2 * 64 * 4;
+                let saved = std::fs::metadata(&path).unwrap().len() as usize;
+                assert!(
+                    (state..state + 4096).contains(&saved),
+                    "8-bit state of {state} bytes saved in {saved}"
+                );
+            }
             let restored = TrainingOptimizer::<B, Linear<B>>::from_config(&config)
                 .load(&path, &device)
                 .unwrap();

@@ -26,16 +26,19 @@ pub const BLOCK: usize = 2048;
 /// Tensors with fewer values keep f32 state whatever the format (bitsandbytes' `min_8bit_size`).
 pub const MIN_QUANTIZED_VALUES: usize = 4096;
 
-/// One moment of one parameter tensor, in its stored format.
+/// One moment of one parameter tensor, in its stored format. Saved as little-endian byte strings
+/// (MessagePack would spend 2–5 bytes on each number of a plain sequence).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StoredMoment {
     /// 4 bytes a value.
-    F32(Vec<f32>),
+    F32(#[serde(with = "le_bytes")] Vec<f32>),
     /// bfloat16 bit patterns, 2 bytes a value.
-    Bf16(Vec<u16>),
+    Bf16(#[serde(with = "le_bytes")] Vec<u16>),
     /// One byte a value (an index into [`DynamicCode`]) and one scale per [`BLOCK`] values.
     Blockwise8 {
+        #[serde(with = "serde_bytes")]
         codes: Vec<u8>,
+        #[serde(with = "le_bytes")]
         scales: Vec<f32>,
         /// The signed code (first moment, momentum) or the unsigned one (second moment).
         signed: bool,
@@ -320,6 +323,60 @@ impl MomentState {
     /// Bytes held by the moments.
     pub fn bytes(&self) -> usize {
         self.moments.iter().map(StoredMoment::bytes).sum()
+    }
+}
+
+/// Numbers saved as one byte string, little-endian.
+mod le_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub trait LeBytes: Sized {
+        const SIZE: usize;
+        fn extend_le(&self, out: &mut Vec<u8>);
+        fn from_le(bytes: &[u8]) -> Self;
+    }
+
+    impl LeBytes for f32 {
+        const SIZE: usize = 4;
+        fn extend_le(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+        fn from_le(bytes: &[u8]) -> Self {
+            f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+        }
+    }
+
+    impl LeBytes for u16 {
+        const SIZE: usize = 2;
+        fn extend_le(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+        fn from_le(bytes: &[u8]) -> Self {
+            u16::from_le_bytes([bytes[0], bytes[1]])
+        }
+    }
+
+    pub fn serialize<T: LeBytes, S: Serializer>(
+        values: &[T],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(values.len() * T::SIZE);
+        values.iter().for_each(|value| value.extend_le(&mut bytes));
+        serializer.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, T: LeBytes, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<T>, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        if bytes.len() % T::SIZE != 0 {
+            return Err(serde::de::Error::custom(format!(
+                "{} bytes are not a whole number of {}-byte values",
+                bytes.len(),
+                T::SIZE
+            )));
+        }
+        Ok(bytes.chunks_exact(T::SIZE).map(T::from_le).collect())
     }
 }
 
