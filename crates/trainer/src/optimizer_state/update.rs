@@ -198,42 +198,35 @@ fn host_f32<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> TensorData {
     tensor.into_data()
 }
 
-impl<B: Backend> SimpleOptimizer<B> for CompactAdam {
-    type State<const D: usize> = MomentState;
+/// Burn's `SimpleOptimizer` for each [`BlockwiseUpdate`] (a blanket impl of Burn's trait is not
+/// allowed here): each step goes through [`step_tensor`], and the state is host data that
+/// stays where it is when the model moves.
+macro_rules! simple_optimizer {
+    ($($update:ty),+) => {$(
+        impl<B: Backend> SimpleOptimizer<B> for $update {
+            type State<const D: usize> = MomentState;
 
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        step_tensor(self, lr, tensor, grad, state)
-    }
+            fn step<const D: usize>(
+                &self,
+                lr: f64,
+                tensor: Tensor<B, D>,
+                grad: Tensor<B, D>,
+                state: Option<Self::State<D>>,
+            ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+                step_tensor(self, lr, tensor, grad, state)
+            }
 
-    fn to_device<const D: usize>(state: Self::State<D>, _device: &B::Device) -> Self::State<D> {
-        // Host data: it stays where it is.
-        state
-    }
+            fn to_device<const D: usize>(
+                state: Self::State<D>,
+                _device: &B::Device,
+            ) -> Self::State<D> {
+                state
+            }
+        }
+    )+};
 }
 
-impl<B: Backend> SimpleOptimizer<B> for CompactSgd {
-    type State<const D: usize> = MomentState;
-
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        step_tensor(self, lr, tensor, grad, state)
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, _device: &B::Device) -> Self::State<D> {
-        state
-    }
-}
+simple_optimizer!(CompactAdam, CompactSgd);
 
 #[cfg(test)]
 mod tests {
