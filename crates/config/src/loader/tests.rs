@@ -1,3 +1,5 @@
+//! The config loader's unit tests: defaults, presets, overrides and their errors.
+
 use super::*;
 use crate::{Fold, Precision};
 

@@ -1,3 +1,5 @@
+//! The memory plan's unit tests: what each switch does to the plan, and what `--fit` proposes.
+
 use super::*;
 
 /// The seed's model at 224 px, batch 4, one view, validating 4 samples at a time.
