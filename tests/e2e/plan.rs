@@ -18,15 +18,30 @@ const MEDIUM: [&str; 10] = [
     "trainer.accelerator=cpu",
 ];
 
-fn planned_host_peak(dir: &std::path::Path, config: &str, extra: &[&str]) -> u64 {
+/// `vidtrain plan --json` of MEDIUM with `extra`.
+fn planned(dir: &std::path::Path, config: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["plan", "--json", "--device", "cpu", "--config", config];
     args.extend(MEDIUM);
     args.extend_from_slice(extra);
     let output = vidtrain(dir, &args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let plan: serde_json::Value =
-        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
-    plan["host_peak_bytes"].as_u64().unwrap()
+    serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap()
+}
+
+fn planned_host_peak(dir: &std::path::Path, config: &str, extra: &[&str]) -> u64 {
+    planned(dir, config, extra)["host_peak_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Trains MEDIUM with `extra` as experiment `measured`; returns its run folder.
+fn measured_run(dir: &std::path::Path, config: &str, extra: &[&str]) -> std::path::PathBuf {
+    let mut args = vec!["train", "--config", config, "experiment=measured"];
+    args.extend(MEDIUM);
+    args.extend_from_slice(extra);
+    let output = vidtrain(dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    only_run_dir(&dir.join("runs"))
 }
 
 #[test]
@@ -35,11 +50,7 @@ fn the_plan_predicts_the_measured_peak_and_fit_keeps_within_budget() {
     let config = small_dataset(&dir);
 
     let predicted = planned_host_peak(&dir, &config, &[]);
-    let mut args = vec!["train", "--config", &config, "experiment=measured"];
-    args.extend(MEDIUM);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let run = only_run_dir(&dir.join("runs"));
+    let run = measured_run(&dir, &config, &[]);
     let measured = read_json(&run.join("summary.json"))["peak_host_rss_bytes"]
         .as_u64()
         .unwrap();
@@ -149,36 +160,23 @@ fn the_plan_prices_a_validation_peak_as_validation_runs() {
         "data.batch_size=1",
         "train.video_batch_size=8",
     ];
-    let mut args = vec!["plan", "--json", "--device", "cpu", "--config", &config];
-    args.extend(MEDIUM);
-    args.extend(validation_dominated);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let plan: serde_json::Value =
-        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap();
+    let plan = planned(&dir, &config, &validation_dominated);
     let predicted = plan["host_peak_bytes"].as_u64().unwrap();
-    let activations = plan["host"]
+    let activations: Vec<&str> = plan["host"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|component| {
-            component["name"]
-                .as_str()
-                .unwrap()
-                .starts_with("activations")
-        })
-        .unwrap()["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(activations.contains("validation batch of"), "{activations}");
+        .filter_map(|component| component["name"].as_str())
+        .filter(|name| name.starts_with("activations"))
+        .collect();
+    assert!(
+        activations
+            .first()
+            .is_some_and(|name| name.contains("validation batch of")),
+        "{activations:?}"
+    );
 
-    let mut args = vec!["train", "--config", &config, "experiment=measured"];
-    args.extend(MEDIUM);
-    args.extend(validation_dominated);
-    let output = vidtrain(&dir, &args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let run = only_run_dir(&dir.join("runs"));
+    let run = measured_run(&dir, &config, &validation_dominated);
     let memory = read_json(&run.join("memory.json"));
     let phases = &memory["phase_peak_host_rss_bytes"];
     let validation = phases["validation"].as_u64().unwrap();

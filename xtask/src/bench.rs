@@ -39,16 +39,7 @@ pub fn data() -> anyhow::Result<()> {
         args.extend(settings);
         args.push(&workers);
         eprintln!("$ vidtrain {}", args.join(" "));
-        let output = Command::new(&vidtrain).args(&args).output()?;
-        if !output.status.success() {
-            bail!(
-                "vidtrain data bench failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let last = stdout.lines().last().context("no output")?;
-        Ok(serde_json::from_str(last)?)
+        json_line(&vidtrain, &args)
     };
 
     let short_run = run(&short, 2, &[])?;
@@ -200,6 +191,30 @@ pub(crate) fn bench_dataset(vidtrain: &Path, folder: &Path) -> anyhow::Result<Pa
         }
     }
     Ok(data.join("vidtrain.toml"))
+}
+
+/// Runs `program args` and parses the last line of its stdout as JSON (the `--json` line of a
+/// vidtrain command, a reference script's result).
+pub(crate) fn json_line<S: AsRef<std::ffi::OsStr>>(
+    program: &Path,
+    args: &[S],
+) -> anyhow::Result<Value> {
+    let output = Command::new(program).args(args).output()?;
+    if !output.status.success() {
+        let shown: Vec<_> = args
+            .iter()
+            .map(|arg| arg.as_ref().to_string_lossy())
+            .collect();
+        bail!(
+            "{} {} failed: {}",
+            program.display(),
+            shown.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().context("no output")?;
+    Ok(serde_json::from_str(line)?)
 }
 
 /// Runs `vidtrain <args>` (a `train` command) and returns the `summary.json` of the newest run

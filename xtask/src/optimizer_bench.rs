@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::bench::{bench_dataset, git_revision, host, target_dir, train_summary};
+use crate::bench::{bench_dataset, git_revision, host, json_line, target_dir, train_summary};
 use crate::cpu_bench::torch_python;
 use crate::{build_vidtrain, project_root};
 
@@ -42,13 +42,7 @@ pub fn optimizer() -> anyhow::Result<()> {
         let mut plan_args = vec!["plan", "--json", "--device", "cpu"];
         plan_args.extend(model);
         plan_args.push(&format);
-        let output = Command::new(&vidtrain).args(&plan_args).output()?;
-        let plan: Value = serde_json::from_str(
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .last()
-                .context("vidtrain plan printed nothing")?,
-        )?;
+        let plan = json_line(&vidtrain, &plan_args)?;
         let planned_state = plan["host"]
             .as_array()
             .into_iter()
@@ -106,24 +100,28 @@ pub fn optimizer() -> anyhow::Result<()> {
             eprintln!("bitsandbytes does not install here: its row is left out");
             continue;
         }
-        let output = Command::new(&python)
-            .arg(&script)
-            .args([optimizer, "--classes", "9", "--size", "32", "--frames", "8"])
-            .args(["--batch", "2", "--steps", STEPS])
-            .output()?;
-        if !output.status.success() {
-            eprintln!(
-                "PyTorch {optimizer} failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            continue;
-        }
-        let mut row: Value = serde_json::from_str(
-            String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .last()
-                .context("no output")?,
-        )?;
+        let script = script.to_string_lossy();
+        let args = [
+            script.as_ref(),
+            optimizer,
+            "--classes",
+            "9",
+            "--size",
+            "32",
+            "--frames",
+            "8",
+            "--batch",
+            "2",
+            "--steps",
+            STEPS,
+        ];
+        let mut row = match json_line(&python, &args) {
+            Ok(row) => row,
+            Err(error) => {
+                eprintln!("PyTorch {optimizer}: {error}");
+                continue;
+            }
+        };
         row["name"] = json!(format!("PyTorch {optimizer}"));
         rows.push(row);
     }

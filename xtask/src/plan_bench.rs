@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::bench::{bench_dataset, git_revision, host, target_dir, train_summary};
+use crate::bench::{bench_dataset, git_revision, host, json_line, target_dir, train_summary};
 use crate::{build_vidtrain, project_root};
 
 pub fn plan() -> anyhow::Result<()> {
@@ -334,19 +334,4 @@ fn validation_dataset(vidtrain: &Path, folder: &Path) -> anyhow::Result<String> 
         .to_str()
         .context("UTF-8 path")?
         .to_string())
-}
-
-/// Runs `vidtrain args` and parses the last line of stdout as JSON.
-fn json_line(vidtrain: &Path, args: &[String]) -> anyhow::Result<Value> {
-    let output = Command::new(vidtrain).args(args).output()?;
-    if !output.status.success() {
-        bail!(
-            "vidtrain {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().context("no output")?;
-    Ok(serde_json::from_str(line)?)
 }

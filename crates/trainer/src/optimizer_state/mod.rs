@@ -88,8 +88,21 @@ impl StoredMoment {
     /// The values as f32 (for tests and inspection: the optimizers never decode a whole moment).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.len()];
-        for (block, values) in self.blocks().into_iter().zip(out.chunks_mut(BLOCK)) {
-            block.read(values);
+        match self {
+            StoredMoment::F32(values) => out.copy_from_slice(values),
+            StoredMoment::Bf16(values) => decode_bf16(values, &mut out),
+            StoredMoment::Blockwise8 {
+                codes,
+                scales,
+                signed,
+            } => {
+                let code = DynamicCode::get(*signed);
+                for ((codes, &scale), out) in
+                    codes.chunks(BLOCK).zip(scales).zip(out.chunks_mut(BLOCK))
+                {
+                    code.decode(codes, scale, out);
+                }
+            }
         }
         out
     }
@@ -110,25 +123,6 @@ impl StoredMoment {
                     .chunks_mut(BLOCK)
                     .zip(scales.iter_mut())
                     .map(|(codes, scale)| MomentBlock::Blockwise8 { codes, scale, code })
-                    .collect()
-            }
-        }
-    }
-
-    fn blocks(&self) -> Vec<MomentBlockRef<'_>> {
-        match self {
-            StoredMoment::F32(values) => values.chunks(BLOCK).map(MomentBlockRef::F32).collect(),
-            StoredMoment::Bf16(values) => values.chunks(BLOCK).map(MomentBlockRef::Bf16).collect(),
-            StoredMoment::Blockwise8 {
-                codes,
-                scales,
-                signed,
-            } => {
-                let code = DynamicCode::get(*signed);
-                codes
-                    .chunks(BLOCK)
-                    .zip(scales)
-                    .map(|(codes, &scale)| MomentBlockRef::Blockwise8 { codes, scale, code })
                     .collect()
             }
         }
@@ -187,26 +181,6 @@ impl MomentBlock<'_> {
             MomentBlock::Blockwise8 { codes, scale, code } => {
                 **scale = code.encode_block(values, codes)
             }
-        }
-    }
-}
-
-enum MomentBlockRef<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [u16]),
-    Blockwise8 {
-        codes: &'a [u8],
-        scale: f32,
-        code: &'static DynamicCode,
-    },
-}
-
-impl MomentBlockRef<'_> {
-    fn read(&self, out: &mut [f32]) {
-        match self {
-            MomentBlockRef::F32(values) => out.copy_from_slice(values),
-            MomentBlockRef::Bf16(values) => decode_bf16(values, out),
-            MomentBlockRef::Blockwise8 { codes, scale, code } => code.decode(codes, *scale, out),
         }
     }
 }

@@ -40,9 +40,34 @@ impl CompactAdam {
             format,
         }
     }
+}
 
+/// SGD with momentum (dampening 0, optionally Nesterov), L2 weight decay added to the gradient,
+/// as Burn's (and PyTorch's) SGD.
+#[derive(Debug, Clone)]
+pub struct CompactSgd {
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub weight_decay: f32,
+    pub format: OptimizerStateFormat,
+}
+
+/// A parameter update over host f32 slices and a [`MomentState`].
+pub trait BlockwiseUpdate {
+    /// Moments of the state, and whether each is signed.
+    const MOMENTS: &'static [bool];
+    /// The format new state is stored in.
+    fn format(&self) -> OptimizerStateFormat;
     /// One step of `params` (updated in place) with `grads` and `state` (updated), at `lr`.
-    pub fn update(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState) {
+    fn update(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState);
+}
+
+impl BlockwiseUpdate for CompactAdam {
+    const MOMENTS: &'static [bool] = &[true, false];
+    fn format(&self) -> OptimizerStateFormat {
+        self.format
+    }
+    fn update(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState) {
         state.time += 1;
         let time = state.time as i32;
         let bias_correction_2 = (1.0 - self.beta_2.powi(time)).sqrt();
@@ -85,19 +110,12 @@ impl CompactAdam {
     }
 }
 
-/// SGD with momentum (dampening 0, optionally Nesterov), L2 weight decay added to the gradient,
-/// as Burn's (and PyTorch's) SGD.
-#[derive(Debug, Clone)]
-pub struct CompactSgd {
-    pub momentum: f32,
-    pub nesterov: bool,
-    pub weight_decay: f32,
-    pub format: OptimizerStateFormat,
-}
-
-impl CompactSgd {
-    /// One step of `params` (updated in place) with `grads` and `state` (updated), at `lr`.
-    pub fn update(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState) {
+impl BlockwiseUpdate for CompactSgd {
+    const MOMENTS: &'static [bool] = &[true];
+    fn format(&self) -> OptimizerStateFormat {
+        self.format
+    }
+    fn update(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState) {
         state.time += 1;
         let [velocity] = &mut state.moments[..] else {
             panic!("SGD's state has one momentum buffer");
@@ -126,34 +144,6 @@ impl CompactSgd {
     }
 }
 
-/// A parameter update over host f32 slices and a [`MomentState`].
-trait BlockwiseUpdate {
-    /// Moments of the state, and whether each is signed.
-    const MOMENTS: &'static [bool];
-    fn format(&self) -> OptimizerStateFormat;
-    fn apply(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState);
-}
-
-impl BlockwiseUpdate for CompactAdam {
-    const MOMENTS: &'static [bool] = &[true, false];
-    fn format(&self) -> OptimizerStateFormat {
-        self.format
-    }
-    fn apply(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState) {
-        self.update(lr, params, grads, state);
-    }
-}
-
-impl BlockwiseUpdate for CompactSgd {
-    const MOMENTS: &'static [bool] = &[true];
-    fn format(&self) -> OptimizerStateFormat {
-        self.format
-    }
-    fn apply(&self, lr: f32, params: &mut [f32], grads: &[f32], state: &mut MomentState) {
-        self.update(lr, params, grads, state);
-    }
-}
-
 /// Burn's optimizer step for any [`BlockwiseUpdate`]: the tensor and gradient as host f32, the
 /// update in place, the tensor back on its device in its dtype.
 fn step_tensor<B: Backend, const D: usize, U: BlockwiseUpdate>(
@@ -179,7 +169,7 @@ fn step_tensor<B: Backend, const D: usize, U: BlockwiseUpdate>(
     let param_values = params
         .as_mut_slice::<f32>()
         .expect("parameters are f32 here");
-    update.apply(lr as f32, param_values, grad_values, &mut state);
+    update.update(lr as f32, param_values, grad_values, &mut state);
     let tensor = Tensor::<B, D>::from_data(params, &device);
     let tensor = match dtype {
         DType::F32 => tensor,
