@@ -63,6 +63,17 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+impl OptimizerKind {
+    /// The config value (`"adam"`, `"adamw"`, `"sgd"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Adam => "adam",
+            Self::Adamw => "adamw",
+            Self::Sgd => "sgd",
+        }
+    }
+}
+
 /// `train.optimizer_state`: how optimizer moments are stored between steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerStateFormat {

@@ -65,7 +65,7 @@ impl OptimizerIdentity {
     fn keys(self) -> String {
         format!(
             "train.optimizer={} train.optimizer_state={}",
-            format!("{:?}", self.optimizer).to_lowercase(),
+            self.optimizer.name(),
             self.optimizer_state.name()
         )
     }
