@@ -7,6 +7,11 @@
 #   T_PROBE (default 150 s)  one tiny row with cold caches: where the first step's time goes
 #   T_OURS  (default 240 s)  vidtrain bench-model, every row of both models
 #   T_TORCH (default 150 s)  bench/pytorch_reference.py, the same rows (+ Lightning if installed)
+#   T_PROFILE (default 90 s) one row again with warm caches and CubeCL's per-kernel timing:
+#                            profile-summary.txt, GPU time per kernel name (PROFILE_ROW, default
+#                            "fp32 b4" of the seed transformer)
+# PROBE=0, TORCH=0 or PROFILE=0 skip a part (a second run in one lease: the PyTorch side of the
+# first one still stands). CUBECL_AUTOTUNE_LEVEL=minimal shortens the first step's tuning.
 set -u
 OUT=${OUT:-bench-out}
 BIN=${VIDTRAIN_BIN:-bench/gpu/bin/vidtrain}
@@ -16,6 +21,27 @@ echo "$(stamp) start" | tee "$OUT/timeline.txt"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo "no nvidia-smi" >> "$OUT/nvidia-smi.txt"
 python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))' \
   > "$OUT/torch.txt" 2>&1
+
+# CubeCL compiles its kernels at run time with NVRTC: it needs libnvrtc on the loader path and the
+# CUDA headers under $CUDA_PATH/include (default /usr/local/cuda). Find both where the machine has
+# them (a toolkit, or PyTorch's nvidia-* wheels) and record what was found.
+{
+  echo "nvcc: $(command -v nvcc || echo none)"
+  if [ -z "${CUDA_PATH:-}" ]; then
+    for root in /usr/local/cuda /opt/cuda "$(dirname "$(dirname "$(command -v nvcc || echo /none/bin/nvcc)")")"; do
+      if [ -f "$root/include/cuda_fp16.h" ]; then export CUDA_PATH=$root; break; fi
+    done
+  fi
+  echo "CUDA_PATH=${CUDA_PATH:-unset}"
+  if ! ldconfig -p | grep -q 'libnvrtc\.so'; then
+    nvrtc=$( { ls "${CUDA_PATH:-/usr/local/cuda}"/lib64/libnvrtc.so* 2>/dev/null;
+               python3 -c 'import nvidia, glob, os; [print(f) for p in nvidia.__path__ for f in glob.glob(os.path.join(p, "**", "libnvrtc.so*"), recursive=True)]' 2>/dev/null; } | head -1)
+    if [ -n "$nvrtc" ]; then export LD_LIBRARY_PATH="$(dirname "$nvrtc")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+  fi
+  echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-unset}"
+  ldconfig -p | grep -E 'libnvrtc|libcuda\.so' || true
+} > "$OUT/cuda-env.txt" 2>&1
+cat "$OUT/cuda-env.txt"
 # CubeCL reads cubecl.toml from the working directory: keep compiled kernels and autotune results
 # in $OUT so that they come back and a later run can start warm.
 cat > cubecl.toml <<TOML
@@ -26,6 +52,7 @@ cache = { file = "$OUT/cache/kernels" }
 cache = { file = "$OUT/cache/autotune" }
 TOML
 
+if [ "${PROBE:-1}" != 0 ]; then
 echo "$(stamp) probe: one tiny row, cold" | tee -a "$OUT/timeline.txt"
 # CUBECL_DEBUG_LOG logs every kernel compilation and autotune run with its time.
 CUBECL_DEBUG_LOG="$OUT/cubecl-probe.log" timeout "${T_PROBE:-150}" "$BIN" bench-model --tiny --backbone vivit --rows "fp32 b4" \
@@ -33,6 +60,7 @@ CUBECL_DEBUG_LOG="$OUT/cubecl-probe.log" timeout "${T_PROBE:-150}" "$BIN" bench-
   > "$OUT/probe.log" 2>&1
 status=$?  # (read before $(stamp), which resets $?)
 echo "$(stamp) probe exit $status" | tee -a "$OUT/timeline.txt"
+fi
 
 echo "$(stamp) vidtrain bench-model" | tee -a "$OUT/timeline.txt"
 timeout "${T_OURS:-240}" "$BIN" bench-model --backbone "${BACKBONE:-both}" \
@@ -41,12 +69,33 @@ timeout "${T_OURS:-240}" "$BIN" bench-model --backbone "${BACKBONE:-both}" \
 status=${PIPESTATUS[0]}
 echo "$(stamp) vidtrain exit $status" | tee -a "$OUT/timeline.txt"
 
+if [ "${TORCH:-1}" != 0 ]; then
 echo "$(stamp) pytorch reference" | tee -a "$OUT/timeline.txt"
 timeout "${T_TORCH:-150}" python3 bench/pytorch_reference.py --backbone "${BACKBONE:-both}" \
   --warmup "${WARMUP:-3}" --steps "${STEPS:-10}" --lightning --out "$OUT/pytorch.json" \
   2>&1 | tee "$OUT/pytorch.log"
 status=${PIPESTATUS[0]}
 echo "$(stamp) pytorch exit $status" | tee -a "$OUT/timeline.txt"
+fi
+
+if [ "${PROFILE:-1}" != 0 ]; then
+  echo "$(stamp) profile: ${PROFILE_ROW:-fp32 b4}, warm caches, per-kernel GPU time" | tee -a "$OUT/timeline.txt"
+  # The kernel and autotune caches above are warm now: this run times kernels, not compilers.
+  # CubeCL's profiler synchronises around every kernel, so the step is slower than unprofiled;
+  # the shares between kernels are what it is for.
+  cat >> cubecl.toml <<TOML
+
+[profiling]
+logger = { level = "basic", file = "$OUT/profile.log" }
+TOML
+  timeout "${T_PROFILE:-90}" "$BIN" bench-model --backbone transformer --rows "${PROFILE_ROW:-fp32 b4}" \
+    --exact --warmup 1 --steps 3 --out "$OUT/profile.json" trainer.accelerator=cuda \
+    > "$OUT/profile-run.log" 2>&1
+  status=$?
+  echo "$(stamp) profile exit $status" | tee -a "$OUT/timeline.txt"
+  python3 bench/gpu/kernel_profile.py "$OUT/profile.log" > "$OUT/profile-summary.txt" 2>&1
+  head -25 "$OUT/profile-summary.txt"
+fi
 
 if command -v ffmpeg > /dev/null; then
   echo "$(stamp) full pipeline: demo data, bf16 b1x4" | tee -a "$OUT/timeline.txt"

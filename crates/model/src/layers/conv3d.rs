@@ -12,9 +12,10 @@ use burn::module::{Initializer, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
+use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::module::{conv_transpose3d, conv3d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::{ConvOptions, ModuleOps};
 
 use crate::layers::conv_gemm::{ConvGeometry, conv3d_gradients};
 use crate::precision::like;
@@ -192,8 +193,11 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     }
 
     /// The weight gradient (in the master dtype) and input gradient through the backend's own
-    /// convolutions: each clip's weight gradient is a convolution of the clip with its output
-    /// gradient used as the kernel, the input gradient a transposed convolution.
+    /// convolution backward kernels (`conv3d_weight_backward`, `conv3d_x_backward`: the ones
+    /// Burn's autodiff calls). On CUDA these are cubecl's implicit-GEMM backward kernels. This
+    /// replaced a convolution of each clip with its output gradient used as the kernel: on the
+    /// first H200 run (`docs/benchmarks.md`) that made kernels as large as a feature map
+    /// (`[8, 112, 112]` taps over one input channel), which GEMM tiling cannot fill.
     fn gradients_by_convolution(
         &self,
         x: Tensor<B::InnerBackend, 5>,
@@ -201,40 +205,28 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         upstream: Tensor<B::InnerBackend, 5>,
         wants_input: bool,
     ) -> (Tensor<B::InnerBackend, 5>, Option<Tensor<B, 5>>) {
-        let [n, c_in, t, h, w] = x.dims();
-        let [_, c_out, t_out, h_out, w_out] = upstream.dims();
-        let [kt, kh, kw] = self.kernel;
         let master = weight.dtype();
-        // Correlating the input with the output gradient: the forward stride becomes the
-        // dilation, and the result can exceed the kernel by the rows a stride drops.
-        let options = ConvOptions::new([1, 1, 1], self.padding, self.stride, 1);
-        let weight_gradient = (0..n)
-            .map(|clip| {
-                let x = x.clone().slice(clip..clip + 1).reshape([c_in, 1, t, h, w]);
-                let upstream = upstream
-                    .clone()
-                    .slice(clip..clip + 1)
-                    .reshape([c_out, 1, t_out, h_out, w_out]);
-                conv3d(x, upstream, None, options.clone())
-                    .slice([0..c_in, 0..c_out, 0..kt, 0..kh, 0..kw])
-                    .cast(master)
-            })
-            .reduce(|sum, clip| sum + clip)
-            .expect("a micro-batch has at least one clip")
-            .swap_dims(0, 1); // [c_out, c_in, kt, kh, kw]
+        let weight = weight.cast(upstream.dtype());
+        let x = x.cast(upstream.dtype());
+        let options = ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1);
+        let float = |tensor: Tensor<B::InnerBackend, 5>| tensor.into_primitive().tensor();
+        let weight_gradient = B::InnerBackend::conv3d_weight_backward(
+            float(x.clone()),
+            float(weight.clone()),
+            float(upstream.clone()),
+            options.clone(),
+        );
+        let weight_gradient =
+            Tensor::<B::InnerBackend, 5>::from_primitive(TensorPrimitive::Float(weight_gradient))
+                .cast(master);
         let input_gradient = wants_input.then(|| {
-            let padding_out = std::array::from_fn(|axis| {
-                let size_out = [t_out, h_out, w_out][axis];
-                let covered = (size_out - 1) * self.stride[axis] + self.kernel[axis];
-                ([t, h, w][axis] + 2 * self.padding[axis]).saturating_sub(covered)
-            });
-            let weight = weight.cast(upstream.dtype());
-            Tensor::from_inner(conv_transpose3d(
-                upstream,
-                weight,
-                None,
-                ConvTransposeOptions::new(self.stride, self.padding, padding_out, [1, 1, 1], 1),
-            ))
+            let gradient = B::InnerBackend::conv3d_x_backward(
+                float(x),
+                float(weight),
+                float(upstream),
+                options,
+            );
+            Tensor::from_inner(Tensor::from_primitive(TensorPrimitive::Float(gradient)))
         });
         (weight_gradient, input_gradient)
     }
