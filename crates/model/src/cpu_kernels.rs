@@ -12,11 +12,23 @@ use rayon::prelude::*;
 /// Whether the fast CPU kernels serve tensors of backend `B` on `device` (the plain CPU
 /// backend: kernels work on the inner tensors of by-hand gradients).
 pub fn enabled<B: Backend>(device: &B::Device) -> bool {
+    !reference() && plain_cpu::<B>(device)
+}
+
+/// Whether the fast CPU kernels serve tensors of backend `B` on `device`, `B` being burn-flex
+/// itself or burn-flex under autodiff (kernels that build constants for a tracked tensor, such
+/// as [`crate::layers::dropout`]'s mask).
+pub fn host_tensors<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    !reference() && (name == "flex" || name == "autodiff<flex>")
+}
+
+/// `VIDTRAIN_CPU_KERNELS=reference`: Burn's compositions everywhere.
+fn reference() -> bool {
     static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let reference = *REFERENCE.get_or_init(|| {
+    *REFERENCE.get_or_init(|| {
         std::env::var("VIDTRAIN_CPU_KERNELS").is_ok_and(|value| value == "reference")
-    });
-    !reference && plain_cpu::<B>(device)
+    })
 }
 
 /// Whether `B` is burn-flex itself (not wrapped in autodiff).

@@ -22,6 +22,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
 use vidtrain_config::{FusionMode, InputType, ModalityFusion, RecomputeMode};
 
+use crate::layers::dropout::dropout;
+
 pub use backbones::keypoint_transformer::{KeypointEncoder, KeypointEncoderConfig};
 pub use backbones::mamba::{KeypointMamba, KeypointMambaConfig, VideoMamba, VideoMambaConfig};
 pub use backbones::resnet3d::{Resnet3d, Resnet3dConfig};
@@ -280,21 +282,21 @@ impl<B: Backend> ActionModel<B> {
         let features = features.reshape([batch, views, dim]); // [b, v, dim]
         match self.fusion {
             FusionMode::LogitMean => {
-                let logits = self.head.forward(self.dropout.forward(features)); // [b, v, classes]
+                let logits = self.head.forward(dropout(&self.dropout, features)); // [b, v, classes]
                 logits.mean_dim(1).squeeze_dim(1)
             }
             FusionMode::ProbMean => {
-                let logits = self.head.forward(self.dropout.forward(features));
+                let logits = self.head.forward(dropout(&self.dropout, features));
                 let probabilities = softmax(logits, 2).mean_dim(1).squeeze_dim(1); // [b, classes]
                 probabilities.clamp_min(1e-12).log()
             }
             FusionMode::FeatureMean => {
                 let fused = features.mean_dim(1).squeeze_dim(1); // [b, dim]
-                self.head.forward(self.dropout.forward(fused))
+                self.head.forward(dropout(&self.dropout, fused))
             }
             FusionMode::FeatureConcat => {
                 let fused = features.reshape([batch, views * dim]); // [b, v·dim]
-                self.head.forward(self.dropout.forward(fused))
+                self.head.forward(dropout(&self.dropout, fused))
             }
         }
     }

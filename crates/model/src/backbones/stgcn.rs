@@ -23,6 +23,7 @@ use crate::chain::{
     Activation, BlockChain, ChainBlock, ChainConfig, SegmentChain, SegmentKind, pooled_features,
 };
 use crate::layers::batch_norm::batch_norm_channels;
+use crate::layers::dropout::dropout;
 use crate::layers::graph::{GraphConv, GraphConvConfig, Skeleton};
 use crate::precision::{like, mean_dim_f32};
 use crate::pytorch_names::PytorchNames;
@@ -190,7 +191,7 @@ impl<B: Backend> TemporalConv<B> {
             Some(bias),
             ConvOptions::new([self.stride, 1], [kernel / 2, 0], [1, 1], 1),
         );
-        self.drop.forward(batch_norm_channels(&self.bn, y))
+        dropout(&self.drop, batch_norm_channels(&self.bn, y))
     }
 }
 

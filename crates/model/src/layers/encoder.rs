@@ -4,6 +4,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, Linea
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
+use crate::layers::dropout::dropout;
 use crate::precision::{layer_norm, linear, softmax_f32};
 use std::ops::Range;
 
@@ -145,7 +146,7 @@ impl<B: Backend> EncoderBlock<B> {
         if let Some(seed) = dropout_seed {
             B::seed(&scores.device(), seed);
         }
-        let weights = self.dropout.forward(softmax_f32(scores, 3));
+        let weights = dropout(&self.dropout, softmax_f32(scores, 3));
         let context = weights.matmul(value); // [b, h, r, head_dim]
         context.swap_dims(1, 2).reshape([batch, rows.len(), dim])
     }
@@ -154,13 +155,13 @@ impl<B: Backend> EncoderBlock<B> {
     /// attention context to the block output.
     pub fn after_attention(&self, input: Tensor<B, 3>, context: Tensor<B, 3>) -> Tensor<B, 3> {
         let attended = linear(&self.projection, context);
-        let x = input + self.dropout.forward(attended);
+        let x = input + dropout(&self.dropout, attended);
         let hidden = gelu(linear(
             &self.feed_forward_in,
             layer_norm(&self.norm_feed_forward, x.clone()),
         ));
-        let hidden = linear(&self.feed_forward_out, self.dropout.forward(hidden));
-        x + self.dropout.forward(hidden)
+        let hidden = linear(&self.feed_forward_out, dropout(&self.dropout, hidden));
+        x + dropout(&self.dropout, hidden)
     }
 }
 

@@ -1,10 +1,11 @@
-//! The layers the backbones are built from: convolutions, normalisation, attention (encoder
+//! The layers the backbones are built from: convolutions, normalisation, dropout, attention (encoder
 //! blocks), Mamba blocks and their selective scan, the seed's convolution stem and graph convolution over a skeleton. Each layer's
 //! activation-memory rule for the plan sits in `crate::summary`, keyed by [`crate::LayerRole`].
 
 pub mod batch_norm;
 pub mod conv3d;
 pub mod conv_gemm;
+pub mod dropout;
 pub mod encoder;
 pub mod graph;
 pub mod mamba;
