@@ -2,7 +2,8 @@
 # vidtrain vs PyTorch on one GPU, in one call: run from the repository root on the GPU machine,
 # with the stripped CUDA binary at bench/gpu/bin/vidtrain (`cargo xtask bench gpu` builds it).
 # Everything lands in $OUT (default bench-out/): nvidia-smi, both JSON files, logs, the kernel and
-# autotune caches (carry them back to warm a later run), and compare.txt, the ratio table.
+# autotune caches as cubecl-cache.tgz (put it in bench/gpu/bin/ to start a later run warm), and
+# compare.txt, the ratio table.
 # Each part has its own time limit, so a slow part cannot eat the whole lease:
 #   T_PROBE (default 150 s)  one tiny row with cold caches: where the first step's time goes
 #   T_OURS  (default 240 s)  vidtrain bench-model, every row of both models
@@ -44,6 +45,11 @@ python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_devic
 cat "$OUT/cuda-env.txt"
 # CubeCL reads cubecl.toml from the working directory: keep compiled kernels and autotune results
 # in $OUT so that they come back and a later run can start warm.
+# A cache brought back from an earlier run (bench/gpu/bin/cubecl-cache.tgz, carried with the
+# binary) starts this one warm.
+if [ -f bench/gpu/bin/cubecl-cache.tgz ]; then
+  tar -xzf bench/gpu/bin/cubecl-cache.tgz -C "$OUT" && echo "warm start: kernel and autotune caches unpacked"
+fi
 cat > cubecl.toml <<TOML
 [compilation]
 cache = { file = "$OUT/cache/kernels" }
@@ -109,4 +115,12 @@ else
 fi
 
 rm -f cubecl.toml
+# The caches sit too deep to come back from the GPU machine as they are: one archive does. Put it
+# at bench/gpu/bin/cubecl-cache.tgz to start the next run warm.
+tar -czf "$OUT/cubecl-cache.tgz" -C "$OUT" cache && rm -rf "$OUT/cache"
+# At most 8 files come back from the GPU machine: the tables and the JSON stay files, every log
+# travels in logs.tgz (not the pipeline run directory: its checkpoints would outgrow 16 MiB).
+keep="compare.txt timeline.txt ours.json pytorch.json profile-summary.txt cubecl-cache.tgz"
+(cd "$OUT" && tar -czf logs.tgz --exclude=logs.tgz --exclude=cubecl-cache.tgz --exclude=runs -- * &&
+  for file in *; do case " $keep logs.tgz " in *" $file "*) ;; *) rm -rf -- "$file" ;; esac; done)
 python3 bench/gpu/compare.py "$OUT/ours.json" "$OUT/pytorch.json" | tee "$OUT/compare.txt"
