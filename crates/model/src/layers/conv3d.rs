@@ -12,10 +12,10 @@ use burn::module::{Initializer, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::conv3d;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
+use burn::tensor::{Slice, TensorPrimitive};
 
 use crate::layers::conv_gemm::{ConvGeometry, conv3d_gradients};
 use crate::precision::like;
@@ -113,13 +113,11 @@ impl<B: Backend> VideoConv3d<B> {
 impl<B: AutodiffBackend> VideoConv3d<B> {
     /// The gradients of this convolution for `upstream`, the gradient of its output: its weight
     /// and bias gradients (f32, like the parameters), and its input's when `wants_input` is set.
-    /// Computed by hand on the inner backend instead of by Burn's autodiff, which is the same
-    /// arithmetic with three copies fewer: Burn's generic conv3d backward swaps the batch and
-    /// channel axes of the input and of the output gradient (and again for the bias), and on
-    /// burn-flex each swap is a single-threaded strided copy of a tensor the size of the
-    /// activation — 35 % of the main thread's samples in a profile of the seed stem's step. Here each clip's weight gradient
-    /// is a convolution of the clip with its output gradient read as `[channels, 1, t, h, w]`,
-    /// a reshape of contiguous data, and the bias gradient a sum over contiguous rows.
+    /// Computed by hand on the inner backend instead of by Burn's autodiff: on the CPU by the
+    /// wide-gemm kernel of `layers::conv_gemm` (Burn's generic conv3d backward swaps the batch
+    /// and channel axes of activation-sized tensors, single-threaded copies on burn-flex: 35 % of
+    /// the seed stem's step in a profile); off the CPU as matrix products over the input's
+    /// patches ([`Self::gradients_by_patches`]); the bias gradient is a sum over contiguous rows.
     ///
     /// # Shapes
     /// - input: `[n, c_in, t, h, w]`, as the forward pass read it
@@ -130,18 +128,24 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         upstream: Tensor<B, 5>,
         wants_input: bool,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
-        let fast = crate::cpu_kernels::enabled::<B::InnerBackend>(&input.device());
-        self.gradients_by(input, upstream, wants_input, fast)
+        let device = input.device();
+        let path = if crate::cpu_kernels::enabled::<B::InnerBackend>(&device) {
+            GradientPath::CpuGemm
+        } else if B::InnerBackend::name(&device) == "flex" {
+            GradientPath::BackendOps
+        } else {
+            GradientPath::Patches
+        };
+        self.gradients_by(input, upstream, wants_input, path)
     }
 
-    /// [`Self::gradients`] through the wide-gemm CPU kernel (`gemm_kernel`, `layers::conv_gemm`)
-    /// or through the backend's convolutions.
+    /// [`Self::gradients`] along `path`.
     fn gradients_by(
         &self,
         input: Tensor<B, 5>,
         upstream: Tensor<B, 5>,
         wants_input: bool,
-        gemm_kernel: bool,
+        path: GradientPath,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
         let [n, c_in, t, h, w] = input.dims();
         // One copy when the input is a view with rearranged axes (the stem's first step reads
@@ -164,7 +168,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                 .reshape([c_out])
                 .cast(bias.val().dtype())
         });
-        let (weight_gradient, input_gradient) = if gemm_kernel {
+        let (weight_gradient, input_gradient) = if path == GradientPath::CpuGemm {
             let dtype = x.dtype();
             let geometry = ConvGeometry {
                 input: [n, c_in, t, h, w],
@@ -181,6 +185,8 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                 input_gradient
                     .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype))),
             )
+        } else if path == GradientPath::Patches {
+            self.gradients_by_patches(x, weight, upstream, wants_input)
         } else {
             self.gradients_by_convolution(x, weight, upstream, wants_input)
         };
@@ -194,10 +200,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
 
     /// The weight gradient (in the master dtype) and input gradient through the backend's own
     /// convolution backward kernels (`conv3d_weight_backward`, `conv3d_x_backward`: the ones
-    /// Burn's autodiff calls). On CUDA these are cubecl's implicit-GEMM backward kernels. This
-    /// replaced a convolution of each clip with its output gradient used as the kernel: on the
-    /// first H200 run (`docs/benchmarks.md`) that made kernels as large as a feature map
-    /// (`[8, 112, 112]` taps over one input channel), which GEMM tiling cannot fill.
+    /// Burn's autodiff calls). On the CPU under `VIDTRAIN_CPU_KERNELS=reference`.
     fn gradients_by_convolution(
         &self,
         x: Tensor<B::InnerBackend, 5>,
@@ -230,6 +233,146 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         });
         (weight_gradient, input_gradient)
     }
+
+    /// The weight gradient (in the master dtype) and input gradient as two matrix products
+    /// over the input's patches (im2col), in backend ops: the path off the CPU. On the first
+    /// H200 run (`docs/benchmarks.md`) cubecl computed the backward kernels above with direct
+    /// convolutions, 178 ms for the stride-2 input gradient and about 60 ms for each weight
+    /// gradient against PyTorch's 16 ms for the whole step, while its matrix products are fast.
+    /// One clip at a time, so that the transient patch matrix, `[t'·h'·w', c_in·kt·kh·kw]`, is
+    /// one clip's column buffer as the memory plan prices it (`summary/costs.rs`).
+    fn gradients_by_patches(
+        &self,
+        x: Tensor<B::InnerBackend, 5>,
+        weight: Tensor<B::InnerBackend, 5>,
+        upstream: Tensor<B::InnerBackend, 5>,
+        wants_input: bool,
+    ) -> (Tensor<B::InnerBackend, 5>, Option<Tensor<B, 5>>) {
+        let clips = x.dims()[0];
+        let mut weight_gradient: Option<Tensor<B::InnerBackend, 5>> = None;
+        let mut input_gradients = Vec::with_capacity(clips);
+        for clip in 0..clips {
+            let (clip_weight, clip_input) = self.clip_gradients_by_patches(
+                x.clone().slice(clip..clip + 1),
+                weight.clone(),
+                upstream.clone().slice(clip..clip + 1),
+                wants_input,
+            );
+            weight_gradient = Some(match weight_gradient {
+                Some(sum) => sum + clip_weight,
+                None => clip_weight,
+            });
+            input_gradients.extend(clip_input);
+        }
+        let weight_gradient = weight_gradient.expect("a micro-batch has at least one clip");
+        let input_gradient = wants_input.then(|| Tensor::cat(input_gradients, 0));
+        (weight_gradient, input_gradient)
+    }
+
+    /// [`Self::gradients_by_patches`] of the clips in `x` together.
+    fn clip_gradients_by_patches(
+        &self,
+        x: Tensor<B::InnerBackend, 5>,
+        weight: Tensor<B::InnerBackend, 5>,
+        upstream: Tensor<B::InnerBackend, 5>,
+        wants_input: bool,
+    ) -> (Tensor<B::InnerBackend, 5>, Option<Tensor<B, 5>>) {
+        let [n, c_in, t, h, w] = x.dims();
+        let [_, c_out, t_out, h_out, w_out] = upstream.dims();
+        let [kt, kh, kw] = self.kernel;
+        let taps = kt * kh * kw;
+        let rows = n * t_out * h_out * w_out;
+        let master = weight.dtype();
+        let dtype = upstream.dtype();
+        let x = x.cast(dtype);
+        let weight = weight.cast(dtype).reshape([c_out, c_in * taps]);
+        // [rows, c_out]: one output position per row.
+        let upstream = upstream.permute([0, 2, 3, 4, 1]).reshape([rows, c_out]);
+        let padded = self.padded(x);
+        let windows = self.tap_windows([t_out, h_out, w_out], n, c_in);
+        let patches = Tensor::stack::<6>(
+            windows
+                .iter()
+                .map(|window| padded.clone().slice(*window))
+                .collect(),
+            2,
+        ) // [n, c_in, taps, t', h', w']
+        .permute([0, 3, 4, 5, 1, 2])
+        .reshape([rows, c_in * taps]);
+        let weight_gradient = upstream
+            .clone()
+            .transpose()
+            .matmul(patches)
+            .reshape([c_out, c_in, kt, kh, kw])
+            .cast(master);
+        let input_gradient = wants_input.then(|| {
+            let [pt, ph, pw] = self.padding;
+            let columns = upstream
+                .matmul(weight) // [rows, c_in·taps]
+                .reshape([n, t_out, h_out, w_out, c_in, taps])
+                .permute([0, 4, 5, 1, 2, 3]); // [n, c_in, taps, t', h', w']
+            let mut gradient = padded.zeros_like();
+            for (tap, window) in windows.into_iter().enumerate() {
+                let column = columns
+                    .clone()
+                    .slice([0..n, 0..c_in, tap..tap + 1, 0..t_out, 0..h_out, 0..w_out])
+                    .reshape([n, c_in, t_out, h_out, w_out]);
+                let sum = gradient.clone().slice(window) + column;
+                gradient = gradient.slice_assign(window, sum);
+            }
+            Tensor::from_inner(gradient.slice([0..n, 0..c_in, pt..pt + t, ph..ph + h, pw..pw + w]))
+        });
+        (weight_gradient, input_gradient)
+    }
+
+    /// `x` with this convolution's zero padding around its three inner axes.
+    fn padded(&self, x: Tensor<B::InnerBackend, 5>) -> Tensor<B::InnerBackend, 5> {
+        let [n, c_in, t, h, w] = x.dims();
+        let [pt, ph, pw] = self.padding;
+        if self.padding == [0, 0, 0] {
+            return x;
+        }
+        let zeros = Tensor::zeros(
+            [n, c_in, t + 2 * pt, h + 2 * ph, w + 2 * pw],
+            (&x.device(), x.dtype()),
+        );
+        zeros.slice_assign([0..n, 0..c_in, pt..pt + t, ph..ph + h, pw..pw + w], x)
+    }
+
+    /// For each kernel tap `(a, b, c)` in the weight's order, the strided window of the padded
+    /// input it reads for every output position: `[n, c_in, t', h', w']`.
+    fn tap_windows(&self, output: [usize; 3], n: usize, c_in: usize) -> Vec<[Slice; 5]> {
+        let [kt, kh, kw] = self.kernel;
+        let window = |offset: usize, axis: usize| {
+            let step = self.stride[axis];
+            let end = offset + (output[axis] - 1) * step + 1;
+            Slice::new(offset as isize, Some(end as isize), step as isize)
+        };
+        let mut windows = Vec::with_capacity(kt * kh * kw);
+        for a in 0..kt {
+            for b in 0..kh {
+                for c in 0..kw {
+                    windows.push([
+                        Slice::from(0..n),
+                        Slice::from(0..c_in),
+                        window(a, 0),
+                        window(b, 1),
+                        window(c, 2),
+                    ]);
+                }
+            }
+        }
+        windows
+    }
+}
+
+/// How [`VideoConv3d::gradients`] computes: vidtrain's wide-gemm CPU kernel, matrix products
+/// over patches in backend ops (off the CPU), or the backend's own convolution backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GradientPath {
+    CpuGemm,
+    Patches,
+    BackendOps,
 }
 
 #[cfg(test)]
@@ -282,15 +425,16 @@ mod tests {
         let grads_ours = (got * upstream.clone()).sum().backward();
         let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
 
-        // The hand-written backward (used in training) gives Burn's gradients too, through the
-        // wide-gemm CPU kernel and through the backend's convolutions.
-        for gemm_kernel in [true, false] {
-            let (by_hand, input_by_hand) = ours.gradients_by(
-                input_last.clone().detach(),
-                upstream.clone(),
-                true,
-                gemm_kernel,
-            );
+        // The hand-written backward (used in training) gives Burn's gradients too, along each
+        // path: the wide-gemm CPU kernel, patches and matrix products (off the CPU), and the
+        // backend's convolution backward.
+        for path in [
+            GradientPath::CpuGemm,
+            GradientPath::Patches,
+            GradientPath::BackendOps,
+        ] {
+            let (by_hand, input_by_hand) =
+                ours.gradients_by(input_last.clone().detach(), upstream.clone(), true, path);
             let expected_weight = theirs.weight.grad(&grads_theirs).unwrap().to_data();
             let expected_bias = theirs.bias.as_ref().unwrap().grad(&grads_theirs).unwrap();
             let expected_input = input_first.grad(&grads_theirs).unwrap().to_data();
