@@ -149,7 +149,24 @@ mod cuda {
         }
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
         if config.compilation.cache.is_none() {
-            config.compilation.cache = Some(CacheConfig::File(folder.join("kernels")));
+            let kernels = folder.join("kernels");
+            // The first H200 run spent 134 s in NVRTC and autotuning before its first step
+            // ended; say so, or a first run looks hung.
+            let warm =
+                std::fs::read_dir(&kernels).is_ok_and(|mut entries| entries.next().is_some());
+            if warm {
+                tracing::info!(
+                    "CUDA kernels compiled by earlier runs: {}",
+                    kernels.display()
+                );
+            } else {
+                tracing::info!(
+                    "CUDA kernels are compiled and tuned on first use: the first steps on this \
+                     machine can take minutes; they are kept in {} for later runs",
+                    folder.display()
+                );
+            }
+            config.compilation.cache = Some(CacheConfig::File(kernels));
         }
         if matches!(config.autotune.cache, CacheConfig::Target) {
             config.autotune.cache = CacheConfig::File(folder.join("autotune"));
