@@ -111,6 +111,46 @@ impl<B: Backend> VideoConv3d<B> {
 }
 
 impl<B: AutodiffBackend> VideoConv3d<B> {
+    /// [`Self::forward`] of an input that runs untracked (the stem in training, whose gradients
+    /// are taken by hand): off the CPU one matrix product over each clip's patches, the path of
+    /// [`Self::gradients_by_patches`], instead of cubecl's convolution kernels; on the CPU
+    /// Burn's `conv3d`.
+    pub fn forward_untracked(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
+        if B::InnerBackend::name(&input.device()) == "flex" {
+            return self.forward(input);
+        }
+        Tensor::from_inner(self.forward_by_patches(input.inner()))
+    }
+
+    /// The convolution of `x` as patches times the weight, one clip at a time.
+    fn forward_by_patches(&self, x: Tensor<B::InnerBackend, 5>) -> Tensor<B::InnerBackend, 5> {
+        let [n, c_in, t, h, w] = x.dims();
+        let [t_out, h_out, w_out] = self.output_size([t, h, w]);
+        let dtype = x.dtype();
+        let weight = self.weight.val().inner().cast(dtype);
+        let c_out = weight.dims()[0];
+        let weight = weight.reshape([c_out, c_in * self.kernel.iter().product::<usize>()]);
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|bias| bias.val().inner().cast(dtype).unsqueeze_dim::<2>(0));
+        let clips = (0..n)
+            .map(|clip| {
+                let padded = self.padded(x.clone().slice(clip..clip + 1));
+                let windows = self.tap_windows([t_out, h_out, w_out], 1, c_in);
+                let output = patch_matrix(&padded, &windows).matmul(weight.clone().transpose());
+                let output = match &bias {
+                    Some(bias) => output + bias.clone(),
+                    None => output,
+                };
+                output
+                    .reshape([1, t_out, h_out, w_out, c_out])
+                    .permute([0, 4, 1, 2, 3])
+            })
+            .collect();
+        Tensor::cat(clips, 0)
+    }
+
     /// The gradients of this convolution for `upstream`, the gradient of its output: its weight
     /// and bias gradients (f32, like the parameters), and its input's when `wants_input` is set.
     /// Computed by hand on the inner backend instead of by Burn's autodiff: on the CPU by the
@@ -290,15 +330,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let upstream = upstream.permute([0, 2, 3, 4, 1]).reshape([rows, c_out]);
         let padded = self.padded(x);
         let windows = self.tap_windows([t_out, h_out, w_out], n, c_in);
-        let patches = Tensor::stack::<6>(
-            windows
-                .iter()
-                .map(|window| padded.clone().slice(*window))
-                .collect(),
-            2,
-        ) // [n, c_in, taps, t', h', w']
-        .permute([0, 3, 4, 5, 1, 2])
-        .reshape([rows, c_in * taps]);
+        let patches = patch_matrix(&padded, &windows);
         let weight_gradient = upstream
             .clone()
             .transpose()
@@ -366,6 +398,21 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     }
 }
 
+/// The patch matrix of `padded` for `windows` ([`VideoConv3d::tap_windows`]): one row per output
+/// position, `[n·t'·h'·w', c_in·taps]`, columns in the weight's `(c_in, kt, kh, kw)` order.
+fn patch_matrix<B: Backend>(padded: &Tensor<B, 5>, windows: &[[Slice; 5]]) -> Tensor<B, 2> {
+    let [n, c_in, t_out, h_out, w_out] = padded.clone().slice(windows[0]).dims();
+    Tensor::stack::<6>(
+        windows
+            .iter()
+            .map(|window| padded.clone().slice(*window))
+            .collect(),
+        2,
+    ) // [n, c_in, taps, t', h', w']
+    .permute([0, 3, 4, 5, 1, 2])
+    .reshape([n * t_out * h_out * w_out, c_in * windows.len()])
+}
+
 /// How [`VideoConv3d::gradients`] computes: vidtrain's wide-gemm CPU kernel, matrix products
 /// over patches in backend ops (off the CPU), or the backend's own convolution backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,6 +463,10 @@ mod tests {
         let expected = theirs.forward(input_first.clone());
         let got = ours.forward(input_last.clone());
         got.to_data()
+            .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
+        // The untracked forward off the CPU: patches times the weight, clip by clip.
+        ours.forward_by_patches(input_last.clone().inner())
+            .into_data()
             .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
 
         // A fixed random upstream gradient through both.

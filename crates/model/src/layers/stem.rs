@@ -118,7 +118,7 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
                 let output = normalize(norm, input);
                 Tensor::from_inner(cast(output.inner(), dtype))
             }
-            convolution => convolution.forward(),
+            StemStep::Convolution(conv, input) => conv.forward_untracked(input),
         }
     }
 
