@@ -12,16 +12,29 @@ use rayon::prelude::*;
 /// Whether the fast CPU kernels serve tensors of backend `B` on `device` (the plain CPU
 /// backend: kernels work on the inner tensors of by-hand gradients).
 pub fn enabled<B: Backend>(device: &B::Device) -> bool {
-    !reference() && plain_cpu::<B>(device)
+    !reference() && B::name(device) == HOST
 }
 
 /// Whether the fast CPU kernels serve tensors of backend `B` on `device`, `B` being burn-flex
 /// itself or burn-flex under autodiff (kernels that build constants for a tracked tensor, such
 /// as [`crate::layers::dropout`]'s mask).
 pub fn host_tensors<B: Backend>(device: &B::Device) -> bool {
-    let name = B::name(device);
-    !reference() && (name == "flex" || name == "autodiff<flex>")
+    !reference() && computes_on_host::<B>(device)
 }
+
+/// Whether `B` computes on the host (burn-flex, plain or under autodiff), whatever
+/// `VIDTRAIN_CPU_KERNELS` says: what chooses between CPU and device compositions of Burn ops.
+pub fn computes_on_host<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    name == HOST
+        || name
+            .strip_prefix("autodiff<")
+            .and_then(|inner| inner.strip_suffix('>'))
+            == Some(HOST)
+}
+
+/// `Backend::name` of the CPU backend, burn-flex.
+const HOST: &str = "flex";
 
 /// `VIDTRAIN_CPU_KERNELS=reference`: Burn's compositions everywhere.
 fn reference() -> bool {
@@ -29,11 +42,6 @@ fn reference() -> bool {
     *REFERENCE.get_or_init(|| {
         std::env::var("VIDTRAIN_CPU_KERNELS").is_ok_and(|value| value == "reference")
     })
-}
-
-/// Whether `B` is burn-flex itself (not wrapped in autodiff).
-fn plain_cpu<B: Backend>(device: &B::Device) -> bool {
-    B::name(device) == "flex"
 }
 
 /// `tensor.cast(dtype)` for float tensors, converted in parallel over the compute pool where the

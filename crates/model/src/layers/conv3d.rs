@@ -17,7 +17,7 @@ use burn::tensor::module::conv3d;
 use burn::tensor::ops::{ConvOptions, ModuleOps};
 use burn::tensor::{Slice, TensorPrimitive};
 
-use crate::layers::conv_gemm::{ConvGeometry, conv3d_gradients};
+use crate::layers::conv_gemm::{ConvGeometry, ConvGradients, conv3d_gradients};
 use crate::precision::like;
 
 /// Configuration of a [`VideoConv3d`].
@@ -116,7 +116,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     /// [`Self::gradients_by_patches`], instead of cubecl's convolution kernels; on the CPU
     /// Burn's `conv3d`.
     pub fn forward_untracked(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
-        if B::InnerBackend::name(&input.device()) == "flex" {
+        if crate::cpu_kernels::computes_on_host::<B>(&input.device()) {
             return self.forward(input);
         }
         Tensor::from_inner(self.forward_by_patches(input.inner()))
@@ -125,20 +125,23 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     /// The convolution of `x` as patches times the weight, one clip at a time.
     fn forward_by_patches(&self, x: Tensor<B::InnerBackend, 5>) -> Tensor<B::InnerBackend, 5> {
         let [n, c_in, t, h, w] = x.dims();
-        let [t_out, h_out, w_out] = self.output_size([t, h, w]);
+        let output = self.output_size([t, h, w]);
+        let [t_out, h_out, w_out] = output;
         let dtype = x.dtype();
         let weight = self.weight.val().inner().cast(dtype);
         let c_out = weight.dims()[0];
-        let weight = weight.reshape([c_out, c_in * self.kernel.iter().product::<usize>()]);
+        let weight = weight
+            .reshape([c_out, c_in * self.kernel.iter().product::<usize>()])
+            .transpose();
         let bias = self
             .bias
             .as_ref()
             .map(|bias| bias.val().inner().cast(dtype).unsqueeze_dim::<2>(0));
+        let windows = self.tap_windows(output, c_in);
         let clips = (0..n)
             .map(|clip| {
                 let padded = self.padded(x.clone().slice(clip..clip + 1));
-                let windows = self.tap_windows([t_out, h_out, w_out], 1, c_in);
-                let output = patch_matrix(&padded, &windows).matmul(weight.clone().transpose());
+                let output = patch_matrix(&padded, &windows).matmul(weight.clone());
                 let output = match &bias {
                     Some(bias) => output + bias.clone(),
                     None => output,
@@ -171,7 +174,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let device = input.device();
         let path = if crate::cpu_kernels::enabled::<B::InnerBackend>(&device) {
             GradientPath::CpuGemm
-        } else if B::InnerBackend::name(&device) == "flex" {
+        } else if crate::cpu_kernels::computes_on_host::<B::InnerBackend>(&device) {
             GradientPath::BackendOps
         } else {
             GradientPath::Patches
@@ -179,7 +182,9 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         self.gradients_by(input, upstream, wants_input, path)
     }
 
-    /// [`Self::gradients`] along `path`.
+    /// [`Self::gradients`] along `path`. Each path returns the weight gradient and the input
+    /// gradient on the inner backend; the casts back to the parameters' and the input's dtypes
+    /// are here, once.
     fn gradients_by(
         &self,
         input: Tensor<B, 5>,
@@ -190,11 +195,12 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let [n, c_in, t, h, w] = input.dims();
         // One copy when the input is a view with rearranged axes (the stem's first step reads
         // frames-first data channels-first); a reshape of contiguous data costs nothing. Without
-        // it each clip's reshape in `gradients_by_convolution` walked the view element by element.
+        // it every path would walk the view element by element.
         let x = input
             .inner()
             .reshape([n, c_in * t * h * w])
             .reshape([n, c_in, t, h, w]);
+        let dtype = x.dtype();
         let upstream = upstream.inner();
         let [_, c_out, t_out, h_out, w_out] = upstream.dims();
         let weight = self.weight.val().inner();
@@ -208,75 +214,77 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                 .reshape([c_out])
                 .cast(bias.val().dtype())
         });
-        let (weight_gradient, input_gradient) = if path == GradientPath::CpuGemm {
-            let dtype = x.dtype();
-            let geometry = ConvGeometry {
-                input: [n, c_in, t, h, w],
-                channels_out: c_out,
-                kernel: self.kernel,
-                stride: self.stride,
-                padding: self.padding,
-                output: [t_out, h_out, w_out],
-            };
-            let (weight_gradient, input_gradient) =
-                conv3d_gradients(x, weight, upstream, geometry, wants_input);
-            (
-                weight_gradient.cast(master),
-                input_gradient
-                    .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype))),
-            )
-        } else if path == GradientPath::Patches {
-            self.gradients_by_patches(x, weight, upstream, wants_input)
-        } else {
-            self.gradients_by_convolution(x, weight, upstream, wants_input)
+        // Backend compositions compute in the output gradient's dtype.
+        let compute = upstream.dtype();
+        let (weight_gradient, input_gradient) = match path {
+            GradientPath::CpuGemm => {
+                let geometry = ConvGeometry {
+                    input: [n, c_in, t, h, w],
+                    channels_out: c_out,
+                    kernel: self.kernel,
+                    stride: self.stride,
+                    padding: self.padding,
+                    output: [t_out, h_out, w_out],
+                };
+                conv3d_gradients(x, weight, upstream, geometry, wants_input)
+            }
+            GradientPath::Patches => self.gradients_by_patches(
+                x.cast(compute),
+                weight.cast(compute),
+                upstream,
+                wants_input,
+            ),
+            GradientPath::BackendOps => self.gradients_by_convolution(
+                x.cast(compute),
+                weight.cast(compute),
+                upstream,
+                wants_input,
+            ),
         };
         let mut gradients = GradientsParams::new();
-        gradients.register(self.weight.id, weight_gradient);
+        gradients.register(self.weight.id, weight_gradient.cast(master));
         if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
             gradients.register(bias.id, gradient);
         }
+        let input_gradient = input_gradient
+            .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype)));
         (gradients, input_gradient)
     }
 
-    /// The weight gradient (in the master dtype) and input gradient through the backend's own
-    /// convolution backward kernels (`conv3d_weight_backward`, `conv3d_x_backward`: the ones
-    /// Burn's autodiff calls). On the CPU under `VIDTRAIN_CPU_KERNELS=reference`.
+    /// The weight and input gradients through the backend's own convolution backward kernels
+    /// (`conv3d_weight_backward`, `conv3d_x_backward`: the ones Burn's autodiff calls). On the
+    /// CPU under `VIDTRAIN_CPU_KERNELS=reference`.
     fn gradients_by_convolution(
         &self,
         x: Tensor<B::InnerBackend, 5>,
         weight: Tensor<B::InnerBackend, 5>,
         upstream: Tensor<B::InnerBackend, 5>,
         wants_input: bool,
-    ) -> (Tensor<B::InnerBackend, 5>, Option<Tensor<B, 5>>) {
-        let master = weight.dtype();
-        let weight = weight.cast(upstream.dtype());
-        let x = x.cast(upstream.dtype());
+    ) -> ConvGradients<B::InnerBackend> {
         let options = ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1);
         let float = |tensor: Tensor<B::InnerBackend, 5>| tensor.into_primitive().tensor();
-        let weight_gradient = B::InnerBackend::conv3d_weight_backward(
+        let tensor = |float| Tensor::from_primitive(TensorPrimitive::Float(float));
+        let weight_gradient = tensor(B::InnerBackend::conv3d_weight_backward(
             float(x.clone()),
             float(weight.clone()),
             float(upstream.clone()),
             options.clone(),
-        );
-        let weight_gradient =
-            Tensor::<B::InnerBackend, 5>::from_primitive(TensorPrimitive::Float(weight_gradient))
-                .cast(master);
+        ));
         let input_gradient = wants_input.then(|| {
-            let gradient = B::InnerBackend::conv3d_x_backward(
+            tensor(B::InnerBackend::conv3d_x_backward(
                 float(x),
                 float(weight),
                 float(upstream),
                 options,
-            );
-            Tensor::from_inner(Tensor::from_primitive(TensorPrimitive::Float(gradient)))
+            ))
         });
         (weight_gradient, input_gradient)
     }
 
-    /// The weight gradient (in the master dtype) and input gradient as two matrix products
-    /// over the input's patches (im2col), in backend ops: the path off the CPU. On the first
-    /// H200 run (`docs/benchmarks.md`) cubecl computed the backward kernels above with direct
+    /// The weight gradient (f32) and input gradient as two matrix products over the input's
+    /// patches (im2col) in backend ops, the path off the CPU: `upstreamᵀ · patches`, and
+    /// `upstream · weight` scattered back tap by tap. On the first H200 run
+    /// (`docs/benchmarks.md`) cubecl computed the backward kernels above with direct
     /// convolutions, 178 ms for the stride-2 input gradient and about 60 ms for each weight
     /// gradient against PyTorch's 16 ms for the whole step, while its matrix products are fast.
     /// One clip at a time, so that the transient patch matrix, `[t'·h'·w', c_in·kt·kh·kw]`, is
@@ -287,74 +295,65 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         weight: Tensor<B::InnerBackend, 5>,
         upstream: Tensor<B::InnerBackend, 5>,
         wants_input: bool,
-    ) -> (Tensor<B::InnerBackend, 5>, Option<Tensor<B, 5>>) {
-        let clips = x.dims()[0];
-        let mut weight_gradient: Option<Tensor<B::InnerBackend, 5>> = None;
-        let mut input_gradients = Vec::with_capacity(clips);
-        for clip in 0..clips {
-            let (clip_weight, clip_input) = self.clip_gradients_by_patches(
-                x.clone().slice(clip..clip + 1),
-                weight.clone(),
-                upstream.clone().slice(clip..clip + 1),
-                wants_input,
-            );
+    ) -> ConvGradients<B::InnerBackend> {
+        let [n, c_in, t, h, w] = x.dims();
+        let [_, c_out, t_out, h_out, w_out] = upstream.dims();
+        let [kt, kh, kw] = self.kernel;
+        let [pt, ph, pw] = self.padding;
+        let taps = kt * kh * kw;
+        let positions = t_out * h_out * w_out;
+        let weight = weight.reshape([c_out, c_in * taps]);
+        let windows = self.tap_windows([t_out, h_out, w_out], c_in);
+        let mut weight_gradient: Option<Tensor<B::InnerBackend, 2>> = None;
+        let mut input_gradients = Vec::with_capacity(if wants_input { n } else { 0 });
+        for clip in 0..n {
+            let padded = self.padded(x.clone().slice(clip..clip + 1));
+            // [positions, c_out]: one output position per row.
+            let upstream = upstream
+                .clone()
+                .slice(clip..clip + 1)
+                .permute([0, 2, 3, 4, 1])
+                .reshape([positions, c_out]);
+            // Summed over clips in f32 whatever the activations' dtype.
+            let clip_weight = upstream
+                .clone()
+                .transpose()
+                .matmul(patch_matrix(&padded, &windows))
+                .cast(FloatDType::F32);
             weight_gradient = Some(match weight_gradient {
                 Some(sum) => sum + clip_weight,
                 None => clip_weight,
             });
-            input_gradients.extend(clip_input);
-        }
-        let weight_gradient = weight_gradient.expect("a micro-batch has at least one clip");
-        let input_gradient = wants_input.then(|| Tensor::cat(input_gradients, 0));
-        (weight_gradient, input_gradient)
-    }
-
-    /// [`Self::gradients_by_patches`] of the clips in `x` together.
-    fn clip_gradients_by_patches(
-        &self,
-        x: Tensor<B::InnerBackend, 5>,
-        weight: Tensor<B::InnerBackend, 5>,
-        upstream: Tensor<B::InnerBackend, 5>,
-        wants_input: bool,
-    ) -> (Tensor<B::InnerBackend, 5>, Option<Tensor<B, 5>>) {
-        let [n, c_in, t, h, w] = x.dims();
-        let [_, c_out, t_out, h_out, w_out] = upstream.dims();
-        let [kt, kh, kw] = self.kernel;
-        let taps = kt * kh * kw;
-        let rows = n * t_out * h_out * w_out;
-        let master = weight.dtype();
-        let dtype = upstream.dtype();
-        let x = x.cast(dtype);
-        let weight = weight.cast(dtype).reshape([c_out, c_in * taps]);
-        // [rows, c_out]: one output position per row.
-        let upstream = upstream.permute([0, 2, 3, 4, 1]).reshape([rows, c_out]);
-        let padded = self.padded(x);
-        let windows = self.tap_windows([t_out, h_out, w_out], n, c_in);
-        let patches = patch_matrix(&padded, &windows);
-        let weight_gradient = upstream
-            .clone()
-            .transpose()
-            .matmul(patches)
-            .reshape([c_out, c_in, kt, kh, kw])
-            .cast(master);
-        let input_gradient = wants_input.then(|| {
-            let [pt, ph, pw] = self.padding;
-            let columns = upstream
-                .matmul(weight) // [rows, c_in·taps]
-                .reshape([n, t_out, h_out, w_out, c_in, taps])
-                .permute([0, 4, 5, 1, 2, 3]); // [n, c_in, taps, t', h', w']
-            let mut gradient = padded.zeros_like();
-            for (tap, window) in windows.into_iter().enumerate() {
-                let column = columns
-                    .clone()
-                    .slice([0..n, 0..c_in, tap..tap + 1, 0..t_out, 0..h_out, 0..w_out])
-                    .reshape([n, c_in, t_out, h_out, w_out]);
-                let sum = gradient.clone().slice(window) + column;
-                gradient = gradient.slice_assign(window, sum);
+            if wants_input {
+                let columns = upstream
+                    .matmul(weight.clone()) // [positions, c_in·taps]
+                    .reshape([1, t_out, h_out, w_out, c_in, taps])
+                    .permute([0, 4, 5, 1, 2, 3]); // [1, c_in, taps, t', h', w']
+                let mut gradient = padded.zeros_like();
+                for (tap, &window) in windows.iter().enumerate() {
+                    let column = columns
+                        .clone()
+                        .slice([0..1, 0..c_in, tap..tap + 1, 0..t_out, 0..h_out, 0..w_out])
+                        .reshape([1, c_in, t_out, h_out, w_out]);
+                    let sum = gradient.clone().slice(window) + column;
+                    gradient = gradient.slice_assign(window, sum);
+                }
+                input_gradients.push(gradient.slice([
+                    0..1,
+                    0..c_in,
+                    pt..pt + t,
+                    ph..ph + h,
+                    pw..pw + w,
+                ]));
             }
-            Tensor::from_inner(gradient.slice([0..n, 0..c_in, pt..pt + t, ph..ph + h, pw..pw + w]))
-        });
-        (weight_gradient, input_gradient)
+        }
+        let weight_gradient = weight_gradient
+            .expect("a micro-batch has at least one clip")
+            .reshape([c_out, c_in, kt, kh, kw]);
+        (
+            weight_gradient,
+            wants_input.then(|| Tensor::cat(input_gradients, 0)),
+        )
     }
 
     /// `x` with this convolution's zero padding around its three inner axes.
@@ -371,9 +370,9 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         zeros.slice_assign([0..n, 0..c_in, pt..pt + t, ph..ph + h, pw..pw + w], x)
     }
 
-    /// For each kernel tap `(a, b, c)` in the weight's order, the strided window of the padded
-    /// input it reads for every output position: `[n, c_in, t', h', w']`.
-    fn tap_windows(&self, output: [usize; 3], n: usize, c_in: usize) -> Vec<[Slice; 5]> {
+    /// For each kernel tap `(a, b, c)` in the weight's order, the strided window of one padded
+    /// clip that it reads for every output position: `[1, c_in, t', h', w']`.
+    fn tap_windows(&self, output: [usize; 3], c_in: usize) -> Vec<[Slice; 5]> {
         let [kt, kh, kw] = self.kernel;
         let window = |offset: usize, axis: usize| {
             let step = self.stride[axis];
@@ -385,7 +384,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
             for b in 0..kh {
                 for c in 0..kw {
                     windows.push([
-                        Slice::from(0..n),
+                        Slice::from(0..1),
                         Slice::from(0..c_in),
                         window(a, 0),
                         window(b, 1),
@@ -398,19 +397,20 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     }
 }
 
-/// The patch matrix of `padded` for `windows` ([`VideoConv3d::tap_windows`]): one row per output
-/// position, `[n·t'·h'·w', c_in·taps]`, columns in the weight's `(c_in, kt, kh, kw)` order.
+/// The patch matrix of one padded clip for `windows` ([`VideoConv3d::tap_windows`]): one row per
+/// output position, `[t'·h'·w', c_in·taps]`, columns in the weight's `(c_in, kt, kh, kw)` order.
 fn patch_matrix<B: Backend>(padded: &Tensor<B, 5>, windows: &[[Slice; 5]]) -> Tensor<B, 2> {
-    let [n, c_in, t_out, h_out, w_out] = padded.clone().slice(windows[0]).dims();
-    Tensor::stack::<6>(
+    let stacked = Tensor::stack::<6>(
         windows
             .iter()
-            .map(|window| padded.clone().slice(*window))
+            .map(|&window| padded.clone().slice(window))
             .collect(),
         2,
-    ) // [n, c_in, taps, t', h', w']
-    .permute([0, 3, 4, 5, 1, 2])
-    .reshape([n * t_out * h_out * w_out, c_in * windows.len()])
+    ); // [1, c_in, taps, t', h', w']
+    let [_, c_in, taps, t_out, h_out, w_out] = stacked.dims();
+    stacked
+        .permute([0, 3, 4, 5, 1, 2])
+        .reshape([t_out * h_out * w_out, c_in * taps])
 }
 
 /// How [`VideoConv3d::gradients`] computes: vidtrain's wide-gemm CPU kernel, matrix products

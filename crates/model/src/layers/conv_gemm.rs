@@ -57,6 +57,9 @@ impl ConvGeometry {
     }
 }
 
+/// A convolution's weight gradient and, when asked for, its input gradient.
+pub(crate) type ConvGradients<B> = (Tensor<B, 5>, Option<Tensor<B, 5>>);
+
 /// The weight gradient `[c_out, c_in, kt, kh, kw]` (f32) and, when `wants_input`, the input
 /// gradient `[n, c_in, t, h, w]` (f32) of a convolution with `weight` for `upstream` (the
 /// gradient of its output, `[n, c_out, t', h', w']`). The bias gradient is the caller's (a sum).
@@ -66,7 +69,7 @@ pub fn conv3d_gradients<B: Backend>(
     upstream: Tensor<B, 5>,
     geometry: ConvGeometry,
     wants_input: bool,
-) -> (Tensor<B, 5>, Option<Tensor<B, 5>>) {
+) -> ConvGradients<B> {
     let group = geometry.frames_per_group();
     gradients_in_groups(input, weight, upstream, geometry, wants_input, group)
 }
@@ -79,7 +82,7 @@ fn gradients_in_groups<B: Backend>(
     geometry: ConvGeometry,
     wants_input: bool,
     group: usize,
-) -> (Tensor<B, 5>, Option<Tensor<B, 5>>) {
+) -> ConvGradients<B> {
     let device = input.device();
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
