@@ -85,24 +85,13 @@ impl StoredMoment {
         }
     }
 
-    /// The values as f32 (for tests and inspection: the optimizers never decode a whole moment).
+    /// The values as f32 (for tests and inspection: the optimizers never decode a whole moment),
+    /// block by block as [`MomentBlock::read`] decodes them, on a copy.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.len()];
-        match self {
-            StoredMoment::F32(values) => out.copy_from_slice(values),
-            StoredMoment::Bf16(values) => decode_bf16(values, &mut out),
-            StoredMoment::Blockwise8 {
-                codes,
-                scales,
-                signed,
-            } => {
-                let code = DynamicCode::get(*signed);
-                for ((codes, &scale), out) in
-                    codes.chunks(BLOCK).zip(scales).zip(out.chunks_mut(BLOCK))
-                {
-                    code.decode(codes, scale, out);
-                }
-            }
+        let mut copy = self.clone();
+        for (block, out) in copy.blocks_mut().iter().zip(out.chunks_mut(BLOCK)) {
+            block.read(out);
         }
         out
     }
@@ -164,7 +153,11 @@ impl MomentBlock<'_> {
     pub fn read(&self, out: &mut [f32]) {
         match self {
             MomentBlock::F32(values) => out.copy_from_slice(values),
-            MomentBlock::Bf16(values) => decode_bf16(values, out),
+            MomentBlock::Bf16(values) => {
+                for (out, &bits) in out.iter_mut().zip(values.iter()) {
+                    *out = burn::tensor::bf16::from_bits(bits).to_f32();
+                }
+            }
             MomentBlock::Blockwise8 { codes, scale, code } => code.decode(codes, **scale, out),
         }
     }
@@ -182,12 +175,6 @@ impl MomentBlock<'_> {
                 **scale = code.encode_block(values, codes)
             }
         }
-    }
-}
-
-fn decode_bf16(values: &[u16], out: &mut [f32]) {
-    for (out, &bits) in out.iter_mut().zip(values) {
-        *out = burn::tensor::bf16::from_bits(bits).to_f32();
     }
 }
 
