@@ -168,29 +168,68 @@ fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> 
     Ok(config)
 }
 
+/// A benchmark's release binary and its folder, `target/bench/NAME`, with its runs in `runs/`.
+pub(crate) struct BenchFolder {
+    pub vidtrain: PathBuf,
+    pub folder: PathBuf,
+    pub runs: PathBuf,
+}
+
+impl BenchFolder {
+    /// Builds the release `vidtrain` with `features` (`""` for none) and names the folder.
+    pub fn prepare(name: &str, features: &str) -> anyhow::Result<Self> {
+        build_vidtrain(features)?;
+        let target = target_dir();
+        let folder = target.join("bench").join(name);
+        Ok(Self {
+            vidtrain: target.join("release/vidtrain"),
+            runs: folder.join("runs"),
+            folder,
+        })
+    }
+}
+
 /// The small benchmark dataset (2 persons, 300 frames of 64×64 in three views) in
 /// `folder/data`, generated once; returns its config file.
 pub(crate) fn bench_dataset(vidtrain: &Path, folder: &Path) -> anyhow::Result<PathBuf> {
-    let data = folder.join("data");
+    demo_dataset(vidtrain, &folder.join("data"), 2)
+}
+
+/// `vidtrain demo-data` of `persons` persons (300 frames of 64×64 in three views) in `data`,
+/// generated once; returns its config file.
+pub(crate) fn demo_dataset(
+    vidtrain: &Path,
+    data: &Path,
+    persons: usize,
+) -> anyhow::Result<PathBuf> {
     if !data.join("vidtrain.toml").is_file() {
         let status = Command::new(vidtrain)
-            .args([
-                "demo-data",
-                "--persons",
-                "2",
-                "--frames",
-                "300",
-                "--size",
-                "64x64",
-                "--out",
-            ])
-            .arg(&data)
+            .args(["demo-data", "--frames", "300", "--size", "64x64"])
+            .args(["--persons", &persons.to_string(), "--out"])
+            .arg(data)
             .status()?;
         if !status.success() {
-            bail!("generating the benchmark data failed");
+            bail!("generating the benchmark data in {} failed", data.display());
         }
     }
     Ok(data.join("vidtrain.toml"))
+}
+
+/// A benchmark's report: `fields` with the machine and the revision.
+pub(crate) fn report(fields: Value) -> Value {
+    let mut report = json!({"host": host(), "git_revision": git_revision()});
+    if let (Some(report), Value::Object(fields)) = (report.as_object_mut(), fields) {
+        report.extend(fields);
+    }
+    report
+}
+
+/// Writes `report` to `target/bench/NAME.json` and says where.
+pub(crate) fn write_report(name: &str, report: &Value) -> anyhow::Result<()> {
+    let out = target_dir().join(format!("bench/{name}.json"));
+    std::fs::write(&out, serde_json::to_string_pretty(report)?)?;
+    println!("written to {}", out.display());
+    Ok(())
 }
 
 /// Runs `program args` and parses the last line of its stdout as JSON (the `--json` line of a
@@ -300,12 +339,12 @@ pub(crate) fn git_revision() -> Option<String> {
 /// VideoMamba (D 192, 6 blocks, 112 px, batch 2: 196 tokens a clip). `BENCH_CASES=mamba` runs
 /// only the named backbones.
 pub fn recompute() -> anyhow::Result<()> {
-    build_vidtrain("")?;
-    let target = target_dir();
-    let vidtrain = target.join("release/vidtrain");
-    let folder = target.join("bench/recompute");
+    let BenchFolder {
+        vidtrain,
+        folder,
+        runs,
+    } = BenchFolder::prepare("recompute", "")?;
     let config = bench_dataset(&vidtrain, &folder)?;
-    let runs = folder.join("runs");
     let mut rows = Vec::new();
     let only = bench_cases();
     let cases = ["none", "encoder", "stem", "all"]
@@ -402,11 +441,7 @@ pub fn recompute() -> anyhow::Result<()> {
             base_speed / speed
         );
     }
-    let report = json!({"host": host(), "git_revision": git_revision(), "rows": rows});
-    let out = target.join("bench/recompute.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-    println!("written to {}", out.display());
-    Ok(())
+    write_report("recompute", &report(json!({ "rows": rows })))
 }
 
 /// `BENCH_CASES=a,b`: the words naming the cases to run (all when unset).
@@ -421,12 +456,12 @@ fn bench_cases() -> Vec<String> {
 /// depth (D 192, 4 blocks; ViViT with 3 heads and FF 768), 112 px, batch 2, one view, f32, no
 /// recompute, on the CPU backend: 8, 16 and 32 frames, i.e. 196, 392 and 784 tokens a clip.
 pub fn tokens() -> anyhow::Result<()> {
-    build_vidtrain("")?;
-    let target = target_dir();
-    let vidtrain = target.join("release/vidtrain");
-    let folder = target.join("bench/tokens");
+    let BenchFolder {
+        vidtrain,
+        folder,
+        runs,
+    } = BenchFolder::prepare("tokens", "")?;
     let config = bench_dataset(&vidtrain, &folder)?;
-    let runs = folder.join("runs");
     let mut rows = Vec::new();
     for backbone in ["mamba", "vivit"] {
         for frames in [8, 16, 32] {
@@ -490,11 +525,7 @@ pub fn tokens() -> anyhow::Result<()> {
             );
         }
     }
-    let report = json!({"host": host(), "git_revision": git_revision(), "rows": rows});
-    let out = target.join("bench/tokens.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-    println!("written to {}", out.display());
-    Ok(())
+    write_report("tokens", &report(json!({ "rows": rows })))
 }
 
 /// `cargo xtask bench gpu`: builds the CUDA binary, strips it into `bench/gpu/bin/vidtrain`

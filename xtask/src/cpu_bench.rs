@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{git_revision, host, target_dir};
+use crate::bench::{report, target_dir, write_report};
 use crate::{build_vidtrain, project_root};
 
 /// The rows of the issue, by their `bench-model` names.
@@ -104,19 +104,14 @@ pub fn cpu() -> anyhow::Result<()> {
             );
         }
     }
-    let report = json!({
-        "host": host(),
-        "git_revision": git_revision(),
+    let report = report(json!({
         "warmup_steps": 1,
         "timed_steps": steps,
         "torch": torch_version(&python),
         "rows": rows,
-    });
-    let path = target_dir().join("bench/cpu.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    }));
     println!("\n{}", ratio_table(&report));
-    println!("written to {}", path.display());
-    Ok(())
+    write_report("cpu", &report)
 }
 
 /// Runs one side of one row and returns its JSON result (or the failure as `{"error": ...}`, so

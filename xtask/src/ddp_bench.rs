@@ -7,8 +7,8 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::bench::{git_revision, host, run_summary, target_dir};
-use crate::{build_vidtrain, require_mpi};
+use crate::bench::{BenchFolder, git_revision, host, run_summary};
+use crate::require_mpi;
 
 /// One measured configuration.
 struct Case {
@@ -19,11 +19,11 @@ struct Case {
 
 pub fn ddp() -> anyhow::Result<()> {
     require_mpi()?;
-    build_vidtrain("mpi")?;
-    let target = target_dir();
-    let vidtrain = target.join("release/vidtrain");
-    let folder = target.join("bench/ddp");
-    let runs = folder.join("runs");
+    let BenchFolder {
+        vidtrain,
+        folder,
+        runs,
+    } = BenchFolder::prepare("ddp", "mpi")?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let epochs: usize = std::env::var("BENCH_EPOCHS")
         .ok()

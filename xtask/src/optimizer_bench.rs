@@ -9,20 +9,19 @@ use std::process::Command;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::bench::{bench_dataset, git_revision, host, json_line, target_dir, train_summary};
+use crate::bench::{
+    BenchFolder, bench_dataset, json_line, report, target_dir, train_summary, write_report,
+};
 use crate::cpu_bench::torch_python;
-use crate::{build_vidtrain, project_root};
+use crate::project_root;
 
 const STEPS: &str = "4";
 
 pub fn optimizer() -> anyhow::Result<()> {
-    build_vidtrain("")?;
-    let target = target_dir();
-    let vidtrain = target.join("release/vidtrain");
-    let folder = target.join("bench/optimizer");
-    let data = bench_dataset(&vidtrain, &target.join("bench/plan"))?;
+    let BenchFolder { vidtrain, runs, .. } = BenchFolder::prepare("optimizer", "")?;
+    // `bench plan`'s dataset: the same data, generated once.
+    let data = bench_dataset(&vidtrain, &target_dir().join("bench/plan"))?;
     let data = data.to_str().context("UTF-8 path")?.to_string();
-    let runs = folder.join("runs");
     let model = [
         "--config",
         data.as_str(),
@@ -141,9 +140,5 @@ pub fn optimizer() -> anyhow::Result<()> {
             row["seconds_per_step"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    let report = json!({"host": host(), "git_revision": git_revision(), "rows": rows});
-    let out = target.join("bench/optimizer.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-    println!("written to {}", out.display());
-    Ok(())
+    write_report("optimizer", &report(json!({ "rows": rows })))
 }

@@ -8,250 +8,40 @@
 //! `BENCH_CASES=r3d,stgcn` runs only the named cases.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::json;
 
-use crate::bench::{bench_dataset, git_revision, host, json_line, target_dir, train_summary};
-use crate::{build_vidtrain, project_root};
+use crate::bench::{
+    BenchFolder, bench_dataset, demo_dataset, json_line, report, train_summary, write_report,
+};
+use crate::project_root;
 
 pub fn plan() -> anyhow::Result<()> {
-    build_vidtrain("")?;
-    let target = target_dir();
-    let vidtrain = target.join("release/vidtrain");
-    let folder = target.join("bench/plan");
+    let BenchFolder {
+        vidtrain,
+        folder,
+        runs,
+    } = BenchFolder::prepare("plan", "")?;
     let data = bench_dataset(&vidtrain, &folder)?;
     let data = data.to_str().context("UTF-8 path")?.to_string();
     let validation_data = validation_dataset(&vidtrain, &folder)?;
     let configs = project_root().join("configs");
-    let preset = |name: &str| configs.join(name).display().to_string();
-    let runs = folder.join("runs");
     let run_dir = format!("paths.run_dir={}", runs.display());
-    // The scenario presets ask for `trainer.precision=16`, which the CPU backend runs as it is.
-    let short = ["train.max_steps=1", "train.k_folds=2"];
-    let seed_224 = [
-        "data.img_size=224",
-        "data.batch_size=4",
-        "train.view=single",
-        "train.video_batch_size=4",
-        "data.num_workers=0",
-    ];
-    let seed_112 = [
-        "data.img_size=112",
-        "data.batch_size=4",
-        "train.view=single",
-        "train.video_batch_size=4",
-        "data.num_workers=0",
-        "data.uniform_temporal_subsample_num=16",
-    ];
-    let r3d_18 = ["model.backbone=3dcnn", "model.resnet_depth=18"];
-    let stgcn = [
-        "model.backbone=stgcn",
-        "model.input_type=kpt",
-        "data.load_kpt=true",
-        "data.load_rgb=false",
-        "data.batch_size=16",
-        "train.view=single",
-        "data.uniform_temporal_subsample_num=64",
-        "data.num_workers=0",
-    ];
-    // VideoMamba (D 192, state 16, expand 2, chunks of 16) with 4 blocks: 196 tokens a clip.
-    let mamba_112 = [
-        "model.backbone=mamba",
-        "model.mamba_layers=4",
-        "data.img_size=112",
-        "data.batch_size=2",
-        "train.view=single",
-        "train.video_batch_size=2",
-        "data.num_workers=0",
-        "data.uniform_temporal_subsample_num=8",
-    ];
-    // The keypoint Mamba over 256 frames of the 52 joints.
-    let mamba_kpt = [
-        "model.backbone=mamba",
-        "model.mamba_layers=4",
-        "model.input_type=kpt",
-        "data.load_kpt=true",
-        "data.load_rgb=false",
-        "data.batch_size=8",
-        "train.view=single",
-        "data.uniform_temporal_subsample_num=256",
-        "data.num_workers=0",
-    ];
-    // Each case: its name and the argument groups it joins (every run adds `short`).
-    let case = |name: &'static str, groups: &[&[&str]]| {
-        let args: Vec<String> = groups
-            .iter()
-            .flat_map(|group| group.iter())
-            .chain(short.iter())
-            .map(|arg| arg.to_string())
-            .collect();
-        (name, args)
-    };
-    let (scenario_a, scenario_b, scenario_c) = (
-        preset("scenario-a-16g-ram-8g-vram.toml"),
-        preset("scenario-b-8g-ram-6g-vram.toml"),
-        preset("scenario-c-4g-vram.toml"),
-    );
-    let on_data = ["--config", data.as_str()];
-    // The seed model on all three views at 160 px, trained 2 samples at a time and validated 16
-    // at a time (issue 26's case): validation sets the peak.
-    let validation_16 = [
-        "--config",
-        validation_data.as_str(),
-        "data.img_size=160",
-        "data.batch_size=2",
-        "data.uniform_temporal_subsample_num=8",
-        "train.video_batch_size=16",
-        "data.num_workers=0",
-    ];
-    // r3d_18's state (33 M parameters) on a tiny clip, in each `train.optimizer_state`.
-    let r3d_state = [
-        "data.img_size=32",
-        "data.batch_size=2",
-        "data.uniform_temporal_subsample_num=8",
-        "train.view=single",
-        "train.video_batch_size=2",
-        "data.num_workers=0",
-        "model.backbone=3dcnn",
-        "model.resnet_depth=18",
-    ];
-    let cases: Vec<(&str, Vec<String>)> = vec![
-        ("demo, 1 epoch", vec!["train.max_epochs=1".into()]),
-        case(
-            "scenario A at 112 px",
-            &[&on_data, &["--config", &scenario_a, "data.img_size=112"]],
-        ),
-        case(
-            "scenario B at 112 px",
-            &[&on_data, &["--config", &scenario_b, "data.img_size=112"]],
-        ),
-        case(
-            "scenario C (112 px)",
-            &[&on_data, &["--config", &scenario_c]],
-        ),
-        case(
-            "seed 224 px b4, none",
-            &[&on_data, &seed_224, &["model.checkpoint=none"]],
-        ),
-        case(
-            "seed 224 px b4, all",
-            &[&on_data, &seed_224, &["model.checkpoint=all"]],
-        ),
-        case(
-            "seed 224 px b4 bf16, none",
-            &[
-                &on_data,
-                &seed_224,
-                &["model.checkpoint=none", "trainer.precision=bf16"],
-            ],
-        ),
-        case(
-            "seed 224 px b4 16, all",
-            &[
-                &on_data,
-                &seed_224,
-                &["model.checkpoint=all", "trainer.precision=16"],
-            ],
-        ),
-        case(
-            "vivit 224 px b4, none",
-            &[
-                &on_data,
-                &seed_224,
-                &["model.backbone=vivit", "model.checkpoint=none"],
-            ],
-        ),
-        case(
-            "vivit 224 px b4, all",
-            &[
-                &on_data,
-                &seed_224,
-                &["model.backbone=vivit", "model.checkpoint=all"],
-            ],
-        ),
-        case(
-            "vivit 224 px b4 bf16, all",
-            &[
-                &on_data,
-                &seed_224,
-                &[
-                    "model.backbone=vivit",
-                    "model.checkpoint=all",
-                    "trainer.precision=bf16",
-                ],
-            ],
-        ),
-        case(
-            "r3d_18 112 px b4, none",
-            &[&on_data, &seed_112, &r3d_18, &["model.checkpoint=none"]],
-        ),
-        case(
-            "r3d_18 112 px b4, all",
-            &[&on_data, &seed_112, &r3d_18, &["model.checkpoint=all"]],
-        ),
-        // Full-size r3d_18 (33 M parameters) on a tiny clip: model state, not activations, sets
-        // the peak (the optimizer step and the checkpoint save).
-        case(
-            "r3d_18 32 px b4, none",
-            &[
-                &on_data,
-                &seed_112,
-                &r3d_18,
-                &[
-                    "data.img_size=32",
-                    "data.uniform_temporal_subsample_num=8",
-                    "model.checkpoint=none",
-                ],
-            ],
-        ),
-        case(
-            "r3d_18 32 px b2, adam f32",
-            &[&on_data, &r3d_state, &["train.optimizer_state=f32"]],
-        ),
-        case(
-            "r3d_18 32 px b2, adam bf16",
-            &[&on_data, &r3d_state, &["train.optimizer_state=bf16"]],
-        ),
-        case(
-            "r3d_18 32 px b2, adam 8bit",
-            &[&on_data, &r3d_state, &["train.optimizer_state=8bit"]],
-        ),
-        case("seed 160 px 3 views, validation 16", &[&validation_16]),
-        case(
-            "stgcn 64 frames b16, none",
-            &[&on_data, &stgcn, &["model.checkpoint=none"]],
-        ),
-        case(
-            "stgcn 64 frames b16, all",
-            &[&on_data, &stgcn, &["model.checkpoint=all"]],
-        ),
-        case(
-            "mamba 112 px b2, none",
-            &[&on_data, &mamba_112, &["model.checkpoint=none"]],
-        ),
-        case(
-            "mamba 112 px b2, all",
-            &[&on_data, &mamba_112, &["model.checkpoint=all"]],
-        ),
-        case(
-            "mamba 112 px b2 bf16, none",
-            &[
-                &on_data,
-                &mamba_112,
-                &["model.checkpoint=none", "trainer.precision=bf16"],
-            ],
-        ),
-        case(
-            "mamba kpt 256 frames b8, none",
-            &[&on_data, &mamba_kpt, &["model.checkpoint=none"]],
-        ),
-        case(
-            "mamba kpt 256 frames b8, all",
-            &[&on_data, &mamba_kpt, &["model.checkpoint=all"]],
-        ),
-    ];
+    let cases: Vec<(&str, Vec<String>)> = CASES
+        .iter()
+        .map(|(name, template)| {
+            let args = expand(template, &|placeholder| match placeholder {
+                "{data}" => Some(data.clone()),
+                "{validation_data}" => Some(validation_data.clone()),
+                _ => placeholder
+                    .strip_prefix("{preset:")
+                    .and_then(|rest| rest.strip_suffix('}'))
+                    .map(|preset| configs.join(preset).display().to_string()),
+            });
+            (*name, args)
+        })
+        .collect();
     // `BENCH_CASES=r3d,stgcn` runs only the cases whose name contains one of the words.
     let only: Vec<String> = std::env::var("BENCH_CASES")
         .map(|words| words.split(',').map(str::to_string).collect())
@@ -300,38 +90,214 @@ pub fn plan() -> anyhow::Result<()> {
             row["predicted_over_measured"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    let report = json!({"host": host(), "git_revision": git_revision(), "rows": rows});
-    let out = target.join("bench/plan.json");
-    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-    println!("written to {}", out.display());
-    Ok(())
+    write_report("plan", &report(json!({ "rows": rows })))
 }
 
 /// A demo dataset of 6 persons (47 labelled ranges): with `train.k_folds=2` its validation split
 /// holds more than 16 samples.
 fn validation_dataset(vidtrain: &Path, folder: &Path) -> anyhow::Result<String> {
-    let data = folder.join("data-validation");
-    if !data.join("vidtrain.toml").is_file() {
-        let status = Command::new(vidtrain)
-            .args([
-                "demo-data",
-                "--persons",
-                "6",
-                "--frames",
-                "300",
-                "--size",
-                "64x64",
-            ])
-            .arg("--out")
-            .arg(&data)
-            .status()?;
-        if !status.success() {
-            bail!("generating the validation benchmark data failed");
+    let config = demo_dataset(vidtrain, &folder.join("data-validation"), 6)?;
+    Ok(config.to_str().context("UTF-8 path")?.to_string())
+}
+
+/// Groups of arguments the cases join by name (`@name`).
+const GROUPS: &[(&str, &str)] = &[
+    // The benchmark dataset, one optimizer step of the first of two folds.
+    (
+        "@on_data",
+        "--config {data} train.max_steps=1 train.k_folds=2",
+    ),
+    (
+        "@seed_224",
+        "data.img_size=224 data.batch_size=4 train.view=single train.video_batch_size=4 \
+         data.num_workers=0",
+    ),
+    (
+        "@seed_112",
+        "data.img_size=112 data.batch_size=4 train.view=single train.video_batch_size=4 \
+         data.num_workers=0 data.uniform_temporal_subsample_num=16",
+    ),
+    ("@r3d_18", "model.backbone=3dcnn model.resnet_depth=18"),
+    // r3d_18's state (33 M parameters) on a tiny clip.
+    (
+        "@r3d_state",
+        "@r3d_18 data.img_size=32 data.batch_size=2 data.uniform_temporal_subsample_num=8 \
+         train.view=single train.video_batch_size=2 data.num_workers=0",
+    ),
+    (
+        "@stgcn",
+        "model.backbone=stgcn model.input_type=kpt data.load_kpt=true data.load_rgb=false \
+         data.batch_size=16 train.view=single data.uniform_temporal_subsample_num=64 \
+         data.num_workers=0",
+    ),
+    // VideoMamba (D 192, state 16, expand 2, chunks of 16) with 4 blocks: 196 tokens a clip.
+    (
+        "@mamba_112",
+        "model.backbone=mamba model.mamba_layers=4 data.img_size=112 data.batch_size=2 \
+         train.view=single train.video_batch_size=2 data.num_workers=0 \
+         data.uniform_temporal_subsample_num=8",
+    ),
+    // The keypoint Mamba over 256 frames of the 52 joints.
+    (
+        "@mamba_kpt",
+        "model.backbone=mamba model.mamba_layers=4 model.input_type=kpt data.load_kpt=true \
+         data.load_rgb=false data.batch_size=8 train.view=single \
+         data.uniform_temporal_subsample_num=256 data.num_workers=0",
+    ),
+];
+
+/// Each case: its name and its arguments, `@group`s expanded; `{data}` is the benchmark
+/// dataset's config, `{validation_data}` the larger one's, `{preset:FILE}` a file of `configs/`.
+/// The scenario presets ask for `trainer.precision=16`, which the CPU backend runs as it is.
+const CASES: &[(&str, &str)] = &[
+    ("demo, 1 epoch", "train.max_epochs=1"),
+    (
+        "scenario A at 112 px",
+        "@on_data --config {preset:scenario-a-16g-ram-8g-vram.toml} data.img_size=112",
+    ),
+    (
+        "scenario B at 112 px",
+        "@on_data --config {preset:scenario-b-8g-ram-6g-vram.toml} data.img_size=112",
+    ),
+    (
+        "scenario C (112 px)",
+        "@on_data --config {preset:scenario-c-4g-vram.toml}",
+    ),
+    (
+        "seed 224 px b4, none",
+        "@on_data @seed_224 model.checkpoint=none",
+    ),
+    (
+        "seed 224 px b4, all",
+        "@on_data @seed_224 model.checkpoint=all",
+    ),
+    (
+        "seed 224 px b4 bf16, none",
+        "@on_data @seed_224 model.checkpoint=none trainer.precision=bf16",
+    ),
+    (
+        "seed 224 px b4 16, all",
+        "@on_data @seed_224 model.checkpoint=all trainer.precision=16",
+    ),
+    (
+        "vivit 224 px b4, none",
+        "@on_data @seed_224 model.backbone=vivit model.checkpoint=none",
+    ),
+    (
+        "vivit 224 px b4, all",
+        "@on_data @seed_224 model.backbone=vivit model.checkpoint=all",
+    ),
+    (
+        "vivit 224 px b4 bf16, all",
+        "@on_data @seed_224 model.backbone=vivit model.checkpoint=all trainer.precision=bf16",
+    ),
+    (
+        "r3d_18 112 px b4, none",
+        "@on_data @seed_112 @r3d_18 model.checkpoint=none",
+    ),
+    (
+        "r3d_18 112 px b4, all",
+        "@on_data @seed_112 @r3d_18 model.checkpoint=all",
+    ),
+    // Full-size r3d_18 (33 M parameters) on a tiny clip: model state, not activations, sets
+    // the peak (the optimizer step and the checkpoint save).
+    (
+        "r3d_18 32 px b4, none",
+        "@on_data @seed_112 @r3d_18 data.img_size=32 data.uniform_temporal_subsample_num=8 \
+         model.checkpoint=none",
+    ),
+    (
+        "r3d_18 32 px b2, adam f32",
+        "@on_data @r3d_state train.optimizer_state=f32",
+    ),
+    (
+        "r3d_18 32 px b2, adam bf16",
+        "@on_data @r3d_state train.optimizer_state=bf16",
+    ),
+    (
+        "r3d_18 32 px b2, adam 8bit",
+        "@on_data @r3d_state train.optimizer_state=8bit",
+    ),
+    // The seed model on all three views at 160 px, trained 2 samples at a time and validated 16
+    // at a time (issue 26's case): validation sets the peak.
+    (
+        "seed 160 px 3 views, validation 16",
+        "--config {validation_data} data.img_size=160 data.batch_size=2 \
+         data.uniform_temporal_subsample_num=8 train.video_batch_size=16 data.num_workers=0 \
+         train.max_steps=1 train.k_folds=2",
+    ),
+    (
+        "stgcn 64 frames b16, none",
+        "@on_data @stgcn model.checkpoint=none",
+    ),
+    (
+        "stgcn 64 frames b16, all",
+        "@on_data @stgcn model.checkpoint=all",
+    ),
+    (
+        "mamba 112 px b2, none",
+        "@on_data @mamba_112 model.checkpoint=none",
+    ),
+    (
+        "mamba 112 px b2, all",
+        "@on_data @mamba_112 model.checkpoint=all",
+    ),
+    (
+        "mamba 112 px b2 bf16, none",
+        "@on_data @mamba_112 model.checkpoint=none trainer.precision=bf16",
+    ),
+    (
+        "mamba kpt 256 frames b8, none",
+        "@on_data @mamba_kpt model.checkpoint=none",
+    ),
+    (
+        "mamba kpt 256 frames b8, all",
+        "@on_data @mamba_kpt model.checkpoint=all",
+    ),
+];
+
+/// A case's arguments: whitespace-separated words of `template`, each `@group` replaced by the
+/// group's words and each `{placeholder}` by what `substitute` gives for it (a path may hold
+/// spaces: it is substituted after the split).
+fn expand(template: &str, substitute: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    template
+        .split_whitespace()
+        .flat_map(|word| match GROUPS.iter().find(|(name, _)| *name == word) {
+            Some((_, group)) => expand(group, substitute),
+            None => vec![substitute(word).unwrap_or_else(|| word.to_string())],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_case_expands_to_plain_arguments() {
+        for (name, template) in CASES {
+            let args = expand(template, &|word: &str| {
+                word.starts_with('{')
+                    .then(|| "/some path/x.toml".to_string())
+            });
+            assert!(
+                args.iter()
+                    .all(|arg| !arg.starts_with('@') && !arg.starts_with('{')),
+                "{name}: {args:?}"
+            );
+            assert!(
+                args.iter()
+                    .all(|arg| arg == "--config" || arg.contains('=') || arg.contains('/')),
+                "{name}: {args:?}"
+            );
         }
+        let r3d = expand("@on_data @r3d_state", &|_| None);
+        assert_eq!(
+            r3d.iter()
+                .filter(|arg| *arg == "model.backbone=3dcnn")
+                .count(),
+            1
+        );
+        assert_eq!(r3d.len(), 4 + 8); // `--config {data}`, the two short-run keys, r3d_state's eight
     }
-    Ok(data
-        .join("vidtrain.toml")
-        .to_str()
-        .context("UTF-8 path")?
-        .to_string())
 }
