@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::{build_vidtrain, project_root};
+use crate::{build_vidtrain, project_root, run_checked};
 
 /// Frames of the short and the long video (1 and 10 minutes at 30 fps).
 const SHORT_FRAMES: usize = 1800;
@@ -121,29 +121,19 @@ fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> 
     if !video.is_file() {
         eprintln!("encoding {} ({frames} frames of 1280x720)", video.display());
         let partial = video.with_extension("partial.mp4");
-        let status = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-            .arg(format!(
-                "testsrc2=size=1280x720:rate=30:duration={}",
-                frames / 30
-            ))
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "60",
-                "-pix_fmt",
-                "yuv420p",
-            ])
-            .args(["-movflags", "+faststart"])
-            .arg(&partial)
-            .status()
-            .context("running ffmpeg (install it: apt-get install -y ffmpeg)")?;
-        if !status.success() {
-            bail!("encoding {} failed", video.display());
-        }
+        run_checked(
+            Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+                .arg(format!(
+                    "testsrc2=size=1280x720:rate=30:duration={}",
+                    frames / 30
+                ))
+                .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
+                .args(["-pix_fmt", "yuv420p", "-movflags", "+faststart"])
+                .arg(&partial),
+            "ffmpeg (install it: apt-get install -y ffmpeg)",
+        )
+        .with_context(|| format!("encoding {}", video.display()))?;
         std::fs::rename(&partial, &video)?;
     }
     let classes = ["left", "right", "down", "up", "front"];
@@ -187,6 +177,11 @@ impl BenchFolder {
             folder,
         })
     }
+
+    /// The small benchmark dataset in this folder ([`bench_dataset`]).
+    pub fn dataset(&self) -> anyhow::Result<PathBuf> {
+        bench_dataset(&self.vidtrain, &self.folder)
+    }
 }
 
 /// The small benchmark dataset (2 persons, 300 frames of 64×64 in three views) in
@@ -203,14 +198,13 @@ pub(crate) fn demo_dataset(
     persons: usize,
 ) -> anyhow::Result<PathBuf> {
     if !data.join("vidtrain.toml").is_file() {
-        let status = Command::new(vidtrain)
-            .args(["demo-data", "--frames", "300", "--size", "64x64"])
-            .args(["--persons", &persons.to_string(), "--out"])
-            .arg(data)
-            .status()?;
-        if !status.success() {
-            bail!("generating the benchmark data in {} failed", data.display());
-        }
+        run_checked(
+            Command::new(vidtrain)
+                .args(["demo-data", "--frames", "300", "--size", "64x64"])
+                .args(["--persons", &persons.to_string(), "--out"])
+                .arg(data),
+            "vidtrain demo-data",
+        )?;
     }
     Ok(data.join("vidtrain.toml"))
 }
@@ -339,12 +333,8 @@ pub(crate) fn git_revision() -> Option<String> {
 /// VideoMamba (D 192, 6 blocks, 112 px, batch 2: 196 tokens a clip). `BENCH_CASES=mamba` runs
 /// only the named backbones.
 pub fn recompute() -> anyhow::Result<()> {
-    let BenchFolder {
-        vidtrain,
-        folder,
-        runs,
-    } = BenchFolder::prepare("recompute", "")?;
-    let config = bench_dataset(&vidtrain, &folder)?;
+    let bench = BenchFolder::prepare("recompute", "")?;
+    let config = bench.dataset()?;
     let mut rows = Vec::new();
     let only = bench_cases();
     let cases = ["none", "encoder", "stem", "all"]
@@ -364,7 +354,7 @@ pub fn recompute() -> anyhow::Result<()> {
         let experiment = format!("experiment=recompute-{backbone}-{mode}");
         let checkpoint = format!("model.checkpoint={mode}");
         let backbone_key = format!("model.backbone={backbone}");
-        let run_dir = format!("paths.run_dir={}", runs.display());
+        let run_dir = format!("paths.run_dir={}", bench.runs.display());
         let mut args = vec![
             "train",
             "--config",
@@ -391,9 +381,9 @@ pub fn recompute() -> anyhow::Result<()> {
             args.extend(mamba_size);
         }
         let summary = train_summary(
-            &vidtrain,
+            &bench.vidtrain,
             &args,
-            &runs.join(format!("recompute-{backbone}-{mode}")),
+            &bench.runs.join(format!("recompute-{backbone}-{mode}")),
         )?;
         rows.push(json!({
             "backbone": backbone,
@@ -456,12 +446,8 @@ fn bench_cases() -> Vec<String> {
 /// depth (D 192, 4 blocks; ViViT with 3 heads and FF 768), 112 px, batch 2, one view, f32, no
 /// recompute, on the CPU backend: 8, 16 and 32 frames, i.e. 196, 392 and 784 tokens a clip.
 pub fn tokens() -> anyhow::Result<()> {
-    let BenchFolder {
-        vidtrain,
-        folder,
-        runs,
-    } = BenchFolder::prepare("tokens", "")?;
-    let config = bench_dataset(&vidtrain, &folder)?;
+    let bench = BenchFolder::prepare("tokens", "")?;
+    let config = bench.dataset()?;
     let mut rows = Vec::new();
     for backbone in ["mamba", "vivit"] {
         for frames in [8, 16, 32] {
@@ -488,9 +474,9 @@ pub fn tokens() -> anyhow::Result<()> {
                 "data.num_workers=0".into(),
                 "data.prefetch_depth=1".into(),
                 format!("experiment={name}"),
-                format!("paths.run_dir={}", runs.display()),
+                format!("paths.run_dir={}", bench.runs.display()),
             ];
-            let summary = train_summary(&vidtrain, &args, &runs.join(&name))?;
+            let summary = train_summary(&bench.vidtrain, &args, &bench.runs.join(&name))?;
             rows.push(json!({
                 "backbone": backbone,
                 "frames": frames,
@@ -547,13 +533,12 @@ pub fn gpu() -> anyhow::Result<()> {
         .output()
         .is_ok_and(|output| output.status.success());
     if has_gpu {
-        let status = Command::new("bash")
-            .arg("bench/gpu/run.sh")
-            .current_dir(project_root())
-            .status()?;
-        if !status.success() {
-            bail!("bench/gpu/run.sh failed");
-        }
+        run_checked(
+            Command::new("bash")
+                .arg("bench/gpu/run.sh")
+                .current_dir(project_root()),
+            "bench/gpu/run.sh",
+        )?;
     } else {
         println!(
             "no GPU here. On a GPU machine with PyTorch, from the repository root, with \

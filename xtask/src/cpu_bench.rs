@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{report, target_dir, write_report};
-use crate::{build_vidtrain, project_root};
+use crate::{build_vidtrain, project_root, run_checked};
 
 /// The rows of the issue, by their `bench-model` names.
 const ROWS: [&str; 6] = [
@@ -276,14 +276,10 @@ pub(crate) fn torch_python() -> anyhow::Result<PathBuf> {
         "installing torch, torchvision and tensorboard into {} (a few minutes)",
         venv.display()
     );
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .context("running python3 -m venv")?;
-    if !made.success() {
-        bail!("python3 -m venv {} failed", venv.display());
-    }
+    run_checked(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv",
+    )?;
     let installed = Command::new(&python)
         .args([
             "-m",

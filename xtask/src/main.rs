@@ -84,6 +84,17 @@ pub(crate) fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Runs `command` to its end; `what` names it in the errors (how to install it, where useful).
+pub(crate) fn run_checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
 /// Builds the release `vidtrain` with `features` (none: `""`); benches run that binary.
 pub(crate) fn build_vidtrain(features: &str) -> anyhow::Result<()> {
     let mut args = vec!["build", "--release", "-p", "trainer-cli"];
@@ -151,14 +162,12 @@ fn ci() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| project_root().join("target"));
     let fixtures = target.join("torch-fixtures");
-    let made = Command::new(&python)
-        .arg(project_root().join("bench/reference_fixtures.py"))
-        .arg(&fixtures)
-        .status()
-        .context("running bench/reference_fixtures.py")?;
-    if !made.success() {
-        bail!("bench/reference_fixtures.py failed");
-    }
+    run_checked(
+        Command::new(&python)
+            .arg(project_root().join("bench/reference_fixtures.py"))
+            .arg(&fixtures),
+        "bench/reference_fixtures.py",
+    )?;
     let env = [
         ("VIDTRAIN_TORCH_FIXTURES", fixtures.as_path()),
         // The e2e test that reads TensorBoard files back with TensorBoard's own reader.

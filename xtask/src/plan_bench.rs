@@ -12,20 +12,15 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::bench::{
-    BenchFolder, bench_dataset, demo_dataset, json_line, report, train_summary, write_report,
-};
+use crate::bench::{BenchFolder, demo_dataset, json_line, report, train_summary, write_report};
 use crate::project_root;
 
 pub fn plan() -> anyhow::Result<()> {
-    let BenchFolder {
-        vidtrain,
-        folder,
-        runs,
-    } = BenchFolder::prepare("plan", "")?;
-    let data = bench_dataset(&vidtrain, &folder)?;
+    let bench = BenchFolder::prepare("plan", "")?;
+    let BenchFolder { vidtrain, runs, .. } = &bench;
+    let data = bench.dataset()?;
     let data = data.to_str().context("UTF-8 path")?.to_string();
-    let validation_data = validation_dataset(&vidtrain, &folder)?;
+    let validation_data = validation_dataset(vidtrain, &bench.folder)?;
     let configs = project_root().join("configs");
     let run_dir = format!("paths.run_dir={}", runs.display());
     let cases: Vec<(&str, Vec<String>)> = CASES
@@ -59,11 +54,11 @@ pub fn plan() -> anyhow::Result<()> {
             "cpu".into(),
         ];
         plan_args.extend(args.iter().cloned());
-        let planned = json_line(&vidtrain, &plan_args)?;
+        let planned = json_line(vidtrain, &plan_args)?;
         let mut train_args = vec!["train".to_string()];
         train_args.extend(args.iter().cloned());
         train_args.extend([experiment, run_dir.clone()]);
-        let summary = train_summary(&vidtrain, &train_args, &runs.join(format!("plan-{number}")))
+        let summary = train_summary(vidtrain, &train_args, &runs.join(format!("plan-{number}")))
             .with_context(|| format!("case {name}"))?;
         let predicted = planned["host_peak_bytes"].as_f64().unwrap_or(f64::NAN);
         let measured = summary["peak_host_rss_bytes"].as_f64().unwrap_or(f64::NAN);
