@@ -102,6 +102,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        let path = path.into();
+        Error::Io { path, cause }
+    }
+
     /// Whether the error ends the run whatever `data.on_bad_sample` says: no tool to run, or a
     /// stop requested. Nothing about one video or sample, so nothing to skip.
     pub fn ends_the_run(&self) -> bool {
@@ -114,13 +120,3 @@ impl Error {
 
 /// Result of data operations.
 pub type Result<T> = std::result::Result<T, Error>;
-
-impl Error {
-    /// An I/O error on `path`.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            cause: source,
-        }
-    }
-}

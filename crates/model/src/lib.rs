@@ -29,7 +29,7 @@ pub use backbones::mamba::{KeypointMamba, KeypointMambaConfig, VideoMamba, Video
 pub use backbones::resnet3d::{Resnet3d, Resnet3dConfig};
 pub use backbones::stgcn::{Stgcn, StgcnConfig};
 pub use backbones::video_transformer::{VideoTransformer, VideoTransformerConfig};
-pub use backbones::vivit::{Vivit, VivitConfig};
+pub use backbones::vivit::{TubeletGrid, Vivit, VivitConfig};
 pub use backbones::{BackboneConfig, KeypointBackboneConfig, VideoBackbone};
 pub use chain::{Activation, ChainConfig, SegmentChain, SegmentKind};
 pub use layers::conv3d::{VideoConv3d, VideoConv3dConfig};

@@ -12,7 +12,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 
 use super::frame_tokens::FrameTokenEncoder;
-use super::vivit::{TUBELET_CLIP_KEYS, tubelets};
+use super::vivit::{TUBELET_CLIP_KEYS, TubeletGrid, tubelets};
 use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::mamba::{MambaBlock, MambaBlockConfig, RmsNorm};
 use crate::precision::{like, linear};
@@ -25,10 +25,8 @@ pub struct VideoMambaConfig {
     pub block: MambaBlockConfig,
     /// Mamba blocks.
     pub layers: usize,
-    /// Tubelet size `[t, h, w]`.
-    pub tubelet: [usize; 3],
-    /// Input clip size `[t, h, w]` (the learned positions cover its tokens).
-    pub clip: [usize; 3],
+    /// The clip and its tubelets (the learned positions cover its tokens).
+    pub grid: TubeletGrid,
     /// Dropout probability before the classifier.
     #[config(default = 0.0)]
     pub dropout: f64,
@@ -42,36 +40,25 @@ impl VideoMambaConfig {
         Self::new(
             MambaBlockConfig::from_vidtrain(model),
             model.mamba_layers,
-            model.tubelet_size,
-            [
-                config.data.uniform_temporal_subsample_num,
-                config.data.img_size,
-                config.data.img_size,
-            ],
+            TubeletGrid::from_vidtrain(config),
         )
         .with_dropout(model.transformer_dropout)
     }
 
-    /// Tokens along time, height and width.
-    pub fn token_grid(&self) -> [usize; 3] {
-        std::array::from_fn(|axis| self.clip[axis] / self.tubelet[axis])
-    }
-
     /// Builds the backbone.
     pub fn init<B: Backend>(&self, device: &B::Device) -> VideoMamba<B> {
-        let [frames, rows, columns] = self.token_grid();
+        let [frames, rows, columns] = self.grid.token_grid();
         let positions = Initializer::Normal {
             mean: 0.0,
             std: 0.02,
         };
         VideoMamba {
-            embedding: LinearConfig::new(3 * self.tubelet.iter().product::<usize>(), self.dim())
-                .init(device),
+            embedding: LinearConfig::new(self.grid.values(), self.dim()).init(device),
             spatial_positions: positions.init([rows * columns, self.dim()], device),
             temporal_positions: Initializer::Zeros.init([frames, self.dim()], device),
             blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
             norm: RmsNorm::new(self.dim(), device),
-            tubelet: self.tubelet,
+            tubelet: self.grid.tubelet,
         }
     }
 }
@@ -148,13 +135,13 @@ impl ChainConfig for VideoMambaConfig {
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, _input: InputShape) -> Vec<LayerSummary> {
-        let [frames, rows, columns] = self.token_grid();
+        let [frames, rows, columns] = self.grid.token_grid();
         let tokens = frames * rows * columns;
         let mut summary = vec![rows::tubelet_embedding(
             prefix,
             clips,
             tokens,
-            3 * self.tubelet.iter().product::<usize>(),
+            self.grid.values(),
             self.dim(),
             (rows * columns + frames) * self.dim(),
         )];

@@ -43,10 +43,8 @@ pub struct VivitConfig {
     pub block: EncoderBlockConfig,
     /// Encoder blocks.
     pub layers: usize,
-    /// Tubelet size `[t, h, w]`.
-    pub tubelet: [usize; 3],
-    /// Input clip size `[t, h, w]` (the learned positions cover its tokens).
-    pub clip: [usize; 3],
+    /// The clip and its tubelets (the learned positions cover its tokens).
+    pub grid: TubeletGrid,
 }
 
 impl VivitConfig {
@@ -57,44 +55,23 @@ impl VivitConfig {
         Self::new(
             EncoderBlockConfig::from_vidtrain(model),
             model.transformer_layers,
-            model.tubelet_size,
-            [
-                config.data.uniform_temporal_subsample_num,
-                config.data.img_size,
-                config.data.img_size,
-            ],
+            TubeletGrid::from_vidtrain(config),
         )
-    }
-
-    /// Tokens per clip: `(t / tt) · (h / th) · (w / tw)`.
-    pub fn tokens(&self) -> usize {
-        let grid = self.token_grid();
-        grid[0] * grid[1] * grid[2]
-    }
-
-    /// Tokens along time, height and width.
-    pub fn token_grid(&self) -> [usize; 3] {
-        std::array::from_fn(|axis| self.clip[axis] / self.tubelet[axis])
-    }
-
-    /// Values in one tubelet: `3 · tt · th · tw`.
-    pub fn tubelet_values(&self) -> usize {
-        3 * self.tubelet.iter().product::<usize>()
     }
 
     /// Builds the backbone.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Vivit<B> {
         let dim = self.block.dim;
         Vivit {
-            embedding: LinearConfig::new(self.tubelet_values(), dim).init(device),
+            embedding: LinearConfig::new(self.grid.values(), dim).init(device),
             positions: Initializer::Normal {
                 mean: 0.0,
                 std: 0.02,
             }
-            .init([self.tokens(), dim], device),
+            .init([self.grid.tokens(), dim], device),
             blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
             norm: LayerNormConfig::new(dim).init(device),
-            tubelet: self.tubelet,
+            tubelet: self.grid.tubelet,
         }
     }
 }
@@ -172,11 +149,11 @@ impl ChainConfig for VivitConfig {
     /// The tubelet embedding: a `Linear` weight `[D, frame · channel · row · column]` here (in
     /// PyTorch's orientation), the Conv3d weight `[D, channel, frame, row, column]` there.
     fn pytorch_layouts(&self) -> Vec<PytorchLayout> {
-        let [tt, th, tw] = self.tubelet;
+        let [tt, th, tw] = self.grid.tubelet;
         let dim = self.dim();
         vec![PytorchLayout {
             path: "backbone.embedding.weight",
-            shape: vec![dim, self.tubelet_values()],
+            shape: vec![dim, self.grid.values()],
             view: vec![dim, tt, 3, th, tw],
             permutation: vec![0, 2, 1, 3, 4],
         }]
@@ -187,12 +164,12 @@ impl ChainConfig for VivitConfig {
     }
 
     fn summary_rows(&self, prefix: &str, clips: usize, _input: InputShape) -> Vec<LayerSummary> {
-        let tokens = self.tokens();
+        let tokens = self.grid.tokens();
         let mut rows = vec![rows::tubelet_embedding(
             prefix,
             clips,
             tokens,
-            self.tubelet_values(),
+            self.grid.values(),
             self.dim(),
             tokens * self.dim(),
         )];
@@ -214,6 +191,46 @@ pub(crate) const TUBELET_CLIP_KEYS: &[&str] = &[
     "data.img_size",
     "data.uniform_temporal_subsample_num",
 ];
+
+/// A clip cut into tubelets: the geometry of ViViT's and VideoMamba's tubelet embedding.
+#[derive(Config, Debug)]
+pub struct TubeletGrid {
+    /// Tubelet size `[t, h, w]`.
+    pub tubelet: [usize; 3],
+    /// Input clip size `[t, h, w]`.
+    pub clip: [usize; 3],
+}
+
+impl TubeletGrid {
+    /// `model.tubelet_size` over the clip of `data.uniform_temporal_subsample_num` ×
+    /// `data.img_size`² (the keys of [`TUBELET_CLIP_KEYS`]).
+    pub fn from_vidtrain(config: &vidtrain_config::Config) -> Self {
+        let data = &config.data;
+        Self::new(
+            config.model.tubelet_size,
+            [
+                data.uniform_temporal_subsample_num,
+                data.img_size,
+                data.img_size,
+            ],
+        )
+    }
+
+    /// Tokens along time, height and width.
+    pub fn token_grid(&self) -> [usize; 3] {
+        std::array::from_fn(|axis| self.clip[axis] / self.tubelet[axis])
+    }
+
+    /// Tokens per clip: `(t / tt) · (h / th) · (w / tw)`.
+    pub fn tokens(&self) -> usize {
+        self.token_grid().iter().product()
+    }
+
+    /// Values in one tubelet: `3 · tt · th · tw`.
+    pub fn values(&self) -> usize {
+        3 * self.tubelet.iter().product::<usize>()
+    }
+}
 
 /// Cuts clips into non-overlapping tubelets `[tt, th, tw]`: token order (time, row, column),
 /// each tubelet's values ordered (frame, channel, row, column).
@@ -246,8 +263,7 @@ mod tests {
         let config = VivitConfig::new(
             EncoderBlockConfig::new(5, 1, 8, 0.0),
             0,
-            [2, 4, 4],
-            [4, 8, 12],
+            TubeletGrid::new([2, 4, 4], [4, 8, 12]),
         );
         let model: Vivit<TestBackend> = config.init(&device);
         let video =
@@ -276,8 +292,8 @@ mod tests {
         let at = |n: usize, t: usize, c: usize, y: usize, x: usize| {
             input[(((n * 4 + t) * 3 + c) * 8 + y) * 12 + x]
         };
-        let grid = config.token_grid();
-        assert_eq!(config.tokens(), 2 * 2 * 3);
+        let grid = config.grid.token_grid();
+        assert_eq!(config.grid.tokens(), 2 * 2 * 3);
         for n in 0..2 {
             for (token, (gt, gy, gx)) in (0..grid[0])
                 .flat_map(|gt| {

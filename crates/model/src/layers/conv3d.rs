@@ -14,7 +14,7 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::module::conv3d;
-use burn::tensor::ops::{ConvOptions, ModuleOps};
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Slice, TensorPrimitive};
 
 use crate::layers::conv_gemm::{ConvGeometry, ConvGradients, conv3d_gradients};
@@ -234,10 +234,9 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                 upstream,
                 wants_input,
             ),
-            GradientPath::BackendOps => self.gradients_by_convolution(
-                x.cast(compute),
-                weight.cast(compute),
-                upstream,
+            GradientPath::BackendOps => gradients_by_convolution(
+                [x.cast(compute), weight.cast(compute), upstream],
+                ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1),
                 wants_input,
             ),
         };
@@ -249,36 +248,6 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let input_gradient = input_gradient
             .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype)));
         (gradients, input_gradient)
-    }
-
-    /// The weight and input gradients through the backend's own convolution backward kernels
-    /// (`conv3d_weight_backward`, `conv3d_x_backward`: the ones Burn's autodiff calls). On the
-    /// CPU under `VIDTRAIN_CPU_KERNELS=reference`.
-    fn gradients_by_convolution(
-        &self,
-        x: Tensor<B::InnerBackend, 5>,
-        weight: Tensor<B::InnerBackend, 5>,
-        upstream: Tensor<B::InnerBackend, 5>,
-        wants_input: bool,
-    ) -> ConvGradients<B::InnerBackend> {
-        let options = ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1);
-        let float = |tensor: Tensor<B::InnerBackend, 5>| tensor.into_primitive().tensor();
-        let tensor = |float| Tensor::from_primitive(TensorPrimitive::Float(float));
-        let weight_gradient = tensor(B::InnerBackend::conv3d_weight_backward(
-            float(x.clone()),
-            float(weight.clone()),
-            float(upstream.clone()),
-            options.clone(),
-        ));
-        let input_gradient = wants_input.then(|| {
-            tensor(B::InnerBackend::conv3d_x_backward(
-                float(x),
-                float(weight),
-                float(upstream),
-                options,
-            ))
-        });
-        (weight_gradient, input_gradient)
     }
 
     /// The weight gradient (f32) and input gradient as two matrix products over the input's
@@ -420,6 +389,33 @@ enum GradientPath {
     CpuGemm,
     Patches,
     BackendOps,
+}
+
+/// The weight and input gradients through the backend's own convolution backward kernels
+/// (`conv3d_weight_backward`, `conv3d_x_backward`: the ones Burn's autodiff calls). On the CPU
+/// under `VIDTRAIN_CPU_KERNELS=reference`.
+fn gradients_by_convolution<B: Backend>(
+    [x, weight, upstream]: [Tensor<B, 5>; 3],
+    options: ConvOptions<3>,
+    wants_input: bool,
+) -> ConvGradients<B> {
+    let float = |tensor: Tensor<B, 5>| tensor.into_primitive().tensor();
+    let tensor = |float| Tensor::from_primitive(TensorPrimitive::Float(float));
+    let weight_gradient = tensor(B::conv3d_weight_backward(
+        float(x.clone()),
+        float(weight.clone()),
+        float(upstream.clone()),
+        options.clone(),
+    ));
+    let input_gradient = wants_input.then(|| {
+        tensor(B::conv3d_x_backward(
+            float(x),
+            float(weight),
+            float(upstream),
+            options,
+        ))
+    });
+    (weight_gradient, input_gradient)
 }
 
 #[cfg(test)]

@@ -167,35 +167,77 @@ fn source(out: usize, tap: usize, stride: usize, padding: usize, size: usize) ->
         .filter(|&index| index < size)
 }
 
+/// Where one kernel tap reads, axis by axis, for output frames `first..first + frames`: the
+/// input frame, row and column of each output one (`None` in the padding). Worked out once per
+/// column row, not once per value.
+struct TapSources {
+    frames: Vec<Option<usize>>,
+    rows: Vec<Option<usize>>,
+    columns: Vec<Option<usize>>,
+}
+
+impl ConvGeometry {
+    fn tap_sources(&self, tap: usize, first: usize, frames: usize) -> TapSources {
+        let [_, _, t, h, w] = self.input;
+        let [_, kh, kw] = self.kernel;
+        let offsets = [tap / (kh * kw), (tap / kw) % kh, tap % kw];
+        let axis = |index: usize, outputs: std::ops::Range<usize>, size: usize| {
+            outputs
+                .map(|out| {
+                    source(
+                        out,
+                        offsets[index],
+                        self.stride[index],
+                        self.padding[index],
+                        size,
+                    )
+                })
+                .collect()
+        };
+        TapSources {
+            frames: axis(0, first..first + frames, t),
+            rows: axis(1, 0..self.output[1], h),
+            columns: axis(2, 0..self.output[2], w),
+        }
+    }
+
+    /// Values of one input frame, `h·w`.
+    fn frame_len(&self) -> usize {
+        self.input[3] * self.input[4]
+    }
+
+    /// Values of one column row for `frames` output frames, `frames·h'·w'`.
+    fn row_len(&self, frames: usize) -> usize {
+        frames * self.output[1] * self.output[2]
+    }
+}
+
 /// Writes the im2col columns of output frames `first..first + frames` of one clip
 /// (`clip: [c_in, t, h, w]`) into `columns: [c_in·taps, frames·h'·w']`; padding reads 0.
 fn im2col(clip: &[f32], geometry: &ConvGeometry, first: usize, frames: usize, columns: &mut [f32]) {
-    let [_, _, t, h, w] = geometry.input;
-    let [kt, kh, kw] = geometry.kernel;
-    let [st, sh, sw] = geometry.stride;
-    let [pt, ph, pw] = geometry.padding;
-    let [_, h_out, w_out] = geometry.output;
-    let row_len = frames * h_out * w_out;
+    let (t, taps, frame_len) = (geometry.input[2], geometry.taps(), geometry.frame_len());
+    let (w, out_frame_len) = (geometry.input[4], geometry.row_len(1));
     columns
-        .par_chunks_mut(row_len)
+        .par_chunks_mut(geometry.row_len(frames))
         .enumerate()
         .for_each(|(row, out)| {
-            let (channel, tap) = (row / (kt * kh * kw), row % (kt * kh * kw));
-            let (dt, dh, dw) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
-            for (frame, out) in out.chunks_mut(h_out * w_out).enumerate() {
-                let Some(ti) = source(first + frame, dt, st, pt, t) else {
+            let (channel, tap) = (row / taps, row % taps);
+            let sources = geometry.tap_sources(tap, first, frames);
+            for (out, frame) in out.chunks_mut(out_frame_len).zip(&sources.frames) {
+                let Some(frame) = frame else {
                     out.fill(0.0);
                     continue;
                 };
-                let plane = &clip[(channel * t + ti) * h * w..][..h * w];
-                for (oh, out) in out.chunks_mut(w_out).enumerate() {
-                    let Some(ih) = source(oh, dh, sh, ph, h) else {
-                        out.fill(0.0);
-                        continue;
-                    };
-                    let line = &plane[ih * w..][..w];
-                    for (ow, value) in out.iter_mut().enumerate() {
-                        *value = source(ow, dw, sw, pw, w).map_or(0.0, |iw| line[iw]);
+                let plane = &clip[(channel * t + frame) * frame_len..][..frame_len];
+                for (out, row) in out.chunks_mut(geometry.output[2]).zip(&sources.rows) {
+                    match row {
+                        Some(row) => {
+                            let line = &plane[row * w..][..w];
+                            for (value, column) in out.iter_mut().zip(&sources.columns) {
+                                *value = column.map_or(0.0, |column| line[column]);
+                            }
+                        }
+                        None => out.fill(0.0),
                     }
                 }
             }
@@ -206,32 +248,25 @@ fn im2col(clip: &[f32], geometry: &ConvGeometry, first: usize, frames: usize, co
 /// `first..first + frames` back onto the input positions they were read from
 /// (`clip: [c_in, t, h, w]`), in parallel over input channels.
 fn col2im(columns: &[f32], geometry: &ConvGeometry, first: usize, frames: usize, clip: &mut [f32]) {
-    let [_, _, t, h, w] = geometry.input;
-    let [kt, kh, kw] = geometry.kernel;
-    let [st, sh, sw] = geometry.stride;
-    let [pt, ph, pw] = geometry.padding;
-    let [_, h_out, w_out] = geometry.output;
-    let taps = kt * kh * kw;
-    let row_len = frames * h_out * w_out;
-    clip.par_chunks_mut(t * h * w)
+    let (t, taps, frame_len) = (geometry.input[2], geometry.taps(), geometry.frame_len());
+    let (w, row_len) = (geometry.input[4], geometry.row_len(frames));
+    let sources: Vec<TapSources> = (0..taps)
+        .map(|tap| geometry.tap_sources(tap, first, frames))
+        .collect();
+    clip.par_chunks_mut(t * frame_len)
         .enumerate()
         .for_each(|(channel, volume)| {
-            for tap in 0..taps {
-                let (dt, dh, dw) = (tap / (kh * kw), (tap / kw) % kh, tap % kw);
+            for (tap, sources) in sources.iter().enumerate() {
                 let row = &columns[(channel * taps + tap) * row_len..][..row_len];
-                for (frame, values) in row.chunks(h_out * w_out).enumerate() {
-                    let Some(ti) = source(first + frame, dt, st, pt, t) else {
-                        continue;
-                    };
-                    let plane = &mut volume[ti * h * w..][..h * w];
-                    for (oh, values) in values.chunks(w_out).enumerate() {
-                        let Some(ih) = source(oh, dh, sh, ph, h) else {
-                            continue;
-                        };
-                        let line = &mut plane[ih * w..][..w];
-                        for (ow, value) in values.iter().enumerate() {
-                            if let Some(iw) = source(ow, dw, sw, pw, w) {
-                                line[iw] += value;
+                for (values, frame) in row.chunks(geometry.row_len(1)).zip(&sources.frames) {
+                    let Some(frame) = frame else { continue };
+                    let plane = &mut volume[frame * frame_len..][..frame_len];
+                    for (values, row) in values.chunks(geometry.output[2]).zip(&sources.rows) {
+                        let Some(row) = row else { continue };
+                        let line = &mut plane[row * w..][..w];
+                        for (value, column) in values.iter().zip(&sources.columns) {
+                            if let Some(column) = column {
+                                line[*column] += value;
                             }
                         }
                     }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::ActionModel;
 use crate::EncoderBlockConfig;
+use crate::TubeletGrid;
 use crate::layers::encoder::QUERY_BLOCK_TOKENS;
 use crate::layers::graph::Skeleton;
 use crate::{
@@ -69,16 +70,19 @@ fn case_of(shape: Shape, input: InputType, fusion: FusionMode, dropout: f64) -> 
         Backbone::Vivit => BackboneConfig::Vivit(VivitConfig::new(
             EncoderBlockConfig::new(8, 2, 16, dropout),
             2,
-            [2, 8, 8],
-            [frames, 32, 32],
+            TubeletGrid::new([2, 8, 8], [frames, 32, 32]),
         )),
         Backbone::Resnet3d | Backbone::Stgcn => {
             BackboneConfig::Resnet3d(Resnet3dConfig::new(10, 4, dropout))
         }
         // Chunks of 3 steps: 32 tokens in 11 chunks, the last one short.
         Backbone::Mamba => BackboneConfig::Mamba(
-            VideoMambaConfig::new(mamba_block(), 2, [2, 8, 8], [frames, 32, 32])
-                .with_dropout(dropout),
+            VideoMambaConfig::new(
+                mamba_block(),
+                2,
+                TubeletGrid::new([2, 8, 8], [frames, 32, 32]),
+            )
+            .with_dropout(dropout),
         ),
     };
     let size = match shape.backbone {

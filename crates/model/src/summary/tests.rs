@@ -7,7 +7,7 @@ use crate::{
     KeypointEncoderConfig, KeypointMambaConfig, MambaBlockConfig, Resnet3dConfig, StgcnConfig,
     VideoMambaConfig,
 };
-use crate::{TestBackend, VideoTransformerConfig, VivitConfig};
+use crate::{TestBackend, TubeletGrid, VideoTransformerConfig, VivitConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use vidtrain_config::ModalityFusion;
@@ -60,8 +60,7 @@ fn summary_matches_the_built_model() {
             BackboneConfig::Vivit(VivitConfig::new(
                 EncoderBlockConfig::new(16, 2, 24, 0.0),
                 2,
-                [2, 8, 8],
-                [4, 32, 32],
+                TubeletGrid::new([2, 8, 8], [4, 32, 32]),
             )),
             transformer.clone(),
             FusionMode::LogitMean,
@@ -80,8 +79,7 @@ fn summary_matches_the_built_model() {
             BackboneConfig::Mamba(VideoMambaConfig::new(
                 MambaBlockConfig::new(16).with_state(4),
                 2,
-                [2, 8, 8],
-                [4, 32, 32],
+                TubeletGrid::new([2, 8, 8], [4, 32, 32]),
             )),
             KeypointMambaConfig::new(5, MambaBlockConfig::new(12).with_bidirectional(false), 1)
                 .into(),

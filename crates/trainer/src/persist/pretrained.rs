@@ -160,19 +160,23 @@ pub fn load<B: Backend>(
     );
 
     let mut problems = Vec::new();
-    let missing: Vec<&str> = result
-        .missing
-        .iter()
-        .map(|(path, _)| path.as_str())
-        .filter(|path| head_reinitialised_from.is_none() || !path.starts_with("head."))
-        .collect();
-    if !missing.is_empty() {
-        problems.push(format!(
-            "missing from the file ({}): {}",
-            missing.len(),
-            missing.join(", ")
-        ));
-    }
+    // One line per kind of problem: what, how many, which.
+    let mut list = |what: &str, keys: Vec<String>| {
+        if !keys.is_empty() {
+            problems.push(format!("{what} ({}): {}", keys.len(), keys.join(", ")));
+        }
+    };
+    // A head re-initialised for other classes is neither missing nor unexpected.
+    let checked = |key: &str| head_reinitialised_from.is_none() || !key.starts_with("head.");
+    list(
+        "missing from the file",
+        result
+            .missing
+            .iter()
+            .map(|(path, _)| path.clone())
+            .filter(|path| checked(path))
+            .collect(),
+    );
     // burn-store finds BatchNorm/LayerNorm's γ and β under PyTorch's `weight` and `bias` but
     // still lists those file keys as unused; they were used when their γ/β was applied, or
     // tried and refused for its shape (then the γ/β is listed as not loadable, and listing the
@@ -203,21 +207,17 @@ pub fn load<B: Backend>(
                     .is_some_and(|prefix| applied.contains(&format!("{prefix}{burn}")))
             })
     };
-    let unexpected: Vec<&str> = result
-        .unused
-        .iter()
-        .map(String::as_str)
-        .filter(|key| !is_ignored_pytorch_key(key) && !used_as_norm_parameter(key))
-        .filter(|key| head_reinitialised_from.is_none() || !key.starts_with("head."))
-        .collect();
-    if !unexpected.is_empty() {
-        problems.push(format!(
-            "in the file but not in the model ({}): {}",
-            unexpected.len(),
-            unexpected.join(", ")
-        ));
-    }
-    let mis_shaped: Vec<String> = result
+    list(
+        "in the file but not in the model",
+        result
+            .unused
+            .iter()
+            .filter(|key| !is_ignored_pytorch_key(key) && !used_as_norm_parameter(key))
+            .filter(|key| checked(key))
+            .cloned()
+            .collect(),
+    );
+    let mis_shaped = result
         .errors
         .iter()
         .map(|error| match error {
@@ -233,13 +233,7 @@ pub fn load<B: Backend>(
             other => other.to_string(),
         })
         .collect();
-    if !mis_shaped.is_empty() {
-        problems.push(format!(
-            "not loadable ({}): {}",
-            mis_shaped.len(),
-            mis_shaped.join(", ")
-        ));
-    }
+    list("not loadable", mis_shaped);
     if !problems.is_empty() {
         return Err(setting(format!(
             "{} does not fit the configured model (model.backbone = {:?}, model.resnet_depth, \
