@@ -75,6 +75,15 @@ pub fn cast<B: Backend, const D: usize>(
     Tensor::from_data(converted, (&device, to))
 }
 
+/// The values of a tensor as f32, in its logical (row-major) order: no copy when the tensor is
+/// f32, contiguous and not shared (burn-flex hands its buffer over).
+pub(crate) fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    cast(tensor, FloatDType::F32)
+        .into_data()
+        .into_vec::<f32>()
+        .expect("a tensor cast to f32 holds f32")
+}
+
 /// Elements converted per task: large enough that a task outweighs its scheduling.
 const CAST_CHUNK: usize = 1 << 16;
 

@@ -8,14 +8,19 @@
 //! repeated to `[n, c, 1]` (a few hundred values) before they meet the activation, so each
 //! broadcast is a per-row scalar over contiguous rows, and `x − mean` exists once. The module,
 //! its record and its semantics (biased variance, running-average momentum) are Burn's.
+//!
+//! On the CPU backend the stem's training BatchNorm + ReLU, forward and backward, runs as fused
+//! parallel passes over host slices instead (`norm_relu_host`); the composition here is the
+//! reference it is tested against, and what runs on a device.
 
 use burn::nn::BatchNorm;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{FloatDType, TensorData};
 
-use crate::cpu_kernels::cast;
+use crate::cpu_kernels::{cast, floats};
+use crate::layers::norm_relu_host::ChannelNorm;
 
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
 /// averages) when autodiff is on, running statistics otherwise.
@@ -100,6 +105,20 @@ pub(crate) fn norm_relu_gradients<B: AutodiffBackend>(
     upstream: Tensor<B, 3>,
     wants_input: bool,
 ) -> (GradientsParams, Option<Tensor<B, 3>>) {
+    if crate::cpu_kernels::enabled::<B::InnerBackend>(&x.device()) {
+        norm_relu_gradients_on_host(norm, x, upstream, wants_input)
+    } else {
+        norm_relu_gradients_composed(norm, x, upstream, wants_input)
+    }
+}
+
+/// [`norm_relu_gradients`] as a composition of Burn ops (a device's path, and the reference).
+fn norm_relu_gradients_composed<B: AutodiffBackend>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, 3>,
+    upstream: Tensor<B, 3>,
+    wants_input: bool,
+) -> (GradientsParams, Option<Tensor<B, 3>>) {
     let dtype = x.dtype();
     let x = cast(x.inner(), FloatDType::F32);
     let [n, c, l] = x.dims();
@@ -130,6 +149,70 @@ pub(crate) fn norm_relu_gradients<B: AutodiffBackend>(
     gradients.register(norm.gamma.id, gamma_gradient.reshape([c]));
     gradients.register(norm.beta.id, beta_gradient.reshape([c]));
     (gradients, input_gradient)
+}
+
+/// `relu(batch_norm(norm, x))` with training statistics on the CPU backend's host slices
+/// ([`ChannelNorm`]): the same output and running averages as the composition, in three
+/// parallel passes. `x` (`[n, c, l]`, an untracked step's input) in any float dtype; the
+/// output in the same.
+pub(crate) fn norm_relu_training_on_host<B: AutodiffBackend>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B::InnerBackend, 3>,
+) -> Tensor<B::InnerBackend, 3> {
+    let (dims, dtype, device) = (x.dims(), x.dtype(), x.device());
+    let mut values = floats(x);
+    let statistics = channel_norm(norm, &values, dims);
+    statistics.forward_in_place(&mut values, dims);
+    let per_channel = |values: &[f32]| {
+        Tensor::<B, 3>::from_data(TensorData::new(values.to_vec(), [1, dims[1], 1]), &device)
+    };
+    update_running(
+        norm,
+        &per_channel(&statistics.mean),
+        &per_channel(&statistics.var),
+    );
+    cast(
+        Tensor::from_data(TensorData::new(values, dims), &device),
+        dtype,
+    )
+}
+
+/// [`norm_relu_gradients`] on the CPU backend's host slices ([`ChannelNorm::backward`]).
+fn norm_relu_gradients_on_host<B: AutodiffBackend>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, 3>,
+    upstream: Tensor<B, 3>,
+    wants_input: bool,
+) -> (GradientsParams, Option<Tensor<B, 3>>) {
+    let (dims, dtype, device) = (x.dims(), x.dtype(), x.device());
+    let x = floats(x.inner());
+    let mut upstream = floats(upstream.inner());
+    let (gamma_gradient, beta_gradient) =
+        channel_norm(norm, &x, dims).backward(&x, &mut upstream, dims, wants_input);
+    drop(x);
+    let vector = |values: Vec<f32>| {
+        let length = values.len();
+        Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [length]), &device)
+    };
+    let mut gradients = GradientsParams::new();
+    gradients.register(norm.gamma.id, vector(gamma_gradient));
+    gradients.register(norm.beta.id, vector(beta_gradient));
+    let input_gradient = wants_input.then(|| {
+        let gradient = Tensor::from_data(TensorData::new(upstream, dims), &device);
+        Tensor::from_inner(cast(gradient, dtype))
+    });
+    (gradients, input_gradient)
+}
+
+/// The batch statistics of `x` (`[n, c, l]`) with `norm`'s γ, β and ε.
+fn channel_norm<B: Backend>(norm: &BatchNorm<B>, x: &[f32], dims: [usize; 3]) -> ChannelNorm {
+    ChannelNorm::of(
+        x,
+        dims,
+        &floats(norm.gamma.val()),
+        &floats(norm.beta.val()),
+        norm.epsilon,
+    )
 }
 
 /// Running averages as Burn's BatchNorm keeps them: `(1 − momentum) · old + momentum · batch`.
@@ -232,19 +315,73 @@ mod tests {
         let tracked = x.clone().detach().require_grad();
         let output = burn::tensor::activation::relu(norm.forward(tracked.clone()));
         let grads = (output * upstream.clone()).sum().backward();
-        let (by_hand, input_gradient) = norm_relu_gradients(&norm, x, upstream, true);
-
         let tolerance = Tolerance::rel_abs(1e-4, 1e-5);
-        input_gradient
-            .unwrap()
-            .to_data()
-            .assert_approx_eq::<f32>(&tracked.grad(&grads).unwrap().to_data(), tolerance);
-        for param in [&norm.gamma, &norm.beta] {
-            by_hand
-                .get::<TestBackend, 1>(param.id)
+        // The host kernels and the composition of Burn ops (what a device runs).
+        for (by_hand, input_gradient) in [
+            norm_relu_gradients_on_host(&norm, x.clone(), upstream.clone(), true),
+            norm_relu_gradients_composed(&norm, x.clone(), upstream.clone(), true),
+        ] {
+            input_gradient
                 .unwrap()
                 .to_data()
-                .assert_approx_eq::<f32>(&param.grad(&grads).unwrap().to_data(), tolerance);
+                .assert_approx_eq::<f32>(&tracked.grad(&grads).unwrap().to_data(), tolerance);
+            for param in [&norm.gamma, &norm.beta] {
+                by_hand
+                    .get::<TestBackend, 1>(param.id)
+                    .unwrap()
+                    .to_data()
+                    .assert_approx_eq::<f32>(&param.grad(&grads).unwrap().to_data(), tolerance);
+            }
+        }
+        // Without the input's gradient, the same parameter gradients.
+        let (by_hand, none) = norm_relu_gradients_on_host(&norm, x, upstream, false);
+        assert!(none.is_none());
+        by_hand
+            .get::<TestBackend, 1>(norm.gamma.id)
+            .unwrap()
+            .to_data()
+            .assert_approx_eq::<f32>(&norm.gamma.grad(&grads).unwrap().to_data(), tolerance);
+    }
+
+    /// The host forward equals `relu(batch_norm(..))` of the composition, output and running
+    /// averages, in f32 and in bf16 (the stem's half-precision input), over segments longer
+    /// than a lane block and with a ragged end.
+    #[test]
+    fn host_norm_relu_equals_the_composition() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        let mut norm = BatchNormConfig::new(3).init::<B>(&device);
+        norm.gamma = Param::from_tensor(Tensor::random([3], Distribution::Default, &device));
+        norm.beta = Param::from_tensor(Tensor::random(
+            [3],
+            Distribution::Uniform(-0.5, 0.5),
+            &device,
+        ));
+        let reference = norm.clone();
+        let x =
+            Tensor::<TestBackend, 3>::random([2, 3, 5000], Distribution::Normal(3.0, 2.0), &device);
+        for (dtype, tolerance) in [
+            (FloatDType::F32, Tolerance::rel_abs(1e-5, 1e-5)),
+            (FloatDType::BF16, Tolerance::rel_abs(2e-2, 2e-2)),
+        ] {
+            let input = x.clone().cast(dtype);
+            let got = norm_relu_training_on_host(&norm, input.clone());
+            assert_eq!(got.dtype(), input.dtype());
+            let expected = burn::tensor::activation::relu(batch_norm(
+                &reference,
+                Tensor::<B, 3>::from_inner(input.cast(FloatDType::F32)),
+            ));
+            got.cast(FloatDType::F32)
+                .to_data()
+                .assert_approx_eq::<f32>(&expected.inner().to_data(), tolerance);
+            for (a, b) in [
+                (&norm.running_mean, &reference.running_mean),
+                (&norm.running_var, &reference.running_var),
+            ] {
+                a.value()
+                    .to_data()
+                    .assert_approx_eq::<f32>(&b.value().to_data(), tolerance);
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ use burn::prelude::*;
 use burn::tensor::{FloatDType, TensorData};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::cast;
+use crate::cpu_kernels::{cast, floats};
 
 /// The most bytes of im2col columns held at once (a group of output frames of one clip).
 pub const COLUMN_BYTES: usize = 32 << 20;
@@ -149,14 +149,6 @@ fn gradients_in_groups<B: Backend>(
     let input_gradient = input_gradient
         .map(|values| Tensor::from_data(TensorData::new(values, [n, c_in, t, h, w]), &device));
     (weight_gradient, input_gradient)
-}
-
-/// The values of a tensor as f32, in its logical (row-major) order.
-fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    cast(tensor, FloatDType::F32)
-        .into_data()
-        .into_vec::<f32>()
-        .expect("a tensor cast to f32 holds f32")
 }
 
 /// The input position read by output index `out` at kernel offset `tap` along one axis, if it

@@ -9,5 +9,6 @@ pub mod dropout;
 pub mod encoder;
 pub mod graph;
 pub mod mamba;
+pub mod norm_relu_host;
 pub mod selective_scan;
 pub mod stem;

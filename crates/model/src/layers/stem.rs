@@ -12,7 +12,9 @@ use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::cpu_kernels::cast;
-use crate::layers::batch_norm::{batch_norm_channels, norm_relu_gradients};
+use crate::layers::batch_norm::{
+    batch_norm_channels, norm_relu_gradients, norm_relu_training_on_host,
+};
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 
 /// Configuration of a [`VideoStem`].
@@ -112,6 +114,13 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
     /// of the seed model; here the input is known to be untracked.
     pub fn forward_untracked(self) -> Tensor<B, 5> {
         match self {
+            StemStep::NormRelu(norm, input)
+                if crate::cpu_kernels::enabled::<B::InnerBackend>(&input.device()) =>
+            {
+                let [n, c, t, h, w] = input.dims();
+                let flat = input.inner().reshape([n, c, t * h * w]);
+                Tensor::from_inner(norm_relu_training_on_host(norm, flat).reshape([n, c, t, h, w]))
+            }
             StemStep::NormRelu(norm, input) => {
                 let dtype = input.dtype();
                 let input = Tensor::from_inner(cast(input.inner(), FloatDType::F32));

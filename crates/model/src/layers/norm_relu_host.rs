@@ -1,0 +1,180 @@
+//! BatchNorm + ReLU with training statistics on host slices, for the CPU backend: the stem's
+//! `relu(batch_norm(x))` forward and backward as a few fused passes split across the compute
+//! pool. Burn's composition (`batch_norm.rs`, the reference) takes about ten element-wise passes
+//! each way over the stem's largest activations, most of them on one thread.
+//!
+//! Layout `[n, c, l]`: a channel's values are `n` contiguous segments of `l`. Reductions run in
+//! parallel over channels, with f32 lanes flushed into f64 every [`BLOCK`] values; element-wise
+//! passes run in parallel over segments.
+
+use rayon::prelude::*;
+
+/// Values a lane accumulates in f32 before its sum moves into an f64.
+const BLOCK: usize = 4096;
+
+/// Lanes of the reductions: two AVX2 registers of f32.
+const LANES: usize = 16;
+
+/// Per-channel statistics and the affine map BatchNorm + ReLU applies with them.
+pub(crate) struct ChannelNorm {
+    /// Batch mean per channel.
+    pub mean: Vec<f32>,
+    /// Biased batch variance per channel.
+    pub var: Vec<f32>,
+    /// `1 / √(var + ε)`.
+    inverse_std: Vec<f32>,
+    /// `γ / √(var + ε)`: the output is `relu(x · scale + shift)`.
+    scale: Vec<f32>,
+    /// `β − mean · scale`.
+    shift: Vec<f32>,
+}
+
+impl ChannelNorm {
+    /// The batch statistics of `x: [n, c, l]` (two passes: the mean, then the squared
+    /// deviations from it) and the map for `gamma`, `beta` and `epsilon`.
+    pub fn of(x: &[f32], [n, c, l]: [usize; 3], gamma: &[f32], beta: &[f32], epsilon: f64) -> Self {
+        let count = (n * l) as f64;
+        let segments = |channel: usize| (0..n).map(move |i| &x[(i * c + channel) * l..][..l]);
+        let (mean, var): (Vec<f32>, Vec<f32>) = (0..c)
+            .into_par_iter()
+            .map(|channel| {
+                let mean = segments(channel)
+                    .map(|segment| lane_sum(segment, |value| value))
+                    .sum::<f64>()
+                    / count;
+                let centre = mean as f32;
+                let var = segments(channel)
+                    .map(|segment| lane_sum(segment, |value| (value - centre) * (value - centre)))
+                    .sum::<f64>()
+                    / count;
+                (mean as f32, var as f32)
+            })
+            .unzip();
+        let inverse_std: Vec<f32> = var
+            .iter()
+            .map(|&var| (1.0 / (var as f64 + epsilon).sqrt()) as f32)
+            .collect();
+        let scale: Vec<f32> = gamma.iter().zip(&inverse_std).map(|(g, s)| g * s).collect();
+        let shift = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+        Self {
+            mean,
+            var,
+            inverse_std,
+            scale,
+            shift,
+        }
+    }
+
+    /// `relu(x · scale + shift)` in place over `x: [n, c, l]`. NaN stays NaN, as through
+    /// Burn's `relu`.
+    pub fn forward_in_place(&self, x: &mut [f32], [_, c, l]: [usize; 3]) {
+        x.par_chunks_mut(l).enumerate().for_each(|(row, segment)| {
+            let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
+            for value in segment {
+                let y = *value * scale + shift;
+                *value = if y <= 0.0 { 0.0 } else { y };
+            }
+        });
+    }
+
+    /// The gradients of `relu(batch_norm(x))` for `upstream`, the gradient of its output
+    /// (`[n, c, l]` both): returns γ's and β's, and when `wants_input` overwrites `upstream`
+    /// with `x`'s, `γ / σ · (g − mean(g) − x̂ · mean(g · x̂))` (means over the batch and
+    /// positions, `g` the upstream gradient where the ReLU passed it, 0 elsewhere).
+    pub fn backward(
+        &self,
+        x: &[f32],
+        upstream: &mut [f32],
+        [n, c, l]: [usize; 3],
+        wants_input: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let passed = |x: f32, g: f32, ch: usize| {
+            if x * self.scale[ch] + self.shift[ch] > 0.0 {
+                g
+            } else {
+                0.0
+            }
+        };
+        let upstream_ref: &[f32] = upstream;
+        // Per channel: Σ g (β's gradient) and Σ g · x̂ (γ's).
+        let (beta_gradient, gamma_gradient): (Vec<f32>, Vec<f32>) = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, inverse_std) = (self.mean[ch], self.inverse_std[ch]);
+                let (mut sum, mut product) = (0f64, 0f64);
+                for i in 0..n {
+                    let offset = (i * c + ch) * l;
+                    let (xs, gs) = (&x[offset..][..l], &upstream_ref[offset..][..l]);
+                    let (s, p) = lane_sum_pair(xs, gs, |x, g| {
+                        let g = passed(x, g, ch);
+                        (g, g * (x - mean) * inverse_std)
+                    });
+                    sum += s;
+                    product += p;
+                }
+                (sum as f32, product as f32)
+            })
+            .unzip();
+        if wants_input {
+            let count = (n * l) as f32;
+            upstream
+                .par_chunks_mut(l)
+                .zip(x.par_chunks(l))
+                .enumerate()
+                .for_each(|(row, (gs, xs))| {
+                    let ch = row % c;
+                    let (mean, inverse_std, scale) =
+                        (self.mean[ch], self.inverse_std[ch], self.scale[ch]);
+                    let mean_g = beta_gradient[ch] / count;
+                    let mean_gx = gamma_gradient[ch] / count;
+                    for (g, &x) in gs.iter_mut().zip(xs) {
+                        let normalized = (x - mean) * inverse_std;
+                        *g = scale * (passed(x, *g, ch) - mean_g - normalized * mean_gx);
+                    }
+                });
+        }
+        (gamma_gradient, beta_gradient)
+    }
+}
+
+/// `Σ f(v)` over `values`, in f32 lanes flushed into f64 every [`BLOCK`] values.
+fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    values
+        .chunks(BLOCK)
+        .map(|block| {
+            let mut lanes = [0f32; LANES];
+            let chunks = block.chunks_exact(LANES);
+            let rest: f64 = chunks.remainder().iter().map(|&v| f(v) as f64).sum();
+            for chunk in chunks {
+                for (lane, &value) in lanes.iter_mut().zip(chunk) {
+                    *lane += f(value);
+                }
+            }
+            lanes.iter().map(|&lane| lane as f64).sum::<f64>() + rest
+        })
+        .sum()
+}
+
+/// The two sums `Σ f(a, b).0` and `Σ f(a, b).1` over pairs of `a` and `b`, as [`lane_sum`].
+fn lane_sum_pair(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+    let mut total = (0f64, 0f64);
+    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
+        let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        for (&a, &b) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
+            let (x, y) = f(a, b);
+            total.0 += x as f64;
+            total.1 += y as f64;
+        }
+        for (a, b) in chunks_a.zip(chunks_b) {
+            for lane in 0..LANES {
+                let (x, y) = f(a[lane], b[lane]);
+                first[lane] += x;
+                second[lane] += y;
+            }
+        }
+        total.0 += first.iter().map(|&v| v as f64).sum::<f64>();
+        total.1 += second.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    total
+}
