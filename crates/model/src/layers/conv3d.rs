@@ -17,7 +17,7 @@ use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Slice, TensorPrimitive};
 
-use crate::layers::conv_gemm::{ConvGeometry, ConvGradients, conv3d_gradients};
+use crate::layers::conv_gemm::{ConvGeometry, ConvGradients, conv3d_forward, conv3d_gradients};
 use crate::precision::like;
 
 /// Configuration of a [`VideoConv3d`].
@@ -92,6 +92,18 @@ impl<B: Backend> VideoConv3d<B> {
         })
     }
 
+    /// The sizes of this convolution over an input `[n, c_in, t, h, w]`.
+    fn geometry(&self, [n, c_in, t, h, w]: [usize; 5]) -> ConvGeometry {
+        ConvGeometry {
+            input: [n, c_in, t, h, w],
+            channels_out: self.weight.dims()[0],
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            output: self.output_size([t, h, w]),
+        }
+    }
+
     /// Computes in the input's dtype. Burn's autodiff makes the input gradient only when the
     /// input is tracked, so a first layer fed data (untracked) never pays for it.
     ///
@@ -116,7 +128,20 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     /// [`Self::gradients_by_patches`], instead of cubecl's convolution kernels; on the CPU
     /// Burn's `conv3d`.
     pub fn forward_untracked(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
-        if crate::cpu_kernels::computes_on_host::<B>(&input.device()) {
+        let device = input.device();
+        if crate::cpu_kernels::enabled::<B::InnerBackend>(&device) {
+            let dtype = input.dtype();
+            let input = input.inner();
+            let geometry = self.geometry(input.dims());
+            let output = conv3d_forward(
+                input,
+                self.weight.val().inner(),
+                self.bias.as_ref().map(|bias| bias.val().inner()),
+                geometry,
+            );
+            return Tensor::from_inner(crate::cpu_kernels::cast(output, dtype));
+        }
+        if crate::cpu_kernels::computes_on_host::<B>(&device) {
             return self.forward(input);
         }
         Tensor::from_inner(self.forward_by_patches(input.inner()))
@@ -218,14 +243,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let compute = upstream.dtype();
         let (weight_gradient, input_gradient) = match path {
             GradientPath::CpuGemm => {
-                let geometry = ConvGeometry {
-                    input: [n, c_in, t, h, w],
-                    channels_out: c_out,
-                    kernel: self.kernel,
-                    stride: self.stride,
-                    padding: self.padding,
-                    output: [t_out, h_out, w_out],
-                };
+                let geometry = self.geometry([n, c_in, t, h, w]);
                 conv3d_gradients(x, weight, upstream, geometry, wants_input)
             }
             GradientPath::Patches => self.gradients_by_patches(
@@ -462,6 +480,10 @@ mod tests {
             .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
         // The untracked forward off the CPU: patches times the weight, clip by clip.
         ours.forward_by_patches(input_last.clone().inner())
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
+        // The untracked forward on the CPU: the im2col kernel times the weight.
+        ours.forward_untracked(input_last.clone().detach())
             .into_data()
             .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
 

@@ -1,20 +1,22 @@
-//! A 3-D convolution's weight and input gradients as wide matrix products, for the CPU backend.
+//! A 3-D convolution's forward and its weight and input gradients as wide matrix products, for
+//! the CPU backend.
 //!
 //! The backend's own route (what [`super::conv3d::VideoConv3d::gradients`] falls back to) takes
 //! the weight gradient as a convolution of each clip with its output gradient used as the
 //! kernel: a gemm whose output has as few columns as the kernel has taps (147 for the seed's
 //! first convolution, 9 for its second) and whose inner dimension is the whole clip, and the
 //! input gradient as a transposed convolution whose col2im runs on one thread. Here, for a few
-//! output frames of one clip at a time:
+//! output lines (rows of `w'` positions) of one clip at a time:
 //!
-//! - `columns [c_in·taps × frames·h'·w']` is the im2col of the input (built in parallel, one row per
-//!   input channel and tap), at most [`COLUMN_BYTES`] at a time;
-//! - the weight gradient accumulates `upstream [c_out × frames·h'·w'] · columnsᵀ`, a gemm with
-//!   `c_out` rows, `c_in·taps` columns and a long inner dimension;
+//! - `columns [c_in·taps × lines·w']` is the im2col of the input (built in parallel, one row per
+//!   input channel and tap), at most [`COLUMN_BYTES`] at a time, so that it is still in the
+//!   caches when the gemm reads it;
+//! - the forward is `weight [c_out × c_in·taps] · columns`;
+//! - the weight gradient accumulates `upstream [c_out × lines·w'] · columnsᵀ`;
 //! - the input gradient is `weightᵀ [c_in·taps × c_out] · upstream`, scattered back onto the
-//!   input (col2im) in parallel over input channels, each of which owns its own plane.
+//!   input (col2im) in parallel over input channels, each of which owns its own volume.
 //!
-//! Both gemms are the backend's `matmul` (gemm's multi-threaded kernels on burn-flex). The
+//! The gemms are the backend's `matmul` (gemm's multi-threaded kernels on burn-flex). The
 //! columns of a group are the only transient buffer.
 
 use burn::prelude::*;
@@ -23,8 +25,14 @@ use rayon::prelude::*;
 
 use crate::cpu_kernels::{cast, floats};
 
-/// The most bytes of im2col columns held at once (a group of output frames of one clip).
-pub const COLUMN_BYTES: usize = 32 << 20;
+/// The most bytes of im2col columns held at once: a group of output lines (one output frame's
+/// row of `w'` positions each) of one clip, small enough to stay in the CPU's caches between
+/// im2col writing it and the gemm reading it. A whole frame of the seed's first convolution
+/// (22 MiB) went to memory and back; on the Zen 2 machine of stop 35 the seed model's fp32 b4
+/// step ran at 1.10 samples/s with 8 MiB, 1.26 with 4 MiB, 1.16 with 2 MiB and 0.92 with
+/// 960 KiB (below glibc's mmap threshold, the heap grew and shrank: 12–18 % of the step in the
+/// kernel).
+pub const COLUMN_BYTES: usize = 4 << 20;
 
 /// Sizes of one convolution: input `[n, c_in, t, h, w]`, kernel, stride, padding, output.
 #[derive(Debug, Clone, Copy)]
@@ -46,15 +54,108 @@ impl ConvGeometry {
         self.input[1] * self.taps()
     }
 
-    fn frame_positions(&self) -> usize {
-        self.output[1] * self.output[2]
+    /// Output positions of a clip, `t'·h'·w'`.
+    fn positions(&self) -> usize {
+        self.output.iter().product()
     }
 
-    /// Output frames per group, so that a group's columns stay within [`COLUMN_BYTES`].
-    fn frames_per_group(&self) -> usize {
-        let frame_bytes = self.rows() * self.frame_positions() * 4;
-        (COLUMN_BYTES / frame_bytes.max(1)).clamp(1, self.output[0])
+    /// Output lines (rows of `w'` positions) of a clip, `t'·h'`.
+    fn lines(&self) -> usize {
+        self.output[0] * self.output[1]
     }
+
+    /// Output lines per group, so that a group's columns stay within [`COLUMN_BYTES`].
+    fn lines_per_group(&self) -> usize {
+        let line_bytes = self.rows() * self.output[2] * 4;
+        (COLUMN_BYTES / line_bytes.max(1)).clamp(1, self.lines())
+    }
+
+    /// Groups of output lines of one clip: `(first line, lines)`.
+    fn groups(&self, group: usize) -> impl Iterator<Item = (usize, usize)> {
+        let lines = self.lines();
+        (0..lines)
+            .step_by(group)
+            .map(move |first| (first, group.min(lines - first)))
+    }
+}
+
+/// The convolution of `input` with `weight` (and `bias`) as `weight [c_out × c_in·taps] ·
+/// columns` for a few output lines of one clip at a time, the columns built by [`im2col`] in
+/// parallel and the product taken by the backend's multi-threaded matmul; output
+/// `[n, c_out, t', h', w']`, f32. burn-flex's own `conv3d` transposes the whole input to
+/// channels-last on one thread and multiplies tiles of 512 positions.
+pub fn conv3d_forward<B: Backend>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+) -> Tensor<B, 5> {
+    let group = geometry.lines_per_group();
+    forward_in_groups(input, weight, bias, geometry, group)
+}
+
+/// [`conv3d_forward`] with `group` output lines per im2col buffer.
+fn forward_in_groups<B: Backend>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+    group: usize,
+) -> Tensor<B, 5> {
+    let device = input.device();
+    let [n, c_in, t, h, w] = geometry.input;
+    let c_out = geometry.channels_out;
+    let [t_out, h_out, w_out] = geometry.output;
+    let (rows, positions) = (geometry.rows(), geometry.positions());
+    let input = floats(input);
+    let weight = weight.cast(FloatDType::F32).reshape([c_out, rows]);
+    let bias = bias.map(floats);
+    let map = ColumnMap::new(geometry);
+    let mut output = vec![0f32; n * c_out * positions];
+    for (clip_input, clip_output) in input
+        .chunks(c_in * t * h * w)
+        .zip(output.chunks_mut(c_out * positions))
+    {
+        for (first, lines) in geometry.groups(group) {
+            let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
+            let product = floats(weight.clone().matmul(columns)); // [c_out, lines·w']
+            let (start, length) = (first * w_out, lines * w_out);
+            clip_output
+                .par_chunks_mut(positions)
+                .zip(product.par_chunks(length))
+                .enumerate()
+                .for_each(|(channel, (channel_output, values))| {
+                    let target = &mut channel_output[start..][..length];
+                    match &bias {
+                        Some(bias) => {
+                            for (target, value) in target.iter_mut().zip(values) {
+                                *target = value + bias[channel];
+                            }
+                        }
+                        None => target.copy_from_slice(values),
+                    }
+                });
+        }
+    }
+    Tensor::from_data(
+        TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
+        &device,
+    )
+}
+
+/// The im2col columns of output lines `first..first + lines` of one clip as a tensor
+/// `[c_in·taps, lines·w']`.
+fn columns_tensor<B: Backend>(
+    clip: &[f32],
+    map: &ColumnMap,
+    first: usize,
+    lines: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    let (rows, length) = (map.geometry.rows(), lines * map.geometry.output[2]);
+    let mut columns = vec![0f32; rows * length];
+    im2col(clip, map, first, lines, &mut columns);
+    Tensor::from_data(TensorData::new(columns, [rows, length]), device)
 }
 
 /// A convolution's weight gradient and, when asked for, its input gradient.
@@ -70,11 +171,11 @@ pub fn conv3d_gradients<B: Backend>(
     geometry: ConvGeometry,
     wants_input: bool,
 ) -> ConvGradients<B> {
-    let group = geometry.frames_per_group();
+    let group = geometry.lines_per_group();
     gradients_in_groups(input, weight, upstream, geometry, wants_input, group)
 }
 
-/// [`conv3d_gradients`] with `group` output frames per im2col buffer.
+/// [`conv3d_gradients`] with `group` output lines per im2col buffer.
 fn gradients_in_groups<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
@@ -86,38 +187,29 @@ fn gradients_in_groups<B: Backend>(
     let device = input.device();
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
-    let t_out = geometry.output[0];
-    let rows = geometry.rows();
-    let frame_positions = geometry.frame_positions();
+    let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
 
     let input = floats(input);
-    let upstream = cast(upstream, FloatDType::F32).reshape([n, c_out, t_out * frame_positions]);
+    let upstream = cast(upstream, FloatDType::F32).reshape([n, c_out, positions]);
     let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
     let weight_transposed = wants_input.then(|| weight_matrix.clone().transpose());
+    let map = ColumnMap::new(geometry);
 
     let clip_len = c_in * t * h * w;
     let mut weight_gradient: Option<Tensor<B, 2>> = None;
     let mut input_gradient = wants_input.then(|| vec![0f32; n * clip_len]);
     for clip in 0..n {
         let clip_input = &input[clip * clip_len..(clip + 1) * clip_len];
-        let mut first = 0;
-        while first < t_out {
-            let frames = group.min(t_out - first);
-            let columns_len = rows * frames * frame_positions;
-            let mut columns = vec![0f32; columns_len];
-            im2col(clip_input, &geometry, first, frames, &mut columns);
-            let columns = Tensor::<B, 2>::from_data(
-                TensorData::new(columns, [rows, frames * frame_positions]),
-                &device,
-            );
+        for (first, lines) in geometry.groups(group) {
+            let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
             let upstream_group = upstream
                 .clone()
                 .slice([
                     clip..clip + 1,
                     0..c_out,
-                    first * frame_positions..(first + frames) * frame_positions,
+                    first * w_out..(first + lines) * w_out,
                 ])
-                .reshape([c_out, frames * frame_positions]);
+                .reshape([c_out, lines * w_out]);
             let partial = upstream_group.clone().matmul(columns.transpose());
             weight_gradient = Some(match weight_gradient {
                 Some(sum) => sum + partial,
@@ -126,25 +218,20 @@ fn gradients_in_groups<B: Backend>(
             if let (Some(gradient), Some(weight_transposed)) =
                 (input_gradient.as_mut(), weight_transposed.as_ref())
             {
-                let columns_gradient = weight_transposed.clone().matmul(upstream_group);
-                let columns_gradient = columns_gradient
-                    .into_data()
-                    .into_vec::<f32>()
-                    .expect("an f32 product");
+                let columns_gradient = floats(weight_transposed.clone().matmul(upstream_group));
                 col2im(
                     &columns_gradient,
-                    &geometry,
+                    &map,
                     first,
-                    frames,
+                    lines,
                     &mut gradient[clip * clip_len..(clip + 1) * clip_len],
                 );
             }
-            first += frames;
         }
     }
     let [kt, kh, kw] = geometry.kernel;
     let weight_gradient = weight_gradient
-        .expect("a convolution has at least one output frame")
+        .expect("a convolution has at least one output line")
         .reshape([c_out, c_in, kt, kh, kw]);
     let input_gradient = input_gradient
         .map(|values| Tensor::from_data(TensorData::new(values, [n, c_in, t, h, w]), &device));
@@ -159,22 +246,65 @@ fn source(out: usize, tap: usize, stride: usize, padding: usize, size: usize) ->
         .filter(|&index| index < size)
 }
 
-/// Where one kernel tap reads, axis by axis, for output frames `first..first + frames`: the
-/// input frame, row and column of each output one (`None` in the padding). Worked out once per
-/// column row, not once per value.
+/// Where one kernel tap reads, axis by axis: the input frame of each output frame and the
+/// input row of each output row (`None` in the padding), and along a row the span of output
+/// columns inside the input. Worked out once per column row, not once per value.
 struct TapSources {
     frames: Vec<Option<usize>>,
     rows: Vec<Option<usize>>,
-    columns: Vec<Option<usize>>,
+    columns: ColumnSpan,
+}
+
+impl TapSources {
+    /// The input frame and row read by output line `line` (`t'·h'` order), if neither is
+    /// padding.
+    fn line(&self, line: usize) -> Option<(usize, usize)> {
+        let h_out = self.rows.len();
+        Some((self.frames[line / h_out]?, self.rows[line % h_out]?))
+    }
+}
+
+/// Along a row, output columns `first..end` read input columns `source`, `source + stride`, …;
+/// the others read padding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ColumnSpan {
+    first: usize,
+    end: usize,
+    source: usize,
+    stride: usize,
+}
+
+impl ColumnSpan {
+    /// The span of `outputs` output columns at kernel offset `tap` (as [`source`] maps them).
+    fn new(outputs: usize, tap: usize, stride: usize, padding: usize, size: usize) -> Self {
+        // out · stride + tap − padding ∈ [0, size)
+        let end = (size + padding)
+            .checked_sub(tap)
+            .map_or(0, |limit| limit.div_ceil(stride))
+            .min(outputs);
+        let first = padding.saturating_sub(tap).div_ceil(stride).min(end);
+        // An empty span reads nothing; its source stays inside the row.
+        let source = if first < end {
+            first * stride + tap - padding
+        } else {
+            0
+        };
+        Self {
+            first,
+            end,
+            source,
+            stride,
+        }
+    }
 }
 
 impl ConvGeometry {
-    fn tap_sources(&self, tap: usize, first: usize, frames: usize) -> TapSources {
+    fn tap_sources(&self, tap: usize) -> TapSources {
         let [_, _, t, h, w] = self.input;
         let [_, kh, kw] = self.kernel;
         let offsets = [tap / (kh * kw), (tap / kw) % kh, tap % kw];
-        let axis = |index: usize, outputs: std::ops::Range<usize>, size: usize| {
-            outputs
+        let axis = |index: usize, size: usize| {
+            (0..self.output[index])
                 .map(|out| {
                     source(
                         out,
@@ -187,80 +317,104 @@ impl ConvGeometry {
                 .collect()
         };
         TapSources {
-            frames: axis(0, first..first + frames, t),
-            rows: axis(1, 0..self.output[1], h),
-            columns: axis(2, 0..self.output[2], w),
+            frames: axis(0, t),
+            rows: axis(1, h),
+            columns: ColumnSpan::new(
+                self.output[2],
+                offsets[2],
+                self.stride[2],
+                self.padding[2],
+                w,
+            ),
         }
-    }
-
-    /// Values of one input frame, `h·w`.
-    fn frame_len(&self) -> usize {
-        self.input[3] * self.input[4]
-    }
-
-    /// Values of one column row for `frames` output frames, `frames·h'·w'`.
-    fn row_len(&self, frames: usize) -> usize {
-        frames * self.output[1] * self.output[2]
     }
 }
 
-/// Writes the im2col columns of output frames `first..first + frames` of one clip
-/// (`clip: [c_in, t, h, w]`) into `columns: [c_in·taps, frames·h'·w']`; padding reads 0.
-fn im2col(clip: &[f32], geometry: &ConvGeometry, first: usize, frames: usize, columns: &mut [f32]) {
-    let (t, taps, frame_len) = (geometry.input[2], geometry.taps(), geometry.frame_len());
-    let (w, out_frame_len) = (geometry.input[4], geometry.row_len(1));
+/// The tap sources of every kernel tap of one convolution, worked out once per call and read by
+/// [`im2col`] and [`col2im`] for every group.
+struct ColumnMap {
+    geometry: ConvGeometry,
+    taps: Vec<TapSources>,
+}
+
+impl ColumnMap {
+    fn new(geometry: ConvGeometry) -> Self {
+        let taps = (0..geometry.taps())
+            .map(|tap| geometry.tap_sources(tap))
+            .collect();
+        Self { geometry, taps }
+    }
+}
+
+/// Writes the im2col columns of output lines `first..first + lines` of one clip
+/// (`clip: [c_in, t, h, w]`) into `columns: [c_in·taps, lines·w']`; padding reads 0.
+fn im2col(clip: &[f32], map: &ColumnMap, first: usize, lines: usize, columns: &mut [f32]) {
+    let [_, _, t, h, w] = map.geometry.input;
+    let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
     columns
-        .par_chunks_mut(geometry.row_len(frames))
+        .par_chunks_mut(lines * w_out)
         .enumerate()
         .for_each(|(row, out)| {
-            let (channel, tap) = (row / taps, row % taps);
-            let sources = geometry.tap_sources(tap, first, frames);
-            for (out, frame) in out.chunks_mut(out_frame_len).zip(&sources.frames) {
-                let Some(frame) = frame else {
+            let (channel, sources) = (row / taps, &map.taps[row % taps]);
+            let span = sources.columns;
+            let volume = &clip[channel * t * h * w..][..t * h * w];
+            for (out, line) in out.chunks_mut(w_out).zip(first..) {
+                let Some((frame, row)) = sources.line(line) else {
                     out.fill(0.0);
                     continue;
                 };
-                let plane = &clip[(channel * t + frame) * frame_len..][..frame_len];
-                for (out, row) in out.chunks_mut(geometry.output[2]).zip(&sources.rows) {
-                    match row {
-                        Some(row) => {
-                            let line = &plane[row * w..][..w];
-                            for (value, column) in out.iter_mut().zip(&sources.columns) {
-                                *value = column.map_or(0.0, |column| line[column]);
-                            }
-                        }
-                        None => out.fill(0.0),
-                    }
-                }
+                let input = &volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
+                out[..span.first].fill(0.0);
+                out[span.end..].fill(0.0);
+                gather(&mut out[span.first..span.end], input, span.stride);
             }
         });
 }
 
-/// Adds the column gradients `columns: [c_in·taps, frames·h'·w']` of output frames
-/// `first..first + frames` back onto the input positions they were read from
-/// (`clip: [c_in, t, h, w]`), in parallel over input channels.
-fn col2im(columns: &[f32], geometry: &ConvGeometry, first: usize, frames: usize, clip: &mut [f32]) {
-    let (t, taps, frame_len) = (geometry.input[2], geometry.taps(), geometry.frame_len());
-    let (w, row_len) = (geometry.input[4], geometry.row_len(frames));
-    let sources: Vec<TapSources> = (0..taps)
-        .map(|tap| geometry.tap_sources(tap, first, frames))
-        .collect();
-    clip.par_chunks_mut(t * frame_len)
+/// `out[k] = input[k · stride]`. Strides 1 and 2 (the stems' convolutions) get loops the
+/// compiler vectorises: a copy, and every second value of pairs.
+fn gather(out: &mut [f32], input: &[f32], stride: usize) {
+    match stride {
+        1 => out.copy_from_slice(&input[..out.len()]),
+        2 => {
+            let (pairs, last) = input[..(2 * out.len()).saturating_sub(1)].as_chunks::<2>();
+            for (value, pair) in out.iter_mut().zip(pairs) {
+                *value = pair[0];
+            }
+            if let (Some(value), [single]) = (out.get_mut(pairs.len()), last) {
+                *value = *single;
+            }
+        }
+        _ => {
+            for (value, &input) in out.iter_mut().zip(input.iter().step_by(stride)) {
+                *value = input;
+            }
+        }
+    }
+}
+
+/// Adds the column gradients `columns: [c_in·taps, lines·w']` of output lines
+/// `first..first + lines` back onto the input positions they were read from
+/// (`clip: [c_in, t, h, w]`), in parallel over input channels (each owns its volume).
+fn col2im(columns: &[f32], map: &ColumnMap, first: usize, lines: usize, clip: &mut [f32]) {
+    let [_, _, t, h, w] = map.geometry.input;
+    let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
+    let row_len = lines * w_out;
+    clip.par_chunks_mut(t * h * w)
         .enumerate()
         .for_each(|(channel, volume)| {
-            for (tap, sources) in sources.iter().enumerate() {
+            for (tap, sources) in map.taps.iter().enumerate() {
+                let span = sources.columns;
                 let row = &columns[(channel * taps + tap) * row_len..][..row_len];
-                for (values, frame) in row.chunks(geometry.row_len(1)).zip(&sources.frames) {
-                    let Some(frame) = frame else { continue };
-                    let plane = &mut volume[frame * frame_len..][..frame_len];
-                    for (values, row) in values.chunks(geometry.output[2]).zip(&sources.rows) {
-                        let Some(row) = row else { continue };
-                        let line = &mut plane[row * w..][..w];
-                        for (value, column) in values.iter().zip(&sources.columns) {
-                            if let Some(column) = column {
-                                line[*column] += value;
-                            }
-                        }
+                for (values, line) in row.chunks(w_out).zip(first..) {
+                    let Some((frame, row)) = sources.line(line) else {
+                        continue;
+                    };
+                    let input =
+                        &mut volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
+                    let inside = &values[span.first..span.end];
+                    for (input, value) in input.iter_mut().step_by(span.stride).zip(inside) {
+                        *input += value;
                     }
                 }
             }
@@ -273,11 +427,40 @@ mod tests {
     use crate::TestBackend;
     use burn::tensor::{Distribution, Tolerance};
 
-    /// Output frames taken one at a time, two at a time or all together give the same gradients
-    /// (a temporal kernel of 3 with padding reads input frames shared between groups). The
+    /// The column spans map every output column as [`source`] does.
+    #[test]
+    fn column_spans_agree_with_the_source_map() {
+        for size in 1..12 {
+            for stride in 1..4 {
+                for padding in 0..4 {
+                    for tap in 0..7 {
+                        if size + 2 * padding < tap + 1 {
+                            continue;
+                        }
+                        let outputs = (size + 2 * padding - tap - 1) / stride + 1 + tap / 2;
+                        let span = ColumnSpan::new(outputs, tap, stride, padding, size);
+                        assert!(span.source < size, "{span:?}");
+                        for out in 0..outputs {
+                            let inside = (span.first..span.end).contains(&out);
+                            let mapped = inside.then(|| span.source + (out - span.first) * stride);
+                            assert_eq!(
+                                mapped,
+                                source(out, tap, stride, padding, size),
+                                "{span:?} out {out}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Output lines taken one at a time, a few at a time (across frame boundaries) or all
+    /// together give the same gradients (a temporal kernel of 3 with padding reads input frames
+    /// shared between groups). The
     /// gradients themselves are checked against Burn's `Conv3d` in `conv3d`'s tests.
     #[test]
-    fn frame_groups_do_not_change_the_gradients() {
+    fn line_groups_do_not_change_the_forward_or_the_gradients() {
         let device = Default::default();
         let geometry = ConvGeometry {
             input: [2, 3, 5, 9, 8],
@@ -303,8 +486,9 @@ mod tests {
                 group,
             )
         };
-        let (weight_all, input_all) = run(5);
-        for group in [1, 2] {
+        // 25 output lines (5 frames of 5 rows): all at once, and groups that split frames.
+        let (weight_all, input_all) = run(25);
+        for group in [1, 3, 7] {
             let (weight_grouped, input_grouped) = run(group);
             let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
             weight_grouped
@@ -314,6 +498,25 @@ mod tests {
                 .unwrap()
                 .to_data()
                 .assert_approx_eq::<f32>(&input_all.clone().unwrap().to_data(), tolerance);
+        }
+        // The forward likewise, against Burn's convolution.
+        let bias = Tensor::<TestBackend, 1>::random([4], Distribution::Default, &device);
+        let expected = burn::tensor::module::conv3d(
+            input.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            burn::tensor::ops::ConvOptions::new([1, 2, 2], [1, 1, 0], [1, 1, 1], 1),
+        );
+        for group in [1, 3, 7, 25] {
+            forward_in_groups(
+                input.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                geometry,
+                group,
+            )
+            .to_data()
+            .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
         }
     }
 }
