@@ -328,28 +328,19 @@ impl Config {
                 format!("must be ≥ 0, got {}", train.weight_decay),
             );
         }
-        if !(0.0..1.0).contains(&train.momentum) {
-            return invalid(
-                "train.momentum",
-                format!("must be in 0..1, got {}", train.momentum),
-            );
+        for (key, value) in [
+            ("train.momentum", train.momentum),
+            ("train.label_smoothing", train.label_smoothing),
+            ("train.warmup_fraction", train.warmup_fraction),
+        ] {
+            if !(0.0..1.0).contains(&value) {
+                return invalid(key, format!("must be in 0..1, got {value}"));
+            }
         }
         if train.nesterov && (train.optimizer != OptimizerKind::Sgd || train.momentum == 0.0) {
             return invalid(
                 "train.nesterov",
                 "Nesterov momentum needs train.optimizer = \"sgd\" and train.momentum > 0".into(),
-            );
-        }
-        if !(0.0..1.0).contains(&train.label_smoothing) {
-            return invalid(
-                "train.label_smoothing",
-                format!("must be in 0..1, got {}", train.label_smoothing),
-            );
-        }
-        if !(0.0..1.0).contains(&train.warmup_fraction) {
-            return invalid(
-                "train.warmup_fraction",
-                format!("must be in 0..1, got {}", train.warmup_fraction),
             );
         }
         if let ClassWeights::Fixed(weights) = &train.class_weights {

@@ -50,13 +50,13 @@ impl Manifest {
             path: path.to_path_buf(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|error| {
-            manifest_error(format!(
-                "cannot read it ({error}); set paths.manifest to a CSV (video,view,path) or JSON file"
-            ))
-        })?;
+        let text = crate::index::read_user_file(
+            path,
+            "set paths.manifest to a CSV (video,view,path) or JSON file",
+            manifest_error,
+        )?;
         let rows: Vec<Row> = if path.extension().is_some_and(|ext| ext == "json") {
-            serde_json::from_str(crate::index::without_bom(&text)).map_err(|error| {
+            serde_json::from_str(&text).map_err(|error| {
                 manifest_error(format!(
                     "expected a JSON list of {{\"video\", \"view\", \"path\"}} objects: {error}"
                 ))

@@ -137,23 +137,41 @@ pub enum Fold {
     All,
 }
 
-impl Serialize for Fold {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let number = match self {
-            Fold::Index(index) => Some(*index),
-            Fold::All => None,
-        };
-        serialize_number_or(serializer, number, "all")
-    }
+/// Serialize and Deserialize for an enum of a number (`$number(usize)`) or one keyword
+/// (`$keyword`, a unit variant): through [`serialize_number_or`] and [`deserialize_number_or`].
+macro_rules! number_or_keyword {
+    ($name:ident, $number:path, $keyword:path, $text:literal, $expected:literal) => {
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(
+                &self,
+                serializer: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let number = match self {
+                    $number(number) => Some(*number),
+                    $keyword => None,
+                };
+                serialize_number_or(serializer, number, $text)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(
+                deserializer: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let number = deserialize_number_or(deserializer, $text, $expected)?;
+                Ok(number.map_or($keyword, $number))
+            }
+        }
+    };
 }
 
-impl<'de> Deserialize<'de> for Fold {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let expected = "expected a fold index (0, 1, ...) or \"all\"";
-        let number = deserialize_number_or(deserializer, "all", expected)?;
-        Ok(number.map_or(Fold::All, Fold::Index))
-    }
-}
+number_or_keyword!(
+    Fold,
+    Fold::Index,
+    Fold::All,
+    "all",
+    "expected a fold index (0, 1, ...) or \"all\""
+);
 
 /// A key that takes a whole number or one keyword (`"all"`, `"auto"`): the number, or `None`
 /// for the keyword. A number written as text (`"3"`, as environment overrides give it) counts.
@@ -199,23 +217,13 @@ pub enum InferenceBatch {
     Samples(usize),
 }
 
-impl Serialize for InferenceBatch {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let number = match self {
-            InferenceBatch::Samples(samples) => Some(*samples),
-            InferenceBatch::Auto => None,
-        };
-        serialize_number_or(serializer, number, "auto")
-    }
-}
-
-impl<'de> Deserialize<'de> for InferenceBatch {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        let expected = "expected a number of samples (1, 2, ...) or \"auto\" (data.batch_size)";
-        let number = deserialize_number_or(deserializer, "auto", expected)?;
-        Ok(number.map_or(InferenceBatch::Auto, InferenceBatch::Samples))
-    }
-}
+number_or_keyword!(
+    InferenceBatch,
+    InferenceBatch::Samples,
+    InferenceBatch::Auto,
+    "auto",
+    "expected a number of samples (1, 2, ...) or \"auto\" (data.batch_size)"
+);
 
 /// `eval.*` keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,14 +43,12 @@ pub(super) fn read_tasks(path: &Path) -> Result<Vec<Task>> {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        annotation_error(format!(
-            "cannot read it ({error}); set paths.annotation_path to a Label Studio JSON export"
-        ))
-    })?;
-    // Windows tools (Notepad, PowerShell's `Out-File`) start UTF-8 files with a byte-order mark,
-    // which JSON parsers refuse.
-    let json: serde_json::Value = serde_json::from_str(without_bom(&text))
+    let text = read_user_file(
+        path,
+        "set paths.annotation_path to a Label Studio JSON export",
+        annotation_error,
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&text)
         .map_err(|error| annotation_error(format!("not valid JSON: {error}")))?;
     let list = json
         .as_array()

@@ -443,7 +443,19 @@ impl Index {
     }
 }
 
-/// `text` without a leading UTF-8 byte-order mark.
-pub(crate) fn without_bom(text: &str) -> &str {
-    text.strip_prefix('\u{feff}').unwrap_or(text)
+/// The text of a file the user points a key at (an annotation export, a manifest), without a
+/// leading UTF-8 byte-order mark: Windows tools (Notepad, PowerShell's `Out-File`) start UTF-8
+/// files with one, which JSON parsers refuse. A file that cannot be read is `error` of a message
+/// that says what to do (`fix`).
+pub(crate) fn read_user_file(
+    path: &Path,
+    fix: &str,
+    error: impl Fn(String) -> crate::Error,
+) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|cause| error(format!("cannot read it ({cause}); {fix}")))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
