@@ -190,7 +190,9 @@ fn gradients_in_groups<B: Backend>(
     let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
 
     let input = floats(input);
-    let upstream = cast(upstream, FloatDType::F32).reshape([n, c_out, positions]);
+    // One row per clip and output channel: a group's upstream is a strided view of it, which
+    // the matmul reads in place (a 3-D slice reshaped to 2-D was copied for every group).
+    let upstream = cast(upstream, FloatDType::F32).reshape([n * c_out, positions]);
     let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
     let weight_transposed = wants_input.then(|| weight_matrix.clone().transpose());
     let map = ColumnMap::new(geometry);
@@ -202,14 +204,10 @@ fn gradients_in_groups<B: Backend>(
         let clip_input = &input[clip * clip_len..(clip + 1) * clip_len];
         for (first, lines) in geometry.groups(group) {
             let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
-            let upstream_group = upstream
-                .clone()
-                .slice([
-                    clip..clip + 1,
-                    0..c_out,
-                    first * w_out..(first + lines) * w_out,
-                ])
-                .reshape([c_out, lines * w_out]);
+            let upstream_group = upstream.clone().slice([
+                clip * c_out..(clip + 1) * c_out,
+                first * w_out..(first + lines) * w_out,
+            ]);
             let partial = upstream_group.clone().matmul(columns.transpose());
             weight_gradient = Some(match weight_gradient {
                 Some(sum) => sum + partial,
