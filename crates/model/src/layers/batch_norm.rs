@@ -297,19 +297,27 @@ mod tests {
             .assert_approx_eq::<f32>(&inner(&theirs).forward(x).to_data(), tolerance);
     }
 
+    /// A BatchNorm of `channels` with random γ and β in −0.5..0.5, so that a following ReLU
+    /// blocks some values of every channel.
+    fn random_affine_norm(channels: usize) -> BatchNorm<B> {
+        let device = Default::default();
+        let mut norm = BatchNormConfig::new(channels).init::<B>(&device);
+        norm.gamma = Param::from_tensor(Tensor::random([channels], Distribution::Default, &device));
+        norm.beta = Param::from_tensor(Tensor::random(
+            [channels],
+            Distribution::Uniform(-0.5, 0.5),
+            &device,
+        ));
+        norm
+    }
+
     /// The hand-written gradients of BatchNorm + ReLU equal autodiff's through Burn's
     /// `BatchNorm` and `relu`, with the ReLU blocking about half of the values.
     #[test]
     fn norm_relu_gradients_equal_autodiff() {
         let _rng = crate::rng_lock();
         let device = Default::default();
-        let mut norm = BatchNormConfig::new(4).init::<B>(&device);
-        norm.gamma = Param::from_tensor(Tensor::random([4], Distribution::Default, &device));
-        norm.beta = Param::from_tensor(Tensor::random(
-            [4],
-            Distribution::Uniform(-0.5, 0.5),
-            &device,
-        ));
+        let norm = random_affine_norm(4);
         let x = Tensor::<B, 3>::random([3, 4, 13], Distribution::Normal(1.0, 2.0), &device);
         let upstream = Tensor::<B, 3>::random([3, 4, 13], Distribution::Default, &device);
         let tracked = x.clone().detach().require_grad();
@@ -350,13 +358,7 @@ mod tests {
     fn host_norm_relu_equals_the_composition() {
         let _rng = crate::rng_lock();
         let device = Default::default();
-        let mut norm = BatchNormConfig::new(3).init::<B>(&device);
-        norm.gamma = Param::from_tensor(Tensor::random([3], Distribution::Default, &device));
-        norm.beta = Param::from_tensor(Tensor::random(
-            [3],
-            Distribution::Uniform(-0.5, 0.5),
-            &device,
-        ));
+        let norm = random_affine_norm(3);
         let reference = norm.clone();
         let x =
             Tensor::<TestBackend, 3>::random([2, 3, 5000], Distribution::Normal(3.0, 2.0), &device);

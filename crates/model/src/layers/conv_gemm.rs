@@ -459,6 +459,7 @@ mod tests {
     /// gradients themselves are checked against Burn's `Conv3d` in `conv3d`'s tests.
     #[test]
     fn line_groups_do_not_change_the_forward_or_the_gradients() {
+        let _rng = crate::rng_lock();
         let device = Default::default();
         let geometry = ConvGeometry {
             input: [2, 3, 5, 9, 8],

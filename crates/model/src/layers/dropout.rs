@@ -112,6 +112,7 @@ mod tests {
     /// stream is all kept or all dropped).
     #[test]
     fn drops_a_fraction_p_and_scales_the_rest() {
+        let _rng = crate::rng_lock();
         let device = Default::default();
         let module = DropoutConfig::new(0.25).init();
         for dtype in [FloatDType::F32, FloatDType::BF16, FloatDType::F16] {
@@ -145,6 +146,8 @@ mod tests {
     /// a new seed the next call draws a different one; the number of threads changes nothing.
     #[test]
     fn the_backend_seed_replays_the_mask_whatever_the_thread_count() {
+        // Other tests draw from the same backend generator: hold it between seed and draw.
+        let _rng = crate::rng_lock();
         let device = Default::default();
         let module = DropoutConfig::new(0.5).init();
         let ones = || Tensor::<B, 2>::ones([64, 4096], &device);
@@ -165,6 +168,7 @@ mod tests {
     /// `1 / (1 − p)` elsewhere.
     #[test]
     fn the_gradient_is_the_mask() {
+        let _rng = crate::rng_lock();
         let device = Default::default();
         let module = DropoutConfig::new(0.3).init();
         let input = Tensor::<B, 2>::random([32, 1000], Distribution::Default, &device)
@@ -183,6 +187,7 @@ mod tests {
     /// Without autodiff (evaluation) dropout is the identity, as Burn's.
     #[test]
     fn is_the_identity_in_evaluation() {
+        let _rng = crate::rng_lock();
         let device = Default::default();
         let module = DropoutConfig::new(0.5).init();
         let input = Tensor::<TestBackend, 2>::random([8, 100], Distribution::Default, &device);

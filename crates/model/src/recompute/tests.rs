@@ -194,7 +194,11 @@ fn segmented(case: &Case, mode: RecomputeMode) -> Vec<Vec<f32>> {
 }
 
 fn assert_equal(expected: &[Vec<f32>], got: &[Vec<f32>], what: &str) {
-    assert_close(expected, got, 1e-5, 1e-6, what);
+    // On the CPU the stems' forward and BatchNorm run vidtrain's own kernels (im2col + gemm,
+    // fused BatchNorm + ReLU) where the plain backward runs Burn's ops: the same f32 sums in
+    // another order, 1.4e-5 relative at most across the models here (stop 35). A wrong or
+    // missing gradient term is off by orders of magnitude more.
+    assert_close(expected, got, 3e-5, 1e-6, what);
 }
 
 /// Every parameter's gradient within `relative` of `expected` (in L2 norm). A gradient whose
