@@ -151,11 +151,29 @@ fn norm_relu_gradients_composed<B: AutodiffBackend>(
     (gradients, input_gradient)
 }
 
+/// `relu(batch_norm(norm, x))` with training statistics for an untracked `x` (`[n, c, l]`, a
+/// stem step whose gradients [`norm_relu_gradients`] takes by hand), updating the running
+/// averages: on the CPU backend's host slices, elsewhere the composition in f32 through the
+/// inner backend's parallel casts (on autodiff tensors only Burn's cast is safe, and on
+/// burn-flex it converts through f64 on one thread). The output in `x`'s dtype.
+pub(crate) fn norm_relu_untracked<B: AutodiffBackend>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    if crate::cpu_kernels::enabled::<B::InnerBackend>(&x.device()) {
+        return Tensor::from_inner(norm_relu_training_on_host(norm, x.inner()));
+    }
+    let dtype = x.dtype();
+    let x = Tensor::from_inner(cast(x.inner(), FloatDType::F32));
+    let output = burn::tensor::activation::relu(batch_norm(norm, x));
+    Tensor::from_inner(cast(output.inner(), dtype))
+}
+
 /// `relu(batch_norm(norm, x))` with training statistics on the CPU backend's host slices
 /// ([`ChannelNorm`]): the same output and running averages as the composition, in three
 /// parallel passes. `x` (`[n, c, l]`, an untracked step's input) in any float dtype; the
 /// output in the same.
-pub(crate) fn norm_relu_training_on_host<B: AutodiffBackend>(
+fn norm_relu_training_on_host<B: AutodiffBackend>(
     norm: &BatchNorm<B>,
     x: Tensor<B::InnerBackend, 3>,
 ) -> Tensor<B::InnerBackend, 3> {
@@ -280,14 +298,7 @@ mod tests {
                 .to_data()
                 .assert_approx_eq::<f32>(&b.grad(&grads_theirs).unwrap().to_data(), tolerance);
         }
-        for (a, b) in [
-            (&ours.running_mean, &theirs.running_mean),
-            (&ours.running_var, &theirs.running_var),
-        ] {
-            a.value()
-                .to_data()
-                .assert_approx_eq::<f32>(&b.value().to_data(), tolerance);
-        }
+        assert_same_running_statistics(&ours, &theirs, tolerance);
 
         // Evaluation: running statistics, no autodiff.
         let inner = |norm: &BatchNorm<B>| norm.clone().valid();
@@ -295,6 +306,22 @@ mod tests {
         batch_norm(&inner(&ours), x.clone())
             .to_data()
             .assert_approx_eq::<f32>(&inner(&theirs).forward(x).to_data(), tolerance);
+    }
+
+    /// The running mean and variance of `a` equal `b`'s.
+    fn assert_same_running_statistics(
+        a: &BatchNorm<B>,
+        b: &BatchNorm<B>,
+        tolerance: Tolerance<f32>,
+    ) {
+        for (a, b) in [
+            (&a.running_mean, &b.running_mean),
+            (&a.running_var, &b.running_var),
+        ] {
+            a.value()
+                .to_data()
+                .assert_approx_eq::<f32>(&b.value().to_data(), tolerance);
+        }
     }
 
     /// A BatchNorm of `channels` with random γ and β in −0.5..0.5, so that a following ReLU
@@ -376,14 +403,7 @@ mod tests {
             got.cast(FloatDType::F32)
                 .to_data()
                 .assert_approx_eq::<f32>(&expected.inner().to_data(), tolerance);
-            for (a, b) in [
-                (&norm.running_mean, &reference.running_mean),
-                (&norm.running_var, &reference.running_var),
-            ] {
-                a.value()
-                    .to_data()
-                    .assert_approx_eq::<f32>(&b.value().to_data(), tolerance);
-            }
+            assert_same_running_statistics(&norm, &reference, tolerance);
         }
     }
 }

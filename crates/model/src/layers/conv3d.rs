@@ -113,38 +113,36 @@ impl<B: Backend> VideoConv3d<B> {
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let weight = like(self.weight.val(), &input);
         let bias = self.bias.as_ref().map(|bias| like(bias.val(), &input));
-        conv3d(
-            input,
-            weight,
-            bias,
-            ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1),
-        )
+        conv3d(input, weight, bias, self.options())
+    }
+
+    /// Burn's options for this convolution (no dilation, one group).
+    fn options(&self) -> ConvOptions<3> {
+        ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1)
     }
 }
 
 impl<B: AutodiffBackend> VideoConv3d<B> {
     /// [`Self::forward`] of an input that runs untracked (the stem in training, whose gradients
-    /// are taken by hand): off the CPU one matrix product over each clip's patches, the path of
-    /// [`Self::gradients_by_patches`], instead of cubecl's convolution kernels; on the CPU
-    /// Burn's `conv3d`.
+    /// are taken by hand), along the path [`Self::gradients`] takes: on the CPU vidtrain's
+    /// im2col + gemm kernel, off it one matrix product over each clip's patches instead of
+    /// cubecl's convolution kernels; Burn's `conv3d` under `VIDTRAIN_CPU_KERNELS=reference`.
     pub fn forward_untracked(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
-        let device = input.device();
-        if crate::cpu_kernels::enabled::<B::InnerBackend>(&device) {
-            let dtype = input.dtype();
-            let input = input.inner();
-            let geometry = self.geometry(input.dims());
-            let output = conv3d_forward(
-                input,
-                self.weight.val().inner(),
-                self.bias.as_ref().map(|bias| bias.val().inner()),
-                geometry,
-            );
-            return Tensor::from_inner(crate::cpu_kernels::cast(output, dtype));
+        match ConvPath::for_device::<B>(&input.device()) {
+            ConvPath::CpuGemm => {
+                let dtype = input.dtype();
+                let input = input.inner();
+                let output = conv3d_forward(
+                    input.clone(),
+                    self.weight.val().inner(),
+                    self.bias.as_ref().map(|bias| bias.val().inner()),
+                    self.geometry(input.dims()),
+                );
+                Tensor::from_inner(crate::cpu_kernels::cast(output, dtype))
+            }
+            ConvPath::BackendOps => self.forward(input),
+            ConvPath::Patches => Tensor::from_inner(self.forward_by_patches(input.inner())),
         }
-        if crate::cpu_kernels::computes_on_host::<B>(&device) {
-            return self.forward(input);
-        }
-        Tensor::from_inner(self.forward_by_patches(input.inner()))
     }
 
     /// The convolution of `x` as patches times the weight, one clip at a time.
@@ -196,14 +194,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         upstream: Tensor<B, 5>,
         wants_input: bool,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
-        let device = input.device();
-        let path = if crate::cpu_kernels::enabled::<B::InnerBackend>(&device) {
-            GradientPath::CpuGemm
-        } else if crate::cpu_kernels::computes_on_host::<B::InnerBackend>(&device) {
-            GradientPath::BackendOps
-        } else {
-            GradientPath::Patches
-        };
+        let path = ConvPath::for_device::<B>(&input.device());
         self.gradients_by(input, upstream, wants_input, path)
     }
 
@@ -215,7 +206,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         input: Tensor<B, 5>,
         upstream: Tensor<B, 5>,
         wants_input: bool,
-        path: GradientPath,
+        path: ConvPath,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
         let [n, c_in, t, h, w] = input.dims();
         // One copy when the input is a view with rearranged axes (the stem's first step reads
@@ -242,19 +233,19 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         // Backend compositions compute in the output gradient's dtype.
         let compute = upstream.dtype();
         let (weight_gradient, input_gradient) = match path {
-            GradientPath::CpuGemm => {
+            ConvPath::CpuGemm => {
                 let geometry = self.geometry([n, c_in, t, h, w]);
                 conv3d_gradients(x, weight, upstream, geometry, wants_input)
             }
-            GradientPath::Patches => self.gradients_by_patches(
+            ConvPath::Patches => self.gradients_by_patches(
                 x.cast(compute),
                 weight.cast(compute),
                 upstream,
                 wants_input,
             ),
-            GradientPath::BackendOps => gradients_by_convolution(
+            ConvPath::BackendOps => gradients_by_convolution(
                 [x.cast(compute), weight.cast(compute), upstream],
-                ConvOptions::new(self.stride, self.padding, [1, 1, 1], 1),
+                self.options(),
                 wants_input,
             ),
         };
@@ -400,13 +391,27 @@ fn patch_matrix<B: Backend>(padded: &Tensor<B, 5>, windows: &[[Slice; 5]]) -> Te
         .reshape([t_out * h_out * w_out, c_in * taps])
 }
 
-/// How [`VideoConv3d::gradients`] computes: vidtrain's wide-gemm CPU kernel, matrix products
-/// over patches in backend ops (off the CPU), or the backend's own convolution backward.
+/// How a stem convolution computes its untracked forward and its gradients by hand:
+/// vidtrain's im2col + gemm CPU kernel, matrix products over patches in backend ops (off the
+/// CPU), or the backend's own convolution and its backward (the CPU's reference mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GradientPath {
+enum ConvPath {
     CpuGemm,
     Patches,
     BackendOps,
+}
+
+impl ConvPath {
+    /// The path for autodiff backend `B` on `device`.
+    fn for_device<B: AutodiffBackend>(device: &B::Device) -> Self {
+        if crate::cpu_kernels::enabled::<B::InnerBackend>(device) {
+            ConvPath::CpuGemm
+        } else if crate::cpu_kernels::computes_on_host::<B::InnerBackend>(device) {
+            ConvPath::BackendOps
+        } else {
+            ConvPath::Patches
+        }
+    }
 }
 
 /// The weight and input gradients through the backend's own convolution backward kernels
@@ -497,11 +502,7 @@ mod tests {
         // The hand-written backward (used in training) gives Burn's gradients too, along each
         // path: the wide-gemm CPU kernel, patches and matrix products (off the CPU), and the
         // backend's convolution backward.
-        for path in [
-            GradientPath::CpuGemm,
-            GradientPath::Patches,
-            GradientPath::BackendOps,
-        ] {
+        for path in [ConvPath::CpuGemm, ConvPath::Patches, ConvPath::BackendOps] {
             let (by_hand, input_by_hand) =
                 ours.gradients_by(input_last.clone().detach(), upstream.clone(), true, path);
             let expected_weight = theirs.weight.grad(&grads_theirs).unwrap().to_data();

@@ -8,13 +8,9 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use burn::optim::GradientsParams;
-use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::cpu_kernels::cast;
-use crate::layers::batch_norm::{
-    batch_norm_channels, norm_relu_gradients, norm_relu_training_on_host,
-};
+use crate::layers::batch_norm::{batch_norm_channels, norm_relu_gradients, norm_relu_untracked};
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 
 /// Configuration of a [`VideoStem`].
@@ -108,24 +104,13 @@ impl<B: Backend> StemStep<'_, B> {
 
 impl<B: AutodiffBackend> StemStep<'_, B> {
     /// [`StemStep::forward`] for a step run untracked in training (its gradients are taken by
-    /// hand): BatchNorm's casts to f32 and back go through the inner backend's parallel cast.
-    /// On autodiff tensors only Burn's cast is safe (it records the op when tracked), and on
-    /// burn-flex it converts through f64 on one thread into fresh pages — 7–10 % of a bf16 step
-    /// of the seed model; here the input is known to be untracked.
+    /// hand), on the paths those gradients take: [`VideoConv3d::forward_untracked`] and
+    /// [`norm_relu_untracked`].
     pub fn forward_untracked(self) -> Tensor<B, 5> {
         match self {
-            StemStep::NormRelu(norm, input)
-                if crate::cpu_kernels::enabled::<B::InnerBackend>(&input.device()) =>
-            {
-                let [n, c, t, h, w] = input.dims();
-                let flat = input.inner().reshape([n, c, t * h * w]);
-                Tensor::from_inner(norm_relu_training_on_host(norm, flat).reshape([n, c, t, h, w]))
-            }
             StemStep::NormRelu(norm, input) => {
-                let dtype = input.dtype();
-                let input = Tensor::from_inner(cast(input.inner(), FloatDType::F32));
-                let output = normalize(norm, input);
-                Tensor::from_inner(cast(output.inner(), dtype))
+                let [n, c, t, h, w] = input.dims();
+                norm_relu_untracked(norm, input.reshape([n, c, t * h * w])).reshape([n, c, t, h, w])
             }
             StemStep::Convolution(conv, input) => conv.forward_untracked(input),
         }
