@@ -246,7 +246,8 @@ fn source(out: usize, tap: usize, stride: usize, padding: usize, size: usize) ->
 
 /// Where one kernel tap reads, axis by axis: the input frame of each output frame and the
 /// input row of each output row (`None` in the padding), and along a row the span of output
-/// columns inside the input. Worked out once per column row, not once per value.
+/// columns inside the input. Worked out once per convolution call ([`ColumnMap`]), not once
+/// per value.
 struct TapSources {
     frames: Vec<Option<usize>>,
     rows: Vec<Option<usize>>,
