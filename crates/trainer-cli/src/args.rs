@@ -108,6 +108,8 @@ pub enum PlanDevice {
     Cpu,
     /// A CUDA GPU: activations in device memory.
     Cuda,
+    /// A GPU through wgpu (Vulkan, Metal, DirectX 12): activations in device memory.
+    Wgpu,
 }
 
 /// `vidtrain bench-model` options.

@@ -118,8 +118,14 @@ fn init_logging() {
     let follower = vidtrain_trainer::distributed::launch_from_environment()
         .is_some_and(|launch| launch.rank > 0);
     let default_level = if follower { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIDTRAIN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // The GPU runtimes narrate at info (each kernel tuned, the adapter's whole description) and
+    // warn once per queued task after a failure that vidtrain reports itself (an out-of-memory
+    // became thousands of "Task failed" lines on lavapipe); VIDTRAIN_LOG=debug shows them all.
+    let quiet_runtimes = "cubecl_runtime=warn,cubecl_wgpu=warn,cubecl_common=error,\
+                          wgpu_core=warn,wgpu_hal=warn,naga=warn";
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIDTRAIN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},{quiet_runtimes}"))
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -214,7 +220,8 @@ fn load_config(
     for file in &args.config {
         loader = loader.file(file)?;
     }
-    let config = loader.env().overrides(&args.overrides)?.load()?;
+    let mut config = loader.env().overrides(&args.overrides)?.load()?;
+    vidtrain_trainer::apply_precision_fallback(&mut config);
     Ok(config)
 }
 

@@ -4,14 +4,16 @@
 //! ([`build_model`]).
 
 use burn::prelude::*;
-use vidtrain_config::{Accelerator, Config, Fold};
+use burn::tensor::DType;
+use vidtrain_config::{Accelerator, Config, Fold, Precision};
 use vidtrain_model::{ActionModel, ActionModelConfig};
 
 use crate::{Error, Result, device, distributed};
 
 /// Runs `$body` with `$B` the backend type `$choice` names (CPU: [`CpuBackend`]; CUDA:
-/// `burn::backend::Cuda<f32>`, in builds with the `cuda` feature) and `$device` its device (GPU
-/// `cuda_device`, by default 0). The body is compiled once per backend.
+/// `burn::backend::Cuda<f32>`, in builds with the `cuda` feature; wgpu: `burn::backend::Wgpu<f32>`
+/// on the adapter wgpu prefers, in builds with the `wgpu` feature) and `$device` its device (GPU
+/// `cuda_device`, by default 0). The body is compiled once per backend built.
 macro_rules! on_backend {
     ($choice:expr, |$B:ident, $device:ident| $body:expr) => {
         on_backend!($choice, cuda_device = 0, |$B, $device| $body)
@@ -29,10 +31,16 @@ macro_rules! on_backend {
                 let $device = burn::backend::cuda::CudaDevice::new($gpu);
                 $body
             }
-            #[cfg(not(feature = "cuda"))]
-            $crate::BackendChoice::Cuda => {
+            #[cfg(feature = "wgpu")]
+            $crate::BackendChoice::Wgpu => {
+                type $B = burn::backend::Wgpu<f32>;
+                let $device = burn::backend::wgpu::WgpuDevice::DefaultDevice;
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => {
                 let _ = $gpu;
-                unreachable!("resolve_backend returns Cuda only in cuda builds")
+                unreachable!("resolve_backend returns {other:?} only in builds that have it")
             }
         }
     };
@@ -62,6 +70,24 @@ pub enum BackendChoice {
     Cpu,
     /// burn-cuda (only in builds with the `cuda` feature).
     Cuda,
+    /// burn-wgpu: Vulkan, Metal or DirectX 12 (only in builds with the `wgpu` feature).
+    Wgpu,
+}
+
+impl BackendChoice {
+    /// Whether tensors live in device memory (a GPU, or a software GPU driver's buffers).
+    pub fn on_device(self) -> bool {
+        self != BackendChoice::Cpu
+    }
+
+    /// The name runs report: `cpu (flex)`, `cuda`, `wgpu`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Cpu => "cpu (flex)",
+            BackendChoice::Cuda => "cuda",
+            BackendChoice::Wgpu => "wgpu",
+        }
+    }
 }
 
 /// The backend `trainer.accelerator` picks in this build, without checking anything else.
@@ -70,6 +96,7 @@ pub fn accelerator_backend(config: &Config) -> BackendChoice {
     match config.trainer.accelerator {
         Accelerator::Cpu => BackendChoice::Cpu,
         Accelerator::Cuda => BackendChoice::Cuda,
+        Accelerator::Wgpu => BackendChoice::Wgpu,
         Accelerator::Auto if cuda_built && std::path::Path::new("/dev/nvidiactl").exists() => {
             BackendChoice::Cuda
         }
@@ -121,33 +148,57 @@ pub fn configure_compute_threads(config: &Config) -> usize {
 
 /// Picks the backend for `config` and refuses settings it cannot honour, before any work starts.
 pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
-    let cuda_built = cfg!(feature = "cuda");
-    if config.trainer.accelerator == Accelerator::Cuda && !cuda_built {
-        return Err(Error::Unsupported {
-            key: "trainer.accelerator".into(),
-            message: "is \"cuda\" but this vidtrain was built without CUDA; rebuild with \
-                      `cargo build --release -p trainer-cli --features cuda` or use \"cpu\""
+    let unsupported = |message: String| Error::Unsupported {
+        key: "trainer.accelerator".into(),
+        message,
+    };
+    if config.trainer.accelerator == Accelerator::Cuda && !cfg!(feature = "cuda") {
+        return Err(unsupported(
+            "is \"cuda\" but this vidtrain was built without CUDA; rebuild with \
+             `cargo build --release -p trainer-cli --features cuda` or use \"cpu\""
                 .into(),
-        });
+        ));
+    }
+    if config.trainer.accelerator == Accelerator::Wgpu && !cfg!(feature = "wgpu") {
+        return Err(unsupported(
+            "is \"wgpu\" but this vidtrain was built without wgpu; rebuild with \
+             `cargo build --release -p trainer-cli --features vulkan` (Linux, Windows), \
+             `--features metal` (macOS) or `--features wgpu`, or use \"cpu\""
+                .into(),
+        ));
     }
     let mut choice = accelerator_backend(config);
     if choice == BackendChoice::Cuda
         && let Err(reason) = device::memory::cuda_available()
     {
         if config.trainer.accelerator == Accelerator::Cuda {
-            return Err(Error::Unsupported {
-                key: "trainer.accelerator".into(),
-                message: format!(
-                    "is \"cuda\" but {reason}; install the NVIDIA driver or use \"cpu\""
-                ),
-            });
+            return Err(unsupported(format!(
+                "is \"cuda\" but {reason}; install the NVIDIA driver or use \"cpu\""
+            )));
         }
         tracing::warn!("trainer.accelerator=auto: {reason}; training on the CPU");
         choice = BackendChoice::Cpu;
     }
-    // Both backends (flex on the CPU, CUDA) hold f16/bf16 tensors next to f32 ones, so every
-    // precision runs as configured; `trainer.precision_fallback` only matters for a backend
-    // without half precision, and this build has none.
+    if choice == BackendChoice::Wgpu {
+        let adapter = device::memory::wgpu_adapter().map_err(|reason| {
+            unsupported(format!(
+                "is \"wgpu\" but {reason}; install your GPU's Vulkan/Metal driver (or Mesa's \
+                 lavapipe, a software one: `apt-get install mesa-vulkan-drivers`) or use \"cpu\""
+            ))
+        })?;
+        tracing::info!("wgpu adapter: {adapter}");
+        if let Err(reason) = precision_support(config, choice) {
+            return Err(Error::Unsupported {
+                key: "trainer.precision".into(),
+                message: format!(
+                    "{reason}; use trainer.precision=32 (or 16 where the adapter has f16), or \
+                     trainer.precision_fallback=true to train in 32-bit on such adapters"
+                ),
+            });
+        }
+    }
+    // flex on the CPU and CUDA hold f16/bf16 tensors next to f32 ones, so every precision runs
+    // as configured there; wgpu is checked per adapter above.
     if config.train.fold == Fold::All && !config.train.resume.trim().is_empty() {
         return Err(Error::Unsupported {
             key: "train.resume".into(),
@@ -157,4 +208,44 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
         });
     }
     Ok(choice)
+}
+
+/// Whether `backend`'s device computes in the dtype `trainer.precision` asks for; the reason when
+/// not. Only wgpu adapters differ (WGSL has no bf16, f16 needs the adapter's `shader-f16`); flex
+/// and CUDA hold all three float dtypes, and are not asked (asking starts the device).
+fn precision_support(config: &Config, backend: BackendChoice) -> std::result::Result<(), String> {
+    let precision = config.trainer.precision;
+    if precision == Precision::Full || backend != BackendChoice::Wgpu {
+        return Ok(());
+    }
+    let dtype = DType::from(crate::precision::compute_dtype(precision));
+    let supported = on_backend!(backend, |B, device| B::supports_dtype(&device, dtype));
+    if supported {
+        Ok(())
+    } else {
+        Err(format!(
+            "is {precision} but the wgpu adapter computes no {dtype:?} (wgpu has no bf16 \
+             arithmetic; f16 needs the adapter's shader-f16 feature and a `vulkan`/`metal` build)"
+        ))
+    }
+}
+
+/// `trainer.precision_fallback`: where the configured backend cannot compute in the asked half
+/// precision (a wgpu adapter without it), trains in 32-bit instead and says so. Call before
+/// [`resolve_backend`], which refuses the half precision otherwise.
+pub fn apply_precision_fallback(config: &mut Config) {
+    if !config.trainer.precision_fallback
+        || config.trainer.precision == Precision::Full
+        || accelerator_backend(config) != BackendChoice::Wgpu
+        || !cfg!(feature = "wgpu")
+        || device::memory::wgpu_adapter().is_err()
+    {
+        return;
+    }
+    if let Err(reason) = precision_support(config, BackendChoice::Wgpu) {
+        tracing::warn!(
+            "trainer.precision {reason}: training in 32-bit (trainer.precision_fallback=true)"
+        );
+        config.trainer.precision = Precision::Full;
+    }
 }

@@ -27,8 +27,8 @@ use vidtrain_data::Dataset;
 use vidtrain_memutil::MemorySampler;
 
 pub use backend::{
-    BackendChoice, CpuBackend, FlexDevice, accelerator_backend, build_model,
-    configure_compute_threads, resolve_backend,
+    BackendChoice, CpuBackend, FlexDevice, accelerator_backend, apply_precision_fallback,
+    build_model, configure_compute_threads, resolve_backend,
 };
 pub use bench::pipeline::{PipelineBench, bench_pipeline};
 pub use error::{Error, Result};
@@ -371,10 +371,7 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
             val_ids,
             run_dir,
             memory,
-            backend_name: match backend {
-                BackendChoice::Cpu => "cpu (flex)",
-                BackendChoice::Cuda => "cuda",
-            },
+            backend_name: backend.name(),
             precision: config.trainer.precision,
             backend,
             started,
@@ -410,7 +407,7 @@ fn remove_if_nothing_was_trained(run_path: &Path) {
 fn fit_on_backend(backend: BackendChoice, context: fit::RunContext<'_>) -> Result<RunSummary> {
     let gpu = context.options.world.local_rank();
     on_backend!(backend, cuda_device = gpu, |B, device| {
-        device::oom::catching_device_oom(context.config, || {
+        device::oom::catching_device_oom(context.config, backend, || {
             device::memory::persist_kernel_caches(backend);
             if backend == BackendChoice::Cuda {
                 context.options.world.connect_gpus(gpu)?;

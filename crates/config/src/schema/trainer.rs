@@ -9,13 +9,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[serde(deny_unknown_fields, default)]
 pub struct TrainerConfig {
     /// Numeric precision: `32`, `16` / `16-mixed` (fp16 compute, loss scaling), `bf16` /
-    /// `bf16-mixed`. Both backends (CPU and CUDA) run all four: activations in 2 bytes, f32
+    /// `bf16-mixed`. The CPU and CUDA run all four (wgpu: 32, and 16 where the adapter has f16): activations in 2 bytes, f32
     /// master weights, Adam state, norms and loss.
     pub precision: Precision,
-    /// Where to train: `auto` (CUDA when built with it and a GPU is present, else CPU), `cpu`, `cuda`.
+    /// Where to train: `auto` (CUDA when built with it and a GPU is present, else CPU), `cpu`,
+    /// `cuda`, `wgpu` (any Vulkan/Metal/DirectX 12 GPU, in builds with `--features vulkan`,
+    /// `metal` or `wgpu`).
     pub accelerator: Accelerator,
-    /// Train in 32-bit instead of failing when half precision is asked for on a backend without it
-    /// (both backends of this build have it, so today this never changes a run).
+    /// Train in 32-bit instead of failing when half precision is asked for on a backend without it:
+    /// a wgpu adapter has no bf16, and f16 only with `shader-f16` (the CPU and CUDA have both).
     pub precision_fallback: bool,
     /// Threads for tensor compute on the CPU backend (0 = every core; under mpiexec/srun, the
     /// machine's cores divided among the ranks it runs). Decoder workers and their
@@ -135,4 +137,8 @@ pub enum Accelerator {
     Cpu,
     /// The CUDA backend; an error if the binary was built without `--features cuda`.
     Cuda,
+    /// Burn's wgpu backend (Vulkan, Metal, DirectX 12: any GPU, or a software Vulkan driver such
+    /// as lavapipe); an error if the binary was built without `--features wgpu` (or `vulkan`,
+    /// `metal`).
+    Wgpu,
 }

@@ -10,6 +10,7 @@ pub(crate) fn plan(args: &PlanArgs) -> Result<(), Failure> {
     let backend = match args.device {
         Some(PlanDevice::Cpu) => BackendChoice::Cpu,
         Some(PlanDevice::Cuda) => BackendChoice::Cuda,
+        Some(PlanDevice::Wgpu) => BackendChoice::Wgpu,
         None => vidtrain_trainer::accelerator_backend(&config),
     };
     if args.fit {

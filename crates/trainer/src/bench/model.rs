@@ -171,10 +171,15 @@ pub fn bench_rows(
     rows.iter()
         .map(|row| {
             let config = row_config(base, row, tiny);
-            let outcome = if backend == BackendChoice::Cuda && !cfg!(feature = "cuda") {
+            let built = match backend {
+                BackendChoice::Cpu => true,
+                BackendChoice::Cuda => cfg!(feature = "cuda"),
+                BackendChoice::Wgpu => cfg!(feature = "wgpu"),
+            };
+            let outcome = if !built {
                 Err(Error::Unsupported {
                     key: "trainer.accelerator".into(),
-                    message: "this vidtrain was built without CUDA".into(),
+                    message: format!("this vidtrain was built without {}", backend.name()),
                 })
             } else {
                 on_backend!(backend, |B, device| {

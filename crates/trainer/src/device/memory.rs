@@ -1,9 +1,9 @@
-//! Device memory readings and CUDA runtime settings. On CUDA: the CubeCL runtime's memory pools of
-//! this thread's stream (bytes in use by live tensors, bytes reserved from the driver), comparable
-//! to PyTorch's `memory_allocated` / `memory_reserved`; releasing cached pool memory between
-//! phases; and persistent kernel and autotune caches, so that only the first run on a machine
-//! compiles and tunes kernels. On the CPU backend there is no device memory: every reading is
-//! `None`.
+//! Device memory readings and CubeCL runtime settings. On CUDA and wgpu: the CubeCL runtime's
+//! memory pools of the device (bytes in use by live tensors, bytes reserved from the driver),
+//! comparable to PyTorch's `memory_allocated` / `memory_reserved`; releasing cached pool memory
+//! between phases; and persistent kernel and autotune caches, so that only the first run on a
+//! machine compiles and tunes kernels. On the CPU backend there is no device memory: every
+//! reading is `None`.
 
 use crate::BackendChoice;
 
@@ -25,6 +25,7 @@ pub fn read(backend: BackendChoice) -> Option<DeviceMemory> {
     match backend {
         BackendChoice::Cpu => None,
         BackendChoice::Cuda => cuda::read(),
+        BackendChoice::Wgpu => wgpu::read(),
     }
 }
 
@@ -34,11 +35,20 @@ pub fn cuda_available() -> Result<(), String> {
     cuda::available()
 }
 
+/// The adapter wgpu trains on (the one `WgpuDevice::DefaultDevice` picks: the high-performance
+/// adapter of the platform's graphics API), described as `name (type, API, driver)`; the reason
+/// when there is none. Asked before any wgpu work, so that a machine without a Vulkan/Metal
+/// driver gets a message instead of a runtime panic.
+pub fn wgpu_adapter() -> Result<String, String> {
+    wgpu::adapter()
+}
+
 /// Returns cached, unused pool memory to the driver; the reserved bytes released, when known.
 pub fn release_cached(backend: BackendChoice) -> Option<u64> {
     match backend {
         BackendChoice::Cpu => None,
         BackendChoice::Cuda => cuda::release_cached(),
+        BackendChoice::Wgpu => wgpu::release_cached(),
     }
 }
 
@@ -47,10 +57,10 @@ pub fn release_cached(backend: BackendChoice) -> Option<u64> {
 /// `cubecl/`) unless a `cubecl.toml` or the environment already chose; must run before the
 /// first CUDA tensor. Does nothing on the CPU backend.
 pub fn persist_kernel_caches(backend: BackendChoice) {
-    if backend == BackendChoice::Cuda
+    if backend.on_device()
         && let Some(folder) = cache_folder()
     {
-        cuda::persist_kernel_caches(&folder.join("cubecl"));
+        cubecl_caches::persist(&folder.join("cubecl"));
     }
 }
 
@@ -139,8 +149,28 @@ mod cuda {
             Err(_) => Err("no CUDA driver library (libcuda.so) could be loaded".into()),
         }
     }
+}
 
-    pub fn persist_kernel_caches(folder: &std::path::Path) {
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::DeviceMemory;
+
+    pub fn read() -> Option<DeviceMemory> {
+        None
+    }
+
+    pub fn release_cached() -> Option<u64> {
+        None
+    }
+
+    pub fn available() -> Result<(), String> {
+        Err("this vidtrain was built without CUDA".into())
+    }
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod cubecl_caches {
+    pub fn persist(folder: &std::path::Path) {
         use cubecl::config::cache::CacheConfig;
         use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
         // The runtime reads its configuration once; setting it afterwards would panic.
@@ -156,12 +186,12 @@ mod cuda {
                 std::fs::read_dir(&kernels).is_ok_and(|mut entries| entries.next().is_some());
             if warm {
                 tracing::info!(
-                    "CUDA kernels compiled by earlier runs: {}",
+                    "GPU kernels compiled by earlier runs: {}",
                     kernels.display()
                 );
             } else {
                 tracing::info!(
-                    "CUDA kernels are compiled and tuned on first use: the first steps on this \
+                    "GPU kernels are compiled and tuned on first use: the first steps on this \
                      machine can take minutes; they are kept in {} for later runs",
                     folder.display()
                 );
@@ -175,8 +205,61 @@ mod cuda {
     }
 }
 
-#[cfg(not(feature = "cuda"))]
-mod cuda {
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+mod cubecl_caches {
+    pub fn persist(_folder: &std::path::Path) {}
+}
+
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::DeviceMemory;
+    use cubecl::Runtime;
+    use cubecl::wgpu::{GraphicsApi, WgpuDevice, WgpuRuntime};
+
+    pub fn read() -> Option<DeviceMemory> {
+        let usage = WgpuRuntime::client(&WgpuDevice::DefaultDevice)
+            .memory_usage()
+            .ok()?;
+        Some(DeviceMemory {
+            in_use_bytes: usage.bytes_in_use,
+            reserved_bytes: usage.bytes_reserved,
+            // wgpu has no query of the driver's used bytes.
+            driver_used_bytes: None,
+        })
+    }
+
+    pub fn release_cached() -> Option<u64> {
+        let before = read()?;
+        WgpuRuntime::client(&WgpuDevice::DefaultDevice).memory_cleanup();
+        let after = read()?;
+        Some(before.reserved_bytes.saturating_sub(after.reserved_bytes))
+    }
+
+    pub fn adapter() -> Result<String, String> {
+        use wgpu_api as api;
+        let backend = cubecl::wgpu::AutoGraphicsApi::backend();
+        let instance = api::Instance::new(api::InstanceDescriptor {
+            backends: backend.into(),
+            ..api::InstanceDescriptor::new_without_display_handle()
+        });
+        // The options cubecl's `DefaultDevice` asks with, so this is the adapter it takes.
+        let adapter =
+            cubecl::future::block_on(instance.request_adapter(&api::RequestAdapterOptions {
+                power_preference: api::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+            }))
+            .map_err(|error| format!("wgpu finds no {backend:?} adapter ({error})"))?;
+        let info = adapter.get_info();
+        Ok(format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            info.name, info.device_type, info.backend, info.driver, info.driver_info
+        ))
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+mod wgpu {
     use super::DeviceMemory;
 
     pub fn read() -> Option<DeviceMemory> {
@@ -187,9 +270,7 @@ mod cuda {
         None
     }
 
-    pub fn persist_kernel_caches(_folder: &std::path::Path) {}
-
-    pub fn available() -> Result<(), String> {
-        Err("this vidtrain was built without CUDA".into())
+    pub fn adapter() -> Result<String, String> {
+        Err("this vidtrain was built without wgpu".into())
     }
 }

@@ -14,6 +14,9 @@ use crate::BackendChoice;
 /// mappings (driver, kernels), estimated.
 const CPU_RUNTIME_BYTES: u64 = 24 << 20;
 const CUDA_RUNTIME_BYTES: u64 = 600 << 20;
+/// wgpu's instance, the Vulkan/Metal driver and compiled shaders, estimated (host side; on a
+/// software driver such as lavapipe the device buffers are host memory too, priced as device).
+const WGPU_RUNTIME_BYTES: u64 = 200 << 20;
 
 /// The largest of a plan's components, as `name (size)`, for messages that say what to shrink.
 pub(crate) fn largest_component(components: &[vidtrain_memutil::plan::Component]) -> String {
@@ -302,10 +305,12 @@ pub fn plan_input(
         runtime_bytes: match backend {
             BackendChoice::Cpu => CPU_RUNTIME_BYTES,
             BackendChoice::Cuda => CUDA_RUNTIME_BYTES,
+            BackendChoice::Wgpu => WGPU_RUNTIME_BYTES,
         },
-        home: match backend {
-            BackendChoice::Cpu => ActivationHome::Host,
-            BackendChoice::Cuda => ActivationHome::Device,
+        home: if backend.on_device() {
+            ActivationHome::Device
+        } else {
+            ActivationHome::Host
         },
         allocator_slack_percent: u64::from(config.trainer.allocator_slack_percent),
     }
@@ -386,7 +391,8 @@ pub fn fit(
     // Both backends have bf16 (burn-flex on the CPU, CUDA); the measured faster one first. On the
     // CPU that is 32 (`cargo xtask bench cpu`, seed model b4: fp32 1.18, bf16 0.96 samples/s;
     // burn-flex has no half-precision matrix kernels), so bf16 only when 32 does not fit; on a
-    // GPU bf16 (tensor cores), so 32 only when bf16 does not fit either.
+    // GPU bf16 (tensor cores), so 32 only when bf16 does not fit either. wgpu has no bf16
+    // (and f16 only on some adapters): what was asked.
     let precisions: Vec<Precision> = match (config.trainer.precision, backend) {
         (Precision::Full, BackendChoice::Cpu) => vec![Precision::Full, Precision::BHalf],
         (Precision::Full, BackendChoice::Cuda) => vec![Precision::BHalf, Precision::Full],
@@ -403,16 +409,13 @@ pub fn fit(
         asked => vec![asked, OptimizerStateFormat::Blockwise8],
     };
     let fits = |plan: &MemoryPlan| {
-        let device_ok = match backend {
-            BackendChoice::Cuda => {
-                device_budget.is_none_or(|budget| plan.device_peak_bytes <= budget)
-            }
-            BackendChoice::Cpu => true,
-        };
-        let host_budget = match backend {
-            // On the CPU backend "VRAM" means nothing: the activations are host memory.
-            BackendChoice::Cpu => host_budget.or(device_budget),
-            BackendChoice::Cuda => host_budget,
+        let device_ok = !backend.on_device()
+            || device_budget.is_none_or(|budget| plan.device_peak_bytes <= budget);
+        // On the CPU backend "VRAM" means nothing: the activations are host memory.
+        let host_budget = if backend.on_device() {
+            host_budget
+        } else {
+            host_budget.or(device_budget)
         };
         device_ok && host_budget.is_none_or(|budget| plan.host_peak_bytes <= budget)
     };
@@ -461,12 +464,13 @@ pub fn fit(
         }
     }
     let smallest = smallest.expect("at least one candidate was planned");
-    let (home, budget, components) = match backend {
-        BackendChoice::Cuda if device_budget.is_some_and(|b| smallest.device_peak_bytes > b) => {
-            ("device", device_budget, &smallest.device)
-        }
-        BackendChoice::Cpu => ("host", host_budget.or(device_budget), &smallest.host),
-        BackendChoice::Cuda => ("host", host_budget, &smallest.host),
+    let device_over = device_budget.is_some_and(|b| smallest.device_peak_bytes > b);
+    let (home, budget, components) = if !backend.on_device() {
+        ("host", host_budget.or(device_budget), &smallest.host)
+    } else if device_over {
+        ("device", device_budget, &smallest.device)
+    } else {
+        ("host", host_budget, &smallest.host)
     };
     let largest = largest_component(components);
     let message = format!(
