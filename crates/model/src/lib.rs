@@ -9,6 +9,7 @@ pub mod backbones;
 pub mod chain;
 pub mod cpu_kernels;
 pub mod layers;
+pub mod memory_probe;
 mod precision;
 pub mod pytorch_names;
 mod recompute;

@@ -316,6 +316,8 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                     let sum = gradient.clone().slice(window) + column;
                     gradient = gradient.slice_assign(window, sum);
                 }
+                // The clip's columns, its input gradient and the weight gradient so far.
+                crate::memory_probe::at::<B::InnerBackend>(&gradient.device());
                 input_gradients.push(gradient.slice([
                     0..1,
                     0..c_in,

@@ -235,6 +235,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     let loss_value = loss(head(features)) * weight;
     let value: f32 = loss_value.clone().into_scalar().elem();
     let grads = loss_value.backward();
+    crate::memory_probe::at::<B>(&device);
     let last_gradients: Vec<Option<Activation<B>>> = runs
         .iter()
         .map(|(_, _, last)| last.gradient(&grads))
@@ -277,6 +278,8 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                     &mut gradients,
                 ),
             };
+            // The stretch's input gradient beside its upstream one.
+            crate::memory_probe::at::<B>(&device);
             if !wants_input_gradient {
                 break;
             }
