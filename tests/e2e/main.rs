@@ -7,6 +7,8 @@ mod controls;
 mod datasets;
 #[cfg(feature = "mpi")]
 mod ddp;
+#[cfg(feature = "wgpu")]
+mod device;
 mod faults;
 mod inference;
 mod plan;

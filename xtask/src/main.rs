@@ -138,8 +138,10 @@ fn ci() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ])?;
-    // The data-parallel build (MPI) is tested below; it needs MPICH installed.
+    // The data-parallel build (MPI) and the device paths on wgpu (a Vulkan driver: lavapipe,
+    // Mesa's software one, where there is no GPU) are tested below.
     require_mpi()?;
+    require_vulkan()?;
     cargo(&[
         "clippy",
         "-p",
@@ -148,7 +150,7 @@ fn ci() -> anyhow::Result<()> {
         "trainer-cli",
         "--all-targets",
         "--features",
-        "trainer-cli/mpi",
+        DEVICE_TEST_FEATURES,
         "--",
         "-D",
         "warnings",
@@ -173,14 +175,15 @@ fn ci() -> anyhow::Result<()> {
         // The e2e test that reads TensorBoard files back with TensorBoard's own reader.
         ("VIDTRAIN_PYTHON", python.as_path()),
     ];
-    // With MPI, so that the e2e tests run two ranks under `mpiexec`.
+    // With MPI, so that the e2e tests run two ranks under `mpiexec`, and with wgpu on Vulkan, so
+    // that they train on a device (tests/e2e/device.rs).
     let tests = cargo_with(
         &[
             "test",
             "--release",
             "--workspace",
             "--features",
-            "trainer-cli/mpi",
+            DEVICE_TEST_FEATURES,
             "--no-fail-fast",
         ],
         &env,
@@ -194,7 +197,7 @@ fn ci() -> anyhow::Result<()> {
             "--release",
             "--workspace",
             "--features",
-            "trainer-cli/mpi",
+            DEVICE_TEST_FEATURES,
             "--test",
             "pytorch_equality",
             "--test",
@@ -205,6 +208,35 @@ fn ci() -> anyhow::Result<()> {
         &env,
     );
     tests.and(with_fixtures)
+}
+
+/// The features of the test runs: data parallel over MPI and Burn's wgpu backend on Vulkan.
+const DEVICE_TEST_FEATURES: &str = "trainer-cli/mpi,trainer-cli/vulkan";
+
+/// A Vulkan loader and driver for the device e2e tests: a GPU's own, or Mesa's lavapipe.
+fn require_vulkan() -> anyhow::Result<()> {
+    let loader = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/lib",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).join("libvulkan.so.1").exists());
+    let driver = std::env::var_os("VK_ICD_FILENAMES").is_some()
+        || ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .flatten()
+            .any(|entry| entry.path().extension().is_some_and(|ext| ext == "json"));
+    if loader && driver {
+        return Ok(());
+    }
+    bail!(
+        "the device tests need a Vulkan driver: apt-get install libvulkan1 mesa-vulkan-drivers \
+         (lavapipe, a software GPU; .ci/run installs it)"
+    )
 }
 
 /// The MPI library and launcher the `mpi` feature builds against and its tests run under.
