@@ -111,18 +111,7 @@ fn the_device_trains_as_the_cpu_and_checkpoints_cross_between_them() {
         .as_u64()
         .expect("device reserved bytes");
     assert!(in_use > 0 && reserved >= in_use, "{summary}");
-    let mut plan_args = vec!["plan", "--json", "--device", "wgpu"];
-    plan_args.extend(tiny_args(&config, &[]));
-    let output = vidtrain_on_device(&dir, &plan_args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
-    let planned = plan["device_peak_bytes"].as_u64().expect("device peak");
-    let ratio = planned as f64 / in_use as f64;
-    eprintln!("device plan {planned} B, measured {in_use} B in use, ratio {ratio:.3}");
-    assert!(
-        (0.75..=1.25).contains(&ratio),
-        "plan {planned} B, measured {in_use} B"
-    );
+    assert_device_plan_within_25_percent(&dir, &config, &[], in_use);
 
     // fp16 on the device (where the adapter has shader-f16, as lavapipe does): the losses track
     // f32's and the device holds less.
@@ -151,6 +140,7 @@ fn the_device_trains_as_the_cpu_and_checkpoints_cross_between_them() {
             (half_in_use as f64) < 0.75 * in_use as f64,
             "fp16 {half_in_use} B in use against f32's {in_use} B"
         );
+        assert_device_plan_within_25_percent(&dir, &config, &["trainer.precision=16"], half_in_use);
     }
 
     // Recompute leaves the device's run unchanged.
@@ -232,8 +222,27 @@ fn the_device_trains_as_the_cpu_and_checkpoints_cross_between_them() {
     }
 }
 
-/// Whether the adapter computes f16: `vidtrain config show` with the fallback on says so.
-fn half_precision_on_device(dir: &Path, config: &str) -> bool {
+/// `vidtrain plan --device wgpu` of the tiny model with `extra` must be within 25 % of `in_use`,
+/// the device peak a run measured.
+fn assert_device_plan_within_25_percent(dir: &Path, config: &str, extra: &[&str], in_use: u64) {
+    let mut args = vec!["plan", "--json", "--device", "wgpu"];
+    args.extend(tiny_args(config, extra));
+    let output = vidtrain_on_device(dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let planned = plan["device_peak_bytes"].as_u64().expect("device peak");
+    let ratio = planned as f64 / in_use as f64;
+    eprintln!("device plan {extra:?}: {planned} B, measured {in_use} B in use, ratio {ratio:.3}");
+    assert!(
+        (0.75..=1.25).contains(&ratio),
+        "{extra:?}: plan {planned} B, measured {in_use} B"
+    );
+}
+
+/// The precision `vidtrain config show` resolves for `precision` on wgpu with the fallback on
+/// (32 where the adapter lacks it), and the command's output.
+fn precision_on_device(dir: &Path, config: &str, precision: &str) -> (String, Output) {
+    let precision = format!("trainer.precision={precision}");
     let output = vidtrain_on_device(
         dir,
         &[
@@ -242,13 +251,19 @@ fn half_precision_on_device(dir: &Path, config: &str) -> bool {
             "--config",
             config,
             "trainer.accelerator=wgpu",
-            "trainer.precision=16",
+            &precision,
             "trainer.precision_fallback=true",
         ],
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let shown: toml::Table = toml::from_str(&stdout(&output)).unwrap();
-    let half = shown["trainer"]["precision"].as_str() == Some("16-mixed");
+    let resolved = shown["trainer"]["precision"].as_str().unwrap().to_string();
+    (resolved, output)
+}
+
+/// Whether the adapter computes f16.
+fn half_precision_on_device(dir: &Path, config: &str) -> bool {
+    let half = precision_on_device(dir, config, "16").0 == "16-mixed";
     if !half {
         eprintln!("this wgpu adapter has no f16: fp16 on the device not tested");
     }
@@ -316,20 +331,7 @@ fn half_precision_the_adapter_lacks_is_refused_or_falls_back_when_asked() {
     assert!(!dir.join("runs").exists(), "refused before any work");
 
     // With the fallback on, 32-bit is what the run would use.
-    let output = vidtrain_on_device(
-        &dir,
-        &[
-            "config",
-            "show",
-            "--config",
-            &config,
-            "trainer.accelerator=wgpu",
-            "trainer.precision=bf16",
-            "trainer.precision_fallback=true",
-        ],
-    );
-    assert!(output.status.success(), "{}", stderr(&output));
-    let shown: toml::Table = toml::from_str(&stdout(&output)).unwrap();
-    assert_eq!(shown["trainer"]["precision"].as_str(), Some("32"));
+    let (resolved, output) = precision_on_device(&dir, &config, "bf16");
+    assert_eq!(resolved, "32");
     assert_stderr_contains(&output, "training in 32-bit");
 }
