@@ -335,3 +335,43 @@ fn half_precision_the_adapter_lacks_is_refused_or_falls_back_when_asked() {
     assert_eq!(resolved, "32");
     assert_stderr_contains(&output, "training in 32-bit");
 }
+
+#[test]
+fn fit_vram_on_the_device_keeps_the_measured_peak_within_the_budget() {
+    let dir = scratch("device-fit");
+    let config = small_dataset(&dir);
+    // The tiny model at batch 4 is planned at 7.5 MiB on the device; 6 MiB needs a smaller
+    // micro-batch (or recompute) with the same effective batch.
+    const BUDGET: u64 = 6 << 20;
+    let mut args = vec!["train", "--fit-vram", "6MiB"];
+    args.extend(tiny_args(
+        &config,
+        &[
+            "trainer.accelerator=wgpu",
+            "train.max_steps=2",
+            "experiment=fit",
+        ],
+    ));
+    let output = vidtrain_on_device(&dir, &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_stderr_contains(&output, "--fit: ");
+    let run = &runs_of(&dir.join("runs/fit"))[0];
+    let saved: toml::Table =
+        toml::from_str(&std::fs::read_to_string(run.join("config.toml")).unwrap()).unwrap();
+    let batch = saved["data"]["batch_size"].as_integer().unwrap();
+    let accumulate = saved["train"]["accumulate_grad_batches"]
+        .as_integer()
+        .unwrap();
+    assert_eq!(
+        batch * accumulate,
+        4,
+        "the effective batch stays: {saved:?}"
+    );
+    let in_use = read_json(&run.join("summary.json"))["peak_device_bytes"]
+        .as_u64()
+        .expect("device bytes");
+    assert!(
+        in_use <= BUDGET,
+        "{in_use} B in use against a budget of {BUDGET} B"
+    );
+}

@@ -37,9 +37,9 @@ pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
         })
         .collect();
     eprintln!(
-        "{} rows on {:?}, {} warm-up + {} timed optimizer steps each",
+        "{} rows on {}, {} warm-up + {} timed optimizer steps each",
         rows.len(),
-        backend,
+        backend.name(),
         args.warmup,
         args.steps
     );
