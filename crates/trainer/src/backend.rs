@@ -80,6 +80,15 @@ impl BackendChoice {
         self != BackendChoice::Cpu
     }
 
+    /// Whether this binary was built with the backend (its cargo feature).
+    pub fn built(self) -> bool {
+        match self {
+            BackendChoice::Cpu => true,
+            BackendChoice::Cuda => cfg!(feature = "cuda"),
+            BackendChoice::Wgpu => cfg!(feature = "wgpu"),
+        }
+    }
+
     /// The name runs report: `cpu (flex)`, `cuda`, `wgpu`.
     pub fn name(self) -> &'static str {
         match self {
@@ -152,22 +161,21 @@ pub fn resolve_backend(config: &Config) -> Result<BackendChoice> {
         key: "trainer.accelerator".into(),
         message,
     };
-    if config.trainer.accelerator == Accelerator::Cuda && !cfg!(feature = "cuda") {
-        return Err(unsupported(
-            "is \"cuda\" but this vidtrain was built without CUDA; rebuild with \
-             `cargo build --release -p trainer-cli --features cuda` or use \"cpu\""
-                .into(),
-        ));
-    }
-    if config.trainer.accelerator == Accelerator::Wgpu && !cfg!(feature = "wgpu") {
-        return Err(unsupported(
-            "is \"wgpu\" but this vidtrain was built without wgpu; rebuild with \
-             `cargo build --release -p trainer-cli --features vulkan` (Linux, Windows), \
-             `--features metal` (macOS) or `--features wgpu`, or use \"cpu\""
-                .into(),
-        ));
-    }
     let mut choice = accelerator_backend(config);
+    if !choice.built() {
+        let rebuild = match choice {
+            BackendChoice::Wgpu => {
+                "`cargo build --release -p trainer-cli --features vulkan` (Linux, Windows), \
+                 `--features metal` (macOS) or `--features wgpu`"
+            }
+            _ => "`cargo build --release -p trainer-cli --features cuda`",
+        };
+        return Err(unsupported(format!(
+            "is \"{}\" but this vidtrain was built without it; rebuild with {rebuild} or use \
+             \"cpu\"",
+            choice.name()
+        )));
+    }
     if choice == BackendChoice::Cuda
         && let Err(reason) = device::memory::cuda_available()
     {
@@ -237,7 +245,7 @@ pub fn apply_precision_fallback(config: &mut Config) {
     if !config.trainer.precision_fallback
         || config.trainer.precision == Precision::Full
         || accelerator_backend(config) != BackendChoice::Wgpu
-        || !cfg!(feature = "wgpu")
+        // No adapter (or no wgpu in this build): `resolve_backend` says so.
         || device::memory::wgpu_adapter().is_err()
     {
         return;
@@ -247,5 +255,29 @@ pub fn apply_precision_fallback(config: &mut Config) {
             "trainer.precision {reason}: training in 32-bit (trainer.precision_fallback=true)"
         );
         config.trainer.precision = Precision::Full;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_this_build_lacks_is_refused_naming_the_feature_to_build() {
+        for (accelerator, feature) in [
+            (Accelerator::Cuda, "--features cuda"),
+            (Accelerator::Wgpu, "--features vulkan"),
+        ] {
+            let mut config = Config::default();
+            config.trainer.accelerator = accelerator;
+            if accelerator_backend(&config).built() {
+                continue;
+            }
+            let Err(Error::Unsupported { key, message }) = resolve_backend(&config) else {
+                panic!("{accelerator:?} is not built, yet it was accepted");
+            };
+            assert_eq!(key, "trainer.accelerator");
+            assert!(message.contains(feature), "{message}");
+        }
     }
 }

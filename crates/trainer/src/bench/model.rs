@@ -171,12 +171,7 @@ pub fn bench_rows(
     rows.iter()
         .map(|row| {
             let config = row_config(base, row, tiny);
-            let built = match backend {
-                BackendChoice::Cpu => true,
-                BackendChoice::Cuda => cfg!(feature = "cuda"),
-                BackendChoice::Wgpu => cfg!(feature = "wgpu"),
-            };
-            let outcome = if !built {
+            let outcome = if !backend.built() {
                 Err(Error::Unsupported {
                     key: "trainer.accelerator".into(),
                     message: format!("this vidtrain was built without {}", backend.name()),

@@ -5,7 +5,8 @@
 //! machine compiles and tunes kernels. On the CPU backend there is no device memory: every
 //! reading is `None`.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::BackendChoice;
 
@@ -42,7 +43,9 @@ pub fn cuda_available() -> Result<(), String> {
 /// when there is none. Asked before any wgpu work, so that a machine without a Vulkan/Metal
 /// driver gets a message instead of a runtime panic.
 pub fn wgpu_adapter() -> Result<String, String> {
-    wgpu::adapter()
+    // Asked by the precision fallback and by the backend choice: one request per process.
+    static ADAPTER: OnceLock<Result<String, String>> = OnceLock::new();
+    ADAPTER.get_or_init(wgpu::adapter).clone()
 }
 
 /// Returns cached, unused pool memory to the driver; the reserved bytes released, when known.
@@ -80,18 +83,12 @@ fn cache_folder() -> Option<std::path::PathBuf> {
 /// process. A step's peak is the same every step; each probe costs a device sync.
 const PROBED_MICRO_BATCHES: usize = 2;
 static MICRO_BATCHES_PROBED: AtomicUsize = AtomicUsize::new(0);
-/// The backend the installed probe reads (a probe is a plain `fn()`): 0 none, 1 CUDA, 2 wgpu.
-static PROBED_BACKEND: AtomicU8 = AtomicU8::new(0);
 static PROBED_IN_USE: AtomicU64 = AtomicU64::new(0);
 static PROBED_RESERVED: AtomicU64 = AtomicU64::new(0);
 
-fn probe_reading() {
-    let backend = match PROBED_BACKEND.load(Ordering::Relaxed) {
-        1 => BackendChoice::Cuda,
-        2 => BackendChoice::Wgpu,
-        _ => return,
-    };
-    if let Some(reading) = read(backend) {
+/// Keeps the highest of the probe's readings.
+fn keep_highest(reading: Option<DeviceMemory>) {
+    if let Some(reading) = reading {
         PROBED_IN_USE.fetch_max(reading.in_use_bytes, Ordering::Relaxed);
         PROBED_RESERVED.fetch_max(reading.reserved_bytes, Ordering::Relaxed);
     }
@@ -101,27 +98,26 @@ fn probe_reading() {
 /// reading `backend`'s memory, for the first micro-batches of the process on a device; returns
 /// what `work` returns and the highest reading inside it (`None` when not probed). A device's
 /// pools keep no high-water mark, and from outside a step its peak (inside the stem's
-/// gradients) is gone: lavapipe read 6.1 MiB in use between forward and backward where the
-/// plan's 8.6 MiB peak lies inside backward.
+/// gradients) is gone: lavapipe read 6.1 MiB in use between forward and backward, 7.1 MiB
+/// inside backward.
 pub fn probing_inside<T>(
     backend: BackendChoice,
     work: impl FnOnce() -> T,
 ) -> (T, Option<DeviceMemory>) {
-    let code = match backend {
-        BackendChoice::Cpu => 0,
-        BackendChoice::Cuda => 1,
-        BackendChoice::Wgpu => 2,
+    // A probe is a plain `fn()`: one per device backend.
+    let probe: fn() = match backend {
+        BackendChoice::Cpu => return (work(), None),
+        BackendChoice::Cuda => || keep_highest(cuda::read()),
+        BackendChoice::Wgpu => || keep_highest(wgpu::read()),
     };
-    if code == 0 || MICRO_BATCHES_PROBED.fetch_add(1, Ordering::Relaxed) >= PROBED_MICRO_BATCHES {
+    if MICRO_BATCHES_PROBED.fetch_add(1, Ordering::Relaxed) >= PROBED_MICRO_BATCHES {
         return (work(), None);
     }
-    PROBED_BACKEND.store(code, Ordering::Relaxed);
     PROBED_IN_USE.store(0, Ordering::Relaxed);
     PROBED_RESERVED.store(0, Ordering::Relaxed);
-    vidtrain_model::memory_probe::set(Some(probe_reading));
+    vidtrain_model::memory_probe::set(Some(probe));
     let result = work();
     vidtrain_model::memory_probe::set(None);
-    PROBED_BACKEND.store(0, Ordering::Relaxed);
     let peak = DeviceMemory {
         in_use_bytes: PROBED_IN_USE.load(Ordering::Relaxed),
         reserved_bytes: PROBED_RESERVED.load(Ordering::Relaxed),

@@ -164,11 +164,14 @@ fn activation_layers(
         .iter()
         .map(|layer| {
             let output_elements = layer.output_elements() as u64;
-            // A stem step's temporaries are f32 whatever the compute dtype: BatchNorm computes
-            // its statistics and normalisation in f32, and on the CPU burn-flex runs
-            // half-precision convolutions through f32 copies of their operands, input and output
-            // (measured with `cargo xtask bench plan`: priced at 2 bytes, the half-precision rows
-            // came out at 0.5–0.6 of the measured peak). cubecl's convolutions compute in half.
+            // On the CPU a half-precision stem step's temporaries are f32: BatchNorm computes its
+            // statistics and normalisation in f32, and burn-flex runs half-precision
+            // convolutions through f32 copies of their operands, input and output (measured with
+            // `cargo xtask bench plan`: priced at 2 bytes, the half-precision rows came out at
+            // 0.5–0.6 of the measured peak). On a device cubecl's convolutions compute in half
+            // and Burn's fusion runs BatchNorm's cast → normalise → cast chain as one kernel, so
+            // no f32 temporary is stored (priced at 4 bytes, lavapipe's fp16 plan of the tiny
+            // demo came out at 1.90 of the measured device peak).
             let half_stem_step = layer.by_hand && activation_bytes < 4;
             // A Mamba block keeps and makes f32 values whatever the compute dtype.
             let internal_bytes = if layer.f32_internals {
@@ -176,9 +179,6 @@ fn activation_layers(
             } else {
                 activation_bytes
             };
-            // On a device Burn's fusion runs the cast → normalise → cast chain as one kernel, so
-            // those f32 temporaries are never stored (lavapipe, fp16: priced at 4 bytes, the
-            // tiny demo's plan came out at 1.90 of the measured device peak).
             let temporary_bytes = if half_stem_step && !backend.on_device() {
                 4
             } else {
@@ -276,9 +276,9 @@ pub fn plan_input(
     let sample_bytes = (video_values + 4 * keypoint_values) as u64;
     let batch_bytes = sample_bytes * data.batch_size as u64;
     // Frames become f32 (the conversion's vector and the tensor made from it), keypoints are
-    // moved. On a device only the tensor is there: the vector is the host's, freed once uploaded
-    // (priced on the host too, the tiny demo's device plan on lavapipe came out at 1.20 of the
-    // measured peak in f32 and 1.50 in fp16; `tests/e2e/device.rs`).
+    // moved. On a device only the tensor is device memory; the vector is the host's, freed once
+    // uploaded (priced as two device copies, lavapipe's plan of the tiny demo came out at 1.20
+    // of the measured device peak in f32 and 1.50 in fp16; `tests/e2e/device.rs`).
     let f32_frame_copies = if backend.on_device() { 1 } else { 2 };
     let input_per_sample = (f32_frame_copies * 4 * video_values + 4 * keypoint_values) as u64;
     let cache_budget = (data.cache_decoded_mib as u64) << 20;
