@@ -39,13 +39,18 @@ fn tiny_args<'a>(config: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// `vidtrain train <options> <tiny model> <extra>`, whatever its outcome.
+fn train_output(dir: &Path, options: &[&str], config: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["train"];
+    args.extend_from_slice(options);
+    args.extend(tiny_args(config, extra));
+    vidtrain_on_device(dir, &args)
+}
+
 /// `vidtrain train` with the tiny model and `extra`, which must succeed; returns the run folder.
 fn train(dir: &Path, config: &str, experiment: &str, extra: &[&str]) -> PathBuf {
     let experiment_setting = format!("experiment={experiment}");
-    let mut args = vec!["train"];
-    args.extend(tiny_args(config, extra));
-    args.push(&experiment_setting);
-    let output = vidtrain_on_device(dir, &args);
+    let output = train_output(dir, &[], config, &[extra, &[&experiment_setting]].concat());
     assert!(output.status.success(), "{}", stderr(&output));
     let runs = runs_of(&dir.join("runs").join(experiment));
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -290,16 +295,16 @@ fn a_device_out_of_memory_ends_cleanly_naming_what_to_turn() {
     let dir = scratch("device-oom");
     let config = small_dataset(&dir);
     // 512 px: the stem's first buffer (288 MiB) is more than lavapipe hands out in one piece.
-    let mut args = vec!["train"];
-    args.extend(tiny_args(
+    let output = train_output(
+        &dir,
+        &[],
         &config,
         &[
             "trainer.accelerator=wgpu",
             "data.img_size=512",
             "experiment=oom",
         ],
-    ));
-    let output = vidtrain_on_device(&dir, &args);
+    );
     assert_clean_failure(&output, 1);
     let text = stderr(&output);
     assert!(
@@ -318,12 +323,12 @@ fn half_precision_the_adapter_lacks_is_refused_or_falls_back_when_asked() {
     let dir = scratch("device-precision");
     let config = small_dataset(&dir);
     // WGSL has no bf16: refused before any work, naming the key.
-    let mut args = vec!["train"];
-    args.extend(tiny_args(
+    let output = train_output(
+        &dir,
+        &[],
         &config,
         &["trainer.accelerator=wgpu", "trainer.precision=bf16"],
-    ));
-    let output = vidtrain_on_device(&dir, &args);
+    );
     assert_clean_failure(&output, 2);
     let text = stderr(&output);
     assert!(text.contains("trainer.precision"), "{text}");
@@ -343,16 +348,16 @@ fn fit_vram_on_the_device_keeps_the_measured_peak_within_the_budget() {
     // The tiny model at batch 4 is planned at 7.5 MiB on the device; 6 MiB needs a smaller
     // micro-batch (or recompute) with the same effective batch.
     const BUDGET: u64 = 6 << 20;
-    let mut args = vec!["train", "--fit-vram", "6MiB"];
-    args.extend(tiny_args(
+    let output = train_output(
+        &dir,
+        &["--fit-vram", "6MiB"],
         &config,
         &[
             "trainer.accelerator=wgpu",
             "train.max_steps=2",
             "experiment=fit",
         ],
-    ));
-    let output = vidtrain_on_device(&dir, &args);
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_stderr_contains(&output, "--fit: ");
     let run = &runs_of(&dir.join("runs/fit"))[0];
