@@ -37,7 +37,7 @@ pub fn computes_on_host<B: Backend>(device: &B::Device) -> bool {
 const HOST: &str = "flex";
 
 /// `VIDTRAIN_CPU_KERNELS=reference`: Burn's compositions everywhere.
-fn reference() -> bool {
+pub(crate) fn reference() -> bool {
     static REFERENCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REFERENCE.get_or_init(|| {
         std::env::var("VIDTRAIN_CPU_KERNELS").is_ok_and(|value| value == "reference")
@@ -82,6 +82,15 @@ pub(crate) fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f3
         .into_data()
         .into_vec::<f32>()
         .expect("a tensor cast to f32 holds f32")
+}
+
+/// The values of a tensor as bf16, in its logical order: no copy when the tensor is bf16,
+/// contiguous and not shared.
+pub(crate) fn bf16s<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<bf16> {
+    cast(tensor, FloatDType::BF16)
+        .into_data()
+        .into_vec::<bf16>()
+        .expect("a tensor cast to bf16 holds bf16")
 }
 
 /// Elements converted per task: large enough that a task outweighs its scheduling.

@@ -20,10 +20,11 @@
 //! columns of a group are the only transient buffer.
 
 use burn::prelude::*;
-use burn::tensor::{FloatDType, TensorData};
+use burn::tensor::{DType, FloatDType, TensorData, bf16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{cast, floats};
+use crate::cpu_kernels::{bf16s, cast, floats};
+use crate::gemm_bf16::{self, Matrix, Path};
 
 /// The most bytes of im2col columns held at once: a group of output lines (one output frame's
 /// row of `w'` positions each) of one clip, small enough to stay in the CPU's caches between
@@ -91,7 +92,72 @@ pub fn conv3d_forward<B: Backend>(
     geometry: ConvGeometry,
 ) -> Tensor<B, 5> {
     let group = geometry.lines_per_group();
-    forward_in_groups(input, weight, bias, geometry, group)
+    match bf16_path(&[input.dtype()]) {
+        Some(path) => forward_bf16(input, weight, bias, geometry, group, path),
+        None => forward_in_groups(input, weight, bias, geometry, group),
+    }
+}
+
+/// The bf16 product's path when every operand is bf16 and the CPU has a bf16 dot-product
+/// instruction ([`Path::fastest`]); otherwise the convolution computes in f32 (bf16 values are
+/// exact in f32, so only the speed differs).
+fn bf16_path(dtypes: &[DType]) -> Option<Path> {
+    dtypes
+        .iter()
+        .all(|&dtype| dtype == DType::BF16)
+        .then(Path::fastest)
+        .flatten()
+}
+
+/// [`forward_in_groups`] with bf16 columns and weights multiplied by `path` into the f32
+/// output, which starts as the bias: one buffer fewer than the f32 route, and the columns in
+/// half the bytes. The weight is rounded to bf16, as PyTorch's autocast does.
+fn forward_bf16<B: Backend>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+    group: usize,
+    path: Path,
+) -> Tensor<B, 5> {
+    let device = input.device();
+    let [n, c_in, t, h, w] = geometry.input;
+    let c_out = geometry.channels_out;
+    let [t_out, h_out, w_out] = geometry.output;
+    let (rows, positions) = (geometry.rows(), geometry.positions());
+    let input = bf16s(input);
+    let weight = bf16s(weight);
+    let weight = Matrix::row_major(&weight, c_out, rows, rows);
+    let mut output = vec![0f32; n * c_out * positions];
+    if let Some(bias) = bias.map(floats) {
+        for (channel, values) in output.chunks_mut(positions).enumerate() {
+            values.fill(bias[channel % c_out]);
+        }
+    }
+    let map = ColumnMap::new(geometry);
+    let mut columns = Vec::new();
+    for (clip_input, clip_output) in input
+        .chunks(c_in * t * h * w)
+        .zip(output.chunks_mut(c_out * positions))
+    {
+        for (first, lines) in geometry.groups(group) {
+            let length = lines * w_out;
+            columns.resize(rows * length, bf16::ZERO);
+            im2col(clip_input, &map, first, lines, &mut columns);
+            let columns = Matrix::row_major(&columns, rows, length, length);
+            gemm_bf16::gemm(
+                path,
+                weight,
+                columns,
+                &mut clip_output[first * w_out..],
+                positions,
+            );
+        }
+    }
+    Tensor::from_data(
+        TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
+        &device,
+    )
 }
 
 /// [`conv3d_forward`] with `group` output lines per im2col buffer.
@@ -172,7 +238,83 @@ pub fn conv3d_gradients<B: Backend>(
     wants_input: bool,
 ) -> ConvGradients<B> {
     let group = geometry.lines_per_group();
-    gradients_in_groups(input, weight, upstream, geometry, wants_input, group)
+    match bf16_path(&[input.dtype(), upstream.dtype()]) {
+        Some(path) => gradients_bf16(input, weight, upstream, geometry, wants_input, group, path),
+        None => gradients_in_groups(input, weight, upstream, geometry, wants_input, group),
+    }
+}
+
+/// [`gradients_in_groups`] with bf16 operands multiplied by `path`: the weight gradient is
+/// accumulated in f32 group after group, the columns' gradient is f32 (col2im adds onto an
+/// f32 input gradient). The weight is rounded to bf16 for the input gradient, as in the
+/// forward.
+fn gradients_bf16<B: Backend>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    upstream: Tensor<B, 5>,
+    geometry: ConvGeometry,
+    wants_input: bool,
+    group: usize,
+    path: Path,
+) -> ConvGradients<B> {
+    let device = input.device();
+    let [n, c_in, t, h, w] = geometry.input;
+    let c_out = geometry.channels_out;
+    let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
+    let input = bf16s(input);
+    let upstream = bf16s(upstream);
+    let weight = bf16s(weight);
+    let weight_transposed = Matrix::row_major(&weight, c_out, rows, rows).transposed();
+    let map = ColumnMap::new(geometry);
+    let clip_len = c_in * t * h * w;
+    let mut weight_gradient = vec![0f32; c_out * rows];
+    let mut input_gradient = wants_input.then(|| vec![0f32; n * clip_len]);
+    let (mut columns, mut columns_gradient) = (Vec::new(), Vec::new());
+    for clip in 0..n {
+        let clip_input = &input[clip * clip_len..(clip + 1) * clip_len];
+        let clip_upstream = &upstream[clip * c_out * positions..(clip + 1) * c_out * positions];
+        for (first, lines) in geometry.groups(group) {
+            let length = lines * w_out;
+            columns.resize(rows * length, bf16::ZERO);
+            im2col(clip_input, &map, first, lines, &mut columns);
+            let upstream_group =
+                Matrix::row_major(&clip_upstream[first * w_out..], c_out, length, positions);
+            let columns_transposed = Matrix::row_major(&columns, rows, length, length).transposed();
+            gemm_bf16::gemm(
+                path,
+                upstream_group,
+                columns_transposed,
+                &mut weight_gradient,
+                rows,
+            );
+            if let Some(gradient) = input_gradient.as_mut() {
+                columns_gradient.clear();
+                columns_gradient.resize(rows * length, 0f32);
+                gemm_bf16::gemm(
+                    path,
+                    weight_transposed,
+                    upstream_group,
+                    &mut columns_gradient,
+                    length,
+                );
+                col2im(
+                    &columns_gradient,
+                    &map,
+                    first,
+                    lines,
+                    &mut gradient[clip * clip_len..(clip + 1) * clip_len],
+                );
+            }
+        }
+    }
+    let [kt, kh, kw] = geometry.kernel;
+    let weight_gradient = Tensor::from_data(
+        TensorData::new(weight_gradient, [c_out, c_in, kt, kh, kw]),
+        &device,
+    );
+    let input_gradient = input_gradient
+        .map(|values| Tensor::from_data(TensorData::new(values, [n, c_in, t, h, w]), &device));
+    (weight_gradient, input_gradient)
 }
 
 /// [`conv3d_gradients`] with `group` output lines per im2col buffer.
@@ -346,8 +488,15 @@ impl ColumnMap {
 }
 
 /// Writes the im2col columns of output lines `first..first + lines` of one clip
-/// (`clip: [c_in, t, h, w]`) into `columns: [c_in·taps, lines·w']`; padding reads 0.
-fn im2col(clip: &[f32], map: &ColumnMap, first: usize, lines: usize, columns: &mut [f32]) {
+/// (`clip: [c_in, t, h, w]`) into `columns: [c_in·taps, lines·w']`; padding reads 0
+/// (`T::default()`).
+fn im2col<T: Copy + Default + Send + Sync>(
+    clip: &[T],
+    map: &ColumnMap,
+    first: usize,
+    lines: usize,
+    columns: &mut [T],
+) {
     let [_, _, t, h, w] = map.geometry.input;
     let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
     columns
@@ -359,12 +508,12 @@ fn im2col(clip: &[f32], map: &ColumnMap, first: usize, lines: usize, columns: &m
             let volume = &clip[channel * t * h * w..][..t * h * w];
             for (out, line) in out.chunks_mut(w_out).zip(first..) {
                 let Some((frame, row)) = sources.line(line) else {
-                    out.fill(0.0);
+                    out.fill(T::default());
                     continue;
                 };
                 let input = &volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
-                out[..span.first].fill(0.0);
-                out[span.end..].fill(0.0);
+                out[..span.first].fill(T::default());
+                out[span.end..].fill(T::default());
                 gather(&mut out[span.first..span.end], input, span.stride);
             }
         });
@@ -372,7 +521,7 @@ fn im2col(clip: &[f32], map: &ColumnMap, first: usize, lines: usize, columns: &m
 
 /// `out[k] = input[k · stride]`. Strides 1 and 2 (the stems' convolutions) get loops the
 /// compiler vectorises: a copy, and every second value of pairs.
-fn gather(out: &mut [f32], input: &[f32], stride: usize) {
+fn gather<T: Copy>(out: &mut [T], input: &[T], stride: usize) {
     match stride {
         1 => out.copy_from_slice(&input[..out.len()]),
         2 => {

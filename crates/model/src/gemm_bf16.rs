@@ -1,0 +1,497 @@
+//! A matrix product of bf16 operands into f32, `c += a · b`, on the CPU's bf16 dot-product
+//! instruction where it has one (AVX512_BF16's `vdpbf16ps`: 32 multiply-adds per instruction,
+//! twice f32's 16) and on a portable path otherwise.
+//!
+//! burn-flex multiplies bf16 tensors by converting both operands to f32 and calling gemm's f32
+//! kernel, so a bf16 convolution ran at f32's speed with two more copies. Here both operands
+//! stay bf16: they are packed once into the instruction's layout and multiplied tile by tile,
+//! every product exact in f32 (a bf16 mantissa has 8 bits) and summed in f32.
+//!
+//! Layout (BLIS's): `a` is packed in panels of [`ROWS`] rows and `b` in panels of [`COLUMNS`]
+//! columns, both by pairs of `k` (the instruction multiplies pairs: lane `j` of the result adds
+//! `a[2i]·b[2i][j] + a[2i+1]·b[2i+1][j]`), one [`K_BLOCK`] of `k` at a time so that a panel of
+//! `b` stays in the L1 cache while every panel of `a` passes over it. The compute pool's
+//! threads each own a band of `c`'s rows.
+//!
+//! The only `unsafe` of the workspace is the call into the AVX512_BF16 kernel after the CPU has
+//! been asked for the instruction (`docs/decisions/0013-avx512-bf16-kernel.md`).
+
+use burn::tensor::bf16;
+use rayon::prelude::*;
+
+/// Rows of `c` per tile: 12 rows × 2 vectors = 24 accumulators of AVX-512's 32 registers.
+pub const ROWS: usize = 12;
+/// Columns of `c` per tile: two vectors of 16 f32 lanes.
+pub const COLUMNS: usize = 32;
+/// Values of `k` per packed block: a panel of `b` (`K_BLOCK · COLUMNS` bf16, 16 KiB) fits the
+/// L1 cache.
+pub const K_BLOCK: usize = 256;
+
+/// How a product is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// AVX512_BF16's `vdpbf16ps`, where the CPU has it.
+    Avx512Bf16,
+    /// The same packing and tiles in plain Rust, for every CPU (and the tests of the packing).
+    Portable,
+}
+
+impl Path {
+    /// The bf16 dot-product instruction where this CPU has it and `VIDTRAIN_CPU_KERNELS` does
+    /// not say `reference`; `None` otherwise (the callers then compute in f32).
+    pub fn fastest() -> Option<Path> {
+        static FASTEST: std::sync::OnceLock<Option<Path>> = std::sync::OnceLock::new();
+        *FASTEST.get_or_init(|| {
+            let path = Path::Avx512Bf16;
+            (path.available() && !crate::cpu_kernels::reference()).then_some(path)
+        })
+    }
+
+    /// Whether this CPU runs the path.
+    pub fn available(self) -> bool {
+        match self {
+            Path::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Bf16 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx512Bf16 => false,
+        }
+    }
+}
+
+/// A matrix of bf16 values read through strides: element `(i, j)` is
+/// `values[i · row_stride + j · column_stride]`, so a transposed or sliced matrix needs no copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix<'a> {
+    pub values: &'a [bf16],
+    pub rows: usize,
+    pub columns: usize,
+    pub row_stride: usize,
+    pub column_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// A row-major `rows × columns` matrix whose rows are `row_stride` apart.
+    pub fn row_major(values: &'a [bf16], rows: usize, columns: usize, row_stride: usize) -> Self {
+        Self {
+            values,
+            rows,
+            columns,
+            row_stride,
+            column_stride: 1,
+        }
+    }
+
+    /// The transpose, without a copy.
+    pub fn transposed(self) -> Self {
+        Self {
+            values: self.values,
+            rows: self.columns,
+            columns: self.rows,
+            row_stride: self.column_stride,
+            column_stride: self.row_stride,
+        }
+    }
+
+    /// Packs rows `first_k..first_k + 2·pairs` of the panel of columns from `first` on, for a
+    /// matrix whose columns are contiguous (`row_stride` 1: a transposed row-major matrix):
+    /// column by column, each read as one run and its pairs written `panel` apart into the
+    /// (cache-sized) block. Row by row, every pair would read one value from each of the
+    /// panel's columns.
+    fn pack_columns(
+        &self,
+        first_k: usize,
+        pairs: usize,
+        first: usize,
+        packed: &mut [u32],
+        panel: usize,
+    ) {
+        let count = (2 * pairs).min(self.rows - first_k);
+        let width = panel.min(self.columns.saturating_sub(first));
+        for column in 0..width {
+            let start = (first + column) * self.column_stride + first_k;
+            let (whole, last) = self.values[start..start + count].as_chunks::<2>();
+            let bits = |value: &bf16| u32::from(value.to_bits());
+            for (pair, [low, high]) in whole.iter().enumerate() {
+                packed[pair * panel + column] = bits(low) | bits(high) << 16;
+            }
+            if let [low] = last {
+                packed[whole.len() * panel + column] = bits(low);
+            }
+        }
+    }
+
+    /// ORs the bits of row `i`'s elements from column `first` on, shifted left by `shift`, into
+    /// `packed` (one per element); nothing past the matrix's last row or column (packing pads
+    /// with zeros). A contiguous row is read as a slice, a strided one value by value.
+    fn or_row_bits(&self, i: usize, first: usize, packed: &mut [u32], shift: u32) {
+        if i >= self.rows || first >= self.columns {
+            return;
+        }
+        let width = packed.len().min(self.columns - first);
+        let start = i * self.row_stride + first * self.column_stride;
+        let packed = &mut packed[..width];
+        if self.column_stride == 1 {
+            for (packed, value) in packed.iter_mut().zip(&self.values[start..start + width]) {
+                *packed |= u32::from(value.to_bits()) << shift;
+            }
+        } else {
+            let values = self.values[start..].iter().step_by(self.column_stride);
+            for (packed, value) in packed.iter_mut().zip(values) {
+                *packed |= u32::from(value.to_bits()) << shift;
+            }
+        }
+    }
+}
+
+/// `c += a · b` with `c` row-major `[a.rows × b.columns]`, its rows `c_stride` apart.
+///
+/// # Panics
+/// When the inner sizes differ, `c` is too short, or the path is not [`Path::available`]
+/// (callers choose with [`Path::fastest`]).
+pub fn gemm(path: Path, a: Matrix<'_>, b: Matrix<'_>, c: &mut [f32], c_stride: usize) {
+    assert_eq!(a.columns, b.rows, "inner sizes of a bf16 matrix product");
+    assert!(path.available(), "{path:?} is not available on this CPU");
+    let (m, n, k) = (a.rows, b.columns, a.columns);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        c.len() >= (m - 1) * c_stride + n,
+        "c holds {m} × {n} values"
+    );
+    let mut packed = PACKED.take();
+    let (a_packed, b_packed) = &mut packed;
+    pack(a.transposed(), ROWS, a_packed);
+    pack(b, COLUMNS, b_packed);
+    let row_panels = m.div_ceil(ROWS);
+    let threads = rayon::current_num_threads().clamp(1, row_panels);
+    let panels_per_band = row_panels.div_ceil(threads);
+    let (a_packed, b_packed) = (&a_packed[..], &b_packed[..]);
+    c[..(m - 1) * c_stride + n]
+        .par_chunks_mut(panels_per_band * ROWS * c_stride)
+        .enumerate()
+        .for_each(|(band, c_band)| {
+            let first_panel = band * panels_per_band;
+            let panels = panels_per_band.min(row_panels - first_panel);
+            let (mut a_block, mut b_block) = (a_packed, b_packed);
+            for (_, pairs) in k_blocks(k) {
+                let (a_here, a_rest) = a_block.split_at(row_panels * pairs * ROWS);
+                let (b_here, b_rest) = b_block.split_at(n.div_ceil(COLUMNS) * pairs * COLUMNS);
+                (a_block, b_block) = (a_rest, b_rest);
+                for (column_panel, b_panel) in b_here.chunks_exact(pairs * COLUMNS).enumerate() {
+                    for panel in first_panel..first_panel + panels {
+                        let a_panel = &a_here[panel * pairs * ROWS..][..pairs * ROWS];
+                        let tile = multiply(path, a_panel, b_panel);
+                        let rows = ROWS.min(m - panel * ROWS);
+                        let first_column = column_panel * COLUMNS;
+                        let columns = COLUMNS.min(n - first_column);
+                        let band_row = (panel - first_panel) * ROWS;
+                        for (row, tile_row) in tile.iter().enumerate().take(rows) {
+                            let start = (band_row + row) * c_stride + first_column;
+                            for (c, value) in
+                                c_band[start..start + columns].iter_mut().zip(tile_row)
+                            {
+                                *c += value;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    PACKED.set(packed);
+}
+
+thread_local! {
+    /// The packed operands of the last product on this thread, kept for the next: the packed
+    /// `b` of a convolution's group is megabytes, and a fresh buffer per product is a fresh
+    /// mapping that the kernel zeroes (a fifth of the bf16 step's time when measured). Taken
+    /// out while a product runs, so a nested product packs into buffers of its own.
+    static PACKED: std::cell::Cell<(Vec<u32>, Vec<u32>)> = const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// One tile of `c`, `ROWS × COLUMNS`, from packed panels of one block of `k`.
+type Tile = [[f32; COLUMNS]; ROWS];
+
+fn multiply(path: Path, a_panel: &[u32], b_panel: &[u32]) -> Tile {
+    match path {
+        Path::Portable => multiply_portable(a_panel, b_panel),
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Bf16 => {
+            #[allow(unsafe_code)]
+            // SAFETY: `gemm` asserted `Path::available`: this CPU has AVX-512F and AVX512_BF16,
+            // the only requirement of `avx512_bf16::multiply` (it reads only through slices).
+            unsafe {
+                avx512_bf16::multiply(a_panel, b_panel)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Path::Avx512Bf16 => unreachable!("gemm asserted the path is available"),
+    }
+}
+
+/// The instruction's arithmetic in plain Rust: each pair's two products summed, then added.
+fn multiply_portable(a_panel: &[u32], b_panel: &[u32]) -> Tile {
+    let mut tile = [[0f32; COLUMNS]; ROWS];
+    let value = |bits: u32| bf16::from_bits(bits as u16).to_f32();
+    for (a, b) in a_panel
+        .chunks_exact(ROWS)
+        .zip(b_panel.chunks_exact(COLUMNS))
+    {
+        for (tile_row, &a) in tile.iter_mut().zip(a) {
+            let (a_low, a_high) = (value(a), value(a >> 16));
+            for (c, &b) in tile_row.iter_mut().zip(b) {
+                *c += a_low * value(b) + a_high * value(b >> 16);
+            }
+        }
+    }
+    tile
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16 {
+    use super::{COLUMNS, ROWS, Tile};
+    use std::arch::x86_64::{
+        __m512, __m512bh, __m512i, _mm512_dpbf16_ps, _mm512_set1_epi32, _mm512_setzero_ps,
+    };
+
+    /// [`super::multiply_portable`] with `vdpbf16ps`: per pair of `k`, two vectors of `b`'s
+    /// row pair and one broadcast pair of each `a` row.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) fn multiply(a_panel: &[u32], b_panel: &[u32]) -> Tile {
+        let mut sums = [[_mm512_setzero_ps(); 2]; ROWS];
+        for (a, b) in a_panel
+            .chunks_exact(ROWS)
+            .zip(b_panel.chunks_exact(COLUMNS))
+        {
+            let (b_left, b_right) = b.split_at(COLUMNS / 2);
+            let b_left = vector(b_left);
+            let b_right = vector(b_right);
+            for (sums, &a) in sums.iter_mut().zip(a) {
+                let a: __m512bh = bytemuck::cast(_mm512_set1_epi32(a as i32));
+                sums[0] = _mm512_dpbf16_ps(sums[0], a, b_left);
+                sums[1] = _mm512_dpbf16_ps(sums[1], a, b_right);
+            }
+        }
+        sums.map(|[left, right]| {
+            let (left, right): ([f32; 16], [f32; 16]) =
+                (bytemuck::cast(left), bytemuck::cast(right));
+            let mut row = [0f32; COLUMNS];
+            row[..16].copy_from_slice(&left);
+            row[16..].copy_from_slice(&right);
+            row
+        })
+    }
+
+    /// 16 packed pairs as one vector.
+    #[inline(always)]
+    fn vector(pairs: &[u32]) -> __m512bh {
+        let pairs: [u32; 16] = pairs.try_into().expect("a vector is 16 pairs");
+        bytemuck::cast::<__m512i, __m512bh>(bytemuck::cast(pairs))
+    }
+
+    const _: () = assert!(COLUMNS == 32 && size_of::<__m512>() == 64);
+}
+
+/// `matrix` (`k × width`) into `packed`, in blocks of [`K_BLOCK`] rows of `k`, each a run of
+/// `panel`-column panels laid out pair of rows by pair of rows: `[block][panel][pair][column]`,
+/// a pair of `k` per `u32` (the lower `k` in the low half), zero-padded past the last column
+/// and `k`. `a` is packed as its transpose in panels of [`ROWS`], `b` in panels of
+/// [`COLUMNS`].
+fn pack(matrix: Matrix<'_>, panel: usize, packed: &mut Vec<u32>) {
+    let panels = matrix.columns.div_ceil(panel);
+    packed.clear();
+    packed.resize(panels * matrix.rows.div_ceil(2) * panel, 0);
+    let mut rest = &mut packed[..];
+    for (first_k, pairs) in k_blocks(matrix.rows) {
+        let (block, after) = rest.split_at_mut(panels * pairs * panel);
+        rest = after;
+        block
+            .par_chunks_mut(pairs * panel)
+            .enumerate()
+            .for_each(|(index, packed)| {
+                if matrix.row_stride == 1 {
+                    matrix.pack_columns(first_k, pairs, index * panel, packed, panel);
+                } else {
+                    for (pair, packed) in packed.chunks_exact_mut(panel).enumerate() {
+                        let k = first_k + 2 * pair;
+                        matrix.or_row_bits(k, index * panel, packed, 0);
+                        matrix.or_row_bits(k + 1, index * panel, packed, 16);
+                    }
+                }
+            });
+    }
+}
+
+/// Blocks of `k`: `(first k, pairs)`.
+fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..k)
+        .step_by(K_BLOCK)
+        .map(move |first| (first, (K_BLOCK.min(k - first)).div_ceil(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bf16 values from a small generator (no global RNG: the tests run in parallel).
+    fn values(count: usize, seed: u64) -> Vec<bf16> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..count)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+                bf16::from_f32(4.0 * unit - 2.0)
+            })
+            .collect()
+    }
+
+    /// `c += a · b` one product at a time in f64, the reference.
+    fn reference(a: Matrix<'_>, b: Matrix<'_>, c: &mut [f32], c_stride: usize) {
+        for i in 0..a.rows {
+            for j in 0..b.columns {
+                let sum: f64 = (0..a.columns)
+                    .map(|k| {
+                        f64::from(a.values[i * a.row_stride + k * a.column_stride].to_f32())
+                            * f64::from(b.values[k * b.row_stride + j * b.column_stride].to_f32())
+                    })
+                    .sum();
+                c[i * c_stride + j] += sum as f32;
+            }
+        }
+    }
+
+    /// Every path equals the f64 reference on sizes that leave partial tiles, odd `k` (a padded
+    /// pair), several blocks of `k`, transposed operands and a `c` wider than the product,
+    /// added to what `c` held.
+    fn equals_the_reference(path: Path) {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (5, 7, 3),
+            (12, 32, 2),
+            (13, 33, 257),
+            (30, 70, 600),
+            (64, 9, 147),
+        ] {
+            let a_values = values(m * k, 1);
+            let b_values = values(k * n, 2);
+            for transpose in [false, true] {
+                let a = Matrix::row_major(&a_values, m, k, k);
+                // b as given, or as the transpose of a row-major `[n × k]`.
+                let b = if transpose {
+                    Matrix::row_major(&b_values, n, k, k).transposed()
+                } else {
+                    Matrix::row_major(&b_values, k, n, n)
+                };
+                let c_stride = n + 3;
+                let start: Vec<f32> = (0..m * c_stride).map(|i| i as f32 * 0.25).collect();
+                let mut expected = start.clone();
+                reference(a, b, &mut expected, c_stride);
+                let mut c = start;
+                gemm(path, a, b, &mut c, c_stride);
+                for (index, (c, expected)) in c.iter().zip(&expected).enumerate() {
+                    let tolerance = 1e-5 * (k as f32).sqrt() * expected.abs().max(4.0);
+                    assert!(
+                        (c - expected).abs() <= tolerance,
+                        "{path:?} m {m} n {n} k {k} transpose {transpose}: c[{index}] = {c}, \
+                         expected {expected}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_path_equals_the_reference() {
+        equals_the_reference(Path::Portable);
+    }
+
+    /// Runs where the CPU has AVX512_BF16 and says so where it does not (CI's machines vary:
+    /// the portable path above checks the packing and tiles on every one).
+    #[test]
+    fn the_avx512_bf16_path_equals_the_reference_where_the_cpu_has_it() {
+        if !Path::Avx512Bf16.available() {
+            eprintln!("this CPU has no AVX512_BF16: the instruction's path is not tested here");
+            return;
+        }
+        equals_the_reference(Path::Avx512Bf16);
+    }
+}
+
+#[cfg(test)]
+mod timing_tmp {
+    use super::*;
+    use burn::prelude::*;
+    #[test]
+    #[ignore]
+    fn time_it() {
+        let device = Default::default();
+        for &(m, n, k) in &[
+            (128usize, 2352usize, 441usize),
+            (256, 2352, 441),
+            (128, 2352, 1152),
+            (128, 600, 441),
+            (1152, 896, 256),
+        ] {
+            let a: Vec<bf16> = (0..m * k)
+                .map(|i| bf16::from_f32((i % 7) as f32 * 0.1))
+                .collect();
+            let b: Vec<bf16> = (0..k * n)
+                .map(|i| bf16::from_f32((i % 5) as f32 * 0.1))
+                .collect();
+            let mut c = vec![0f32; m * n];
+            let reps = 20;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                gemm(
+                    Path::Avx512Bf16,
+                    Matrix::row_major(&a, m, k, k),
+                    Matrix::row_major(&b, k, n, n),
+                    &mut c,
+                    n,
+                );
+            }
+            let bf = t.elapsed().as_secs_f64() / reps as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let mut v = Vec::new();
+                pack(Matrix::row_major(&b, k, n, n), COLUMNS, &mut v);
+                pack(Matrix::row_major(&a, m, k, k).transposed(), ROWS, &mut v);
+            }
+            eprintln!(
+                "packing {:.3} ms of {:.3} ms",
+                t.elapsed().as_secs_f64() / reps as f64 * 1e3,
+                bf * 1e3
+            );
+            let ta = Tensor::<crate::TestBackend, 2>::random(
+                [m, k],
+                burn::tensor::Distribution::Default,
+                &device,
+            );
+            let tb = Tensor::<crate::TestBackend, 2>::random(
+                [k, n],
+                burn::tensor::Distribution::Default,
+                &device,
+            );
+            let _ = ta.clone().matmul(tb.clone()).into_data();
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                let _ = ta.clone().matmul(tb.clone()).into_data();
+            }
+            let f = t.elapsed().as_secs_f64() / reps as f64;
+            let flop = 2.0 * (m * n * k) as f64;
+            eprintln!(
+                "{m}x{n}x{k}: bf16 {:.1} GFLOP/s, f32 {:.1} GFLOP/s",
+                flop / bf / 1e9,
+                flop / f / 1e9
+            );
+        }
+    }
+}
