@@ -35,6 +35,8 @@ pub use error::{Error, Result};
 pub use persist::checkpoint::wait_for_checkpoint_writes;
 pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically};
 pub use report::metrics::ClassificationMetrics;
+/// How bf16 products compute on this CPU (`bench-model` prints it next to the training log).
+pub use vidtrain_model::gemm_bf16::Path as Bf16ProductPath;
 
 /// How a run reports progress (not part of the config: it does not change results).
 #[derive(Debug, Clone, Default)]
@@ -292,6 +294,9 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     let threads = configure_compute_threads(config);
     if backend == BackendChoice::Cpu {
         tracing::info!("CPU compute on {threads} threads (trainer.compute_threads)");
+        if config.trainer.precision == vidtrain_config::Precision::BHalf {
+            tracing::info!("{}", vidtrain_model::gemm_bf16::Path::describe_cpu_route());
+        }
     }
     refuse_plans_above_machine_memory(config, backend)?;
     let memory = MemorySampler::start(Duration::from_millis(50));

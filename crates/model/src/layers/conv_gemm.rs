@@ -24,7 +24,7 @@ use burn::tensor::{DType, FloatDType, TensorData, bf16};
 use rayon::prelude::*;
 
 use crate::cpu_kernels::{bf16s, cast, floats};
-use crate::gemm_bf16::{self, Matrix, Path};
+use crate::gemm_bf16::{self, Matrix, Path, Update};
 
 /// The most bytes of im2col columns held at once: a group of output lines (one output frame's
 /// row of `w'` positions each) of one clip, small enough to stay in the CPU's caches between
@@ -66,8 +66,8 @@ impl ConvGeometry {
     }
 
     /// Output lines per group, so that a group's columns stay within [`COLUMN_BYTES`].
-    fn lines_per_group(&self) -> usize {
-        let line_bytes = self.rows() * self.output[2] * 4;
+    fn lines_per_group(&self, value_bytes: usize) -> usize {
+        let line_bytes = self.rows() * self.output[2] * value_bytes;
         (COLUMN_BYTES / line_bytes.max(1)).clamp(1, self.lines())
     }
 
@@ -91,10 +91,12 @@ pub fn conv3d_forward<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     geometry: ConvGeometry,
 ) -> Tensor<B, 5> {
-    let group = geometry.lines_per_group();
     match bf16_path(&[input.dtype()]) {
-        Some(path) => forward_bf16(input, weight, bias, geometry, group, path),
-        None => forward_in_groups(input, weight, bias, geometry, group),
+        Some(path) => {
+            let group = geometry.lines_per_group(2);
+            forward_bf16(input, weight, bias, geometry, group, path)
+        }
+        None => forward_in_groups(input, weight, bias, geometry, geometry.lines_per_group(4)),
     }
 }
 
@@ -109,9 +111,10 @@ fn bf16_path(dtypes: &[DType]) -> Option<Path> {
         .flatten()
 }
 
-/// [`forward_in_groups`] with bf16 columns and weights multiplied by `path` into the f32
-/// output, which starts as the bias: one buffer fewer than the f32 route, and the columns in
-/// half the bytes. The weight is rounded to bf16, as PyTorch's autocast does.
+/// [`forward_in_groups`] with bf16 columns and weights multiplied by `path`, each group's f32
+/// product rounded into a bf16 output (the f32 route's whole f32 output, twice the bf16
+/// activation, was a transient of the step's peak) and the columns in half the bytes. The
+/// weight is rounded to bf16, as PyTorch's autocast does.
 fn forward_bf16<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
@@ -128,14 +131,10 @@ fn forward_bf16<B: Backend>(
     let input = bf16s(input);
     let weight = bf16s(weight);
     let weight = Matrix::row_major(&weight, c_out, rows, rows);
-    let mut output = vec![0f32; n * c_out * positions];
-    if let Some(bias) = bias.map(floats) {
-        for (channel, values) in output.chunks_mut(positions).enumerate() {
-            values.fill(bias[channel % c_out]);
-        }
-    }
+    let bias = bias.map(floats);
+    let mut output = vec![bf16::ZERO; n * c_out * positions];
     let map = ColumnMap::new(geometry);
-    let mut columns = Vec::new();
+    let (mut columns, mut product) = (Vec::new(), Vec::new());
     for (clip_input, clip_output) in input
         .chunks(c_in * t * h * w)
         .zip(output.chunks_mut(c_out * positions))
@@ -145,18 +144,31 @@ fn forward_bf16<B: Backend>(
             columns.resize(rows * length, bf16::ZERO);
             im2col(clip_input, &map, first, lines, &mut columns);
             let columns = Matrix::row_major(&columns, rows, length, length);
+            product.resize(c_out * length, 0f32);
             gemm_bf16::gemm(
                 path,
                 weight,
                 columns,
-                &mut clip_output[first * w_out..],
-                positions,
+                &mut product,
+                length,
+                Update::Overwrite,
             );
+            clip_output
+                .par_chunks_mut(positions)
+                .zip(product.par_chunks(length))
+                .enumerate()
+                .for_each(|(channel, (channel_output, values))| {
+                    let shift = bias.as_ref().map_or(0.0, |bias| bias[channel]);
+                    let target = &mut channel_output[first * w_out..][..length];
+                    for (target, value) in target.iter_mut().zip(values) {
+                        *target = bf16::from_f32(value + shift);
+                    }
+                });
         }
     }
     Tensor::from_data(
         TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
-        &device,
+        (&device, DType::BF16),
     )
 }
 
@@ -237,7 +249,7 @@ pub fn conv3d_gradients<B: Backend>(
     geometry: ConvGeometry,
     wants_input: bool,
 ) -> ConvGradients<B> {
-    let group = geometry.lines_per_group();
+    let group = geometry.lines_per_group(4);
     match bf16_path(&[input.dtype(), upstream.dtype()]) {
         Some(path) => gradients_bf16(input, weight, upstream, geometry, wants_input, group, path),
         None => gradients_in_groups(input, weight, upstream, geometry, wants_input, group),
@@ -286,9 +298,9 @@ fn gradients_bf16<B: Backend>(
                 columns_transposed,
                 &mut weight_gradient,
                 rows,
+                Update::Add,
             );
             if let Some(gradient) = input_gradient.as_mut() {
-                columns_gradient.clear();
                 columns_gradient.resize(rows * length, 0f32);
                 gemm_bf16::gemm(
                     path,
@@ -296,6 +308,7 @@ fn gradients_bf16<B: Backend>(
                     upstream_group,
                     &mut columns_gradient,
                     length,
+                    Update::Overwrite,
                 );
                 col2im(
                     &columns_gradient,
@@ -599,6 +612,87 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The bf16 route equals the f32 route on the same bf16 values (every product of two bf16
+    /// values is exact in f32; only the order of the f32 sums differs), on the AVX512_BF16 path
+    /// where the CPU has it and on the portable path everywhere, whatever the line groups: the
+    /// weight and input gradients to f32 precision, the forward to one bf16 rounding of its
+    /// output.
+    #[test]
+    fn bf16_products_equal_the_f32_route_on_bf16_values() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        let geometry = ConvGeometry {
+            input: [2, 3, 5, 9, 8],
+            channels_out: 14,
+            kernel: [3, 3, 2],
+            stride: [1, 2, 2],
+            padding: [1, 1, 0],
+            output: [5, 5, 4],
+        };
+        let random = |shape: [usize; 5]| {
+            Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
+                .cast(FloatDType::BF16)
+        };
+        let input = random([2, 3, 5, 9, 8]);
+        let upstream = random([2, 14, 5, 5, 4]);
+        // The f32 route multiplies the weight as given: give it the bf16 route's rounding.
+        let weight = random([14, 3, 3, 3, 2]).cast(FloatDType::F32);
+        let bias = Tensor::<TestBackend, 1>::random([14], Distribution::Default, &device);
+        let (weight_f32, input_f32) = gradients_in_groups(
+            input.clone(),
+            weight.clone(),
+            upstream.clone(),
+            geometry,
+            true,
+            7,
+        );
+        let forward_f32 = forward_in_groups(
+            input.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            geometry,
+            7,
+        );
+        let paths = [Path::Portable, Path::Avx512Bf16];
+        for path in paths.into_iter().filter(|path| path.available()) {
+            for group in [1, 7, 25] {
+                let (weight_gradient, input_gradient) = gradients_bf16(
+                    input.clone(),
+                    weight.clone(),
+                    upstream.clone(),
+                    geometry,
+                    true,
+                    group,
+                    path,
+                );
+                let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+                weight_gradient
+                    .to_data()
+                    .assert_approx_eq::<f32>(&weight_f32.to_data(), tolerance);
+                input_gradient
+                    .unwrap()
+                    .to_data()
+                    .assert_approx_eq::<f32>(&input_f32.clone().unwrap().to_data(), tolerance);
+                let forward = forward_bf16(
+                    input.clone(),
+                    weight.clone(),
+                    Some(bias.clone()),
+                    geometry,
+                    group,
+                    path,
+                );
+                assert_eq!(forward.dtype(), DType::BF16, "{path:?}");
+                forward
+                    .cast(FloatDType::F32)
+                    .to_data()
+                    .assert_approx_eq::<f32>(
+                        &forward_f32.to_data(),
+                        Tolerance::rel_abs(1.0 / 256.0, 1e-3),
+                    );
             }
         }
     }
