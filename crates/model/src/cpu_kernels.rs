@@ -93,6 +93,46 @@ pub(crate) fn bf16s<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<bf1
         .expect("a tensor cast to bf16 holds bf16")
 }
 
+/// The float types the host kernels read and write: f32, bf16 and f16, widened to f32 to
+/// compute and rounded to nearest even when stored.
+pub(crate) trait HostFloat: burn::tensor::Element + Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(value: f32) -> Self;
+}
+
+impl HostFloat for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+}
+
+impl HostFloat for bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        bf16::from_f32(value)
+    }
+}
+
+impl HostFloat for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+}
+
 /// Elements converted per task: large enough that a task outweighs its scheduling.
 const CAST_CHUNK: usize = 1 << 16;
 

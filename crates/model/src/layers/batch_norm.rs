@@ -17,9 +17,9 @@ use burn::nn::BatchNorm;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{FloatDType, TensorData};
+use burn::tensor::{DType, FloatDType, TensorData, bf16, f16};
 
-use crate::cpu_kernels::{cast, floats};
+use crate::cpu_kernels::{HostFloat, cast, floats};
 use crate::layers::norm_relu_host::ChannelNorm;
 
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
@@ -172,13 +172,29 @@ pub(crate) fn norm_relu_untracked<B: AutodiffBackend>(
 /// `relu(batch_norm(norm, x))` with training statistics on the CPU backend's host slices
 /// ([`ChannelNorm`]): the same output and running averages as the composition, in three
 /// parallel passes. `x` (`[n, c, l]`, an untracked step's input) in any float dtype; the
-/// output in the same.
+/// output in the same. f32, bf16 and f16 are read and written as they are stored.
 fn norm_relu_training_on_host<B: AutodiffBackend>(
     norm: &BatchNorm<B>,
     x: Tensor<B::InnerBackend, 3>,
 ) -> Tensor<B::InnerBackend, 3> {
-    let (dims, dtype, device) = (x.dims(), x.dtype(), x.device());
-    let mut values = floats(x);
+    match x.dtype() {
+        DType::BF16 => norm_relu_training_as::<B, bf16>(norm, x),
+        DType::F16 => norm_relu_training_as::<B, f16>(norm, x),
+        DType::F32 => norm_relu_training_as::<B, f32>(norm, x),
+        dtype => cast(
+            norm_relu_training_as::<B, f32>(norm, cast(x, FloatDType::F32)),
+            dtype,
+        ),
+    }
+}
+
+/// [`norm_relu_training_on_host`] for an `x` stored as `T`.
+fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B::InnerBackend, 3>,
+) -> Tensor<B::InnerBackend, 3> {
+    let (dims, device) = (x.dims(), x.device());
+    let mut values = host_values::<_, T>(x);
     let statistics = channel_norm(norm, &values, dims);
     statistics.forward_in_place(&mut values, dims);
     let per_channel = |values: &[f32]| {
@@ -189,22 +205,48 @@ fn norm_relu_training_on_host<B: AutodiffBackend>(
         &per_channel(&statistics.mean),
         &per_channel(&statistics.var),
     );
-    cast(
-        Tensor::from_data(TensorData::new(values, dims), &device),
-        dtype,
-    )
+    Tensor::from_data(TensorData::new(values, dims), (&device, T::dtype()))
 }
 
-/// [`norm_relu_gradients`] on the CPU backend's host slices ([`ChannelNorm::backward`]).
+/// [`norm_relu_gradients`] on the CPU backend's host slices ([`ChannelNorm::backward`]), the
+/// input gradient in the input's dtype.
 fn norm_relu_gradients_on_host<B: AutodiffBackend>(
     norm: &BatchNorm<B>,
     x: Tensor<B, 3>,
     upstream: Tensor<B, 3>,
     wants_input: bool,
 ) -> (GradientsParams, Option<Tensor<B, 3>>) {
-    let (dims, dtype, device) = (x.dims(), x.dtype(), x.device());
-    let x = floats(x.inner());
-    let mut upstream = floats(upstream.inner());
+    let (x, upstream) = (x.inner(), upstream.inner());
+    let same = x.dtype() == upstream.dtype();
+    let (gradients, input_gradient) = match x.dtype() {
+        DType::BF16 if same => norm_relu_gradients_as::<B, bf16>(norm, x, upstream, wants_input),
+        DType::F16 if same => norm_relu_gradients_as::<B, f16>(norm, x, upstream, wants_input),
+        dtype => {
+            let (gradients, input_gradient) = norm_relu_gradients_as::<B, f32>(
+                norm,
+                cast(x, FloatDType::F32),
+                cast(upstream, FloatDType::F32),
+                wants_input,
+            );
+            (
+                gradients,
+                input_gradient.map(|gradient| cast(gradient, dtype)),
+            )
+        }
+    };
+    (gradients, input_gradient.map(Tensor::from_inner))
+}
+
+/// [`norm_relu_gradients_on_host`] for `x` and `upstream` stored as `T`.
+fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B::InnerBackend, 3>,
+    upstream: Tensor<B::InnerBackend, 3>,
+    wants_input: bool,
+) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
+    let (dims, device) = (x.dims(), x.device());
+    let x = host_values::<_, T>(x);
+    let mut upstream = host_values::<_, T>(upstream);
     let (gamma_gradient, beta_gradient) =
         channel_norm(norm, &x, dims).backward(&x, &mut upstream, dims, wants_input);
     drop(x);
@@ -215,15 +257,26 @@ fn norm_relu_gradients_on_host<B: AutodiffBackend>(
     let mut gradients = GradientsParams::new();
     gradients.register(norm.gamma.id, vector(gamma_gradient));
     gradients.register(norm.beta.id, vector(beta_gradient));
-    let input_gradient = wants_input.then(|| {
-        let gradient = Tensor::from_data(TensorData::new(upstream, dims), &device);
-        Tensor::from_inner(cast(gradient, dtype))
-    });
+    let input_gradient = wants_input
+        .then(|| Tensor::from_data(TensorData::new(upstream, dims), (&device, T::dtype())));
     (gradients, input_gradient)
 }
 
+/// The values of a tensor stored as `T`, in its logical order (no copy when it is contiguous
+/// and not shared).
+fn host_values<B2: Backend, T: HostFloat>(tensor: Tensor<B2, 3>) -> Vec<T> {
+    tensor
+        .into_data()
+        .into_vec::<T>()
+        .expect("the tensor's dtype was matched to T")
+}
+
 /// The batch statistics of `x` (`[n, c, l]`) with `norm`'s γ, β and ε.
-fn channel_norm<B: Backend>(norm: &BatchNorm<B>, x: &[f32], dims: [usize; 3]) -> ChannelNorm {
+fn channel_norm<B: Backend, T: HostFloat>(
+    norm: &BatchNorm<B>,
+    x: &[T],
+    dims: [usize; 3],
+) -> ChannelNorm {
     ChannelNorm::of(
         x,
         dims,

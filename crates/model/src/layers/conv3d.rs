@@ -221,38 +221,43 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let [_, c_out, t_out, h_out, w_out] = upstream.dims();
         let weight = self.weight.val().inner();
         let master = weight.dtype();
-        // Summed in f32 whatever the activations' dtype.
-        let bias_gradient = self.bias.as_ref().map(|bias| {
-            crate::cpu_kernels::cast(upstream.clone(), FloatDType::F32)
-                .reshape([n, c_out, t_out * h_out * w_out])
-                .sum_dim(2)
-                .sum_dim(0)
-                .reshape([c_out])
-                .cast(bias.val().dtype())
-        });
+        // Summed in f32 whatever the activations' dtype (the CPU route sums as it reads).
+        let bias_gradient = |upstream: &Tensor<B::InnerBackend, 5>| {
+            self.bias.as_ref().map(|_| {
+                crate::cpu_kernels::cast(upstream.clone(), FloatDType::F32)
+                    .reshape([n, c_out, t_out * h_out * w_out])
+                    .sum_dim(2)
+                    .sum_dim(0)
+                    .reshape([c_out])
+            })
+        };
         // Backend compositions compute in the output gradient's dtype.
         let compute = upstream.dtype();
-        let (weight_gradient, input_gradient) = match path {
+        let ((weight_gradient, input_gradient), bias_gradient) = match path {
             ConvPath::CpuGemm => {
                 let geometry = self.geometry([n, c_in, t, h, w]);
-                conv3d_gradients(x, weight, upstream, geometry, wants_input)
+                let wants = [wants_input, self.bias.is_some()];
+                conv3d_gradients(x, weight, upstream, geometry, wants)
             }
-            ConvPath::Patches => self.gradients_by_patches(
-                x.cast(compute),
-                weight.cast(compute),
-                upstream,
-                wants_input,
-            ),
-            ConvPath::BackendOps => gradients_by_convolution(
-                [x.cast(compute), weight.cast(compute), upstream],
-                self.options(),
-                wants_input,
-            ),
+            ConvPath::Patches => {
+                let bias = bias_gradient(&upstream);
+                let (x, weight) = (x.cast(compute), weight.cast(compute));
+                (
+                    self.gradients_by_patches(x, weight, upstream, wants_input),
+                    bias,
+                )
+            }
+            ConvPath::BackendOps => {
+                let bias = bias_gradient(&upstream);
+                let operands = [x.cast(compute), weight.cast(compute), upstream];
+                let gradients = gradients_by_convolution(operands, self.options(), wants_input);
+                (gradients, bias)
+            }
         };
         let mut gradients = GradientsParams::new();
         gradients.register(self.weight.id, weight_gradient.cast(master));
         if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
-            gradients.register(bias.id, gradient);
+            gradients.register(bias.id, gradient.cast(bias.val().dtype()));
         }
         let input_gradient = input_gradient
             .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype)));

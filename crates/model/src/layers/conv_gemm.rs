@@ -23,8 +23,9 @@ use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, TensorData, bf16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{bf16s, cast, floats};
+use crate::cpu_kernels::{HostFloat, bf16s, cast, floats};
 use crate::gemm_bf16::{self, Matrix, Path, Update};
+use crate::layers::norm_relu_host::lane_sum;
 
 /// The most bytes of im2col columns held at once: a group of output lines (one output frame's
 /// row of `w'` positions each) of one clip, small enough to stay in the CPU's caches between
@@ -239,21 +240,43 @@ fn columns_tensor<B: Backend>(
 /// A convolution's weight gradient and, when asked for, its input gradient.
 pub(crate) type ConvGradients<B> = (Tensor<B, 5>, Option<Tensor<B, 5>>);
 
-/// The weight gradient `[c_out, c_in, kt, kh, kw]` (f32) and, when `wants_input`, the input
-/// gradient `[n, c_in, t, h, w]` (f32) of a convolution with `weight` for `upstream` (the
-/// gradient of its output, `[n, c_out, t', h', w']`). The bias gradient is the caller's (a sum).
+/// [`ConvGradients`] and, when asked for, the bias gradient (f32).
+pub(crate) type ConvGradientsWithBias<B> = (ConvGradients<B>, Option<Tensor<B, 1>>);
+
+/// The weight gradient `[c_out, c_in, kt, kh, kw]` (f32), when `wants_input` the input
+/// gradient `[n, c_in, t, h, w]` (f32) and when `wants_bias` the bias gradient `[c_out]` (f32,
+/// the sums of `upstream` per output channel) of a convolution with `weight` for `upstream`
+/// (the gradient of its output, `[n, c_out, t', h', w']`).
 pub fn conv3d_gradients<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
     upstream: Tensor<B, 5>,
     geometry: ConvGeometry,
-    wants_input: bool,
-) -> ConvGradients<B> {
+    [wants_input, wants_bias]: [bool; 2],
+) -> ConvGradientsWithBias<B> {
     let group = geometry.lines_per_group(4);
+    let wants = [wants_input, wants_bias];
     match bf16_path(&[input.dtype(), upstream.dtype()]) {
-        Some(path) => gradients_bf16(input, weight, upstream, geometry, wants_input, group, path),
-        None => gradients_in_groups(input, weight, upstream, geometry, wants_input, group),
+        Some(path) => gradients_bf16(input, weight, upstream, geometry, wants, group, path),
+        None => gradients_in_groups(input, weight, upstream, geometry, wants, group),
     }
+}
+
+/// The sums per channel of `values` (`[n, channels, positions]`), in f32 lanes flushed to f64,
+/// in parallel over channels: a convolution's bias gradient, read from the values as they are
+/// stored (a bf16 gradient was copied whole into f32 to be summed).
+fn channel_sums<T: HostFloat>(values: &[T], channels: usize, positions: usize) -> Vec<f32> {
+    (0..channels)
+        .into_par_iter()
+        .map(|channel| {
+            values
+                .chunks(positions)
+                .skip(channel)
+                .step_by(channels)
+                .map(|row| lane_sum(row, |value| value))
+                .sum::<f64>() as f32
+        })
+        .collect()
 }
 
 /// [`gradients_in_groups`] with bf16 operands multiplied by `path`: the weight gradient is
@@ -265,16 +288,20 @@ fn gradients_bf16<B: Backend>(
     weight: Tensor<B, 5>,
     upstream: Tensor<B, 5>,
     geometry: ConvGeometry,
-    wants_input: bool,
+    [wants_input, wants_bias]: [bool; 2],
     group: usize,
     path: Path,
-) -> ConvGradients<B> {
+) -> ConvGradientsWithBias<B> {
     let device = input.device();
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
     let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
     let input = bf16s(input);
     let upstream = bf16s(upstream);
+    let bias_gradient = wants_bias.then(|| {
+        let sums = channel_sums(&upstream, c_out, positions);
+        Tensor::from_data(TensorData::new(sums, [c_out]), &device)
+    });
     let weight = bf16s(weight);
     let weight_transposed = Matrix::row_major(&weight, c_out, rows, rows).transposed();
     let map = ColumnMap::new(geometry);
@@ -327,7 +354,7 @@ fn gradients_bf16<B: Backend>(
     );
     let input_gradient = input_gradient
         .map(|values| Tensor::from_data(TensorData::new(values, [n, c_in, t, h, w]), &device));
-    (weight_gradient, input_gradient)
+    ((weight_gradient, input_gradient), bias_gradient)
 }
 
 /// [`conv3d_gradients`] with `group` output lines per im2col buffer.
@@ -336,9 +363,9 @@ fn gradients_in_groups<B: Backend>(
     weight: Tensor<B, 5>,
     upstream: Tensor<B, 5>,
     geometry: ConvGeometry,
-    wants_input: bool,
+    [wants_input, wants_bias]: [bool; 2],
     group: usize,
-) -> ConvGradients<B> {
+) -> ConvGradientsWithBias<B> {
     let device = input.device();
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
@@ -348,6 +375,14 @@ fn gradients_in_groups<B: Backend>(
     // One row per clip and output channel: a group's upstream is a strided view of it, which
     // the matmul reads in place (a 3-D slice reshaped to 2-D was copied for every group).
     let upstream = cast(upstream, FloatDType::F32).reshape([n * c_out, positions]);
+    let bias_gradient = wants_bias.then(|| {
+        upstream
+            .clone()
+            .sum_dim(1)
+            .reshape([n, c_out])
+            .sum_dim(0)
+            .reshape([c_out])
+    });
     let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
     let weight_transposed = wants_input.then(|| weight_matrix.clone().transpose());
     let map = ColumnMap::new(geometry);
@@ -388,7 +423,7 @@ fn gradients_in_groups<B: Backend>(
         .reshape([c_out, c_in, kt, kh, kw]);
     let input_gradient = input_gradient
         .map(|values| Tensor::from_data(TensorData::new(values, [n, c_in, t, h, w]), &device));
-    (weight_gradient, input_gradient)
+    ((weight_gradient, input_gradient), bias_gradient)
 }
 
 /// The input position read by output index `out` at kernel offset `tap` along one axis, if it
@@ -642,12 +677,12 @@ mod tests {
         // The f32 route multiplies the weight as given: give it the bf16 route's rounding.
         let weight = random([14, 3, 3, 3, 2]).cast(FloatDType::F32);
         let bias = Tensor::<TestBackend, 1>::random([14], Distribution::Default, &device);
-        let (weight_f32, input_f32) = gradients_in_groups(
+        let ((weight_f32, input_f32), bias_f32) = gradients_in_groups(
             input.clone(),
             weight.clone(),
             upstream.clone(),
             geometry,
-            true,
+            [true, true],
             7,
         );
         let forward_f32 = forward_in_groups(
@@ -660,16 +695,20 @@ mod tests {
         let paths = [Path::Portable, Path::Avx512Bf16];
         for path in paths.into_iter().filter(|path| path.available()) {
             for group in [1, 7, 25] {
-                let (weight_gradient, input_gradient) = gradients_bf16(
+                let ((weight_gradient, input_gradient), bias_gradient) = gradients_bf16(
                     input.clone(),
                     weight.clone(),
                     upstream.clone(),
                     geometry,
-                    true,
+                    [true, true],
                     group,
                     path,
                 );
                 let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+                bias_gradient
+                    .unwrap()
+                    .to_data()
+                    .assert_approx_eq::<f32>(&bias_f32.clone().unwrap().to_data(), tolerance);
                 weight_gradient
                     .to_data()
                     .assert_approx_eq::<f32>(&weight_f32.to_data(), tolerance);
@@ -725,9 +764,10 @@ mod tests {
                 weight.clone(),
                 upstream.clone(),
                 geometry,
-                true,
+                [true, true],
                 group,
             )
+            .0
         };
         // 25 output lines (5 frames of 5 rows): all at once, and groups that split frames.
         let (weight_all, input_all) = run(25);

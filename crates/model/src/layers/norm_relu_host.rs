@@ -5,9 +5,13 @@
 //!
 //! Layout `[n, c, l]`: a channel's values are `n` contiguous segments of `l`. Reductions run in
 //! parallel over channels, with f32 lanes flushed into f64 every [`BLOCK`] values; element-wise
-//! passes run in parallel over segments.
+//! passes run in parallel over segments. Values are f32, bf16 or f16 ([`HostFloat`]): each is
+//! widened to f32 as it is read and rounded once as it is written, so a half-precision
+//! activation is never copied whole into f32.
 
 use rayon::prelude::*;
+
+use crate::cpu_kernels::HostFloat;
 
 /// Values a lane accumulates in f32 before its sum moves into an f64.
 const BLOCK: usize = 4096;
@@ -32,7 +36,13 @@ pub(crate) struct ChannelNorm {
 impl ChannelNorm {
     /// The batch statistics of `x: [n, c, l]` (two passes: the mean, then the squared
     /// deviations from it) and the map for `gamma`, `beta` and `epsilon`.
-    pub fn of(x: &[f32], [n, c, l]: [usize; 3], gamma: &[f32], beta: &[f32], epsilon: f64) -> Self {
+    pub fn of<T: HostFloat>(
+        x: &[T],
+        [n, c, l]: [usize; 3],
+        gamma: &[f32],
+        beta: &[f32],
+        epsilon: f64,
+    ) -> Self {
         let count = (n * l) as f64;
         let segments = |channel: usize| (0..n).map(move |i| &x[(i * c + channel) * l..][..l]);
         let (mean, var): (Vec<f32>, Vec<f32>) = (0..c)
@@ -67,12 +77,12 @@ impl ChannelNorm {
 
     /// `relu(x · scale + shift)` in place over `x: [n, c, l]`. NaN stays NaN, as through
     /// Burn's `relu`.
-    pub fn forward_in_place(&self, x: &mut [f32], [_, c, l]: [usize; 3]) {
+    pub fn forward_in_place<T: HostFloat>(&self, x: &mut [T], [_, c, l]: [usize; 3]) {
         x.par_chunks_mut(l).enumerate().for_each(|(row, segment)| {
             let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
             for value in segment {
-                let y = *value * scale + shift;
-                *value = if y <= 0.0 { 0.0 } else { y };
+                let y = value.to_f32() * scale + shift;
+                *value = T::from_f32(if y <= 0.0 { 0.0 } else { y });
             }
         });
     }
@@ -81,10 +91,10 @@ impl ChannelNorm {
     /// (`[n, c, l]` both): returns γ's and β's, and when `wants_input` overwrites `upstream`
     /// with `x`'s, `γ / σ · (g − mean(g) − x̂ · mean(g · x̂))` (means over the batch and
     /// positions, `g` the upstream gradient where the ReLU passed it, 0 elsewhere).
-    pub fn backward(
+    pub fn backward<T: HostFloat>(
         &self,
-        x: &[f32],
-        upstream: &mut [f32],
+        x: &[T],
+        upstream: &mut [T],
         [n, c, l]: [usize; 3],
         wants_input: bool,
     ) -> (Vec<f32>, Vec<f32>) {
@@ -95,7 +105,7 @@ impl ChannelNorm {
                 0.0
             }
         };
-        let upstream_ref: &[f32] = upstream;
+        let upstream_ref: &[T] = upstream;
         // Per channel: Σ g (β's gradient) and Σ g · x̂ (γ's).
         let (beta_gradient, gamma_gradient): (Vec<f32>, Vec<f32>) = (0..c)
             .into_par_iter()
@@ -128,8 +138,11 @@ impl ChannelNorm {
                     let mean_g = beta_gradient[ch] / count;
                     let mean_gx = gamma_gradient[ch] / count;
                     for (g, &x) in gs.iter_mut().zip(xs) {
+                        let x = x.to_f32();
                         let normalized = (x - mean) * inverse_std;
-                        *g = scale * (passed(x, *g, ch) - mean_g - normalized * mean_gx);
+                        *g = T::from_f32(
+                            scale * (passed(x, g.to_f32(), ch) - mean_g - normalized * mean_gx),
+                        );
                     }
                 });
         }
@@ -138,16 +151,20 @@ impl ChannelNorm {
 }
 
 /// `Σ f(v)` over `values`, in f32 lanes flushed into f64 every [`BLOCK`] values.
-fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+pub(crate) fn lane_sum<T: HostFloat>(values: &[T], f: impl Fn(f32) -> f32) -> f64 {
     values
         .chunks(BLOCK)
         .map(|block| {
             let mut lanes = [0f32; LANES];
             let chunks = block.chunks_exact(LANES);
-            let rest: f64 = chunks.remainder().iter().map(|&v| f(v) as f64).sum();
+            let rest: f64 = chunks
+                .remainder()
+                .iter()
+                .map(|&v| f(v.to_f32()) as f64)
+                .sum();
             for chunk in chunks {
                 for (lane, &value) in lanes.iter_mut().zip(chunk) {
-                    *lane += f(value);
+                    *lane += f(value.to_f32());
                 }
             }
             lanes.iter().map(|&lane| lane as f64).sum::<f64>() + rest
@@ -156,19 +173,19 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// The two sums `Σ f(a, b).0` and `Σ f(a, b).1` over pairs of `a` and `b`, as [`lane_sum`].
-fn lane_sum_pair(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
+fn lane_sum_pair<T: HostFloat>(a: &[T], b: &[T], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
     let mut total = (0f64, 0f64);
     for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
         let (mut first, mut second) = ([0f32; LANES], [0f32; LANES]);
         let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
         for (&a, &b) in chunks_a.remainder().iter().zip(chunks_b.remainder()) {
-            let (x, y) = f(a, b);
+            let (x, y) = f(a.to_f32(), b.to_f32());
             total.0 += x as f64;
             total.1 += y as f64;
         }
         for (a, b) in chunks_a.zip(chunks_b) {
             for lane in 0..LANES {
-                let (x, y) = f(a[lane], b[lane]);
+                let (x, y) = f(a[lane].to_f32(), b[lane].to_f32());
                 first[lane] += x;
                 second[lane] += y;
             }

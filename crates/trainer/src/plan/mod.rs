@@ -385,6 +385,14 @@ pub struct NoFit {
     pub message: String,
 }
 
+/// Whether bf16 trains faster than 32 on this CPU, as measured: the seed model's RGB stem on a
+/// CPU with AVX512_BF16 (`vidtrain_model::gemm_bf16`).
+fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
+    config.model.backbone == vidtrain_config::Backbone::Transformer
+        && config.model.input_type != vidtrain_config::InputType::Kpt
+        && crate::Bf16ProductPath::fastest().is_some()
+}
+
 /// The fastest settings whose plan fits `device_budget` (the GPU; ignored on the CPU backend)
 /// and `host_budget`: the largest micro-batch that divides the effective batch
 /// (`batch_size × accumulate_grad_batches` stays what the config asks), then the precision
@@ -399,12 +407,17 @@ pub fn fit(
     host_budget: Option<u64>,
 ) -> Result<Fit, NoFit> {
     let effective_batch = config.data.batch_size * config.train.accumulate_grad_batches;
-    // Both backends have bf16 (burn-flex on the CPU, CUDA); the measured faster one first. On the
-    // CPU that is 32 (`cargo xtask bench cpu`, seed model b4: fp32 1.18, bf16 0.96 samples/s;
-    // burn-flex has no half-precision matrix kernels), so bf16 only when 32 does not fit; on a
-    // GPU bf16 (tensor cores), so 32 only when bf16 does not fit either. wgpu has no bf16
-    // (and f16 only on some adapters): what was asked.
+    // Both backends have bf16 (burn-flex on the CPU, CUDA); the measured faster one first. On a
+    // GPU that is bf16 (tensor cores), so 32 only when bf16 does not fit either. On the CPU it is
+    // 32 (`cargo xtask bench cpu`, seed model b4 on a CPU without AVX512_BF16: fp32 1.18, bf16
+    // 0.96 samples/s), except for the seed model's convolution stem on a CPU with AVX512_BF16,
+    // which vidtrain multiplies in bf16 (`gemm_bf16`; fp32 1.64, bf16 1.77 samples/s at 0.72×
+    // the peak); ViViT's and Mamba's linear layers still go through burn-flex's f32 route. wgpu
+    // has no bf16 (and f16 only on some adapters): what was asked.
     let precisions: Vec<Precision> = match (config.trainer.precision, backend) {
+        (Precision::Full, BackendChoice::Cpu) if bf16_is_faster_on_this_cpu(config) => {
+            vec![Precision::BHalf, Precision::Full]
+        }
         (Precision::Full, BackendChoice::Cpu) => vec![Precision::Full, Precision::BHalf],
         (Precision::Full, BackendChoice::Cuda) => vec![Precision::BHalf, Precision::Full],
         (asked, _) => vec![asked],

@@ -68,6 +68,15 @@ fn fit_prefers_the_precision_measured_faster_on_each_backend() {
     let config = seed_config();
     let roomy = Some(100_000u64 << 20);
     let cpu = fit(&config, BackendChoice::Cpu, None, None, roomy).unwrap();
+    // The seed model's stem multiplies bf16 on AVX512_BF16 (faster there); elsewhere 32.
+    let cpu_faster = match crate::Bf16ProductPath::fastest() {
+        Some(_) => Precision::BHalf,
+        None => Precision::Full,
+    };
+    assert_eq!(cpu.precision, cpu_faster, "{:?}", cpu.overrides);
+    let mut vivit = config.clone();
+    vivit.model.backbone = vidtrain_config::Backbone::Vivit;
+    let cpu = fit(&vivit, BackendChoice::Cpu, None, None, roomy).unwrap();
     assert_eq!(cpu.precision, Precision::Full, "{:?}", cpu.overrides);
     let gpu = fit(&config, BackendChoice::Cuda, None, roomy, roomy).unwrap();
     assert_eq!(gpu.precision, Precision::BHalf, "{:?}", gpu.overrides);
