@@ -5,6 +5,7 @@
 //! them off for a whole process, so a run can be compared with the composition they replace
 //! (the unit tests call both paths directly).
 
+use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, TensorData, bf16, f16};
 use rayon::prelude::*;
@@ -84,23 +85,60 @@ pub(crate) fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f3
         .expect("a tensor cast to f32 holds f32")
 }
 
-/// The values of a tensor as bf16, in its logical order: no copy when the tensor is bf16,
-/// contiguous and not shared.
-pub(crate) fn bf16s<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<bf16> {
-    cast(tensor, FloatDType::BF16)
-        .into_data()
-        .into_vec::<bf16>()
-        .expect("a tensor cast to bf16 holds bf16")
+/// The values of a tensor as `T` (f32, bf16 or f16), in its logical order, read where burn-flex
+/// stores them when the tensor is a contiguous CPU tensor of that dtype, shared or not;
+/// otherwise cast and copied. `into_data` copies a shared tensor twice (into a byte vector, then
+/// again to realign it), and the inputs the stem's steps read are always shared: kept for
+/// their backward.
+pub(crate) fn stored<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Stored<T> {
+    if tensor.dtype() == T::dtype() {
+        let primitive: Box<dyn std::any::Any> = Box::new(tensor.clone().into_primitive().tensor());
+        if let Ok(flex) = primitive.downcast::<FlexTensor>()
+            && flex.as_slice::<T>().is_some()
+        {
+            return Stored::InPlace(*flex, std::marker::PhantomData);
+        }
+    }
+    Stored::Copied(
+        cast(tensor, T::FLOAT)
+            .into_data()
+            .into_vec::<T>()
+            .expect("a tensor cast to T holds T"),
+    )
+}
+
+/// A tensor's values read by [`stored`]: in place in burn-flex's buffer, or a copy.
+pub(crate) enum Stored<T> {
+    InPlace(FlexTensor, std::marker::PhantomData<T>),
+    Copied(Vec<T>),
+}
+
+impl<T: HostFloat> std::ops::Deref for Stored<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Stored::InPlace(tensor, _) => tensor
+                .as_slice::<T>()
+                .expect("`stored` checked the dtype and layout"),
+            Stored::Copied(values) => values,
+        }
+    }
 }
 
 /// The float types the host kernels read and write: f32, bf16 and f16, widened to f32 to
 /// compute and rounded to nearest even when stored.
-pub(crate) trait HostFloat: burn::tensor::Element + Copy + Send + Sync + 'static {
+pub(crate) trait HostFloat:
+    burn::tensor::Element + bytemuck::Pod + Copy + Send + Sync + 'static
+{
+    /// The dtype, as a cast names it.
+    const FLOAT: FloatDType;
     fn to_f32(self) -> f32;
     fn from_f32(value: f32) -> Self;
 }
 
 impl HostFloat for f32 {
+    const FLOAT: FloatDType = FloatDType::F32;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -112,6 +150,7 @@ impl HostFloat for f32 {
 }
 
 impl HostFloat for bf16 {
+    const FLOAT: FloatDType = FloatDType::BF16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
@@ -123,6 +162,7 @@ impl HostFloat for bf16 {
 }
 
 impl HostFloat for f16 {
+    const FLOAT: FloatDType = FloatDType::F16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)

@@ -19,7 +19,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, FloatDType, TensorData, bf16, f16};
 
-use crate::cpu_kernels::{HostFloat, cast, floats};
+use crate::cpu_kernels::{HostFloat, cast, floats, stored};
 use crate::layers::norm_relu_host::ChannelNorm;
 
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
@@ -194,9 +194,10 @@ fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
     x: Tensor<B::InnerBackend, 3>,
 ) -> Tensor<B::InnerBackend, 3> {
     let (dims, device) = (x.dims(), x.device());
-    let mut values = host_values::<_, T>(x);
-    let statistics = channel_norm(norm, &values, dims);
-    statistics.forward_in_place(&mut values, dims);
+    let x = stored::<T, _, 3>(x);
+    let statistics = channel_norm(norm, &x, dims);
+    let values = statistics.forward(&x, dims);
+    drop(x);
     let per_channel = |values: &[f32]| {
         Tensor::<B, 3>::from_data(TensorData::new(values.to_vec(), [1, dims[1], 1]), &device)
     };
@@ -245,7 +246,7 @@ fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
     wants_input: bool,
 ) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
     let (dims, device) = (x.dims(), x.device());
-    let x = host_values::<_, T>(x);
+    let x = stored::<T, _, 3>(x);
     let mut upstream = host_values::<_, T>(upstream);
     let (gamma_gradient, beta_gradient) =
         channel_norm(norm, &x, dims).backward(&x, &mut upstream, dims, wants_input);

@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, TensorData, bf16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, bf16s, cast, floats};
+use crate::cpu_kernels::{HostFloat, cast, floats, stored};
 use crate::gemm_bf16::{self, Matrix, Path, Update};
 use crate::layers::norm_relu_host::lane_sum;
 
@@ -129,8 +129,8 @@ fn forward_bf16<B: Backend>(
     let c_out = geometry.channels_out;
     let [t_out, h_out, w_out] = geometry.output;
     let (rows, positions) = (geometry.rows(), geometry.positions());
-    let input = bf16s(input);
-    let weight = bf16s(weight);
+    let input = stored::<bf16, _, 5>(input);
+    let weight = stored::<bf16, _, 5>(weight);
     let weight = Matrix::row_major(&weight, c_out, rows, rows);
     let bias = bias.map(floats);
     let mut output = vec![bf16::ZERO; n * c_out * positions];
@@ -186,7 +186,7 @@ fn forward_in_groups<B: Backend>(
     let c_out = geometry.channels_out;
     let [t_out, h_out, w_out] = geometry.output;
     let (rows, positions) = (geometry.rows(), geometry.positions());
-    let input = floats(input);
+    let input = stored::<f32, _, 5>(input);
     let weight = weight.cast(FloatDType::F32).reshape([c_out, rows]);
     let bias = bias.map(floats);
     let map = ColumnMap::new(geometry);
@@ -296,13 +296,13 @@ fn gradients_bf16<B: Backend>(
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
     let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-    let input = bf16s(input);
-    let upstream = bf16s(upstream);
+    let input = stored::<bf16, _, 5>(input);
+    let upstream = stored::<bf16, _, 5>(upstream);
     let bias_gradient = wants_bias.then(|| {
         let sums = channel_sums(&upstream, c_out, positions);
         Tensor::from_data(TensorData::new(sums, [c_out]), &device)
     });
-    let weight = bf16s(weight);
+    let weight = stored::<bf16, _, 5>(weight);
     let weight_transposed = Matrix::row_major(&weight, c_out, rows, rows).transposed();
     let map = ColumnMap::new(geometry);
     let clip_len = c_in * t * h * w;
@@ -371,7 +371,7 @@ fn gradients_in_groups<B: Backend>(
     let c_out = geometry.channels_out;
     let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
 
-    let input = floats(input);
+    let input = stored::<f32, _, 5>(input);
     // One row per clip and output channel: a group's upstream is a strided view of it, which
     // the matmul reads in place (a 3-D slice reshaped to 2-D was copied for every group).
     let upstream = cast(upstream, FloatDType::F32).reshape([n * c_out, positions]);

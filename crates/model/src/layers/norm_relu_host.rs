@@ -75,16 +75,23 @@ impl ChannelNorm {
         }
     }
 
-    /// `relu(x · scale + shift)` in place over `x: [n, c, l]`. NaN stays NaN, as through
+    /// `relu(x · scale + shift)` over `x: [n, c, l]`, into a new buffer (the step's input is
+    /// kept for its backward, so it is read where it is stored). NaN stays NaN, as through
     /// Burn's `relu`.
-    pub fn forward_in_place<T: HostFloat>(&self, x: &mut [T], [_, c, l]: [usize; 3]) {
-        x.par_chunks_mut(l).enumerate().for_each(|(row, segment)| {
-            let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
-            for value in segment {
-                let y = value.to_f32() * scale + shift;
-                *value = T::from_f32(if y <= 0.0 { 0.0 } else { y });
-            }
-        });
+    pub fn forward<T: HostFloat>(&self, x: &[T], [_, c, l]: [usize; 3]) -> Vec<T> {
+        let mut output = vec![T::from_f32(0.0); x.len()];
+        output
+            .par_chunks_mut(l)
+            .zip(x.par_chunks(l))
+            .enumerate()
+            .for_each(|(row, (output, x))| {
+                let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
+                for (output, value) in output.iter_mut().zip(x) {
+                    let y = value.to_f32() * scale + shift;
+                    *output = T::from_f32(if y <= 0.0 { 0.0 } else { y });
+                }
+            });
+        output
     }
 
     /// The gradients of `relu(batch_norm(x))` for `upstream`, the gradient of its output
