@@ -280,9 +280,9 @@ fn channel_sums<T: HostFloat>(values: &[T], channels: usize, positions: usize) -
 }
 
 /// [`gradients_in_groups`] with bf16 operands multiplied by `path`: the weight gradient is
-/// accumulated in f32 group after group, the columns' gradient is f32 (col2im adds onto an
-/// f32 input gradient). The weight is rounded to bf16 for the input gradient, as in the
-/// forward.
+/// accumulated in f32 group after group; the input gradient is summed in f32 one clip at a time
+/// (col2im) and stored in bf16, the activations' dtype. The weight is rounded to bf16 for the
+/// input gradient, as in the forward.
 fn gradients_bf16<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
@@ -307,9 +307,17 @@ fn gradients_bf16<B: Backend>(
     let map = ColumnMap::new(geometry);
     let clip_len = c_in * t * h * w;
     let mut weight_gradient = vec![0f32; c_out * rows];
-    let mut input_gradient = wants_input.then(|| vec![0f32; n * clip_len]);
+    // The input gradient in bf16, each clip's summed in f32 (col2im adds up to `taps`
+    // contributions per value) and rounded once: a whole f32 input gradient was the largest
+    // buffer of the seed model's bf16 step.
+    let mut input_gradient = wants_input.then(|| vec![bf16::ZERO; n * clip_len]);
+    let mut clip_gradient = Vec::new();
     let (mut columns, mut columns_gradient) = (Vec::new(), Vec::new());
     for clip in 0..n {
+        if wants_input {
+            clip_gradient.clear();
+            clip_gradient.resize(clip_len, 0f32);
+        }
         let clip_input = &input[clip * clip_len..(clip + 1) * clip_len];
         let clip_upstream = &upstream[clip * c_out * positions..(clip + 1) * c_out * positions];
         for (first, lines) in geometry.groups(group) {
@@ -327,7 +335,7 @@ fn gradients_bf16<B: Backend>(
                 rows,
                 Update::Add,
             );
-            if let Some(gradient) = input_gradient.as_mut() {
+            if wants_input {
                 columns_gradient.resize(rows * length, 0f32);
                 gemm_bf16::gemm(
                     path,
@@ -337,14 +345,18 @@ fn gradients_bf16<B: Backend>(
                     length,
                     Update::Overwrite,
                 );
-                col2im(
-                    &columns_gradient,
-                    &map,
-                    first,
-                    lines,
-                    &mut gradient[clip * clip_len..(clip + 1) * clip_len],
-                );
+                col2im(&columns_gradient, &map, first, lines, &mut clip_gradient);
             }
+        }
+        if let Some(gradient) = input_gradient.as_mut() {
+            gradient[clip * clip_len..(clip + 1) * clip_len]
+                .par_chunks_mut(CAST_CHUNK)
+                .zip(clip_gradient.par_chunks(CAST_CHUNK))
+                .for_each(|(target, values)| {
+                    for (target, &value) in target.iter_mut().zip(values) {
+                        *target = bf16::from_f32(value);
+                    }
+                });
         }
     }
     let [kt, kh, kw] = geometry.kernel;
@@ -352,10 +364,15 @@ fn gradients_bf16<B: Backend>(
         TensorData::new(weight_gradient, [c_out, c_in, kt, kh, kw]),
         &device,
     );
-    let input_gradient = input_gradient
-        .map(|values| Tensor::from_data(TensorData::new(values, [n, c_in, t, h, w]), &device));
+    let input_gradient = input_gradient.map(|values| {
+        let values = TensorData::new(values, [n, c_in, t, h, w]);
+        Tensor::from_data(values, (&device, DType::BF16))
+    });
     ((weight_gradient, input_gradient), bias_gradient)
 }
+
+/// Values rounded per task when a clip's f32 input gradient is stored as bf16.
+const CAST_CHUNK: usize = 1 << 16;
 
 /// [`conv3d_gradients`] with `group` output lines per im2col buffer.
 fn gradients_in_groups<B: Backend>(
@@ -654,8 +671,8 @@ mod tests {
     /// The bf16 route equals the f32 route on the same bf16 values (every product of two bf16
     /// values is exact in f32; only the order of the f32 sums differs), on the AVX512_BF16 path
     /// where the CPU has it and on the portable path everywhere, whatever the line groups: the
-    /// weight and input gradients to f32 precision, the forward to one bf16 rounding of its
-    /// output.
+    /// weight and bias gradients to f32 precision, the input gradient and the forward (stored in
+    /// bf16) to one bf16 rounding.
     #[test]
     fn bf16_products_equal_the_f32_route_on_bf16_values() {
         let _rng = crate::rng_lock();
@@ -705,6 +722,8 @@ mod tests {
                     path,
                 );
                 let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+                // One bf16 rounding of the stored result (8 bits of mantissa).
+                let rounded = Tolerance::rel_abs(1.0 / 256.0, 1e-3);
                 bias_gradient
                     .unwrap()
                     .to_data()
@@ -712,10 +731,12 @@ mod tests {
                 weight_gradient
                     .to_data()
                     .assert_approx_eq::<f32>(&weight_f32.to_data(), tolerance);
+                let input_gradient = input_gradient.unwrap();
+                assert_eq!(input_gradient.dtype(), DType::BF16, "{path:?}");
                 input_gradient
-                    .unwrap()
+                    .cast(FloatDType::F32)
                     .to_data()
-                    .assert_approx_eq::<f32>(&input_f32.clone().unwrap().to_data(), tolerance);
+                    .assert_approx_eq::<f32>(&input_f32.clone().unwrap().to_data(), rounded);
                 let forward = forward_bf16(
                     input.clone(),
                     weight.clone(),
