@@ -164,14 +164,11 @@ fn activation_layers(
         .iter()
         .map(|layer| {
             let output_elements = layer.output_elements() as u64;
-            // On the CPU a half-precision stem step's temporaries are f32: BatchNorm computes its
-            // statistics and normalisation in f32, and burn-flex runs half-precision
-            // convolutions through f32 copies of their operands, input and output (measured with
-            // `cargo xtask bench plan`: priced at 2 bytes, the half-precision rows came out at
-            // 0.5–0.6 of the measured peak). On a device cubecl's convolutions compute in half
-            // and Burn's fusion runs BatchNorm's cast → normalise → cast chain as one kernel, so
-            // no f32 temporary is stored (priced at 4 bytes, lavapipe's fp16 plan of the tiny
-            // demo came out at 1.90 of the measured device peak).
+            // On a device cubecl's convolutions compute in half and Burn's fusion runs
+            // BatchNorm's cast → normalise → cast chain as one kernel, so no f32 temporary is
+            // stored (priced at 4 bytes, lavapipe's fp16 plan of the tiny demo came out at 1.90
+            // of the measured device peak). The CPU runs the stem on its own kernels, priced
+            // below ([`cpu_stem_temporaries`]).
             let half_stem_step = layer.by_hand && activation_bytes < 4;
             // A Mamba block keeps and makes f32 values whatever the compute dtype.
             let internal_bytes = if layer.f32_internals {
@@ -179,24 +176,15 @@ fn activation_layers(
             } else {
                 activation_bytes
             };
-            let temporary_bytes = if half_stem_step && !backend.on_device() {
-                4
-            } else {
-                internal_bytes
-            };
-            // On the CPU a half-precision convolution converts its operands to f32 around the
-            // gemm. BatchNorm + ReLU runs on host slices there (`norm_relu_host`): its f32
-            // buffers are the temporaries priced above at 4 bytes, with no further copies
-            // (priced as copies too, the seed model's bf16 rows came out at 1.47 of the
-            // measured peak at stop 35).
-            let f32_copies = if half_stem_step
-                && backend == BackendChoice::Cpu
-                && !matches!(layer.role, LayerRole::BatchNormRelu)
-            {
-                (input_elements + output_elements) * 4
-            } else {
-                0
-            };
+            let temporary_bytes = internal_bytes;
+            let cpu_stem = (layer.by_hand && backend == BackendChoice::Cpu).then(|| {
+                cpu_stem_temporaries(
+                    &layer.role,
+                    input_elements,
+                    output_elements,
+                    activation_bytes,
+                )
+            });
             // Without autodiff a half-precision stem step casts its input to f32: BatchNorm on
             // every backend, a convolution on burn-flex.
             let inference_f32_input = if half_stem_step
@@ -207,14 +195,27 @@ fn activation_layers(
                 0
             };
             input_elements = output_elements;
-            let temporaries = |elements: usize| elements as u64 * temporary_bytes + f32_copies;
+            let temporaries = |elements: usize| elements as u64 * temporary_bytes;
+            let (forward_extra, backward_extra) = cpu_stem.unwrap_or((
+                temporaries(layer.forward_extra_elements),
+                temporaries(layer.backward_extra_elements),
+            ));
             ActivationLayer {
                 name: layer.name.clone(),
                 saved: layer.saved_elements as u64 * internal_bytes,
-                forward_extra: temporaries(layer.forward_extra_elements),
-                backward_extra: temporaries(layer.backward_extra_elements),
-                replay_peak: temporaries(layer.replay_peak_elements),
-                inference_extra: layer.inference_extra_elements as u64 * temporary_bytes
+                forward_extra,
+                backward_extra,
+                // A stem step differentiated by hand replays only its backward.
+                replay_peak: match cpu_stem {
+                    Some((_, backward)) => backward,
+                    None => temporaries(layer.replay_peak_elements),
+                },
+                inference_extra: layer.inference_extra_elements as u64
+                    * if half_stem_step && backend == BackendChoice::Cpu {
+                        4
+                    } else {
+                        temporary_bytes
+                    }
                     + inference_f32_input,
                 output: layer.output_elements() as u64 * activation_bytes,
                 // A stem step differentiated by hand keeps only its input and runs its backward
@@ -229,6 +230,42 @@ fn activation_layers(
             }
         })
         .collect()
+}
+
+/// The temporaries (forward, backward) in bytes of a stem step differentiated by hand on the
+/// CPU, by vidtrain's own kernels, measured with `cargo xtask bench plan` (stop 37):
+/// - BatchNorm + ReLU (`norm_relu_host`) reads its input where it is stored, writes its output
+///   (priced as the output) and its input gradient over the upstream one: nothing more.
+/// - A convolution (`conv_gemm`) holds a few MiB of im2col columns, their packed copy and a
+///   group's product ([`COLUMN_BYTES`] each), and in backward its input gradient, made whole
+///   unless it reads the data. A half-precision convolution computing in f32 makes f32 copies
+///   of its input and output forward, and of its input, upstream gradient and input gradient
+///   backward.
+///
+/// bf16 convolutions on AVX512_BF16 (`gemm_bf16`) make none of those f32 copies, but the bf16
+/// step measured 809 MiB where its kernels account for about 480 (seed model, 224 px, batch 4;
+/// its forward phase peaks at 662 MiB, as fp32's at 667): until that is found, they are priced
+/// as the f32 route (1.35 of the measured peak, on the safe side), not below the measurement.
+///
+/// [`COLUMN_BYTES`]: vidtrain_model::layers::conv_gemm::COLUMN_BYTES
+fn cpu_stem_temporaries(
+    role: &LayerRole,
+    input_elements: u64,
+    output_elements: u64,
+    activation_bytes: u64,
+) -> (u64, u64) {
+    let LayerRole::Conv3d { reads_data, .. } = *role else {
+        return (0, 0);
+    };
+    let buffers = 3 * vidtrain_model::layers::conv_gemm::COLUMN_BYTES as u64;
+    let input_gradient = if reads_data { 0 } else { 4 * input_elements };
+    if activation_bytes == 4 {
+        (buffers, buffers + input_gradient)
+    } else {
+        let forward = 4 * (input_elements + output_elements);
+        let backward = 4 * input_elements + 4 * output_elements + input_gradient;
+        (buffers + forward, buffers + backward)
+    }
 }
 
 /// The sizes [`plan`] prices.
