@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The rows of `vidtrain bench-model` in plain PyTorch, for a side-by-side comparison.
 
-Same two models (the seed's conv-stem video transformer and ViViT-S with joint space-time
-attention), same shapes, PyTorch's default initialisation (which vidtrain's layers follow), Adam
+Same models (the seed's conv-stem video transformer, ViViT-S with joint space-time attention and
+torchvision's r3d_18), same shapes, PyTorch's default initialisation (which vidtrain's layers follow), Adam
 at lr 1e-4, random inputs made on the device, `warmup` optimizer steps (the first one timed alone)
 then `steps` timed ones with the device synchronised around them. Mixed precision is PyTorch's
 autocast (bf16, or fp16 with a GradScaler); recompute is torch.utils.checkpoint on each stem stage
@@ -112,12 +112,35 @@ class Vivit(nn.Module):
         return self.head(self.dropout(x))
 
 
+class R3d(nn.Module):
+    """torchvision's r3d_18 (the 3-D ResNet vidtrain loads weights from), CLASSES outputs;
+    recompute is torch.utils.checkpoint on the stem and each of the four stages."""
+
+    def __init__(self, recompute):
+        super().__init__()
+        import torchvision
+
+        self.net = torchvision.models.video.r3d_18(weights=None, num_classes=CLASSES)
+        self.recompute = recompute
+
+    def forward(self, video):  # [n, 3, t, h, w]
+        net, x = self.net, video
+        for stage in [net.stem, net.layer1, net.layer2, net.layer3, net.layer4]:
+            if self.recompute and self.training:
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return net.fc(net.avgpool(x).flatten(1))
+
+
 def standard_rows(backbone, tiny):
     """The rows of `vidtrain bench-model` (crates/trainer/src/model_bench.rs), same names."""
     if tiny:
         frames, image, small = 4, 32, 16
     elif backbone == "transformer":
         frames, image, small = 8, 224, 112
+    elif backbone == "r3d":  # torchvision's R3D clips
+        frames, image, small = 16, 112, 112
     else:
         frames, image, small = 16, 224, 112
     row = lambda name, precision, mb, acc, recompute, t, s: dict(  # noqa: E731
@@ -135,6 +158,8 @@ def standard_rows(backbone, tiny):
 
 
 def build(row, tiny):
+    if row["backbone"] == "r3d":
+        return R3d(row["recompute"])
     if tiny:
         dim, layers, heads, ff = 32, 2, 2, 64
         tubelet = (2, 8, 8)
@@ -252,7 +277,8 @@ def lightning_row(device, warmup, steps, tiny):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", choices=["transformer", "vivit", "both"], default="both")
+    parser.add_argument("--backbone", choices=["transformer", "vivit", "r3d", "both"],
+                        default="both")
     parser.add_argument("--rows", default="", help="comma-separated name filters")
     parser.add_argument("--exact", action="store_true", help="--rows names whole rows")
     parser.add_argument("--frames", type=int, help="frames per clip of every row")

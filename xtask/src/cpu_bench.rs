@@ -5,7 +5,7 @@
 //!
 //! PyTorch comes from a cache venv (`$VIDTRAIN_TORCH_VENV`, default `~/.cache/vidtrain/torch-venv`),
 //! made with `pip install torch` when it is missing. `BENCH_STEPS` (default 2) timed steps after one
-//! warm-up step; `BENCH_BACKBONE=transformer|vivit|both` (default both); `BENCH_ROW_TIMEOUT_S` (default
+//! warm-up step; `BENCH_BACKBONE=transformer|vivit|r3d|both|all` (default both: the first two); `BENCH_ROW_TIMEOUT_S` (default
 //! 600) per side of a row.
 
 use std::path::{Path, PathBuf};
@@ -29,20 +29,30 @@ const ROWS: [&str; 6] = [
 ];
 
 /// A model and the clip size it runs at here: the seed transformer at full size; ViViT-S at
-/// 8 frames × 112 px (196 tokens), where a step takes seconds instead of minutes on two cores.
+/// 8 frames × 112 px (196 tokens), where a step takes seconds instead of minutes on two cores;
+/// r3d_18 at torchvision's 16 frames × 112 px. `BENCH_BACKBONE=both` (the default) runs the
+/// first two, `all` every one.
 struct Model {
     backbone: &'static str,
     clip: Option<(usize, usize)>,
+    in_both: bool,
 }
 
-const MODELS: [Model; 2] = [
+const MODELS: [Model; 3] = [
     Model {
         backbone: "transformer",
         clip: None,
+        in_both: true,
     },
     Model {
         backbone: "vivit",
         clip: Some((8, 112)),
+        in_both: true,
+    },
+    Model {
+        backbone: "r3d",
+        clip: None,
+        in_both: false,
     },
 ];
 
@@ -55,10 +65,9 @@ pub fn cpu() -> anyhow::Result<()> {
     let steps = std::env::var("BENCH_STEPS").unwrap_or_else(|_| "2".into());
     let only = std::env::var("BENCH_BACKBONE").unwrap_or_else(|_| "both".into());
     let mut rows = Vec::new();
-    for model in MODELS
-        .iter()
-        .filter(|model| only == "both" || only == model.backbone)
-    {
+    for model in MODELS.iter().filter(|model| {
+        only == "all" || (only == "both" && model.in_both) || only == model.backbone
+    }) {
         for row in ROWS {
             let mut common: Vec<String> = [
                 "--backbone",

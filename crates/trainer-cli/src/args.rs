@@ -155,6 +155,8 @@ pub enum BenchBackbone {
     Vivit,
     /// VideoMamba (Ti by default).
     Mamba,
+    /// torchvision's r3d_18 (`model.backbone=3dcnn`, 16 frames × 112 px).
+    R3d,
     /// Both.
     Both,
 }
