@@ -125,51 +125,27 @@ fn forward_bf16<B: Backend>(
     path: Path,
 ) -> Tensor<B, 5> {
     let device = input.device();
-    let [n, c_in, t, h, w] = geometry.input;
-    let c_out = geometry.channels_out;
-    let [t_out, h_out, w_out] = geometry.output;
-    let (rows, positions) = (geometry.rows(), geometry.positions());
+    let (c_out, rows, w_out) = (geometry.channels_out, geometry.rows(), geometry.output[2]);
     let input = stored::<bf16, _, 5>(input);
     let weight = stored::<bf16, _, 5>(weight);
     let weight = Matrix::row_major(&weight, c_out, rows, rows);
-    let bias = bias.map(floats);
-    let mut output = vec![bf16::ZERO; n * c_out * positions];
     let map = ColumnMap::new(geometry);
-    let (mut columns, mut product) = (Vec::new(), Vec::new());
-    for (clip_input, clip_output) in input
-        .chunks(c_in * t * h * w)
-        .zip(output.chunks_mut(c_out * positions))
-    {
-        for (first, lines) in geometry.groups(group) {
+    let mut columns = Vec::new();
+    let bias = bias.map(floats);
+    forward_by_groups(
+        &input,
+        bias,
+        geometry,
+        group,
+        &device,
+        |clip, first, lines, product| {
             let length = lines * w_out;
             columns.resize(rows * length, bf16::ZERO);
-            im2col(clip_input, &map, first, lines, &mut columns);
+            im2col(clip, &map, first, lines, &mut columns);
             let columns = Matrix::row_major(&columns, rows, length, length);
             product.resize(c_out * length, 0f32);
-            gemm_bf16::gemm(
-                path,
-                weight,
-                columns,
-                &mut product,
-                length,
-                Update::Overwrite,
-            );
-            clip_output
-                .par_chunks_mut(positions)
-                .zip(product.par_chunks(length))
-                .enumerate()
-                .for_each(|(channel, (channel_output, values))| {
-                    let shift = bias.as_ref().map_or(0.0, |bias| bias[channel]);
-                    let target = &mut channel_output[first * w_out..][..length];
-                    for (target, value) in target.iter_mut().zip(values) {
-                        *target = bf16::from_f32(value + shift);
-                    }
-                });
-        }
-    }
-    Tensor::from_data(
-        TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
-        (&device, DType::BF16),
+            gemm_bf16::gemm(path, weight, columns, product, length, Update::Overwrite);
+        },
     )
 }
 
@@ -182,43 +158,66 @@ fn forward_in_groups<B: Backend>(
     group: usize,
 ) -> Tensor<B, 5> {
     let device = input.device();
+    let input = stored::<f32, _, 5>(input);
+    let weight = weight
+        .cast(FloatDType::F32)
+        .reshape([geometry.channels_out, geometry.rows()]);
+    let map = ColumnMap::new(geometry);
+    let bias = bias.map(floats);
+    forward_by_groups(
+        &input,
+        bias,
+        geometry,
+        group,
+        &device,
+        |clip, first, lines, product| {
+            let columns = columns_tensor::<B>(clip, &map, first, lines, &device);
+            *product = floats(weight.clone().matmul(columns));
+        },
+    )
+}
+
+/// The forward's loop, shared by both routes: for each clip and group of output lines,
+/// `product` writes `weight · columns` (f32, `[c_out, lines·w']`) from the clip's values and the
+/// group's first line and line count, and each value plus its channel's bias is stored as `T`;
+/// output `[n, c_out, t', h', w']` in `T`.
+fn forward_by_groups<B: Backend, T: HostFloat>(
+    input: &[T],
+    bias: Option<Vec<f32>>,
+    geometry: ConvGeometry,
+    group: usize,
+    device: &B::Device,
+    mut product: impl FnMut(&[T], usize, usize, &mut Vec<f32>),
+) -> Tensor<B, 5> {
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
     let [t_out, h_out, w_out] = geometry.output;
-    let (rows, positions) = (geometry.rows(), geometry.positions());
-    let input = stored::<f32, _, 5>(input);
-    let weight = weight.cast(FloatDType::F32).reshape([c_out, rows]);
-    let bias = bias.map(floats);
-    let map = ColumnMap::new(geometry);
-    let mut output = vec![0f32; n * c_out * positions];
+    let positions = geometry.positions();
+    let mut output = vec![T::from_f32(0.0); n * c_out * positions];
+    let mut values = Vec::new();
     for (clip_input, clip_output) in input
         .chunks(c_in * t * h * w)
         .zip(output.chunks_mut(c_out * positions))
     {
         for (first, lines) in geometry.groups(group) {
-            let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
-            let product = floats(weight.clone().matmul(columns)); // [c_out, lines·w']
-            let (start, length) = (first * w_out, lines * w_out);
+            let length = lines * w_out;
+            product(clip_input, first, lines, &mut values);
             clip_output
                 .par_chunks_mut(positions)
-                .zip(product.par_chunks(length))
+                .zip(values.par_chunks(length))
                 .enumerate()
                 .for_each(|(channel, (channel_output, values))| {
-                    let target = &mut channel_output[start..][..length];
-                    match &bias {
-                        Some(bias) => {
-                            for (target, value) in target.iter_mut().zip(values) {
-                                *target = value + bias[channel];
-                            }
-                        }
-                        None => target.copy_from_slice(values),
+                    let shift = bias.as_ref().map_or(0.0, |bias| bias[channel]);
+                    let target = &mut channel_output[first * w_out..][..length];
+                    for (target, value) in target.iter_mut().zip(values) {
+                        *target = T::from_f32(value + shift);
                     }
                 });
         }
     }
     Tensor::from_data(
         TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
-        &device,
+        (device, T::dtype()),
     )
 }
 
