@@ -79,10 +79,16 @@ pub fn cast<B: Backend, const D: usize>(
 /// The values of a tensor as f32, in its logical (row-major) order: no copy when the tensor is
 /// f32, contiguous and not shared (burn-flex hands its buffer over).
 pub(crate) fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
-    cast(tensor, FloatDType::F32)
+    values(tensor)
+}
+
+/// The values of a tensor as `T`, in its logical order, cast in parallel where the dtype
+/// differs: no copy when the tensor is of dtype `T`, contiguous and not shared.
+pub(crate) fn values<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<T> {
+    cast(tensor, T::FLOAT)
         .into_data()
-        .into_vec::<f32>()
-        .expect("a tensor cast to f32 holds f32")
+        .into_vec::<T>()
+        .expect("a tensor cast to T holds T")
 }
 
 /// The values of a tensor as `T` (f32, bf16 or f16), in its logical order, read where burn-flex
@@ -99,12 +105,7 @@ pub(crate) fn stored<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B,
             return Stored::InPlace(*flex, std::marker::PhantomData);
         }
     }
-    Stored::Copied(
-        cast(tensor, T::FLOAT)
-            .into_data()
-            .into_vec::<T>()
-            .expect("a tensor cast to T holds T"),
-    )
+    Stored::Copied(values(tensor))
 }
 
 /// A tensor's values read by [`stored`]: in place in burn-flex's buffer, or a copy.
@@ -149,29 +150,24 @@ impl HostFloat for f32 {
     }
 }
 
-impl HostFloat for bf16 {
-    const FLOAT: FloatDType = FloatDType::BF16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    #[inline(always)]
-    fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
-    }
+/// The half types convert with `half`'s own methods (round to nearest even).
+macro_rules! half_host_float {
+    ($($half:ident => $float:ident),*) => {$(
+        impl HostFloat for $half {
+            const FLOAT: FloatDType = FloatDType::$float;
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                $half::to_f32(self)
+            }
+            #[inline(always)]
+            fn from_f32(value: f32) -> Self {
+                $half::from_f32(value)
+            }
+        }
+    )*};
 }
 
-impl HostFloat for f16 {
-    const FLOAT: FloatDType = FloatDType::F16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    #[inline(always)]
-    fn from_f32(value: f32) -> Self {
-        f16::from_f32(value)
-    }
-}
+half_host_float!(bf16 => BF16, f16 => F16);
 
 /// Elements converted per task: large enough that a task outweighs its scheduling.
 const CAST_CHUNK: usize = 1 << 16;
@@ -184,6 +180,16 @@ where
 {
     let source = data.as_slice::<S>().expect("the dtype was checked");
     let mut target = vec![T::default(); source.len()];
+    convert_into(source, &mut target, each);
+    TensorData::new(target, data.shape.clone())
+}
+
+/// `target[i] = each(source[i])`, in parallel over chunks of [`CAST_CHUNK`].
+pub(crate) fn convert_into<S: Copy + Sync, T: Send>(
+    source: &[S],
+    target: &mut [T],
+    each: impl Fn(S) -> T + Sync,
+) {
     target
         .par_chunks_mut(CAST_CHUNK)
         .zip(source.par_chunks(CAST_CHUNK))
@@ -192,7 +198,6 @@ where
                 *target = each(source);
             }
         });
-    TensorData::new(target, data.shape.clone())
 }
 
 #[cfg(test)]

@@ -376,20 +376,17 @@ fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
 mod tests {
     use super::*;
 
-    /// bf16 values from a small generator (no global RNG: the tests run in parallel).
+    /// `count` bf16 values in [-2, 2) from the backend's generator seeded with `seed`.
     fn values(count: usize, seed: u64) -> Vec<bf16> {
-        let mut state = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..count)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
-                bf16::from_f32(4.0 * unit - 2.0)
-            })
-            .collect()
+        use burn::prelude::*;
+        let _rng = crate::rng_lock();
+        crate::TestBackend::seed(&Default::default(), seed);
+        let distribution = burn::tensor::Distribution::Uniform(-2.0, 2.0);
+        Tensor::<crate::TestBackend, 1>::random([count], distribution, &Default::default())
+            .cast(burn::tensor::FloatDType::BF16)
+            .into_data()
+            .into_vec::<bf16>()
+            .expect("a bf16 tensor holds bf16")
     }
 
     /// `c += a · b` one product at a time in f64, the reference.

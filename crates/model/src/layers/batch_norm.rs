@@ -19,7 +19,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, FloatDType, TensorData, bf16, f16};
 
-use crate::cpu_kernels::{HostFloat, cast, floats, stored};
+use crate::cpu_kernels::{HostFloat, cast, floats, stored, values};
 use crate::layers::norm_relu_host::ChannelNorm;
 
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
@@ -247,7 +247,7 @@ fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
 ) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
     let (dims, device) = (x.dims(), x.device());
     let x = stored::<T, _, 3>(x);
-    let mut upstream = host_values::<_, T>(upstream);
+    let mut upstream = values::<T, _, 3>(upstream);
     let (gamma_gradient, beta_gradient) =
         channel_norm(norm, &x, dims).backward(&x, &mut upstream, dims, wants_input);
     drop(x);
@@ -261,15 +261,6 @@ fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
     let input_gradient = wants_input
         .then(|| Tensor::from_data(TensorData::new(upstream, dims), (&device, T::dtype())));
     (gradients, input_gradient)
-}
-
-/// The values of a tensor stored as `T`, in its logical order (no copy when it is contiguous
-/// and not shared).
-fn host_values<B2: Backend, T: HostFloat>(tensor: Tensor<B2, 3>) -> Vec<T> {
-    tensor
-        .into_data()
-        .into_vec::<T>()
-        .expect("the tensor's dtype was matched to T")
 }
 
 /// The batch statistics of `x` (`[n, c, l]`) with `norm`'s γ, β and ε.

@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, FloatDType, TensorData, bf16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, cast, floats, stored};
+use crate::cpu_kernels::{HostFloat, cast, convert_into, floats, stored};
 use crate::gemm_bf16::{self, Matrix, Path, Update};
 use crate::layers::norm_relu_host::lane_sum;
 
@@ -348,14 +348,8 @@ fn gradients_bf16<B: Backend>(
             }
         }
         if let Some(gradient) = input_gradient.as_mut() {
-            gradient[clip * clip_len..(clip + 1) * clip_len]
-                .par_chunks_mut(CAST_CHUNK)
-                .zip(clip_gradient.par_chunks(CAST_CHUNK))
-                .for_each(|(target, values)| {
-                    for (target, &value) in target.iter_mut().zip(values) {
-                        *target = bf16::from_f32(value);
-                    }
-                });
+            let target = &mut gradient[clip * clip_len..(clip + 1) * clip_len];
+            convert_into(&clip_gradient, target, bf16::from_f32);
         }
     }
     let [kt, kh, kw] = geometry.kernel;
@@ -369,9 +363,6 @@ fn gradients_bf16<B: Backend>(
     });
     ((weight_gradient, input_gradient), bias_gradient)
 }
-
-/// Values rounded per task when a clip's f32 input gradient is stored as bf16.
-const CAST_CHUNK: usize = 1 << 16;
 
 /// [`conv3d_gradients`] with `group` output lines per im2col buffer.
 fn gradients_in_groups<B: Backend>(

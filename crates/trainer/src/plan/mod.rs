@@ -176,7 +176,13 @@ fn activation_layers(
             } else {
                 activation_bytes
             };
-            let temporary_bytes = internal_bytes;
+            // Validation runs the stem through Burn's ops, whose half-precision temporaries are
+            // f32 on burn-flex.
+            let inference_bytes = if half_stem_step && backend == BackendChoice::Cpu {
+                4
+            } else {
+                internal_bytes
+            };
             let cpu_stem = (layer.by_hand && backend == BackendChoice::Cpu).then(|| {
                 cpu_stem_temporaries(
                     &layer.role,
@@ -195,27 +201,23 @@ fn activation_layers(
                 0
             };
             input_elements = output_elements;
-            let temporaries = |elements: usize| elements as u64 * temporary_bytes;
-            let (forward_extra, backward_extra) = cpu_stem.unwrap_or((
-                temporaries(layer.forward_extra_elements),
-                temporaries(layer.backward_extra_elements),
-            ));
+            let temporaries = |elements: usize| elements as u64 * internal_bytes;
+            // A stem step differentiated by hand replays only its backward.
+            let (forward_extra, backward_extra, replay_peak) = match cpu_stem {
+                Some((forward, backward)) => (forward, backward, backward),
+                None => (
+                    temporaries(layer.forward_extra_elements),
+                    temporaries(layer.backward_extra_elements),
+                    temporaries(layer.replay_peak_elements),
+                ),
+            };
             ActivationLayer {
                 name: layer.name.clone(),
                 saved: layer.saved_elements as u64 * internal_bytes,
                 forward_extra,
                 backward_extra,
-                // A stem step differentiated by hand replays only its backward.
-                replay_peak: match cpu_stem {
-                    Some((_, backward)) => backward,
-                    None => temporaries(layer.replay_peak_elements),
-                },
-                inference_extra: layer.inference_extra_elements as u64
-                    * if half_stem_step && backend == BackendChoice::Cpu {
-                        4
-                    } else {
-                        temporary_bytes
-                    }
+                replay_peak,
+                inference_extra: layer.inference_extra_elements as u64 * inference_bytes
                     + inference_f32_input,
                 output: layer.output_elements() as u64 * activation_bytes,
                 // A stem step differentiated by hand keeps only its input and runs its backward
