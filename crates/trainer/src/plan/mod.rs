@@ -184,12 +184,7 @@ fn activation_layers(
                 internal_bytes
             };
             let cpu_stem = (layer.by_hand && backend == BackendChoice::Cpu).then(|| {
-                cpu_stem_temporaries(
-                    &layer.role,
-                    input_elements,
-                    output_elements,
-                    activation_bytes,
-                )
+                cpu_stem_temporaries(layer, input_elements, output_elements, activation_bytes)
             });
             // Without autodiff a half-precision stem step casts its input to f32: BatchNorm on
             // every backend, a convolution on burn-flex.
@@ -238,8 +233,8 @@ fn activation_layers(
 /// CPU, by vidtrain's own kernels, measured with `cargo xtask bench plan` (stop 37):
 /// - BatchNorm + ReLU (`norm_relu_host`) reads its input where it is stored, writes its output
 ///   (priced as the output) and its input gradient over the upstream one: nothing more.
-/// - A convolution (`conv_gemm`) holds a few MiB of im2col columns, their packed copy and a
-///   group's product ([`COLUMN_BYTES`] each), and in backward its input gradient, made whole
+/// - A convolution (`conv_gemm`) holds a few MiB of im2col columns and a group's product or
+///   column gradient ([`COLUMN_BYTES`] each at most), and in backward its input gradient, made whole
 ///   unless it reads the data. A half-precision convolution computing in f32 makes f32 copies
 ///   of its input and output forward, and of its input, upstream gradient and input gradient
 ///   backward.
@@ -251,15 +246,27 @@ fn activation_layers(
 ///
 /// [`COLUMN_BYTES`]: vidtrain_model::layers::conv_gemm::COLUMN_BYTES
 fn cpu_stem_temporaries(
-    role: &LayerRole,
+    layer: &vidtrain_model::LayerSummary,
     input_elements: u64,
     output_elements: u64,
     activation_bytes: u64,
 ) -> (u64, u64) {
-    let LayerRole::Conv3d { reads_data, .. } = *role else {
+    let LayerRole::Conv3d {
+        taps,
+        channels_in,
+        reads_data,
+    } = layer.role
+    else {
         return (0, 0);
     };
-    let buffers = 3 * vidtrain_model::layers::conv_gemm::COLUMN_BYTES as u64;
+    // A group's columns are at most COLUMN_BYTES and at most one clip's (a small clip's are
+    // far less: priced at the bound, the e2e plan test's 96 px stem came out at 1.2).
+    let clip_positions: usize = layer.output_shape.iter().skip(2).product();
+    let columns = (4 * taps * channels_in * clip_positions)
+        .min(vidtrain_model::layers::conv_gemm::COLUMN_BYTES) as u64;
+    // The columns and the product (forward) or the columns' gradient (backward); the
+    // backend's gemm packs in buffers of its own, small next to them.
+    let buffers = 2 * columns;
     let input_gradient = if reads_data { 0 } else { 4 * input_elements };
     if activation_bytes == 4 {
         (buffers, buffers + input_gradient)
