@@ -281,6 +281,15 @@ impl Config {
             })
         };
         let model = &self.model;
+        if ![32, 16, 8, 4, 2].contains(&model.activation_bits) {
+            return invalid(
+                "model.activation_bits",
+                format!(
+                    "must be 32 (keep activations as computed), 16, 8, 4 or 2, got {}",
+                    model.activation_bits
+                ),
+            );
+        }
         if model.backbone == Backbone::Resnet3d && ![10, 18, 34].contains(&model.resnet_depth) {
             return invalid(
                 "model.resnet_depth",

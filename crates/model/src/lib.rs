@@ -2,7 +2,7 @@
 //! transformer, ViViT, torchvision's 3-D ResNet, VideoMamba) and keypoint encoders (a
 //! transformer, ST-GCN, Mamba)
 //! in `backbones/`, the layers they share in `layers/`, multi-view and RGB+keypoint fusion
-//! (here), activation recompute (`recompute`), mixed precision (`precision`), the layer summary
+//! (here), activation recompute and compression (`recompute`, `quantize`), mixed precision (`precision`), the layer summary
 //! the memory plan prices (`summary`) and PyTorch parameter names (`pytorch_names`).
 
 pub mod backbones;
@@ -13,6 +13,7 @@ pub mod layers;
 pub mod memory_probe;
 mod precision;
 pub mod pytorch_names;
+pub mod quantize;
 mod recompute;
 mod summary;
 
@@ -22,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::{FusionMode, InputType, ModalityFusion, RecomputeMode};
+use vidtrain_config::{FusionMode, InputType, ModalityFusion};
 
 use crate::layers::dropout::dropout;
 
@@ -39,6 +40,7 @@ pub use layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions
 pub use layers::graph::Skeleton;
 pub use layers::mamba::{MambaBlock, MambaBlockConfig};
 pub use layers::stem::{StemStep, VideoStem, VideoStemConfig};
+pub use recompute::KeptActivations;
 pub use summary::{InputShape, LayerRole, LayerSummary, ModelSummary};
 
 /// The backend unit tests run on.
@@ -305,8 +307,8 @@ impl<B: Backend> ActionModel<B> {
 }
 
 impl<B: AutodiffBackend> ActionModel<B> {
-    /// One micro-batch's weighted loss gradients with activation recompute per `mode` (see
-    /// `crate::recompute`): `loss` maps class scores to the (unweighted, mean) loss, the gradients
+    /// One micro-batch's weighted loss gradients with activation recompute and compression per
+    /// `keeping` (see `crate::recompute`): `loss` maps class scores to the (unweighted, mean) loss, the gradients
     /// are those of `weight · loss`, dropout is reseeded per segment from `seed`. Returns the loss
     /// value and the parameter gradients, equal to those of one plain backward.
     pub fn loss_and_gradients(
@@ -315,7 +317,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
         keypoints: Option<Tensor<B, 5>>,
         loss: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1>,
         weight: f64,
-        mode: RecomputeMode,
+        keeping: impl Into<KeptActivations>,
         seed: u64,
     ) -> (f32, GradientsParams) {
         let (inputs, batch, views) = self.chain_inputs(video, keypoints);
@@ -334,7 +336,7 @@ impl<B: AutodiffBackend> ActionModel<B> {
             |features| self.head_from_features(features, batch, views),
             loss,
             weight,
-            mode,
+            keeping.into(),
             seed,
         )
     }

@@ -59,6 +59,12 @@ pub struct ModelConfig {
     /// is recompute, "checkpoint" being the saved training state).
     #[serde(rename = "checkpoint")]
     pub recompute: RecomputeMode,
+    /// Bits per value of the activations kept for backward outside Burn's autodiff graph (the
+    /// convolution stem's inputs, every recomputed segment's input): 32 keeps them as computed;
+    /// 16 as bf16; 8, 4 or 2 as block-wise codes with stochastic rounding (unbiased gradients,
+    /// ActNN-style). Composes with `model.checkpoint`: recompute decides what is kept, this
+    /// how small.
+    pub activation_bits: u32,
     /// Token width D of the transformer (the stem ends with D channels).
     pub transformer_dim: usize,
     /// Transformer encoder layers.
@@ -100,6 +106,7 @@ impl Default for ModelConfig {
             model_class_num: 9,
             use_gradient_checkpointing: false,
             recompute: RecomputeMode::None,
+            activation_bits: 32,
             transformer_dim: 256,
             transformer_layers: 4,
             transformer_heads: 4,

@@ -22,16 +22,18 @@
 //! As with PyTorch's checkpointing, a recomputed BatchNorm updates its running statistics a
 //! second time (batch statistics, and so gradients, are unaffected).
 
+mod kept;
 mod replay;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::RecomputeMode;
 
 use crate::chain::{Activation, SegmentChain, SegmentKind};
 use crate::layers::encoder::query_blocks;
+pub use kept::KeptActivations;
+use kept::KeptInput;
 use replay::{replay_encoder_block, replay_mamba_block};
 
 impl<B: AutodiffBackend> Activation<B> {
@@ -79,7 +81,7 @@ impl<B: AutodiffBackend> Activation<B> {
 /// One recomputed segment, one stem step, or a stretch of consecutive kept segments: its input,
 /// and how it is differentiated.
 struct Saved<B: AutodiffBackend> {
-    input: Activation<B>,
+    input: KeptInput<B>,
     backward: StretchBackward<B>,
     /// Index of its (first) segment.
     first: usize,
@@ -128,7 +130,7 @@ pub(crate) struct ChainInput<'a, B: AutodiffBackend> {
 
 /// One micro-batch's weighted loss gradients for `model`, whose encoders are `chains` and whose
 /// fusion and classifier are `head` (from each chain's feature vector, in order), with activation
-/// recompute per `mode`.
+/// recompute and compression per `keeping`.
 ///
 /// `loss` maps class scores to the (unweighted, mean) loss; the gradients are those of
 /// `weight · loss`. Dropout is reseeded per segment from `seed`, so a recomputed segment draws
@@ -140,9 +142,13 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     head: impl FnOnce(Vec<Tensor<B, 2>>) -> Tensor<B, 2>,
     loss: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 1>,
     weight: f64,
-    mode: RecomputeMode,
+    keeping: KeptActivations,
     seed: u64,
 ) -> (f32, GradientsParams) {
+    let KeptActivations {
+        recompute: mode,
+        bits,
+    } = keeping;
     let device = chains[0].input.device();
     let mut gradients = Gradients {
         model,
@@ -175,7 +181,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 // hand, without a replay.
                 x = Activation::Clips(step.forward_untracked());
                 saved.push(Saved {
-                    input,
+                    input: KeptInput::new(input, bits, segment_seed(first)),
                     backward: StretchBackward::ByHand,
                     first,
                     seed: segment_seed(first),
@@ -197,7 +203,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 x = output;
                 // The output's (empty) graph is dropped here; only the input is kept.
                 saved.push(Saved {
-                    input,
+                    input: KeptInput::new(input, bits, segment_seed(first)),
                     backward: StretchBackward::Replay,
                     first,
                     seed: segment_seed(first),
@@ -216,7 +222,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 }
                 x = output.clone().detach();
                 saved.push(Saved {
-                    input,
+                    input: KeptInput::Whole(input),
                     backward: StretchBackward::Graph(output),
                     first,
                     seed: segment_seed(first),
@@ -250,16 +256,17 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         for stretch in saved.into_iter().rev() {
             // The first segment's input is the data: no gradient wanted.
             let wants_input_gradient = stretch.first > 0;
+            let input = stretch.input.restore();
             let input_gradient = match stretch.backward {
                 StretchBackward::Graph(output) => {
                     let grads = output.dot(upstream).backward();
-                    let input_gradient = stretch.input.gradient(&grads);
+                    let input_gradient = input.gradient(&grads);
                     gradients.add(grads);
                     input_gradient
                 }
                 StretchBackward::ByHand => {
                     let step = chain
-                        .stem_step(stretch.first, &stretch.input)
+                        .stem_step(stretch.first, &input)
                         .expect("a stretch differentiated by hand is a stem step");
                     let (params, input_gradient) =
                         step.gradients(upstream.into_clips(), wants_input_gradient);
@@ -271,7 +278,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 StretchBackward::Replay => replay_segment(
                     chain,
                     stretch.first,
-                    stretch.input,
+                    input,
                     upstream,
                     stretch.seed,
                     wants_input_gradient,

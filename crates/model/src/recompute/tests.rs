@@ -15,6 +15,7 @@ use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::Distribution;
+use vidtrain_config::RecomputeMode;
 use vidtrain_config::{Backbone, FusionMode, InputType, ModalityFusion};
 
 type B = Autodiff<TestBackend>;

@@ -239,7 +239,7 @@ fn bench_row<B: AutodiffBackend>(
         model,
         TrainingOptimizer::from_config(config),
         training_loss::<B>(config, None, device),
-        config.model.effective_recompute(),
+        crate::fit::kept_activations(config),
     );
     let mut scaler = LossScaler::new(config.trainer.precision);
     let memory = MemorySampler::start(std::time::Duration::from_millis(50));

@@ -35,6 +35,7 @@ use crate::fit::optimizer::TrainingOptimizer;
 use crate::fit::progress::Progress;
 use crate::fit::selection::ModelSelection;
 use crate::fit::step::Learner;
+pub(crate) use crate::fit::step::kept_activations;
 use crate::persist::checkpoint::{self, TrainingState};
 use crate::persist::run_dir::RunDir;
 use crate::precision::{LossScaler, compute_dtype};
@@ -370,9 +371,8 @@ pub(crate) fn fit<B: AutodiffBackend>(
     } = resume_or_start(&context, model, &checkpoints, &device)?;
     let model = crate::distributed::replicate_model(&world, model, &device)?;
     let loss_function = training_loss::<B>(config, classes.weights.as_deref(), &device);
-    let recompute = config.model.effective_recompute();
     let mut training = Training {
-        learner: Learner::new(model, optimizer, loss_function, recompute),
+        learner: Learner::new(model, optimizer, loss_function, kept_activations(config)),
         state,
         last_checkpoint: None,
         saves: world.is_leader(),

@@ -4,10 +4,10 @@
 use burn::nn::loss::CrossEntropyLoss;
 use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_config::RecomputeMode;
+use vidtrain_config::{Config, RecomputeMode};
 use vidtrain_data::Batch;
 use vidtrain_memutil::{MemorySampler, Phase};
-use vidtrain_model::ActionModel;
+use vidtrain_model::{ActionModel, KeptActivations};
 
 use crate::BackendChoice;
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
@@ -23,7 +23,16 @@ pub(crate) struct Learner<B: AutodiffBackend> {
     pub optimizer: TrainingOptimizer<B>,
     accumulator: GradientsAccumulator<ActionModel<B>>,
     loss: CrossEntropyLoss<B>,
-    recompute: RecomputeMode,
+    /// What backward keeps: recompute and activation compression.
+    keeping: KeptActivations,
+}
+
+/// What the config asks backward to keep: `model.checkpoint` and `model.activation_bits`.
+pub(crate) fn kept_activations(config: &Config) -> KeptActivations {
+    KeptActivations {
+        recompute: config.model.effective_recompute(),
+        bits: config.model.activation_bits,
+    }
 }
 
 /// Where a micro-batch's memory readings go.
@@ -56,14 +65,14 @@ impl<B: AutodiffBackend> Learner<B> {
         model: ActionModel<B>,
         optimizer: TrainingOptimizer<B>,
         loss: CrossEntropyLoss<B>,
-        recompute: RecomputeMode,
+        keeping: KeptActivations,
     ) -> Self {
         Self {
             model: Some(model),
             optimizer,
             accumulator: GradientsAccumulator::new(),
             loss,
-            recompute,
+            keeping,
         }
     }
 
@@ -84,7 +93,7 @@ impl<B: AutodiffBackend> Learner<B> {
         // Every mode goes through `loss_and_gradients`: it differentiates the convolutions by
         // hand (faster than autodiff's generic conv backward), and without recompute it is one
         // forward and one backward, like a plain `backward()`.
-        let plain = self.recompute == RecomputeMode::None;
+        let plain = self.keeping.recompute == RecomputeMode::None;
         probe.memory.phase(if plain {
             Phase::Forward
         } else {
@@ -111,7 +120,7 @@ impl<B: AutodiffBackend> Learner<B> {
                         loss
                     },
                     weight,
-                    self.recompute,
+                    self.keeping,
                     segment_seed,
                 )
             });

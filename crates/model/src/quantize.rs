@@ -1,0 +1,327 @@
+//! Activations kept for backward in fewer bits (`model.activation_bits`), after ActNN (Chen et
+//! al., ICML 2021): the values are cut into blocks of [`BLOCK`] consecutive elements, each block
+//! stores its own range (lowest value and step, f32) and every value as an unsigned code of
+//! `bits` bits, rounded **stochastically** (up with probability equal to the remainder), so the
+//! dequantized value is the original in expectation and gradients computed from it stay unbiased.
+//! 16 bits is a plain bf16 copy (round to nearest even) of an f32 activation.
+//!
+//! Two routes with the same layout and rounding: on burn-flex a fused, multi-threaded pass over
+//! the stored buffer whose random draws are a hash of (seed, block, position), so a result does
+//! not depend on the thread count; on every other backend (CUDA, wgpu) the same arithmetic as
+//! tensor ops, its draws from the backend's generator seeded with the same seed. Either way a
+//! replay or a resumed run draws the same codes.
+
+use burn::prelude::*;
+use burn::tensor::{DType, Distribution, FloatDType, IntDType, TensorData, bf16, f16};
+use rayon::prelude::*;
+
+use crate::cpu_kernels::{self, HostFloat};
+
+/// Values per block, each block with its own range: 256 as in bitsandbytes' block-wise codes
+/// (the range costs 8 bytes per block: 3 % of the codes at 8 bits, 12.5 % at 2).
+pub const BLOCK: usize = 256;
+
+/// The bit widths `model.activation_bits` takes.
+pub const WIDTHS: [u32; 5] = [32, 16, 8, 4, 2];
+
+/// Bytes that `elements` values of `value_bytes` each take when kept at `bits` bits: what the
+/// memory plan prices a compressed activation at.
+pub fn kept_bytes(elements: u64, value_bytes: u64, bits: u32) -> u64 {
+    match bits {
+        32.. => elements * value_bytes,
+        16 => elements * value_bytes.min(2),
+        _ => {
+            let blocks = elements.div_ceil(BLOCK as u64);
+            blocks * (BLOCK as u64 * u64::from(bits) / 8 + 8)
+        }
+    }
+}
+
+/// A tensor kept at fewer bits than it is computed in.
+pub(crate) enum Quantized<B: Backend> {
+    /// 16 bits: the values as bf16 (or as they were, when already 2 bytes).
+    Half { values: Tensor<B, 1>, dtype: DType },
+    /// Codes in host memory (burn-flex).
+    Host {
+        codes: HostCodes,
+        dtype: DType,
+        device: B::Device,
+    },
+    /// Codes as backend tensors (any other backend).
+    Tensors {
+        /// `[blocks, BLOCK · bits / 8]`, u8.
+        codes: Tensor<B, 2, Int>,
+        /// `[blocks, 1]` each.
+        lows: Tensor<B, 2>,
+        steps: Tensor<B, 2>,
+        length: usize,
+        bits: u32,
+        dtype: DType,
+    },
+}
+
+impl<B: Backend> Quantized<B> {
+    /// Keeps `values` at `bits` (16, 8, 4 or 2) bits, drawing the rounding from `seed`.
+    pub(crate) fn new(values: Tensor<B, 1>, bits: u32, seed: u64) -> Self {
+        let dtype = values.dtype();
+        let device = values.device();
+        assert!(
+            matches!(bits, 2 | 4 | 8 | 16),
+            "activation bits are checked by the config: {bits}"
+        );
+        if bits == 16 {
+            let values = if dtype == DType::F32 {
+                cpu_kernels::cast(values, FloatDType::BF16)
+            } else {
+                values
+            };
+            return Quantized::Half { values, dtype };
+        }
+        if cpu_kernels::enabled::<B>(&device) {
+            let codes = match dtype {
+                DType::BF16 => {
+                    HostCodes::new(&cpu_kernels::stored::<bf16, B, 1>(values), bits, seed)
+                }
+                DType::F16 => HostCodes::new(&cpu_kernels::stored::<f16, B, 1>(values), bits, seed),
+                _ => HostCodes::new(&cpu_kernels::stored::<f32, B, 1>(values), bits, seed),
+            };
+            return Quantized::Host {
+                codes,
+                dtype,
+                device,
+            };
+        }
+        quantize_by_tensor_ops(values, bits, seed)
+    }
+
+    /// The values again, in their dtype (each within one step of its block of the original).
+    pub(crate) fn restore(self) -> Tensor<B, 1> {
+        match self {
+            Quantized::Half { values, dtype } => cpu_kernels::cast(values, float_dtype(dtype)),
+            Quantized::Host {
+                codes,
+                dtype,
+                device,
+            } => {
+                let data = match dtype {
+                    DType::BF16 => TensorData::new(codes.restore::<bf16>(), [codes.length]),
+                    DType::F16 => TensorData::new(codes.restore::<f16>(), [codes.length]),
+                    _ => TensorData::new(codes.restore::<f32>(), [codes.length]),
+                };
+                Tensor::from_data(data, (&device, dtype))
+            }
+            Quantized::Tensors {
+                codes,
+                lows,
+                steps,
+                length,
+                bits,
+                dtype,
+            } => {
+                let per_byte = 8 / bits as usize;
+                let [blocks, bytes] = codes.dims();
+                let codes = codes.cast(IntDType::I32);
+                let levels = 1i32 << bits;
+                let parts = (0..per_byte)
+                    .map(|position| {
+                        codes
+                            .clone()
+                            .div_scalar(1i32 << (bits as usize * position))
+                            .remainder_scalar(levels)
+                            .unsqueeze_dim::<3>(2)
+                    })
+                    .collect();
+                let codes = Tensor::cat(parts, 2).reshape([blocks, bytes * per_byte]);
+                let values = codes.float().mul(steps).add(lows);
+                values
+                    .reshape([blocks * BLOCK])
+                    .narrow(0, 0, length)
+                    .cast(float_dtype(dtype))
+            }
+        }
+    }
+}
+
+fn float_dtype(dtype: DType) -> FloatDType {
+    match dtype {
+        DType::BF16 => FloatDType::BF16,
+        DType::F16 => FloatDType::F16,
+        _ => FloatDType::F32,
+    }
+}
+
+/// The tensor-op route of [`Quantized::new`], for backends that do not compute on the host.
+fn quantize_by_tensor_ops<B: Backend>(values: Tensor<B, 1>, bits: u32, seed: u64) -> Quantized<B> {
+    let dtype = values.dtype();
+    let device = values.device();
+    let length = values.dims()[0];
+    let blocks = length.div_ceil(BLOCK);
+    let values = values.cast(FloatDType::F32);
+    let padding = blocks * BLOCK - length;
+    // The padding repeats the last value, so it does not widen the last block's range.
+    let values = if padding > 0 {
+        let last = values
+            .clone()
+            .narrow(0, length - 1, 1)
+            .repeat_dim(0, padding);
+        Tensor::cat(vec![values, last], 0)
+    } else {
+        values
+    };
+    let values = values.reshape([blocks, BLOCK]);
+    let levels = ((1u32 << bits) - 1) as f32;
+    let lows = values.clone().min_dim(1);
+    let steps = values
+        .clone()
+        .max_dim(1)
+        .sub(lows.clone())
+        .div_scalar(levels);
+    // A constant block has step 0: its codes are all 0.
+    let inverse = steps
+        .clone()
+        .equal_elem(0.0)
+        .float()
+        .add(steps.clone())
+        .recip()
+        .mul(steps.clone().not_equal_elem(0.0).float());
+    B::seed(&device, seed);
+    let draws = Tensor::<B, 2>::random([blocks, BLOCK], Distribution::Default, &device);
+    let codes = values
+        .sub(lows.clone())
+        .mul(inverse)
+        .add(draws)
+        .floor()
+        .clamp(0.0, levels)
+        .int()
+        .cast(IntDType::I32);
+    let per_byte = 8 / bits as usize;
+    let weights: Vec<i32> = (0..per_byte).map(|i| 1 << (bits as usize * i)).collect();
+    let weights =
+        Tensor::<B, 3, Int>::from_data(TensorData::new(weights, [1, 1, per_byte]), &device)
+            .cast(IntDType::I32);
+    let codes = codes
+        .reshape([blocks, BLOCK / per_byte, per_byte])
+        .mul(weights)
+        .sum_dim(2)
+        .reshape([blocks, BLOCK / per_byte])
+        .cast(IntDType::U8);
+    Quantized::Tensors {
+        codes,
+        lows,
+        steps,
+        length,
+        bits,
+        dtype,
+    }
+}
+
+/// Block codes in host memory.
+pub(crate) struct HostCodes {
+    /// `BLOCK · bits / 8` bytes per block; within a byte the first value takes the low bits.
+    codes: Vec<u8>,
+    /// Per block: the lowest value and the step between codes.
+    lows: Vec<f32>,
+    steps: Vec<f32>,
+    length: usize,
+    bits: u32,
+}
+
+/// Blocks per parallel task: large enough that a task outweighs its scheduling.
+const BLOCKS_PER_TASK: usize = 256;
+
+impl HostCodes {
+    fn new<T: HostFloat>(values: &[T], bits: u32, seed: u64) -> Self {
+        let length = values.len();
+        let blocks = length.div_ceil(BLOCK);
+        let per_byte = 8 / bits as usize;
+        let block_bytes = BLOCK / per_byte;
+        let mut codes = vec![0u8; blocks * block_bytes];
+        let mut lows = vec![0f32; blocks];
+        let mut steps = vec![0f32; blocks];
+        let levels = ((1u32 << bits) - 1) as f32;
+        let key = (seed ^ (seed >> 32)) as u32;
+        codes
+            .par_chunks_mut(block_bytes * BLOCKS_PER_TASK)
+            .zip(lows.par_chunks_mut(BLOCKS_PER_TASK))
+            .zip(steps.par_chunks_mut(BLOCKS_PER_TASK))
+            .enumerate()
+            .for_each(|(task, ((codes, lows), steps))| {
+                let first = task * BLOCKS_PER_TASK;
+                for (offset, ((codes, low), step)) in codes
+                    .chunks_mut(block_bytes)
+                    .zip(lows.iter_mut())
+                    .zip(steps.iter_mut())
+                    .enumerate()
+                {
+                    let block = first + offset;
+                    let values = &values[block * BLOCK..((block + 1) * BLOCK).min(length)];
+                    let (min, max) = values.iter().fold((f32::MAX, f32::MIN), |(lo, hi), v| {
+                        let v = v.to_f32();
+                        (lo.min(v), hi.max(v))
+                    });
+                    *low = min;
+                    *step = (max - min) / levels;
+                    let inverse = if *step > 0.0 { 1.0 / *step } else { 0.0 };
+                    let block_key = mix(key ^ mix(block as u32));
+                    for (index, value) in values.iter().enumerate() {
+                        let draw = unit(mix(block_key.wrapping_add(index as u32)));
+                        // The sum is not negative, so truncation is the floor (`floor` is a
+                        // libm call on baseline x86-64); NaN and infinities (an fp16 overflow
+                        // the loss scaler will skip) saturate instead of panicking.
+                        let code = ((value.to_f32() - min) * inverse + draw).min(levels) as u8;
+                        codes[index / per_byte] |= code << ((index % per_byte) as u32 * bits);
+                    }
+                }
+            });
+        Self {
+            codes,
+            lows,
+            steps,
+            length,
+            bits,
+        }
+    }
+
+    fn restore<T: HostFloat>(&self) -> Vec<T> {
+        let per_byte = 8 / self.bits as usize;
+        let block_bytes = BLOCK / per_byte;
+        let mask = ((1u32 << self.bits) - 1) as u8;
+        let mut values = vec![T::from_f32(0.0); self.length];
+        values
+            .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, values)| {
+                for (offset, values) in values.chunks_mut(BLOCK).enumerate() {
+                    let block = task * BLOCKS_PER_TASK + offset;
+                    let codes = &self.codes[block * block_bytes..(block + 1) * block_bytes];
+                    let (low, step) = (self.lows[block], self.steps[block]);
+                    for (index, value) in values.iter_mut().enumerate() {
+                        let shift = (index % per_byte) as u32 * self.bits;
+                        let code = (codes[index / per_byte] >> shift) & mask;
+                        *value = T::from_f32(low + f32::from(code) * step);
+                    }
+                }
+            });
+        values
+    }
+}
+
+/// A 32-bit integer hash (Chris Wellons' `lowbias32`): cheap, well mixed, and made of 32-bit
+/// multiplies and shifts that vectorise.
+#[inline(always)]
+fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// A draw in `[0, 1)` from 24 bits of `bits`.
+#[inline(always)]
+fn unit(bits: u32) -> f32 {
+    (bits >> 8) as f32 * (1.0 / (1u32 << 24) as f32)
+}
+
+#[cfg(test)]
+mod tests;
