@@ -3,7 +3,9 @@
 //! stores its own range (lowest value and step, f32) and every value as an unsigned code of
 //! `bits` bits, rounded **stochastically** (up with probability equal to the remainder), so the
 //! dequantized value is the original in expectation and gradients computed from it stay unbiased.
-//! 16 bits is a plain bf16 copy (round to nearest even) of an f32 activation.
+//! 16 bits are codes too, not bf16: BatchNorm's backward recomputes its statistics from the kept
+//! input, and a channel whose values sit far from zero (a mean of 10, a spread of 0.01) keeps
+//! nothing of its spread in bf16's 8 significant bits, while a block's own range keeps 16.
 //!
 //! Two routes with the same layout and rounding: on burn-flex a fused, multi-threaded pass over
 //! the stored buffer whose random draws are a hash of (seed, block, position), so a result does
@@ -18,7 +20,7 @@ use rayon::prelude::*;
 use crate::cpu_kernels::{self, HostFloat};
 
 /// Values per block, each block with its own range: 256 as in bitsandbytes' block-wise codes
-/// (the range costs 8 bytes per block: 3 % of the codes at 8 bits, 12.5 % at 2).
+/// (the range costs 8 bytes per block: 1.6 % of the codes at 16 bits, 12.5 % at 2).
 pub const BLOCK: usize = 256;
 
 /// The bit widths `model.activation_bits` takes.
@@ -27,20 +29,15 @@ pub const WIDTHS: [u32; 5] = [32, 16, 8, 4, 2];
 /// Bytes that `elements` values of `value_bytes` each take when kept at `bits` bits: what the
 /// memory plan prices a compressed activation at.
 pub fn kept_bytes(elements: u64, value_bytes: u64, bits: u32) -> u64 {
-    match bits {
-        32.. => elements * value_bytes,
-        16 => elements * value_bytes.min(2),
-        _ => {
-            let blocks = elements.div_ceil(BLOCK as u64);
-            blocks * (BLOCK as u64 * u64::from(bits) / 8 + 8)
-        }
+    if bits >= 32 {
+        return elements * value_bytes;
     }
+    let blocks = elements.div_ceil(BLOCK as u64);
+    blocks * (BLOCK as u64 * u64::from(bits) / 8 + 8)
 }
 
 /// A tensor kept at fewer bits than it is computed in.
 pub(crate) enum Quantized<B: Backend> {
-    /// 16 bits: the values as bf16 (or as they were, when already 2 bytes).
-    Half { values: Tensor<B, 1>, dtype: DType },
     /// Codes in host memory (burn-flex).
     Host {
         codes: HostCodes,
@@ -49,7 +46,7 @@ pub(crate) enum Quantized<B: Backend> {
     },
     /// Codes as backend tensors (any other backend).
     Tensors {
-        /// `[blocks, BLOCK · bits / 8]`, u8.
+        /// `[blocks, BLOCK · bits / 8]`, u8 (`[blocks, BLOCK]`, u16, at 16 bits).
         codes: Tensor<B, 2, Int>,
         /// `[blocks, 1]` each.
         lows: Tensor<B, 2>,
@@ -69,14 +66,6 @@ impl<B: Backend> Quantized<B> {
             matches!(bits, 2 | 4 | 8 | 16),
             "activation bits are checked by the config: {bits}"
         );
-        if bits == 16 {
-            let values = if dtype == DType::F32 {
-                cpu_kernels::cast(values, FloatDType::BF16)
-            } else {
-                values
-            };
-            return Quantized::Half { values, dtype };
-        }
         if cpu_kernels::enabled::<B>(&device) {
             let codes = match dtype {
                 DType::BF16 => {
@@ -97,7 +86,6 @@ impl<B: Backend> Quantized<B> {
     /// The values again, in their dtype (each within one step of its block of the original).
     pub(crate) fn restore(self) -> Tensor<B, 1> {
         match self {
-            Quantized::Half { values, dtype } => cpu_kernels::cast(values, float_dtype(dtype)),
             Quantized::Host {
                 codes,
                 dtype,
@@ -118,7 +106,7 @@ impl<B: Backend> Quantized<B> {
                 bits,
                 dtype,
             } => {
-                let per_byte = 8 / bits as usize;
+                let per_byte = (8 / bits as usize).max(1);
                 let [blocks, bytes] = codes.dims();
                 let codes = codes.cast(IntDType::I32);
                 let levels = 1i32 << bits;
@@ -194,17 +182,21 @@ fn quantize_by_tensor_ops<B: Backend>(values: Tensor<B, 1>, bits: u32, seed: u64
         .clamp(0.0, levels)
         .int()
         .cast(IntDType::I32);
-    let per_byte = 8 / bits as usize;
-    let weights: Vec<i32> = (0..per_byte).map(|i| 1 << (bits as usize * i)).collect();
-    let weights =
-        Tensor::<B, 3, Int>::from_data(TensorData::new(weights, [1, 1, per_byte]), &device)
-            .cast(IntDType::I32);
-    let codes = codes
-        .reshape([blocks, BLOCK / per_byte, per_byte])
-        .mul(weights)
-        .sum_dim(2)
-        .reshape([blocks, BLOCK / per_byte])
-        .cast(IntDType::U8);
+    let codes = if bits == 16 {
+        codes.cast(IntDType::U16)
+    } else {
+        let per_byte = 8 / bits as usize;
+        let weights: Vec<i32> = (0..per_byte).map(|i| 1 << (bits as usize * i)).collect();
+        let weights =
+            Tensor::<B, 3, Int>::from_data(TensorData::new(weights, [1, 1, per_byte]), &device)
+                .cast(IntDType::I32);
+        codes
+            .reshape([blocks, BLOCK / per_byte, per_byte])
+            .mul(weights)
+            .sum_dim(2)
+            .reshape([blocks, BLOCK / per_byte])
+            .cast(IntDType::U8)
+    };
     Quantized::Tensors {
         codes,
         lows,
@@ -233,8 +225,7 @@ impl HostCodes {
     fn new<T: HostFloat>(values: &[T], bits: u32, seed: u64) -> Self {
         let length = values.len();
         let blocks = length.div_ceil(BLOCK);
-        let per_byte = 8 / bits as usize;
-        let block_bytes = BLOCK / per_byte;
+        let block_bytes = BLOCK * bits as usize / 8;
         let mut codes = vec![0u8; blocks * block_bytes];
         let mut lows = vec![0f32; blocks];
         let mut steps = vec![0f32; blocks];
@@ -263,13 +254,25 @@ impl HostCodes {
                     *step = (max - min) / levels;
                     let inverse = if *step > 0.0 { 1.0 / *step } else { 0.0 };
                     let block_key = mix(key ^ mix(block as u32));
-                    for (index, value) in values.iter().enumerate() {
+                    // The sum is not negative, so truncation is the floor (`floor` is a libm
+                    // call on baseline x86-64); NaN and infinities (an fp16 overflow the loss
+                    // scaler will skip) saturate instead of panicking.
+                    let code = |index: usize, value: &T| {
                         let draw = unit(mix(block_key.wrapping_add(index as u32)));
-                        // The sum is not negative, so truncation is the floor (`floor` is a
-                        // libm call on baseline x86-64); NaN and infinities (an fp16 overflow
-                        // the loss scaler will skip) saturate instead of panicking.
-                        let code = ((value.to_f32() - min) * inverse + draw).min(levels) as u8;
-                        codes[index / per_byte] |= code << ((index % per_byte) as u32 * bits);
+                        ((value.to_f32() - min) * inverse + draw).min(levels) as u32
+                    };
+                    if bits == 16 {
+                        for (index, (value, bytes)) in
+                            values.iter().zip(codes.chunks_exact_mut(2)).enumerate()
+                        {
+                            bytes.copy_from_slice(&(code(index, value) as u16).to_le_bytes());
+                        }
+                    } else {
+                        let per_byte = 8 / bits as usize;
+                        for (index, value) in values.iter().enumerate() {
+                            let shifted = code(index, value) << ((index % per_byte) as u32 * bits);
+                            codes[index / per_byte] |= shifted as u8;
+                        }
                     }
                 }
             });
@@ -283,9 +286,9 @@ impl HostCodes {
     }
 
     fn restore<T: HostFloat>(&self) -> Vec<T> {
-        let per_byte = 8 / self.bits as usize;
-        let block_bytes = BLOCK / per_byte;
-        let mask = ((1u32 << self.bits) - 1) as u8;
+        let per_byte = (8 / self.bits as usize).max(1);
+        let block_bytes = BLOCK * self.bits as usize / 8;
+        let mask = (1u32 << self.bits) - 1;
         let mut values = vec![T::from_f32(0.0); self.length];
         values
             .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
@@ -295,10 +298,17 @@ impl HostCodes {
                     let block = task * BLOCKS_PER_TASK + offset;
                     let codes = &self.codes[block * block_bytes..(block + 1) * block_bytes];
                     let (low, step) = (self.lows[block], self.steps[block]);
-                    for (index, value) in values.iter_mut().enumerate() {
-                        let shift = (index % per_byte) as u32 * self.bits;
-                        let code = (codes[index / per_byte] >> shift) & mask;
-                        *value = T::from_f32(low + f32::from(code) * step);
+                    if self.bits == 16 {
+                        for (value, bytes) in values.iter_mut().zip(codes.chunks_exact(2)) {
+                            let code = u16::from_le_bytes([bytes[0], bytes[1]]);
+                            *value = T::from_f32(low + f32::from(code) * step);
+                        }
+                    } else {
+                        for (index, value) in values.iter_mut().enumerate() {
+                            let shift = (index % per_byte) as u32 * self.bits;
+                            let code = (u32::from(codes[index / per_byte]) >> shift) & mask;
+                            *value = T::from_f32(low + code as f32 * step);
+                        }
                     }
                 }
             });

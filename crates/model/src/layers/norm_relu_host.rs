@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use crate::cpu_kernels::HostFloat;
+use crate::layers::batch_norm::ReluGate;
 
 /// Values a lane accumulates in f32 before its sum moves into an f64.
 const BLOCK: usize = 4096;
@@ -97,16 +98,19 @@ impl ChannelNorm {
     /// The gradients of `relu(batch_norm(x))` for `upstream`, the gradient of its output
     /// (`[n, c, l]` both): returns γ's and β's, and when `wants_input` overwrites `upstream`
     /// with `x`'s, `γ / σ · (g − mean(g) − x̂ · mean(g · x̂))` (means over the batch and
-    /// positions, `g` the upstream gradient where the ReLU passed it, 0 elsewhere).
+    /// positions, `g` the upstream gradient where the ReLU passed it, 0 elsewhere; the gate is
+    /// recomputed from `x` or already applied to `upstream`, per `gate`).
     pub fn backward<T: HostFloat>(
         &self,
         x: &[T],
         upstream: &mut [T],
         [n, c, l]: [usize; 3],
         wants_input: bool,
+        gate: ReluGate,
     ) -> (Vec<f32>, Vec<f32>) {
+        let gated = gate == ReluGate::FromInput;
         let passed = |x: f32, g: f32, ch: usize| {
-            if x * self.scale[ch] + self.shift[ch] > 0.0 {
+            if !gated || x * self.scale[ch] + self.shift[ch] > 0.0 {
                 g
             } else {
                 0.0

@@ -10,7 +10,9 @@ use burn::tensor::activation::relu;
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::layers::batch_norm::{batch_norm_channels, norm_relu_gradients, norm_relu_untracked};
+use crate::layers::batch_norm::{
+    ReluGate, batch_norm_channels, norm_relu_gradients, norm_relu_untracked,
+};
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 
 /// Configuration of a [`VideoStem`].
@@ -117,11 +119,13 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
     }
 
     /// The step's parameter gradients for `upstream`, the gradient of its output, and its
-    /// input's when `wants_input` is set (as the step reads it: step 0 never wants it).
+    /// input's when `wants_input` is set (as the step reads it: step 0 never wants it). A
+    /// BatchNorm + ReLU step takes its ReLU's gate per `gate`.
     pub fn gradients(
         self,
         upstream: Tensor<B, 5>,
         wants_input: bool,
+        gate: ReluGate,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
         match self {
             StemStep::Convolution(conv, input) => conv.gradients(input, upstream, wants_input),
@@ -129,7 +133,7 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
                 let [n, c, t, h, w] = input.dims();
                 let flat = |x: Tensor<B, 5>| x.reshape([n, c, t * h * w]);
                 let (gradients, input_gradient) =
-                    norm_relu_gradients(norm, flat(input), flat(upstream), wants_input);
+                    norm_relu_gradients(norm, flat(input), flat(upstream), wants_input, gate);
                 (
                     gradients,
                     input_gradient.map(|gradient| gradient.reshape([n, c, t, h, w])),

@@ -1,5 +1,5 @@
 //! The block codes: unbiased stochastic rounding, each value within one step of its block,
-//! both routes (host kernel and tensor ops) alike, sizes as the plan prices them.
+//! both routes (host kernel and tensor ops), half-precision dtypes, sizes as the plan prices them.
 
 use super::*;
 use crate::TestBackend;
@@ -74,7 +74,7 @@ fn stochastic_rounding_is_unbiased_and_within_one_step_on_both_routes() {
     let values = sample(6 * BLOCK + 37);
     let draws = 200;
     for route in [Route::Host, Route::TensorOps] {
-        for bits in [8, 4, 2] {
+        for bits in [16, 8, 4, 2] {
             let ranges = ranges(&values, bits);
             let mut sums = vec![0f64; values.len()];
             for seed in 0..draws {
@@ -131,35 +131,31 @@ fn codes_depend_on_the_seed_alone() {
     }
 }
 
-/// Half-precision activations come back in their dtype; 16 bits is bf16 rounded to nearest.
+/// Half-precision activations come back in their dtype, within one step of their block.
 #[test]
-fn dtypes_are_kept_and_16_bits_is_bf16() {
+fn half_precision_comes_back_in_its_dtype() {
     let values = sample(2 * BLOCK + 5);
     let half = tensor(&values).cast(FloatDType::BF16);
     let restored = Quantized::new(half.clone(), 8, 3).restore();
     assert_eq!(restored.dtype(), DType::BF16);
-    let expected = read(half.clone());
+    let expected = read(half);
     let ranges = ranges(&expected, 8);
     for (index, (got, want)) in read(restored).iter().zip(&expected).enumerate() {
         // One step of the block, then bf16's rounding of the result.
         let bound = ranges[index / BLOCK].1 + got.abs() / 128.0;
         assert!((got - want).abs() <= bound, "{got} vs {want}");
     }
-    let sixteen = Quantized::new(tensor(&values), 16, 0);
-    let restored = sixteen.restore();
-    assert_eq!(restored.dtype(), DType::F32);
-    let restored = read(restored);
-    for (got, want) in restored.iter().zip(&values) {
-        assert_eq!(*got, bf16::from_f32(*want).to_f32());
-    }
-    // A bf16 activation at 16 bits is kept as it is.
-    assert_eq!(read(Quantized::new(half, 16, 0).restore()), expected);
 }
 
 /// The plan's price of a kept activation is what the host route allocates.
 #[test]
 fn kept_bytes_is_what_the_host_codes_hold() {
-    for (length, bits) in [(BLOCK * 10, 8), (BLOCK * 3 + 1, 4), (17, 2)] {
+    for (length, bits) in [
+        (BLOCK * 2, 16),
+        (BLOCK * 10, 8),
+        (BLOCK * 3 + 1, 4),
+        (17, 2),
+    ] {
         let values = sample(length);
         let codes = HostCodes::new(&values, bits, 1);
         let held = codes.codes.len() + 4 * (codes.lows.len() + codes.steps.len());
@@ -170,6 +166,20 @@ fn kept_bytes_is_what_the_host_codes_hold() {
         );
     }
     assert_eq!(kept_bytes(1000, 4, 32), 4000);
-    assert_eq!(kept_bytes(1000, 4, 16), 2000);
-    assert_eq!(kept_bytes(1000, 2, 16), 2000);
+    assert_eq!(kept_bytes(1000, 2, 32), 2000);
+}
+
+/// A permuted view (ST-GCN's blocks read `[n, c, t, v]` permuted from the input norm) is read
+/// in its logical order, not in its buffer's.
+#[test]
+fn a_permuted_view_comes_back_in_logical_order() {
+    let values = sample(4 * 3 * 5 * 7);
+    let tensor = Tensor::<B, 1>::from_data(TensorData::new(values, [420]), &Default::default())
+        .reshape([4, 3, 5, 7])
+        .permute([0, 2, 3, 1]);
+    let expected = read(tensor.clone().reshape([420]));
+    let restored = read(Quantized::new(tensor.reshape([420]), 16, 5).restore());
+    for (got, want) in restored.iter().zip(&expected) {
+        assert!((got - want).abs() <= 2.5e-3, "{got} vs {want}");
+    }
 }

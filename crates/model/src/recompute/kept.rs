@@ -3,7 +3,9 @@
 //! backward or a replay. Inputs of kept stretches stay whole: Burn's autodiff graph holds them.
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
+use rayon::prelude::*;
 use vidtrain_config::RecomputeMode;
 
 use crate::chain::Activation;
@@ -96,7 +98,72 @@ impl<B: AutodiffBackend> KeptInput<B> {
 }
 
 /// The values of `tensor` in row-major order, on the inner backend.
-fn flatten<B: AutodiffBackend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B::InnerBackend, 1> {
+pub(super) fn flatten<B: AutodiffBackend, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> Tensor<B::InnerBackend, 1> {
     let elements = tensor.shape().num_elements();
     tensor.inner().reshape([elements])
+}
+
+/// Which values of a BatchNorm + ReLU step's output are positive, one bit each: the ReLU's gate
+/// as the forward opened it, kept beside a compressed input ([`crate::layers::batch_norm::ReluGate`]).
+pub(super) enum ReluMask<B: Backend> {
+    /// Bit `i % 8` of byte `i / 8` (burn-flex).
+    Host { bits: Vec<u8>, device: B::Device },
+    /// A bool tensor (other backends).
+    Tensor(Tensor<B, 1, Bool>),
+}
+
+/// Bytes of mask per parallel task.
+const MASK_BYTES_PER_TASK: usize = 1 << 14;
+
+impl<B: Backend> ReluMask<B> {
+    /// The gate of `output`, the step's (flattened) output.
+    pub(super) fn of(output: Tensor<B, 1>) -> Self {
+        let device = output.device();
+        if !crate::cpu_kernels::enabled::<B>(&device) {
+            return ReluMask::Tensor(output.greater_elem(0.0));
+        }
+        let values = crate::cpu_kernels::stored::<f32, B, 1>(crate::cpu_kernels::cast(
+            output,
+            burn::tensor::FloatDType::F32,
+        ));
+        let mut bits = vec![0u8; values.len().div_ceil(8)];
+        bits.par_chunks_mut(MASK_BYTES_PER_TASK)
+            .zip(values.par_chunks(MASK_BYTES_PER_TASK * 8))
+            .for_each(|(bits, values)| {
+                for (byte, values) in bits.iter_mut().zip(values.chunks(8)) {
+                    *byte = values.iter().enumerate().fold(0, |byte, (bit, &value)| {
+                        byte | (u8::from(value > 0.0) << bit)
+                    });
+                }
+            });
+        ReluMask::Host { bits, device }
+    }
+
+    /// `upstream` (flattened, as the output) with 0 where the gate was closed.
+    pub(super) fn apply(self, upstream: Tensor<B, 1>) -> Tensor<B, 1> {
+        match self {
+            ReluMask::Tensor(passed) => upstream.mask_fill(passed.bool_not(), 0.0),
+            ReluMask::Host { bits, device } => {
+                let dtype = upstream.dtype();
+                let mut values = crate::cpu_kernels::floats(upstream);
+                values
+                    .par_chunks_mut(MASK_BYTES_PER_TASK * 8)
+                    .zip(bits.par_chunks(MASK_BYTES_PER_TASK))
+                    .for_each(|(values, bits)| {
+                        for (values, byte) in values.chunks_mut(8).zip(bits) {
+                            for (bit, value) in values.iter_mut().enumerate() {
+                                if byte >> bit & 1 == 0 {
+                                    *value = 0.0;
+                                }
+                            }
+                        }
+                    });
+                let length = values.len();
+                let gated = Tensor::from_data(TensorData::new(values, [length]), &device);
+                crate::cpu_kernels::cast(gated, dtype)
+            }
+        }
+    }
 }

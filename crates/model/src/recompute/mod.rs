@@ -30,10 +30,12 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::StemStep;
 use crate::chain::{Activation, SegmentChain, SegmentKind};
+use crate::layers::batch_norm::ReluGate;
 use crate::layers::encoder::query_blocks;
 pub use kept::KeptActivations;
-use kept::KeptInput;
+use kept::{KeptInput, ReluMask, flatten};
 use replay::{replay_encoder_block, replay_mamba_block};
 
 impl<B: AutodiffBackend> Activation<B> {
@@ -82,6 +84,8 @@ impl<B: AutodiffBackend> Activation<B> {
 /// and how it is differentiated.
 struct Saved<B: AutodiffBackend> {
     input: KeptInput<B>,
+    /// A BatchNorm + ReLU step's gate, kept when its input is compressed.
+    gate: Option<ReluMask<B::InnerBackend>>,
     backward: StretchBackward<B>,
     /// Index of its (first) segment.
     first: usize,
@@ -179,8 +183,12 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
             if let Some(step) = untracked.stem_step(index, &input) {
                 // Whatever the mode, a stem step keeps only its input and is differentiated by
                 // hand, without a replay.
-                x = Activation::Clips(step.forward_untracked());
+                let gated = bits < 32 && matches!(step, StemStep::NormRelu(..));
+                let output = step.forward_untracked();
+                let gate = gated.then(|| ReluMask::of(flatten(output.clone())));
+                x = Activation::Clips(output);
                 saved.push(Saved {
+                    gate,
                     input: KeptInput::new(input, bits, segment_seed(first)),
                     backward: StretchBackward::ByHand,
                     first,
@@ -203,6 +211,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 x = output;
                 // The output's (empty) graph is dropped here; only the input is kept.
                 saved.push(Saved {
+                    gate: None,
                     input: KeptInput::new(input, bits, segment_seed(first)),
                     backward: StretchBackward::Replay,
                     first,
@@ -222,6 +231,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 }
                 x = output.clone().detach();
                 saved.push(Saved {
+                    gate: None,
                     input: KeptInput::Whole(input),
                     backward: StretchBackward::Graph(output),
                     first,
@@ -268,8 +278,17 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                     let step = chain
                         .stem_step(stretch.first, &input)
                         .expect("a stretch differentiated by hand is a stem step");
+                    let upstream = upstream.into_clips();
+                    let (upstream, gate) = match stretch.gate {
+                        Some(mask) => {
+                            let dims = upstream.dims();
+                            let gated = mask.apply(flatten(upstream)).reshape(dims);
+                            (Tensor::from_inner(gated), ReluGate::Applied)
+                        }
+                        None => (upstream, ReluGate::FromInput),
+                    };
                     let (params, input_gradient) =
-                        step.gradients(upstream.into_clips(), wants_input_gradient);
+                        step.gradients(upstream, wants_input_gradient, gate);
                     gradients.add_params(params);
                     // Only a chain's first step reads its input rearranged, and no gradient is
                     // wanted there.
