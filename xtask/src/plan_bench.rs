@@ -4,7 +4,8 @@
 //! in f32 and in half precision, and torchvision's r3d_18 (112 px, 16 frames) and ST-GCN (64
 //! frames) with and without recompute, and VideoMamba (112 px) and the keypoint Mamba (256
 //! frames) likewise, r3d_18's model state in each `train.optimizer_state`, and a peak set by
-//! validation (the seed model, 3 views at 160 px, validated 16 samples at a time).
+//! validation (the seed model, 3 views at 160 px, validated 16 samples at a time), and the seed
+//! model with its kept activations in 8 and 4 bits (`model.activation_bits`).
 //! `BENCH_CASES=r3d,stgcn` runs only the named cases.
 
 use std::path::Path;
@@ -173,6 +174,14 @@ const CASES: &[(&str, &str)] = &[
     (
         "seed 224 px b4 16, all",
         "@on_data @seed_224 model.checkpoint=all trainer.precision=16",
+    ),
+    (
+        "seed 224 px b4, 8-bit acts",
+        "@on_data @seed_224 model.checkpoint=none model.activation_bits=8",
+    ),
+    (
+        "seed 224 px b4 all, 4-bit",
+        "@on_data @seed_224 model.checkpoint=all model.activation_bits=4",
     ),
     (
         "vivit 224 px b4, none",

@@ -32,6 +32,10 @@ pub struct ActivationLayer {
     pub output: u64,
     /// Whether activation recompute drops its graph and replays it in backward.
     pub recomputed: bool,
+    /// When recomputed (or differentiated by hand), the bytes its input is kept in until its
+    /// backward (`model.activation_bits` below 32: codes, block ranges and a ReLU gate); `None`
+    /// keeps it as computed (the previous layer's output). Its backward restores it whole.
+    pub kept_input: Option<u64>,
     /// Whether its replay runs one clip at a time (`clips` of them).
     pub per_clip: bool,
     /// Whether it runs one clip at a time without autodiff (validation, inference), its outputs
@@ -157,7 +161,11 @@ pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) 
             &layer.name,
             &mut peak,
         );
-        kept += if layer.recomputed { input } else { layer.saved };
+        kept += if layer.recomputed {
+            layer.kept_input.unwrap_or(input)
+        } else {
+            layer.saved
+        };
     }
     // The last output stays (the head's input) through the backward.
     let last_output = layers.last().map_or(0, |layer| layer.output);
@@ -409,6 +417,7 @@ mod tests {
             inference_extra: saved,
             output,
             recomputed,
+            kept_input: None,
             per_clip: false,
             inference_per_clip: false,
         }
@@ -511,6 +520,25 @@ mod tests {
         });
         let unpooled = 7 + 17_920 + 2080 + 150;
         assert_eq!(pooled.host_peak_bytes, unpooled + (unpooled - 7) / 4);
+    }
+
+    #[test]
+    fn compressed_inputs_are_kept_small_and_restored_whole_for_their_backward() {
+        let layers = [
+            layer("a", 100, 40, true),
+            layer("b", 100, 40, true),
+            layer("c", 100, 40, true),
+        ];
+        let whole = activation_peak(&layers, 1).0;
+        let compressed = layers.map(|l| ActivationLayer {
+            kept_input: Some(10),
+            ..l
+        });
+        // c's backward: b's and c's inputs kept at 10 each, c's restored whole (40) under its
+        // replay (100), its output 40 and the chain's last 40: 240, where whole inputs held 40
+        // each: 260.
+        assert_eq!(whole, 260);
+        assert_eq!(activation_peak(&compressed, 1), (240, "c".to_string()));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use serde::Serialize;
 use vidtrain_config::{Config, OptimizerKind, OptimizerStateFormat, Precision, RecomputeMode};
 use vidtrain_memutil::plan::{ActivationHome, ActivationLayer, Component, MemoryPlan, PlanInput};
-use vidtrain_model::{ActionModelConfig, InputShape, LayerRole, ModelSummary, SegmentKind};
+use vidtrain_model::{
+    ActionModelConfig, InputShape, KeptActivations, LayerRole, ModelSummary, SegmentKind,
+};
 
 use crate::BackendChoice;
 
@@ -151,13 +153,18 @@ fn summary_for_batch(config: &Config, batch: usize) -> ModelSummary {
     })
 }
 
-/// The summary's layers priced at `activation_bytes` per element; `mode` marks the recomputed.
+/// The summary's layers priced at `activation_bytes` per element; `keeping` marks the recomputed
+/// and prices their kept inputs.
 fn activation_layers(
     summary: &ModelSummary,
     activation_bytes: u64,
-    mode: RecomputeMode,
+    keeping: KeptActivations,
     backend: BackendChoice,
 ) -> Vec<ActivationLayer> {
+    let KeptActivations {
+        recompute: mode,
+        bits,
+    } = keeping;
     let mut input_elements = 0u64;
     summary
         .layers
@@ -195,6 +202,7 @@ fn activation_layers(
             } else {
                 0
             };
+            let layer_input = input_elements as u64;
             input_elements = output_elements;
             let temporaries = |elements: usize| elements as u64 * internal_bytes;
             // A stem step differentiated by hand replays only its backward.
@@ -206,6 +214,19 @@ fn activation_layers(
                     temporaries(layer.replay_peak_elements),
                 ),
             };
+            let recomputed = layer.by_hand
+                || (mode != RecomputeMode::None
+                    && layer.segment.is_some_and(|kind| kind.recomputed_by(mode)));
+            // A compressed input: its codes and block ranges, and for BatchNorm + ReLU differentiated
+            // by hand the forward's ReLU gate, a bit per output value.
+            let gate = if layer.by_hand && matches!(layer.role, LayerRole::BatchNormRelu) {
+                output_elements as u64 / 8
+            } else {
+                0
+            };
+            let kept_input = (recomputed && bits < 32).then(|| {
+                vidtrain_model::quantize::kept_bytes(layer_input, activation_bytes, bits) + gate
+            });
             ActivationLayer {
                 name: layer.name.clone(),
                 saved: layer.saved_elements as u64 * internal_bytes,
@@ -217,9 +238,8 @@ fn activation_layers(
                 output: layer.output_elements() as u64 * activation_bytes,
                 // A stem step differentiated by hand keeps only its input and runs its backward
                 // from it, as a recomputed layer does (its "replay" is only that backward).
-                recomputed: layer.by_hand
-                    || (mode != RecomputeMode::None
-                        && layer.segment.is_some_and(|kind| kind.recomputed_by(mode))),
+                recomputed,
+                kept_input,
                 per_clip: !layer.by_hand && layer.segment == Some(SegmentKind::StemPerClip),
                 // `SegmentChain::forward_chain` runs these a clip at a time without autodiff,
                 // the seed stem's convolutions included.
@@ -292,7 +312,7 @@ pub fn plan_input(
     let layers = activation_layers(
         &summary,
         activation_bytes,
-        config.model.effective_recompute(),
+        crate::fit::kept_activations(config),
         backend,
     );
     let validation_batch = match dataset {
@@ -304,7 +324,7 @@ pub fn plan_input(
     let inference_layers = activation_layers(
         &summary_for_batch(config, validation_batch),
         activation_bytes,
-        RecomputeMode::None,
+        RecomputeMode::None.into(),
         backend,
     );
     let views = config.active_views().len();
@@ -418,6 +438,8 @@ pub struct Fit {
     pub precision: Precision,
     /// `train.optimizer_state` chosen.
     pub optimizer_state: OptimizerStateFormat,
+    /// `model.activation_bits` chosen.
+    pub activation_bits: u32,
     /// The plan of the chosen settings.
     pub plan: MemoryPlan,
 }
@@ -444,7 +466,10 @@ fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
 /// (`batch_size × accumulate_grad_batches` stays what the config asks), then the precision
 /// measured faster on the backend (32 on the CPU, bf16 on a GPU), then the least recompute,
 /// then the configured optimizer state before 8-bit state (which costs neither speed nor
-/// measurable accuracy here, so it comes before any recompute or smaller micro-batch).
+/// measurable accuracy here, so it comes before any recompute or smaller micro-batch). Kept
+/// activations are compressed (`model.activation_bits` 16, then 8, then 4) only where nothing
+/// at the micro-batch and precision fits with them whole, recompute included: recompute costs
+/// time, compression a little accuracy.
 pub fn fit(
     config: &Config,
     backend: BackendChoice,
@@ -474,10 +499,37 @@ pub fn fit(
         RecomputeMode::Stem,
         RecomputeMode::All,
     ];
+    // 2 bits is never chosen for the user: its gradients are mostly noise (docs/memory-guide.md).
+    let mut batch_sizes: Vec<usize> = (1..=effective_batch)
+        .filter(|size| effective_batch.is_multiple_of(*size))
+        .collect();
+    batch_sizes.reverse();
+    // Tiers tried one after the other over every micro-batch: whole or near-lossless widths
+    // first, 4 bits only when nothing else fits at micro-batch 1.
+    let tiers: Vec<Vec<u32>> = match config.model.activation_bits {
+        32 => vec![vec![32, 16, 8], vec![4]],
+        asked => vec![vec![asked]],
+    };
     let states: Vec<OptimizerStateFormat> = match config.train.optimizer_state {
         OptimizerStateFormat::Blockwise8 => vec![OptimizerStateFormat::Blockwise8],
         asked => vec![asked, OptimizerStateFormat::Blockwise8],
     };
+    // Per tier, micro-batch and precision, in order: the width, then the recompute mode, then
+    // the optimizer state.
+    let mut candidates = Vec::new();
+    for widths in &tiers {
+        for &batch_size in &batch_sizes {
+            for &precision in &precisions {
+                for &bits in widths {
+                    for mode in modes {
+                        for &state in &states {
+                            candidates.push((batch_size, precision, bits, mode, state));
+                        }
+                    }
+                }
+            }
+        }
+    }
     let fits = |plan: &MemoryPlan| {
         let device_ok = !backend.on_device()
             || device_budget.is_none_or(|budget| plan.device_peak_bytes <= budget);
@@ -490,48 +542,41 @@ pub fn fit(
         device_ok && host_budget.is_none_or(|budget| plan.host_peak_bytes <= budget)
     };
     let mut smallest = None;
-    let mut batch_sizes: Vec<usize> = (1..=effective_batch)
-        .filter(|size| effective_batch.is_multiple_of(*size))
-        .collect();
-    batch_sizes.reverse();
-    for &batch_size in &batch_sizes {
-        for &precision in &precisions {
-            for mode in modes {
-                for &state in &states {
-                    let mut candidate = config.clone();
-                    candidate.data.batch_size = batch_size;
-                    candidate.train.accumulate_grad_batches = effective_batch / batch_size;
-                    candidate.model.use_gradient_checkpointing = false;
-                    candidate.model.recompute = mode;
-                    candidate.trainer.precision = precision;
-                    candidate.train.optimizer_state = state;
-                    let plan = plan(&candidate, backend, dataset);
-                    if fits(&plan) {
-                        let overrides = vec![
-                            format!("data.batch_size={batch_size}"),
-                            format!(
-                                "train.accumulate_grad_batches={}",
-                                effective_batch / batch_size
-                            ),
-                            format!("model.checkpoint={}", mode.as_str()),
-                            "model.use_gradient_checkpointing=false".to_string(),
-                            format!("trainer.precision={precision}"),
-                            format!("train.optimizer_state={}", state.name()),
-                        ];
-                        return Ok(Fit {
-                            overrides,
-                            batch_size,
-                            accumulate_grad_batches: effective_batch / batch_size,
-                            checkpoint: mode,
-                            precision,
-                            optimizer_state: state,
-                            plan,
-                        });
-                    }
-                    smallest = Some(plan);
-                }
-            }
+    for (batch_size, precision, bits, mode, state) in candidates {
+        let mut candidate = config.clone();
+        candidate.data.batch_size = batch_size;
+        candidate.train.accumulate_grad_batches = effective_batch / batch_size;
+        candidate.model.use_gradient_checkpointing = false;
+        candidate.model.recompute = mode;
+        candidate.trainer.precision = precision;
+        candidate.train.optimizer_state = state;
+        candidate.model.activation_bits = bits;
+        let plan = plan(&candidate, backend, dataset);
+        if fits(&plan) {
+            let overrides = vec![
+                format!("data.batch_size={batch_size}"),
+                format!(
+                    "train.accumulate_grad_batches={}",
+                    effective_batch / batch_size
+                ),
+                format!("model.checkpoint={}", mode.as_str()),
+                "model.use_gradient_checkpointing=false".to_string(),
+                format!("trainer.precision={precision}"),
+                format!("train.optimizer_state={}", state.name()),
+                format!("model.activation_bits={bits}"),
+            ];
+            return Ok(Fit {
+                overrides,
+                batch_size,
+                accumulate_grad_batches: effective_batch / batch_size,
+                checkpoint: mode,
+                precision,
+                optimizer_state: state,
+                activation_bits: bits,
+                plan,
+            });
         }
+        smallest = Some(plan);
     }
     let smallest = smallest.expect("at least one candidate was planned");
     let device_over = device_budget.is_some_and(|b| smallest.device_peak_bytes > b);
@@ -545,7 +590,7 @@ pub fn fit(
     let largest = largest_component(components);
     let message = format!(
         "nothing fits in {} of {home} memory: even micro-batch 1 with every layer recomputed \
-         needs {}; its largest part is {largest}. Lower data.img_size or \
+         and kept in the fewest bits --fit uses needs {}; its largest part is {largest}. Lower data.img_size or \
          data.uniform_temporal_subsample_num, use a smaller model, or free memory",
         budget.map_or_else(|| "?".into(), vidtrain_memutil::format_bytes),
         vidtrain_memutil::format_bytes(match home {

@@ -101,6 +101,7 @@ fn fit_never_proposes_settings_its_own_plan_says_exceed_the_budget() {
                 chosen.model.recompute = fit.checkpoint;
                 chosen.trainer.precision = fit.precision;
                 chosen.train.optimizer_state = fit.optimizer_state;
+                chosen.model.activation_bits = fit.activation_bits;
                 assert_eq!(
                     plan(&chosen, BackendChoice::Cpu, None).host_peak_bytes,
                     fit.plan.host_peak_bytes
@@ -171,4 +172,46 @@ fn fit_prefers_a_larger_micro_batch_with_recompute_to_a_smaller_one_without() {
     let chosen = fit(&config, BackendChoice::Cpu, None, None, Some(budget)).unwrap();
     assert_eq!(chosen.batch_size, 4);
     assert_ne!(chosen.checkpoint, RecomputeMode::None);
+}
+
+/// `model.activation_bits` shrinks the planned training peak of the seed model (whose stem's
+/// inputs are kept outside Burn's graph) step by step, and `--fit` compresses only where
+/// recompute and 8-bit optimizer state at the same micro-batch do not fit: 16 or 8 bits before a
+/// smaller micro-batch, and says so in its overrides; 4 bits only in a last round.
+#[test]
+fn fit_compresses_kept_activations_only_after_recompute_and_8bit_state() {
+    let mut config = seed_config();
+    config.model.transformer_dim = 256;
+    config.data.cache_decoded_mib = 0;
+    config.trainer.precision = Precision::Full;
+    let peak = |bits: u32, mode: RecomputeMode| {
+        let mut candidate = config.clone();
+        candidate.model.activation_bits = bits;
+        candidate.model.recompute = mode;
+        candidate.train.optimizer_state = OptimizerStateFormat::Blockwise8;
+        plan(&candidate, BackendChoice::Cpu, None).host_peak_bytes
+    };
+    let all = peak(32, RecomputeMode::All);
+    let widths = [32, 16, 8, 4, 2].map(|bits| peak(bits, RecomputeMode::All));
+    assert!(
+        widths.windows(2).all(|pair| pair[1] < pair[0]),
+        "{widths:?}"
+    );
+    // Between all-recompute whole and all-recompute in 8 bits: micro-batch 4, compressed.
+    let budget = (all + peak(8, RecomputeMode::All)) / 2;
+    let chosen = fit(&config, BackendChoice::Cpu, None, None, Some(budget)).unwrap();
+    assert_eq!(chosen.batch_size, 4, "{:?}", chosen.overrides);
+    assert!(
+        [16, 8].contains(&chosen.activation_bits),
+        "{:?}",
+        chosen.overrides
+    );
+    assert!(
+        chosen
+            .overrides
+            .contains(&format!("model.activation_bits={}", chosen.activation_bits))
+    );
+    // A roomy budget compresses nothing.
+    let roomy = fit(&config, BackendChoice::Cpu, None, None, Some(100 << 30)).unwrap();
+    assert_eq!(roomy.activation_bits, 32);
 }
