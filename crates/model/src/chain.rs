@@ -15,7 +15,7 @@ use vidtrain_config::RecomputeMode;
 
 use crate::layers::encoder::EncoderBlock;
 use crate::layers::mamba::MambaBlock;
-use crate::layers::stem::StemStep;
+use crate::layers::stem::{StemLayer, StemStep};
 use crate::precision::mean_dim_f32;
 use crate::pytorch_names::{PytorchLayout, PytorchNames};
 use crate::summary::{InputShape, LayerSummary};
@@ -51,6 +51,12 @@ pub trait SegmentChain<B: Backend> {
 
     /// The stem step that segment `index` is, if it is one, bound to `input`.
     fn stem_step(&self, _index: usize, _input: &Activation<B>) -> Option<StemStep<'_, B>> {
+        None
+    }
+
+    /// The layer of the stem step that segment `index` is, if it is one, unbound: what
+    /// differentiates an input kept compressed ([`StemLayer::gradients_of_codes`]).
+    fn stem_layer(&self, _index: usize) -> Option<StemLayer<'_, B>> {
         None
     }
 
@@ -144,6 +150,11 @@ pub(crate) trait BlockChain<B: Backend> {
 
     /// The stem step that lead segment `index` is, if it is one, bound to `input`.
     fn lead_stem_step(&self, _index: usize, _input: &Activation<B>) -> Option<StemStep<'_, B>> {
+        None
+    }
+
+    /// The layer of the stem step that lead segment `index` is, if it is one.
+    fn lead_stem_layer(&self, _index: usize) -> Option<StemLayer<'_, B>> {
         None
     }
 
@@ -244,6 +255,10 @@ impl<B: Backend, C: BlockChain<B>> SegmentChain<B> for C {
 
     fn stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
         self.lead_stem_step(index, input)
+    }
+
+    fn stem_layer(&self, index: usize) -> Option<StemLayer<'_, B>> {
+        self.lead_stem_layer(index)
     }
 }
 

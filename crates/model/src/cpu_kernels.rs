@@ -108,6 +108,71 @@ pub(crate) fn stored<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B,
     Stored::Copied(values(tensor))
 }
 
+/// A CPU tensor that nothing else holds, contiguous and stored as `T`: its values can be
+/// overwritten in place ([`Unique::values_mut`]), and it is a tensor again after
+/// ([`Unique::into_tensor`]). Otherwise the tensor back.
+pub(crate) fn unique<T: HostFloat, B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> Result<Unique<T>, Tensor<B, D>> {
+    if tensor.dtype() != T::dtype() {
+        return Err(tensor);
+    }
+    let primitive: Box<dyn std::any::Any> = Box::new(tensor.into_primitive().tensor());
+    match primitive.downcast::<FlexTensor>() {
+        Ok(flex) if flex.is_unique() && flex.as_slice::<T>().is_some() => Ok(Unique {
+            range: flex
+                .layout()
+                .contiguous_offsets()
+                .expect("`as_slice` checked the layout"),
+            flex: *flex,
+            values: std::marker::PhantomData,
+        }),
+        Ok(flex) => Err(from_flex(*flex)),
+        Err(other) => {
+            let primitive = *other
+                .downcast::<B::FloatTensorPrimitive>()
+                .expect("it was the backend's primitive");
+            Err(Tensor::from_primitive(
+                burn::tensor::TensorPrimitive::Float(primitive),
+            ))
+        }
+    }
+}
+
+/// A burn-flex tensor as a tensor of backend `B` (which is burn-flex).
+fn from_flex<B: Backend, const D: usize>(flex: FlexTensor) -> Tensor<B, D> {
+    let primitive: Box<dyn std::any::Any> = Box::new(flex);
+    let primitive = *primitive
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("only burn-flex tensors are unwrapped");
+    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(primitive))
+}
+
+/// A tensor whose buffer is this code's alone ([`unique`]).
+pub(crate) struct Unique<T> {
+    flex: FlexTensor,
+    range: (usize, usize),
+    values: std::marker::PhantomData<T>,
+}
+
+impl<T: HostFloat> Unique<T> {
+    pub(crate) fn values(&self) -> &[T] {
+        &self.flex.storage::<T>()[self.range.0..self.range.1]
+    }
+
+    pub(crate) fn values_mut(&mut self) -> &mut [T] {
+        let (start, end) = self.range;
+        &mut self
+            .flex
+            .try_storage_mut::<T>()
+            .expect("`unique` checked that nothing else holds the buffer")[start..end]
+    }
+
+    pub(crate) fn into_tensor<B: Backend, const D: usize>(self) -> Tensor<B, D> {
+        from_flex(self.flex)
+    }
+}
+
 /// A tensor's values read by [`stored`]: in place in burn-flex's buffer, or a copy.
 pub(crate) enum Stored<T> {
     InPlace(FlexTensor, std::marker::PhantomData<T>),

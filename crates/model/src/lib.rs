@@ -39,7 +39,7 @@ pub use layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 pub use layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 pub use layers::graph::Skeleton;
 pub use layers::mamba::{MambaBlock, MambaBlockConfig};
-pub use layers::stem::{StemStep, VideoStem, VideoStemConfig};
+pub use layers::stem::{StemLayer, StemStep, VideoStem, VideoStemConfig};
 pub use recompute::KeptActivations;
 pub use summary::{InputShape, LayerRole, LayerSummary, ModelSummary};
 

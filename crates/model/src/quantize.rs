@@ -207,6 +207,15 @@ fn quantize_by_tensor_ops<B: Backend>(values: Tensor<B, 1>, bits: u32, seed: u64
     }
 }
 
+/// A compressed clips activation `[n, c, t, h, w]` in host memory, as a kernel that reads it piece
+/// by piece takes it.
+#[derive(Clone, Copy)]
+pub(crate) struct HostInput<'a> {
+    pub codes: &'a HostCodes,
+    pub dims: [usize; 5],
+    pub dtype: DType,
+}
+
 /// Block codes in host memory.
 pub(crate) struct HostCodes {
     /// `BLOCK · bits / 8` bytes per block; within a byte the first value takes the low bits.
@@ -286,33 +295,52 @@ impl HostCodes {
     }
 
     fn restore<T: HostFloat>(&self) -> Vec<T> {
+        let mut values = vec![T::from_f32(0.0); self.length];
+        self.restore_into(0, &mut values);
+        values
+    }
+
+    /// Values `start..start + values.len()`, on this thread: a clip or a lane of a kernel that
+    /// reads a compressed input piece by piece instead of restoring it whole.
+    pub(crate) fn restore_range<T: HostFloat>(&self, start: usize, values: &mut [T]) {
         let per_byte = (8 / self.bits as usize).max(1);
         let block_bytes = BLOCK * self.bits as usize / 8;
         let mask = (1u32 << self.bits) - 1;
-        let mut values = vec![T::from_f32(0.0); self.length];
+        let mut position = start;
+        let mut rest = values;
+        while !rest.is_empty() {
+            let (block, first) = (position / BLOCK, position % BLOCK);
+            let count = (BLOCK - first).min(rest.len());
+            let (values, tail) = rest.split_at_mut(count);
+            let codes = &self.codes[block * block_bytes..(block + 1) * block_bytes];
+            let (low, step) = (self.lows[block], self.steps[block]);
+            if self.bits == 16 {
+                let codes = codes.chunks_exact(2).skip(first);
+                for (value, bytes) in values.iter_mut().zip(codes) {
+                    let code = u16::from_le_bytes([bytes[0], bytes[1]]);
+                    *value = T::from_f32(low + f32::from(code) * step);
+                }
+            } else {
+                for (offset, value) in values.iter_mut().enumerate() {
+                    let index = first + offset;
+                    let shift = (index % per_byte) as u32 * self.bits;
+                    let code = (u32::from(codes[index / per_byte]) >> shift) & mask;
+                    *value = T::from_f32(low + code as f32 * step);
+                }
+            }
+            position += count;
+            rest = tail;
+        }
+    }
+
+    /// [`Self::restore_range`] split across the compute pool.
+    pub(crate) fn restore_into<T: HostFloat>(&self, start: usize, values: &mut [T]) {
         values
             .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
             .enumerate()
             .for_each(|(task, values)| {
-                for (offset, values) in values.chunks_mut(BLOCK).enumerate() {
-                    let block = task * BLOCKS_PER_TASK + offset;
-                    let codes = &self.codes[block * block_bytes..(block + 1) * block_bytes];
-                    let (low, step) = (self.lows[block], self.steps[block]);
-                    if self.bits == 16 {
-                        for (value, bytes) in values.iter_mut().zip(codes.chunks_exact(2)) {
-                            let code = u16::from_le_bytes([bytes[0], bytes[1]]);
-                            *value = T::from_f32(low + f32::from(code) * step);
-                        }
-                    } else {
-                        for (index, value) in values.iter_mut().enumerate() {
-                            let shift = (index % per_byte) as u32 * self.bits;
-                            let code = (u32::from(codes[index / per_byte]) >> shift) & mask;
-                            *value = T::from_f32(low + code as f32 * step);
-                        }
-                    }
-                }
+                self.restore_range(start + task * BLOCK * BLOCKS_PER_TASK, values)
             });
-        values
     }
 }
 

@@ -22,7 +22,7 @@ use crate::chain::{
 };
 use crate::layers::batch_norm::batch_norm_channels;
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
-use crate::layers::stem::StemStep;
+use crate::layers::stem::{StemLayer, StemStep};
 use crate::precision::mean_dim_f32;
 use crate::pytorch_names::PytorchNames;
 use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
@@ -248,6 +248,14 @@ impl<B: Backend> BlockChain<B> for Resnet3d<B> {
                 clips.clone().swap_dims(1, 2),
             )),
             1 => Some(StemStep::NormRelu(&self.stem_norm, clips.clone())),
+            _ => None,
+        }
+    }
+
+    fn lead_stem_layer(&self, index: usize) -> Option<StemLayer<'_, B>> {
+        match index {
+            0 => Some(StemLayer::Convolution(&self.stem_conv)),
+            1 => Some(StemLayer::NormRelu(&self.stem_norm)),
             _ => None,
         }
     }

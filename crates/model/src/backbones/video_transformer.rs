@@ -6,7 +6,7 @@ use burn::prelude::*;
 
 use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
-use crate::layers::stem::{StemStep, VideoStem, VideoStemConfig};
+use crate::layers::stem::{StemLayer, StemStep, VideoStem, VideoStemConfig};
 use crate::precision::{layer_norm, like, mean_dim_f32};
 use crate::pytorch_names::PytorchNames;
 use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
@@ -163,6 +163,10 @@ impl<B: Backend> BlockChain<B> for VideoTransformer<B> {
             }
             _ => None,
         }
+    }
+
+    fn lead_stem_layer(&self, index: usize) -> Option<StemLayer<'_, B>> {
+        (index < VideoStem::<B>::STEPS).then(|| self.stem.layer(index))
     }
 
     fn forward_lead(&self, index: usize, input: Activation<B>) -> Activation<B> {

@@ -20,7 +20,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, FloatDType, TensorData, bf16, f16};
 
 use crate::cpu_kernels::{HostFloat, cast, floats, stored, values};
-use crate::layers::norm_relu_host::ChannelNorm;
+use crate::layers::norm_relu_host::{ChannelNorm, Rows};
+use crate::quantize::HostInput;
 
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
 /// averages) when autodiff is on, running statistics otherwise.
@@ -216,10 +217,21 @@ fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
     x: Tensor<B::InnerBackend, 3>,
 ) -> Tensor<B::InnerBackend, 3> {
     let (dims, device) = (x.dims(), x.device());
-    let x = stored::<T, _, 3>(x);
-    let statistics = channel_norm(norm, &x, dims);
-    let values = statistics.forward(&x, dims);
-    drop(x);
+    // An input nothing else holds (kept compressed for backward) takes the output in place.
+    let (statistics, output) = match crate::cpu_kernels::unique::<T, _, 3>(x) {
+        Ok(mut x) => {
+            let statistics = channel_norm::<B, T, [T]>(norm, x.values(), dims);
+            statistics.forward_in_place(x.values_mut(), dims);
+            (statistics, x.into_tensor())
+        }
+        Err(x) => {
+            let x = stored::<T, _, 3>(x);
+            let statistics = channel_norm::<B, T, [T]>(norm, &x, dims);
+            let values = statistics.forward(&x, dims);
+            let output = TensorData::new(values, dims);
+            (statistics, Tensor::from_data(output, (&device, T::dtype())))
+        }
+    };
     let per_channel = |values: &[f32]| {
         Tensor::<B, 3>::from_data(TensorData::new(values.to_vec(), [1, dims[1], 1]), &device)
     };
@@ -228,7 +240,7 @@ fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
         &per_channel(&statistics.mean),
         &per_channel(&statistics.var),
     );
-    Tensor::from_data(TensorData::new(values, dims), (&device, T::dtype()))
+    output
 }
 
 /// [`norm_relu_gradients`] on the CPU backend's host slices ([`ChannelNorm::backward`]), the
@@ -266,6 +278,47 @@ fn norm_relu_gradients_on_host<B: AutodiffBackend>(
     (gradients, input_gradient.map(Tensor::from_inner))
 }
 
+/// [`norm_relu_gradients`] of an input kept compressed in host memory (`model.activation_bits`,
+/// `[n, c, t, h, w]`): the host kernels restore it a row at a time, so that it never exists
+/// whole in its dtype. The input gradient in the input's dtype.
+pub(crate) fn norm_relu_gradients_of_codes<B: AutodiffBackend>(
+    norm: &BatchNorm<B>,
+    input: HostInput<'_>,
+    upstream: Tensor<B, 5>,
+    wants_input: bool,
+    gate: ReluGate,
+) -> (GradientsParams, Option<Tensor<B, 5>>) {
+    let [n, c, t, h, w] = input.dims;
+    let dims = [n, c, t * h * w];
+    let upstream = upstream.inner().reshape(dims);
+    let (gradients, input_gradient) = match input.dtype {
+        DType::BF16 if upstream.dtype() == DType::BF16 => {
+            gradients_of_rows::<B, bf16, _>(norm, input.codes, dims, upstream, wants_input, gate)
+        }
+        DType::F16 if upstream.dtype() == DType::F16 => {
+            gradients_of_rows::<B, f16, _>(norm, input.codes, dims, upstream, wants_input, gate)
+        }
+        dtype => {
+            let upstream = cast(upstream, FloatDType::F32);
+            let (gradients, input_gradient) = gradients_of_rows::<B, f32, _>(
+                norm,
+                input.codes,
+                dims,
+                upstream,
+                wants_input,
+                gate,
+            );
+            (
+                gradients,
+                input_gradient.map(|gradient| cast(gradient, dtype)),
+            )
+        }
+    };
+    let input_gradient =
+        input_gradient.map(|gradient| Tensor::from_inner(gradient.reshape([n, c, t, h, w])));
+    (gradients, input_gradient)
+}
+
 /// [`norm_relu_gradients_on_host`] for `x` and `upstream` stored as `T`.
 fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
     norm: &BatchNorm<B>,
@@ -274,12 +327,25 @@ fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
     wants_input: bool,
     gate: ReluGate,
 ) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
-    let (dims, device) = (x.dims(), x.device());
+    let dims = x.dims();
     let x = stored::<T, _, 3>(x);
+    gradients_of_rows::<B, T, [T]>(norm, &x, dims, upstream, wants_input, gate)
+}
+
+/// The gradients of BatchNorm + ReLU for `x` read row by row ([`Rows`]) and `upstream`, stored
+/// as `T`: γ's and β's, and `x`'s written over the upstream gradient.
+fn gradients_of_rows<B: AutodiffBackend, T: HostFloat, R: Rows<T> + ?Sized>(
+    norm: &BatchNorm<B>,
+    x: &R,
+    dims: [usize; 3],
+    upstream: Tensor<B::InnerBackend, 3>,
+    wants_input: bool,
+    gate: ReluGate,
+) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
+    let device = upstream.device();
     let mut upstream = values::<T, _, 3>(upstream);
     let (gamma_gradient, beta_gradient) =
-        channel_norm(norm, &x, dims).backward(&x, &mut upstream, dims, wants_input, gate);
-    drop(x);
+        channel_norm(norm, x, dims).backward(x, &mut upstream, dims, wants_input, gate);
     let vector = |values: Vec<f32>| {
         let length = values.len();
         Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [length]), &device)
@@ -293,9 +359,9 @@ fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
 }
 
 /// The batch statistics of `x` (`[n, c, l]`) with `norm`'s γ, β and ε.
-fn channel_norm<B: Backend, T: HostFloat>(
+fn channel_norm<B: Backend, T: HostFloat, R: Rows<T> + ?Sized>(
     norm: &BatchNorm<B>,
-    x: &[T],
+    x: &R,
     dims: [usize; 3],
 ) -> ChannelNorm {
     ChannelNorm::of(
@@ -490,6 +556,67 @@ mod tests {
                 .to_data()
                 .assert_approx_eq::<f32>(&expected.inner().to_data(), tolerance);
             assert_same_running_statistics(&norm, &reference, tolerance);
+        }
+    }
+
+    /// A compressed input (`model.activation_bits`) read a row at a time gives the gradients of
+    /// the same values restored whole, in f32 and bf16 (rows of 175 values: blocks straddle
+    /// them), with either gate.
+    #[test]
+    fn an_input_read_from_codes_equals_the_restored_input() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        let norm = random_affine_norm(4);
+        let dims = [3, 4, 5, 5, 7];
+        for dtype in [FloatDType::F32, FloatDType::BF16] {
+            let x =
+                Tensor::<TestBackend, 1>::random([2100], Distribution::Normal(1.0, 2.0), &device)
+                    .cast(dtype);
+            let upstream = Tensor::<B, 5>::random(dims, Distribution::Default, &device).cast(dtype);
+            let crate::quantize::Quantized::Host { codes, .. } =
+                crate::quantize::Quantized::new(x.clone(), 8, 4)
+            else {
+                panic!("the CPU backend keeps host codes");
+            };
+            let restored: Tensor<B, 5> = Tensor::from_inner(
+                crate::quantize::Quantized::new(x, 8, 4)
+                    .restore()
+                    .reshape(dims),
+            );
+            let input = HostInput {
+                codes: &codes,
+                dims,
+                dtype: restored.dtype(),
+            };
+            for gate in [ReluGate::FromInput, ReluGate::Applied] {
+                let (params_a, input_a) =
+                    norm_relu_gradients_of_codes(&norm, input, upstream.clone(), true, gate);
+                let flat = |x: Tensor<B, 5>| x.reshape([3, 4, 175]);
+                let (params_b, input_b) = norm_relu_gradients_on_host(
+                    &norm,
+                    flat(restored.clone()),
+                    flat(upstream.clone()),
+                    true,
+                    gate,
+                );
+                assert_eq!(
+                    input_a.unwrap().reshape([3, 4, 175]).into_data(),
+                    input_b.unwrap().into_data(),
+                    "{dtype:?} {gate:?}"
+                );
+                for param in [&norm.gamma, &norm.beta] {
+                    assert_eq!(
+                        params_a
+                            .get::<TestBackend, 1>(param.id)
+                            .unwrap()
+                            .into_data(),
+                        params_b
+                            .get::<TestBackend, 1>(param.id)
+                            .unwrap()
+                            .into_data()
+                    );
+                }
+            }
         }
     }
 }

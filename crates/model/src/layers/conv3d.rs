@@ -17,8 +17,12 @@ use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Slice, TensorPrimitive};
 
-use crate::layers::conv_gemm::{ConvGeometry, ConvGradients, conv3d_forward, conv3d_gradients};
+use crate::cpu_kernels::cast;
+use crate::layers::conv_gemm::{
+    ConvGeometry, ConvGradients, ConvInput, conv3d_forward, conv3d_gradients,
+};
 use crate::precision::like;
+use crate::quantize::HostInput;
 
 /// Configuration of a [`VideoConv3d`].
 #[derive(Config, Debug)]
@@ -220,7 +224,6 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let upstream = upstream.inner();
         let [_, c_out, t_out, h_out, w_out] = upstream.dims();
         let weight = self.weight.val().inner();
-        let master = weight.dtype();
         // Summed in f32 whatever the activations' dtype (the CPU route sums as it reads).
         let bias_gradient = |upstream: &Tensor<B::InnerBackend, 5>| {
             self.bias.as_ref().map(|_| {
@@ -237,7 +240,7 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
             ConvPath::CpuGemm => {
                 let geometry = self.geometry([n, c_in, t, h, w]);
                 let wants = [wants_input, self.bias.is_some()];
-                conv3d_gradients(x, weight, upstream, geometry, wants)
+                conv3d_gradients(ConvInput::Tensor(x), weight, upstream, geometry, wants)
             }
             ConvPath::Patches => {
                 let bias = bias_gradient(&upstream);
@@ -254,14 +257,55 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
                 (gradients, bias)
             }
         };
+        self.registered(
+            (
+                weight_gradient,
+                input_gradient.map(|gradient| cast(gradient, dtype)),
+            ),
+            bias_gradient,
+        )
+    }
+
+    /// [`Self::gradients`] of an input kept compressed in host memory (`model.activation_bits`):
+    /// vidtrain's CPU kernel restores it one clip at a time, so that it never exists whole.
+    pub(crate) fn gradients_of_codes(
+        &self,
+        input: HostInput<'_>,
+        upstream: Tensor<B, 5>,
+        wants_input: bool,
+    ) -> (GradientsParams, Option<Tensor<B, 5>>) {
+        let geometry = self.geometry(input.dims);
+        let wants = [wants_input, self.bias.is_some()];
+        let weight = self.weight.val().inner();
+        let ((weight_gradient, input_gradient), bias_gradient) = conv3d_gradients(
+            ConvInput::Codes(input),
+            weight,
+            upstream.inner(),
+            geometry,
+            wants,
+        );
+        self.registered(
+            (
+                weight_gradient,
+                input_gradient.map(|gradient| cast(gradient, input.dtype)),
+            ),
+            bias_gradient,
+        )
+    }
+
+    /// The gradients as parameters' (in their dtypes) and the input's, on the autodiff backend.
+    fn registered(
+        &self,
+        (weight_gradient, input_gradient): ConvGradients<B::InnerBackend>,
+        bias_gradient: Option<Tensor<B::InnerBackend, 1>>,
+    ) -> (GradientsParams, Option<Tensor<B, 5>>) {
         let mut gradients = GradientsParams::new();
+        let master = self.weight.val().dtype();
         gradients.register(self.weight.id, weight_gradient.cast(master));
         if let (Some(bias), Some(gradient)) = (&self.bias, bias_gradient) {
             gradients.register(bias.id, gradient.cast(bias.val().dtype()));
         }
-        let input_gradient = input_gradient
-            .map(|gradient| Tensor::from_inner(crate::cpu_kernels::cast(gradient, dtype)));
-        (gradients, input_gradient)
+        (gradients, input_gradient.map(Tensor::from_inner))
     }
 
     /// The weight gradient (f32) and input gradient as two matrix products over the input's

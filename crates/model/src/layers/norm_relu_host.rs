@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::cpu_kernels::HostFloat;
 use crate::layers::batch_norm::ReluGate;
+use crate::quantize::HostCodes;
 
 /// Values a lane accumulates in f32 before its sum moves into an f64.
 const BLOCK: usize = 4096;
@@ -37,25 +38,29 @@ pub(crate) struct ChannelNorm {
 impl ChannelNorm {
     /// The batch statistics of `x: [n, c, l]` (two passes: the mean, then the squared
     /// deviations from it) and the map for `gamma`, `beta` and `epsilon`.
-    pub fn of<T: HostFloat>(
-        x: &[T],
+    pub fn of<T: HostFloat, R: Rows<T> + ?Sized>(
+        x: &R,
         [n, c, l]: [usize; 3],
         gamma: &[f32],
         beta: &[f32],
         epsilon: f64,
     ) -> Self {
         let count = (n * l) as f64;
-        let segments = |channel: usize| (0..n).map(move |i| &x[(i * c + channel) * l..][..l]);
+        let rows = |channel: usize| (0..n).map(move |i| i * c + channel);
         let (mean, var): (Vec<f32>, Vec<f32>) = (0..c)
             .into_par_iter()
             .map(|channel| {
-                let mean = segments(channel)
-                    .map(|segment| lane_sum(segment, |value| value))
+                let mean = rows(channel)
+                    .map(|row| x.with_row(row, l, |segment| lane_sum(segment, |value| value)))
                     .sum::<f64>()
                     / count;
                 let centre = mean as f32;
-                let var = segments(channel)
-                    .map(|segment| lane_sum(segment, |value| (value - centre) * (value - centre)))
+                let var = rows(channel)
+                    .map(|row| {
+                        x.with_row(row, l, |segment| {
+                            lane_sum(segment, |value| (value - centre) * (value - centre))
+                        })
+                    })
                     .sum::<f64>()
                     / count;
                 (mean as f32, var as f32)
@@ -95,14 +100,26 @@ impl ChannelNorm {
         output
     }
 
+    /// [`Self::forward`] written over `x` (whose values are then no longer needed: a step whose
+    /// input is kept compressed).
+    pub fn forward_in_place<T: HostFloat>(&self, x: &mut [T], [_, c, l]: [usize; 3]) {
+        x.par_chunks_mut(l).enumerate().for_each(|(row, values)| {
+            let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
+            for value in values.iter_mut() {
+                let y = value.to_f32() * scale + shift;
+                *value = T::from_f32(if y <= 0.0 { 0.0 } else { y });
+            }
+        });
+    }
+
     /// The gradients of `relu(batch_norm(x))` for `upstream`, the gradient of its output
     /// (`[n, c, l]` both): returns γ's and β's, and when `wants_input` overwrites `upstream`
     /// with `x`'s, `γ / σ · (g − mean(g) − x̂ · mean(g · x̂))` (means over the batch and
     /// positions, `g` the upstream gradient where the ReLU passed it, 0 elsewhere; the gate is
     /// recomputed from `x` or already applied to `upstream`, per `gate`).
-    pub fn backward<T: HostFloat>(
+    pub fn backward<T: HostFloat, R: Rows<T> + ?Sized>(
         &self,
-        x: &[T],
+        x: &R,
         upstream: &mut [T],
         [n, c, l]: [usize; 3],
         wants_input: bool,
@@ -124,11 +141,13 @@ impl ChannelNorm {
                 let (mean, inverse_std) = (self.mean[ch], self.inverse_std[ch]);
                 let (mut sum, mut product) = (0f64, 0f64);
                 for i in 0..n {
-                    let offset = (i * c + ch) * l;
-                    let (xs, gs) = (&x[offset..][..l], &upstream_ref[offset..][..l]);
-                    let (s, p) = lane_sum_pair(xs, gs, |x, g| {
-                        let g = passed(x, g, ch);
-                        (g, g * (x - mean) * inverse_std)
+                    let row = i * c + ch;
+                    let gs = &upstream_ref[row * l..][..l];
+                    let (s, p) = x.with_row(row, l, |xs| {
+                        lane_sum_pair(xs, gs, |x, g| {
+                            let g = passed(x, g, ch);
+                            (g, g * (x - mean) * inverse_std)
+                        })
                     });
                     sum += s;
                     product += p;
@@ -140,24 +159,47 @@ impl ChannelNorm {
             let count = (n * l) as f32;
             upstream
                 .par_chunks_mut(l)
-                .zip(x.par_chunks(l))
                 .enumerate()
-                .for_each(|(row, (gs, xs))| {
+                .for_each(|(row, gs)| {
                     let ch = row % c;
                     let (mean, inverse_std, scale) =
                         (self.mean[ch], self.inverse_std[ch], self.scale[ch]);
                     let mean_g = beta_gradient[ch] / count;
                     let mean_gx = gamma_gradient[ch] / count;
-                    for (g, &x) in gs.iter_mut().zip(xs) {
-                        let x = x.to_f32();
-                        let normalized = (x - mean) * inverse_std;
-                        *g = T::from_f32(
-                            scale * (passed(x, g.to_f32(), ch) - mean_g - normalized * mean_gx),
-                        );
-                    }
+                    x.with_row(row, l, |xs| {
+                        for (g, &x) in gs.iter_mut().zip(xs) {
+                            let x = x.to_f32();
+                            let normalized = (x - mean) * inverse_std;
+                            *g = T::from_f32(
+                                scale * (passed(x, g.to_f32(), ch) - mean_g - normalized * mean_gx),
+                            );
+                        }
+                    })
                 });
         }
         (gamma_gradient, beta_gradient)
+    }
+}
+
+/// The input of BatchNorm + ReLU, `[n, c, l]`, row by row (a row is one item's `l` values of
+/// one channel) as the kernels read it: a slice, or a compressed input restored a row at a time.
+pub(crate) trait Rows<T>: Sync {
+    /// `f` of row `row`, `l` values long.
+    fn with_row<V>(&self, row: usize, l: usize, f: impl FnOnce(&[T]) -> V) -> V;
+}
+
+impl<T: HostFloat> Rows<T> for [T] {
+    #[inline]
+    fn with_row<V>(&self, row: usize, l: usize, f: impl FnOnce(&[T]) -> V) -> V {
+        f(&self[row * l..][..l])
+    }
+}
+
+impl<T: HostFloat> Rows<T> for HostCodes {
+    fn with_row<V>(&self, row: usize, l: usize, f: impl FnOnce(&[T]) -> V) -> V {
+        let mut values = vec![T::from_f32(0.0); l];
+        self.restore_range(row * l, &mut values);
+        f(&values)
     }
 }
 

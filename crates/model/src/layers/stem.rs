@@ -11,9 +11,11 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::layers::batch_norm::{
-    ReluGate, batch_norm_channels, norm_relu_gradients, norm_relu_untracked,
+    ReluGate, batch_norm_channels, norm_relu_gradients, norm_relu_gradients_of_codes,
+    norm_relu_untracked,
 };
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
+use crate::quantize::HostInput;
 
 /// Configuration of a [`VideoStem`].
 #[derive(Config, Debug)]
@@ -85,6 +87,43 @@ impl<B: Backend> VideoStem<B> {
     /// Output size `[t, h, w]` for an input of size `[t, h, w]`.
     pub fn output_size(&self, input: [usize; 3]) -> [usize; 3] {
         self.conv2.output_size(self.conv1.output_size(input))
+    }
+
+    /// The layer of step `index`.
+    pub fn layer(&self, index: usize) -> StemLayer<'_, B> {
+        match index {
+            0 => StemLayer::Convolution(&self.conv1),
+            1 => StemLayer::NormRelu(&self.norm1),
+            2 => StemLayer::Convolution(&self.conv2),
+            _ => StemLayer::NormRelu(&self.norm2),
+        }
+    }
+}
+
+/// The layer of a stem step, not bound to an input.
+pub enum StemLayer<'a, B: Backend> {
+    Convolution(&'a VideoConv3d<B>),
+    NormRelu(&'a BatchNorm<B>),
+}
+
+impl<B: AutodiffBackend> StemLayer<'_, B> {
+    /// [`StemStep::gradients`] of an input kept compressed in host memory (`model.activation_bits`,
+    /// read as the step reads it: not a chain's first step, which rearranges its input), restored
+    /// piece by piece by the CPU kernels: a clip at a time for a convolution, a row of a channel
+    /// at a time for BatchNorm + ReLU.
+    pub(crate) fn gradients_of_codes(
+        self,
+        input: HostInput<'_>,
+        upstream: Tensor<B, 5>,
+        wants_input: bool,
+        gate: ReluGate,
+    ) -> (GradientsParams, Option<Tensor<B, 5>>) {
+        match self {
+            StemLayer::Convolution(conv) => conv.gradients_of_codes(input, upstream, wants_input),
+            StemLayer::NormRelu(norm) => {
+                norm_relu_gradients_of_codes(norm, input, upstream, wants_input, gate)
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use vidtrain_config::RecomputeMode;
 
 use crate::chain::Activation;
+pub(crate) use crate::quantize::HostInput;
 use crate::quantize::Quantized;
 
 /// How a training step keeps what its backward needs.
@@ -72,6 +73,21 @@ impl<B: AutodiffBackend> KeptInput<B> {
         KeptInput::Quantized {
             values: Quantized::new(flat, bits, seed),
             shape,
+        }
+    }
+
+    /// Its codes, when it is kept compressed in host memory, with its dims and dtype.
+    pub(super) fn host_codes(&self) -> Option<HostInput<'_>> {
+        match self {
+            KeptInput::Quantized {
+                values: Quantized::Host { codes, dtype, .. },
+                shape: ActivationShape::Clips(dims),
+            } => Some(HostInput {
+                codes,
+                dims: *dims,
+                dtype: *dtype,
+            }),
+            _ => None,
         }
     }
 

@@ -184,12 +184,15 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 // Whatever the mode, a stem step keeps only its input and is differentiated by
                 // hand, without a replay.
                 let gated = bits < 32 && matches!(step, StemStep::NormRelu(..));
+                // Compressed before the step runs: then nothing but the step holds its input,
+                // and BatchNorm + ReLU writes its output over it.
+                let kept = KeptInput::new(input, bits, segment_seed(first));
                 let output = step.forward_untracked();
                 let gate = gated.then(|| ReluMask::of(flatten(output.clone())));
                 x = Activation::Clips(output);
                 saved.push(Saved {
                     gate,
-                    input: KeptInput::new(input, bits, segment_seed(first)),
+                    input: kept,
                     backward: StretchBackward::ByHand,
                     first,
                     seed: segment_seed(first),
@@ -266,18 +269,15 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         for stretch in saved.into_iter().rev() {
             // The first segment's input is the data: no gradient wanted.
             let wants_input_gradient = stretch.first > 0;
-            let input = stretch.input.restore();
             let input_gradient = match stretch.backward {
                 StretchBackward::Graph(output) => {
+                    let input = stretch.input.restore();
                     let grads = output.dot(upstream).backward();
                     let input_gradient = input.gradient(&grads);
                     gradients.add(grads);
                     input_gradient
                 }
                 StretchBackward::ByHand => {
-                    let step = chain
-                        .stem_step(stretch.first, &input)
-                        .expect("a stretch differentiated by hand is a stem step");
                     let upstream = upstream.into_clips();
                     let (upstream, gate) = match stretch.gate {
                         Some(mask) => {
@@ -287,17 +287,29 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                         }
                         None => (upstream, ReluGate::FromInput),
                     };
-                    let (params, input_gradient) =
-                        step.gradients(upstream, wants_input_gradient, gate);
-                    gradients.add_params(params);
                     // Only a chain's first step reads its input rearranged, and no gradient is
-                    // wanted there.
+                    // wanted there: a later step's compressed input is read piece by piece.
+                    let codes = stretch.input.host_codes().filter(|_| wants_input_gradient);
+                    let (params, input_gradient) = match codes {
+                        Some(codes) => chain
+                            .stem_layer(stretch.first)
+                            .expect("a stretch differentiated by hand is a stem step")
+                            .gradients_of_codes(codes, upstream, wants_input_gradient, gate),
+                        None => {
+                            let input = stretch.input.restore();
+                            chain
+                                .stem_step(stretch.first, &input)
+                                .expect("a stretch differentiated by hand is a stem step")
+                                .gradients(upstream, wants_input_gradient, gate)
+                        }
+                    };
+                    gradients.add_params(params);
                     input_gradient.map(Activation::Clips)
                 }
                 StretchBackward::Replay => replay_segment(
                     chain,
                     stretch.first,
-                    input,
+                    stretch.input.restore(),
                     upstream,
                     stretch.seed,
                     wants_input_gradient,
