@@ -225,7 +225,10 @@ impl<B: Backend, C: BlockChain<B>> SegmentChain<B> for C {
         if index < C::LEAD {
             self.lead_kind(index)
         } else if index < C::LEAD + self.block_count() {
-            SegmentKind::Block
+            match self.mamba_block(index) {
+                Some(_) => SegmentKind::ScanBlock,
+                None => SegmentKind::Block,
+            }
         } else {
             SegmentKind::Bridge
         }
@@ -292,6 +295,11 @@ pub enum SegmentKind {
     /// replayed in three steps with attention one query block at a time; a 3-D ResNet
     /// BasicBlock or an ST-GCN block, replayed whole.
     Block,
+    /// A Mamba block, replayed in every mode (`replay_mamba_block`): its selective scan is
+    /// differentiated one chunk at a time from the chunk carries, as Mamba's own kernel
+    /// recomputes its states in backward, so the `[n, tokens, inner, state]` states never exist
+    /// whole (kept by autodiff they made VideoMamba-Ti at 128 px × 16 frames a 40 GiB step).
+    ScanBlock,
     /// A cheap reshaping step between the two (never recomputed).
     Bridge,
 }
@@ -299,16 +307,17 @@ pub enum SegmentKind {
 impl SegmentKind {
     /// Whether `mode` recomputes segments of this kind.
     pub fn recomputed_by(self, mode: RecomputeMode) -> bool {
-        matches!(
-            (self, mode),
-            (
-                SegmentKind::StemPerClip | SegmentKind::StemBatch,
-                RecomputeMode::Stem | RecomputeMode::All
-            ) | (
-                SegmentKind::Block,
-                RecomputeMode::Encoder | RecomputeMode::All
+        self == SegmentKind::ScanBlock
+            || matches!(
+                (self, mode),
+                (
+                    SegmentKind::StemPerClip | SegmentKind::StemBatch,
+                    RecomputeMode::Stem | RecomputeMode::All
+                ) | (
+                    SegmentKind::Block,
+                    RecomputeMode::Encoder | RecomputeMode::All
+                )
             )
-        )
     }
 }
 

@@ -19,6 +19,15 @@
 //! ([`crate::StemStep::gradients`]), which is faster on burn-flex than Burn's generic backward and
 //! keeps less than autodiff would.
 //!
+//! A Mamba block is replayed in every mode, `none` included (`SegmentKind::ScanBlock`): kept by
+//! autodiff, its chunked scan held `(2·log₂ chunk + 3)` state-sized values per direction.
+//!
+//! What is kept outside Burn's graph — the stem steps' inputs, every recomputed segment's input
+//! — can be kept in fewer bits (`model.activation_bits`, [`KeptActivations`]): block-wise codes
+//! with stochastic rounding ([`crate::quantize`]), restored for the replay, or read piece by
+//! piece by the stem's CPU kernels, with a BatchNorm + ReLU step's ReLU gate kept exactly beside
+//! them. The forward, and so the loss, is untouched; only gradients see the rounding.
+//!
 //! As with PyTorch's checkpointing, a recomputed BatchNorm updates its running statistics a
 //! second time (batch statistics, and so gradients, are unaffected).
 

@@ -135,7 +135,7 @@ pub(crate) fn mamba_blocks(
         },
         params: mamba_block_params(config),
         output_shape: vec![clips, tokens, config.dim],
-        segment: Some(SegmentKind::Block),
+        segment: Some(SegmentKind::ScanBlock),
         f32_internals: true,
         ..LayerSummary::default()
     });

@@ -214,9 +214,8 @@ fn activation_layers(
                     temporaries(layer.replay_peak_elements),
                 ),
             };
-            let recomputed = layer.by_hand
-                || (mode != RecomputeMode::None
-                    && layer.segment.is_some_and(|kind| kind.recomputed_by(mode)));
+            let recomputed =
+                layer.by_hand || layer.segment.is_some_and(|kind| kind.recomputed_by(mode));
             // A compressed input: its codes and block ranges, and for BatchNorm + ReLU differentiated
             // by hand the forward's ReLU gate, a bit per output value.
             let gate = if layer.by_hand && matches!(layer.role, LayerRole::BatchNormRelu) {
