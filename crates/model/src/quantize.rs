@@ -314,18 +314,29 @@ impl HostCodes {
             let (values, tail) = rest.split_at_mut(count);
             let codes = &self.codes[block * block_bytes..(block + 1) * block_bytes];
             let (low, step) = (self.lows[block], self.steps[block]);
+            let decode = |code: u32| T::from_f32(low + code as f32 * step);
             if self.bits == 16 {
                 let codes = codes.chunks_exact(2).skip(first);
                 for (value, bytes) in values.iter_mut().zip(codes) {
-                    let code = u16::from_le_bytes([bytes[0], bytes[1]]);
-                    *value = T::from_f32(low + f32::from(code) * step);
+                    *value = decode(u32::from(u16::from_le_bytes([bytes[0], bytes[1]])));
+                }
+            } else if self.bits == 8 {
+                for (value, &code) in values.iter_mut().zip(&codes[first..]) {
+                    *value = decode(u32::from(code));
+                }
+            } else if first % per_byte == 0 && count % per_byte == 0 {
+                // Whole bytes: a fixed number of values each (the loop the compiler unrolls).
+                let bytes = &codes[first / per_byte..];
+                for (values, &byte) in values.chunks_exact_mut(per_byte).zip(bytes) {
+                    for (position, value) in values.iter_mut().enumerate() {
+                        *value = decode((u32::from(byte) >> (position as u32 * self.bits)) & mask);
+                    }
                 }
             } else {
                 for (offset, value) in values.iter_mut().enumerate() {
                     let index = first + offset;
                     let shift = (index % per_byte) as u32 * self.bits;
-                    let code = (u32::from(codes[index / per_byte]) >> shift) & mask;
-                    *value = T::from_f32(low + code as f32 * step);
+                    *value = decode((u32::from(codes[index / per_byte]) >> shift) & mask);
                 }
             }
             position += count;
