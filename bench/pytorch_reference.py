@@ -154,7 +154,8 @@ def standard_rows(backbone, tiny):
         row("bf16 b1x4", "bf16", 1, 4, False, frames, image),
         row("bf16 b1x4 recompute", "bf16", 1, 4, True, frames, image),
         row("bf16 b1x4 recompute 112px", "bf16", 1, 4, True, 8, small),
-        # vidtrain's leanest (4-bit kept activations besides); PyTorch has no such switch.
+        # Each side's leanest at micro-batch 4: here bf16 autocast + checkpointing; vidtrain's
+        # row keeps f32 with 4-bit kept activations besides (PyTorch has no such switch).
         row("lowest b4", "bf16", 4, 1, True, frames, image),
     ]
 

@@ -5,7 +5,7 @@
 //!
 //! PyTorch comes from a cache venv (`$VIDTRAIN_TORCH_VENV`, default `~/.cache/vidtrain/torch-venv`),
 //! made with `pip install torch` when it is missing. `BENCH_STEPS` (default 2) timed steps after one
-//! warm-up step; `BENCH_BACKBONE=transformer|vivit|r3d|both|all` (default both: the first two); `BENCH_ROW_TIMEOUT_S` (default
+//! warm-up step; `BENCH_BACKBONE=transformer|vivit|r3d|both|all` (default both: the first two); `BENCH_ROWS=fp32 b4,lowest b4` only the rows named; `BENCH_ROW_TIMEOUT_S` (default
 //! 600) per side of a row.
 
 use std::path::{Path, PathBuf};
@@ -19,13 +19,14 @@ use crate::bench::{report, target_dir, write_report};
 use crate::{build_vidtrain, project_root, run_checked};
 
 /// The rows of the issue, by their `bench-model` names.
-const ROWS: [&str; 6] = [
+const ROWS: [&str; 7] = [
     "fp32 b4",
     "bf16 b4",
     "fp16 b4",
     "fp32 b1x4",
     "bf16 b1x4",
     "bf16 b1x4 recompute",
+    "lowest b4",
 ];
 
 /// A model and the clip size it runs at here: the seed transformer at full size; ViViT-S at
@@ -64,11 +65,18 @@ pub fn cpu() -> anyhow::Result<()> {
     std::fs::create_dir_all(&folder)?;
     let steps = std::env::var("BENCH_STEPS").unwrap_or_else(|_| "2".into());
     let only = std::env::var("BENCH_BACKBONE").unwrap_or_else(|_| "both".into());
+    // `BENCH_ROWS=fp32 b4,lowest b4` runs only the rows named.
+    let named: Vec<String> = std::env::var("BENCH_ROWS")
+        .map(|names| names.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
     let mut rows = Vec::new();
     for model in MODELS.iter().filter(|model| {
         only == "all" || (only == "both" && model.in_both) || only == model.backbone
     }) {
-        for row in ROWS {
+        for row in ROWS
+            .into_iter()
+            .filter(|row| named.is_empty() || named.iter().any(|name| name == row))
+        {
             let mut common: Vec<String> = [
                 "--backbone",
                 model.backbone,

@@ -220,9 +220,11 @@ pub(crate) struct HostInput<'a> {
 pub(crate) struct HostCodes {
     /// `BLOCK · bits / 8` bytes per block; within a byte the first value takes the low bits.
     codes: Vec<u8>,
-    /// Per block: the lowest value and the step between codes.
-    lows: Vec<f32>,
-    steps: Vec<f32>,
+    /// Per block: the lowest value and the step between codes. One buffer, not two: at the
+    /// seed stem's sizes each half would be under the 1 MiB the host allocator's reuse pool
+    /// takes, and glibc's heap, fragmented by such long-lived blocks, kept 50-60 MiB resident
+    /// beyond the pool's peak.
+    ranges: Vec<[f32; 2]>,
     length: usize,
     bits: u32,
 }
@@ -236,21 +238,18 @@ impl HostCodes {
         let blocks = length.div_ceil(BLOCK);
         let block_bytes = BLOCK * bits as usize / 8;
         let mut codes = vec![0u8; blocks * block_bytes];
-        let mut lows = vec![0f32; blocks];
-        let mut steps = vec![0f32; blocks];
+        let mut ranges = vec![[0f32; 2]; blocks];
         let levels = ((1u32 << bits) - 1) as f32;
         let key = (seed ^ (seed >> 32)) as u32;
         codes
             .par_chunks_mut(block_bytes * BLOCKS_PER_TASK)
-            .zip(lows.par_chunks_mut(BLOCKS_PER_TASK))
-            .zip(steps.par_chunks_mut(BLOCKS_PER_TASK))
+            .zip(ranges.par_chunks_mut(BLOCKS_PER_TASK))
             .enumerate()
-            .for_each(|(task, ((codes, lows), steps))| {
+            .for_each(|(task, (codes, ranges))| {
                 let first = task * BLOCKS_PER_TASK;
-                for (offset, ((codes, low), step)) in codes
+                for (offset, (codes, range)) in codes
                     .chunks_mut(block_bytes)
-                    .zip(lows.iter_mut())
-                    .zip(steps.iter_mut())
+                    .zip(ranges.iter_mut())
                     .enumerate()
                 {
                     let block = first + offset;
@@ -259,9 +258,9 @@ impl HostCodes {
                         let v = v.to_f32();
                         (lo.min(v), hi.max(v))
                     });
-                    *low = min;
-                    *step = (max - min) / levels;
-                    let inverse = if *step > 0.0 { 1.0 / *step } else { 0.0 };
+                    let step = (max - min) / levels;
+                    *range = [min, step];
+                    let inverse = if step > 0.0 { 1.0 / step } else { 0.0 };
                     let block_key = mix(key ^ mix(block as u32));
                     // The sum is not negative, so truncation is the floor (`floor` is a libm
                     // call on baseline x86-64); NaN and infinities (an fp16 overflow the loss
@@ -287,8 +286,7 @@ impl HostCodes {
             });
         Self {
             codes,
-            lows,
-            steps,
+            ranges,
             length,
             bits,
         }
@@ -313,7 +311,7 @@ impl HostCodes {
             let count = (BLOCK - first).min(rest.len());
             let (values, tail) = rest.split_at_mut(count);
             let codes = &self.codes[block * block_bytes..(block + 1) * block_bytes];
-            let (low, step) = (self.lows[block], self.steps[block]);
+            let [low, step] = self.ranges[block];
             let decode = |code: u32| T::from_f32(low + code as f32 * step);
             if self.bits == 16 {
                 let codes = codes.chunks_exact(2).skip(first);

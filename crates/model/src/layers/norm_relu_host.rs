@@ -196,10 +196,19 @@ impl<T: HostFloat> Rows<T> for [T] {
 }
 
 impl<T: HostFloat> Rows<T> for HostCodes {
+    /// Restored into a buffer of the thread's, reused row after row (a fresh one per row left
+    /// glibc's per-thread heaps holding the freed rows resident).
     fn with_row<V>(&self, row: usize, l: usize, f: impl FnOnce(&[T]) -> V) -> V {
-        let mut values = vec![T::from_f32(0.0); l];
-        self.restore_range(row * l, &mut values);
-        f(&values)
+        thread_local! {
+            static ROW: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        ROW.with_borrow_mut(|buffer| {
+            let words = (l * std::mem::size_of::<T>()).div_ceil(4);
+            buffer.resize(words, 0);
+            let values: &mut [T] = &mut bytemuck::cast_slice_mut(buffer.as_mut_slice())[..l];
+            self.restore_range(row * l, values);
+            f(values)
+        })
     }
 }
 

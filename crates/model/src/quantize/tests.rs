@@ -158,7 +158,7 @@ fn kept_bytes_is_what_the_host_codes_hold() {
     ] {
         let values = sample(length);
         let codes = HostCodes::new(&values, bits, 1);
-        let held = codes.codes.len() + 4 * (codes.lows.len() + codes.steps.len());
+        let held = codes.codes.len() + 8 * codes.ranges.len();
         assert_eq!(
             held as u64,
             kept_bytes(length as u64, 4, bits),
