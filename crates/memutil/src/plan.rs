@@ -34,8 +34,14 @@ pub struct ActivationLayer {
     pub recomputed: bool,
     /// When recomputed (or differentiated by hand), the bytes its input is kept in until its
     /// backward (`model.activation_bits` below 32: codes, block ranges and a ReLU gate); `None`
-    /// keeps it as computed (the previous layer's output). Its backward restores it whole.
+    /// keeps it as computed (the previous layer's output).
     pub kept_input: Option<u64>,
+    /// What its backward holds of its kept input: `None`, the input restored whole (a replay);
+    /// less where a kernel reads the kept input piece by piece.
+    pub restored_input: Option<u64>,
+    /// Its forward writes its output over its input (a BatchNorm + ReLU step whose input was
+    /// compressed first): the output costs nothing beside the input.
+    pub in_place: bool,
     /// Whether its replay runs one clip at a time (`clips` of them).
     pub per_clip: bool,
     /// Whether it runs one clip at a time without autodiff (validation, inference), its outputs
@@ -155,9 +161,15 @@ pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) 
         let input = index
             .checked_sub(1)
             .map_or(0, |previous| layers[previous].output);
-        let saving = if layer.recomputed { 0 } else { layer.saved };
+        let saving = if layer.recomputed {
+            // A compressed input's codes are made before the layer runs.
+            layer.kept_input.unwrap_or(0)
+        } else {
+            layer.saved
+        };
+        let output = if layer.in_place { 0 } else { layer.output };
         consider(
-            kept + input + saving + layer.forward_extra + layer.output,
+            kept + input + saving + layer.forward_extra + output,
             &layer.name,
             &mut peak,
         );
@@ -187,7 +199,11 @@ pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) 
             .map_or(0, |previous| layers[previous].output);
         // Its own stored input (recomputed) or graph (kept), and its gradient temporaries (a
         // per-clip replay makes them one clip at a time; the upstream gradient is whole).
-        let own = if layer.recomputed { input } else { layer.saved };
+        let own = if layer.recomputed {
+            layer.restored_input.unwrap_or(input)
+        } else {
+            layer.saved
+        };
         let backward = if layer.recomputed {
             0
         } else {
@@ -418,6 +434,8 @@ mod tests {
             output,
             recomputed,
             kept_input: None,
+            restored_input: None,
+            in_place: false,
             per_clip: false,
             inference_per_clip: false,
         }

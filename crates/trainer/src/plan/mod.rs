@@ -165,6 +165,7 @@ fn activation_layers(
         recompute: mode,
         bits,
     } = keeping;
+    let clips = summary.clips as u64;
     let mut input_elements = 0u64;
     summary
         .layers
@@ -226,6 +227,20 @@ fn activation_layers(
             let kept_input = (recomputed && bits < 32).then(|| {
                 vidtrain_model::quantize::kept_bytes(layer_input, activation_bytes, bits) + gate
             });
+            // On the CPU a stem step reads its compressed input in pieces (a convolution one
+            // clip at a time, BatchNorm + ReLU a row at a time) and BatchNorm + ReLU writes its
+            // output over its input; a replay restores its input whole.
+            let pieces = kept_input.filter(|_| layer.by_hand && backend == BackendChoice::Cpu);
+            let norm_relu = matches!(layer.role, LayerRole::BatchNormRelu);
+            let restored_input = pieces.map(|codes| {
+                let clip = if norm_relu {
+                    0
+                } else {
+                    layer_input * activation_bytes / clips.max(1)
+                };
+                codes + clip
+            });
+            let in_place = pieces.is_some() && norm_relu;
             ActivationLayer {
                 name: layer.name.clone(),
                 saved: layer.saved_elements as u64 * internal_bytes,
@@ -239,6 +254,8 @@ fn activation_layers(
                 // from it, as a recomputed layer does (its "replay" is only that backward).
                 recomputed,
                 kept_input,
+                restored_input,
+                in_place,
                 per_clip: !layer.by_hand && layer.segment == Some(SegmentKind::StemPerClip),
                 // `SegmentChain::forward_chain` runs these a clip at a time without autodiff,
                 // the seed stem's convolutions included.
