@@ -322,7 +322,7 @@ impl HostCodes {
                 for (value, &code) in values.iter_mut().zip(&codes[first..]) {
                     *value = decode(u32::from(code));
                 }
-            } else if first % per_byte == 0 && count % per_byte == 0 {
+            } else if first.is_multiple_of(per_byte) && count.is_multiple_of(per_byte) {
                 // Whole bytes: a fixed number of values each (the loop the compiler unrolls).
                 let bytes = &codes[first / per_byte..];
                 for (values, &byte) in values.chunks_exact_mut(per_byte).zip(bytes) {

@@ -203,7 +203,7 @@ fn activation_layers(
             } else {
                 0
             };
-            let layer_input = input_elements as u64;
+            let layer_input = input_elements;
             input_elements = output_elements;
             let temporaries = |elements: usize| elements as u64 * internal_bytes;
             // A stem step differentiated by hand replays only its backward.
@@ -220,7 +220,7 @@ fn activation_layers(
             // A compressed input: its codes and block ranges, and for BatchNorm + ReLU differentiated
             // by hand the forward's ReLU gate, a bit per output value.
             let gate = if layer.by_hand && matches!(layer.role, LayerRole::BatchNormRelu) {
-                output_elements as u64 / 8
+                output_elements / 8
             } else {
                 0
             };
