@@ -340,3 +340,18 @@ fn flip_joint_pairs_become_positions_among_the_kept_joints() {
     let custom = load(&["data.flip_joint_pairs=[[0,69]]"]).unwrap();
     assert_eq!(custom.flip_joint_positions(), vec![[0, 51]]);
 }
+
+/// `model.activation_bits` takes the widths the codes have, and a typo is refused by name.
+#[test]
+fn activation_bits_are_one_of_the_code_widths() {
+    for bits in [32, 16, 8, 4, 2] {
+        let config = load(&[&format!("model.activation_bits={bits}")]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.model.activation_bits, bits);
+    }
+    let message = error_text(&["model.activation_bits=3"]);
+    assert!(
+        message.contains("model.activation_bits") && message.contains("32"),
+        "{message}"
+    );
+}
