@@ -176,22 +176,9 @@ fn plain(case: &Case) -> Vec<Vec<f32>> {
     collect(&case.model, &grads)
 }
 
+/// The gradients of `case` through the recompute engine in `mode` (weight 0.5, seed 11).
 fn segmented(case: &Case, mode: RecomputeMode) -> Vec<Vec<f32>> {
-    let device = Default::default();
-    let labels = case.labels.clone();
-    let (_, grads) = case.model.loss_and_gradients(
-        case.video.clone(),
-        case.keypoints.clone(),
-        |scores| {
-            CrossEntropyLossConfig::new()
-                .init(&device)
-                .forward(scores, labels)
-        },
-        0.5,
-        mode,
-        11,
-    );
-    collect(&case.model, &grads)
+    compressed(case, mode, 32, 11).1
 }
 
 fn assert_equal(expected: &[Vec<f32>], got: &[Vec<f32>], what: &str) {
@@ -500,8 +487,8 @@ fn modes_recompute_the_segments_they_name() {
     assert!(!SegmentKind::Bridge.recomputed_by(All));
 }
 
-/// `segmented` with the kept inputs compressed to `bits`, the step seeded with `seed` (the codes'
-/// stochastic rounding follows it). Returns the loss too.
+/// The loss and gradients of `case` through the recompute engine (weight 0.5) with the kept
+/// inputs in `bits`, the step seeded with `seed` (the codes' stochastic rounding follows it).
 fn compressed(case: &Case, recompute: RecomputeMode, bits: u32, seed: u64) -> (f32, Vec<Vec<f32>>) {
     let device = Default::default();
     let labels = case.labels.clone();
