@@ -8,6 +8,7 @@ pub mod conv_gemm;
 pub mod dropout;
 pub mod encoder;
 pub mod graph;
+mod im2col;
 pub mod mamba;
 pub mod norm_relu_host;
 pub mod selective_scan;

@@ -1,0 +1,242 @@
+//! The column maps of `conv_gemm`'s convolutions: which input position each im2col column reads
+//! (worked out once per call, per kernel tap and axis), im2col itself and its adjoint col2im.
+
+use rayon::prelude::*;
+
+use super::conv_gemm::ConvGeometry;
+
+/// The input position read by output index `out` at kernel offset `tap` along one axis, if it
+/// is inside the input (not padding).
+pub(super) fn source(
+    out: usize,
+    tap: usize,
+    stride: usize,
+    padding: usize,
+    size: usize,
+) -> Option<usize> {
+    (out * stride + tap)
+        .checked_sub(padding)
+        .filter(|&index| index < size)
+}
+
+/// Where one kernel tap reads, axis by axis: the input frame of each output frame and the
+/// input row of each output row (`None` in the padding), and along a row the span of output
+/// columns inside the input. Worked out once per convolution call ([`ColumnMap`]), not once
+/// per value.
+struct TapSources {
+    frames: Vec<Option<usize>>,
+    rows: Vec<Option<usize>>,
+    columns: ColumnSpan,
+}
+
+impl TapSources {
+    /// The input frame and row read by output line `line` (`t'·h'` order), if neither is
+    /// padding.
+    fn line(&self, line: usize) -> Option<(usize, usize)> {
+        let h_out = self.rows.len();
+        Some((self.frames[line / h_out]?, self.rows[line % h_out]?))
+    }
+}
+
+/// Along a row, output columns `first..end` read input columns `source`, `source + stride`, …;
+/// the others read padding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ColumnSpan {
+    first: usize,
+    end: usize,
+    source: usize,
+    stride: usize,
+}
+
+impl ColumnSpan {
+    /// The span of `outputs` output columns at kernel offset `tap` (as [`source`] maps them).
+    fn new(outputs: usize, tap: usize, stride: usize, padding: usize, size: usize) -> Self {
+        // out · stride + tap − padding ∈ [0, size)
+        let end = (size + padding)
+            .checked_sub(tap)
+            .map_or(0, |limit| limit.div_ceil(stride))
+            .min(outputs);
+        let first = padding.saturating_sub(tap).div_ceil(stride).min(end);
+        // An empty span reads nothing; its source stays inside the row.
+        let source = if first < end {
+            first * stride + tap - padding
+        } else {
+            0
+        };
+        Self {
+            first,
+            end,
+            source,
+            stride,
+        }
+    }
+}
+
+impl ConvGeometry {
+    fn tap_sources(&self, tap: usize) -> TapSources {
+        let [_, _, t, h, w] = self.input;
+        let [_, kh, kw] = self.kernel;
+        let offsets = [tap / (kh * kw), (tap / kw) % kh, tap % kw];
+        let axis = |index: usize, size: usize| {
+            (0..self.output[index])
+                .map(|out| {
+                    source(
+                        out,
+                        offsets[index],
+                        self.stride[index],
+                        self.padding[index],
+                        size,
+                    )
+                })
+                .collect()
+        };
+        TapSources {
+            frames: axis(0, t),
+            rows: axis(1, h),
+            columns: ColumnSpan::new(
+                self.output[2],
+                offsets[2],
+                self.stride[2],
+                self.padding[2],
+                w,
+            ),
+        }
+    }
+}
+
+/// The tap sources of every kernel tap of one convolution, worked out once per call and read by
+/// [`im2col`] and [`col2im`] for every group.
+pub(super) struct ColumnMap {
+    pub(super) geometry: ConvGeometry,
+    taps: Vec<TapSources>,
+}
+
+impl ColumnMap {
+    pub(super) fn new(geometry: ConvGeometry) -> Self {
+        let taps = (0..geometry.taps())
+            .map(|tap| geometry.tap_sources(tap))
+            .collect();
+        Self { geometry, taps }
+    }
+}
+
+/// Writes the im2col columns of output lines `first..first + lines` of one clip
+/// (`clip: [c_in, t, h, w]`) into `columns: [c_in·taps, lines·w']`; padding reads 0
+/// (`T::default()`).
+pub(super) fn im2col<T: Copy + Default + Send + Sync>(
+    clip: &[T],
+    map: &ColumnMap,
+    first: usize,
+    lines: usize,
+    columns: &mut [T],
+) {
+    let [_, _, t, h, w] = map.geometry.input;
+    let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
+    columns
+        .par_chunks_mut(lines * w_out)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (channel, sources) = (row / taps, &map.taps[row % taps]);
+            let span = sources.columns;
+            let volume = &clip[channel * t * h * w..][..t * h * w];
+            for (out, line) in out.chunks_mut(w_out).zip(first..) {
+                let Some((frame, row)) = sources.line(line) else {
+                    out.fill(T::default());
+                    continue;
+                };
+                let input = &volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
+                out[..span.first].fill(T::default());
+                out[span.end..].fill(T::default());
+                gather(&mut out[span.first..span.end], input, span.stride);
+            }
+        });
+}
+
+/// `out[k] = input[k · stride]`. Strides 1 and 2 (the stems' convolutions) get loops the
+/// compiler vectorises: a copy, and every second value of pairs.
+fn gather<T: Copy>(out: &mut [T], input: &[T], stride: usize) {
+    match stride {
+        1 => out.copy_from_slice(&input[..out.len()]),
+        2 => {
+            let (pairs, last) = input[..(2 * out.len()).saturating_sub(1)].as_chunks::<2>();
+            for (value, pair) in out.iter_mut().zip(pairs) {
+                *value = pair[0];
+            }
+            if let (Some(value), [single]) = (out.get_mut(pairs.len()), last) {
+                *value = *single;
+            }
+        }
+        _ => {
+            for (value, &input) in out.iter_mut().zip(input.iter().step_by(stride)) {
+                *value = input;
+            }
+        }
+    }
+}
+
+/// Adds the column gradients `columns: [c_in·taps, lines·w']` of output lines
+/// `first..first + lines` back onto the input positions they were read from
+/// (`clip: [c_in, t, h, w]`), in parallel over input channels (each owns its volume).
+pub(super) fn col2im(
+    columns: &[f32],
+    map: &ColumnMap,
+    first: usize,
+    lines: usize,
+    clip: &mut [f32],
+) {
+    let [_, _, t, h, w] = map.geometry.input;
+    let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
+    let row_len = lines * w_out;
+    clip.par_chunks_mut(t * h * w)
+        .enumerate()
+        .for_each(|(channel, volume)| {
+            for (tap, sources) in map.taps.iter().enumerate() {
+                let span = sources.columns;
+                let row = &columns[(channel * taps + tap) * row_len..][..row_len];
+                for (values, line) in row.chunks(w_out).zip(first..) {
+                    let Some((frame, row)) = sources.line(line) else {
+                        continue;
+                    };
+                    let input =
+                        &mut volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
+                    let inside = &values[span.first..span.end];
+                    for (input, value) in input.iter_mut().step_by(span.stride).zip(inside) {
+                        *input += value;
+                    }
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column spans map every output column as [`source`] does.
+    #[test]
+    fn column_spans_agree_with_the_source_map() {
+        for size in 1..12 {
+            for stride in 1..4 {
+                for padding in 0..4 {
+                    for tap in 0..7 {
+                        if size + 2 * padding < tap + 1 {
+                            continue;
+                        }
+                        let outputs = (size + 2 * padding - tap - 1) / stride + 1 + tap / 2;
+                        let span = ColumnSpan::new(outputs, tap, stride, padding, size);
+                        assert!(span.source < size, "{span:?}");
+                        for out in 0..outputs {
+                            let inside = (span.first..span.end).contains(&out);
+                            let mapped = inside.then(|| span.source + (out - span.first) * stride);
+                            assert_eq!(
+                                mapped,
+                                source(out, tap, stride, padding, size),
+                                "{span:?} out {out}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
