@@ -148,12 +148,8 @@ pub(crate) trait BlockChain<B: Backend> {
     /// Runs lead segment `index` alone.
     fn forward_lead(&self, index: usize, input: Activation<B>) -> Activation<B>;
 
-    /// The stem step that lead segment `index` is, if it is one, bound to `input`.
-    fn lead_stem_step(&self, _index: usize, _input: &Activation<B>) -> Option<StemStep<'_, B>> {
-        None
-    }
-
-    /// The layer of the stem step that lead segment `index` is, if it is one.
+    /// The layer of the stem step that lead segment `index` is, if it is one (lead segment 0
+    /// reads the decoded clips: [`StemLayer::bind`]).
     fn lead_stem_layer(&self, _index: usize) -> Option<StemLayer<'_, B>> {
         None
     }
@@ -257,7 +253,12 @@ impl<B: Backend, C: BlockChain<B>> SegmentChain<B> for C {
     }
 
     fn stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
-        self.lead_stem_step(index, input)
+        match input {
+            Activation::Clips(clips) => {
+                Some(self.lead_stem_layer(index)?.bind(index, clips.clone()))
+            }
+            _ => None,
+        }
     }
 
     fn stem_layer(&self, index: usize) -> Option<StemLayer<'_, B>> {

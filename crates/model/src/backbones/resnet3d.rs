@@ -22,7 +22,7 @@ use crate::chain::{
 };
 use crate::layers::batch_norm::batch_norm_channels;
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
-use crate::layers::stem::{StemLayer, StemStep};
+use crate::layers::stem::StemLayer;
 use crate::precision::mean_dim_f32;
 use crate::pytorch_names::PytorchNames;
 use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
@@ -237,21 +237,6 @@ impl<B: Backend> BlockChain<B> for Resnet3d<B> {
         }
     }
 
-    fn lead_stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
-        let Activation::Clips(clips) = input else {
-            return None;
-        };
-        match index {
-            // Decoded clips are frames-first; the convolution reads them channels-first.
-            0 => Some(StemStep::Convolution(
-                &self.stem_conv,
-                clips.clone().swap_dims(1, 2),
-            )),
-            1 => Some(StemStep::NormRelu(&self.stem_norm, clips.clone())),
-            _ => None,
-        }
-    }
-
     fn lead_stem_layer(&self, index: usize) -> Option<StemLayer<'_, B>> {
         match index {
             0 => Some(StemLayer::Convolution(&self.stem_conv)),
@@ -261,10 +246,10 @@ impl<B: Backend> BlockChain<B> for Resnet3d<B> {
     }
 
     fn forward_lead(&self, index: usize, input: Activation<B>) -> Activation<B> {
-        let step = self
-            .lead_stem_step(index, &input)
-            .expect("both lead segments are stem steps on clips");
-        Activation::Clips(step.forward())
+        let layer = self
+            .lead_stem_layer(index)
+            .expect("both lead segments are stem steps");
+        Activation::Clips(layer.bind(index, input.into_clips()).forward())
     }
 
     fn blocks(&self) -> impl Iterator<Item = &BasicBlock3d<B>> {

@@ -6,7 +6,7 @@ use burn::prelude::*;
 
 use crate::chain::{Activation, BlockChain, ChainConfig, SegmentChain, SegmentKind, norm_and_mean};
 use crate::layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
-use crate::layers::stem::{StemLayer, StemStep, VideoStem, VideoStemConfig};
+use crate::layers::stem::{StemLayer, VideoStem, VideoStemConfig};
 use crate::precision::{layer_norm, like, mean_dim_f32};
 use crate::pytorch_names::PytorchNames;
 use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
@@ -153,15 +153,6 @@ impl<B: Backend> BlockChain<B> for VideoTransformer<B> {
             0 | 2 => SegmentKind::StemPerClip,
             1 | 3 => SegmentKind::StemBatch,
             _ => SegmentKind::Bridge,
-        }
-    }
-
-    fn lead_stem_step(&self, index: usize, input: &Activation<B>) -> Option<StemStep<'_, B>> {
-        match input {
-            Activation::Clips(clips) if index < VideoStem::<B>::STEPS => {
-                Some(self.stem.step(index, clips.clone()))
-            }
-            _ => None,
         }
     }
 

@@ -72,16 +72,9 @@ impl<B: Backend> VideoStem<B> {
         self.step(index, input).forward()
     }
 
-    /// Step `index` with its input as the step reads it: a convolution reads channels-first.
-    /// Step 0's input is data, frames-first: swapping the axes costs one copy of the clip, made
-    /// inside the convolution, and no gradient is ever wanted for it.
+    /// Step `index` bound to its input ([`StemLayer::bind`]).
     pub fn step(&self, index: usize, input: Tensor<B, 5>) -> StemStep<'_, B> {
-        match index {
-            0 => StemStep::Convolution(&self.conv1, input.swap_dims(1, 2)), // [n, c, t, h, w]
-            1 => StemStep::NormRelu(&self.norm1, input),
-            2 => StemStep::Convolution(&self.conv2, input),
-            _ => StemStep::NormRelu(&self.norm2, input),
-        }
+        self.layer(index).bind(index, input)
     }
 
     /// Output size `[t, h, w]` for an input of size `[t, h, w]`.
@@ -104,6 +97,23 @@ impl<B: Backend> VideoStem<B> {
 pub enum StemLayer<'a, B: Backend> {
     Convolution(&'a VideoConv3d<B>),
     NormRelu(&'a BatchNorm<B>),
+}
+
+impl<'a, B: Backend> StemLayer<'a, B> {
+    /// Step `index` of a chain with this layer, bound to its input as the step reads it: a
+    /// convolution reads channels-first. A chain's step 0 reads data, frames-first: swapping the
+    /// axes costs one copy of the clip, made inside the convolution, and no gradient is ever
+    /// wanted for it.
+    pub fn bind(self, index: usize, input: Tensor<B, 5>) -> StemStep<'a, B> {
+        match self {
+            // [n, t, c, h, w] → [n, c, t, h, w]
+            StemLayer::Convolution(conv) if index == 0 => {
+                StemStep::Convolution(conv, input.swap_dims(1, 2))
+            }
+            StemLayer::Convolution(conv) => StemStep::Convolution(conv, input),
+            StemLayer::NormRelu(norm) => StemStep::NormRelu(norm, input),
+        }
+    }
 }
 
 impl<B: AutodiffBackend> StemLayer<'_, B> {
