@@ -3,12 +3,13 @@
 //! backward or a replay. Inputs of kept stretches stay whole: Burn's autodiff graph holds them.
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 use vidtrain_config::RecomputeMode;
 
 use crate::chain::Activation;
+use crate::cpu_kernels::{self, HostFloat};
 pub(crate) use crate::quantize::HostInput;
 use crate::quantize::Quantized;
 
@@ -134,52 +135,96 @@ pub(super) enum ReluMask<B: Backend> {
 const MASK_BYTES_PER_TASK: usize = 1 << 14;
 
 impl<B: Backend> ReluMask<B> {
-    /// The gate of `output`, the step's (flattened) output.
+    /// The gate of `output`, the step's (flattened) output: read where it is stored, in its
+    /// dtype, on the host.
     pub(super) fn of(output: Tensor<B, 1>) -> Self {
         let device = output.device();
-        if !crate::cpu_kernels::enabled::<B>(&device) {
+        if !cpu_kernels::enabled::<B>(&device) {
             return ReluMask::Tensor(output.greater_elem(0.0));
         }
-        let values = crate::cpu_kernels::stored::<f32, B, 1>(crate::cpu_kernels::cast(
-            output,
-            burn::tensor::FloatDType::F32,
-        ));
-        let mut bits = vec![0u8; values.len().div_ceil(8)];
-        bits.par_chunks_mut(MASK_BYTES_PER_TASK)
-            .zip(values.par_chunks(MASK_BYTES_PER_TASK * 8))
-            .for_each(|(bits, values)| {
-                for (byte, values) in bits.iter_mut().zip(values.chunks(8)) {
-                    *byte = values.iter().enumerate().fold(0, |byte, (bit, &value)| {
-                        byte | (u8::from(value > 0.0) << bit)
-                    });
-                }
-            });
+        let bits = match output.dtype() {
+            DType::BF16 => positive_bits(&cpu_kernels::stored::<bf16, B, 1>(output)),
+            DType::F16 => positive_bits(&cpu_kernels::stored::<f16, B, 1>(output)),
+            _ => positive_bits(&cpu_kernels::stored::<f32, B, 1>(output)),
+        };
         ReluMask::Host { bits, device }
     }
 
-    /// `upstream` (flattened, as the output) with 0 where the gate was closed.
+    /// `upstream` (flattened, as the output) with 0 where the gate was closed, written over its
+    /// values in their dtype (no copy when nothing else holds them).
     pub(super) fn apply(self, upstream: Tensor<B, 1>) -> Tensor<B, 1> {
         match self {
             ReluMask::Tensor(passed) => upstream.mask_fill(passed.bool_not(), 0.0),
-            ReluMask::Host { bits, device } => {
-                let dtype = upstream.dtype();
-                let mut values = crate::cpu_kernels::floats(upstream);
-                values
-                    .par_chunks_mut(MASK_BYTES_PER_TASK * 8)
-                    .zip(bits.par_chunks(MASK_BYTES_PER_TASK))
-                    .for_each(|(values, bits)| {
-                        for (values, byte) in values.chunks_mut(8).zip(bits) {
-                            for (bit, value) in values.iter_mut().enumerate() {
-                                if byte >> bit & 1 == 0 {
-                                    *value = 0.0;
-                                }
-                            }
-                        }
-                    });
-                let length = values.len();
-                let gated = Tensor::from_data(TensorData::new(values, [length]), &device);
-                crate::cpu_kernels::cast(gated, dtype)
+            ReluMask::Host { bits, device } => match upstream.dtype() {
+                DType::BF16 => gated::<B, bf16>(&bits, upstream, &device),
+                DType::F16 => gated::<B, f16>(&bits, upstream, &device),
+                _ => gated::<B, f32>(&bits, upstream, &device),
+            },
+        }
+    }
+}
+
+/// Bit `i % 8` of byte `i / 8` set where value `i` is positive.
+fn positive_bits<T: HostFloat>(values: &[T]) -> Vec<u8> {
+    let mut bits = vec![0u8; values.len().div_ceil(8)];
+    bits.par_chunks_mut(MASK_BYTES_PER_TASK)
+        .zip(values.par_chunks(MASK_BYTES_PER_TASK * 8))
+        .for_each(|(bits, values)| {
+            for (byte, values) in bits.iter_mut().zip(values.chunks(8)) {
+                *byte = values.iter().enumerate().fold(0, |byte, (bit, value)| {
+                    byte | (u8::from(value.to_f32() > 0.0) << bit)
+                });
             }
+        });
+    bits
+}
+
+/// `upstream`'s values as `T`, zeroed where `bits` has a 0.
+fn gated<B: Backend, T: HostFloat>(
+    bits: &[u8],
+    upstream: Tensor<B, 1>,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let mut values = cpu_kernels::values::<T, B, 1>(upstream);
+    values
+        .par_chunks_mut(MASK_BYTES_PER_TASK * 8)
+        .zip(bits.par_chunks(MASK_BYTES_PER_TASK))
+        .for_each(|(values, bits)| {
+            for (values, byte) in values.chunks_mut(8).zip(bits) {
+                for (bit, value) in values.iter_mut().enumerate() {
+                    if byte >> bit & 1 == 0 {
+                        *value = T::from_f32(0.0);
+                    }
+                }
+            }
+        });
+    let length = values.len();
+    Tensor::from_data(TensorData::new(values, [length]), (device, T::dtype()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::tensor::{Distribution, FloatDType};
+
+    /// The host mask, in f32 and bf16 and over a ragged last byte, gates like a bool tensor.
+    #[test]
+    fn the_host_gate_zeroes_what_a_bool_mask_zeroes() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        for dtype in [FloatDType::F32, FloatDType::BF16] {
+            let output = Tensor::<TestBackend, 1>::random([1003], Distribution::Default, &device)
+                .sub_scalar(0.5)
+                .cast(dtype);
+            let upstream = Tensor::<TestBackend, 1>::random([1003], Distribution::Default, &device)
+                .cast(dtype);
+            let mask = ReluMask::of(output.clone());
+            assert!(matches!(mask, ReluMask::Host { .. }));
+            let gated = mask.apply(upstream.clone());
+            assert_eq!(gated.dtype(), upstream.dtype());
+            let expected = ReluMask::Tensor(output.greater_elem(0.0)).apply(upstream);
+            assert_eq!(gated.into_data(), expected.into_data(), "{dtype:?}");
         }
     }
 }
