@@ -97,15 +97,30 @@ pub(crate) fn values<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B,
 /// again to realign it), and the inputs the stem's steps read are always shared: kept for
 /// their backward.
 pub(crate) fn stored<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Stored<T> {
-    if tensor.dtype() == T::dtype() {
-        let primitive: Box<dyn std::any::Any> = Box::new(tensor.clone().into_primitive().tensor());
-        if let Ok(flex) = primitive.downcast::<FlexTensor>()
-            && flex.as_slice::<T>().is_some()
-        {
-            return Stored::InPlace(*flex, std::marker::PhantomData);
-        }
+    if tensor.dtype() == T::dtype()
+        && let Ok(flex) = into_flex(tensor.clone())
+        && flex.as_slice::<T>().is_some()
+    {
+        return Stored::InPlace(flex, std::marker::PhantomData);
     }
     Stored::Copied(values(tensor))
+}
+
+/// The burn-flex tensor a tensor of backend `B` is, or the tensor back when `B` is another
+/// backend.
+fn into_flex<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>> {
+    let primitive: Box<dyn std::any::Any> = Box::new(tensor.into_primitive().tensor());
+    match primitive.downcast::<FlexTensor>() {
+        Ok(flex) => Ok(*flex),
+        Err(other) => {
+            let primitive = *other
+                .downcast::<B::FloatTensorPrimitive>()
+                .expect("it was the backend's primitive");
+            Err(Tensor::from_primitive(
+                burn::tensor::TensorPrimitive::Float(primitive),
+            ))
+        }
+    }
 }
 
 /// A CPU tensor that nothing else holds, contiguous and stored as `T`: its values can be
@@ -117,25 +132,14 @@ pub(crate) fn unique<T: HostFloat, B: Backend, const D: usize>(
     if tensor.dtype() != T::dtype() {
         return Err(tensor);
     }
-    let primitive: Box<dyn std::any::Any> = Box::new(tensor.into_primitive().tensor());
-    match primitive.downcast::<FlexTensor>() {
-        Ok(flex) if flex.is_unique() && flex.as_slice::<T>().is_some() => Ok(Unique {
-            range: flex
-                .layout()
-                .contiguous_offsets()
-                .expect("`as_slice` checked the layout"),
-            flex: *flex,
+    let flex = into_flex(tensor)?;
+    match flex.layout().contiguous_offsets() {
+        Some(range) if flex.is_unique() => Ok(Unique {
+            range,
+            flex,
             values: std::marker::PhantomData,
         }),
-        Ok(flex) => Err(from_flex(*flex)),
-        Err(other) => {
-            let primitive = *other
-                .downcast::<B::FloatTensorPrimitive>()
-                .expect("it was the backend's primitive");
-            Err(Tensor::from_primitive(
-                burn::tensor::TensorPrimitive::Float(primitive),
-            ))
-        }
+        _ => Err(from_flex(flex)),
     }
 }
 
