@@ -487,6 +487,20 @@ mod tests {
     use crate::quantize::Quantized;
     use burn::tensor::{Distribution, Tolerance};
 
+    /// `clips` clips of 3 channels, 5 frames of 9 × 8, into `channels_out` channels through a
+    /// 3 × 3 × 2 kernel with stride 1 × 2 × 2 and padding 1 × 1 × 0: odd sizes, padding on some
+    /// axes only, a temporal kernel whose reads overlap between groups of lines.
+    fn odd_geometry(clips: usize, channels_out: usize) -> ConvGeometry {
+        ConvGeometry {
+            input: [clips, 3, 5, 9, 8],
+            channels_out,
+            kernel: [3, 3, 2],
+            stride: [1, 2, 2],
+            padding: [1, 1, 0],
+            output: [5, 5, 4],
+        }
+    }
+
     /// The bf16 route equals the f32 route on the same bf16 values (every product of two bf16
     /// values is exact in f32; only the order of the f32 sums differs), on the AVX512_BF16 path
     /// where the CPU has it and on the portable path everywhere, whatever the line groups: the
@@ -496,14 +510,7 @@ mod tests {
     fn bf16_products_equal_the_f32_route_on_bf16_values() {
         let _rng = crate::rng_lock();
         let device = Default::default();
-        let geometry = ConvGeometry {
-            input: [2, 3, 5, 9, 8],
-            channels_out: 14,
-            kernel: [3, 3, 2],
-            stride: [1, 2, 2],
-            padding: [1, 1, 0],
-            output: [5, 5, 4],
-        };
+        let geometry = odd_geometry(2, 14);
         let random = |shape: [usize; 5]| {
             Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
                 .cast(FloatDType::BF16)
@@ -584,14 +591,7 @@ mod tests {
     fn line_groups_do_not_change_the_forward_or_the_gradients() {
         let _rng = crate::rng_lock();
         let device = Default::default();
-        let geometry = ConvGeometry {
-            input: [2, 3, 5, 9, 8],
-            channels_out: 4,
-            kernel: [3, 3, 2],
-            stride: [1, 2, 2],
-            padding: [1, 1, 0],
-            output: [5, 5, 4],
-        };
+        let geometry = odd_geometry(2, 4);
         let input =
             Tensor::<TestBackend, 5>::random([2, 3, 5, 9, 8], Distribution::Default, &device);
         let weight =
@@ -650,14 +650,7 @@ mod tests {
     fn an_input_read_from_codes_equals_the_restored_input() {
         let _rng = crate::rng_lock();
         let device = Default::default();
-        let geometry = ConvGeometry {
-            input: [3, 3, 5, 9, 8],
-            channels_out: 4,
-            kernel: [3, 3, 2],
-            stride: [1, 2, 2],
-            padding: [1, 1, 0],
-            output: [5, 5, 4],
-        };
+        let geometry = odd_geometry(3, 4);
         for dtype in [FloatDType::F32, FloatDType::BF16] {
             let random = |shape: [usize; 5]| {
                 Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device).cast(dtype)
