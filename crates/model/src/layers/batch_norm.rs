@@ -21,7 +21,7 @@ use burn::tensor::{DType, FloatDType, TensorData, bf16, f16};
 
 use crate::cpu_kernels::{HostFloat, cast, floats, stored, values};
 use crate::layers::norm_relu_host::{ChannelNorm, Rows};
-use crate::quantize::HostInput;
+use crate::quantize::{HostCodes, HostInput};
 
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
 /// averages) when autodiff is on, running statistics otherwise.
@@ -252,29 +252,10 @@ fn norm_relu_gradients_on_host<B: AutodiffBackend>(
     wants_input: bool,
     gate: ReluGate,
 ) -> (GradientsParams, Option<Tensor<B, 3>>) {
-    let (x, upstream) = (x.inner(), upstream.inner());
-    let same = x.dtype() == upstream.dtype();
-    let (gradients, input_gradient) = match x.dtype() {
-        DType::BF16 if same => {
-            norm_relu_gradients_as::<B, bf16>(norm, x, upstream, wants_input, gate)
-        }
-        DType::F16 if same => {
-            norm_relu_gradients_as::<B, f16>(norm, x, upstream, wants_input, gate)
-        }
-        dtype => {
-            let (gradients, input_gradient) = norm_relu_gradients_as::<B, f32>(
-                norm,
-                cast(x, FloatDType::F32),
-                cast(upstream, FloatDType::F32),
-                wants_input,
-                gate,
-            );
-            (
-                gradients,
-                input_gradient.map(|gradient| cast(gradient, dtype)),
-            )
-        }
-    };
+    let (dims, dtype) = (x.dims(), x.dtype());
+    let x = HostNormInput::Tensor(x.inner());
+    let (gradients, input_gradient) =
+        gradients_on_host(norm, x, dtype, dims, upstream.inner(), wants_input, gate);
     (gradients, input_gradient.map(Tensor::from_inner))
 }
 
@@ -290,46 +271,66 @@ pub(crate) fn norm_relu_gradients_of_codes<B: AutodiffBackend>(
 ) -> (GradientsParams, Option<Tensor<B, 5>>) {
     let [n, c, t, h, w] = input.dims;
     let dims = [n, c, t * h * w];
+    let x = HostNormInput::Codes(input.codes);
     let upstream = upstream.inner().reshape(dims);
-    let (gradients, input_gradient) = match input.dtype {
-        DType::BF16 if upstream.dtype() == DType::BF16 => {
-            gradients_of_rows::<B, bf16, _>(norm, input.codes, dims, upstream, wants_input, gate)
-        }
-        DType::F16 if upstream.dtype() == DType::F16 => {
-            gradients_of_rows::<B, f16, _>(norm, input.codes, dims, upstream, wants_input, gate)
-        }
-        dtype => {
-            let upstream = cast(upstream, FloatDType::F32);
-            let (gradients, input_gradient) = gradients_of_rows::<B, f32, _>(
-                norm,
-                input.codes,
-                dims,
-                upstream,
-                wants_input,
-                gate,
-            );
-            (
-                gradients,
-                input_gradient.map(|gradient| cast(gradient, dtype)),
-            )
-        }
-    };
+    let (gradients, input_gradient) =
+        gradients_on_host(norm, x, input.dtype, dims, upstream, wants_input, gate);
     let input_gradient =
         input_gradient.map(|gradient| Tensor::from_inner(gradient.reshape([n, c, t, h, w])));
     (gradients, input_gradient)
 }
 
-/// [`norm_relu_gradients_on_host`] for `x` and `upstream` stored as `T`.
-fn norm_relu_gradients_as<B: AutodiffBackend, T: HostFloat>(
+/// The input of BatchNorm + ReLU's host backward: a tensor, or codes read a row at a time.
+enum HostNormInput<'a, B: Backend> {
+    Tensor(Tensor<B, 3>),
+    Codes(&'a HostCodes),
+}
+
+/// The host backward for `x` of `dtype` and `dims`: in the stored half type when `x` and
+/// `upstream` share it, otherwise in f32 with the input gradient cast back to `x`'s dtype.
+fn gradients_on_host<B: AutodiffBackend>(
     norm: &BatchNorm<B>,
-    x: Tensor<B::InnerBackend, 3>,
+    x: HostNormInput<'_, B::InnerBackend>,
+    dtype: DType,
+    dims: [usize; 3],
     upstream: Tensor<B::InnerBackend, 3>,
     wants_input: bool,
     gate: ReluGate,
 ) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
-    let dims = x.dims();
-    let x = stored::<T, _, 3>(x);
-    gradients_of_rows::<B, T, [T]>(norm, &x, dims, upstream, wants_input, gate)
+    let same = dtype == upstream.dtype();
+    match dtype {
+        DType::BF16 if same => gradients_as::<B, bf16>(norm, x, dims, upstream, wants_input, gate),
+        DType::F16 if same => gradients_as::<B, f16>(norm, x, dims, upstream, wants_input, gate),
+        dtype => {
+            let upstream = cast(upstream, FloatDType::F32);
+            let (gradients, input_gradient) =
+                gradients_as::<B, f32>(norm, x, dims, upstream, wants_input, gate);
+            (
+                gradients,
+                input_gradient.map(|gradient| cast(gradient, dtype)),
+            )
+        }
+    }
+}
+
+/// [`gradients_on_host`] with `x` read as `T`.
+fn gradients_as<B: AutodiffBackend, T: HostFloat>(
+    norm: &BatchNorm<B>,
+    x: HostNormInput<'_, B::InnerBackend>,
+    dims: [usize; 3],
+    upstream: Tensor<B::InnerBackend, 3>,
+    wants_input: bool,
+    gate: ReluGate,
+) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
+    match x {
+        HostNormInput::Tensor(x) => {
+            let x = stored::<T, _, 3>(x);
+            gradients_of_rows::<B, T, [T]>(norm, &x, dims, upstream, wants_input, gate)
+        }
+        HostNormInput::Codes(codes) => {
+            gradients_of_rows::<B, T, _>(norm, codes, dims, upstream, wants_input, gate)
+        }
+    }
 }
 
 /// The gradients of BatchNorm + ReLU for `x` read row by row ([`Rows`]) and `upstream`, stored
