@@ -124,17 +124,9 @@ impl<B: Backend> Quantized<B> {
                 values
                     .reshape([blocks * BLOCK])
                     .narrow(0, 0, length)
-                    .cast(float_dtype(dtype))
+                    .cast(FloatDType::from(dtype))
             }
         }
-    }
-}
-
-fn float_dtype(dtype: DType) -> FloatDType {
-    match dtype {
-        DType::BF16 => FloatDType::BF16,
-        DType::F16 => FloatDType::F16,
-        _ => FloatDType::F32,
     }
 }
 

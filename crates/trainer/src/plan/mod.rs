@@ -219,7 +219,8 @@ fn activation_layers(
                 layer.by_hand || layer.segment.is_some_and(|kind| kind.recomputed_by(mode));
             // A compressed input: its codes and block ranges, and for BatchNorm + ReLU differentiated
             // by hand the forward's ReLU gate, a bit per output value.
-            let gate = if layer.by_hand && matches!(layer.role, LayerRole::BatchNormRelu) {
+            let norm_relu = matches!(layer.role, LayerRole::BatchNormRelu);
+            let gate = if layer.by_hand && norm_relu {
                 output_elements / 8
             } else {
                 0
@@ -231,7 +232,6 @@ fn activation_layers(
             // clip at a time, BatchNorm + ReLU a row at a time) and BatchNorm + ReLU writes its
             // output over its input; a replay restores its input whole.
             let pieces = kept_input.filter(|_| layer.by_hand && backend == BackendChoice::Cpu);
-            let norm_relu = matches!(layer.role, LayerRole::BatchNormRelu);
             let restored_input = pieces.map(|codes| {
                 let clip = if norm_relu {
                     0
