@@ -205,6 +205,11 @@ pub(crate) trait HostFloat:
     const FLOAT: FloatDType;
     fn to_f32(self) -> f32;
     fn from_f32(value: f32) -> Self;
+    /// `values` as f32, when `Self` is f32: where a kernel sums in f32 and stores `Self`, it
+    /// then sums in place instead of through a buffer rounded afterwards.
+    fn as_f32_mut(_values: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl HostFloat for f32 {
@@ -216,6 +221,9 @@ impl HostFloat for f32 {
     #[inline(always)]
     fn from_f32(value: f32) -> Self {
         value
+    }
+    fn as_f32_mut(values: &mut [f32]) -> Option<&mut [f32]> {
+        Some(values)
     }
 }
 

@@ -90,27 +90,35 @@ fn normalize<B: Backend>(
     centered * scale.repeat_dim(0, n) + norm.beta.val().reshape([1, c, 1]).repeat_dim(0, n)
 }
 
-/// The gradients of `relu(batch_norm(norm, x))` (training statistics) for `upstream`, the
-/// gradient of its output: γ's and β's (f32, like the parameters), and `x`'s when `wants_input`
-/// is set. Computed by hand on the inner backend from `x` alone, in f32 whatever `x`'s dtype:
+/// The backward of `relu(batch_norm(norm, x))` (training statistics): γ's and β's gradients
+/// (f32, like the parameters) and `x`'s when `wants_input` is set, the ReLU's gate taken per
+/// `gate`. Computed by hand on the inner backend from `x` alone, in f32 whatever `x`'s dtype:
 /// autodiff would keep `x − mean`, the normalised values and the ReLU's output for backward, all
 /// in f32 (the statistics are f32 under mixed precision), so a half-precision run would hold
 /// four bytes per value; here only `x` is kept, in its own dtype, and the rest is recomputed —
 /// one reduction pass — while its gradient is taken.
-///
-/// # Shapes
-/// - x, upstream: `[n, c, l]`
-pub(crate) fn norm_relu_gradients<B: AutodiffBackend>(
-    norm: &BatchNorm<B>,
-    x: Tensor<B, 3>,
-    upstream: Tensor<B, 3>,
-    wants_input: bool,
-    gate: ReluGate,
-) -> (GradientsParams, Option<Tensor<B, 3>>) {
-    if crate::cpu_kernels::enabled::<B::InnerBackend>(&x.device()) {
-        norm_relu_gradients_on_host(norm, x, upstream, wants_input, gate)
-    } else {
-        norm_relu_gradients_composed(norm, x, upstream, wants_input, gate)
+#[derive(Clone, Copy)]
+pub(crate) struct NormReluBackward<'a, B: AutodiffBackend> {
+    pub norm: &'a BatchNorm<B>,
+    pub wants_input: bool,
+    pub gate: ReluGate,
+}
+
+/// The parameter gradients of a backward, and its input's gradient when asked for.
+pub(crate) type NormReluGradients<B, const D: usize> = (GradientsParams, Option<Tensor<B, D>>);
+
+impl<B: AutodiffBackend> NormReluBackward<'_, B> {
+    /// The gradients for `x` and `upstream`, the gradient of the output: on the CPU backend's
+    /// host slices ([`Self::on_host`]), elsewhere the composition of Burn ops.
+    ///
+    /// # Shapes
+    /// - x, upstream: `[n, c, l]`
+    pub fn gradients(self, x: Tensor<B, 3>, upstream: Tensor<B, 3>) -> NormReluGradients<B, 3> {
+        if crate::cpu_kernels::enabled::<B::InnerBackend>(&x.device()) {
+            self.on_host(x, upstream)
+        } else {
+            self.composed(x, upstream)
+        }
     }
 }
 
@@ -127,55 +135,56 @@ pub enum ReluGate {
     Applied,
 }
 
-/// [`norm_relu_gradients`] as a composition of Burn ops (a device's path, and the reference).
-fn norm_relu_gradients_composed<B: AutodiffBackend>(
-    norm: &BatchNorm<B>,
-    x: Tensor<B, 3>,
-    upstream: Tensor<B, 3>,
-    wants_input: bool,
-    gate: ReluGate,
-) -> (GradientsParams, Option<Tensor<B, 3>>) {
-    let dtype = x.dtype();
-    let x = cast(x.inner(), FloatDType::F32);
-    let [n, c, l] = x.dims();
-    let count = (n * l) as f64;
-    let gamma = norm.gamma.val().inner().reshape([1, c, 1]);
-    let beta = norm.beta.val().inner().reshape([1, c, 1]);
+impl<B: AutodiffBackend> NormReluBackward<'_, B> {
+    /// [`Self::gradients`] as a composition of Burn ops (a device's path, and the reference).
+    fn composed(self, x: Tensor<B, 3>, upstream: Tensor<B, 3>) -> NormReluGradients<B, 3> {
+        let Self {
+            norm,
+            wants_input,
+            gate,
+        } = self;
+        let dtype = x.dtype();
+        let x = cast(x.inner(), FloatDType::F32);
+        let [n, c, l] = x.dims();
+        let count = (n * l) as f64;
+        let gamma = norm.gamma.val().inner().reshape([1, c, 1]);
+        let beta = norm.beta.val().inner().reshape([1, c, 1]);
 
-    let (centered, _, var) = batch_statistics(x);
-    let inverse_std = var.add_scalar(norm.epsilon).sqrt().recip(); // [1, c, 1]
-    let normalized = centered * inverse_std.clone().repeat_dim(0, n);
-    // The ReLU passes the gradient where its input, γ·x̂ + β, is positive.
-    let upstream = cast(upstream.inner(), FloatDType::F32);
-    let upstream = match gate {
-        ReluGate::FromInput => {
-            let blocked = (normalized.clone() * gamma.clone().repeat_dim(0, n)
-                + beta.repeat_dim(0, n))
-            .lower_equal_elem(0.0);
-            upstream.mask_fill(blocked, 0.0)
-        }
-        ReluGate::Applied => upstream,
-    };
+        let (centered, _, var) = batch_statistics(x);
+        let inverse_std = var.add_scalar(norm.epsilon).sqrt().recip(); // [1, c, 1]
+        let normalized = centered * inverse_std.clone().repeat_dim(0, n);
+        // The ReLU passes the gradient where its input, γ·x̂ + β, is positive.
+        let upstream = cast(upstream.inner(), FloatDType::F32);
+        let upstream = match gate {
+            ReluGate::FromInput => {
+                let blocked = (normalized.clone() * gamma.clone().repeat_dim(0, n)
+                    + beta.repeat_dim(0, n))
+                .lower_equal_elem(0.0);
+                upstream.mask_fill(blocked, 0.0)
+            }
+            ReluGate::Applied => upstream,
+        };
 
-    let beta_gradient = upstream.clone().sum_dim(2).sum_dim(0); // [1, c, 1]
-    let gamma_gradient = (upstream.clone() * normalized.clone())
-        .sum_dim(2)
-        .sum_dim(0);
-    let input_gradient = wants_input.then(|| {
-        // d x = γ / σ · (g − mean(g) − x̂ · mean(g · x̂)), means over the batch and positions.
-        let scale = (gamma * inverse_std).repeat_dim(0, n);
-        let shift = beta_gradient.clone().div_scalar(count).repeat_dim(0, n);
-        let slope = gamma_gradient.clone().div_scalar(count).repeat_dim(0, n);
-        Tensor::from_inner(cast((upstream - shift - normalized * slope) * scale, dtype))
-    });
-    let mut gradients = GradientsParams::new();
-    gradients.register(norm.gamma.id, gamma_gradient.reshape([c]));
-    gradients.register(norm.beta.id, beta_gradient.reshape([c]));
-    (gradients, input_gradient)
+        let beta_gradient = upstream.clone().sum_dim(2).sum_dim(0); // [1, c, 1]
+        let gamma_gradient = (upstream.clone() * normalized.clone())
+            .sum_dim(2)
+            .sum_dim(0);
+        let input_gradient = wants_input.then(|| {
+            // d x = γ / σ · (g − mean(g) − x̂ · mean(g · x̂)), means over the batch and positions.
+            let scale = (gamma * inverse_std).repeat_dim(0, n);
+            let shift = beta_gradient.clone().div_scalar(count).repeat_dim(0, n);
+            let slope = gamma_gradient.clone().div_scalar(count).repeat_dim(0, n);
+            Tensor::from_inner(cast((upstream - shift - normalized * slope) * scale, dtype))
+        });
+        let mut gradients = GradientsParams::new();
+        gradients.register(norm.gamma.id, gamma_gradient.reshape([c]));
+        gradients.register(norm.beta.id, beta_gradient.reshape([c]));
+        (gradients, input_gradient)
+    }
 }
 
 /// `relu(batch_norm(norm, x))` with training statistics for an untracked `x` (`[n, c, l]`, a
-/// stem step whose gradients [`norm_relu_gradients`] takes by hand), updating the running
+/// stem step whose gradients [`NormReluBackward`] takes by hand), updating the running
 /// averages: on the CPU backend's host slices, elsewhere the composition in f32 through the
 /// inner backend's parallel casts (on autodiff tensors only Burn's cast is safe, and on
 /// burn-flex it converts through f64 on one thread). The output in `x`'s dtype.
@@ -243,120 +252,105 @@ fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
     output
 }
 
-/// [`norm_relu_gradients`] on the CPU backend's host slices ([`ChannelNorm::backward`]), the
-/// input gradient in the input's dtype.
-fn norm_relu_gradients_on_host<B: AutodiffBackend>(
-    norm: &BatchNorm<B>,
-    x: Tensor<B, 3>,
-    upstream: Tensor<B, 3>,
-    wants_input: bool,
-    gate: ReluGate,
-) -> (GradientsParams, Option<Tensor<B, 3>>) {
-    let (dims, dtype) = (x.dims(), x.dtype());
-    let x = HostNormInput::Tensor(x.inner());
-    let (gradients, input_gradient) =
-        gradients_on_host(norm, x, dtype, dims, upstream.inner(), wants_input, gate);
-    (gradients, input_gradient.map(Tensor::from_inner))
-}
-
-/// [`norm_relu_gradients`] of an input kept compressed in host memory (`model.activation_bits`,
-/// `[n, c, t, h, w]`): the host kernels restore it a row at a time, so that it never exists
-/// whole in its dtype. The input gradient in the input's dtype.
-pub(crate) fn norm_relu_gradients_of_codes<B: AutodiffBackend>(
-    norm: &BatchNorm<B>,
-    input: HostInput<'_>,
-    upstream: Tensor<B, 5>,
-    wants_input: bool,
-    gate: ReluGate,
-) -> (GradientsParams, Option<Tensor<B, 5>>) {
-    let [n, c, t, h, w] = input.dims;
-    let dims = [n, c, t * h * w];
-    let x = HostNormInput::Codes(input.codes);
-    let upstream = upstream.inner().reshape(dims);
-    let (gradients, input_gradient) =
-        gradients_on_host(norm, x, input.dtype, dims, upstream, wants_input, gate);
-    let input_gradient =
-        input_gradient.map(|gradient| Tensor::from_inner(gradient.reshape([n, c, t, h, w])));
-    (gradients, input_gradient)
-}
-
 /// The input of BatchNorm + ReLU's host backward: a tensor, or codes read a row at a time.
 enum HostNormInput<'a, B: Backend> {
     Tensor(Tensor<B, 3>),
     Codes(&'a HostCodes),
 }
 
-/// The host backward for `x` of `dtype` and `dims`: in the stored half type when `x` and
-/// `upstream` share it, otherwise in f32 with the input gradient cast back to `x`'s dtype.
-fn gradients_on_host<B: AutodiffBackend>(
-    norm: &BatchNorm<B>,
-    x: HostNormInput<'_, B::InnerBackend>,
-    dtype: DType,
-    dims: [usize; 3],
-    upstream: Tensor<B::InnerBackend, 3>,
-    wants_input: bool,
-    gate: ReluGate,
-) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
-    let same = dtype == upstream.dtype();
-    match dtype {
-        DType::BF16 if same => gradients_as::<B, bf16>(norm, x, dims, upstream, wants_input, gate),
-        DType::F16 if same => gradients_as::<B, f16>(norm, x, dims, upstream, wants_input, gate),
-        dtype => {
-            let upstream = cast(upstream, FloatDType::F32);
-            let (gradients, input_gradient) =
-                gradients_as::<B, f32>(norm, x, dims, upstream, wants_input, gate);
-            (
-                gradients,
-                input_gradient.map(|gradient| cast(gradient, dtype)),
-            )
+impl<B: AutodiffBackend> NormReluBackward<'_, B> {
+    /// [`Self::gradients`] on the CPU backend's host slices ([`ChannelNorm::backward`]), the
+    /// input gradient in the input's dtype.
+    fn on_host(self, x: Tensor<B, 3>, upstream: Tensor<B, 3>) -> NormReluGradients<B, 3> {
+        let (dims, dtype) = (x.dims(), x.dtype());
+        let x = HostNormInput::Tensor(x.inner());
+        let (gradients, input_gradient) = self.host(x, dtype, dims, upstream.inner());
+        (gradients, input_gradient.map(Tensor::from_inner))
+    }
+
+    /// [`Self::gradients`] of an input kept compressed in host memory
+    /// (`model.activation_bits`, `[n, c, t, h, w]`): the host kernels restore it a row at a
+    /// time, so that it never exists whole in its dtype. The input gradient in the input's
+    /// dtype.
+    pub fn of_codes(self, input: HostInput<'_>, upstream: Tensor<B, 5>) -> NormReluGradients<B, 5> {
+        let [n, c, t, h, w] = input.dims;
+        let dims = [n, c, t * h * w];
+        let x = HostNormInput::Codes(input.codes);
+        let upstream = upstream.inner().reshape(dims);
+        let (gradients, input_gradient) = self.host(x, input.dtype, dims, upstream);
+        let input_gradient =
+            input_gradient.map(|gradient| Tensor::from_inner(gradient.reshape(input.dims)));
+        (gradients, input_gradient)
+    }
+
+    /// The host backward for `x` of `dtype` and `dims`: in the stored half type when `x` and
+    /// `upstream` share it, otherwise in f32 with the input gradient cast back to `x`'s dtype.
+    fn host(
+        self,
+        x: HostNormInput<'_, B::InnerBackend>,
+        dtype: DType,
+        dims: [usize; 3],
+        upstream: Tensor<B::InnerBackend, 3>,
+    ) -> NormReluGradients<B::InnerBackend, 3> {
+        let same = dtype == upstream.dtype();
+        match dtype {
+            DType::BF16 if same => self.read_as::<bf16>(x, dims, upstream),
+            DType::F16 if same => self.read_as::<f16>(x, dims, upstream),
+            dtype => {
+                let upstream = cast(upstream, FloatDType::F32);
+                let (gradients, input_gradient) = self.read_as::<f32>(x, dims, upstream);
+                (
+                    gradients,
+                    input_gradient.map(|gradient| cast(gradient, dtype)),
+                )
+            }
         }
     }
-}
 
-/// [`gradients_on_host`] with `x` read as `T`.
-fn gradients_as<B: AutodiffBackend, T: HostFloat>(
-    norm: &BatchNorm<B>,
-    x: HostNormInput<'_, B::InnerBackend>,
-    dims: [usize; 3],
-    upstream: Tensor<B::InnerBackend, 3>,
-    wants_input: bool,
-    gate: ReluGate,
-) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
-    match x {
-        HostNormInput::Tensor(x) => {
-            let x = stored::<T, _, 3>(x);
-            gradients_of_rows::<B, T, [T]>(norm, &x, dims, upstream, wants_input, gate)
-        }
-        HostNormInput::Codes(codes) => {
-            gradients_of_rows::<B, T, _>(norm, codes, dims, upstream, wants_input, gate)
+    /// [`Self::host`] with `x` read as `T`.
+    fn read_as<T: HostFloat>(
+        self,
+        x: HostNormInput<'_, B::InnerBackend>,
+        dims: [usize; 3],
+        upstream: Tensor<B::InnerBackend, 3>,
+    ) -> NormReluGradients<B::InnerBackend, 3> {
+        match x {
+            HostNormInput::Tensor(x) => {
+                let x = stored::<T, _, 3>(x);
+                self.of_rows::<T, [T]>(&x, dims, upstream)
+            }
+            HostNormInput::Codes(codes) => self.of_rows::<T, _>(codes, dims, upstream),
         }
     }
-}
 
-/// The gradients of BatchNorm + ReLU for `x` read row by row ([`Rows`]) and `upstream`, stored
-/// as `T`: γ's and β's, and `x`'s written over the upstream gradient.
-fn gradients_of_rows<B: AutodiffBackend, T: HostFloat, R: Rows<T> + ?Sized>(
-    norm: &BatchNorm<B>,
-    x: &R,
-    dims: [usize; 3],
-    upstream: Tensor<B::InnerBackend, 3>,
-    wants_input: bool,
-    gate: ReluGate,
-) -> (GradientsParams, Option<Tensor<B::InnerBackend, 3>>) {
-    let device = upstream.device();
-    let mut upstream = values::<T, _, 3>(upstream);
-    let (gamma_gradient, beta_gradient) =
-        channel_norm(norm, x, dims).backward(x, &mut upstream, dims, wants_input, gate);
-    let vector = |values: Vec<f32>| {
-        let length = values.len();
-        Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [length]), &device)
-    };
-    let mut gradients = GradientsParams::new();
-    gradients.register(norm.gamma.id, vector(gamma_gradient));
-    gradients.register(norm.beta.id, vector(beta_gradient));
-    let input_gradient = wants_input
-        .then(|| Tensor::from_data(TensorData::new(upstream, dims), (&device, T::dtype())));
-    (gradients, input_gradient)
+    /// The gradients for `x` read row by row ([`Rows`]) and `upstream`, stored as `T`: γ's and
+    /// β's, and `x`'s written over the upstream gradient.
+    fn of_rows<T: HostFloat, R: Rows<T> + ?Sized>(
+        self,
+        x: &R,
+        dims: [usize; 3],
+        upstream: Tensor<B::InnerBackend, 3>,
+    ) -> NormReluGradients<B::InnerBackend, 3> {
+        let Self {
+            norm,
+            wants_input,
+            gate,
+        } = self;
+        let device = upstream.device();
+        let mut upstream = values::<T, _, 3>(upstream);
+        let (gamma_gradient, beta_gradient) =
+            channel_norm(norm, x, dims).backward(x, &mut upstream, dims, wants_input, gate);
+        let vector = |values: Vec<f32>| {
+            let length = values.len();
+            Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(values, [length]), &device)
+        };
+        let mut gradients = GradientsParams::new();
+        gradients.register(norm.gamma.id, vector(gamma_gradient));
+        gradients.register(norm.beta.id, vector(beta_gradient));
+        let input_gradient = wants_input
+            .then(|| Tensor::from_data(TensorData::new(upstream, dims), (&device, T::dtype())));
+        (gradients, input_gradient)
+    }
 }
 
 /// The batch statistics of `x` (`[n, c, l]`) with `norm`'s γ, β and ε.
@@ -465,6 +459,14 @@ mod tests {
         }
     }
 
+    fn backward(norm: &BatchNorm<B>, wants_input: bool, gate: ReluGate) -> NormReluBackward<'_, B> {
+        NormReluBackward {
+            norm,
+            wants_input,
+            gate,
+        }
+    }
+
     /// A BatchNorm of `channels` with random γ and β in −0.5..0.5, so that a following ReLU
     /// blocks some values of every channel.
     fn random_affine_norm(channels: usize) -> BatchNorm<B> {
@@ -504,8 +506,8 @@ mod tests {
         // The host kernels and the composition of Burn ops (what a device runs).
         for (by_hand, input_gradient) in cases.into_iter().flat_map(|(gate, upstream)| {
             [
-                norm_relu_gradients_on_host(&norm, x.clone(), upstream.clone(), true, gate),
-                norm_relu_gradients_composed(&norm, x.clone(), upstream, true, gate),
+                backward(&norm, true, gate).on_host(x.clone(), upstream.clone()),
+                backward(&norm, true, gate).composed(x.clone(), upstream),
             ]
         }) {
             input_gradient
@@ -521,8 +523,7 @@ mod tests {
             }
         }
         // Without the input's gradient, the same parameter gradients.
-        let (by_hand, none) =
-            norm_relu_gradients_on_host(&norm, x, upstream, false, ReluGate::FromInput);
+        let (by_hand, none) = backward(&norm, false, ReluGate::FromInput).on_host(x, upstream);
         assert!(none.is_none());
         by_hand
             .get::<TestBackend, 1>(norm.gamma.id)
@@ -591,15 +592,10 @@ mod tests {
             };
             for gate in [ReluGate::FromInput, ReluGate::Applied] {
                 let (params_a, input_a) =
-                    norm_relu_gradients_of_codes(&norm, input, upstream.clone(), true, gate);
+                    backward(&norm, true, gate).of_codes(input, upstream.clone());
                 let flat = |x: Tensor<B, 5>| x.reshape([3, 4, 175]);
-                let (params_b, input_b) = norm_relu_gradients_on_host(
-                    &norm,
-                    flat(restored.clone()),
-                    flat(upstream.clone()),
-                    true,
-                    gate,
-                );
+                let (params_b, input_b) = backward(&norm, true, gate)
+                    .on_host(flat(restored.clone()), flat(upstream.clone()));
                 assert_eq!(
                     input_a.unwrap().reshape([3, 4, 175]).into_data(),
                     input_b.unwrap().into_data(),

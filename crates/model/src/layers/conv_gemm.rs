@@ -58,6 +58,12 @@ impl ConvGeometry {
         self.input[1] * self.taps()
     }
 
+    /// The weight's (and its gradient's) shape, `[c_out, c_in, kt, kh, kw]`.
+    fn weight_shape(&self) -> [usize; 5] {
+        let [kt, kh, kw] = self.kernel;
+        [self.channels_out, self.input[1], kt, kh, kw]
+    }
+
     /// Output positions of a clip, `t'·h'·w'`.
     fn positions(&self) -> usize {
         self.output.iter().product()
@@ -327,8 +333,8 @@ fn channel_sums<T: HostFloat>(values: &[T], channels: usize, positions: usize) -
 
 /// [`gradients_in_groups`] with bf16 operands multiplied by `path`: the weight gradient is
 /// accumulated in f32 group after group; the input gradient is summed in f32 one clip at a time
-/// (col2im) and stored in bf16, the activations' dtype. The weight is rounded to bf16 for the
-/// input gradient, as in the forward.
+/// and stored in bf16, the activations' dtype. The weight is rounded to bf16 for the input
+/// gradient, as in the forward.
 fn gradients_bf16<B: Backend>(
     input: ConvInput<'_, B>,
     weight: Tensor<B, 5>,
@@ -339,10 +345,8 @@ fn gradients_bf16<B: Backend>(
     path: Path,
 ) -> ConvGradientsWithBias<B> {
     let device = upstream.device();
-    let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
     let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-    let mut input = ClipReader::<bf16>::of(input);
     let upstream = stored::<bf16, _, 5>(upstream);
     let bias_gradient = wants_bias.then(|| {
         let sums = channel_sums(&upstream, c_out, positions);
@@ -351,25 +355,18 @@ fn gradients_bf16<B: Backend>(
     let weight = stored::<bf16, _, 5>(weight);
     let weight_transposed = Matrix::row_major(&weight, c_out, rows, rows).transposed();
     let map = ColumnMap::new(geometry);
-    let clip_len = c_in * t * h * w;
     let mut weight_gradient = vec![0f32; c_out * rows];
-    // The input gradient in bf16, each clip's summed in f32 (col2im adds up to `taps`
-    // contributions per value) and rounded once: a whole f32 input gradient was the largest
-    // buffer of the seed model's bf16 step.
-    let mut input_gradient = wants_input.then(|| vec![bf16::ZERO; n * clip_len]);
-    let mut clip_gradient = Vec::new();
-    let (mut columns, mut columns_gradient) = (Vec::new(), Vec::new());
-    for clip in 0..n {
-        if wants_input {
-            clip_gradient.clear();
-            clip_gradient.resize(clip_len, 0f32);
-        }
-        let clip_input = input.clip(clip, clip_len);
-        let clip_upstream = &upstream[clip * c_out * positions..(clip + 1) * c_out * positions];
-        for (first, lines) in geometry.groups(group) {
+    let mut columns = Vec::new();
+    let input_gradient = gradients_by_groups(
+        ClipReader::<bf16>::of(input),
+        &map,
+        group,
+        wants_input,
+        |clip_input, clip, first, lines, columns_gradient| {
             let length = lines * w_out;
             columns.resize(rows * length, bf16::ZERO);
             im2col(clip_input, &map, first, lines, &mut columns);
+            let clip_upstream = &upstream[clip * c_out * positions..][..c_out * positions];
             let upstream_group =
                 Matrix::row_major(&clip_upstream[first * w_out..], c_out, length, positions);
             let columns_transposed = Matrix::row_major(&columns, rows, length, length).transposed();
@@ -381,31 +378,23 @@ fn gradients_bf16<B: Backend>(
                 rows,
                 Update::Add,
             );
-            if wants_input {
+            if let Some(columns_gradient) = columns_gradient {
                 columns_gradient.resize(rows * length, 0f32);
                 gemm_bf16::gemm(
                     path,
                     weight_transposed,
                     upstream_group,
-                    &mut columns_gradient,
+                    columns_gradient,
                     length,
                     Update::Overwrite,
                 );
-                col2im(&columns_gradient, &map, first, lines, &mut clip_gradient);
             }
-        }
-        if let Some(gradient) = input_gradient.as_mut() {
-            let target = &mut gradient[clip * clip_len..(clip + 1) * clip_len];
-            convert_into(&clip_gradient, target, bf16::from_f32);
-        }
-    }
-    let [kt, kh, kw] = geometry.kernel;
-    let weight_gradient = Tensor::from_data(
-        TensorData::new(weight_gradient, [c_out, c_in, kt, kh, kw]),
-        &device,
+        },
     );
+    let weight_gradient = TensorData::new(weight_gradient, geometry.weight_shape());
+    let weight_gradient = Tensor::from_data(weight_gradient, &device);
     let input_gradient = input_gradient.map(|values| {
-        let values = TensorData::new(values, [n, c_in, t, h, w]);
+        let values = TensorData::new(values, geometry.input);
         Tensor::from_data(values, (&device, DType::BF16))
     });
     ((weight_gradient, input_gradient), bias_gradient)
@@ -421,11 +410,9 @@ fn gradients_in_groups<B: Backend>(
     group: usize,
 ) -> ConvGradientsWithBias<B> {
     let device = upstream.device();
-    let [n, c_in, t, h, w] = geometry.input;
+    let [n, ..] = geometry.input;
     let c_out = geometry.channels_out;
     let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-
-    let mut input = ClipReader::<f32>::of(input);
     // One row per clip and output channel: a group's upstream is a strided view of it, which
     // the matmul reads in place (a 3-D slice reshaped to 2-D was copied for every group).
     let upstream = cast(upstream, FloatDType::F32).reshape([n * c_out, positions]);
@@ -438,46 +425,85 @@ fn gradients_in_groups<B: Backend>(
             .reshape([c_out])
     });
     let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
-    let weight_transposed = wants_input.then(|| weight_matrix.clone().transpose());
+    let weight_transposed = weight_matrix.transpose();
     let map = ColumnMap::new(geometry);
-
-    let clip_len = c_in * t * h * w;
     let mut weight_gradient: Option<Tensor<B, 2>> = None;
-    let mut input_gradient = wants_input.then(|| vec![0f32; n * clip_len]);
-    for clip in 0..n {
-        let clip_input = input.clip(clip, clip_len);
-        for (first, lines) in geometry.groups(group) {
+    let input_gradient = gradients_by_groups(
+        ClipReader::<f32>::of(input),
+        &map,
+        group,
+        wants_input,
+        |clip_input, clip, first, lines, columns_gradient| {
             let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
             let upstream_group = upstream.clone().slice([
                 clip * c_out..(clip + 1) * c_out,
                 first * w_out..(first + lines) * w_out,
             ]);
             let partial = upstream_group.clone().matmul(columns.transpose());
-            weight_gradient = Some(match weight_gradient {
+            weight_gradient = Some(match weight_gradient.take() {
                 Some(sum) => sum + partial,
                 None => partial,
             });
-            if let (Some(gradient), Some(weight_transposed)) =
-                (input_gradient.as_mut(), weight_transposed.as_ref())
-            {
-                let columns_gradient = floats(weight_transposed.clone().matmul(upstream_group));
-                col2im(
-                    &columns_gradient,
-                    &map,
-                    first,
-                    lines,
-                    &mut gradient[clip * clip_len..(clip + 1) * clip_len],
-                );
+            if let Some(columns_gradient) = columns_gradient {
+                *columns_gradient = floats(weight_transposed.clone().matmul(upstream_group));
+            }
+        },
+    );
+    let weight_gradient = weight_gradient
+        .expect("a convolution has at least one output line")
+        .reshape(geometry.weight_shape());
+    let input_gradient = input_gradient
+        .map(|values| Tensor::from_data(TensorData::new(values, geometry.input), &device));
+    ((weight_gradient, input_gradient), bias_gradient)
+}
+
+/// The gradients' loop, shared by both routes. For each clip and group of output lines,
+/// `products(clip_input, clip, first, lines, columns_gradient)` adds the group's weight gradient
+/// to its own sum and, when the input gradient is wanted, writes the group's column gradients
+/// (f32, `[c_in·taps, lines·w']`), which this loop scatters back onto the clip's input gradient
+/// (col2im adds up to `taps` contributions per value, in f32). Returns the input gradient
+/// `[n, c_in, t, h, w]` as `T`: summed in place when `T` is f32, otherwise one clip at a time in
+/// an f32 buffer rounded once per value (a whole f32 input gradient was the largest buffer of
+/// the seed model's bf16 step).
+fn gradients_by_groups<T: HostFloat>(
+    mut input: ClipReader<'_, T>,
+    map: &ColumnMap,
+    group: usize,
+    wants_input: bool,
+    mut products: impl FnMut(&[T], usize, usize, usize, Option<&mut Vec<f32>>),
+) -> Option<Vec<T>> {
+    let geometry = map.geometry;
+    let [n, c_in, t, h, w] = geometry.input;
+    let clip_len = c_in * t * h * w;
+    let mut input_gradient = wants_input.then(|| vec![T::from_f32(0.0); n * clip_len]);
+    let (mut columns_gradient, mut clip_sum) = (Vec::new(), Vec::new());
+    for clip in 0..n {
+        let clip_input = input.clip(clip, clip_len);
+        let mut clip_groups = |mut sum: Option<&mut [f32]>| {
+            for (first, lines) in geometry.groups(group) {
+                let wanted = sum.is_some().then_some(&mut columns_gradient);
+                products(clip_input, clip, first, lines, wanted);
+                if let Some(sum) = sum.as_deref_mut() {
+                    col2im(&columns_gradient, map, first, lines, sum);
+                }
+            }
+        };
+        let Some(gradient) = input_gradient.as_mut() else {
+            clip_groups(None);
+            continue;
+        };
+        let target = &mut gradient[clip * clip_len..][..clip_len];
+        match T::as_f32_mut(target) {
+            Some(sum) => clip_groups(Some(sum)),
+            None => {
+                clip_sum.clear();
+                clip_sum.resize(clip_len, 0f32);
+                clip_groups(Some(&mut clip_sum));
+                convert_into(&clip_sum, target, T::from_f32);
             }
         }
     }
-    let [kt, kh, kw] = geometry.kernel;
-    let weight_gradient = weight_gradient
-        .expect("a convolution has at least one output line")
-        .reshape([c_out, c_in, kt, kh, kw]);
-    let input_gradient = input_gradient
-        .map(|values| Tensor::from_data(TensorData::new(values, [n, c_in, t, h, w]), &device));
-    ((weight_gradient, input_gradient), bias_gradient)
+    input_gradient
 }
 
 #[cfg(test)]

@@ -11,8 +11,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::layers::batch_norm::{
-    ReluGate, batch_norm_channels, norm_relu_gradients, norm_relu_gradients_of_codes,
-    norm_relu_untracked,
+    NormReluBackward, ReluGate, batch_norm_channels, norm_relu_untracked,
 };
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 use crate::quantize::HostInput;
@@ -130,9 +129,12 @@ impl<B: AutodiffBackend> StemLayer<'_, B> {
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
         match self {
             StemLayer::Convolution(conv) => conv.gradients_of_codes(input, upstream, wants_input),
-            StemLayer::NormRelu(norm) => {
-                norm_relu_gradients_of_codes(norm, input, upstream, wants_input, gate)
+            StemLayer::NormRelu(norm) => NormReluBackward {
+                norm,
+                wants_input,
+                gate,
             }
+            .of_codes(input, upstream),
         }
     }
 }
@@ -181,8 +183,12 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
             StemStep::NormRelu(norm, input) => {
                 let [n, c, t, h, w] = input.dims();
                 let flat = |x: Tensor<B, 5>| x.reshape([n, c, t * h * w]);
-                let (gradients, input_gradient) =
-                    norm_relu_gradients(norm, flat(input), flat(upstream), wants_input, gate);
+                let backward = NormReluBackward {
+                    norm,
+                    wants_input,
+                    gate,
+                };
+                let (gradients, input_gradient) = backward.gradients(flat(input), flat(upstream));
                 (
                     gradients,
                     input_gradient.map(|gradient| gradient.reshape([n, c, t, h, w])),

@@ -71,7 +71,7 @@ impl ActivationCosts {
                 )
                 .inference(if reads_data { 2 * input } else { input })
             }
-            // BatchNorm + ReLU is differentiated by hand (`norm_relu_gradients`): it keeps only
+            // BatchNorm + ReLU is differentiated by hand (`NormReluBackward`): it keeps only
             // its input (the ReLU's output is the next layer's input, kept there). Forward and
             // backward compute in f32 (the input's copy, x − mean, the normalised values, the
             // gradient), each freed as soon as the next exists: two at a time, measured on the
