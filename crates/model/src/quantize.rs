@@ -45,16 +45,19 @@ pub(crate) enum Quantized<B: Backend> {
         device: B::Device,
     },
     /// Codes as backend tensors (any other backend).
-    Tensors {
-        /// `[blocks, BLOCK · bits / 8]`, u8 (`[blocks, BLOCK]`, u16, at 16 bits).
-        codes: Tensor<B, 2, Int>,
-        /// `[blocks, 1]` each.
-        lows: Tensor<B, 2>,
-        steps: Tensor<B, 2>,
-        length: usize,
-        bits: u32,
-        dtype: DType,
-    },
+    Tensors(TensorCodes<B>),
+}
+
+/// Block codes as backend tensors, made and read by tensor ops.
+pub(crate) struct TensorCodes<B: Backend> {
+    /// `[blocks, BLOCK · bits / 8]`, u8 (`[blocks, BLOCK]`, u16, at 16 bits).
+    codes: Tensor<B, 2, Int>,
+    /// `[blocks, 1]` each.
+    lows: Tensor<B, 2>,
+    steps: Tensor<B, 2>,
+    length: usize,
+    bits: u32,
+    dtype: DType,
 }
 
 impl<B: Backend> Quantized<B> {
@@ -98,35 +101,33 @@ impl<B: Backend> Quantized<B> {
                 };
                 Tensor::from_data(data, (&device, dtype))
             }
-            Quantized::Tensors {
-                codes,
-                lows,
-                steps,
-                length,
-                bits,
-                dtype,
-            } => {
-                let per_byte = (8 / bits as usize).max(1);
-                let [blocks, bytes] = codes.dims();
-                let codes = codes.cast(IntDType::I32);
-                let levels = 1i32 << bits;
-                let parts = (0..per_byte)
-                    .map(|position| {
-                        codes
-                            .clone()
-                            .div_scalar(1i32 << (bits as usize * position))
-                            .remainder_scalar(levels)
-                            .unsqueeze_dim::<3>(2)
-                    })
-                    .collect();
-                let codes = Tensor::cat(parts, 2).reshape([blocks, bytes * per_byte]);
-                let values = codes.float().mul(steps).add(lows);
-                values
-                    .reshape([blocks * BLOCK])
-                    .narrow(0, 0, length)
-                    .cast(FloatDType::from(dtype))
-            }
+            Quantized::Tensors(codes) => codes.restore(),
         }
+    }
+}
+
+impl<B: Backend> TensorCodes<B> {
+    /// The values again, in their dtype: each byte's codes split out by integer ops.
+    fn restore(self) -> Tensor<B, 1> {
+        let bits = self.bits as usize;
+        let per_byte = (8 / bits).max(1);
+        let [blocks, bytes] = self.codes.dims();
+        let codes = self.codes.cast(IntDType::I32);
+        let parts = (0..per_byte)
+            .map(|position| {
+                codes
+                    .clone()
+                    .div_scalar(1i32 << (bits * position))
+                    .remainder_scalar(1i32 << bits)
+                    .unsqueeze_dim::<3>(2)
+            })
+            .collect();
+        let codes = Tensor::cat(parts, 2).reshape([blocks, bytes * per_byte]);
+        let values = codes.float().mul(self.steps).add(self.lows);
+        values
+            .reshape([blocks * BLOCK])
+            .narrow(0, 0, self.length)
+            .cast(FloatDType::from(self.dtype))
     }
 }
 
@@ -189,14 +190,14 @@ fn quantize_by_tensor_ops<B: Backend>(values: Tensor<B, 1>, bits: u32, seed: u64
             .reshape([blocks, BLOCK / per_byte])
             .cast(IntDType::U8)
     };
-    Quantized::Tensors {
+    Quantized::Tensors(TensorCodes {
         codes,
         lows,
         steps,
         length,
         bits,
         dtype,
-    }
+    })
 }
 
 /// A compressed clips activation `[n, c, t, h, w]` in host memory, as a kernel that reads it piece

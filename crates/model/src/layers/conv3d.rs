@@ -19,7 +19,7 @@ use burn::tensor::{Slice, TensorPrimitive};
 
 use crate::cpu_kernels::cast;
 use crate::layers::conv_gemm::{
-    ConvGeometry, ConvGradients, ConvInput, conv3d_forward, conv3d_gradients,
+    ConvBackward, ConvGeometry, ConvGradients, ConvInput, conv3d_forward,
 };
 use crate::precision::like;
 use crate::quantize::HostInput;
@@ -238,9 +238,9 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         let compute = upstream.dtype();
         let ((weight_gradient, input_gradient), bias_gradient) = match path {
             ConvPath::CpuGemm => {
-                let geometry = self.geometry([n, c_in, t, h, w]);
-                let wants = [wants_input, self.bias.is_some()];
-                conv3d_gradients(ConvInput::Tensor(x), weight, upstream, geometry, wants)
+                let dims = [n, c_in, t, h, w];
+                self.cpu_backward(ConvInput::Tensor(x), dims, upstream, wants_input)
+                    .gradients()
             }
             ConvPath::Patches => {
                 let bias = bias_gradient(&upstream);
@@ -266,6 +266,23 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         )
     }
 
+    /// The backward of vidtrain's CPU kernel ([`ConvBackward`]) for `input` of `dims`.
+    fn cpu_backward<'a>(
+        &self,
+        input: ConvInput<'a, B::InnerBackend>,
+        dims: [usize; 5],
+        upstream: Tensor<B::InnerBackend, 5>,
+        wants_input: bool,
+    ) -> ConvBackward<'a, B::InnerBackend> {
+        ConvBackward {
+            input,
+            weight: self.weight.val().inner(),
+            upstream,
+            geometry: self.geometry(dims),
+            wants: [wants_input, self.bias.is_some()],
+        }
+    }
+
     /// [`Self::gradients`] of an input kept compressed in host memory (`model.activation_bits`):
     /// vidtrain's CPU kernel restores it one clip at a time, so that it never exists whole.
     pub(crate) fn gradients_of_codes(
@@ -274,16 +291,13 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         upstream: Tensor<B, 5>,
         wants_input: bool,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
-        let geometry = self.geometry(input.dims);
-        let wants = [wants_input, self.bias.is_some()];
-        let weight = self.weight.val().inner();
-        let ((weight_gradient, input_gradient), bias_gradient) = conv3d_gradients(
+        let backward = self.cpu_backward(
             ConvInput::Codes(input),
-            weight,
+            input.dims,
             upstream.inner(),
-            geometry,
-            wants,
+            wants_input,
         );
+        let ((weight_gradient, input_gradient), bias_gradient) = backward.gradients();
         self.registered(
             (
                 weight_gradient,

@@ -81,7 +81,7 @@ impl ConvGeometry {
     }
 
     /// Groups of output lines of one clip: `(first line, lines)`.
-    fn groups(&self, group: usize) -> impl Iterator<Item = (usize, usize)> {
+    pub(super) fn groups(&self, group: usize) -> impl Iterator<Item = (usize, usize)> + use<> {
         let lines = self.lines();
         (0..lines)
             .step_by(group)
@@ -132,29 +132,19 @@ fn forward_bf16<B: Backend>(
     group: usize,
     path: Path,
 ) -> Tensor<B, 5> {
-    let device = input.device();
     let (c_out, rows, w_out) = (geometry.channels_out, geometry.rows(), geometry.output[2]);
-    let input = stored::<bf16, _, 5>(input);
     let weight = stored::<bf16, _, 5>(weight);
     let weight = Matrix::row_major(&weight, c_out, rows, rows);
-    let map = ColumnMap::new(geometry);
+    let map = ColumnMap::new(geometry, group);
     let mut columns = Vec::new();
-    let bias = bias.map(floats);
-    forward_by_groups(
-        &input,
-        bias,
-        geometry,
-        group,
-        &device,
-        |clip, first, lines, product| {
-            let length = lines * w_out;
-            columns.resize(rows * length, bf16::ZERO);
-            im2col(clip, &map, first, lines, &mut columns);
-            let columns = Matrix::row_major(&columns, rows, length, length);
-            product.resize(c_out * length, 0f32);
-            gemm_bf16::gemm(path, weight, columns, product, length, Update::Overwrite);
-        },
-    )
+    forward_by_groups::<B, bf16>(input, bias, &map, |clip, first, lines, product| {
+        let length = lines * w_out;
+        columns.resize(rows * length, bf16::ZERO);
+        im2col(clip, &map, first, lines, &mut columns);
+        let columns = Matrix::row_major(&columns, rows, length, length);
+        product.resize(c_out * length, 0f32);
+        gemm_bf16::gemm(path, weight, columns, product, length, Update::Overwrite);
+    })
 }
 
 /// [`conv3d_forward`] with `group` output lines per im2col buffer.
@@ -166,37 +156,30 @@ fn forward_in_groups<B: Backend>(
     group: usize,
 ) -> Tensor<B, 5> {
     let device = input.device();
-    let input = stored::<f32, _, 5>(input);
     let weight = weight
         .cast(FloatDType::F32)
         .reshape([geometry.channels_out, geometry.rows()]);
-    let map = ColumnMap::new(geometry);
-    let bias = bias.map(floats);
-    forward_by_groups(
-        &input,
-        bias,
-        geometry,
-        group,
-        &device,
-        |clip, first, lines, product| {
-            let columns = columns_tensor::<B>(clip, &map, first, lines, &device);
-            *product = floats(weight.clone().matmul(columns));
-        },
-    )
+    let map = ColumnMap::new(geometry, group);
+    forward_by_groups::<B, f32>(input, bias, &map, |clip, first, lines, product| {
+        let columns = columns_tensor::<B>(clip, &map, first, lines, &device);
+        *product = floats(weight.clone().matmul(columns));
+    })
 }
 
 /// The forward's loop, shared by both routes: for each clip and group of output lines,
-/// `product` writes `weight · columns` (f32, `[c_out, lines·w']`) from the clip's values and the
-/// group's first line and line count, and each value plus its channel's bias is stored as `T`;
-/// output `[n, c_out, t', h', w']` in `T`.
+/// `product` writes `weight · columns` (f32, `[c_out, lines·w']`) from the clip's values (the
+/// input read as `T`) and the group's first line and line count, and each value plus its
+/// channel's bias is stored as `T`; output `[n, c_out, t', h', w']` in `T`.
 fn forward_by_groups<B: Backend, T: HostFloat>(
-    input: &[T],
-    bias: Option<Vec<f32>>,
-    geometry: ConvGeometry,
-    group: usize,
-    device: &B::Device,
+    input: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    map: &ColumnMap,
     mut product: impl FnMut(&[T], usize, usize, &mut Vec<f32>),
 ) -> Tensor<B, 5> {
+    let geometry = map.geometry;
+    let device = input.device();
+    let input = stored::<T, _, 5>(input);
+    let bias = bias.map(floats);
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
     let [t_out, h_out, w_out] = geometry.output;
@@ -207,7 +190,7 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
         .chunks(c_in * t * h * w)
         .zip(output.chunks_mut(c_out * positions))
     {
-        for (first, lines) in geometry.groups(group) {
+        for (first, lines) in map.groups() {
             let length = lines * w_out;
             product(clip_input, first, lines, &mut values);
             clip_output
@@ -225,7 +208,7 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
     }
     Tensor::from_data(
         TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
-        (device, T::dtype()),
+        (&device, T::dtype()),
     )
 }
 
@@ -295,22 +278,141 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
 /// [`ConvGradients`] and, when asked for, the bias gradient (f32).
 pub(crate) type ConvGradientsWithBias<B> = (ConvGradients<B>, Option<Tensor<B, 1>>);
 
-/// The weight gradient `[c_out, c_in, kt, kh, kw]` (f32), when `wants_input` the input
-/// gradient `[n, c_in, t, h, w]` (f32) and when `wants_bias` the bias gradient `[c_out]` (f32,
-/// the sums of `upstream` per output channel) of a convolution with `weight` for `upstream`
-/// (the gradient of its output, `[n, c_out, t', h', w']`).
-pub(crate) fn conv3d_gradients<B: Backend>(
-    input: ConvInput<'_, B>,
-    weight: Tensor<B, 5>,
-    upstream: Tensor<B, 5>,
-    geometry: ConvGeometry,
-    [wants_input, wants_bias]: [bool; 2],
-) -> ConvGradientsWithBias<B> {
-    let group = geometry.lines_per_group(4);
-    let wants = [wants_input, wants_bias];
-    match bf16_path(&[input.dtype(), upstream.dtype()]) {
-        Some(path) => gradients_bf16(input, weight, upstream, geometry, wants, group, path),
-        None => gradients_in_groups(input, weight, upstream, geometry, wants, group),
+/// The backward of a convolution with `weight` of `input`, for `upstream` (the gradient of its
+/// output, `[n, c_out, t', h', w']`).
+pub(crate) struct ConvBackward<'a, B: Backend> {
+    pub input: ConvInput<'a, B>,
+    pub weight: Tensor<B, 5>,
+    pub upstream: Tensor<B, 5>,
+    pub geometry: ConvGeometry,
+    /// Whether the input's gradient and the bias's are wanted.
+    pub wants: [bool; 2],
+}
+
+impl<B: Backend> ConvBackward<'_, B> {
+    /// The weight gradient `[c_out, c_in, kt, kh, kw]` (f32), when wanted the input gradient
+    /// `[n, c_in, t, h, w]` (f32, or bf16 on the bf16 route) and the bias gradient `[c_out]`
+    /// (f32, the sums of `upstream` per output channel).
+    pub(crate) fn gradients(self) -> ConvGradientsWithBias<B> {
+        let group = self.geometry.lines_per_group(4);
+        match bf16_path(&[self.input.dtype(), self.upstream.dtype()]) {
+            Some(path) => self.bf16(group, path),
+            None => self.in_groups(group),
+        }
+    }
+
+    /// [`Self::in_groups`] with bf16 operands multiplied by `path`: the weight gradient is
+    /// accumulated in f32 group after group; the input gradient is summed in f32 one clip at a
+    /// time and stored in bf16, the activations' dtype. The weight is rounded to bf16 for the
+    /// input gradient, as in the forward.
+    fn bf16(self, group: usize, path: Path) -> ConvGradientsWithBias<B> {
+        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
+        let (input, weight, upstream) = (self.input, self.weight, self.upstream);
+        let device = upstream.device();
+        let c_out = geometry.channels_out;
+        let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
+        let upstream = stored::<bf16, _, 5>(upstream);
+        let bias_gradient = wants_bias.then(|| {
+            let sums = channel_sums(&upstream, c_out, positions);
+            Tensor::from_data(TensorData::new(sums, [c_out]), &device)
+        });
+        let weight = stored::<bf16, _, 5>(weight);
+        let weight_transposed = Matrix::row_major(&weight, c_out, rows, rows).transposed();
+        let map = ColumnMap::new(geometry, group);
+        let mut weight_gradient = vec![0f32; c_out * rows];
+        let mut columns = Vec::new();
+        let input_gradient = gradients_by_groups(
+            ClipReader::<bf16>::of(input),
+            &map,
+            wants_input,
+            |clip_input, clip, first, lines, columns_gradient| {
+                let length = lines * w_out;
+                columns.resize(rows * length, bf16::ZERO);
+                im2col(clip_input, &map, first, lines, &mut columns);
+                let clip_upstream = &upstream[clip * c_out * positions..][..c_out * positions];
+                let upstream_group =
+                    Matrix::row_major(&clip_upstream[first * w_out..], c_out, length, positions);
+                let columns_transposed =
+                    Matrix::row_major(&columns, rows, length, length).transposed();
+                gemm_bf16::gemm(
+                    path,
+                    upstream_group,
+                    columns_transposed,
+                    &mut weight_gradient,
+                    rows,
+                    Update::Add,
+                );
+                if let Some(columns_gradient) = columns_gradient {
+                    columns_gradient.resize(rows * length, 0f32);
+                    gemm_bf16::gemm(
+                        path,
+                        weight_transposed,
+                        upstream_group,
+                        columns_gradient,
+                        length,
+                        Update::Overwrite,
+                    );
+                }
+            },
+        );
+        let weight_gradient = TensorData::new(weight_gradient, geometry.weight_shape());
+        let weight_gradient = Tensor::from_data(weight_gradient, &device);
+        let input_gradient = input_gradient.map(|values| {
+            let values = TensorData::new(values, geometry.input);
+            Tensor::from_data(values, (&device, DType::BF16))
+        });
+        ((weight_gradient, input_gradient), bias_gradient)
+    }
+
+    /// [`Self::gradients`] with `group` output lines per im2col buffer.
+    fn in_groups(self, group: usize) -> ConvGradientsWithBias<B> {
+        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
+        let (input, weight, upstream) = (self.input, self.weight, self.upstream);
+        let device = upstream.device();
+        let [n, ..] = geometry.input;
+        let c_out = geometry.channels_out;
+        let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
+        // One row per clip and output channel: a group's upstream is a strided view of it, which
+        // the matmul reads in place (a 3-D slice reshaped to 2-D was copied for every group).
+        let upstream = cast(upstream, FloatDType::F32).reshape([n * c_out, positions]);
+        let bias_gradient = wants_bias.then(|| {
+            upstream
+                .clone()
+                .sum_dim(1)
+                .reshape([n, c_out])
+                .sum_dim(0)
+                .reshape([c_out])
+        });
+        let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
+        let weight_transposed = weight_matrix.transpose();
+        let map = ColumnMap::new(geometry, group);
+        let mut weight_gradient: Option<Tensor<B, 2>> = None;
+        let input_gradient = gradients_by_groups(
+            ClipReader::<f32>::of(input),
+            &map,
+            wants_input,
+            |clip_input, clip, first, lines, columns_gradient| {
+                let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
+                let upstream_group = upstream.clone().slice([
+                    clip * c_out..(clip + 1) * c_out,
+                    first * w_out..(first + lines) * w_out,
+                ]);
+                let partial = upstream_group.clone().matmul(columns.transpose());
+                weight_gradient = Some(match weight_gradient.take() {
+                    Some(sum) => sum + partial,
+                    None => partial,
+                });
+                if let Some(columns_gradient) = columns_gradient {
+                    *columns_gradient = floats(weight_transposed.clone().matmul(upstream_group));
+                }
+            },
+        );
+        let weight_gradient = weight_gradient
+            .expect("a convolution has at least one output line")
+            .reshape(geometry.weight_shape());
+        let input_gradient = input_gradient
+            .map(|values| Tensor::from_data(TensorData::new(values, geometry.input), &device));
+        ((weight_gradient, input_gradient), bias_gradient)
     }
 }
 
@@ -331,132 +433,6 @@ fn channel_sums<T: HostFloat>(values: &[T], channels: usize, positions: usize) -
         .collect()
 }
 
-/// [`gradients_in_groups`] with bf16 operands multiplied by `path`: the weight gradient is
-/// accumulated in f32 group after group; the input gradient is summed in f32 one clip at a time
-/// and stored in bf16, the activations' dtype. The weight is rounded to bf16 for the input
-/// gradient, as in the forward.
-fn gradients_bf16<B: Backend>(
-    input: ConvInput<'_, B>,
-    weight: Tensor<B, 5>,
-    upstream: Tensor<B, 5>,
-    geometry: ConvGeometry,
-    [wants_input, wants_bias]: [bool; 2],
-    group: usize,
-    path: Path,
-) -> ConvGradientsWithBias<B> {
-    let device = upstream.device();
-    let c_out = geometry.channels_out;
-    let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-    let upstream = stored::<bf16, _, 5>(upstream);
-    let bias_gradient = wants_bias.then(|| {
-        let sums = channel_sums(&upstream, c_out, positions);
-        Tensor::from_data(TensorData::new(sums, [c_out]), &device)
-    });
-    let weight = stored::<bf16, _, 5>(weight);
-    let weight_transposed = Matrix::row_major(&weight, c_out, rows, rows).transposed();
-    let map = ColumnMap::new(geometry);
-    let mut weight_gradient = vec![0f32; c_out * rows];
-    let mut columns = Vec::new();
-    let input_gradient = gradients_by_groups(
-        ClipReader::<bf16>::of(input),
-        &map,
-        group,
-        wants_input,
-        |clip_input, clip, first, lines, columns_gradient| {
-            let length = lines * w_out;
-            columns.resize(rows * length, bf16::ZERO);
-            im2col(clip_input, &map, first, lines, &mut columns);
-            let clip_upstream = &upstream[clip * c_out * positions..][..c_out * positions];
-            let upstream_group =
-                Matrix::row_major(&clip_upstream[first * w_out..], c_out, length, positions);
-            let columns_transposed = Matrix::row_major(&columns, rows, length, length).transposed();
-            gemm_bf16::gemm(
-                path,
-                upstream_group,
-                columns_transposed,
-                &mut weight_gradient,
-                rows,
-                Update::Add,
-            );
-            if let Some(columns_gradient) = columns_gradient {
-                columns_gradient.resize(rows * length, 0f32);
-                gemm_bf16::gemm(
-                    path,
-                    weight_transposed,
-                    upstream_group,
-                    columns_gradient,
-                    length,
-                    Update::Overwrite,
-                );
-            }
-        },
-    );
-    let weight_gradient = TensorData::new(weight_gradient, geometry.weight_shape());
-    let weight_gradient = Tensor::from_data(weight_gradient, &device);
-    let input_gradient = input_gradient.map(|values| {
-        let values = TensorData::new(values, geometry.input);
-        Tensor::from_data(values, (&device, DType::BF16))
-    });
-    ((weight_gradient, input_gradient), bias_gradient)
-}
-
-/// [`conv3d_gradients`] with `group` output lines per im2col buffer.
-fn gradients_in_groups<B: Backend>(
-    input: ConvInput<'_, B>,
-    weight: Tensor<B, 5>,
-    upstream: Tensor<B, 5>,
-    geometry: ConvGeometry,
-    [wants_input, wants_bias]: [bool; 2],
-    group: usize,
-) -> ConvGradientsWithBias<B> {
-    let device = upstream.device();
-    let [n, ..] = geometry.input;
-    let c_out = geometry.channels_out;
-    let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-    // One row per clip and output channel: a group's upstream is a strided view of it, which
-    // the matmul reads in place (a 3-D slice reshaped to 2-D was copied for every group).
-    let upstream = cast(upstream, FloatDType::F32).reshape([n * c_out, positions]);
-    let bias_gradient = wants_bias.then(|| {
-        upstream
-            .clone()
-            .sum_dim(1)
-            .reshape([n, c_out])
-            .sum_dim(0)
-            .reshape([c_out])
-    });
-    let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
-    let weight_transposed = weight_matrix.transpose();
-    let map = ColumnMap::new(geometry);
-    let mut weight_gradient: Option<Tensor<B, 2>> = None;
-    let input_gradient = gradients_by_groups(
-        ClipReader::<f32>::of(input),
-        &map,
-        group,
-        wants_input,
-        |clip_input, clip, first, lines, columns_gradient| {
-            let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
-            let upstream_group = upstream.clone().slice([
-                clip * c_out..(clip + 1) * c_out,
-                first * w_out..(first + lines) * w_out,
-            ]);
-            let partial = upstream_group.clone().matmul(columns.transpose());
-            weight_gradient = Some(match weight_gradient.take() {
-                Some(sum) => sum + partial,
-                None => partial,
-            });
-            if let Some(columns_gradient) = columns_gradient {
-                *columns_gradient = floats(weight_transposed.clone().matmul(upstream_group));
-            }
-        },
-    );
-    let weight_gradient = weight_gradient
-        .expect("a convolution has at least one output line")
-        .reshape(geometry.weight_shape());
-    let input_gradient = input_gradient
-        .map(|values| Tensor::from_data(TensorData::new(values, geometry.input), &device));
-    ((weight_gradient, input_gradient), bias_gradient)
-}
-
 /// The gradients' loop, shared by both routes. For each clip and group of output lines,
 /// `products(clip_input, clip, first, lines, columns_gradient)` adds the group's weight gradient
 /// to its own sum and, when the input gradient is wanted, writes the group's column gradients
@@ -468,7 +444,6 @@ fn gradients_in_groups<B: Backend>(
 fn gradients_by_groups<T: HostFloat>(
     mut input: ClipReader<'_, T>,
     map: &ColumnMap,
-    group: usize,
     wants_input: bool,
     mut products: impl FnMut(&[T], usize, usize, usize, Option<&mut Vec<f32>>),
 ) -> Option<Vec<T>> {
@@ -480,7 +455,7 @@ fn gradients_by_groups<T: HostFloat>(
     for clip in 0..n {
         let clip_input = input.clip(clip, clip_len);
         let mut clip_groups = |mut sum: Option<&mut [f32]>| {
-            for (first, lines) in geometry.groups(group) {
+            for (first, lines) in map.groups() {
                 let wanted = sum.is_some().then_some(&mut columns_gradient);
                 products(clip_input, clip, first, lines, wanted);
                 if let Some(sum) = sum.as_deref_mut() {
@@ -546,14 +521,14 @@ mod tests {
         // The f32 route multiplies the weight as given: give it the bf16 route's rounding.
         let weight = random([14, 3, 3, 3, 2]).cast(FloatDType::F32);
         let bias = Tensor::<TestBackend, 1>::random([14], Distribution::Default, &device);
-        let ((weight_f32, input_f32), bias_f32) = gradients_in_groups(
-            ConvInput::Tensor(input.clone()),
-            weight.clone(),
-            upstream.clone(),
+        let ((weight_f32, input_f32), bias_f32) = ConvBackward {
+            input: ConvInput::Tensor(input.clone()),
+            weight: weight.clone(),
+            upstream: upstream.clone(),
             geometry,
-            [true, true],
-            7,
-        );
+            wants: [true, true],
+        }
+        .in_groups(7);
         let forward_f32 = forward_in_groups(
             input.clone(),
             weight.clone(),
@@ -564,15 +539,14 @@ mod tests {
         let paths = [Path::Portable, Path::Avx512Bf16];
         for path in paths.into_iter().filter(|path| path.available()) {
             for group in [1, 7, 25] {
-                let ((weight_gradient, input_gradient), bias_gradient) = gradients_bf16(
-                    ConvInput::Tensor(input.clone()),
-                    weight.clone(),
-                    upstream.clone(),
+                let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
+                    input: ConvInput::Tensor(input.clone()),
+                    weight: weight.clone(),
+                    upstream: upstream.clone(),
                     geometry,
-                    [true, true],
-                    group,
-                    path,
-                );
+                    wants: [true, true],
+                }
+                .bf16(group, path);
                 let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
                 // One bf16 rounding of the stored result (8 bits of mantissa).
                 let rounded = Tolerance::rel_abs(1.0 / 256.0, 1e-3);
@@ -625,14 +599,14 @@ mod tests {
         let upstream =
             Tensor::<TestBackend, 5>::random([2, 4, 5, 5, 4], Distribution::Default, &device);
         let run = |group| {
-            gradients_in_groups(
-                ConvInput::Tensor(input.clone()),
-                weight.clone(),
-                upstream.clone(),
+            ConvBackward {
+                input: ConvInput::Tensor(input.clone()),
+                weight: weight.clone(),
+                upstream: upstream.clone(),
                 geometry,
-                [true, true],
-                group,
-            )
+                wants: [true, true],
+            }
+            .in_groups(group)
             .0
         };
         // 25 output lines (5 frames of 5 rows): all at once, and groups that split frames.
@@ -695,20 +669,15 @@ mod tests {
                 dims: geometry.input,
                 dtype: restored.dtype(),
             };
-            let ((weight_a, input_a), bias_a) = conv3d_gradients(
-                ConvInput::Codes(input),
-                weight.clone(),
-                upstream.clone(),
+            let backward = |input| ConvBackward {
+                input,
+                weight: weight.clone(),
+                upstream: upstream.clone(),
                 geometry,
-                [true, true],
-            );
-            let ((weight_b, input_b), bias_b) = conv3d_gradients(
-                ConvInput::Tensor(restored),
-                weight,
-                upstream,
-                geometry,
-                [true, true],
-            );
+                wants: [true, true],
+            };
+            let ((weight_a, input_a), bias_a) = backward(ConvInput::Codes(input)).gradients();
+            let ((weight_b, input_b), bias_b) = backward(ConvInput::Tensor(restored)).gradients();
             assert_eq!(weight_a.to_data(), weight_b.to_data(), "{dtype:?}");
             assert_eq!(input_a.unwrap().to_data(), input_b.unwrap().to_data());
             assert_eq!(bias_a.unwrap().to_data(), bias_b.unwrap().to_data());

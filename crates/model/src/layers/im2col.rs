@@ -105,18 +105,29 @@ impl ConvGeometry {
 }
 
 /// The tap sources of every kernel tap of one convolution, worked out once per call and read by
-/// [`im2col`] and [`col2im`] for every group.
+/// [`im2col`] and [`col2im`] for every group, and how many output lines a group takes.
 pub(super) struct ColumnMap {
     pub(super) geometry: ConvGeometry,
+    /// Output lines per group (per im2col buffer).
+    group: usize,
     taps: Vec<TapSources>,
 }
 
 impl ColumnMap {
-    pub(super) fn new(geometry: ConvGeometry) -> Self {
+    pub(super) fn new(geometry: ConvGeometry, group: usize) -> Self {
         let taps = (0..geometry.taps())
             .map(|tap| geometry.tap_sources(tap))
             .collect();
-        Self { geometry, taps }
+        Self {
+            geometry,
+            group,
+            taps,
+        }
+    }
+
+    /// Groups of output lines of one clip: `(first line, lines)`.
+    pub(super) fn groups(&self) -> impl Iterator<Item = (usize, usize)> + use<> {
+        self.geometry.groups(self.group)
     }
 }
 
