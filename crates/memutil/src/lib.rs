@@ -12,7 +12,7 @@ pub mod plan;
 pub mod reuse_pool;
 mod svg;
 
-pub use svg::{document_start as svg_document_start, escape as svg_escape};
+pub use svg::{PlotArea, document_start as svg_document_start, escape as svg_escape};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

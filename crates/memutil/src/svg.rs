@@ -7,10 +7,48 @@ use crate::MemoryReport;
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 360.0;
-const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 30.0;
-const BOTTOM: f64 = 40.0;
+/// Margins: 70 px on the left for the byte labels, 30 above for the legend, 40 below for the
+/// time axis.
+const AREA: PlotArea = PlotArea::inside([WIDTH, HEIGHT], [70.0, 30.0, 20.0, 40.0]);
+
+/// The rectangle a plot draws its values in (pixels), and where a value falls in it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlotArea {
+    pub left: f64,
+    pub top: f64,
+    pub width: f64,
+    pub height: f64,
+}
+
+impl PlotArea {
+    /// The area inside `[left, top, right, bottom]` margins of a drawing `[width, height]`.
+    pub const fn inside([width, height]: [f64; 2], [left, top, right, bottom]: [f64; 4]) -> Self {
+        Self {
+            left,
+            top,
+            width: width - left - right,
+            height: height - top - bottom,
+        }
+    }
+
+    /// The x of `fraction` (0 to 1) of the way across.
+    pub fn x(&self, fraction: f64) -> f64 {
+        self.left + self.width * fraction
+    }
+
+    /// The y of `fraction` (0 to 1) of the way up.
+    pub fn y(&self, fraction: f64) -> f64 {
+        self.top + self.height * (1.0 - fraction)
+    }
+
+    pub fn right(&self) -> f64 {
+        self.left + self.width
+    }
+
+    pub fn bottom(&self) -> f64 {
+        self.top + self.height
+    }
+}
 
 /// The opening of a stand-alone SVG drawing on white: `<svg …>` sized `width × height`, sans-serif
 /// text of `font_size` pixels. The caller appends shapes and `</svg>`.
@@ -51,8 +89,8 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
         .unwrap_or(1)
         .max(1) as f64
         * 1.05;
-    let x = |t: f64| LEFT + (WIDTH - LEFT - RIGHT) * t / end_s;
-    let y = |bytes: u64| TOP + (HEIGHT - TOP - BOTTOM) * (1.0 - bytes as f64 / top_bytes);
+    let x = |t: f64| AREA.x(t / end_s);
+    let y = |bytes: u64| AREA.y(bytes as f64 / top_bytes);
     let mut svg = document_start(WIDTH, HEIGHT, 11);
     // Validation phases: from a mark naming validation to the next mark (or the end).
     for (index, mark) in report.marks.iter().enumerate() {
@@ -62,10 +100,11 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
         let until = report.marks.get(index + 1).map_or(end_s, |next| next.t_s);
         let _ = writeln!(
             svg,
-            r##"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="#fde9c9"><title>{}</title></rect>"##,
+            r##"<rect x="{:.1}" y="{}" width="{:.1}" height="{:.1}" fill="#fde9c9"><title>{}</title></rect>"##,
             x(mark.t_s),
+            AREA.top,
             (x(until) - x(mark.t_s)).max(0.5),
-            HEIGHT - TOP - BOTTOM,
+            AREA.height,
             escape(&mark.label)
         );
     }
@@ -74,11 +113,12 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
         let bytes = (top_bytes * step as f64 / 4.0) as u64;
         let _ = writeln!(
             svg,
-            r##"<line x1="{LEFT}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            WIDTH - RIGHT,
+            r##"<line x1="{}" x2="{:.1}" y1="{:.1}" y2="{:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            AREA.left,
+            AREA.right(),
             y(bytes),
             y(bytes),
-            LEFT - 6.0,
+            AREA.left - 6.0,
             y(bytes) + 4.0,
             crate::format_bytes(bytes)
         );
@@ -86,7 +126,7 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">seconds (0 – {end_s:.1}); shaded: validation</text>"#,
-        LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+        AREA.x(0.5),
         HEIGHT - 10.0
     );
     for mark in &report.marks {
@@ -94,8 +134,8 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
             svg,
             r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1:.1}" y2="{2:.1}" stroke="#bbb"><title>{3}</title></line>"##,
             x(mark.t_s),
-            HEIGHT - BOTTOM,
-            HEIGHT - BOTTOM + 5.0,
+            AREA.bottom(),
+            AREA.bottom() + 5.0,
             escape(&mark.label)
         );
     }
@@ -116,8 +156,8 @@ pub fn timeline_svg(report: &MemoryReport) -> String {
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{name} (peak {})</text>"#,
-            LEFT + 8.0 + 230.0 * row as f64,
-            TOP - 10.0,
+            AREA.left + 8.0 + 230.0 * row as f64,
+            AREA.top - 10.0,
             crate::format_bytes(peak)
         );
     };

@@ -100,13 +100,9 @@ pub fn conv3d_forward<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     geometry: ConvGeometry,
 ) -> Tensor<B, 5> {
-    match bf16_path(&[input.dtype()]) {
-        Some(path) => {
-            let group = geometry.lines_per_group(2);
-            forward_bf16(input, weight, bias, geometry, group, path)
-        }
-        None => forward_in_groups(input, weight, bias, geometry, geometry.lines_per_group(4)),
-    }
+    let path = bf16_path(&[input.dtype()]);
+    let group = geometry.lines_per_group(if path.is_some() { 2 } else { 4 });
+    forward_in_groups(input, weight, bias, geometry, group, path)
 }
 
 /// The bf16 product's path when every operand is bf16 and the CPU has a bf16 dot-product
@@ -120,22 +116,31 @@ fn bf16_path(dtypes: &[DType]) -> Option<Path> {
         .flatten()
 }
 
-/// [`forward_in_groups`] with bf16 columns and weights multiplied by `path`, each group's f32
-/// product rounded into a bf16 output (the f32 route's whole f32 output, twice the bf16
-/// activation, was a transient of the step's peak) and the columns in half the bytes. The
+/// [`conv3d_forward`] with `group` output lines per im2col buffer, multiplying in f32 by the
+/// backend's matmul or, given a `bf16` path, with bf16 columns and weights: then each group's
+/// f32 product is rounded into a bf16 output (the f32 route's whole f32 output, twice the bf16
+/// activation, was a transient of the step's peak) and the columns take half the bytes. The
 /// weight is rounded to bf16, as PyTorch's autocast does.
-fn forward_bf16<B: Backend>(
+fn forward_in_groups<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
     geometry: ConvGeometry,
     group: usize,
-    path: Path,
+    bf16: Option<Path>,
 ) -> Tensor<B, 5> {
     let (c_out, rows, w_out) = (geometry.channels_out, geometry.rows(), geometry.output[2]);
+    let map = ColumnMap::new(geometry, group);
+    let Some(path) = bf16 else {
+        let device = input.device();
+        let weight = weight.cast(FloatDType::F32).reshape([c_out, rows]);
+        return forward_by_groups::<B, f32>(input, bias, &map, |clip, first, lines, product| {
+            let columns = columns_tensor::<B>(clip, &map, first, lines, &device);
+            *product = floats(weight.clone().matmul(columns));
+        });
+    };
     let weight = stored::<bf16, _, 5>(weight);
     let weight = Matrix::row_major(&weight, c_out, rows, rows);
-    let map = ColumnMap::new(geometry, group);
     let mut columns = Vec::new();
     forward_by_groups::<B, bf16>(input, bias, &map, |clip, first, lines, product| {
         let length = lines * w_out;
@@ -144,25 +149,6 @@ fn forward_bf16<B: Backend>(
         let columns = Matrix::row_major(&columns, rows, length, length);
         product.resize(c_out * length, 0f32);
         gemm_bf16::gemm(path, weight, columns, product, length, Update::Overwrite);
-    })
-}
-
-/// [`conv3d_forward`] with `group` output lines per im2col buffer.
-fn forward_in_groups<B: Backend>(
-    input: Tensor<B, 5>,
-    weight: Tensor<B, 5>,
-    bias: Option<Tensor<B, 1>>,
-    geometry: ConvGeometry,
-    group: usize,
-) -> Tensor<B, 5> {
-    let device = input.device();
-    let weight = weight
-        .cast(FloatDType::F32)
-        .reshape([geometry.channels_out, geometry.rows()]);
-    let map = ColumnMap::new(geometry, group);
-    forward_by_groups::<B, f32>(input, bias, &map, |clip, first, lines, product| {
-        let columns = columns_tensor::<B>(clip, &map, first, lines, &device);
-        *product = floats(weight.clone().matmul(columns));
     })
 }
 
@@ -535,6 +521,7 @@ mod tests {
             Some(bias.clone()),
             geometry,
             7,
+            None,
         );
         let paths = [Path::Portable, Path::Avx512Bf16];
         for path in paths.into_iter().filter(|path| path.available()) {
@@ -563,13 +550,13 @@ mod tests {
                     .cast(FloatDType::F32)
                     .to_data()
                     .assert_approx_eq::<f32>(&input_f32.clone().unwrap().to_data(), rounded);
-                let forward = forward_bf16(
+                let forward = forward_in_groups(
                     input.clone(),
                     weight.clone(),
                     Some(bias.clone()),
                     geometry,
                     group,
-                    path,
+                    Some(path),
                 );
                 assert_eq!(forward.dtype(), DType::BF16, "{path:?}");
                 forward
@@ -637,6 +624,7 @@ mod tests {
                 Some(bias.clone()),
                 geometry,
                 group,
+                None,
             )
             .to_data()
             .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));

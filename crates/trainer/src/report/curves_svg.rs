@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use vidtrain_memutil::{svg_document_start, svg_escape as escape};
+use vidtrain_memutil::{PlotArea, svg_document_start, svg_escape as escape};
 
 /// One epoch's points.
 #[derive(Debug, Clone, Copy)]
@@ -23,16 +23,16 @@ pub struct EpochPoint {
 /// One plotted line: its name, its colour and how to read its value from an epoch.
 type Series = (&'static str, &'static str, fn(&EpochPoint) -> f64);
 
-const PANEL_WIDTH: f64 = 440.0;
 const HEIGHT: f64 = 320.0;
+/// Left of each panel, for its value labels.
 const LEFT: f64 = 56.0;
-const TOP: f64 = 40.0;
-const BOTTOM: f64 = 40.0;
 const GAP: f64 = 40.0;
+/// The left panel: 440 px wide, 40 px above for the legend and below for the axis title.
+const PANEL: PlotArea = PlotArea::inside([LEFT + 440.0, HEIGHT], [LEFT, 40.0, 0.0, 40.0]);
 
 /// The SVG text of `points` with `title` above both panels.
 pub fn curves_svg(points: &[EpochPoint], title: &str) -> String {
-    let width = 2.0 * (LEFT + PANEL_WIDTH) + GAP;
+    let width = 2.0 * PANEL.right() + GAP;
     let mut svg = svg_document_start(width, HEIGHT, 11);
     let _ = writeln!(
         svg,
@@ -55,11 +55,15 @@ pub fn curves_svg(points: &[EpochPoint], title: &str) -> String {
         ("val macro-F1", "#9467bd", |point| point.val_macro_f1),
     ];
     panel(
-        &mut svg, LEFT, points, last_epoch, top_loss, "loss", &losses,
+        &mut svg, PANEL, points, last_epoch, top_loss, "loss", &losses,
     );
+    let right_panel = PlotArea {
+        left: PANEL.right() + GAP + LEFT,
+        ..PANEL
+    };
     panel(
         &mut svg,
-        2.0 * LEFT + PANEL_WIDTH + GAP,
+        right_panel,
         points,
         last_epoch,
         1.0,
@@ -72,35 +76,33 @@ pub fn curves_svg(points: &[EpochPoint], title: &str) -> String {
 
 fn panel(
     svg: &mut String,
-    left: f64,
+    area: PlotArea,
     points: &[EpochPoint],
     last_epoch: usize,
     top: f64,
     axis: &str,
     series: &[Series],
 ) {
-    let plot_height = HEIGHT - TOP - BOTTOM;
-    let x = |epoch: usize| {
-        left + PANEL_WIDTH * (epoch.saturating_sub(1)) as f64 / (last_epoch.max(2) - 1) as f64
-    };
-    let y = |value: f64| TOP + plot_height * (1.0 - value / top);
+    let x = |epoch: usize| area.x(epoch.saturating_sub(1) as f64 / (last_epoch.max(2) - 1) as f64);
+    let y = |value: f64| area.y(value / top);
     let _ = writeln!(
         svg,
-        r##"<rect x="{left}" y="{TOP}" width="{PANEL_WIDTH}" height="{plot_height}" fill="none" stroke="#999"/>"##
+        r##"<rect x="{}" y="{}" width="{}" height="{}" fill="none" stroke="#999"/>"##,
+        area.left, area.top, area.width, area.height
     );
     for tick in 0..=4 {
         let value = top * tick as f64 / 4.0;
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{value:.2}</text>"#,
-            left - 4.0,
+            area.left - 4.0,
             y(value) + 4.0
         );
     }
     let _ = writeln!(
         svg,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">epoch (1–{last_epoch}) · {axis}</text>"#,
-        left + PANEL_WIDTH / 2.0,
+        area.x(0.5),
         HEIGHT - 12.0
     );
     for (number, (name, colour, value_of)) in series.iter().enumerate() {
@@ -127,8 +129,8 @@ fn panel(
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{name}</text>"#,
-            left + 8.0 + 110.0 * number as f64,
-            TOP - 6.0
+            area.left + 8.0 + 110.0 * number as f64,
+            area.top - 6.0
         );
     }
 }
