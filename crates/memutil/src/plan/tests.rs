@@ -1,0 +1,200 @@
+//! Tests of `plan`.
+
+use super::*;
+
+fn layer(name: &str, saved: u64, output: u64, recomputed: bool) -> ActivationLayer {
+    ActivationLayer {
+        name: name.into(),
+        saved,
+        forward_extra: 0,
+        backward_extra: 0,
+        replay_peak: saved,
+        inference_extra: saved,
+        output,
+        recomputed,
+        kept_input: None,
+        restored_input: None,
+        in_place: false,
+        per_clip: false,
+        inference_per_clip: false,
+    }
+}
+
+#[test]
+fn a_layer_run_per_clip_in_inference_holds_one_clips_temporaries_and_its_output_twice() {
+    let mut conv = layer("conv", 0, 40, false);
+    conv.inference_extra = 80;
+    let input = layer("input", 0, 20, false);
+    assert_eq!(
+        inference_peak(&[input.clone(), conv.clone()], 4, 0).0,
+        20 + 80 + 40
+    );
+    conv.inference_per_clip = true;
+    assert_eq!(inference_peak(&[input, conv], 4, 0).0, 20 + 80 / 4 + 2 * 40);
+}
+
+#[test]
+fn without_recompute_the_peak_holds_every_saved_tensor() {
+    let layers = [layer("a", 100, 10, false), layer("b", 50, 5, false)];
+    // Forward of b: a's 100 + b's input 10 + b's 50 + b's output 5 = 165. Backward of b: 150
+    // kept + its output 5 + the chain's last output 5 = 160.
+    assert_eq!(activation_peak(&layers, 1), (165, "b".to_string()));
+}
+
+#[test]
+fn recompute_keeps_inputs_and_replays_one_layer_at_a_time() {
+    let layers = [
+        layer("a", 100, 10, true),
+        layer("b", 100, 10, true),
+        layer("c", 100, 10, true),
+    ];
+    // Kept: only the inputs of b and c (10 each). The largest moment is a replay: layer c's
+    // backward with both stored inputs (20), 100 replayed, its upstream gradient 10 and the
+    // chain's last output 10.
+    let (peak, at) = activation_peak(&layers, 1);
+    assert_eq!((peak, at.as_str()), (140, "c"));
+    let plain = activation_peak(
+        &layers.map(|l| ActivationLayer {
+            recomputed: false,
+            ..l
+        }),
+        1,
+    );
+    assert!(peak < plain.0, "{peak} vs {plain:?}");
+}
+
+#[test]
+fn a_per_clip_replay_divides_its_saved_tensors_by_the_clips() {
+    let mut conv = layer("conv", 400, 40, true);
+    conv.per_clip = true;
+    let layers = [conv, layer("head", 0, 4, false)];
+    // Replay of conv: 400 / 4 clips + its upstream gradient 40 + the last output 4 = 144.
+    assert_eq!(activation_peak(&layers, 4).0, 144);
+}
+
+#[test]
+fn the_plan_adds_components_where_they_live() {
+    let input = PlanInput {
+        parameters: 1000,
+        parameter_bytes: 4,
+        largest_layer_parameters: 400,
+        optimizer_state_bytes: 8000,
+        optimizer_state: "Adam moments".into(),
+        blockwise_optimizer_step: false,
+        clips: 1,
+        layers: vec![layer("a", 100, 10, false)],
+        batch_bytes: 50,
+        pipeline_batches: 3,
+        input_tensor_bytes: 200,
+        inference_layers: vec![layer("a", 100, 10, false)],
+        inference_input_tensor_bytes: 50,
+        inference_batch: 2,
+        inference_clips: 2,
+        decoded_cache_bytes: 0,
+        runtime_bytes: 7,
+        home: ActivationHome::Device,
+        allocator_slack_percent: 0,
+    };
+    let plan = MemoryPlan::build(&input);
+    // Device: weights 4000, gradients 4000, Adam 8000, step 1600 (the largest layer), input
+    // 200, activations 120 (a's backward: its 100 saved, its output 10 and its gradient 10).
+    assert_eq!(plan.device_peak_bytes, 17_920);
+    // Host: runtime 7 + the optimizer state copied out at a save 8000 + pipeline 150.
+    assert_eq!(plan.host_peak_bytes, 8157);
+    let cpu = MemoryPlan::build(&PlanInput {
+        home: ActivationHome::Host,
+        ..input.clone()
+    });
+    // The save (weights 4000 + Adam 8000 + its copy 8000) is above the step's 17 920: it
+    // adds 8000 - (4000 + 1600 + 320) = 2080.
+    assert_eq!(cpu.host_peak_bytes, 7 + 17_920 + 2080 + 150);
+    assert_eq!(cpu.device_peak_bytes, 0);
+    // The reuse pool's bound: a quarter of everything but the runtime.
+    let pooled = MemoryPlan::build(&PlanInput {
+        home: ActivationHome::Host,
+        allocator_slack_percent: 25,
+        ..input
+    });
+    let unpooled = 7 + 17_920 + 2080 + 150;
+    assert_eq!(pooled.host_peak_bytes, unpooled + (unpooled - 7) / 4);
+}
+
+#[test]
+fn compressed_inputs_are_kept_small_and_restored_whole_for_their_backward() {
+    let layers = [
+        layer("a", 100, 40, true),
+        layer("b", 100, 40, true),
+        layer("c", 100, 40, true),
+    ];
+    let whole = activation_peak(&layers, 1).0;
+    let compressed = layers.map(|l| ActivationLayer {
+        kept_input: Some(10),
+        ..l
+    });
+    // c's backward: b's and c's inputs kept at 10 each, c's restored whole (40) under its
+    // replay (100), its output 40 and the chain's last 40: 240, where whole inputs held 40
+    // each: 260.
+    assert_eq!(whole, 260);
+    assert_eq!(activation_peak(&compressed, 1), (240, "c".to_string()));
+}
+
+#[test]
+fn a_large_validation_batch_can_set_the_peak() {
+    let layers = [layer("a", 100, 10, false), layer("b", 50, 5, false)];
+    // Training (peak 165 in b) vs a forward-only batch ten times larger: a holds 1000 + 100.
+    let big: Vec<_> = layers
+        .iter()
+        .map(|l| ActivationLayer {
+            saved: l.saved * 10,
+            inference_extra: l.inference_extra * 10,
+            output: l.output * 10,
+            ..l.clone()
+        })
+        .collect();
+    assert_eq!(inference_peak(&big, 1, 0), (1100, "a".to_string()));
+    let input = PlanInput {
+        parameters: 0,
+        parameter_bytes: 4,
+        largest_layer_parameters: 0,
+        optimizer_state_bytes: 0,
+        optimizer_state: "none".into(),
+        blockwise_optimizer_step: false,
+        clips: 1,
+        layers: layers.to_vec(),
+        batch_bytes: 0,
+        pipeline_batches: 0,
+        input_tensor_bytes: 0,
+        inference_layers: big,
+        inference_input_tensor_bytes: 0,
+        inference_batch: 20,
+        inference_clips: 20,
+        decoded_cache_bytes: 0,
+        runtime_bytes: 0,
+        home: ActivationHome::Host,
+        allocator_slack_percent: 0,
+    };
+    let plan = MemoryPlan::build(&input);
+    assert_eq!(plan.activation_peak_bytes, 1100);
+    assert!(
+        plan.host[5].name.contains("validation batch of 20"),
+        "{:?}",
+        plan.host
+    );
+    // The reuse pool's slack at a validation peak is the training step's (165 here), not a
+    // share of the validation batch.
+    let pooled = MemoryPlan::build(&PlanInput {
+        allocator_slack_percent: 20,
+        ..input
+    });
+    assert_eq!(pooled.host_peak_bytes, 1100 + 165 / 5);
+}
+
+#[test]
+fn byte_sizes_parse_with_binary_and_decimal_units() {
+    assert_eq!(parse_bytes("4GiB"), Some(4 << 30));
+    assert_eq!(parse_bytes("512 MiB"), Some(512 << 20));
+    assert_eq!(parse_bytes("8GB"), Some(8_000_000_000));
+    assert_eq!(parse_bytes("1.5g"), Some(3 << 29));
+    assert_eq!(parse_bytes("1000"), Some(1000));
+    assert_eq!(parse_bytes("lots"), None);
+}

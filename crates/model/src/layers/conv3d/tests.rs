@@ -1,0 +1,138 @@
+//! Tests of `conv3d`.
+
+use super::*;
+use crate::TestBackend;
+use burn::backend::Autodiff;
+use burn::nn::PaddingConfig3d;
+use burn::nn::conv::Conv3dConfig;
+use burn::tensor::{Distribution, Tolerance};
+
+type B = Autodiff<TestBackend>;
+
+/// The convolution equals Burn's `Conv3d` module with the same weights: outputs and the
+/// gradients of weight, bias and input.
+fn check(
+    channels_in: usize,
+    channels_out: usize,
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+) {
+    let device = Default::default();
+    let ours = VideoConv3dConfig::new(channels_in, channels_out, kernel, stride, padding)
+        .init::<B>(&device);
+    let mut theirs = Conv3dConfig::new([channels_in, channels_out], kernel)
+        .with_stride(stride)
+        .with_padding(PaddingConfig3d::Explicit(
+            padding[0], padding[1], padding[2],
+        ))
+        .init::<B>(&device);
+    theirs.weight = Param::from_tensor(ours.weight.val().detach());
+    theirs.bias = Some(Param::from_tensor(
+        ours.bias.as_ref().unwrap().val().detach(),
+    ));
+
+    let input = Tensor::<B, 5>::random([2, channels_in, 5, 11, 10], Distribution::Default, &device);
+    let input_first = input.clone().detach().require_grad();
+    let input_last = input.detach().require_grad();
+    let expected = theirs.forward(input_first.clone());
+    let got = ours.forward(input_last.clone());
+    got.to_data()
+        .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
+    // The untracked forward off the CPU: patches times the weight, clip by clip.
+    ours.forward_by_patches(input_last.clone().inner())
+        .into_data()
+        .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
+    // The untracked forward on the CPU: the im2col kernel times the weight.
+    ours.forward_untracked(input_last.clone().detach())
+        .into_data()
+        .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
+
+    // A fixed random upstream gradient through both.
+    let upstream = Tensor::<B, 5>::random(expected.dims(), Distribution::Default, &device).detach();
+    let grads_theirs = (expected * upstream.clone()).sum().backward();
+    let grads_ours = (got * upstream.clone()).sum().backward();
+    let tolerance = Tolerance::rel_abs(1e-4, 1e-4);
+
+    // The hand-written backward (used in training) gives Burn's gradients too, along each
+    // path: the wide-gemm CPU kernel, patches and matrix products (off the CPU), and the
+    // backend's convolution backward.
+    for path in [ConvPath::CpuGemm, ConvPath::Patches, ConvPath::BackendOps] {
+        let (by_hand, input_by_hand) =
+            ours.gradients_by(input_last.clone().detach(), upstream.clone(), true, path);
+        let expected_weight = theirs.weight.grad(&grads_theirs).unwrap().to_data();
+        let expected_bias = theirs.bias.as_ref().unwrap().grad(&grads_theirs).unwrap();
+        let expected_input = input_first.grad(&grads_theirs).unwrap().to_data();
+        by_hand
+            .get::<TestBackend, 5>(ours.weight.id)
+            .unwrap()
+            .to_data()
+            .assert_approx_eq::<f32>(&expected_weight, tolerance);
+        by_hand
+            .get::<TestBackend, 1>(ours.bias.as_ref().unwrap().id)
+            .unwrap()
+            .to_data()
+            .assert_approx_eq::<f32>(&expected_bias.to_data(), tolerance);
+        input_by_hand
+            .unwrap()
+            .to_data()
+            .assert_approx_eq::<f32>(&expected_input, tolerance);
+    }
+    ours.weight
+        .grad(&grads_ours)
+        .unwrap()
+        .to_data()
+        .assert_approx_eq::<f32>(
+            &theirs.weight.grad(&grads_theirs).unwrap().to_data(),
+            tolerance,
+        );
+    ours.bias
+        .as_ref()
+        .unwrap()
+        .grad(&grads_ours)
+        .unwrap()
+        .to_data()
+        .assert_approx_eq::<f32>(
+            &theirs
+                .bias
+                .as_ref()
+                .unwrap()
+                .grad(&grads_theirs)
+                .unwrap()
+                .to_data(),
+            tolerance,
+        );
+    input_last
+        .grad(&grads_ours)
+        .unwrap()
+        .to_data()
+        .assert_approx_eq::<f32>(
+            &input_first.grad(&grads_theirs).unwrap().to_data(),
+            tolerance,
+        );
+}
+
+#[test]
+fn matches_burn_conv3d_stem_first_stage() {
+    let _rng = crate::rng_lock();
+    check(3, 4, [3, 7, 7], [1, 2, 2], [1, 3, 3]);
+}
+
+#[test]
+fn matches_burn_conv3d_stem_second_stage() {
+    let _rng = crate::rng_lock();
+    check(4, 6, [1, 3, 3], [1, 2, 2], [0, 1, 1]);
+}
+
+#[test]
+fn matches_burn_conv3d_without_padding() {
+    let _rng = crate::rng_lock();
+    check(2, 3, [2, 2, 3], [2, 1, 3], [0, 0, 0]);
+}
+
+#[test]
+fn matches_burn_conv3d_with_odd_sizes_and_large_strides() {
+    let _rng = crate::rng_lock();
+    check(2, 3, [1, 5, 4], [1, 3, 2], [0, 2, 1]);
+    check(1, 2, [3, 3, 3], [1, 1, 1], [1, 1, 1]);
+}

@@ -1,0 +1,202 @@
+//! Tests of `conv_gemm`.
+
+use super::*;
+use crate::TestBackend;
+use crate::quantize::Quantized;
+use burn::tensor::{Distribution, Tolerance};
+
+/// `clips` clips of 3 channels, 5 frames of 9 × 8, into `channels_out` channels through a
+/// 3 × 3 × 2 kernel with stride 1 × 2 × 2 and padding 1 × 1 × 0: odd sizes, padding on some
+/// axes only, a temporal kernel whose reads overlap between groups of lines.
+fn odd_geometry(clips: usize, channels_out: usize) -> ConvGeometry {
+    ConvGeometry {
+        input: [clips, 3, 5, 9, 8],
+        channels_out,
+        kernel: [3, 3, 2],
+        stride: [1, 2, 2],
+        padding: [1, 1, 0],
+        output: [5, 5, 4],
+    }
+}
+
+/// The bf16 route equals the f32 route on the same bf16 values (every product of two bf16
+/// values is exact in f32; only the order of the f32 sums differs), on the AVX512_BF16 path
+/// where the CPU has it and on the portable path everywhere, whatever the line groups: the
+/// weight and bias gradients to f32 precision, the input gradient and the forward (stored in
+/// bf16) to one bf16 rounding.
+#[test]
+fn bf16_products_equal_the_f32_route_on_bf16_values() {
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    let geometry = odd_geometry(2, 14);
+    let random = |shape: [usize; 5]| {
+        Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
+            .cast(FloatDType::BF16)
+    };
+    let input = random([2, 3, 5, 9, 8]);
+    let upstream = random([2, 14, 5, 5, 4]);
+    // The f32 route multiplies the weight as given: give it the bf16 route's rounding.
+    let weight = random([14, 3, 3, 3, 2]).cast(FloatDType::F32);
+    let bias = Tensor::<TestBackend, 1>::random([14], Distribution::Default, &device);
+    let ((weight_f32, input_f32), bias_f32) = ConvBackward {
+        input: ConvInput::Tensor(input.clone()),
+        weight: weight.clone(),
+        upstream: upstream.clone(),
+        geometry,
+        wants: [true, true],
+    }
+    .in_groups(7);
+    let forward_f32 = forward_in_groups(
+        input.clone(),
+        weight.clone(),
+        Some(bias.clone()),
+        geometry,
+        7,
+        None,
+    );
+    let paths = [Path::Portable, Path::Avx512Bf16];
+    for path in paths.into_iter().filter(|path| path.available()) {
+        for group in [1, 7, 25] {
+            let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
+                input: ConvInput::Tensor(input.clone()),
+                weight: weight.clone(),
+                upstream: upstream.clone(),
+                geometry,
+                wants: [true, true],
+            }
+            .bf16(group, path);
+            let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+            // One bf16 rounding of the stored result (8 bits of mantissa).
+            let rounded = Tolerance::rel_abs(1.0 / 256.0, 1e-3);
+            bias_gradient
+                .unwrap()
+                .to_data()
+                .assert_approx_eq::<f32>(&bias_f32.clone().unwrap().to_data(), tolerance);
+            weight_gradient
+                .to_data()
+                .assert_approx_eq::<f32>(&weight_f32.to_data(), tolerance);
+            let input_gradient = input_gradient.unwrap();
+            assert_eq!(input_gradient.dtype(), DType::BF16, "{path:?}");
+            input_gradient
+                .cast(FloatDType::F32)
+                .to_data()
+                .assert_approx_eq::<f32>(&input_f32.clone().unwrap().to_data(), rounded);
+            let forward = forward_in_groups(
+                input.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                geometry,
+                group,
+                Some(path),
+            );
+            assert_eq!(forward.dtype(), DType::BF16, "{path:?}");
+            forward
+                .cast(FloatDType::F32)
+                .to_data()
+                .assert_approx_eq::<f32>(
+                    &forward_f32.to_data(),
+                    Tolerance::rel_abs(1.0 / 256.0, 1e-3),
+                );
+        }
+    }
+}
+
+/// Output lines taken one at a time, a few at a time (across frame boundaries) or all
+/// together give the same gradients (a temporal kernel of 3 with padding reads input frames
+/// shared between groups). The
+/// gradients themselves are checked against Burn's `Conv3d` in `conv3d`'s tests.
+#[test]
+fn line_groups_do_not_change_the_forward_or_the_gradients() {
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    let geometry = odd_geometry(2, 4);
+    let input = Tensor::<TestBackend, 5>::random([2, 3, 5, 9, 8], Distribution::Default, &device);
+    let weight = Tensor::<TestBackend, 5>::random([4, 3, 3, 3, 2], Distribution::Default, &device);
+    let upstream =
+        Tensor::<TestBackend, 5>::random([2, 4, 5, 5, 4], Distribution::Default, &device);
+    let run = |group| {
+        ConvBackward {
+            input: ConvInput::Tensor(input.clone()),
+            weight: weight.clone(),
+            upstream: upstream.clone(),
+            geometry,
+            wants: [true, true],
+        }
+        .in_groups(group)
+        .0
+    };
+    // 25 output lines (5 frames of 5 rows): all at once, and groups that split frames.
+    let (weight_all, input_all) = run(25);
+    for group in [1, 3, 7] {
+        let (weight_grouped, input_grouped) = run(group);
+        let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+        weight_grouped
+            .to_data()
+            .assert_approx_eq::<f32>(&weight_all.to_data(), tolerance);
+        input_grouped
+            .unwrap()
+            .to_data()
+            .assert_approx_eq::<f32>(&input_all.clone().unwrap().to_data(), tolerance);
+    }
+    // The forward likewise, against Burn's convolution.
+    let bias = Tensor::<TestBackend, 1>::random([4], Distribution::Default, &device);
+    let expected = burn::tensor::module::conv3d(
+        input.clone(),
+        weight.clone(),
+        Some(bias.clone()),
+        burn::tensor::ops::ConvOptions::new([1, 2, 2], [1, 1, 0], [1, 1, 1], 1),
+    );
+    for group in [1, 3, 7, 25] {
+        forward_in_groups(
+            input.clone(),
+            weight.clone(),
+            Some(bias.clone()),
+            geometry,
+            group,
+            None,
+        )
+        .to_data()
+        .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
+    }
+}
+
+/// A compressed input (`model.activation_bits`) read a clip at a time gives the gradients of
+/// the same values restored whole, on the f32 and the bf16 routes (clips of 1080 values:
+/// blocks straddle them).
+#[test]
+fn an_input_read_from_codes_equals_the_restored_input() {
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    let geometry = odd_geometry(3, 4);
+    for dtype in [FloatDType::F32, FloatDType::BF16] {
+        let random = |shape: [usize; 5]| {
+            Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device).cast(dtype)
+        };
+        let (input, upstream) = (random([3, 3, 5, 9, 8]), random([3, 4, 5, 5, 4]));
+        let weight = random([4, 3, 3, 3, 2]).cast(FloatDType::F32);
+        let flat = input.reshape([3 * 3 * 5 * 9 * 8]);
+        let Quantized::Host { codes, .. } = Quantized::new(flat.clone(), 4, 9) else {
+            panic!("the CPU backend keeps host codes");
+        };
+        let restored = Quantized::new(flat, 4, 9)
+            .restore()
+            .reshape([3, 3, 5, 9, 8]);
+        let input = HostInput {
+            codes: &codes,
+            dims: geometry.input,
+            dtype: restored.dtype(),
+        };
+        let backward = |input| ConvBackward {
+            input,
+            weight: weight.clone(),
+            upstream: upstream.clone(),
+            geometry,
+            wants: [true, true],
+        };
+        let ((weight_a, input_a), bias_a) = backward(ConvInput::Codes(input)).gradients();
+        let ((weight_b, input_b), bias_b) = backward(ConvInput::Tensor(restored)).gradients();
+        assert_eq!(weight_a.to_data(), weight_b.to_data(), "{dtype:?}");
+        assert_eq!(input_a.unwrap().to_data(), input_b.unwrap().to_data());
+        assert_eq!(bias_a.unwrap().to_data(), bias_b.unwrap().to_data());
+    }
+}
