@@ -389,6 +389,8 @@ impl<B: Backend> ConvBackward<'_, B> {
                     None => partial,
                 });
                 if let Some(columns_gradient) = columns_gradient {
+                    // The last group's buffer is freed before this one's is made.
+                    drop(std::mem::take(columns_gradient));
                     *columns_gradient = floats(weight_transposed.clone().matmul(upstream_group));
                 }
             },
