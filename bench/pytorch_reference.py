@@ -12,6 +12,12 @@ and each encoder block, where vidtrain recomputes too. Optionally one row throug
     python3 bench/pytorch_reference.py --tiny --device cpu           # checks the script itself
 
 Prints a table and writes JSON rows with the same keys as vidtrain's.
+
+    python3 bench/pytorch_reference.py --backbone transformer --flops --gemm-peak --out x.json
+
+writes instead the model's training FLOPs per sample (one fp32 forward + backward at micro-batch
+1, counted by torch.utils.flop_counter: matrix products and convolutions, no recompute) and this
+CPU's measured matrix-product peak (f32 and bf16), for `cargo xtask bench cpu`'s GFLOP/s columns.
 """
 
 import argparse
@@ -25,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
 
 CLASSES = 9
 
@@ -234,6 +241,35 @@ def bench_row(row, device, warmup, steps, tiny):
     return result
 
 
+def training_flops_per_sample(row, device, tiny):
+    """FLOPs of one training step's forward and backward per sample, fp32, without recompute."""
+    torch.manual_seed(42)
+    row = dict(row, recompute=False)
+    model = build(row, tiny).to(device).train()
+    video = torch.rand((1, 3, row["frames"], row["image"], row["image"]), device=device)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(video), torch.zeros(1, dtype=torch.long, device=device)).backward()
+    return counter.get_total_flops()
+
+
+def gemm_peak_gflops(device, size=2048, repeats=5):
+    """The best of `repeats` products of two `size`² matrices, GFLOP/s, in f32 and bf16."""
+    peaks = {}
+    for name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)]:
+        a = torch.rand(size, size, device=device, dtype=dtype)
+        b = torch.rand(size, size, device=device, dtype=dtype)
+        torch.mm(a, b)
+        best = math.inf
+        for _ in range(repeats):
+            sync(device)
+            started = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            best = min(best, time.perf_counter() - started)
+        peaks[name] = 2 * size**3 / best / 1e9
+    return peaks
+
+
 def lightning_row(device, warmup, steps, tiny):
     """One row (the seed model, bf16-mixed, batch 1 × 4 accumulation) through Lightning."""
     try:
@@ -293,6 +329,10 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--lightning", action="store_true", help="add the Lightning row")
     parser.add_argument("--out")
+    parser.add_argument("--flops", action="store_true",
+                        help="write each model's training FLOPs per sample instead of timing rows")
+    parser.add_argument("--gemm-peak", action="store_true",
+                        help="with --flops: also measure the f32 and bf16 matrix-product peak")
     args = parser.parse_args()
     device = torch.device(args.device)
     backbones = ["transformer", "vivit"] if args.backbone == "both" else [args.backbone]
@@ -306,6 +346,19 @@ def main():
     for row in rows:
         row["frames"] = args.frames or row["frames"]
         row["image"] = args.image or row["image"]
+    if args.flops:
+        counted = {"flops_per_sample": {}}
+        for row in rows:
+            if row["backbone"] not in counted["flops_per_sample"]:
+                counted["flops_per_sample"][row["backbone"]] = training_flops_per_sample(
+                    row, device, args.tiny)
+        if args.gemm_peak:
+            counted["gemm_peak_gflops"] = gemm_peak_gflops(device)
+        print(json.dumps(counted))
+        if args.out:
+            with open(args.out, "w") as out:
+                json.dump(counted, out, indent=2)
+        return 0
     results = []
     print(f"  {'model':<11} {'row':<27} {'samples/s':>10} {'first s':>8} {'allocated':>10} "
           f"{'reserved':>10} {'loss':>8}")

@@ -1,7 +1,10 @@
 //! `cargo xtask bench cpu`: vidtrain and PyTorch eager side by side on this machine's CPU, the
 //! same model rows (`vidtrain bench-model` and `bench/pytorch_reference.py --device cpu`), each
 //! row in a fresh process on both sides so that every peak RSS is the row's own. Prints the ratio
-//! table (ours / PyTorch) last and writes `target/bench/cpu.json`.
+//! table (ours / PyTorch) last and writes `target/bench/cpu.json`. Each row's achieved GFLOP/s
+//! (the model's training FLOPs per sample, counted once per model by PyTorch's flop counter, times
+//! samples/s) stands next to this machine's matrix-product peak, measured in the same run by
+//! each side (`vidtrain bench-model --gemm-peak`, `torch.mm`).
 //!
 //! PyTorch comes from a cache venv (`$VIDTRAIN_TORCH_VENV`, default `~/.cache/vidtrain/torch-venv`),
 //! made with `pip install torch` when it is missing. `BENCH_STEPS` (default 2) timed steps after one
@@ -69,10 +72,16 @@ pub fn cpu() -> anyhow::Result<()> {
     let named: Vec<String> = std::env::var("BENCH_ROWS")
         .map(|names| names.split(',').map(str::to_string).collect())
         .unwrap_or_default();
+    let models: Vec<&Model> = MODELS
+        .iter()
+        .filter(|model| {
+            only == "all" || (only == "both" && model.in_both) || only == model.backbone
+        })
+        .collect();
+    let (flops_per_sample, gemm_peak) =
+        count_flops_and_peaks(&vidtrain, &python, &models, &folder)?;
     let mut rows = Vec::new();
-    for model in MODELS.iter().filter(|model| {
-        only == "all" || (only == "both" && model.in_both) || only == model.backbone
-    }) {
+    for model in models {
         for row in ROWS
             .into_iter()
             .filter(|row| named.is_empty() || named.iter().any(|name| name == row))
@@ -125,10 +134,68 @@ pub fn cpu() -> anyhow::Result<()> {
         "warmup_steps": 1,
         "timed_steps": steps,
         "torch": torch_version(&python),
+        "flops_per_sample": flops_per_sample,
+        "gemm_peak_gflops": gemm_peak,
         "rows": rows,
     }));
     println!("\n{}", ratio_table(&report));
     write_report("cpu", &report)
+}
+
+/// Each model's training FLOPs per sample (PyTorch's flop counter on the same model and clip:
+/// forward and backward of matrix products and convolutions, fp32, no recompute) and both sides'
+/// matrix-product peaks, `{"ours": {f32, bf16}, "pytorch": {f32, bf16}}` in GFLOP/s.
+fn count_flops_and_peaks(
+    vidtrain: &Path,
+    python: &Path,
+    models: &[&Model],
+    folder: &Path,
+) -> anyhow::Result<(Value, Value)> {
+    let peak_file = folder.join("gemm-peak.ours.json");
+    run_checked(
+        Command::new(vidtrain)
+            .args(["bench-model", "--gemm-peak", "--out"])
+            .arg(&peak_file)
+            .arg("trainer.accelerator=cpu"),
+        "vidtrain bench-model --gemm-peak",
+    )?;
+    let ours: Value = serde_json::from_str(&std::fs::read_to_string(&peak_file)?)?;
+    let mut flops = serde_json::Map::new();
+    let mut torch_peak = Value::Null;
+    for (index, model) in models.iter().enumerate() {
+        let file = folder.join(format!("{}-flops.pytorch.json", model.backbone));
+        let mut command = Command::new(python);
+        command
+            .arg(project_root().join("bench/pytorch_reference.py"))
+            .args(["--backbone", model.backbone, "--rows", "fp32 b4", "--exact"])
+            .args(["--device", "cpu", "--flops", "--out"])
+            .arg(&file);
+        if let Some((frames, image)) = model.clip {
+            command.args([
+                "--frames",
+                &frames.to_string(),
+                "--image",
+                &image.to_string(),
+            ]);
+        }
+        if index == 0 {
+            command.arg("--gemm-peak");
+        }
+        run_checked(&mut command, "bench/pytorch_reference.py --flops")?;
+        let counted: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+        flops.insert(
+            model.backbone.to_string(),
+            counted["flops_per_sample"][model.backbone].clone(),
+        );
+        if index == 0 {
+            torch_peak = counted["gemm_peak_gflops"].clone();
+        }
+    }
+    let peaks = json!({
+        "ours": {"f32": ours["f32_gflops"], "bf16": ours["bf16_gflops"]},
+        "pytorch": torch_peak,
+    });
+    Ok((Value::Object(flops), peaks))
 }
 
 /// Runs one side of one row and returns its JSON result (or the failure as `{"error": ...}`, so
@@ -192,28 +259,10 @@ fn run_row(mut command: Command, out: &Path) -> Value {
     }
 }
 
-/// The ratio table: samples/s and peak RSS of both sides and ours / PyTorch, then the loss.
+/// The ratio table: samples/s and peak RSS of both sides and ours / PyTorch, the loss, and each
+/// side's achieved GFLOP/s (ours also as a share of our peak in the row's product dtype: bf16
+/// for bf16 rows, f32 for the others, which multiply in f32).
 fn ratio_table(report: &Value) -> String {
-    let mut text = format!(
-        "vidtrain / PyTorch {} eager on the CPU ({}), {} timed steps after 1 warm-up\n",
-        report["torch"].as_str().unwrap_or("?"),
-        report["host"]["cpu"].as_str().unwrap_or("?"),
-        report["timed_steps"].as_str().unwrap_or("?"),
-    );
-    text += &format!(
-        "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7}\n",
-        "model",
-        "row",
-        "ours s/s",
-        "pt s/s",
-        "speed",
-        "ours RSS",
-        "pt RSS",
-        "RSS",
-        "ours L",
-        "pt L",
-        "kernel"
-    );
     let mib = |value: &Value| {
         value
             .as_f64()
@@ -224,6 +273,37 @@ fn ratio_table(report: &Value) -> String {
             .as_f64()
             .map_or("n/a".to_string(), |v| format!("{v:.digits$}"))
     };
+    let mut text = format!(
+        "vidtrain / PyTorch {} eager on the CPU ({}), {} timed steps after 1 warm-up\n",
+        report["torch"].as_str().unwrap_or("?"),
+        report["host"]["cpu"].as_str().unwrap_or("?"),
+        report["timed_steps"].as_str().unwrap_or("?"),
+    );
+    let peaks = &report["gemm_peak_gflops"];
+    text += &format!(
+        "matrix-product peak, GFLOP/s (2048³): vidtrain f32 {} bf16 {}, PyTorch f32 {} bf16 {}\n",
+        number(&peaks["ours"]["f32"], 0),
+        number(&peaks["ours"]["bf16"], 0),
+        number(&peaks["pytorch"]["f32"], 0),
+        number(&peaks["pytorch"]["bf16"], 0),
+    );
+    text += &format!(
+        "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}\n",
+        "model",
+        "row",
+        "ours s/s",
+        "pt s/s",
+        "speed",
+        "ours RSS",
+        "pt RSS",
+        "RSS",
+        "ours L",
+        "pt L",
+        "kernel",
+        "ours GF/s",
+        "pt GF/s",
+        "of peak"
+    );
     let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "n/a".to_string(),
@@ -239,8 +319,23 @@ fn ratio_table(report: &Value) -> String {
             ),
             None => row["backbone"].as_str().unwrap_or("").to_string(),
         };
+        let flops = report["flops_per_sample"][row["backbone"].as_str().unwrap_or("")].as_f64();
+        let gflops = |side: &Value| match (flops, side["samples_per_s"].as_f64()) {
+            (Some(flops), Some(rate)) => Some(flops * rate / 1e9),
+            _ => None,
+        };
+        let product_dtype = if row["row"].as_str().unwrap_or("").contains("bf16") {
+            "bf16"
+        } else {
+            "f32"
+        };
+        let of_peak = match (gflops(ours), peaks["ours"][product_dtype].as_f64()) {
+            (Some(achieved), Some(peak)) => format!("{:.0}%", 100.0 * achieved / peak),
+            _ => "n/a".to_string(),
+        };
+        let shown = |value: Option<f64>| value.map_or("n/a".to_string(), |v| format!("{v:.0}"));
         text += &format!(
-            "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7}",
+            "{:<12} {:<20} {:>9} {:>9} {:>7} {:>9} {:>9} {:>7} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7}",
             model,
             row["row"].as_str().unwrap_or(""),
             number(&ours["samples_per_s"], 3),
@@ -255,6 +350,9 @@ fn ratio_table(report: &Value) -> String {
             ours["kernel_share"]
                 .as_f64()
                 .map_or("n/a".to_string(), |share| format!("{:.1}%", share * 100.0)),
+            shown(gflops(ours)),
+            shown(gflops(torch)),
+            of_peak,
         );
         for (side, result) in [("ours", ours), ("pytorch", torch)] {
             if let Some(error) = result["error"].as_str() {

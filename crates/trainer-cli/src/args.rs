@@ -142,6 +142,10 @@ pub struct BenchModelArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Instead of rows, measure this CPU's matrix-product peak (f32 and bf16, square products of
+    /// this side) on the compute pool a run would use.
+    #[arg(long, value_name = "SIDE", num_args = 0..=1, default_missing_value = "2048")]
+    pub gemm_peak: Option<usize>,
     #[command(flatten)]
     pub config: ConfigArgs,
 }

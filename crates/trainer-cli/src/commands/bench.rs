@@ -7,6 +7,9 @@ use crate::{Failure, load_config};
 
 pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
     let config = load_config(&args.config, None)?;
+    if let Some(size) = args.gemm_peak {
+        return gemm_peak(&config, size, args.out.as_deref());
+    }
     let backend = vidtrain_trainer::resolve_backend(&config).map_err(anyhow::Error::from)?;
     let backbones: &[vidtrain_config::Backbone] = match args.backbone {
         BenchBackbone::Transformer => &[vidtrain_config::Backbone::Transformer],
@@ -114,6 +117,27 @@ pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
             vidtrain_trainer::write_atomically(out, text.as_bytes())
                 .with_context(|| format!("writing {}", out.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// `bench-model --gemm-peak`: the CPU's matrix-product peak, printed and written as JSON.
+fn gemm_peak(
+    config: &vidtrain_config::Config,
+    size: usize,
+    out: Option<&std::path::Path>,
+) -> Result<(), Failure> {
+    let threads = vidtrain_trainer::configure_compute_threads(config);
+    let peak = vidtrain_trainer::bench::gemm::gemm_peak(size);
+    println!(
+        "matrix-product peak ({size}³, {threads} threads): f32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s \
+         on {}",
+        peak.f32_gflops, peak.bf16_gflops, peak.bf16_route
+    );
+    if let Some(out) = out {
+        let text = serde_json::to_string_pretty(&peak).expect("the peak serialises");
+        vidtrain_trainer::write_atomically(out, text.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
 }

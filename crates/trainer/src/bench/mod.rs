@@ -1,5 +1,7 @@
 //! Benchmarks the CLI and `cargo xtask bench` run: one training step of a model at a given
-//! shape (`model`), and the decode pipeline against ffmpeg alone (`pipeline`).
+//! shape (`model`), the decode pipeline against ffmpeg alone (`pipeline`), and this CPU's
+//! matrix-product peak (`gemm`).
 
+pub mod gemm;
 pub mod model;
 pub mod pipeline;
