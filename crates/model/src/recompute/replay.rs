@@ -57,6 +57,8 @@ pub(super) fn replay_mamba_block<B: AutodiffBackend, M: AutodiffModule<B>>(
         .map(|output| gradient_of(output, &grads))
         .collect();
     gradients.add(grads);
+    // Only their gradients are read from here on.
+    drop((gate, outputs));
 
     // Each scan, one chunk at a time from the last.
     let mut scan_gradients = Vec::with_capacity(scans.len());
@@ -103,7 +105,9 @@ pub(super) fn replay_mamba_block<B: AutodiffBackend, M: AutodiffModule<B>>(
         });
     }
 
-    // The first stage, from the gradients of the gate and of the scans' inputs.
+    // The first stage, from the gradients of the gate and of the scans' inputs, which it
+    // recomputes tracked: the untracked ones are no longer needed.
+    drop(scans);
     let input = track(input);
     let (gate, scans) = block.scan_inputs(input.clone());
     // The gate is in the compute dtype, the scan inputs in the scan's: sum the terms in the

@@ -163,8 +163,12 @@ impl ActivationCosts {
             // final states and decays: `(2·rounds + 3)` state-sized values over the sequence. The
             // gate and out-projection keep four more `[tokens, inner]` values. Backward holds the
             // gradients of about three state-sized values of one direction. A replay
-            // (`replay_mamba_block`) holds the stages' `[tokens, inner]` tensors and their
-            // gradients whole but only one chunk's scan graph at a time.
+            // (`replay_mamba_block`) holds only one chunk's scan graph at a time, beside the
+            // stages' `[tokens, inner]` tensors and their gradients; it peaks either there or in
+            // the first stage's backward, whose graph (the ten values per direction above), the
+            // scan inputs' gradients and its own backward's temporaries make about
+            // `14·directions + 4` `[tokens, inner]` values (measured on the keypoint Mamba at
+            // 128–512 frames, `cargo xtask bench plan`).
             LayerRole::MambaBlock {
                 tokens,
                 inner,
@@ -186,8 +190,10 @@ impl ActivationCosts {
                     3 * states + 2 * inner_values,
                 )
                 .inference((3 * directions + 3) * inner_values + 4 * chunk_states);
-                costs.replay_peak =
+                let chunk_stage =
                     input + (4 * directions + 4) * inner_values + (2 * rounds + 3) * chunk_states;
+                let first_stage = input + (14 * directions + 4) * inner_values;
+                costs.replay_peak = chunk_stage.max(first_stage);
                 costs
             }
             // After a pool the features pass as they are (the input is already `[clips, dim]`);
