@@ -13,7 +13,7 @@
 
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::FloatDType;
+use burn::tensor::{DType, FloatDType};
 use burn::tensor::activation::softmax;
 
 use crate::cpu_kernels::cast;
@@ -46,12 +46,19 @@ pub(crate) fn softmax_f32<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usiz
     cast(softmax(cast(x, FloatDType::F32), dim), dtype)
 }
 
-/// Mean over `dim` (kept, size 1) accumulated in f32, result in `x`'s dtype.
+/// Mean over `dim` (kept, size 1) accumulated in f32, result in `x`'s dtype. burn-flex already
+/// accumulates a half-precision mean in f32 and rounds once, so on the CPU the mean is taken as
+/// stored: casting a tracked tensor there goes through Burn's cast, an f64 copy of the whole
+/// tensor on one thread, forward and again for its gradient (the seed model's bf16 step held
+/// about 300 MiB of such copies for the mean over the stem's output at 224 px, batch 4).
 pub(crate) fn mean_dim_f32<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     dim: usize,
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
+    if dtype == DType::F32 || crate::cpu_kernels::computes_on_host::<B>(&x.device()) {
+        return x.mean_dim(dim);
+    }
     cast(cast(x, FloatDType::F32).mean_dim(dim), dtype)
 }
 

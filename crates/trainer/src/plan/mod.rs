@@ -158,6 +158,7 @@ fn summary_for_batch(config: &Config, batch: usize) -> ModelSummary {
 fn activation_layers(
     summary: &ModelSummary,
     activation_bytes: u64,
+    bf16_products: bool,
     keeping: KeptActivations,
     backend: BackendChoice,
 ) -> Vec<ActivationLayer> {
@@ -192,7 +193,8 @@ fn activation_layers(
                 internal_bytes
             };
             let cpu_stem = (layer.by_hand && backend == BackendChoice::Cpu).then(|| {
-                cpu_stem_temporaries(layer, input_elements, output_elements, activation_bytes)
+                let bytes = (activation_bytes, bf16_products);
+                cpu_stem_temporaries(layer, input_elements, output_elements, bytes)
             });
             // Without autodiff a half-precision stem step casts its input to f32: BatchNorm on
             // every backend, a convolution on burn-flex.
@@ -275,17 +277,18 @@ fn activation_layers(
 ///   of its input and output forward, and of its input, upstream gradient and input gradient
 ///   backward.
 ///
-/// bf16 convolutions on AVX512_BF16 (`gemm_bf16`) make none of those f32 copies, but the bf16
-/// step measured 809 MiB where its kernels account for about 480 (seed model, 224 px, batch 4;
-/// its forward phase peaks at 662 MiB, as fp32's at 667): until that is found, they are priced
-/// as the f32 route (1.35 of the measured peak, on the safe side), not below the measurement.
+/// bf16 convolutions multiplying bf16 (`gemm_bf16`, `bf16_products`) make none of those f32
+/// copies: their columns are bf16, and the input gradient is stored in bf16, summed in f32 one
+/// clip at a time. (Until stop 39 they were priced as the f32 route: the bf16 step measured
+/// about 200 MiB more than its kernels held. That was Burn's cast of the stem's output around
+/// the spatial mean, an f64 copy forward and backward, since removed: `mean_dim_f32`.)
 ///
 /// [`COLUMN_BYTES`]: vidtrain_model::layers::conv_gemm::COLUMN_BYTES
 fn cpu_stem_temporaries(
     layer: &vidtrain_model::LayerSummary,
     input_elements: u64,
     output_elements: u64,
-    activation_bytes: u64,
+    (activation_bytes, bf16_products): (u64, bool),
 ) -> (u64, u64) {
     let LayerRole::Conv3d {
         taps,
@@ -306,6 +309,14 @@ fn cpu_stem_temporaries(
     let input_gradient = if reads_data { 0 } else { 4 * input_elements };
     if activation_bytes == 4 {
         (buffers, buffers + input_gradient)
+    } else if bf16_products {
+        let clips = layer.output_shape.first().copied().unwrap_or(1).max(1) as u64;
+        let input_gradient = if reads_data {
+            0
+        } else {
+            2 * input_elements + 4 * input_elements / clips
+        };
+        (buffers, buffers + input_gradient)
     } else {
         let forward = 4 * (input_elements + output_elements);
         let backward = 4 * input_elements + 4 * output_elements + input_gradient;
@@ -325,9 +336,14 @@ pub fn plan_input(
         Precision::Full => 4,
         Precision::Half | Precision::BHalf => 2,
     };
+    // bf16 convolutions on the CPU multiply bf16 where it has a bf16 dot product.
+    let bf16_products = config.trainer.precision == Precision::BHalf
+        && backend == BackendChoice::Cpu
+        && crate::Bf16ProductPath::fastest().is_some();
     let layers = activation_layers(
         &summary,
         activation_bytes,
+        bf16_products,
         crate::fit::kept_activations(config),
         backend,
     );
@@ -340,6 +356,7 @@ pub fn plan_input(
     let inference_layers = activation_layers(
         &summary_for_batch(config, validation_batch),
         activation_bytes,
+        bf16_products,
         RecomputeMode::None.into(),
         backend,
     );
