@@ -13,8 +13,8 @@
 
 use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType};
 use burn::tensor::activation::softmax;
+use burn::tensor::{DType, FloatDType};
 
 use crate::cpu_kernels::cast;
 

@@ -187,44 +187,40 @@ impl<B: AutodiffBackend> NormReluBackward<'_, B> {
 /// stem step whose gradients [`NormReluBackward`] takes by hand), updating the running
 /// averages: on the CPU backend's host slices, elsewhere the composition in f32 through the
 /// inner backend's parallel casts (on autodiff tensors only Burn's cast is safe, and on
-/// burn-flex it converts through f64 on one thread). The output in `x`'s dtype.
+/// burn-flex it converts through f64 on one thread). The output in `x`'s dtype and, on the
+/// host, the per-channel map it applied ([`ChannelNorm`]), with which the output can be made
+/// again from `x` exactly (the next convolution's backward then reads it clip by clip instead
+/// of keeping it).
 pub(crate) fn norm_relu_untracked<B: AutodiffBackend>(
     norm: &BatchNorm<B>,
     x: Tensor<B, 3>,
-) -> Tensor<B, 3> {
+) -> (Tensor<B, 3>, Option<ChannelNorm>) {
     if crate::cpu_kernels::enabled::<B::InnerBackend>(&x.device()) {
-        return Tensor::from_inner(norm_relu_training_on_host(norm, x.inner()));
+        let x = x.inner();
+        let (output, map) = match x.dtype() {
+            DType::BF16 => norm_relu_training_as::<B, bf16>(norm, x),
+            DType::F16 => norm_relu_training_as::<B, f16>(norm, x),
+            DType::F32 => norm_relu_training_as::<B, f32>(norm, x),
+            dtype => {
+                let (output, _) = norm_relu_training_as::<B, f32>(norm, cast(x, FloatDType::F32));
+                (cast(output, dtype), None)
+            }
+        };
+        return (Tensor::from_inner(output), map);
     }
     let dtype = x.dtype();
     let x = Tensor::from_inner(cast(x.inner(), FloatDType::F32));
     let output = burn::tensor::activation::relu(batch_norm(norm, x));
-    Tensor::from_inner(cast(output.inner(), dtype))
+    (Tensor::from_inner(cast(output.inner(), dtype)), None)
 }
 
 /// `relu(batch_norm(norm, x))` with training statistics on the CPU backend's host slices
-/// ([`ChannelNorm`]): the same output and running averages as the composition, in three
-/// parallel passes. `x` (`[n, c, l]`, an untracked step's input) in any float dtype; the
-/// output in the same. f32, bf16 and f16 are read and written as they are stored.
-fn norm_relu_training_on_host<B: AutodiffBackend>(
-    norm: &BatchNorm<B>,
-    x: Tensor<B::InnerBackend, 3>,
-) -> Tensor<B::InnerBackend, 3> {
-    match x.dtype() {
-        DType::BF16 => norm_relu_training_as::<B, bf16>(norm, x),
-        DType::F16 => norm_relu_training_as::<B, f16>(norm, x),
-        DType::F32 => norm_relu_training_as::<B, f32>(norm, x),
-        dtype => cast(
-            norm_relu_training_as::<B, f32>(norm, cast(x, FloatDType::F32)),
-            dtype,
-        ),
-    }
-}
-
-/// [`norm_relu_training_on_host`] for an `x` stored as `T`.
+/// ([`ChannelNorm`]) for an `x` stored as `T`: the same output and running averages as the
+/// composition, in three parallel passes, read and written as stored; and the map it applied.
 fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
     norm: &BatchNorm<B>,
     x: Tensor<B::InnerBackend, 3>,
-) -> Tensor<B::InnerBackend, 3> {
+) -> (Tensor<B::InnerBackend, 3>, Option<ChannelNorm>) {
     let (dims, device) = (x.dims(), x.device());
     // An input nothing else holds (kept compressed for backward) takes the output in place.
     let (statistics, output) = match crate::cpu_kernels::unique::<T, _, 3>(x) {
@@ -249,7 +245,47 @@ fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
         &per_channel(&statistics.mean),
         &per_channel(&statistics.var),
     );
-    output
+    (output, Some(statistics))
+}
+
+/// `relu(batch_norm(norm, x))` with the running statistics (evaluation: validation, eval,
+/// predict) on the CPU backend's host slices (`x`: `[n, c, l]` of the plain backend): one
+/// parallel pass in `x`'s dtype, over `x` itself when nothing else holds it. The composition
+/// made f32 copies of the whole activation (the seed model's validation peak in bf16).
+pub(crate) fn norm_relu_evaluated_on_host<B: Backend>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match x.dtype() {
+        DType::BF16 => norm_relu_evaluated_as::<B, bf16>(norm, x),
+        DType::F16 => norm_relu_evaluated_as::<B, f16>(norm, x),
+        DType::F32 => norm_relu_evaluated_as::<B, f32>(norm, x),
+        _ => burn::tensor::activation::relu(batch_norm_channels(norm, x)),
+    }
+}
+
+fn norm_relu_evaluated_as<B: Backend, T: HostFloat>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let (dims, device) = (x.dims(), x.device());
+    let map = ChannelNorm::with_statistics(
+        floats(norm.running_mean.value()),
+        floats(norm.running_var.value()),
+        &floats(norm.gamma.val()),
+        &floats(norm.beta.val()),
+        norm.epsilon,
+    );
+    match crate::cpu_kernels::unique::<T, _, 3>(x) {
+        Ok(mut x) => {
+            map.forward_in_place(x.values_mut(), dims);
+            x.into_tensor()
+        }
+        Err(x) => {
+            let values = map.forward(&stored::<T, _, 3>(x), dims);
+            Tensor::from_data(TensorData::new(values, dims), (&device, T::dtype()))
+        }
+    }
 }
 
 /// The input of BatchNorm + ReLU's host backward: a tensor, or codes read a row at a time.

@@ -22,7 +22,6 @@ use crate::layers::conv_gemm::{
     ConvBackward, ConvGeometry, ConvGradients, ConvInput, conv3d_forward,
 };
 use crate::precision::like;
-use crate::quantize::HostInput;
 
 /// Configuration of a [`VideoConv3d`].
 #[derive(Config, Debug)]
@@ -115,6 +114,15 @@ impl<B: Backend> VideoConv3d<B> {
     /// - input: `[n, c_in, t, h, w]`
     /// - output: `[n, c_out, t_out, h_out, w_out]`
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
+        // Evaluation on the plain CPU backend (validation, eval, predict): vidtrain's im2col +
+        // gemm kernel, as the untracked training forward; burn-flex's `conv3d` copies the whole
+        // input to channels-last first.
+        if crate::cpu_kernels::enabled::<B>(&input.device()) {
+            let (dtype, geometry) = (input.dtype(), self.geometry(input.dims()));
+            let weight = self.weight.val();
+            let bias = self.bias.as_ref().map(|bias| bias.val());
+            return crate::cpu_kernels::cast(conv3d_forward(input, weight, bias, geometry), dtype);
+        }
         let weight = like(self.weight.val(), &input);
         let bias = self.bias.as_ref().map(|bias| like(bias.val(), &input));
         conv3d(input, weight, bias, self.options())
@@ -283,25 +291,22 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
         }
     }
 
-    /// [`Self::gradients`] of an input kept compressed in host memory (`model.activation_bits`):
-    /// vidtrain's CPU kernel restores it one clip at a time, so that it never exists whole.
-    pub(crate) fn gradients_of_codes(
+    /// [`Self::gradients`] of an input that vidtrain's CPU kernel reads one clip at a time, so
+    /// that it never exists whole: kept compressed (`model.activation_bits`) and restored, or a
+    /// BatchNorm + ReLU output made again from that step's input.
+    pub(crate) fn gradients_by_clips(
         &self,
-        input: HostInput<'_>,
+        input: ConvInput<'_, B::InnerBackend>,
         upstream: Tensor<B, 5>,
         wants_input: bool,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
-        let backward = self.cpu_backward(
-            ConvInput::Codes(input),
-            input.dims,
-            upstream.inner(),
-            wants_input,
-        );
+        let (dims, dtype) = (input.dims(), input.dtype());
+        let backward = self.cpu_backward(input, dims, upstream.inner(), wants_input);
         let ((weight_gradient, input_gradient), bias_gradient) = backward.gradients();
         self.registered(
             (
                 weight_gradient,
-                input_gradient.map(|gradient| cast(gradient, input.dtype)),
+                input_gradient.map(|gradient| cast(gradient, dtype)),
             ),
             bias_gradient,
         )

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
 use crate::gemm_bf16::{self, Matrix, Path, Update};
 use crate::layers::im2col::{ColumnMap, col2im, im2col};
-use crate::layers::norm_relu_host::lane_sum;
+use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
 
 /// The most bytes of im2col columns held at once: a group of output lines (one output frame's
@@ -216,28 +216,50 @@ fn columns_tensor<B: Backend>(
 /// A convolution's weight gradient and, when asked for, its input gradient.
 pub(crate) type ConvGradients<B> = (Tensor<B, 5>, Option<Tensor<B, 5>>);
 
-/// A convolution's input as its gradients read it, one clip at a time: a tensor, or a
-/// compressed input (`model.activation_bits`) restored clip by clip, so that it never exists
-/// whole in its dtype.
+/// A convolution's input as its gradients read it, one clip at a time: a tensor, a compressed
+/// input (`model.activation_bits`) restored clip by clip, so that it never exists whole in its
+/// dtype, or the output of a BatchNorm + ReLU made again clip by clip from that step's input,
+/// so that it is never kept at all.
 pub(crate) enum ConvInput<'a, B: Backend> {
     Tensor(Tensor<B, 5>),
     Codes(HostInput<'a>),
+    Normalized {
+        /// The BatchNorm + ReLU step's input: a tensor or codes.
+        source: Box<ConvInput<'a, B>>,
+        /// The map its forward applied.
+        map: &'a ChannelNorm,
+    },
 }
 
 impl<B: Backend> ConvInput<'_, B> {
-    fn dtype(&self) -> DType {
+    pub(crate) fn dtype(&self) -> DType {
         match self {
             ConvInput::Tensor(tensor) => tensor.dtype(),
             ConvInput::Codes(input) => input.dtype,
+            ConvInput::Normalized { source, .. } => source.dtype(),
+        }
+    }
+
+    /// `[n, c, t, h, w]`.
+    pub(crate) fn dims(&self) -> [usize; 5] {
+        match self {
+            ConvInput::Tensor(tensor) => tensor.dims(),
+            ConvInput::Codes(input) => input.dims,
+            ConvInput::Normalized { source, .. } => source.dims(),
         }
     }
 }
 
-/// The clips of a [`ConvInput`] as `T`: slices of the stored tensor, or restored one at a time
-/// into one buffer.
+/// The clips of a [`ConvInput`] as `T`: slices of the stored tensor, restored one at a time into
+/// one buffer, or normalised one at a time into one buffer.
 enum ClipReader<'a, T> {
     Stored(Stored<T>),
     Codes(&'a HostCodes, Vec<T>),
+    Normalized {
+        source: Box<ClipReader<'a, T>>,
+        map: &'a ChannelNorm,
+        buffer: Vec<T>,
+    },
 }
 
 impl<'a, T: HostFloat> ClipReader<'a, T> {
@@ -245,6 +267,11 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
         match input {
             ConvInput::Tensor(tensor) => ClipReader::Stored(stored::<T, _, 5>(tensor)),
             ConvInput::Codes(input) => ClipReader::Codes(input.codes, Vec::new()),
+            ConvInput::Normalized { source, map } => ClipReader::Normalized {
+                source: Box::new(ClipReader::of(*source)),
+                map,
+                buffer: Vec::new(),
+            },
         }
     }
 
@@ -257,6 +284,26 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
                 codes.restore_into(clip * clip_len, buffer);
                 buffer
             }
+            ClipReader::Normalized {
+                source,
+                map,
+                buffer,
+            } => match source.as_mut() {
+                // Restored codes are normalised where they were restored: one clip buffer, as
+                // for the codes alone.
+                ClipReader::Codes(codes, restored) => {
+                    restored.resize(clip_len, T::from_f32(0.0));
+                    codes.restore_into(clip * clip_len, restored);
+                    map.forward_in_place(restored, map.clip_dims(clip_len));
+                    restored
+                }
+                source => {
+                    buffer.resize(clip_len, T::from_f32(0.0));
+                    let dims = map.clip_dims(clip_len);
+                    map.forward_into(source.clip(clip, clip_len), buffer, dims);
+                    buffer
+                }
+            },
         }
     }
 }

@@ -66,12 +66,25 @@ impl ChannelNorm {
                 (mean as f32, var as f32)
             })
             .unzip();
+        Self::with_statistics(mean, var, gamma, beta, epsilon)
+    }
+
+    /// The map for given statistics per channel (the running averages, in evaluation).
+    pub fn with_statistics(
+        mean: Vec<f32>,
+        var: Vec<f32>,
+        gamma: &[f32],
+        beta: &[f32],
+        epsilon: f64,
+    ) -> Self {
         let inverse_std: Vec<f32> = var
             .iter()
             .map(|&var| (1.0 / (var as f64 + epsilon).sqrt()) as f32)
             .collect();
         let scale: Vec<f32> = gamma.iter().zip(&inverse_std).map(|(g, s)| g * s).collect();
-        let shift = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+        let shift = (0..mean.len())
+            .map(|ch| beta[ch] - mean[ch] * scale[ch])
+            .collect();
         Self {
             mean,
             var,
@@ -84,32 +97,43 @@ impl ChannelNorm {
     /// `relu(x · scale + shift)` over `x: [n, c, l]`, into a new buffer (the step's input is
     /// kept for its backward, so it is read where it is stored). NaN stays NaN, as through
     /// Burn's `relu`.
-    pub fn forward<T: HostFloat>(&self, x: &[T], [_, c, l]: [usize; 3]) -> Vec<T> {
+    pub fn forward<T: HostFloat>(&self, x: &[T], dims: [usize; 3]) -> Vec<T> {
         let mut output = vec![T::from_f32(0.0); x.len()];
+        self.forward_into(x, &mut output, dims);
+        output
+    }
+
+    /// [`Self::forward`] into `output`; with `dims` `[1, c, l]`, of one clip (a convolution's
+    /// backward making this step's output again from its input, clip by clip: the same values,
+    /// bit for bit).
+    pub fn forward_into<T: HostFloat>(&self, x: &[T], output: &mut [T], [_, c, l]: [usize; 3]) {
         output
             .par_chunks_mut(l)
             .zip(x.par_chunks(l))
             .enumerate()
             .for_each(|(row, (output, x))| {
                 let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
-                for (output, value) in output.iter_mut().zip(x) {
-                    let y = value.to_f32() * scale + shift;
-                    *output = T::from_f32(if y <= 0.0 { 0.0 } else { y });
+                for (output, &value) in output.iter_mut().zip(x) {
+                    *output = relu_affine(value, scale, shift);
                 }
             });
-        output
     }
 
     /// [`Self::forward`] written over `x` (whose values are then no longer needed: a step whose
-    /// input is kept compressed).
+    /// input is kept compressed, or a clip restored from its codes).
     pub fn forward_in_place<T: HostFloat>(&self, x: &mut [T], [_, c, l]: [usize; 3]) {
         x.par_chunks_mut(l).enumerate().for_each(|(row, values)| {
             let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
             for value in values.iter_mut() {
-                let y = value.to_f32() * scale + shift;
-                *value = T::from_f32(if y <= 0.0 { 0.0 } else { y });
+                *value = relu_affine(*value, scale, shift);
             }
         });
+    }
+
+    /// The sizes of one clip of `len` values: `[1, c, len / c]`.
+    pub fn clip_dims(&self, len: usize) -> [usize; 3] {
+        let c = self.scale.len();
+        [1, c, len / c]
     }
 
     /// The gradients of `relu(batch_norm(x))` for `upstream`, the gradient of its output
@@ -210,6 +234,13 @@ impl<T: HostFloat> Rows<T> for HostCodes {
             f(values)
         })
     }
+}
+
+/// `relu(x · scale + shift)`, computed in f32 and stored as `T` (NaN stays NaN).
+#[inline(always)]
+fn relu_affine<T: HostFloat>(x: T, scale: f32, shift: f32) -> T {
+    let y = x.to_f32() * scale + shift;
+    T::from_f32(if y <= 0.0 { 0.0 } else { y })
 }
 
 /// `Σ f(v)` over `values`, in f32 lanes flushed into f64 every [`BLOCK`] values.

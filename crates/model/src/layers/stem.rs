@@ -11,9 +11,12 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::layers::batch_norm::{
-    NormReluBackward, ReluGate, batch_norm_channels, norm_relu_untracked,
+    NormReluBackward, ReluGate, batch_norm_channels, norm_relu_evaluated_on_host,
+    norm_relu_untracked,
 };
+use crate::layers::conv_gemm::ConvInput;
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
+use crate::layers::norm_relu_host::ChannelNorm;
 use crate::quantize::HostInput;
 
 /// Configuration of a [`VideoStem`].
@@ -116,6 +119,28 @@ impl<'a, B: Backend> StemLayer<'a, B> {
 }
 
 impl<B: AutodiffBackend> StemLayer<'_, B> {
+    /// The gradients of a convolution step whose input was not kept: the output of the
+    /// BatchNorm + ReLU step before it, made again clip by clip from that step's kept input
+    /// (`source`, whole or compressed) with the map its forward applied (`map`).
+    pub(crate) fn gradients_of_normalized(
+        self,
+        source: ConvInput<'_, B::InnerBackend>,
+        map: &ChannelNorm,
+        upstream: Tensor<B, 5>,
+        wants_input: bool,
+    ) -> (GradientsParams, Option<Tensor<B, 5>>) {
+        match self {
+            StemLayer::Convolution(conv) => {
+                let source = Box::new(source);
+                let input = ConvInput::Normalized { source, map };
+                conv.gradients_by_clips(input, upstream, wants_input)
+            }
+            StemLayer::NormRelu(_) => {
+                unreachable!("only a convolution reads a BatchNorm + ReLU output made again")
+            }
+        }
+    }
+
     /// [`StemStep::gradients`] of an input kept compressed in host memory (`model.activation_bits`,
     /// read as the step reads it: not a chain's first step, which rearranges its input), restored
     /// piece by piece by the CPU kernels: a clip at a time for a convolution, a row of a channel
@@ -128,7 +153,9 @@ impl<B: AutodiffBackend> StemLayer<'_, B> {
         gate: ReluGate,
     ) -> (GradientsParams, Option<Tensor<B, 5>>) {
         match self {
-            StemLayer::Convolution(conv) => conv.gradients_of_codes(input, upstream, wants_input),
+            StemLayer::Convolution(conv) => {
+                conv.gradients_by_clips(ConvInput::Codes(input), upstream, wants_input)
+            }
             StemLayer::NormRelu(norm) => NormReluBackward {
                 norm,
                 wants_input,
@@ -159,13 +186,17 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
     /// [`StemStep::forward`] for a step run untracked in training (its gradients are taken by
     /// hand), on the paths those gradients take: [`VideoConv3d::forward_untracked`] and
     /// [`norm_relu_untracked`].
-    pub fn forward_untracked(self) -> Tensor<B, 5> {
+    ///
+    /// A BatchNorm + ReLU step on the CPU kernels also returns the per-channel map it applied,
+    /// with which its output can be made again from its input ([`StemLayer::gradients_of_normalized`]).
+    pub(crate) fn forward_untracked(self) -> (Tensor<B, 5>, Option<ChannelNorm>) {
         match self {
             StemStep::NormRelu(norm, input) => {
                 let [n, c, t, h, w] = input.dims();
-                norm_relu_untracked(norm, input.reshape([n, c, t * h * w])).reshape([n, c, t, h, w])
+                let (output, map) = norm_relu_untracked(norm, input.reshape([n, c, t * h * w]));
+                (output.reshape([n, c, t, h, w]), map)
             }
-            StemStep::Convolution(conv, input) => conv.forward_untracked(input),
+            StemStep::Convolution(conv, input) => (conv.forward_untracked(input), None),
         }
     }
 
@@ -201,5 +232,11 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
 /// BatchNorm + ReLU on `[n, c, t, h, w]`. Statistics (and the running averages, f32 buffers)
 /// are computed in f32 whatever the compute dtype.
 fn normalize<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
+    // Evaluation on the plain CPU backend: the host kernel, in the activation's dtype.
+    if crate::cpu_kernels::enabled::<B>(&x.device()) {
+        let [n, c, t, h, w] = x.dims();
+        let flat = x.reshape([n, c, t * h * w]);
+        return norm_relu_evaluated_on_host(norm, flat).reshape([n, c, t, h, w]);
+    }
     relu(batch_norm_channels(norm, x))
 }

@@ -42,6 +42,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::StemStep;
 use crate::chain::{Activation, SegmentChain, SegmentKind};
 use crate::layers::batch_norm::ReluGate;
+use crate::layers::conv_gemm::ConvInput;
 use crate::layers::encoder::query_blocks;
 pub use kept::KeptActivations;
 use kept::{KeptInput, ReluMask, flatten};
@@ -183,20 +184,29 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
             |index: usize| seed ^ ((chain_number as u64) << 48) ^ ((index as u64) << 32);
         let count = tracked.segment_count();
         let mut saved: Vec<Saved<B>> = Vec::new();
+        // The map of the last step, when it was BatchNorm + ReLU on the CPU kernels.
+        let mut norm_map = None;
         let mut x = input;
         let mut index = 0;
         while index < count {
             let kind = tracked.segment_kind(index);
             let first = index;
             let input = x.detach();
+            let norm_before = norm_map.take();
             if let Some(step) = untracked.stem_step(index, &input) {
                 // Whatever the mode, a stem step keeps only its input and is differentiated by
                 // hand, without a replay.
                 let gated = bits < 32 && matches!(step, StemStep::NormRelu(..));
-                // Compressed before the step runs: then nothing but the step holds its input,
-                // and BatchNorm + ReLU writes its output over it.
-                let kept = KeptInput::new(input, bits, segment_seed(first));
-                let output = step.forward_untracked();
+                let kept = match (norm_before, &step) {
+                    // A convolution after BatchNorm + ReLU on the CPU kernels keeps nothing: its
+                    // backward makes its input again from that step's.
+                    (Some(map), StemStep::Convolution(..)) => KeptInput::Normalized(map),
+                    // Compressed before the step runs: then nothing but the step holds its
+                    // input, and BatchNorm + ReLU writes its output over it.
+                    _ => KeptInput::new(input, bits, segment_seed(first)),
+                };
+                let (output, map) = step.forward_untracked();
+                norm_map = map;
                 let gate = gated.then(|| ReluMask::of(flatten(output.clone())));
                 x = Activation::Clips(output);
                 saved.push(Saved {
@@ -275,7 +285,8 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
         let Some(mut upstream) = upstream else {
             continue;
         };
-        for stretch in saved.into_iter().rev() {
+        let mut saved = saved;
+        while let Some(stretch) = saved.pop() {
             // The first segment's input is the data: no gradient wanted.
             let wants_input_gradient = stretch.first > 0;
             let input_gradient = match stretch.backward {
@@ -299,12 +310,34 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                     // Only a chain's first step reads its input rearranged, and no gradient is
                     // wanted there: a later step's compressed input is read piece by piece.
                     let codes = stretch.input.host_codes().filter(|_| wants_input_gradient);
-                    let (params, input_gradient) = match codes {
-                        Some(codes) => chain
+                    let layer = || {
+                        chain
                             .stem_layer(stretch.first)
                             .expect("a stretch differentiated by hand is a stem step")
-                            .gradients_of_codes(codes, upstream, wants_input_gradient, gate),
-                        None => {
+                    };
+                    let (params, input_gradient) = match (&stretch.input, codes) {
+                        (KeptInput::Normalized(map), _) => {
+                            // The BatchNorm + ReLU step before still holds its input.
+                            let before = &saved
+                                .last()
+                                .expect("a convolution made from a norm's output follows it")
+                                .input;
+                            let source = match (before.host_codes(), before.whole_clips()) {
+                                (Some(codes), _) => ConvInput::Codes(codes),
+                                (None, Some(tensor)) => ConvInput::Tensor(tensor),
+                                (None, None) => unreachable!("a stem step keeps clips"),
+                            };
+                            layer().gradients_of_normalized(
+                                source,
+                                map,
+                                upstream,
+                                wants_input_gradient,
+                            )
+                        }
+                        (_, Some(codes)) => {
+                            layer().gradients_of_codes(codes, upstream, wants_input_gradient, gate)
+                        }
+                        (_, None) => {
                             let input = stretch.input.restore();
                             chain
                                 .stem_step(stretch.first, &input)

@@ -168,6 +168,7 @@ fn activation_layers(
     } = keeping;
     let clips = summary.clips as u64;
     let mut input_elements = 0u64;
+    let mut after_norm_relu = false;
     summary
         .layers
         .iter()
@@ -185,25 +186,25 @@ fn activation_layers(
             } else {
                 activation_bytes
             };
-            // Validation runs the stem through Burn's ops, whose half-precision temporaries are
-            // f32 on burn-flex.
-            let inference_bytes = if half_stem_step && backend == BackendChoice::Cpu {
-                4
-            } else {
-                internal_bytes
-            };
             let cpu_stem = (layer.by_hand && backend == BackendChoice::Cpu).then(|| {
                 let bytes = (activation_bytes, bf16_products);
                 cpu_stem_temporaries(layer, input_elements, output_elements, bytes)
             });
-            // Without autodiff a half-precision stem step casts its input to f32: BatchNorm on
-            // every backend, a convolution on burn-flex.
-            let inference_f32_input = if half_stem_step
-                && (backend == BackendChoice::Cpu || matches!(layer.role, LayerRole::BatchNormRelu))
-            {
-                input_elements * 4
-            } else {
-                0
+            // Without autodiff the CPU runs a stem step on the same kernels as the untracked
+            // training forward (a convolution's columns, and its f32 copies where a half
+            // precision computes in f32; BatchNorm + ReLU in place, with the running
+            // statistics). Elsewhere a half-precision BatchNorm casts its input to f32.
+            let inference_extra = match cpu_stem {
+                Some((forward, _)) => forward,
+                None => {
+                    let f32_input =
+                        if half_stem_step && matches!(layer.role, LayerRole::BatchNormRelu) {
+                            input_elements * 4
+                        } else {
+                            0
+                        };
+                    layer.inference_extra_elements as u64 * internal_bytes + f32_input
+                }
             };
             let layer_input = input_elements;
             input_elements = output_elements;
@@ -227,13 +228,22 @@ fn activation_layers(
             } else {
                 0
             };
-            let kept_input = (recomputed && bits < 32).then(|| {
-                vidtrain_model::quantize::kept_bytes(layer_input, activation_bytes, bits) + gate
-            });
+            let by_hand_on_cpu = layer.by_hand && backend == BackendChoice::Cpu;
+            // On the CPU a convolution after BatchNorm + ReLU keeps nothing: its backward makes
+            // its input again, a clip at a time, from that step's kept input.
+            let made_again = by_hand_on_cpu && !norm_relu && after_norm_relu;
+            after_norm_relu = by_hand_on_cpu && norm_relu;
+            let kept_input = if made_again {
+                Some(0)
+            } else {
+                (recomputed && bits < 32).then(|| {
+                    vidtrain_model::quantize::kept_bytes(layer_input, activation_bytes, bits) + gate
+                })
+            };
             // On the CPU a stem step reads its compressed input in pieces (a convolution one
             // clip at a time, BatchNorm + ReLU a row at a time) and BatchNorm + ReLU writes its
             // output over its input; a replay restores its input whole.
-            let pieces = kept_input.filter(|_| layer.by_hand && backend == BackendChoice::Cpu);
+            let pieces = kept_input.filter(|_| by_hand_on_cpu);
             let restored_input = pieces.map(|codes| {
                 let clip = if norm_relu {
                     0
@@ -249,8 +259,7 @@ fn activation_layers(
                 forward_extra,
                 backward_extra,
                 replay_peak,
-                inference_extra: layer.inference_extra_elements as u64 * inference_bytes
-                    + inference_f32_input,
+                inference_extra,
                 output: layer.output_elements() as u64 * activation_bytes,
                 // A stem step differentiated by hand keeps only its input and runs its backward
                 // from it, as a recomputed layer does (its "replay" is only that backward).

@@ -155,8 +155,16 @@ fn host_norm_relu_equals_the_composition() {
         (FloatDType::BF16, Tolerance::rel_abs(2e-2, 2e-2)),
     ] {
         let input = x.clone().cast(dtype);
-        let got = norm_relu_training_on_host(&norm, input.clone());
+        let (got, map) = norm_relu_untracked(&norm, Tensor::<B, 3>::from_inner(input.clone()));
+        let got = got.inner();
         assert_eq!(got.dtype(), input.dtype());
+        // The map it returns makes the same output again, clip by clip, bit for bit (what a
+        // following convolution's backward reads instead of a kept copy).
+        let map = map.expect("the host kernels return their map");
+        match dtype {
+            FloatDType::BF16 => assert_clips_made_again::<burn::tensor::bf16>(&map, &input, &got),
+            _ => assert_clips_made_again::<f32>(&map, &input, &got),
+        }
         let expected = burn::tensor::activation::relu(batch_norm(
             &reference,
             Tensor::<B, 3>::from_inner(input.cast(FloatDType::F32)),
@@ -165,6 +173,22 @@ fn host_norm_relu_equals_the_composition() {
             .to_data()
             .assert_approx_eq::<f32>(&expected.inner().to_data(), tolerance);
         assert_same_running_statistics(&norm, &reference, tolerance);
+    }
+}
+
+fn assert_clips_made_again<T: crate::cpu_kernels::HostFloat + PartialEq + std::fmt::Debug>(
+    map: &ChannelNorm,
+    input: &Tensor<TestBackend, 3>,
+    output: &Tensor<TestBackend, 3>,
+) {
+    let [n, ..] = input.dims();
+    let input = input.to_data().to_vec::<T>().unwrap();
+    let output = output.to_data().to_vec::<T>().unwrap();
+    let clip = input.len() / n;
+    let mut made = vec![T::from_f32(0.0); clip];
+    for (input, output) in input.chunks(clip).zip(output.chunks(clip)) {
+        map.forward_into(input, &mut made, map.clip_dims(clip));
+        assert_eq!(made, output);
     }
 }
 
