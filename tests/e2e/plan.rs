@@ -4,7 +4,7 @@
 use crate::train::{only_run_dir, read_json, small_dataset};
 use crate::{assert_clean_failure, scratch, stderr, stdout, vidtrain};
 
-/// A config where activations dominate the process: the seed's stem at 96 px, 2 samples × 3 views.
+/// A small config of the seed model: its stem at 96 px, 2 samples × 3 views.
 const MEDIUM: [&str; 10] = [
     "data.img_size=96",
     "data.batch_size=2",
@@ -62,8 +62,13 @@ fn the_plan_predicts_the_measured_peak_and_fit_keeps_within_budget() {
     let dir = scratch("plan");
     let config = small_dataset(&dir);
 
-    let predicted = planned_host_peak(&dir, &config, &[]);
-    let run = measured_run(&dir, &config, &[]);
+    // At 160 px: at MEDIUM's 96 px the stem's activations (which the plan prices layer by
+    // layer) had become a small part of the peak once the stem stopped keeping its second
+    // convolution's input, and the fixed part (runtime, small allocations, the reuse pool's
+    // bound) set the ratio: 1.22 there, 1.15 at 160 px.
+    let activations_dominate = ["data.img_size=160"];
+    let predicted = planned_host_peak(&dir, &config, &activations_dominate);
+    let run = measured_run(&dir, &config, &activations_dominate);
     assert_planned_within(predicted, &run, 0.2);
 
     // The run's memory report: per-phase peaks and the plot.
