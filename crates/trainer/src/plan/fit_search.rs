@@ -40,7 +40,7 @@ pub struct NoFit {
 
 /// Whether bf16 trains faster than 32 on this CPU, as measured: the seed model's RGB stem on a
 /// CPU with AVX512_BF16 (`vidtrain_model::gemm_bf16`).
-fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
+pub(super) fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
     config.model.backbone == vidtrain_config::Backbone::Transformer
         && config.model.input_type != vidtrain_config::InputType::Kpt
         && crate::Bf16ProductPath::fastest().is_some()
