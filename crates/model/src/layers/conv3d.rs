@@ -118,10 +118,9 @@ impl<B: Backend> VideoConv3d<B> {
         // gemm kernel, as the untracked training forward; burn-flex's `conv3d` copies the whole
         // input to channels-last first.
         if crate::cpu_kernels::enabled::<B>(&input.device()) {
-            let (dtype, geometry) = (input.dtype(), self.geometry(input.dims()));
-            let weight = self.weight.val();
+            let geometry = self.geometry(input.dims());
             let bias = self.bias.as_ref().map(|bias| bias.val());
-            return crate::cpu_kernels::cast(conv3d_forward(input, weight, bias, geometry), dtype);
+            return conv3d_forward(input, self.weight.val(), bias, geometry);
         }
         let weight = like(self.weight.val(), &input);
         let bias = self.bias.as_ref().map(|bias| like(bias.val(), &input));
@@ -142,15 +141,10 @@ impl<B: AutodiffBackend> VideoConv3d<B> {
     pub fn forward_untracked(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         match ConvPath::for_device::<B>(&input.device()) {
             ConvPath::CpuGemm => {
-                let dtype = input.dtype();
-                let input = input.inner();
-                let output = conv3d_forward(
-                    input.clone(),
-                    self.weight.val().inner(),
-                    self.bias.as_ref().map(|bias| bias.val().inner()),
-                    self.geometry(input.dims()),
-                );
-                Tensor::from_inner(crate::cpu_kernels::cast(output, dtype))
+                let geometry = self.geometry(input.dims());
+                let weight = self.weight.val().inner();
+                let bias = self.bias.as_ref().map(|bias| bias.val().inner());
+                Tensor::from_inner(conv3d_forward(input.inner(), weight, bias, geometry))
             }
             ConvPath::BackendOps => self.forward(input),
             ConvPath::Patches => Tensor::from_inner(self.forward_by_patches(input.inner())),

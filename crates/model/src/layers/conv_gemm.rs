@@ -91,18 +91,24 @@ impl ConvGeometry {
 
 /// The convolution of `input` with `weight` (and `bias`) as `weight [c_out × c_in·taps] ·
 /// columns` for a few output lines of one clip at a time, the columns built by [`im2col`] in
-/// parallel and the product taken by the backend's multi-threaded matmul; output
-/// `[n, c_out, t', h', w']`, f32. burn-flex's own `conv3d` transposes the whole input to
-/// channels-last on one thread and multiplies tiles of 512 positions.
+/// parallel and the product taken by the backend's multi-threaded matmul (bf16 by
+/// [`gemm_bf16`] where the CPU has the instruction); output `[n, c_out, t', h', w']` in the
+/// input's dtype. burn-flex's own `conv3d` transposes the whole input to channels-last on one
+/// thread and multiplies tiles of 512 positions.
 pub fn conv3d_forward<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
     geometry: ConvGeometry,
 ) -> Tensor<B, 5> {
-    let path = bf16_path(&[input.dtype()]);
+    let dtype = input.dtype();
+    let path = bf16_path(&[dtype]);
     let group = geometry.lines_per_group(if path.is_some() { 2 } else { 4 });
-    forward_in_groups(input, weight, bias, geometry, group, path)
+    // The f32 route computes and stores f32: an f16 input's output is cast back once.
+    cast(
+        forward_in_groups(input, weight, bias, geometry, group, path),
+        dtype,
+    )
 }
 
 /// The bf16 product's path when every operand is bf16 and the CPU has a bf16 dot-product
