@@ -10,6 +10,7 @@ use vidtrain_config::RecomputeMode;
 
 use crate::chain::Activation;
 use crate::cpu_kernels::{self, HostFloat};
+use crate::layers::conv_gemm::ConvInput;
 use crate::layers::norm_relu_host::ChannelNorm;
 pub(crate) use crate::quantize::HostInput;
 use crate::quantize::Quantized;
@@ -83,11 +84,14 @@ impl<B: AutodiffBackend> KeptInput<B> {
         }
     }
 
-    /// The kept clips as a tensor of the inner backend, when kept whole.
-    pub(super) fn whole_clips(&self) -> Option<Tensor<B::InnerBackend, 5>> {
+    /// The kept clips as a convolution's CPU kernel reads them clip by clip: the tensor when
+    /// kept whole, the codes when kept compressed in host memory.
+    pub(super) fn as_conv_input(&self) -> Option<ConvInput<'_, B::InnerBackend>> {
         match self {
-            KeptInput::Whole(Activation::Clips(tensor)) => Some(tensor.clone().inner()),
-            _ => None,
+            KeptInput::Whole(Activation::Clips(tensor)) => {
+                Some(ConvInput::Tensor(tensor.clone().inner()))
+            }
+            _ => self.host_codes().map(ConvInput::Codes),
         }
     }
 

@@ -42,7 +42,6 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::StemStep;
 use crate::chain::{Activation, SegmentChain, SegmentKind};
 use crate::layers::batch_norm::ReluGate;
-use crate::layers::conv_gemm::ConvInput;
 use crate::layers::encoder::query_blocks;
 pub use kept::KeptActivations;
 use kept::{KeptInput, ReluMask, flatten};
@@ -318,15 +317,10 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                     let (params, input_gradient) = match (&stretch.input, codes) {
                         (KeptInput::Normalized(map), _) => {
                             // The BatchNorm + ReLU step before still holds its input.
-                            let before = &saved
+                            let source = saved
                                 .last()
-                                .expect("a convolution made from a norm's output follows it")
-                                .input;
-                            let source = match (before.host_codes(), before.whole_clips()) {
-                                (Some(codes), _) => ConvInput::Codes(codes),
-                                (None, Some(tensor)) => ConvInput::Tensor(tensor),
-                                (None, None) => unreachable!("a stem step keeps clips"),
-                            };
+                                .and_then(|before| before.input.as_conv_input())
+                                .expect("a convolution made from a norm's output follows it");
                             layer().gradients_of_normalized(
                                 source,
                                 map,
