@@ -117,11 +117,29 @@ impl<B: Backend> VideoConv3d<B> {
         // Evaluation on the plain CPU backend (validation, eval, predict): vidtrain's im2col +
         // gemm kernel, as the untracked training forward; burn-flex's `conv3d` copies the whole
         // input to channels-last first.
-        if crate::cpu_kernels::enabled::<B>(&input.device()) {
+        let device = input.device();
+        if crate::cpu_kernels::enabled::<B>(&device) {
             let geometry = self.geometry(input.dims());
             let bias = self.bias.as_ref().map(|bias| bias.val());
             return conv3d_forward(input, self.weight.val(), bias, geometry);
         }
+        // Training on the CPU (burn-flex under autodiff): the same kernel as one autodiff op
+        // whose backward is the kernel's too (`tracked`).
+        if crate::cpu_kernels::host_tensors::<B>(&device) {
+            let geometry = self.geometry(input.dims());
+            let bias = self.bias.as_ref().map(|bias| bias.val());
+            if let Some(output) =
+                tracked::conv3d_tracked(input.clone(), self.weight.val(), bias, geometry)
+            {
+                return output;
+            }
+        }
+        self.forward_by_backend(input)
+    }
+
+    /// [`Self::forward`] as Burn's `conv3d` (its autodiff differentiates it): the path on
+    /// devices, and under `VIDTRAIN_CPU_KERNELS=reference`.
+    fn forward_by_backend(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let weight = like(self.weight.val(), &input);
         let bias = self.bias.as_ref().map(|bias| like(bias.val(), &input));
         conv3d(input, weight, bias, self.options())
@@ -507,3 +525,4 @@ fn gradients_by_convolution<B: Backend>(
 
 #[cfg(test)]
 mod tests;
+mod tracked;

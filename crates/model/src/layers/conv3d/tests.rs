@@ -5,7 +5,7 @@ use crate::TestBackend;
 use burn::backend::Autodiff;
 use burn::nn::PaddingConfig3d;
 use burn::nn::conv::Conv3dConfig;
-use burn::tensor::{Distribution, Tolerance};
+use burn::tensor::{DType, Distribution, FloatDType, Tolerance};
 
 type B = Autodiff<TestBackend>;
 
@@ -135,4 +135,92 @@ fn matches_burn_conv3d_with_odd_sizes_and_large_strides() {
     let _rng = crate::rng_lock();
     check(2, 3, [1, 5, 4], [1, 3, 2], [0, 2, 1]);
     check(1, 2, [3, 3, 3], [1, 1, 1], [1, 1, 1]);
+}
+
+/// The forward and gradients of `conv` on `input` along `forward` (the tracked CPU op or Burn's
+/// composition) for a fixed upstream gradient: output, weight gradient and, when the input is
+/// tracked, its gradient.
+fn tracked_run(
+    conv: &VideoConv3d<B>,
+    input: Tensor<B, 5>,
+    upstream: &Tensor<B, 5>,
+    forward: impl Fn(&VideoConv3d<B>, Tensor<B, 5>) -> Tensor<B, 5>,
+) -> (
+    Tensor<B, 5>,
+    Tensor<TestBackend, 5>,
+    Option<Tensor<TestBackend, 5>>,
+) {
+    let output = forward(conv, input.clone());
+    let grads = (output.clone().cast(FloatDType::F32) * upstream.clone())
+        .sum()
+        .backward();
+    let weight = conv.weight.grad(&grads).expect("the weight is a parameter");
+    (output, weight, input.grad(&grads))
+}
+
+/// The tracked CPU op itself (what `forward` takes in training on the CPU).
+fn tracked_forward(conv: &VideoConv3d<B>, input: Tensor<B, 5>) -> Tensor<B, 5> {
+    let geometry = conv.geometry(input.dims());
+    let bias = conv.bias.as_ref().map(|bias| bias.val());
+    tracked::conv3d_tracked(input, conv.weight.val(), bias, geometry)
+        .expect("tensors of burn-flex under autodiff")
+}
+
+/// Under mixed precision (bf16 activations, f32 weights) the tracked CPU convolution gives
+/// Burn's composition (weights cast to bf16, `conv3d`, its autodiff): the output in bf16, the
+/// weight gradient in f32 and the input's in bf16, equal to bf16's resolution.
+#[test]
+fn tracked_convolution_in_bf16_matches_burns_composition() {
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    let conv = VideoConv3dConfig::new(3, 5, [3, 3, 3], [2, 2, 2], [1, 1, 1]).init::<B>(&device);
+    let input = Tensor::<B, 5>::random([2, 3, 5, 9, 8], Distribution::Default, &device)
+        .cast(FloatDType::BF16)
+        .detach();
+    let upstream = Tensor::<B, 5>::random([2, 5, 3, 5, 4], Distribution::Default, &device);
+    let ours = tracked_run(
+        &conv,
+        input.clone().require_grad(),
+        &upstream,
+        tracked_forward,
+    );
+    let burns = tracked_run(&conv, input.require_grad(), &upstream, |conv, x| {
+        conv.forward_by_backend(x)
+    });
+    assert_eq!(ours.0.dtype(), DType::BF16);
+    assert_eq!(ours.1.dtype(), DType::F32);
+    let input_gradient = ours.2.expect("the input is tracked");
+    assert_eq!(input_gradient.dtype(), DType::BF16);
+    let tolerance = Tolerance::rel_abs(2e-2, 2e-2);
+    let f32_data = |tensor: Tensor<TestBackend, 5>| tensor.cast(FloatDType::F32).into_data();
+    f32_data(ours.0.inner()).assert_approx_eq::<f32>(&f32_data(burns.0.inner()), tolerance);
+    ours.1
+        .into_data()
+        .assert_approx_eq::<f32>(&burns.1.into_data(), tolerance);
+    f32_data(input_gradient).assert_approx_eq::<f32>(&f32_data(burns.2.unwrap()), tolerance);
+}
+
+/// Without a bias and with an input that is data (not tracked), the tracked CPU convolution
+/// makes the weight gradient alone, equal to Burn's.
+#[test]
+fn tracked_convolution_without_bias_or_input_gradient_matches_burns() {
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    let conv = VideoConv3dConfig::new(4, 3, [1, 1, 1], [1, 2, 2], [0, 0, 0])
+        .with_bias(false)
+        .init::<B>(&device);
+    let input = Tensor::<B, 5>::random([3, 4, 2, 7, 6], Distribution::Default, &device);
+    let upstream = Tensor::<B, 5>::random([3, 3, 2, 4, 3], Distribution::Default, &device);
+    let ours = tracked_run(&conv, input.clone(), &upstream, tracked_forward);
+    let burns = tracked_run(&conv, input, &upstream, |conv, x| {
+        conv.forward_by_backend(x)
+    });
+    assert!(ours.2.is_none(), "data has no gradient");
+    let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+    ours.0
+        .into_data()
+        .assert_approx_eq::<f32>(&burns.0.into_data(), tolerance);
+    ours.1
+        .into_data()
+        .assert_approx_eq::<f32>(&burns.1.into_data(), tolerance);
 }

@@ -1,0 +1,189 @@
+//! A tracked convolution on the CPU as one op of Burn's autodiff graph whose forward and backward
+//! are vidtrain's im2col + gemm kernels (`layers::conv_gemm`), for the convolutions Burn's
+//! autodiff differentiates: the residual blocks of the 3-D ResNet (the stems are differentiated
+//! by hand).
+//!
+//! Burn's own `conv3d` under autodiff on burn-flex computes the input gradient as a transposed
+//! convolution with a serial scatter and the weight gradient over axis-swapped copies of the
+//! input and the output gradient, single-threaded: 7.7 % of an r3d_18 step in
+//! `conv_transpose3d_f32` alone, and most of the rest in gemm calls on narrow tiles. The kernel
+//! here keeps what Burn's op keeps (the input and the weight) and makes the same gradients.
+//!
+//! Burn exposes custom autodiff ops only to code that names the backend, so the tensors of a
+//! generic `B` are taken as burn-flex's autodiff tensors when that is what they are (the same
+//! downcast [`crate::cpu_kernels`] makes for plain burn-flex tensors); on any other backend the
+//! caller composes Burn's ops.
+
+use std::any::Any;
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, TensorPrimitive};
+
+use crate::cpu_kernels::cast;
+use crate::layers::conv_gemm::{ConvBackward, ConvGeometry, ConvInput, conv3d_forward};
+
+/// burn-flex's tensor under autodiff: what a float tensor of `Autodiff<Flex>` is.
+type TrackedHost = FloatTensor<Autodiff<Flex>>;
+
+/// The convolution of `input` with `weight` (and `bias`) of `geometry` as one autodiff op
+/// computed by vidtrain's CPU kernel, when the three are burn-flex tensors under autodiff;
+/// otherwise `None` (the caller takes Burn's convolution). The output has the input's dtype;
+/// the weight's and the bias's gradients have theirs (f32 masters under mixed precision).
+pub(super) fn conv3d_tracked<B: Backend>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+) -> Option<Tensor<B, 5>> {
+    let input = tracked_host(input)?;
+    let weight = tracked_host(weight)?;
+    let output = match bias {
+        Some(bias) => finish(
+            ConvOnHost::<3>,
+            [&input, &weight, &tracked_host(bias)?],
+            geometry,
+        ),
+        None => finish(ConvOnHost::<2>, [&input, &weight], geometry),
+    };
+    let output: Box<dyn Any> = Box::new(output);
+    let output = *output
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("B is Autodiff<Flex>: its inputs were");
+    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
+}
+
+/// The burn-flex autodiff tensor a tensor of backend `B` is, if it is one.
+fn tracked_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Option<TrackedHost> {
+    let primitive: Box<dyn Any> = Box::new(tensor.into_primitive().tensor());
+    primitive
+        .downcast::<TrackedHost>()
+        .ok()
+        .map(|tensor| *tensor)
+}
+
+/// Runs the forward on the inner tensors of `parents` (input, weight and, when `N` is 3,
+/// bias) and records the op, with its state when some parent wants a gradient.
+fn finish<const N: usize>(
+    op: ConvOnHost<N>,
+    parents: [&TrackedHost; N],
+    geometry: ConvGeometry,
+) -> TrackedHost
+where
+    ConvOnHost<N>: Backward<Flex, N, State = ConvState>,
+{
+    let (input, weight) = (parents[0], parents[1]);
+    let bias = parents
+        .get(2)
+        .map(|bias| inner::<1>(bias.primitive.clone()));
+    let bias_dtype = bias.as_ref().map(Tensor::dtype);
+    let output = conv3d_forward(
+        inner(input.primitive.clone()),
+        inner(weight.primitive.clone()),
+        bias,
+        geometry,
+    )
+    .into_primitive()
+    .tensor();
+    let nodes = parents.map(|parent| parent.node.clone());
+    match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = ConvState {
+                input: input.primitive.clone(),
+                weight: weight.primitive.clone(),
+                bias_dtype,
+                geometry,
+            };
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// A burn-flex tensor as a tensor of rank `D`.
+fn inner<const D: usize>(tensor: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(tensor))
+}
+
+/// What the backward reads: the input and the weight as the forward read them (the tensors
+/// Burn's own convolution keeps), and the sizes.
+#[derive(Clone)]
+struct ConvState {
+    input: FlexTensor,
+    weight: FlexTensor,
+    bias_dtype: Option<DType>,
+    geometry: ConvGeometry,
+}
+
+impl std::fmt::Debug for ConvState {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ConvState")
+            .field("geometry", &self.geometry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The op with `N` parents: input, weight and, when `N` is 3, bias.
+#[derive(Debug)]
+struct ConvOnHost<const N: usize>;
+
+impl<const N: usize> Backward<Flex, N> for ConvOnHost<N> {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<ConvState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let upstream = inner::<5>(grads.consume::<Flex>(&ops.node));
+        let ConvState {
+            input,
+            weight,
+            bias_dtype,
+            geometry,
+        } = ops.state;
+        let id = |index: usize| {
+            ops.parents
+                .get(index)
+                .and_then(Option::as_ref)
+                .map(|node| node.id)
+        };
+        let [input_node, weight_node, bias_node] = [id(0), id(1), id(2)];
+        let input = inner::<5>(input);
+        let input_dtype = input.dtype();
+        let weight = inner::<5>(weight);
+        let weight_dtype = weight.dtype();
+        let backward = ConvBackward {
+            input: ConvInput::Tensor(input),
+            weight,
+            upstream,
+            geometry,
+            wants: [input_node.is_some(), bias_node.is_some()],
+        };
+        let ((weight_gradient, input_gradient), bias_gradient) = backward.gradients();
+        let mut register =
+            |node: NodeId, gradient: FlexTensor| grads.register::<Flex>(node, gradient);
+        if let (Some(node), Some(gradient)) = (input_node, input_gradient) {
+            register(node, cast(gradient, input_dtype).into_primitive().tensor());
+        }
+        if let Some(node) = weight_node {
+            register(
+                node,
+                cast(weight_gradient, weight_dtype)
+                    .into_primitive()
+                    .tensor(),
+            );
+        }
+        if let (Some(node), Some(gradient), Some(dtype)) = (bias_node, bias_gradient, bias_dtype) {
+            register(node, cast(gradient, dtype).into_primitive().tensor());
+        }
+    }
+}
