@@ -16,6 +16,7 @@ pub mod pytorch_names;
 pub mod quantize;
 mod recompute;
 mod summary;
+mod tracked_ops;
 
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::GradientsParams;

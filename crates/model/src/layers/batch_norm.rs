@@ -23,6 +23,8 @@ use crate::cpu_kernels::{HostFloat, cast, floats, stored, values};
 use crate::layers::norm_relu_host::{ChannelNorm, Rows};
 use crate::quantize::{HostCodes, HostInput};
 
+mod tracked;
+
 /// `norm` applied to `x` as `BatchNorm::forward` would: batch statistics (updating the running
 /// averages) when autodiff is on, running statistics otherwise.
 ///
@@ -53,8 +55,54 @@ pub(crate) fn batch_norm<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 3>) -> Te
 
 /// BatchNorm over axis 1 of a channels-first tensor of any rank (`[n, c, ...]`), computed in
 /// f32 whatever the input's dtype (statistics and running averages are f32), result in the
-/// input's dtype.
+/// input's dtype. On the CPU backend, fused host passes: in training one tracked op
+/// (`tracked`), in evaluation one pass with the running statistics.
 pub(crate) fn batch_norm_channels<B: Backend, const D: usize>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    norm_channels(norm, x, false)
+}
+
+/// `relu(batch_norm_channels(norm, x))`, fused on the CPU backend (the ReLU's gate is
+/// recomputed in backward from the kept input: nothing more is kept for it).
+pub(crate) fn batch_norm_relu_channels<B: Backend, const D: usize>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    norm_channels(norm, x, true)
+}
+
+/// BatchNorm, followed by a ReLU when `relu`: the host kernels where they serve, else the
+/// composition of Burn ops ([`batch_norm_composed`]).
+fn norm_channels<B: Backend, const D: usize>(
+    norm: &BatchNorm<B>,
+    x: Tensor<B, D>,
+    relu: bool,
+) -> Tensor<B, D> {
+    let device = x.device();
+    if crate::cpu_kernels::enabled::<B>(&device) {
+        let dims = x.dims();
+        let flat = x.reshape([dims[0], dims[1], dims[2..].iter().product()]);
+        return evaluated_on_host(norm, flat, relu).reshape(dims);
+    }
+    if B::ad_enabled(&device)
+        && crate::cpu_kernels::host_tensors::<B>(&device)
+        && let Some(output) = tracked::norm_tracked(norm, x.clone(), relu)
+    {
+        return output;
+    }
+    let output = batch_norm_composed(norm, x);
+    if relu {
+        burn::tensor::activation::relu(output)
+    } else {
+        output
+    }
+}
+
+/// [`batch_norm_channels`] as a composition of Burn ops (devices, `VIDTRAIN_CPU_KERNELS=
+/// reference`, and the reference the host kernels are tested against).
+pub(crate) fn batch_norm_composed<B: Backend, const D: usize>(
     norm: &BatchNorm<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
@@ -248,25 +296,31 @@ fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
     (output, Some(statistics))
 }
 
-/// `relu(batch_norm(norm, x))` with the running statistics (evaluation: validation, eval,
-/// predict) on the CPU backend's host slices (`x`: `[n, c, l]` of the plain backend): one
-/// parallel pass in `x`'s dtype, over `x` itself when nothing else holds it. The composition
-/// made f32 copies of the whole activation (the seed model's validation peak in bf16).
-pub(crate) fn norm_relu_evaluated_on_host<B: Backend>(
-    norm: &BatchNorm<B>,
-    x: Tensor<B, 3>,
-) -> Tensor<B, 3> {
+/// `batch_norm(norm, x)`, then a ReLU when `relu`, with the running statistics (evaluation:
+/// validation, eval, predict) on the CPU backend's host slices (`x`: `[n, c, l]` of the plain
+/// backend): one parallel pass in `x`'s dtype, over `x` itself when nothing else holds it. The
+/// composition made f32 copies of the whole activation (the seed model's validation peak in
+/// bf16).
+fn evaluated_on_host<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 3>, relu: bool) -> Tensor<B, 3> {
     match x.dtype() {
-        DType::BF16 => norm_relu_evaluated_as::<B, bf16>(norm, x),
-        DType::F16 => norm_relu_evaluated_as::<B, f16>(norm, x),
-        DType::F32 => norm_relu_evaluated_as::<B, f32>(norm, x),
-        _ => burn::tensor::activation::relu(batch_norm_channels(norm, x)),
+        DType::BF16 => evaluated_as::<B, bf16>(norm, x, relu),
+        DType::F16 => evaluated_as::<B, f16>(norm, x, relu),
+        DType::F32 => evaluated_as::<B, f32>(norm, x, relu),
+        _ => {
+            let output = batch_norm_composed(norm, x);
+            if relu {
+                burn::tensor::activation::relu(output)
+            } else {
+                output
+            }
+        }
     }
 }
 
-fn norm_relu_evaluated_as<B: Backend, T: HostFloat>(
+fn evaluated_as<B: Backend, T: HostFloat>(
     norm: &BatchNorm<B>,
     x: Tensor<B, 3>,
+    relu: bool,
 ) -> Tensor<B, 3> {
     let (dims, device) = (x.dims(), x.device());
     let map = ChannelNorm::with_statistics(
@@ -276,6 +330,7 @@ fn norm_relu_evaluated_as<B: Backend, T: HostFloat>(
         &floats(norm.beta.val()),
         norm.epsilon,
     );
+    let map = if relu { map } else { map.without_relu() };
     match crate::cpu_kernels::unique::<T, _, 3>(x) {
         Ok(mut x) => {
             map.forward_in_place(x.values_mut(), dims);

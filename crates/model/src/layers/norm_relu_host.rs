@@ -21,7 +21,9 @@ const BLOCK: usize = 4096;
 /// Lanes of the reductions: two AVX2 registers of f32.
 const LANES: usize = 16;
 
-/// Per-channel statistics and the affine map BatchNorm + ReLU applies with them.
+/// Per-channel statistics and the affine map BatchNorm + ReLU (or BatchNorm alone,
+/// [`Self::without_relu`]) applies with them.
+#[derive(Debug, Clone)]
 pub(crate) struct ChannelNorm {
     /// Batch mean per channel.
     pub mean: Vec<f32>,
@@ -33,6 +35,9 @@ pub(crate) struct ChannelNorm {
     scale: Vec<f32>,
     /// `β − mean · scale`.
     shift: Vec<f32>,
+    /// Whether a ReLU follows (the stems, a residual block's first BatchNorm); without it the
+    /// output is `x · scale + shift` and the backward passes every gradient.
+    relu: bool,
 }
 
 impl ChannelNorm {
@@ -91,10 +96,19 @@ impl ChannelNorm {
             inverse_std,
             scale,
             shift,
+            relu: true,
         }
     }
 
-    /// `relu(x · scale + shift)` over `x: [n, c, l]`, into a new buffer (the step's input is
+    /// The same map without the ReLU: BatchNorm alone.
+    pub fn without_relu(self) -> Self {
+        Self {
+            relu: false,
+            ..self
+        }
+    }
+
+    /// `relu(x · scale + shift)` (or `x · scale + shift`) over `x: [n, c, l]`, into a new buffer (the step's input is
     /// kept for its backward, so it is read where it is stored). NaN stays NaN, as through
     /// Burn's `relu`.
     pub fn forward<T: HostFloat>(&self, x: &[T], dims: [usize; 3]) -> Vec<T> {
@@ -113,8 +127,14 @@ impl ChannelNorm {
             .enumerate()
             .for_each(|(row, (output, x))| {
                 let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
-                for (output, &value) in output.iter_mut().zip(x) {
-                    *output = relu_affine(value, scale, shift);
+                if self.relu {
+                    for (output, &value) in output.iter_mut().zip(x) {
+                        *output = affine::<T, true>(value, scale, shift);
+                    }
+                } else {
+                    for (output, &value) in output.iter_mut().zip(x) {
+                        *output = affine::<T, false>(value, scale, shift);
+                    }
                 }
             });
     }
@@ -124,8 +144,14 @@ impl ChannelNorm {
     pub fn forward_in_place<T: HostFloat>(&self, x: &mut [T], [_, c, l]: [usize; 3]) {
         x.par_chunks_mut(l).enumerate().for_each(|(row, values)| {
             let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
-            for value in values.iter_mut() {
-                *value = relu_affine(*value, scale, shift);
+            if self.relu {
+                for value in values.iter_mut() {
+                    *value = affine::<T, true>(*value, scale, shift);
+                }
+            } else {
+                for value in values.iter_mut() {
+                    *value = affine::<T, false>(*value, scale, shift);
+                }
             }
         });
     }
@@ -140,7 +166,8 @@ impl ChannelNorm {
     /// (`[n, c, l]` both): returns γ's and β's, and when `wants_input` overwrites `upstream`
     /// with `x`'s, `γ / σ · (g − mean(g) − x̂ · mean(g · x̂))` (means over the batch and
     /// positions, `g` the upstream gradient where the ReLU passed it, 0 elsewhere; the gate is
-    /// recomputed from `x` or already applied to `upstream`, per `gate`).
+    /// recomputed from `x` or already applied to `upstream`, per `gate`; without a ReLU, `g` is
+    /// the upstream gradient everywhere).
     pub fn backward<T: HostFloat, R: Rows<T> + ?Sized>(
         &self,
         x: &R,
@@ -149,7 +176,7 @@ impl ChannelNorm {
         wants_input: bool,
         gate: ReluGate,
     ) -> (Vec<f32>, Vec<f32>) {
-        let gated = gate == ReluGate::FromInput;
+        let gated = self.relu && gate == ReluGate::FromInput;
         let passed = |x: f32, g: f32, ch: usize| {
             if !gated || x * self.scale[ch] + self.shift[ch] > 0.0 {
                 g
@@ -236,11 +263,12 @@ impl<T: HostFloat> Rows<T> for HostCodes {
     }
 }
 
-/// `relu(x · scale + shift)`, computed in f32 and stored as `T` (NaN stays NaN).
+/// `relu(x · scale + shift)` when `RELU`, else `x · scale + shift`, computed in f32 and stored
+/// as `T` (NaN stays NaN).
 #[inline(always)]
-fn relu_affine<T: HostFloat>(x: T, scale: f32, shift: f32) -> T {
+fn affine<T: HostFloat, const RELU: bool>(x: T, scale: f32, shift: f32) -> T {
     let y = x.to_f32() * scale + shift;
-    T::from_f32(if y <= 0.0 { 0.0 } else { y })
+    T::from_f32(if RELU && y <= 0.0 { 0.0 } else { y })
 }
 
 /// `Σ f(v)` over `values`, in f32 lanes flushed into f64 every [`BLOCK`] values.

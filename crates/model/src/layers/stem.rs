@@ -5,14 +5,12 @@
 
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::layers::batch_norm::{
-    NormReluBackward, ReluGate, batch_norm_channels, norm_relu_evaluated_on_host,
-    norm_relu_untracked,
+    NormReluBackward, ReluGate, batch_norm_relu_channels, norm_relu_untracked,
 };
 use crate::layers::conv_gemm::ConvInput;
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
@@ -232,11 +230,5 @@ impl<B: AutodiffBackend> StemStep<'_, B> {
 /// BatchNorm + ReLU on `[n, c, t, h, w]`. Statistics (and the running averages, f32 buffers)
 /// are computed in f32 whatever the compute dtype.
 fn normalize<B: Backend>(norm: &BatchNorm<B>, x: Tensor<B, 5>) -> Tensor<B, 5> {
-    // Evaluation on the plain CPU backend: the host kernel, in the activation's dtype.
-    if crate::cpu_kernels::enabled::<B>(&x.device()) {
-        let [n, c, t, h, w] = x.dims();
-        let flat = x.reshape([n, c, t * h * w]);
-        return norm_relu_evaluated_on_host(norm, flat).reshape([n, c, t, h, w]);
-    }
-    relu(batch_norm_channels(norm, x))
+    batch_norm_relu_channels(norm, x)
 }

@@ -5,7 +5,7 @@ use crate::TestBackend;
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Param};
 use burn::nn::BatchNormConfig;
-use burn::tensor::{Distribution, Tolerance};
+use burn::tensor::{DType, Distribution, FloatDType, Tolerance};
 
 type B = Autodiff<TestBackend>;
 
@@ -242,6 +242,86 @@ fn an_input_read_from_codes_equals_the_restored_input() {
                         .into_data()
                 );
             }
+        }
+    }
+}
+
+/// BatchNorm with and without a ReLU as the tracked host op (training on the CPU) equals the
+/// composition of Burn ops on a 5-D activation: output, the gradients of the input, γ and β,
+/// and the running statistics; in f32 to 1e-5 and in bf16 (f32 parameters, mixed precision) to
+/// bf16's resolution. In evaluation, the host pass with the running statistics equals Burn's
+/// `BatchNorm`.
+#[test]
+fn tracked_norm_equals_the_composition() {
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    for (dtype, tolerance) in [
+        (FloatDType::F32, Tolerance::rel_abs(1e-5, 1e-5)),
+        (FloatDType::BF16, Tolerance::rel_abs(2e-2, 2e-2)),
+    ] {
+        for relu in [false, true] {
+            // Separate modules (running statistics of their own), the same γ and β.
+            let ours = random_affine_norm(4);
+            let theirs = BatchNorm {
+                gamma: Param::from_tensor(ours.gamma.val().detach()),
+                beta: Param::from_tensor(ours.beta.val().detach()),
+                ..BatchNormConfig::new(4).init::<B>(&device)
+            };
+            let x =
+                Tensor::<B, 5>::random([2, 4, 3, 5, 6], Distribution::Normal(1.0, 2.0), &device)
+                    .cast(dtype)
+                    .detach();
+            let (x_ours, x_theirs) = (x.clone().require_grad(), x.require_grad());
+            let got = tracked::norm_tracked(&ours, x_ours.clone(), relu)
+                .expect("tensors of burn-flex under autodiff");
+            let expected = batch_norm_composed(&theirs, x_theirs.clone());
+            let expected = if relu {
+                burn::tensor::activation::relu(expected)
+            } else {
+                expected
+            };
+            assert_eq!(got.dtype(), DType::from(dtype));
+            let as_f32 = |tensor: Tensor<B, 5>| tensor.cast(FloatDType::F32).into_data();
+            as_f32(got.clone()).assert_approx_eq::<f32>(&as_f32(expected.clone()), tolerance);
+
+            let upstream = Tensor::<B, 5>::random(got.dims(), Distribution::Default, &device);
+            let loss =
+                |output: Tensor<B, 5>| (output.cast(FloatDType::F32) * upstream.clone()).sum();
+            let grads_ours = loss(got).backward();
+            let grads_theirs = loss(expected).backward();
+            let input_gradient = |x: &Tensor<B, 5>, grads| {
+                let gradient = x.grad(grads).expect("the input is tracked");
+                assert_eq!(gradient.dtype(), DType::from(dtype));
+                gradient.cast(FloatDType::F32).into_data()
+            };
+            input_gradient(&x_ours, &grads_ours)
+                .assert_approx_eq::<f32>(&input_gradient(&x_theirs, &grads_theirs), tolerance);
+            for (a, b) in [(&ours.gamma, &theirs.gamma), (&ours.beta, &theirs.beta)] {
+                a.grad(&grads_ours)
+                    .unwrap()
+                    .to_data()
+                    .assert_approx_eq::<f32>(&b.grad(&grads_theirs).unwrap().to_data(), tolerance);
+            }
+            assert_same_running_statistics(&ours, &theirs, Tolerance::rel_abs(1e-5, 1e-5));
+
+            // Evaluation (the plain backend): the host pass with the running statistics.
+            let x =
+                Tensor::<TestBackend, 5>::random([2, 4, 3, 2, 2], Distribution::Default, &device)
+                    .cast(dtype);
+            let (ours, theirs) = (ours.valid(), theirs.valid());
+            let got = if relu {
+                batch_norm_relu_channels(&ours, x.clone())
+            } else {
+                batch_norm_channels(&ours, x.clone())
+            };
+            let expected = batch_norm_composed(&theirs, x);
+            let expected = if relu {
+                burn::tensor::activation::relu(expected)
+            } else {
+                expected
+            };
+            let as_f32 = |tensor: Tensor<TestBackend, 5>| tensor.cast(FloatDType::F32).into_data();
+            as_f32(got).assert_approx_eq::<f32>(&as_f32(expected), tolerance);
         }
     }
 }

@@ -9,29 +9,21 @@
 //! `conv_transpose3d_f32` alone, and most of the rest in gemm calls on narrow tiles. The kernel
 //! here keeps what Burn's op keeps (the input and the weight) and makes the same gradients.
 //!
-//! Burn exposes custom autodiff ops only to code that names the backend, so the tensors of a
-//! generic `B` are taken as burn-flex's autodiff tensors when that is what they are (the same
-//! downcast [`crate::cpu_kernels`] makes for plain burn-flex tensors); on any other backend the
-//! caller composes Burn's ops.
+//! Recorded as one op of `Autodiff<Flex>` through `crate::tracked_ops`.
 
-use std::any::Any;
-
+use burn::backend::Flex;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorPrimitive};
+use burn::tensor::DType;
 
 use crate::cpu_kernels::cast;
 use crate::layers::conv_gemm::{ConvBackward, ConvGeometry, ConvInput, conv3d_forward};
-
-/// burn-flex's tensor under autodiff: what a float tensor of `Autodiff<Flex>` is.
-type TrackedHost = FloatTensor<Autodiff<Flex>>;
+use crate::tracked_ops::{TrackedHost, flex, from_tracked_host, host as inner, tracked_host};
 
 /// The convolution of `input` with `weight` (and `bias`) of `geometry` as one autodiff op
 /// computed by vidtrain's CPU kernel, when the three are burn-flex tensors under autodiff;
@@ -53,20 +45,7 @@ pub(super) fn conv3d_tracked<B: Backend>(
         ),
         None => finish(ConvOnHost::<2>, [&input, &weight], geometry),
     };
-    let output: Box<dyn Any> = Box::new(output);
-    let output = *output
-        .downcast::<B::FloatTensorPrimitive>()
-        .expect("B is Autodiff<Flex>: its inputs were");
-    Some(Tensor::from_primitive(TensorPrimitive::Float(output)))
-}
-
-/// The burn-flex autodiff tensor a tensor of backend `B` is, if it is one.
-fn tracked_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Option<TrackedHost> {
-    let primitive: Box<dyn Any> = Box::new(tensor.into_primitive().tensor());
-    primitive
-        .downcast::<TrackedHost>()
-        .ok()
-        .map(|tensor| *tensor)
+    Some(from_tracked_host(output))
 }
 
 /// Runs the forward on the inner tensors of `parents` (input, weight and, when `N` is 3,
@@ -89,9 +68,8 @@ where
         inner(weight.primitive.clone()),
         bias,
         geometry,
-    )
-    .into_primitive()
-    .tensor();
+    );
+    let output = flex(output);
     let nodes = parents.map(|parent| parent.node.clone());
     match op
         .prepare::<NoCheckpointing>(nodes)
@@ -109,11 +87,6 @@ where
         }
         OpsKind::UnTracked(prep) => prep.finish(output),
     }
-}
-
-/// A burn-flex tensor as a tensor of rank `D`.
-fn inner<const D: usize>(tensor: FlexTensor) -> Tensor<Flex, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(tensor))
 }
 
 /// What the backward reads: the input and the weight as the forward read them (the tensors
@@ -172,7 +145,7 @@ impl<const N: usize> Backward<Flex, N> for ConvOnHost<N> {
         let mut register =
             |node: NodeId, gradient: FlexTensor| grads.register::<Flex>(node, gradient);
         if let (Some(node), Some(gradient)) = (input_node, input_gradient) {
-            register(node, cast(gradient, input_dtype).into_primitive().tensor());
+            register(node, flex(cast(gradient, input_dtype)));
         }
         if let Some(node) = weight_node {
             register(
@@ -183,7 +156,7 @@ impl<const N: usize> Backward<Flex, N> for ConvOnHost<N> {
             );
         }
         if let (Some(node), Some(gradient), Some(dtype)) = (bias_node, bias_gradient, bias_dtype) {
-            register(node, cast(gradient, dtype).into_primitive().tensor());
+            register(node, flex(cast(gradient, dtype)));
         }
     }
 }

@@ -1,0 +1,48 @@
+//! What vidtrain's own autodiff ops on the CPU share: Burn records a custom op only for code that
+//! names the backend (`burn::backend::autodiff::ops::Backward` on `Autodiff<Flex>`), while the
+//! models are generic over `B`. The tensors of a generic `B` are taken as burn-flex's autodiff
+//! tensors when that is what they are (the downcast [`crate::cpu_kernels`] makes for plain
+//! burn-flex tensors), and given back as `B`'s after the op; on any other backend the caller
+//! composes Burn's ops. The ops: `layers::conv3d::tracked` (a convolution) and
+//! `layers::batch_norm::tracked` (BatchNorm, with or without ReLU).
+
+use std::any::Any;
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::FloatTensor;
+
+/// burn-flex's tensor under autodiff: what a float tensor of `Autodiff<Flex>` is.
+pub(crate) type TrackedHost = FloatTensor<Autodiff<Flex>>;
+
+/// The burn-flex autodiff tensor a tensor of backend `B` is, if it is one.
+pub(crate) fn tracked_host<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> Option<TrackedHost> {
+    let primitive: Box<dyn Any> = Box::new(tensor.into_primitive().tensor());
+    primitive
+        .downcast::<TrackedHost>()
+        .ok()
+        .map(|tensor| *tensor)
+}
+
+/// An op's output as a tensor of `B`, which its inputs showed to be `Autodiff<Flex>`.
+pub(crate) fn from_tracked_host<B: Backend, const D: usize>(tensor: TrackedHost) -> Tensor<B, D> {
+    let tensor: Box<dyn Any> = Box::new(tensor);
+    let tensor = *tensor
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("B is Autodiff<Flex>: the op's inputs were");
+    Tensor::from_primitive(TensorPrimitive::Float(tensor))
+}
+
+/// A burn-flex tensor as a tensor of rank `D`.
+pub(crate) fn host<const D: usize>(tensor: FlexTensor) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(tensor))
+}
+
+/// A tensor's burn-flex storage (to register as a gradient, or keep as an op's state).
+pub(crate) fn flex<const D: usize>(tensor: Tensor<Flex, D>) -> FlexTensor {
+    tensor.into_primitive().tensor()
+}
