@@ -119,18 +119,17 @@ impl ActivationCosts {
                 }
                 costs
             }
-            // A BasicBlock under autodiff: each convolution keeps its input (the block's input
-            // serves the first and the shortcut), each BatchNorm its centred values, each ReLU its
-            // output; convolution backward makes an input gradient and a weight-gradient buffer
-            // the size of its input.
+            // A BasicBlock under autodiff, its convolutions and BatchNorms each one op on the
+            // CPU (`layers::conv3d::tracked`, `layers::batch_norm::tracked`): the first
+            // convolution keeps the block's input (the previous block's output, counted there;
+            // the shortcut's convolution keeps the same tensor), each BatchNorm its input, the
+            // second convolution its input (the first BatchNorm + ReLU's output), the last ReLU
+            // its output. Backward holds the output's and input's gradients and the kernels'
+            // column buffers (a few MiB).
             LayerRole::ResidualBlock { downsample } => {
                 let norms = if downsample { 3 } else { 2 };
-                Self::new(
-                    input + (norms + 2) * output,
-                    2 * output,
-                    2 * input + 3 * output,
-                )
-                .inference(2 * output)
+                Self::new((norms + 2) * output, 2 * output, 2 * input + 2 * output)
+                    .inference(2 * output)
             }
             // The permuted copy of the keypoints and BatchNorm's centred values.
             LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),
