@@ -31,8 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Blocks this large and larger are pooled; smaller ones are glibc's heap's business.
 pub const MIN_POOLED_BYTES: usize = 1 << 20;
-/// Every pooled block is allocated with this alignment (a cache line, as SIMD kernels like).
-pub const POOL_ALIGN: usize = 64;
+/// Every pooled block is allocated with this alignment: two cache lines, what gemm's packing
+/// buffers ask for (`gemm_common::CACHELINE_ALIGN`). At 64, those buffers — megabytes, one per
+/// matrix product — went to the system allocator, each a fresh mapping the kernel zeroed and
+/// then unmapped with a TLB shootdown (an r3d_18 step: 9 % of its time in those page faults).
+pub const POOL_ALIGN: usize = 128;
 /// Size classes per power of two.
 const CLASSES_PER_OCTAVE: usize = 8;
 /// Octaves from 1 MiB (2^20) up to 2^44 bytes; larger requests are not pooled.

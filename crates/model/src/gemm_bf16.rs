@@ -13,8 +13,8 @@
 //! `b` stays in the L1 cache while every panel of `a` passes over it. The compute pool's
 //! threads each own a band of `c`'s rows.
 //!
-//! The only `unsafe` of the workspace is the call into the AVX512_BF16 kernel after the CPU has
-//! been asked for the instruction (`docs/decisions/0013-avx512-bf16-kernel.md`).
+//! The one `unsafe` here is the call into the AVX512_BF16 kernel after the CPU has been asked for
+//! the instruction (`docs/decisions/0013-avx512-bf16-kernel.md`).
 
 use burn::tensor::bf16;
 use rayon::prelude::*;
@@ -73,20 +73,29 @@ impl Path {
     }
 }
 
-/// A matrix of bf16 values read through strides: element `(i, j)` is
-/// `values[i · row_stride + j · column_stride]`, so a transposed or sliced matrix needs no copy.
-#[derive(Debug, Clone, Copy)]
-pub struct Matrix<'a> {
-    pub values: &'a [bf16],
+/// A matrix of `T` values (bf16 here, f32 for `gemm_f32`) read through strides: element
+/// `(i, j)` is `values[i · row_stride + j · column_stride]`, so a transposed or sliced matrix
+/// needs no copy.
+#[derive(Debug)]
+pub struct Matrix<'a, T = bf16> {
+    pub values: &'a [T],
     pub rows: usize,
     pub columns: usize,
     pub row_stride: usize,
     pub column_stride: usize,
 }
 
-impl<'a> Matrix<'a> {
+impl<T> Clone for Matrix<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Matrix<'_, T> {}
+
+impl<'a, T> Matrix<'a, T> {
     /// A row-major `rows × columns` matrix whose rows are `row_stride` apart.
-    pub fn row_major(values: &'a [bf16], rows: usize, columns: usize, row_stride: usize) -> Self {
+    pub fn row_major(values: &'a [T], rows: usize, columns: usize, row_stride: usize) -> Self {
         Self {
             values,
             rows,
@@ -107,6 +116,17 @@ impl<'a> Matrix<'a> {
         }
     }
 
+    /// Panics unless every element lies inside `values` (what `gemm_f32` hands gemm's kernel
+    /// as a pointer and strides).
+    pub fn assert_within(&self) {
+        if self.rows > 0 && self.columns > 0 {
+            let last = (self.rows - 1) * self.row_stride + (self.columns - 1) * self.column_stride;
+            assert!(last < self.values.len(), "a matrix reaches past its values");
+        }
+    }
+}
+
+impl Matrix<'_, bf16> {
     /// Packs rows `first_k..first_k + 2·pairs` of the panel of columns from `first` on, for a
     /// matrix whose columns are contiguous (`row_stride` 1: a transposed row-major matrix):
     /// column by column, each read as one run and its pairs written `panel` apart into the

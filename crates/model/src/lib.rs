@@ -9,6 +9,7 @@ pub mod backbones;
 pub mod chain;
 pub mod cpu_kernels;
 pub mod gemm_bf16;
+pub mod gemm_f32;
 pub mod layers;
 pub mod memory_probe;
 mod precision;

@@ -16,15 +16,17 @@
 //! - the input gradient is `weightᵀ [c_in·taps × c_out] · upstream`, scattered back onto the
 //!   input (col2im) in parallel over input channels, each of which owns its own volume.
 //!
-//! The gemms are the backend's `matmul` (gemm's multi-threaded kernels on burn-flex). The
-//! columns of a group are the only transient buffer.
+//! The gemms write into the kernel's own buffers: gemm's multi-threaded f32 kernels
+//! ([`gemm_f32`]), or vidtrain's bf16 kernel ([`gemm_bf16`]) for bf16 operands on a CPU with the
+//! instruction. The columns of a group and its product are the only transient buffers.
 
 use burn::prelude::*;
-use burn::tensor::{DType, FloatDType, TensorData, bf16};
+use burn::tensor::{DType, TensorData, bf16};
 use rayon::prelude::*;
 
 use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
 use crate::gemm_bf16::{self, Matrix, Path, Update};
+use crate::gemm_f32;
 use crate::layers::im2col::{ColumnMap, col2im, im2col};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
@@ -122,11 +124,11 @@ fn bf16_path(dtypes: &[DType]) -> Option<Path> {
         .flatten()
 }
 
-/// [`conv3d_forward`] with `group` output lines per im2col buffer, multiplying in f32 by the
-/// backend's matmul or, given a `bf16` path, with bf16 columns and weights: then each group's
-/// f32 product is rounded into a bf16 output (the f32 route's whole f32 output, twice the bf16
-/// activation, was a transient of the step's peak) and the columns take half the bytes. The
-/// weight is rounded to bf16, as PyTorch's autocast does.
+/// [`conv3d_forward`] with `group` output lines per im2col buffer, multiplying f32 columns by
+/// [`gemm_f32`] or, given a `bf16` path, bf16 columns by [`gemm_bf16`]: each group's f32 product
+/// is rounded into the output's dtype (the f32 route's whole f32 output, twice the bf16
+/// activation, was a transient of the step's peak) and bf16 columns take half the bytes. The
+/// weight is rounded to bf16 on the bf16 route, as PyTorch's autocast does.
 fn forward_in_groups<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
@@ -135,27 +137,76 @@ fn forward_in_groups<B: Backend>(
     group: usize,
     bf16: Option<Path>,
 ) -> Tensor<B, 5> {
+    match bf16 {
+        Some(path) => forward_as::<B, bf16>(input, weight, bias, geometry, group, Some(path)),
+        None => forward_as::<B, f32>(input, weight, bias, geometry, group, None),
+    }
+}
+
+/// [`forward_in_groups`] with operands read and columns built as `T`, multiplied on `path`.
+fn forward_as<B: Backend, T: GemmOperand>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+    group: usize,
+    path: Option<Path>,
+) -> Tensor<B, 5> {
     let (c_out, rows, w_out) = (geometry.channels_out, geometry.rows(), geometry.output[2]);
     let map = ColumnMap::new(geometry, group);
-    let Some(path) = bf16 else {
-        let device = input.device();
-        let weight = weight.cast(FloatDType::F32).reshape([c_out, rows]);
-        return forward_by_groups::<B, f32>(input, bias, &map, |clip, first, lines, product| {
-            let columns = columns_tensor::<B>(clip, &map, first, lines, &device);
-            *product = floats(weight.clone().matmul(columns));
-        });
-    };
-    let weight = stored::<bf16, _, 5>(weight);
+    let weight = stored::<T, _, 5>(weight);
     let weight = Matrix::row_major(&weight, c_out, rows, rows);
     let mut columns = Vec::new();
-    forward_by_groups::<B, bf16>(input, bias, &map, |clip, first, lines, product| {
+    forward_by_groups::<B, T>(input, bias, &map, |clip, first, lines, product| {
         let length = lines * w_out;
-        columns.resize(rows * length, bf16::ZERO);
+        columns.resize(rows * length, T::from_f32(0.0));
         im2col(clip, &map, first, lines, &mut columns);
         let columns = Matrix::row_major(&columns, rows, length, length);
         product.resize(c_out * length, 0f32);
-        gemm_bf16::gemm(path, weight, columns, product, length, Update::Overwrite);
+        T::gemm(path, weight, columns, product, length, Update::Overwrite);
     })
+}
+
+/// The values a convolution's matrix products read: f32 by [`gemm_f32`], bf16 by [`gemm_bf16`]
+/// on a bf16 path; both sum in f32.
+pub(crate) trait GemmOperand: HostFloat {
+    /// `c = a · b` or `c += a · b` (`update`), `c`'s rows `c_stride` apart; `path` is the bf16
+    /// product's (`None` for f32).
+    fn gemm(
+        path: Option<Path>,
+        a: Matrix<'_, Self>,
+        b: Matrix<'_, Self>,
+        c: &mut [f32],
+        c_stride: usize,
+        update: Update,
+    );
+}
+
+impl GemmOperand for f32 {
+    fn gemm(
+        _: Option<Path>,
+        a: Matrix<'_, f32>,
+        b: Matrix<'_, f32>,
+        c: &mut [f32],
+        c_stride: usize,
+        update: Update,
+    ) {
+        gemm_f32::gemm(a, b, c, c_stride, update);
+    }
+}
+
+impl GemmOperand for bf16 {
+    fn gemm(
+        path: Option<Path>,
+        a: Matrix<'_, bf16>,
+        b: Matrix<'_, bf16>,
+        c: &mut [f32],
+        c_stride: usize,
+        update: Update,
+    ) {
+        let path = path.expect("bf16 operands are multiplied on a bf16 path");
+        gemm_bf16::gemm(path, a, b, c, c_stride, update);
+    }
 }
 
 /// The forward's loop, shared by both routes: for each clip and group of output lines,
@@ -202,21 +253,6 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
         TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
         (&device, T::dtype()),
     )
-}
-
-/// The im2col columns of output lines `first..first + lines` of one clip as a tensor
-/// `[c_in·taps, lines·w']`.
-fn columns_tensor<B: Backend>(
-    clip: &[f32],
-    map: &ColumnMap,
-    first: usize,
-    lines: usize,
-    device: &B::Device,
-) -> Tensor<B, 2> {
-    let (rows, length) = (map.geometry.rows(), lines * map.geometry.output[2]);
-    let mut columns = vec![0f32; rows * length];
-    im2col(clip, map, first, lines, &mut columns);
-    Tensor::from_data(TensorData::new(columns, [rows, length]), device)
 }
 
 /// A convolution's weight gradient and, when asked for, its input gradient.
@@ -335,45 +371,50 @@ impl<B: Backend> ConvBackward<'_, B> {
     pub(crate) fn gradients(self) -> ConvGradientsWithBias<B> {
         let group = self.geometry.lines_per_group(4);
         match bf16_path(&[self.input.dtype(), self.upstream.dtype()]) {
-            Some(path) => self.bf16(group, path),
-            None => self.in_groups(group),
+            Some(path) => self.products::<bf16>(group, Some(path)),
+            None => self.products::<f32>(group, None),
         }
     }
 
-    /// [`Self::in_groups`] with bf16 operands multiplied by `path`: the weight gradient is
-    /// accumulated in f32 group after group; the input gradient is summed in f32 one clip at a
-    /// time and stored in bf16, the activations' dtype. The weight is rounded to bf16 for the
-    /// input gradient, as in the forward.
-    fn bf16(self, group: usize, path: Path) -> ConvGradientsWithBias<B> {
+    /// [`Self::gradients`] with `group` output lines per im2col buffer and operands read as `T`
+    /// (f32, or bf16 multiplied by `path`): the weight gradient is accumulated in f32 group
+    /// after group; the input gradient is summed in f32 (in place for f32, one clip at a time
+    /// for bf16) and stored as `T`. The weight is rounded to bf16 for the bf16 input gradient,
+    /// as in the forward.
+    fn products<T: GemmOperand>(
+        self,
+        group: usize,
+        path: Option<Path>,
+    ) -> ConvGradientsWithBias<B> {
         let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
         let (input, weight, upstream) = (self.input, self.weight, self.upstream);
         let device = upstream.device();
         let c_out = geometry.channels_out;
         let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-        let upstream = stored::<bf16, _, 5>(upstream);
+        let upstream = stored::<T, _, 5>(upstream);
         let bias_gradient = wants_bias.then(|| {
             let sums = channel_sums(&upstream, c_out, positions);
             Tensor::from_data(TensorData::new(sums, [c_out]), &device)
         });
-        let weight = stored::<bf16, _, 5>(weight);
+        let weight = stored::<T, _, 5>(weight);
         let weight_transposed = Matrix::row_major(&weight, c_out, rows, rows).transposed();
         let map = ColumnMap::new(geometry, group);
         let mut weight_gradient = vec![0f32; c_out * rows];
         let mut columns = Vec::new();
         let input_gradient = gradients_by_groups(
-            ClipReader::<bf16>::of(input),
+            ClipReader::<T>::of(input),
             &map,
             wants_input,
             |clip_input, clip, first, lines, columns_gradient| {
                 let length = lines * w_out;
-                columns.resize(rows * length, bf16::ZERO);
+                columns.resize(rows * length, T::from_f32(0.0));
                 im2col(clip_input, &map, first, lines, &mut columns);
                 let clip_upstream = &upstream[clip * c_out * positions..][..c_out * positions];
                 let upstream_group =
                     Matrix::row_major(&clip_upstream[first * w_out..], c_out, length, positions);
                 let columns_transposed =
                     Matrix::row_major(&columns, rows, length, length).transposed();
-                gemm_bf16::gemm(
+                T::gemm(
                     path,
                     upstream_group,
                     columns_transposed,
@@ -383,7 +424,7 @@ impl<B: Backend> ConvBackward<'_, B> {
                 );
                 if let Some(columns_gradient) = columns_gradient {
                     columns_gradient.resize(rows * length, 0f32);
-                    gemm_bf16::gemm(
+                    T::gemm(
                         path,
                         weight_transposed,
                         upstream_group,
@@ -398,61 +439,8 @@ impl<B: Backend> ConvBackward<'_, B> {
         let weight_gradient = Tensor::from_data(weight_gradient, &device);
         let input_gradient = input_gradient.map(|values| {
             let values = TensorData::new(values, geometry.input);
-            Tensor::from_data(values, (&device, DType::BF16))
+            Tensor::from_data(values, (&device, T::dtype()))
         });
-        ((weight_gradient, input_gradient), bias_gradient)
-    }
-
-    /// [`Self::gradients`] with `group` output lines per im2col buffer.
-    fn in_groups(self, group: usize) -> ConvGradientsWithBias<B> {
-        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
-        let (input, weight, upstream) = (self.input, self.weight, self.upstream);
-        let device = upstream.device();
-        let [n, ..] = geometry.input;
-        let c_out = geometry.channels_out;
-        let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-        // One row per clip and output channel: a group's upstream is a strided view of it, which
-        // the matmul reads in place (a 3-D slice reshaped to 2-D was copied for every group).
-        let upstream = cast(upstream, FloatDType::F32).reshape([n * c_out, positions]);
-        let bias_gradient = wants_bias.then(|| {
-            upstream
-                .clone()
-                .sum_dim(1)
-                .reshape([n, c_out])
-                .sum_dim(0)
-                .reshape([c_out])
-        });
-        let weight_matrix = weight.cast(FloatDType::F32).reshape([c_out, rows]);
-        let weight_transposed = weight_matrix.transpose();
-        let map = ColumnMap::new(geometry, group);
-        let mut weight_gradient: Option<Tensor<B, 2>> = None;
-        let input_gradient = gradients_by_groups(
-            ClipReader::<f32>::of(input),
-            &map,
-            wants_input,
-            |clip_input, clip, first, lines, columns_gradient| {
-                let columns = columns_tensor::<B>(clip_input, &map, first, lines, &device);
-                let upstream_group = upstream.clone().slice([
-                    clip * c_out..(clip + 1) * c_out,
-                    first * w_out..(first + lines) * w_out,
-                ]);
-                let partial = upstream_group.clone().matmul(columns.transpose());
-                weight_gradient = Some(match weight_gradient.take() {
-                    Some(sum) => sum + partial,
-                    None => partial,
-                });
-                if let Some(columns_gradient) = columns_gradient {
-                    // The last group's buffer is freed before this one's is made.
-                    drop(std::mem::take(columns_gradient));
-                    *columns_gradient = floats(weight_transposed.clone().matmul(upstream_group));
-                }
-            },
-        );
-        let weight_gradient = weight_gradient
-            .expect("a convolution has at least one output line")
-            .reshape(geometry.weight_shape());
-        let input_gradient = input_gradient
-            .map(|values| Tensor::from_data(TensorData::new(values, geometry.input), &device));
         ((weight_gradient, input_gradient), bias_gradient)
     }
 }

@@ -128,8 +128,7 @@ impl ActivationCosts {
             // column buffers (a few MiB).
             LayerRole::ResidualBlock { downsample } => {
                 let norms = if downsample { 3 } else { 2 };
-                Self::new((norms + 2) * output, 2 * output, 2 * input + 2 * output)
-                    .inference(2 * output)
+                Self::new((norms + 2) * output, 2 * output, input + output).inference(2 * output)
             }
             // The permuted copy of the keypoints and BatchNorm's centred values.
             LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),

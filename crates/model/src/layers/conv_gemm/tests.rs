@@ -3,7 +3,7 @@
 use super::*;
 use crate::TestBackend;
 use crate::quantize::Quantized;
-use burn::tensor::{Distribution, Tolerance};
+use burn::tensor::{Distribution, FloatDType, Tolerance};
 
 /// `clips` clips of 3 channels, 5 frames of 9 × 8, into `channels_out` channels through a
 /// 3 × 3 × 2 kernel with stride 1 × 2 × 2 and padding 1 × 1 × 0: odd sizes, padding on some
@@ -45,7 +45,7 @@ fn bf16_products_equal_the_f32_route_on_bf16_values() {
         geometry,
         wants: [true, true],
     }
-    .in_groups(7);
+    .products::<f32>(7, None);
     let forward_f32 = forward_in_groups(
         input.clone(),
         weight.clone(),
@@ -64,7 +64,7 @@ fn bf16_products_equal_the_f32_route_on_bf16_values() {
                 geometry,
                 wants: [true, true],
             }
-            .bf16(group, path);
+            .products::<bf16>(group, Some(path));
             let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
             // One bf16 rounding of the stored result (8 bits of mantissa).
             let rounded = Tolerance::rel_abs(1.0 / 256.0, 1e-3);
@@ -122,7 +122,7 @@ fn line_groups_do_not_change_the_forward_or_the_gradients() {
             geometry,
             wants: [true, true],
         }
-        .in_groups(group)
+        .products::<f32>(group, None)
         .0
     };
     // 25 output lines (5 frames of 5 rows): all at once, and groups that split frames.
