@@ -11,7 +11,10 @@
 //! gemm's entry point takes raw pointers and strides; [`gemm`] checks every element it will read
 //! or write lies inside the slices it was given before the call (decision 0016).
 
-use crate::gemm_bf16::{Matrix, Update};
+use burn::tensor::bf16;
+
+use crate::cpu_kernels::HostFloat;
+use crate::gemm_bf16::{self, Matrix, Path, Update};
 
 /// Products with at least this many multiply-adds use the compute pool's threads (burn-flex's
 /// threshold: smaller ones cost more to split than to compute).
@@ -73,6 +76,48 @@ pub fn gemm(
             false,
             parallelism,
         );
+    }
+}
+
+/// The values vidtrain's matrix products read (convolutions, linear layers): f32 by [`gemm_f32`], bf16 by [`gemm_bf16`]
+/// on a bf16 path; both sum in f32.
+pub(crate) trait GemmOperand: HostFloat {
+    /// `c = a · b` or `c += a · b` (`update`), `c`'s rows `c_stride` apart; `path` is the bf16
+    /// product's (`None` for f32).
+    fn gemm(
+        path: Option<Path>,
+        a: Matrix<'_, Self>,
+        b: Matrix<'_, Self>,
+        c: &mut [f32],
+        c_stride: usize,
+        update: Update,
+    );
+}
+
+impl GemmOperand for f32 {
+    fn gemm(
+        _: Option<Path>,
+        a: Matrix<'_, f32>,
+        b: Matrix<'_, f32>,
+        c: &mut [f32],
+        c_stride: usize,
+        update: Update,
+    ) {
+        gemm(a, b, c, c_stride, update);
+    }
+}
+
+impl GemmOperand for bf16 {
+    fn gemm(
+        path: Option<Path>,
+        a: Matrix<'_, bf16>,
+        b: Matrix<'_, bf16>,
+        c: &mut [f32],
+        c_stride: usize,
+        update: Update,
+    ) {
+        let path = path.expect("bf16 operands are multiplied on a bf16 path");
+        gemm_bf16::gemm(path, a, b, c, c_stride, update);
     }
 }
 

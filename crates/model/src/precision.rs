@@ -18,8 +18,28 @@ use burn::tensor::{DType, FloatDType};
 
 use crate::cpu_kernels::cast;
 
-/// `x · Wᵀ + b` with the weights cast to `x`'s dtype.
+mod tracked_linear;
+
+/// `x · W + b` with the weights cast to `x`'s dtype. In training on the CPU (burn-flex under
+/// autodiff), one op whose products are vidtrain's kernels (`tracked_linear`): bf16 activations
+/// multiply in bf16 where the CPU has the instruction.
 pub(crate) fn linear<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let device = x.device();
+    if B::ad_enabled(&device) && crate::cpu_kernels::host_tensors::<B>(&device) {
+        let bias = layer.bias.as_ref().map(|bias| bias.val());
+        if let Some(output) = tracked_linear::linear_tracked(x.clone(), layer.weight.val(), bias) {
+            return output;
+        }
+    }
+    linear_composed(layer, x)
+}
+
+/// [`linear`] as Burn's composition: the weights cast to `x`'s dtype, then `linear` (devices,
+/// evaluation, `VIDTRAIN_CPU_KERNELS=reference`, and the reference the op is tested against).
+pub(crate) fn linear_composed<B: Backend, const D: usize>(
     layer: &Linear<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {

@@ -25,8 +25,8 @@ use burn::tensor::{DType, TensorData, bf16};
 use rayon::prelude::*;
 
 use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
-use crate::gemm_bf16::{self, Matrix, Path, Update};
-use crate::gemm_f32;
+use crate::gemm_bf16::{Matrix, Path, Update};
+use crate::gemm_f32::GemmOperand;
 use crate::layers::im2col::{ColumnMap, col2im, im2col};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
@@ -165,48 +165,6 @@ fn forward_as<B: Backend, T: GemmOperand>(
         product.resize(c_out * length, 0f32);
         T::gemm(path, weight, columns, product, length, Update::Overwrite);
     })
-}
-
-/// The values a convolution's matrix products read: f32 by [`gemm_f32`], bf16 by [`gemm_bf16`]
-/// on a bf16 path; both sum in f32.
-pub(crate) trait GemmOperand: HostFloat {
-    /// `c = a · b` or `c += a · b` (`update`), `c`'s rows `c_stride` apart; `path` is the bf16
-    /// product's (`None` for f32).
-    fn gemm(
-        path: Option<Path>,
-        a: Matrix<'_, Self>,
-        b: Matrix<'_, Self>,
-        c: &mut [f32],
-        c_stride: usize,
-        update: Update,
-    );
-}
-
-impl GemmOperand for f32 {
-    fn gemm(
-        _: Option<Path>,
-        a: Matrix<'_, f32>,
-        b: Matrix<'_, f32>,
-        c: &mut [f32],
-        c_stride: usize,
-        update: Update,
-    ) {
-        gemm_f32::gemm(a, b, c, c_stride, update);
-    }
-}
-
-impl GemmOperand for bf16 {
-    fn gemm(
-        path: Option<Path>,
-        a: Matrix<'_, bf16>,
-        b: Matrix<'_, bf16>,
-        c: &mut [f32],
-        c_stride: usize,
-        update: Update,
-    ) {
-        let path = path.expect("bf16 operands are multiplied on a bf16 path");
-        gemm_bf16::gemm(path, a, b, c, c_stride, update);
-    }
 }
 
 /// The forward's loop, shared by both routes: for each clip and group of output lines,
