@@ -11,7 +11,7 @@
 //! gemm's entry point takes raw pointers and strides; [`gemm`] checks every element it will read
 //! or write lies inside the slices it was given before the call (decision 0016).
 
-use burn::tensor::bf16;
+use burn::tensor::{DType, bf16};
 
 use crate::cpu_kernels::HostFloat;
 use crate::gemm_bf16::{self, Matrix, Path, Update};
@@ -77,6 +77,17 @@ pub fn gemm(
             parallelism,
         );
     }
+}
+
+/// The bf16 product's path when every operand is bf16 and the CPU has a bf16 dot-product
+/// instruction ([`Path::fastest`]); otherwise the product computes in f32 (bf16 values are
+/// exact in f32, so only the speed differs).
+pub(crate) fn bf16_path(dtypes: &[DType]) -> Option<Path> {
+    dtypes
+        .iter()
+        .all(|&dtype| dtype == DType::BF16)
+        .then(Path::fastest)
+        .flatten()
 }
 
 /// The values vidtrain's matrix products read (convolutions, linear layers): f32 by [`gemm_f32`], bf16 by [`gemm_bf16`]

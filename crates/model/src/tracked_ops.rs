@@ -8,6 +8,8 @@
 
 use std::any::Any;
 
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
@@ -45,4 +47,27 @@ pub(crate) fn host<const D: usize>(tensor: FlexTensor) -> Tensor<Flex, D> {
 /// A tensor's burn-flex storage (to register as a gradient, or keep as an op's state).
 pub(crate) fn flex<const D: usize>(tensor: Tensor<Flex, D>) -> FlexTensor {
     tensor.into_primitive().tensor()
+}
+
+/// Records `op` with `parents` and its already computed `output` in the autodiff graph: with the
+/// backward's state (made only then) when some parent wants a gradient, else as an untracked
+/// step. Compute-bound (never recomputed by Burn's checkpointing); the state is the op's own.
+pub(crate) fn record<Op, const N: usize>(
+    op: Op,
+    parents: [&TrackedHost; N],
+    output: FlexTensor,
+    state: impl FnOnce() -> Op::State,
+) -> TrackedHost
+where
+    Op: Backward<Flex, N>,
+{
+    let nodes = parents.map(|parent| parent.node.clone());
+    match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
 }

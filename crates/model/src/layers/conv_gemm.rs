@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
-use crate::gemm_f32::GemmOperand;
+use crate::gemm_f32::{GemmOperand, bf16_path};
 use crate::layers::im2col::{ColumnMap, col2im, im2col};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
@@ -111,17 +111,6 @@ pub fn conv3d_forward<B: Backend>(
         forward_in_groups(input, weight, bias, geometry, group, path),
         dtype,
     )
-}
-
-/// The bf16 product's path when every operand is bf16 and the CPU has a bf16 dot-product
-/// instruction ([`Path::fastest`]); otherwise the convolution computes in f32 (bf16 values are
-/// exact in f32, so only the speed differs).
-fn bf16_path(dtypes: &[DType]) -> Option<Path> {
-    dtypes
-        .iter()
-        .all(|&dtype| dtype == DType::BF16)
-        .then(Path::fastest)
-        .flatten()
 }
 
 /// [`conv3d_forward`] with `group` output lines per im2col buffer, multiplying f32 columns by

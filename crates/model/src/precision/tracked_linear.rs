@@ -12,9 +12,8 @@
 use burn::backend::Flex;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{FlexDevice, FlexTensor};
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensorOps;
@@ -23,8 +22,8 @@ use rayon::prelude::*;
 
 use crate::cpu_kernels::{HostFloat, cast, convert_into, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
-use crate::gemm_f32::GemmOperand;
-use crate::tracked_ops::{TrackedHost, flex, from_tracked_host, host, tracked_host};
+use crate::gemm_f32::{GemmOperand, bf16_path};
+use crate::tracked_ops::{TrackedHost, flex, from_tracked_host, host, record, tracked_host};
 
 /// `x · W + b` (`W`: `[in, out]`, Burn's `Linear` layout) over the last axis of `x`, as one
 /// autodiff op on the host, when the three are burn-flex tensors under autodiff and `x` is f32,
@@ -58,16 +57,6 @@ pub(super) fn linear_tracked<B: Backend, const D: usize>(
     Some(from_tracked_host::<B, 2>(output).reshape(output_shape))
 }
 
-/// The bf16 kernel's path when `dtypes` are all bf16 and the CPU has the instruction; else the
-/// op computes in f32.
-fn bf16_path(dtypes: &[DType]) -> Option<Path> {
-    dtypes
-        .iter()
-        .all(|&dtype| dtype == DType::BF16)
-        .then(Path::fastest)
-        .flatten()
-}
-
 /// Runs the forward of `parents` (input, weight and, when `N` is 3, bias) for `sizes`
 /// `[rows, in, out]` and records the op; the output is `[rows, out]`.
 fn finish<const N: usize>(
@@ -93,24 +82,13 @@ where
         None => forward_as::<f32>(x.clone(), weight.clone(), bias, sizes, None),
     };
     let output = flex(cast(output, dtype));
-    let nodes = parents.map(|parent| parent.node.clone());
-    match op
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = LinearState {
-                input: flex(x),
-                input_shape,
-                weight: flex(weight),
-                bias_dtype,
-                sizes,
-            };
-            prep.finish(state, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    }
+    record(op, parents, output, || LinearState {
+        input: flex(x),
+        input_shape,
+        weight: flex(weight),
+        bias_dtype,
+        sizes,
+    })
 }
 
 /// `x · W + b` with `x` and `W` read as `T` (the weight rounded to bf16 on the bf16 route), the
@@ -160,22 +138,13 @@ fn into_tensor<T: HostFloat>(
 
 /// What the backward reads: the input (`[rows, in]`) and the weight as the forward read them,
 /// the input's own shape, the bias's dtype, and the sizes `[rows, in, out]`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct LinearState {
     input: FlexTensor,
     input_shape: Shape,
     weight: FlexTensor,
     bias_dtype: Option<DType>,
     sizes: [usize; 3],
-}
-
-impl std::fmt::Debug for LinearState {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("LinearState")
-            .field("sizes", &self.sizes)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The op with `N` parents: input, weight and, when `N` is 3, bias.

@@ -12,9 +12,8 @@
 use burn::backend::Flex;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::nn::BatchNorm;
 use burn::prelude::*;
@@ -24,7 +23,7 @@ use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 use super::{ReluGate, update_running};
 use crate::cpu_kernels::{HostFloat, cast, floats, stored, values};
 use crate::layers::norm_relu_host::ChannelNorm;
-use crate::tracked_ops::{flex, from_tracked_host, host, tracked_host};
+use crate::tracked_ops::{flex, from_tracked_host, host, record, tracked_host};
 
 /// `norm` (then a ReLU when `relu`) with batch statistics over axis 1 of `x` (`[n, c, ...]`),
 /// updating the running averages, as one autodiff op computed on the host, when `x` and the
@@ -59,23 +58,13 @@ pub(super) fn norm_tracked<B: Backend, const D: usize>(
     update_running(norm, &per_channel(&map.mean), &per_channel(&map.var));
 
     let output = flex(output.reshape(shape));
-    let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
-    let output = match NormOnHost
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = NormState {
-                input: flex(input),
-                map,
-                dims,
-                parameter_dtype: gamma.primitive.dtype(),
-            };
-            prep.finish(state, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
+    let parameter_dtype = gamma.primitive.dtype();
+    let output = record(NormOnHost, [&x, &gamma, &beta], output, || NormState {
+        input: flex(input),
+        map,
+        dims,
+        parameter_dtype,
+    });
     Some(from_tracked_host(output))
 }
 
@@ -99,21 +88,12 @@ fn forward_as<T: HostFloat>(
 
 /// What the backward reads: the input as the forward read it (`[n, c, l]`), the map it applied (with the
 /// batch statistics), the sizes `[n, c, l]` and γ's and β's dtype.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct NormState {
     input: FlexTensor,
     map: ChannelNorm,
     dims: [usize; 3],
     parameter_dtype: DType,
-}
-
-impl std::fmt::Debug for NormState {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("NormState")
-            .field("dims", &self.dims)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The op; parents input, γ and β.

@@ -14,16 +14,17 @@
 use burn::backend::Flex;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::DType;
 
 use crate::cpu_kernels::cast;
 use crate::layers::conv_gemm::{ConvBackward, ConvGeometry, ConvInput, conv3d_forward};
-use crate::tracked_ops::{TrackedHost, flex, from_tracked_host, host as inner, tracked_host};
+use crate::tracked_ops::{
+    TrackedHost, flex, from_tracked_host, host as inner, record, tracked_host,
+};
 
 /// The convolution of `input` with `weight` (and `bias`) of `geometry` as one autodiff op
 /// computed by vidtrain's CPU kernel, when the three are burn-flex tensors under autodiff;
@@ -70,42 +71,22 @@ where
         geometry,
     );
     let output = flex(output);
-    let nodes = parents.map(|parent| parent.node.clone());
-    match op
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let state = ConvState {
-                input: input.primitive.clone(),
-                weight: weight.primitive.clone(),
-                bias_dtype,
-                geometry,
-            };
-            prep.finish(state, output)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    }
+    record(op, parents, output, || ConvState {
+        input: input.primitive.clone(),
+        weight: weight.primitive.clone(),
+        bias_dtype,
+        geometry,
+    })
 }
 
 /// What the backward reads: the input and the weight as the forward read them (the tensors
 /// Burn's own convolution keeps), and the sizes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct ConvState {
     input: FlexTensor,
     weight: FlexTensor,
     bias_dtype: Option<DType>,
     geometry: ConvGeometry,
-}
-
-impl std::fmt::Debug for ConvState {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("ConvState")
-            .field("geometry", &self.geometry)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The op with `N` parents: input, weight and, when `N` is 3, bias.
