@@ -23,6 +23,8 @@ use crate::chain::{
     Activation, BlockChain, ChainBlock, ChainConfig, SegmentChain, SegmentKind, pooled_features,
 };
 use crate::layers::batch_norm::batch_norm_channels;
+use crate::layers::conv_gemm::{ConvGeometry, conv3d_forward};
+use crate::layers::conv3d::conv3d_tracked;
 use crate::layers::dropout::dropout;
 use crate::layers::graph::{GraphConv, GraphConvConfig, Skeleton};
 use crate::precision::{like, mean_dim_f32};
@@ -182,16 +184,62 @@ impl<B: Backend> TemporalConv<B> {
     /// - input: `[n, c_in, t, v]`
     /// - output: `[n, c_out, ⌈t/stride⌉, v]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        dropout(&self.drop, batch_norm_channels(&self.bn, self.convolve(x)))
+    }
+
+    /// The `k×1` convolution. On the CPU it is vidtrain's convolution kernel over
+    /// `[n, c, t, 1, v]` (a `k×1×1` kernel; joints as the contiguous axis): in training one op
+    /// of the autodiff graph (`layers::conv3d`), in evaluation the plain kernel. Elsewhere
+    /// Burn's `conv2d` ([`Self::convolve_composed`]).
+    fn convolve(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let device = x.device();
+        let [n, c_in, t, v] = x.dims();
+        let [c_out, _, kernel, _] = self.conv.weight.dims();
+        let t_out = (t + 2 * (kernel / 2) - kernel) / self.stride + 1;
+        let geometry = ConvGeometry {
+            input: [n, c_in, t, 1, v],
+            channels_out: c_out,
+            kernel: [kernel, 1, 1],
+            stride: [self.stride, 1, 1],
+            padding: [kernel / 2, 0, 0],
+            output: [t_out, 1, v],
+        };
+        let weight = || self.conv.weight.val().reshape([c_out, c_in, kernel, 1, 1]);
+        let bias = || Some(self.conv.bias.val());
+        let output = if crate::cpu_kernels::enabled::<B>(&device) {
+            Some(conv3d_forward(
+                x.clone().reshape(geometry.input),
+                weight(),
+                bias(),
+                geometry,
+            ))
+        } else if B::ad_enabled(&device) && crate::cpu_kernels::host_tensors::<B>(&device) {
+            conv3d_tracked(
+                x.clone().reshape(geometry.input),
+                weight(),
+                bias(),
+                geometry,
+            )
+        } else {
+            None
+        };
+        match output {
+            Some(output) => output.reshape([n, c_out, t_out, v]),
+            None => self.convolve_composed(x),
+        }
+    }
+
+    /// [`Self::convolve`] as Burn's `conv2d`, the weights cast to `x`'s dtype.
+    fn convolve_composed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let weight = like(self.conv.weight.val(), &x);
         let kernel = weight.dims()[2];
         let bias = like(self.conv.bias.val(), &x);
-        let y = conv2d(
+        conv2d(
             x,
             weight,
             Some(bias),
             ConvOptions::new([self.stride, 1], [kernel / 2, 0], [1, 1], 1),
-        );
-        dropout(&self.drop, batch_norm_channels(&self.bn, y))
+        )
     }
 }
 
@@ -343,5 +391,55 @@ impl ChainConfig for StgcnConfig {
         }
         summary.extend(rows::pool_and_features(prefix, clips, self.dim()));
         summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::backend::Autodiff;
+    use burn::module::AutodiffModule;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type B = Autodiff<TestBackend>;
+
+    /// The temporal convolution on vidtrain's kernel (training: the tracked op; evaluation: the
+    /// plain kernel) equals Burn's `conv2d`: output and the gradients of input, weight and bias,
+    /// with a stride and an odd number of frames.
+    #[test]
+    fn temporal_convolution_equals_burns_conv2d() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        let layer = TemporalConv::<B>::new(4, 6, 9, 2, 0.0, &device);
+        let x = Tensor::<B, 4>::random([2, 4, 11, 5], Distribution::Default, &device);
+        let upstream = Tensor::<B, 4>::random([2, 6, 6, 5], Distribution::Default, &device);
+        let run = |forward: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
+            let x = x.clone().detach().require_grad();
+            let output = forward(x.clone());
+            let grads = (output.clone() * upstream.clone()).sum().backward();
+            let weight = layer.conv.weight.grad(&grads).unwrap().into_data();
+            let bias = layer.conv.bias.grad(&grads).unwrap().into_data();
+            (
+                output.into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                weight,
+                bias,
+            )
+        };
+        let ours = run(&|x| layer.convolve(x));
+        let burns = run(&|x| layer.convolve_composed(x));
+        let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+        ours.0.assert_approx_eq::<f32>(&burns.0, tolerance);
+        ours.1.assert_approx_eq::<f32>(&burns.1, tolerance);
+        ours.2.assert_approx_eq::<f32>(&burns.2, tolerance);
+        ours.3.assert_approx_eq::<f32>(&burns.3, tolerance);
+
+        let layer = layer.valid();
+        let x = x.inner();
+        layer
+            .convolve(x.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(&layer.convolve_composed(x).into_data(), tolerance);
     }
 }

@@ -526,3 +526,4 @@ fn gradients_by_convolution<B: Backend>(
 #[cfg(test)]
 mod tests;
 mod tracked;
+pub(crate) use tracked::conv3d_tracked;

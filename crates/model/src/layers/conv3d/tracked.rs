@@ -1,7 +1,7 @@
 //! A tracked convolution on the CPU as one op of Burn's autodiff graph whose forward and backward
 //! are vidtrain's im2col + gemm kernels (`layers::conv_gemm`), for the convolutions Burn's
-//! autodiff differentiates: the residual blocks of the 3-D ResNet (the stems are differentiated
-//! by hand).
+//! autodiff differentiates: the residual blocks of the 3-D ResNet and ST-GCN's temporal
+//! convolutions (the stems are differentiated by hand).
 //!
 //! Burn's own `conv3d` under autodiff on burn-flex computes the input gradient as a transposed
 //! convolution with a serial scatter and the weight gradient over axis-swapped copies of the
@@ -30,7 +30,7 @@ use crate::tracked_ops::{
 /// computed by vidtrain's CPU kernel, when the three are burn-flex tensors under autodiff;
 /// otherwise `None` (the caller takes Burn's convolution). The output has the input's dtype;
 /// the weight's and the bias's gradients have theirs (f32 masters under mixed precision).
-pub(super) fn conv3d_tracked<B: Backend>(
+pub(crate) fn conv3d_tracked<B: Backend>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
