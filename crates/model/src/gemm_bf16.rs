@@ -259,8 +259,19 @@ pub fn gemm(
                 }
             }
         });
+    // Larger buffers (a linear layer's whole activation packed for its weight gradient) are
+    // given back: kept, they stayed resident for the rest of the run outside every count.
+    for buffer in [&mut packed.0, &mut packed.1] {
+        if buffer.capacity() * std::mem::size_of::<u32>() > KEEP_PACKED_BYTES {
+            *buffer = Vec::new();
+        }
+    }
     PACKED.set(packed);
 }
+
+/// The largest packed buffer a thread keeps for its next product: what a convolution's group
+/// of im2col columns packs into (`conv_gemm::COLUMN_BYTES` of f32 columns, half that in bf16).
+const KEEP_PACKED_BYTES: usize = 4 << 20;
 
 thread_local! {
     /// The packed operands of the last product on this thread, kept for the next: the packed
