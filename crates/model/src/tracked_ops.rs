@@ -8,8 +8,10 @@
 
 use std::any::Any;
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-use burn::backend::autodiff::ops::{Backward, OpsKind};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
@@ -69,5 +71,24 @@ where
     {
         OpsKind::Tracked(prep) => prep.finish(state(), output),
         OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+/// The node ids of an op's first three parents (input, weight or γ, bias or β): `None` for a
+/// parent that wants no gradient, or one the op does not have.
+pub(crate) fn parent_ids<S, const N: usize>(ops: &Ops<S, N>) -> [Option<NodeId>; 3] {
+    std::array::from_fn(|index| {
+        ops.parents
+            .get(index)
+            .and_then(Option::as_ref)
+            .map(|node| node.id)
+    })
+}
+
+/// Registers `gradient` for the parent `node`, when both are there (a parent that wants no
+/// gradient has no node; a gradient not asked for was not made).
+pub(crate) fn register(grads: &mut Gradients, node: Option<NodeId>, gradient: Option<FlexTensor>) {
+    if let (Some(node), Some(gradient)) = (node, gradient) {
+        grads.register::<Flex>(node, gradient);
     }
 }

@@ -244,13 +244,12 @@ pub(crate) fn norm_relu_untracked<B: AutodiffBackend>(
     x: Tensor<B, 3>,
 ) -> (Tensor<B, 3>, Option<ChannelNorm>) {
     if crate::cpu_kernels::enabled::<B::InnerBackend>(&x.device()) {
-        let x = x.inner();
-        let (output, map) = match x.dtype() {
-            DType::BF16 => norm_relu_training_as::<B, bf16>(norm, x),
-            DType::F16 => norm_relu_training_as::<B, f16>(norm, x),
-            DType::F32 => norm_relu_training_as::<B, f32>(norm, x),
-            dtype => {
-                let (output, _) = norm_relu_training_as::<B, f32>(norm, cast(x, FloatDType::F32));
+        let (output, map) = match training_on_host(norm, x.inner(), true) {
+            Ok((output, map)) => (output, Some(map)),
+            Err(x) => {
+                let dtype = x.dtype();
+                let x = cast(x, FloatDType::F32);
+                let (output, _) = training_as::<B, _, f32>(norm, x, true);
                 (cast(output, dtype), None)
             }
         };
@@ -262,38 +261,58 @@ pub(crate) fn norm_relu_untracked<B: AutodiffBackend>(
     (Tensor::from_inner(cast(output.inner(), dtype)), None)
 }
 
-/// `relu(batch_norm(norm, x))` with training statistics on the CPU backend's host slices
-/// ([`ChannelNorm`]) for an `x` stored as `T`: the same output and running averages as the
-/// composition, in three parallel passes, read and written as stored; and the map it applied.
-fn norm_relu_training_as<B: AutodiffBackend, T: HostFloat>(
+/// `batch_norm(norm, x)` (then a ReLU when `relu`) with training statistics on the CPU backend's
+/// host slices for `x` (`[n, c, l]`, of the plain backend `H`) in f32, bf16 or f16 (`x` back for
+/// another dtype), updating the running averages: the output in `x`'s dtype and the map it
+/// applied. The stem's untracked step and the tracked op (`tracked`) both train through it.
+pub(super) fn training_on_host<B: Backend, H: Backend>(
     norm: &BatchNorm<B>,
-    x: Tensor<B::InnerBackend, 3>,
-) -> (Tensor<B::InnerBackend, 3>, Option<ChannelNorm>) {
+    x: Tensor<H, 3>,
+    relu: bool,
+) -> Result<(Tensor<H, 3>, ChannelNorm), Tensor<H, 3>> {
+    match x.dtype() {
+        DType::BF16 => Ok(training_as::<B, H, bf16>(norm, x, relu)),
+        DType::F16 => Ok(training_as::<B, H, f16>(norm, x, relu)),
+        DType::F32 => Ok(training_as::<B, H, f32>(norm, x, relu)),
+        _ => Err(x),
+    }
+}
+
+/// [`training_on_host`] for an `x` stored as `T`: the same output and running averages as the
+/// composition, in three parallel passes, read and written as stored.
+fn training_as<B: Backend, H: Backend, T: HostFloat>(
+    norm: &BatchNorm<B>,
+    x: Tensor<H, 3>,
+    relu: bool,
+) -> (Tensor<H, 3>, ChannelNorm) {
     let (dims, device) = (x.dims(), x.device());
+    let with_relu = |map: ChannelNorm| if relu { map } else { map.without_relu() };
     // An input nothing else holds (kept compressed for backward) takes the output in place.
     let (statistics, output) = match crate::cpu_kernels::unique::<T, _, 3>(x) {
         Ok(mut x) => {
-            let statistics = channel_norm::<B, T, [T]>(norm, x.values(), dims);
+            let statistics = with_relu(channel_norm::<B, T, [T]>(norm, x.values(), dims));
             statistics.forward_in_place(x.values_mut(), dims);
             (statistics, x.into_tensor())
         }
         Err(x) => {
             let x = stored::<T, _, 3>(x);
-            let statistics = channel_norm::<B, T, [T]>(norm, &x, dims);
+            let statistics = with_relu(channel_norm::<B, T, [T]>(norm, &x, dims));
             let values = statistics.forward(&x, dims);
             let output = TensorData::new(values, dims);
             (statistics, Tensor::from_data(output, (&device, T::dtype())))
         }
     };
+    let norm_device = norm.gamma.device();
     let per_channel = |values: &[f32]| {
-        Tensor::<B, 3>::from_data(TensorData::new(values.to_vec(), [1, dims[1], 1]), &device)
+        let values = TensorData::new(values.to_vec(), [1, dims[1], 1]);
+        Tensor::<B, 3>::from_data(values, &norm_device)
     };
     update_running(
         norm,
         &per_channel(&statistics.mean),
         &per_channel(&statistics.var),
     );
-    (output, Some(statistics))
+    (output, statistics)
 }
 
 /// `batch_norm(norm, x)`, then a ReLU when `relu`, with the running statistics (evaluation:

@@ -10,7 +10,6 @@
 //! `∂y · Wᵀ`, the weight's `xᵀ · ∂y` and the bias's column sums, summed in f32.
 
 use burn::backend::Flex;
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
@@ -23,7 +22,9 @@ use rayon::prelude::*;
 use crate::cpu_kernels::{cast, convert_into, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
 use crate::gemm_f32::{GemmOperand, bf16_path};
-use crate::tracked_ops::{TrackedHost, flex, from_tracked_host, host, record, tracked_host};
+use crate::tracked_ops::{
+    TrackedHost, flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+};
 
 /// `x · W + b` (`W`: `[in, out]`, Burn's `Linear` layout) over the last axis of `x`, as one
 /// autodiff op on the host, when the three are burn-flex tensors under autodiff and `x` is f32,
@@ -183,6 +184,7 @@ impl<const N: usize> Backward<Flex, N> for LinearOnHost<N> {
 
     fn backward(self, ops: Ops<LinearState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let upstream = grads.consume::<Flex>(&ops.node);
+        let [input_node, weight_node, bias_node] = parent_ids(&ops);
         let LinearState {
             input,
             input_shape,
@@ -191,13 +193,6 @@ impl<const N: usize> Backward<Flex, N> for LinearOnHost<N> {
             sizes,
         } = ops.state;
         let [rows, _, outer] = sizes;
-        let id = |index: usize| {
-            ops.parents
-                .get(index)
-                .and_then(Option::as_ref)
-                .map(|node| node.id)
-        };
-        let [input_node, weight_node, bias_node] = [id(0), id(1), id(2)];
         let upstream = host::<2>(Flex::float_reshape(upstream, Shape::new([rows, outer])));
         let (input, weight) = (host::<2>(input), host::<2>(weight));
         let (input_dtype, weight_dtype) = (input.dtype(), weight.dtype());
@@ -211,19 +206,14 @@ impl<const N: usize> Backward<Flex, N> for LinearOnHost<N> {
             weight: weight_gradient,
             bias: bias_gradient,
         } = gradients;
-        let mut register = |node: Option<NodeId>, gradient: FlexTensor| {
-            if let Some(node) = node {
-                grads.register::<Flex>(node, gradient);
-            }
-        };
-        if let Some(gradient) = input_gradient {
-            let gradient = flex(cast(gradient, input_dtype));
-            register(input_node, Flex::float_reshape(gradient, input_shape));
-        }
-        register(weight_node, flex(cast(weight_gradient, weight_dtype)));
-        if let (Some(gradient), Some(dtype)) = (bias_gradient, bias_dtype) {
-            register(bias_node, flex(cast(gradient, dtype)));
-        }
+        let input_gradient = input_gradient
+            .map(|gradient| Flex::float_reshape(flex(cast(gradient, input_dtype)), input_shape));
+        register(grads, input_node, input_gradient);
+        let weight_gradient = flex(cast(weight_gradient, weight_dtype));
+        register(grads, weight_node, Some(weight_gradient));
+        let bias_gradient = bias_gradient.zip(bias_dtype);
+        let bias_gradient = bias_gradient.map(|(gradient, dtype)| flex(cast(gradient, dtype)));
+        register(grads, bias_node, bias_gradient);
     }
 }
 

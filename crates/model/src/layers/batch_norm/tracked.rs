@@ -10,7 +10,6 @@
 //! them as it reads.
 
 use burn::backend::Flex;
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
@@ -20,10 +19,12 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 
-use super::{ReluGate, update_running};
-use crate::cpu_kernels::{HostFloat, cast, floats, stored, values};
+use super::{ReluGate, training_on_host};
+use crate::cpu_kernels::{HostFloat, cast, stored, values};
 use crate::layers::norm_relu_host::ChannelNorm;
-use crate::tracked_ops::{flex, from_tracked_host, host, record, tracked_host};
+use crate::tracked_ops::{
+    flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+};
 
 /// `norm` (then a ReLU when `relu`) with batch statistics over axis 1 of `x` (`[n, c, ...]`),
 /// updating the running averages, as one autodiff op computed on the host, when `x` and the
@@ -43,20 +44,7 @@ pub(super) fn norm_tracked<B: Backend, const D: usize>(
     let gamma = tracked_host(norm.gamma.val())?;
     let beta = tracked_host(norm.beta.val())?;
     let input = host::<D>(x.primitive.clone()).reshape(dims);
-    let gamma_values = floats(host::<1>(gamma.primitive.clone()));
-    let beta_values = floats(host::<1>(beta.primitive.clone()));
-    let parameters = [gamma_values.as_slice(), beta_values.as_slice()];
-    let (output, map) = match input.dtype() {
-        DType::BF16 => forward_as::<bf16>(input.clone(), dims, parameters, norm.epsilon, relu),
-        DType::F16 => forward_as::<f16>(input.clone(), dims, parameters, norm.epsilon, relu),
-        _ => forward_as::<f32>(input.clone(), dims, parameters, norm.epsilon, relu),
-    };
-    let device = norm.gamma.device();
-    let per_channel = |values: &[f32]| {
-        Tensor::<B, 3>::from_data(TensorData::new(values.to_vec(), [1, dims[1], 1]), &device)
-    };
-    update_running(norm, &per_channel(&map.mean), &per_channel(&map.var));
-
+    let (output, map) = training_on_host(norm, input.clone(), relu).ok()?;
     let output = flex(output.reshape(shape));
     let parameter_dtype = gamma.primitive.dtype();
     let output = record(NormOnHost, [&x, &gamma, &beta], output, || NormState {
@@ -68,26 +56,8 @@ pub(super) fn norm_tracked<B: Backend, const D: usize>(
     Some(from_tracked_host(output))
 }
 
-/// The statistics of `x` (`dims`, stored as `T`) and the map for `[γ, β]` and `epsilon`, and
-/// the output it makes, in `T`.
-fn forward_as<T: HostFloat>(
-    x: Tensor<Flex, 3>,
-    dims: [usize; 3],
-    [gamma, beta]: [&[f32]; 2],
-    epsilon: f64,
-    relu: bool,
-) -> (Tensor<Flex, 3>, ChannelNorm) {
-    let device = x.device();
-    let x = stored::<T, _, 3>(x);
-    let map = ChannelNorm::of::<T, [T]>(&x, dims, gamma, beta, epsilon);
-    let map = if relu { map } else { map.without_relu() };
-    let output = map.forward(&x, dims);
-    let output = Tensor::from_data(TensorData::new(output, dims), (&device, T::dtype()));
-    (output, map)
-}
-
-/// What the backward reads: the input as the forward read it (`[n, c, l]`), the map it applied (with the
-/// batch statistics), the sizes `[n, c, l]` and γ's and β's dtype.
+/// What the backward reads: the input as the forward read it (`[n, c, l]`), the map it applied
+/// (with the batch statistics), the sizes `[n, c, l]` and γ's and β's dtype.
 #[derive(Clone, Debug)]
 struct NormState {
     input: FlexTensor,
@@ -105,14 +75,13 @@ impl Backward<Flex, 3> for NormOnHost {
 
     fn backward(self, ops: Ops<NormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let upstream = grads.consume::<Flex>(&ops.node);
+        let [input_node, gamma_node, beta_node] = parent_ids(&ops);
         let NormState {
             input,
             map,
             dims,
             parameter_dtype,
         } = ops.state;
-        let id = |index: usize| ops.parents[index].as_ref().map(|node| node.id);
-        let [input_node, gamma_node, beta_node] = [id(0), id(1), id(2)];
         let shape = upstream.shape();
         let input = host::<3>(input);
         let upstream = host::<3>(Flex::float_reshape(upstream, Shape::new(dims)));
@@ -138,17 +107,11 @@ impl Backward<Flex, 3> for NormOnHost {
                 parameter_dtype,
             ))
         };
-        let mut register = |node: Option<NodeId>, gradient: FlexTensor| {
-            if let Some(node) = node {
-                grads.register::<Flex>(node, gradient)
-            }
-        };
-        register(gamma_node, vector(gamma_gradient));
-        register(beta_node, vector(beta_gradient));
-        if let Some(gradient) = input_gradient {
-            let gradient = flex(cast(gradient, input_dtype));
-            register(input_node, Flex::float_reshape(gradient, shape));
-        }
+        register(grads, gamma_node, Some(vector(gamma_gradient)));
+        register(grads, beta_node, Some(vector(beta_gradient)));
+        let input_gradient = input_gradient
+            .map(|gradient| Flex::float_reshape(flex(cast(gradient, input_dtype)), shape));
+        register(grads, input_node, input_gradient);
     }
 }
 

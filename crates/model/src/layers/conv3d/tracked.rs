@@ -12,7 +12,6 @@
 //! Recorded as one op of `Autodiff<Flex>` through `crate::tracked_ops`.
 
 use burn::backend::Flex;
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
@@ -23,7 +22,7 @@ use burn::tensor::DType;
 use crate::cpu_kernels::cast;
 use crate::layers::conv_gemm::{ConvBackward, ConvGeometry, ConvInput, conv3d_forward};
 use crate::tracked_ops::{
-    TrackedHost, flex, from_tracked_host, host as inner, record, tracked_host,
+    TrackedHost, flex, from_tracked_host, host as inner, parent_ids, record, register, tracked_host,
 };
 
 /// The convolution of `input` with `weight` (and `bias`) of `geometry` as one autodiff op
@@ -98,19 +97,13 @@ impl<const N: usize> Backward<Flex, N> for ConvOnHost<N> {
 
     fn backward(self, ops: Ops<ConvState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let upstream = inner::<5>(grads.consume::<Flex>(&ops.node));
+        let [input_node, weight_node, bias_node] = parent_ids(&ops);
         let ConvState {
             input,
             weight,
             bias_dtype,
             geometry,
         } = ops.state;
-        let id = |index: usize| {
-            ops.parents
-                .get(index)
-                .and_then(Option::as_ref)
-                .map(|node| node.id)
-        };
-        let [input_node, weight_node, bias_node] = [id(0), id(1), id(2)];
         let input = inner::<5>(input);
         let input_dtype = input.dtype();
         let weight = inner::<5>(weight);
@@ -123,21 +116,12 @@ impl<const N: usize> Backward<Flex, N> for ConvOnHost<N> {
             wants: [input_node.is_some(), bias_node.is_some()],
         };
         let ((weight_gradient, input_gradient), bias_gradient) = backward.gradients();
-        let mut register =
-            |node: NodeId, gradient: FlexTensor| grads.register::<Flex>(node, gradient);
-        if let (Some(node), Some(gradient)) = (input_node, input_gradient) {
-            register(node, flex(cast(gradient, input_dtype)));
-        }
-        if let Some(node) = weight_node {
-            register(
-                node,
-                cast(weight_gradient, weight_dtype)
-                    .into_primitive()
-                    .tensor(),
-            );
-        }
-        if let (Some(node), Some(gradient), Some(dtype)) = (bias_node, bias_gradient, bias_dtype) {
-            register(node, flex(cast(gradient, dtype)));
-        }
+        let input_gradient = input_gradient.map(|gradient| flex(cast(gradient, input_dtype)));
+        register(grads, input_node, input_gradient);
+        let weight_gradient = flex(cast(weight_gradient, weight_dtype));
+        register(grads, weight_node, Some(weight_gradient));
+        let bias_gradient = bias_gradient.zip(bias_dtype);
+        let bias_gradient = bias_gradient.map(|(gradient, dtype)| flex(cast(gradient, dtype)));
+        register(grads, bias_node, bias_gradient);
     }
 }
