@@ -93,7 +93,7 @@ impl ConvGeometry {
 
 /// The convolution of `input` with `weight` (and `bias`) as `weight [c_out × c_in·taps] ·
 /// columns` for a few output lines of one clip at a time, the columns built by [`im2col`] in
-/// parallel and the product taken by the backend's multi-threaded matmul (bf16 by
+/// parallel and the product written into a reused buffer by [`gemm_f32`] (bf16 by
 /// [`gemm_bf16`] where the CPU has the instruction); output `[n, c_out, t', h', w']` in the
 /// input's dtype. burn-flex's own `conv3d` transposes the whole input to channels-last on one
 /// thread and multiplies tiles of 512 positions.
