@@ -18,7 +18,10 @@ use burn::tensor::{DType, FloatDType};
 
 use crate::cpu_kernels::cast;
 
+mod tracked_layer_norm;
 mod tracked_linear;
+
+pub(crate) use tracked_layer_norm::LAYER_NORM_EPSILON;
 
 /// `x · W + b` with the weights cast to `x`'s dtype. In training on the CPU (burn-flex under
 /// autodiff), one op whose products are vidtrain's kernels (`tracked_linear`): bf16 activations
@@ -51,8 +54,29 @@ pub(crate) fn linear_composed<B: Backend, const D: usize>(
     )
 }
 
-/// LayerNorm computed in f32, result in `x`'s dtype.
+/// LayerNorm computed in f32, result in `x`'s dtype. On the CPU one pass over rows in parallel
+/// (`tracked_layer_norm`), in training one autodiff op.
 pub(crate) fn layer_norm<B: Backend, const D: usize>(
+    norm: &LayerNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let device = x.device();
+    if B::ad_enabled(&device) && crate::cpu_kernels::host_tensors::<B>(&device) {
+        if let Some(output) = tracked_layer_norm::layer_norm_tracked(norm, x.clone()) {
+            return output;
+        }
+    } else if crate::cpu_kernels::enabled::<B>(&device) {
+        match tracked_layer_norm::layer_norm_on_host(norm, x) {
+            Ok(output) => return output,
+            Err(x) => return layer_norm_composed(norm, x),
+        }
+    }
+    layer_norm_composed(norm, x)
+}
+
+/// [`layer_norm`] as Burn's composition: `x` cast to f32, Burn's LayerNorm, the result cast back
+/// (devices, `VIDTRAIN_CPU_KERNELS=reference`, and the reference the op is tested against).
+pub(crate) fn layer_norm_composed<B: Backend, const D: usize>(
     norm: &LayerNorm<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {

@@ -116,7 +116,9 @@ impl VideoTransformerConfig {
         VideoTransformer {
             stem: VideoStemConfig::new(3, dim).init(device),
             blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
-            norm: LayerNormConfig::new(dim).init(device),
+            norm: LayerNormConfig::new(dim)
+                .with_epsilon(crate::precision::LAYER_NORM_EPSILON)
+                .init(device),
         }
     }
 }

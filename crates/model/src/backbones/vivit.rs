@@ -70,7 +70,9 @@ impl VivitConfig {
             }
             .init([self.grid.tokens(), dim], device),
             blocks: (0..self.layers).map(|_| self.block.init(device)).collect(),
-            norm: LayerNormConfig::new(dim).init(device),
+            norm: LayerNormConfig::new(dim)
+                .with_epsilon(crate::precision::LAYER_NORM_EPSILON)
+                .init(device),
             tubelet: self.grid.tubelet,
         }
     }

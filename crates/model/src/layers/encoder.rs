@@ -1,8 +1,8 @@
 //! Pre-norm transformer encoder blocks over time and the sinusoidal positional encoding.
 
+use crate::layers::gelu::gelu;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 
 use crate::layers::dropout::dropout;
 use crate::precision::{layer_norm, linear, softmax_f32};
@@ -36,10 +36,14 @@ impl EncoderBlockConfig {
     /// Builds the block.
     pub fn init<B: Backend>(&self, device: &B::Device) -> EncoderBlock<B> {
         EncoderBlock {
-            norm_attention: LayerNormConfig::new(self.dim).init(device),
+            norm_attention: LayerNormConfig::new(self.dim)
+                .with_epsilon(crate::precision::LAYER_NORM_EPSILON)
+                .init(device),
             qkv: LinearConfig::new(self.dim, 3 * self.dim).init(device),
             projection: LinearConfig::new(self.dim, self.dim).init(device),
-            norm_feed_forward: LayerNormConfig::new(self.dim).init(device),
+            norm_feed_forward: LayerNormConfig::new(self.dim)
+                .with_epsilon(crate::precision::LAYER_NORM_EPSILON)
+                .init(device),
             feed_forward_in: LinearConfig::new(self.dim, self.ff_dim).init(device),
             feed_forward_out: LinearConfig::new(self.ff_dim, self.dim).init(device),
             dropout: DropoutConfig::new(self.dropout).init(),

@@ -7,6 +7,7 @@ pub mod conv3d;
 pub mod conv_gemm;
 pub mod dropout;
 pub mod encoder;
+pub mod gelu;
 pub mod graph;
 mod im2col;
 pub mod mamba;

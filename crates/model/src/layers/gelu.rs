@@ -1,0 +1,276 @@
+//! GELU (`x · Φ(x)`, the exact form with erf) on the CPU as one pass split across the compute
+//! pool, forward and backward, and in training one op of Burn's autodiff graph (recorded through
+//! `crate::tracked_ops`, decision 0016).
+//!
+//! burn-flex computes GELU one element at a time on one thread with libm's `erff`, and Burn's
+//! autodiff differentiates it as a chain of element-wise ops (erf, exp, products): in a ViViT-S
+//! step on the CPU (`bench-model --backbone vivit --image 112 --frames 8`) GELU was about a third
+//! of the thread that runs element-wise work while the compute pool waited. Here erf and exp are
+//! branch-free polynomials the compiler vectorises (erf by Abramowitz & Stegun 7.1.26, as
+//! PyTorch's vectorised CPU GELU computes it: error below 6·10⁻⁷ in f32 arithmetic), and the op keeps only its
+//! input, as Burn's does.
+
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::flex::FlexTensor;
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensorOps;
+use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
+use rayon::prelude::*;
+
+use crate::cpu_kernels::{HostFloat, cast, stored};
+use crate::tracked_ops::{
+    flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+};
+
+/// Elements per task: large enough that a task outweighs its scheduling.
+const CHUNK: usize = 1 << 14;
+
+/// `x · Φ(x)`. In training on the CPU one autodiff op ([`gelu_tracked`]); on the plain CPU
+/// backend (evaluation) the same host pass; elsewhere Burn's `gelu`.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let device = x.device();
+    if !crate::cpu_kernels::host_tensors::<B>(&device) || !host_float(x.dtype()) {
+        return burn::tensor::activation::gelu(x);
+    }
+    if B::ad_enabled(&device) {
+        return match gelu_tracked(x.clone()) {
+            Some(output) => output,
+            None => burn::tensor::activation::gelu(x),
+        };
+    }
+    if crate::cpu_kernels::enabled::<B>(&device) {
+        return forward_on_host(x);
+    }
+    burn::tensor::activation::gelu(x)
+}
+
+fn host_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+}
+
+/// GELU as one autodiff op when `x` is a burn-flex tensor under autodiff, else `None`.
+fn gelu_tracked<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<Tensor<B, D>> {
+    let x = tracked_host(x)?;
+    let input = host::<D>(x.primitive.clone());
+    let output = flex(forward_on_host(input.clone()));
+    let output = record(GeluOnHost, [&x], output, || flex(input));
+    Some(from_tracked_host(output))
+}
+
+/// The forward pass over a host tensor of f32, bf16 or f16, in its dtype.
+fn forward_on_host<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match x.dtype() {
+        DType::BF16 => map_as::<bf16, B, D>(x, gelu_value),
+        DType::F16 => map_as::<f16, B, D>(x, gelu_value),
+        _ => map_as::<f32, B, D>(x, gelu_value),
+    }
+}
+
+/// `each` applied to every value of `x`, read and written as `T`, in parallel.
+fn map_as<T: HostFloat, B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    each: impl Fn(f32) -> f32 + Sync,
+) -> Tensor<B, D> {
+    let (shape, device) = (x.shape(), x.device());
+    let x = stored::<T, _, D>(x);
+    let mut output = vec![T::from_f32(0.0); x.len()];
+    output
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(output, x)| {
+            for (output, &x) in output.iter_mut().zip(x) {
+                *output = T::from_f32(each(x.to_f32()));
+            }
+        });
+    Tensor::from_data(TensorData::new(output, shape), (&device, T::dtype()))
+}
+
+/// The op; its state is the input.
+#[derive(Debug)]
+struct GeluOnHost;
+
+impl Backward<Flex, 1> for GeluOnHost {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let upstream = grads.consume::<Flex>(&ops.node);
+        let [input_node, ..] = parent_ids(&ops);
+        if input_node.is_none() {
+            return;
+        }
+        let shape = upstream.shape();
+        let flat = |tensor: FlexTensor| {
+            host::<1>(Flex::float_reshape(
+                tensor,
+                Shape::new([shape.num_elements()]),
+            ))
+        };
+        let input = flat(ops.state);
+        let dtype = input.dtype();
+        let upstream = cast(flat(upstream), dtype);
+        let gradient = match dtype {
+            DType::BF16 => gradient_as::<bf16>(input, upstream),
+            DType::F16 => gradient_as::<f16>(input, upstream),
+            _ => gradient_as::<f32>(input, upstream),
+        };
+        register(
+            grads,
+            input_node,
+            Some(Flex::float_reshape(flex(gradient), shape)),
+        );
+    }
+}
+
+/// `∂y · GELU′(x)`, read and written as `T`.
+fn gradient_as<T: HostFloat>(x: Tensor<Flex, 1>, upstream: Tensor<Flex, 1>) -> Tensor<Flex, 1> {
+    let (shape, device) = (x.shape(), x.device());
+    let x = stored::<T, _, 1>(x);
+    let upstream = stored::<T, _, 1>(upstream);
+    let mut gradient = vec![T::from_f32(0.0); x.len()];
+    gradient
+        .par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(upstream.par_chunks(CHUNK)))
+        .for_each(|(gradient, (x, upstream))| {
+            for ((gradient, &x), &upstream) in gradient.iter_mut().zip(x).zip(upstream) {
+                *gradient = T::from_f32(upstream.to_f32() * gelu_slope(x.to_f32()));
+            }
+        });
+    Tensor::from_data(TensorData::new(gradient, shape), (&device, T::dtype()))
+}
+
+/// `1 / √2`.
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// `1 / √(2π)`.
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// `x · Φ(x) = x · (1 + erf(x / √2)) / 2`.
+#[inline(always)]
+fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
+}
+
+/// GELU's derivative, `Φ(x) + x · φ(x)`.
+#[inline(always)]
+fn gelu_slope(x: f32) -> f32 {
+    0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x)
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error 1.5·10⁻⁷ in exact arithmetic, 5.4·10⁻⁷ in f32):
+/// `1 − t·(a₁ + t·(a₂ + …)) · e^(−x²)` with `t = 1 / (1 + p·|x|)`, the sign of `x` copied.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_7,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let magnitude = x.abs();
+    let t = 1.0 / (1.0 + P * magnitude);
+    let polynomial = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
+    let value = 1.0 - polynomial * exp(-magnitude * magnitude);
+    value.copysign(x)
+}
+
+/// `eᵡ` to about one unit in the last place, branch-free: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`,
+/// `eʳ` by its Taylor polynomial to degree 7, `2ⁿ` built in the exponent bits. Inputs are
+/// clamped to `[−87, 88]` (results near f32's normal range; GELU and erf only need `x ≤ 0`).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer in the default mode.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HIGH: f32 = 0.693_145_75;
+    const LN2_LOW: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HIGH - n * LN2_LOW;
+    let taylor = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
+    let two_to_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    taylor * two_to_n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::backend::Autodiff;
+    use burn::tensor::{Distribution, FloatDType, Tolerance};
+
+    type B = Autodiff<TestBackend>;
+
+    /// The polynomials against the standard library's `exp` and Burn's `erf` (both in f64) over
+    /// the range GELU meets: exp within 2 units in the last place, erf within 6·10⁻⁷.
+    #[test]
+    fn exp_and_erf_are_within_their_stated_error() {
+        for step in -87_000..=88_000 {
+            let x = step as f32 / 1000.0;
+            let expected = f64::from(x).exp();
+            let relative = ((f64::from(exp(x)) - expected) / expected).abs();
+            assert!(relative < 2.5e-7, "exp({x}): relative error {relative}");
+        }
+        let inputs: Vec<f64> = (-10_000..=10_000)
+            .map(|step| f64::from(step as f32 / 1000.0))
+            .collect();
+        let device = Default::default();
+        let expected = Tensor::<TestBackend, 1>::from_data(
+            TensorData::new(inputs.clone(), [inputs.len()]),
+            (&device, DType::F64),
+        )
+        .erf()
+        .into_data()
+        .into_vec::<f64>()
+        .unwrap();
+        let mut worst = 0f64;
+        for (&x, expected) in inputs.iter().zip(expected) {
+            let error = (f64::from(erf(x as f32)) - expected).abs();
+            worst = worst.max(error);
+        }
+        assert!(worst < 6e-7, "erf: largest error {worst}");
+    }
+
+    /// The op equals Burn's `gelu` under autodiff: output and input gradient, in f32 to 1e-6 and
+    /// in bf16 and f16 to their resolution; evaluation (no autodiff) takes the same pass.
+    #[test]
+    fn equals_burns_gelu_forward_and_backward() {
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        for (dtype, tolerance) in [
+            (FloatDType::F32, Tolerance::rel_abs(1e-6, 1e-6)),
+            (FloatDType::BF16, Tolerance::rel_abs(1e-2, 1e-2)),
+            (FloatDType::F16, Tolerance::rel_abs(2e-3, 2e-3)),
+        ] {
+            let x = Tensor::<B, 3>::random([3, 70, 129], Distribution::Normal(0.0, 3.0), &device)
+                .cast(dtype)
+                .detach();
+            let upstream =
+                Tensor::<B, 3>::random([3, 70, 129], Distribution::Default, &device).cast(dtype);
+            let run = |forward: &dyn Fn(Tensor<B, 3>) -> Tensor<B, 3>| {
+                let x = x.clone().require_grad();
+                let output = forward(x.clone());
+                assert_eq!(output.dtype(), DType::from(dtype));
+                let grads = (output.clone() * upstream.clone()).sum().backward();
+                let gradient = x.grad(&grads).expect("the input is tracked");
+                assert_eq!(gradient.dtype(), DType::from(dtype));
+                (output.inner(), gradient)
+            };
+            let ours = run(&|x| gelu_tracked(x).expect("burn-flex under autodiff"));
+            let burns = run(&burn::tensor::activation::gelu);
+            let as_f32 = |tensor: Tensor<TestBackend, 3>| tensor.cast(FloatDType::F32).into_data();
+            as_f32(ours.0.clone()).assert_approx_eq::<f32>(&as_f32(burns.0), tolerance);
+            as_f32(ours.1).assert_approx_eq::<f32>(&as_f32(burns.1), tolerance);
+            let evaluated = gelu(x.clone().inner());
+            as_f32(evaluated)
+                .assert_approx_eq::<f32>(&as_f32(ours.0), Tolerance::rel_abs(0.0, 0.0));
+        }
+    }
+}
