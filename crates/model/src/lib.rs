@@ -8,6 +8,7 @@
 pub mod backbones;
 pub mod chain;
 pub mod cpu_kernels;
+mod fast_math;
 pub mod gemm_bf16;
 pub mod gemm_f32;
 pub mod layers;

@@ -55,15 +55,50 @@ fn split_mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Which elements a dropout of probability `prob` drops, by index in a tensor's row-major
+/// order, for the generator seed `seed`: what [`dropout`]'s mask holds, for kernels that apply
+/// it as they compute (the CPU attention op) instead of multiplying by a mask tensor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DropMask {
+    seed: u64,
+    /// An element is dropped when the top 32 bits of its draw fall below `prob · 2³²`.
+    threshold: u64,
+    /// `1 / (1 − prob)`, the factor of the elements kept.
+    pub scale: f64,
+}
+
+impl DropMask {
+    pub(crate) fn new(prob: f64, seed: u64) -> Self {
+        Self {
+            seed,
+            threshold: (prob * 4_294_967_296.0).round() as u64,
+            scale: 1.0 / (1.0 - prob),
+        }
+    }
+
+    /// A mask with probability `prob` whose seed comes from the backend's generator, as
+    /// [`dropout`] draws it.
+    pub(crate) fn draw<B: Backend>(prob: f64, device: &B::Device) -> Self {
+        Self::new(prob, draw_seed::<B>(device))
+    }
+
+    /// Whether the element at `index` is dropped.
+    #[inline(always)]
+    pub(crate) fn dropped(&self, index: usize) -> bool {
+        split_mix(
+            self.seed
+                .wrapping_add((index as u64 + 1).wrapping_mul(GAMMA)),
+        ) >> 32
+            < self.threshold
+    }
+}
+
 /// The mask of `shape` in `dtype`: 0 with probability `prob`, else `1 / (1 − prob)`.
 fn keep_mask(shape: burn::tensor::Shape, dtype: DType, prob: f64, seed: u64) -> TensorData {
     let count = shape.num_elements();
-    // An element is dropped when the top 32 bits of its draw fall below prob · 2³².
-    let threshold = (prob * 4_294_967_296.0).round() as u64;
-    let scale = 1.0 / (1.0 - prob);
-    let dropped = move |index: usize| {
-        split_mix(seed.wrapping_add((index as u64 + 1).wrapping_mul(GAMMA))) >> 32 < threshold
-    };
+    let mask = DropMask::new(prob, seed);
+    let scale = mask.scale;
+    let dropped = move |index: usize| mask.dropped(index);
     match dtype {
         DType::BF16 => draw(count, shape, bf16::from_f64(scale), bf16::ZERO, dropped),
         DType::F16 => draw(count, shape, f16::from_f64(scale), f16::ZERO, dropped),

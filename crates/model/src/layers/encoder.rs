@@ -4,9 +4,13 @@ use crate::layers::gelu::gelu;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::layers::dropout::dropout;
+use burn::tensor::DType;
+
+use crate::layers::dropout::{DropMask, dropout};
 use crate::precision::{layer_norm, linear, softmax_f32};
 use std::ops::Range;
+
+mod tracked_attention;
 
 /// Configuration of one [`EncoderBlock`].
 #[derive(Config, Debug)]
@@ -124,6 +128,50 @@ impl<B: Backend> EncoderBlock<B> {
     /// Attention context of the query rows `rows` against every key: `[batch, rows, dim]`. When
     /// `dropout_seed` is given, the backend generator is seeded with it before the dropout.
     pub fn attention_rows(
+        &self,
+        qkv: Tensor<B, 3>,
+        rows: Range<usize>,
+        dropout_seed: Option<u64>,
+    ) -> Tensor<B, 3> {
+        let device = qkv.device();
+        let host_float = matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16);
+        if !host_float || !crate::cpu_kernels::host_tensors::<B>(&device) {
+            return self.attention_rows_composed(qkv, rows, dropout_seed);
+        }
+        let [batch, tokens, width] = qkv.dims();
+        let geometry = tracked_attention::Geometry {
+            batch,
+            tokens,
+            dim: width / 3,
+            heads: self.heads,
+            rows: rows.clone(),
+        };
+        if let Some(seed) = dropout_seed {
+            B::seed(&device, seed);
+        }
+        let qkv = if B::ad_enabled(&device) {
+            let prob = self.dropout.prob;
+            let mask = (prob > 0.0).then(|| DropMask::draw::<B>(prob, &device));
+            match tracked_attention::attention_tracked(qkv, geometry, mask) {
+                Ok(context) => return context,
+                // Not burn-flex under autodiff after all: the composition draws its own mask.
+                Err(qkv) => qkv,
+            }
+        } else if crate::cpu_kernels::enabled::<B>(&device) {
+            match tracked_attention::attention_on_host(qkv, geometry) {
+                Ok(context) => return context,
+                Err(qkv) => qkv,
+            }
+        } else {
+            qkv
+        };
+        self.attention_rows_composed(qkv, rows, dropout_seed)
+    }
+
+    /// [`Self::attention_rows`] as Burn's composition: scores, softmax in f32, dropout and the
+    /// weighted values as separate ops (devices, `VIDTRAIN_CPU_KERNELS=reference`, and the
+    /// reference the CPU op is tested against).
+    pub(crate) fn attention_rows_composed(
         &self,
         qkv: Tensor<B, 3>,
         rows: Range<usize>,
