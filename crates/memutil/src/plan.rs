@@ -106,7 +106,8 @@ pub struct PlanInput {
     /// Where activations live.
     pub home: ActivationHome,
     /// What the host allocator's reuse pool may add to the host tensors' peak, in percent
-    /// (`trainer.allocator_slack_percent`; [`crate::reuse_pool`]). Priced at its bound.
+    /// (`trainer.allocator_slack_percent`; [`crate::reuse_pool`]). Priced at the step's largest
+    /// transient working set, at most this bound.
     pub allocator_slack_percent: u64,
 }
 
@@ -244,6 +245,24 @@ pub fn inference_peak(layers: &[ActivationLayer], clips: u64, input_bytes: u64) 
     peak
 }
 
+/// The most bytes one layer holds only while it runs: its forward's or backward's temporaries,
+/// its replay's graph, or its forward without autodiff. The reuse pool caches blocks the step
+/// has freed, and the step's layers reuse each other's cached blocks of similar sizes; so at the
+/// peak of the live tensors it holds about one such working set, when that is below its bound.
+/// Measured (`cargo xtask bench plan`, stop 41): the seed model's stem at 224 px, whose
+/// convolutions' temporaries are larger than the bound, fills it (RSS 160 MiB above the live
+/// tensors, bound 161 MiB); ViViT without recompute, whose temporaries are a few token-sized
+/// values, stayed about 50 MiB above its live tensors, the runtime's share, with 135 MiB of
+/// bound; r3d_18 at 32 px, 50 MiB with 163 MiB of bound.
+fn largest_transient(input: &PlanInput) -> u64 {
+    let training = input.layers.iter().map(|layer| {
+        let replay = if layer.recomputed { layer.replay_peak } else { 0 };
+        layer.forward_extra.max(layer.backward_extra).max(replay)
+    });
+    let inference = input.inference_layers.iter().map(|layer| layer.inference_extra);
+    training.chain(inference).max().unwrap_or(0)
+}
+
 impl MemoryPlan {
     /// Combines `input` into per-component peaks.
     pub fn build(input: &PlanInput) -> Self {
@@ -353,13 +372,14 @@ impl MemoryPlan {
                 ActivationHome::Device => 0,
             };
             let tensors = sum(&host) - input.runtime_bytes - validation_excess;
+            let bound = tensors * input.allocator_slack_percent / 100;
             host.push(Component {
                 name: format!(
-                    "allocator reuse pool (at most {} % of the host tensors, \
-                     trainer.allocator_slack_percent)",
+                    "allocator reuse pool (the step's largest transient, at most {} % of the \
+                     host tensors, trainer.allocator_slack_percent)",
                     input.allocator_slack_percent
                 ),
-                bytes: tensors * input.allocator_slack_percent / 100,
+                bytes: bound.min(largest_transient(input)),
             });
         }
         Self {

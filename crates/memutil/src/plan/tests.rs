@@ -109,14 +109,22 @@ fn the_plan_adds_components_where_they_live() {
     // adds 8000 - (4000 + 1600 + 320) = 2080.
     assert_eq!(cpu.host_peak_bytes, 7 + 17_920 + 2080 + 150);
     assert_eq!(cpu.device_peak_bytes, 0);
-    // The reuse pool's bound: a quarter of everything but the runtime.
-    let pooled = MemoryPlan::build(&PlanInput {
-        home: ActivationHome::Host,
-        allocator_slack_percent: 25,
-        ..input
-    });
+    // The reuse pool: the step's largest transient (here validation's 250, which stays below
+    // the training step's activations), within the bound, a share of everything but the runtime.
+    let mut validation = layer("a", 100, 10, false);
+    validation.inference_extra = 250;
+    let pooled = |percent| {
+        MemoryPlan::build(&PlanInput {
+            home: ActivationHome::Host,
+            allocator_slack_percent: percent,
+            inference_layers: vec![validation.clone()],
+            ..input.clone()
+        })
+        .host_peak_bytes
+    };
     let unpooled = 7 + 17_920 + 2080 + 150;
-    assert_eq!(pooled.host_peak_bytes, unpooled + (unpooled - 7) / 4);
+    assert_eq!(pooled(25), unpooled + 250);
+    assert_eq!(pooled(1), unpooled + (unpooled - 7) / 100);
 }
 
 #[test]

@@ -98,15 +98,21 @@ impl ActivationCosts {
                 let scores = clips * heads * tokens * tokens;
                 let block_rows = tokens.min(crate::layers::encoder::QUERY_BLOCK_TOKENS);
                 let block_scores = clips * heads * block_rows * tokens;
-                // Two LayerNorms (3 each + output), q/k/v copies, context copy, residual inputs;
-                // GELU input and output; softmax keeps exp and its result; dropout adds a mask
-                // per use (attention weights, after attention, hidden, after feed-forward).
-                let (token_copies, hidden_copies, score_copies) =
-                    if dropout { (15, 3, 4) } else { (13, 2, 2) };
+                // On the CPU each part is one op (`precision::tracked_layer_norm`,
+                // `tracked_linear`, `encoder::tracked_attention`, `layers::gelu`): the block keeps
+                // its input and the residual sum (each LayerNorm's input), both LayerNorms'
+                // outputs (the next linear layers' inputs), the projected q/k/v (attention's
+                // input), the softmax's probabilities, the context (the output projection's
+                // input), the feed-forward hidden values (GELU's input) and GELU's output (the
+                // second linear layer's input); dropout adds a mask per use after attention and
+                // in the feed-forward half, and the dropped hidden values. Forward, attention
+                // collects the heads' contexts before placing them; backward, its heads'
+                // gradients of q/k/v (f32) beside the gradient it writes.
+                let (token_copies, hidden_copies) = if dropout { (10, 3) } else { (8, 2) };
                 let mut costs = Self::new(
-                    token_copies * token_values + hidden_copies * hidden + score_copies * scores,
-                    2 * block_scores + hidden,
-                    3 * token_values + 2 * hidden + 3 * block_scores,
+                    token_copies * token_values + hidden_copies * hidden + scores,
+                    hidden.max(2 * token_values),
+                    7 * token_values + hidden,
                 );
                 if tokens > crate::layers::encoder::QUERY_BLOCK_TOKENS {
                     // Replayed in stages that do not overlap (see `replay_encoder_block`): the
@@ -114,7 +120,7 @@ impl ActivationCosts {
                     // block at a time. Each stage frees its graph as its backward runs; the
                     // factors are calibrated on ViViT at 224 px (`cargo xtask bench plan`).
                     let second_half = 5 * token_values + 2 * hidden;
-                    let attention_block = 5 * token_values + 2 * block_scores;
+                    let attention_block = 9 * token_values + block_scores;
                     costs.replay_peak = second_half.max(attention_block);
                 }
                 costs
