@@ -106,8 +106,8 @@ pub struct PlanInput {
     /// Where activations live.
     pub home: ActivationHome,
     /// What the host allocator's reuse pool may add to the host tensors' peak, in percent
-    /// (`trainer.allocator_slack_percent`; [`crate::reuse_pool`]). Priced at the step's largest
-    /// transient working set, at most this bound.
+    /// (`trainer.allocator_slack_percent`; [`crate::reuse_pool`]). Priced at the largest working
+    /// set the step frees before its peak ([`freed_before_peak`]), at most this bound.
     pub allocator_slack_percent: u64,
 }
 
@@ -146,15 +146,39 @@ pub struct MemoryPlan {
 /// plus its gradients and temporaries; a recomputed layer first replays its forward (its saved
 /// tensors, for one clip at a time when it replays per clip).
 pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) {
+    let moments = training_moments(layers, clips);
+    peak_moment(&moments).map_or((0, String::new()), |index| {
+        (moments[index].alive, moments[index].layer.to_string())
+    })
+}
+
+/// One moment of a training step: a layer's forward or backward.
+struct Moment<'a> {
+    /// Bytes alive while it runs.
+    alive: u64,
+    layer: &'a str,
+    /// Bytes it frees when it ends: its temporaries, and in backward the graph (or replay) it
+    /// kept for it.
+    freed: u64,
+}
+
+/// The index of the first moment with the most bytes alive.
+fn peak_moment(moments: &[Moment<'_>]) -> Option<usize> {
+    let mut peak: Option<usize> = None;
+    for (index, moment) in moments.iter().enumerate() {
+        if peak.is_none_or(|best| moment.alive > moments[best].alive) {
+            peak = Some(index);
+        }
+    }
+    peak
+}
+
+/// The moments of a training step in order (see [`activation_peak`]).
+fn training_moments(layers: &[ActivationLayer], clips: u64) -> Vec<Moment<'_>> {
     let clips = clips.max(1);
+    let mut moments = Vec::with_capacity(2 * layers.len());
     let mut kept_before = Vec::with_capacity(layers.len());
     let mut kept = 0u64;
-    let mut peak = (0u64, String::new());
-    let consider = |bytes: u64, name: &str, peak: &mut (u64, String)| {
-        if bytes > peak.0 {
-            *peak = (bytes, name.to_string());
-        }
-    };
     for (index, layer) in layers.iter().enumerate() {
         kept_before.push(kept);
         // While it runs: everything kept so far, its input, what it saves as it goes, its
@@ -169,11 +193,11 @@ pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) 
             layer.saved
         };
         let output = if layer.in_place { 0 } else { layer.output };
-        consider(
-            kept + input + saving + layer.forward_extra + output,
-            &layer.name,
-            &mut peak,
-        );
+        moments.push(Moment {
+            alive: kept + input + saving + layer.forward_extra + output,
+            layer: &layer.name,
+            freed: layer.forward_extra,
+        });
         kept += if layer.recomputed {
             layer.kept_input.unwrap_or(input)
         } else {
@@ -210,13 +234,37 @@ pub fn activation_peak(layers: &[ActivationLayer], clips: u64) -> (u64, String) 
         } else {
             layer.backward_extra
         };
-        consider(
-            kept_before[index] + own + replay + backward + layer.output + last_output,
-            &layer.name,
-            &mut peak,
-        );
+        moments.push(Moment {
+            alive: kept_before[index] + own + replay + backward + layer.output + last_output,
+            layer: &layer.name,
+            freed: own + replay + backward,
+        });
     }
-    peak
+    moments
+}
+
+/// The most bytes one moment of the training step frees before the step's activation peak (the
+/// first moment of [`activation_peak`]), or before its end when `whole_step` (a validation
+/// peak comes after it). The host allocator's reuse pool caches freed blocks, and the step's
+/// later moments reuse cached blocks of the sizes they free; so at the peak it holds about the
+/// largest working set freed before it (measured, `cargo xtask bench plan`, stop 41: the seed
+/// model's stem at 224 px, whose convolutions' temporaries exceed the pool's bound, fills it —
+/// RSS 160 MiB above the live tensors, bound 161 MiB; r3d_18 at 112 px with every block
+/// replayed, about 50 MiB above them beside 250 MiB of bound, the replay at the peak being
+/// the largest one; ViViT without recompute, whose temporaries are a few token-sized values, no
+/// more than the runtime's share above them).
+pub fn freed_before_peak(layers: &[ActivationLayer], clips: u64, whole_step: bool) -> u64 {
+    let moments = training_moments(layers, clips);
+    let before = if whole_step {
+        moments.len()
+    } else {
+        peak_moment(&moments).unwrap_or(0)
+    };
+    moments[..before]
+        .iter()
+        .map(|moment| moment.freed)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The peak of a forward pass without autodiff (validation, inference): one layer at a time holds
@@ -243,24 +291,6 @@ pub fn inference_peak(layers: &[ActivationLayer], clips: u64, input_bytes: u64) 
         }
     }
     peak
-}
-
-/// The most bytes one layer holds only while it runs: its forward's or backward's temporaries,
-/// its replay's graph, or its forward without autodiff. The reuse pool caches blocks the step
-/// has freed, and the step's layers reuse each other's cached blocks of similar sizes; so at the
-/// peak of the live tensors it holds about one such working set, when that is below its bound.
-/// Measured (`cargo xtask bench plan`, stop 41): the seed model's stem at 224 px, whose
-/// convolutions' temporaries are larger than the bound, fills it (RSS 160 MiB above the live
-/// tensors, bound 161 MiB); ViViT without recompute, whose temporaries are a few token-sized
-/// values, stayed about 50 MiB above its live tensors, the runtime's share, with 135 MiB of
-/// bound; r3d_18 at 32 px, 50 MiB with 163 MiB of bound.
-fn largest_transient(input: &PlanInput) -> u64 {
-    let training = input.layers.iter().map(|layer| {
-        let replay = if layer.recomputed { layer.replay_peak } else { 0 };
-        layer.forward_extra.max(layer.backward_extra).max(replay)
-    });
-    let inference = input.inference_layers.iter().map(|layer| layer.inference_extra);
-    training.chain(inference).max().unwrap_or(0)
 }
 
 impl MemoryPlan {
@@ -372,14 +402,21 @@ impl MemoryPlan {
                 ActivationHome::Device => 0,
             };
             let tensors = sum(&host) - input.runtime_bytes - validation_excess;
+            let pool_at_peak = if validation_excess > 0 {
+                let inference = input.inference_layers.iter().map(|layer| layer.inference_extra);
+                freed_before_peak(&input.layers, input.clips, true)
+                    .max(inference.max().unwrap_or(0))
+            } else {
+                freed_before_peak(&input.layers, input.clips, false)
+            };
             let bound = tensors * input.allocator_slack_percent / 100;
             host.push(Component {
                 name: format!(
-                    "allocator reuse pool (the step's largest transient, at most {} % of the \
-                     host tensors, trainer.allocator_slack_percent)",
+                    "allocator reuse pool (what the step freed before its peak, at most {} % \
+                     of the host tensors, trainer.allocator_slack_percent)",
                     input.allocator_slack_percent
                 ),
-                bytes: bound.min(largest_transient(input)),
+                bytes: bound.min(pool_at_peak),
             });
         }
         Self {

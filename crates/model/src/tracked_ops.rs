@@ -3,8 +3,9 @@
 //! models are generic over `B`. The tensors of a generic `B` are taken as burn-flex's autodiff
 //! tensors when that is what they are (the downcast [`crate::cpu_kernels`] makes for plain
 //! burn-flex tensors), and given back as `B`'s after the op; on any other backend the caller
-//! composes Burn's ops. The ops: `layers::conv3d::tracked` (a convolution) and
-//! `layers::batch_norm::tracked` (BatchNorm, with or without ReLU).
+//! composes Burn's ops. The ops: `layers::conv3d::tracked` (a convolution),
+//! `layers::batch_norm::tracked` (BatchNorm, with or without ReLU), `precision::tracked_linear`,
+//! `precision::tracked_layer_norm`, `layers::gelu` and `layers::encoder::tracked_attention`.
 
 use std::any::Any;
 

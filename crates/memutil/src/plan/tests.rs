@@ -109,22 +109,61 @@ fn the_plan_adds_components_where_they_live() {
     // adds 8000 - (4000 + 1600 + 320) = 2080.
     assert_eq!(cpu.host_peak_bytes, 7 + 17_920 + 2080 + 150);
     assert_eq!(cpu.device_peak_bytes, 0);
-    // The reuse pool: the step's largest transient (here validation's 250, which stays below
-    // the training step's activations), within the bound, a share of everything but the runtime.
-    let mut validation = layer("a", 100, 10, false);
-    validation.inference_extra = 250;
+}
+
+/// The reuse pool is priced at the largest working set the step frees before its peak (a
+/// layer's forward temporaries here), within its bound (a share of everything but the runtime).
+#[test]
+fn the_reuse_pool_holds_what_the_step_freed_before_its_peak_within_its_bound() {
+    let mut first = layer("x", 0, 10, false);
+    first.forward_extra = 300;
+    let input = PlanInput {
+        parameters: 1000,
+        parameter_bytes: 4,
+        largest_layer_parameters: 400,
+        optimizer_state_bytes: 8000,
+        optimizer_state: "Adam moments".into(),
+        blockwise_optimizer_step: false,
+        clips: 1,
+        layers: vec![first, layer("a", 1000, 10, false)],
+        batch_bytes: 50,
+        pipeline_batches: 3,
+        input_tensor_bytes: 200,
+        inference_layers: vec![layer("a", 100, 10, false)],
+        inference_input_tensor_bytes: 50,
+        inference_batch: 2,
+        inference_clips: 2,
+        decoded_cache_bytes: 0,
+        runtime_bytes: 7,
+        home: ActivationHome::Host,
+        allocator_slack_percent: 0,
+    };
+    // The peak is a's forward (1000 saved beside x's output and its own); x's 300 were freed.
+    assert_eq!(freed_before_peak(&input.layers, 1, false), 300);
     let pooled = |percent| {
         MemoryPlan::build(&PlanInput {
-            home: ActivationHome::Host,
             allocator_slack_percent: percent,
-            inference_layers: vec![validation.clone()],
             ..input.clone()
         })
         .host_peak_bytes
     };
-    let unpooled = 7 + 17_920 + 2080 + 150;
-    assert_eq!(pooled(25), unpooled + 250);
+    let unpooled = pooled(0);
+    assert_eq!(pooled(25), unpooled + 300);
     assert_eq!(pooled(1), unpooled + (unpooled - 7) / 100);
+    assert!((unpooled - 7) / 100 < 300);
+}
+
+/// What a replay frees after the peak is not in the pool at the peak; a whole step (before a
+/// validation peak) counts every moment.
+#[test]
+fn only_what_is_freed_before_the_peak_counts() {
+    let mut replayed = layer("early", 50, 10, true);
+    replayed.replay_peak = 400;
+    let layers = [replayed, layer("late", 1000, 10, false)];
+    // Forward: early keeps its input (0) and frees nothing; late saves 1000 (the peak).
+    assert_eq!(freed_before_peak(&layers, 1, false), 0);
+    // Backward: late frees its 1000, then early's replay frees 400 and its input.
+    assert_eq!(freed_before_peak(&layers, 1, true), 1000);
 }
 
 #[test]
