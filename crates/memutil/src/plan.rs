@@ -244,8 +244,7 @@ fn training_moments(layers: &[ActivationLayer], clips: u64) -> Vec<Moment<'_>> {
 }
 
 /// The most bytes one moment of the training step frees before the step's activation peak (the
-/// first moment of [`activation_peak`]), or before its end when `whole_step` (a validation
-/// peak comes after it). The host allocator's reuse pool caches freed blocks, and the step's
+/// first moment of [`activation_peak`]). The host allocator's reuse pool caches freed blocks, and the step's
 /// later moments reuse cached blocks of the sizes they free; so at the peak it holds about the
 /// largest working set freed before it (measured, `cargo xtask bench plan`, stop 41: the seed
 /// model's stem at 224 px, whose convolutions' temporaries exceed the pool's bound, fills it —
@@ -253,13 +252,9 @@ fn training_moments(layers: &[ActivationLayer], clips: u64) -> Vec<Moment<'_>> {
 /// replayed, about 50 MiB above them beside 250 MiB of bound, the replay at the peak being
 /// the largest one; ViViT without recompute, whose temporaries are a few token-sized values, no
 /// more than the runtime's share above them).
-pub fn freed_before_peak(layers: &[ActivationLayer], clips: u64, whole_step: bool) -> u64 {
+pub fn freed_before_peak(layers: &[ActivationLayer], clips: u64) -> u64 {
     let moments = training_moments(layers, clips);
-    let before = if whole_step {
-        moments.len()
-    } else {
-        peak_moment(&moments).unwrap_or(0)
-    };
+    let before = peak_moment(&moments).unwrap_or(0);
     moments[..before]
         .iter()
         .map(|moment| moment.freed)
@@ -402,14 +397,9 @@ impl MemoryPlan {
                 ActivationHome::Device => 0,
             };
             let tensors = sum(&host) - input.runtime_bytes - validation_excess;
-            let pool_at_peak = if validation_excess > 0 {
-                let inference = input.inference_layers.iter().map(|layer| layer.inference_extra);
-                freed_before_peak(&input.layers, input.clips, true)
-                    .max(inference.max().unwrap_or(0))
-            } else {
-                freed_before_peak(&input.layers, input.clips, false)
-            };
             let bound = tensors * input.allocator_slack_percent / 100;
+            // At a validation peak the pool holds what the training step left: the same.
+            let pool_at_peak = freed_before_peak(&input.layers, input.clips);
             host.push(Component {
                 name: format!(
                     "allocator reuse pool (what the step freed before its peak, at most {} % \
