@@ -132,9 +132,15 @@ impl ActivationCosts {
             // second convolution its input (the first BatchNorm + ReLU's output), the last ReLU
             // its output. Backward holds the output's and input's gradients and the kernels'
             // column buffers (a few MiB).
+            // A replay frees the kept tensors as its backward passes them: it peaks at them and
+            // one gradient (measured on r3d_18 at 112 px with every block replayed, stop 41: 1000
+            // MiB of live tensors where the sum of both gradients priced 1075).
             LayerRole::ResidualBlock { downsample } => {
                 let norms = if downsample { 3 } else { 2 };
-                Self::new((norms + 2) * output, 2 * output, input + output).inference(2 * output)
+                let mut costs = Self::new((norms + 2) * output, 2 * output, input + output)
+                    .inference(2 * output);
+                costs.replay_peak = (norms + 2) * output + input.max(output);
+                costs
             }
             // The permuted copy of the keypoints and BatchNorm's centred values.
             LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),
@@ -144,7 +150,8 @@ impl ActivationCosts {
             // measured peaks are lower (`cargo xtask bench plan`, ST-GCN at 64 frames, batch 16:
             // about `partitions + 1` outputs per block, some of those operands being shared or
             // freed early), and the rule follows the measurement, a dropout mask on top. A
-            // replayed block peaks at its input and about three outputs.
+            // replayed block peaks at its input and about four outputs (measured at 64 frames,
+            // batch 16, stop 41: 249 MiB of live tensors where three outputs made 236).
             LayerRole::GraphBlock {
                 partitions,
                 residual_conv,
@@ -156,7 +163,7 @@ impl ActivationCosts {
                     input + (1 + usize::from(residual_conv)) * output,
                 )
                 .inference((partitions + 1) * output);
-                costs.replay_peak = input + 3 * output;
+                costs.replay_peak = input + 4 * output;
                 costs
             }
             // Op by op (the rules above): RMSNorm keeps about three copies of the block's input,
