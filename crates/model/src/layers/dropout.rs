@@ -8,12 +8,16 @@
 //! pool, with the `1 / (1 − p)` scale folded in, so dropout is one multiplication. The mask depends
 //! on the seed and the element's index alone, not on how many threads drew it. The seed is drawn
 //! from the backend's generator, so seeding the backend (the recompute engine replays a segment
-//! that way) replays the same masks. Other backends (CUDA) keep Burn's `Dropout`.
+//! that way) replays the same masks. In training the mask is applied by one autodiff op
+//! (`tracked`) that redraws it in backward instead of keeping it. Other backends (CUDA) keep
+//! Burn's `Dropout`.
 
 use burn::nn::Dropout;
 use burn::prelude::*;
 use burn::tensor::{DType, Distribution, TensorData, bf16, f16};
 use rayon::prelude::*;
+
+mod tracked;
 
 /// Elements drawn per task: large enough that a task outweighs its scheduling.
 const MASK_CHUNK: usize = 1 << 15;
@@ -33,9 +37,29 @@ pub fn dropout<B: Backend, const D: usize>(module: &Dropout, input: Tensor<B, D>
     {
         return module.forward(input);
     }
-    let seed = draw_seed::<B>(&device);
-    let mask = keep_mask(input.shape(), dtype, module.prob, seed);
-    input * Tensor::from_data(mask, (&device, dtype))
+    let mask = DropMask::draw::<B>(module.prob, &device);
+    match tracked::dropout_tracked(input, mask) {
+        Ok(output) => output,
+        Err(input) => times_mask(input, mask),
+    }
+}
+
+/// [`dropout`] as the input times a mask tensor (the reference the op is tested against), its
+/// seed drawn from the backend's generator.
+#[cfg(test)]
+fn dropout_composed<B: Backend, const D: usize>(
+    module: &Dropout,
+    input: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let mask = DropMask::draw::<B>(module.prob, &input.device());
+    times_mask(input, mask)
+}
+
+/// `input` times the tensor of `mask`'s factors.
+fn times_mask<B: Backend, const D: usize>(input: Tensor<B, D>, mask: DropMask) -> Tensor<B, D> {
+    let (device, dtype) = (input.device(), input.dtype());
+    let factors = keep_mask(input.shape(), dtype, mask);
+    input * Tensor::from_data(factors, (&device, dtype))
 }
 
 /// 64 bits from the backend's generator (two f32 draws, their bit patterns joined).
@@ -93,10 +117,9 @@ impl DropMask {
     }
 }
 
-/// The mask of `shape` in `dtype`: 0 with probability `prob`, else `1 / (1 − prob)`.
-fn keep_mask(shape: burn::tensor::Shape, dtype: DType, prob: f64, seed: u64) -> TensorData {
+/// The factors of `mask` over `shape` in `dtype`: 0 where it drops, else `1 / (1 − prob)`.
+fn keep_mask(shape: burn::tensor::Shape, dtype: DType, mask: DropMask) -> TensorData {
     let count = shape.num_elements();
-    let mask = DropMask::new(prob, seed);
     let scale = mask.scale;
     let dropped = move |index: usize| mask.dropped(index);
     match dtype {

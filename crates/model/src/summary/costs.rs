@@ -36,7 +36,7 @@ impl ActivationCosts {
         self
     }
 
-    pub(super) fn of(layer: &LayerSummary, input: usize, clips: usize, dropout: bool) -> Self {
+    pub(super) fn of(layer: &LayerSummary, input: usize, clips: usize) -> Self {
         let output = layer.output_elements();
         match layer.role {
             // A convolution keeps its input (for the weight gradient) and is differentiated by
@@ -104,11 +104,11 @@ impl ActivationCosts {
                 // outputs (the next linear layers' inputs), the projected q/k/v (attention's
                 // input), the softmax's probabilities, the context (the output projection's
                 // input), the feed-forward hidden values (GELU's input) and GELU's output (the
-                // second linear layer's input); dropout adds a mask per use after attention and
-                // in the feed-forward half, and the dropped hidden values. Forward, attention
-                // collects the heads' contexts before placing them; backward, its heads'
-                // gradients of q/k/v (f32) beside the gradient it writes.
-                let (token_copies, hidden_copies) = if dropout { (10, 3) } else { (8, 2) };
+                // second linear layer's input; with dropout, the dropped values instead: the
+                // dropout op keeps no mask, `layers::dropout`). Forward, attention collects the
+                // heads' contexts before placing them; backward, its heads' gradients of q/k/v
+                // (f32) beside the gradient it writes.
+                let (token_copies, hidden_copies) = (8, 2);
                 let mut costs = Self::new(
                     token_copies * token_values + hidden_copies * hidden + scores,
                     hidden.max(2 * token_values),
@@ -149,14 +149,15 @@ impl ActivationCosts {
             // dropout mask and the residual's BatchNorm: about `partitions + 6` outputs. The
             // measured peaks are lower (`cargo xtask bench plan`, ST-GCN at 64 frames, batch 16:
             // about `partitions + 1` outputs per block, some of those operands being shared or
-            // freed early), and the rule follows the measurement, a dropout mask on top. A
+            // freed early), and the rule follows the measurement (dropout keeps no mask on the
+            // CPU: `layers::dropout`'s op redraws it in backward). A
             // replayed block peaks at its input and about four outputs (measured at 64 frames,
             // batch 16, stop 41: 249 MiB of live tensors where three outputs made 236).
             LayerRole::GraphBlock {
                 partitions,
                 residual_conv,
             } => {
-                let copies = partitions + 1 + usize::from(dropout);
+                let copies = partitions + 1;
                 let mut costs = Self::new(
                     input + copies * output,
                     2 * output,

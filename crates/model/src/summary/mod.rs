@@ -220,14 +220,13 @@ impl ActionModelConfig {
             segment: None,
             ..LayerSummary::default()
         });
-        let dropout = self.dropout() > 0.0;
         let mut input_elements = 0;
         for (index, layer) in layers.iter_mut().enumerate() {
             if let Some(&(_, chain_input)) = chain_inputs.iter().find(|(first, _)| *first == index)
             {
                 input_elements = chain_input;
             }
-            let costs = ActivationCosts::of(layer, input_elements, clips, dropout);
+            let costs = ActivationCosts::of(layer, input_elements, clips);
             layer.saved_elements = costs.saved;
             layer.forward_extra_elements = costs.forward_extra;
             layer.backward_extra_elements = costs.backward_extra;
