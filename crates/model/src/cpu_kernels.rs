@@ -63,14 +63,13 @@ pub fn cast<B: Backend, const D: usize>(
     if from == to || !supported(from) || !supported(to) || !enabled::<B>(&device) {
         return tensor.cast(dtype);
     }
-    let data = tensor.into_data();
     let converted = match (from, to) {
-        (DType::F32, DType::BF16) => convert(&data, bf16::from_f32),
-        (DType::F32, DType::F16) => convert(&data, f16::from_f32),
-        (DType::BF16, DType::F32) => convert(&data, bf16::to_f32),
-        (DType::F16, DType::F32) => convert(&data, f16::to_f32),
-        (DType::BF16, DType::F16) => convert(&data, |v: bf16| f16::from_f32(v.to_f32())),
-        (DType::F16, DType::BF16) => convert(&data, |v: f16| bf16::from_f32(v.to_f32())),
+        (DType::F32, DType::BF16) => convert(tensor, bf16::from_f32),
+        (DType::F32, DType::F16) => convert(tensor, f16::from_f32),
+        (DType::BF16, DType::F32) => convert(tensor, bf16::to_f32),
+        (DType::F16, DType::F32) => convert(tensor, f16::to_f32),
+        (DType::BF16, DType::F16) => convert(tensor, |v: bf16| f16::from_f32(v.to_f32())),
+        (DType::F16, DType::BF16) => convert(tensor, |v: f16| bf16::from_f32(v.to_f32())),
         _ => unreachable!("both dtypes are f32, bf16 or f16 and differ"),
     };
     Tensor::from_data(converted, (&device, to))
@@ -249,16 +248,24 @@ half_host_float!(bf16 => BF16, f16 => F16);
 /// Elements converted per task: large enough that a task outweighs its scheduling.
 const CAST_CHUNK: usize = 1 << 16;
 
-/// `data`'s values (of type `S`) mapped by `each` to a new buffer, in parallel.
-fn convert<S, T>(data: &TensorData, each: impl Fn(S) -> T + Sync) -> TensorData
+/// `tensor`'s values (stored as `S`) mapped by `each` to a new buffer, in parallel, read where
+/// burn-flex stores them ([`stored`]): `into_data` copied a shared tensor twice on one thread
+/// first — every f32 master weight a layer rounds to bf16, on every pass (ViViT's bf16 step at
+/// micro-batch 1 spent 60 % of its linear layers' backward there).
+fn convert<S, T, B, const D: usize>(
+    tensor: Tensor<B, D>,
+    each: impl Fn(S) -> T + Sync,
+) -> TensorData
 where
-    S: burn::tensor::Element + Copy + Sync,
+    S: HostFloat,
     T: burn::tensor::Element + Copy + Send + Default,
+    B: Backend,
 {
-    let source = data.as_slice::<S>().expect("the dtype was checked");
+    let shape = tensor.shape();
+    let source = stored::<S, B, D>(tensor);
     let mut target = vec![T::default(); source.len()];
-    convert_into(source, &mut target, each);
-    TensorData::new(target, data.shape.clone())
+    convert_into(&source, &mut target, each);
+    TensorData::new(target, shape)
 }
 
 /// `target[i] = each(source[i])`, in parallel over chunks of [`CAST_CHUNK`].
