@@ -93,3 +93,14 @@ pub(crate) fn register(grads: &mut Gradients, node: Option<NodeId>, gradient: Op
         grads.register::<Flex>(node, gradient);
     }
 }
+
+/// A per-channel parameter's gradient (γ's, β's: summed in f32) as a burn-flex tensor in the
+/// parameter's `dtype`.
+pub(crate) fn parameter_gradient(values: Vec<f32>, dtype: burn::tensor::DType) -> FlexTensor {
+    let length = values.len();
+    let gradient = Tensor::<Flex, 1>::from_data(
+        burn::tensor::TensorData::new(values, [length]),
+        &Default::default(),
+    );
+    flex(crate::cpu_kernels::cast(gradient, dtype))
+}

@@ -23,7 +23,8 @@ use rayon::prelude::*;
 use crate::cpu_kernels::{HostFloat, cast, floats, stored};
 use crate::layers::norm_relu_host::lane_sum;
 use crate::tracked_ops::{
-    TrackedHost, flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+    TrackedHost, flex, from_tracked_host, host, parameter_gradient, parent_ids, record, register,
+    tracked_host,
 };
 
 /// ε of every LayerNorm vidtrain builds (PyTorch's and Burn's default). Burn keeps a
@@ -210,16 +211,10 @@ impl<const N: usize> Backward<Flex, N> for NormOnHost<N> {
             gamma: gamma_gradient,
             beta: beta_gradient,
         } = gradients;
-        let device = Default::default();
-        let vector = |values: Vec<f32>| {
-            let length = values.len();
-            flex(cast(
-                Tensor::<Flex, 1>::from_data(TensorData::new(values, [length]), &device),
-                parameter_dtype,
-            ))
-        };
-        register(grads, gamma_node, Some(vector(gamma_gradient)));
-        register(grads, beta_node, Some(vector(beta_gradient)));
+        let gamma_gradient = parameter_gradient(gamma_gradient, parameter_dtype);
+        register(grads, gamma_node, Some(gamma_gradient));
+        let beta_gradient = parameter_gradient(beta_gradient, parameter_dtype);
+        register(grads, beta_node, Some(beta_gradient));
         let input_gradient =
             input_gradient.map(|gradient| Flex::float_reshape(flex(gradient), shape));
         register(grads, input_node, input_gradient);

@@ -23,7 +23,7 @@ use super::{ReluGate, training_on_host};
 use crate::cpu_kernels::{HostFloat, cast, stored, values};
 use crate::layers::norm_relu_host::ChannelNorm;
 use crate::tracked_ops::{
-    flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+    flex, from_tracked_host, host, parameter_gradient, parent_ids, record, register, tracked_host,
 };
 
 /// `norm` (then a ReLU when `relu`) with batch statistics over axis 1 of `x` (`[n, c, ...]`),
@@ -99,16 +99,10 @@ impl Backward<Flex, 3> for NormOnHost {
                 wants_input,
             ),
         };
-        let device = Default::default();
-        let vector = |values: Vec<f32>| {
-            let length = values.len();
-            flex(cast(
-                Tensor::<Flex, 1>::from_data(TensorData::new(values, [length]), &device),
-                parameter_dtype,
-            ))
-        };
-        register(grads, gamma_node, Some(vector(gamma_gradient)));
-        register(grads, beta_node, Some(vector(beta_gradient)));
+        let gamma_gradient = parameter_gradient(gamma_gradient, parameter_dtype);
+        register(grads, gamma_node, Some(gamma_gradient));
+        let beta_gradient = parameter_gradient(beta_gradient, parameter_dtype);
+        register(grads, beta_node, Some(beta_gradient));
         let input_gradient = input_gradient
             .map(|gradient| Flex::float_reshape(flex(cast(gradient, input_dtype)), shape));
         register(grads, input_node, input_gradient);
