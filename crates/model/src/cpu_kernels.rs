@@ -34,6 +34,11 @@ pub fn computes_on_host<B: Backend>(device: &B::Device) -> bool {
             == Some(HOST)
 }
 
+/// Whether the host kernels read and write `dtype` (f32, bf16, f16: [`HostFloat`]).
+pub(crate) fn host_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+}
+
 /// `Backend::name` of the CPU backend, burn-flex.
 const HOST: &str = "flex";
 
@@ -59,8 +64,7 @@ pub fn cast<B: Backend, const D: usize>(
     let device = tensor.device();
     let from = tensor.dtype();
     let to = DType::from(dtype);
-    let supported = |dtype: DType| matches!(dtype, DType::F32 | DType::BF16 | DType::F16);
-    if from == to || !supported(from) || !supported(to) || !enabled::<B>(&device) {
+    if from == to || !host_float(from) || !host_float(to) || !enabled::<B>(&device) {
         return tensor.cast(dtype);
     }
     let converted = match (from, to) {

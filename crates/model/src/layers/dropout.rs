@@ -32,9 +32,7 @@ pub fn dropout<B: Backend, const D: usize>(module: &Dropout, input: Tensor<B, D>
         return input;
     }
     let dtype = input.dtype();
-    if !crate::cpu_kernels::host_tensors::<B>(&device)
-        || !matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-    {
+    if !crate::cpu_kernels::host_tensors::<B>(&device) || !crate::cpu_kernels::host_float(dtype) {
         return module.forward(input);
     }
     let mask = DropMask::draw::<B>(module.prob, &device);

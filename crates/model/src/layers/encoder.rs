@@ -4,8 +4,6 @@ use crate::layers::gelu::gelu;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
-use burn::tensor::DType;
-
 use crate::layers::dropout::{DropMask, dropout};
 use crate::precision::{layer_norm, linear, softmax_f32};
 use std::ops::Range;
@@ -134,8 +132,9 @@ impl<B: Backend> EncoderBlock<B> {
         dropout_seed: Option<u64>,
     ) -> Tensor<B, 3> {
         let device = qkv.device();
-        let host_float = matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16);
-        if !host_float || !crate::cpu_kernels::host_tensors::<B>(&device) {
+        if !crate::cpu_kernels::host_float(qkv.dtype())
+            || !crate::cpu_kernels::host_tensors::<B>(&device)
+        {
             return self.attention_rows_composed(qkv, rows, dropout_seed);
         }
         let [batch, tokens, width] = qkv.dims();

@@ -19,7 +19,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, cast, stored};
+use crate::cpu_kernels::{HostFloat, cast, convert_into, host_float, stored};
 use crate::fast_math::{erf, exp};
 use crate::tracked_ops::{
     flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
@@ -32,23 +32,15 @@ const CHUNK: usize = 1 << 14;
 /// backend (evaluation) the same host pass; elsewhere Burn's `gelu`.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
-    if !crate::cpu_kernels::host_tensors::<B>(&device) || !host_float(x.dtype()) {
-        return burn::tensor::activation::gelu(x);
-    }
-    if B::ad_enabled(&device) {
-        return match gelu_tracked(x.clone()) {
-            Some(output) => output,
-            None => burn::tensor::activation::gelu(x),
-        };
-    }
-    if crate::cpu_kernels::enabled::<B>(&device) {
-        return forward_on_host(x);
+    if crate::cpu_kernels::host_tensors::<B>(&device) && host_float(x.dtype()) {
+        if !B::ad_enabled(&device) {
+            return forward_on_host(x);
+        }
+        if let Some(output) = gelu_tracked(x.clone()) {
+            return output;
+        }
     }
     burn::tensor::activation::gelu(x)
-}
-
-fn host_float(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }
 
 /// GELU as one autodiff op when `x` is a burn-flex tensor under autodiff, else `None`.
@@ -77,14 +69,7 @@ fn map_as<T: HostFloat, B: Backend, const D: usize>(
     let (shape, device) = (x.shape(), x.device());
     let x = stored::<T, _, D>(x);
     let mut output = vec![T::from_f32(0.0); x.len()];
-    output
-        .par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(output, x)| {
-            for (output, &x) in output.iter_mut().zip(x) {
-                *output = T::from_f32(each(x.to_f32()));
-            }
-        });
+    convert_into(&x, &mut output, |x: T| T::from_f32(each(x.to_f32())));
     Tensor::from_data(TensorData::new(output, shape), (&device, T::dtype()))
 }
 

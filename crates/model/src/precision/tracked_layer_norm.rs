@@ -20,7 +20,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, cast, floats, stored};
+use crate::cpu_kernels::{HostFloat, cast, floats, host_float, stored};
 use crate::layers::norm_relu_host::lane_sum;
 use crate::tracked_ops::{
     TrackedHost, flex, from_tracked_host, host, parameter_gradient, parent_ids, record, register,
@@ -43,7 +43,7 @@ pub(super) fn layer_norm_tracked<B: Backend, const D: usize>(
     norm: &LayerNorm<B>,
     x: Tensor<B, D>,
 ) -> Option<Tensor<B, D>> {
-    if !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    if !host_float(x.dtype()) {
         return None;
     }
     let x = tracked_host(x)?;
@@ -64,7 +64,7 @@ pub(super) fn layer_norm_on_host<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Result<Tensor<B, D>, Tensor<B, D>> {
     let dtype = x.dtype();
-    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+    if !host_float(dtype) {
         return Err(x);
     }
     let shape = x.dims();

@@ -34,7 +34,7 @@ pub(super) fn linear_tracked<B: Backend, const D: usize>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Option<Tensor<B, D>> {
-    if !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    if !crate::cpu_kernels::host_float(x.dtype()) {
         return None;
     }
     let shape = x.dims();

@@ -35,7 +35,7 @@ pub(super) fn norm_tracked<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     relu: bool,
 ) -> Option<Tensor<B, D>> {
-    if !matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    if !crate::cpu_kernels::host_float(x.dtype()) {
         return None;
     }
     let shape = x.dims();
