@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, cast, stored};
+use crate::cpu_kernels::{HostFloat, cast, host_float, stored};
 use crate::fast_math::exp;
 use crate::gemm_bf16::{Matrix, Update};
 use crate::gemm_f32::gemm;
@@ -90,7 +90,7 @@ pub(super) fn attention_tracked<B: Backend>(
     geometry: Geometry,
     mask: Option<DropMask>,
 ) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
-    if !matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    if !host_float(qkv.dtype()) {
         return Err(qkv);
     }
     let Some(tracked) = tracked_host(qkv.clone()) else {
@@ -117,7 +117,7 @@ pub(super) fn attention_on_host<B: Backend>(
     qkv: Tensor<B, 3>,
     geometry: Geometry,
 ) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
-    if !matches!(qkv.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+    if !host_float(qkv.dtype()) {
         return Err(qkv);
     }
     Ok(forward_on_host(qkv, &geometry, None, false).0)
@@ -186,8 +186,11 @@ fn forward_as<T: HostFloat, B: Backend>(
                     .zip(&weights)
                     .for_each(|(kept, &value)| *kept = T::from_f32(value));
             }
-            if let Some(mask) = mask {
-                apply_mask(&mut weights, &mask, pair * pair_values);
+            if let Some(mask) = &mask {
+                apply_factors(
+                    &mut weights,
+                    &mask_factors(mask, pair * pair_values, pair_values),
+                );
             }
             let mut context = vec![0f32; rows * head_dim];
             gemm(
@@ -243,6 +246,13 @@ fn softmax_row(row: &mut [f32], scale: f32) {
     row.iter_mut().for_each(|value| *value *= inverse);
 }
 
+/// `mask`'s factors (0 or `1 / (1 − p)`) for the `count` elements from index `first` on.
+fn mask_factors(mask: &DropMask, first: usize, count: usize) -> Vec<f32> {
+    let mut factors = vec![1.0; count];
+    apply_mask(&mut factors, mask, first);
+    factors
+}
+
 /// `values[i] ← values[i] · (0 or 1 / (1 − p))` by `mask` at index `first + i`.
 fn apply_mask(values: &mut [f32], mask: &DropMask, first: usize) {
     let scale = mask.scale as f32;
@@ -253,6 +263,14 @@ fn apply_mask(values: &mut [f32], mask: &DropMask, first: usize) {
             scale
         };
     }
+}
+
+/// `values[i] ← values[i] · factors[i]`.
+fn apply_factors(values: &mut [f32], factors: &[f32]) {
+    values
+        .iter_mut()
+        .zip(factors)
+        .for_each(|(value, factor)| *value *= factor);
 }
 
 /// What the backward reads: the projected tokens, the softmax's probabilities, the sizes and
@@ -335,9 +353,13 @@ fn gradient_as<T: HostFloat>(
             };
             let kept = &probabilities[pair * pair_values..(pair + 1) * pair_values];
             let probability: Vec<f32> = kept.iter().map(|v| v.to_f32()).collect();
+            // The dropout's factors, drawn once for both products that read them.
+            let factors = mask
+                .as_ref()
+                .map(|mask| mask_factors(mask, pair * pair_values, pair_values));
             let mut weights = probability.clone();
-            if let Some(mask) = &mask {
-                apply_mask(&mut weights, mask, pair * pair_values);
+            if let Some(factors) = &factors {
+                apply_factors(&mut weights, factors);
             }
             let mut value_gradient = vec![0f32; tokens * head_dim];
             gemm(
@@ -356,8 +378,8 @@ fn gradient_as<T: HostFloat>(
                 tokens,
                 Update::Overwrite,
             );
-            if let Some(mask) = &mask {
-                apply_mask(&mut scores_gradient, mask, pair * pair_values);
+            if let Some(factors) = &factors {
+                apply_factors(&mut scores_gradient, factors);
             }
             for (gradient, probability) in scores_gradient
                 .chunks_mut(tokens.max(1))
