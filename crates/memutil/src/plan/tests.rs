@@ -72,9 +72,10 @@ fn a_per_clip_replay_divides_its_saved_tensors_by_the_clips() {
     assert_eq!(activation_peak(&layers, 4).0, 144);
 }
 
-#[test]
-fn the_plan_adds_components_where_they_live() {
-    let input = PlanInput {
+/// A small model's plan input (4000 bytes of weights, Adam, three pipeline batches, a runtime of
+/// 7) with `layers` in training, one layer `a` in validation, on the CPU (`home`: host).
+fn small_input(layers: Vec<ActivationLayer>) -> PlanInput {
+    PlanInput {
         parameters: 1000,
         parameter_bytes: 4,
         largest_layer_parameters: 400,
@@ -82,7 +83,7 @@ fn the_plan_adds_components_where_they_live() {
         optimizer_state: "Adam moments".into(),
         blockwise_optimizer_step: false,
         clips: 1,
-        layers: vec![layer("a", 100, 10, false)],
+        layers,
         batch_bytes: 50,
         pipeline_batches: 3,
         input_tensor_bytes: 200,
@@ -92,8 +93,16 @@ fn the_plan_adds_components_where_they_live() {
         inference_clips: 2,
         decoded_cache_bytes: 0,
         runtime_bytes: 7,
-        home: ActivationHome::Device,
+        home: ActivationHome::Host,
         allocator_slack_percent: 0,
+    }
+}
+
+#[test]
+fn the_plan_adds_components_where_they_live() {
+    let input = PlanInput {
+        home: ActivationHome::Device,
+        ..small_input(vec![layer("a", 100, 10, false)])
     };
     let plan = MemoryPlan::build(&input);
     // Device: weights 4000, gradients 4000, Adam 8000, step 1600 (the largest layer), input
@@ -117,27 +126,7 @@ fn the_plan_adds_components_where_they_live() {
 fn the_reuse_pool_holds_what_the_step_freed_before_its_peak_within_its_bound() {
     let mut first = layer("x", 0, 10, false);
     first.forward_extra = 300;
-    let input = PlanInput {
-        parameters: 1000,
-        parameter_bytes: 4,
-        largest_layer_parameters: 400,
-        optimizer_state_bytes: 8000,
-        optimizer_state: "Adam moments".into(),
-        blockwise_optimizer_step: false,
-        clips: 1,
-        layers: vec![first, layer("a", 1000, 10, false)],
-        batch_bytes: 50,
-        pipeline_batches: 3,
-        input_tensor_bytes: 200,
-        inference_layers: vec![layer("a", 100, 10, false)],
-        inference_input_tensor_bytes: 50,
-        inference_batch: 2,
-        inference_clips: 2,
-        decoded_cache_bytes: 0,
-        runtime_bytes: 7,
-        home: ActivationHome::Host,
-        allocator_slack_percent: 0,
-    };
+    let input = small_input(vec![first, layer("a", 1000, 10, false)]);
     // The peak is a's forward (1000 saved beside x's output and its own); x's 300 were freed.
     assert_eq!(freed_before_peak(&input.layers, 1), 300);
     let pooled = |percent| {
