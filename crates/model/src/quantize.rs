@@ -200,6 +200,99 @@ fn quantize_by_tensor_ops<B: Backend>(values: Tensor<B, 1>, bits: u32, seed: u64
     })
 }
 
+/// The compression of what the CPU's tracked ops keep (convolutions, BatchNorm, ReLU: the
+/// 3-D ResNet's and ST-GCN's blocks), for the stretch of kept segments being run on this thread.
+#[derive(Clone, Copy)]
+struct KeptScope {
+    bits: u32,
+    seed: u64,
+    /// Tensors kept so far in the stretch: each draws its rounding from its own seed.
+    count: u64,
+}
+
+thread_local! {
+    static KEPT_SCOPE: std::cell::Cell<Option<KeptScope>> = const { std::cell::Cell::new(None) };
+}
+
+/// While alive, the tracked ops recorded on this thread keep what their backward reads at `bits`
+/// bits (`model.activation_bits`), the k-th tensor's rounding drawn from a hash of `seed` and k:
+/// a segment run again with the same seed keeps the same codes. Autodiff records a segment's
+/// ops on the thread that runs its forward (the compute pool only splits their kernels).
+pub(crate) struct CompressedKeeping {
+    previous: Option<KeptScope>,
+}
+
+impl CompressedKeeping {
+    /// Starts compressing at `bits` (below 32) with rounding seeded by `seed`.
+    pub(crate) fn begin(bits: u32, seed: u64) -> Self {
+        let scope = KeptScope {
+            bits,
+            seed,
+            count: 0,
+        };
+        Self {
+            previous: KEPT_SCOPE.replace(Some(scope)),
+        }
+    }
+}
+
+impl Drop for CompressedKeeping {
+    fn drop(&mut self) {
+        KEPT_SCOPE.set(self.previous);
+    }
+}
+
+/// Whether tracked ops on this thread keep their tensors compressed now.
+pub(crate) fn compressing() -> bool {
+    KEPT_SCOPE.get().is_some()
+}
+
+/// The bits and the rounding seed of one more tensor a tracked op keeps, inside a
+/// [`CompressedKeeping`]; `None` outside one (keep it as computed).
+pub(crate) fn next_kept_codes() -> Option<(u32, u64)> {
+    let mut scope = KEPT_SCOPE.get()?;
+    scope.count += 1;
+    KEPT_SCOPE.set(Some(scope));
+    let seed = scope.seed ^ u64::from(mix(scope.count as u32)).rotate_left(29);
+    Some((scope.bits, seed))
+}
+
+/// Bit `i % 8` of byte `i / 8` set where value `i` is positive: which values a ReLU passed, kept
+/// instead of its output or beside a compressed input (a gate recomputed from dequantized values
+/// would close where the forward's was open for values within one step of 0).
+pub(crate) fn positive_bits<T: HostFloat>(values: &[T]) -> Vec<u8> {
+    let mut bits = vec![0u8; values.len().div_ceil(8)];
+    bits.par_chunks_mut(GATE_BYTES_PER_TASK)
+        .zip(values.par_chunks(GATE_BYTES_PER_TASK * 8))
+        .for_each(|(bits, values)| {
+            for (byte, values) in bits.iter_mut().zip(values.chunks(8)) {
+                *byte = values.iter().enumerate().fold(0, |byte, (bit, value)| {
+                    byte | (u8::from(value.to_f32() > 0.0) << bit)
+                });
+            }
+        });
+    bits
+}
+
+/// Zeroes `values` where `bits` ([`positive_bits`]) has a 0: a gradient through the ReLU.
+pub(crate) fn zero_where_closed<T: HostFloat>(bits: &[u8], values: &mut [T]) {
+    values
+        .par_chunks_mut(GATE_BYTES_PER_TASK * 8)
+        .zip(bits.par_chunks(GATE_BYTES_PER_TASK))
+        .for_each(|(values, bits)| {
+            for (values, byte) in values.chunks_mut(8).zip(bits) {
+                for (bit, value) in values.iter_mut().enumerate() {
+                    if byte >> bit & 1 == 0 {
+                        *value = T::from_f32(0.0);
+                    }
+                }
+            }
+        });
+}
+
+/// Bytes of a ReLU gate per parallel task.
+const GATE_BYTES_PER_TASK: usize = 1 << 14;
+
 /// A compressed clips activation `[n, c, t, h, w]` in host memory, as a kernel that reads it piece
 /// by piece takes it.
 #[derive(Clone, Copy)]

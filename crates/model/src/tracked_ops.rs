@@ -8,6 +8,7 @@
 //! `precision::tracked_layer_norm`, `layers::gelu` and `layers::encoder::tracked_attention`.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -16,8 +17,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::{DType, Shape, TensorMetadata, TensorPrimitive};
+
+use crate::quantize::{HostCodes, HostInput, Quantized, next_kept_codes};
 
 /// burn-flex's tensor under autodiff: what a float tensor of `Autodiff<Flex>` is.
 pub(crate) type TrackedHost = FloatTensor<Autodiff<Flex>>;
@@ -103,4 +106,71 @@ pub(crate) fn parameter_gradient(values: Vec<f32>, dtype: burn::tensor::DType) -
         &Default::default(),
     );
     flex(crate::cpu_kernels::cast(gradient, dtype))
+}
+
+/// A tensor an op keeps for its backward: as computed, or — inside a stretch that compresses what
+/// it keeps ([`crate::quantize::CompressedKeeping`], `model.activation_bits`) — as block codes,
+/// which the backward kernels restore a piece at a time.
+#[derive(Clone, Debug)]
+pub(crate) enum KeptTensor {
+    Whole(FlexTensor),
+    Codes(Arc<KeptCodes>),
+}
+
+/// The codes of a kept tensor, with its dtype and shape.
+pub(crate) struct KeptCodes {
+    pub(crate) codes: HostCodes,
+    pub(crate) dtype: DType,
+    pub(crate) shape: Vec<usize>,
+}
+
+impl std::fmt::Debug for KeptCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeptCodes({:?}, {:?})", self.dtype, self.shape)
+    }
+}
+
+impl KeptTensor {
+    /// `tensor` as the op keeps it: compressed inside a compressing stretch when its dtype is one
+    /// the host kernels read, else as it is (shared with whoever else holds it, not copied).
+    pub(crate) fn keep(tensor: FlexTensor) -> Self {
+        let Some((bits, seed)) = next_kept_codes() else {
+            return KeptTensor::Whole(tensor);
+        };
+        if !crate::cpu_kernels::host_float(tensor.dtype()) {
+            return KeptTensor::Whole(tensor);
+        }
+        let shape = tensor.shape().to_vec();
+        let length = shape.iter().product();
+        let flat = host::<1>(Flex::float_reshape(tensor, Shape::new([length])));
+        match Quantized::<Flex>::new(flat, bits, seed) {
+            Quantized::Host { codes, dtype, .. } => KeptTensor::Codes(Arc::new(KeptCodes {
+                codes,
+                dtype,
+                shape,
+            })),
+            Quantized::Tensors(_) => unreachable!("burn-flex tensors are quantized on the host"),
+        }
+    }
+
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            KeptTensor::Whole(tensor) => tensor.dtype(),
+            KeptTensor::Codes(kept) => kept.dtype,
+        }
+    }
+
+    /// The codes of a kept `[n, c, t, h, w]` activation as the convolution kernels read them.
+    pub(crate) fn host_input(kept: &KeptCodes) -> HostInput<'_> {
+        let dims: [usize; 5] = kept
+            .shape
+            .as_slice()
+            .try_into()
+            .expect("a convolution keeps a 5-D input");
+        HostInput {
+            codes: &kept.codes,
+            dims,
+            dtype: kept.dtype,
+        }
+    }
 }

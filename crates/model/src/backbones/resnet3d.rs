@@ -15,13 +15,13 @@
 
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use crate::chain::{
     Activation, BlockChain, ChainBlock, ChainConfig, SegmentChain, SegmentKind, pooled_features,
 };
 use crate::layers::batch_norm::{batch_norm_channels, batch_norm_relu_channels};
 use crate::layers::conv3d::{VideoConv3d, VideoConv3dConfig};
+use crate::layers::relu::relu_block_output;
 use crate::layers::stem::StemLayer;
 use crate::precision::mean_dim_f32;
 use crate::pytorch_names::PytorchNames;
@@ -192,7 +192,7 @@ impl<B: Backend> BasicBlock3d<B> {
         };
         let y = batch_norm_relu_channels(&self.bn1, self.conv1.forward(x));
         let y = batch_norm_channels(&self.bn2, self.conv2.forward(y));
-        relu(y + shortcut)
+        relu_block_output(y + shortcut)
     }
 }
 

@@ -15,7 +15,6 @@
 use burn::module::{Initializer, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
@@ -27,6 +26,7 @@ use crate::layers::conv_gemm::{ConvGeometry, conv3d_forward};
 use crate::layers::conv3d::conv3d_tracked;
 use crate::layers::dropout::dropout;
 use crate::layers::graph::{GraphConv, GraphConvConfig, Skeleton};
+use crate::layers::relu::relu_block_output;
 use crate::precision::{like, mean_dim_f32};
 use crate::pytorch_names::PytorchNames;
 use crate::summary::{InputShape, LayerRole, LayerSummary, rows};
@@ -264,7 +264,7 @@ impl<B: Backend> StgcnBlock<B> {
             (None, false) => None,
         };
         let y = self.tcn.forward(self.gcn.forward(x));
-        relu(match residual {
+        relu_block_output(match residual {
             Some(residual) => y + residual,
             None => y,
         })

@@ -7,9 +7,8 @@
 use burn::module::{Initializer, Param};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
-use crate::layers::batch_norm::batch_norm_channels;
+use crate::layers::batch_norm::batch_norm_relu_channels;
 use crate::precision::like;
 
 /// A skeleton: joint count and undirected edges between joint positions (positions in the
@@ -288,7 +287,7 @@ impl<B: Backend> GraphConv<B> {
             .matmul(adjacency.unsqueeze::<4>()) // [n, k, c'·t, w]
             .sum_dim(1)
             .reshape([n, channels, t, v]);
-        relu(batch_norm_channels(&self.bn, aggregated))
+        batch_norm_relu_channels(&self.bn, aggregated)
     }
 }
 

@@ -12,5 +12,6 @@ pub mod graph;
 mod im2col;
 pub mod mamba;
 pub mod norm_relu_host;
+pub mod relu;
 pub mod selective_scan;
 pub mod stem;

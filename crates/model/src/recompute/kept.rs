@@ -5,7 +5,6 @@
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData, bf16, f16};
-use rayon::prelude::*;
 use vidtrain_config::RecomputeMode;
 
 use crate::chain::Activation;
@@ -13,7 +12,7 @@ use crate::cpu_kernels::{self, HostFloat};
 use crate::layers::conv_gemm::ConvInput;
 use crate::layers::norm_relu_host::ChannelNorm;
 pub(crate) use crate::quantize::HostInput;
-use crate::quantize::Quantized;
+use crate::quantize::{Quantized, positive_bits, zero_where_closed};
 
 /// How a training step keeps what its backward needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,9 +151,6 @@ pub(super) enum ReluMask<B: Backend> {
     Tensor(Tensor<B, 1, Bool>),
 }
 
-/// Bytes of mask per parallel task.
-const MASK_BYTES_PER_TASK: usize = 1 << 14;
-
 impl<B: Backend> ReluMask<B> {
     /// The gate of `output`, the step's (flattened) output: read where it is stored, in its
     /// dtype, on the host.
@@ -185,21 +181,6 @@ impl<B: Backend> ReluMask<B> {
     }
 }
 
-/// Bit `i % 8` of byte `i / 8` set where value `i` is positive.
-fn positive_bits<T: HostFloat>(values: &[T]) -> Vec<u8> {
-    let mut bits = vec![0u8; values.len().div_ceil(8)];
-    bits.par_chunks_mut(MASK_BYTES_PER_TASK)
-        .zip(values.par_chunks(MASK_BYTES_PER_TASK * 8))
-        .for_each(|(bits, values)| {
-            for (byte, values) in bits.iter_mut().zip(values.chunks(8)) {
-                *byte = values.iter().enumerate().fold(0, |byte, (bit, value)| {
-                    byte | (u8::from(value.to_f32() > 0.0) << bit)
-                });
-            }
-        });
-    bits
-}
-
 /// `upstream`'s values as `T`, zeroed where `bits` has a 0.
 fn gated<B: Backend, T: HostFloat>(
     bits: &[u8],
@@ -207,18 +188,7 @@ fn gated<B: Backend, T: HostFloat>(
     device: &B::Device,
 ) -> Tensor<B, 1> {
     let mut values = cpu_kernels::values::<T, B, 1>(upstream);
-    values
-        .par_chunks_mut(MASK_BYTES_PER_TASK * 8)
-        .zip(bits.par_chunks(MASK_BYTES_PER_TASK))
-        .for_each(|(values, bits)| {
-            for (values, byte) in values.chunks_mut(8).zip(bits) {
-                for (bit, value) in values.iter_mut().enumerate() {
-                    if byte >> bit & 1 == 0 {
-                        *value = T::from_f32(0.0);
-                    }
-                }
-            }
-        });
+    zero_where_closed(bits, &mut values);
     let length = values.len();
     Tensor::from_data(TensorData::new(values, [length]), (device, T::dtype()))
 }

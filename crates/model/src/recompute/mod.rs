@@ -43,6 +43,7 @@ use crate::StemStep;
 use crate::chain::{Activation, SegmentChain, SegmentKind};
 use crate::layers::batch_norm::ReluGate;
 use crate::layers::encoder::query_blocks;
+use crate::quantize::CompressedKeeping;
 pub use kept::KeptActivations;
 use kept::{KeptInput, ReluMask, flatten};
 use replay::{replay_encoder_block, replay_mamba_block};
@@ -247,6 +248,9 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
                 {
                     let seed = segment_seed(index);
                     B::seed(&device, seed);
+                    // The CPU's tracked ops keep their tensors in `bits` bits, rounded from
+                    // the segment's seed.
+                    let _compressing = (bits < 32).then(|| CompressedKeeping::begin(bits, seed));
                     output = run_segment(tracked, index, output, seed);
                     index += 1;
                 }

@@ -543,6 +543,10 @@ fn compressed_kept_inputs_give_unbiased_gradients_near_f32() {
         (Backbone::Resnet3d, InputType::Rgb, RecomputeMode::Encoder),
         (Backbone::Stgcn, InputType::Kpt, RecomputeMode::Encoder),
         (Backbone::Mamba, InputType::Rgb, RecomputeMode::All),
+        // Blocks kept by autodiff: their convolutions, BatchNorms and ReLUs keep codes and
+        // exact gates (`tracked_ops::KeptTensor`, `layers::relu`).
+        (Backbone::Resnet3d, InputType::Rgb, RecomputeMode::None),
+        (Backbone::Stgcn, InputType::Kpt, RecomputeMode::None),
     ];
     let draws = 12;
     for (backbone, input, recompute) in cases {
@@ -557,7 +561,13 @@ fn compressed_kept_inputs_give_unbiased_gradients_near_f32() {
         // and each value within one step of a threshold drops or gains its whole gradient (the
         // seed stem keeps its gates exactly, `ReluGate`); with this tiny batch BatchNorm's
         // statistics amplify the rest.
-        let replays_relus = matches!(backbone, Backbone::Resnet3d | Backbone::Stgcn);
+        let replays_relus = matches!(backbone, Backbone::Resnet3d | Backbone::Stgcn)
+            && recompute != RecomputeMode::None;
+        // Blocks of tracked convolutions and BatchNorms in a small batch: each block's
+        // BatchNorm backward passes on the noise of the blocks after it, amplified by its
+        // batch statistics.
+        let kept_blocks =
+            matches!(backbone, Backbone::Resnet3d | Backbone::Stgcn) && !replays_relus;
         let mut previous = 0.0;
         for bits in [16, 8, 4, 2] {
             let (compressed_loss, gradients) = compressed(&case, recompute, bits, 11);
@@ -571,10 +581,16 @@ fn compressed_kept_inputs_give_unbiased_gradients_near_f32() {
                 16 if replays_relus => 0.05,
                 16 => 1e-3,
                 8 if replays_relus => 1.0,
+                8 if kept_blocks => 0.1,
                 8 => 0.05,
                 4 if replays_relus => 10.0,
+                4 if kept_blocks => 2.0,
                 4 => 0.6,
-                // Reported, not promised: the gradient's direction is mostly noise.
+                // Reported, not promised: the gradient's direction is mostly noise. In the
+                // tiny test model a block of 256 codes spans several channels' rows, so a
+                // channel with a narrow spread gets a wide step and BatchNorm's backward divides
+                // its error by that spread (measured: 60× the gradient's size for the 3-D ResNet).
+                2 if kept_blocks => 100.0,
                 _ => 10.0,
             };
             assert!(error > 0.0, "{what}: {bits} bits compressed nothing");

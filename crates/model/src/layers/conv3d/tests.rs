@@ -224,3 +224,51 @@ fn tracked_convolution_without_bias_or_input_gradient_matches_burns() {
         .into_data()
         .assert_approx_eq::<f32>(&burns.1.into_data(), tolerance);
 }
+
+/// Inside a stretch that compresses what it keeps (`model.activation_bits`), the tracked
+/// convolution keeps its input as codes: its output is the exact one, its input gradient does
+/// not read the input, and its weight gradient is the one of the input its codes restore.
+#[test]
+fn tracked_convolution_keeping_codes_differentiates_the_restored_input() {
+    use crate::quantize::{CompressedKeeping, Quantized, next_kept_codes};
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    let conv = VideoConv3dConfig::new(3, 4, [3, 3, 3], [1, 2, 2], [1, 1, 1]).init::<B>(&device);
+    let dims: [usize; 5] = [2, 3, 4, 9, 8];
+    let input = Tensor::<B, 5>::random(dims, Distribution::Default, &device).require_grad();
+    let upstream = Tensor::<B, 5>::random([2, 4, 4, 5, 4], Distribution::Default, &device);
+    let (bits, seed) = {
+        let _scope = CompressedKeeping::begin(8, 5);
+        next_kept_codes().expect("inside the scope")
+    };
+    let kept = {
+        let _scope = CompressedKeeping::begin(8, 5);
+        tracked_run(&conv, input.clone(), &upstream, tracked_forward)
+    };
+    let exact = tracked_run(&conv, input.clone(), &upstream, tracked_forward);
+    let elements: usize = dims.iter().product();
+    let restored =
+        Quantized::<TestBackend>::new(input.clone().inner().reshape([elements]), bits, seed)
+            .restore()
+            .reshape(dims);
+    let of_restored = tracked_run(
+        &conv,
+        Tensor::from_inner(restored).require_grad(),
+        &upstream,
+        tracked_forward,
+    );
+    let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+    kept.0
+        .into_data()
+        .assert_approx_eq::<f32>(&exact.0.into_data(), tolerance);
+    kept.2
+        .unwrap()
+        .into_data()
+        .assert_approx_eq::<f32>(&exact.2.unwrap().into_data(), tolerance);
+    kept.1
+        .clone()
+        .into_data()
+        .assert_approx_eq::<f32>(&of_restored.1.into_data(), tolerance);
+    let gap = (kept.1 - exact.1).abs().max().into_scalar();
+    assert!(gap > 0.0, "the weight gradient read the exact input");
+}

@@ -3,6 +3,9 @@
 //! autodiff differentiates: the residual blocks of the 3-D ResNet and ST-GCN's temporal
 //! convolutions (the stems are differentiated by hand).
 //!
+//! Inside a stretch that compresses what it keeps (`model.activation_bits`), the op keeps its
+//! input as block codes and its backward restores them one clip at a time.
+//!
 //! Burn's own `conv3d` under autodiff on burn-flex computes the input gradient as a transposed
 //! convolution with a serial scatter and the weight gradient over axis-swapped copies of the
 //! input and the output gradient, single-threaded: 7.7 % of an r3d_18 step in
@@ -22,7 +25,8 @@ use burn::tensor::DType;
 use crate::cpu_kernels::cast;
 use crate::layers::conv_gemm::{ConvBackward, ConvGeometry, ConvInput, conv3d_forward};
 use crate::tracked_ops::{
-    TrackedHost, flex, from_tracked_host, host as inner, parent_ids, record, register, tracked_host,
+    KeptTensor, TrackedHost, flex, from_tracked_host, host as inner, parent_ids, record, register,
+    tracked_host,
 };
 
 /// The convolution of `input` with `weight` (and `bias`) of `geometry` as one autodiff op
@@ -71,18 +75,18 @@ where
     );
     let output = flex(output);
     record(op, parents, output, || ConvState {
-        input: input.primitive.clone(),
+        input: KeptTensor::keep(input.primitive.clone()),
         weight: weight.primitive.clone(),
         bias_dtype,
         geometry,
     })
 }
 
-/// What the backward reads: the input and the weight as the forward read them (the tensors
-/// Burn's own convolution keeps), and the sizes.
+/// What the backward reads: the input (as the forward read it, the tensor Burn's own convolution
+/// keeps, or its codes) and the weight, and the sizes.
 #[derive(Clone, Debug)]
 struct ConvState {
-    input: FlexTensor,
+    input: KeptTensor,
     weight: FlexTensor,
     bias_dtype: Option<DType>,
     geometry: ConvGeometry,
@@ -104,12 +108,15 @@ impl<const N: usize> Backward<Flex, N> for ConvOnHost<N> {
             bias_dtype,
             geometry,
         } = ops.state;
-        let input = inner::<5>(input);
         let input_dtype = input.dtype();
+        let input = match &input {
+            KeptTensor::Whole(tensor) => ConvInput::Tensor(inner::<5>(tensor.clone())),
+            KeptTensor::Codes(kept) => ConvInput::Codes(KeptTensor::host_input(kept)),
+        };
         let weight = inner::<5>(weight);
         let weight_dtype = weight.dtype();
         let backward = ConvBackward {
-            input: ConvInput::Tensor(input),
+            input,
             weight,
             upstream,
             geometry,
