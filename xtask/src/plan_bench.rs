@@ -5,7 +5,8 @@
 //! frames) with and without recompute, and VideoMamba (112 px) and the keypoint Mamba (256
 //! frames) likewise, r3d_18's model state in each `train.optimizer_state`, and a peak set by
 //! validation (the seed model, 3 views at 160 px, validated 16 samples at a time), and the seed
-//! model with its kept activations in 8 and 4 bits (`model.activation_bits`).
+//! model, ViViT, r3d_18 and ST-GCN with their kept activations in 8 bits (the seed model in 4
+//! bits too: `model.activation_bits`).
 //! `BENCH_CASES=r3d,stgcn` runs only the named cases.
 
 use std::path::Path;
@@ -195,6 +196,10 @@ const CASES: &[(&str, &str)] = &[
         "@on_data @seed_224 model.backbone=vivit model.checkpoint=all",
     ),
     (
+        "vivit 224 px b4, 8-bit acts",
+        "@on_data @seed_224 model.backbone=vivit model.checkpoint=none model.activation_bits=8",
+    ),
+    (
         "vivit 224 px b4 bf16, all",
         "@on_data @seed_224 model.backbone=vivit model.checkpoint=all trainer.precision=bf16",
     ),
@@ -205,6 +210,10 @@ const CASES: &[(&str, &str)] = &[
     (
         "r3d_18 112 px b4, all",
         "@on_data @seed_112 @r3d_18 model.checkpoint=all",
+    ),
+    (
+        "r3d_18 112 px b4, 8-bit acts",
+        "@on_data @seed_112 @r3d_18 model.checkpoint=none model.activation_bits=8",
     ),
     // Full-size r3d_18 (33 M parameters) on a tiny clip: model state, not activations, sets
     // the peak (the optimizer step and the checkpoint save).
@@ -240,6 +249,10 @@ const CASES: &[(&str, &str)] = &[
     (
         "stgcn 64 frames b16, all",
         "@on_data @stgcn model.checkpoint=all",
+    ),
+    (
+        "stgcn 64 frames b16, 8-bit acts",
+        "@on_data @stgcn model.checkpoint=none model.activation_bits=8",
     ),
     (
         "mamba 112 px b2, none",

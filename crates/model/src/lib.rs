@@ -44,7 +44,7 @@ pub use layers::graph::Skeleton;
 pub use layers::mamba::{MambaBlock, MambaBlockConfig};
 pub use layers::stem::{StemLayer, StemStep, VideoStem, VideoStemConfig};
 pub use recompute::KeptActivations;
-pub use summary::{InputShape, LayerRole, LayerSummary, ModelSummary};
+pub use summary::{CompressedSaved, InputShape, LayerRole, LayerSummary, ModelSummary};
 
 /// The backend unit tests run on.
 #[cfg(test)]

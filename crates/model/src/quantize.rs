@@ -93,14 +93,7 @@ impl<B: Backend> Quantized<B> {
                 codes,
                 dtype,
                 device,
-            } => {
-                let data = match dtype {
-                    DType::BF16 => TensorData::new(codes.restore::<bf16>(), [codes.length]),
-                    DType::F16 => TensorData::new(codes.restore::<f16>(), [codes.length]),
-                    _ => TensorData::new(codes.restore::<f32>(), [codes.length]),
-                };
-                Tensor::from_data(data, (&device, dtype))
-            }
+            } => codes.to_tensor(dtype, &device),
             Quantized::Tensors(codes) => codes.restore(),
         }
     }
@@ -376,6 +369,16 @@ impl HostCodes {
             length,
             bits,
         }
+    }
+
+    /// The values again, as a tensor of `dtype` (f32, bf16 or f16).
+    pub(crate) fn to_tensor<B: Backend>(&self, dtype: DType, device: &B::Device) -> Tensor<B, 1> {
+        let data = match dtype {
+            DType::BF16 => TensorData::new(self.restore::<bf16>(), [self.length]),
+            DType::F16 => TensorData::new(self.restore::<f16>(), [self.length]),
+            _ => TensorData::new(self.restore::<f32>(), [self.length]),
+        };
+        Tensor::from_data(data, (device, dtype))
     }
 
     fn restore<T: HostFloat>(&self) -> Vec<T> {

@@ -153,6 +153,20 @@ impl KeptTensor {
         }
     }
 
+    /// The tensor again: as kept, or restored from its codes (each value within one step of
+    /// its block of the original), whole, for an op's backward that reads it at once.
+    pub(crate) fn restore(self) -> FlexTensor {
+        match self {
+            KeptTensor::Whole(tensor) => tensor,
+            KeptTensor::Codes(kept) => {
+                let values = kept
+                    .codes
+                    .to_tensor::<Flex>(kept.dtype, &Default::default());
+                Flex::float_reshape(flex(values), Shape::from(kept.shape.clone()))
+            }
+        }
+    }
+
     pub(crate) fn dtype(&self) -> DType {
         match self {
             KeptTensor::Whole(tensor) => tensor.dtype(),

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::cpu_kernels::{HostFloat, cast, convert_into, host_float, stored};
 use crate::fast_math::{erf, exp};
 use crate::tracked_ops::{
-    flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+    KeptTensor, flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
 };
 
 /// Elements per task: large enough that a task outweighs its scheduling.
@@ -48,7 +48,7 @@ fn gelu_tracked<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<Tensor<B,
     let x = tracked_host(x)?;
     let input = host::<D>(x.primitive.clone());
     let output = flex(forward_on_host(input.clone()));
-    let output = record(GeluOnHost, [&x], output, || flex(input));
+    let output = record(GeluOnHost, [&x], output, || KeptTensor::keep(flex(input)));
     Some(from_tracked_host(output))
 }
 
@@ -78,9 +78,9 @@ fn map_as<T: HostFloat, B: Backend, const D: usize>(
 struct GeluOnHost;
 
 impl Backward<Flex, 1> for GeluOnHost {
-    type State = FlexTensor;
+    type State = KeptTensor;
 
-    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<KeptTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let upstream = grads.consume::<Flex>(&ops.node);
         let [input_node, ..] = parent_ids(&ops);
         if input_node.is_none() {
@@ -93,7 +93,7 @@ impl Backward<Flex, 1> for GeluOnHost {
                 Shape::new([shape.num_elements()]),
             ))
         };
-        let input = flat(ops.state);
+        let input = flat(ops.state.restore());
         let dtype = input.dtype();
         let upstream = cast(flat(upstream), dtype);
         let gradient = match dtype {

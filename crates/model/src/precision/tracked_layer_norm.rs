@@ -13,7 +13,6 @@ use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
-use burn::backend::flex::FlexTensor;
 use burn::nn::LayerNorm;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensorOps;
@@ -23,8 +22,8 @@ use rayon::prelude::*;
 use crate::cpu_kernels::{HostFloat, cast, floats, host_float, stored};
 use crate::layers::norm_relu_host::lane_sum;
 use crate::tracked_ops::{
-    TrackedHost, flex, from_tracked_host, host, parameter_gradient, parent_ids, record, register,
-    tracked_host,
+    KeptTensor, TrackedHost, flex, from_tracked_host, host, parameter_gradient, parent_ids, record,
+    register, tracked_host,
 };
 
 /// ε of every LayerNorm vidtrain builds (PyTorch's and Burn's default). Burn keeps a
@@ -95,7 +94,7 @@ where
     let output = Flex::float_reshape(flex(output), shape.clone());
     let parameter_dtype = parents[1].primitive.dtype();
     record(op, parents, output, || NormState {
-        input: flex(x),
+        input: KeptTensor::keep(flex(x)),
         shape,
         gamma,
         statistics,
@@ -170,7 +169,7 @@ fn forward_as<T: HostFloat, B: Backend>(
 /// γ, the rows' statistics, and the parameters' dtype.
 #[derive(Clone, Debug)]
 struct NormState {
-    input: FlexTensor,
+    input: KeptTensor,
     shape: Shape,
     gamma: Vec<f32>,
     statistics: RowStatistics,
@@ -194,7 +193,7 @@ impl<const N: usize> Backward<Flex, N> for NormOnHost<N> {
             statistics,
             parameter_dtype,
         } = ops.state;
-        let input = host::<2>(input);
+        let input = host::<2>(input.restore());
         let dtype = input.dtype();
         let upstream = cast(
             host::<2>(Flex::float_reshape(upstream, Shape::new(input.dims()))),

@@ -23,7 +23,8 @@ use crate::cpu_kernels::{cast, convert_into, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
 use crate::gemm_f32::{GemmOperand, bf16_path};
 use crate::tracked_ops::{
-    TrackedHost, flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+    KeptTensor, TrackedHost, flex, from_tracked_host, host, parent_ids, record, register,
+    tracked_host,
 };
 
 /// `x · W + b` (`W`: `[in, out]`, Burn's `Linear` layout) over the last axis of `x`, as one
@@ -84,7 +85,7 @@ where
     };
     let output = flex(cast(output, dtype));
     record(op, parents, output, || LinearState {
-        input: flex(x),
+        input: KeptTensor::keep(flex(x)),
         input_shape,
         weight: flex(weight),
         bias_dtype,
@@ -168,7 +169,7 @@ fn product_as<T: GemmOperand>(
 /// the input's own shape, the bias's dtype, and the sizes `[rows, in, out]`.
 #[derive(Clone, Debug)]
 struct LinearState {
-    input: FlexTensor,
+    input: KeptTensor,
     input_shape: Shape,
     weight: FlexTensor,
     bias_dtype: Option<DType>,
@@ -194,7 +195,7 @@ impl<const N: usize> Backward<Flex, N> for LinearOnHost<N> {
         } = ops.state;
         let [rows, _, outer] = sizes;
         let upstream = host::<2>(Flex::float_reshape(upstream, Shape::new([rows, outer])));
-        let (input, weight) = (host::<2>(input), host::<2>(weight));
+        let (input, weight) = (host::<2>(input.restore()), host::<2>(weight));
         let (input_dtype, weight_dtype) = (input.dtype(), weight.dtype());
         let wants = [input_node.is_some(), bias_node.is_some()];
         let gradients = match bf16_path(&[input_dtype, upstream.dtype()]) {

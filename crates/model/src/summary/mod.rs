@@ -123,9 +123,25 @@ pub struct LayerSummary {
     /// `StemStep::gradients`): it keeps only its input, and its backward is
     /// `replay_peak_elements` of temporaries, whatever the recompute mode.
     pub by_hand: bool,
+    /// What it keeps instead of `saved_elements` when its tracked ops keep codes
+    /// (`model.activation_bits` below 32, on the CPU, not recomputed): `None` where nothing it
+    /// keeps is compressed that way.
+    pub compressed_saved: Option<CompressedSaved>,
     /// Its saved values and temporaries are f32 whatever the compute dtype (a Mamba block's
     /// selective scan runs in f32); its output is in the compute dtype.
     pub f32_internals: bool,
+}
+
+/// What a layer of tracked ops keeps when they keep codes (`crate::tracked_ops::KeptTensor`),
+/// in elements for a whole micro-batch.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+pub struct CompressedSaved {
+    /// Kept as block codes.
+    pub codes: usize,
+    /// Still kept as computed (by Burn's own ops).
+    pub whole: usize,
+    /// ReLU gates, a bit each.
+    pub gates: usize,
 }
 
 impl LayerSummary {
@@ -228,6 +244,7 @@ impl ActionModelConfig {
             }
             let costs = ActivationCosts::of(layer, input_elements, clips);
             layer.saved_elements = costs.saved;
+            layer.compressed_saved = costs.compressed_saved;
             layer.forward_extra_elements = costs.forward_extra;
             layer.backward_extra_elements = costs.backward_extra;
             layer.replay_peak_elements = costs.replay_peak;

@@ -253,9 +253,18 @@ fn activation_layers(
                 codes + clip
             });
             let in_place = pieces.is_some() && norm_relu;
+            // Kept by autodiff on the CPU, its tracked ops keep codes (`KeptTensor`).
+            let saved = match layer.compressed_saved {
+                Some(kept) if bits < 32 && !recomputed && backend == BackendChoice::Cpu => {
+                    vidtrain_model::quantize::kept_bytes(kept.codes as u64, activation_bytes, bits)
+                        + kept.whole as u64 * internal_bytes
+                        + kept.gates as u64 / 8
+                }
+                _ => layer.saved_elements as u64 * internal_bytes,
+            };
             ActivationLayer {
                 name: layer.name.clone(),
-                saved: layer.saved_elements as u64 * internal_bytes,
+                saved,
                 forward_extra,
                 backward_extra,
                 replay_peak,

@@ -29,7 +29,7 @@ use crate::gemm_bf16::{Matrix, Update};
 use crate::gemm_f32::gemm;
 use crate::layers::dropout::DropMask;
 use crate::tracked_ops::{
-    flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
+    KeptTensor, flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
 };
 
 /// The sizes of one attention call: `qkv` is `[batch, tokens, 3·dim]` (queries, keys, values
@@ -102,8 +102,8 @@ pub(super) fn attention_tracked<B: Backend>(
     let (output, probabilities) = forward_on_host(input.clone(), &geometry, mask, keep);
     let output = record(AttentionOnHost, [&tracked], flex(output), || {
         AttentionState {
-            qkv: flex(input),
-            probabilities: probabilities.expect("a tracked input keeps them"),
+            qkv: KeptTensor::keep(flex(input)),
+            probabilities: KeptTensor::keep(probabilities.expect("a tracked input keeps them")),
             geometry,
             mask,
         }
@@ -277,8 +277,8 @@ fn apply_factors(values: &mut [f32], factors: &[f32]) {
 /// the dropout mask.
 #[derive(Clone, Debug)]
 struct AttentionState {
-    qkv: FlexTensor,
-    probabilities: FlexTensor,
+    qkv: KeptTensor,
+    probabilities: KeptTensor,
     geometry: Geometry,
     mask: Option<DropMask>,
 }
@@ -297,10 +297,10 @@ impl Backward<Flex, 1> for AttentionOnHost {
             return;
         }
         let state = ops.state;
-        let qkv = host::<3>(state.qkv);
+        let qkv = host::<3>(state.qkv.restore());
         let dtype = qkv.dtype();
         let upstream = cast(host::<3>(upstream), dtype);
-        let probabilities = host::<1>(state.probabilities);
+        let probabilities = host::<1>(state.probabilities.restore());
         let (geometry, mask) = (&state.geometry, state.mask);
         let gradient = match dtype {
             DType::BF16 => gradient_as::<bf16>(qkv, probabilities, upstream, geometry, mask),
