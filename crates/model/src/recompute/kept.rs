@@ -2,6 +2,7 @@
 //! at `model.activation_bits` bits ([`crate::quantize`]) when it is only read back by a by-hand
 //! backward or a replay. Inputs of kept stretches stay whole: Burn's autodiff graph holds them.
 
+use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, TensorData, bf16, f16};
@@ -13,6 +14,7 @@ use crate::layers::conv_gemm::ConvInput;
 use crate::layers::norm_relu_host::ChannelNorm;
 pub(crate) use crate::quantize::HostInput;
 use crate::quantize::{Quantized, positive_bits, zero_where_closed};
+use crate::tracked_ops::{from_tracked_host, tracked_host};
 
 /// How a training step keeps what its backward needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +134,28 @@ impl<B: AutodiffBackend> KeptInput<B> {
             }
         }
     }
+}
+
+impl<B: AutodiffBackend> Activation<B> {
+    /// This leaf with the same autodiff node (its gradient is found as before) and, on the CPU,
+    /// no values: a single element stands in for them. Elsewhere the leaf as it is.
+    pub(super) fn without_values(self) -> Self {
+        match self {
+            Activation::Clips(tensor) => Activation::Clips(node_only(tensor)),
+            Activation::Joints(tensor) => Activation::Joints(node_only(tensor)),
+            Activation::Tokens(tensor) => Activation::Tokens(node_only(tensor)),
+        }
+    }
+}
+
+/// [`Activation::without_values`] of one tensor.
+fn node_only<B: AutodiffBackend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
+    let Some(mut leaf) = tracked_host(tensor.clone()) else {
+        return tensor;
+    };
+    let stand_in = Tensor::<Flex, 1>::zeros([1], (&Default::default(), leaf.primitive.dtype()));
+    leaf.primitive = stand_in.into_primitive().tensor();
+    from_tracked_host(leaf)
 }
 
 /// The values of `tensor` in row-major order, on the inner backend.
