@@ -171,9 +171,16 @@ impl BenchFolder {
         build_vidtrain(features)?;
         let target = target_dir();
         let folder = target.join("bench").join(name);
+        // Each benchmark's runs are its own: earlier ones' checkpoints (r3d_18's are 400 MiB a
+        // run) had filled 45 GiB of disk by stop 42, and a full disk failed a run mid-bench.
+        let runs = folder.join("runs");
+        if runs.exists() {
+            std::fs::remove_dir_all(&runs)
+                .with_context(|| format!("clearing the earlier runs in {}", runs.display()))?;
+        }
         Ok(Self {
             vidtrain: target.join("release/vidtrain"),
-            runs: folder.join("runs"),
+            runs,
             folder,
         })
     }
