@@ -250,10 +250,20 @@ pub(crate) fn next_kept_codes() -> Option<(u32, u64)> {
     Some((scope.bits, seed))
 }
 
-/// Bit `i % 8` of byte `i / 8` set where value `i` is positive: which values a ReLU passed, kept
-/// instead of its output or beside a compressed input (a gate recomputed from dequantized values
-/// would close where the forward's was open for values within one step of 0).
-pub(crate) fn positive_bits<T: HostFloat>(values: &[T]) -> Vec<u8> {
+/// Which values of `output` (a host tensor of f32, bf16 or f16, flattened) are positive, read
+/// where they are stored: a ReLU's gate ([`positive_bits`]), kept instead of its output or beside
+/// a compressed input (a gate recomputed from dequantized values would close where the
+/// forward's was open for values within one step of 0).
+pub(crate) fn gate_bits<B: Backend>(output: Tensor<B, 1>) -> Vec<u8> {
+    match output.dtype() {
+        DType::BF16 => positive_bits(&cpu_kernels::stored::<bf16, B, 1>(output)),
+        DType::F16 => positive_bits(&cpu_kernels::stored::<f16, B, 1>(output)),
+        _ => positive_bits(&cpu_kernels::stored::<f32, B, 1>(output)),
+    }
+}
+
+/// Bit `i % 8` of byte `i / 8` set where value `i` is positive.
+fn positive_bits<T: HostFloat>(values: &[T]) -> Vec<u8> {
     let mut bits = vec![0u8; values.len().div_ceil(8)];
     bits.par_chunks_mut(GATE_BYTES_PER_TASK)
         .zip(values.par_chunks(GATE_BYTES_PER_TASK * 8))

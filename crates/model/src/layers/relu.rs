@@ -16,8 +16,8 @@ use burn::tensor::activation::relu;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 
-use crate::cpu_kernels::{HostFloat, stored, values};
-use crate::quantize::{compressing, positive_bits, zero_where_closed};
+use crate::cpu_kernels::{HostFloat, values};
+use crate::quantize::{compressing, gate_bits, zero_where_closed};
 use crate::tracked_ops::{
     flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
 };
@@ -33,13 +33,10 @@ pub fn relu_block_output<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<
     let shape = x.primitive.shape();
     let flat = Shape::new([shape.num_elements()]);
     let output = relu(host::<1>(Flex::float_reshape(x.primitive.clone(), flat)));
-    let gate = || match output.dtype() {
-        DType::BF16 => positive_bits(&stored::<bf16, _, 1>(output.clone())),
-        DType::F16 => positive_bits(&stored::<f16, _, 1>(output.clone())),
-        _ => positive_bits(&stored::<f32, _, 1>(output.clone())),
-    };
     let output_primitive = Flex::float_reshape(flex(output.clone()), shape);
-    let output = record(GatedRelu, [&x], output_primitive, || Arc::new(gate()));
+    let output = record(GatedRelu, [&x], output_primitive, || {
+        Arc::new(gate_bits(output))
+    });
     from_tracked_host(output)
 }
 

@@ -13,7 +13,7 @@ use crate::cpu_kernels::{self, HostFloat};
 use crate::layers::conv_gemm::ConvInput;
 use crate::layers::norm_relu_host::ChannelNorm;
 pub(crate) use crate::quantize::HostInput;
-use crate::quantize::{Quantized, positive_bits, zero_where_closed};
+use crate::quantize::{Quantized, gate_bits, zero_where_closed};
 use crate::tracked_ops::{from_tracked_host, tracked_host};
 
 /// How a training step keeps what its backward needs.
@@ -183,12 +183,10 @@ impl<B: Backend> ReluMask<B> {
         if !cpu_kernels::enabled::<B>(&device) {
             return ReluMask::Tensor(output.greater_elem(0.0));
         }
-        let bits = match output.dtype() {
-            DType::BF16 => positive_bits(&cpu_kernels::stored::<bf16, B, 1>(output)),
-            DType::F16 => positive_bits(&cpu_kernels::stored::<f16, B, 1>(output)),
-            _ => positive_bits(&cpu_kernels::stored::<f32, B, 1>(output)),
-        };
-        ReluMask::Host { bits, device }
+        ReluMask::Host {
+            bits: gate_bits(output),
+            device,
+        }
     }
 
     /// `upstream` (flattened, as the output) with 0 where the gate was closed, written over its

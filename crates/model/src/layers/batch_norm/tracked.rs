@@ -27,7 +27,7 @@ use super::{ReluGate, training_on_host};
 use crate::cpu_kernels::{HostFloat, cast, stored, values};
 use crate::layers::norm_relu_host::ChannelNorm;
 use crate::quantize::HostCodes;
-use crate::quantize::{positive_bits, zero_where_closed};
+use crate::quantize::{gate_bits, zero_where_closed};
 use crate::tracked_ops::{
     KeptTensor, flex, from_tracked_host, host, parameter_gradient, parent_ids, record, register,
     tracked_host,
@@ -138,11 +138,7 @@ fn gate_of(output: FlexTensor) -> Vec<u8> {
         output.clone(),
         Shape::new([output.shape().num_elements()]),
     ));
-    match output.dtype() {
-        DType::BF16 => positive_bits(&stored::<bf16, _, 1>(output)),
-        DType::F16 => positive_bits(&stored::<f16, _, 1>(output)),
-        _ => positive_bits(&stored::<f32, _, 1>(output)),
-    }
+    gate_bits(output)
 }
 
 /// γ's and β's gradients and, when `wants_input`, the input's (`[n, c, l]`, in `T`), for the
