@@ -307,6 +307,17 @@ fn a_resumed_run_with_augmentation_sgd_and_balanced_draws_equals_an_uninterrupte
     );
 }
 
+/// Kept activations in 8 bits: the stem's inputs and, on the CPU, what the kept encoder blocks'
+/// ops keep, rounded from per-segment seeds, so the resumed half draws the codes the
+/// uninterrupted run drew.
+#[test]
+fn a_resumed_run_with_8bit_kept_activations_equals_an_uninterrupted_one() {
+    assert_resume_is_exact(
+        "train-resume-8bit-activations",
+        &["model.activation_bits=8"],
+    );
+}
+
 #[test]
 fn a_resumed_run_with_8bit_adam_state_equals_an_uninterrupted_one() {
     // Width 64: the blocks' weights (64 × 192, 64 × 128) hold 8-bit state, the rest f32.
