@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The rows of `vidtrain bench-model` in plain PyTorch, for a side-by-side comparison.
 
-Same models (the seed's conv-stem video transformer, ViViT-S with joint space-time attention and
-torchvision's r3d_18), same shapes, PyTorch's default initialisation (which vidtrain's layers follow), Adam
+Same models (the seed's conv-stem video transformer, ViViT-S with joint space-time attention,
+torchvision's r3d_18 and mmaction2's ST-GCN), same shapes, PyTorch's default initialisation (which vidtrain's layers follow), Adam
 at lr 1e-4, random inputs made on the device, `warmup` optimizer steps (the first one timed alone)
 then `steps` timed ones with the device synchronised around them. Mixed precision is PyTorch's
 autocast (bf16, or fp16 with a GradScaler); recompute is torch.utils.checkpoint on each stem stage
@@ -140,6 +140,51 @@ class R3d(nn.Module):
         return net.fc(net.avgpool(x).flatten(1))
 
 
+class Stgcn(nn.Module):
+    """mmaction2's ST-GCN (`bench/reference_fixtures.py`, its modules written from mmaction2's)
+    over `joints` joints joined in a chain (the partitions' sizes, not the seed's edges, set the
+    cost), width `width`, dropout 0.1 in the temporal units as vidtrain's; mean over time and
+    joints, then the classifier. Recompute is torch.utils.checkpoint on each block."""
+
+    def __init__(self, joints, width, recompute):
+        super().__init__()
+        import reference_fixtures as ref
+
+        chain = [(i, i - 1) for i in range(1, joints)]
+        adjacency = torch.from_numpy(ref.spatial_adjacency(chain, joints))
+        self.backbone = ref.STGCN(adjacency, base_channels=width)
+        for block in self.backbone.gcn:
+            block.tcn.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(4 * width, CLASSES)
+        self.recompute = recompute
+
+    def forward(self, keypoints):  # [n, t, joints, 3]
+        net = self.backbone
+        x = keypoints.unsqueeze(1)  # [N, M = 1, T, V, C]
+        n, m, t, v, c = x.shape
+        x = x.permute(0, 1, 3, 4, 2).contiguous()
+        x = net.data_bn(x.view(n * m, v * c, t))
+        x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).contiguous().view(n * m, c, t, v)
+        for block in net.gcn:
+            if self.recompute and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def inputs(row, micro_batch, device):
+    """A micro-batch of random input: clips `[n, 3, t, h, w]`, or ST-GCN's keypoints
+    `[n, t, joints, 3]`."""
+    if row["backbone"] == "stgcn":
+        return torch.rand((micro_batch, row["frames"], STGCN_JOINTS, 3), device=device)
+    return torch.rand((micro_batch, 3, row["frames"], row["image"], row["image"]), device=device)
+
+
+# vidtrain's default keypoints: the seed's 52 SAM-3D-body joints.
+STGCN_JOINTS = 52
+
+
 def standard_rows(backbone, tiny):
     """The rows of `vidtrain bench-model` (crates/trainer/src/model_bench.rs), same names."""
     if tiny:
@@ -148,6 +193,8 @@ def standard_rows(backbone, tiny):
         frames, image, small = 8, 224, 112
     elif backbone == "r3d":  # torchvision's R3D clips
         frames, image, small = 16, 112, 112
+    elif backbone == "stgcn":  # 64 frames of keypoints (the image size is not read)
+        frames, image, small = 64, 32, 112
     else:
         frames, image, small = 16, 224, 112
     row = lambda name, precision, mb, acc, recompute, t, s: dict(  # noqa: E731
@@ -170,6 +217,8 @@ def standard_rows(backbone, tiny):
 def build(row, tiny):
     if row["backbone"] == "r3d":
         return R3d(row["recompute"])
+    if row["backbone"] == "stgcn":
+        return Stgcn(STGCN_JOINTS, 8 if tiny else 64, row["recompute"])
     if tiny:
         dim, layers, heads, ff = 32, 2, 2, 64
         tubelet = (2, 8, 8)
@@ -198,7 +247,6 @@ def bench_row(row, device, warmup, steps, tiny):
     dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(precision)
     # fp16 and bf16 autocast both run on the CPU too (PyTorch >= 2.4), as on CUDA.
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
-    shape = (row["micro_batch"], 3, row["frames"], row["image"], row["image"])
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -211,7 +259,7 @@ def bench_row(row, device, warmup, steps, tiny):
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(row["accumulate"]):
-            video = torch.rand(shape, device=device)
+            video = inputs(row, row["micro_batch"], device)
             labels = torch.randint(0, CLASSES, (row["micro_batch"],), device=device)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = F.cross_entropy(model(video).float(), labels) / row["accumulate"]
@@ -246,7 +294,7 @@ def training_flops_per_sample(row, device, tiny):
     torch.manual_seed(42)
     row = dict(row, recompute=False)
     model = build(row, tiny).to(device).train()
-    video = torch.rand((1, 3, row["frames"], row["image"], row["image"]), device=device)
+    video = inputs(row, 1, device)
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(video), torch.zeros(1, dtype=torch.long, device=device)).backward()
     return counter.get_total_flops()
@@ -316,7 +364,7 @@ def lightning_row(device, warmup, steps, tiny):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", choices=["transformer", "vivit", "r3d", "both"],
+    parser.add_argument("--backbone", choices=["transformer", "vivit", "r3d", "stgcn", "both"],
                         default="both")
     parser.add_argument("--rows", default="", help="comma-separated name filters")
     parser.add_argument("--exact", action="store_true", help="--rows names whole rows")

@@ -8,7 +8,7 @@
 //!
 //! PyTorch comes from a cache venv (`$VIDTRAIN_TORCH_VENV`, default `~/.cache/vidtrain/torch-venv`),
 //! made with `pip install torch` when it is missing. `BENCH_STEPS` (default 2) timed steps after one
-//! warm-up step; `BENCH_BACKBONE=transformer|vivit|r3d|both|all` (default both: the first two); `BENCH_ROWS=fp32 b4,lowest b4` only the rows named; `BENCH_ROW_TIMEOUT_S` (default
+//! warm-up step; `BENCH_BACKBONE=transformer|vivit|r3d|stgcn|both|all` (default both: the first two); `BENCH_ROWS=fp32 b4,lowest b4` only the rows named; `BENCH_ROW_TIMEOUT_S` (default
 //! 600) per side of a row.
 
 use std::path::{Path, PathBuf};
@@ -34,15 +34,15 @@ const ROWS: [&str; 7] = [
 
 /// A model and the clip size it runs at here: the seed transformer at full size; ViViT-S at
 /// 8 frames × 112 px (196 tokens), where a step takes seconds instead of minutes on two cores;
-/// r3d_18 at torchvision's 16 frames × 112 px. `BENCH_BACKBONE=both` (the default) runs the
-/// first two, `all` every one.
+/// r3d_18 at torchvision's 16 frames × 112 px; ST-GCN on 64 frames of the 52 joints.
+/// `BENCH_BACKBONE=both` (the default) runs the first two, `all` every one.
 struct Model {
     backbone: &'static str,
     clip: Option<(usize, usize)>,
     in_both: bool,
 }
 
-const MODELS: [Model; 3] = [
+const MODELS: [Model; 4] = [
     Model {
         backbone: "transformer",
         clip: None,
@@ -55,6 +55,11 @@ const MODELS: [Model; 3] = [
     },
     Model {
         backbone: "r3d",
+        clip: None,
+        in_both: false,
+    },
+    Model {
+        backbone: "stgcn",
         clip: None,
         in_both: false,
     },

@@ -161,6 +161,8 @@ pub enum BenchBackbone {
     Mamba,
     /// torchvision's r3d_18 (`model.backbone=3dcnn`, 16 frames × 112 px).
     R3d,
+    /// mmaction2's ST-GCN on 64 frames of the 52 joints (`model.backbone=stgcn`).
+    Stgcn,
     /// Both.
     Both,
 }

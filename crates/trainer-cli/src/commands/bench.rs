@@ -16,6 +16,7 @@ pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
         BenchBackbone::Vivit => &[vidtrain_config::Backbone::Vivit],
         BenchBackbone::Mamba => &[vidtrain_config::Backbone::Mamba],
         BenchBackbone::R3d => &[vidtrain_config::Backbone::Resnet3d],
+        BenchBackbone::Stgcn => &[vidtrain_config::Backbone::Stgcn],
         BenchBackbone::Both => &[
             vidtrain_config::Backbone::Transformer,
             vidtrain_config::Backbone::Vivit,

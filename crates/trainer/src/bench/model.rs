@@ -156,11 +156,15 @@ pub fn row_config(base: &Config, row: &BenchRow, tiny: bool) -> Config {
         config.model.activation_bits = bits;
     }
     config.model.use_gradient_checkpointing = false;
-    config.model.input_type = if row.backbone == Backbone::Stgcn {
+    // ST-GCN reads keypoints only, every other backbone video only.
+    let keypoints = row.backbone == Backbone::Stgcn;
+    config.model.input_type = if keypoints {
         vidtrain_config::InputType::Kpt
     } else {
         vidtrain_config::InputType::Rgb
     };
+    config.data.load_kpt = keypoints;
+    config.data.load_rgb = !keypoints;
     config.train.view = vidtrain_config::ViewMode::Single;
     config.data.uniform_temporal_subsample_num = row.frames;
     config.data.img_size = row.image;
