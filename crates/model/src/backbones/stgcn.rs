@@ -22,8 +22,8 @@ use crate::chain::{
     Activation, BlockChain, ChainBlock, ChainConfig, SegmentChain, SegmentKind, pooled_features,
 };
 use crate::layers::batch_norm::batch_norm_channels;
-use crate::layers::conv_gemm::{ConvGeometry, conv3d_forward};
-use crate::layers::conv3d::conv3d_tracked;
+use crate::layers::conv_gemm::ConvGeometry;
+use crate::layers::conv3d::convolve_on_cpu;
 use crate::layers::dropout::dropout;
 use crate::layers::graph::{GraphConv, GraphConvConfig, Skeleton};
 use crate::layers::relu::relu_block_output;
@@ -192,7 +192,6 @@ impl<B: Backend> TemporalConv<B> {
     /// of the autodiff graph (`layers::conv3d`), in evaluation the plain kernel. Elsewhere
     /// Burn's `conv2d` ([`Self::convolve_composed`]).
     fn convolve(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let device = x.device();
         let [n, c_in, t, v] = x.dims();
         let [c_out, _, kernel, _] = self.conv.weight.dims();
         let t_out = (t + 2 * (kernel / 2) - kernel) / self.stride + 1;
@@ -204,25 +203,9 @@ impl<B: Backend> TemporalConv<B> {
             padding: [kernel / 2, 0, 0],
             output: [t_out, 1, v],
         };
-        let weight = || self.conv.weight.val().reshape([c_out, c_in, kernel, 1, 1]);
-        let bias = || Some(self.conv.bias.val());
-        let output = if crate::cpu_kernels::enabled::<B>(&device) {
-            Some(conv3d_forward(
-                x.clone().reshape(geometry.input),
-                weight(),
-                bias(),
-                geometry,
-            ))
-        } else if B::ad_enabled(&device) && crate::cpu_kernels::host_tensors::<B>(&device) {
-            conv3d_tracked(
-                x.clone().reshape(geometry.input),
-                weight(),
-                bias(),
-                geometry,
-            )
-        } else {
-            None
-        };
+        let weight = self.conv.weight.val().reshape([c_out, c_in, kernel, 1, 1]);
+        let bias = Some(self.conv.bias.val());
+        let output = convolve_on_cpu(x.clone().reshape(geometry.input), weight, bias, geometry);
         match output {
             Some(output) => output.reshape([n, c_out, t_out, v]),
             None => self.convolve_composed(x),

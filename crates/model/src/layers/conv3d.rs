@@ -527,3 +527,25 @@ fn gradients_by_convolution<B: Backend>(
 mod tests;
 mod tracked;
 pub(crate) use tracked::conv3d_tracked;
+
+/// `input` (`[n, c_in, t, h, w]`) convolved with `weight` (and `bias`) of `geometry` by
+/// vidtrain's CPU kernel: the plain kernel on burn-flex tensors, one op of the autodiff graph on
+/// burn-flex under autodiff; `None` elsewhere (the caller composes Burn's op). For the
+/// convolutions outside [`VideoConv3d`]: ST-GCN's temporal and 1×1 convolutions.
+pub(crate) fn convolve_on_cpu<B: Backend>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+) -> Option<Tensor<B, 5>> {
+    let device = input.device();
+    if crate::cpu_kernels::enabled::<B>(&device) {
+        Some(crate::layers::conv_gemm::conv3d_forward(
+            input, weight, bias, geometry,
+        ))
+    } else if B::ad_enabled(&device) && crate::cpu_kernels::host_tensors::<B>(&device) {
+        conv3d_tracked(input, weight, bias, geometry)
+    } else {
+        None
+    }
+}

@@ -9,6 +9,8 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 
 use crate::layers::batch_norm::batch_norm_relu_channels;
+use crate::layers::conv_gemm::ConvGeometry;
+use crate::layers::conv3d::convolve_on_cpu;
 use crate::precision::like;
 
 /// A skeleton: joint count and undirected edges between joint positions (positions in the
@@ -249,9 +251,27 @@ impl<B: Backend> PointwiseConv<B> {
     /// - output: `[n, c_out, t, v]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c_in, t, v] = x.dims();
-        let weight = like(self.weight.val(), &x);
-        let c_out = weight.dims()[0];
-        let weight = weight.reshape([1, c_out, c_in]);
+        let c_out = self.weight.dims()[0];
+        // On the CPU vidtrain's convolution kernel over `[n, c, t, 1, v]` (in training one
+        // autodiff op, which can keep its input in `model.activation_bits`): Burn's bias add
+        // broadcast over `[n, c_out, t·v]` walked a strided iterator per element, 16 % of an
+        // ST-GCN step forward and backward.
+        let geometry = ConvGeometry {
+            input: [n, c_in, t, 1, v],
+            channels_out: c_out,
+            kernel: [1, 1, 1],
+            stride: [1, 1, 1],
+            padding: [0, 0, 0],
+            output: [t, 1, v],
+        };
+        let weight = self.weight.val().reshape([c_out, c_in, 1, 1, 1]);
+        let bias = Some(self.bias.val());
+        if let Some(output) =
+            convolve_on_cpu(x.clone().reshape(geometry.input), weight, bias, geometry)
+        {
+            return output.reshape([n, c_out, t, v]);
+        }
+        let weight = like(self.weight.val(), &x).reshape([1, c_out, c_in]);
         let bias = like(self.bias.val(), &x).reshape([1, c_out, 1]);
         // [1, c_out, c_in] · [n, c_in, t·v]: a batched matmul over contiguous rows.
         (weight.matmul(x.reshape([n, c_in, t * v])) + bias).reshape([n, c_out, t, v])
@@ -282,10 +302,15 @@ impl<B: Backend> GraphConv<B> {
         let adjacency = like(self.adjacency.val() * self.importance.val(), &x); // [k, v, w]
         let partitions = adjacency.dims()[0];
         let channels = x.dims()[1] / partitions;
-        let x = x.reshape([n, partitions, channels * t, v]);
+        // One product with the partitions in its inner dimension, `[n, c'·t, k·v] · [k·v, w]`:
+        // a product per partition summed over them took the sum's backward through a strided
+        // broadcast (6 % of an ST-GCN step) and four partition-wide values.
+        let x = x
+            .reshape([n, partitions, channels * t, v])
+            .swap_dims(1, 2)
+            .reshape([n, channels * t, partitions * v]);
         let aggregated = x
-            .matmul(adjacency.unsqueeze::<4>()) // [n, k, c'·t, w]
-            .sum_dim(1)
+            .matmul(adjacency.reshape([1, partitions * v, v])) // [n, c'·t, w]
             .reshape([n, channels, t, v]);
         batch_norm_relu_channels(&self.bn, aggregated)
     }
