@@ -40,6 +40,24 @@ pub(crate) fn linear<B: Backend, const D: usize>(
     linear_composed(layer, x)
 }
 
+/// `x · W` over the last axis of `x` (`W`: `[in, out]`, f32 masters or made from them): on the CPU
+/// in training [`tracked_linear`]'s op (vidtrain's products, bf16 ones on the bf16 kernel, and
+/// its input kept in `model.activation_bits` where that applies), elsewhere Burn's product with
+/// `W` cast to `x`'s dtype. ST-GCN's graph aggregation.
+pub(crate) fn product<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let device = x.device();
+    if B::ad_enabled(&device) && crate::cpu_kernels::host_tensors::<B>(&device) {
+        if let Some(output) = tracked_linear::linear_tracked(x.clone(), weight.clone(), None) {
+            return output;
+        }
+    }
+    let weight = like(weight, &x);
+    burn::tensor::module::linear(x, weight, None)
+}
+
 /// [`linear`] as Burn's composition: the weights cast to `x`'s dtype, then `linear` (devices,
 /// evaluation, `VIDTRAIN_CPU_KERNELS=reference`, and the reference the op is tested against).
 pub(crate) fn linear_composed<B: Backend, const D: usize>(

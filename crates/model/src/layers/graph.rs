@@ -11,7 +11,7 @@ use burn::prelude::*;
 use crate::layers::batch_norm::batch_norm_relu_channels;
 use crate::layers::conv_gemm::ConvGeometry;
 use crate::layers::conv3d::convolve_on_cpu;
-use crate::precision::like;
+use crate::precision::{like, product};
 
 /// A skeleton: joint count and undirected edges between joint positions (positions in the
 /// keypoint array after `data.keypoint_indices`), and the centre joint the spatial partition
@@ -299,18 +299,18 @@ impl<B: Backend> GraphConv<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, _, t, v] = x.dims();
         let x = self.conv.forward(x); // [n, k·c', t, v]
-        let adjacency = like(self.adjacency.val() * self.importance.val(), &x); // [k, v, w]
+        let adjacency = self.adjacency.val() * self.importance.val(); // [k, v, w]
         let partitions = adjacency.dims()[0];
         let channels = x.dims()[1] / partitions;
         // One product with the partitions in its inner dimension, `[n, c'·t, k·v] · [k·v, w]`:
         // a product per partition summed over them took the sum's backward through a strided
-        // broadcast (6 % of an ST-GCN step) and four partition-wide values.
+        // broadcast (6 % of an ST-GCN step) and four partition-wide values. On the CPU in
+        // training it is the linear layers' op (`precision::product`).
         let x = x
             .reshape([n, partitions, channels * t, v])
             .swap_dims(1, 2)
             .reshape([n, channels * t, partitions * v]);
-        let aggregated = x
-            .matmul(adjacency.reshape([1, partitions * v, v])) // [n, c'·t, w]
+        let aggregated = product(x, adjacency.reshape([partitions * v, v])) // [n, c'·t, w]
             .reshape([n, channels, t, v]);
         batch_norm_relu_channels(&self.bn, aggregated)
     }

@@ -168,8 +168,8 @@ impl ActivationCosts {
             }
             // The permuted copy of the keypoints and BatchNorm's centred values.
             LayerRole::InputNorm => Self::new(2 * input, 2 * input, 2 * input),
-            // Op by op, a block keeps its input, the 1×1 convolution's `partitions`-wide output
-            // (the graph matmul's operand), BatchNorm's centred values and ReLU outputs, the
+            // Op by op, a block keeps its input, the graph aggregation's `partitions`-wide
+            // operand, BatchNorm's centred values and ReLU outputs, the
             // dropout mask and the residual's BatchNorm: about `partitions + 6` outputs. The
             // measured peaks are lower (`cargo xtask bench plan`, ST-GCN at 64 frames, batch 16:
             // about `partitions + 1` outputs per block, some of those operands being shared or
@@ -190,14 +190,14 @@ impl ActivationCosts {
                 .inference((partitions + 1) * output);
                 costs.replay_peak = input + 4 * output;
                 // Keeping codes: the convolutions' inputs (the block's input for the 1×1 and
-                // the residual convolutions, the temporal convolution's) and the BatchNorms'
-                // become codes, both ReLUs gates; the graph aggregation (Burn's matmul) still
-                // keeps its `partitions`-wide operand whole. Calibrated like the rule above: at 8
-                // bits, 64 frames, batch 16, the peak measured 494 MiB against 758 at 32 bits.
+                // the residual convolutions, the temporal convolution's), the graph
+                // aggregation's `partitions`-wide operand (`precision::product`) and the
+                // BatchNorms' inputs become codes, both ReLUs gates (at 8 bits, 64 frames, batch
+                // 16, the peak measured 336 MiB against 713 at 32 bits).
                 let residual = usize::from(residual_conv);
                 costs.compressed_saved = Some(CompressedSaved {
-                    codes: (2 + residual) * output + (1 + residual) * input,
-                    whole: (partitions - 1) * output,
+                    codes: (2 + residual + partitions) * output + (1 + residual) * input,
+                    whole: 0,
                     gates: 2 * output,
                 });
                 costs
