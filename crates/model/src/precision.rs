@@ -49,10 +49,11 @@ pub(crate) fn product<B: Backend, const D: usize>(
     weight: Tensor<B, 2>,
 ) -> Tensor<B, D> {
     let device = x.device();
-    if B::ad_enabled(&device) && crate::cpu_kernels::host_tensors::<B>(&device) {
-        if let Some(output) = tracked_linear::linear_tracked(x.clone(), weight.clone(), None) {
-            return output;
-        }
+    if B::ad_enabled(&device)
+        && crate::cpu_kernels::host_tensors::<B>(&device)
+        && let Some(output) = tracked_linear::linear_tracked(x.clone(), weight.clone(), None)
+    {
+        return output;
     }
     let weight = like(weight, &x);
     burn::tensor::module::linear(x, weight, None)
