@@ -277,6 +277,24 @@ fn positive_bits<T: HostFloat>(values: &[T]) -> Vec<u8> {
     bits
 }
 
+/// `upstream` (a host tensor of f32, bf16 or f16, flattened as the gate) zeroed where `bits`
+/// ([`gate_bits`]) has a 0, in its dtype (written over its values when nothing else holds them):
+/// a gradient through the ReLU.
+pub(crate) fn gated_by<B: Backend>(bits: &[u8], upstream: Tensor<B, 1>) -> Tensor<B, 1> {
+    fn gated<B: Backend, T: HostFloat>(bits: &[u8], upstream: Tensor<B, 1>) -> Tensor<B, 1> {
+        let device = upstream.device();
+        let mut values = cpu_kernels::values::<T, B, 1>(upstream);
+        zero_where_closed(bits, &mut values);
+        let length = values.len();
+        Tensor::from_data(TensorData::new(values, [length]), (&device, T::dtype()))
+    }
+    match upstream.dtype() {
+        DType::BF16 => gated::<B, bf16>(bits, upstream),
+        DType::F16 => gated::<B, f16>(bits, upstream),
+        _ => gated::<B, f32>(bits, upstream),
+    }
+}
+
 /// Zeroes `values` where `bits` ([`positive_bits`]) has a 0: a gradient through the ReLU.
 pub(crate) fn zero_where_closed<T: HostFloat>(bits: &[u8], values: &mut [T]) {
     values

@@ -14,10 +14,9 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::FloatTensorOps;
-use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
+use burn::tensor::{Shape, TensorMetadata};
 
-use crate::cpu_kernels::{HostFloat, values};
-use crate::quantize::{compressing, gate_bits, zero_where_closed};
+use crate::quantize::{compressing, gate_bits, gated_by};
 use crate::tracked_ops::{
     flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
 };
@@ -55,29 +54,13 @@ impl Backward<Flex, 1> for GatedRelu {
             upstream,
             Shape::new([shape.num_elements()]),
         ));
-        let gradient = match flat.dtype() {
-            DType::BF16 => gated::<bf16>(&ops.state, flat),
-            DType::F16 => gated::<f16>(&ops.state, flat),
-            _ => gated::<f32>(&ops.state, flat),
-        };
+        let gradient = flex(gated_by(&ops.state, flat));
         register(
             grads,
             input_node,
             Some(Flex::float_reshape(gradient, shape)),
         );
     }
-}
-
-/// `upstream` zeroed where the gate was closed, in its dtype.
-fn gated<T: HostFloat>(gate: &[u8], upstream: Tensor<Flex, 1>) -> burn::backend::flex::FlexTensor {
-    let device = upstream.device();
-    let mut values = values::<T, _, 1>(upstream);
-    zero_where_closed(gate, &mut values);
-    let length = values.len();
-    flex(Tensor::<Flex, 1>::from_data(
-        TensorData::new(values, [length]),
-        (&device, T::dtype()),
-    ))
 }
 
 #[cfg(test)]

@@ -5,15 +5,14 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, TensorData, bf16, f16};
 use vidtrain_config::RecomputeMode;
 
 use crate::chain::Activation;
-use crate::cpu_kernels::{self, HostFloat};
+use crate::cpu_kernels;
 use crate::layers::conv_gemm::ConvInput;
 use crate::layers::norm_relu_host::ChannelNorm;
 pub(crate) use crate::quantize::HostInput;
-use crate::quantize::{Quantized, gate_bits, zero_where_closed};
+use crate::quantize::{Quantized, gate_bits, gated_by};
 use crate::tracked_ops::{from_tracked_host, tracked_host};
 
 /// How a training step keeps what its backward needs.
@@ -170,7 +169,7 @@ pub(super) fn flatten<B: AutodiffBackend, const D: usize>(
 /// as the forward opened it, kept beside a compressed input ([`crate::layers::batch_norm::ReluGate`]).
 pub(super) enum ReluMask<B: Backend> {
     /// Bit `i % 8` of byte `i / 8` (burn-flex).
-    Host { bits: Vec<u8>, device: B::Device },
+    Host(Vec<u8>),
     /// A bool tensor (other backends).
     Tensor(Tensor<B, 1, Bool>),
 }
@@ -183,10 +182,7 @@ impl<B: Backend> ReluMask<B> {
         if !cpu_kernels::enabled::<B>(&device) {
             return ReluMask::Tensor(output.greater_elem(0.0));
         }
-        ReluMask::Host {
-            bits: gate_bits(output),
-            device,
-        }
+        ReluMask::Host(gate_bits(output))
     }
 
     /// `upstream` (flattened, as the output) with 0 where the gate was closed, written over its
@@ -194,25 +190,9 @@ impl<B: Backend> ReluMask<B> {
     pub(super) fn apply(self, upstream: Tensor<B, 1>) -> Tensor<B, 1> {
         match self {
             ReluMask::Tensor(passed) => upstream.mask_fill(passed.bool_not(), 0.0),
-            ReluMask::Host { bits, device } => match upstream.dtype() {
-                DType::BF16 => gated::<B, bf16>(&bits, upstream, &device),
-                DType::F16 => gated::<B, f16>(&bits, upstream, &device),
-                _ => gated::<B, f32>(&bits, upstream, &device),
-            },
+            ReluMask::Host(bits) => gated_by(&bits, upstream),
         }
     }
-}
-
-/// `upstream`'s values as `T`, zeroed where `bits` has a 0.
-fn gated<B: Backend, T: HostFloat>(
-    bits: &[u8],
-    upstream: Tensor<B, 1>,
-    device: &B::Device,
-) -> Tensor<B, 1> {
-    let mut values = cpu_kernels::values::<T, B, 1>(upstream);
-    zero_where_closed(bits, &mut values);
-    let length = values.len();
-    Tensor::from_data(TensorData::new(values, [length]), (device, T::dtype()))
 }
 
 #[cfg(test)]
@@ -233,7 +213,7 @@ mod tests {
             let upstream = Tensor::<TestBackend, 1>::random([1003], Distribution::Default, &device)
                 .cast(dtype);
             let mask = ReluMask::of(output.clone());
-            assert!(matches!(mask, ReluMask::Host { .. }));
+            assert!(matches!(mask, ReluMask::Host(_)));
             let gated = mask.apply(upstream.clone());
             assert_eq!(gated.dtype(), upstream.dtype());
             let expected = ReluMask::Tensor(output.greater_elem(0.0)).apply(upstream);

@@ -11,14 +11,14 @@
 //! keeps its input as block codes, restored a row at a time in backward, and with a ReLU the
 //! forward's gate, a bit per value.
 
+use std::sync::Arc;
+
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::FlexTensor;
 use burn::nn::BatchNorm;
-use std::sync::Arc;
-
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
@@ -26,8 +26,7 @@ use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 use super::{ReluGate, training_on_host};
 use crate::cpu_kernels::{HostFloat, cast, stored, values};
 use crate::layers::norm_relu_host::ChannelNorm;
-use crate::quantize::HostCodes;
-use crate::quantize::{gate_bits, zero_where_closed};
+use crate::quantize::{HostCodes, gate_bits, zero_where_closed};
 use crate::tracked_ops::{
     KeptTensor, flex, from_tracked_host, host, parameter_gradient, parent_ids, record, register,
     tracked_host,
