@@ -68,12 +68,12 @@ pub fn cast<B: Backend, const D: usize>(
         return tensor.cast(dtype);
     }
     let converted = match (from, to) {
-        (DType::F32, DType::BF16) => convert(tensor, bf16::from_f32),
+        (DType::F32, DType::BF16) => convert(tensor, bf16_from_f32),
         (DType::F32, DType::F16) => convert(tensor, f16::from_f32),
         (DType::BF16, DType::F32) => convert(tensor, bf16::to_f32),
         (DType::F16, DType::F32) => convert(tensor, f16::to_f32),
         (DType::BF16, DType::F16) => convert(tensor, |v: bf16| f16::from_f32(v.to_f32())),
-        (DType::F16, DType::BF16) => convert(tensor, |v: f16| bf16::from_f32(v.to_f32())),
+        (DType::F16, DType::BF16) => convert(tensor, |v: f16| bf16_from_f32(v.to_f32())),
         _ => unreachable!("both dtypes are f32, bf16 or f16 and differ"),
     };
     Tensor::from_data(converted, (&device, to))
@@ -230,24 +230,46 @@ impl HostFloat for f32 {
     }
 }
 
-/// The half types convert with `half`'s own methods (round to nearest even).
-macro_rules! half_host_float {
-    ($($half:ident => $float:ident),*) => {$(
-        impl HostFloat for $half {
-            const FLOAT: FloatDType = FloatDType::$float;
-            #[inline(always)]
-            fn to_f32(self) -> f32 {
-                $half::to_f32(self)
-            }
-            #[inline(always)]
-            fn from_f32(value: f32) -> Self {
-                $half::from_f32(value)
-            }
-        }
-    )*};
+impl HostFloat for bf16 {
+    const FLOAT: FloatDType = FloatDType::BF16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        bf16_from_f32(value)
+    }
 }
 
-half_host_float!(bf16 => BF16, f16 => F16);
+/// f16 converts with `half`'s own methods (round to nearest even).
+impl HostFloat for f16 {
+    const FLOAT: FloatDType = FloatDType::F16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+}
+
+/// `value` rounded to the nearest bf16, ties to even, NaN kept a quiet NaN: `half`'s
+/// `bf16::from_f32`, bit for bit, without its branches. `half` returns early for a NaN and
+/// branches on the rounding bits, which kept every loop that stores bf16 scalar (one value at a
+/// time: the stem's BatchNorm backward, casts, GELU's and LayerNorm's outputs, a quarter of the
+/// seed model's bf16 step at stop 42); here both cases are selects the compiler vectorises.
+#[inline(always)]
+pub(crate) fn bf16_from_f32(value: f32) -> bf16 {
+    let bits = value.to_bits();
+    // Adding 0x7fff, plus 1 when the kept part is odd, carries into the kept part exactly when
+    // the dropped half is above one half, or one half with the kept part odd.
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = (bits >> 16) as u16 | 0x40;
+    let is_nan = bits & 0x7fff_ffff > 0x7f80_0000;
+    bf16::from_bits(if is_nan { quiet_nan } else { rounded })
+}
 
 /// Elements converted per task: large enough that a task outweighs its scheduling.
 const CAST_CHUNK: usize = 1 << 16;
@@ -293,6 +315,25 @@ mod tests {
     use super::*;
     use crate::TestBackend;
     use burn::tensor::Distribution;
+
+    /// The branch-free rounding equals `half`'s `bf16::from_f32` bit for bit on every one of the
+    /// 2³² f32 bit patterns (NaNs, infinities, subnormals, ties and the overflow to infinity
+    /// included).
+    #[test]
+    fn bf16_rounding_equals_halfs_on_every_f32() {
+        let mismatches: u64 = (0..=u16::MAX)
+            .into_par_iter()
+            .map(|high| {
+                (0..=u16::MAX)
+                    .filter(|&low| {
+                        let value = f32::from_bits(u32::from(high) << 16 | u32::from(low));
+                        bf16_from_f32(value).to_bits() != bf16::from_f32(value).to_bits()
+                    })
+                    .count() as u64
+            })
+            .sum();
+        assert_eq!(mismatches, 0, "bit patterns rounded unlike half's");
+    }
 
     /// The parallel cast equals a one-element-at-a-time conversion that rounds to nearest even
     /// from the f32 value (as PyTorch does), in every direction between f32, bf16 and f16, on

@@ -118,6 +118,11 @@ pub(crate) fn mean_dim_f32<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     dim: usize,
 ) -> Tensor<B, D> {
+    if dim == D - 1
+        && let Some(means) = crate::layers::mean_pool::mean_last_axis(x.clone())
+    {
+        return means;
+    }
     let dtype = x.dtype();
     if dtype == DType::F32 || crate::cpu_kernels::computes_on_host::<B>(&x.device()) {
         return x.mean_dim(dim);

@@ -11,6 +11,7 @@ pub mod gelu;
 pub mod graph;
 mod im2col;
 pub mod mamba;
+pub(crate) mod mean_pool;
 pub mod norm_relu_host;
 pub mod relu;
 pub mod selective_scan;

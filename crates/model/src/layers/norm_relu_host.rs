@@ -177,26 +177,20 @@ impl ChannelNorm {
         gate: ReluGate,
     ) -> (Vec<f32>, Vec<f32>) {
         let gated = self.relu && gate == ReluGate::FromInput;
-        let passed = |x: f32, g: f32, ch: usize| {
-            if !gated || x * self.scale[ch] + self.shift[ch] > 0.0 {
-                g
-            } else {
-                0.0
-            }
-        };
         let upstream_ref: &[T] = upstream;
         // Per channel: Σ g (β's gradient) and Σ g · x̂ (γ's).
         let (beta_gradient, gamma_gradient): (Vec<f32>, Vec<f32>) = (0..c)
             .into_par_iter()
             .map(|ch| {
                 let (mean, inverse_std) = (self.mean[ch], self.inverse_std[ch]);
+                let (scale, shift) = (self.scale[ch], self.shift[ch]);
                 let (mut sum, mut product) = (0f64, 0f64);
                 for i in 0..n {
                     let row = i * c + ch;
                     let gs = &upstream_ref[row * l..][..l];
                     let (s, p) = x.with_row(row, l, |xs| {
                         lane_sum_pair(xs, gs, |x, g| {
-                            let g = passed(x, g, ch);
+                            let g = passed(gated, x, g, scale, shift);
                             (g, g * (x - mean) * inverse_std)
                         })
                     });
@@ -213,22 +207,57 @@ impl ChannelNorm {
                 .enumerate()
                 .for_each(|(row, gs)| {
                     let ch = row % c;
-                    let (mean, inverse_std, scale) =
-                        (self.mean[ch], self.inverse_std[ch], self.scale[ch]);
-                    let mean_g = beta_gradient[ch] / count;
-                    let mean_gx = gamma_gradient[ch] / count;
+                    let row_map = InputGradientRow {
+                        mean: self.mean[ch],
+                        inverse_std: self.inverse_std[ch],
+                        scale: self.scale[ch],
+                        shift: self.shift[ch],
+                        mean_g: beta_gradient[ch] / count,
+                        mean_gx: gamma_gradient[ch] / count,
+                    };
                     x.with_row(row, l, |xs| {
-                        for (g, &x) in gs.iter_mut().zip(xs) {
-                            let x = x.to_f32();
-                            let normalized = (x - mean) * inverse_std;
-                            *g = T::from_f32(
-                                scale * (passed(x, g.to_f32(), ch) - mean_g - normalized * mean_gx),
-                            );
+                        if gated {
+                            row_map.write::<T, true>(gs, xs);
+                        } else {
+                            row_map.write::<T, false>(gs, xs);
                         }
                     })
                 });
         }
         (gamma_gradient, beta_gradient)
+    }
+}
+
+/// The upstream gradient `g` where the ReLU passed it (`x · scale + shift > 0`, NaN closing the
+/// gate), 0 elsewhere; `g` everywhere when the gradient is not `gated` here.
+#[inline(always)]
+fn passed(gated: bool, x: f32, g: f32, scale: f32, shift: f32) -> f32 {
+    let opens = x * scale + shift > 0.0;
+    if gated && !opens { 0.0 } else { g }
+}
+
+/// One row's input gradient, `scale · (g − mean(g) − x̂ · mean(g · x̂))`, with its channel's
+/// numbers read once: indexed per value inside the loop, they kept the loop one value at a
+/// time (a fifth of the seed model's bf16 step at stop 42).
+struct InputGradientRow {
+    mean: f32,
+    inverse_std: f32,
+    scale: f32,
+    shift: f32,
+    mean_g: f32,
+    mean_gx: f32,
+}
+
+impl InputGradientRow {
+    /// Overwrites the upstream gradients `gs` with the input's, `xs` the row's input.
+    #[inline(always)]
+    fn write<T: HostFloat, const GATED: bool>(&self, gs: &mut [T], xs: &[T]) {
+        for (gradient, &x) in gs.iter_mut().zip(xs) {
+            let x = x.to_f32();
+            let normalized = (x - self.mean) * self.inverse_std;
+            let g = passed(GATED, x, gradient.to_f32(), self.scale, self.shift);
+            *gradient = T::from_f32(self.scale * (g - self.mean_g - normalized * self.mean_gx));
+        }
     }
 }
 
