@@ -8,7 +8,7 @@
 //!
 //! PyTorch comes from a cache venv (`$VIDTRAIN_TORCH_VENV`, default `~/.cache/vidtrain/torch-venv`),
 //! made with `pip install torch` when it is missing. `BENCH_STEPS` (default 2) timed steps after one
-//! warm-up step; `BENCH_BACKBONE=transformer|vivit|r3d|stgcn|both|all` (default both: the first two); `BENCH_ROWS=fp32 b4,lowest b4` only the rows named; `BENCH_ROW_TIMEOUT_S` (default
+//! warm-up step; `BENCH_BACKBONE=transformer|vivit|r3d|stgcn|both|all` or a comma-separated list (default both: the first two); `BENCH_ROWS=fp32 b4,lowest b4` only the rows named; `BENCH_ROW_TIMEOUT_S` (default
 //! 600) per side of a row.
 
 use std::path::{Path, PathBuf};
@@ -80,7 +80,9 @@ pub fn cpu() -> anyhow::Result<()> {
     let models: Vec<&Model> = MODELS
         .iter()
         .filter(|model| {
-            only == "all" || (only == "both" && model.in_both) || only == model.backbone
+            only == "all"
+                || (only == "both" && model.in_both)
+                || only.split(',').any(|name| name == model.backbone)
         })
         .collect();
     let (flops_per_sample, gemm_peak) =
