@@ -185,6 +185,34 @@ fn gather<T: Copy>(out: &mut [T], input: &[T], stride: usize) {
     }
 }
 
+/// `input[k · stride] += values[k]`, [`gather`]'s adjoint. Strides 1 and 2 get loops the
+/// compiler vectorises: through `step_by` every stride added one value at a time (col2im was 15 %
+/// of the 3-D ResNet's bf16 step at stop 42).
+fn scatter_add(input: &mut [f32], values: &[f32], stride: usize) {
+    match stride {
+        1 => {
+            for (input, value) in input[..values.len()].iter_mut().zip(values) {
+                *input += value;
+            }
+        }
+        2 => {
+            let reach = (2 * values.len()).saturating_sub(1);
+            let (pairs, last) = input[..reach].as_chunks_mut::<2>();
+            for (pair, value) in pairs.iter_mut().zip(values) {
+                pair[0] += value;
+            }
+            if let ([single], Some(value)) = (last, values.get(pairs.len())) {
+                *single += value;
+            }
+        }
+        _ => {
+            for (input, value) in input.iter_mut().step_by(stride).zip(values) {
+                *input += value;
+            }
+        }
+    }
+}
+
 /// Adds the column gradients `columns: [c_in·taps, lines·w']` of output lines
 /// `first..first + lines` back onto the input positions they were read from
 /// (`clip: [c_in, t, h, w]`), in parallel over input channels (each owns its volume).
@@ -210,10 +238,7 @@ pub(super) fn col2im(
                     };
                     let input =
                         &mut volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
-                    let inside = &values[span.first..span.end];
-                    for (input, value) in input.iter_mut().step_by(span.stride).zip(inside) {
-                        *input += value;
-                    }
+                    scatter_add(input, &values[span.first..span.end], span.stride);
                 }
             }
         });
