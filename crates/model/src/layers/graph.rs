@@ -11,6 +11,7 @@ use burn::prelude::*;
 use crate::layers::batch_norm::batch_norm_relu_channels;
 use crate::layers::conv_gemm::ConvGeometry;
 use crate::layers::conv3d::convolve_on_cpu;
+use crate::layers::swap_axes::swap_middle_axes;
 use crate::precision::{like, product};
 
 /// A skeleton: joint count and undirected edges between joint positions (positions in the
@@ -304,12 +305,14 @@ impl<B: Backend> GraphConv<B> {
         let channels = x.dims()[1] / partitions;
         // One product with the partitions in its inner dimension, `[n, c'·t, k·v] · [k·v, w]`:
         // a product per partition summed over them took the sum's backward through a strided
-        // broadcast (6 % of an ST-GCN step) and four partition-wide values. On the CPU in
+        // broadcast (6 % of an ST-GCN step) and four partition-wide values. The partitions move next
+        // to the joints in one parallel copy (`swap_axes`). On the CPU in
         // training it is the linear layers' op (`precision::product`).
-        let x = x
-            .reshape([n, partitions, channels * t, v])
-            .swap_dims(1, 2)
-            .reshape([n, channels * t, partitions * v]);
+        let x = swap_middle_axes(x.reshape([n, partitions, channels * t, v])).reshape([
+            n,
+            channels * t,
+            partitions * v,
+        ]);
         let aggregated = product(x, adjacency.reshape([partitions * v, v])) // [n, c'·t, w]
             .reshape([n, channels, t, v]);
         batch_norm_relu_channels(&self.bn, aggregated)

@@ -16,3 +16,4 @@ pub mod norm_relu_host;
 pub mod relu;
 pub mod selective_scan;
 pub mod stem;
+pub mod swap_axes;
