@@ -38,12 +38,21 @@ pub struct NoFit {
     pub message: String,
 }
 
-/// Whether bf16 trains faster than 32 on this CPU, as measured: the seed model's RGB stem on a
-/// CPU with AVX512_BF16 (`vidtrain_model::gemm_bf16`).
+/// Whether bf16 trains faster than 32 on this CPU, as measured (`cargo xtask bench cpu`, stop
+/// 43, at micro-batch 4 and at micro-batch 1 × 4): on a CPU with AVX512_BF16
+/// (`vidtrain_model::gemm_bf16`), the seed model's RGB stem (bf16 4.6 vs fp32 3.1 samples/s at
+/// b4, 4.7 vs 3.1 at b1×4) and ST-GCN (7.9 vs 7.4, 7.3 vs 6.5). ViViT and the 3-D ResNet are
+/// faster in bf16 at b4 only (8.0 vs 6.3, 0.88 vs 0.75) and slower at b1×4 (5.3 vs 5.8, 0.89 vs
+/// 0.98), where their weights are rounded to bf16 once per micro-batch; Mamba and the keypoint
+/// transformer are not measured.
 pub(super) fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
-    config.model.backbone == vidtrain_config::Backbone::Transformer
-        && config.model.input_type != vidtrain_config::InputType::Kpt
-        && crate::Bf16ProductPath::fastest().is_some()
+    use vidtrain_config::{Backbone, InputType};
+    let measured_faster = match config.model.backbone {
+        Backbone::Transformer => config.model.input_type != InputType::Kpt,
+        Backbone::Stgcn => true,
+        _ => false,
+    };
+    measured_faster && crate::Bf16ProductPath::fastest().is_some()
 }
 
 /// The fastest settings whose plan fits `device_budget` (the GPU; ignored on the CPU backend)
@@ -66,10 +75,9 @@ pub fn fit(
     // Both backends have bf16 (burn-flex on the CPU, CUDA); the measured faster one first. On a
     // GPU that is bf16 (tensor cores), so 32 only when bf16 does not fit either. On the CPU it is
     // 32 (`cargo xtask bench cpu`, seed model b4 on a CPU without AVX512_BF16: fp32 1.18, bf16
-    // 0.96 samples/s), except for the seed model's convolution stem on a CPU with AVX512_BF16,
-    // which vidtrain multiplies in bf16 (`gemm_bf16`; fp32 1.64, bf16 1.77 samples/s at 0.72×
-    // the peak); ViViT's and Mamba's linear layers still go through burn-flex's f32 route. wgpu
-    // has no bf16 (and f16 only on some adapters): what was asked.
+    // 0.96 samples/s), except where `bf16_is_faster_on_this_cpu` measured otherwise (the seed
+    // model's stem and ST-GCN on a CPU with AVX512_BF16, which vidtrain multiplies in bf16).
+    // wgpu has no bf16 (and f16 only on some adapters): what was asked.
     let precisions: Vec<Precision> = match (config.trainer.precision, backend) {
         (Precision::Full, BackendChoice::Cpu) if bf16_is_faster_on_this_cpu(config) => {
             vec![Precision::BHalf, Precision::Full]
