@@ -43,7 +43,8 @@ pub struct NoFit {
 /// (`vidtrain_model::gemm_bf16`), the seed model's RGB stem (bf16 4.6 vs fp32 3.1 samples/s at
 /// b4, 4.7 vs 3.1 at b1×4) and ST-GCN (7.9 vs 7.4, 7.3 vs 6.5). ViViT and the 3-D ResNet are
 /// faster in bf16 at b4 only (8.0 vs 6.3, 0.88 vs 0.75) and slower at b1×4 (5.3 vs 5.8, 0.89 vs
-/// 0.98), where their weights are rounded to bf16 once per micro-batch; Mamba and the keypoint
+/// 0.98; not for rounding the weights to bf16 once per micro-batch: one rounding shared by the
+/// step's micro-batches measured no faster, and 38 MiB heavier); Mamba and the keypoint
 /// transformer are not measured.
 pub(super) fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
     use vidtrain_config::{Backbone, InputType};
