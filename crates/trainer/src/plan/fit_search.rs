@@ -42,8 +42,9 @@ pub struct NoFit {
 /// 43, at micro-batch 4 and at micro-batch 1 × 4): on a CPU with AVX512_BF16
 /// (`vidtrain_model::gemm_bf16`), the seed model's RGB stem (bf16 4.6 vs fp32 3.1 samples/s at
 /// b4, 4.7 vs 3.1 at b1×4) and ST-GCN (7.9 vs 7.4, 7.3 vs 6.5). ViViT and the 3-D ResNet are
-/// faster in bf16 at b4 only (8.0 vs 6.3, 0.88 vs 0.75) and slower at b1×4 (5.3 vs 5.8, 0.89 vs
-/// 0.98; not for rounding the weights to bf16 once per micro-batch: one rounding shared by the
+/// faster in bf16 at b4 (7.9–8.0 vs 6.3–6.7, 0.88–1.34 vs 0.75–1.07 over two sittings) but not
+/// at b1×4 (5.3–6.1 vs 5.7–5.8, 0.85–0.89 vs 0.74–0.98: slower in one sitting, faster in the
+/// other; not for rounding the weights to bf16 once per micro-batch: one rounding shared by the
 /// step's micro-batches measured no faster, and 38 MiB heavier); Mamba and the keypoint
 /// transformer are not measured.
 pub(super) fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
