@@ -188,3 +188,47 @@ impl KeptTensor {
         }
     }
 }
+
+/// What the tests of vidtrain's CPU ops share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use burn::backend::Autodiff;
+    use burn::prelude::*;
+    use burn::tensor::{FloatDType, Tolerance};
+
+    use crate::TestBackend;
+
+    type B = Autodiff<TestBackend>;
+
+    /// `ours` (the op, on a tracked input) and `burns` (the composition it replaces), each
+    /// differentiated for the loss `Σ output · upstream` at `x`: outputs and input gradients
+    /// agree within `tolerance`, both in `x`'s dtype; and `evaluated` (the op without autodiff,
+    /// on `x`'s inner tensor) gives `ours`'s output exactly.
+    pub(crate) fn assert_matches_burn<const D: usize>(
+        x: Tensor<B, D>,
+        upstream: Tensor<B, D>,
+        ours: impl Fn(Tensor<B, D>) -> Tensor<B, D>,
+        burns: impl Fn(Tensor<B, D>) -> Tensor<B, D>,
+        evaluated: impl Fn(Tensor<TestBackend, D>) -> Tensor<TestBackend, D>,
+        tolerance: Tolerance<f32>,
+    ) {
+        let dtype = x.dtype();
+        let run = |forward: &dyn Fn(Tensor<B, D>) -> Tensor<B, D>| {
+            let x = x.clone().require_grad();
+            let output = forward(x.clone());
+            assert_eq!(output.dims(), upstream.dims());
+            assert_eq!(output.dtype(), dtype);
+            let grads = (output.clone() * upstream.clone()).sum().backward();
+            let gradient = x.grad(&grads).expect("the input is tracked");
+            assert_eq!(gradient.dtype(), dtype);
+            (output.inner(), gradient)
+        };
+        let ours = run(&ours);
+        let burns = run(&burns);
+        let as_f32 = |tensor: Tensor<TestBackend, D>| tensor.cast(FloatDType::F32).into_data();
+        as_f32(ours.0.clone()).assert_approx_eq::<f32>(&as_f32(burns.0), tolerance);
+        as_f32(ours.1).assert_approx_eq::<f32>(&as_f32(burns.1), tolerance);
+        as_f32(evaluated(x.inner()))
+            .assert_approx_eq::<f32>(&as_f32(ours.0), Tolerance::rel_abs(0.0, 0.0));
+    }
+}

@@ -148,6 +148,7 @@ fn gelu_slope(x: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::TestBackend;
+    use crate::tracked_ops::testing::assert_matches_burn;
     use burn::backend::Autodiff;
     use burn::tensor::{Distribution, FloatDType, Tolerance};
 
@@ -169,23 +170,14 @@ mod tests {
                 .detach();
             let upstream =
                 Tensor::<B, 3>::random([3, 70, 129], Distribution::Default, &device).cast(dtype);
-            let run = |forward: &dyn Fn(Tensor<B, 3>) -> Tensor<B, 3>| {
-                let x = x.clone().require_grad();
-                let output = forward(x.clone());
-                assert_eq!(output.dtype(), DType::from(dtype));
-                let grads = (output.clone() * upstream.clone()).sum().backward();
-                let gradient = x.grad(&grads).expect("the input is tracked");
-                assert_eq!(gradient.dtype(), DType::from(dtype));
-                (output.inner(), gradient)
-            };
-            let ours = run(&|x| gelu_tracked(x).expect("burn-flex under autodiff"));
-            let burns = run(&burn::tensor::activation::gelu);
-            let as_f32 = |tensor: Tensor<TestBackend, 3>| tensor.cast(FloatDType::F32).into_data();
-            as_f32(ours.0.clone()).assert_approx_eq::<f32>(&as_f32(burns.0), tolerance);
-            as_f32(ours.1).assert_approx_eq::<f32>(&as_f32(burns.1), tolerance);
-            let evaluated = gelu(x.clone().inner());
-            as_f32(evaluated)
-                .assert_approx_eq::<f32>(&as_f32(ours.0), Tolerance::rel_abs(0.0, 0.0));
+            assert_matches_burn(
+                x,
+                upstream,
+                |x| gelu_tracked(x).expect("burn-flex under autodiff"),
+                burn::tensor::activation::gelu,
+                gelu,
+                tolerance,
+            );
         }
     }
 }

@@ -128,6 +128,7 @@ fn spread_as<T: HostFloat>(upstream: Tensor<Flex, 1>, length: usize) -> Tensor<F
 mod tests {
     use super::*;
     use crate::TestBackend;
+    use crate::tracked_ops::testing::assert_matches_burn;
     use burn::backend::Autodiff;
     use burn::tensor::{Distribution, FloatDType, Tolerance};
 
@@ -159,25 +160,14 @@ mod tests {
                 pooled[3] = 1;
                 let upstream =
                     Tensor::<B, 4>::random(pooled, Distribution::Default, &device).cast(dtype);
-                let run = |forward: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
-                    let x = x.clone().require_grad();
-                    let output = forward(x.clone());
-                    assert_eq!(output.dims(), pooled);
-                    assert_eq!(output.dtype(), DType::from(dtype));
-                    let grads = (output.clone() * upstream.clone()).sum().backward();
-                    let gradient = x.grad(&grads).expect("the input is tracked");
-                    assert_eq!(gradient.dtype(), DType::from(dtype));
-                    (output.inner(), gradient)
-                };
-                let ours = run(&|x| mean_last_axis(x).expect("burn-flex under autodiff"));
-                let burns = run(&|x| x.mean_dim(3));
-                let as_f32 =
-                    |tensor: Tensor<TestBackend, 4>| tensor.cast(FloatDType::F32).into_data();
-                as_f32(ours.0.clone()).assert_approx_eq::<f32>(&as_f32(burns.0), tolerance);
-                as_f32(ours.1).assert_approx_eq::<f32>(&as_f32(burns.1), tolerance);
-                let evaluated = mean_last_axis(x.clone().inner()).expect("burn-flex");
-                as_f32(evaluated)
-                    .assert_approx_eq::<f32>(&as_f32(ours.0), Tolerance::rel_abs(0.0, 0.0));
+                assert_matches_burn(
+                    x,
+                    upstream,
+                    |x| mean_last_axis(x).expect("burn-flex under autodiff"),
+                    |x| x.mean_dim(3),
+                    |x| mean_last_axis(x).expect("burn-flex"),
+                    tolerance,
+                );
             }
         }
     }

@@ -89,6 +89,7 @@ impl Backward<Flex, 1> for SwapMiddleAxes {
 mod tests {
     use super::*;
     use crate::TestBackend;
+    use crate::tracked_ops::testing::assert_matches_burn;
     use burn::backend::Autodiff;
     use burn::tensor::{Distribution, FloatDType, Tolerance};
 
@@ -110,24 +111,14 @@ mod tests {
                 let [n, a, b, l] = x.dims();
                 let upstream = Tensor::<B, 4>::random([n, b, a, l], Distribution::Default, &device)
                     .cast(dtype);
-                let run = |forward: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>| {
-                    let x = x.clone().require_grad();
-                    let output = forward(x.clone());
-                    assert_eq!(output.dims(), [n, b, a, l]);
-                    assert_eq!(output.dtype(), DType::from(dtype));
-                    let grads = (output.clone() * upstream.clone()).sum().backward();
-                    let gradient = x.grad(&grads).expect("the input is tracked");
-                    (output.inner(), gradient)
-                };
-                let ours = run(&swap_middle_axes);
-                let burns = run(&|x| x.swap_dims(1, 2));
-                let as_f32 =
-                    |tensor: Tensor<TestBackend, 4>| tensor.cast(FloatDType::F32).into_data();
-                let exact = Tolerance::rel_abs(0.0, 0.0);
-                as_f32(ours.0.clone()).assert_approx_eq::<f32>(&as_f32(burns.0), exact);
-                as_f32(ours.1).assert_approx_eq::<f32>(&as_f32(burns.1), exact);
-                let evaluated = swap_middle_axes(x.clone().inner());
-                as_f32(evaluated).assert_approx_eq::<f32>(&as_f32(ours.0), exact);
+                assert_matches_burn(
+                    x,
+                    upstream,
+                    swap_middle_axes,
+                    |x| x.swap_dims(1, 2),
+                    swap_middle_axes,
+                    Tolerance::rel_abs(0.0, 0.0),
+                );
             }
         }
     }
