@@ -230,30 +230,25 @@ impl HostFloat for f32 {
     }
 }
 
-impl HostFloat for bf16 {
-    const FLOAT: FloatDType = FloatDType::BF16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    #[inline(always)]
-    fn from_f32(value: f32) -> Self {
-        bf16_from_f32(value)
-    }
+/// The half types widen with `half`'s methods and round to nearest even: bf16 by
+/// [`bf16_from_f32`] (the same bits as `half`'s, without its branches), f16 by `half`.
+macro_rules! half_host_float {
+    ($($half:ident => $float:ident, rounded by $round:path),*) => {$(
+        impl HostFloat for $half {
+            const FLOAT: FloatDType = FloatDType::$float;
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                $half::to_f32(self)
+            }
+            #[inline(always)]
+            fn from_f32(value: f32) -> Self {
+                $round(value)
+            }
+        }
+    )*};
 }
 
-/// f16 converts with `half`'s own methods (round to nearest even).
-impl HostFloat for f16 {
-    const FLOAT: FloatDType = FloatDType::F16;
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-    #[inline(always)]
-    fn from_f32(value: f32) -> Self {
-        f16::from_f32(value)
-    }
-}
+half_host_float!(bf16 => BF16, rounded by bf16_from_f32, f16 => F16, rounded by f16::from_f32);
 
 /// `value` rounded to the nearest bf16, ties to even, NaN kept a quiet NaN: `half`'s
 /// `bf16::from_f32`, bit for bit, without its branches. `half` returns early for a NaN and
