@@ -133,7 +133,7 @@ impl Matrix<'_, bf16> {
     /// (cache-sized) block. Row by row, every pair would read one value from each of the
     /// panel's columns. On AVX-512 the pairs go 16 at a time through a transpose of vectors
     /// (one store per value was 8 % of the seed model's bf16 step); the rest value by value.
-    fn pack_columns(
+    pub(crate) fn pack_columns(
         &self,
         first_k: usize,
         pairs: usize,
@@ -184,7 +184,7 @@ impl Matrix<'_, bf16> {
     /// `k` in the low half): zeros past the matrix's last row or column. Contiguous rows are
     /// read as slices in one pass the compiler vectorises (it had been a pass to zero and one
     /// per row, 3–5 % of the seed model's bf16 step); strided ones value by value.
-    fn pack_row_pair(&self, k: usize, first: usize, packed: &mut [u32], path: Path) {
+    pub(crate) fn pack_row_pair(&self, k: usize, first: usize, packed: &mut [u32], path: Path) {
         let width = if first < self.columns {
             packed.len().min(self.columns - first)
         } else {
@@ -251,9 +251,93 @@ pub fn gemm(
     c_stride: usize,
     update: Update,
 ) {
-    assert_eq!(a.columns, b.rows, "inner sizes of a bf16 matrix product");
+    product(path, Left::Matrix(a), &b, c, c_stride, update);
+}
+
+/// `a` packed once for several products: a convolution's weight, multiplied by every group of
+/// columns of every clip. Packed per product, the 3-D ResNet's weights were packed once per
+/// group of columns (a tenth of its bf16 step).
+pub struct PackedLeft {
+    packed: Vec<u32>,
+    rows: usize,
+    columns: usize,
+}
+
+impl PackedLeft {
+    pub fn new(a: Matrix<'_>, path: Path) -> Self {
+        let mut packed = Vec::new();
+        pack(a.transposed(), ROWS, &mut packed, path);
+        Self {
+            packed,
+            rows: a.rows,
+            columns: a.columns,
+        }
+    }
+}
+
+/// The left operand of a [`product`]: packed by the product, or already packed.
+#[derive(Clone, Copy)]
+pub enum Left<'a> {
+    Matrix(Matrix<'a>),
+    Packed(&'a PackedLeft),
+}
+
+impl Left<'_> {
+    /// `(rows, columns)`.
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Left::Matrix(a) => (a.rows, a.columns),
+            Left::Packed(a) => (a.rows, a.columns),
+        }
+    }
+}
+
+/// The right operand `b` (`k × n`) of a [`product`], which packs itself into the product's
+/// layout (see [`pack`]): a [`Matrix`], or values made as they are packed (a convolution's
+/// im2col columns, which then never exist unpacked).
+pub trait PackRight: Sync {
+    /// `k`.
+    fn rows(&self) -> usize;
+    /// `n`.
+    fn columns(&self) -> usize;
+    /// Writes every value of `packed`, resized to [`packed_len`]`(k, n)`.
+    fn pack(&self, packed: &mut Vec<u32>, path: Path);
+}
+
+impl PackRight for Matrix<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn columns(&self) -> usize {
+        self.columns
+    }
+
+    fn pack(&self, packed: &mut Vec<u32>, path: Path) {
+        pack(*self, COLUMNS, packed, path);
+    }
+}
+
+/// The length of a packed right operand of `k × n`: panels of [`COLUMNS`] by pairs of `k`.
+pub fn packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(COLUMNS) * k.div_ceil(2) * COLUMNS
+}
+
+/// [`gemm`] of any [`Left`] and [`PackRight`] operands.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn product(
+    path: Path,
+    a: Left<'_>,
+    b: &impl PackRight,
+    c: &mut [f32],
+    c_stride: usize,
+    update: Update,
+) {
+    let ((m, k), n) = (a.dims(), b.columns());
+    assert_eq!(k, b.rows(), "inner sizes of a bf16 matrix product");
     assert!(path.available(), "{path:?} is not available on this CPU");
-    let (m, n, k) = (a.rows, b.columns, a.columns);
     if m == 0 || n == 0 {
         return;
     }
@@ -262,13 +346,19 @@ pub fn gemm(
         "c holds {m} × {n} values"
     );
     let mut packed = PACKED.take();
-    let (a_packed, b_packed) = &mut packed;
-    pack(a.transposed(), ROWS, a_packed, path);
-    pack(b, COLUMNS, b_packed, path);
+    let (a_buffer, b_packed) = &mut packed;
+    let a_packed: &[u32] = match a {
+        Left::Matrix(a) => {
+            pack(a.transposed(), ROWS, a_buffer, path);
+            a_buffer
+        }
+        Left::Packed(a) => &a.packed,
+    };
+    b.pack(b_packed, path);
     let row_panels = m.div_ceil(ROWS);
     let threads = rayon::current_num_threads().clamp(1, row_panels);
     let panels_per_band = row_panels.div_ceil(threads);
-    let (a_packed, b_packed) = (&a_packed[..], &b_packed[..]);
+    let b_packed = &b_packed[..];
     c[..(m - 1) * c_stride + n]
         .par_chunks_mut(panels_per_band * ROWS * c_stride)
         .enumerate()
@@ -590,7 +680,7 @@ fn pack(matrix: Matrix<'_>, panel: usize, packed: &mut Vec<u32>, path: Path) {
 }
 
 /// Blocks of `k`: `(first k, pairs)`.
-fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(crate) fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..k)
         .step_by(K_BLOCK)
         .map(move |first| (first, (K_BLOCK.min(k - first)).div_ceil(2)))

@@ -141,26 +141,62 @@ pub(super) fn im2col<T: Copy + Default + Send + Sync>(
     lines: usize,
     columns: &mut [T],
 ) {
-    let [_, _, t, h, w] = map.geometry.input;
-    let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
+    let w_out = map.geometry.output[2];
     columns
         .par_chunks_mut(lines * w_out)
         .enumerate()
-        .for_each(|(row, out)| {
-            let (channel, sources) = (row / taps, &map.taps[row % taps]);
-            let span = sources.columns;
-            let volume = &clip[channel * t * h * w..][..t * h * w];
-            for (out, line) in out.chunks_mut(w_out).zip(first..) {
-                let Some((frame, row)) = sources.line(line) else {
-                    out.fill(T::default());
-                    continue;
-                };
-                let input = &volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
-                out[..span.first].fill(T::default());
-                out[span.end..].fill(T::default());
-                gather(&mut out[span.first..span.end], input, span.stride);
-            }
-        });
+        .for_each(|(row, out)| im2col_row(clip, map, row, first * w_out, out));
+}
+
+/// Writes `out.len()` values of im2col row `row` (input channel `row / taps`, kernel tap
+/// `row % taps`) of one clip, from output position `from` (`t'·h'·w'` order) on: line by
+/// line, padding 0. Whole rows make [`im2col`]; runs of a row are what a product packs
+/// straight from the clip (`conv_columns`).
+pub(super) fn im2col_row<T: Copy + Default>(
+    clip: &[T],
+    map: &ColumnMap,
+    row: usize,
+    from: usize,
+    out: &mut [T],
+) {
+    let [_, _, t, h, w] = map.geometry.input;
+    let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
+    let (channel, sources) = (row / taps, &map.taps[row % taps]);
+    let span = sources.columns;
+    let volume = &clip[channel * t * h * w..][..t * h * w];
+    // Output columns `column..column + target.len()` of output line `line`.
+    let line_run = |line: usize, column: usize, target: &mut [T]| {
+        let Some((frame, input_row)) = sources.line(line) else {
+            target.fill(T::default());
+            return;
+        };
+        let end = column + target.len();
+        // Output columns `inside` read the input row; the others are padding.
+        let inside = span.first.clamp(column, end)..span.end.clamp(column, end);
+        target[..inside.start - column].fill(T::default());
+        target[inside.end - column..].fill(T::default());
+        if inside.start < inside.end {
+            let start = (frame * h + input_row) * w + span.source;
+            let input = &volume[start + (inside.start - span.first) * span.stride..];
+            let target = &mut target[inside.start - column..inside.end - column];
+            gather(target, input, span.stride);
+        }
+    };
+    // The rest of the first line, then whole lines (the last one perhaps cut short).
+    let (line, column) = (from / w_out, from % w_out);
+    let head = if column == 0 {
+        0
+    } else {
+        (w_out - column).min(out.len())
+    };
+    let (head_out, lines) = out.split_at_mut(head);
+    if head > 0 {
+        line_run(line, column, head_out);
+    }
+    let first_whole = line + usize::from(head > 0);
+    for (line, target) in (first_whole..).zip(lines.chunks_mut(w_out)) {
+        line_run(line, 0, target);
+    }
 }
 
 /// `out[k] = input[k · stride]`. Strides 1 and 2 (the stems' convolutions) get loops the

@@ -4,6 +4,7 @@
 
 pub mod batch_norm;
 pub mod conv3d;
+mod conv_columns;
 pub mod conv_gemm;
 pub mod dropout;
 pub mod encoder;

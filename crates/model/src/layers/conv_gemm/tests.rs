@@ -26,18 +26,41 @@ fn odd_geometry(clips: usize, channels_out: usize) -> ConvGeometry {
 /// bf16) to one bf16 rounding.
 #[test]
 fn bf16_products_equal_the_f32_route_on_bf16_values() {
+    bf16_route_equals_the_f32_route(odd_geometry(2, 14), &[1, 7, 25]);
+}
+
+/// As above where the bf16 kernel packs the columns in several blocks of `k` and bands of
+/// panels: 135 rows of columns (5 channels × 27 taps, odd), groups of 77 and 528 positions
+/// (lines of 11 that panels of 32 cut in their middles).
+#[test]
+fn bf16_products_equal_the_f32_route_where_columns_take_several_blocks() {
+    let geometry = ConvGeometry {
+        input: [2, 5, 4, 12, 11],
+        channels_out: 13,
+        kernel: [3, 3, 3],
+        stride: [1, 1, 1],
+        padding: [1, 1, 1],
+        output: [4, 12, 11],
+    };
+    bf16_route_equals_the_f32_route(geometry, &[7, 48]);
+}
+
+fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
     let _rng = crate::rng_lock();
     let device = Default::default();
-    let geometry = odd_geometry(2, 14);
     let random = |shape: [usize; 5]| {
         Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
             .cast(FloatDType::BF16)
     };
-    let input = random([2, 3, 5, 9, 8]);
-    let upstream = random([2, 14, 5, 5, 4]);
+    let [n, c_in, ..] = geometry.input;
+    let c_out = geometry.channels_out;
+    let [t_out, h_out, w_out] = geometry.output;
+    let input = random(geometry.input);
+    let upstream = random([n, c_out, t_out, h_out, w_out]);
     // The f32 route multiplies the weight as given: give it the bf16 route's rounding.
-    let weight = random([14, 3, 3, 3, 2]).cast(FloatDType::F32);
-    let bias = Tensor::<TestBackend, 1>::random([14], Distribution::Default, &device);
+    let [kt, kh, kw] = geometry.kernel;
+    let weight = random([c_out, c_in, kt, kh, kw]).cast(FloatDType::F32);
+    let bias = Tensor::<TestBackend, 1>::random([c_out], Distribution::Default, &device);
     let ((weight_f32, input_f32), bias_f32) = ConvBackward {
         input: ConvInput::Tensor(input.clone()),
         weight: weight.clone(),
@@ -56,7 +79,7 @@ fn bf16_products_equal_the_f32_route_on_bf16_values() {
     );
     let paths = [Path::Portable, Path::Avx512Bf16];
     for path in paths.into_iter().filter(|path| path.available()) {
-        for group in [1, 7, 25] {
+        for &group in groups {
             let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
                 input: ConvInput::Tensor(input.clone()),
                 weight: weight.clone(),
