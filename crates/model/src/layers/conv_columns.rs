@@ -69,30 +69,30 @@ impl PackRight for ClipColumns<'_, bf16> {
         packed.resize(packed_len(k, n), 0);
         let panels = n.div_ceil(COLUMNS);
         let band_panels = panels.div_ceil(rayon::current_num_threads().clamp(1, panels));
-        for_each_band(packed, k, band_panels, |pair_rows, band, regions| {
-            let first_column = band * band_panels * COLUMNS;
+        for_each_region(packed, k, band_panels, |scratch, region| {
+            let first_column = region.band * band_panels * COLUMNS;
             let width = (band_panels * COLUMNS).min(n - first_column);
+            let (pair_rows, interleaved) = scratch;
             pair_rows.resize(2 * width, bf16::ZERO);
-            let mut interleaved = vec![0u32; band_panels * COLUMNS];
-            for (first_k, pairs, region) in regions {
-                for pair in 0..pairs {
-                    let row = first_k + 2 * pair;
-                    let (low, high) = pair_rows[..2 * width].split_at_mut(width);
-                    self.row(row, first_column, low);
-                    if row + 1 < k {
-                        self.row(row + 1, first_column, high);
-                    } else {
-                        high.fill(bf16::ZERO);
-                    }
-                    // The band's run interleaved at once, then copied panel by panel: one
-                    // interleave per panel cost more than the products it packed for.
-                    let pair_rows = Matrix::row_major(pair_rows, 2, width, width);
-                    pair_rows.pack_row_pair(0, 0, &mut interleaved, path);
-                    let (runs, _) = interleaved.as_chunks::<COLUMNS>();
-                    for (panel, run) in region.chunks_exact_mut(pairs * COLUMNS).zip(runs) {
-                        let target = &mut panel[pair * COLUMNS..][..COLUMNS];
-                        *<&mut [u32; COLUMNS]>::try_from(target).expect("a panel row") = *run;
-                    }
+            interleaved.resize(band_panels * COLUMNS, 0);
+            for pair in 0..region.pairs {
+                let row = region.first_k + 2 * pair;
+                let (low, high) = pair_rows[..2 * width].split_at_mut(width);
+                self.row(row, first_column, low);
+                if row + 1 < k {
+                    self.row(row + 1, first_column, high);
+                } else {
+                    high.fill(bf16::ZERO);
+                }
+                // The band's run interleaved at once, then copied panel by panel: one
+                // interleave per panel cost more than the products it packed for.
+                let pair_rows = Matrix::row_major(pair_rows, 2, width, width);
+                pair_rows.pack_row_pair(0, 0, interleaved, path);
+                let (runs, _) = interleaved.as_chunks::<COLUMNS>();
+                let panels = region.values.chunks_exact_mut(region.pairs * COLUMNS);
+                for (panel, run) in panels.zip(runs) {
+                    let target = &mut panel[pair * COLUMNS..][..COLUMNS];
+                    *<&mut [u32; COLUMNS]>::try_from(target).expect("a panel row") = *run;
                 }
             }
         });
@@ -102,9 +102,11 @@ impl PackRight for ClipColumns<'_, bf16> {
 /// The columns transposed, `[lines·w' × c_in·taps]`: the weight gradient's `b`.
 pub(super) struct Transposed<'a, T>(pub ClipColumns<'a, T>);
 
-/// Each panel of [`COLUMNS`] rows of the columns is made whole into a scratch (tens of KiB, in
-/// the cache) and packed from there by pairs of positions, the transposing pack of a matrix
-/// whose columns are contiguous.
+/// For each panel of [`COLUMNS`] rows of the columns and block of `k` (positions), the block's
+/// run of each row is made into a scratch (16 KiB, in the L1 cache) and packed from there by
+/// pairs of positions, the transposing pack of a matrix whose columns are contiguous. Panel by
+/// panel, whole rows (up to a MiB for the seed's stem) left the cache, and the seed's stem
+/// has only 5 panels for two threads.
 impl PackRight for Transposed<'_, bf16> {
     fn rows(&self) -> usize {
         self.0.length()
@@ -117,53 +119,61 @@ impl PackRight for Transposed<'_, bf16> {
     fn pack(&self, packed: &mut Vec<u32>, path: Path) {
         let (k, n) = (self.0.length(), self.0.rows());
         packed.resize(packed_len(k, n), 0);
-        for_each_band(packed, k, 1, |rows, panel, regions| {
-            let first_row = panel * COLUMNS;
+        for_each_region(packed, k, 1, |(rows, _), region| {
+            let first_row = region.band * COLUMNS;
             let width = COLUMNS.min(n - first_row);
+            let run = (2 * region.pairs).min(k - region.first_k);
             // Every value is written before it is read: the scratch is not cleared.
-            rows.resize(width * k, bf16::ZERO);
-            for (row, out) in rows.chunks_exact_mut(k).take(width).enumerate() {
-                self.0.row(first_row + row, 0, out);
+            rows.resize(width * run, bf16::ZERO);
+            for (row, out) in rows.chunks_exact_mut(run).take(width).enumerate() {
+                self.0.row(first_row + row, region.first_k, out);
             }
-            let panel_matrix = Matrix::row_major(rows, width, k, k).transposed();
-            for (first_k, pairs, region) in regions {
-                panel_matrix.pack_columns(first_k, pairs, 0, region, COLUMNS, path);
-            }
+            let block = Matrix::row_major(&rows[..width * run], width, run, run).transposed();
+            block.pack_columns(0, region.pairs, 0, region.values, COLUMNS, path);
         });
     }
 }
 
-/// Runs `pack(scratch, band, regions)` in parallel over bands of `band_panels` column panels of
-/// a packed right operand with `k` rows ([`packed_len`]): `regions` holds, block of `k` by
-/// block, the block's first `k`, its pairs and the band's part of it (`[panel][pair][COLUMNS]`);
-/// `scratch` is a buffer kept for the bands a thread packs in turn (one per band cost more in
+/// One band of column panels of one block of `k` of a packed right operand
+/// (`[panel][pair][COLUMNS]`).
+struct Region<'a> {
+    /// Which band of panels.
+    band: usize,
+    /// The block's first `k`.
+    first_k: usize,
+    pairs: usize,
+    values: &'a mut [u32],
+}
+
+/// Runs `pack(scratch, region)` in parallel over the regions of bands of `band_panels` column
+/// panels of a packed right operand with `k` rows ([`packed_len`]), block of `k` by block;
+/// `scratch` is kept for the regions a thread packs in turn (one per region cost more in
 /// allocating and zeroing than in packing).
-fn for_each_band(
+fn for_each_region(
     packed: &mut [u32],
     k: usize,
     band_panels: usize,
-    pack: impl Fn(&mut Vec<bf16>, usize, Vec<(usize, usize, &mut [u32])>) + Sync,
+    pack: impl Fn(&mut (Vec<bf16>, Vec<u32>), Region<'_>) + Sync,
 ) {
     // Only the last block of `k` can be odd, so the blocks' pairs sum to `k`'s.
     let panels = packed.len() / (COLUMNS * k.div_ceil(2)).max(1);
-    let mut bands: Vec<Vec<(usize, usize, &mut [u32])>> = Vec::new();
+    let mut regions = Vec::new();
     let mut rest = packed;
     for (first_k, pairs) in k_blocks(k) {
         let (block, after) = rest.split_at_mut(panels * pairs * COLUMNS);
         rest = after;
-        for (band, region) in block.chunks_mut(band_panels * pairs * COLUMNS).enumerate() {
-            if bands.len() <= band {
-                bands.push(Vec::new());
-            }
-            bands[band].push((first_k, pairs, region));
+        for (band, values) in block.chunks_mut(band_panels * pairs * COLUMNS).enumerate() {
+            regions.push(Region {
+                band,
+                first_k,
+                pairs,
+                values,
+            });
         }
     }
-    bands
+    regions
         .into_par_iter()
-        .enumerate()
-        .for_each_init(Vec::new, |scratch, (band, regions)| {
-            pack(scratch, band, regions);
-        });
+        .for_each_init(Default::default, |scratch, region| pack(scratch, region));
 }
 
 /// How a convolution's products are computed for one operand type.
