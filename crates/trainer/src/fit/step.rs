@@ -104,25 +104,33 @@ impl<B: AutodiffBackend> Learner<B> {
             .model
             .as_ref()
             .expect("the model is back after every step");
+        let on_cpu = probe.backend == BackendChoice::Cpu;
         let ((loss_value, grads), inside) =
             crate::device::memory::probing_inside(probe.backend, || {
-                model.loss_and_gradients(
-                    video,
-                    keypoints,
-                    |scores| {
-                        let loss = loss_function.forward(scores, labels);
-                        if plain {
-                            // The graph is whole here: the device's in-use peak of a step
-                            // without recompute, as far as a step's outside shows it.
-                            probe.sample_device::<B>(device);
-                            probe.memory.phase(Phase::Backward);
-                        }
-                        loss
-                    },
-                    weight,
-                    self.keeping,
-                    segment_seed,
-                )
+                let forward_backward = || {
+                    model.loss_and_gradients(
+                        video,
+                        keypoints,
+                        |scores| {
+                            let loss = loss_function.forward(scores, labels);
+                            if plain {
+                                // The graph is whole here: the device's in-use peak of a step
+                                // without recompute, as far as a step's outside shows it.
+                                probe.sample_device::<B>(device);
+                                probe.memory.phase(Phase::Backward);
+                            }
+                            loss
+                        },
+                        weight,
+                        self.keeping,
+                        segment_seed,
+                    )
+                };
+                if on_cpu {
+                    crate::backend::in_compute_pool(forward_backward)
+                } else {
+                    forward_backward()
+                }
             });
         if let Some(reading) = inside {
             probe
