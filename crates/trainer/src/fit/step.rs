@@ -104,7 +104,7 @@ impl<B: AutodiffBackend> Learner<B> {
             .model
             .as_ref()
             .expect("the model is back after every step");
-        let on_cpu = probe.backend == BackendChoice::Cpu;
+        let on_host = vidtrain_model::cpu_kernels::computes_on_host::<B>(device);
         let ((loss_value, grads), inside) =
             crate::device::memory::probing_inside(probe.backend, || {
                 let forward_backward = || {
@@ -126,7 +126,7 @@ impl<B: AutodiffBackend> Learner<B> {
                         segment_seed,
                     )
                 };
-                if on_cpu {
+                if on_host {
                     crate::backend::in_compute_pool(forward_backward)
                 } else {
                     forward_backward()
@@ -161,7 +161,10 @@ impl<B: AutodiffBackend> Learner<B> {
     ) -> Option<f64> {
         let grads = self.accumulator.grads();
         let grads = all_reduce_gradients::<B, _>(world, self.model(), grads, device);
-        match scaler.unscale::<B, _>(self.model(), grads, clip) {
+        // The update's passes on the pool's threads, as the micro-batches' (the all-reduce
+        // above stays on the thread that initialised MPI).
+        let on_host = vidtrain_model::cpu_kernels::computes_on_host::<B>(device);
+        let update = || match scaler.unscale::<B, _>(self.model(), grads, clip) {
             StepDecision::Step(grads) => {
                 let model = self
                     .model
@@ -171,6 +174,11 @@ impl<B: AutodiffBackend> Learner<B> {
                 None
             }
             StepDecision::Skip { scale } => Some(scale),
+        };
+        if on_host {
+            crate::backend::in_compute_pool(update)
+        } else {
+            update()
         }
     }
 }

@@ -196,10 +196,16 @@ fn clip_probabilities<B: Backend>(
         .build(Arc::clone(dataset), ids.to_vec());
     for batch in pipeline.by_ref() {
         let mut batch = batch?;
-        let logits = model.forward(
+        let inputs = (
             video_tensor::<B>(&batch, device),
             keypoint_tensor::<B>(&mut batch, device),
         );
+        let forward = || model.forward(inputs.0, inputs.1);
+        let logits = if vidtrain_model::cpu_kernels::computes_on_host::<B>(device) {
+            crate::backend::in_compute_pool(forward)
+        } else {
+            forward()
+        };
         let loss: f32 = loss_function
             .forward(logits.clone(), labels_tensor::<B>(&batch, device))
             .into_scalar()
