@@ -61,7 +61,7 @@ pub(crate) fn reference() -> bool {
 #[inline(always)]
 pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if avx512() {
+    if avx512() && !baseline_forced() {
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi1,bmi2")]
         #[inline]
         fn with_avx512<R>(kernel: impl FnOnce() -> R) -> R {
@@ -73,6 +73,18 @@ pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
         return unsafe { with_avx512(kernel) };
     }
     kernel()
+}
+
+/// Whether a test asked [`vectorized`] for the baseline build.
+#[cfg(test)]
+fn baseline_forced() -> bool {
+    tests::BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn baseline_forced() -> bool {
+    false
 }
 
 /// Whether [`vectorized`] runs the AVX-512 build: the CPU has the features and
@@ -365,8 +377,40 @@ pub(crate) fn convert_into<S: Copy + Sync, T: Send>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Makes [`vectorized`] run every kernel as built for the baseline (on every thread: the
+    /// results are the same bits either way, which is what the test below checks).
+    pub(crate) static BASELINE_ONLY: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// The kernels built for AVX-512 give the bits of the baseline build: casts both ways and
+    /// the lane sums (BatchNorm's statistics), on values over many magnitudes.
+    #[test]
+    fn vectorized_kernels_equal_the_baseline_build() {
+        let values: Vec<f32> = (0..300_001u32)
+            .map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761) >> 2) * 1e-20)
+            .chain([f32::NAN, f32::INFINITY, -0.0, 1.0 + f32::EPSILON])
+            .collect();
+        let run = || {
+            let mut rounded = vec![bf16::ZERO; values.len()];
+            convert_into(&values, &mut rounded, bf16_from_f32);
+            let mut widened = vec![0f32; values.len()];
+            convert_into(&rounded, &mut widened, bf16_to_f32);
+            let sums = (
+                crate::layers::norm_relu_host::lane_sum(&rounded, |v| v * v),
+                crate::layers::norm_relu_host::lane_sum(&widened, |v| v),
+            );
+            let bits: Vec<u32> = widened.iter().map(|v| v.to_bits()).collect();
+            (bits, sums.0.to_bits(), sums.1.to_bits())
+        };
+        let fast = run();
+        BASELINE_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+        let baseline = run();
+        BASELINE_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(fast == baseline, "the two builds differ");
+    }
     use crate::TestBackend;
     use burn::tensor::Distribution;
 
