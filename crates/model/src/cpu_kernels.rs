@@ -59,7 +59,7 @@ pub(crate) fn reference() -> bool {
 /// (a closure handed to rayon is a function of its own, built for the baseline).
 /// `VIDTRAIN_CPU_KERNELS=reference` runs the baseline build (the tests of both paths).
 #[inline(always)]
-pub(crate) fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
+pub fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if avx512() && !baseline_forced() {
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi1,bmi2")]
