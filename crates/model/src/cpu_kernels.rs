@@ -368,11 +368,14 @@ pub(crate) fn convert_into<S: Copy + Sync, T: Send>(
         .par_chunks_mut(CAST_CHUNK)
         .zip(source.par_chunks(CAST_CHUNK))
         .for_each(|(target, source)| {
-            vectorized(|| {
-                for (target, &source) in target.iter_mut().zip(source) {
-                    *target = each(source);
-                }
-            })
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (target, &source) in target.iter_mut().zip(source) {
+                        *target = each(source);
+                    }
+                },
+            )
         });
 }
 

@@ -173,7 +173,12 @@ fn for_each_region(
     }
     regions
         .into_par_iter()
-        .for_each_init(Default::default, |scratch, region| pack(scratch, region));
+        .for_each_init(Default::default, |scratch, region| {
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || pack(scratch, region),
+            );
+        });
 }
 
 /// How a convolution's products are computed for one operand type.

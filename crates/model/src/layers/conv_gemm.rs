@@ -200,13 +200,16 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
                 .zip(values.par_chunks(length))
                 .enumerate()
                 .for_each(|(channel, (channel_output, values))| {
-                    crate::cpu_kernels::vectorized(|| {
-                        let shift = bias.as_ref().map_or(0.0, |bias| bias[channel]);
-                        let target = &mut channel_output[first * w_out..][..length];
-                        for (target, value) in target.iter_mut().zip(values) {
-                            *target = T::from_f32(value + shift);
-                        }
-                    })
+                    crate::cpu_kernels::vectorized(
+                        #[inline(always)]
+                        || {
+                            let shift = bias.as_ref().map_or(0.0, |bias| bias[channel]);
+                            let target = &mut channel_output[first * w_out..][..length];
+                            for (target, value) in target.iter_mut().zip(values) {
+                                *target = T::from_f32(value + shift);
+                            }
+                        },
+                    )
                 });
         }
     }

@@ -119,11 +119,14 @@ fn gradient_as<T: HostFloat>(x: Tensor<Flex, 1>, upstream: Tensor<Flex, 1>) -> T
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(upstream.par_chunks(CHUNK)))
         .for_each(|(gradient, (x, upstream))| {
-            crate::cpu_kernels::vectorized(|| {
-                for ((gradient, &x), &upstream) in gradient.iter_mut().zip(x).zip(upstream) {
-                    *gradient = T::from_f32(upstream.to_f32() * gelu_slope(x.to_f32()));
-                }
-            })
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for ((gradient, &x), &upstream) in gradient.iter_mut().zip(x).zip(upstream) {
+                        *gradient = T::from_f32(upstream.to_f32() * gelu_slope(x.to_f32()));
+                    }
+                },
+            )
         });
     Tensor::from_data(TensorData::new(gradient, shape), (&device, T::dtype()))
 }

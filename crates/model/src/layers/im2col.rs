@@ -159,6 +159,21 @@ pub(super) fn im2col_row<T: Copy + Default>(
     from: usize,
     out: &mut [T],
 ) {
+    crate::cpu_kernels::vectorized(
+        #[inline(always)]
+        || im2col_row_as_built(clip, map, row, from, out),
+    );
+}
+
+/// [`im2col_row`] as the compiler builds it for the caller's instructions.
+#[inline(always)]
+fn im2col_row_as_built<T: Copy + Default>(
+    clip: &[T],
+    map: &ColumnMap,
+    row: usize,
+    from: usize,
+    out: &mut [T],
+) {
     let [_, _, t, h, w] = map.geometry.input;
     let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
     let (channel, sources) = (row / taps, &map.taps[row % taps]);
@@ -265,18 +280,23 @@ pub(super) fn col2im(
     clip.par_chunks_mut(t * h * w)
         .enumerate()
         .for_each(|(channel, volume)| {
-            for (tap, sources) in map.taps.iter().enumerate() {
-                let span = sources.columns;
-                let row = &columns[(channel * taps + tap) * row_len..][..row_len];
-                for (values, line) in row.chunks(w_out).zip(first..) {
-                    let Some((frame, row)) = sources.line(line) else {
-                        continue;
-                    };
-                    let input =
-                        &mut volume[(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
-                    scatter_add(input, &values[span.first..span.end], span.stride);
-                }
-            }
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for (tap, sources) in map.taps.iter().enumerate() {
+                        let span = sources.columns;
+                        let row = &columns[(channel * taps + tap) * row_len..][..row_len];
+                        for (values, line) in row.chunks(w_out).zip(first..) {
+                            let Some((frame, row)) = sources.line(line) else {
+                                continue;
+                            };
+                            let input = &mut volume
+                                [(frame * h + row) * w + span.source..(frame * h + row + 1) * w];
+                            scatter_add(input, &values[span.first..span.end], span.stride);
+                        }
+                    }
+                },
+            )
         });
 }
 

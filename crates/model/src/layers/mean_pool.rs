@@ -68,11 +68,14 @@ fn means_as<T: HostFloat, B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor
         .par_chunks_mut(rows_per_task)
         .zip(values.par_chunks(rows_per_task * length.max(1)))
         .for_each(|(means, values)| {
-            crate::cpu_kernels::vectorized(|| {
-                for (mean, row) in means.iter_mut().zip(values.chunks_exact(length)) {
-                    *mean = T::from_f32((lane_sum(row, |v| v) / length as f64) as f32);
-                }
-            })
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for (mean, row) in means.iter_mut().zip(values.chunks_exact(length)) {
+                        *mean = T::from_f32((lane_sum(row, |v| v) / length as f64) as f32);
+                    }
+                },
+            )
         });
     Tensor::from_data(TensorData::new(means, dims), (&device, T::dtype()))
 }
@@ -118,11 +121,14 @@ fn spread_as<T: HostFloat>(upstream: Tensor<Flex, 1>, length: usize) -> Tensor<F
         .par_chunks_mut(rows_per_task * length.max(1))
         .zip(upstream.par_chunks(rows_per_task))
         .for_each(|(gradient, upstream)| {
-            crate::cpu_kernels::vectorized(|| {
-                for (row, &g) in gradient.chunks_exact_mut(length).zip(upstream) {
-                    row.fill(T::from_f32(g.to_f32() / length as f32));
-                }
-            })
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for (row, &g) in gradient.chunks_exact_mut(length).zip(upstream) {
+                        row.fill(T::from_f32(g.to_f32() / length as f32));
+                    }
+                },
+            )
         });
     let count = gradient.len();
     Tensor::from_data(TensorData::new(gradient, [count]), (&device, T::dtype()))

@@ -126,18 +126,21 @@ impl ChannelNorm {
             .zip(x.par_chunks(l))
             .enumerate()
             .for_each(|(row, (output, x))| {
-                crate::cpu_kernels::vectorized(|| {
-                    let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
-                    if self.relu {
-                        for (output, &value) in output.iter_mut().zip(x) {
-                            *output = affine::<T, true>(value, scale, shift);
+                crate::cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
+                        if self.relu {
+                            for (output, &value) in output.iter_mut().zip(x) {
+                                *output = affine::<T, true>(value, scale, shift);
+                            }
+                        } else {
+                            for (output, &value) in output.iter_mut().zip(x) {
+                                *output = affine::<T, false>(value, scale, shift);
+                            }
                         }
-                    } else {
-                        for (output, &value) in output.iter_mut().zip(x) {
-                            *output = affine::<T, false>(value, scale, shift);
-                        }
-                    }
-                })
+                    },
+                )
             });
     }
 
@@ -145,18 +148,21 @@ impl ChannelNorm {
     /// input is kept compressed, or a clip restored from its codes).
     pub fn forward_in_place<T: HostFloat>(&self, x: &mut [T], [_, c, l]: [usize; 3]) {
         x.par_chunks_mut(l).enumerate().for_each(|(row, values)| {
-            crate::cpu_kernels::vectorized(|| {
-                let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
-                if self.relu {
-                    for value in values.iter_mut() {
-                        *value = affine::<T, true>(*value, scale, shift);
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    let (scale, shift) = (self.scale[row % c], self.shift[row % c]);
+                    if self.relu {
+                        for value in values.iter_mut() {
+                            *value = affine::<T, true>(*value, scale, shift);
+                        }
+                    } else {
+                        for value in values.iter_mut() {
+                            *value = affine::<T, false>(*value, scale, shift);
+                        }
                     }
-                } else {
-                    for value in values.iter_mut() {
-                        *value = affine::<T, false>(*value, scale, shift);
-                    }
-                }
-            })
+                },
+            )
         });
     }
 
@@ -210,24 +216,27 @@ impl ChannelNorm {
                 .par_chunks_mut(l)
                 .enumerate()
                 .for_each(|(row, gs)| {
-                    crate::cpu_kernels::vectorized(|| {
-                        let ch = row % c;
-                        let row_map = InputGradientRow {
-                            mean: self.mean[ch],
-                            inverse_std: self.inverse_std[ch],
-                            scale: self.scale[ch],
-                            shift: self.shift[ch],
-                            mean_g: beta_gradient[ch] / count,
-                            mean_gx: gamma_gradient[ch] / count,
-                        };
-                        x.with_row(row, l, |xs| {
-                            if gated {
-                                row_map.write::<T, true>(gs, xs);
-                            } else {
-                                row_map.write::<T, false>(gs, xs);
-                            }
-                        })
-                    })
+                    crate::cpu_kernels::vectorized(
+                        #[inline(always)]
+                        || {
+                            let ch = row % c;
+                            let row_map = InputGradientRow {
+                                mean: self.mean[ch],
+                                inverse_std: self.inverse_std[ch],
+                                scale: self.scale[ch],
+                                shift: self.shift[ch],
+                                mean_g: beta_gradient[ch] / count,
+                                mean_gx: gamma_gradient[ch] / count,
+                            };
+                            x.with_row(row, l, |xs| {
+                                if gated {
+                                    row_map.write::<T, true>(gs, xs);
+                                } else {
+                                    row_map.write::<T, false>(gs, xs);
+                                }
+                            })
+                        },
+                    )
                 });
         }
         (gamma_gradient, beta_gradient)
@@ -308,7 +317,10 @@ fn affine<T: HostFloat, const RELU: bool>(x: T, scale: f32, shift: f32) -> T {
 
 /// `Σ f(v)` over `values`, in f32 lanes flushed into f64 every [`BLOCK`] values.
 pub(crate) fn lane_sum<T: HostFloat>(values: &[T], f: impl Fn(f32) -> f32) -> f64 {
-    crate::cpu_kernels::vectorized(|| lane_sum_as_built(values, f))
+    crate::cpu_kernels::vectorized(
+        #[inline(always)]
+        || lane_sum_as_built(values, f),
+    )
 }
 
 /// [`lane_sum`] as the compiler builds it for the caller's instructions.
@@ -336,7 +348,10 @@ fn lane_sum_as_built<T: HostFloat>(values: &[T], f: impl Fn(f32) -> f32) -> f64 
 
 /// The two sums `Σ f(a, b).0` and `Σ f(a, b).1` over pairs of `a` and `b`, as [`lane_sum`].
 fn lane_sum_pair<T: HostFloat>(a: &[T], b: &[T], f: impl Fn(f32, f32) -> (f32, f32)) -> (f64, f64) {
-    crate::cpu_kernels::vectorized(|| lane_sum_pair_as_built(a, b, f))
+    crate::cpu_kernels::vectorized(
+        #[inline(always)]
+        || lane_sum_pair_as_built(a, b, f),
+    )
 }
 
 /// [`lane_sum_pair`] as the compiler builds it for the caller's instructions.

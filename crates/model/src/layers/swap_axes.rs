@@ -57,13 +57,16 @@ fn swapped_as<T: HostFloat, B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
             .par_chunks_mut(a * l)
             .enumerate()
             .for_each(|(block, output)| {
-                crate::cpu_kernels::vectorized(|| {
-                    let (item, column) = (block / b.max(1), block % b.max(1));
-                    for (row, output) in output.chunks_exact_mut(l).enumerate() {
-                        let start = ((item * a + row) * b + column) * l;
-                        output.copy_from_slice(&input[start..start + l]);
-                    }
-                })
+                crate::cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        let (item, column) = (block / b.max(1), block % b.max(1));
+                        for (row, output) in output.chunks_exact_mut(l).enumerate() {
+                            let start = ((item * a + row) * b + column) * l;
+                            output.copy_from_slice(&input[start..start + l]);
+                        }
+                    },
+                )
             });
     }
     Tensor::from_data(TensorData::new(output, [n, b, a, l]), (&device, T::dtype()))

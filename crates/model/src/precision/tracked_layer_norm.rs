@@ -142,23 +142,26 @@ fn forward_as<T: HostFloat, B: Backend>(
                 .zip(inverse_std.par_chunks_mut(task)),
         )
         .for_each(|((output, x), (means, inverse_stds))| {
-            crate::cpu_kernels::vectorized(|| {
-                let rows = output.chunks_mut(width).zip(x.chunks(width));
-                for ((output, x), (mean, inverse_std)) in
-                    rows.zip(means.iter_mut().zip(inverse_stds.iter_mut()))
-                {
-                    let row_mean = (lane_sum(x, |value| value) / width as f64) as f32;
-                    let var =
-                        lane_sum(x, |value| (value - row_mean) * (value - row_mean)) / width as f64;
-                    let row_inverse_std = (1.0 / (var + LAYER_NORM_EPSILON).sqrt()) as f32;
-                    for (index, (output, &value)) in output.iter_mut().zip(x).enumerate() {
-                        let normalised = (value.to_f32() - row_mean) * row_inverse_std;
-                        let shift = beta.map_or(0.0, |beta| beta[index]);
-                        *output = T::from_f32(normalised * gamma[index] + shift);
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    let rows = output.chunks_mut(width).zip(x.chunks(width));
+                    for ((output, x), (mean, inverse_std)) in
+                        rows.zip(means.iter_mut().zip(inverse_stds.iter_mut()))
+                    {
+                        let row_mean = (lane_sum(x, |value| value) / width as f64) as f32;
+                        let var = lane_sum(x, |value| (value - row_mean) * (value - row_mean))
+                            / width as f64;
+                        let row_inverse_std = (1.0 / (var + LAYER_NORM_EPSILON).sqrt()) as f32;
+                        for (index, (output, &value)) in output.iter_mut().zip(x).enumerate() {
+                            let normalised = (value.to_f32() - row_mean) * row_inverse_std;
+                            let shift = beta.map_or(0.0, |beta| beta[index]);
+                            *output = T::from_f32(normalised * gamma[index] + shift);
+                        }
+                        (*mean, *inverse_std) = (row_mean, row_inverse_std);
                     }
-                    (*mean, *inverse_std) = (row_mean, row_inverse_std);
-                }
-            })
+                },
+            )
         });
     let output = Tensor::from_data(
         TensorData::new(output, [rows, width]),

@@ -87,27 +87,30 @@ impl BlockwiseUpdate for CompactAdam {
             .zip(first.blocks_mut().into_par_iter())
             .zip(second.blocks_mut().into_par_iter())
             .for_each(|(((params, grads), mut first), mut second)| {
-                vidtrain_model::cpu_kernels::vectorized(|| {
-                    let mut m = [0f32; BLOCK];
-                    let mut v = [0f32; BLOCK];
-                    let (m, v) = (&mut m[..params.len()], &mut v[..params.len()]);
-                    first.read(m);
-                    second.read(v);
-                    for (((p, &g), m), v) in params
-                        .iter_mut()
-                        .zip(grads)
-                        .zip(m.iter_mut())
-                        .zip(v.iter_mut())
-                    {
-                        let g = g + decay_l2 * *p;
-                        *m = self.beta_1 * *m + (1.0 - self.beta_1) * g;
-                        *v = self.beta_2 * *v + (1.0 - self.beta_2) * g * g;
-                        let delta = *m * combined / (v.sqrt() + epsilon);
-                        *p = *p * keep - lr * delta;
-                    }
-                    first.write(m);
-                    second.write(v);
-                })
+                vidtrain_model::cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        let mut m = [0f32; BLOCK];
+                        let mut v = [0f32; BLOCK];
+                        let (m, v) = (&mut m[..params.len()], &mut v[..params.len()]);
+                        first.read(m);
+                        second.read(v);
+                        for (((p, &g), m), v) in params
+                            .iter_mut()
+                            .zip(grads)
+                            .zip(m.iter_mut())
+                            .zip(v.iter_mut())
+                        {
+                            let g = g + decay_l2 * *p;
+                            *m = self.beta_1 * *m + (1.0 - self.beta_1) * g;
+                            *v = self.beta_2 * *v + (1.0 - self.beta_2) * g * g;
+                            let delta = *m * combined / (v.sqrt() + epsilon);
+                            *p = *p * keep - lr * delta;
+                        }
+                        first.write(m);
+                        second.write(v);
+                    },
+                )
             });
     }
 }
@@ -127,23 +130,26 @@ impl BlockwiseUpdate for CompactSgd {
             .zip(grads.par_chunks(BLOCK))
             .zip(velocity.blocks_mut().into_par_iter())
             .for_each(|((params, grads), mut velocity)| {
-                vidtrain_model::cpu_kernels::vectorized(|| {
-                    let mut buffer = [0f32; BLOCK];
-                    let buffer = &mut buffer[..params.len()];
-                    velocity.read(buffer);
-                    for ((p, &g), b) in params.iter_mut().zip(grads).zip(buffer.iter_mut()) {
-                        let g = g + self.weight_decay * *p;
-                        // The first step's buffer is the gradient itself: momentum · 0 + g.
-                        *b = self.momentum * *b + g;
-                        let step = if self.nesterov {
-                            self.momentum * *b + g
-                        } else {
-                            *b
-                        };
-                        *p -= lr * step;
-                    }
-                    velocity.write(buffer);
-                })
+                vidtrain_model::cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        let mut buffer = [0f32; BLOCK];
+                        let buffer = &mut buffer[..params.len()];
+                        velocity.read(buffer);
+                        for ((p, &g), b) in params.iter_mut().zip(grads).zip(buffer.iter_mut()) {
+                            let g = g + self.weight_decay * *p;
+                            // The first step's buffer is the gradient itself: momentum · 0 + g.
+                            *b = self.momentum * *b + g;
+                            let step = if self.nesterov {
+                                self.momentum * *b + g
+                            } else {
+                                *b
+                            };
+                            *p -= lr * step;
+                        }
+                        velocity.write(buffer);
+                    },
+                )
             });
     }
 }

@@ -65,17 +65,20 @@ fn masked_as<T: HostFloat>(values: Tensor<Flex, 1>, mask: &DropMask) -> Tensor<F
         .zip(values.par_chunks(CHUNK))
         .enumerate()
         .for_each(|(chunk, (output, values))| {
-            crate::cpu_kernels::vectorized(|| {
-                let first = chunk * CHUNK;
-                for (index, (output, &value)) in output.iter_mut().zip(values).enumerate() {
-                    let factor = if mask.dropped(first + index) {
-                        0.0
-                    } else {
-                        kept
-                    };
-                    *output = T::from_f32(value.to_f32() * factor);
-                }
-            })
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    let first = chunk * CHUNK;
+                    for (index, (output, &value)) in output.iter_mut().zip(values).enumerate() {
+                        let factor = if mask.dropped(first + index) {
+                            0.0
+                        } else {
+                            kept
+                        };
+                        *output = T::from_f32(value.to_f32() * factor);
+                    }
+                },
+            )
         });
     Tensor::from_data(TensorData::new(output, shape), (&device, T::dtype()))
 }

@@ -166,43 +166,46 @@ fn forward_as<T: HostFloat, B: Backend>(
         .par_iter_mut()
         .enumerate()
         .map(|(pair, kept)| {
-            crate::cpu_kernels::vectorized(|| {
-                let (batch, head) = (pair / geometry.heads, pair % geometry.heads);
-                let query = geometry.gather(&qkv, [batch, 0, head], geometry.rows.clone());
-                let key = geometry.gather(&qkv, [batch, 1, head], 0..tokens);
-                let value = geometry.gather(&qkv, [batch, 2, head], 0..tokens);
-                let mut weights = vec![0f32; pair_values];
-                gemm(
-                    Matrix::row_major(&query, rows, head_dim, head_dim),
-                    Matrix::row_major(&key, tokens, head_dim, head_dim).transposed(),
-                    &mut weights,
-                    tokens,
-                    Update::Overwrite,
-                );
-                for row in weights.chunks_mut(tokens.max(1)) {
-                    softmax_row(row, geometry.scale());
-                }
-                if !kept.is_empty() {
-                    kept.iter_mut()
-                        .zip(&weights)
-                        .for_each(|(kept, &value)| *kept = T::from_f32(value));
-                }
-                if let Some(mask) = &mask {
-                    apply_factors(
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    let (batch, head) = (pair / geometry.heads, pair % geometry.heads);
+                    let query = geometry.gather(&qkv, [batch, 0, head], geometry.rows.clone());
+                    let key = geometry.gather(&qkv, [batch, 1, head], 0..tokens);
+                    let value = geometry.gather(&qkv, [batch, 2, head], 0..tokens);
+                    let mut weights = vec![0f32; pair_values];
+                    gemm(
+                        Matrix::row_major(&query, rows, head_dim, head_dim),
+                        Matrix::row_major(&key, tokens, head_dim, head_dim).transposed(),
                         &mut weights,
-                        &mask_factors(mask, pair * pair_values, pair_values),
+                        tokens,
+                        Update::Overwrite,
                     );
-                }
-                let mut context = vec![0f32; rows * head_dim];
-                gemm(
-                    Matrix::row_major(&weights, rows, tokens, tokens),
-                    Matrix::row_major(&value, tokens, head_dim, head_dim),
-                    &mut context,
-                    head_dim,
-                    Update::Overwrite,
-                );
-                context
-            })
+                    for row in weights.chunks_mut(tokens.max(1)) {
+                        softmax_row(row, geometry.scale());
+                    }
+                    if !kept.is_empty() {
+                        kept.iter_mut()
+                            .zip(&weights)
+                            .for_each(|(kept, &value)| *kept = T::from_f32(value));
+                    }
+                    if let Some(mask) = &mask {
+                        apply_factors(
+                            &mut weights,
+                            &mask_factors(mask, pair * pair_values, pair_values),
+                        );
+                    }
+                    let mut context = vec![0f32; rows * head_dim];
+                    gemm(
+                        Matrix::row_major(&weights, rows, tokens, tokens),
+                        Matrix::row_major(&value, tokens, head_dim, head_dim),
+                        &mut context,
+                        head_dim,
+                        Update::Overwrite,
+                    );
+                    context
+                },
+            )
         })
         .collect();
     let dim = geometry.dim;
@@ -211,18 +214,21 @@ fn forward_as<T: HostFloat, B: Backend>(
         .par_chunks_mut((rows * dim).max(1))
         .enumerate()
         .for_each(|(batch, output)| {
-            crate::cpu_kernels::vectorized(|| {
-                for head in 0..geometry.heads {
-                    let context = &contexts[batch * geometry.heads + head];
-                    for (row, values) in context.chunks(head_dim).enumerate() {
-                        let start = row * dim + head * head_dim;
-                        output[start..start + head_dim]
-                            .iter_mut()
-                            .zip(values)
-                            .for_each(|(output, &value)| *output = T::from_f32(value));
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for head in 0..geometry.heads {
+                        let context = &contexts[batch * geometry.heads + head];
+                        for (row, values) in context.chunks(head_dim).enumerate() {
+                            let start = row * dim + head * head_dim;
+                            output[start..start + head_dim]
+                                .iter_mut()
+                                .zip(values)
+                                .for_each(|(output, &value)| *output = T::from_f32(value));
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     let output = Tensor::from_data(
         TensorData::new(output, [geometry.batch, rows, dim]),
@@ -343,77 +349,82 @@ fn gradient_as<T: HostFloat>(
     let pieces: Vec<[Vec<f32>; 3]> = (0..geometry.pairs())
         .into_par_iter()
         .map(|pair| {
-            crate::cpu_kernels::vectorized(|| {
-                let (batch, head) = (pair / geometry.heads, pair % geometry.heads);
-                let query = geometry.gather(&qkv, [batch, 0, head], geometry.rows.clone());
-                let key = geometry.gather(&qkv, [batch, 1, head], 0..tokens);
-                let value = geometry.gather(&qkv, [batch, 2, head], 0..tokens);
-                let context_gradient = {
-                    let mut values = Vec::with_capacity(rows * head_dim);
-                    for row in 0..rows {
-                        let start = (batch * rows + row) * dim + head * head_dim;
-                        values.extend(upstream[start..start + head_dim].iter().map(|v| v.to_f32()));
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    let (batch, head) = (pair / geometry.heads, pair % geometry.heads);
+                    let query = geometry.gather(&qkv, [batch, 0, head], geometry.rows.clone());
+                    let key = geometry.gather(&qkv, [batch, 1, head], 0..tokens);
+                    let value = geometry.gather(&qkv, [batch, 2, head], 0..tokens);
+                    let context_gradient = {
+                        let mut values = Vec::with_capacity(rows * head_dim);
+                        for row in 0..rows {
+                            let start = (batch * rows + row) * dim + head * head_dim;
+                            values.extend(
+                                upstream[start..start + head_dim].iter().map(|v| v.to_f32()),
+                            );
+                        }
+                        values
+                    };
+                    let kept = &probabilities[pair * pair_values..(pair + 1) * pair_values];
+                    let probability: Vec<f32> = kept.iter().map(|v| v.to_f32()).collect();
+                    // The dropout's factors, drawn once for both products that read them.
+                    let factors = mask
+                        .as_ref()
+                        .map(|mask| mask_factors(mask, pair * pair_values, pair_values));
+                    let mut weights = probability.clone();
+                    if let Some(factors) = &factors {
+                        apply_factors(&mut weights, factors);
                     }
-                    values
-                };
-                let kept = &probabilities[pair * pair_values..(pair + 1) * pair_values];
-                let probability: Vec<f32> = kept.iter().map(|v| v.to_f32()).collect();
-                // The dropout's factors, drawn once for both products that read them.
-                let factors = mask
-                    .as_ref()
-                    .map(|mask| mask_factors(mask, pair * pair_values, pair_values));
-                let mut weights = probability.clone();
-                if let Some(factors) = &factors {
-                    apply_factors(&mut weights, factors);
-                }
-                let mut value_gradient = vec![0f32; tokens * head_dim];
-                gemm(
-                    Matrix::row_major(&weights, rows, tokens, tokens).transposed(),
-                    Matrix::row_major(&context_gradient, rows, head_dim, head_dim),
-                    &mut value_gradient,
-                    head_dim,
-                    Update::Overwrite,
-                );
-                // ∂W, then ∂P, then ∂S in the same buffer.
-                let mut scores_gradient = weights;
-                gemm(
-                    Matrix::row_major(&context_gradient, rows, head_dim, head_dim),
-                    Matrix::row_major(&value, tokens, head_dim, head_dim).transposed(),
-                    &mut scores_gradient,
-                    tokens,
-                    Update::Overwrite,
-                );
-                if let Some(factors) = &factors {
-                    apply_factors(&mut scores_gradient, factors);
-                }
-                for (gradient, probability) in scores_gradient
-                    .chunks_mut(tokens.max(1))
-                    .zip(probability.chunks(tokens.max(1)))
-                {
-                    let dot: f32 = gradient.iter().zip(probability).map(|(g, p)| g * p).sum();
-                    gradient
-                        .iter_mut()
-                        .zip(probability)
-                        .for_each(|(g, &p)| *g = p * (*g - dot) * scale);
-                }
-                let mut query_gradient = vec![0f32; rows * head_dim];
-                gemm(
-                    Matrix::row_major(&scores_gradient, rows, tokens, tokens),
-                    Matrix::row_major(&key, tokens, head_dim, head_dim),
-                    &mut query_gradient,
-                    head_dim,
-                    Update::Overwrite,
-                );
-                let mut key_gradient = vec![0f32; tokens * head_dim];
-                gemm(
-                    Matrix::row_major(&scores_gradient, rows, tokens, tokens).transposed(),
-                    Matrix::row_major(&query, rows, head_dim, head_dim),
-                    &mut key_gradient,
-                    head_dim,
-                    Update::Overwrite,
-                );
-                [query_gradient, key_gradient, value_gradient]
-            })
+                    let mut value_gradient = vec![0f32; tokens * head_dim];
+                    gemm(
+                        Matrix::row_major(&weights, rows, tokens, tokens).transposed(),
+                        Matrix::row_major(&context_gradient, rows, head_dim, head_dim),
+                        &mut value_gradient,
+                        head_dim,
+                        Update::Overwrite,
+                    );
+                    // ∂W, then ∂P, then ∂S in the same buffer.
+                    let mut scores_gradient = weights;
+                    gemm(
+                        Matrix::row_major(&context_gradient, rows, head_dim, head_dim),
+                        Matrix::row_major(&value, tokens, head_dim, head_dim).transposed(),
+                        &mut scores_gradient,
+                        tokens,
+                        Update::Overwrite,
+                    );
+                    if let Some(factors) = &factors {
+                        apply_factors(&mut scores_gradient, factors);
+                    }
+                    for (gradient, probability) in scores_gradient
+                        .chunks_mut(tokens.max(1))
+                        .zip(probability.chunks(tokens.max(1)))
+                    {
+                        let dot: f32 = gradient.iter().zip(probability).map(|(g, p)| g * p).sum();
+                        gradient
+                            .iter_mut()
+                            .zip(probability)
+                            .for_each(|(g, &p)| *g = p * (*g - dot) * scale);
+                    }
+                    let mut query_gradient = vec![0f32; rows * head_dim];
+                    gemm(
+                        Matrix::row_major(&scores_gradient, rows, tokens, tokens),
+                        Matrix::row_major(&key, tokens, head_dim, head_dim),
+                        &mut query_gradient,
+                        head_dim,
+                        Update::Overwrite,
+                    );
+                    let mut key_gradient = vec![0f32; tokens * head_dim];
+                    gemm(
+                        Matrix::row_major(&scores_gradient, rows, tokens, tokens).transposed(),
+                        Matrix::row_major(&query, rows, head_dim, head_dim),
+                        &mut key_gradient,
+                        head_dim,
+                        Update::Overwrite,
+                    );
+                    [query_gradient, key_gradient, value_gradient]
+                },
+            )
         })
         .collect();
     let width = 3 * dim;
@@ -422,21 +433,25 @@ fn gradient_as<T: HostFloat>(
         .par_chunks_mut((tokens * width).max(1))
         .enumerate()
         .for_each(|(batch, gradient)| {
-            crate::cpu_kernels::vectorized(|| {
-                for head in 0..geometry.heads {
-                    let [query, key, value] = &pieces[batch * geometry.heads + head];
-                    let parts = [(query, geometry.rows.start, 0), (key, 0, 1), (value, 0, 2)];
-                    for (values, first_token, part) in parts {
-                        for (row, values) in values.chunks(head_dim).enumerate() {
-                            let start = (first_token + row) * width + part * dim + head * head_dim;
-                            gradient[start..start + head_dim]
-                                .iter_mut()
-                                .zip(values)
-                                .for_each(|(gradient, &value)| *gradient = T::from_f32(value));
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for head in 0..geometry.heads {
+                        let [query, key, value] = &pieces[batch * geometry.heads + head];
+                        let parts = [(query, geometry.rows.start, 0), (key, 0, 1), (value, 0, 2)];
+                        for (values, first_token, part) in parts {
+                            for (row, values) in values.chunks(head_dim).enumerate() {
+                                let start =
+                                    (first_token + row) * width + part * dim + head * head_dim;
+                                gradient[start..start + head_dim]
+                                    .iter_mut()
+                                    .zip(values)
+                                    .for_each(|(gradient, &value)| *gradient = T::from_f32(value));
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
         });
     Tensor::from_data(
         TensorData::new(gradient, [geometry.batch, tokens, width]),
