@@ -63,6 +63,16 @@ impl Geometry {
         1.0 / (self.head_dim() as f32).sqrt()
     }
 
+    /// Pair `pair`'s (a batch and a head) query rows, keys and values, in f32.
+    fn operands<T: HostFloat>(&self, qkv: &[T], pair: usize) -> [Vec<f32>; 3] {
+        let (batch, head) = (pair / self.heads, pair % self.heads);
+        [
+            self.gather(qkv, [batch, 0, head], self.rows.clone()),
+            self.gather(qkv, [batch, 1, head], 0..self.tokens),
+            self.gather(qkv, [batch, 2, head], 0..self.tokens),
+        ]
+    }
+
     /// Rows `range` of batch `batch`'s `part` (0 queries, 1 keys, 2 values) for `head`:
     /// `range.len() × head_dim` in f32.
     fn gather<T: HostFloat>(
@@ -169,10 +179,7 @@ fn forward_as<T: HostFloat, B: Backend>(
             crate::cpu_kernels::vectorized(
                 #[inline(always)]
                 || {
-                    let (batch, head) = (pair / geometry.heads, pair % geometry.heads);
-                    let query = geometry.gather(&qkv, [batch, 0, head], geometry.rows.clone());
-                    let key = geometry.gather(&qkv, [batch, 1, head], 0..tokens);
-                    let value = geometry.gather(&qkv, [batch, 2, head], 0..tokens);
+                    let [query, key, value] = geometry.operands(&qkv, pair);
                     let mut weights = vec![0f32; pair_values];
                     gemm(
                         Matrix::row_major(&query, rows, head_dim, head_dim),
@@ -353,9 +360,7 @@ fn gradient_as<T: HostFloat>(
                 #[inline(always)]
                 || {
                     let (batch, head) = (pair / geometry.heads, pair % geometry.heads);
-                    let query = geometry.gather(&qkv, [batch, 0, head], geometry.rows.clone());
-                    let key = geometry.gather(&qkv, [batch, 1, head], 0..tokens);
-                    let value = geometry.gather(&qkv, [batch, 2, head], 0..tokens);
+                    let [query, key, value] = geometry.operands(&qkv, pair);
                     let context_gradient = {
                         let mut values = Vec::with_capacity(rows * head_dim);
                         for row in 0..rows {
