@@ -39,20 +39,18 @@ pub struct NoFit {
 }
 
 /// Whether bf16 trains faster than 32 on this CPU, as measured (`cargo xtask bench cpu`, stop
-/// 43, at micro-batch 4 and at micro-batch 1 × 4): on a CPU with AVX512_BF16
-/// (`vidtrain_model::gemm_bf16`), the seed model's RGB stem (bf16 4.6 vs fp32 3.1 samples/s at
-/// b4, 4.7 vs 3.1 at b1×4) and ST-GCN (7.9 vs 7.4, 7.3 vs 6.5). ViViT and the 3-D ResNet are
-/// faster in bf16 at b4 (7.9–8.0 vs 6.3–6.7, 0.88–1.34 vs 0.75–1.07 over two sittings) but not
-/// at b1×4 (5.3–6.1 vs 5.7–5.8, 0.85–0.89 vs 0.74–0.98: slower in one sitting, faster in the
-/// other; not for rounding the weights to bf16 once per micro-batch: one rounding shared by the
-/// step's micro-batches measured no faster, and 38 MiB heavier); Mamba and the keypoint
-/// transformer are not measured.
+/// 44, at micro-batch 4 and at micro-batch 1 × 4): on a CPU with AVX512_BF16
+/// (`vidtrain_model::gemm_bf16`), the seed model's RGB stem (bf16 6.2 vs fp32 4.0 samples/s at
+/// b4, 5.6 vs 3.7 at b1×4), ViViT (10.1 vs 8.3, 8.4 vs 7.3), the 3-D ResNet (1.79 vs 1.20, 1.26
+/// vs 1.21; 1.49 vs 1.11 in the stop's first sitting) and ST-GCN (14.3 vs 11.2, 13.2 vs 11.4).
+/// Until stop 43 ViViT and the 3-D ResNet read either side of 32 at b1×4 from one sitting to
+/// the next. Mamba and the keypoint transformer are not measured.
 pub(super) fn bf16_is_faster_on_this_cpu(config: &Config) -> bool {
     use vidtrain_config::{Backbone, InputType};
     let measured_faster = match config.model.backbone {
         Backbone::Transformer => config.model.input_type != InputType::Kpt,
-        Backbone::Stgcn => true,
-        _ => false,
+        Backbone::Vivit | Backbone::Resnet3d | Backbone::Stgcn => true,
+        Backbone::Mamba => false,
     };
     measured_faster && crate::Bf16ProductPath::fastest().is_some()
 }
@@ -77,8 +75,9 @@ pub fn fit(
     // Both backends have bf16 (burn-flex on the CPU, CUDA); the measured faster one first. On a
     // GPU that is bf16 (tensor cores), so 32 only when bf16 does not fit either. On the CPU it is
     // 32 (`cargo xtask bench cpu`, seed model b4 on a CPU without AVX512_BF16: fp32 1.18, bf16
-    // 0.96 samples/s), except where `bf16_is_faster_on_this_cpu` measured otherwise (the seed
-    // model's stem and ST-GCN on a CPU with AVX512_BF16, which vidtrain multiplies in bf16).
+    // 0.96 samples/s), except where `bf16_is_faster_on_this_cpu` measured otherwise (the
+    // seed model, ViViT, the 3-D ResNet and ST-GCN on a CPU with AVX512_BF16, where vidtrain
+    // multiplies in bf16).
     // wgpu has no bf16 (and f16 only on some adapters): what was asked.
     let precisions: Vec<Precision> = match (config.trainer.precision, backend) {
         (Precision::Full, BackendChoice::Cpu) if bf16_is_faster_on_this_cpu(config) => {

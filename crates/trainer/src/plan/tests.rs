@@ -74,11 +74,25 @@ fn fit_prefers_the_precision_measured_faster_on_each_backend() {
         None => Precision::Full,
     };
     assert_eq!(cpu.precision, cpu_faster, "{:?}", cpu.overrides);
-    let mut vivit = config.clone();
-    vivit.model.backbone = vidtrain_config::Backbone::Vivit;
-    let cpu = fit(&vivit, BackendChoice::Cpu, None, None, roomy).unwrap();
+    // ViViT and the 3-D ResNet as well (stop 44), and ST-GCN (stop 43).
+    for backbone in [
+        vidtrain_config::Backbone::Vivit,
+        vidtrain_config::Backbone::Resnet3d,
+    ] {
+        let mut other = config.clone();
+        other.model.backbone = backbone;
+        let cpu = fit(&other, BackendChoice::Cpu, None, None, roomy).unwrap();
+        assert_eq!(
+            cpu.precision, cpu_faster,
+            "{backbone:?} {:?}",
+            cpu.overrides
+        );
+    }
+    // Mamba is not measured: 32 first.
+    let mut mamba = config.clone();
+    mamba.model.backbone = vidtrain_config::Backbone::Mamba;
+    let cpu = fit(&mamba, BackendChoice::Cpu, None, None, roomy).unwrap();
     assert_eq!(cpu.precision, Precision::Full, "{:?}", cpu.overrides);
-    // ST-GCN is faster in bf16 on AVX512_BF16 as well (stop 43).
     let mut stgcn = config.clone();
     stgcn.model.backbone = vidtrain_config::Backbone::Stgcn;
     stgcn.model.input_type = vidtrain_config::InputType::Kpt;
@@ -141,6 +155,9 @@ fn fit_turns_to_8bit_optimizer_state_before_recompute_or_a_smaller_micro_batch()
     config.model.backbone = vidtrain_config::Backbone::Resnet3d;
     config.model.resnet_depth = 18;
     config.data.img_size = 112;
+    // One precision asked (with 32 asked, `--fit` would try bf16 first on a CPU with
+    // AVX512_BF16, whose smaller activations fit with f32 state here).
+    config.trainer.precision = Precision::BHalf;
     let f32_state = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
     let mut eight_bit = config.clone();
     eight_bit.train.optimizer_state = OptimizerStateFormat::Blockwise8;
@@ -171,6 +188,9 @@ fn fit_turns_to_8bit_optimizer_state_before_recompute_or_a_smaller_micro_batch()
 fn fit_prefers_a_larger_micro_batch_with_recompute_to_a_smaller_one_without() {
     let mut config = seed_config();
     config.model.backbone = vidtrain_config::Backbone::Vivit;
+    // One precision asked (with 32 asked, `--fit` would try bf16 first on a CPU with
+    // AVX512_BF16, which fits without recompute here).
+    config.trainer.precision = Precision::BHalf;
     let none_at_4 = plan(&config, BackendChoice::Cpu, None).host_peak_bytes;
     let mut all_at_4 = config.clone();
     all_at_4.model.recompute = RecomputeMode::All;
