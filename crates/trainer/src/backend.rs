@@ -155,14 +155,20 @@ pub fn configure_compute_threads(config: &Config) -> usize {
     applied
 }
 
-/// Runs `op` on one of the compute pool's threads (on this one when it is one) and returns its
-/// result. The CPU backend's kernels split every op across the pool: called from another thread,
-/// each split hands its work to the pool and sleeps until it is done, a wake-up of a sleeping
-/// thread both ways per op — at micro-batch 1, with ops of a few hundred thousand values, a
-/// fifth of ViViT's step was the kernel switching threads. From a pool thread, the split runs
-/// its first half itself and the other thread steals the rest.
-pub fn in_compute_pool<R: Send>(op: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
+/// Runs `op` on one of the compute pool's threads (on this one when it is one) when `B` computes
+/// on the host (burn-flex), and here otherwise, and returns its result. The CPU backend's
+/// kernels split every op across the pool: called from another thread, each split hands its
+/// work to the pool and sleeps until it is done, a wake-up of a sleeping thread both ways per op
+/// — at micro-batch 1, with ops of a few hundred thousand values, a fifth of ViViT's step was
+/// the kernel switching threads. From a pool thread, the split runs its first half itself and
+/// the other thread steals the rest. Device backends run where they did.
+pub fn on_compute_threads<B: burn::tensor::backend::Backend, R: Send>(
+    device: &B::Device,
+    op: impl FnOnce() -> R + Send,
+) -> R {
+    if !vidtrain_model::cpu_kernels::computes_on_host::<B>(device)
+        || rayon::current_thread_index().is_some()
+    {
         return op();
     }
     // `rayon::scope` called outside the pool runs its body on a pool thread and blocks here.

@@ -66,10 +66,9 @@ impl PackRight for ClipColumns<'_, bf16> {
 
     fn pack(&self, packed: &mut Vec<u32>, path: Path) {
         let (k, n) = (ClipColumns::rows(self), self.length());
-        packed.resize(packed_len(k, n), 0);
         let panels = n.div_ceil(COLUMNS);
         let band_panels = panels.div_ceil(rayon::current_num_threads().clamp(1, panels));
-        for_each_region(packed, k, band_panels, |scratch, region| {
+        for_each_region(packed, [k, n], band_panels, |scratch, region| {
             let first_column = region.band * band_panels * COLUMNS;
             let width = (band_panels * COLUMNS).min(n - first_column);
             let (pair_rows, interleaved) = scratch;
@@ -118,8 +117,7 @@ impl PackRight for Transposed<'_, bf16> {
 
     fn pack(&self, packed: &mut Vec<u32>, path: Path) {
         let (k, n) = (self.0.length(), self.0.rows());
-        packed.resize(packed_len(k, n), 0);
-        for_each_region(packed, k, 1, |(rows, _), region| {
+        for_each_region(packed, [k, n], 1, |(rows, _), region| {
             let first_row = region.band * COLUMNS;
             let width = COLUMNS.min(n - first_row);
             let run = (2 * region.pairs).min(k - region.first_k);
@@ -145,20 +143,20 @@ struct Region<'a> {
     values: &'a mut [u32],
 }
 
-/// Runs `pack(scratch, region)` in parallel over the regions of bands of `band_panels` column
-/// panels of a packed right operand with `k` rows ([`packed_len`]), block of `k` by block;
-/// `scratch` is kept for the regions a thread packs in turn (one per region cost more in
+/// Sizes `packed` for a right operand of `k × n` ([`packed_len`]) and runs `pack(scratch,
+/// region)` in parallel over its regions: bands of `band_panels` column panels, block of `k` by
+/// block. `scratch` is kept for the regions a thread packs in turn (one per region cost more in
 /// allocating and zeroing than in packing).
 fn for_each_region(
-    packed: &mut [u32],
-    k: usize,
+    packed: &mut Vec<u32>,
+    [k, n]: [usize; 2],
     band_panels: usize,
     pack: impl Fn(&mut (Vec<bf16>, Vec<u32>), Region<'_>) + Sync,
 ) {
-    // Only the last block of `k` can be odd, so the blocks' pairs sum to `k`'s.
-    let panels = packed.len() / (COLUMNS * k.div_ceil(2)).max(1);
+    packed.resize(packed_len(k, n), 0);
+    let panels = n.div_ceil(COLUMNS);
     let mut regions = Vec::new();
-    let mut rest = packed;
+    let mut rest = &mut packed[..];
     for (first_k, pairs) in k_blocks(k) {
         let (block, after) = rest.split_at_mut(panels * pairs * COLUMNS);
         rest = after;

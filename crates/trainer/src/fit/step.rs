@@ -104,7 +104,6 @@ impl<B: AutodiffBackend> Learner<B> {
             .model
             .as_ref()
             .expect("the model is back after every step");
-        let on_host = vidtrain_model::cpu_kernels::computes_on_host::<B>(device);
         let ((loss_value, grads), inside) =
             crate::device::memory::probing_inside(probe.backend, || {
                 let forward_backward = || {
@@ -126,11 +125,7 @@ impl<B: AutodiffBackend> Learner<B> {
                         segment_seed,
                     )
                 };
-                if on_host {
-                    crate::backend::in_compute_pool(forward_backward)
-                } else {
-                    forward_backward()
-                }
+                crate::backend::on_compute_threads::<B, _>(device, forward_backward)
             });
         if let Some(reading) = inside {
             probe
@@ -163,7 +158,6 @@ impl<B: AutodiffBackend> Learner<B> {
         let grads = all_reduce_gradients::<B, _>(world, self.model(), grads, device);
         // The update's passes on the pool's threads, as the micro-batches' (the all-reduce
         // above stays on the thread that initialised MPI).
-        let on_host = vidtrain_model::cpu_kernels::computes_on_host::<B>(device);
         let update = || match scaler.unscale::<B, _>(self.model(), grads, clip) {
             StepDecision::Step(grads) => {
                 let model = self
@@ -175,10 +169,6 @@ impl<B: AutodiffBackend> Learner<B> {
             }
             StepDecision::Skip { scale } => Some(scale),
         };
-        if on_host {
-            crate::backend::in_compute_pool(update)
-        } else {
-            update()
-        }
+        crate::backend::on_compute_threads::<B, _>(device, update)
     }
 }

@@ -201,11 +201,7 @@ fn clip_probabilities<B: Backend>(
             keypoint_tensor::<B>(&mut batch, device),
         );
         let forward = || model.forward(inputs.0, inputs.1);
-        let logits = if vidtrain_model::cpu_kernels::computes_on_host::<B>(device) {
-            crate::backend::in_compute_pool(forward)
-        } else {
-            forward()
-        };
+        let logits = crate::backend::on_compute_threads::<B, _>(device, forward);
         let loss: f32 = loss_function
             .forward(logits.clone(), labels_tensor::<B>(&batch, device))
             .into_scalar()
