@@ -435,6 +435,93 @@ impl TileOfC {
     }
 }
 
+/// Operands read where they lie rather than packed: a stride-1 convolution reads its input
+/// shifted once per kernel tap (`layers::conv_direct`), and packing the shifted copies (im2col)
+/// cost as much as the multiply-adds. For a segment starting at `(a_start, b_start)`, row `r`'s
+/// pairs of `k` are `a[a_start + r·a_row_stride ..][..pairs]` and pair `p`'s [`COLUMNS`] values
+/// are `b[b_start + p·b_pair_stride ..][..COLUMNS]`, both in the packed pair layout (a pair of
+/// `k` per `u32`, the lower `k` in the low half).
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub a: &'a [u32],
+    pub a_row_stride: usize,
+    pub b: &'a [u32],
+    pub b_pair_stride: usize,
+    pub pairs: usize,
+}
+
+/// A tile of [`ROWS`] × [`COLUMNS`] f32 values.
+pub type Tile = [[f32; COLUMNS]; ROWS];
+
+/// `tile += Σ` over `segments` and their pairs of `a`'s row times `b`'s pair ([`Strided`]).
+///
+/// # Panics
+/// When a segment reaches past `a` or `b`, or the path is not [`Path::available`].
+pub fn strided_tile(
+    path: Path,
+    operands: Strided<'_>,
+    segments: &[(usize, usize)],
+    tile: &mut Tile,
+) {
+    assert!(path.available(), "{path:?} is not available on this CPU");
+    let Strided {
+        a,
+        a_row_stride,
+        b,
+        b_pair_stride,
+        pairs,
+    } = operands;
+    if pairs == 0 {
+        return;
+    }
+    for &(a_start, b_start) in segments {
+        assert!(
+            a_start + (ROWS - 1) * a_row_stride + pairs <= a.len()
+                && b_start + (pairs - 1) * b_pair_stride + COLUMNS <= b.len(),
+            "a strided tile's segment reaches past its operands"
+        );
+    }
+    match path {
+        Path::Portable => strided_tile_portable(operands, segments, tile),
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Bf16 => {
+            #[allow(unsafe_code)]
+            // SAFETY: asserted above: this CPU has AVX-512F and AVX512_BF16, the only
+            // requirement of `avx512_bf16::strided_tile` (it reads and writes only through
+            // slices).
+            unsafe {
+                avx512_bf16::strided_tile(operands, segments, tile)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Path::Avx512Bf16 => unreachable!("asserted the path is available"),
+    }
+}
+
+/// [`strided_tile`] in plain Rust.
+fn strided_tile_portable(operands: Strided<'_>, segments: &[(usize, usize)], tile: &mut Tile) {
+    let value = |bits: u32| bf16::from_bits(bits as u16).to_f32();
+    let Strided {
+        a,
+        a_row_stride,
+        b,
+        b_pair_stride,
+        pairs,
+    } = operands;
+    for &(a_start, b_start) in segments {
+        for (row, sums) in tile.iter_mut().enumerate() {
+            let a_row = &a[a_start + row * a_row_stride..][..pairs];
+            for (pair, &a) in a_row.iter().enumerate() {
+                let (a_low, a_high) = (value(a), value(a >> 16));
+                let b_row = &b[b_start + pair * b_pair_stride..][..COLUMNS];
+                for (sum, &b) in sums.iter_mut().zip(b_row) {
+                    *sum += a_low * value(b) + a_high * value(b >> 16);
+                }
+            }
+        }
+    }
+}
+
 /// One tile of `c` from packed panels of one block of `k`, stored by `tile`.
 fn multiply(path: Path, a_panel: &[u32], b_panel: &[u32], c: &mut [f32], tile: TileOfC) {
     match path {
@@ -637,6 +724,50 @@ mod avx512_bf16 {
                 };
                 *c = bytemuck::cast(sum);
             }
+        }
+    }
+
+    /// [`super::strided_tile_portable`] with `vdpbf16ps`, as [`multiply`] with the rows of `a`
+    /// and pairs of `b` where they lie; the tile is held in registers across the segments.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) fn strided_tile(
+        operands: super::Strided<'_>,
+        segments: &[(usize, usize)],
+        tile: &mut super::Tile,
+    ) {
+        let super::Strided {
+            a,
+            a_row_stride,
+            b,
+            b_pair_stride,
+            pairs,
+        } = operands;
+        let mut sums: [[__m512; 2]; ROWS] = std::array::from_fn(|row| {
+            let (left, right) = tile[row].split_at(16);
+            let left: [f32; 16] = left.try_into().expect("a vector is 16 values");
+            let right: [f32; 16] = right.try_into().expect("a vector is 16 values");
+            [bytemuck::cast(left), bytemuck::cast(right)]
+        });
+        for &(a_start, b_start) in segments {
+            let rows: [&[u32]; ROWS] =
+                std::array::from_fn(|row| &a[a_start + row * a_row_stride..][..pairs]);
+            let b = &b[b_start..][..(pairs - 1) * b_pair_stride + COLUMNS];
+            for pair in 0..pairs {
+                let b_row = &b[pair * b_pair_stride..][..COLUMNS];
+                let (b_left, b_right) = b_row.split_at(COLUMNS / 2);
+                let (b_left, b_right) = (vector(b_left), vector(b_right));
+                for (sums, row) in sums.iter_mut().zip(&rows) {
+                    let a: __m512bh = bytemuck::cast(_mm512_set1_epi32(row[pair] as i32));
+                    sums[0] = _mm512_dpbf16_ps(sums[0], a, b_left);
+                    sums[1] = _mm512_dpbf16_ps(sums[1], a, b_right);
+                }
+            }
+        }
+        for (row, [left, right]) in tile.iter_mut().zip(sums) {
+            let (left, right): ([f32; 16], [f32; 16]) =
+                (bytemuck::cast(left), bytemuck::cast(right));
+            row[..16].copy_from_slice(&left);
+            row[16..].copy_from_slice(&right);
         }
     }
 

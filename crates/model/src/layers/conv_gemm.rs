@@ -30,6 +30,7 @@ use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
 use crate::gemm_f32::bf16_path;
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
+use crate::layers::conv_direct;
 use crate::layers::im2col::{ColumnMap, col2im};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
@@ -108,6 +109,9 @@ pub fn conv3d_forward<B: Backend>(
 ) -> Tensor<B, 5> {
     let dtype = input.dtype();
     let path = bf16_path(&[dtype]);
+    if let Some(path) = path.filter(|_| conv_direct::applies(&geometry)) {
+        return conv_direct::forward(input, weight, bias, geometry, path);
+    }
     let group = geometry.lines_per_group(if path.is_some() { 2 } else { 4 });
     // The f32 route computes and stores f32: an f16 input's output is cast back once.
     cast(
@@ -337,9 +341,54 @@ impl<B: Backend> ConvBackward<'_, B> {
     pub(crate) fn gradients(self) -> ConvGradientsWithBias<B> {
         let geometry = self.geometry;
         match bf16_path(&[self.input.dtype(), self.upstream.dtype()]) {
+            Some(path) if conv_direct::applies(&geometry) => self.direct(path),
             Some(path) => self.products::<bf16>(geometry.lines_per_group(2), Some(path)),
             None => self.products::<f32>(geometry.lines_per_group(4), None),
         }
+    }
+
+    /// [`Self::gradients`] of a convolution that [`conv_direct::applies`] to, in bf16 on
+    /// `path`: the weight gradient summed in f32 clip by clip, the input gradient computed
+    /// clip by clip in f32 and stored in bf16, the weight rounded to bf16 as on the im2col
+    /// route.
+    fn direct(self, path: Path) -> ConvGradientsWithBias<B> {
+        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
+        let device = self.upstream.device();
+        let [n, c_in, t, h, w] = geometry.input;
+        let (c_out, positions) = (geometry.channels_out, geometry.positions());
+        let upstream = stored::<bf16, _, 5>(self.upstream);
+        let bias_gradient = wants_bias.then(|| {
+            let sums = channel_sums(&upstream, c_out, positions);
+            Tensor::from_data(TensorData::new(sums, [c_out]), &device)
+        });
+        let input_gradient = wants_input.then(|| {
+            let weight = stored::<bf16, _, 5>(self.weight);
+            conv_direct::InputGradient::new(&weight, &geometry)
+        });
+        let clip_len = c_in * t * h * w;
+        let mut input = ClipReader::<bf16>::of(self.input);
+        let mut weight_gradient = conv_direct::WeightGradient::new(&geometry);
+        let mut gradient = input_gradient
+            .as_ref()
+            .map(|_| vec![bf16::ZERO; n * clip_len]);
+        for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
+            weight_gradient.add_clip(input.clip(clip, clip_len), upstream, path);
+            if let (Some(computed), Some(gradient)) = (&input_gradient, gradient.as_mut()) {
+                computed.clip(upstream, &mut gradient[clip * clip_len..][..clip_len], path);
+            }
+        }
+        let weight_gradient = TensorData::new(
+            weight_gradient.into_weight_order(path),
+            geometry.weight_shape(),
+        );
+        let input_gradient = gradient.map(|values| {
+            let values = TensorData::new(values, geometry.input);
+            Tensor::from_data(values, (&device, DType::BF16))
+        });
+        (
+            (Tensor::from_data(weight_gradient, &device), input_gradient),
+            bias_gradient,
+        )
     }
 
     /// [`Self::gradients`] with `group` output lines per im2col buffer and operands read as `T`

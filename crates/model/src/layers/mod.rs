@@ -5,6 +5,7 @@
 pub mod batch_norm;
 pub mod conv3d;
 mod conv_columns;
+mod conv_direct;
 pub mod conv_gemm;
 pub mod dropout;
 pub mod encoder;

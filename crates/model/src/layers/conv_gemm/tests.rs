@@ -45,8 +45,20 @@ fn bf16_products_equal_the_f32_route_where_columns_take_several_blocks() {
     bf16_route_equals_the_f32_route(geometry, &[7, 48]);
 }
 
-fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
-    let _rng = crate::rng_lock();
+/// A convolution's forward and gradients: `(forward, weight, input, bias)`.
+type Results = (
+    Tensor<TestBackend, 5>,
+    Tensor<TestBackend, 5>,
+    Tensor<TestBackend, 5>,
+    Tensor<TestBackend, 1>,
+);
+
+/// Random bf16 operands of `geometry` and the f32 route's results on them: `(input, weight,
+/// upstream, bias)` and [`Results`]. The weight is f32 holding bf16 values, as the bf16 routes
+/// round it.
+fn bf16_operands_and_the_f32_route(
+    geometry: ConvGeometry,
+) -> ([Tensor<TestBackend, 5>; 3], Tensor<TestBackend, 1>, Results) {
     let device = Default::default();
     let random = |shape: [usize; 5]| {
         Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
@@ -57,11 +69,10 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
     let [t_out, h_out, w_out] = geometry.output;
     let input = random(geometry.input);
     let upstream = random([n, c_out, t_out, h_out, w_out]);
-    // The f32 route multiplies the weight as given: give it the bf16 route's rounding.
     let [kt, kh, kw] = geometry.kernel;
     let weight = random([c_out, c_in, kt, kh, kw]).cast(FloatDType::F32);
     let bias = Tensor::<TestBackend, 1>::random([c_out], Distribution::Default, &device);
-    let ((weight_f32, input_f32), bias_f32) = ConvBackward {
+    let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
         input: ConvInput::Tensor(input.clone()),
         weight: weight.clone(),
         upstream: upstream.clone(),
@@ -69,7 +80,7 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
         wants: [true, true],
     }
     .products::<f32>(7, None);
-    let forward_f32 = forward_in_groups(
+    let forward = forward_in_groups(
         input.clone(),
         weight.clone(),
         Some(bias.clone()),
@@ -77,6 +88,41 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
         7,
         None,
     );
+    let results = (
+        forward,
+        weight_gradient,
+        input_gradient.unwrap(),
+        bias_gradient.unwrap(),
+    );
+    ([input, weight, upstream], bias, results)
+}
+
+/// bf16 results equal the f32 route's on the same bf16 values: the weight and bias gradients
+/// to f32 precision (every product of two bf16 values is exact in f32; only the order of the
+/// sums differs), the input gradient and the forward (stored in bf16) to one bf16 rounding.
+fn assert_equal_to_the_f32_route(results: Results, f32_route: &Results, path: Path) {
+    let (forward, weight_gradient, input_gradient, bias_gradient) = results;
+    let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+    // One bf16 rounding of the stored result (8 bits of mantissa).
+    let rounded = Tolerance::rel_abs(1.0 / 256.0, 1e-3);
+    bias_gradient
+        .to_data()
+        .assert_approx_eq::<f32>(&f32_route.3.to_data(), tolerance);
+    weight_gradient
+        .to_data()
+        .assert_approx_eq::<f32>(&f32_route.1.to_data(), tolerance);
+    for (bf16_values, f32_values) in [(input_gradient, &f32_route.2), (forward, &f32_route.0)] {
+        assert_eq!(bf16_values.dtype(), DType::BF16, "{path:?}");
+        bf16_values
+            .cast(FloatDType::F32)
+            .to_data()
+            .assert_approx_eq::<f32>(&f32_values.to_data(), rounded);
+    }
+}
+
+fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
+    let _rng = crate::rng_lock();
+    let ([input, weight, upstream], bias, f32_route) = bf16_operands_and_the_f32_route(geometry);
     let paths = [Path::Portable, Path::Avx512Bf16];
     for path in paths.into_iter().filter(|path| path.available()) {
         for &group in groups {
@@ -88,22 +134,6 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
                 wants: [true, true],
             }
             .products::<bf16>(group, Some(path));
-            let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
-            // One bf16 rounding of the stored result (8 bits of mantissa).
-            let rounded = Tolerance::rel_abs(1.0 / 256.0, 1e-3);
-            bias_gradient
-                .unwrap()
-                .to_data()
-                .assert_approx_eq::<f32>(&bias_f32.clone().unwrap().to_data(), tolerance);
-            weight_gradient
-                .to_data()
-                .assert_approx_eq::<f32>(&weight_f32.to_data(), tolerance);
-            let input_gradient = input_gradient.unwrap();
-            assert_eq!(input_gradient.dtype(), DType::BF16, "{path:?}");
-            input_gradient
-                .cast(FloatDType::F32)
-                .to_data()
-                .assert_approx_eq::<f32>(&input_f32.clone().unwrap().to_data(), rounded);
             let forward = forward_in_groups(
                 input.clone(),
                 weight.clone(),
@@ -112,14 +142,69 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
                 group,
                 Some(path),
             );
-            assert_eq!(forward.dtype(), DType::BF16, "{path:?}");
-            forward
-                .cast(FloatDType::F32)
-                .to_data()
-                .assert_approx_eq::<f32>(
-                    &forward_f32.to_data(),
-                    Tolerance::rel_abs(1.0 / 256.0, 1e-3),
-                );
+            let results = (
+                forward,
+                weight_gradient,
+                input_gradient.unwrap(),
+                bias_gradient.unwrap(),
+            );
+            assert_equal_to_the_f32_route(results, &f32_route, path);
+        }
+    }
+}
+
+/// Stride-1 convolutions computed without columns (`conv_direct`) equal the f32 route on the
+/// same bf16 values, on the AVX512_BF16 path where the CPU has it and on the portable path
+/// everywhere: odd channel counts (a zero pair, partial panels of output channels), a weight
+/// gradient over several blocks of positions, a padding smaller than the kernel on some axes
+/// and none on others, a temporal-only kernel as ST-GCN's, a 1 × 1 × 1 kernel.
+#[test]
+fn direct_convolutions_equal_the_f32_route() {
+    let _rng = crate::rng_lock();
+    let geometries = [
+        ([2, 5, 4, 12, 11], 13, [3, 3, 3], [1, 1, 1]),
+        ([1, 3, 5, 9, 8], 14, [3, 3, 2], [0, 1, 1]),
+        ([1, 70, 6, 3, 5], 40, [3, 1, 1], [1, 0, 0]),
+        ([2, 33, 2, 3, 4], 7, [1, 1, 1], [0, 0, 0]),
+    ];
+    for (input, channels_out, kernel, padding) in geometries {
+        let output =
+            std::array::from_fn(|axis| input[axis + 2] + 2 * padding[axis] - kernel[axis] + 1);
+        let geometry = ConvGeometry {
+            input,
+            channels_out,
+            kernel,
+            stride: [1; 3],
+            padding,
+            output,
+        };
+        assert!(conv_direct::applies(&geometry));
+        let ([input, weight, upstream], bias, f32_route) =
+            bf16_operands_and_the_f32_route(geometry);
+        let paths = [Path::Portable, Path::Avx512Bf16];
+        for path in paths.into_iter().filter(|path| path.available()) {
+            let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
+                input: ConvInput::Tensor(input.clone()),
+                weight: weight.clone(),
+                upstream: upstream.clone(),
+                geometry,
+                wants: [true, true],
+            }
+            .direct(path);
+            let forward = conv_direct::forward(
+                input.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                geometry,
+                path,
+            );
+            let results = (
+                forward,
+                weight_gradient,
+                input_gradient.unwrap(),
+                bias_gradient.unwrap(),
+            );
+            assert_equal_to_the_f32_route(results, &f32_route, path);
         }
     }
 }
