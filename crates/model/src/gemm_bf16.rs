@@ -437,14 +437,15 @@ impl TileOfC {
 
 /// Operands read where they lie rather than packed: a stride-1 convolution reads its input
 /// shifted once per kernel tap (`layers::conv_direct`), and packing the shifted copies (im2col)
-/// cost as much as the multiply-adds. For a segment starting at `(a_start, b_start)`, row `r`'s
-/// pairs of `k` are `a[a_start + r·a_row_stride ..][..pairs]` and pair `p`'s [`COLUMNS`] values
-/// are `b[b_start + p·b_pair_stride ..][..COLUMNS]`, both in the packed pair layout (a pair of
-/// `k` per `u32`, the lower `k` in the low half).
+/// cost as much as the multiply-adds. For a segment starting at `(a_start, b_start)`, pair `p`
+/// of `k` of the tile's [`ROWS`] rows is `a[a_start + p·a_pair_stride ..][..ROWS]` and of its
+/// [`COLUMNS`] columns `b[b_start + p·b_pair_stride ..][..COLUMNS]`, both in the packed pair
+/// layout (a pair of `k` per `u32`, the lower `k` in the low half): a packed panel whose pairs
+/// are further apart.
 #[derive(Clone, Copy)]
 pub struct Strided<'a> {
     pub a: &'a [u32],
-    pub a_row_stride: usize,
+    pub a_pair_stride: usize,
     pub b: &'a [u32],
     pub b_pair_stride: usize,
     pub pairs: usize,
@@ -466,7 +467,7 @@ pub fn strided_tile(
     assert!(path.available(), "{path:?} is not available on this CPU");
     let Strided {
         a,
-        a_row_stride,
+        a_pair_stride,
         b,
         b_pair_stride,
         pairs,
@@ -476,7 +477,7 @@ pub fn strided_tile(
     }
     for &(a_start, b_start) in segments {
         assert!(
-            a_start + (ROWS - 1) * a_row_stride + pairs <= a.len()
+            a_start + (pairs - 1) * a_pair_stride + ROWS <= a.len()
                 && b_start + (pairs - 1) * b_pair_stride + COLUMNS <= b.len(),
             "a strided tile's segment reaches past its operands"
         );
@@ -503,18 +504,18 @@ fn strided_tile_portable(operands: Strided<'_>, segments: &[(usize, usize)], til
     let value = |bits: u32| bf16::from_bits(bits as u16).to_f32();
     let Strided {
         a,
-        a_row_stride,
+        a_pair_stride,
         b,
         b_pair_stride,
         pairs,
     } = operands;
     for &(a_start, b_start) in segments {
-        for (row, sums) in tile.iter_mut().enumerate() {
-            let a_row = &a[a_start + row * a_row_stride..][..pairs];
-            for (pair, &a) in a_row.iter().enumerate() {
+        for pair in 0..pairs {
+            let a_pair = &a[a_start + pair * a_pair_stride..][..ROWS];
+            let b_pair = &b[b_start + pair * b_pair_stride..][..COLUMNS];
+            for (sums, &a) in tile.iter_mut().zip(a_pair) {
                 let (a_low, a_high) = (value(a), value(a >> 16));
-                let b_row = &b[b_start + pair * b_pair_stride..][..COLUMNS];
-                for (sum, &b) in sums.iter_mut().zip(b_row) {
+                for (sum, &b) in sums.iter_mut().zip(b_pair) {
                     *sum += a_low * value(b) + a_high * value(b >> 16);
                 }
             }
@@ -727,8 +728,8 @@ mod avx512_bf16 {
         }
     }
 
-    /// [`super::strided_tile_portable`] with `vdpbf16ps`, as [`multiply`] with the rows of `a`
-    /// and pairs of `b` where they lie; the tile is held in registers across the segments.
+    /// [`super::strided_tile_portable`] with `vdpbf16ps`, as [`multiply`] with panels whose
+    /// pairs are further apart; the tile is held in registers across the segments.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) fn strided_tile(
         operands: super::Strided<'_>,
@@ -737,7 +738,7 @@ mod avx512_bf16 {
     ) {
         let super::Strided {
             a,
-            a_row_stride,
+            a_pair_stride,
             b,
             b_pair_stride,
             pairs,
@@ -749,15 +750,16 @@ mod avx512_bf16 {
             [bytemuck::cast(left), bytemuck::cast(right)]
         });
         for &(a_start, b_start) in segments {
-            let rows: [&[u32]; ROWS] =
-                std::array::from_fn(|row| &a[a_start + row * a_row_stride..][..pairs]);
+            let a = &a[a_start..][..(pairs - 1) * a_pair_stride + ROWS];
             let b = &b[b_start..][..(pairs - 1) * b_pair_stride + COLUMNS];
             for pair in 0..pairs {
-                let b_row = &b[pair * b_pair_stride..][..COLUMNS];
-                let (b_left, b_right) = b_row.split_at(COLUMNS / 2);
+                let a_pair: &[u32; ROWS] = a[pair * a_pair_stride..][..ROWS]
+                    .try_into()
+                    .expect("a pair of the tile's rows");
+                let (b_left, b_right) = b[pair * b_pair_stride..][..COLUMNS].split_at(16);
                 let (b_left, b_right) = (vector(b_left), vector(b_right));
-                for (sums, row) in sums.iter_mut().zip(&rows) {
-                    let a: __m512bh = bytemuck::cast(_mm512_set1_epi32(row[pair] as i32));
+                for (sums, &a) in sums.iter_mut().zip(a_pair) {
+                    let a: __m512bh = bytemuck::cast(_mm512_set1_epi32(a as i32));
                     sums[0] = _mm512_dpbf16_ps(sums[0], a, b_left);
                     sums[1] = _mm512_dpbf16_ps(sums[1], a, b_right);
                 }

@@ -83,23 +83,34 @@ impl Volume {
         ((kt - 1) * hp + kh - 1) * wp + kw - 1
     }
 
-    /// For each padded row `(tp, hp)` of `rows` (`[tp·hp + slack][wp·width]`), the unpadded
-    /// frame and row it holds, if any.
-    fn source_row(&self, row: usize) -> Option<(usize, usize)> {
-        let [t, h, _] = self.input;
-        let [pt, ph, _] = self.padding;
-        let hp = self.padded()[1];
-        let (frame, line) = (row / hp, row % hp);
-        let frame = frame.checked_sub(pt).filter(|&frame| frame < t)?;
-        let line = line.checked_sub(ph).filter(|&line| line < h)?;
-        Some((frame, line))
+    /// For each row of values `[t, h, w]` (`dims`) placed at `origin` of the flat positions,
+    /// `place(source, target)`: the row's first value's index in the values and its flat
+    /// position.
+    fn for_each_row(
+        &self,
+        dims: [usize; 3],
+        origin: [usize; 3],
+        mut place: impl FnMut(usize, usize),
+    ) {
+        let [t, h, w] = dims;
+        let [pt, ph, pw] = origin;
+        let (plane, wp) = (self.plane(), self.padded()[2]);
+        for frame in 0..t {
+            for line in 0..h {
+                place(
+                    (frame * h + line) * w,
+                    (frame + pt) * plane + (line + ph) * wp + pw,
+                );
+            }
+        }
     }
 }
 
-/// `clip` (`[channels, t, h, w]`) as pairs of channels per padded position: `[positions][pairs]`,
-/// channels `2i` and `2i + 1` (zero past the last) in pair `i`, zero in the padding and past the
-/// volume (`positions` may exceed it, for the last tiles' reads).
-fn channel_pairs_last(
+/// `clip` (`[channels, t, h, w]`) as planes of pairs of channels on the padded flat positions:
+/// `[pairs][positions]`, channels `2i` and `2i + 1` (zero past the last) in pair `i`, zero in
+/// the padding and past the volume (`positions` may exceed it, for the last tiles' reads). A
+/// tile's rows (consecutive positions) of one pair are consecutive values.
+fn channel_pair_planes(
     clip: &[bf16],
     channels: usize,
     volume: &Volume,
@@ -107,31 +118,39 @@ fn channel_pairs_last(
 ) -> Vec<u32> {
     let pairs = channels.div_ceil(2);
     let [t, h, w] = volume.input;
-    let (wp, pw) = (volume.padded()[2], volume.padding[2]);
-    let mut packed = vec![0u32; positions * pairs];
+    let plane =
+        |channel: usize| (channel < channels).then(|| &clip[channel * t * h * w..][..t * h * w]);
+    let mut packed = vec![0u32; pairs * positions];
     packed
-        .par_chunks_mut(wp * pairs)
+        .par_chunks_mut(positions)
         .enumerate()
-        .for_each(|(row, packed)| {
-            let Some((frame, line)) = volume.source_row(row) else {
-                return;
-            };
+        .for_each(|(pair, packed)| {
+            let (low, high) = (
+                plane(2 * pair).expect("a pair's first channel"),
+                plane(2 * pair + 1),
+            );
             crate::cpu_kernels::vectorized(
                 #[inline(always)]
                 || {
-                    let source = |channel: usize| {
-                        let start = ((channel * t + frame) * h + line) * w;
-                        &clip[start..start + w]
-                    };
-                    for pair in 0..pairs {
-                        let low = source(2 * pair);
-                        let high = (2 * pair + 1 < channels).then(|| source(2 * pair + 1));
-                        let targets = packed[pw * pairs + pair..].iter_mut().step_by(pairs);
-                        for (column, target) in targets.take(w).enumerate() {
-                            let high = high.map_or(0, |high| u32::from(high[column].to_bits()));
-                            *target = u32::from(low[column].to_bits()) | high << 16;
+                    volume.for_each_row(volume.input, volume.padding, |source, target| {
+                        let targets = packed[target..][..w].iter_mut();
+                        let low = &low[source..][..w];
+                        match high {
+                            Some(high) => {
+                                for ((target, low), high) in
+                                    targets.zip(low).zip(&high[source..][..w])
+                                {
+                                    *target =
+                                        u32::from(low.to_bits()) | u32::from(high.to_bits()) << 16;
+                                }
+                            }
+                            None => {
+                                for (target, low) in targets.zip(low) {
+                                    *target = u32::from(low.to_bits());
+                                }
+                            }
                         }
-                    }
+                    })
                 },
             )
         });
@@ -206,7 +225,7 @@ fn convolve_clip(
     // A band's last tile starts before the band's end and reads `ROWS` positions from there.
     let reads = volume.span() + ROWS + volume.largest_offset();
     let positions = reads.max(volume.padded().iter().product());
-    let input = channel_pairs_last(clip, channels_in, volume, positions);
+    let input = channel_pair_planes(clip, channels_in, volume, positions);
     let [t_out, h_out, w_out] = volume.output;
     let (plane, wp) = (volume.plane(), volume.padded()[2]);
     let frame_len = h_out * w_out;
@@ -223,7 +242,7 @@ fn convolve_clip(
             let mut segments = Vec::with_capacity(offsets.len());
             let operands = Strided {
                 a: &input,
-                a_row_stride: pairs,
+                a_pair_stride: positions,
                 b: weight.panel(panel),
                 b_pair_stride: COLUMNS,
                 pairs,
@@ -235,7 +254,7 @@ fn convolve_clip(
                     offsets
                         .iter()
                         .enumerate()
-                        .map(|(tap, &offset)| ((first + offset) * pairs, tap * pairs * COLUMNS)),
+                        .map(|(tap, &offset)| (first + offset, tap * pairs * COLUMNS)),
                 );
                 let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
                 strided_tile(path, operands, &segments, &mut tile);
@@ -409,13 +428,22 @@ impl WeightGradient {
 
     /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t', h', w']`.
     pub(super) fn add_clip(&mut self, clip: &[bf16], upstream: &[bf16], path: Path) {
-        let (rows, _) = self.tile_rows_and_columns();
+        let (rows, columns) = self.tile_rows_and_columns();
         let (row_pairs, input_pairs) = self.pairs();
-        let (volume, pending) = (&self.volume, &mut self.pending);
-        upstream_rows(upstream, volume, rows, row_pairs, &mut pending.upstream);
-        let planes = padded_planes(clip, self.channels[0], volume, 2 * input_pairs + 2);
+        let ([c_in, c_out], volume, pending) = (self.channels, &self.volume, &mut self.pending);
+        let planes = flat_planes(
+            upstream,
+            c_out,
+            volume.output,
+            [0; 3],
+            volume,
+            2 * row_pairs,
+        );
+        position_pairs(&planes, c_out, rows, 0, row_pairs, &mut pending.upstream);
+        let len = 2 * input_pairs + 2;
+        let planes = flat_planes(clip, c_in, volume.input, volume.padding, volume, len);
         for (parity, input) in pending.input.iter_mut().enumerate() {
-            position_pairs(&planes, self.channels[0], parity, input_pairs, input);
+            position_pairs(&planes, c_in, columns, parity, input_pairs, input);
         }
         pending.clips += 1;
         if pending.clips * row_pairs >= BLOCK_PAIRS {
@@ -442,7 +470,7 @@ impl WeightGradient {
                 .for_each(|(sums, &offset)| {
                     let operands = Strided {
                         a: &upstream,
-                        a_row_stride: row_pairs,
+                        a_pair_stride: rows,
                         b: &input[offset % 2],
                         b_pair_stride: columns,
                         pairs,
@@ -457,7 +485,7 @@ impl WeightGradient {
                             segments.clear();
                             segments.extend((0..clips).map(|clip| {
                                 (
-                                    (clip * rows + first_row) * row_pairs + first,
+                                    (clip * row_pairs + first) * rows + first_row,
                                     (clip * input_pairs + first + offset / 2) * columns
                                         + first_column,
                                 )
@@ -492,50 +520,18 @@ impl WeightGradient {
     }
 }
 
-/// The output gradient of one clip (`[c_out, t', h', w']`) on the flat indices of `volume`,
-/// zero where no output is: `[rows][row_pairs]` pairs of consecutive indices (rows past
-/// `c_out` zero), each row read as it is stored by [`strided_tile`], appended to `packed`.
-fn upstream_rows(
-    upstream: &[bf16],
-    volume: &Volume,
-    rows: usize,
-    row_pairs: usize,
-    packed: &mut Vec<u32>,
-) {
-    let [t_out, h_out, w_out] = volume.output;
-    let positions = t_out * h_out * w_out;
-    let (plane, wp) = (volume.plane(), volume.padded()[2]);
-    let start = packed.len();
-    packed.resize(start + rows * row_pairs, 0);
-    packed[start..]
-        .par_chunks_mut(row_pairs)
-        .zip(upstream.par_chunks(positions))
-        .for_each(|(packed, channel)| {
-            let packed: &mut [u16] = bytemuck::cast_slice_mut(packed);
-            for frame in 0..t_out {
-                for line in 0..h_out {
-                    let source = &channel[(frame * h_out + line) * w_out..][..w_out];
-                    let target = &mut packed[frame * plane + line * wp..][..w_out];
-                    for (target, source) in target.iter_mut().zip(source) {
-                        *target = source.to_bits();
-                    }
-                }
-            }
-        });
-}
-
-/// A clip's padded planes ([`padded_planes`]) as pairs of consecutive flat positions per
-/// channel, channels last: `[pairs][channels rounded up to COLUMNS]`, pair `i` holding positions
+/// Flat planes ([`flat_planes`]) as pairs of consecutive flat positions per channel, channels
+/// last: `[pairs][width]` (channels past the last zero), pair `i` holding positions
 /// `2i + parity` and `2i + 1 + parity`, appended to `packed`. A tap shifted by an odd number of
-/// positions reads the odd copy.
+/// positions reads the odd copy of the input.
 fn position_pairs(
     padded: &[u16],
     channels: usize,
+    columns: usize,
     parity: usize,
     pairs: usize,
     packed: &mut Vec<u32>,
 ) {
-    let columns = channels.next_multiple_of(COLUMNS);
     let len = padded.len() / channels;
     let start = packed.len();
     packed.resize(start + pairs * columns, 0);
@@ -562,24 +558,26 @@ fn position_pairs(
         });
 }
 
-/// `clip` (`[channels, t, h, w]`) on each channel's padded flat positions, `len` of them
-/// (zero in the padding and past the volume), as bf16 bits: `[channels][len]`.
-fn padded_planes(clip: &[bf16], channels: usize, volume: &Volume, len: usize) -> Vec<u16> {
-    let [t, h, w] = volume.input;
-    let (plane, wp) = (volume.plane(), volume.padded()[2]);
-    let [pt, ph, pw] = volume.padding;
-    let mut padded = vec![0u16; channels * len];
-    padded
+/// `values` (`[channels, dims]`) placed at `origin` of each channel's flat positions of
+/// `volume`, `len` of them (zero elsewhere), as bf16 bits: `[channels][len]`.
+fn flat_planes(
+    values: &[bf16],
+    channels: usize,
+    dims: [usize; 3],
+    origin: [usize; 3],
+    volume: &Volume,
+    len: usize,
+) -> Vec<u16> {
+    let w = dims[2];
+    let mut planes = vec![0u16; channels * len];
+    planes
         .par_chunks_mut(len)
-        .zip(clip.par_chunks(t * h * w))
-        .for_each(|(padded, channel)| {
-            for (frame, lines) in channel.chunks(h * w).enumerate() {
-                for (line, values) in lines.chunks(w).enumerate() {
-                    let at = (frame + pt) * plane + (line + ph) * wp + pw;
-                    let target = &mut padded[at..at + w];
-                    target.copy_from_slice(bytemuck::cast_slice(values));
-                }
-            }
+        .zip(values.par_chunks(dims.iter().product()))
+        .for_each(|(plane, values)| {
+            volume.for_each_row(dims, origin, |source, target| {
+                let source: &[u16] = bytemuck::cast_slice(&values[source..][..w]);
+                plane[target..][..w].copy_from_slice(source);
+            })
         });
-    padded
+    planes
 }
