@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use super::conv_gemm::ConvGeometry;
 use crate::cpu_kernels::{HostFloat, floats, stored};
-use crate::gemm_bf16::{COLUMNS, Path, ROWS, Strided, Tile, strided_tile};
+use crate::gemm_bf16::{COLUMNS, Matrix, Path, ROWS, Strided, Tile, strided_tile};
 
 /// Pairs of positions per block of the weight gradient's sums: the output gradient's block
 /// (`c_out × 1 KiB`) and each tap's input block (`c_in × 1 KiB`) stay in the L2 cache while
@@ -428,7 +428,6 @@ impl WeightGradient {
 
     /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t', h', w']`.
     pub(super) fn add_clip(&mut self, clip: &[bf16], upstream: &[bf16], path: Path) {
-        let (rows, columns) = self.tile_rows_and_columns();
         let (row_pairs, input_pairs) = self.pairs();
         let ([c_in, c_out], volume, pending) = (self.channels, &self.volume, &mut self.pending);
         let planes = flat_planes(
@@ -439,11 +438,19 @@ impl WeightGradient {
             volume,
             2 * row_pairs,
         );
-        position_pairs(&planes, c_out, rows, 0, row_pairs, &mut pending.upstream);
+        position_pairs(
+            &planes,
+            c_out,
+            ROWS,
+            0,
+            row_pairs,
+            &mut pending.upstream,
+            path,
+        );
         let len = 2 * input_pairs + 2;
         let planes = flat_planes(clip, c_in, volume.input, volume.padding, volume, len);
         for (parity, input) in pending.input.iter_mut().enumerate() {
-            position_pairs(&planes, c_in, columns, parity, input_pairs, input);
+            position_pairs(&planes, c_in, COLUMNS, parity, input_pairs, input, path);
         }
         pending.clips += 1;
         if pending.clips * row_pairs >= BLOCK_PAIRS {
@@ -470,9 +477,9 @@ impl WeightGradient {
                 .for_each(|(sums, &offset)| {
                     let operands = Strided {
                         a: &upstream,
-                        a_pair_stride: rows,
+                        a_pair_stride: ROWS,
                         b: &input[offset % 2],
-                        b_pair_stride: columns,
+                        b_pair_stride: COLUMNS,
                         pairs,
                     };
                     let mut segments = Vec::with_capacity(clips);
@@ -484,10 +491,12 @@ impl WeightGradient {
                             });
                             segments.clear();
                             segments.extend((0..clips).map(|clip| {
+                                let row_panel = clip * rows / ROWS + first_row / ROWS;
+                                let column_panel =
+                                    clip * columns / COLUMNS + first_column / COLUMNS;
                                 (
-                                    (clip * row_pairs + first) * rows + first_row,
-                                    (clip * input_pairs + first + offset / 2) * columns
-                                        + first_column,
+                                    (row_panel * row_pairs + first) * ROWS,
+                                    (column_panel * input_pairs + first + offset / 2) * COLUMNS,
                                 )
                             }));
                             strided_tile(path, operands, &segments, &mut tile);
@@ -520,46 +529,43 @@ impl WeightGradient {
     }
 }
 
-/// Flat planes ([`flat_planes`]) as pairs of consecutive flat positions per channel, channels
-/// last: `[pairs][width]` (channels past the last zero), pair `i` holding positions
-/// `2i + parity` and `2i + 1 + parity`, appended to `packed`. A tap shifted by an odd number of
-/// positions reads the odd copy of the input.
+/// Flat planes ([`flat_planes`]) as pairs of consecutive flat positions, in panels of `panel`
+/// channels as the bf16 kernel packs an operand (`[panel][pair][panel's channels]`, channels
+/// past the last zero), pair `i` holding positions `2i + parity` and `2i + 1 + parity`,
+/// appended to `packed`. A tap shifted by an odd number of positions reads the odd copy of the
+/// input.
 fn position_pairs(
-    padded: &[u16],
+    planes: &[bf16],
     channels: usize,
-    columns: usize,
+    panel: usize,
     parity: usize,
     pairs: usize,
     packed: &mut Vec<u32>,
+    path: Path,
 ) {
-    let len = padded.len() / channels;
+    let len = planes.len() / channels;
+    let planes = Matrix::row_major(planes, channels, len, len).transposed();
     let start = packed.len();
-    packed.resize(start + pairs * columns, 0);
-    // Blocks of pairs: each channel's run read once, the block's rows (16 KiB) in the L1 cache.
-    const BLOCK: usize = 64;
+    packed.resize(start + channels.div_ceil(panel) * pairs * panel, 0);
+    // Blocks of pairs: each channel's run read once, transposed through registers.
+    const BLOCK: usize = 256;
     packed[start..]
-        .par_chunks_mut(BLOCK * columns)
+        .par_chunks_mut(pairs * panel)
         .enumerate()
-        .for_each(|(block, packed)| {
-            crate::cpu_kernels::vectorized(
-                #[inline(always)]
-                || {
-                    let first = 2 * block * BLOCK + parity;
-                    for channel in 0..channels {
-                        let run = &padded[channel * len..][..len][first..];
-                        let targets = packed[channel..].iter_mut().step_by(columns);
-                        for (target, values) in targets.zip(run.chunks(2)) {
-                            let high = values.get(1).copied().unwrap_or(0);
-                            *target = u32::from(values[0]) | u32::from(high) << 16;
-                        }
-                    }
-                },
-            )
+        .for_each(|(index, packed)| {
+            packed
+                .par_chunks_mut(BLOCK * panel)
+                .enumerate()
+                .for_each(|(block, packed)| {
+                    let first_k = 2 * block * BLOCK + parity;
+                    let pairs = packed.len() / panel;
+                    planes.pack_columns(first_k, pairs, index * panel, packed, panel, path);
+                })
         });
 }
 
 /// `values` (`[channels, dims]`) placed at `origin` of each channel's flat positions of
-/// `volume`, `len` of them (zero elsewhere), as bf16 bits: `[channels][len]`.
+/// `volume`, `len` of them (zero elsewhere): `[channels][len]`.
 fn flat_planes(
     values: &[bf16],
     channels: usize,
@@ -567,16 +573,15 @@ fn flat_planes(
     origin: [usize; 3],
     volume: &Volume,
     len: usize,
-) -> Vec<u16> {
+) -> Vec<bf16> {
     let w = dims[2];
-    let mut planes = vec![0u16; channels * len];
+    let mut planes = vec![bf16::ZERO; channels * len];
     planes
         .par_chunks_mut(len)
         .zip(values.par_chunks(dims.iter().product()))
         .for_each(|(plane, values)| {
             volume.for_each_row(dims, origin, |source, target| {
-                let source: &[u16] = bytemuck::cast_slice(&values[source..][..w]);
-                plane[target..][..w].copy_from_slice(source);
+                plane[target..][..w].copy_from_slice(&values[source..][..w]);
             })
         });
     planes
