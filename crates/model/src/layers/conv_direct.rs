@@ -30,11 +30,20 @@ use crate::gemm_bf16::{COLUMNS, Matrix, Path, ROWS, Strided, Tile, strided_tile}
 /// every tap and panel passes over them.
 const BLOCK_PAIRS: usize = 256;
 
+/// The fewest kernel taps a convolution computed here has: im2col's columns are then at least
+/// this many copies of the input. With fewer, the columns cost less than laying the clip out
+/// here (measured on ST-GCN's bf16 step: its 9 × 1 × 1 temporal convolutions 1.1–1.4 times
+/// slower backward, its 1 × 1 × 1 ones three times slower forward; r3d_18's 3 × 3 × 3 ones
+/// 1.5–2.7 times faster).
+pub(crate) const FEWEST_TAPS: usize = 27;
+
 /// Whether a convolution of `geometry` is computed here (on a bf16 path): stride 1 on every
-/// axis and padding smaller than the kernel (the input gradient is then a convolution padded by
-/// `kernel − 1 − padding`).
+/// axis, padding smaller than the kernel (the input gradient is then a convolution padded by
+/// `kernel − 1 − padding`) and at least [`FEWEST_TAPS`] taps.
 pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
-    geometry.stride == [1; 3] && (0..3).all(|axis| geometry.padding[axis] < geometry.kernel[axis])
+    geometry.stride == [1; 3]
+        && (0..3).all(|axis| geometry.padding[axis] < geometry.kernel[axis])
+        && geometry.taps() >= FEWEST_TAPS
 }
 
 /// The input's frames padded on every side and flattened, `[tp, hp, wp]`. Output position
