@@ -214,6 +214,12 @@ const CASES: &[(&str, &str)] = &[
         "r3d_18 112 px b4, all",
         "@on_data @seed_112 @r3d_18 model.checkpoint=all",
     ),
+    // bf16 on a CPU with AVX512_BF16: the stride-1 convolutions lay their clips out
+    // (`layers/conv_direct.rs`) where f32 writes im2col columns.
+    (
+        "r3d_18 112 px b4 bf16, none",
+        "@on_data @seed_112 @r3d_18 model.checkpoint=none trainer.precision=bf16",
+    ),
     (
         "r3d_18 112 px b4, 8-bit acts",
         "@on_data @seed_112 @r3d_18 model.checkpoint=none model.activation_bits=8",
