@@ -122,7 +122,15 @@ pub fn standard_rows(backbone: Backbone, tiny: bool) -> Vec<BenchRow> {
         // autocast with checkpointing.
         BenchRow {
             activation_bits: Some(4),
-            ..row("lowest b4", lowest_precision(backbone), 4, 1, All, frames, image)
+            ..row(
+                "lowest b4",
+                lowest_precision(backbone),
+                4,
+                1,
+                All,
+                frames,
+                image,
+            )
         },
     ]
 }
