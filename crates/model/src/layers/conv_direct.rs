@@ -10,12 +10,14 @@
 //!
 //! - the forward: for a tile of [`ROWS`] consecutive output positions and [`COLUMNS`] output
 //!   channels, `Σ over taps and pairs of input channels` of the input's pair at the position
-//!   shifted by the tap (broadcast) times the weight's 32 channels of that tap and pair;
+//!   shifted by the tap (broadcast, from planes of channel pairs) times the weight's 32 channels
+//!   of that tap and pair;
 //! - the input gradient: the forward of the output gradient with the weight transposed and
-//!   flipped, padded by `kernel − 1 − padding`;
+//!   flipped, padded by `kernel − 1 − padding` (no column gradient, no col2im);
 //! - the weight gradient: per tap, `Σ over positions` of the output gradient's pairs of
-//!   positions (broadcast, its rows read as they are stored) times the input's 32 channels at
-//!   those positions shifted by the tap.
+//!   positions (broadcast, packed in panels of 12 channels) times the input's 32 channels at
+//!   those positions shifted by the tap (packed in panels of 32 channels, one copy per parity
+//!   of the shift).
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16};
@@ -217,8 +219,8 @@ impl TapPanels {
 
 /// The stride-1 convolution of one clip (`[channels_in, t, h, w]`) with `weight` plus `bias`
 /// into `output` (`[channels_out, t_out·h_out·w_out]`), every sum in f32 rounded once to bf16.
-/// Bands of output rows are computed in parallel, each tile's sums over every tap held in
-/// registers.
+/// Frames and panels of output channels are computed in parallel, each tile's sums over every
+/// tap held in registers.
 fn convolve_clip(
     clip: &[bf16],
     channels_in: usize,
@@ -231,7 +233,7 @@ fn convolve_clip(
     let channels_out = output.len() / volume.output.iter().product::<usize>();
     let pairs = channels_in.div_ceil(2);
     let offsets = volume.tap_offsets();
-    // A band's last tile starts before the band's end and reads `ROWS` positions from there.
+    // A frame's last tile starts before its last row's end and reads `ROWS` positions on.
     let reads = volume.span() + ROWS + volume.largest_offset();
     let positions = reads.max(volume.padded().iter().product());
     let input = channel_pair_planes(clip, channels_in, volume, positions);
@@ -395,8 +397,8 @@ pub(super) struct WeightGradient {
 }
 
 /// The clips [`WeightGradient::add_clip`] laid out since the last sum, one after the other:
-/// the output gradients' rows ([`upstream_rows`]) and the inputs' pairs of positions of both
-/// parities ([`position_pairs`]).
+/// the output gradients' and the inputs' pairs of positions ([`position_pairs`]; the inputs'
+/// of both parities).
 #[derive(Default)]
 struct Pending {
     upstream: Vec<u32>,
