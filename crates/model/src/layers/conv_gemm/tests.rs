@@ -72,29 +72,44 @@ fn bf16_operands_and_the_f32_route(
     let [kt, kh, kw] = geometry.kernel;
     let weight = random([c_out, c_in, kt, kh, kw]).cast(FloatDType::F32);
     let bias = Tensor::<TestBackend, 1>::random([c_out], Distribution::Default, &device);
-    let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
+    let operands = [input, weight, upstream];
+    let results = results_of(
+        &operands,
+        &bias,
+        geometry,
+        |backward| backward.products::<f32>(7, None),
+        |input, weight, bias| forward_in_groups(input, weight, bias, geometry, 7, None),
+    );
+    (operands, bias, results)
+}
+
+/// One route's [`Results`] on `[input, weight, upstream]` and `bias`: its `backward` of a
+/// [`ConvBackward`] wanting every gradient, and its `forward(input, weight, bias)`.
+fn results_of(
+    [input, weight, upstream]: &[Tensor<TestBackend, 5>; 3],
+    bias: &Tensor<TestBackend, 1>,
+    geometry: ConvGeometry,
+    backward: impl FnOnce(ConvBackward<'_, TestBackend>) -> ConvGradientsWithBias<TestBackend>,
+    forward: impl FnOnce(
+        Tensor<TestBackend, 5>,
+        Tensor<TestBackend, 5>,
+        Option<Tensor<TestBackend, 1>>,
+    ) -> Tensor<TestBackend, 5>,
+) -> Results {
+    let ((weight_gradient, input_gradient), bias_gradient) = backward(ConvBackward {
         input: ConvInput::Tensor(input.clone()),
         weight: weight.clone(),
         upstream: upstream.clone(),
         geometry,
         wants: [true, true],
-    }
-    .products::<f32>(7, None);
-    let forward = forward_in_groups(
-        input.clone(),
-        weight.clone(),
-        Some(bias.clone()),
-        geometry,
-        7,
-        None,
-    );
-    let results = (
+    });
+    let forward = forward(input.clone(), weight.clone(), Some(bias.clone()));
+    (
         forward,
         weight_gradient,
-        input_gradient.unwrap(),
-        bias_gradient.unwrap(),
-    );
-    ([input, weight, upstream], bias, results)
+        input_gradient.expect("the input gradient was wanted"),
+        bias_gradient.expect("the bias gradient was wanted"),
+    )
 }
 
 /// bf16 results equal the f32 route's on the same bf16 values: the weight and bias gradients
@@ -122,31 +137,18 @@ fn assert_equal_to_the_f32_route(results: Results, f32_route: &Results, path: Pa
 
 fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
     let _rng = crate::rng_lock();
-    let ([input, weight, upstream], bias, f32_route) = bf16_operands_and_the_f32_route(geometry);
+    let (operands, bias, f32_route) = bf16_operands_and_the_f32_route(geometry);
     let paths = [Path::Portable, Path::Avx512Bf16];
     for path in paths.into_iter().filter(|path| path.available()) {
         for &group in groups {
-            let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
-                input: ConvInput::Tensor(input.clone()),
-                weight: weight.clone(),
-                upstream: upstream.clone(),
+            let results = results_of(
+                &operands,
+                &bias,
                 geometry,
-                wants: [true, true],
-            }
-            .products::<bf16>(group, Some(path));
-            let forward = forward_in_groups(
-                input.clone(),
-                weight.clone(),
-                Some(bias.clone()),
-                geometry,
-                group,
-                Some(path),
-            );
-            let results = (
-                forward,
-                weight_gradient,
-                input_gradient.unwrap(),
-                bias_gradient.unwrap(),
+                |backward| backward.products::<bf16>(group, Some(path)),
+                |input, weight, bias| {
+                    forward_in_groups(input, weight, bias, geometry, group, Some(path))
+                },
             );
             assert_equal_to_the_f32_route(results, &f32_route, path);
         }
@@ -183,30 +185,15 @@ fn direct_convolutions_equal_the_f32_route() {
             conv_direct::applies(&geometry),
             kernel.iter().product::<usize>() >= conv_direct::FEWEST_TAPS
         );
-        let ([input, weight, upstream], bias, f32_route) =
-            bf16_operands_and_the_f32_route(geometry);
+        let (operands, bias, f32_route) = bf16_operands_and_the_f32_route(geometry);
         let paths = [Path::Portable, Path::Avx512Bf16];
         for path in paths.into_iter().filter(|path| path.available()) {
-            let ((weight_gradient, input_gradient), bias_gradient) = ConvBackward {
-                input: ConvInput::Tensor(input.clone()),
-                weight: weight.clone(),
-                upstream: upstream.clone(),
+            let results = results_of(
+                &operands,
+                &bias,
                 geometry,
-                wants: [true, true],
-            }
-            .direct(path);
-            let forward = conv_direct::forward(
-                input.clone(),
-                weight.clone(),
-                Some(bias.clone()),
-                geometry,
-                path,
-            );
-            let results = (
-                forward,
-                weight_gradient,
-                input_gradient.unwrap(),
-                bias_gradient.unwrap(),
+                |backward| backward.direct(path),
+                |input, weight, bias| conv_direct::forward(input, weight, bias, geometry, path),
             );
             assert_equal_to_the_f32_route(results, &f32_route, path);
         }
