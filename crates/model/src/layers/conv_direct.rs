@@ -119,53 +119,29 @@ impl Volume {
 
 /// `clip` (`[channels, t, h, w]`) as planes of pairs of channels on the padded flat positions:
 /// `[pairs][positions]`, channels `2i` and `2i + 1` (zero past the last) in pair `i`, zero in
-/// the padding and past the volume (`positions` may exceed it, for the last tiles' reads). A
-/// tile's rows (consecutive positions) of one pair are consecutive values.
+/// the padding and past the volume (`positions` may exceed it, for the last tiles' reads), into
+/// `packed`. A tile's rows (consecutive positions) of one pair are consecutive values.
 fn channel_pair_planes(
     clip: &[bf16],
     channels: usize,
     volume: &Volume,
     positions: usize,
-) -> Vec<u32> {
+    packed: &mut Vec<u32>,
+    path: Path,
+) {
     let pairs = channels.div_ceil(2);
     let [t, h, w] = volume.input;
-    let plane =
-        |channel: usize| (channel < channels).then(|| &clip[channel * t * h * w..][..t * h * w]);
-    let mut packed = vec![0u32; pairs * positions];
+    let clip = Matrix::row_major(clip, channels, t * h * w, t * h * w);
+    packed.clear();
+    packed.resize(pairs * positions, 0);
     packed
         .par_chunks_mut(positions)
         .enumerate()
         .for_each(|(pair, packed)| {
-            let (low, high) = (
-                plane(2 * pair).expect("a pair's first channel"),
-                plane(2 * pair + 1),
-            );
-            crate::cpu_kernels::vectorized(
-                #[inline(always)]
-                || {
-                    volume.for_each_row(volume.input, volume.padding, |source, target| {
-                        let targets = packed[target..][..w].iter_mut();
-                        let low = &low[source..][..w];
-                        match high {
-                            Some(high) => {
-                                for ((target, low), high) in
-                                    targets.zip(low).zip(&high[source..][..w])
-                                {
-                                    *target =
-                                        u32::from(low.to_bits()) | u32::from(high.to_bits()) << 16;
-                                }
-                            }
-                            None => {
-                                for (target, low) in targets.zip(low) {
-                                    *target = u32::from(low.to_bits());
-                                }
-                            }
-                        }
-                    })
-                },
-            )
+            volume.for_each_row(volume.input, volume.padding, |source, target| {
+                clip.pack_row_pair(2 * pair, source, &mut packed[target..][..w], path);
+            })
         });
-    packed
 }
 
 /// A weight packed for [`convolve_clip`]: per panel of [`COLUMNS`] output channels, per tap,
@@ -218,84 +194,75 @@ impl TapPanels {
 }
 
 /// The stride-1 convolution of one clip (`[channels_in, t, h, w]`) with `weight` plus `bias`
-/// into `output` (`[channels_out, t_out·h_out·w_out]`), every sum in f32 rounded once to bf16.
-/// Frames and panels of output channels are computed in parallel, each tile's sums over every
-/// tap held in registers.
+/// into `output` (`[channels_out, t_out·h_out·w_out]`), every sum in f32 rounded once to bf16,
+/// the clip laid out in `input` (kept by the caller for the next clip). Frames and panels of
+/// output channels are computed in parallel, each tile's sums over every tap held in registers.
 fn convolve_clip(
     clip: &[bf16],
     channels_in: usize,
     volume: &Volume,
     weight: &TapPanels,
     bias: Option<&[f32]>,
-    output: &mut [bf16],
+    (output, input): (&mut [bf16], &mut Vec<u32>),
     path: Path,
 ) {
-    let channels_out = output.len() / volume.output.iter().product::<usize>();
+    let [t_out, h_out, w_out] = volume.output;
+    let frame_len = h_out * w_out;
+    if output.is_empty() {
+        return;
+    }
     let pairs = channels_in.div_ceil(2);
     let offsets = volume.tap_offsets();
     // A frame's last tile starts before its last row's end and reads `ROWS` positions on.
     let reads = volume.span() + ROWS + volume.largest_offset();
     let positions = reads.max(volume.padded().iter().product());
-    let input = channel_pair_planes(clip, channels_in, volume, positions);
-    let [t_out, h_out, w_out] = volume.output;
+    channel_pair_planes(clip, channels_in, volume, positions, input, path);
+    let input = &input[..];
     let (plane, wp) = (volume.plane(), volume.padded()[2]);
-    let frame_len = h_out * w_out;
-    // One task per frame and panel of output channels: a frame's tiles run on from row to row
-    // (cut into bands of rows, each band's last tile was mostly columns past `w_out`: r3d_18's
-    // last stage computed 3.4 times its outputs).
-    let tasks: Vec<(usize, usize)> = (0..t_out)
-        .flat_map(|frame| (0..weight.panels).map(move |panel| (frame, panel)))
+    // One task per frame and panel of output channels (a frame's tiles run on from row to row:
+    // cut into bands of rows, each band's last tile was mostly columns past `w_out`, and r3d_18's
+    // last stage computed 3.4 times its outputs), each writing its channels' runs of its frame
+    // in place.
+    let mut tasks: Vec<(usize, usize, Vec<&mut [bf16]>)> = (0..t_out)
+        .flat_map(|frame| (0..weight.panels).map(move |panel| (frame, panel, Vec::new())))
         .collect();
-    let computed: Vec<Vec<bf16>> = tasks
-        .par_iter()
-        .map(|&(frame, panel)| {
-            let mut values = vec![bf16::ZERO; COLUMNS * frame_len];
-            let mut segments = Vec::with_capacity(offsets.len());
-            let operands = Strided {
-                a: &input,
-                a_pair_stride: positions,
-                b: weight.panel(panel),
-                b_pair_stride: COLUMNS,
-                pairs,
-            };
-            let start = frame * plane;
-            for first in (start..start + h_out * wp).step_by(ROWS) {
-                segments.clear();
-                segments.extend(
-                    offsets
-                        .iter()
-                        .enumerate()
-                        .map(|(tap, &offset)| (first + offset, tap * pairs * COLUMNS)),
-                );
-                let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
-                strided_tile(path, operands, &segments, &mut tile);
-                for (row, sums) in tile.iter().enumerate() {
-                    let in_frame = first + row - start;
-                    let (line, column) = (in_frame / wp, in_frame % wp);
-                    if line >= h_out || column >= w_out {
-                        continue;
-                    }
-                    let at = line * w_out + column;
-                    let channels = (panel * COLUMNS..channels_out).take(COLUMNS);
-                    for (index, (channel, &sum)) in channels.zip(sums).enumerate() {
-                        let shift = bias.map_or(0.0, |bias| bias[channel]);
-                        values[index * frame_len + at] = HostFloat::from_f32(sum + shift);
-                    }
+    for (index, run) in output.chunks_mut(frame_len).enumerate() {
+        let (channel, frame) = (index / t_out, index % t_out);
+        tasks[frame * weight.panels + channel / COLUMNS].2.push(run);
+    }
+    tasks.into_par_iter().for_each(|(frame, panel, mut runs)| {
+        let mut segments = Vec::with_capacity(offsets.len());
+        let operands = Strided {
+            a: input,
+            a_pair_stride: positions,
+            b: weight.panel(panel),
+            b_pair_stride: COLUMNS,
+            pairs,
+        };
+        let start = frame * plane;
+        for first in (start..start + h_out * wp).step_by(ROWS) {
+            segments.clear();
+            segments.extend(
+                (offsets.iter().enumerate())
+                    .map(|(tap, &offset)| (first + offset, tap * pairs * COLUMNS)),
+            );
+            let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
+            strided_tile(path, operands, &segments, &mut tile);
+            for (row, sums) in tile.iter().enumerate() {
+                let in_frame = first + row - start;
+                let (line, column) = (in_frame / wp, in_frame % wp);
+                if line >= h_out || column >= w_out {
+                    continue;
+                }
+                let at = line * w_out + column;
+                let channels = panel * COLUMNS..;
+                for ((run, channel), &sum) in runs.iter_mut().zip(channels).zip(sums) {
+                    let shift = bias.map_or(0.0, |bias| bias[channel]);
+                    run[at] = HostFloat::from_f32(sum + shift);
                 }
             }
-            values
-        })
-        .collect();
-    output
-        .par_chunks_mut(t_out * frame_len)
-        .enumerate()
-        .for_each(|(channel, output)| {
-            let (panel, index) = (channel / COLUMNS, channel % COLUMNS);
-            for (frame, output) in output.chunks_exact_mut(frame_len).enumerate() {
-                let values = &computed[frame * weight.panels + panel];
-                output.copy_from_slice(&values[index * frame_len..][..frame_len]);
-            }
-        });
+        }
+    });
 }
 
 /// The forward of a convolution that [`applies`]: output `[n, c_out, t', h', w']` in bf16, the
@@ -325,11 +292,13 @@ pub(crate) fn forward<B: Backend>(
     };
     let positions: usize = geometry.output.iter().product();
     let mut output = vec![bf16::ZERO; n * c_out * positions];
+    let mut laid_out = Vec::new();
     for (clip, output) in input
         .chunks(c_in * t * h * w)
         .zip(output.chunks_mut(c_out * positions))
     {
-        convolve_clip(clip, c_in, &volume, &panels, bias.as_deref(), output, path);
+        let buffers = (output, &mut laid_out);
+        convolve_clip(clip, c_in, &volume, &panels, bias.as_deref(), buffers, path);
     }
     let [t_out, h_out, w_out] = geometry.output;
     Tensor::from_data(
@@ -345,6 +314,8 @@ pub(super) struct InputGradient {
     weight: TapPanels,
     volume: Volume,
     channels_out: usize,
+    /// The last clip's output gradient laid out, its buffer kept for the next clip's.
+    laid_out: Vec<u32>,
 }
 
 impl InputGradient {
@@ -365,20 +336,22 @@ impl InputGradient {
             weight,
             volume,
             channels_out: c_out,
+            laid_out: Vec::new(),
         }
     }
 
     /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient
     /// (`[c_out, t', h', w']`).
-    pub(super) fn clip(&self, upstream: &[bf16], gradient: &mut [bf16], path: Path) {
+    pub(super) fn clip(&mut self, upstream: &[bf16], gradient: &mut [bf16], path: Path) {
         let (volume, channels) = (&self.volume, self.channels_out);
+        let buffers = (gradient, &mut self.laid_out);
         convolve_clip(
             upstream,
             channels,
             volume,
             &self.weight,
             None,
-            gradient,
+            buffers,
             path,
         );
     }
@@ -394,6 +367,8 @@ pub(super) struct WeightGradient {
     /// positions a clip) is summed several clips at a time, so that each tile's sum runs over
     /// a block of positions rather than a few dozen.
     pending: Pending,
+    /// A clip's flat planes on their way into `pending`, the buffer kept for the next clip.
+    planes: Vec<bf16>,
 }
 
 /// The clips [`WeightGradient::add_clip`] laid out since the last sum, one after the other:
@@ -421,6 +396,7 @@ impl WeightGradient {
             channels: [c_in, c_out],
             sums: vec![0.0; geometry.taps() * rows * columns],
             pending: Pending::default(),
+            planes: Vec::new(),
         }
     }
 
@@ -440,17 +416,12 @@ impl WeightGradient {
     /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t', h', w']`.
     pub(super) fn add_clip(&mut self, clip: &[bf16], upstream: &[bf16], path: Path) {
         let (row_pairs, input_pairs) = self.pairs();
-        let ([c_in, c_out], volume, pending) = (self.channels, &self.volume, &mut self.pending);
-        let planes = flat_planes(
-            upstream,
-            c_out,
-            volume.output,
-            [0; 3],
-            volume,
-            2 * row_pairs,
-        );
+        let ([c_in, c_out], volume) = (self.channels, &self.volume);
+        let (pending, planes) = (&mut self.pending, &mut self.planes);
+        let dims = volume.output;
+        flat_planes(upstream, c_out, dims, [0; 3], volume, 2 * row_pairs, planes);
         position_pairs(
-            &planes,
+            planes,
             c_out,
             ROWS,
             0,
@@ -459,9 +430,17 @@ impl WeightGradient {
             path,
         );
         let len = 2 * input_pairs + 2;
-        let planes = flat_planes(clip, c_in, volume.input, volume.padding, volume, len);
+        flat_planes(
+            clip,
+            c_in,
+            volume.input,
+            volume.padding,
+            volume,
+            len,
+            planes,
+        );
         for (parity, input) in pending.input.iter_mut().enumerate() {
-            position_pairs(&planes, c_in, COLUMNS, parity, input_pairs, input, path);
+            position_pairs(planes, c_in, COLUMNS, parity, input_pairs, input, path);
         }
         pending.clips += 1;
         if pending.clips * row_pairs >= BLOCK_PAIRS {
@@ -479,7 +458,8 @@ impl WeightGradient {
             upstream,
             input,
             clips,
-        } = std::mem::take(&mut self.pending);
+        } = &mut self.pending;
+        let clips = std::mem::take(clips);
         for first in (0..row_pairs).step_by(BLOCK_PAIRS) {
             let pairs = BLOCK_PAIRS.min(row_pairs - first);
             self.sums
@@ -487,7 +467,7 @@ impl WeightGradient {
                 .zip(&offsets)
                 .for_each(|(sums, &offset)| {
                     let operands = Strided {
-                        a: &upstream,
+                        a: upstream,
                         a_pair_stride: ROWS,
                         b: &input[offset % 2],
                         b_pair_stride: COLUMNS,
@@ -518,6 +498,9 @@ impl WeightGradient {
                     }
                 });
         }
+        // Emptied, not freed: the next clip's layouts fill the same buffers.
+        upstream.clear();
+        input.iter_mut().for_each(Vec::clear);
     }
 
     /// The sums as the weight's gradient, `[c_out, c_in, taps]`.
@@ -576,7 +559,7 @@ fn position_pairs(
 }
 
 /// `values` (`[channels, dims]`) placed at `origin` of each channel's flat positions of
-/// `volume`, `len` of them (zero elsewhere): `[channels][len]`.
+/// `volume`, `len` of them (zero elsewhere), into `planes`: `[channels][len]`.
 fn flat_planes(
     values: &[bf16],
     channels: usize,
@@ -584,9 +567,11 @@ fn flat_planes(
     origin: [usize; 3],
     volume: &Volume,
     len: usize,
-) -> Vec<bf16> {
+    planes: &mut Vec<bf16>,
+) {
     let w = dims[2];
-    let mut planes = vec![bf16::ZERO; channels * len];
+    planes.clear();
+    planes.resize(channels * len, bf16::ZERO);
     planes
         .par_chunks_mut(len)
         .zip(values.par_chunks(dims.iter().product()))
@@ -595,5 +580,4 @@ fn flat_planes(
                 plane[target..][..w].copy_from_slice(&values[source..][..w]);
             })
         });
-    planes
 }

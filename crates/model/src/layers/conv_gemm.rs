@@ -357,11 +357,8 @@ impl<B: Backend> ConvBackward<'_, B> {
         let [n, c_in, t, h, w] = geometry.input;
         let (c_out, positions) = (geometry.channels_out, geometry.positions());
         let upstream = stored::<bf16, _, 5>(self.upstream);
-        let bias_gradient = wants_bias.then(|| {
-            let sums = channel_sums(&upstream, c_out, positions);
-            Tensor::from_data(TensorData::new(sums, [c_out]), &device)
-        });
-        let input_gradient = wants_input.then(|| {
+        let bias_gradient = wants_bias.then(|| bias_gradient(&upstream, &geometry, &device));
+        let mut input_gradient = wants_input.then(|| {
             let weight = stored::<bf16, _, 5>(self.weight);
             conv_direct::InputGradient::new(&weight, &geometry)
         });
@@ -373,22 +370,13 @@ impl<B: Backend> ConvBackward<'_, B> {
             .map(|_| vec![bf16::ZERO; n * clip_len]);
         for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
             weight_gradient.add_clip(input.clip(clip, clip_len), upstream, path);
-            if let (Some(computed), Some(gradient)) = (&input_gradient, gradient.as_mut()) {
+            if let (Some(computed), Some(gradient)) = (&mut input_gradient, gradient.as_mut()) {
                 computed.clip(upstream, &mut gradient[clip * clip_len..][..clip_len], path);
             }
         }
-        let weight_gradient = TensorData::new(
-            weight_gradient.into_weight_order(path),
-            geometry.weight_shape(),
-        );
-        let input_gradient = gradient.map(|values| {
-            let values = TensorData::new(values, geometry.input);
-            Tensor::from_data(values, (&device, DType::BF16))
-        });
-        (
-            (Tensor::from_data(weight_gradient, &device), input_gradient),
-            bias_gradient,
-        )
+        let weight_gradient = weight_gradient.into_weight_order(path);
+        let gradients = gradient_tensors(&geometry, weight_gradient, gradient, &device);
+        (gradients, bias_gradient)
     }
 
     /// [`Self::gradients`] with `group` output lines per im2col buffer and operands read as `T`
@@ -407,10 +395,7 @@ impl<B: Backend> ConvBackward<'_, B> {
         let c_out = geometry.channels_out;
         let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
         let upstream = stored::<T, _, 5>(upstream);
-        let bias_gradient = wants_bias.then(|| {
-            let sums = channel_sums(&upstream, c_out, positions);
-            Tensor::from_data(TensorData::new(sums, [c_out]), &device)
-        });
+        let bias_gradient = wants_bias.then(|| bias_gradient(&upstream, &geometry, &device));
         let weight = stored::<T, _, 5>(weight);
         let weight_transposed = wants_input.then(|| {
             T::prepare(
@@ -458,14 +443,36 @@ impl<B: Backend> ConvBackward<'_, B> {
                 }
             },
         );
-        let weight_gradient = TensorData::new(weight_gradient, geometry.weight_shape());
-        let weight_gradient = Tensor::from_data(weight_gradient, &device);
-        let input_gradient = input_gradient.map(|values| {
-            let values = TensorData::new(values, geometry.input);
-            Tensor::from_data(values, (&device, T::dtype()))
-        });
-        ((weight_gradient, input_gradient), bias_gradient)
+        let gradients = gradient_tensors(&geometry, weight_gradient, input_gradient, &device);
+        (gradients, bias_gradient)
     }
+}
+
+/// A convolution's bias gradient `[c_out]` (f32): the sums of `upstream` per output channel.
+fn bias_gradient<B: Backend, T: HostFloat>(
+    upstream: &[T],
+    geometry: &ConvGeometry,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let c_out = geometry.channels_out;
+    let sums = channel_sums(upstream, c_out, geometry.positions());
+    Tensor::from_data(TensorData::new(sums, [c_out]), device)
+}
+
+/// The weight gradient (f32, `[c_out, c_in, taps]` values) and, when made, the input gradient
+/// (`T`) as tensors.
+fn gradient_tensors<B: Backend, T: HostFloat>(
+    geometry: &ConvGeometry,
+    weight_gradient: Vec<f32>,
+    input_gradient: Option<Vec<T>>,
+    device: &B::Device,
+) -> ConvGradients<B> {
+    let weight_gradient = TensorData::new(weight_gradient, geometry.weight_shape());
+    let input_gradient = input_gradient.map(|values| {
+        let values = TensorData::new(values, geometry.input);
+        Tensor::from_data(values, (device, T::dtype()))
+    });
+    (Tensor::from_data(weight_gradient, device), input_gradient)
 }
 
 /// The sums per channel of `values` (`[n, channels, positions]`), in f32 lanes flushed to f64,
