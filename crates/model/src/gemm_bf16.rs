@@ -437,18 +437,35 @@ impl TileOfC {
 
 /// Operands read where they lie rather than packed: a stride-1 convolution reads its input
 /// shifted once per kernel tap (`layers::conv_direct`), and packing the shifted copies (im2col)
-/// cost as much as the multiply-adds. For a segment starting at `(a_start, b_start)`, pair `p`
-/// of `k` of the tile's [`ROWS`] rows is `a[a_start + p·a_pair_stride ..][..ROWS]` and of its
-/// [`COLUMNS`] columns `b[b_start + p·b_pair_stride ..][..COLUMNS]`, both in the packed pair
-/// layout (a pair of `k` per `u32`, the lower `k` in the low half): a packed panel whose pairs
-/// are further apart.
+/// cost as much as the multiply-adds. For a segment starting at `(a_start, b_start)`, unit `p`
+/// of `k` of the tile's [`ROWS`] rows is `a[a_start + p·a_unit_stride ..][..ROWS]` and of its
+/// [`COLUMNS`] columns `b[b_start + p·b_unit_stride ..][..COLUMNS]`: a packed panel whose units
+/// are further apart. A unit is a pair of bf16 `k` in a `u32` (the lower `k` in the low half)
+/// here, one f32 in [`crate::gemm_f32::strided_tile`].
 #[derive(Clone, Copy)]
-pub struct Strided<'a> {
-    pub a: &'a [u32],
-    pub a_pair_stride: usize,
-    pub b: &'a [u32],
-    pub b_pair_stride: usize,
-    pub pairs: usize,
+pub struct Strided<'a, U = u32> {
+    pub a: &'a [U],
+    pub a_unit_stride: usize,
+    pub b: &'a [U],
+    pub b_unit_stride: usize,
+    pub units: usize,
+}
+
+impl<U> Strided<'_, U> {
+    /// # Panics
+    /// When a segment reaches past `a` or `b`.
+    pub(crate) fn assert_within(&self, segments: &[(usize, usize)]) {
+        if self.units == 0 {
+            return;
+        }
+        for &(a_start, b_start) in segments {
+            assert!(
+                a_start + (self.units - 1) * self.a_unit_stride + ROWS <= self.a.len()
+                    && b_start + (self.units - 1) * self.b_unit_stride + COLUMNS <= self.b.len(),
+                "a strided tile's segment reaches past its operands"
+            );
+        }
+    }
 }
 
 /// A tile of [`ROWS`] × [`COLUMNS`] f32 values.
@@ -465,23 +482,10 @@ pub fn strided_tile(
     tile: &mut Tile,
 ) {
     assert!(path.available(), "{path:?} is not available on this CPU");
-    let Strided {
-        a,
-        a_pair_stride,
-        b,
-        b_pair_stride,
-        pairs,
-    } = operands;
-    if pairs == 0 {
+    if operands.units == 0 {
         return;
     }
-    for &(a_start, b_start) in segments {
-        assert!(
-            a_start + (pairs - 1) * a_pair_stride + ROWS <= a.len()
-                && b_start + (pairs - 1) * b_pair_stride + COLUMNS <= b.len(),
-            "a strided tile's segment reaches past its operands"
-        );
-    }
+    operands.assert_within(segments);
     match path {
         Path::Portable => strided_tile_portable(operands, segments, tile),
         #[cfg(target_arch = "x86_64")]
@@ -504,15 +508,15 @@ fn strided_tile_portable(operands: Strided<'_>, segments: &[(usize, usize)], til
     let value = |bits: u32| bf16::from_bits(bits as u16).to_f32();
     let Strided {
         a,
-        a_pair_stride,
+        a_unit_stride,
         b,
-        b_pair_stride,
-        pairs,
+        b_unit_stride,
+        units: pairs,
     } = operands;
     for &(a_start, b_start) in segments {
         for pair in 0..pairs {
-            let a_pair = &a[a_start + pair * a_pair_stride..][..ROWS];
-            let b_pair = &b[b_start + pair * b_pair_stride..][..COLUMNS];
+            let a_pair = &a[a_start + pair * a_unit_stride..][..ROWS];
+            let b_pair = &b[b_start + pair * b_unit_stride..][..COLUMNS];
             for (sums, &a) in tile.iter_mut().zip(a_pair) {
                 let (a_low, a_high) = (value(a), value(a >> 16));
                 for (sum, &b) in sums.iter_mut().zip(b_pair) {
@@ -738,10 +742,10 @@ mod avx512_bf16 {
     ) {
         let super::Strided {
             a,
-            a_pair_stride,
+            a_unit_stride,
             b,
-            b_pair_stride,
-            pairs,
+            b_unit_stride,
+            units: pairs,
         } = operands;
         let mut sums: [[__m512; 2]; ROWS] = std::array::from_fn(|row| {
             let (left, right) = tile[row].split_at(16);
@@ -750,13 +754,13 @@ mod avx512_bf16 {
             [bytemuck::cast(left), bytemuck::cast(right)]
         });
         for &(a_start, b_start) in segments {
-            let a = &a[a_start..][..(pairs - 1) * a_pair_stride + ROWS];
-            let b = &b[b_start..][..(pairs - 1) * b_pair_stride + COLUMNS];
+            let a = &a[a_start..][..(pairs - 1) * a_unit_stride + ROWS];
+            let b = &b[b_start..][..(pairs - 1) * b_unit_stride + COLUMNS];
             for pair in 0..pairs {
-                let a_pair: &[u32; ROWS] = a[pair * a_pair_stride..][..ROWS]
+                let a_pair: &[u32; ROWS] = a[pair * a_unit_stride..][..ROWS]
                     .try_into()
                     .expect("a pair of the tile's rows");
-                let (b_left, b_right) = b[pair * b_pair_stride..][..COLUMNS].split_at(16);
+                let (b_left, b_right) = b[pair * b_unit_stride..][..COLUMNS].split_at(16);
                 let (b_left, b_right) = (vector(b_left), vector(b_right));
                 for (sums, &a) in sums.iter_mut().zip(a_pair) {
                     let a: __m512bh = bytemuck::cast(_mm512_set1_epi32(a as i32));

@@ -14,7 +14,7 @@
 use burn::tensor::{DType, bf16};
 
 use crate::cpu_kernels::HostFloat;
-use crate::gemm_bf16::{self, Matrix, Path, Update};
+use crate::gemm_bf16::{self, COLUMNS, Matrix, Path, ROWS, Strided, Tile, Update};
 
 /// Products with at least this many multiply-adds use the compute pool's threads (burn-flex's
 /// threshold: smaller ones cost more to split than to compute).
@@ -132,6 +132,168 @@ impl GemmOperand for bf16 {
     }
 }
 
+/// Where vidtrain's own f32 tiles ([`strided_tile`]) compute. gemm's kernels serve every packed
+/// f32 product; these serve the products whose operands are read where they lie
+/// (`layers::conv_direct`), which gemm's entry point cannot take (it packs every operand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum F32Path {
+    /// AVX-512F's fused multiply-add, where the CPU has it.
+    Avx512,
+    /// The same tiles in plain Rust, for every CPU (and the tests of the callers' layouts).
+    Portable,
+}
+
+impl F32Path {
+    /// AVX-512F where this CPU has it and `VIDTRAIN_CPU_KERNELS` does not say `reference`;
+    /// `None` otherwise (the callers then take gemm's packed route: plain Rust tiles are
+    /// slower than packing).
+    pub fn fastest() -> Option<F32Path> {
+        static FASTEST: std::sync::OnceLock<Option<F32Path>> = std::sync::OnceLock::new();
+        *FASTEST.get_or_init(|| {
+            let path = F32Path::Avx512;
+            (path.available() && !crate::cpu_kernels::reference()).then_some(path)
+        })
+    }
+
+    /// How f32 convolutions compute on this CPU, for the training log.
+    pub fn describe_cpu_route() -> &'static str {
+        match F32Path::fastest() {
+            Some(_) => {
+                "f32 stride-1 convolutions of 27 taps and more multiply from the clip on AVX-512F; \
+                 the others through im2col columns"
+            }
+            None if crate::cpu_kernels::reference() => {
+                "f32 convolutions multiply im2col columns (VIDTRAIN_CPU_KERNELS=reference)"
+            }
+            None => "f32 convolutions multiply im2col columns: this CPU has no AVX-512F",
+        }
+    }
+
+    /// Whether this CPU runs the path.
+    pub fn available(self) -> bool {
+        match self {
+            F32Path::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            F32Path::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            F32Path::Avx512 => false,
+        }
+    }
+}
+
+/// `tile += Σ` over `segments` and their units of `a`'s row times `b`'s row of `k`
+/// ([`Strided`], one f32 per unit): the f32 counterpart of [`gemm_bf16::strided_tile`].
+///
+/// # Panics
+/// When a segment reaches past `a` or `b`, or the path is not [`F32Path::available`].
+pub fn strided_tile(
+    path: F32Path,
+    operands: Strided<'_, f32>,
+    segments: &[(usize, usize)],
+    tile: &mut Tile,
+) {
+    assert!(path.available(), "{path:?} is not available on this CPU");
+    if operands.units == 0 {
+        return;
+    }
+    operands.assert_within(segments);
+    match path {
+        F32Path::Portable => strided_tile_portable(operands, segments, tile),
+        #[cfg(target_arch = "x86_64")]
+        F32Path::Avx512 => {
+            #[allow(unsafe_code)]
+            // SAFETY: asserted above: this CPU has AVX-512F, the only requirement of
+            // `avx512::strided_tile` (it reads and writes only through slices).
+            unsafe {
+                avx512::strided_tile(operands, segments, tile)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        F32Path::Avx512 => unreachable!("asserted the path is available"),
+    }
+}
+
+/// [`strided_tile`] in plain Rust.
+fn strided_tile_portable(operands: Strided<'_, f32>, segments: &[(usize, usize)], tile: &mut Tile) {
+    let Strided {
+        a,
+        a_unit_stride,
+        b,
+        b_unit_stride,
+        units,
+    } = operands;
+    for &(a_start, b_start) in segments {
+        for unit in 0..units {
+            let a_unit = &a[a_start + unit * a_unit_stride..][..ROWS];
+            let b_unit = &b[b_start + unit * b_unit_stride..][..COLUMNS];
+            for (sums, &a) in tile.iter_mut().zip(a_unit) {
+                for (sum, &b) in sums.iter_mut().zip(b_unit) {
+                    *sum += a * b;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{COLUMNS, ROWS, Strided, Tile};
+    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_set1_ps};
+
+    /// [`super::strided_tile_portable`] with `vfmadd231ps`: per unit of `k`, two vectors of
+    /// `b`'s 32 columns and one broadcast value of each `a` row; the tile is held in registers
+    /// (24 of the 32) across the segments.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn strided_tile(
+        operands: Strided<'_, f32>,
+        segments: &[(usize, usize)],
+        tile: &mut Tile,
+    ) {
+        let Strided {
+            a,
+            a_unit_stride,
+            b,
+            b_unit_stride,
+            units,
+        } = operands;
+        let mut sums: [[__m512; 2]; ROWS] = std::array::from_fn(|row| {
+            let (left, right) = tile[row].split_at(16);
+            [vector(left), vector(right)]
+        });
+        for &(a_start, b_start) in segments {
+            let a = &a[a_start..][..(units - 1) * a_unit_stride + ROWS];
+            let b = &b[b_start..][..(units - 1) * b_unit_stride + COLUMNS];
+            for unit in 0..units {
+                let a_unit: &[f32; ROWS] = a[unit * a_unit_stride..][..ROWS]
+                    .try_into()
+                    .expect("a unit of the tile's rows");
+                let (b_left, b_right) = b[unit * b_unit_stride..][..COLUMNS].split_at(16);
+                let (b_left, b_right) = (vector(b_left), vector(b_right));
+                for (sums, &a) in sums.iter_mut().zip(a_unit) {
+                    let a = _mm512_set1_ps(a);
+                    sums[0] = _mm512_fmadd_ps(a, b_left, sums[0]);
+                    sums[1] = _mm512_fmadd_ps(a, b_right, sums[1]);
+                }
+            }
+        }
+        for (row, [left, right]) in tile.iter_mut().zip(sums) {
+            let (left, right): ([f32; 16], [f32; 16]) =
+                (bytemuck::cast(left), bytemuck::cast(right));
+            row[..16].copy_from_slice(&left);
+            row[16..].copy_from_slice(&right);
+        }
+    }
+
+    /// 16 values as one vector.
+    #[inline(always)]
+    fn vector(values: &[f32]) -> __m512 {
+        let values: [f32; 16] = values.try_into().expect("a vector is 16 values");
+        bytemuck::cast(values)
+    }
+
+    const _: () = assert!(COLUMNS == 32);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +339,53 @@ mod tests {
                             "({i}, {j}): {got} vs {expected}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// A strided tile equals the sum of products over its segments' units, on every path this
+    /// CPU runs, added to what the tile held.
+    #[test]
+    fn strided_tiles_equal_the_definition() {
+        let (a_stride, b_stride, units) = (17, 40, 9);
+        let a: Vec<f32> = (0..400)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let b: Vec<f32> = (0..700)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0)
+            .collect();
+        let segments = [(3, 5), (60, 301)];
+        let operands = Strided {
+            a: &a,
+            a_unit_stride: a_stride,
+            b: &b,
+            b_unit_stride: b_stride,
+            units,
+        };
+        for path in [F32Path::Portable, F32Path::Avx512] {
+            if !path.available() {
+                continue;
+            }
+            let mut tile: Tile =
+                std::array::from_fn(|row| std::array::from_fn(|c| (row + c) as f32));
+            strided_tile(path, operands, &segments, &mut tile);
+            for (row, sums) in tile.iter().enumerate() {
+                for (column, &sum) in sums.iter().enumerate() {
+                    let expected: f64 = (row + column) as f64
+                        + segments
+                            .iter()
+                            .flat_map(|&(a_start, b_start)| {
+                                (0..units).map(move |unit| {
+                                    (a_start + unit * a_stride, b_start + unit * b_stride)
+                                })
+                            })
+                            .map(|(a_at, b_at)| a[a_at + row] as f64 * b[b_at + column] as f64)
+                            .sum::<f64>();
+                    assert!(
+                        (sum as f64 - expected).abs() <= 1e-4,
+                        "{path:?} ({row}, {column}): {sum} vs {expected}"
+                    );
                 }
             }
         }

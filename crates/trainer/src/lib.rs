@@ -37,6 +37,7 @@ pub use persist::run_dir::{RunDir, utc_timestamp, write_atomically};
 pub use report::metrics::ClassificationMetrics;
 /// How bf16 products compute on this CPU (`bench-model` prints it next to the training log).
 pub use vidtrain_model::gemm_bf16::Path as Bf16ProductPath;
+pub use vidtrain_model::gemm_f32::F32Path as F32ProductPath;
 
 /// How a run reports progress (not part of the config: it does not change results).
 #[derive(Debug, Clone, Default)]
@@ -294,8 +295,17 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     let threads = configure_compute_threads(config);
     if backend == BackendChoice::Cpu {
         tracing::info!("CPU compute on {threads} threads (trainer.compute_threads)");
-        if config.trainer.precision == vidtrain_config::Precision::BHalf {
-            tracing::info!("{}", vidtrain_model::gemm_bf16::Path::describe_cpu_route());
+        match config.trainer.precision {
+            vidtrain_config::Precision::BHalf => {
+                tracing::info!("{}", vidtrain_model::gemm_bf16::Path::describe_cpu_route())
+            }
+            vidtrain_config::Precision::Full => {
+                tracing::info!(
+                    "{}",
+                    vidtrain_model::gemm_f32::F32Path::describe_cpu_route()
+                )
+            }
+            _ => {}
         }
     }
     refuse_plans_above_machine_memory(config, backend)?;

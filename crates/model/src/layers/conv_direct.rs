@@ -1,36 +1,238 @@
-//! Stride-1 bf16 convolutions multiplied straight from the clip, without im2col columns.
+//! Stride-1 convolutions multiplied straight from the clip, without im2col columns: bf16 on
+//! AVX512_BF16, f32 on AVX-512F.
 //!
 //! im2col copies each input value once per kernel tap (27 times for the 3-D ResNet's 3 × 3 × 3
 //! kernels), and each copy is then used by as few multiply-adds as the convolution has output
 //! channels: for r3d_18's first stage (64 channels) packing the columns took as long as the
-//! multiply-adds, and its convolutions ran at a third of the bf16 kernel's speed. With stride 1,
-//! every tap reads the same padded volume shifted (see [`Volume`]), so the clip is laid out once
-//! per product in the bf16 kernel's pair layout and each tap's operand is read where it lies
-//! ([`gemm_bf16::strided_tile`]):
+//! multiply-adds, and its convolutions ran at a third of the bf16 kernel's speed (in f32,
+//! gemm packed the columns a second time). With stride 1, every tap reads the same padded
+//! volume shifted (see [`Volume`]), so the clip is laid out once per product in the kernel's
+//! layout and each tap's operand is read where it lies ([`gemm_bf16::strided_tile`],
+//! [`gemm_f32::strided_tile`]). The kernels take `k` in units ([`DirectOperand`]): pairs of
+//! bf16 in a `u32`, or single f32 values.
 //!
 //! - the forward: for a tile of [`ROWS`] consecutive output positions and [`COLUMNS`] output
-//!   channels, `Σ over taps and pairs of input channels` of the input's pair at the position
-//!   shifted by the tap (broadcast, from planes of channel pairs) times the weight's 32 channels
-//!   of that tap and pair;
+//!   channels, `Σ over taps and units of input channels` of the input's unit at the position
+//!   shifted by the tap (broadcast, from planes of channel units) times the weight's 32 channels
+//!   of that tap and unit;
 //! - the input gradient: the forward of the output gradient with the weight transposed and
 //!   flipped, padded by `kernel − 1 − padding` (no column gradient, no col2im);
-//! - the weight gradient: per tap, `Σ over positions` of the output gradient's pairs of
+//! - the weight gradient: per tap, `Σ over positions` of the output gradient's units of
 //!   positions (broadcast, packed in panels of 12 channels) times the input's 32 channels at
 //!   those positions shifted by the tap (packed in panels of 32 channels, one copy per parity
-//!   of the shift).
+//!   of the shift for pairs).
 
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData, bf16};
+use burn::tensor::{TensorData, bf16};
 use rayon::prelude::*;
 
 use super::conv_gemm::ConvGeometry;
 use crate::cpu_kernels::{HostFloat, floats, stored};
-use crate::gemm_bf16::{COLUMNS, Matrix, Path, ROWS, Strided, Tile, strided_tile};
+use crate::gemm_bf16::{self, COLUMNS, Matrix, Path, ROWS, Strided, Tile};
+use crate::gemm_f32::{self, F32Path};
 
-/// Pairs of positions per block of the weight gradient's sums: the output gradient's block
+/// The values a direct convolution multiplies, and the kernel that multiplies them.
+pub(crate) trait DirectOperand: HostFloat {
+    /// One unit of `k` in the kernel's operands: a pair of bf16, or one f32.
+    type Unit: Copy + Default + Send + Sync;
+    /// Values of `k` per unit.
+    const PER_UNIT: usize;
+    /// Which kernel multiplies: an instruction set's, or plain Rust.
+    type Path: Copy + Send + Sync + std::fmt::Debug;
+
+    /// The unit of `value(0)` (and `value(1)` for pairs).
+    fn unit(value: impl Fn(usize) -> Self) -> Self::Unit;
+
+    /// `tile += Σ` over `segments` and their units of `a`'s row times `b`'s row.
+    fn strided_tile(
+        path: Self::Path,
+        operands: Strided<'_, Self::Unit>,
+        segments: &[(usize, usize)],
+        tile: &mut Tile,
+    );
+
+    /// `clip` (`[channels, t, h, w]`) as planes of units of channels on the padded flat
+    /// positions: `[units][positions]`, zero in the padding, past the volume (`positions` may
+    /// exceed it, for the last tiles' reads) and past the last channel, into `packed`. A
+    /// tile's rows (consecutive positions) of one unit are consecutive values.
+    fn channel_planes(
+        clip: &[Self],
+        channels: usize,
+        volume: &Volume,
+        positions: usize,
+        packed: &mut Vec<Self::Unit>,
+        path: Self::Path,
+    );
+
+    /// Flat planes (`[channels][len]`, [`flat_planes`]) as units of consecutive flat positions
+    /// starting at `parity`, `units` of them, in panels of `panel` channels as the kernel reads
+    /// an operand (`[panel][unit][panel's channels]`, channels past the last zero), appended to
+    /// `packed`.
+    fn position_units(
+        planes: &[Self],
+        channels: usize,
+        panel: usize,
+        parity: usize,
+        units: usize,
+        packed: &mut Vec<Self::Unit>,
+        path: Self::Path,
+    );
+}
+
+impl DirectOperand for bf16 {
+    type Unit = u32;
+    const PER_UNIT: usize = 2;
+    type Path = Path;
+
+    fn unit(value: impl Fn(usize) -> Self) -> u32 {
+        u32::from(value(0).to_bits()) | u32::from(value(1).to_bits()) << 16
+    }
+
+    fn strided_tile(
+        path: Path,
+        operands: Strided<'_>,
+        segments: &[(usize, usize)],
+        tile: &mut Tile,
+    ) {
+        gemm_bf16::strided_tile(path, operands, segments, tile);
+    }
+
+    fn channel_planes(
+        clip: &[bf16],
+        channels: usize,
+        volume: &Volume,
+        positions: usize,
+        packed: &mut Vec<u32>,
+        path: Path,
+    ) {
+        let pairs = channels.div_ceil(2);
+        let [t, h, w] = volume.input;
+        let clip = Matrix::row_major(clip, channels, t * h * w, t * h * w);
+        packed.clear();
+        packed.resize(pairs * positions, 0);
+        packed
+            .par_chunks_mut(positions)
+            .enumerate()
+            .for_each(|(pair, packed)| {
+                volume.for_each_row(volume.input, volume.padding, |source, target| {
+                    clip.pack_row_pair(2 * pair, source, &mut packed[target..][..w], path);
+                })
+            });
+    }
+
+    /// Pair `i` holds positions `2i + parity` and `2i + 1 + parity`: a tap shifted by an odd
+    /// number of positions reads the odd copy of the input.
+    fn position_units(
+        planes: &[bf16],
+        channels: usize,
+        panel: usize,
+        parity: usize,
+        pairs: usize,
+        packed: &mut Vec<u32>,
+        path: Path,
+    ) {
+        let len = planes.len() / channels;
+        let planes = Matrix::row_major(planes, channels, len, len).transposed();
+        let start = packed.len();
+        packed.resize(start + channels.div_ceil(panel) * pairs * panel, 0);
+        // Blocks of pairs: each channel's run read once, transposed through registers.
+        packed[start..]
+            .par_chunks_mut(pairs * panel)
+            .enumerate()
+            .for_each(|(index, packed)| {
+                packed
+                    .par_chunks_mut(PACK_BLOCK * panel)
+                    .enumerate()
+                    .for_each(|(block, packed)| {
+                        let first_k = 2 * block * PACK_BLOCK + parity;
+                        let pairs = packed.len() / panel;
+                        planes.pack_columns(first_k, pairs, index * panel, packed, panel, path);
+                    })
+            });
+    }
+}
+
+impl DirectOperand for f32 {
+    type Unit = f32;
+    const PER_UNIT: usize = 1;
+    type Path = F32Path;
+
+    fn unit(value: impl Fn(usize) -> Self) -> f32 {
+        value(0)
+    }
+
+    fn strided_tile(
+        path: F32Path,
+        operands: Strided<'_, f32>,
+        segments: &[(usize, usize)],
+        tile: &mut Tile,
+    ) {
+        gemm_f32::strided_tile(path, operands, segments, tile);
+    }
+
+    fn channel_planes(
+        clip: &[f32],
+        channels: usize,
+        volume: &Volume,
+        positions: usize,
+        packed: &mut Vec<f32>,
+        _: F32Path,
+    ) {
+        let origin = volume.padding;
+        flat_planes(
+            clip,
+            channels,
+            volume.input,
+            origin,
+            volume,
+            positions,
+            packed,
+        );
+    }
+
+    fn position_units(
+        planes: &[f32],
+        channels: usize,
+        panel: usize,
+        parity: usize,
+        units: usize,
+        packed: &mut Vec<f32>,
+        _: F32Path,
+    ) {
+        let len = planes.len() / channels;
+        let start = packed.len();
+        packed.resize(start + channels.div_ceil(panel) * units * panel, 0.0);
+        // Blocks of positions: each channel's run read in order, written `panel` apart within
+        // a block that stays in the L1 cache.
+        packed[start..]
+            .par_chunks_mut(units * panel)
+            .enumerate()
+            .for_each(|(index, packed)| {
+                packed
+                    .par_chunks_mut(PACK_BLOCK * panel)
+                    .enumerate()
+                    .for_each(|(block, packed)| {
+                        let (first, units) = (block * PACK_BLOCK + parity, packed.len() / panel);
+                        let width = panel.min(channels - index * panel);
+                        for column in 0..width {
+                            let plane = &planes[(index * panel + column) * len..][..len];
+                            for (unit, &value) in plane[first..][..units].iter().enumerate() {
+                                packed[unit * panel + column] = value;
+                            }
+                        }
+                    })
+            });
+    }
+}
+
+/// Units of positions per block when laying out a clip for the weight gradient: a block of a
+/// panel's units is read and written in the caches.
+const PACK_BLOCK: usize = 256;
+
+/// Units of positions per block of the weight gradient's sums: the output gradient's block
 /// (`c_out × 1 KiB`) and each tap's input block (`c_in × 1 KiB`) stay in the L2 cache while
 /// every tap and panel passes over them.
-const BLOCK_PAIRS: usize = 256;
+const BLOCK_UNITS: usize = 256;
 
 /// The fewest kernel taps a convolution computed here has: im2col's columns are then at least
 /// this many copies of the input. With fewer, the columns cost less than laying the clip out
@@ -39,7 +241,7 @@ const BLOCK_PAIRS: usize = 256;
 /// 1.5–2.7 times faster).
 pub(crate) const FEWEST_TAPS: usize = 27;
 
-/// Whether a convolution of `geometry` is computed here (on a bf16 path): stride 1 on every
+/// Whether a convolution of `geometry` is computed here (on a bf16 or f32 path): stride 1 on every
 /// axis, padding smaller than the kernel (the input gradient is then a convolution padded by
 /// `kernel − 1 − padding`) and at least [`FEWEST_TAPS`] taps.
 pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
@@ -55,7 +257,7 @@ pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
 /// `w' ≥ w_out` are computed and dropped (`hp·wp / (h_out·w_out) − 1` more work: 7 % at 56 × 56,
 /// 15 % at 28 × 28).
 #[derive(Debug, Clone, Copy)]
-struct Volume {
+pub(crate) struct Volume {
     /// Frames, rows and columns of the unpadded input.
     input: [usize; 3],
     padding: [usize; 3],
@@ -117,113 +319,102 @@ impl Volume {
     }
 }
 
-/// `clip` (`[channels, t, h, w]`) as planes of pairs of channels on the padded flat positions:
-/// `[pairs][positions]`, channels `2i` and `2i + 1` (zero past the last) in pair `i`, zero in
-/// the padding and past the volume (`positions` may exceed it, for the last tiles' reads), into
-/// `packed`. A tile's rows (consecutive positions) of one pair are consecutive values.
-fn channel_pair_planes(
-    clip: &[bf16],
-    channels: usize,
-    volume: &Volume,
-    positions: usize,
-    packed: &mut Vec<u32>,
-    path: Path,
-) {
-    let pairs = channels.div_ceil(2);
-    let [t, h, w] = volume.input;
-    let clip = Matrix::row_major(clip, channels, t * h * w, t * h * w);
-    packed.clear();
-    packed.resize(pairs * positions, 0);
-    packed
-        .par_chunks_mut(positions)
-        .enumerate()
-        .for_each(|(pair, packed)| {
-            volume.for_each_row(volume.input, volume.padding, |source, target| {
-                clip.pack_row_pair(2 * pair, source, &mut packed[target..][..w], path);
-            })
-        });
-}
+/// Units of input channels [`TapPanels::new`] packs at a time.
+const PANEL_BLOCK: usize = 8;
 
 /// A weight packed for [`convolve_clip`]: per panel of [`COLUMNS`] output channels, per tap,
-/// per pair of input channels, the panel's values (zero past the last channel).
-struct TapPanels {
-    values: Vec<u32>,
+/// per unit of input channels, the panel's values (zero past the last channel).
+struct TapPanels<U> {
+    values: Vec<U>,
     panels: usize,
     taps: usize,
-    pairs: usize,
+    units: usize,
 }
 
-impl TapPanels {
-    /// From `weight(output channel, input channel, tap)`.
-    fn new(
+impl<U: Copy + Default + Send + Sync> TapPanels<U> {
+    /// From `weight(output channel, input channel, tap)`, panel by panel and a block of
+    /// [`PANEL_BLOCK`] units at a time, so that the block's weights (the panel's output
+    /// channels' runs for those inputs, 55 KiB at 512 inputs) stay in the cache while every
+    /// tap is written. Unblocked, each tap and unit read the panel's channels a row of the
+    /// weight apart, from memory (8 % of r3d_18's f32 step at micro-batch 1); with the output
+    /// channel outermost, the 27 taps' rows (64 KiB apart) fought over the same L1 sets.
+    fn new<T: DirectOperand<Unit = U>>(
         [channels_out, channels_in, taps]: [usize; 3],
-        weight: impl Fn(usize, usize, usize) -> bf16 + Sync,
+        weight: impl Fn(usize, usize, usize) -> T + Sync,
     ) -> Self {
-        let (panels, pairs) = (channels_out.div_ceil(COLUMNS), channels_in.div_ceil(2));
-        let mut values = vec![0u32; panels * taps * pairs * COLUMNS];
+        let (panels, units) = (
+            channels_out.div_ceil(COLUMNS),
+            channels_in.div_ceil(T::PER_UNIT),
+        );
+        let mut values = vec![U::default(); panels * taps * units * COLUMNS];
         values
-            .par_chunks_mut(COLUMNS)
+            .par_chunks_mut(taps * units * COLUMNS)
             .enumerate()
-            .for_each(|(index, values)| {
-                let (panel, tap, pair) =
-                    (index / (taps * pairs), index / pairs % taps, index % pairs);
-                let bits = |output: usize, input: usize| {
-                    if output < channels_out && input < channels_in {
-                        u32::from(weight(output, input, tap).to_bits())
-                    } else {
-                        0
+            .for_each(|(panel, values)| {
+                let outputs = panel * COLUMNS..channels_out.min((panel + 1) * COLUMNS);
+                for first_unit in (0..units).step_by(PANEL_BLOCK) {
+                    for tap in 0..taps {
+                        for unit in first_unit..units.min(first_unit + PANEL_BLOCK) {
+                            let row = &mut values[(tap * units + unit) * COLUMNS..][..COLUMNS];
+                            for (value, output) in row.iter_mut().zip(outputs.clone()) {
+                                *value = T::unit(|offset| {
+                                    let input = unit * T::PER_UNIT + offset;
+                                    if input < channels_in {
+                                        weight(output, input, tap)
+                                    } else {
+                                        T::from_f32(0.0)
+                                    }
+                                });
+                            }
+                        }
                     }
-                };
-                for (column, value) in values.iter_mut().enumerate() {
-                    let output = panel * COLUMNS + column;
-                    *value = bits(output, 2 * pair) | bits(output, 2 * pair + 1) << 16;
                 }
             });
         Self {
             values,
             panels,
             taps,
-            pairs,
+            units,
         }
     }
 
-    fn panel(&self, panel: usize) -> &[u32] {
-        let len = self.taps * self.pairs * COLUMNS;
+    fn panel(&self, panel: usize) -> &[U] {
+        let len = self.taps * self.units * COLUMNS;
         &self.values[panel * len..][..len]
     }
 }
 
 /// The stride-1 convolution of one clip (`[channels_in, t, h, w]`) with `weight` plus `bias`
-/// into `output` (`[channels_out, t_out·h_out·w_out]`), every sum in f32 rounded once to bf16,
+/// into `output` (`[channels_out, t_out·h_out·w_out]`), every sum in f32 rounded once to `T`,
 /// the clip laid out in `input` (kept by the caller for the next clip). Frames and panels of
 /// output channels are computed in parallel, each tile's sums over every tap held in registers.
-fn convolve_clip(
-    clip: &[bf16],
+fn convolve_clip<T: DirectOperand>(
+    clip: &[T],
     channels_in: usize,
     volume: &Volume,
-    weight: &TapPanels,
+    weight: &TapPanels<T::Unit>,
     bias: Option<&[f32]>,
-    (output, input): (&mut [bf16], &mut Vec<u32>),
-    path: Path,
+    (output, input): (&mut [T], &mut Vec<T::Unit>),
+    path: T::Path,
 ) {
     let [t_out, h_out, w_out] = volume.output;
     let frame_len = h_out * w_out;
     if output.is_empty() {
         return;
     }
-    let pairs = channels_in.div_ceil(2);
+    let units = channels_in.div_ceil(T::PER_UNIT);
     let offsets = volume.tap_offsets();
     // A frame's last tile starts before its last row's end and reads `ROWS` positions on.
     let reads = volume.span() + ROWS + volume.largest_offset();
     let positions = reads.max(volume.padded().iter().product());
-    channel_pair_planes(clip, channels_in, volume, positions, input, path);
+    T::channel_planes(clip, channels_in, volume, positions, input, path);
     let input = &input[..];
     let (plane, wp) = (volume.plane(), volume.padded()[2]);
     // One task per frame and panel of output channels (a frame's tiles run on from row to row:
     // cut into bands of rows, each band's last tile was mostly columns past `w_out`, and r3d_18's
     // last stage computed 3.4 times its outputs), each writing its channels' runs of its frame
     // in place.
-    let mut tasks: Vec<(usize, usize, Vec<&mut [bf16]>)> = (0..t_out)
+    let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = (0..t_out)
         .flat_map(|frame| (0..weight.panels).map(move |panel| (frame, panel, Vec::new())))
         .collect();
     for (index, run) in output.chunks_mut(frame_len).enumerate() {
@@ -234,54 +425,59 @@ fn convolve_clip(
         let mut segments = Vec::with_capacity(offsets.len());
         let operands = Strided {
             a: input,
-            a_pair_stride: positions,
+            a_unit_stride: positions,
             b: weight.panel(panel),
-            b_pair_stride: COLUMNS,
-            pairs,
+            b_unit_stride: COLUMNS,
+            units,
         };
         let start = frame * plane;
         for first in (start..start + h_out * wp).step_by(ROWS) {
             segments.clear();
             segments.extend(
                 (offsets.iter().enumerate())
-                    .map(|(tap, &offset)| (first + offset, tap * pairs * COLUMNS)),
+                    .map(|(tap, &offset)| (first + offset, tap * units * COLUMNS)),
             );
             let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
-            strided_tile(path, operands, &segments, &mut tile);
-            for (row, sums) in tile.iter().enumerate() {
+            T::strided_tile(path, operands, &segments, &mut tile);
+            // Where each row's position is in the frame's outputs (none past `h_out`, `w_out`);
+            // then channel by channel, so that each run is written in order.
+            let places: [Option<usize>; ROWS] = std::array::from_fn(|row| {
                 let in_frame = first + row - start;
                 let (line, column) = (in_frame / wp, in_frame % wp);
-                if line >= h_out || column >= w_out {
-                    continue;
-                }
-                let at = line * w_out + column;
-                let channels = panel * COLUMNS..;
-                for ((run, channel), &sum) in runs.iter_mut().zip(channels).zip(sums) {
-                    let shift = bias.map_or(0.0, |bias| bias[channel]);
-                    run[at] = HostFloat::from_f32(sum + shift);
+                (line < h_out && column < w_out).then_some(line * w_out + column)
+            });
+            let channels = panel * COLUMNS..;
+            for ((index, run), channel) in runs.iter_mut().enumerate().zip(channels) {
+                let shift = bias.map_or(0.0, |bias| bias[channel]);
+                for (sums, place) in tile.iter().zip(places) {
+                    if let Some(at) = place {
+                        run[at] = T::from_f32(sums[index] + shift);
+                    }
                 }
             }
         }
     });
 }
 
-/// The forward of a convolution that [`applies`]: output `[n, c_out, t', h', w']` in bf16, the
-/// weight rounded to bf16 as on the im2col route.
-pub(crate) fn forward<B: Backend>(
+/// The forward of a convolution that [`applies`]: output `[n, c_out, t', h', w']` in `T`, the
+/// weight rounded to `T` (bf16 as on the im2col route).
+pub(crate) fn forward<B: Backend, T: DirectOperand>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
     geometry: ConvGeometry,
-    path: Path,
+    path: T::Path,
 ) -> Tensor<B, 5> {
     let device = input.device();
-    let input = stored::<bf16, _, 5>(input);
-    let weight = stored::<bf16, _, 5>(weight);
+    let input = stored::<T, _, 5>(input);
+    let weight = stored::<T, _, 5>(weight);
+    // Read as a slice once: a stored tensor's every index went through Burn's layout checks.
+    let weight: &[T] = &weight;
     let bias = bias.map(floats);
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
     let taps = geometry.taps();
-    let panels = TapPanels::new([c_out, c_in, taps], |output, input, tap| {
+    let panels = TapPanels::new::<T>([c_out, c_in, taps], |output, input, tap| {
         weight[(output * c_in + input) * taps + tap]
     });
     let volume = Volume {
@@ -291,7 +487,7 @@ pub(crate) fn forward<B: Backend>(
         output: geometry.output,
     };
     let positions: usize = geometry.output.iter().product();
-    let mut output = vec![bf16::ZERO; n * c_out * positions];
+    let mut output = vec![T::from_f32(0.0); n * c_out * positions];
     let mut laid_out = Vec::new();
     for (clip, output) in input
         .chunks(c_in * t * h * w)
@@ -303,27 +499,27 @@ pub(crate) fn forward<B: Backend>(
     let [t_out, h_out, w_out] = geometry.output;
     Tensor::from_data(
         TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
-        (&device, DType::BF16),
+        (&device, T::dtype()),
     )
 }
 
 /// The input gradient of a convolution that [`applies`], clip by clip: the convolution of the
 /// output gradient with the weight transposed and flipped on every axis, padded by
 /// `kernel − 1 − padding` (its output is the input's size).
-pub(super) struct InputGradient {
-    weight: TapPanels,
+pub(super) struct InputGradient<T: DirectOperand> {
+    weight: TapPanels<T::Unit>,
     volume: Volume,
     channels_out: usize,
     /// The last clip's output gradient laid out, its buffer kept for the next clip's.
-    laid_out: Vec<u32>,
+    laid_out: Vec<T::Unit>,
 }
 
-impl InputGradient {
-    /// From the weight `[c_out, c_in, taps]` in bf16.
-    pub(super) fn new(weight: &[bf16], geometry: &ConvGeometry) -> Self {
+impl<T: DirectOperand> InputGradient<T> {
+    /// From the weight `[c_out, c_in, taps]`.
+    pub(super) fn new(weight: &[T], geometry: &ConvGeometry) -> Self {
         let [_, c_in, t, h, w] = geometry.input;
         let (c_out, taps) = (geometry.channels_out, geometry.taps());
-        let weight = TapPanels::new([c_in, c_out, taps], |input, output, tap| {
+        let weight = TapPanels::new::<T>([c_in, c_out, taps], |input, output, tap| {
             weight[(output * c_in + input) * taps + taps - 1 - tap]
         });
         let volume = Volume {
@@ -342,7 +538,7 @@ impl InputGradient {
 
     /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient
     /// (`[c_out, t', h', w']`).
-    pub(super) fn clip(&mut self, upstream: &[bf16], gradient: &mut [bf16], path: Path) {
+    pub(super) fn clip(&mut self, upstream: &[T], gradient: &mut [T], path: T::Path) {
         let (volume, channels) = (&self.volume, self.channels_out);
         let buffers = (gradient, &mut self.laid_out);
         convolve_clip(
@@ -359,29 +555,28 @@ impl InputGradient {
 
 /// The weight gradient of a convolution that [`applies`], summed clip by clip in f32:
 /// `[taps][c_out rounded up to ROWS][c_in rounded up to COLUMNS]`.
-pub(super) struct WeightGradient {
+pub(super) struct WeightGradient<T: DirectOperand> {
     volume: Volume,
     channels: [usize; 2],
     sums: Vec<f32>,
     /// Clips laid out and not yet summed: a small volume (r3d_18's last stage: 81 pairs of
     /// positions a clip) is summed several clips at a time, so that each tile's sum runs over
     /// a block of positions rather than a few dozen.
-    pending: Pending,
+    pending: Pending<T::Unit>,
     /// A clip's flat planes on their way into `pending`, the buffer kept for the next clip.
-    planes: Vec<bf16>,
+    planes: Vec<T>,
 }
 
 /// The clips [`WeightGradient::add_clip`] laid out since the last sum, one after the other:
-/// the output gradients' and the inputs' pairs of positions ([`position_pairs`]; the inputs'
-/// of both parities).
-#[derive(Default)]
-struct Pending {
-    upstream: Vec<u32>,
-    input: [Vec<u32>; 2],
+/// the output gradients' and the inputs' units of positions ([`DirectOperand::position_units`];
+/// the inputs' of every parity of a unit).
+struct Pending<U> {
+    upstream: Vec<U>,
+    input: Vec<Vec<U>>,
     clips: usize,
 }
 
-impl WeightGradient {
+impl<T: DirectOperand> WeightGradient<T> {
     pub(super) fn new(geometry: &ConvGeometry) -> Self {
         let [_, c_in, t, h, w] = geometry.input;
         let c_out = geometry.channels_out;
@@ -395,7 +590,11 @@ impl WeightGradient {
             },
             channels: [c_in, c_out],
             sums: vec![0.0; geometry.taps() * rows * columns],
-            pending: Pending::default(),
+            pending: Pending {
+                upstream: Vec::new(),
+                input: vec![Vec::new(); T::PER_UNIT],
+                clips: 0,
+            },
             planes: Vec::new(),
         }
     }
@@ -406,30 +605,39 @@ impl WeightGradient {
         (c_out.next_multiple_of(ROWS), c_in.next_multiple_of(COLUMNS))
     }
 
-    /// Pairs of flat positions per clip: of the output gradient's rows, and of the input
+    /// Units of flat positions per clip: of the output gradient's rows, and of the input
     /// (which a tap reads up to `largest_offset` further on).
-    fn pairs(&self) -> (usize, usize) {
-        let row_pairs = self.volume.span().div_ceil(2);
-        (row_pairs, row_pairs + self.volume.largest_offset() / 2 + 1)
+    fn units(&self) -> (usize, usize) {
+        let row_units = self.volume.span().div_ceil(T::PER_UNIT);
+        let input_units = row_units + self.volume.largest_offset() / T::PER_UNIT + 1;
+        (row_units, input_units)
     }
 
     /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t', h', w']`.
-    pub(super) fn add_clip(&mut self, clip: &[bf16], upstream: &[bf16], path: Path) {
-        let (row_pairs, input_pairs) = self.pairs();
+    pub(super) fn add_clip(&mut self, clip: &[T], upstream: &[T], path: T::Path) {
+        let (row_units, input_units) = self.units();
         let ([c_in, c_out], volume) = (self.channels, &self.volume);
         let (pending, planes) = (&mut self.pending, &mut self.planes);
-        let dims = volume.output;
-        flat_planes(upstream, c_out, dims, [0; 3], volume, 2 * row_pairs, planes);
-        position_pairs(
+        let (dims, per_unit) = (volume.output, T::PER_UNIT);
+        flat_planes(
+            upstream,
+            c_out,
+            dims,
+            [0; 3],
+            volume,
+            per_unit * row_units,
+            planes,
+        );
+        T::position_units(
             planes,
             c_out,
             ROWS,
             0,
-            row_pairs,
+            row_units,
             &mut pending.upstream,
             path,
         );
-        let len = 2 * input_pairs + 2;
+        let len = per_unit * (input_units + 1);
         flat_planes(
             clip,
             c_in,
@@ -440,19 +648,19 @@ impl WeightGradient {
             planes,
         );
         for (parity, input) in pending.input.iter_mut().enumerate() {
-            position_pairs(planes, c_in, COLUMNS, parity, input_pairs, input, path);
+            T::position_units(planes, c_in, COLUMNS, parity, input_units, input, path);
         }
         pending.clips += 1;
-        if pending.clips * row_pairs >= BLOCK_PAIRS {
+        if pending.clips * row_units >= BLOCK_UNITS {
             self.sum_pending(path);
         }
     }
 
     /// Adds the pending clips' products to the sums, block of positions by block, every tap in
     /// parallel.
-    fn sum_pending(&mut self, path: Path) {
+    fn sum_pending(&mut self, path: T::Path) {
         let (rows, columns) = self.tile_rows_and_columns();
-        let (row_pairs, input_pairs) = self.pairs();
+        let (row_units, input_units) = self.units();
         let offsets = self.volume.tap_offsets();
         let Pending {
             upstream,
@@ -460,19 +668,20 @@ impl WeightGradient {
             clips,
         } = &mut self.pending;
         let clips = std::mem::take(clips);
-        for first in (0..row_pairs).step_by(BLOCK_PAIRS) {
-            let pairs = BLOCK_PAIRS.min(row_pairs - first);
+        for first in (0..row_units).step_by(BLOCK_UNITS) {
+            let units = BLOCK_UNITS.min(row_units - first);
             self.sums
                 .par_chunks_mut(rows * columns)
                 .zip(&offsets)
                 .for_each(|(sums, &offset)| {
                     let operands = Strided {
                         a: upstream,
-                        a_pair_stride: ROWS,
-                        b: &input[offset % 2],
-                        b_pair_stride: COLUMNS,
-                        pairs,
+                        a_unit_stride: ROWS,
+                        b: &input[offset % T::PER_UNIT],
+                        b_unit_stride: COLUMNS,
+                        units,
                     };
+                    let shift = offset / T::PER_UNIT;
                     let mut segments = Vec::with_capacity(clips);
                     for first_row in (0..rows).step_by(ROWS) {
                         for first_column in (0..columns).step_by(COLUMNS) {
@@ -486,11 +695,11 @@ impl WeightGradient {
                                 let column_panel =
                                     clip * columns / COLUMNS + first_column / COLUMNS;
                                 (
-                                    (row_panel * row_pairs + first) * ROWS,
-                                    (column_panel * input_pairs + first + offset / 2) * COLUMNS,
+                                    (row_panel * row_units + first) * ROWS,
+                                    (column_panel * input_units + first + shift) * COLUMNS,
                                 )
                             }));
-                            strided_tile(path, operands, &segments, &mut tile);
+                            T::strided_tile(path, operands, &segments, &mut tile);
                             for (row, values) in tile.iter().enumerate() {
                                 sums[at(row)..][..COLUMNS].copy_from_slice(values);
                             }
@@ -504,74 +713,43 @@ impl WeightGradient {
     }
 
     /// The sums as the weight's gradient, `[c_out, c_in, taps]`.
-    pub(super) fn into_weight_order(mut self, path: Path) -> Vec<f32> {
+    pub(super) fn into_weight_order(mut self, path: T::Path) -> Vec<f32> {
         self.sum_pending(path);
         let [c_in, c_out] = self.channels;
         let taps = self.volume.tap_offsets().len();
         let (rows, columns) = self.tile_rows_and_columns();
         let mut gradient = vec![0.0; c_out * c_in * taps];
+        // Each tap's row of sums read in order, written `taps` apart within the output
+        // channel's gradient (in the cache).
         gradient
             .par_chunks_mut(c_in * taps)
             .enumerate()
             .for_each(|(output, gradient)| {
-                for (index, value) in gradient.iter_mut().enumerate() {
-                    let (input, tap) = (index / taps, index % taps);
-                    *value = self.sums[(tap * rows + output) * columns + input];
+                for tap in 0..taps {
+                    let sums = &self.sums[(tap * rows + output) * columns..][..c_in];
+                    for (input, &sum) in sums.iter().enumerate() {
+                        gradient[input * taps + tap] = sum;
+                    }
                 }
             });
         gradient
     }
 }
 
-/// Flat planes ([`flat_planes`]) as pairs of consecutive flat positions, in panels of `panel`
-/// channels as the bf16 kernel packs an operand (`[panel][pair][panel's channels]`, channels
-/// past the last zero), pair `i` holding positions `2i + parity` and `2i + 1 + parity`,
-/// appended to `packed`. A tap shifted by an odd number of positions reads the odd copy of the
-/// input.
-fn position_pairs(
-    planes: &[bf16],
-    channels: usize,
-    panel: usize,
-    parity: usize,
-    pairs: usize,
-    packed: &mut Vec<u32>,
-    path: Path,
-) {
-    let len = planes.len() / channels;
-    let planes = Matrix::row_major(planes, channels, len, len).transposed();
-    let start = packed.len();
-    packed.resize(start + channels.div_ceil(panel) * pairs * panel, 0);
-    // Blocks of pairs: each channel's run read once, transposed through registers.
-    const BLOCK: usize = 256;
-    packed[start..]
-        .par_chunks_mut(pairs * panel)
-        .enumerate()
-        .for_each(|(index, packed)| {
-            packed
-                .par_chunks_mut(BLOCK * panel)
-                .enumerate()
-                .for_each(|(block, packed)| {
-                    let first_k = 2 * block * BLOCK + parity;
-                    let pairs = packed.len() / panel;
-                    planes.pack_columns(first_k, pairs, index * panel, packed, panel, path);
-                })
-        });
-}
-
 /// `values` (`[channels, dims]`) placed at `origin` of each channel's flat positions of
 /// `volume`, `len` of them (zero elsewhere), into `planes`: `[channels][len]`.
-fn flat_planes(
-    values: &[bf16],
+fn flat_planes<T: HostFloat>(
+    values: &[T],
     channels: usize,
     dims: [usize; 3],
     origin: [usize; 3],
     volume: &Volume,
     len: usize,
-    planes: &mut Vec<bf16>,
+    planes: &mut Vec<T>,
 ) {
     let w = dims[2];
     planes.clear();
-    planes.resize(channels * len, bf16::ZERO);
+    planes.resize(channels * len, T::from_f32(0.0));
     planes
         .par_chunks_mut(len)
         .zip(values.par_chunks(dims.iter().product()))

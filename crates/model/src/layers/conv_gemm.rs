@@ -28,9 +28,9 @@ use rayon::prelude::*;
 
 use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
-use crate::gemm_f32::bf16_path;
+use crate::gemm_f32::{F32Path, bf16_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
-use crate::layers::conv_direct;
+use crate::layers::conv_direct::{self, DirectOperand};
 use crate::layers::im2col::{ColumnMap, col2im};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
@@ -109,8 +109,13 @@ pub fn conv3d_forward<B: Backend>(
 ) -> Tensor<B, 5> {
     let dtype = input.dtype();
     let path = bf16_path(&[dtype]);
-    if let Some(path) = path.filter(|_| conv_direct::applies(&geometry)) {
-        return conv_direct::forward(input, weight, bias, geometry, path);
+    if conv_direct::applies(&geometry) {
+        if let Some(path) = path {
+            return conv_direct::forward::<B, bf16>(input, weight, bias, geometry, path);
+        }
+        if let Some(path) = direct_f32_path(&[dtype]) {
+            return conv_direct::forward::<B, f32>(input, weight, bias, geometry, path);
+        }
     }
     let group = geometry.lines_per_group(if path.is_some() { 2 } else { 4 });
     // The f32 route computes and stores f32: an f16 input's output is cast back once.
@@ -118,6 +123,16 @@ pub fn conv3d_forward<B: Backend>(
         forward_in_groups(input, weight, bias, geometry, group, path),
         dtype,
     )
+}
+
+/// The f32 kernel's path for a direct convolution of these dtypes: every one f32 and the CPU
+/// has AVX-512F ([`F32Path::fastest`]); otherwise f32 convolutions take gemm's route.
+fn direct_f32_path(dtypes: &[DType]) -> Option<F32Path> {
+    dtypes
+        .iter()
+        .all(|&dtype| dtype == DType::F32)
+        .then(F32Path::fastest)
+        .flatten()
 }
 
 /// [`conv3d_forward`] with `group` output lines per im2col buffer, multiplying f32 columns by
@@ -340,34 +355,37 @@ impl<B: Backend> ConvBackward<'_, B> {
     /// weight gradients took `k` in blocks of 560 positions and were 8 % slower).
     pub(crate) fn gradients(self) -> ConvGradientsWithBias<B> {
         let geometry = self.geometry;
-        match bf16_path(&[self.input.dtype(), self.upstream.dtype()]) {
-            Some(path) if conv_direct::applies(&geometry) => self.direct(path),
-            Some(path) => self.products::<bf16>(geometry.lines_per_group(2), Some(path)),
-            None => self.products::<f32>(geometry.lines_per_group(4), None),
+        let dtypes = [self.input.dtype(), self.upstream.dtype()];
+        let direct = conv_direct::applies(&geometry);
+        match (bf16_path(&dtypes), direct_f32_path(&dtypes)) {
+            (Some(path), _) if direct => self.direct::<bf16>(path),
+            (Some(path), _) => self.products::<bf16>(geometry.lines_per_group(2), Some(path)),
+            (None, Some(path)) if direct => self.direct::<f32>(path),
+            (None, _) => self.products::<f32>(geometry.lines_per_group(4), None),
         }
     }
 
-    /// [`Self::gradients`] of a convolution that [`conv_direct::applies`] to, in bf16 on
+    /// [`Self::gradients`] of a convolution that [`conv_direct::applies`] to, in `T` on
     /// `path`: the weight gradient summed in f32 clip by clip, the input gradient computed
-    /// clip by clip in f32 and stored in bf16, the weight rounded to bf16 as on the im2col
-    /// route.
-    fn direct(self, path: Path) -> ConvGradientsWithBias<B> {
+    /// clip by clip in f32 and stored in `T`, the weight rounded to `T` (bf16 as on the
+    /// im2col route).
+    fn direct<T: DirectOperand>(self, path: T::Path) -> ConvGradientsWithBias<B> {
         let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
         let device = self.upstream.device();
         let [n, c_in, t, h, w] = geometry.input;
         let (c_out, positions) = (geometry.channels_out, geometry.positions());
-        let upstream = stored::<bf16, _, 5>(self.upstream);
+        let upstream = stored::<T, _, 5>(self.upstream);
         let bias_gradient = wants_bias.then(|| bias_gradient(&upstream, &geometry, &device));
         let mut input_gradient = wants_input.then(|| {
-            let weight = stored::<bf16, _, 5>(self.weight);
-            conv_direct::InputGradient::new(&weight, &geometry)
+            let weight = stored::<T, _, 5>(self.weight);
+            conv_direct::InputGradient::<T>::new(&weight, &geometry)
         });
         let clip_len = c_in * t * h * w;
-        let mut input = ClipReader::<bf16>::of(self.input);
-        let mut weight_gradient = conv_direct::WeightGradient::new(&geometry);
+        let mut input = ClipReader::<T>::of(self.input);
+        let mut weight_gradient = conv_direct::WeightGradient::<T>::new(&geometry);
         let mut gradient = input_gradient
             .as_ref()
-            .map(|_| vec![bf16::ZERO; n * clip_len]);
+            .map(|_| vec![T::from_f32(0.0); n * clip_len]);
         for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
             weight_gradient.add_clip(input.clip(clip, clip_len), upstream, path);
             if let (Some(computed), Some(gradient)) = (&mut input_gradient, gradient.as_mut()) {

@@ -56,6 +56,11 @@ pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
             vidtrain_trainer::Bf16ProductPath::describe_cpu_route()
         );
     }
+    if backend == vidtrain_trainer::BackendChoice::Cpu
+        && rows.iter().any(|row| row.name.contains("fp32"))
+    {
+        eprintln!("{}", vidtrain_trainer::F32ProductPath::describe_cpu_route());
+    }
     let mut results = Vec::new();
     println!(
         "  {:<11} {:<27} {:>10} {:>10} {:>12} {:>12} {:>10} {:>9} {:>7} {:>10}",

@@ -156,8 +156,8 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
 }
 
 /// Stride-1 convolutions computed without columns (`conv_direct`) equal the f32 route on the
-/// same bf16 values, on the AVX512_BF16 path where the CPU has it and on the portable path
-/// everywhere: odd channel counts (a zero pair, partial panels of output channels), a weight
+/// same bf16 values — in bf16 and in f32, on the AVX512_BF16 and AVX-512F paths where the CPU
+/// has them and on the portable paths everywhere: odd channel counts (a zero pair, partial panels of output channels), a weight
 /// gradient over several blocks of positions, a padding smaller than the kernel on some axes
 /// and none on others, a temporal-only kernel as ST-GCN's, a 1 × 1 × 1 kernel.
 #[test]
@@ -192,10 +192,41 @@ fn direct_convolutions_equal_the_f32_route() {
                 &operands,
                 &bias,
                 geometry,
-                |backward| backward.direct(path),
-                |input, weight, bias| conv_direct::forward(input, weight, bias, geometry, path),
+                |backward| backward.direct::<bf16>(path),
+                |input, weight, bias| {
+                    conv_direct::forward::<_, bf16>(input, weight, bias, geometry, path)
+                },
             );
             assert_equal_to_the_f32_route(results, &f32_route, path);
+        }
+        // The f32 kernel on the same values in f32: only the order of the sums differs.
+        let f32_operands = operands.map(|operand| operand.cast(FloatDType::F32));
+        let paths = [F32Path::Portable, F32Path::Avx512];
+        for path in paths.into_iter().filter(|path| path.available()) {
+            let results = results_of(
+                &f32_operands,
+                &bias,
+                geometry,
+                |backward| backward.direct::<f32>(path),
+                |input, weight, bias| {
+                    conv_direct::forward::<_, f32>(input, weight, bias, geometry, path)
+                },
+            );
+            let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+            let (forward, weight_gradient, input_gradient, bias_gradient) = results;
+            for (direct, route) in [
+                (forward, &f32_route.0),
+                (weight_gradient, &f32_route.1),
+                (input_gradient, &f32_route.2),
+            ] {
+                assert_eq!(direct.dtype(), DType::F32, "{path:?}");
+                let route = route.to_data();
+                direct.to_data().assert_approx_eq::<f32>(&route, tolerance);
+            }
+            let route = f32_route.3.to_data();
+            bias_gradient
+                .to_data()
+                .assert_approx_eq::<f32>(&route, tolerance);
         }
     }
 }
