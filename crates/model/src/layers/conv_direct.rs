@@ -559,6 +559,10 @@ pub(super) struct WeightGradient<T: DirectOperand> {
     volume: Volume,
     channels: [usize; 2],
     sums: Vec<f32>,
+    /// Whether `sums` holds nothing yet: the first block's tiles start from zero rather than
+    /// reading never-written pages (which maps the kernel's zero page, then faults again to
+    /// write).
+    fresh: bool,
     /// Clips laid out and not yet summed: a small volume (r3d_18's last stage: 81 pairs of
     /// positions a clip) is summed several clips at a time, so that each tile's sum runs over
     /// a block of positions rather than a few dozen.
@@ -590,6 +594,7 @@ impl<T: DirectOperand> WeightGradient<T> {
             },
             channels: [c_in, c_out],
             sums: vec![0.0; geometry.taps() * rows * columns],
+            fresh: true,
             pending: Pending {
                 upstream: Vec::new(),
                 input: vec![Vec::new(); T::PER_UNIT],
@@ -670,6 +675,7 @@ impl<T: DirectOperand> WeightGradient<T> {
         let clips = std::mem::take(clips);
         for first in (0..row_units).step_by(BLOCK_UNITS) {
             let units = BLOCK_UNITS.min(row_units - first);
+            let fresh = std::mem::replace(&mut self.fresh, false);
             self.sums
                 .par_chunks_mut(rows * columns)
                 .zip(&offsets)
@@ -687,7 +693,11 @@ impl<T: DirectOperand> WeightGradient<T> {
                         for first_column in (0..columns).step_by(COLUMNS) {
                             let at = |row: usize| (first_row + row) * columns + first_column;
                             let mut tile: Tile = std::array::from_fn(|row| {
-                                sums[at(row)..][..COLUMNS].try_into().expect("a tile row")
+                                if fresh {
+                                    [0.0; COLUMNS]
+                                } else {
+                                    sums[at(row)..][..COLUMNS].try_into().expect("a tile row")
+                                }
                             });
                             segments.clear();
                             segments.extend((0..clips).map(|clip| {

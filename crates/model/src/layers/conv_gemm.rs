@@ -423,6 +423,11 @@ impl<B: Backend> ConvBackward<'_, B> {
         });
         let map = ColumnMap::new(geometry, group);
         let mut weight_gradient = vec![0f32; c_out * rows];
+        // The first group's product is written over the fresh sums, later ones added: added
+        // to pages never written, it read the kernel's shared zero page first and then took a
+        // second fault (a copy and a TLB shootdown) per page to write (all of the seed model's
+        // page faults in a steady fp32 step).
+        let mut update = Update::Overwrite;
         let mut buffer = Vec::new();
         let input_gradient = gradients_by_groups(
             ClipReader::<T>::of(input),
@@ -445,7 +450,7 @@ impl<B: Backend> ConvBackward<'_, B> {
                     columns,
                     &mut buffer,
                     &mut weight_gradient,
-                    Update::Add,
+                    std::mem::replace(&mut update, Update::Add),
                 );
                 if let (Some(columns_gradient), Some(weight)) =
                     (columns_gradient, &weight_transposed)
