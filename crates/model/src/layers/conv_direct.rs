@@ -725,6 +725,13 @@ impl<T: DirectOperand> WeightGradient<T> {
     /// The sums as the weight's gradient, `[c_out, c_in, taps]`.
     pub(super) fn into_weight_order(mut self, path: T::Path) -> Vec<f32> {
         self.sum_pending(path);
+        // The layouts' buffers are freed before the gradient is allocated beside the sums.
+        self.pending = Pending {
+            upstream: Vec::new(),
+            input: Vec::new(),
+            clips: 0,
+        };
+        self.planes = Vec::new();
         let [c_in, c_out] = self.channels;
         let taps = self.volume.tap_offsets().len();
         let (rows, columns) = self.tile_rows_and_columns();

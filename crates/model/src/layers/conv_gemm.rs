@@ -392,6 +392,10 @@ impl<B: Backend> ConvBackward<'_, B> {
                 computed.clip(upstream, &mut gradient[clip * clip_len..][..clip_len], path);
             }
         }
+        // The input gradient's packed weight and the clip buffers are given back before the
+        // weight gradient is reordered into a buffer of its own (at r3d_18's last stage each
+        // is as large as the weight).
+        drop((input_gradient, input));
         let weight_gradient = weight_gradient.into_weight_order(path);
         let gradients = gradient_tensors(&geometry, weight_gradient, gradient, &device);
         (gradients, bias_gradient)
