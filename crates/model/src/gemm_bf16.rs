@@ -452,11 +452,14 @@ pub struct Strided<'a, U = u32> {
 }
 
 impl<U> Strided<'_, U> {
+    /// Whether the tile has anything to add (`units > 0`), every segment checked to lie within
+    /// `a` and `b` before a kernel reads it.
+    ///
     /// # Panics
     /// When a segment reaches past `a` or `b`.
-    pub(crate) fn assert_within(&self, segments: &[(usize, usize)]) {
+    pub(crate) fn checked(&self, segments: &[(usize, usize)]) -> bool {
         if self.units == 0 {
-            return;
+            return false;
         }
         for &(a_start, b_start) in segments {
             assert!(
@@ -465,6 +468,7 @@ impl<U> Strided<'_, U> {
                 "a strided tile's segment reaches past its operands"
             );
         }
+        true
     }
 }
 
@@ -482,10 +486,9 @@ pub fn strided_tile(
     tile: &mut Tile,
 ) {
     assert!(path.available(), "{path:?} is not available on this CPU");
-    if operands.units == 0 {
+    if !operands.checked(segments) {
         return;
     }
-    operands.assert_within(segments);
     match path {
         Path::Portable => strided_tile_portable(operands, segments, tile),
         #[cfg(target_arch = "x86_64")]

@@ -193,10 +193,9 @@ pub fn strided_tile(
     tile: &mut Tile,
 ) {
     assert!(path.available(), "{path:?} is not available on this CPU");
-    if operands.units == 0 {
+    if !operands.checked(segments) {
         return;
     }
-    operands.assert_within(segments);
     match path {
         F32Path::Portable => strided_tile_portable(operands, segments, tile),
         #[cfg(target_arch = "x86_64")]

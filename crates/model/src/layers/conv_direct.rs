@@ -133,22 +133,12 @@ impl DirectOperand for bf16 {
     ) {
         let len = planes.len() / channels;
         let planes = Matrix::row_major(planes, channels, len, len).transposed();
-        let start = packed.len();
-        packed.resize(start + channels.div_ceil(panel) * pairs * panel, 0);
-        // Blocks of pairs: each channel's run read once, transposed through registers.
-        packed[start..]
-            .par_chunks_mut(pairs * panel)
-            .enumerate()
-            .for_each(|(index, packed)| {
-                packed
-                    .par_chunks_mut(PACK_BLOCK * panel)
-                    .enumerate()
-                    .for_each(|(block, packed)| {
-                        let first_k = 2 * block * PACK_BLOCK + parity;
-                        let pairs = packed.len() / panel;
-                        planes.pack_columns(first_k, pairs, index * panel, packed, panel, path);
-                    })
-            });
+        // Each channel's run read once, transposed through registers.
+        for_each_pack_block(packed, channels, panel, pairs, |index, block, packed| {
+            let first_k = 2 * block * PACK_BLOCK + parity;
+            let pairs = packed.len() / panel;
+            planes.pack_columns(first_k, pairs, index * panel, packed, panel, path);
+        });
     }
 }
 
@@ -200,29 +190,45 @@ impl DirectOperand for f32 {
         _: F32Path,
     ) {
         let len = planes.len() / channels;
-        let start = packed.len();
-        packed.resize(start + channels.div_ceil(panel) * units * panel, 0.0);
-        // Blocks of positions: each channel's run read in order, written `panel` apart within
-        // a block that stays in the L1 cache.
-        packed[start..]
-            .par_chunks_mut(units * panel)
-            .enumerate()
-            .for_each(|(index, packed)| {
-                packed
-                    .par_chunks_mut(PACK_BLOCK * panel)
-                    .enumerate()
-                    .for_each(|(block, packed)| {
-                        let (first, units) = (block * PACK_BLOCK + parity, packed.len() / panel);
-                        let width = panel.min(channels - index * panel);
-                        for column in 0..width {
-                            let plane = &planes[(index * panel + column) * len..][..len];
-                            for (unit, &value) in plane[first..][..units].iter().enumerate() {
-                                packed[unit * panel + column] = value;
-                            }
-                        }
-                    })
-            });
+        // Each channel's run read in order, written `panel` apart within a block that stays in
+        // the L1 cache.
+        for_each_pack_block(packed, channels, panel, units, |index, block, packed| {
+            let (first, units) = (block * PACK_BLOCK + parity, packed.len() / panel);
+            let width = panel.min(channels - index * panel);
+            for column in 0..width {
+                let plane = &planes[(index * panel + column) * len..][..len];
+                for (unit, &value) in plane[first..][..units].iter().enumerate() {
+                    packed[unit * panel + column] = value;
+                }
+            }
+        });
     }
+}
+
+/// Appends `channels.div_ceil(panel)` panels of `units × panel` zeroed values to `packed` and
+/// fills them in parallel, [`PACK_BLOCK`] units at a time: `fill(panel index, block index,
+/// the block's values)`.
+fn for_each_pack_block<U: Copy + Default + Send + Sync>(
+    packed: &mut Vec<U>,
+    channels: usize,
+    panel: usize,
+    units: usize,
+    fill: impl Fn(usize, usize, &mut [U]) + Sync,
+) {
+    let start = packed.len();
+    packed.resize(
+        start + channels.div_ceil(panel) * units * panel,
+        U::default(),
+    );
+    packed[start..]
+        .par_chunks_mut(units * panel)
+        .enumerate()
+        .for_each(|(index, packed)| {
+            packed
+                .par_chunks_mut(PACK_BLOCK * panel)
+                .enumerate()
+                .for_each(|(block, packed)| fill(index, block, packed))
+        });
 }
 
 /// Units of positions per block when laying out a clip for the weight gradient: a block of a
