@@ -248,26 +248,14 @@ mod avx512 {
         segments: &[(usize, usize)],
         tile: &mut Tile,
     ) {
-        let Strided {
-            a,
-            a_unit_stride,
-            b,
-            b_unit_stride,
-            units,
-        } = operands;
         let mut sums: [[__m512; 2]; ROWS] = std::array::from_fn(|row| {
             let (left, right) = tile[row].split_at(16);
             [vector(left), vector(right)]
         });
-        for &(a_start, b_start) in segments {
-            let a = &a[a_start..][..(units - 1) * a_unit_stride + ROWS];
-            let b = &b[b_start..][..(units - 1) * b_unit_stride + COLUMNS];
-            for unit in 0..units {
-                let a_unit: &[f32; ROWS] = a[unit * a_unit_stride..][..ROWS]
-                    .try_into()
-                    .expect("a unit of the tile's rows");
-                let (b_left, b_right) = b[unit * b_unit_stride..][..COLUMNS].split_at(16);
-                let (b_left, b_right) = (vector(b_left), vector(b_right));
+        for &segment in segments {
+            for (a_unit, b_unit) in operands.segment_units(segment) {
+                let (b_halves, _) = b_unit.as_chunks::<16>();
+                let (b_left, b_right) = (vector(&b_halves[0]), vector(&b_halves[1]));
                 for (sums, &a) in sums.iter_mut().zip(a_unit) {
                     let a = _mm512_set1_ps(a);
                     sums[0] = _mm512_fmadd_ps(a, b_left, sums[0]);
