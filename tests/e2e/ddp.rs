@@ -105,6 +105,50 @@ fn two_ranks_with_8bit_optimizer_state_train_as_one_rank() {
     );
 }
 
+/// Kept activations in 8 bits (`model.activation_bits`) under DDP: the forward is untouched, so
+/// the first step's loss with two ranks equals one rank's; backward reads values rounded from
+/// draws that hash each rank's own positions, so the parameters after five steps stand as far
+/// from one rank's 8-bit run as two independent roundings do — measured against how far 8 bits
+/// move one rank's parameters from 32 bits.
+#[test]
+fn two_ranks_with_8bit_kept_activations_train_as_close_to_one_rank_as_its_rounding() {
+    let dir = scratch("ddp-8bit-activations");
+    let config = small_dataset(&dir);
+    let steps = "train.max_steps=5";
+    for (experiment, bits) in [
+        ("one-32", "model.activation_bits=32"),
+        ("one-8", "model.activation_bits=8"),
+    ] {
+        let args = ["data.batch_size=4", steps, bits];
+        run_ok(vidtrain(
+            &dir,
+            &train_args(&config, &format!("experiment={experiment}"), &args),
+        ));
+    }
+    let args = ["data.batch_size=2", steps, "model.activation_bits=8"];
+    run_ok(
+        mpiexec(&dir, 2, &train_args(&config, "experiment=two-8", &args))
+            .output()
+            .unwrap(),
+    );
+    let run = |experiment: &str| runs_of(&dir.join("runs").join(experiment)).remove(0);
+    let (one_32, one_8, two_8) = (run("one-32"), run("one-8"), run("two-8"));
+    let (one_losses, two_losses) = (step_losses(&one_8), step_losses(&two_8));
+    assert_eq!(two_losses.len(), 5);
+    assert_losses_match(&one_losses[..1], &two_losses[..1], 1e-5);
+    let rounding = parameter_difference(&one_32, &one_8);
+    let ranks = parameter_difference(&one_8, &two_8);
+    eprintln!("parameters: 8 vs 32 bits {rounding:e}, two ranks vs one at 8 bits {ranks:e}");
+    assert!(
+        rounding > 0.0,
+        "8 bits changed nothing: the switch did not reach the model"
+    );
+    assert!(
+        ranks <= 3.0 * rounding,
+        "two ranks moved the parameters {ranks:e} from one rank's, 8 bits alone {rounding:e}"
+    );
+}
+
 fn assert_two_ranks_train_as_one(name: &str, extra: &[&str], tolerance: f64) {
     let dir = scratch(name);
     let config = small_dataset(&dir);
