@@ -244,12 +244,12 @@ const BLOCK_UNITS: usize = 256;
 /// this many copies of the input. With fewer, the columns cost less than laying the clip out
 /// here (measured on ST-GCN's bf16 step: its 9 × 1 × 1 temporal convolutions 1.1–1.4 times
 /// slower backward, its 1 × 1 × 1 ones three times slower forward; r3d_18's 3 × 3 × 3 ones
-/// 1.5–2.7 times faster).
+/// 1.5–2.7 times faster; in f32, ST-GCN's step 4 % slower with its 9-tap ones here).
 pub(crate) const FEWEST_TAPS: usize = 27;
 
-/// Whether a convolution of `geometry` is computed here (on a bf16 or f32 path): stride 1 on every
-/// axis, padding smaller than the kernel (the input gradient is then a convolution padded by
-/// `kernel − 1 − padding`) and at least [`FEWEST_TAPS`] taps.
+/// Whether a convolution of `geometry` is computed here (on a bf16 or f32 path): stride 1 on
+/// every axis, padding smaller than the kernel (the input gradient is then a convolution padded
+/// by `kernel − 1 − padding`) and at least [`FEWEST_TAPS`] taps.
 pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
     geometry.stride == [1; 3]
         && (0..3).all(|axis| geometry.padding[axis] < geometry.kernel[axis])
@@ -569,7 +569,7 @@ pub(super) struct WeightGradient<T: DirectOperand> {
     /// reading never-written pages (which maps the kernel's zero page, then faults again to
     /// write).
     fresh: bool,
-    /// Clips laid out and not yet summed: a small volume (r3d_18's last stage: 81 pairs of
+    /// Clips laid out and not yet summed: a small volume (r3d_18's last stage: 81 bf16 pairs of
     /// positions a clip) is summed several clips at a time, so that each tile's sum runs over
     /// a block of positions rather than a few dozen.
     pending: Pending<T::Unit>,
