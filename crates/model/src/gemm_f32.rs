@@ -83,10 +83,21 @@ pub fn gemm(
 /// instruction ([`Path::fastest`]); otherwise the product computes in f32 (bf16 values are
 /// exact in f32, so only the speed differs).
 pub(crate) fn bf16_path(dtypes: &[DType]) -> Option<Path> {
+    fastest_when_all(dtypes, DType::BF16, Path::fastest)
+}
+
+/// The f32 strided tiles' path when every operand is f32 and the CPU has AVX-512F
+/// ([`F32Path::fastest`]); otherwise f32 convolutions take gemm's packed route.
+pub(crate) fn f32_path(dtypes: &[DType]) -> Option<F32Path> {
+    fastest_when_all(dtypes, DType::F32, F32Path::fastest)
+}
+
+/// `fastest()` when every one of `dtypes` is `dtype`.
+fn fastest_when_all<P>(dtypes: &[DType], dtype: DType, fastest: fn() -> Option<P>) -> Option<P> {
     dtypes
         .iter()
-        .all(|&dtype| dtype == DType::BF16)
-        .then(Path::fastest)
+        .all(|&each| each == dtype)
+        .then(fastest)
         .flatten()
 }
 

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
-use crate::gemm_f32::{F32Path, bf16_path};
+use crate::gemm_f32::{bf16_path, f32_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
 use crate::layers::conv_direct::{self, DirectOperand};
 use crate::layers::im2col::{ColumnMap, col2im};
@@ -113,7 +113,7 @@ pub fn conv3d_forward<B: Backend>(
         if let Some(path) = path {
             return conv_direct::forward::<B, bf16>(input, weight, bias, geometry, path);
         }
-        if let Some(path) = direct_f32_path(&[dtype]) {
+        if let Some(path) = f32_path(&[dtype]) {
             return conv_direct::forward::<B, f32>(input, weight, bias, geometry, path);
         }
     }
@@ -123,16 +123,6 @@ pub fn conv3d_forward<B: Backend>(
         forward_in_groups(input, weight, bias, geometry, group, path),
         dtype,
     )
-}
-
-/// The f32 kernel's path for a direct convolution of these dtypes: every one f32 and the CPU
-/// has AVX-512F ([`F32Path::fastest`]); otherwise f32 convolutions take gemm's route.
-fn direct_f32_path(dtypes: &[DType]) -> Option<F32Path> {
-    dtypes
-        .iter()
-        .all(|&dtype| dtype == DType::F32)
-        .then(F32Path::fastest)
-        .flatten()
 }
 
 /// [`conv3d_forward`] with `group` output lines per im2col buffer, multiplying f32 columns by
@@ -357,7 +347,7 @@ impl<B: Backend> ConvBackward<'_, B> {
         let geometry = self.geometry;
         let dtypes = [self.input.dtype(), self.upstream.dtype()];
         let direct = conv_direct::applies(&geometry);
-        match (bf16_path(&dtypes), direct_f32_path(&dtypes)) {
+        match (bf16_path(&dtypes), f32_path(&dtypes)) {
             (Some(path), _) if direct => self.direct::<bf16>(path),
             (Some(path), _) => self.products::<bf16>(geometry.lines_per_group(2), Some(path)),
             (None, Some(path)) if direct => self.direct::<f32>(path),

@@ -48,18 +48,22 @@ pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
         args.warmup,
         args.steps
     );
-    if backend == vidtrain_trainer::BackendChoice::Cpu
-        && rows.iter().any(|row| row.name.contains("bf16"))
-    {
-        eprintln!(
-            "{}",
-            vidtrain_trainer::Bf16ProductPath::describe_cpu_route()
-        );
-    }
-    if backend == vidtrain_trainer::BackendChoice::Cpu
-        && rows.iter().any(|row| row.name.contains("fp32"))
-    {
-        eprintln!("{}", vidtrain_trainer::F32ProductPath::describe_cpu_route());
+    if backend == vidtrain_trainer::BackendChoice::Cpu {
+        let routes = [
+            (
+                "bf16",
+                vidtrain_trainer::Bf16ProductPath::describe_cpu_route(),
+            ),
+            (
+                "fp32",
+                vidtrain_trainer::F32ProductPath::describe_cpu_route(),
+            ),
+        ];
+        for (precision, route) in routes {
+            if rows.iter().any(|row| row.name.contains(precision)) {
+                eprintln!("{route}");
+            }
+        }
     }
     let mut results = Vec::new();
     println!(

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::TestBackend;
+use crate::gemm_f32::F32Path;
 use crate::quantize::Quantized;
 use burn::tensor::{Distribution, FloatDType, Tolerance};
 
