@@ -160,7 +160,7 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
 /// same bf16 values — in bf16 and in f32, on the AVX512_BF16 and AVX-512F paths where the CPU
 /// has them and on the portable paths everywhere: odd channel counts (a zero pair, partial panels of output channels), a weight
 /// gradient over several blocks of positions, a padding smaller than the kernel on some axes
-/// and none on others, a temporal-only kernel as ST-GCN's, a 1 × 1 × 1 kernel.
+/// and none on others, a padding of one less than the kernel, a temporal-only kernel as ST-GCN's, a 1 × 1 × 1 kernel.
 #[test]
 fn direct_convolutions_equal_the_f32_route() {
     let _rng = crate::rng_lock();
@@ -169,6 +169,8 @@ fn direct_convolutions_equal_the_f32_route() {
         ([1, 3, 5, 9, 8], 14, [3, 3, 2], [0, 1, 1]),
         ([1, 70, 6, 3, 5], 40, [3, 1, 1], [1, 0, 0]),
         ([2, 33, 2, 3, 4], 7, [1, 1, 1], [0, 0, 0]),
+        // Padding of one less than the kernel: the rows' shared gap is the whole padding.
+        ([1, 3, 3, 5, 4], 5, [3, 3, 3], [2, 2, 1]),
     ];
     for (input, channels_out, kernel, padding) in geometries {
         let output =
