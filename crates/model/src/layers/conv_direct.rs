@@ -450,24 +450,60 @@ fn convolve_clip<T: DirectOperand>(
             );
             let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
             T::strided_tile(path, operands, &segments, &mut tile);
-            // Where each row's position is in the frame's outputs (none past `h_out`, `w_out`);
-            // then channel by channel, so that each run is written in order.
-            let places: [Option<usize>; ROWS] = std::array::from_fn(|row| {
-                let in_frame = first + row - start;
-                let (line, column) = (in_frame / wp, in_frame % wp);
-                (line < h_out && column < w_out).then_some(line * w_out + column)
-            });
-            let channels = panel * COLUMNS..;
-            for ((index, run), channel) in runs.iter_mut().enumerate().zip(channels) {
-                let shift = bias.map_or(0.0, |bias| bias[channel]);
-                for (sums, place) in tile.iter().zip(places) {
-                    if let Some(at) = place {
-                        run[at] = T::from_f32(sums[index] + shift);
-                    }
-                }
-            }
+            store_tile(
+                &tile,
+                first - start,
+                [h_out, w_out, wp],
+                &mut runs,
+                |index| bias.map_or(0.0, |bias| bias[panel * COLUMNS + index]),
+            );
         }
     });
+}
+
+/// Writes a tile of [`convolve_clip`] (its rows the frame's flat positions from `first`, its
+/// columns a panel's channels) into the channels' runs of the frame's outputs, `shift(column)`
+/// added: the tile transposed once, then each channel's stretches of consecutive outputs (at
+/// most three: a tile crosses a row's end and its dropped positions) written in order. Written
+/// position by position, each behind a test of its place, the stores were 3 % of r3d_18's bf16
+/// step.
+fn store_tile<T: DirectOperand>(
+    tile: &Tile,
+    first: usize,
+    [h_out, w_out, wp]: [usize; 3],
+    runs: &mut [&mut [T]],
+    shift: impl Fn(usize) -> f32,
+) {
+    // (tile row, output place, length) of each stretch of kept positions.
+    let mut stretches = [(0, 0, 0); ROWS];
+    let mut count = 0;
+    let mut row = 0;
+    while row < ROWS {
+        let (line, column) = ((first + row) / wp, (first + row) % wp);
+        if line >= h_out {
+            break;
+        }
+        let len = (ROWS - row).min(wp - column);
+        if column < w_out {
+            stretches[count] = (row, line * w_out + column, len.min(w_out - column));
+            count += 1;
+        }
+        row += len;
+    }
+    let mut columns = [[0.0f32; ROWS]; COLUMNS];
+    for (row, sums) in tile.iter().enumerate() {
+        for (column, &sum) in columns.iter_mut().zip(sums) {
+            column[row] = sum;
+        }
+    }
+    for (index, (run, column)) in runs.iter_mut().zip(&columns).enumerate() {
+        let shift = shift(index);
+        for &(row, at, len) in &stretches[..count] {
+            for (output, &sum) in run[at..][..len].iter_mut().zip(&column[row..][..len]) {
+                *output = T::from_f32(sum + shift);
+            }
+        }
+    }
 }
 
 /// The forward of a convolution that [`applies`]: output `[n, c_out, t', h', w']` in `T`, the

@@ -15,7 +15,7 @@ use vidtrain_config::{Config, LrSchedule, OptimizerKind, OptimizerStateFormat};
 use vidtrain_model::ActionModel;
 
 use crate::Result;
-use crate::optimizer_state::update::{CompactAdam, CompactSgd};
+use crate::optimizer_state::update::{CompactAdam, CompactSgd, HostAdam, HostAdamW};
 use crate::persist::weights::{load_record, save_record};
 
 /// The optimizer `train.optimizer` names, with its state, for a module `M` (the model).
@@ -28,6 +28,11 @@ pub(crate) enum TrainingOptimizer<B: AutodiffBackend, M: AutodiffModule<B> = Act
     CompactAdam(OptimizerAdaptor<CompactAdam, M, B>),
     /// SGD with momentum, its buffer in bf16 or 8 bits.
     CompactSgd(OptimizerAdaptor<CompactSgd, M, B>),
+    /// Adam with f32 state where the backend computes on the host: Burn's state, one parallel
+    /// pass per tensor.
+    HostAdam(OptimizerAdaptor<HostAdam, M, B>),
+    /// AdamW likewise.
+    HostAdamW(OptimizerAdaptor<HostAdamW, M, B>),
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
@@ -57,7 +62,15 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
                 })),
             };
         }
+        // Burn's state either way: a checkpoint resumes on the other backend.
+        let on_host = vidtrain_model::cpu_kernels::host_tensors::<B>(&Default::default());
         match train.optimizer {
+            OptimizerKind::Adam if on_host => Self::HostAdam(OptimizerAdaptor::from(HostAdam(
+                CompactAdam::new(format, train.weight_decay as f32, false),
+            ))),
+            OptimizerKind::Adamw if on_host => Self::HostAdamW(OptimizerAdaptor::from(HostAdamW(
+                CompactAdam::new(format, train.weight_decay as f32, true),
+            ))),
             OptimizerKind::Adam => Self::Adam(AdamConfig::new().with_weight_decay(decay).init()),
             OptimizerKind::Adamw => Self::AdamW(
                 AdamWConfig::new()
@@ -89,6 +102,8 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
             Self::Sgd(optimizer) => optimizer.step(lr, model, grads),
             Self::CompactAdam(optimizer) => optimizer.step(lr, model, grads),
             Self::CompactSgd(optimizer) => optimizer.step(lr, model, grads),
+            Self::HostAdam(optimizer) => optimizer.step(lr, model, grads),
+            Self::HostAdamW(optimizer) => optimizer.step(lr, model, grads),
         }
     }
 
@@ -100,6 +115,8 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
             Self::Sgd(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
             Self::CompactAdam(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
             Self::CompactSgd(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
+            Self::HostAdam(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
+            Self::HostAdamW(optimizer) => save_record::<B, _>(optimizer.to_record(), path),
         }
     }
 
@@ -120,6 +137,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> TrainingOptimizer<B, M> {
             }
             Self::CompactSgd(optimizer) => {
                 Self::CompactSgd(optimizer.load_record(load_record::<B, _>(path, device)?))
+            }
+            Self::HostAdam(optimizer) => {
+                Self::HostAdam(optimizer.load_record(load_record::<B, _>(path, device)?))
+            }
+            Self::HostAdamW(optimizer) => {
+                Self::HostAdamW(optimizer.load_record(load_record::<B, _>(path, device)?))
             }
         })
     }
@@ -251,6 +274,7 @@ mod tests {
         let device = Default::default();
         for (number, overrides) in [
             &["train.optimizer=sgd", "train.nesterov=true"][..],
+            &["train.optimizer=adam"],
             &["train.optimizer=sgd", "train.optimizer_state=8bit"],
             &["train.optimizer=adam", "train.optimizer_state=8bit"],
             &["train.optimizer=adamw", "train.optimizer_state=bf16"],
@@ -284,6 +308,53 @@ mod tests {
                 weights(&optimizer.step(0.1, current, grads))
             };
             assert_eq!(next(optimizer), next(restored), "{overrides:?}");
+        }
+        let _ = std::fs::remove_dir_all(&folder);
+    }
+
+    /// On the CPU, Adam's f32 state is stepped by vidtrain's pass but stored as Burn's: a
+    /// checkpoint of either resumes in the other (a run moved between the CPU and a GPU) and
+    /// steps on as it would have.
+    #[test]
+    fn host_adam_checkpoints_are_burns_adam_checkpoints() {
+        let folder = std::env::temp_dir().join(format!("vidtrain-adam-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let device = Default::default();
+        for (kind, burns) in [
+            ("adam", TrainingOptimizer::Adam(AdamConfig::new().init())),
+            (
+                "adamw",
+                TrainingOptimizer::AdamW(AdamWConfig::new().with_weight_decay(0.0).init()),
+            ),
+        ] {
+            let config = config(&[&format!("train.optimizer={kind}"), "train.weight_decay=0"]);
+            let mut host = TrainingOptimizer::<B, Linear<B>>::from_config(&config);
+            assert!(matches!(
+                host,
+                TrainingOptimizer::HostAdam(_) | TrainingOptimizer::HostAdamW(_)
+            ));
+            let layer = LinearConfig::new(128, 64).init(&device);
+            let (layer, grads) = layer_and_unit_gradients(Some(layer));
+            let layer = host.step(0.1, layer, grads);
+            let path = folder.join(format!("{kind}.mpk"));
+            host.save(&path).unwrap();
+            let next = |mut optimizer: TrainingOptimizer<B, Linear<B>>| {
+                let (current, grads) = layer_and_unit_gradients(Some(layer.clone()));
+                weights(&optimizer.step(0.1, current, grads))
+            };
+            let by_burn = next(burns.clone().load(&path, &device).unwrap());
+            let by_host = next(host);
+            for (a, b) in by_burn.iter().zip(&by_host) {
+                assert!((a - b).abs() < 1e-6, "{kind}: {a} against {b}");
+            }
+            // And back: Burn's checkpoint into the host optimizer.
+            let mut burns = burns;
+            let (current, grads) = layer_and_unit_gradients(Some(layer.clone()));
+            burns.step(0.1, current, grads);
+            burns.save(&path).unwrap();
+            TrainingOptimizer::<B, Linear<B>>::from_config(&config)
+                .load(&path, &device)
+                .unwrap();
         }
         let _ = std::fs::remove_dir_all(&folder);
     }
