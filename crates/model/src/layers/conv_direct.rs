@@ -27,7 +27,7 @@ use burn::tensor::{TensorData, bf16};
 use rayon::prelude::*;
 
 use super::conv_gemm::ConvGeometry;
-use crate::cpu_kernels::{HostFloat, floats, stored};
+use crate::cpu_kernels::{HostFloat, extend_filled, filled, floats, stored};
 use crate::gemm_bf16::{self, COLUMNS, Matrix, Path, ROWS, Strided, Tile};
 use crate::gemm_f32::{self, F32Path};
 
@@ -109,7 +109,7 @@ impl DirectOperand for bf16 {
         let [t, h, w] = volume.input;
         let clip = Matrix::row_major(clip, channels, t * h * w, t * h * w);
         packed.clear();
-        extend_zeroed(packed, pairs * positions, 0);
+        extend_filled(packed, pairs * positions, 0);
         packed
             .par_chunks_mut(positions)
             .enumerate()
@@ -216,7 +216,7 @@ fn for_each_pack_block<U: Copy + Default + Send + Sync>(
     fill: impl Fn(usize, usize, &mut [U]) + Sync,
 ) {
     let start = packed.len();
-    extend_zeroed(
+    extend_filled(
         packed,
         channels.div_ceil(panel) * units * panel,
         U::default(),
@@ -230,13 +230,6 @@ fn for_each_pack_block<U: Copy + Default + Send + Sync>(
                 .enumerate()
                 .for_each(|(block, packed)| fill(index, block, packed))
         });
-}
-
-/// Appends `len` copies of `zero` to `values`, written by the compute pool's threads: a
-/// `resize` zeroed these layouts (megabytes a clip) on one thread while the other core waited
-/// (3 % of r3d_18's bf16 step at micro-batch 1).
-fn extend_zeroed<U: Copy + Send + Sync>(values: &mut Vec<U>, len: usize, zero: U) {
-    values.par_extend(rayon::iter::repeat_n(zero, len));
 }
 
 /// Units of positions per block when laying out a clip for the weight gradient: a block of a
@@ -365,7 +358,7 @@ impl<U: Copy + Default + Send + Sync> TapPanels<U> {
             channels_out.div_ceil(COLUMNS),
             channels_in.div_ceil(T::PER_UNIT),
         );
-        let mut values = vec![U::default(); panels * taps * units * COLUMNS];
+        let mut values = filled(panels * taps * units * COLUMNS, U::default());
         values
             .par_chunks_mut(taps * units * COLUMNS)
             .enumerate()
@@ -542,7 +535,7 @@ pub(crate) fn forward<B: Backend, T: DirectOperand>(
         output: geometry.output,
     };
     let positions: usize = geometry.output.iter().product();
-    let mut output = vec![T::from_f32(0.0); n * c_out * positions];
+    let mut output = filled(n * c_out * positions, T::from_f32(0.0));
     let mut laid_out = Vec::new();
     for (clip, output) in input
         .chunks(c_in * t * h * w)
@@ -648,7 +641,7 @@ impl<T: DirectOperand> WeightGradient<T> {
                 output: geometry.output,
             },
             channels: [c_in, c_out],
-            sums: vec![0.0; geometry.taps() * rows * columns],
+            sums: filled(geometry.taps() * rows * columns, 0.0),
             fresh: true,
             pending: Pending {
                 upstream: Vec::new(),
@@ -790,7 +783,7 @@ impl<T: DirectOperand> WeightGradient<T> {
         let [c_in, c_out] = self.channels;
         let taps = self.volume.tap_offsets().len();
         let (rows, columns) = self.tile_rows_and_columns();
-        let mut gradient = vec![0.0; c_out * c_in * taps];
+        let mut gradient = filled(c_out * c_in * taps, 0.0);
         // Each tap's row of sums read in order, written `taps` apart within the output
         // channel's gradient (in the cache).
         gradient
@@ -821,7 +814,7 @@ fn flat_planes<T: HostFloat>(
 ) {
     let w = dims[2];
     planes.clear();
-    extend_zeroed(planes, channels * len, T::from_f32(0.0));
+    extend_filled(planes, channels * len, T::from_f32(0.0));
     planes
         .par_chunks_mut(len)
         .zip(values.par_chunks(dims.iter().product()))

@@ -26,7 +26,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, floats, stored};
+use crate::cpu_kernels::{HostFloat, Stored, cast, convert_into, filled, floats, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
 use crate::gemm_f32::{bf16_path, f32_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
@@ -195,7 +195,7 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
     let c_out = geometry.channels_out;
     let [t_out, h_out, w_out] = geometry.output;
     let positions = geometry.positions();
-    let mut output = vec![T::from_f32(0.0); n * c_out * positions];
+    let mut output = filled(n * c_out * positions, T::from_f32(0.0));
     let mut values = Vec::new();
     for (clip_input, clip_output) in input
         .chunks(c_in * t * h * w)
@@ -375,7 +375,7 @@ impl<B: Backend> ConvBackward<'_, B> {
         let mut weight_gradient = conv_direct::WeightGradient::<T>::new(&geometry);
         let mut gradient = input_gradient
             .as_ref()
-            .map(|_| vec![T::from_f32(0.0); n * clip_len]);
+            .map(|_| filled(n * clip_len, T::from_f32(0.0)));
         for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
             weight_gradient.add_clip(input.clip(clip, clip_len), upstream, path);
             if let (Some(computed), Some(gradient)) = (&mut input_gradient, gradient.as_mut()) {
@@ -416,7 +416,7 @@ impl<B: Backend> ConvBackward<'_, B> {
             )
         });
         let map = ColumnMap::new(geometry, group);
-        let mut weight_gradient = vec![0f32; c_out * rows];
+        let mut weight_gradient = filled(c_out * rows, 0f32);
         // The first group's product is written over the fresh sums, later ones added: added
         // to pages never written, it read the kernel's shared zero page first and then took a
         // second fault (a copy and a TLB shootdown) per page to write (all of the seed model's
@@ -526,7 +526,7 @@ fn gradients_by_groups<T: HostFloat>(
     let geometry = map.geometry;
     let [n, c_in, t, h, w] = geometry.input;
     let clip_len = c_in * t * h * w;
-    let mut input_gradient = wants_input.then(|| vec![T::from_f32(0.0); n * clip_len]);
+    let mut input_gradient = wants_input.then(|| filled(n * clip_len, T::from_f32(0.0)));
     let (mut columns_gradient, mut clip_sum) = (Vec::new(), Vec::new());
     for clip in 0..n {
         let clip_input = input.clip(clip, clip_len);

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu_kernels::HostFloat;
+use crate::cpu_kernels::{HostFloat, filled};
 use crate::layers::batch_norm::ReluGate;
 use crate::quantize::HostCodes;
 
@@ -112,7 +112,7 @@ impl ChannelNorm {
     /// kept for its backward, so it is read where it is stored). NaN stays NaN, as through
     /// Burn's `relu`.
     pub fn forward<T: HostFloat>(&self, x: &[T], dims: [usize; 3]) -> Vec<T> {
-        let mut output = vec![T::from_f32(0.0); x.len()];
+        let mut output = filled(x.len(), T::from_f32(0.0));
         self.forward_into(x, &mut output, dims);
         output
     }
