@@ -235,11 +235,6 @@ impl Drop for CompressedKeeping {
     }
 }
 
-/// Whether tracked ops on this thread keep their tensors compressed now.
-pub(crate) fn compressing() -> bool {
-    KEPT_SCOPE.get().is_some()
-}
-
 /// The bits and the rounding seed of one more tensor a tracked op keeps, inside a
 /// [`CompressedKeeping`]; `None` outside one (keep it as computed).
 pub(crate) fn next_kept_codes() -> Option<(u32, u64)> {

@@ -192,7 +192,7 @@ impl<B: Backend> BasicBlock3d<B> {
         };
         let y = batch_norm_relu_channels(&self.bn1, self.conv1.forward(x));
         let y = batch_norm_channels(&self.bn2, self.conv2.forward(y));
-        relu_block_output(y + shortcut)
+        relu_block_output(y, Some(shortcut))
     }
 }
 

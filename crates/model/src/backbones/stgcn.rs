@@ -247,10 +247,7 @@ impl<B: Backend> StgcnBlock<B> {
             (None, false) => None,
         };
         let y = self.tcn.forward(self.gcn.forward(x));
-        relu_block_output(match residual {
-            Some(residual) => y + residual,
-            None => y,
-        })
+        relu_block_output(y, residual)
     }
 }
 
