@@ -59,11 +59,7 @@ pub fn relu_block_output<B: Backend, const D: usize>(
     });
     // The op needs only `y`'s node: its values go to the kernel, which writes over them when
     // nothing else holds them.
-    let empty = Flex::float_zeros(
-        Shape::new([0]),
-        &Default::default(),
-        FloatDType::F32,
-    );
+    let empty = Flex::float_zeros(Shape::new([0]), &Default::default(), FloatDType::F32);
     let y_values = flat(std::mem::replace(&mut y.primitive, empty));
     let residual_values = residual
         .as_ref()
