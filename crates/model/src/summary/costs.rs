@@ -173,15 +173,17 @@ impl ActivationCosts {
             // dropout mask and the residual's BatchNorm: about `partitions + 6` outputs. The
             // measured peaks are lower (`cargo xtask bench plan`, ST-GCN at 64 frames, batch 16:
             // about `partitions + 1` outputs per block, some of those operands being shared or
-            // freed early), and the rule follows the measurement (dropout keeps no mask on the
-            // CPU: `layers::dropout`'s op redraws it in backward). A
+            // freed early; `partitions` since the residual sum and ReLU are one op written over
+            // the block's branch, keeping a bit a value: 713 → 660 MiB at stop 47), and the rule
+            // follows the measurement (dropout keeps no mask on the CPU: `layers::dropout`'s op
+            // redraws it in backward). A
             // replayed block peaks at its input and about four outputs (measured at 64 frames,
             // batch 16, stop 41: 249 MiB of live tensors where three outputs made 236).
             LayerRole::GraphBlock {
                 partitions,
                 residual_conv,
             } => {
-                let copies = partitions + 1;
+                let copies = partitions;
                 let mut costs = Self::new(
                     input + copies * output,
                     2 * output,
