@@ -324,58 +324,49 @@ fn host_adam_step<B: Backend, const D: usize>(
     (tensor, state)
 }
 
+/// A host tensor's values, which [`host_f32`] made f32.
 fn f32_slice(data: &mut TensorData) -> &mut [f32] {
     data.as_mut_slice::<f32>()
         .expect("parameters and moments are f32 here")
-}
-
-impl<B: Backend> SimpleOptimizer<B> for HostAdam {
-    type State<const D: usize> = AdamState<B, D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        assert!(!self.0.decoupled, "AdamW's state is HostAdamW's");
-        let (tensor, momentum) =
-            host_adam_step(&self.0, lr, tensor, grad, state.map(|s| s.momentum));
-        (tensor, Some(AdamState::new(momentum)))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        AdamState::new(state.momentum.to_device(device))
-    }
 }
 
 /// [`HostAdam`] for AdamW, with Burn's AdamW state.
 #[derive(Debug, Clone)]
 pub struct HostAdamW(pub CompactAdam);
 
-impl<B: Backend> SimpleOptimizer<B> for HostAdamW {
-    type State<const D: usize> = AdamWState<B, D>;
+/// Burn's `SimpleOptimizer` for [`HostAdam`] and [`HostAdamW`]: [`host_adam_step`] on the
+/// moments of Burn's state type for the same optimizer.
+macro_rules! host_adam {
+    ($($host:ty => $state:ident, decoupled: $decoupled:literal);+) => {$(
+        impl<B: Backend> SimpleOptimizer<B> for $host {
+            type State<const D: usize> = $state<B, D>;
 
-    fn step<const D: usize>(
-        &self,
-        lr: f64,
-        tensor: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        assert!(self.0.decoupled, "Adam's state is HostAdam's");
-        let (tensor, momentum) =
-            host_adam_step(&self.0, lr, tensor, grad, state.map(|s| s.momentum));
-        (tensor, Some(AdamWState { momentum }))
-    }
+            fn step<const D: usize>(
+                &self,
+                lr: f64,
+                tensor: Tensor<B, D>,
+                grad: Tensor<B, D>,
+                state: Option<Self::State<D>>,
+            ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+                assert_eq!(self.0.decoupled, $decoupled, "AdamW's state is HostAdamW's");
+                let (tensor, momentum) =
+                    host_adam_step(&self.0, lr, tensor, grad, state.map(|s| s.momentum));
+                (tensor, Some($state { momentum }))
+            }
 
-    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        AdamWState {
-            momentum: state.momentum.to_device(device),
+            fn to_device<const D: usize>(
+                state: Self::State<D>,
+                device: &B::Device,
+            ) -> Self::State<D> {
+                $state {
+                    momentum: state.momentum.to_device(device),
+                }
+            }
         }
-    }
+    )+};
 }
+
+host_adam!(HostAdam => AdamState, decoupled: false; HostAdamW => AdamWState, decoupled: true);
 
 #[cfg(test)]
 mod tests {
