@@ -264,12 +264,18 @@ fn positive_bits<T: HostFloat>(values: &[T]) -> Vec<u8> {
         .zip(values.par_chunks(GATE_BYTES_PER_TASK * 8))
         .for_each(|(bits, values)| {
             for (byte, values) in bits.iter_mut().zip(values.chunks(8)) {
-                *byte = values.iter().enumerate().fold(0, |byte, (bit, value)| {
-                    byte | (u8::from(value.to_f32() > 0.0) << bit)
-                });
+                *byte = gate_byte(values);
             }
         });
     bits
+}
+
+/// The gate byte of up to eight values: bit `i` set where value `i` is positive.
+#[inline(always)]
+pub(crate) fn gate_byte<T: HostFloat>(values: &[T]) -> u8 {
+    values.iter().enumerate().fold(0, |byte, (bit, value)| {
+        byte | (u8::from(value.to_f32() > 0.0) << bit)
+    })
 }
 
 /// `upstream` (a host tensor of f32, bf16 or f16, flattened as the gate) zeroed where `bits`

@@ -19,7 +19,7 @@ use burn::tensor::{DType, FloatDType, Shape, TensorData, TensorMetadata, bf16, f
 use rayon::prelude::*;
 
 use crate::cpu_kernels::{HostFloat, filled, stored, unique};
-use crate::quantize::gated_by;
+use crate::quantize::{gate_byte, gated_by};
 use crate::tracked_ops::{
     flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
 };
@@ -121,9 +121,7 @@ fn relu_of_sum(
                         }
                     }
                     for (byte, outputs) in gate.iter_mut().zip(output.chunks(8)) {
-                        *byte = outputs.iter().enumerate().fold(0, |byte, (bit, value)| {
-                            byte | (u8::from(value.to_f32() > 0.0) << bit)
-                        });
+                        *byte = gate_byte(outputs);
                     }
                 },
             )
