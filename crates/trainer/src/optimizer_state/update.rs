@@ -216,12 +216,20 @@ fn step_tensor<B: Backend, const D: usize, U: BlockwiseUpdate>(
         .as_mut_slice::<f32>()
         .expect("parameters are f32 here");
     update.update(lr as f32, param_values, grad_values, &mut state);
-    let tensor = Tensor::<B, D>::from_data(params, &device);
-    let tensor = match dtype {
+    (on_device(params, &device, dtype), Some(state))
+}
+
+/// Updated f32 host values as a tensor on `device` in `dtype` (the parameter's).
+fn on_device<B: Backend, const D: usize>(
+    values: TensorData,
+    device: &B::Device,
+    dtype: DType,
+) -> Tensor<B, D> {
+    let tensor = Tensor::<B, D>::from_data(values, device);
+    match dtype {
         DType::F32 => tensor,
         other => tensor.cast(other),
-    };
-    (tensor, Some(state))
+    }
 }
 
 /// The tensor's values on the host as f32 (Burn's CPU backend hands over its buffer when the
@@ -314,11 +322,7 @@ fn host_adam_step<B: Backend, const D: usize>(
                 || step.apply(p, g, m, v),
             )
         });
-    let tensor = Tensor::<B, D>::from_data(params, &device);
-    let tensor = match dtype {
-        DType::F32 => tensor,
-        other => tensor.cast(other),
-    };
+    let tensor = on_device(params, &device, dtype);
     let moment = |data| Tensor::<B, D>::from_data(data, &device);
     let state = AdaptiveMomentumState::new(time, moment(first), moment(second));
     (tensor, state)
