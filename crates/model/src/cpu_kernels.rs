@@ -377,6 +377,52 @@ pub(crate) fn extend_filled<U: Copy + Send + Sync>(values: &mut Vec<U>, len: usi
     }
 }
 
+/// `sum + addend`, added on the pool's threads into `sum`'s buffer when both are host tensors of
+/// one float dtype and nothing else holds `sum` (Burn's add otherwise). Gradient accumulation
+/// adds every parameter's gradient once per micro-batch; burn-flex's add runs on one thread,
+/// while the other core waited (2 % of ViViT's bf16 step at micro-batch 1).
+pub fn add_assign<B: Backend, const D: usize>(
+    sum: Tensor<B, D>,
+    addend: Tensor<B, D>,
+) -> Tensor<B, D> {
+    fn added<T: HostFloat, B: Backend, const D: usize>(
+        sum: Tensor<B, D>,
+        addend: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        let mut sum = match unique::<T, B, D>(sum) {
+            Ok(sum) => sum,
+            Err(sum) => return sum.add(addend),
+        };
+        let addend = stored::<T, B, D>(addend);
+        sum.values_mut()
+            .par_chunks_mut(CAST_CHUNK)
+            .zip(addend.par_chunks(CAST_CHUNK))
+            .for_each(|(sum, addend)| {
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (sum, &addend) in sum.iter_mut().zip(addend) {
+                            *sum = T::from_f32(sum.to_f32() + addend.to_f32());
+                        }
+                    },
+                )
+            });
+        sum.into_tensor()
+    }
+    if !host_tensors::<B>(&sum.device())
+        || sum.dtype() != addend.dtype()
+        || sum.dims() != addend.dims()
+    {
+        return sum.add(addend);
+    }
+    match sum.dtype() {
+        DType::F32 => added::<f32, B, D>(sum, addend),
+        DType::BF16 => added::<bf16, B, D>(sum, addend),
+        DType::F16 => added::<f16, B, D>(sum, addend),
+        _ => sum.add(addend),
+    }
+}
+
 /// Fills below this many bytes stay on the calling thread (a task costs more than they do).
 const FILL_IN_PARALLEL_BYTES: usize = 64 << 10;
 

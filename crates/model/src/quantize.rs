@@ -297,19 +297,47 @@ pub(crate) fn gated_by<B: Backend>(bits: &[u8], upstream: Tensor<B, 1>) -> Tenso
 }
 
 /// Zeroes `values` where `bits` ([`positive_bits`]) has a 0: a gradient through the ReLU.
+/// Branch-free, on the values' bits: a gate is open or closed at random, and a branch per value
+/// mispredicted half the time made this pass 4 % of ST-GCN's bf16 step.
 pub(crate) fn zero_where_closed<T: HostFloat>(bits: &[u8], values: &mut [T]) {
+    match size_of::<T>() {
+        2 => masked(bits, bytemuck::cast_slice_mut::<T, u16>(values)),
+        _ => masked(bits, bytemuck::cast_slice_mut::<T, u32>(values)),
+    }
+}
+
+/// `values` kept where their bit in `bits` is set and zeroed elsewhere.
+fn masked<U: ValueBits>(bits: &[u8], values: &mut [U]) {
     values
         .par_chunks_mut(GATE_BYTES_PER_TASK * 8)
         .zip(bits.par_chunks(GATE_BYTES_PER_TASK))
         .for_each(|(values, bits)| {
-            for (values, byte) in values.chunks_mut(8).zip(bits) {
+            for (values, &byte) in values.chunks_mut(8).zip(bits) {
                 for (bit, value) in values.iter_mut().enumerate() {
-                    if byte >> bit & 1 == 0 {
-                        *value = T::from_f32(0.0);
-                    }
+                    *value &= U::all_or_none(byte >> bit & 1);
                 }
             }
         });
+}
+
+/// The bits of a stored value (`u16` for the half types, `u32` for f32).
+trait ValueBits: Copy + Send + std::ops::BitAndAssign {
+    /// All ones for 1, none for 0.
+    fn all_or_none(bit: u8) -> Self;
+}
+
+impl ValueBits for u16 {
+    #[inline(always)]
+    fn all_or_none(bit: u8) -> Self {
+        0u16.wrapping_sub(u16::from(bit))
+    }
+}
+
+impl ValueBits for u32 {
+    #[inline(always)]
+    fn all_or_none(bit: u8) -> Self {
+        0u32.wrapping_sub(u32::from(bit))
+    }
 }
 
 /// Bytes of a ReLU gate per parallel task.

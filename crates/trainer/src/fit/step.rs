@@ -2,7 +2,6 @@
 //! per accumulation group (unscale, clip, step).
 
 use burn::nn::loss::CrossEntropyLoss;
-use burn::optim::GradientsAccumulator;
 use burn::tensor::backend::AutodiffBackend;
 use vidtrain_config::{Config, RecomputeMode};
 use vidtrain_data::Batch;
@@ -12,6 +11,7 @@ use vidtrain_model::{ActionModel, KeptActivations};
 use crate::BackendChoice;
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::distributed::{World, all_reduce_gradients};
+use crate::fit::accumulator::GradientsAccumulator;
 use crate::fit::optimizer::TrainingOptimizer;
 use crate::precision::{LossScaler, StepDecision};
 
@@ -21,7 +21,7 @@ pub(crate) struct Learner<B: AutodiffBackend> {
     /// that its tensors can be updated in place.
     model: Option<ActionModel<B>>,
     pub optimizer: TrainingOptimizer<B>,
-    accumulator: GradientsAccumulator<ActionModel<B>>,
+    accumulator: GradientsAccumulator,
     loss: CrossEntropyLoss<B>,
     /// What backward keeps: recompute and activation compression.
     keeping: KeptActivations,
@@ -70,7 +70,7 @@ impl<B: AutodiffBackend> Learner<B> {
         Self {
             model: Some(model),
             optimizer,
-            accumulator: GradientsAccumulator::new(),
+            accumulator: GradientsAccumulator::default(),
             loss,
             keeping,
         }
@@ -137,7 +137,10 @@ impl<B: AutodiffBackend> Learner<B> {
             probe.sample_device::<B>(device);
         }
         if loss_value.is_finite() {
-            self.accumulator.accumulate(model, grads);
+            let accumulator = &mut self.accumulator;
+            crate::backend::on_compute_threads::<B, _>(device, || {
+                accumulator.accumulate(model, grads)
+            });
         }
         loss_value
     }
