@@ -71,6 +71,7 @@ fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
 }
 
 /// SplitMix64's output function.
+#[inline(always)]
 fn split_mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
