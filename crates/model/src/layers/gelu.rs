@@ -19,7 +19,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, cast, convert_into, host_float, stored};
+use crate::cpu_kernels::{HostFloat, cast, convert_into, filled, host_float, stored};
 use crate::fast_math::{erf, exp};
 use crate::tracked_ops::{
     KeptTensor, flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
@@ -68,7 +68,7 @@ fn map_as<T: HostFloat, B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let (shape, device) = (x.shape(), x.device());
     let x = stored::<T, _, D>(x);
-    let mut output = vec![T::from_f32(0.0); x.len()];
+    let mut output = filled(x.len(), T::from_f32(0.0));
     convert_into(&x, &mut output, |x: T| T::from_f32(each(x.to_f32())));
     Tensor::from_data(TensorData::new(output, shape), (&device, T::dtype()))
 }
@@ -114,7 +114,7 @@ fn gradient_as<T: HostFloat>(x: Tensor<Flex, 1>, upstream: Tensor<Flex, 1>) -> T
     let (shape, device) = (x.shape(), x.device());
     let x = stored::<T, _, 1>(x);
     let upstream = stored::<T, _, 1>(upstream);
-    let mut gradient = vec![T::from_f32(0.0); x.len()];
+    let mut gradient = filled(x.len(), T::from_f32(0.0));
     gradient
         .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(upstream.par_chunks(CHUNK)))

@@ -19,7 +19,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, cast, floats, host_float, stored};
+use crate::cpu_kernels::{HostFloat, cast, filled, floats, host_float, stored};
 use crate::layers::norm_relu_host::lane_sum;
 use crate::tracked_ops::{
     KeptTensor, TrackedHost, flex, from_tracked_host, host, parameter_gradient, parent_ids, record,
@@ -130,7 +130,7 @@ fn forward_as<T: HostFloat, B: Backend>(
 ) -> (Tensor<B, 2>, RowStatistics) {
     let ([rows, width], device) = (x.dims(), x.device());
     let x = stored::<T, _, 2>(x);
-    let mut output = vec![T::from_f32(0.0); rows * width];
+    let mut output = filled(rows * width, T::from_f32(0.0));
     let mut mean = vec![0f32; rows];
     let mut inverse_std = vec![0f32; rows];
     let task = rows_per_task(width);
@@ -244,7 +244,7 @@ fn backward_as<T: HostFloat>(
     let ([rows, width], device) = (x.dims(), x.device());
     let x = stored::<T, _, 2>(x);
     let upstream = stored::<T, _, 2>(upstream);
-    let mut input_gradient = vec![T::from_f32(0.0); if wants_input { rows * width } else { 0 }];
+    let mut input_gradient = filled(if wants_input { rows * width } else { 0 }, T::from_f32(0.0));
     let task = rows_per_task(width);
     let mut gradient_chunks: Vec<&mut [T]> = if wants_input {
         input_gradient.chunks_mut(task * width).collect()

@@ -19,7 +19,7 @@ use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{cast, convert_into, stored};
+use crate::cpu_kernels::{cast, convert_into, filled, stored};
 use crate::gemm_bf16::{Matrix, Path, Update};
 use crate::gemm_f32::{GemmOperand, bf16_path};
 use crate::tracked_ops::{
@@ -133,7 +133,7 @@ fn product_as<T: GemmOperand>(
     block_values: usize,
 ) -> Vec<T> {
     let columns = b.columns;
-    let mut output = vec![T::from_f32(0.0); a.rows * columns];
+    let mut output = filled(a.rows * columns, T::from_f32(0.0));
     let block_rows = (block_values / columns.max(1)).max(1);
     let mut sums = Vec::new();
     for (index, target) in output.chunks_mut(block_rows * columns).enumerate() {
@@ -241,7 +241,7 @@ fn gradients_as<T: GemmOperand>(
     let upstream = stored::<T, _, 2>(upstream);
     let upstream_matrix = Matrix::row_major(&upstream, rows, outer, outer);
     let input = stored::<T, _, 2>(input);
-    let mut weight_gradient = vec![0f32; inner * outer];
+    let mut weight_gradient = filled(inner * outer, 0f32);
     T::gemm(
         path,
         Matrix::row_major(&input, rows, inner, inner).transposed(),

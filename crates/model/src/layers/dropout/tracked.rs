@@ -17,7 +17,7 @@ use burn::tensor::{DType, Shape, TensorData, TensorMetadata, bf16, f16};
 use rayon::prelude::*;
 
 use super::DropMask;
-use crate::cpu_kernels::{HostFloat, stored};
+use crate::cpu_kernels::{HostFloat, filled, stored};
 use crate::tracked_ops::{
     flex, from_tracked_host, host, parent_ids, record, register, tracked_host,
 };
@@ -59,7 +59,7 @@ fn masked_as<T: HostFloat>(values: Tensor<Flex, 1>, mask: &DropMask) -> Tensor<F
     let (shape, device) = (values.shape(), values.device());
     let values = stored::<T, _, 1>(values);
     let kept = T::from_f32(mask.scale as f32).to_f32();
-    let mut output = vec![T::from_f32(0.0); values.len()];
+    let mut output = filled(values.len(), T::from_f32(0.0));
     output
         .par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))

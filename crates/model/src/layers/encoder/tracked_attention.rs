@@ -26,7 +26,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{HostFloat, cast, host_float, stored};
+use crate::cpu_kernels::{HostFloat, cast, filled, host_float, stored};
 use crate::fast_math::exp;
 use crate::gemm_bf16::{Matrix, Update};
 use crate::gemm_f32::gemm;
@@ -163,14 +163,14 @@ fn forward_as<T: HostFloat, B: Backend>(
     let qkv = stored::<T, _, 3>(qkv);
     let (rows, tokens, head_dim) = (geometry.rows.len(), geometry.tokens, geometry.head_dim());
     let pair_values = geometry.pair_values();
-    let mut probabilities = vec![
-        T::from_f32(0.0);
+    let mut probabilities = filled(
         if keep {
             geometry.pairs() * pair_values
         } else {
             0
-        }
-    ];
+        },
+        T::from_f32(0.0),
+    );
     let mut kept: Vec<&mut [T]> = if keep {
         probabilities.chunks_mut(pair_values.max(1)).collect()
     } else {
@@ -221,7 +221,7 @@ fn forward_as<T: HostFloat, B: Backend>(
         })
         .collect();
     let dim = geometry.dim;
-    let mut output = vec![T::from_f32(0.0); geometry.batch * rows * dim];
+    let mut output = filled(geometry.batch * rows * dim, T::from_f32(0.0));
     output
         .par_chunks_mut((rows * dim).max(1))
         .enumerate()
@@ -442,7 +442,7 @@ fn gradient_as<T: HostFloat>(
         })
         .collect();
     let width = 3 * dim;
-    let mut gradient = vec![T::from_f32(0.0); geometry.batch * tokens * width];
+    let mut gradient = filled(geometry.batch * tokens * width, T::from_f32(0.0));
     gradient
         .par_chunks_mut((tokens * width).max(1))
         .enumerate()
