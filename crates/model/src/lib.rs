@@ -11,6 +11,7 @@ pub mod cpu_kernels;
 mod fast_math;
 pub mod gemm_bf16;
 pub mod gemm_f32;
+mod gradient_sums;
 pub mod layers;
 pub mod memory_probe;
 mod precision;
@@ -38,6 +39,7 @@ pub use backbones::video_transformer::{VideoTransformer, VideoTransformerConfig}
 pub use backbones::vivit::{TubeletGrid, Vivit, VivitConfig};
 pub use backbones::{BackboneConfig, KeypointBackboneConfig, VideoBackbone};
 pub use chain::{Activation, ChainConfig, SegmentChain, SegmentKind};
+pub use gradient_sums::GradientsAccumulator;
 pub use layers::conv3d::{VideoConv3d, VideoConv3dConfig};
 pub use layers::encoder::{EncoderBlock, EncoderBlockConfig, sinusoidal_positions};
 pub use layers::graph::Skeleton;

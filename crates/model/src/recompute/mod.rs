@@ -32,15 +32,17 @@
 //! second time (batch statistics, and so gradients, are unaffected).
 
 mod kept;
+mod pull_back;
 mod replay;
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::StemStep;
 use crate::chain::{Activation, SegmentChain, SegmentKind};
+use crate::gradient_sums::GradientsAccumulator;
 use crate::layers::batch_norm::ReluGate;
 use crate::layers::encoder::query_blocks;
 use crate::quantize::CompressedKeeping;
@@ -79,12 +81,17 @@ impl<B: AutodiffBackend> Activation<B> {
         })
     }
 
-    /// `sum(self · upstream)`: differentiating it pushes `upstream` through this output's graph.
+    /// A scalar whose gradient with respect to this output is `upstream`: differentiating it
+    /// pushes `upstream` through this output's graph. `sum(self · upstream)`, or on the CPU an op
+    /// that hands `upstream` over without computing it ([`pull_back`]).
     fn dot(self, upstream: Activation<B>) -> Tensor<B, 1> {
+        fn scalar<B: Backend, const D: usize>(a: Tensor<B, D>, g: Tensor<B, D>) -> Tensor<B, 1> {
+            pull_back::pulled_back(a, g).unwrap_or_else(|(a, g)| (a * g).sum())
+        }
         match (self, upstream) {
-            (Activation::Clips(a), Activation::Clips(g)) => (a * g).sum(),
-            (Activation::Joints(a), Activation::Joints(g)) => (a * g).sum(),
-            (Activation::Tokens(a), Activation::Tokens(g)) => (a * g).sum(),
+            (Activation::Clips(a), Activation::Clips(g)) => scalar(a, g),
+            (Activation::Joints(a), Activation::Joints(g)) => scalar(a, g),
+            (Activation::Tokens(a), Activation::Tokens(g)) => scalar(a, g),
             (a, g) => panic!("gradient of the wrong kind: {a:?} vs {g:?}"),
         }
     }
@@ -117,7 +124,7 @@ enum StretchBackward<B: AutodiffBackend> {
 /// Sums per-segment gradients into the model's parameter gradients.
 struct Gradients<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
     model: &'a M,
-    sum: GradientsAccumulator<M>,
+    sum: GradientsAccumulator,
     backend: std::marker::PhantomData<B>,
 }
 
@@ -166,7 +173,7 @@ pub(crate) fn loss_and_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
     let device = chains[0].input.device();
     let mut gradients = Gradients {
         model,
-        sum: GradientsAccumulator::new(),
+        sum: GradientsAccumulator::default(),
         backend: std::marker::PhantomData,
     };
 

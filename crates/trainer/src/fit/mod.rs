@@ -4,7 +4,6 @@
 //! (`selection`), and observers that log and draw the run (`observers`). This file builds the
 //! model, resumes, runs the epochs and writes the summary.
 
-mod accumulator;
 mod epoch;
 pub(crate) mod loss;
 mod observers;

@@ -6,12 +6,11 @@ use burn::tensor::backend::AutodiffBackend;
 use vidtrain_config::{Config, RecomputeMode};
 use vidtrain_data::Batch;
 use vidtrain_memutil::{MemorySampler, Phase};
-use vidtrain_model::{ActionModel, KeptActivations};
+use vidtrain_model::{ActionModel, GradientsAccumulator, KeptActivations};
 
 use crate::BackendChoice;
 use crate::batch_tensors::{keypoint_tensor, labels_tensor, video_tensor};
 use crate::distributed::{World, all_reduce_gradients};
-use crate::fit::accumulator::GradientsAccumulator;
 use crate::fit::optimizer::TrainingOptimizer;
 use crate::precision::{LossScaler, StepDecision};
 

@@ -1,24 +1,26 @@
-//! The gradients of an accumulation group, summed micro-batch by micro-batch.
+//! Parameter gradients summed over several backward passes: the micro-batches of an
+//! accumulation group (the trainer), the stretches and per-clip replays of a recompute step
+//! ([`crate::recompute`]).
 
 use std::marker::PhantomData;
 
+use crate::cpu_kernels::add_assign;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use vidtrain_model::cpu_kernels::add_assign;
 
 /// Burn's `GradientsAccumulator` with each parameter's sum added in place on the compute pool
 /// (`cpu_kernels::add_assign`) where the gradients are host tensors: Burn's adds each gradient
 /// on one thread.
 #[derive(Default)]
-pub(crate) struct GradientsAccumulator {
+pub struct GradientsAccumulator {
     sums: GradientsParams,
 }
 
 impl GradientsAccumulator {
     /// Adds `grads` (of `module`'s parameters) to the sums.
-    pub(crate) fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
+    pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
         &mut self,
         module: &M,
         grads: GradientsParams,
@@ -31,7 +33,7 @@ impl GradientsAccumulator {
     }
 
     /// The sums, leaving none behind.
-    pub(crate) fn grads(&mut self) -> GradientsParams {
+    pub fn grads(&mut self) -> GradientsParams {
         std::mem::take(&mut self.sums)
     }
 }
@@ -63,7 +65,7 @@ mod tests {
     use burn::optim::GradientsAccumulator as BurnsAccumulator;
     use burn::tensor::{Distribution, Tolerance};
 
-    type B = Autodiff<Flex>;
+    type B = Autodiff<crate::TestBackend>;
 
     /// Three micro-batches' gradients summed here equal Burn's accumulator's sums, parameter by
     /// parameter (the in-place parallel add on host tensors, over a million values so that the
