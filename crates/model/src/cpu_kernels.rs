@@ -107,10 +107,11 @@ fn avx512() -> bool {
 
 /// `tensor.cast(dtype)` for float tensors, converted in parallel over the compute pool where the
 /// fast kernels serve (burn-flex's own cast converts through an f64 copy of the whole tensor on
-/// one thread). Only for tensors of the plain CPU backend (`flex`: the inner tensors of by-hand
-/// gradients and untracked forwards): an autodiff tensor, tracked or not, takes Burn's cast,
-/// which records the op for backward (Burn exposes no test for "tracked" short of a leaf).
-/// Dtypes other than f32/bf16/f16 take Burn's cast too.
+/// one thread). For tensors of the plain CPU backend (`flex`: the inner tensors of by-hand
+/// gradients and untracked forwards) and burn-flex autodiff tensors outside the graph (a batch's
+/// video: 1 % of the seed model's bf16 step at micro-batch 1, the other core idle); a tracked
+/// tensor takes Burn's cast, which records the op for backward. Dtypes other than f32/bf16/f16
+/// take Burn's cast too.
 pub fn cast<B: Backend, const D: usize>(
     tensor: Tensor<B, D>,
     dtype: impl Into<FloatDType>,
@@ -119,7 +120,9 @@ pub fn cast<B: Backend, const D: usize>(
     let device = tensor.device();
     let from = tensor.dtype();
     let to = DType::from(dtype);
-    if from == to || !host_float(from) || !host_float(to) || !enabled::<B>(&device) {
+    let on_host = enabled::<B>(&device)
+        || (host_tensors::<B>(&device) && crate::tracked_ops::untracked(&tensor));
+    if from == to || !host_float(from) || !host_float(to) || !on_host {
         return tensor.cast(dtype);
     }
     let converted = match (from, to) {
@@ -582,5 +585,31 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    /// Under autodiff, a tensor outside the graph is converted here (the values of the plain
+    /// backend's cast, and a leaf that wants no gradient), while one in the graph takes Burn's
+    /// cast and its gradient still flows back through it.
+    #[test]
+    fn cast_under_autodiff_converts_untracked_tensors_and_keeps_tracked_ones_in_the_graph() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<TestBackend>;
+        let _rng = crate::rng_lock();
+        let device = Default::default();
+        let values = Tensor::<TestBackend, 2>::random([3, 70_001], Distribution::Default, &device);
+        let plain = cast(values.clone(), FloatDType::BF16).into_data();
+        let untracked = Tensor::<A, 2>::from_inner(values.clone());
+        let converted = cast(untracked, FloatDType::BF16);
+        assert!(crate::tracked_ops::untracked(&converted));
+        assert_eq!(converted.into_data(), plain);
+        let leaf = Tensor::<A, 2>::from_inner(values).require_grad();
+        let computed = leaf.clone() * 2.0;
+        assert!(!crate::tracked_ops::untracked(&computed));
+        let grads = cast(computed, FloatDType::BF16)
+            .cast(FloatDType::F32)
+            .sum()
+            .backward();
+        let gradient = leaf.grad(&grads).expect("the cast is in the graph");
+        assert_eq!(gradient.into_data().into_vec::<f32>().unwrap()[0], 2.0);
     }
 }

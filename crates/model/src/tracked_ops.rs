@@ -36,6 +36,18 @@ pub(crate) fn tracked_host<B: Backend, const D: usize>(
         .map(|tensor| *tensor)
 }
 
+/// Whether `tensor` is outside every autodiff graph: a tensor of a backend without autodiff, or
+/// an autodiff tensor that neither wants a gradient nor was computed from one that does. Such a
+/// tensor can be replaced by a new one with its values. (`Tensor::is_require_grad` is true only
+/// for leaves: a tensor computed from one reads false.)
+pub(crate) fn untracked<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
+    let primitive: Box<dyn Any> = Box::new(tensor.clone().into_primitive().tensor());
+    match primitive.downcast::<TrackedHost>() {
+        Ok(tracked) => tracked.node.requirement.is_none(),
+        Err(_) => !B::ad_enabled(&tensor.device()),
+    }
+}
+
 /// An op's output as a tensor of `B`, which its inputs showed to be `Autodiff<Flex>`.
 pub(crate) fn from_tracked_host<B: Backend, const D: usize>(tensor: TrackedHost) -> Tensor<B, D> {
     let tensor: Box<dyn Any> = Box::new(tensor);

@@ -250,9 +250,9 @@ pub(crate) fn tubelets<B: Backend>(video: Tensor<B, 5>, tubelet: [usize; 3]) -> 
     let device = video.device();
     // On the CPU, gathered by the pool's threads: burn-flex's permute below copies value by
     // value through a strided iterator on one thread (2.5 % of ViViT's bf16 step at
-    // micro-batch 1 with recompute, the other core idle). Only for a video that wants no
-    // gradient: the gathered tokens are a new leaf.
-    if crate::cpu_kernels::host_tensors::<B>(&device) && !video.is_require_grad() {
+    // micro-batch 1 with recompute, the other core idle). Only for a video outside the
+    // autodiff graph: the gathered tokens are a new leaf.
+    if crate::cpu_kernels::host_tensors::<B>(&device) && crate::tracked_ops::untracked(&video) {
         let dtype = video.dtype();
         let gathered = match dtype {
             DType::BF16 => gathered_tubelets::<bf16, B>(video, tubelet),
