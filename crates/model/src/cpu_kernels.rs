@@ -397,19 +397,9 @@ pub fn add_assign<B: Backend, const D: usize>(
             Err(sum) => return sum.add(addend),
         };
         let addend = stored::<T, B, D>(addend);
-        sum.values_mut()
-            .par_chunks_mut(CAST_CHUNK)
-            .zip(addend.par_chunks(CAST_CHUNK))
-            .for_each(|(sum, addend)| {
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (sum, &addend) in sum.iter_mut().zip(addend) {
-                            *sum = T::from_f32(sum.to_f32() + addend.to_f32());
-                        }
-                    },
-                )
-            });
+        update_from(sum.values_mut(), &addend, |sum, addend| {
+            *sum = T::from_f32(sum.to_f32() + addend.to_f32());
+        });
         sum.into_tensor()
     }
     if !host_tensors::<B>(&sum.device())
@@ -435,6 +425,16 @@ pub(crate) fn convert_into<S: Copy + Sync, T: Send>(
     target: &mut [T],
     each: impl Fn(S) -> T + Sync,
 ) {
+    update_from(target, source, |target, source| *target = each(source));
+}
+
+/// `each(&mut target[i], source[i])` for every `i`, in parallel over chunks of [`CAST_CHUNK`],
+/// each chunk's loop built for AVX-512 where the CPU has it ([`vectorized`]).
+fn update_from<S: Copy + Sync, T: Send>(
+    target: &mut [T],
+    source: &[S],
+    each: impl Fn(&mut T, S) + Sync,
+) {
     target
         .par_chunks_mut(CAST_CHUNK)
         .zip(source.par_chunks(CAST_CHUNK))
@@ -443,7 +443,7 @@ pub(crate) fn convert_into<S: Copy + Sync, T: Send>(
                 #[inline(always)]
                 || {
                     for (target, &source) in target.iter_mut().zip(source) {
-                        *target = each(source);
+                        each(target, source);
                     }
                 },
             )
