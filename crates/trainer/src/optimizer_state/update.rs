@@ -352,7 +352,10 @@ macro_rules! host_adam {
                 grad: Tensor<B, D>,
                 state: Option<Self::State<D>>,
             ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-                assert_eq!(self.0.decoupled, $decoupled, "AdamW's state is HostAdamW's");
+                assert_eq!(
+                    self.0.decoupled, $decoupled,
+                    "HostAdam steps Adam, HostAdamW steps AdamW (decoupled weight decay)"
+                );
                 let (tensor, momentum) =
                     host_adam_step(&self.0, lr, tensor, grad, state.map(|s| s.momentum));
                 (tensor, Some($state { momentum }))
