@@ -153,16 +153,21 @@ pub(crate) fn values<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B,
 }
 
 /// The values of a tensor as `T` (f32, bf16 or f16), in its logical order, read where burn-flex
-/// stores them when the tensor is a contiguous CPU tensor of that dtype, shared or not;
-/// otherwise cast and copied. `into_data` copies a shared tensor twice (into a byte vector, then
-/// again to realign it), and the inputs the stem's steps read are always shared: kept for
-/// their backward.
+/// stores them when the tensor is a contiguous CPU tensor of that dtype (plain or under
+/// autodiff, shared or not); otherwise cast and copied. `into_data` copies a shared tensor twice
+/// (into a byte vector, then again to realign it), and the inputs the stem's steps read are
+/// always shared: kept for their backward. A batch's video under autodiff was copied once per
+/// micro-batch by each host pass that reads it (its cast, ViViT's tubelets).
 pub(crate) fn stored<T: HostFloat, B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Stored<T> {
-    if tensor.dtype() == T::dtype()
-        && let Ok(flex) = into_flex(tensor.clone())
-        && flex.as_slice::<T>().is_some()
-    {
-        return Stored::InPlace(flex, std::marker::PhantomData);
+    if tensor.dtype() == T::dtype() {
+        let flex = into_flex(tensor.clone()).ok().or_else(|| {
+            crate::tracked_ops::tracked_host(tensor.clone()).map(|tracked| tracked.primitive)
+        });
+        if let Some(flex) = flex
+            && flex.as_slice::<T>().is_some()
+        {
+            return Stored::InPlace(flex, std::marker::PhantomData);
+        }
     }
     Stored::Copied(values(tensor))
 }

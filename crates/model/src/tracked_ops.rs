@@ -41,10 +41,9 @@ pub(crate) fn tracked_host<B: Backend, const D: usize>(
 /// tensor can be replaced by a new one with its values. (`Tensor::is_require_grad` is true only
 /// for leaves: a tensor computed from one reads false.)
 pub(crate) fn untracked<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
-    let primitive: Box<dyn Any> = Box::new(tensor.clone().into_primitive().tensor());
-    match primitive.downcast::<TrackedHost>() {
-        Ok(tracked) => tracked.node.requirement.is_none(),
-        Err(_) => !B::ad_enabled(&tensor.device()),
+    match tracked_host(tensor.clone()) {
+        Some(tracked) => tracked.node.requirement.is_none(),
+        None => !B::ad_enabled(&tensor.device()),
     }
 }
 
