@@ -68,7 +68,30 @@ impl PackRight for ClipColumns<'_, bf16> {
         let (k, n) = (ClipColumns::rows(self), self.length());
         let panels = n.div_ceil(COLUMNS);
         let band_panels = panels.div_ceil(rayon::current_num_threads().clamp(1, panels));
+        // The region's loop in the AVX-512 build: a closure handed to the pool is built for
+        // the baseline, and its copies of interleaved runs into the panels went 16 bytes at a
+        // time (5 % of the seed model's bf16 step at micro-batch 1).
         for_each_region(packed, [k, n], band_panels, |scratch, region| {
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || self.pack_region(scratch, region, [k, n], band_panels, path),
+            )
+        });
+    }
+}
+
+impl ClipColumns<'_, bf16> {
+    /// [`PackRight::pack`]'s work on one region of `band_panels` column panels.
+    #[inline(always)]
+    fn pack_region(
+        &self,
+        scratch: &mut (Vec<bf16>, Vec<u32>),
+        region: Region<'_>,
+        [k, n]: [usize; 2],
+        band_panels: usize,
+        path: Path,
+    ) {
+        {
             let first_column = region.band * band_panels * COLUMNS;
             let width = (band_panels * COLUMNS).min(n - first_column);
             let (pair_rows, interleaved) = scratch;
@@ -94,7 +117,7 @@ impl PackRight for ClipColumns<'_, bf16> {
                     *<&mut [u32; COLUMNS]>::try_from(target).expect("a panel row") = *run;
                 }
             }
-        });
+        }
     }
 }
 

@@ -32,6 +32,7 @@ struct TapSources {
 impl TapSources {
     /// The input frame and row read by output line `line` (`t'·h'` order), if neither is
     /// padding.
+    #[inline(always)]
     fn line(&self, line: usize) -> Option<(usize, usize)> {
         let h_out = self.rows.len();
         Some((self.frames[line / h_out]?, self.rows[line % h_out]?))
@@ -177,25 +178,12 @@ fn im2col_row_as_built<T: Copy + Default>(
     let [_, _, t, h, w] = map.geometry.input;
     let (taps, w_out) = (map.taps.len(), map.geometry.output[2]);
     let (channel, sources) = (row / taps, &map.taps[row % taps]);
-    let span = sources.columns;
     let volume = &clip[channel * t * h * w..][..t * h * w];
-    // Output columns `column..column + target.len()` of output line `line`.
-    let line_run = |line: usize, column: usize, target: &mut [T]| {
-        let Some((frame, input_row)) = sources.line(line) else {
-            target.fill(T::default());
-            return;
-        };
-        let end = column + target.len();
-        // Output columns `inside` read the input row; the others are padding.
-        let inside = span.first.clamp(column, end)..span.end.clamp(column, end);
-        target[..inside.start - column].fill(T::default());
-        target[inside.end - column..].fill(T::default());
-        if inside.start < inside.end {
-            let start = (frame * h + input_row) * w + span.source;
-            let input = &volume[start + (inside.start - span.first) * span.stride..];
-            let target = &mut target[inside.start - column..inside.end - column];
-            gather(target, input, span.stride);
-        }
+    let line_run = LineRun {
+        sources,
+        volume,
+        h,
+        w,
     };
     // The rest of the first line, then whole lines (the last one perhaps cut short).
     let (line, column) = (from / w_out, from % w_out);
@@ -206,16 +194,52 @@ fn im2col_row_as_built<T: Copy + Default>(
     };
     let (head_out, lines) = out.split_at_mut(head);
     if head > 0 {
-        line_run(line, column, head_out);
+        line_run.write(line, column, head_out);
     }
     let first_whole = line + usize::from(head > 0);
     for (line, target) in (first_whole..).zip(lines.chunks_mut(w_out)) {
-        line_run(line, 0, target);
+        line_run.write(line, 0, target);
+    }
+}
+
+/// One kernel tap's reads of one channel's `[t, h, w]` volume, output line by output line.
+struct LineRun<'a, T> {
+    sources: &'a TapSources,
+    volume: &'a [T],
+    h: usize,
+    w: usize,
+}
+
+impl<T: Copy + Default> LineRun<'_, T> {
+    /// Output columns `column..column + target.len()` of output line `line`. Always inlined:
+    /// as a closure it was a function of its own, built for the baseline CPU (3 % of the seed
+    /// model's bf16 step at micro-batch 1).
+    #[inline(always)]
+    fn write(&self, line: usize, column: usize, target: &mut [T]) {
+        let (span, w) = (self.sources.columns, self.w);
+        let Some((frame, input_row)) = self.sources.line(line) else {
+            target.fill(T::default());
+            return;
+        };
+        let end = column + target.len();
+        // Output columns `inside` read the input row; the others are padding.
+        let inside = span.first.clamp(column, end)..span.end.clamp(column, end);
+        target[..inside.start - column].fill(T::default());
+        target[inside.end - column..].fill(T::default());
+        if inside.start < inside.end {
+            let start = (frame * self.h + input_row) * w + span.source;
+            let input = &self.volume[start + (inside.start - span.first) * span.stride..];
+            let target = &mut target[inside.start - column..inside.end - column];
+            gather(target, input, span.stride);
+        }
     }
 }
 
 /// `out[k] = input[k · stride]`. Strides 1 and 2 (the stems' convolutions) get loops the
-/// compiler vectorises: a copy, and every second value of pairs.
+/// compiler vectorises: a copy, and every second value of pairs. Always inlined, as is
+/// [`scatter_add`]: called inside [`crate::cpu_kernels::vectorized`], a copy of its own was
+/// built for the baseline CPU (SSE2: 7 % of the seed model's bf16 step at micro-batch 1).
+#[inline(always)]
 fn gather<T: Copy>(out: &mut [T], input: &[T], stride: usize) {
     match stride {
         1 => out.copy_from_slice(&input[..out.len()]),
@@ -239,6 +263,7 @@ fn gather<T: Copy>(out: &mut [T], input: &[T], stride: usize) {
 /// `input[k · stride] += values[k]`, [`gather`]'s adjoint. Strides 1 and 2 get loops the
 /// compiler vectorises: through `step_by` every stride added one value at a time (col2im was 15 %
 /// of the 3-D ResNet's bf16 step at stop 42).
+#[inline(always)]
 fn scatter_add(input: &mut [f32], values: &[f32], stride: usize) {
     match stride {
         1 => {
