@@ -271,9 +271,15 @@ fn gradients_as<T: GemmOperand>(
             .fold(
                 || vec![0f64; outer],
                 |mut sums, row| {
-                    for (sum, value) in sums.iter_mut().zip(row) {
-                        *sum += f64::from(value.to_f32());
-                    }
+                    // In the AVX-512 build (rayon's fold closure is built for the baseline).
+                    crate::cpu_kernels::vectorized(
+                        #[inline(always)]
+                        || {
+                            for (sum, value) in sums.iter_mut().zip(row) {
+                                *sum += f64::from(value.to_f32());
+                            }
+                        },
+                    );
                     sums
                 },
             )
