@@ -91,31 +91,29 @@ impl ClipColumns<'_, bf16> {
         band_panels: usize,
         path: Path,
     ) {
-        {
-            let first_column = region.band * band_panels * COLUMNS;
-            let width = (band_panels * COLUMNS).min(n - first_column);
-            let (pair_rows, interleaved) = scratch;
-            pair_rows.resize(2 * width, bf16::ZERO);
-            interleaved.resize(band_panels * COLUMNS, 0);
-            for pair in 0..region.pairs {
-                let row = region.first_k + 2 * pair;
-                let (low, high) = pair_rows[..2 * width].split_at_mut(width);
-                self.row(row, first_column, low);
-                if row + 1 < k {
-                    self.row(row + 1, first_column, high);
-                } else {
-                    high.fill(bf16::ZERO);
-                }
-                // The band's run interleaved at once, then copied panel by panel: one
-                // interleave per panel cost more than the products it packed for.
-                let pair_rows = Matrix::row_major(pair_rows, 2, width, width);
-                pair_rows.pack_row_pair(0, 0, interleaved, path);
-                let (runs, _) = interleaved.as_chunks::<COLUMNS>();
-                let panels = region.values.chunks_exact_mut(region.pairs * COLUMNS);
-                for (panel, run) in panels.zip(runs) {
-                    let target = &mut panel[pair * COLUMNS..][..COLUMNS];
-                    *<&mut [u32; COLUMNS]>::try_from(target).expect("a panel row") = *run;
-                }
+        let first_column = region.band * band_panels * COLUMNS;
+        let width = (band_panels * COLUMNS).min(n - first_column);
+        let (pair_rows, interleaved) = scratch;
+        pair_rows.resize(2 * width, bf16::ZERO);
+        interleaved.resize(band_panels * COLUMNS, 0);
+        for pair in 0..region.pairs {
+            let row = region.first_k + 2 * pair;
+            let (low, high) = pair_rows[..2 * width].split_at_mut(width);
+            self.row(row, first_column, low);
+            if row + 1 < k {
+                self.row(row + 1, first_column, high);
+            } else {
+                high.fill(bf16::ZERO);
+            }
+            // The band's run interleaved at once, then copied panel by panel: one
+            // interleave per panel cost more than the products it packed for.
+            let pair_rows = Matrix::row_major(pair_rows, 2, width, width);
+            pair_rows.pack_row_pair(0, 0, interleaved, path);
+            let (runs, _) = interleaved.as_chunks::<COLUMNS>();
+            let panels = region.values.chunks_exact_mut(region.pairs * COLUMNS);
+            for (panel, run) in panels.zip(runs) {
+                let target = &mut panel[pair * COLUMNS..][..COLUMNS];
+                *<&mut [u32; COLUMNS]>::try_from(target).expect("a panel row") = *run;
             }
         }
     }

@@ -273,36 +273,13 @@ fn backward_as<T: HostFloat>(
                 crate::cpu_kernels::vectorized(
                     #[inline(always)]
                     || {
-                        let mut normalised = vec![0f32; width];
-                        let mut scaled = vec![0f32; width];
-                        for (row, (&mean, &inverse_std)) in
-                            means.iter().zip(inverse_stds).enumerate()
-                        {
-                            let span = row * width..(row + 1) * width;
-                            let (x, upstream) = (&x[span.clone()], &upstream[span.clone()]);
-                            let (mut scaled_sum, mut product_sum) = (0f32, 0f32);
-                            for index in 0..width {
-                                let dy = upstream[index].to_f32();
-                                let x_hat = (x[index].to_f32() - mean) * inverse_std;
-                                gamma_sums[index] += dy * x_hat;
-                                beta_sums[index] += dy;
-                                let g = dy * gamma[index];
-                                (normalised[index], scaled[index]) = (x_hat, g);
-                                scaled_sum += g;
-                                product_sum += g * x_hat;
-                            }
-                            if gradient.is_empty() {
-                                continue;
-                            }
-                            let (scaled_mean, product_mean) =
-                                (scaled_sum / width as f32, product_sum / width as f32);
-                            let row_gradient = &mut gradient[span];
-                            for index in 0..width {
-                                let value =
-                                    scaled[index] - scaled_mean - normalised[index] * product_mean;
-                                row_gradient[index] = T::from_f32(value * inverse_std);
-                            }
-                        }
+                        let rows = TaskRows {
+                            x,
+                            upstream,
+                            means,
+                            inverse_stds,
+                        };
+                        rows.add_gradients(gamma, gradient, &mut gamma_sums, &mut beta_sums)
                     },
                 );
                 (gamma_sums, beta_sums)
@@ -323,6 +300,58 @@ fn backward_as<T: HostFloat>(
         input,
         gamma: gamma_gradient,
         beta: beta_gradient,
+    }
+}
+
+/// One task's rows of a LayerNorm's backward: their input and upstream gradient (`width`
+/// values a row) and their statistics.
+struct TaskRows<'a, T> {
+    x: &'a [T],
+    upstream: &'a [T],
+    means: &'a [f32],
+    inverse_stds: &'a [f32],
+}
+
+impl<T: HostFloat> TaskRows<'_, T> {
+    /// Adds the rows' `∂y · x̂` and `∂y` to `gamma_sums` and `beta_sums`, and writes their input
+    /// gradient into `gradient` unless it is empty ([`backward_as`]).
+    #[inline(always)]
+    fn add_gradients(
+        &self,
+        gamma: &[f32],
+        gradient: &mut [T],
+        gamma_sums: &mut [f32],
+        beta_sums: &mut [f32],
+    ) {
+        let width = gamma.len();
+        let mut normalised = vec![0f32; width];
+        let mut scaled = vec![0f32; width];
+        let statistics = self.means.iter().zip(self.inverse_stds);
+        for (row, (&mean, &inverse_std)) in statistics.enumerate() {
+            let span = row * width..(row + 1) * width;
+            let (x, upstream) = (&self.x[span.clone()], &self.upstream[span.clone()]);
+            let (mut scaled_sum, mut product_sum) = (0f32, 0f32);
+            for index in 0..width {
+                let dy = upstream[index].to_f32();
+                let x_hat = (x[index].to_f32() - mean) * inverse_std;
+                gamma_sums[index] += dy * x_hat;
+                beta_sums[index] += dy;
+                let g = dy * gamma[index];
+                (normalised[index], scaled[index]) = (x_hat, g);
+                scaled_sum += g;
+                product_sum += g * x_hat;
+            }
+            if gradient.is_empty() {
+                continue;
+            }
+            let (scaled_mean, product_mean) =
+                (scaled_sum / width as f32, product_sum / width as f32);
+            let row_gradient = &mut gradient[span];
+            for index in 0..width {
+                let value = scaled[index] - scaled_mean - normalised[index] * product_mean;
+                row_gradient[index] = T::from_f32(value * inverse_std);
+            }
+        }
     }
 }
 
