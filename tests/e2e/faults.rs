@@ -270,6 +270,47 @@ fn signalled_run(
     (child.wait_with_output().unwrap(), run)
 }
 
+/// A Ctrl-C sent to vidtrain's process group can reach an ffmpeg that is still being started,
+/// before it moves to a group of its own: that decode failed the run with
+/// `on_bad_sample=error`, or was counted as a bad sample with `skip` (seen once in CI as
+/// `ctrl_c_and_sigterm_save_a_checkpoint_without_failing_the_decoders` finding "skipped").
+/// Here the first decode's ffmpeg stops itself with SIGINT; every other one is the real ffmpeg.
+#[test]
+fn a_decoder_stopped_by_a_signal_from_outside_decodes_again() {
+    let dir = scratch("faults-decoder-signalled");
+    let config = small_dataset(&dir);
+    let real = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|folder| folder.join("ffmpeg"))
+        .find(|candidate| candidate.is_file())
+        .expect("ffmpeg on PATH");
+    let first = dir.join("first-decode");
+    let stand_in = fake_tool(
+        &dir,
+        "ffmpeg",
+        &format!(
+            "if mkdir '{}' 2>/dev/null; then kill -INT $$; fi\nexec '{}' \"$@\"",
+            first.display(),
+            real.display()
+        ),
+    );
+    let mut args = vec![
+        "train",
+        "--config",
+        &config,
+        "train.max_epochs=1",
+        "data.on_bad_sample=error",
+    ];
+    args.extend(TINY_MODEL);
+    let output = vidtrain_with(&dir, &args, |command| {
+        command.env("VIDTRAIN_FFMPEG", &stand_in);
+    });
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(first.is_dir(), "the stand-in ffmpeg never ran");
+    assert!(!stderr(&output).contains("skipped"), "{}", stderr(&output));
+}
+
 #[test]
 fn ctrl_c_and_sigterm_save_a_checkpoint_without_failing_the_decoders() {
     let dir = scratch("faults-signals");

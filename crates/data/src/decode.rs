@@ -108,6 +108,24 @@ impl FrameDecoder {
         spatial: SpatialTransform,
         out: &mut [u8],
     ) -> Result<()> {
+        self.decode_attempt(path, info, frame_indices, spatial, out, 1)
+    }
+
+    /// [`FrameDecoder::decode_transformed`], run again (up to `retries` times) when ffmpeg was
+    /// stopped by a signal from outside: a Ctrl-C or SIGTERM sent to vidtrain's process group
+    /// can reach an ffmpeg that is still being started, before it moves to a group of its own
+    /// (`in_own_process_group`), and no file makes ffmpeg die of SIGINT. Reported, that decode
+    /// failed a run with `on_bad_sample=error` or was counted as a bad sample with `skip`
+    /// while the run was only being stopped (it stops at its next step).
+    fn decode_attempt(
+        &self,
+        path: &Path,
+        info: &VideoInfo,
+        frame_indices: &[usize],
+        spatial: SpatialTransform,
+        out: &mut [u8],
+        retries: u32,
+    ) -> Result<()> {
         let frame_bytes = self.frame_bytes();
         assert_eq!(
             out.len(),
@@ -202,6 +220,10 @@ impl FrameDecoder {
             .filter(|line| !line.trim().is_empty())
             .collect();
         if !status.success() {
+            if retries > 0 && stopped_from_outside(&status) {
+                tracing::debug!(path = %path.display(), "ffmpeg was stopped by {status}; decoding again");
+                return self.decode_attempt(path, info, frame_indices, spatial, out, retries - 1);
+            }
             return Err(decode_error(format!(
                 "ffmpeg exited with {status}: {}",
                 error_lines.last().copied().unwrap_or("no message")
@@ -228,6 +250,22 @@ impl FrameDecoder {
         }
         expand_repeats(frame_indices, frame_bytes, out);
         Ok(())
+    }
+}
+
+/// Whether ffmpeg ended on a signal that asks a process to stop (SIGINT, SIGTERM, SIGHUP,
+/// SIGQUIT) rather than failing on its input. vidtrain's own kills (the decode watchdog) are
+/// SIGKILL and are reported as timeouts before this is asked.
+fn stopped_from_outside(status: &std::process::ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        matches!(status.signal(), Some(1 | 2 | 3 | 15))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = status;
+        false
     }
 }
 
