@@ -108,24 +108,6 @@ impl FrameDecoder {
         spatial: SpatialTransform,
         out: &mut [u8],
     ) -> Result<()> {
-        self.decode_attempt(path, info, frame_indices, spatial, out, 1)
-    }
-
-    /// [`FrameDecoder::decode_transformed`], run again (up to `retries` times) when ffmpeg was
-    /// stopped by a signal from outside: a Ctrl-C or SIGTERM sent to vidtrain's process group
-    /// can reach an ffmpeg that is still being started, before it moves to a group of its own
-    /// (`in_own_process_group`), and no file makes ffmpeg die of SIGINT. Reported, that decode
-    /// failed a run with `on_bad_sample=error` or was counted as a bad sample with `skip`
-    /// while the run was only being stopped (it stops at its next step).
-    fn decode_attempt(
-        &self,
-        path: &Path,
-        info: &VideoInfo,
-        frame_indices: &[usize],
-        spatial: SpatialTransform,
-        out: &mut [u8],
-        retries: u32,
-    ) -> Result<()> {
         let frame_bytes = self.frame_bytes();
         assert_eq!(
             out.len(),
@@ -148,16 +130,109 @@ impl FrameDecoder {
         unique.dedup();
         let wanted_bytes = unique.len() * frame_bytes;
 
-        // `n` in `select` counts from the seek point. Seeking half a frame early keeps the first
-        // wanted frame (rounding the seek time up past its timestamp would drop it).
-        let mut command = self.command(path, info, &unique, spatial);
-        command.args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
         let decode_error = |message: String| Error::Decode {
             path: path.to_path_buf(),
             first_frame: first,
             last_frame: last,
             message,
         };
+        // A Ctrl-C or SIGTERM sent to vidtrain's process group can reach an ffmpeg that is
+        // still being started, before it moves to a group of its own (`in_own_process_group`),
+        // and no file makes ffmpeg die of such a signal: that run is made once more instead of
+        // failing the sample (with `skip`, counting it as bad) while the run is only being
+        // stopped at its next step.
+        let mut retried = false;
+        let FfmpegRun {
+            status,
+            read: read_result,
+            extra,
+            stderr: stderr_text,
+            timed_out,
+        } = loop {
+            let run = self.run_ffmpeg(
+                path,
+                info,
+                &unique,
+                spatial,
+                &mut out[..wanted_bytes],
+                &decode_error,
+            )?;
+            if !retried && !run.timed_out && stopped_from_outside(&run.status) {
+                tracing::debug!(path = %path.display(), "ffmpeg was stopped by {}; decoding again", run.status);
+                retried = true;
+                continue;
+            }
+            break run;
+        };
+
+        if timed_out {
+            return Err(Error::DecodeTimeout {
+                path: path.to_path_buf(),
+                seconds: self.timeout.as_secs(),
+            });
+        }
+        let got = read_result.map_err(|error| decode_error(format!("reading frames: {error}")))?;
+        let error_lines: Vec<&str> = stderr_text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        if !status.success() {
+            return Err(decode_error(format!(
+                "ffmpeg exited with {status}: {}",
+                error_lines.last().copied().unwrap_or("no message")
+            )));
+        }
+        if got < wanted_bytes {
+            return Err(Error::ShortRead {
+                path: path.to_path_buf(),
+                first_frame: first,
+                last_frame: last,
+                expected_frames: unique.len(),
+                got_frames: got / frame_bytes,
+            });
+        }
+        if extra > 0 {
+            return Err(decode_error(format!(
+                "ffmpeg produced {extra} bytes more than the {} frames asked for",
+                unique.len()
+            )));
+        }
+        if !error_lines.is_empty() {
+            // Every frame arrived and ffmpeg exited 0: concealed damage, worth a warning only.
+            tracing::warn!(path = %path.display(), "ffmpeg reported: {}", error_lines.join(" | "));
+        }
+        expand_repeats(frame_indices, frame_bytes, out);
+        Ok(())
+    }
+}
+
+/// What one ffmpeg run of a decode left: its exit status, how many bytes of frames it wrote,
+/// the bytes it wrote past those, its stderr, and whether the watchdog killed it.
+struct FfmpegRun {
+    status: std::process::ExitStatus,
+    read: std::io::Result<usize>,
+    extra: u64,
+    stderr: String,
+    timed_out: bool,
+}
+
+impl FrameDecoder {
+    /// Runs ffmpeg once for `unique` (sorted, distinct) frames into `out`: always waited for,
+    /// stderr drained on a thread of its own, killed with its process group past the timeout.
+    /// Failing to start or wait for it is `decode_error`'s (a missing program its own error).
+    fn run_ffmpeg(
+        &self,
+        path: &Path,
+        info: &VideoInfo,
+        unique: &[usize],
+        spatial: SpatialTransform,
+        out: &mut [u8],
+        decode_error: &impl Fn(String) -> Error,
+    ) -> Result<FfmpegRun> {
+        // `n` in `select` counts from the seek point. Seeking half a frame early keeps the first
+        // wanted frame (rounding the seek time up past its timestamp would drop it).
+        let mut command = self.command(path, info, unique, spatial);
+        command.args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
         let mut child = command.spawn().map_err(|error| {
             if error.kind() == std::io::ErrorKind::NotFound {
                 Error::ToolMissing {
@@ -196,7 +271,7 @@ impl FrameDecoder {
             })
         };
 
-        let read_result = read_full(&mut stdout, &mut out[..wanted_bytes]);
+        let read = read_full(&mut stdout, out);
         // Anything past the expected bytes means the select went wrong; drain it so ffmpeg exits.
         let extra = std::io::copy(&mut stdout, &mut std::io::sink()).unwrap_or(0);
         drop(done_sender);
@@ -206,50 +281,14 @@ impl FrameDecoder {
             .map_err(|_| decode_error("ffmpeg handle poisoned".into()))?
             .wait()
             .map_err(|error| decode_error(format!("waiting for ffmpeg: {error}")))?;
-        let stderr_text = stderr_thread.join().unwrap_or_default();
-
-        if timed_out {
-            return Err(Error::DecodeTimeout {
-                path: path.to_path_buf(),
-                seconds: self.timeout.as_secs(),
-            });
-        }
-        let got = read_result.map_err(|error| decode_error(format!("reading frames: {error}")))?;
-        let error_lines: Vec<&str> = stderr_text
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .collect();
-        if !status.success() {
-            if retries > 0 && stopped_from_outside(&status) {
-                tracing::debug!(path = %path.display(), "ffmpeg was stopped by {status}; decoding again");
-                return self.decode_attempt(path, info, frame_indices, spatial, out, retries - 1);
-            }
-            return Err(decode_error(format!(
-                "ffmpeg exited with {status}: {}",
-                error_lines.last().copied().unwrap_or("no message")
-            )));
-        }
-        if got < wanted_bytes {
-            return Err(Error::ShortRead {
-                path: path.to_path_buf(),
-                first_frame: first,
-                last_frame: last,
-                expected_frames: unique.len(),
-                got_frames: got / frame_bytes,
-            });
-        }
-        if extra > 0 {
-            return Err(decode_error(format!(
-                "ffmpeg produced {extra} bytes more than the {} frames asked for",
-                unique.len()
-            )));
-        }
-        if !error_lines.is_empty() {
-            // Every frame arrived and ffmpeg exited 0: concealed damage, worth a warning only.
-            tracing::warn!(path = %path.display(), "ffmpeg reported: {}", error_lines.join(" | "));
-        }
-        expand_repeats(frame_indices, frame_bytes, out);
-        Ok(())
+        let stderr = stderr_thread.join().unwrap_or_default();
+        Ok(FfmpegRun {
+            status,
+            read,
+            extra,
+            stderr,
+            timed_out,
+        })
     }
 }
 
