@@ -279,12 +279,7 @@ fn signalled_run(
 fn a_decoder_stopped_by_a_signal_from_outside_decodes_again() {
     let dir = scratch("faults-decoder-signalled");
     let config = small_dataset(&dir);
-    let real = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|folder| folder.join("ffmpeg"))
-        .find(|candidate| candidate.is_file())
-        .expect("ffmpeg on PATH");
+    let real = vidtrain_data::find_tool("ffmpeg").expect("ffmpeg on PATH");
     let first = dir.join("first-decode");
     let stand_in = fake_tool(
         &dir,
