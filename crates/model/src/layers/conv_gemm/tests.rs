@@ -171,6 +171,12 @@ fn direct_convolutions_equal_the_f32_route() {
         ([2, 33, 2, 3, 4], 7, [1, 1, 1], [0, 0, 0]),
         // Padding of one less than the kernel: the rows' shared gap is the whole padding.
         ([1, 3, 3, 5, 4], 5, [3, 3, 3], [2, 2, 1]),
+        // Clips whose layouts outgrow the weight gradient's sums: summed block by block of
+        // positions (1452 units of pairs in blocks of 256).
+        ([1, 4, 6, 20, 20], 6, [3, 3, 3], [1, 1, 1]),
+        // Many channels on a small volume: both clips stay pending and are multiplied into the
+        // gradient's order at the end, over more positions than a block.
+        ([2, 96, 4, 12, 12], 96, [3, 3, 3], [1, 1, 1]),
     ];
     for (input, channels_out, kernel, padding) in geometries {
         let output =
