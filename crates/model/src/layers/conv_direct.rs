@@ -40,8 +40,8 @@ pub(crate) trait DirectOperand: HostFloat {
     /// Which kernel multiplies: an instruction set's, or plain Rust.
     type Path: Copy + Send + Sync + std::fmt::Debug;
 
-    /// `units` seen as their values: value `offset` of unit `u` at `PER_UNIT · u + offset`.
-    fn unit_values(units: &mut [Self::Unit]) -> &mut [Self];
+    /// The unit of `value(0)` (and `value(1)` for pairs).
+    fn unit(value: impl Fn(usize) -> Self) -> Self::Unit;
 
     /// `tile += Σ` over `segments` and their units of `a`'s row times `b`'s row.
     fn strided_tile(
@@ -84,9 +84,9 @@ impl DirectOperand for bf16 {
     const PER_UNIT: usize = 2;
     type Path = Path;
 
-    /// The lower value of a pair in the low half: on x86 (little-endian) the first of the two.
-    fn unit_values(units: &mut [u32]) -> &mut [bf16] {
-        bytemuck::cast_slice_mut(units)
+    #[inline(always)]
+    fn unit(value: impl Fn(usize) -> Self) -> u32 {
+        u32::from(value(0).to_bits()) | u32::from(value(1).to_bits()) << 16
     }
 
     fn strided_tile(
@@ -148,8 +148,9 @@ impl DirectOperand for f32 {
     const PER_UNIT: usize = 1;
     type Path = F32Path;
 
-    fn unit_values(units: &mut [f32]) -> &mut [f32] {
-        units
+    #[inline(always)]
+    fn unit(value: impl Fn(usize) -> Self) -> f32 {
+        value(0)
     }
 
     fn strided_tile(
@@ -355,9 +356,9 @@ struct WeightLayout {
 }
 
 impl<U: Copy + Default + Send + Sync> TapPanels<U> {
-    /// Panel by panel and a block of [`PANEL_BLOCK`] units at a time: each channel pair's run
-    /// of taps read in order into a block of the panel's values (27 KiB for bf16 at 27 taps,
-    /// in L1), then each tap's run of the block copied to its place. Gathered value by value
+    /// Panel by panel and a block of [`PANEL_BLOCK`] units at a time: each unit's runs of taps
+    /// (a pair's two channels' runs for bf16) read in order into a block of the panel's units
+    /// (27 KiB at 27 taps, in L1), then each tap's run of the block copied to its place. Gathered value by value
     /// through a closure per pair of channels, packing was 4 % of r3d_18's bf16 step at
     /// micro-batch 1 (twice per step and clip: the forward's weight and the input gradient's);
     /// written straight to their places, a tap's values lie `units · COLUMNS` apart (32 KiB at
@@ -380,33 +381,34 @@ impl<U: Copy + Default + Send + Sync> TapPanels<U> {
                 crate::cpu_kernels::vectorized(
                     #[inline(always)]
                     || {
-                        let values = T::unit_values(values);
                         let outputs = panel * COLUMNS..channels_out.min((panel + 1) * COLUMNS);
                         // One tap's units of the block: a run of the panel's values.
-                        let run_len = PANEL_BLOCK * COLUMNS * T::PER_UNIT;
-                        let mut block = vec![T::from_f32(0.0); taps * run_len];
+                        let run_len = PANEL_BLOCK * COLUMNS;
+                        let mut block = vec![U::default(); taps * run_len];
                         for first_unit in (0..units).step_by(PANEL_BLOCK) {
                             let block_units = PANEL_BLOCK.min(units - first_unit);
-                            let last = channels_in.min((first_unit + PANEL_BLOCK) * T::PER_UNIT);
-                            if last < (first_unit + PANEL_BLOCK) * T::PER_UNIT {
-                                block.fill(T::from_f32(0.0));
-                            }
                             for (column, output) in outputs.clone().enumerate() {
-                                for input in first_unit * T::PER_UNIT..last {
-                                    let (unit, offset) = (input / T::PER_UNIT, input % T::PER_UNIT);
-                                    let at = output * output_stride + input * input_stride;
-                                    let first = ((unit - first_unit) * COLUMNS + column)
-                                        * T::PER_UNIT
-                                        + offset;
-                                    for (tap, &value) in weight[at..][..taps].iter().enumerate() {
-                                        let tap = if flipped { taps - 1 - tap } else { tap };
-                                        block[tap * run_len + first] = value;
+                                for unit in first_unit..first_unit + block_units {
+                                    let first_input = unit * T::PER_UNIT;
+                                    // The last unit's missing channel reads as zero.
+                                    let inputs = T::PER_UNIT.min(channels_in - first_input);
+                                    let at = output * output_stride + first_input * input_stride;
+                                    let place = (unit - first_unit) * COLUMNS + column;
+                                    for tap in 0..taps {
+                                        let read = if flipped { taps - 1 - tap } else { tap };
+                                        block[tap * run_len + place] = T::unit(|offset| {
+                                            if offset < inputs {
+                                                weight[at + offset * input_stride + read]
+                                            } else {
+                                                T::from_f32(0.0)
+                                            }
+                                        });
                                     }
                                 }
                             }
-                            let len = block_units * COLUMNS * T::PER_UNIT;
+                            let len = block_units * COLUMNS;
                             for (tap, run) in block.chunks_exact(run_len).enumerate() {
-                                let at = (tap * units + first_unit) * COLUMNS * T::PER_UNIT;
+                                let at = (tap * units + first_unit) * COLUMNS;
                                 values[at..][..len].copy_from_slice(&run[..len]);
                             }
                         }
