@@ -299,6 +299,7 @@ fn stopped_from_outside(status: &std::process::ExitStatus) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::process::ExitStatusExt;
+        // SIGHUP, SIGINT, SIGQUIT, SIGTERM (the same numbers on every Unix vidtrain runs on).
         matches!(status.signal(), Some(1 | 2 | 3 | 15))
     }
     #[cfg(not(unix))]

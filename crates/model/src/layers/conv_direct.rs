@@ -358,11 +358,11 @@ struct WeightLayout {
 impl<U: Copy + Default + Send + Sync> TapPanels<U> {
     /// Panel by panel and a block of [`PANEL_BLOCK`] units at a time: each unit's runs of taps
     /// (a pair's two channels' runs for bf16) read in order into a block of the panel's units
-    /// (27 KiB at 27 taps, in L1), then each tap's run of the block copied to its place. Gathered value by value
-    /// through a closure per pair of channels, packing was 4 % of r3d_18's bf16 step at
-    /// micro-batch 1 (twice per step and clip: the forward's weight and the input gradient's);
-    /// written straight to their places, a tap's values lie `units · COLUMNS` apart (32 KiB at
-    /// 512 inputs: every tap's store in the same L1 set).
+    /// (27 KiB at 27 taps, in L1), then each tap's run of the block copied to its place.
+    /// Gathered value by value through a closure per pair of channels, packing was 4 % of
+    /// r3d_18's bf16 step at micro-batch 1 (twice per clip: the forward's weight and the input
+    /// gradient's); written straight to their places, a tap's units lie `units · COLUMNS`
+    /// apart (32 KiB at 512 inputs: every tap's store in the same L1 set).
     fn new<T: DirectOperand<Unit = U>>(weight: &[T], layout: WeightLayout) -> Self {
         let WeightLayout {
             dims: [channels_out, channels_in, taps],
@@ -778,13 +778,18 @@ impl<T: DirectOperand> WeightGradient<T> {
         units * size_of::<T::Unit>()
     }
 
-    /// Bytes of the sums, every tap's.
-    fn sums_bytes(&self) -> usize {
+    /// Values of the sums, every tap's.
+    fn sums_len(&self) -> usize {
         let (rows, columns) = self.tile_rows_and_columns();
-        self.volume.tap_offsets().len() * rows * columns * size_of::<f32>()
+        self.volume.tap_offsets().len() * rows * columns
     }
 
-    /// The pending clips' products as [`Self::add_products`] reads them.
+    /// Bytes of the sums.
+    fn sums_bytes(&self) -> usize {
+        self.sums_len() * size_of::<f32>()
+    }
+
+    /// The pending clips' layouts as [`PendingProducts::add_to`] reads them.
     fn products(&self) -> PendingProducts<'_, T::Unit> {
         let (rows, columns) = self.tile_rows_and_columns();
         let (row_units, input_units) = self.units();
@@ -810,7 +815,7 @@ impl<T: DirectOperand> WeightGradient<T> {
         }
         let (rows, columns) = self.tile_rows_and_columns();
         if self.sums.is_empty() {
-            self.sums = filled(self.sums_bytes() / size_of::<f32>(), 0.0);
+            self.sums = filled(self.sums_len(), 0.0);
         }
         let offsets = self.volume.tap_offsets();
         let row_units = self.units().0;
