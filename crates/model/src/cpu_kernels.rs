@@ -50,6 +50,15 @@ pub(crate) fn reference() -> bool {
     })
 }
 
+/// `VIDTRAIN_CPU_KERNELS=no-amx`: vidtrain's kernels without AMX tiles (bf16 products on
+/// AVX512_BF16 where the CPU has both): a user's way around a tile fault, and the A/B of the
+/// tiles in one binary.
+pub(crate) fn amx_refused() -> bool {
+    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSED
+        .get_or_init(|| std::env::var("VIDTRAIN_CPU_KERNELS").is_ok_and(|value| value == "no-amx"))
+}
+
 /// Runs `kernel` compiled for AVX-512 (F, BW, DQ, VL) where this CPU has it, and as built (the
 /// x86-64 baseline: SSE2) elsewhere; the same arithmetic either way, so the same results. The
 /// element-wise loops of vidtrain's CPU kernels vectorise as the compiler sees fit for the

@@ -13,8 +13,13 @@
 //! `b` stays in the L1 cache while every panel of `a` passes over it. The compute pool's
 //! threads each own a band of `c`'s rows.
 //!
-//! The one `unsafe` here is the call into the AVX512_BF16 kernel after the CPU has been asked for
-//! the instruction (`docs/decisions/0013-avx512-bf16-kernel.md`).
+//! Where the CPU has AMX-BF16 tiles ([`amx`]), the packed product multiplies its tiles there
+//! instead, 32 × 32 of `c` at a time; the strided tiles and the packing stay on AVX-512.
+//!
+//! The `unsafe` here is the call into the AVX512_BF16 kernel after the CPU has been asked for
+//! the instruction (`docs/decisions/0013-avx512-bf16-kernel.md`), and [`amx`]'s assembly.
+
+mod amx;
 
 use burn::tensor::bf16;
 use rayon::prelude::*;
@@ -30,6 +35,9 @@ pub const K_BLOCK: usize = 256;
 /// How a product is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
+    /// AMX-BF16's `tdpbf16ps` for packed products, AVX512_BF16 for everything else, where the
+    /// CPU has both and the system lets the process use the tiles.
+    Amx,
     /// AVX512_BF16's `vdpbf16ps`, where the CPU has it.
     Avx512Bf16,
     /// The same packing and tiles in plain Rust, for every CPU (and the tests of the packing).
@@ -37,19 +45,29 @@ pub enum Path {
 }
 
 impl Path {
-    /// The bf16 dot-product instruction where this CPU has it and `VIDTRAIN_CPU_KERNELS` does
-    /// not say `reference`; `None` otherwise (the callers then compute in f32).
+    /// AMX tiles (unless `VIDTRAIN_CPU_KERNELS=no-amx`), else the bf16 dot-product
+    /// instruction, where this CPU has them and `VIDTRAIN_CPU_KERNELS` does not say
+    /// `reference`; `None` otherwise (the callers then compute in f32).
     pub fn fastest() -> Option<Path> {
         static FASTEST: std::sync::OnceLock<Option<Path>> = std::sync::OnceLock::new();
         *FASTEST.get_or_init(|| {
-            let path = Path::Avx512Bf16;
-            (path.available() && !crate::cpu_kernels::reference()).then_some(path)
+            if crate::cpu_kernels::reference() {
+                return None;
+            }
+            [Path::Amx, Path::Avx512Bf16]
+                .into_iter()
+                .filter(|&path| path != Path::Amx || !crate::cpu_kernels::amx_refused())
+                .find(|path| path.available())
         })
     }
 
     /// How bf16 convolutions compute on this CPU, for the training log.
     pub fn describe_cpu_route() -> &'static str {
         match Path::fastest() {
+            Some(Path::Amx) => {
+                "bf16 convolutions multiply bf16 on AMX-BF16 tiles (tdpbf16ps: packed products) \
+                 and AVX512_BF16 (vdpbf16ps: direct convolutions)"
+            }
             Some(_) => "bf16 convolutions multiply bf16 on AVX512_BF16 (vdpbf16ps)",
             None if crate::cpu_kernels::reference() => {
                 "bf16 convolutions compute in f32 (VIDTRAIN_CPU_KERNELS=reference)"
@@ -69,6 +87,15 @@ impl Path {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Path::Avx512Bf16 => false,
+            Path::Amx => Path::Avx512Bf16.available() && amx::available(),
+        }
+    }
+
+    /// The path of everything but the packed product's tiles: packing, strided tiles.
+    fn vectors(self) -> Path {
+        match self {
+            Path::Amx => Path::Avx512Bf16,
+            path => path,
         }
     }
 }
@@ -145,7 +172,7 @@ impl Matrix<'_, bf16> {
         let count = (2 * pairs).min(self.rows - first_k);
         let width = panel.min(self.columns.saturating_sub(first));
         let column_start = |column: usize| (first + column) * self.column_stride + first_k;
-        let transposed_pairs = match path {
+        let transposed_pairs = match path.vectors() {
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Bf16 if panel <= 2 * avx512_bf16::PAIRS => {
                 let pairs = count / 2 / avx512_bf16::PAIRS * avx512_bf16::PAIRS;
@@ -202,7 +229,7 @@ impl Matrix<'_, bf16> {
                     &self.values[high..high + width],
                 );
                 // Whole vectors of pairs on AVX-512, the rest value by value.
-                let done = match path {
+                let done = match path.vectors() {
                     #[cfg(target_arch = "x86_64")]
                     #[allow(unsafe_code)]
                     // SAFETY: `gemm` asserted `Path::available` (AVX-512F among it), the only
@@ -261,16 +288,19 @@ pub struct PackedLeft {
     packed: Vec<u32>,
     rows: usize,
     columns: usize,
+    /// Packed for AMX tiles (row by row) rather than for the vector kernel.
+    for_tiles: bool,
 }
 
 impl PackedLeft {
     pub fn new(a: Matrix<'_>, path: Path) -> Self {
         let mut packed = Vec::new();
-        pack(a.transposed(), ROWS, &mut packed, path);
+        pack_left(a, &mut packed, path);
         Self {
             packed,
             rows: a.rows,
             columns: a.columns,
+            for_tiles: path == Path::Amx,
         }
     }
 }
@@ -349,40 +379,58 @@ pub fn product(
     let (a_buffer, b_packed) = &mut packed;
     let a_packed: &[u32] = match a {
         Left::Matrix(a) => {
-            pack(a.transposed(), ROWS, a_buffer, path);
+            pack_left(a, a_buffer, path);
             a_buffer
         }
-        Left::Packed(a) => &a.packed,
+        Left::Packed(a) => {
+            assert_eq!(
+                a.for_tiles,
+                path == Path::Amx,
+                "a left operand packed for another path"
+            );
+            &a.packed
+        }
     };
-    b.pack(b_packed, path);
-    let row_panels = m.div_ceil(ROWS);
+    b.pack(b_packed, path.vectors());
+    // A panel of `a` per tile's rows, each block's pairs padded to whole steps on AMX.
+    let (panel_rows, panel_pairs): (usize, fn(usize) -> usize) = match path {
+        Path::Amx => (amx::ROWS, amx::padded_pairs),
+        _ => (ROWS, |pairs| pairs),
+    };
+    let row_panels = m.div_ceil(panel_rows);
     let threads = rayon::current_num_threads().clamp(1, row_panels);
     let panels_per_band = row_panels.div_ceil(threads);
     let b_packed = &b_packed[..];
     c[..(m - 1) * c_stride + n]
-        .par_chunks_mut(panels_per_band * ROWS * c_stride)
+        .par_chunks_mut(panels_per_band * panel_rows * c_stride)
         .enumerate()
         .for_each(|(band, c_band)| {
             let first_panel = band * panels_per_band;
             let panels = panels_per_band.min(row_panels - first_panel);
+            let mut tiles = (path == Path::Amx).then(amx::Tiles::configure);
             let (mut a_block, mut b_block) = (a_packed, b_packed);
             for (block, (_, pairs)) in k_blocks(k).enumerate() {
                 let overwrite = block == 0 && update == Update::Overwrite;
-                let (a_here, a_rest) = a_block.split_at(row_panels * pairs * ROWS);
+                let a_panel_len = panel_pairs(pairs) * panel_rows;
+                let (a_here, a_rest) = a_block.split_at(row_panels * a_panel_len);
                 let (b_here, b_rest) = b_block.split_at(n.div_ceil(COLUMNS) * pairs * COLUMNS);
                 (a_block, b_block) = (a_rest, b_rest);
                 for (column_panel, b_panel) in b_here.chunks_exact(pairs * COLUMNS).enumerate() {
                     for panel in first_panel..first_panel + panels {
-                        let a_panel = &a_here[panel * pairs * ROWS..][..pairs * ROWS];
+                        let a_panel = &a_here[panel * a_panel_len..][..a_panel_len];
                         let first_column = column_panel * COLUMNS;
-                        let start = (panel - first_panel) * ROWS * c_stride + first_column;
+                        let start = (panel - first_panel) * panel_rows * c_stride + first_column;
                         let tile = TileOfC {
-                            rows: ROWS.min(m - panel * ROWS),
+                            rows: panel_rows.min(m - panel * panel_rows),
                             columns: COLUMNS.min(n - first_column),
                             stride: c_stride,
                             overwrite,
                         };
-                        multiply(path, a_panel, b_panel, &mut c_band[start..], tile);
+                        let c = &mut c_band[start..];
+                        match &mut tiles {
+                            Some(tiles) => tiles.multiply(a_panel, b_panel, pairs, c, tile),
+                            None => multiply(path, a_panel, b_panel, c, tile),
+                        }
                     }
                 }
             }
@@ -517,7 +565,7 @@ pub fn strided_tile(
     if !operands.checked(segments) {
         return;
     }
-    match path {
+    match path.vectors() {
         Path::Portable => strided_tile_portable(operands, segments, tile),
         #[cfg(target_arch = "x86_64")]
         Path::Avx512Bf16 => {
@@ -531,6 +579,7 @@ pub fn strided_tile(
         }
         #[cfg(not(target_arch = "x86_64"))]
         Path::Avx512Bf16 => unreachable!("asserted the path is available"),
+        Path::Amx => unreachable!("strided tiles run on the tiles' vector path"),
     }
 }
 
@@ -574,6 +623,7 @@ fn multiply(path: Path, a_panel: &[u32], b_panel: &[u32], c: &mut [f32], tile: T
         }
         #[cfg(not(target_arch = "x86_64"))]
         Path::Avx512Bf16 => unreachable!("gemm asserted the path is available"),
+        Path::Amx => unreachable!("the product multiplies AMX tiles itself"),
     }
 }
 
@@ -806,6 +856,87 @@ mod avx512_bf16 {
     const _: () = assert!(COLUMNS == 32 && size_of::<__m512>() == 64);
 }
 
+/// `a` (`m × k`) packed as the left operand of a product on `path`: as its transpose in panels
+/// of [`ROWS`] for the vector kernel ([`pack`]); for AMX tiles in blocks of [`K_BLOCK`] `k`,
+/// each a run of panels of [`amx::ROWS`] rows laid out row by row, `[block][panel][row][pair]`,
+/// every row's pairs padded with zeros to [`amx::padded_pairs`] (and rows past `m` zero).
+fn pack_left(a: Matrix<'_>, packed: &mut Vec<u32>, path: Path) {
+    if path != Path::Amx {
+        pack(a.transposed(), ROWS, packed, path);
+        return;
+    }
+    let panels = a.rows.div_ceil(amx::ROWS);
+    let blocks: Vec<_> = k_blocks(a.columns).collect();
+    let total: usize = blocks
+        .iter()
+        .map(|&(_, pairs)| panels * amx::ROWS * amx::padded_pairs(pairs))
+        .sum();
+    // Every value is written below (padding included), as in `pack`.
+    packed.resize(total, 0);
+    let mut tasks = Vec::with_capacity(blocks.len() * panels);
+    let mut rest = &mut packed[..];
+    for (first_k, pairs) in blocks {
+        let panel_len = amx::ROWS * amx::padded_pairs(pairs);
+        let (block, after) = rest.split_at_mut(panels * panel_len);
+        rest = after;
+        tasks.extend(
+            block
+                .chunks_exact_mut(panel_len)
+                .enumerate()
+                .map(|(panel, values)| (first_k, pairs, panel * amx::ROWS, values)),
+        );
+    }
+    let vectors = path.vectors();
+    let bits = |value: &bf16| u32::from(value.to_bits());
+    tasks
+        .into_par_iter()
+        .for_each(|(first_k, pairs, first_row, values)| {
+            let padded = amx::padded_pairs(pairs);
+            let count = (2 * pairs).min(a.columns - first_k);
+            if a.column_stride == 1 {
+                // Rows of `a` are runs of `k`: each row's pairs are its values two by two.
+                for (row, packed) in values.chunks_exact_mut(padded).enumerate() {
+                    let row = first_row + row;
+                    if row >= a.rows {
+                        packed.fill(0);
+                        continue;
+                    }
+                    let start = row * a.row_stride + first_k;
+                    let (whole, last) = a.values[start..start + count].as_chunks::<2>();
+                    for (packed, [low, high]) in packed.iter_mut().zip(whole) {
+                        *packed = bits(low) | bits(high) << 16;
+                    }
+                    let mut padding = &mut packed[whole.len()..];
+                    if let [low] = last {
+                        padding[0] = bits(low);
+                        padding = &mut padding[1..];
+                    }
+                    padding.fill(0);
+                }
+                return;
+            }
+            // Otherwise a pair of `k` at a time over the panel's rows (the transpose's rows,
+            // runs where `a` is a transposed row-major matrix), dealt to the rows.
+            let transposed = a.transposed();
+            let mut pair_of_rows = [0u32; amx::ROWS];
+            for pair in 0..padded {
+                if pair < pairs {
+                    transposed.pack_row_pair(
+                        first_k + 2 * pair,
+                        first_row,
+                        &mut pair_of_rows,
+                        vectors,
+                    );
+                } else {
+                    pair_of_rows.fill(0);
+                }
+                for (row, &value) in pair_of_rows.iter().enumerate() {
+                    values[row * padded + pair] = value;
+                }
+            }
+        });
+}
+
 /// `matrix` (`k × width`) into `packed`, in blocks of [`K_BLOCK`] rows of `k`, each a run of
 /// `panel`-column panels laid out pair of rows by pair of rows: `[block][panel][pair][column]`,
 /// a pair of `k` per `u32` (the lower `k` in the low half), zero-padded past the last column
@@ -938,6 +1069,9 @@ mod tests {
             // Blocks enough of `k` that a row-major `b` (and a transposed `a`) are packed a
             // block per task, an odd `k` leaving a last row without its pair.
             (14, 45, 1101),
+            // Whole and edge tiles of 32 rows (AMX), pairs in whole and partial steps of 16.
+            (64, 64, 64),
+            (70, 96, 530),
         ] {
             let a_values = values(m * k, 1);
             let b_values = values(2 * k * n, 2);
@@ -1017,5 +1151,35 @@ mod tests {
             return;
         }
         equals_the_reference(Path::Avx512Bf16);
+    }
+
+    /// Runs where the CPU has AMX-BF16 (and the system grants the tiles), says so elsewhere.
+    #[test]
+    fn the_amx_path_equals_the_reference_where_the_cpu_has_it() {
+        if !Path::Amx.available() {
+            eprintln!("this CPU or system has no AMX-BF16 tiles: their path is not tested here");
+            return;
+        }
+        equals_the_reference(Path::Amx);
+        // A left operand packed once serves several products on its path.
+        let (m, n, k) = (45, 40, 300);
+        let (a_values, b_values) = (values(m * k, 3), values(k * n, 4));
+        let a = Matrix::row_major(&a_values, m, k, k);
+        let b = Matrix::row_major(&b_values, k, n, n);
+        let packed = PackedLeft::new(a, Path::Amx);
+        let mut expected = vec![0f32; m * n];
+        reference(a, b, &mut expected, n);
+        let mut c = vec![0f32; m * n];
+        product(
+            Path::Amx,
+            Left::Packed(&packed),
+            &b,
+            &mut c,
+            n,
+            Update::Overwrite,
+        );
+        for (c, expected) in c.iter().zip(&expected) {
+            assert!((c - expected).abs() <= 1e-4 * expected.abs().max(4.0));
+        }
     }
 }

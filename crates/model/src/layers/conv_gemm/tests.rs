@@ -139,7 +139,7 @@ fn assert_equal_to_the_f32_route(results: Results, f32_route: &Results, path: Pa
 fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
     let _rng = crate::rng_lock();
     let (operands, bias, f32_route) = bf16_operands_and_the_f32_route(geometry);
-    let paths = [Path::Portable, Path::Avx512Bf16];
+    let paths = [Path::Portable, Path::Avx512Bf16, Path::Amx];
     for path in paths.into_iter().filter(|path| path.available()) {
         for &group in groups {
             let results = results_of(
@@ -195,7 +195,7 @@ fn direct_convolutions_equal_the_f32_route() {
             kernel.iter().product::<usize>() >= conv_direct::FEWEST_TAPS
         );
         let (operands, bias, f32_route) = bf16_operands_and_the_f32_route(geometry);
-        let paths = [Path::Portable, Path::Avx512Bf16];
+        let paths = [Path::Portable, Path::Avx512Bf16, Path::Amx];
         for path in paths.into_iter().filter(|path| path.available()) {
             let results = results_of(
                 &operands,
