@@ -259,6 +259,14 @@ pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
         && geometry.taps() >= FEWEST_TAPS
 }
 
+/// Whether bf16 convolutions that [`applies`] to are computed here on `path`. Not on AMX: the
+/// packed product's tiles there (`gemm_bf16`'s AMX path, 0.9 TFLOP/s on two cores) outrun the
+/// strided tiles' `vdpbf16ps` (0.17 TFLOP/s on the same Xeon, below its f32 FMA's 0.3) by more
+/// than the im2col columns cost.
+pub(crate) fn multiplies_bf16_on(path: Path) -> bool {
+    path != Path::Amx
+}
+
 /// The input's frames padded and flattened, `[tp, hp, wp]`. Output position `(t', h', w')` is
 /// computed at flat index `o = (t'·hp + h')·wp + w'`, and its tap `(kt, kh, kw)` reads the
 /// padded input at `o + (kt·hp + kh)·wp + kw`: for every tap, a run of consecutive outputs reads

@@ -112,7 +112,9 @@ pub fn conv3d_forward<B: Backend>(
     let dtype = input.dtype();
     let path = bf16_path(&[dtype]);
     if conv_direct::applies(&geometry) {
-        if let Some(path) = path {
+        if let Some(path) = path
+            && conv_direct::multiplies_bf16_on(path)
+        {
             return conv_direct::forward::<B, bf16>(input, weight, bias, geometry, path);
         }
         if let Some(path) = f32_path(&[dtype]) {
@@ -350,7 +352,9 @@ impl<B: Backend> ConvBackward<'_, B> {
         let dtypes = [self.input.dtype(), self.upstream.dtype()];
         let direct = conv_direct::applies(&geometry);
         match (bf16_path(&dtypes), f32_path(&dtypes)) {
-            (Some(path), _) if direct => self.direct::<bf16>(path),
+            (Some(path), _) if direct && conv_direct::multiplies_bf16_on(path) => {
+                self.direct::<bf16>(path)
+            }
             (Some(path), _) => self.products::<bf16>(geometry.lines_per_group(2), Some(path)),
             (None, Some(path)) if direct => self.direct::<f32>(path),
             (None, _) => self.products::<f32>(geometry.lines_per_group(4), None),
