@@ -392,15 +392,25 @@ pub fn product(
         }
     };
     b.pack(b_packed, path.vectors());
-    // A panel of `a` per tile's rows, each block's pairs padded to whole steps on AMX.
-    let (panel_rows, panel_pairs): (usize, fn(usize) -> usize) = match path {
-        Path::Amx => (amx::ROWS, amx::padded_pairs),
-        _ => (ROWS, |pairs| pairs),
+    // A panel of `a` per tile's rows, each block's pairs padded to whole steps on AMX, where
+    // a tile sums a run of blocks before `c` is stored.
+    let (panel_rows, panel_pairs, run_len): (usize, fn(usize) -> usize, usize) = match path {
+        Path::Amx => (amx::ROWS, amx::padded_pairs, AMX_BLOCKS_PER_RUN),
+        _ => (ROWS, |pairs| pairs, 1),
     };
     let row_panels = m.div_ceil(panel_rows);
+    let column_panels = n.div_ceil(COLUMNS);
+    // Each block of `k`: its panels of `a` and of `b`, and its pairs.
+    let mut blocks = Vec::new();
+    let (mut a_rest, mut b_rest) = (a_packed, &b_packed[..]);
+    for (_, pairs) in k_blocks(k) {
+        let (a_block, a_after) = a_rest.split_at(row_panels * panel_pairs(pairs) * panel_rows);
+        let (b_block, b_after) = b_rest.split_at(column_panels * pairs * COLUMNS);
+        (a_rest, b_rest) = (a_after, b_after);
+        blocks.push((a_block, b_block, pairs));
+    }
     let threads = rayon::current_num_threads().clamp(1, row_panels);
     let panels_per_band = row_panels.div_ceil(threads);
-    let b_packed = &b_packed[..];
     c[..(m - 1) * c_stride + n]
         .par_chunks_mut(panels_per_band * panel_rows * c_stride)
         .enumerate()
@@ -408,16 +418,21 @@ pub fn product(
             let first_panel = band * panels_per_band;
             let panels = panels_per_band.min(row_panels - first_panel);
             let mut tiles = (path == Path::Amx).then(amx::Tiles::configure);
-            let (mut a_block, mut b_block) = (a_packed, b_packed);
-            for (block, (_, pairs)) in k_blocks(k).enumerate() {
-                let overwrite = block == 0 && update == Update::Overwrite;
-                let a_panel_len = panel_pairs(pairs) * panel_rows;
-                let (a_here, a_rest) = a_block.split_at(row_panels * a_panel_len);
-                let (b_here, b_rest) = b_block.split_at(n.div_ceil(COLUMNS) * pairs * COLUMNS);
-                (a_block, b_block) = (a_rest, b_rest);
-                for (column_panel, b_panel) in b_here.chunks_exact(pairs * COLUMNS).enumerate() {
+            let mut run = Vec::with_capacity(run_len);
+            for (index, blocks) in blocks.chunks(run_len).enumerate() {
+                let overwrite = index == 0 && update == Update::Overwrite;
+                for column_panel in 0..column_panels {
                     for panel in first_panel..first_panel + panels {
-                        let a_panel = &a_here[panel * a_panel_len..][..a_panel_len];
+                        // The tile's panels in each block of the run.
+                        run.clear();
+                        run.extend(blocks.iter().map(|&(a_block, b_block, pairs)| {
+                            let a_len = panel_pairs(pairs) * panel_rows;
+                            amx::TileBlock {
+                                a: &a_block[panel * a_len..][..a_len],
+                                b: &b_block[column_panel * pairs * COLUMNS..][..pairs * COLUMNS],
+                                pairs,
+                            }
+                        }));
                         let first_column = column_panel * COLUMNS;
                         let start = (panel - first_panel) * panel_rows * c_stride + first_column;
                         let tile = TileOfC {
@@ -428,8 +443,8 @@ pub fn product(
                         };
                         let c = &mut c_band[start..];
                         match &mut tiles {
-                            Some(tiles) => tiles.multiply(a_panel, b_panel, pairs, c, tile),
-                            None => multiply(path, a_panel, b_panel, c, tile),
+                            Some(tiles) => tiles.multiply(&run, c, tile),
+                            None => multiply(path, run[0].a, run[0].b, c, tile),
                         }
                     }
                 }
@@ -444,6 +459,10 @@ pub fn product(
     }
     PACKED.set(packed);
 }
+
+/// Blocks of `k` an AMX tile sums before `c` is stored: the tile's `a` panels of the run (32
+/// rows × 1024 `k`, 64 KiB) and `b`'s stay in the L2 cache.
+const AMX_BLOCKS_PER_RUN: usize = 4;
 
 /// The largest packed buffer a thread keeps for its next product: what a convolution's group
 /// of im2col columns packs into (`conv_gemm::COLUMN_BYTES` of f32 columns, half that in bf16).
