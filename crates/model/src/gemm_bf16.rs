@@ -741,6 +741,31 @@ mod avx512_bf16 {
         }
     }
 
+    /// 16 pairs of `k` of 32 rows (`pairs_of_rows[pair][row]`) into rows of an AMX panel of
+    /// `a`: `values[row · padded + first_pair ..][..16]`, two 16 × 16 transposes.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn store_rows(
+        pairs_of_rows: &[[u32; 2 * PAIRS]; PAIRS],
+        values: &mut [u32],
+        padded: usize,
+        first_pair: usize,
+    ) {
+        for half in 0..2 {
+            let pairs: [__m512i; PAIRS] = std::array::from_fn(|pair| {
+                let (_, rows) = pairs_of_rows[pair].split_at(half * PAIRS);
+                let rows: [u32; PAIRS] = rows[..PAIRS].try_into().expect("16 rows");
+                bytemuck::cast(rows)
+            });
+            for (offset, row) in transpose(pairs).into_iter().enumerate() {
+                let at = (half * PAIRS + offset) * padded + first_pair;
+                let target: &mut [u32; PAIRS] = (&mut values[at..at + PAIRS])
+                    .try_into()
+                    .expect("a vector is 16 values");
+                *target = bytemuck::cast(row);
+            }
+        }
+    }
+
     /// The transpose of a 16 × 16 matrix of `u32` held as 16 vectors (row `i` in vector `i`):
     /// 32-bit and 64-bit interleaves within each 128-bit lane, then two exchanges of lanes.
     #[inline]
@@ -906,7 +931,6 @@ fn pack_left(a: Matrix<'_>, packed: &mut Vec<u32>, path: Path) {
         );
     }
     let vectors = path.vectors();
-    let bits = |value: &bf16| u32::from(value.to_bits());
     tasks
         .into_par_iter()
         .for_each(|(first_k, pairs, first_row, values)| {
@@ -920,37 +944,51 @@ fn pack_left(a: Matrix<'_>, packed: &mut Vec<u32>, path: Path) {
                         packed.fill(0);
                         continue;
                     }
+                    // A pair in a `u32` is its two bf16 in memory order (AMX is x86: little
+                    // endian): a copy of the bits.
                     let start = row * a.row_stride + first_k;
-                    let (whole, last) = a.values[start..start + count].as_chunks::<2>();
-                    for (packed, [low, high]) in packed.iter_mut().zip(whole) {
-                        *packed = bits(low) | bits(high) << 16;
-                    }
-                    let mut padding = &mut packed[whole.len()..];
-                    if let [low] = last {
-                        padding[0] = bits(low);
-                        padding = &mut padding[1..];
-                    }
+                    let run: &[u16] = bytemuck::cast_slice(&a.values[start..start + count]);
+                    let halves: &mut [u16] = bytemuck::cast_slice_mut(packed);
+                    let (written, padding) = halves.split_at_mut(count);
+                    written.copy_from_slice(run);
                     padding.fill(0);
                 }
                 return;
             }
-            // Otherwise a pair of `k` at a time over the panel's rows (the transpose's rows,
-            // runs where `a` is a transposed row-major matrix), dealt to the rows.
+            // Otherwise 16 pairs of `k` at a time over the panel's rows (each pair from the
+            // transpose's rows: runs where `a` is a transposed row-major matrix), then
+            // transposed into the rows (on AVX-512 as 16 × 16 blocks: one value per store was
+            // the packing's cost).
             let transposed = a.transposed();
-            let mut pair_of_rows = [0u32; amx::ROWS];
-            for pair in 0..padded {
-                if pair < pairs {
-                    transposed.pack_row_pair(
-                        first_k + 2 * pair,
-                        first_row,
-                        &mut pair_of_rows,
-                        vectors,
-                    );
-                } else {
-                    pair_of_rows.fill(0);
+            let mut pairs_of_rows = [[0u32; amx::ROWS]; amx::STEP_PAIRS];
+            for first_pair in (0..padded).step_by(amx::STEP_PAIRS) {
+                for (offset, pair_of_rows) in pairs_of_rows.iter_mut().enumerate() {
+                    let pair = first_pair + offset;
+                    if pair < pairs {
+                        let k = first_k + 2 * pair;
+                        transposed.pack_row_pair(k, first_row, pair_of_rows, vectors);
+                    } else {
+                        pair_of_rows.fill(0);
+                    }
                 }
-                for (row, &value) in pair_of_rows.iter().enumerate() {
-                    values[row * padded + pair] = value;
+                match vectors {
+                    #[cfg(target_arch = "x86_64")]
+                    Path::Avx512Bf16 => {
+                        #[allow(unsafe_code)]
+                        // SAFETY: `product` asserted `Path::available` (AVX-512F among it), the
+                        // only requirement of `avx512_bf16::store_rows`, which reads and writes
+                        // only through slices.
+                        unsafe {
+                            avx512_bf16::store_rows(&pairs_of_rows, values, padded, first_pair)
+                        }
+                    }
+                    _ => {
+                        for (offset, pair_of_rows) in pairs_of_rows.iter().enumerate() {
+                            for (row, &value) in pair_of_rows.iter().enumerate() {
+                                values[row * padded + first_pair + offset] = value;
+                            }
+                        }
+                    }
                 }
             }
         });
