@@ -44,6 +44,7 @@ pub fn gemm_peak(size: usize) -> GemmPeak {
     let matrix = Matrix::row_major(&values, size, size, size);
     let mut product = vec![0f32; size * size];
     let (path, bf16_route) = match Path::fastest() {
+        Some(Path::Amx) => (Path::Amx, "AMX-BF16 tiles (tdpbf16ps)"),
         Some(path) => (path, "AVX512_BF16 (vdpbf16ps)"),
         None => (Path::Portable, "portable (no bf16 dot product on this CPU)"),
     };
