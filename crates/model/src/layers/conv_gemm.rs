@@ -122,7 +122,8 @@ pub fn conv3d_forward<B: Backend>(
         }
     }
     let group = geometry.lines_per_group(if path.is_some() { 2 } else { 4 });
-    // The f32 route computes and stores f32: an f16 input's output is cast back once.
+    // The f32 route computes in f32 and stores the input's dtype (a half input is read a
+    // clip at a time): no whole f32 copy of the input or of the output.
     cast(
         forward_in_groups(input, weight, bias, geometry, group, path),
         dtype,
@@ -189,22 +190,40 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
     input: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
     map: &ColumnMap,
+    product: impl FnMut(&[T], usize, usize, &mut Vec<f32>),
+) -> Tensor<B, 5> {
+    match input.dtype() {
+        DType::F16 if T::dtype() != DType::F16 => {
+            forward_stored_as::<B, T, burn::tensor::f16>(input, bias, map, product)
+        }
+        DType::BF16 if T::dtype() != DType::BF16 => {
+            forward_stored_as::<B, T, bf16>(input, bias, map, product)
+        }
+        _ => forward_stored_as::<B, T, T>(input, bias, map, product),
+    }
+}
+
+/// [`forward_by_groups`] reading the input as `T` a clip at a time and storing the output as
+/// `O` (the input's dtype).
+fn forward_stored_as<B: Backend, T: HostFloat, O: HostFloat>(
+    input: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    map: &ColumnMap,
     mut product: impl FnMut(&[T], usize, usize, &mut Vec<f32>),
 ) -> Tensor<B, 5> {
     let geometry = map.geometry;
     let device = input.device();
-    let input = stored::<T, _, 5>(input);
+    let mut input = ClipReader::<T>::of(ConvInput::Tensor(input));
     let bias = bias.map(floats);
     let [n, c_in, t, h, w] = geometry.input;
     let c_out = geometry.channels_out;
     let [t_out, h_out, w_out] = geometry.output;
     let positions = geometry.positions();
-    let mut output = filled(n * c_out * positions, T::from_f32(0.0));
+    let mut output = filled(n * c_out * positions, O::from_f32(0.0));
     let mut values = Vec::new();
-    for (clip_input, clip_output) in input
-        .chunks(c_in * t * h * w)
-        .zip(output.chunks_mut(c_out * positions))
-    {
+    let clip_len = c_in * t * h * w;
+    for (clip, clip_output) in output.chunks_mut(c_out * positions).enumerate() {
+        let clip_input = input.clip(clip, clip_len);
         for (first, lines) in map.groups() {
             let length = lines * w_out;
             product(clip_input, first, lines, &mut values);
@@ -219,7 +238,7 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
                             let shift = bias.as_ref().map_or(0.0, |bias| bias[channel]);
                             let target = &mut channel_output[first * w_out..][..length];
                             for (target, value) in target.iter_mut().zip(values) {
-                                *target = T::from_f32(value + shift);
+                                *target = O::from_f32(value + shift);
                             }
                         },
                     )
@@ -228,7 +247,7 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
     }
     Tensor::from_data(
         TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
-        (&device, T::dtype()),
+        (&device, O::dtype()),
     )
 }
 
@@ -269,10 +288,50 @@ impl<B: Backend> ConvInput<'_, B> {
     }
 }
 
+/// The values of a half-precision tensor.
+enum HalfValues {
+    F16(Stored<burn::tensor::f16>),
+    Bf16(Stored<bf16>),
+}
+
+impl HalfValues {
+    /// The tensor's values when it is f16 or bf16, else the tensor back.
+    fn of<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Self, Tensor<B, D>> {
+        match tensor.dtype() {
+            DType::F16 => Ok(HalfValues::F16(stored(tensor))),
+            DType::BF16 => Ok(HalfValues::Bf16(stored(tensor))),
+            _ => Err(tensor),
+        }
+    }
+
+    /// `target` = the values from `start` on, converted to `T` (in parallel).
+    fn convert_into<T: HostFloat>(&self, start: usize, target: &mut [T]) {
+        let len = target.len();
+        match self {
+            HalfValues::F16(values) => {
+                convert_into(&values[start..][..len], target, |v| T::from_f32(v.to_f32()))
+            }
+            HalfValues::Bf16(values) => {
+                convert_into(&values[start..][..len], target, |v| T::from_f32(v.to_f32()))
+            }
+        }
+    }
+}
+
 /// The clips of a [`ConvInput`] as `T`: slices of the stored tensor, restored one at a time into
 /// one buffer, or normalised one at a time into one buffer.
 enum ClipReader<'a, T> {
     Stored(Stored<T>),
+    /// A half-precision tensor read by a route that computes in `T` (f32): converted one clip
+    /// at a time into the buffer, never whole (fp16's convolutions, and bf16's on a CPU without
+    /// the bf16 instruction, held whole f32 copies of their inputs: the step's peak).
+    Half {
+        values: HalfValues,
+        buffer: Vec<T>,
+        /// The clip the buffer holds: read again (once per group of lines), it is not
+        /// converted again.
+        converted: Option<usize>,
+    },
     Codes(&'a HostCodes, Vec<T>),
     Normalized {
         source: Box<ClipReader<'a, T>>,
@@ -284,7 +343,17 @@ enum ClipReader<'a, T> {
 impl<'a, T: HostFloat> ClipReader<'a, T> {
     fn of<B: Backend>(input: ConvInput<'a, B>) -> Self {
         match input {
-            ConvInput::Tensor(tensor) => ClipReader::Stored(stored::<T, _, 5>(tensor)),
+            ConvInput::Tensor(tensor) if tensor.dtype() == T::dtype() => {
+                ClipReader::Stored(stored::<T, _, 5>(tensor))
+            }
+            ConvInput::Tensor(tensor) => match HalfValues::of(tensor) {
+                Ok(values) => ClipReader::Half {
+                    values,
+                    buffer: Vec::new(),
+                    converted: None,
+                },
+                Err(tensor) => ClipReader::Stored(stored::<T, _, 5>(tensor)),
+            },
             ConvInput::Codes(input) => ClipReader::Codes(input.codes, Vec::new()),
             ConvInput::Normalized { source, map } => ClipReader::Normalized {
                 source: Box::new(ClipReader::of(*source)),
@@ -295,9 +364,43 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
     }
 
     /// Clip `clip` of `clip_len` values.
+    /// The sums of every channel of `[n, channels, positions]` values (a convolution's bias
+    /// gradient, from its upstream).
+    ///
+    /// # Panics
+    /// For a reader of codes or of a normalised input (an upstream is neither).
+    fn channel_sums(&self, channels: usize, positions: usize) -> Vec<f32> {
+        match self {
+            ClipReader::Stored(values) => channel_sums(values, channels, positions),
+            ClipReader::Half {
+                values: HalfValues::F16(values),
+                ..
+            } => channel_sums(values, channels, positions),
+            ClipReader::Half {
+                values: HalfValues::Bf16(values),
+                ..
+            } => channel_sums(values, channels, positions),
+            ClipReader::Codes(..) | ClipReader::Normalized { .. } => {
+                unreachable!("an upstream gradient is read from a tensor")
+            }
+        }
+    }
+
     fn clip(&mut self, clip: usize, clip_len: usize) -> &[T] {
         match self {
             ClipReader::Stored(values) => &values[clip * clip_len..(clip + 1) * clip_len],
+            ClipReader::Half {
+                values,
+                buffer,
+                converted,
+            } => {
+                if *converted != Some(clip) || buffer.len() != clip_len {
+                    buffer.resize(clip_len, T::from_f32(0.0));
+                    values.convert_into(clip * clip_len, buffer);
+                    *converted = Some(clip);
+                }
+                buffer
+            }
             ClipReader::Codes(codes, buffer) => {
                 buffer.resize(clip_len, T::from_f32(0.0));
                 codes.restore_into(clip * clip_len, buffer);
@@ -355,9 +458,17 @@ impl<B: Backend> ConvBackward<'_, B> {
             (Some(path), _) if direct && conv_direct::multiplies_bf16_on(path) => {
                 self.direct::<bf16>(path)
             }
-            (Some(path), _) => self.products::<bf16>(geometry.lines_per_group(2), Some(path)),
+            (Some(path), _) => self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path)),
             (None, Some(path)) if direct => self.direct::<f32>(path),
-            (None, _) => self.products::<f32>(geometry.lines_per_group(4), None),
+            // In f32, the input gradient stored in the input's dtype (rounded clip by clip).
+            (None, _) => {
+                let group = geometry.lines_per_group(4);
+                match self.input.dtype() {
+                    DType::F16 => self.products::<f32, burn::tensor::f16>(group, None),
+                    DType::BF16 => self.products::<f32, bf16>(group, None),
+                    _ => self.products::<f32, f32>(group, None),
+                }
+            }
         }
     }
 
@@ -402,7 +513,7 @@ impl<B: Backend> ConvBackward<'_, B> {
     /// after group; the input gradient is summed in f32 (in place for f32, one clip at a time
     /// for bf16) and stored as `T`. The weight is rounded to bf16 for the bf16 input gradient,
     /// as in the forward.
-    fn products<T: ConvOperand>(
+    fn products<T: ConvOperand, O: HostFloat>(
         self,
         group: usize,
         path: Option<Path>,
@@ -412,8 +523,12 @@ impl<B: Backend> ConvBackward<'_, B> {
         let device = upstream.device();
         let c_out = geometry.channels_out;
         let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-        let upstream = stored::<T, _, 5>(upstream);
-        let bias_gradient = wants_bias.then(|| bias_gradient(&upstream, &geometry, &device));
+        // Read a clip at a time (a half upstream of the f32 route converted clip by clip).
+        let mut upstream = ClipReader::<T>::of(ConvInput::Tensor(upstream));
+        let bias_gradient = wants_bias.then(|| {
+            let sums = upstream.channel_sums(c_out, positions);
+            Tensor::from_data(TensorData::new(sums, [c_out]), &device)
+        });
         let weight = stored::<T, _, 5>(weight);
         let weight_transposed = wants_input.then(|| {
             T::prepare(
@@ -429,13 +544,13 @@ impl<B: Backend> ConvBackward<'_, B> {
         // page faults in a steady fp32 step).
         let mut update = Update::Overwrite;
         let mut buffer = Vec::new();
-        let input_gradient = gradients_by_groups(
+        let input_gradient = gradients_by_groups::<T, O>(
             ClipReader::<T>::of(input),
             &map,
             wants_input,
             |clip_input, clip, first, lines, columns_gradient| {
                 let length = lines * w_out;
-                let clip_upstream = &upstream[clip * c_out * positions..][..c_out * positions];
+                let clip_upstream = upstream.clip(clip, c_out * positions);
                 let upstream_group =
                     Matrix::row_major(&clip_upstream[first * w_out..], c_out, length, positions);
                 let columns = ClipColumns {
@@ -526,16 +641,16 @@ fn channel_sums<T: HostFloat>(values: &[T], channels: usize, positions: usize) -
 /// `[n, c_in, t, h, w]` as `T`: summed in place when `T` is f32, otherwise one clip at a time in
 /// an f32 buffer rounded once per value (a whole f32 input gradient was the largest buffer of
 /// the seed model's bf16 step).
-fn gradients_by_groups<T: HostFloat>(
+fn gradients_by_groups<T: HostFloat, O: HostFloat>(
     mut input: ClipReader<'_, T>,
     map: &ColumnMap,
     wants_input: bool,
     mut products: impl FnMut(&[T], usize, usize, usize, Option<&mut Vec<f32>>),
-) -> Option<Vec<T>> {
+) -> Option<Vec<O>> {
     let geometry = map.geometry;
     let [n, c_in, t, h, w] = geometry.input;
     let clip_len = c_in * t * h * w;
-    let mut input_gradient = wants_input.then(|| filled(n * clip_len, T::from_f32(0.0)));
+    let mut input_gradient = wants_input.then(|| filled(n * clip_len, O::from_f32(0.0)));
     let (mut columns_gradient, mut clip_sum) = (Vec::new(), Vec::new());
     for clip in 0..n {
         let clip_input = input.clip(clip, clip_len);
@@ -553,7 +668,7 @@ fn gradients_by_groups<T: HostFloat>(
             continue;
         };
         let target = &mut gradient[clip * clip_len..][..clip_len];
-        match T::as_f32_mut(target) {
+        match O::as_f32_mut(target) {
             Some(sum) => clip_groups(Some(sum)),
             None => {
                 // Zeroed by the pool's threads: a memset of the seed stem's 51 MB clip on this
@@ -561,7 +676,7 @@ fn gradients_by_groups<T: HostFloat>(
                 clip_sum.clear();
                 extend_filled(&mut clip_sum, clip_len, 0f32);
                 clip_groups(Some(&mut clip_sum));
-                convert_into(&clip_sum, target, T::from_f32);
+                convert_into(&clip_sum, target, O::from_f32);
             }
         }
     }

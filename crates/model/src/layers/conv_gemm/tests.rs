@@ -30,6 +30,63 @@ fn bf16_products_equal_the_f32_route_on_bf16_values() {
     bf16_route_equals_the_f32_route(odd_geometry(2, 14), &[1, 7, 25]);
 }
 
+/// An f16 convolution (no f16 kernel: the f32 route) reads its input and upstream a clip at a
+/// time and stores its forward and input gradient in f16, with no whole f32 copy: it equals the
+/// f32 route on the same values to one f16 rounding of what it stores, the weight and bias
+/// gradients to f32 precision. Through the public entry points, which choose the route by
+/// dtype.
+#[test]
+fn f16_convolutions_equal_the_f32_route_and_store_f16() {
+    let _rng = crate::rng_lock();
+    let device = Default::default();
+    let geometry = odd_geometry(3, 6);
+    let random = |shape: [usize; 5]| {
+        Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
+            .cast(FloatDType::F16)
+    };
+    let [n, c_in, ..] = geometry.input;
+    let c_out = geometry.channels_out;
+    let [t_out, h_out, w_out] = geometry.output;
+    let [kt, kh, kw] = geometry.kernel;
+    let input = random(geometry.input);
+    let upstream = random([n, c_out, t_out, h_out, w_out]);
+    let weight = random([c_out, c_in, kt, kh, kw]).cast(FloatDType::F32);
+    let bias = Tensor::<TestBackend, 1>::random([c_out], Distribution::Default, &device);
+    let forward = |input, weight, bias| conv3d_forward(input, weight, bias, geometry);
+    let f16_results = results_of(
+        &[input.clone(), weight.clone(), upstream.clone()],
+        &bias,
+        geometry,
+        |backward| backward.gradients(),
+        forward,
+    );
+    let widened = [input, weight, upstream].map(|operand| operand.cast(FloatDType::F32));
+    let f32_route = results_of(
+        &widened,
+        &bias,
+        geometry,
+        |backward| backward.products::<f32, f32>(7, None),
+        |input, weight, bias| forward_in_groups(input, weight, bias, geometry, 7, None),
+    );
+    let (forward, weight_gradient, input_gradient, bias_gradient) = f16_results;
+    let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+    bias_gradient
+        .to_data()
+        .assert_approx_eq::<f32>(&f32_route.3.to_data(), tolerance);
+    weight_gradient
+        .to_data()
+        .assert_approx_eq::<f32>(&f32_route.1.to_data(), tolerance);
+    // One f16 rounding of the stored result (11 bits of significand).
+    let rounded = Tolerance::rel_abs(1.0 / 2048.0, 1e-4);
+    for (f16_values, f32_values) in [(input_gradient, &f32_route.2), (forward, &f32_route.0)] {
+        assert_eq!(f16_values.dtype(), DType::F16);
+        f16_values
+            .cast(FloatDType::F32)
+            .to_data()
+            .assert_approx_eq::<f32>(&f32_values.to_data(), rounded);
+    }
+}
+
 /// As above where the bf16 kernel packs the columns in several blocks of `k` and bands of
 /// panels: 135 rows of columns (5 channels × 27 taps, odd), groups of 77 and 528 positions
 /// (lines of 11 that panels of 32 cut in their middles).
@@ -74,11 +131,16 @@ fn bf16_operands_and_the_f32_route(
     let weight = random([c_out, c_in, kt, kh, kw]).cast(FloatDType::F32);
     let bias = Tensor::<TestBackend, 1>::random([c_out], Distribution::Default, &device);
     let operands = [input, weight, upstream];
+    // The f32 route on the same values in f32 (a bf16 input would be read clip by clip and its
+    // forward stored in bf16).
+    let widened = operands
+        .clone()
+        .map(|operand| operand.cast(FloatDType::F32));
     let results = results_of(
-        &operands,
+        &widened,
         &bias,
         geometry,
-        |backward| backward.products::<f32>(7, None),
+        |backward| backward.products::<f32, f32>(7, None),
         |input, weight, bias| forward_in_groups(input, weight, bias, geometry, 7, None),
     );
     (operands, bias, results)
@@ -146,7 +208,7 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
                 &operands,
                 &bias,
                 geometry,
-                |backward| backward.products::<bf16>(group, Some(path)),
+                |backward| backward.products::<bf16, bf16>(group, Some(path)),
                 |input, weight, bias| {
                     forward_in_groups(input, weight, bias, geometry, group, Some(path))
                 },
@@ -261,7 +323,7 @@ fn line_groups_do_not_change_the_forward_or_the_gradients() {
             geometry,
             wants: [true, true],
         }
-        .products::<f32>(group, None)
+        .products::<f32, f32>(group, None)
         .0
     };
     // 25 output lines (5 frames of 5 rows): all at once, and groups that split frames.
