@@ -38,53 +38,16 @@ fn bf16_products_equal_the_f32_route_on_bf16_values() {
 #[test]
 fn f16_convolutions_equal_the_f32_route_and_store_f16() {
     let _rng = crate::rng_lock();
-    let device = Default::default();
     let geometry = odd_geometry(3, 6);
-    let random = |shape: [usize; 5]| {
-        Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
-            .cast(FloatDType::F16)
-    };
-    let [n, c_in, ..] = geometry.input;
-    let c_out = geometry.channels_out;
-    let [t_out, h_out, w_out] = geometry.output;
-    let [kt, kh, kw] = geometry.kernel;
-    let input = random(geometry.input);
-    let upstream = random([n, c_out, t_out, h_out, w_out]);
-    let weight = random([c_out, c_in, kt, kh, kw]).cast(FloatDType::F32);
-    let bias = Tensor::<TestBackend, 1>::random([c_out], Distribution::Default, &device);
-    let forward = |input, weight, bias| conv3d_forward(input, weight, bias, geometry);
+    let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, FloatDType::F16);
     let f16_results = results_of(
-        &[input.clone(), weight.clone(), upstream.clone()],
+        &operands,
         &bias,
         geometry,
         |backward| backward.gradients(),
-        forward,
+        |input, weight, bias| conv3d_forward(input, weight, bias, geometry),
     );
-    let widened = [input, weight, upstream].map(|operand| operand.cast(FloatDType::F32));
-    let f32_route = results_of(
-        &widened,
-        &bias,
-        geometry,
-        |backward| backward.products::<f32, f32>(7, None),
-        |input, weight, bias| forward_in_groups(input, weight, bias, geometry, 7, None),
-    );
-    let (forward, weight_gradient, input_gradient, bias_gradient) = f16_results;
-    let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
-    bias_gradient
-        .to_data()
-        .assert_approx_eq::<f32>(&f32_route.3.to_data(), tolerance);
-    weight_gradient
-        .to_data()
-        .assert_approx_eq::<f32>(&f32_route.1.to_data(), tolerance);
-    // One f16 rounding of the stored result (11 bits of significand).
-    let rounded = Tolerance::rel_abs(1.0 / 2048.0, 1e-4);
-    for (f16_values, f32_values) in [(input_gradient, &f32_route.2), (forward, &f32_route.0)] {
-        assert_eq!(f16_values.dtype(), DType::F16);
-        f16_values
-            .cast(FloatDType::F32)
-            .to_data()
-            .assert_approx_eq::<f32>(&f32_values.to_data(), rounded);
-    }
+    assert_half_results_equal_the_f32_route(f16_results, &f32_route, DType::F16, "f16");
 }
 
 /// As above where the bf16 kernel packs the columns in several blocks of `k` and bands of
@@ -117,10 +80,17 @@ type Results = (
 fn bf16_operands_and_the_f32_route(
     geometry: ConvGeometry,
 ) -> ([Tensor<TestBackend, 5>; 3], Tensor<TestBackend, 1>, Results) {
+    half_operands_and_the_f32_route(geometry, FloatDType::BF16)
+}
+
+/// [`bf16_operands_and_the_f32_route`] with values of `half` (bf16 or f16).
+fn half_operands_and_the_f32_route(
+    geometry: ConvGeometry,
+    half: FloatDType,
+) -> ([Tensor<TestBackend, 5>; 3], Tensor<TestBackend, 1>, Results) {
     let device = Default::default();
     let random = |shape: [usize; 5]| {
-        Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device)
-            .cast(FloatDType::BF16)
+        Tensor::<TestBackend, 5>::random(shape, Distribution::Default, &device).cast(half)
     };
     let [n, c_in, ..] = geometry.input;
     let c_out = geometry.channels_out;
@@ -131,8 +101,8 @@ fn bf16_operands_and_the_f32_route(
     let weight = random([c_out, c_in, kt, kh, kw]).cast(FloatDType::F32);
     let bias = Tensor::<TestBackend, 1>::random([c_out], Distribution::Default, &device);
     let operands = [input, weight, upstream];
-    // The f32 route on the same values in f32 (a bf16 input would be read clip by clip and its
-    // forward stored in bf16).
+    // The f32 route on the same values in f32 (a half input would be read clip by clip and its
+    // forward stored in its dtype).
     let widened = operands
         .clone()
         .map(|operand| operand.cast(FloatDType::F32));
@@ -179,19 +149,33 @@ fn results_of(
 /// to f32 precision (every product of two bf16 values is exact in f32; only the order of the
 /// sums differs), the input gradient and the forward (stored in bf16) to one bf16 rounding.
 fn assert_equal_to_the_f32_route(results: Results, f32_route: &Results, path: Path) {
+    assert_half_results_equal_the_f32_route(results, f32_route, DType::BF16, &format!("{path:?}"));
+}
+
+/// [`assert_equal_to_the_f32_route`] for results stored in `half` (bf16 or f16), `label`
+/// naming the route in a failure.
+fn assert_half_results_equal_the_f32_route(
+    results: Results,
+    f32_route: &Results,
+    half: DType,
+    label: &str,
+) {
     let (forward, weight_gradient, input_gradient, bias_gradient) = results;
     let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
-    // One bf16 rounding of the stored result (8 bits of mantissa).
-    let rounded = Tolerance::rel_abs(1.0 / 256.0, 1e-3);
+    // One rounding of the stored result: 8 bits of significand in bf16, 11 in f16.
+    let rounded = match half {
+        DType::F16 => Tolerance::rel_abs(1.0 / 2048.0, 1e-4),
+        _ => Tolerance::rel_abs(1.0 / 256.0, 1e-3),
+    };
     bias_gradient
         .to_data()
         .assert_approx_eq::<f32>(&f32_route.3.to_data(), tolerance);
     weight_gradient
         .to_data()
         .assert_approx_eq::<f32>(&f32_route.1.to_data(), tolerance);
-    for (bf16_values, f32_values) in [(input_gradient, &f32_route.2), (forward, &f32_route.0)] {
-        assert_eq!(bf16_values.dtype(), DType::BF16, "{path:?}");
-        bf16_values
+    for (half_values, f32_values) in [(input_gradient, &f32_route.2), (forward, &f32_route.0)] {
+        assert_eq!(half_values.dtype(), half, "{label}");
+        half_values
             .cast(FloatDType::F32)
             .to_data()
             .assert_approx_eq::<f32>(&f32_values.to_data(), rounded);
