@@ -184,8 +184,9 @@ fn forward_as<B: Backend, T: ConvOperand>(
 
 /// The forward's loop, shared by both routes: for each clip and group of output lines,
 /// `product` writes `weight · columns` (f32, `[c_out, lines·w']`) from the clip's values (the
-/// input read as `T`) and the group's first line and line count, and each value plus its
-/// channel's bias is stored as `T`; output `[n, c_out, t', h', w']` in `T`.
+/// input read as `T`, a clip at a time) and the group's first line and line count, and each
+/// value plus its channel's bias is stored in the input's dtype; output `[n, c_out, t', h', w']`
+/// in that dtype (a half input of the f32 route stays half).
 fn forward_by_groups<B: Backend, T: HostFloat>(
     input: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
