@@ -59,59 +59,140 @@ pub(crate) fn amx_refused() -> bool {
         .get_or_init(|| std::env::var("VIDTRAIN_CPU_KERNELS").is_ok_and(|value| value == "no-amx"))
 }
 
-/// Runs `kernel` compiled for AVX-512 (F, BW, DQ, VL) where this CPU has it, and as built (the
-/// x86-64 baseline: SSE2) elsewhere; the same arithmetic either way, so the same results. The
-/// element-wise loops of vidtrain's CPU kernels vectorise as the compiler sees fit for the
-/// instructions it may use: built for the baseline, converting bf16 and f32 went four values
-/// at a time (13 % of ST-GCN's bf16 step at stop 44). `kernel` is inlined into a function built
-/// for AVX-512, so what it calls inline is too; call it inside each task of a parallel loop
-/// (a closure handed to rayon is a function of its own, built for the baseline).
-/// `VIDTRAIN_CPU_KERNELS=reference` runs the baseline build (the tests of both paths).
+/// Runs `kernel` compiled for the widest vector level this CPU has ([`VectorLevel`]): AVX-512
+/// (F, BW, DQ, VL), else AVX2 with FMA and F16C (x86-64-v3: every x86 server CPU since 2013, and
+/// the AVX-512-less EPYCs these sessions meet), else as built (the x86-64 baseline: SSE2). The
+/// same arithmetic at every level (Rust never fuses a multiply and an add on its own), so the
+/// same results. The element-wise loops of vidtrain's CPU kernels vectorise as the compiler sees
+/// fit for the instructions it may use: built for the baseline, converting bf16 and f32 went four
+/// values at a time (13 % of ST-GCN's bf16 step at stop 44). `kernel` is inlined into a function
+/// built for that level, so what it calls inline is too; call it inside each task of a parallel
+/// loop (a closure handed to rayon is a function of its own, built for the baseline).
+/// `VIDTRAIN_CPU_KERNELS=reference` runs the baseline build (the tests of every level).
 #[inline(always)]
 pub fn vectorized<R>(kernel: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if avx512() && !baseline_forced() {
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi1,bmi2")]
-        #[inline]
-        fn with_avx512<R>(kernel: impl FnOnce() -> R) -> R {
-            kernel()
+    match VectorLevel::in_use() {
+        VectorLevel::Avx512 => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi1,bmi2")]
+            #[inline]
+            fn with_avx512<R>(kernel: impl FnOnce() -> R) -> R {
+                kernel()
+            }
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU has every feature the function is built for
+            // (`VectorLevel::available`), the only requirement of calling it; `kernel` is safe Rust.
+            return unsafe { with_avx512(kernel) };
         }
-        #[allow(unsafe_code)]
-        // SAFETY: the CPU has every feature the function is built for (`avx512`), the only
-        // requirement of calling it; `kernel` is safe Rust.
-        return unsafe { with_avx512(kernel) };
+        VectorLevel::Avx2 => {
+            #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2,lzcnt,popcnt")]
+            #[inline]
+            fn with_avx2<R>(kernel: impl FnOnce() -> R) -> R {
+                kernel()
+            }
+            #[allow(unsafe_code)]
+            // SAFETY: as above, for the AVX2 level's features.
+            return unsafe { with_avx2(kernel) };
+        }
+        VectorLevel::Baseline => {}
     }
     kernel()
 }
 
-/// Whether a test asked [`vectorized`] for the baseline build.
+/// The instruction sets [`vectorized`] builds its kernels for, widest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VectorLevel {
+    /// The x86-64 baseline (SSE2): every CPU, and `VIDTRAIN_CPU_KERNELS=reference`.
+    Baseline,
+    /// AVX2, FMA, F16C, BMI1/2 (x86-64-v3).
+    Avx2,
+    /// AVX-512 F, BW, DQ, VL with the AVX2 level's features.
+    Avx512,
+}
+
+impl VectorLevel {
+    /// The widest level this CPU has, unless `VIDTRAIN_CPU_KERNELS` says `reference`.
+    pub fn fastest() -> VectorLevel {
+        static FASTEST: std::sync::OnceLock<VectorLevel> = std::sync::OnceLock::new();
+        *FASTEST.get_or_init(|| {
+            if reference() {
+                return VectorLevel::Baseline;
+            }
+            [VectorLevel::Avx512, VectorLevel::Avx2]
+                .into_iter()
+                .find(|level| level.available())
+                .unwrap_or(VectorLevel::Baseline)
+        })
+    }
+
+    /// The level [`vectorized`] runs: [`VectorLevel::fastest`], or lower where a test capped it.
+    #[inline(always)]
+    fn in_use() -> VectorLevel {
+        VectorLevel::fastest().min(level_cap())
+    }
+
+    /// Whether this CPU has every feature the level's build uses.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = || {
+                has!("avx2")
+                    && has!("fma")
+                    && has!("f16c")
+                    && has!("bmi1")
+                    && has!("bmi2")
+                    && has!("lzcnt")
+                    && has!("popcnt")
+            };
+            match self {
+                VectorLevel::Baseline => true,
+                VectorLevel::Avx2 => avx2(),
+                VectorLevel::Avx512 => {
+                    avx2()
+                        && has!("avx512f")
+                        && has!("avx512bw")
+                        && has!("avx512dq")
+                        && has!("avx512vl")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == VectorLevel::Baseline
+        }
+    }
+
+    /// For the training log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            VectorLevel::Avx512 => "element-wise kernels built for AVX-512",
+            VectorLevel::Avx2 => {
+                "element-wise kernels built for AVX2 + FMA + F16C (no AVX-512 on this CPU)"
+            }
+            VectorLevel::Baseline if reference() => {
+                "element-wise kernels as built (SSE2; VIDTRAIN_CPU_KERNELS=reference)"
+            }
+            VectorLevel::Baseline => "element-wise kernels as built (SSE2: this CPU has no AVX2)",
+        }
+    }
+}
+
+/// The widest level a test lets [`vectorized`] use (the tests of every level on one CPU).
 #[cfg(test)]
-fn baseline_forced() -> bool {
-    tests::BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+#[inline(always)]
+fn level_cap() -> VectorLevel {
+    match tests::LEVEL_CAP.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => VectorLevel::Baseline,
+        1 => VectorLevel::Avx2,
+        _ => VectorLevel::Avx512,
+    }
 }
 
 #[cfg(not(test))]
 #[inline(always)]
-fn baseline_forced() -> bool {
-    false
-}
-
-/// Whether [`vectorized`] runs the AVX-512 build: the CPU has the features and
-/// `VIDTRAIN_CPU_KERNELS` does not say `reference`.
-#[cfg(target_arch = "x86_64")]
-fn avx512() -> bool {
-    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX512.get_or_init(|| {
-        !reference()
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("bmi1")
-            && std::arch::is_x86_feature_detected!("bmi2")
-    })
+fn level_cap() -> VectorLevel {
+    VectorLevel::Avx512
 }
 
 /// `tensor.cast(dtype)` for float tensors, converted in parallel over the compute pool where the
@@ -136,11 +217,11 @@ pub fn cast<B: Backend, const D: usize>(
     }
     let converted = match (from, to) {
         (DType::F32, DType::BF16) => convert(tensor, bf16_from_f32),
-        (DType::F32, DType::F16) => convert(tensor, f16::from_f32),
+        (DType::F32, DType::F16) => convert(tensor, f16_from_f32),
         (DType::BF16, DType::F32) => convert(tensor, bf16_to_f32),
-        (DType::F16, DType::F32) => convert(tensor, f16::to_f32),
-        (DType::BF16, DType::F16) => convert(tensor, |v: bf16| f16::from_f32(bf16_to_f32(v))),
-        (DType::F16, DType::BF16) => convert(tensor, |v: f16| bf16_from_f32(v.to_f32())),
+        (DType::F16, DType::F32) => convert(tensor, f16_to_f32),
+        (DType::BF16, DType::F16) => convert(tensor, |v: bf16| f16_from_f32(bf16_to_f32(v))),
+        (DType::F16, DType::BF16) => convert(tensor, |v: f16| bf16_from_f32(f16_to_f32(v))),
         _ => unreachable!("both dtypes are f32, bf16 or f16 and differ"),
     };
     Tensor::from_data(converted, (&device, to))
@@ -303,7 +384,8 @@ impl HostFloat for f32 {
 }
 
 /// The half types widen exactly and round to nearest even: bf16 by [`bf16_to_f32`] and
-/// [`bf16_from_f32`] (the same bits as `half`'s, without its branches), f16 by `half`.
+/// [`bf16_from_f32`], f16 by [`f16_to_f32`] and [`f16_from_f32`] (the same bits as `half`'s,
+/// without its branches).
 macro_rules! half_host_float {
     ($($half:ident => $float:ident, widened by $widen:path, rounded by $round:path),*) => {$(
         impl HostFloat for $half {
@@ -322,7 +404,7 @@ macro_rules! half_host_float {
 
 half_host_float!(
     bf16 => BF16, widened by bf16_to_f32, rounded by bf16_from_f32,
-    f16 => F16, widened by f16::to_f32, rounded by f16::from_f32
+    f16 => F16, widened by f16_to_f32, rounded by f16_from_f32
 );
 
 /// `value` as f32 (exact), a NaN made quiet: `half`'s `bf16::to_f32`, bit for bit, without its
@@ -350,6 +432,67 @@ pub(crate) fn bf16_from_f32(value: f32) -> bf16 {
     let quiet_nan = (bits >> 16) as u16 | 0x40;
     let is_nan = bits & 0x7fff_ffff > 0x7f80_0000;
     bf16::from_bits(if is_nan { quiet_nan } else { rounded })
+}
+
+/// `value` as f32 (exact), a NaN made quiet: `half`'s `f16::to_f32`, bit for bit, in integer
+/// and float operations the compiler vectorises. `half` converts one value per call behind a
+/// run-time check for F16C (or branches per case without it), which kept every loop that reads
+/// f16 one value at a time.
+#[inline(always)]
+pub(crate) fn f16_to_f32(value: f16) -> f32 {
+    let bits = u32::from(value.to_bits());
+    let sign = (bits & 0x8000) << 16;
+    let magnitude = bits & 0x7fff;
+    // Normal numbers: the exponent rebased from 15 to 127, the mantissa moved up 13 bits.
+    let normal = (magnitude << 13) + ((127 - 15) << 23);
+    // Subnormals (and zero): the mantissa m is m · 2⁻²⁴, computed exactly as
+    // (2⁻¹⁴ + m · 2⁻²⁴) − 2⁻¹⁴ in f32.
+    let subnormal = (f32::from_bits(normal + (1 << 23)) - f32::from_bits(113 << 23)).to_bits();
+    // Infinities and NaNs: the exponent all ones, a NaN's payload kept and made quiet.
+    let quiet = if magnitude > 0x7c00 { 0x0040_0000 } else { 0 };
+    let special = (magnitude << 13) | 0x7f80_0000 | quiet;
+    let widened = if magnitude >= 0x7c00 {
+        special
+    } else if magnitude < 0x0400 {
+        subnormal
+    } else {
+        normal
+    };
+    f32::from_bits(sign | widened)
+}
+
+/// `value` rounded to the nearest f16, ties to even, overflow to infinity, a NaN kept a quiet
+/// NaN with its payload's high bits: `half`'s `f16::from_f32` (F16C's `vcvtps2ph`), bit for bit,
+/// without a call and a branch per value ([`f16_to_f32`]).
+#[inline(always)]
+pub(crate) fn f16_from_f32(value: f32) -> f16 {
+    let bits = value.to_bits();
+    let sign = (bits >> 16) & 0x8000;
+    let magnitude = bits & 0x7fff_ffff;
+    // Normal results: rebase the exponent, then add 0xfff plus the kept part's lowest bit so
+    // that the carry into the kept part rounds to nearest, ties to even (as `bf16_from_f32`).
+    let odd = (magnitude >> 13) & 1;
+    let normal = magnitude
+        .wrapping_sub((127 - 15) << 23)
+        .wrapping_add(0xfff + odd)
+        >> 13;
+    // Subnormal results: adding 0.5 (2⁻¹) shifts the value's bits so that f32's own
+    // round-to-nearest-even leaves the f16 mantissa in the low bits.
+    let half_magic = 126 << 23;
+    let subnormal = (f32::from_bits(magnitude) + f32::from_bits(half_magic))
+        .to_bits()
+        .wrapping_sub(half_magic);
+    let nan = 0x7e00 | ((magnitude >> 13) & 0x3ff);
+    let rounded = if magnitude > 0x7f80_0000 {
+        nan
+    } else if magnitude >= (127 + 16) << 23 {
+        0x7c00
+    } else if magnitude < 113 << 23 {
+        subnormal
+    } else {
+        normal
+    };
+    f16::from_bits((sign | rounded) as u16)
 }
 
 /// Elements converted per task: large enough that a task outweighs its scheduling.
@@ -468,13 +611,14 @@ fn update_from<S: Copy + Sync, T: Send>(
 pub(crate) mod tests {
     use super::*;
 
-    /// Makes [`vectorized`] run every kernel as built for the baseline (on every thread: the
-    /// results are the same bits either way, which is what the test below checks).
-    pub(crate) static BASELINE_ONLY: std::sync::atomic::AtomicBool =
-        std::sync::atomic::AtomicBool::new(false);
+    /// The widest [`VectorLevel`] [`vectorized`] may use, as a number (0 baseline, 1 AVX2,
+    /// 2 AVX-512): a test lowers it to run the other builds on every thread (the results are
+    /// the same bits at every level, which is what the test below checks).
+    pub(crate) static LEVEL_CAP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
 
-    /// The kernels built for AVX-512 give the bits of the baseline build: casts both ways and
-    /// the lane sums (BatchNorm's statistics), on values over many magnitudes.
+    /// The kernels built for each vector level this CPU has give the bits of the baseline build:
+    /// casts both ways (bf16 and f16) and the lane sums (BatchNorm's statistics), on values over
+    /// many magnitudes.
     #[test]
     fn vectorized_kernels_equal_the_baseline_build() {
         let values: Vec<f32> = (0..300_001u32)
@@ -490,21 +634,33 @@ pub(crate) mod tests {
                 crate::layers::norm_relu_host::lane_sum(&rounded, |v| v * v),
                 crate::layers::norm_relu_host::lane_sum(&widened, |v| v),
             );
-            let bits: Vec<u32> = widened.iter().map(|v| v.to_bits()).collect();
+            let mut rounded_f16 = vec![f16::ZERO; values.len()];
+            convert_into(&values, &mut rounded_f16, f16_from_f32);
+            let mut widened_f16 = vec![0f32; values.len()];
+            convert_into(&rounded_f16, &mut widened_f16, f16_to_f32);
+            let bits: Vec<u32> = widened
+                .iter()
+                .chain(&widened_f16)
+                .map(|v| v.to_bits())
+                .collect();
             (bits, sums.0.to_bits(), sums.1.to_bits())
         };
-        let fast = run();
-        BASELINE_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
-        let baseline = run();
-        BASELINE_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
-        assert!(fast == baseline, "the two builds differ");
+        let at_level = |level: VectorLevel| {
+            LEVEL_CAP.store(level as u8, std::sync::atomic::Ordering::Relaxed);
+            let results = run();
+            LEVEL_CAP.store(2, std::sync::atomic::Ordering::Relaxed);
+            results
+        };
+        let baseline = at_level(VectorLevel::Baseline);
+        for level in [VectorLevel::Avx2, VectorLevel::Avx512] {
+            if level.available() {
+                assert!(at_level(level) == baseline, "the {level:?} build differs");
+            }
+        }
     }
     use crate::TestBackend;
     use burn::tensor::Distribution;
 
-    /// The branch-free rounding equals `half`'s `bf16::from_f32` bit for bit on every one of the
-    /// 2³² f32 bit patterns (NaNs, infinities, subnormals, ties and the overflow to infinity
-    /// included).
     /// The branch-free widening equals `half`'s `bf16::to_f32` bit for bit on every bf16.
     #[test]
     fn bf16_widening_equals_halfs_on_every_bf16() {
@@ -518,6 +674,9 @@ pub(crate) mod tests {
         }
     }
 
+    /// The branch-free rounding equals `half`'s `bf16::from_f32` bit for bit on every one of the
+    /// 2³² f32 bit patterns (NaNs, infinities, subnormals, ties and the overflow to infinity
+    /// included).
     #[test]
     fn bf16_rounding_equals_halfs_on_every_f32() {
         let mismatches: u64 = (0..=u16::MAX)
@@ -532,6 +691,38 @@ pub(crate) mod tests {
             })
             .sum();
         assert_eq!(mismatches, 0, "bit patterns rounded unlike half's");
+    }
+
+    /// The branch-free f16 rounding equals `half`'s `f16::from_f32` bit for bit on every one of
+    /// the 2³² f32 bit patterns (NaN payloads, infinities, subnormal results, ties and the
+    /// overflow to infinity included).
+    #[test]
+    fn f16_rounding_equals_halfs_on_every_f32() {
+        let mismatches: u64 = (0..=u16::MAX)
+            .into_par_iter()
+            .map(|high| {
+                (0..=u16::MAX)
+                    .filter(|&low| {
+                        let value = f32::from_bits(u32::from(high) << 16 | u32::from(low));
+                        f16_from_f32(value).to_bits() != f16::from_f32(value).to_bits()
+                    })
+                    .count() as u64
+            })
+            .sum();
+        assert_eq!(mismatches, 0, "bit patterns rounded unlike half's");
+    }
+
+    /// The branch-free f16 widening equals `half`'s `f16::to_f32` bit for bit on every f16.
+    #[test]
+    fn f16_widening_equals_halfs_on_every_f16() {
+        for bits in 0..=u16::MAX {
+            let value = f16::from_bits(bits);
+            assert_eq!(
+                f16_to_f32(value).to_bits(),
+                value.to_f32().to_bits(),
+                "f16 bits {bits:#06x}"
+            );
+        }
     }
 
     /// The parallel cast equals a one-element-at-a-time conversion that rounds to nearest even

@@ -294,7 +294,10 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
     let backend = resolve_backend(config)?;
     let threads = configure_compute_threads(config);
     if backend == BackendChoice::Cpu {
-        tracing::info!("CPU compute on {threads} threads (trainer.compute_threads)");
+        tracing::info!(
+            "CPU compute on {threads} threads (trainer.compute_threads); {}",
+            vidtrain_model::cpu_kernels::VectorLevel::fastest().describe()
+        );
         match config.trainer.precision {
             vidtrain_config::Precision::BHalf => {
                 tracing::info!("{}", vidtrain_model::gemm_bf16::Path::describe_cpu_route())
