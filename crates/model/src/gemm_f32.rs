@@ -150,33 +150,45 @@ impl GemmOperand for bf16 {
 pub enum F32Path {
     /// AVX-512F's fused multiply-add, where the CPU has it.
     Avx512,
+    /// AVX2's 8-lane fused multiply-add (FMA3), where the CPU has it and not AVX-512F.
+    Avx2,
     /// The same tiles in plain Rust, for every CPU (and the tests of the callers' layouts).
     Portable,
 }
 
 impl F32Path {
-    /// AVX-512F where this CPU has it and `VIDTRAIN_CPU_KERNELS` does not say `reference`;
-    /// `None` otherwise (the callers then take gemm's packed route: plain Rust tiles are
-    /// slower than packing).
+    /// AVX-512F, else AVX2 with FMA, where this CPU has it and `VIDTRAIN_CPU_KERNELS` does not
+    /// say `reference`; `None` otherwise (the callers then take gemm's packed route: plain Rust
+    /// tiles are slower than packing).
     pub fn fastest() -> Option<F32Path> {
         static FASTEST: std::sync::OnceLock<Option<F32Path>> = std::sync::OnceLock::new();
         *FASTEST.get_or_init(|| {
-            let path = F32Path::Avx512;
-            (path.available() && !crate::cpu_kernels::reference()).then_some(path)
+            if crate::cpu_kernels::reference() {
+                return None;
+            }
+            [F32Path::Avx512, F32Path::Avx2]
+                .into_iter()
+                .find(|path| path.available())
         })
     }
 
     /// How f32 convolutions compute on this CPU, for the training log.
     pub fn describe_cpu_route() -> &'static str {
         match F32Path::fastest() {
-            Some(_) => {
+            Some(F32Path::Avx512) => {
                 "f32 stride-1 convolutions of 27 taps and more multiply from the clip on AVX-512F; \
                  the others through im2col columns"
+            }
+            Some(_) => {
+                "f32 stride-1 convolutions of 27 taps and more multiply from the clip on AVX2 + \
+                 FMA (no AVX-512F on this CPU); the others through im2col columns"
             }
             None if crate::cpu_kernels::reference() => {
                 "f32 convolutions multiply im2col columns (VIDTRAIN_CPU_KERNELS=reference)"
             }
-            None => "f32 convolutions multiply im2col columns: this CPU has no AVX-512F",
+            None => {
+                "f32 convolutions multiply im2col columns: this CPU has neither AVX-512F nor AVX2"
+            }
         }
     }
 
@@ -186,8 +198,13 @@ impl F32Path {
             F32Path::Portable => true,
             #[cfg(target_arch = "x86_64")]
             F32Path::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            F32Path::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            F32Path::Avx512 => false,
+            F32Path::Avx512 | F32Path::Avx2 => false,
         }
     }
 }
@@ -218,8 +235,17 @@ pub fn strided_tile(
                 avx512::strided_tile(operands, segments, tile)
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        F32Path::Avx2 => {
+            #[allow(unsafe_code)]
+            // SAFETY: asserted above: this CPU has AVX2 and FMA, the only requirements of
+            // `avx2::strided_tile` (it reads and writes only through slices).
+            unsafe {
+                avx2::strided_tile(operands, segments, tile)
+            }
+        }
         #[cfg(not(target_arch = "x86_64"))]
-        F32Path::Avx512 => unreachable!("asserted the path is available"),
+        F32Path::Avx512 | F32Path::Avx2 => unreachable!("asserted the path is available"),
     }
 }
 
@@ -292,6 +318,87 @@ mod avx512 {
     const _: () = assert!(COLUMNS == 32);
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{COLUMNS, ROWS, Strided, Tile};
+    use std::arch::x86_64::{__m256, _mm256_fmadd_ps, _mm256_set1_ps};
+
+    /// Rows and columns of the tile summed in registers at a time: 6 × 2 vectors of 8 are 12
+    /// of AVX2's 16 registers, with the two vectors of `b` and the broadcast value of `a`.
+    const BLOCK_ROWS: usize = 6;
+    const BLOCK_COLUMNS: usize = 16;
+
+    /// Units of `k` a block sums before moving to the next block, at least (whole segments):
+    /// the four blocks then read the same few kilobytes of both operands, from L1.
+    const UNITS_PER_GROUP: usize = 32;
+
+    /// [`super::strided_tile_portable`] with `vfmadd231ps` on 8 lanes: the 12 × 32 tile does not
+    /// fit AVX2's registers, so it is summed a 6 × 16 block at a time, the four blocks in turn
+    /// over a group of segments. Each block walking every segment read the operands' units four
+    /// times from L2 (an `a` unit lies a whole plane after the last): r3d_18's convolutions ran
+    /// at a third of gemm's rate.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn strided_tile(
+        operands: Strided<'_, f32>,
+        segments: &[(usize, usize)],
+        tile: &mut Tile,
+    ) {
+        let segments_per_group = UNITS_PER_GROUP.div_ceil(operands.units.max(1));
+        for group in segments.chunks(segments_per_group) {
+            for first_row in (0..ROWS).step_by(BLOCK_ROWS) {
+                for first_column in (0..COLUMNS).step_by(BLOCK_COLUMNS) {
+                    block(operands, group, tile, first_row, first_column);
+                }
+            }
+        }
+    }
+
+    /// The tile's block of [`BLOCK_ROWS`] × [`BLOCK_COLUMNS`] at (`first_row`, `first_column`)
+    /// plus the products over `segments`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn block(
+        operands: Strided<'_, f32>,
+        segments: &[(usize, usize)],
+        tile: &mut Tile,
+        first_row: usize,
+        first_column: usize,
+    ) {
+        let columns = first_column..first_column + BLOCK_COLUMNS;
+        let mut sums: [[__m256; 2]; BLOCK_ROWS] = std::array::from_fn(|row| {
+            let (left, right) = tile[first_row + row][columns.clone()].split_at(8);
+            [vector(left), vector(right)]
+        });
+        for &segment in segments {
+            for (a_unit, b_unit) in operands.segment_units(segment) {
+                let (b_left, b_right) = b_unit[columns.clone()].split_at(8);
+                let (b_left, b_right) = (vector(b_left), vector(b_right));
+                let a_rows = &a_unit[first_row..first_row + BLOCK_ROWS];
+                for (sums, &a) in sums.iter_mut().zip(a_rows) {
+                    let a = _mm256_set1_ps(a);
+                    sums[0] = _mm256_fmadd_ps(a, b_left, sums[0]);
+                    sums[1] = _mm256_fmadd_ps(a, b_right, sums[1]);
+                }
+            }
+        }
+        for (row, [left, right]) in sums.into_iter().enumerate() {
+            let (left, right): ([f32; 8], [f32; 8]) = (bytemuck::cast(left), bytemuck::cast(right));
+            let target = &mut tile[first_row + row][columns.clone()];
+            target[..8].copy_from_slice(&left);
+            target[8..].copy_from_slice(&right);
+        }
+    }
+
+    /// 8 values as one vector.
+    #[inline(always)]
+    fn vector(values: &[f32]) -> __m256 {
+        let values: [f32; 8] = values.try_into().expect("a vector is 8 values");
+        bytemuck::cast(values)
+    }
+
+    const _: () = assert!(ROWS % BLOCK_ROWS == 0 && COLUMNS % BLOCK_COLUMNS == 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,7 +468,7 @@ mod tests {
             b_unit_stride: b_stride,
             units,
         };
-        for path in [F32Path::Portable, F32Path::Avx512] {
+        for path in [F32Path::Portable, F32Path::Avx512, F32Path::Avx2] {
             if !path.available() {
                 continue;
             }

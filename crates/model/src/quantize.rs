@@ -17,7 +17,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, Distribution, FloatDType, IntDType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
-use crate::cpu_kernels::{self, HostFloat};
+use crate::cpu_kernels::{self, HostFloat, bf16_from_f32, bf16_to_f32, f16_from_f32, f16_to_f32};
 
 /// Values per block, each block with its own range: 256 as in bitsandbytes' block-wise codes
 /// (the range costs 8 bytes per block: 1.6 % of the codes at 16 bits, 12.5 % at 2).
@@ -488,6 +488,21 @@ impl HostCodes {
         }
     }
 
+    /// [`Self::restore_into`], each value then rounded to `dtype` (what the values were stored
+    /// in before compression) where `T` is wider: a route that computes a half-precision input
+    /// in f32 reads the values the input restored whole holds (bf16 convolutions on a CPU
+    /// without the bf16 instruction read more precise values from codes than from the restored
+    /// tensor, and the two gradients differed).
+    pub(crate) fn restore_as<T: HostFloat>(&self, start: usize, values: &mut [T], dtype: DType) {
+        self.restore_into(start, values);
+        match dtype {
+            _ if dtype == T::dtype() => {}
+            DType::BF16 => round_each(values, |value| bf16_to_f32(bf16_from_f32(value))),
+            DType::F16 => round_each(values, |value| f16_to_f32(f16_from_f32(value))),
+            _ => {}
+        }
+    }
+
     /// [`Self::restore_range`] split across the compute pool.
     pub(crate) fn restore_into<T: HostFloat>(&self, start: usize, values: &mut [T]) {
         values
@@ -497,6 +512,22 @@ impl HostCodes {
                 self.restore_range(start + task * BLOCK * BLOCKS_PER_TASK, values)
             });
     }
+}
+
+/// `round` applied to every value, in parallel.
+fn round_each<T: HostFloat>(values: &mut [T], round: impl Fn(f32) -> f32 + Sync) {
+    values
+        .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
+        .for_each(|values| {
+            cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for value in values {
+                        *value = T::from_f32(round(value.to_f32()));
+                    }
+                },
+            )
+        });
 }
 
 /// A 32-bit integer hash (Chris Wellons' `lowbias32`): cheap, well mixed, and made of 32-bit

@@ -333,7 +333,8 @@ enum ClipReader<'a, T> {
         /// converted again.
         converted: Option<usize>,
     },
-    Codes(&'a HostCodes, Vec<T>),
+    /// Codes of an input stored in the dtype, restored a clip at a time.
+    Codes(&'a HostCodes, DType, Vec<T>),
     Normalized {
         source: Box<ClipReader<'a, T>>,
         map: &'a ChannelNorm,
@@ -355,7 +356,7 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
                 },
                 Err(tensor) => ClipReader::Stored(stored::<T, _, 5>(tensor)),
             },
-            ConvInput::Codes(input) => ClipReader::Codes(input.codes, Vec::new()),
+            ConvInput::Codes(input) => ClipReader::Codes(input.codes, input.dtype, Vec::new()),
             ConvInput::Normalized { source, map } => ClipReader::Normalized {
                 source: Box::new(ClipReader::of(*source)),
                 map,
@@ -364,7 +365,6 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
         }
     }
 
-    /// Clip `clip` of `clip_len` values.
     /// The sums of every channel of `[n, channels, positions]` values (a convolution's bias
     /// gradient, from its upstream).
     ///
@@ -387,6 +387,7 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
         }
     }
 
+    /// Clip `clip` of `clip_len` values.
     fn clip(&mut self, clip: usize, clip_len: usize) -> &[T] {
         match self {
             ClipReader::Stored(values) => &values[clip * clip_len..(clip + 1) * clip_len],
@@ -402,9 +403,9 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
                 }
                 buffer
             }
-            ClipReader::Codes(codes, buffer) => {
+            ClipReader::Codes(codes, dtype, buffer) => {
                 buffer.resize(clip_len, T::from_f32(0.0));
-                codes.restore_into(clip * clip_len, buffer);
+                codes.restore_as(clip * clip_len, buffer, *dtype);
                 buffer
             }
             ClipReader::Normalized {
@@ -414,9 +415,9 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
             } => match source.as_mut() {
                 // Restored codes are normalised where they were restored: one clip buffer, as
                 // for the codes alone.
-                ClipReader::Codes(codes, restored) => {
+                ClipReader::Codes(codes, dtype, restored) => {
                     restored.resize(clip_len, T::from_f32(0.0));
-                    codes.restore_into(clip * clip_len, restored);
+                    codes.restore_as(clip * clip_len, restored, *dtype);
                     map.forward_in_place(restored, map.clip_dims(clip_len));
                     restored
                 }

@@ -256,7 +256,7 @@ fn direct_convolutions_equal_the_f32_route() {
         }
         // The f32 kernel on the same values in f32: only the order of the sums differs.
         let f32_operands = operands.map(|operand| operand.cast(FloatDType::F32));
-        let paths = [F32Path::Portable, F32Path::Avx512];
+        let paths = [F32Path::Portable, F32Path::Avx512, F32Path::Avx2];
         for path in paths.into_iter().filter(|path| path.available()) {
             let results = results_of(
                 &f32_operands,
