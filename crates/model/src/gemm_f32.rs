@@ -396,7 +396,7 @@ mod avx2 {
         bytemuck::cast(values)
     }
 
-    const _: () = assert!(ROWS % BLOCK_ROWS == 0 && COLUMNS % BLOCK_COLUMNS == 0);
+    const _: () = assert!(ROWS.is_multiple_of(BLOCK_ROWS) && COLUMNS.is_multiple_of(BLOCK_COLUMNS));
 }
 
 #[cfg(test)]
