@@ -1,5 +1,5 @@
 //! Stride-1 convolutions multiplied straight from the clip, without im2col columns: bf16 on
-//! AVX512_BF16, f32 on AVX-512F.
+//! AVX512_BF16, f32 on AVX-512F or AVX2 + FMA.
 //!
 //! im2col copies each input value once per kernel tap (27 times for the 3-D ResNet's 3 × 3 × 3
 //! kernels), and each copy is then used by as few multiply-adds as the convolution has output
