@@ -661,17 +661,37 @@ pub(crate) mod tests {
     use crate::TestBackend;
     use burn::tensor::Distribution;
 
-    /// The branch-free widening equals `half`'s `bf16::to_f32` bit for bit on every bf16.
+    /// The branch-free widenings equal `half`'s `to_f32` bit for bit on every bf16 and f16.
     #[test]
-    fn bf16_widening_equals_halfs_on_every_bf16() {
+    fn widening_equals_halfs_on_every_half() {
         for bits in 0..=u16::MAX {
-            let value = bf16::from_bits(bits);
-            assert_eq!(
-                bf16_to_f32(value).to_bits(),
-                value.to_f32().to_bits(),
-                "{bits:#06x}"
-            );
+            let (brain, half) = (bf16::from_bits(bits), f16::from_bits(bits));
+            let pairs = [
+                (bf16_to_f32(brain), brain.to_f32(), "bf16"),
+                (f16_to_f32(half), half.to_f32(), "f16"),
+            ];
+            for (ours, halfs, dtype) in pairs {
+                assert_eq!(ours.to_bits(), halfs.to_bits(), "{dtype} {bits:#06x}");
+            }
         }
+    }
+
+    /// How many of the 2³² f32 bit patterns `ours` rounds to other bits than `halfs`.
+    fn roundings_unlike_halfs(
+        ours: impl Fn(f32) -> u16 + Sync,
+        halfs: impl Fn(f32) -> u16 + Sync,
+    ) -> u64 {
+        (0..=u16::MAX)
+            .into_par_iter()
+            .map(|high| {
+                (0..=u16::MAX)
+                    .filter(|&low| {
+                        let value = f32::from_bits(u32::from(high) << 16 | u32::from(low));
+                        ours(value) != halfs(value)
+                    })
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// The branch-free rounding equals `half`'s `bf16::from_f32` bit for bit on every one of the
@@ -679,17 +699,10 @@ pub(crate) mod tests {
     /// included).
     #[test]
     fn bf16_rounding_equals_halfs_on_every_f32() {
-        let mismatches: u64 = (0..=u16::MAX)
-            .into_par_iter()
-            .map(|high| {
-                (0..=u16::MAX)
-                    .filter(|&low| {
-                        let value = f32::from_bits(u32::from(high) << 16 | u32::from(low));
-                        bf16_from_f32(value).to_bits() != bf16::from_f32(value).to_bits()
-                    })
-                    .count() as u64
-            })
-            .sum();
+        let mismatches = roundings_unlike_halfs(
+            |value| bf16_from_f32(value).to_bits(),
+            |value| bf16::from_f32(value).to_bits(),
+        );
         assert_eq!(mismatches, 0, "bit patterns rounded unlike half's");
     }
 
@@ -698,31 +711,11 @@ pub(crate) mod tests {
     /// overflow to infinity included).
     #[test]
     fn f16_rounding_equals_halfs_on_every_f32() {
-        let mismatches: u64 = (0..=u16::MAX)
-            .into_par_iter()
-            .map(|high| {
-                (0..=u16::MAX)
-                    .filter(|&low| {
-                        let value = f32::from_bits(u32::from(high) << 16 | u32::from(low));
-                        f16_from_f32(value).to_bits() != f16::from_f32(value).to_bits()
-                    })
-                    .count() as u64
-            })
-            .sum();
+        let mismatches = roundings_unlike_halfs(
+            |value| f16_from_f32(value).to_bits(),
+            |value| f16::from_f32(value).to_bits(),
+        );
         assert_eq!(mismatches, 0, "bit patterns rounded unlike half's");
-    }
-
-    /// The branch-free f16 widening equals `half`'s `f16::to_f32` bit for bit on every f16.
-    #[test]
-    fn f16_widening_equals_halfs_on_every_f16() {
-        for bits in 0..=u16::MAX {
-            let value = f16::from_bits(bits);
-            assert_eq!(
-                f16_to_f32(value).to_bits(),
-                value.to_f32().to_bits(),
-                "f16 bits {bits:#06x}"
-            );
-        }
     }
 
     /// The parallel cast equals a one-element-at-a-time conversion that rounds to nearest even
