@@ -199,7 +199,7 @@ fn count_flops_and_peaks(
         }
     }
     let peaks = json!({
-        "ours": {"f32": ours["f32_gflops"], "bf16": ours["bf16_gflops"]},
+        "ours": {"f32": ours["f32_gflops"], "bf16": ours["bf16_gflops"], "bf16_route": ours["bf16_route"]},
         "pytorch": torch_peak,
     });
     Ok((Value::Object(flops), peaks))
@@ -331,7 +331,13 @@ fn ratio_table(report: &Value) -> String {
             (Some(flops), Some(rate)) => Some(flops * rate / 1e9),
             _ => None,
         };
-        let product_dtype = if row["row"].as_str().unwrap_or("").contains("bf16") {
+        // bf16 rows multiply in f32 where the CPU has no bf16 dot product (the peak's bf16
+        // figure is then the portable kernel's, which no row runs).
+        let bf16_products = !peaks["ours"]["bf16_route"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("portable");
+        let product_dtype = if bf16_products && row["row"].as_str().unwrap_or("").contains("bf16") {
             "bf16"
         } else {
             "f32"
