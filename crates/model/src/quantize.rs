@@ -492,15 +492,38 @@ impl HostCodes {
     /// in before compression) where `T` is wider: a route that computes a half-precision input
     /// in f32 reads the values the input restored whole holds (bf16 convolutions on a CPU
     /// without the bf16 instruction read more precise values from codes than from the restored
-    /// tensor, and the two gradients differed).
+    /// tensor, and the two gradients differed). Each task rounds the values it has just
+    /// restored, while they are in its cache.
     pub(crate) fn restore_as<T: HostFloat>(&self, start: usize, values: &mut [T], dtype: DType) {
-        self.restore_into(start, values);
         match dtype {
-            _ if dtype == T::dtype() => {}
-            DType::BF16 => round_each(values, |value| bf16_to_f32(bf16_from_f32(value))),
-            DType::F16 => round_each(values, |value| f16_to_f32(f16_from_f32(value))),
-            _ => {}
+            _ if dtype == T::dtype() => self.restore_into(start, values),
+            DType::BF16 => self.restore_rounded(start, values, |v| bf16_to_f32(bf16_from_f32(v))),
+            DType::F16 => self.restore_rounded(start, values, |v| f16_to_f32(f16_from_f32(v))),
+            _ => self.restore_into(start, values),
         }
+    }
+
+    /// [`Self::restore_into`] with `round` applied to each value in the same task.
+    fn restore_rounded<T: HostFloat>(
+        &self,
+        start: usize,
+        values: &mut [T],
+        round: impl Fn(f32) -> f32 + Sync,
+    ) {
+        values
+            .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
+            .enumerate()
+            .for_each(|(task, values)| {
+                self.restore_range(start + task * BLOCK * BLOCKS_PER_TASK, values);
+                cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        for value in values {
+                            *value = T::from_f32(round(value.to_f32()));
+                        }
+                    },
+                )
+            });
     }
 
     /// [`Self::restore_range`] split across the compute pool.
@@ -512,22 +535,6 @@ impl HostCodes {
                 self.restore_range(start + task * BLOCK * BLOCKS_PER_TASK, values)
             });
     }
-}
-
-/// `round` applied to every value, in parallel.
-fn round_each<T: HostFloat>(values: &mut [T], round: impl Fn(f32) -> f32 + Sync) {
-    values
-        .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
-        .for_each(|values| {
-            cpu_kernels::vectorized(
-                #[inline(always)]
-                || {
-                    for value in values {
-                        *value = T::from_f32(round(value.to_f32()));
-                    }
-                },
-            )
-        });
 }
 
 /// A 32-bit integer hash (Chris Wellons' `lowbias32`): cheap, well mixed, and made of 32-bit
