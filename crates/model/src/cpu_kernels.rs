@@ -383,6 +383,12 @@ impl HostFloat for f32 {
     }
 }
 
+/// `values` as `T` when `S` is `T`'s dtype: a kernel generic over what it reads copies such
+/// values instead of converting them one by one.
+pub(crate) fn same_dtype<S: HostFloat, T: HostFloat>(values: &[S]) -> Option<&[T]> {
+    (S::FLOAT == T::FLOAT).then(|| bytemuck::cast_slice(values))
+}
+
 /// The half types widen exactly and round to nearest even: bf16 by [`bf16_to_f32`] and
 /// [`bf16_from_f32`], f16 by [`f16_to_f32`] and [`f16_from_f32`] (the same bits as `half`'s,
 /// without its branches).

@@ -62,17 +62,19 @@ impl Path {
     }
 
     /// How bf16 convolutions compute on this CPU, for the training log.
-    pub fn describe_cpu_route() -> &'static str {
+    pub fn describe_cpu_route() -> String {
         match Path::fastest() {
-            Some(Path::Amx) => {
-                "bf16 convolutions multiply bf16 on AMX-BF16 tiles (tdpbf16ps: packed products) \
-                 and AVX512_BF16 (vdpbf16ps: direct convolutions)"
-            }
-            Some(_) => "bf16 convolutions multiply bf16 on AVX512_BF16 (vdpbf16ps)",
+            Some(Path::Amx) => "bf16 convolutions multiply bf16 on AMX-BF16 tiles (tdpbf16ps: \
+                 packed products) and AVX512_BF16 (vdpbf16ps: direct convolutions)"
+                .to_string(),
+            Some(_) => "bf16 convolutions multiply bf16 on AVX512_BF16 (vdpbf16ps)".to_string(),
             None if crate::cpu_kernels::reference() => {
-                "bf16 convolutions compute in f32 (VIDTRAIN_CPU_KERNELS=reference)"
+                "bf16 convolutions compute in f32 (VIDTRAIN_CPU_KERNELS=reference)".to_string()
             }
-            None => "bf16 convolutions compute in f32: this CPU has no AVX512_BF16",
+            None => format!(
+                "bf16 convolutions compute in f32 (this CPU has no AVX512_BF16): {}",
+                crate::gemm_f32::F32Path::describe_half_cpu_route()
+            ),
         }
     }
 

@@ -92,6 +92,17 @@ pub(crate) fn f32_path(dtypes: &[DType]) -> Option<F32Path> {
     fastest_when_all(dtypes, DType::F32, F32Path::fastest)
 }
 
+/// The f32 strided tiles' path for half operands that no bf16 kernel multiplies — f16, or bf16
+/// on a CPU without the bf16 dot product — all of one half dtype: multiplied in f32, read and
+/// stored in their dtype ([`crate::layers::conv_direct`]).
+pub(crate) fn half_on_f32_path(dtypes: &[DType]) -> Option<F32Path> {
+    let first = *dtypes.first()?;
+    let half = matches!(first, DType::BF16 | DType::F16) && dtypes.iter().all(|&each| each == first);
+    (half && bf16_path(dtypes).is_none())
+        .then(F32Path::fastest)
+        .flatten()
+}
+
 /// `fastest()` when every one of `dtypes` is `dtype`.
 fn fastest_when_all<P>(dtypes: &[DType], dtype: DType, fastest: fn() -> Option<P>) -> Option<P> {
     dtypes
@@ -170,6 +181,18 @@ impl F32Path {
                 .into_iter()
                 .find(|path| path.available())
         })
+    }
+
+    /// How half-precision convolutions that no bf16 kernel multiplies (fp16; bf16 on a CPU
+    /// without AVX512_BF16) compute on this CPU, for the training log.
+    pub fn describe_half_cpu_route() -> &'static str {
+        match F32Path::fastest() {
+            Some(_) => {
+                "multiplied in f32 and stored in half precision: stride-1 convolutions of 27 taps \
+                 and more from the clip, widened clip by clip; the others through im2col columns"
+            }
+            None => "multiplied in f32 through im2col columns, stored in half precision",
+        }
     }
 
     /// How f32 convolutions compute on this CPU, for the training log.

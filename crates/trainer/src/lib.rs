@@ -308,7 +308,10 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
                     vidtrain_model::gemm_f32::F32Path::describe_cpu_route()
                 )
             }
-            _ => {}
+            vidtrain_config::Precision::Half => tracing::info!(
+                "fp16 convolutions {}",
+                vidtrain_model::gemm_f32::F32Path::describe_half_cpu_route()
+            ),
         }
     }
     refuse_plans_above_machine_memory(config, backend)?;

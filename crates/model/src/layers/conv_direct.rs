@@ -23,11 +23,11 @@
 //!   of the shift for pairs).
 
 use burn::prelude::*;
-use burn::tensor::{TensorData, bf16};
+use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
 use super::conv_gemm::ConvGeometry;
-use crate::cpu_kernels::{HostFloat, extend_filled, filled, floats, stored};
+use crate::cpu_kernels::{HostFloat, extend_filled, filled, floats, same_dtype, stored};
 use crate::gemm_bf16::{self, COLUMNS, Matrix, Path, ROWS, Strided, Tile};
 use crate::gemm_f32::{self, F32Path};
 
@@ -54,9 +54,11 @@ pub(crate) trait DirectOperand: HostFloat {
     /// `clip` (`[channels, t, h, w]`) as planes of units of channels on the padded flat
     /// positions: `[units][positions]`, zero in the padding, past the volume (`positions` may
     /// exceed it, for the last tiles' reads) and past the last channel, into `packed`. A
-    /// tile's rows (consecutive positions) of one unit are consecutive values.
-    fn channel_planes(
-        clip: &[Self],
+    /// tile's rows (consecutive positions) of one unit are consecutive values. The f32 kernel
+    /// reads a clip of any dtype (half clips widened as they are laid out); the bf16 kernel reads
+    /// bf16 clips only.
+    fn channel_planes<S: HostFloat>(
+        clip: &[S],
         channels: usize,
         volume: &Volume,
         positions: usize,
@@ -98,14 +100,16 @@ impl DirectOperand for bf16 {
         gemm_bf16::strided_tile(path, operands, segments, tile);
     }
 
-    fn channel_planes(
-        clip: &[bf16],
+    fn channel_planes<S: HostFloat>(
+        clip: &[S],
         channels: usize,
         volume: &Volume,
         positions: usize,
         packed: &mut Vec<u32>,
         path: Path,
     ) {
+        let clip: &[bf16] =
+            same_dtype(clip).expect("the bf16 route multiplies bf16 clips (`conv_gemm` routes)");
         let pairs = channels.div_ceil(2);
         let [t, h, w] = volume.input;
         let clip = Matrix::row_major(clip, channels, t * h * w, t * h * w);
@@ -162,8 +166,8 @@ impl DirectOperand for f32 {
         gemm_f32::strided_tile(path, operands, segments, tile);
     }
 
-    fn channel_planes(
-        clip: &[f32],
+    fn channel_planes<S: HostFloat>(
+        clip: &[S],
         channels: usize,
         volume: &Volume,
         positions: usize,
@@ -321,6 +325,7 @@ impl Volume {
     /// For each row of values `[t, h, w]` (`dims`) placed at `origin` of the flat positions,
     /// `place(source, target)`: the row's first value's index in the values and its flat
     /// position.
+    #[inline(always)]
     fn for_each_row(
         &self,
         dims: [usize; 3],
@@ -437,17 +442,18 @@ impl<U: Copy + Default + Send + Sync> TapPanels<U> {
     }
 }
 
-/// The stride-1 convolution of one clip (`[channels_in, t, h, w]`) with `weight` plus `bias`
-/// into `output` (`[channels_out, t_out·h_out·w_out]`), every sum in f32 rounded once to `T`,
-/// the clip laid out in `input` (kept by the caller for the next clip). Frames and panels of
-/// output channels are computed in parallel, each tile's sums over every tap held in registers.
-fn convolve_clip<T: DirectOperand>(
-    clip: &[T],
+/// The stride-1 convolution of one clip (`[channels_in, t, h, w]`, read as `S`) with `weight`
+/// plus `bias` into `output` (`[channels_out, t_out·h_out·w_out]`, stored as `O`), multiplied
+/// in `T`, every sum in f32 rounded once to `O`, the clip laid out in `input` (kept by the
+/// caller for the next clip). Frames and panels of output channels are computed in parallel,
+/// each tile's sums over every tap held in registers.
+fn convolve_clip<T: DirectOperand, S: HostFloat, O: HostFloat>(
+    clip: &[S],
     channels_in: usize,
     volume: &Volume,
     weight: &TapPanels<T::Unit>,
     bias: Option<&[f32]>,
-    (output, input): (&mut [T], &mut Vec<T::Unit>),
+    (output, input): (&mut [O], &mut Vec<T::Unit>),
     path: T::Path,
 ) {
     let [t_out, h_out, w_out] = volume.output;
@@ -467,14 +473,14 @@ fn convolve_clip<T: DirectOperand>(
     // cut into bands of rows, each band's last tile was mostly columns past `w_out`, and r3d_18's
     // last stage computed 3.4 times its outputs), each writing its channels' runs of its frame
     // in place.
-    let mut tasks: Vec<(usize, usize, Vec<&mut [T]>)> = (0..t_out)
+    let mut tasks: Vec<(usize, usize, Vec<&mut [O]>)> = (0..t_out)
         .flat_map(|frame| (0..weight.panels).map(move |panel| (frame, panel, Vec::new())))
         .collect();
     for (index, run) in output.chunks_mut(frame_len).enumerate() {
         let (channel, frame) = (index / t_out, index % t_out);
         tasks[frame * weight.panels + channel / COLUMNS].2.push(run);
     }
-    // Inside `vectorized`: the tile's transpose and its rounding to `T` in `store_tile` were
+    // Inside `vectorized`: the tile's transpose and its rounding to `O` in `store_tile` were
     // built for the baseline CPU in the task's own closure (3 % of r3d_18's bf16 step).
     tasks.into_par_iter().for_each(|(frame, panel, mut runs)| {
         crate::cpu_kernels::vectorized(
@@ -517,11 +523,11 @@ fn convolve_clip<T: DirectOperand>(
 /// position by position, each behind a test of its place, the stores were 3 % of r3d_18's bf16
 /// step.
 #[inline(always)]
-fn store_tile<T: DirectOperand>(
+fn store_tile<O: HostFloat>(
     tile: &Tile,
     first: usize,
     [h_out, w_out, wp]: [usize; 3],
-    runs: &mut [&mut [T]],
+    runs: &mut [&mut [O]],
     shift: impl Fn(usize) -> f32,
 ) {
     // (tile row, output place, length) of each stretch of kept positions.
@@ -540,7 +546,7 @@ fn store_tile<T: DirectOperand>(
         }
         row += len;
     }
-    // Shifted and rounded to `T` whole, the tile's fixed shape lets the compiler vectorise the
+    // Shifted and rounded to `O` whole, the tile's fixed shape lets the compiler vectorise the
     // rounding; per stretch (a dozen values at most, of a length known only at run time) it
     // stayed scalar (3 % of r3d_18's bf16 step).
     let shifts: [f32; COLUMNS] = std::array::from_fn(|index| {
@@ -550,10 +556,10 @@ fn store_tile<T: DirectOperand>(
             0.0
         }
     });
-    let mut columns = [[T::from_f32(0.0); ROWS]; COLUMNS];
+    let mut columns = [[O::from_f32(0.0); ROWS]; COLUMNS];
     for (row, sums) in tile.iter().enumerate() {
         for ((column, &sum), &shift) in columns.iter_mut().zip(sums).zip(&shifts) {
-            column[row] = T::from_f32(sum + shift);
+            column[row] = O::from_f32(sum + shift);
         }
     }
     for (run, column) in runs.iter_mut().zip(&columns) {
@@ -563,8 +569,10 @@ fn store_tile<T: DirectOperand>(
     }
 }
 
-/// The forward of a convolution that [`applies`]: output `[n, c_out, t', h', w']` in `T`, the
-/// weight rounded to `T` (bf16 as on the im2col route).
+/// The forward of a convolution that [`applies`], multiplied in `T`: output `[n, c_out, t', h',
+/// w']` in the input's dtype, the weight rounded to `T` (bf16 as on the im2col route). A half
+/// input multiplied in f32 (a CPU without the bf16 dot product, or f16) is widened clip by clip
+/// as it is laid out, and its output rounded as it is stored: no f32 copy of either.
 pub(crate) fn forward<B: Backend, T: DirectOperand>(
     input: Tensor<B, 5>,
     weight: Tensor<B, 5>,
@@ -572,8 +580,23 @@ pub(crate) fn forward<B: Backend, T: DirectOperand>(
     geometry: ConvGeometry,
     path: T::Path,
 ) -> Tensor<B, 5> {
+    match input.dtype() {
+        DType::BF16 => forward_of::<B, T, bf16>(input, weight, bias, geometry, path),
+        DType::F16 => forward_of::<B, T, f16>(input, weight, bias, geometry, path),
+        _ => forward_of::<B, T, T>(input, weight, bias, geometry, path),
+    }
+}
+
+/// [`forward`] of an input stored as `S`.
+fn forward_of<B: Backend, T: DirectOperand, S: HostFloat>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+    path: T::Path,
+) -> Tensor<B, 5> {
     let device = input.device();
-    let input = stored::<T, _, 5>(input);
+    let input = stored::<S, _, 5>(input);
     let weight = stored::<T, _, 5>(weight);
     // Read as a slice once: a stored tensor's every index went through Burn's layout checks.
     let weight: &[T] = &weight;
@@ -596,19 +619,19 @@ pub(crate) fn forward<B: Backend, T: DirectOperand>(
         output: geometry.output,
     };
     let positions: usize = geometry.output.iter().product();
-    let mut output = filled(n * c_out * positions, T::from_f32(0.0));
+    let mut output = filled(n * c_out * positions, S::from_f32(0.0));
     let mut laid_out = Vec::new();
     for (clip, output) in input
         .chunks(c_in * t * h * w)
         .zip(output.chunks_mut(c_out * positions))
     {
         let buffers = (output, &mut laid_out);
-        convolve_clip(clip, c_in, &volume, &panels, bias.as_deref(), buffers, path);
+        convolve_clip::<T, S, S>(clip, c_in, &volume, &panels, bias.as_deref(), buffers, path);
     }
     let [t_out, h_out, w_out] = geometry.output;
     Tensor::from_data(
         TensorData::new(output, [n, c_out, t_out, h_out, w_out]),
-        (&device, T::dtype()),
+        (&device, S::dtype()),
     )
 }
 
@@ -652,11 +675,11 @@ impl<T: DirectOperand> InputGradient<T> {
     }
 
     /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient
-    /// (`[c_out, t', h', w']`).
-    pub(super) fn clip(&mut self, upstream: &[T], gradient: &mut [T], path: T::Path) {
+    /// (`[c_out, t', h', w']`), both stored as `S`.
+    pub(super) fn clip<S: HostFloat>(&mut self, upstream: &[S], gradient: &mut [S], path: T::Path) {
         let (volume, channels) = (&self.volume, self.channels_out);
         let buffers = (gradient, &mut self.laid_out);
-        convolve_clip(
+        convolve_clip::<T, S, S>(
             upstream,
             channels,
             volume,
@@ -736,8 +759,9 @@ impl<T: DirectOperand> WeightGradient<T> {
         (row_units, input_units)
     }
 
-    /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t', h', w']`.
-    pub(super) fn add_clip(&mut self, clip: &[T], upstream: &[T], path: T::Path) {
+    /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t', h', w']`, both stored
+    /// as `S` (widened to `T` as they are laid out).
+    pub(super) fn add_clip<S: HostFloat>(&mut self, clip: &[S], upstream: &[S], path: T::Path) {
         let (row_units, input_units) = self.units();
         let ([c_in, c_out], volume) = (self.channels, &self.volume);
         let (pending, planes) = (&mut self.pending, &mut self.planes);
@@ -1023,10 +1047,11 @@ impl<U: Copy + Default + Send + Sync> PendingProducts<'_, U> {
 /// Input channels [`WeightGradient::into_weight_order`] writes at a time.
 const TRANSPOSE_BLOCK: usize = 64;
 
-/// `values` (`[channels, dims]`) placed at `origin` of each channel's flat positions of
-/// `volume`, `len` of them (zero elsewhere), into `planes`: `[channels][len]`.
-fn flat_planes<T: HostFloat>(
-    values: &[T],
+/// `values` (`[channels, dims]`, stored as `S`) placed at `origin` of each channel's flat
+/// positions of `volume`, `len` of them (zero elsewhere), into `planes`: `[channels][len]` of
+/// `T` (half values widened as they are placed).
+fn flat_planes<S: HostFloat, T: HostFloat>(
+    values: &[S],
     channels: usize,
     dims: [usize; 3],
     origin: [usize; 3],
@@ -1037,12 +1062,32 @@ fn flat_planes<T: HostFloat>(
     let w = dims[2];
     planes.clear();
     extend_filled(planes, channels * len, T::from_f32(0.0));
+    let clip_len = dims.iter().product();
+    if let Some(values) = same_dtype::<S, T>(values) {
+        planes
+            .par_chunks_mut(len)
+            .zip(values.par_chunks(clip_len))
+            .for_each(|(plane, values)| {
+                volume.for_each_row(dims, origin, |source, target| {
+                    plane[target..][..w].copy_from_slice(&values[source..][..w]);
+                })
+            });
+        return;
+    }
     planes
         .par_chunks_mut(len)
-        .zip(values.par_chunks(dims.iter().product()))
+        .zip(values.par_chunks(clip_len))
         .for_each(|(plane, values)| {
-            volume.for_each_row(dims, origin, |source, target| {
-                plane[target..][..w].copy_from_slice(&values[source..][..w]);
-            })
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    volume.for_each_row(dims, origin, |source, target| {
+                        let (plane, values) = (&mut plane[target..][..w], &values[source..][..w]);
+                        for (planed, &value) in plane.iter_mut().zip(values) {
+                            *planed = T::from_f32(value.to_f32());
+                        }
+                    })
+                },
+            )
         });
 }

@@ -30,7 +30,7 @@ use crate::cpu_kernels::{
     HostFloat, Stored, cast, convert_into, extend_filled, filled, floats, stored,
 };
 use crate::gemm_bf16::{Matrix, Path, Update};
-use crate::gemm_f32::{bf16_path, f32_path};
+use crate::gemm_f32::{bf16_path, f32_path, half_on_f32_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
 use crate::layers::conv_direct::{self, DirectOperand};
 use crate::layers::im2col::{ColumnMap, col2im};
@@ -117,7 +117,9 @@ pub fn conv3d_forward<B: Backend>(
         {
             return conv_direct::forward::<B, bf16>(input, weight, bias, geometry, path);
         }
-        if let Some(path) = f32_path(&[dtype]) {
+        // A half input that no bf16 kernel multiplies (f16, or bf16 on a CPU without the
+        // instruction) is multiplied here in f32 too, widened clip by clip.
+        if let Some(path) = f32_path(&[dtype]).or_else(|| half_on_f32_path(&[dtype])) {
             return conv_direct::forward::<B, f32>(input, weight, bias, geometry, path);
         }
     }
@@ -456,14 +458,18 @@ impl<B: Backend> ConvBackward<'_, B> {
         let geometry = self.geometry;
         let dtypes = [self.input.dtype(), self.upstream.dtype()];
         let direct = conv_direct::applies(&geometry);
-        match (bf16_path(&dtypes), f32_path(&dtypes)) {
-            (Some(path), _) if direct && conv_direct::multiplies_bf16_on(path) => {
+        match (bf16_path(&dtypes), f32_path(&dtypes), half_on_f32_path(&dtypes)) {
+            (Some(path), ..) if direct && conv_direct::multiplies_bf16_on(path) => {
                 self.direct::<bf16>(path)
             }
-            (Some(path), _) => self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path)),
-            (None, Some(path)) if direct => self.direct::<f32>(path),
+            (Some(path), ..) => {
+                self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path))
+            }
+            (None, Some(path), _) | (None, None, Some(path)) if direct => {
+                self.direct::<f32>(path)
+            }
             // In f32, the input gradient stored in the input's dtype (rounded clip by clip).
-            (None, _) => {
+            (None, ..) => {
                 let group = geometry.lines_per_group(4);
                 match self.input.dtype() {
                     DType::F16 => self.products::<f32, burn::tensor::f16>(group, None),
@@ -474,27 +480,37 @@ impl<B: Backend> ConvBackward<'_, B> {
         }
     }
 
-    /// [`Self::gradients`] of a convolution that [`conv_direct::applies`] to, in `T` on
-    /// `path`: the weight gradient summed in f32 clip by clip, the input gradient computed
-    /// clip by clip in f32 and stored in `T`, the weight rounded to `T` (bf16 as on the
-    /// im2col route).
+    /// [`Self::gradients`] of a convolution that [`conv_direct::applies`] to, multiplied in `T`
+    /// on `path`: the weight gradient summed in f32 clip by clip, the input gradient computed
+    /// clip by clip in f32 and stored in the upstream's dtype, the weight rounded to `T` (bf16
+    /// as on the im2col route). Half operands multiplied in f32 are widened clip by clip as
+    /// they are laid out: no f32 copy of a whole one.
     fn direct<T: DirectOperand>(self, path: T::Path) -> ConvGradientsWithBias<B> {
+        match self.upstream.dtype() {
+            DType::BF16 => self.direct_of::<T, bf16>(path),
+            DType::F16 => self.direct_of::<T, burn::tensor::f16>(path),
+            _ => self.direct_of::<T, T>(path),
+        }
+    }
+
+    /// [`Self::direct`] of operands stored as `S`.
+    fn direct_of<T: DirectOperand, S: HostFloat>(self, path: T::Path) -> ConvGradientsWithBias<B> {
         let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
         let device = self.upstream.device();
         let [n, c_in, t, h, w] = geometry.input;
         let (c_out, positions) = (geometry.channels_out, geometry.positions());
-        let upstream = stored::<T, _, 5>(self.upstream);
+        let upstream = stored::<S, _, 5>(self.upstream);
         let bias_gradient = wants_bias.then(|| bias_gradient(&upstream, &geometry, &device));
         let mut input_gradient = wants_input.then(|| {
             let weight = stored::<T, _, 5>(self.weight);
             conv_direct::InputGradient::<T>::new(&weight, &geometry)
         });
         let clip_len = c_in * t * h * w;
-        let mut input = ClipReader::<T>::of(self.input);
+        let mut input = ClipReader::<S>::of(self.input);
         let mut weight_gradient = conv_direct::WeightGradient::<T>::new(&geometry);
         let mut gradient = input_gradient
             .as_ref()
-            .map(|_| filled(n * clip_len, T::from_f32(0.0)));
+            .map(|_| filled(n * clip_len, S::from_f32(0.0)));
         for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
             weight_gradient.add_clip(input.clip(clip, clip_len), upstream, path);
             if let (Some(computed), Some(gradient)) = (&mut input_gradient, gradient.as_mut()) {

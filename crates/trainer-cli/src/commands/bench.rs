@@ -55,8 +55,15 @@ pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
                 vidtrain_trainer::Bf16ProductPath::describe_cpu_route(),
             ),
             (
+                "fp16",
+                format!(
+                    "fp16 convolutions {}",
+                    vidtrain_trainer::F32ProductPath::describe_half_cpu_route()
+                ),
+            ),
+            (
                 "fp32",
-                vidtrain_trainer::F32ProductPath::describe_cpu_route(),
+                vidtrain_trainer::F32ProductPath::describe_cpu_route().to_string(),
             ),
         ];
         for (precision, route) in routes {

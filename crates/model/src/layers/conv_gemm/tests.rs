@@ -203,8 +203,8 @@ fn bf16_route_equals_the_f32_route(geometry: ConvGeometry, groups: &[usize]) {
 }
 
 /// Stride-1 convolutions computed without columns (`conv_direct`) equal the f32 route on the
-/// same bf16 values — in bf16 and in f32, on the AVX512_BF16 and AVX-512F paths where the CPU
-/// has them and on the portable paths everywhere: odd channel counts (a zero pair, partial panels of output channels), a weight
+/// same bf16 values — in bf16 and in f32 (on f32, bf16 and f16 values), on the AVX512_BF16 and
+/// AVX-512F / AVX2 paths where the CPU has them and on the portable paths everywhere: odd channel counts (a zero pair, partial panels of output channels), a weight
 /// gradient over several blocks of positions, a padding smaller than the kernel on some axes
 /// and none on others, a padding of one less than the kernel, a temporal-only kernel as ST-GCN's, a 1 × 1 × 1 kernel.
 #[test]
@@ -282,6 +282,24 @@ fn direct_convolutions_equal_the_f32_route() {
             bias_gradient
                 .to_data()
                 .assert_approx_eq::<f32>(&route, tolerance);
+        }
+        // The f32 kernel on half values (fp16; bf16 on a CPU without the bf16 instruction):
+        // read and stored in their dtype, widened clip by clip.
+        for (half, dtype) in [(FloatDType::BF16, DType::BF16), (FloatDType::F16, DType::F16)] {
+            let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
+            for path in paths.into_iter().filter(|path| path.available()) {
+                let results = results_of(
+                    &operands,
+                    &bias,
+                    geometry,
+                    |backward| backward.direct::<f32>(path),
+                    |input, weight, bias| {
+                        conv_direct::forward::<_, f32>(input, weight, bias, geometry, path)
+                    },
+                );
+                let label = format!("{path:?} on {dtype:?}");
+                assert_half_results_equal_the_f32_route(results, &f32_route, dtype, &label);
+            }
         }
     }
 }
