@@ -97,7 +97,8 @@ pub(crate) fn f32_path(dtypes: &[DType]) -> Option<F32Path> {
 /// stored in their dtype ([`crate::layers::conv_direct`]).
 pub(crate) fn half_on_f32_path(dtypes: &[DType]) -> Option<F32Path> {
     let first = *dtypes.first()?;
-    let half = matches!(first, DType::BF16 | DType::F16) && dtypes.iter().all(|&each| each == first);
+    let half =
+        matches!(first, DType::BF16 | DType::F16) && dtypes.iter().all(|&each| each == first);
     (half && bf16_path(dtypes).is_none())
         .then(F32Path::fastest)
         .flatten()

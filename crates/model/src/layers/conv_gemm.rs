@@ -458,16 +458,18 @@ impl<B: Backend> ConvBackward<'_, B> {
         let geometry = self.geometry;
         let dtypes = [self.input.dtype(), self.upstream.dtype()];
         let direct = conv_direct::applies(&geometry);
-        match (bf16_path(&dtypes), f32_path(&dtypes), half_on_f32_path(&dtypes)) {
+        match (
+            bf16_path(&dtypes),
+            f32_path(&dtypes),
+            half_on_f32_path(&dtypes),
+        ) {
             (Some(path), ..) if direct && conv_direct::multiplies_bf16_on(path) => {
                 self.direct::<bf16>(path)
             }
             (Some(path), ..) => {
                 self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path))
             }
-            (None, Some(path), _) | (None, None, Some(path)) if direct => {
-                self.direct::<f32>(path)
-            }
+            (None, Some(path), _) | (None, None, Some(path)) if direct => self.direct::<f32>(path),
             // In f32, the input gradient stored in the input's dtype (rounded clip by clip).
             (None, ..) => {
                 let group = geometry.lines_per_group(4);

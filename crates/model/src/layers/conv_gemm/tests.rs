@@ -285,7 +285,10 @@ fn direct_convolutions_equal_the_f32_route() {
         }
         // The f32 kernel on half values (fp16; bf16 on a CPU without the bf16 instruction):
         // read and stored in their dtype, widened clip by clip.
-        for (half, dtype) in [(FloatDType::BF16, DType::BF16), (FloatDType::F16, DType::F16)] {
+        for (half, dtype) in [
+            (FloatDType::BF16, DType::BF16),
+            (FloatDType::F16, DType::F16),
+        ] {
             let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
             for path in paths.into_iter().filter(|path| path.available()) {
                 let results = results_of(
