@@ -243,30 +243,14 @@ fn direct_convolutions_equal_the_f32_route() {
         let (operands, bias, f32_route) = bf16_operands_and_the_f32_route(geometry);
         let paths = [Path::Portable, Path::Avx512Bf16, Path::Amx];
         for path in paths.into_iter().filter(|path| path.available()) {
-            let results = results_of(
-                &operands,
-                &bias,
-                geometry,
-                |backward| backward.direct::<bf16>(path),
-                |input, weight, bias| {
-                    conv_direct::forward::<_, bf16>(input, weight, bias, geometry, path)
-                },
-            );
+            let results = direct_results::<bf16>(&operands, &bias, geometry, path);
             assert_equal_to_the_f32_route(results, &f32_route, path);
         }
         // The f32 kernel on the same values in f32: only the order of the sums differs.
         let f32_operands = operands.map(|operand| operand.cast(FloatDType::F32));
         let paths = [F32Path::Portable, F32Path::Avx512, F32Path::Avx2];
         for path in paths.into_iter().filter(|path| path.available()) {
-            let results = results_of(
-                &f32_operands,
-                &bias,
-                geometry,
-                |backward| backward.direct::<f32>(path),
-                |input, weight, bias| {
-                    conv_direct::forward::<_, f32>(input, weight, bias, geometry, path)
-                },
-            );
+            let results = direct_results::<f32>(&f32_operands, &bias, geometry, path);
             let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
             let (forward, weight_gradient, input_gradient, bias_gradient) = results;
             for (direct, route) in [
@@ -291,20 +275,28 @@ fn direct_convolutions_equal_the_f32_route() {
         ] {
             let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
             for path in paths.into_iter().filter(|path| path.available()) {
-                let results = results_of(
-                    &operands,
-                    &bias,
-                    geometry,
-                    |backward| backward.direct::<f32>(path),
-                    |input, weight, bias| {
-                        conv_direct::forward::<_, f32>(input, weight, bias, geometry, path)
-                    },
-                );
+                let results = direct_results::<f32>(&operands, &bias, geometry, path);
                 let label = format!("{path:?} on {dtype:?}");
                 assert_half_results_equal_the_f32_route(results, &f32_route, dtype, &label);
             }
         }
     }
+}
+
+/// The direct route's [`Results`] multiplied in `T` on `path` ([`results_of`]).
+fn direct_results<T: DirectOperand>(
+    operands: &[Tensor<TestBackend, 5>; 3],
+    bias: &Tensor<TestBackend, 1>,
+    geometry: ConvGeometry,
+    path: T::Path,
+) -> Results {
+    results_of(
+        operands,
+        bias,
+        geometry,
+        |backward| backward.direct::<T>(path),
+        |input, weight, bias| conv_direct::forward::<_, T>(input, weight, bias, geometry, path),
+    )
 }
 
 /// Output lines taken one at a time, a few at a time (across frame boundaries) or all
