@@ -86,20 +86,18 @@ pub(crate) fn bf16_path(dtypes: &[DType]) -> Option<Path> {
     fastest_when_all(dtypes, DType::BF16, Path::fastest)
 }
 
-/// The f32 strided tiles' path when every operand is f32 and the CPU has AVX-512F
-/// ([`F32Path::fastest`]); otherwise f32 convolutions take gemm's packed route.
+/// The f32 strided tiles' path ([`F32Path::fastest`]) for operands that are all f32, or all of
+/// one half dtype that no bf16 kernel multiplies — f16, or bf16 on a CPU without the bf16 dot
+/// product — which the tiles multiply in f32 and read and store in their dtype
+/// ([`crate::layers::conv_direct`]); otherwise convolutions take the packed route.
 pub(crate) fn f32_path(dtypes: &[DType]) -> Option<F32Path> {
-    fastest_when_all(dtypes, DType::F32, F32Path::fastest)
-}
-
-/// The f32 strided tiles' path for half operands that no bf16 kernel multiplies — f16, or bf16
-/// on a CPU without the bf16 dot product — all of one half dtype: multiplied in f32, read and
-/// stored in their dtype ([`crate::layers::conv_direct`]).
-pub(crate) fn half_on_f32_path(dtypes: &[DType]) -> Option<F32Path> {
     let first = *dtypes.first()?;
-    let half =
-        matches!(first, DType::BF16 | DType::F16) && dtypes.iter().all(|&each| each == first);
-    (half && bf16_path(dtypes).is_none())
+    let multiplied_in_f32 = match first {
+        DType::F32 | DType::F16 => true,
+        DType::BF16 => bf16_path(dtypes).is_none(),
+        _ => false,
+    };
+    (multiplied_in_f32 && dtypes.iter().all(|&each| each == first))
         .then(F32Path::fastest)
         .flatten()
 }
@@ -184,9 +182,15 @@ impl F32Path {
         })
     }
 
+    /// How fp16 convolutions compute on this CPU, for the training log.
+    pub fn describe_fp16_cpu_route() -> String {
+        format!("fp16 convolutions {}", Self::describe_half_cpu_route())
+    }
+
     /// How half-precision convolutions that no bf16 kernel multiplies (fp16; bf16 on a CPU
-    /// without AVX512_BF16) compute on this CPU, for the training log.
-    pub fn describe_half_cpu_route() -> &'static str {
+    /// without AVX512_BF16) compute on this CPU: the end of [`Self::describe_fp16_cpu_route`]'s
+    /// sentence and of `gemm_bf16::Path::describe_cpu_route`'s on such a CPU.
+    pub(crate) fn describe_half_cpu_route() -> &'static str {
         match F32Path::fastest() {
             Some(_) => {
                 "multiplied in f32 and stored in half precision: stride-1 convolutions of 27 taps \

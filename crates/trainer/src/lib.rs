@@ -309,8 +309,8 @@ pub fn train(config: &Config, options: &TrainOptions) -> Result<RunSummary> {
                 )
             }
             vidtrain_config::Precision::Half => tracing::info!(
-                "fp16 convolutions {}",
-                vidtrain_model::gemm_f32::F32Path::describe_half_cpu_route()
+                "{}",
+                vidtrain_model::gemm_f32::F32Path::describe_fp16_cpu_route()
             ),
         }
     }

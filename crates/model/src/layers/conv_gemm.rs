@@ -30,7 +30,7 @@ use crate::cpu_kernels::{
     HostFloat, Stored, cast, convert_into, extend_filled, filled, floats, stored,
 };
 use crate::gemm_bf16::{Matrix, Path, Update};
-use crate::gemm_f32::{bf16_path, f32_path, half_on_f32_path};
+use crate::gemm_f32::{bf16_path, f32_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
 use crate::layers::conv_direct::{self, DirectOperand};
 use crate::layers::im2col::{ColumnMap, col2im};
@@ -117,9 +117,9 @@ pub fn conv3d_forward<B: Backend>(
         {
             return conv_direct::forward::<B, bf16>(input, weight, bias, geometry, path);
         }
-        // A half input that no bf16 kernel multiplies (f16, or bf16 on a CPU without the
-        // instruction) is multiplied here in f32 too, widened clip by clip.
-        if let Some(path) = f32_path(&[dtype]).or_else(|| half_on_f32_path(&[dtype])) {
+        // An f32 input, or a half one that no bf16 kernel multiplies (f16, or bf16 on a CPU
+        // without the instruction): multiplied in f32, a half one widened clip by clip.
+        if let Some(path) = f32_path(&[dtype]) {
             return conv_direct::forward::<B, f32>(input, weight, bias, geometry, path);
         }
     }
@@ -458,20 +458,14 @@ impl<B: Backend> ConvBackward<'_, B> {
         let geometry = self.geometry;
         let dtypes = [self.input.dtype(), self.upstream.dtype()];
         let direct = conv_direct::applies(&geometry);
-        match (
-            bf16_path(&dtypes),
-            f32_path(&dtypes),
-            half_on_f32_path(&dtypes),
-        ) {
-            (Some(path), ..) if direct && conv_direct::multiplies_bf16_on(path) => {
+        match (bf16_path(&dtypes), f32_path(&dtypes)) {
+            (Some(path), _) if direct && conv_direct::multiplies_bf16_on(path) => {
                 self.direct::<bf16>(path)
             }
-            (Some(path), ..) => {
-                self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path))
-            }
-            (None, Some(path), _) | (None, None, Some(path)) if direct => self.direct::<f32>(path),
+            (Some(path), _) => self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path)),
+            (None, Some(path)) if direct => self.direct::<f32>(path),
             // In f32, the input gradient stored in the input's dtype (rounded clip by clip).
-            (None, ..) => {
+            (None, _) => {
                 let group = geometry.lines_per_group(4);
                 match self.input.dtype() {
                     DType::F16 => self.products::<f32, burn::tensor::f16>(group, None),

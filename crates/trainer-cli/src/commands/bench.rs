@@ -56,10 +56,7 @@ pub(crate) fn bench_model(args: &BenchModelArgs) -> Result<(), Failure> {
             ),
             (
                 "fp16",
-                format!(
-                    "fp16 convolutions {}",
-                    vidtrain_trainer::F32ProductPath::describe_half_cpu_route()
-                ),
+                vidtrain_trainer::F32ProductPath::describe_fp16_cpu_route(),
             ),
             (
                 "fp32",
