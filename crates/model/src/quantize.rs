@@ -496,45 +496,49 @@ impl HostCodes {
     /// restored, while they are in its cache.
     pub(crate) fn restore_as<T: HostFloat>(&self, start: usize, values: &mut [T], dtype: DType) {
         match dtype {
-            _ if dtype == T::dtype() => self.restore_into(start, values),
-            DType::BF16 => self.restore_rounded(start, values, |v| bf16_to_f32(bf16_from_f32(v))),
-            DType::F16 => self.restore_rounded(start, values, |v| f16_to_f32(f16_from_f32(v))),
+            DType::BF16 if dtype != T::dtype() => self.restore_in_tasks(start, values, |values| {
+                round_each(values, |v| bf16_to_f32(bf16_from_f32(v)))
+            }),
+            DType::F16 if dtype != T::dtype() => self.restore_in_tasks(start, values, |values| {
+                round_each(values, |v| f16_to_f32(f16_from_f32(v)))
+            }),
             _ => self.restore_into(start, values),
         }
     }
 
-    /// [`Self::restore_into`] with `round` applied to each value in the same task.
-    fn restore_rounded<T: HostFloat>(
+    /// [`Self::restore_range`] split across the compute pool.
+    pub(crate) fn restore_into<T: HostFloat>(&self, start: usize, values: &mut [T]) {
+        self.restore_in_tasks(start, values, |_| {});
+    }
+
+    /// [`Self::restore_range`] split across the compute pool, each task then passing the values
+    /// it has just restored to `then` while they are in its cache.
+    fn restore_in_tasks<T: HostFloat>(
         &self,
         start: usize,
         values: &mut [T],
-        round: impl Fn(f32) -> f32 + Sync,
+        then: impl Fn(&mut [T]) + Sync,
     ) {
         values
             .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
             .enumerate()
             .for_each(|(task, values)| {
                 self.restore_range(start + task * BLOCK * BLOCKS_PER_TASK, values);
-                cpu_kernels::vectorized(
-                    #[inline(always)]
-                    || {
-                        for value in values {
-                            *value = T::from_f32(round(value.to_f32()));
-                        }
-                    },
-                )
+                then(values);
             });
     }
+}
 
-    /// [`Self::restore_range`] split across the compute pool.
-    pub(crate) fn restore_into<T: HostFloat>(&self, start: usize, values: &mut [T]) {
-        values
-            .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
-            .enumerate()
-            .for_each(|(task, values)| {
-                self.restore_range(start + task * BLOCK * BLOCKS_PER_TASK, values)
-            });
-    }
+/// `round` applied to every value (built for the CPU's vector level: [`cpu_kernels::vectorized`]).
+fn round_each<T: HostFloat>(values: &mut [T], round: impl Fn(f32) -> f32) {
+    cpu_kernels::vectorized(
+        #[inline(always)]
+        || {
+            for value in values {
+                *value = T::from_f32(round(value.to_f32()));
+            }
+        },
+    )
 }
 
 /// A 32-bit integer hash (Chris Wellons' `lowbias32`): cheap, well mixed, and made of 32-bit
