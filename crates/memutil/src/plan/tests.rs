@@ -157,6 +157,25 @@ fn only_what_is_freed_before_the_peak_counts() {
     assert_eq!(freed_before_peak(&layers, 1), 30);
 }
 
+/// A peak in a layer's backward takes back the blocks its own forward freed (its backward makes
+/// the same temporaries again): only what other layers freed before it stays in the pool.
+#[test]
+fn a_peak_in_a_layers_backward_reuses_what_its_own_forward_freed() {
+    let mut early = layer("early", 10, 10, false);
+    early.forward_extra = 20;
+    let mut stem = layer("stem", 10, 10, false);
+    stem.forward_extra = 60;
+    stem.backward_extra = 1000;
+    let layers = [early, stem, layer("late", 10, 10, false)];
+    // The peak is stem's backward; its forward freed 60, early's 20.
+    assert_eq!(freed_before_peak(&layers, 1), 20);
+    // A peak in another layer's backward keeps stem's 60 in the pool.
+    let mut layers = layers;
+    layers[1].backward_extra = 0;
+    layers[0].backward_extra = 1000;
+    assert_eq!(freed_before_peak(&layers, 1), 60);
+}
+
 #[test]
 fn compressed_inputs_are_kept_small_and_restored_whole_for_their_backward() {
     let layers = [

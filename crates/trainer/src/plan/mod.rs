@@ -248,7 +248,8 @@ fn activation_layers(
                 let clip = if norm_relu {
                     0
                 } else {
-                    layer_input * activation_bytes / clips.max(1)
+                    layer_input * restored_clip_bytes(activation_bytes, bf16_products)
+                        / clips.max(1)
                 };
                 codes + clip
             });
@@ -283,6 +284,13 @@ fn activation_layers(
             }
         })
         .collect()
+}
+
+/// Bytes per value of the input clip a CPU stem convolution restores (or makes again) for its
+/// backward: f32 where its products are f32, half values included; the activation's own where
+/// they are bf16 (`bf16_products`).
+fn restored_clip_bytes(activation_bytes: u64, bf16_products: bool) -> u64 {
+    if bf16_products { activation_bytes } else { 4 }
 }
 
 /// The temporaries (forward, backward) in bytes of a stem step differentiated by hand on the
@@ -339,10 +347,11 @@ fn cpu_stem_temporaries(
         // Half values multiplied in f32 read their input and upstream gradient a clip at a time,
         // widened as they are read, and store outputs and input gradients in half as they are
         // made (`ClipReader::Half`): forward one f32 clip of the input; backward the input
-        // gradient whole in half with one clip of its f32 sums, the input clip made again in
-        // f32 (widened, then normalised where BatchNorm + ReLU made it) and one f32 clip of the
-        // upstream gradient. (Priced until stop 55 with whole f32 copies of input, output and
-        // input gradient, which stops 52–53 removed: the seed 224 px bf16 row came out at 1.89.)
+        // gradient whole in half with one clip of its f32 sums, the input clip widened (the
+        // clip made again from BatchNorm + ReLU's kept input is its restored input, also f32:
+        // [`restored_clip_bytes`]) and one f32 clip of the upstream gradient. (Priced until
+        // stop 55 with whole f32 copies of input, output and input gradient, which stops 52–53
+        // removed: the seed model's 224 px bf16 row came out at 1.89× its measured peak.)
         let clips = layer.output_shape.first().copied().unwrap_or(1).max(1) as u64;
         let input_clip = 4 * input_elements / clips;
         let output_clip = 4 * output_elements / clips;
@@ -351,7 +360,7 @@ fn cpu_stem_temporaries(
         } else {
             2 * input_elements + input_clip
         };
-        let backward = input_gradient + 2 * input_clip + output_clip;
+        let backward = input_gradient + input_clip + output_clip;
         (buffers + input_clip, buffers + backward)
     }
 }
