@@ -380,13 +380,13 @@ mod avx2 {
         tile: &mut Tile,
     ) {
         let units = operands.units;
-        let mut run_blocks = |pieces: &[(usize, usize)], units: usize| {
-            // SAFETY: every piece is a segment's run of `units` units that `checked` passed.
+        let mut run_blocks = |pieces: &[(usize, usize)], count: usize| {
+            // SAFETY: every piece is a segment's run of `count` units that `checked` passed.
             unsafe {
-                block::<0, 0>(operands, pieces, units, tile);
-                block::<0, 16>(operands, pieces, units, tile);
-                block::<6, 0>(operands, pieces, units, tile);
-                block::<6, 16>(operands, pieces, units, tile);
+                block::<0, 0>(operands, pieces, count, tile);
+                block::<0, 16>(operands, pieces, count, tile);
+                block::<6, 0>(operands, pieces, count, tile);
+                block::<6, 16>(operands, pieces, count, tile);
             }
         };
         if units >= GROUP_UNITS {

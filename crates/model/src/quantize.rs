@@ -39,11 +39,7 @@ pub fn kept_bytes(elements: u64, value_bytes: u64, bits: u32) -> u64 {
 /// A tensor kept at fewer bits than it is computed in.
 pub(crate) enum Quantized<B: Backend> {
     /// Codes in host memory (burn-flex).
-    Host {
-        codes: HostCodes,
-        dtype: DType,
-        device: B::Device,
-    },
+    Host { codes: HostCodes, device: B::Device },
     /// Codes as backend tensors (any other backend).
     Tensors(TensorCodes<B>),
 }
@@ -69,7 +65,7 @@ impl<B: Backend> Quantized<B> {
             matches!(bits, 2 | 4 | 8 | 16),
             "activation bits are checked by the config: {bits}"
         );
-        if cpu_kernels::enabled::<B>(&device) {
+        if cpu_kernels::enabled::<B>(&device) && cpu_kernels::host_float(dtype) {
             let codes = match dtype {
                 DType::BF16 => {
                     HostCodes::new(&cpu_kernels::stored::<bf16, B, 1>(values), bits, seed)
@@ -77,11 +73,7 @@ impl<B: Backend> Quantized<B> {
                 DType::F16 => HostCodes::new(&cpu_kernels::stored::<f16, B, 1>(values), bits, seed),
                 _ => HostCodes::new(&cpu_kernels::stored::<f32, B, 1>(values), bits, seed),
             };
-            return Quantized::Host {
-                codes,
-                dtype,
-                device,
-            };
+            return Quantized::Host { codes, device };
         }
         quantize_by_tensor_ops(values, bits, seed)
     }
@@ -89,11 +81,7 @@ impl<B: Backend> Quantized<B> {
     /// The values again, in their dtype (each within one step of its block of the original).
     pub(crate) fn restore(self) -> Tensor<B, 1> {
         match self {
-            Quantized::Host {
-                codes,
-                dtype,
-                device,
-            } => codes.to_tensor(dtype, &device),
+            Quantized::Host { codes, device } => codes.to_tensor(&device),
             Quantized::Tensors(codes) => codes.restore(),
         }
     }
@@ -349,7 +337,6 @@ const GATE_BYTES_PER_TASK: usize = 1 << 14;
 pub(crate) struct HostInput<'a> {
     pub codes: &'a HostCodes,
     pub dims: [usize; 5],
-    pub dtype: DType,
 }
 
 /// Block codes in host memory.
@@ -363,6 +350,9 @@ pub(crate) struct HostCodes {
     ranges: Vec<[f32; 2]>,
     length: usize,
     bits: u32,
+    /// What the values were stored in before compression: what they are restored to, and
+    /// rounded to where a kernel restores them wider ([`Self::restore_as_stored`]).
+    dtype: DType,
 }
 
 /// Blocks per parallel task: large enough that a task outweighs its scheduling.
@@ -425,11 +415,18 @@ impl HostCodes {
             ranges,
             length,
             bits,
+            dtype: T::dtype(),
         }
     }
 
-    /// The values again, as a tensor of `dtype` (f32, bf16 or f16).
-    pub(crate) fn to_tensor<B: Backend>(&self, dtype: DType, device: &B::Device) -> Tensor<B, 1> {
+    /// The dtype the values were stored in before compression.
+    pub(crate) fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The values again, as a tensor of their dtype (f32, bf16 or f16).
+    pub(crate) fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1> {
+        let dtype = self.dtype;
         let data = match dtype {
             DType::BF16 => TensorData::new(self.restore::<bf16>(), [self.length]),
             DType::F16 => TensorData::new(self.restore::<f16>(), [self.length]),
@@ -488,13 +485,14 @@ impl HostCodes {
         }
     }
 
-    /// [`Self::restore_into`], each value then rounded to `dtype` (what the values were stored
-    /// in before compression) where `T` is wider: a route that computes a half-precision input
-    /// in f32 reads the values the input restored whole holds (bf16 convolutions on a CPU
-    /// without the bf16 instruction read more precise values from codes than from the restored
-    /// tensor, and the two gradients differed). Each task rounds the values it has just
-    /// restored, while they are in its cache.
-    pub(crate) fn restore_as<T: HostFloat>(&self, start: usize, values: &mut [T], dtype: DType) {
+    /// [`Self::restore_into`], each value then rounded to the dtype the values were stored in
+    /// before compression where `T` is wider: a route that computes a half-precision input in
+    /// f32 reads the values the input restored whole holds (bf16 convolutions on a CPU without
+    /// the bf16 instruction read more precise values from codes than from the restored tensor,
+    /// and the two gradients differed). Each task rounds the values it has just restored, while
+    /// they are in its cache.
+    pub(crate) fn restore_as_stored<T: HostFloat>(&self, start: usize, values: &mut [T]) {
+        let dtype = self.dtype;
         match dtype {
             DType::BF16 if dtype != T::dtype() => self.restore_in_tasks(start, values, |values| {
                 round_each(values, |v| bf16_to_f32(bf16_from_f32(v)))

@@ -128,16 +128,15 @@ pub(crate) enum KeptTensor {
     Codes(Arc<KeptCodes>),
 }
 
-/// The codes of a kept tensor, with its dtype and shape.
+/// The codes of a kept tensor (which know its dtype), with its shape.
 pub(crate) struct KeptCodes {
     pub(crate) codes: HostCodes,
-    pub(crate) dtype: DType,
     pub(crate) shape: Vec<usize>,
 }
 
 impl std::fmt::Debug for KeptCodes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeptCodes({:?}, {:?})", self.dtype, self.shape)
+        write!(f, "KeptCodes({:?}, {:?})", self.codes.dtype(), self.shape)
     }
 }
 
@@ -155,11 +154,9 @@ impl KeptTensor {
         let length = shape.iter().product();
         let flat = host::<1>(Flex::float_reshape(tensor, Shape::new([length])));
         match Quantized::<Flex>::new(flat, bits, seed) {
-            Quantized::Host { codes, dtype, .. } => KeptTensor::Codes(Arc::new(KeptCodes {
-                codes,
-                dtype,
-                shape,
-            })),
+            Quantized::Host { codes, .. } => {
+                KeptTensor::Codes(Arc::new(KeptCodes { codes, shape }))
+            }
             Quantized::Tensors(_) => unreachable!("burn-flex tensors are quantized on the host"),
         }
     }
@@ -170,9 +167,7 @@ impl KeptTensor {
         match self {
             KeptTensor::Whole(tensor) => tensor,
             KeptTensor::Codes(kept) => {
-                let values = kept
-                    .codes
-                    .to_tensor::<Flex>(kept.dtype, &Default::default());
+                let values = kept.codes.to_tensor::<Flex>(&Default::default());
                 Flex::float_reshape(flex(values), Shape::from(kept.shape.clone()))
             }
         }
@@ -181,7 +176,7 @@ impl KeptTensor {
     pub(crate) fn dtype(&self) -> DType {
         match self {
             KeptTensor::Whole(tensor) => tensor.dtype(),
-            KeptTensor::Codes(kept) => kept.dtype,
+            KeptTensor::Codes(kept) => kept.codes.dtype(),
         }
     }
 
@@ -195,7 +190,6 @@ impl KeptTensor {
         HostInput {
             codes: &kept.codes,
             dims,
-            dtype: kept.dtype,
         }
     }
 }

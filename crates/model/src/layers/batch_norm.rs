@@ -387,7 +387,7 @@ impl<B: AutodiffBackend> NormReluBackward<'_, B> {
         let dims = [n, c, t * h * w];
         let x = HostNormInput::Codes(input.codes);
         let upstream = upstream.inner().reshape(dims);
-        let (gradients, input_gradient) = self.host(x, input.dtype, dims, upstream);
+        let (gradients, input_gradient) = self.host(x, input.codes.dtype(), dims, upstream);
         let input_gradient =
             input_gradient.map(|gradient| Tensor::from_inner(gradient.reshape(input.dims)));
         (gradients, input_gradient)

@@ -276,7 +276,7 @@ impl<B: Backend> ConvInput<'_, B> {
     pub(crate) fn dtype(&self) -> DType {
         match self {
             ConvInput::Tensor(tensor) => tensor.dtype(),
-            ConvInput::Codes(input) => input.dtype,
+            ConvInput::Codes(input) => input.codes.dtype(),
             ConvInput::Normalized { source, .. } => source.dtype(),
         }
     }
@@ -336,7 +336,7 @@ enum ClipReader<'a, T> {
         converted: Option<usize>,
     },
     /// Codes of an input stored in the dtype, restored a clip at a time.
-    Codes(&'a HostCodes, DType, Vec<T>),
+    Codes(&'a HostCodes, Vec<T>),
     Normalized {
         source: Box<ClipReader<'a, T>>,
         map: &'a ChannelNorm,
@@ -358,7 +358,7 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
                 },
                 Err(tensor) => ClipReader::Stored(stored::<T, _, 5>(tensor)),
             },
-            ConvInput::Codes(input) => ClipReader::Codes(input.codes, input.dtype, Vec::new()),
+            ConvInput::Codes(input) => ClipReader::Codes(input.codes, Vec::new()),
             ConvInput::Normalized { source, map } => ClipReader::Normalized {
                 source: Box::new(ClipReader::of(*source)),
                 map,
@@ -405,9 +405,9 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
                 }
                 buffer
             }
-            ClipReader::Codes(codes, dtype, buffer) => {
+            ClipReader::Codes(codes, buffer) => {
                 buffer.resize(clip_len, T::from_f32(0.0));
-                codes.restore_as(clip * clip_len, buffer, *dtype);
+                codes.restore_as_stored(clip * clip_len, buffer);
                 buffer
             }
             ClipReader::Normalized {
@@ -417,9 +417,9 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
             } => match source.as_mut() {
                 // Restored codes are normalised where they were restored: one clip buffer, as
                 // for the codes alone.
-                ClipReader::Codes(codes, dtype, restored) => {
+                ClipReader::Codes(codes, restored) => {
                     restored.resize(clip_len, T::from_f32(0.0));
-                    codes.restore_as(clip * clip_len, restored, *dtype);
+                    codes.restore_as_stored(clip * clip_len, restored);
                     map.forward_in_place(restored, map.clip_dims(clip_len));
                     restored
                 }
@@ -496,7 +496,10 @@ impl<B: Backend> ConvBackward<'_, B> {
         let [n, c_in, t, h, w] = geometry.input;
         let (c_out, positions) = (geometry.channels_out, geometry.positions());
         let upstream = stored::<S, _, 5>(self.upstream);
-        let bias_gradient = wants_bias.then(|| bias_gradient(&upstream, &geometry, &device));
+        let bias_gradient = wants_bias.then(|| {
+            let sums = channel_sums(&upstream, geometry.channels_out, geometry.positions());
+            bias_gradient(sums, &device)
+        });
         let mut input_gradient = wants_input.then(|| {
             let weight = stored::<T, _, 5>(self.weight);
             conv_direct::InputGradient::<T>::new(&weight, &geometry)
@@ -539,10 +542,8 @@ impl<B: Backend> ConvBackward<'_, B> {
         let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
         // Read a clip at a time (a half upstream of the f32 route converted clip by clip).
         let mut upstream = ClipReader::<T>::of(ConvInput::Tensor(upstream));
-        let bias_gradient = wants_bias.then(|| {
-            let sums = upstream.channel_sums(c_out, positions);
-            Tensor::from_data(TensorData::new(sums, [c_out]), &device)
-        });
+        let bias_gradient =
+            wants_bias.then(|| bias_gradient(upstream.channel_sums(c_out, positions), &device));
         let weight = stored::<T, _, 5>(weight);
         let weight_transposed = wants_input.then(|| {
             T::prepare(
@@ -603,14 +604,10 @@ impl<B: Backend> ConvBackward<'_, B> {
     }
 }
 
-/// A convolution's bias gradient `[c_out]` (f32): the sums of `upstream` per output channel.
-fn bias_gradient<B: Backend, T: HostFloat>(
-    upstream: &[T],
-    geometry: &ConvGeometry,
-    device: &B::Device,
-) -> Tensor<B, 1> {
-    let c_out = geometry.channels_out;
-    let sums = channel_sums(upstream, c_out, geometry.positions());
+/// A convolution's bias gradient `[c_out]` (f32) from its upstream's sums per output channel
+/// ([`channel_sums`], [`ClipReader::channel_sums`]).
+fn bias_gradient<B: Backend>(sums: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+    let c_out = sums.len();
     Tensor::from_data(TensorData::new(sums, [c_out]), device)
 }
 

@@ -95,17 +95,14 @@ impl<B: AutodiffBackend> KeptInput<B> {
         }
     }
 
-    /// Its codes, when it is kept compressed in host memory, with its dims and dtype.
+    /// Its codes (which know its dtype), when it is kept compressed in host memory, with its
+    /// dims.
     pub(super) fn host_codes(&self) -> Option<HostInput<'_>> {
         match self {
             KeptInput::Quantized {
-                values: Quantized::Host { codes, dtype, .. },
+                values: Quantized::Host { codes, .. },
                 shape: ActivationShape::Clips(dims),
-            } => Some(HostInput {
-                codes,
-                dims: *dims,
-                dtype: *dtype,
-            }),
+            } => Some(HostInput { codes, dims: *dims }),
             _ => None,
         }
     }

@@ -215,10 +215,10 @@ fn an_input_read_from_codes_equals_the_restored_input() {
                 .restore()
                 .reshape(dims),
         );
+        assert_eq!(codes.dtype(), restored.dtype());
         let input = HostInput {
             codes: &codes,
             dims,
-            dtype: restored.dtype(),
         };
         for gate in [ReluGate::FromInput, ReluGate::Applied] {
             let (params_a, input_a) = backward(&norm, true, gate).of_codes(input, upstream.clone());

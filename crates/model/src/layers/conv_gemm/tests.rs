@@ -379,10 +379,10 @@ fn an_input_read_from_codes_equals_the_restored_input() {
         let restored = Quantized::new(flat, 4, 9)
             .restore()
             .reshape([3, 3, 5, 9, 8]);
+        assert_eq!(codes.dtype(), restored.dtype());
         let input = HostInput {
             codes: &codes,
             dims: geometry.input,
-            dtype: restored.dtype(),
         };
         let backward = |input| ConvBackward {
             input,
