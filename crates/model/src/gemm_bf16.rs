@@ -429,7 +429,7 @@ pub fn product(
                         run.clear();
                         run.extend(blocks.iter().map(|&(a_block, b_block, pairs)| {
                             let a_len = panel_pairs(pairs) * panel_rows;
-                            amx::TileBlock {
+                            amx::BlockOfK {
                                 a: &a_block[panel * a_len..][..a_len],
                                 b: &b_block[column_panel * pairs * COLUMNS..][..pairs * COLUMNS],
                                 pairs,

@@ -133,7 +133,7 @@ impl Tiles {
     ///
     /// # Panics
     /// When a panel is shorter than its layout, or `c` than the tile.
-    pub fn multiply(&mut self, run: &[TileBlock<'_>], c: &mut [f32], tile: TileOfC) {
+    pub fn multiply(&mut self, run: &[BlockOfK<'_>], c: &mut [f32], tile: TileOfC) {
         if tile.rows == ROWS && tile.columns == COLUMNS {
             assert!(
                 c.len() >= (ROWS - 1) * tile.stride + COLUMNS,
@@ -153,7 +153,7 @@ impl Tiles {
 
     /// `c[..ROWS][..COLUMNS]` (rows `c_stride` apart) = its values when `load` (else zero) +
     /// the product of the run's panels.
-    fn sums(&mut self, run: &[TileBlock<'_>], c: &mut [f32], c_stride: usize, load: bool) {
+    fn sums(&mut self, run: &[BlockOfK<'_>], c: &mut [f32], c_stride: usize, load: bool) {
         assert!(c.len() >= (ROWS - 1) * c_stride + COLUMNS);
         let c_stride_bytes = c_stride * size_of::<f32>();
         let c_top = c.as_mut_ptr();
@@ -208,8 +208,8 @@ impl Tiles {
     }
 
     /// Adds one block's product to the accumulator tiles `tmm0`–`tmm3`.
-    fn add_block(&mut self, block: &TileBlock<'_>) {
-        let &TileBlock { a, b, pairs } = block;
+    fn add_block(&mut self, block: &BlockOfK<'_>) {
+        let &BlockOfK { a, b, pairs } = block;
         let padded = padded_pairs(pairs);
         assert!(
             a.len() >= ROWS * padded && b.len() >= pairs * COLUMNS,
@@ -272,7 +272,7 @@ impl Tiles {
 /// One block of `k` of a tile's product: the packed panel of `a` and of `b` and its pairs
 /// ([`Tiles::multiply`]).
 #[derive(Clone, Copy)]
-pub struct TileBlock<'a> {
+pub struct BlockOfK<'a> {
     pub a: &'a [u32],
     pub b: &'a [u32],
     pub pairs: usize,
