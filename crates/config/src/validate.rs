@@ -137,6 +137,12 @@ impl Config {
                 format!("must be 0 (off) or a positive norm, got {clip}"),
             );
         }
+        if self.data.views_per_decoder == 0 {
+            return invalid(
+                "data.views_per_decoder",
+                "must be at least 1 (1 = one ffmpeg process per view)".to_string(),
+            );
+        }
         if self.data.decode_timeout_s == 0 {
             return invalid(
                 "data.decode_timeout_s",

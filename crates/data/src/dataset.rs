@@ -12,7 +12,7 @@ use vidtrain_config::Config;
 use crate::Result;
 use crate::augment::{Augmentation, SampleTransform, apply_color};
 use crate::chunks::ChunkPlan;
-use crate::decode::FrameDecoder;
+use crate::decode::{FrameDecoder, ViewSource};
 use crate::index::Index;
 use crate::keypoints::read_keypoints;
 
@@ -115,10 +115,13 @@ impl Dataset {
 
     fn from_chunks(config: &Config, index: Index, chunks: ChunkPlan) -> Result<Self> {
         let decoder = if config.data.load_rgb {
-            Some(FrameDecoder::new(
-                config.data.img_size,
-                Duration::from_secs(config.data.decode_timeout_s),
-            )?)
+            Some(
+                FrameDecoder::new(
+                    config.data.img_size,
+                    Duration::from_secs(config.data.decode_timeout_s),
+                )?
+                .with_views_per_process(config.data.views_per_decoder),
+            )
         } else {
             None
         };
@@ -247,17 +250,17 @@ impl Dataset {
             if let Some(bytes) = cached {
                 video.copy_from_slice(&bytes);
             } else {
-                let view_bytes = video.len() / recording.views.len();
-                for (&source, out) in sources.iter().zip(video.chunks_mut(view_bytes)) {
-                    let view = &recording.views[source];
-                    decoder.decode_transformed(
-                        &view.path,
-                        &view.info,
-                        frame_indices,
-                        transform.spatial,
-                        out,
-                    )?;
-                }
+                let views: Vec<ViewSource<'_>> = sources
+                    .iter()
+                    .map(|&source| {
+                        let view = &recording.views[source];
+                        ViewSource {
+                            path: &view.path,
+                            info: &view.info,
+                        }
+                    })
+                    .collect();
+                decoder.decode_views(&views, frame_indices, transform.spatial, video)?;
                 if let Some(cache) = cache {
                     cache.put(sample_id, video);
                 }

@@ -23,7 +23,7 @@ mod stop;
 pub use augment::{Augmentation, ColorFactors, SampleTransform, apply_color};
 pub use chunks::{ChunkPlan, Sample, uniform_temporal_subsample};
 pub use dataset::{Dataset, SampleShape, Transforms};
-pub use decode::{Crop, FrameDecoder, SpatialTransform, decode_processes_spawned};
+pub use decode::{Crop, FrameDecoder, SpatialTransform, ViewSource, decode_processes_spawned};
 pub use error::{Error, Result};
 pub use index::{Index, LabelledRange, Problem, ProblemKind, Recording, ViewVideo};
 pub use keypoints::{

@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::{ffmpeg_cli_frames, ffmpeg_cli_frames_filtered};
 use vidtrain_config::{Config, OnBadSample};
 use vidtrain_data::{
-    Dataset, Error, FrameDecoder, Pipeline, ProblemKind, Transforms, decode_processes_spawned,
-    keypoint_files_opened, probe_video, read_keypoints,
+    Crop, Dataset, Error, FrameDecoder, Pipeline, ProblemKind, SpatialTransform, Transforms,
+    ViewSource, decode_processes_spawned, keypoint_files_opened, probe_video, read_keypoints,
 };
 
 /// Decode and keypoint counters are process-wide, so the tests of this binary run one at a time.
@@ -79,6 +79,90 @@ fn decoded_frames_equal_the_ffmpeg_cli_without_seeking() {
     let mut seeked = vec![0u8; later.len() * frame];
     decoder.decode(&video, &info, &later, &mut seeked).unwrap();
     assert!(seeked == ffmpeg_cli_frames(&video, &later, 32));
+}
+
+/// A sample's three views decoded by one ffmpeg process (three inputs, one concatenated stream)
+/// equal each view decoded alone, byte for byte: repeated frames, a seek past the start, a crop
+/// and a flip. A view that cannot be decoded fails the sample naming its file, as alone.
+#[test]
+fn a_samples_views_decode_in_one_ffmpeg_to_the_bytes_of_each_view_alone() {
+    let _serial = serial();
+    let decoder = FrameDecoder::new(32, Duration::from_secs(30)).unwrap();
+    let root = demo_with_copied_videos("views-together");
+    let paths: Vec<PathBuf> = ["front", "left", "right"]
+        .iter()
+        .map(|view| root.join("videos").join(view).join("person_01_demo.mp4"))
+        .collect();
+    let infos: Vec<_> = paths
+        .iter()
+        .map(|path| probe_video(path).unwrap())
+        .collect();
+    let views: Vec<ViewSource<'_>> = paths
+        .iter()
+        .zip(&infos)
+        .map(|(path, info)| ViewSource { path, info })
+        .collect();
+    let mirrored_crop = SpatialTransform {
+        crop: Some(Crop::centre(0.8)),
+        hflip: true,
+    };
+    for (indices, spatial) in [
+        (
+            vec![0, 3, 3, 9, 20, 20, 20, 31],
+            SpatialTransform::default(),
+        ),
+        (vec![150, 155, 160, 165, 170, 175, 180, 239], mirrored_crop),
+    ] {
+        let view_bytes = indices.len() * decoder.frame_bytes();
+        let mut alone = vec![0u8; views.len() * view_bytes];
+        for (view, out) in views.iter().zip(alone.chunks_mut(view_bytes)) {
+            decoder
+                .decode_transformed(view.path, view.info, &indices, spatial, out)
+                .unwrap();
+        }
+        // `data.views_per_decoder` 3 (the default), 2 and 1: one, two and three processes.
+        for (per_process, processes) in [(3, 1), (2, 2), (1, 3)] {
+            let decoder = decoder.clone().with_views_per_process(per_process);
+            let before = decode_processes_spawned();
+            let mut together = vec![0u8; views.len() * view_bytes];
+            decoder
+                .decode_views(&views, &indices, spatial, &mut together)
+                .unwrap();
+            assert_eq!(
+                decode_processes_spawned() - before,
+                processes,
+                "{indices:?}, {per_process} views per process"
+            );
+            for (view, (alone, together)) in alone
+                .chunks(view_bytes)
+                .zip(together.chunks(view_bytes))
+                .enumerate()
+            {
+                assert!(
+                    alone == together,
+                    "view {view} of {indices:?} differs, {per_process} views per process"
+                );
+            }
+        }
+    }
+
+    // The left view cut to 40 % of its bytes: the joint run fails, the views are decoded one
+    // at a time, and the error names the cut file.
+    let bytes = std::fs::read(&paths[1]).unwrap();
+    std::fs::write(&paths[1], &bytes[..bytes.len() * 4 / 10]).unwrap();
+    let indices = [200, 230];
+    let mut out = vec![0u8; views.len() * indices.len() * decoder.frame_bytes()];
+    let error = decoder
+        .decode_views(&views, &indices, SpatialTransform::default(), &mut out)
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ShortRead { .. } | Error::Decode { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("left/person_01_demo.mp4"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -164,8 +248,8 @@ fn load_rgb_false_spawns_no_ffmpeg_and_load_kpt_false_opens_no_keypoint_file() {
     );
     assert_eq!(
         decode_processes_spawned() - decodes,
-        total * 3,
-        "one ffmpeg per sample and view"
+        total,
+        "one ffmpeg per sample, its three views its inputs"
     );
 }
 

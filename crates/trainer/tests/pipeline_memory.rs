@@ -1,11 +1,12 @@
 //! The loading bound holds for the whole process tree: vidtrain's own RSS grows by at most
 //! `(prefetch_depth + num_workers + 1)` batches, and with the ffmpeg decoders (separate processes,
-//! at most one per worker at a time) by at most that plus `num_workers × DECODER_RSS_BYTES`.
+//! at most one per worker at a time, a sample's three views each) by at most that plus
+//! `num_workers × decoder_rss_bytes(3)`.
 //! Measured through `bench_pipeline`, which is what `vidtrain data bench` reports.
 
 use std::path::Path;
 
-use vidtrain_memutil::plan::DECODER_RSS_BYTES;
+use vidtrain_memutil::plan::decoder_rss_bytes;
 use vidtrain_trainer::bench_pipeline;
 
 #[test]
@@ -25,7 +26,7 @@ fn vidtrain_and_its_decoders_stay_within_the_loading_bound() {
     let own = bench.peak_rss_bytes.unwrap();
     let tree = bench.peak_process_tree_rss_bytes.unwrap();
     let bound = (2 + 2 + 1) * bench.batch_bytes as u64 + (32 << 20);
-    let tree_bound = bound + 2 * DECODER_RSS_BYTES;
+    let tree_bound = bound + 2 * decoder_rss_bytes(config.data.views_per_decoder);
     eprintln!(
         "own growth {} MiB, process tree growth {} MiB (bounds {} / {} MiB)",
         own.saturating_sub(baseline) >> 20,

@@ -175,6 +175,7 @@ fn impossible_combinations_are_rejected_with_the_key() {
         (&["data.views=[front, top]"][..], "data.views"),
         // Used to be accepted: every decode and probe then timed out at once.
         (&["data.decode_timeout_s=0"][..], "data.decode_timeout_s"),
+        (&["data.views_per_decoder=0"][..], "data.views_per_decoder"),
         (
             &["trainer.allocator_slack_percent=5000"][..],
             "trainer.allocator_slack_percent",
