@@ -19,11 +19,13 @@ pub fn data() -> anyhow::Result<()> {
     let vidtrain = target.join("release/vidtrain");
     let folder = target.join("bench/data");
     std::fs::create_dir_all(&folder)?;
-    let short = dataset(&folder, "short", SHORT_FRAMES)?;
-    let long = dataset(&folder, "long", LONG_FRAMES)?;
+    let short = dataset(&folder, "short", SHORT_FRAMES, &["front"])?;
+    let long = dataset(&folder, "long", LONG_FRAMES, &["front"])?;
+    // The short video in three views, for one or three views per ffmpeg process.
+    let three_views = dataset(&folder, "short-3-views", SHORT_FRAMES, &THREE_VIEWS)?;
 
+    // Each dataset's config names its views.
     let settings = [
-        "data.views=[front]",
         "data.img_size=224",
         "data.batch_size=4",
         "data.uniform_temporal_subsample_num=8",
@@ -50,6 +52,12 @@ pub fn data() -> anyhow::Result<()> {
         let result = run(&long, workers, &[])?;
         by_workers.push(json!({"num_workers": workers, "peak_rss_bytes": result["peak_rss_bytes"], "peak_process_tree_rss_bytes": result["peak_process_tree_rss_bytes"], "frames_per_s": result["frames_per_s"], "batch_bytes": result["batch_bytes"]}));
     }
+    let mut by_views_per_decoder = Vec::new();
+    for views in [1, 3] {
+        let per_decoder = format!("data.views_per_decoder={views}");
+        let result = run(&three_views, 2, &[per_decoder.as_str()])?;
+        by_views_per_decoder.push(json!({"views_per_decoder": views, "peak_rss_bytes": result["peak_rss_bytes"], "peak_process_tree_rss_bytes": result["peak_process_tree_rss_bytes"], "frames_per_s": result["frames_per_s"], "decode_processes": result["decode_processes"]}));
+    }
 
     let peak = |value: &Value| value["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN);
     let rss_ratio = peak(&long_run) / peak(&short_run);
@@ -72,6 +80,7 @@ pub fn data() -> anyhow::Result<()> {
         "ffmpeg_null_frames_per_s": throughput["ffmpeg_null_frames_per_s"],
         "pipeline_over_ffmpeg_null": speed_ratio,
         "by_workers": by_workers,
+        "three_views_by_views_per_decoder": by_views_per_decoder,
     });
     let out = target.join("bench/data.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
@@ -107,15 +116,36 @@ pub fn data() -> anyhow::Result<()> {
             row["frames_per_s"].as_f64().unwrap_or(f64::NAN)
         );
     }
+    println!(
+        "  three views, 2 workers: views_per_decoder  peak RSS (MiB)  with decoders (MiB)  frames/s  ffmpeg processes"
+    );
+    for row in report["three_views_by_views_per_decoder"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!(
+            "  {:>40}  {:>14.1}  {:>19.1}  {:>8.1}  {:>16}",
+            row["views_per_decoder"],
+            mib(&row["peak_rss_bytes"]),
+            mib(&row["peak_process_tree_rss_bytes"]),
+            row["frames_per_s"].as_f64().unwrap_or(f64::NAN),
+            row["decode_processes"]
+        );
+    }
     println!("written to {}", out.display());
     Ok(())
 }
 
-/// A one-view dataset of one 720p test-pattern video labelled in consecutive 30-frame ranges;
-/// returns its config file. The video is reused when already there.
-fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> {
+/// The views of the seed's recordings.
+const THREE_VIEWS: [&str; 3] = ["front", "left", "right"];
+
+/// A dataset of one 720p test-pattern video in `views` (the same video in each) labelled in
+/// consecutive 30-frame ranges; returns its config file, which names the views. The video is
+/// reused when already there.
+fn dataset(folder: &Path, name: &str, frames: usize, views: &[&str]) -> anyhow::Result<PathBuf> {
     let root = folder.join(name);
-    let video_folder = root.join("videos/front");
+    let video_folder = root.join("videos").join(views[0]);
     std::fs::create_dir_all(&video_folder)?;
     let video = video_folder.join(format!("person_01_{name}.mp4"));
     if !video.is_file() {
@@ -136,6 +166,16 @@ fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> 
         .with_context(|| format!("encoding {}", video.display()))?;
         std::fs::rename(&partial, &video)?;
     }
+    // The other views show the same video (decoding costs the same).
+    for view in &views[1..] {
+        let folder = root.join("videos").join(view);
+        std::fs::create_dir_all(&folder)?;
+        let copy = folder.join(format!("person_01_{name}.mp4"));
+        if !copy.is_file() {
+            std::fs::copy(&video, &copy)
+                .with_context(|| format!("copying {} to {}", video.display(), copy.display()))?;
+        }
+    }
     let classes = ["left", "right", "down", "up", "front"];
     // One labelled second after another: 60 segments in the short video, 600 in the long one,
     // so both deliver the same number of batches.
@@ -151,8 +191,9 @@ fn dataset(folder: &Path, name: &str, frames: usize) -> anyhow::Result<PathBuf> 
     std::fs::write(
         &config,
         format!(
-            "[paths]\nroot_path = \"{}\"\nannotation_path = \"annotations.json\"\nvideo_path = \"videos\"\n",
-            root.display()
+            "[paths]\nroot_path = \"{}\"\nannotation_path = \"annotations.json\"\nvideo_path = \"videos\"\n\n[data]\nviews = {:?}\n",
+            root.display(),
+            views
         ),
     )?;
     Ok(config)
