@@ -153,26 +153,42 @@ impl FrameDecoder {
         // and no file makes ffmpeg die of such a signal: that run is made once more instead of
         // failing the sample (with `skip`, counting it as bad) while the run is only being
         // stopped at its next step.
-        let FfmpegRun {
-            status,
-            read: read_result,
-            extra,
-            stderr: stderr_text,
-            timed_out,
-        } = self.run_ffmpeg_once_more_if_stopped(
+        let run = self.run_ffmpeg_once_more_if_stopped(
             || self.command(path, info, &unique, spatial),
             &mut out[..wanted_bytes],
             &decode_error,
         )?;
+        self.check_run(run, path, [first, last], unique.len(), &decode_error)?;
+        expand_repeats(frame_indices, frame_bytes, out);
+        Ok(())
+    }
 
+    /// The error of a run that did not deliver exactly `expected_frames` frames (of frames
+    /// `first..=last` of `path`) with exit status 0; a warning for a clean run that wrote to
+    /// stderr (concealed damage).
+    fn check_run(
+        &self,
+        run: FfmpegRun,
+        path: &Path,
+        [first, last]: [usize; 2],
+        expected_frames: usize,
+        decode_error: &impl Fn(String) -> Error,
+    ) -> Result<()> {
+        let FfmpegRun {
+            status,
+            read,
+            extra,
+            stderr,
+            timed_out,
+        } = run;
         if timed_out {
             return Err(Error::DecodeTimeout {
                 path: path.to_path_buf(),
                 seconds: self.timeout.as_secs(),
             });
         }
-        let got = read_result.map_err(|error| decode_error(format!("reading frames: {error}")))?;
-        let error_lines: Vec<&str> = stderr_text
+        let got = read.map_err(|error| decode_error(format!("reading frames: {error}")))?;
+        let error_lines: Vec<&str> = stderr
             .lines()
             .filter(|line| !line.trim().is_empty())
             .collect();
@@ -182,26 +198,25 @@ impl FrameDecoder {
                 error_lines.last().copied().unwrap_or("no message")
             )));
         }
-        if got < wanted_bytes {
+        let frame_bytes = self.frame_bytes();
+        if got < expected_frames * frame_bytes {
             return Err(Error::ShortRead {
                 path: path.to_path_buf(),
                 first_frame: first,
                 last_frame: last,
-                expected_frames: unique.len(),
+                expected_frames,
                 got_frames: got / frame_bytes,
             });
         }
         if extra > 0 {
             return Err(decode_error(format!(
-                "ffmpeg produced {extra} bytes more than the {} frames asked for",
-                unique.len()
+                "ffmpeg produced {extra} bytes more than the {expected_frames} frames asked for"
             )));
         }
         if !error_lines.is_empty() {
             // Every frame arrived and ffmpeg exited 0: concealed damage, worth a warning only.
             tracing::warn!(path = %path.display(), "ffmpeg reported: {}", error_lines.join(" | "));
         }
-        expand_repeats(frame_indices, frame_bytes, out);
         Ok(())
     }
 }
@@ -244,7 +259,6 @@ impl FrameDecoder {
     ) -> Result<()> {
         let frame_bytes = self.frame_bytes();
         let view_bytes = frame_indices.len() * frame_bytes;
-        assert_eq!(out.len(), views.len() * view_bytes, "output buffer size");
         let one_at_a_time = |out: &mut [u8]| -> Result<()> {
             for (view, out) in views.iter().zip(out.chunks_mut(view_bytes.max(1))) {
                 self.decode_transformed(view.path, view.info, frame_indices, spatial, out)?;
@@ -260,15 +274,16 @@ impl FrameDecoder {
         let mut unique: Vec<usize> = frame_indices.to_vec();
         unique.dedup();
         let unique_bytes = unique.len() * frame_bytes;
-        let names = || {
+        // The views' files, for a warning (a failure is told by the one-view decodes).
+        let names = PathBuf::from(
             views
                 .iter()
                 .map(|view| view.path.display().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
-        };
+                .join(", "),
+        );
         let decode_error = |message: String| Error::Decode {
-            path: PathBuf::from(names()),
+            path: names.clone(),
             first_frame: unique[0],
             last_frame: last,
             message,
@@ -281,30 +296,19 @@ impl FrameDecoder {
             joined.resize(views.len() * unique_bytes, 0);
             &mut joined
         };
-        let run = self.run_ffmpeg_once_more_if_stopped(
-            || self.views_command(views, &unique, spatial),
-            stream,
-            &decode_error,
-        );
-        let complete = match &run {
-            Ok(run) => {
-                !run.timed_out
-                    && run.status.success()
-                    && run.extra == 0
-                    && run.read.as_ref().is_ok_and(|&got| got == stream.len())
-            }
-            // Not started (a missing ffmpeg): the one-view decode says so.
-            Err(_) => false,
-        };
-        if !complete {
-            tracing::debug!(views = %names(), "decoding the views together failed; one at a time");
+        let checked = self
+            .run_ffmpeg_once_more_if_stopped(
+                || self.views_command(views, &unique, spatial),
+                stream,
+                &decode_error,
+            )
+            .and_then(|run| {
+                let frames = views.len() * unique.len();
+                self.check_run(run, &names, [unique[0], last], frames, &decode_error)
+            });
+        if let Err(error) = checked {
+            tracing::debug!("decoding the views together failed ({error}); one at a time");
             return one_at_a_time(out);
-        }
-        if let Ok(run) = &run
-            && run.stderr.lines().any(|line| !line.trim().is_empty())
-        {
-            // Every frame arrived and ffmpeg exited 0: concealed damage, worth a warning only.
-            tracing::warn!(views = %names(), "ffmpeg reported: {}", run.stderr.trim());
         }
         if !joined.is_empty() {
             for (decoded, out) in joined.chunks(unique_bytes).zip(out.chunks_mut(view_bytes)) {
