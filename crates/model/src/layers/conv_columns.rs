@@ -11,7 +11,8 @@
 use burn::tensor::bf16;
 use rayon::prelude::*;
 
-use super::im2col::{ColumnMap, im2col, im2col_row};
+use super::im2col::{ClipValues, ColumnMap, im2col, im2col_row};
+use crate::cpu_kernels::HostFloat;
 use crate::gemm_bf16::{
     self, COLUMNS, Left, Matrix, PackRight, PackedLeft, Path, Update, k_blocks, packed_len,
 };
@@ -21,13 +22,13 @@ use crate::gemm_f32::GemmOperand;
 /// clip (`[c_in, t, h, w]`), not yet written anywhere.
 #[derive(Clone, Copy)]
 pub(super) struct ClipColumns<'a, T> {
-    pub clip: &'a [T],
+    pub clip: ClipValues<'a, T>,
     pub map: &'a ColumnMap,
     pub first: usize,
     pub lines: usize,
 }
 
-impl<T: Copy + Default + Send + Sync> ClipColumns<'_, T> {
+impl<T: HostFloat + Default> ClipColumns<'_, T> {
     /// `c_in·taps`.
     fn rows(&self) -> usize {
         self.map.geometry.input[1] * self.map.geometry.taps()

@@ -33,7 +33,7 @@ use crate::gemm_bf16::{Matrix, Path, Update};
 use crate::gemm_f32::{bf16_path, f32_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
 use crate::layers::conv_direct::{self, DirectOperand};
-use crate::layers::im2col::{ColumnMap, col2im};
+use crate::layers::im2col::{ClipValues, ColumnMap, SlidingSums, col2im};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
 
@@ -193,7 +193,7 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
     input: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
     map: &ColumnMap,
-    product: impl FnMut(&[T], usize, usize, &mut Vec<f32>),
+    product: impl FnMut(ClipValues<'_, T>, usize, usize, &mut Vec<f32>),
 ) -> Tensor<B, 5> {
     match input.dtype() {
         DType::F16 if T::dtype() != DType::F16 => {
@@ -212,7 +212,7 @@ fn forward_stored_as<B: Backend, T: HostFloat, O: HostFloat>(
     input: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
     map: &ColumnMap,
-    mut product: impl FnMut(&[T], usize, usize, &mut Vec<f32>),
+    mut product: impl FnMut(ClipValues<'_, T>, usize, usize, &mut Vec<f32>),
 ) -> Tensor<B, 5> {
     let geometry = map.geometry;
     let device = input.device();
@@ -226,7 +226,7 @@ fn forward_stored_as<B: Backend, T: HostFloat, O: HostFloat>(
     let mut values = Vec::new();
     let clip_len = c_in * t * h * w;
     for (clip, clip_output) in output.chunks_mut(c_out * positions).enumerate() {
-        let clip_input = input.clip(clip, clip_len);
+        let clip_input = input.clip_values(clip, clip_len);
         for (first, lines) in map.groups() {
             let length = lines * w_out;
             product(clip_input, first, lines, &mut values);
@@ -307,6 +307,26 @@ impl HalfValues {
         }
     }
 
+    /// `target` = the values from `start` on, converted to `T` on this thread (for callers that
+    /// already split the work across the pool).
+    fn convert_serially_into<T: HostFloat>(&self, start: usize, target: &mut [T]) {
+        fn widen<S: HostFloat, T: HostFloat>(source: &[S], target: &mut [T]) {
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || {
+                    for (target, &value) in target.iter_mut().zip(source) {
+                        *target = T::from_f32(value.to_f32());
+                    }
+                },
+            )
+        }
+        let len = target.len();
+        match self {
+            HalfValues::F16(values) => widen(&values[start..][..len], target),
+            HalfValues::Bf16(values) => widen(&values[start..][..len], target),
+        }
+    }
+
     /// `target` = the values from `start` on, converted to `T` (in parallel).
     fn convert_into<T: HostFloat>(&self, start: usize, target: &mut [T]) {
         let len = target.len();
@@ -325,9 +345,12 @@ impl HalfValues {
 /// one buffer, or normalised one at a time into one buffer.
 enum ClipReader<'a, T> {
     Stored(Stored<T>),
-    /// A half-precision tensor read by a route that computes in `T` (f32): converted one clip
-    /// at a time into the buffer, never whole (fp16's convolutions, and bf16's on a CPU without
-    /// the bf16 instruction, held whole f32 copies of their inputs: the step's peak).
+    /// A half-precision tensor read by a route that computes in `T` (f32): its columns widen
+    /// the values as they are written ([`Self::clip_values`]), a group of an upstream gradient
+    /// is converted into a group-sized buffer ([`Self::group_rows`]); only a reader that needs
+    /// the clip itself ([`Self::clip`]) has it converted, one clip at a time into the buffer.
+    /// (fp16's convolutions, and bf16's on a CPU without the bf16 instruction, held whole f32
+    /// copies of their inputs: the step's peak.)
     Half {
         values: HalfValues,
         buffer: Vec<T>,
@@ -383,6 +406,58 @@ impl<'a, T: HostFloat> ClipReader<'a, T> {
                 values: HalfValues::Bf16(values),
                 ..
             } => channel_sums(values, channels, positions),
+            ClipReader::Codes(..) | ClipReader::Normalized { .. } => {
+                unreachable!("an upstream gradient is read from a tensor")
+            }
+        }
+    }
+
+    /// Clip `clip` of `clip_len` values as the columns read them: half values where they are
+    /// stored (widened as the columns are written), anything else as [`Self::clip`] gives it.
+    fn clip_values(&mut self, clip: usize, clip_len: usize) -> ClipValues<'_, T> {
+        let range = clip * clip_len..(clip + 1) * clip_len;
+        match self {
+            ClipReader::Half {
+                values: HalfValues::Bf16(values),
+                ..
+            } => ClipValues::Bf16(&values[range]),
+            ClipReader::Half {
+                values: HalfValues::F16(values),
+                ..
+            } => ClipValues::F16(&values[range]),
+            reader => ClipValues::Same(reader.clip(clip, clip_len)),
+        }
+    }
+
+    /// Values `start..start + length` of each of the `rows` rows (`row_len` values apart) of
+    /// clip `clip` (`rows · row_len` values) as a row-major matrix: a view of stored values, or
+    /// half values converted into `buffer` (a group's share of an upstream gradient, where a
+    /// whole clip converted was as large as the activation at micro-batch 1).
+    ///
+    /// # Panics
+    /// For a reader of codes or of a normalised input (an upstream is neither).
+    fn group_rows<'b>(
+        &'b self,
+        clip: usize,
+        [rows, row_len]: [usize; 2],
+        (start, length): (usize, usize),
+        buffer: &'b mut Vec<T>,
+    ) -> Matrix<'b, T> {
+        let clip_start = clip * rows * row_len;
+        match self {
+            ClipReader::Stored(values) => {
+                Matrix::row_major(&values[clip_start + start..], rows, length, row_len)
+            }
+            ClipReader::Half { values, .. } => {
+                buffer.resize(rows * length, T::from_f32(0.0));
+                buffer
+                    .par_chunks_mut(length)
+                    .enumerate()
+                    .for_each(|(row, target)| {
+                        values.convert_serially_into(clip_start + row * row_len + start, target)
+                    });
+                Matrix::row_major(buffer, rows, length, length)
+            }
             ClipReader::Codes(..) | ClipReader::Normalized { .. } => {
                 unreachable!("an upstream gradient is read from a tensor")
             }
@@ -541,7 +616,7 @@ impl<B: Backend> ConvBackward<'_, B> {
         let c_out = geometry.channels_out;
         let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
         // Read a clip at a time (a half upstream of the f32 route converted clip by clip).
-        let mut upstream = ClipReader::<T>::of(ConvInput::Tensor(upstream));
+        let upstream = ClipReader::<T>::of(ConvInput::Tensor(upstream));
         let bias_gradient =
             wants_bias.then(|| bias_gradient(upstream.channel_sums(c_out, positions), &device));
         let weight = stored::<T, _, 5>(weight);
@@ -558,16 +633,19 @@ impl<B: Backend> ConvBackward<'_, B> {
         // second fault (a copy and a TLB shootdown) per page to write (all of the seed model's
         // page faults in a steady fp32 step).
         let mut update = Update::Overwrite;
-        let mut buffer = Vec::new();
+        let (mut buffer, mut upstream_buffer) = (Vec::new(), Vec::new());
         let input_gradient = gradients_by_groups::<T, O>(
             ClipReader::<T>::of(input),
             &map,
             wants_input,
             |clip_input, clip, first, lines, columns_gradient| {
                 let length = lines * w_out;
-                let clip_upstream = upstream.clip(clip, c_out * positions);
-                let upstream_group =
-                    Matrix::row_major(&clip_upstream[first * w_out..], c_out, length, positions);
+                let upstream_group = upstream.group_rows(
+                    clip,
+                    [c_out, positions],
+                    (first * w_out, length),
+                    &mut upstream_buffer,
+                );
                 let columns = ClipColumns {
                     clip: clip_input,
                     map: &map,
@@ -649,47 +727,47 @@ fn channel_sums<T: HostFloat>(values: &[T], channels: usize, positions: usize) -
 /// to its own sum and, when the input gradient is wanted, writes the group's column gradients
 /// (f32, `[c_in·taps, lines·w']`), which this loop scatters back onto the clip's input gradient
 /// (col2im adds up to `taps` contributions per value, in f32). Returns the input gradient
-/// `[n, c_in, t, h, w]` as `T`: summed in place when `T` is f32, otherwise one clip at a time in
-/// an f32 buffer rounded once per value (a whole f32 input gradient was the largest buffer of
-/// the seed model's bf16 step).
+/// `[n, c_in, t, h, w]` as `O`: summed in place when `O` is f32, otherwise in f32 over a window
+/// of input lines that slides with the groups ([`SlidingSums`]), each value rounded once (a
+/// whole f32 input gradient was the largest buffer of the seed model's bf16 step, then a whole
+/// clip of f32 sums at micro-batch 1).
 fn gradients_by_groups<T: HostFloat, O: HostFloat>(
     mut input: ClipReader<'_, T>,
     map: &ColumnMap,
     wants_input: bool,
-    mut products: impl FnMut(&[T], usize, usize, usize, Option<&mut Vec<f32>>),
+    mut products: impl FnMut(ClipValues<'_, T>, usize, usize, usize, Option<&mut Vec<f32>>),
 ) -> Option<Vec<O>> {
     let geometry = map.geometry;
     let [n, c_in, t, h, w] = geometry.input;
     let clip_len = c_in * t * h * w;
     let mut input_gradient = wants_input.then(|| filled(n * clip_len, O::from_f32(0.0)));
-    let (mut columns_gradient, mut clip_sum) = (Vec::new(), Vec::new());
+    let mut columns_gradient = Vec::new();
+    let mut sliding = (wants_input && O::dtype() != DType::F32).then(|| SlidingSums::new(map));
     for clip in 0..n {
-        let clip_input = input.clip(clip, clip_len);
-        let mut clip_groups = |mut sum: Option<&mut [f32]>| {
-            for (first, lines) in map.groups() {
-                let wanted = sum.is_some().then_some(&mut columns_gradient);
-                products(clip_input, clip, first, lines, wanted);
-                if let Some(sum) = sum.as_deref_mut() {
-                    col2im(&columns_gradient, map, first, lines, sum);
-                }
-            }
-        };
+        let clip_input = input.clip_values(clip, clip_len);
         let Some(gradient) = input_gradient.as_mut() else {
-            clip_groups(None);
+            for (first, lines) in map.groups() {
+                products(clip_input, clip, first, lines, None);
+            }
             continue;
         };
         let target = &mut gradient[clip * clip_len..][..clip_len];
-        match O::as_f32_mut(target) {
-            Some(sum) => clip_groups(Some(sum)),
-            None => {
-                // Zeroed by the pool's threads: a memset of the seed stem's 51 MB clip on this
-                // thread was 3 % of its bf16 step at micro-batch 1, the other core idle.
-                clip_sum.clear();
-                extend_filled(&mut clip_sum, clip_len, 0f32);
-                clip_groups(Some(&mut clip_sum));
-                convert_into(&clip_sum, target, O::from_f32);
+        if let Some(sums) = O::as_f32_mut(target) {
+            for (first, lines) in map.groups() {
+                products(clip_input, clip, first, lines, Some(&mut columns_gradient));
+                col2im(&columns_gradient, map, (first, lines), sums, (0, t * h));
             }
+            continue;
         }
+        let sliding = sliding
+            .as_mut()
+            .expect("a half input gradient is summed in a sliding window");
+        for index in 0..sliding.group_count() {
+            let (first, lines) = sliding.group(index);
+            products(clip_input, clip, first, lines, Some(&mut columns_gradient));
+            sliding.add(index, &columns_gradient, map, target);
+        }
+        sliding.finish(map, target);
     }
     input_gradient
 }

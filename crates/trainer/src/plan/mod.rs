@@ -188,11 +188,11 @@ fn activation_layers(
             };
             let cpu_stem = (layer.by_hand && backend == BackendChoice::Cpu).then(|| {
                 let bytes = (activation_bytes, bf16_products);
-                cpu_stem_temporaries(layer, input_elements, output_elements, bytes)
+                cpu_stem_temporaries(layer, input_elements, bytes)
             });
             // Without autodiff the CPU runs a stem step on the same kernels as the untracked
-            // training forward (a convolution's columns, and its f32 copies where a half
-            // precision computes in f32; BatchNorm + ReLU in place, with the running
+            // training forward (a convolution's columns, f32 where a half precision computes
+            // in f32; BatchNorm + ReLU in place, with the running
             // statistics). Elsewhere a half-precision BatchNorm casts its input to f32.
             let inference_extra = match cpu_stem {
                 Some((forward, _)) => forward,
@@ -313,7 +313,6 @@ fn restored_clip_bytes(activation_bytes: u64, bf16_products: bool) -> u64 {
 fn cpu_stem_temporaries(
     layer: &vidtrain_model::LayerSummary,
     input_elements: u64,
-    output_elements: u64,
     (activation_bytes, bf16_products): (u64, bool),
 ) -> (u64, u64) {
     let LayerRole::Conv3d {
@@ -344,24 +343,25 @@ fn cpu_stem_temporaries(
         };
         (buffers, buffers + input_gradient)
     } else {
-        // Half values multiplied in f32 read their input and upstream gradient a clip at a time,
-        // widened as they are read, and store outputs and input gradients in half as they are
-        // made (`ClipReader::Half`): forward one f32 clip of the input; backward the input
-        // gradient whole in half with one clip of its f32 sums, the input clip widened (the
-        // clip made again from BatchNorm + ReLU's kept input is its restored input, also f32:
-        // [`restored_clip_bytes`]) and one f32 clip of the upstream gradient. (Priced until
-        // stop 55 with whole f32 copies of input, output and input gradient, which stops 52–53
-        // removed: the seed model's 224 px bf16 row came out at 1.89× its measured peak.)
+        // Half values multiplied in f32 are widened as the columns are written and as each
+        // group's share of the upstream gradient is read (`ClipValues`, `ClipReader::group_rows`),
+        // and outputs and input gradients are stored in half as they are made: forward nothing
+        // beyond the columns; backward the input gradient whole in half with one clip of its f32
+        // sums, and a group's upstream in f32 (as many positions as the columns, `c_out` rows).
+        // (Priced until stop 55 with whole f32 copies of input, output and input gradient, which
+        // stops 52–53 removed: the seed model's 224 px bf16 row came out at 1.89× its measured
+        // peak; until stop 56 with an f32 clip of the input and of the upstream, which made the
+        // seed model's bf16 step at micro-batch 1 heavier than its fp32 step.)
         let clips = layer.output_shape.first().copied().unwrap_or(1).max(1) as u64;
-        let input_clip = 4 * input_elements / clips;
-        let output_clip = 4 * output_elements / clips;
         let input_gradient = if reads_data {
             0
         } else {
-            2 * input_elements + input_clip
+            2 * input_elements + 4 * input_elements / clips
         };
-        let backward = input_gradient + input_clip + output_clip;
-        (buffers + input_clip, buffers + backward)
+        let rows = (taps * channels_in).max(1) as u64;
+        let upstream_group =
+            columns * layer.output_shape.get(1).copied().unwrap_or(1) as u64 / rows;
+        (buffers, buffers + input_gradient + upstream_group)
     }
 }
 

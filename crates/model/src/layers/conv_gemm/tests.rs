@@ -50,6 +50,37 @@ fn f16_convolutions_equal_the_f32_route_and_store_f16() {
     assert_half_results_equal_the_f32_route(f16_results, &f32_route, DType::F16, "f16");
 }
 
+/// Half values multiplied in f32 (fp16 everywhere, bf16 on a CPU without a bf16 product) are
+/// widened as the columns are written and as each group's upstream is read, never as whole f32
+/// clips: whatever the line groups, bf16 and f16 inputs on the f32 route equal the f32 route on
+/// the same values, the forward and input gradient to one rounding of what they store. The
+/// forced route runs on every CPU, whichever route the public entry points would choose.
+#[test]
+fn half_values_multiplied_in_f32_equal_the_f32_route_whatever_the_groups() {
+    let _rng = crate::rng_lock();
+    let geometry = odd_geometry(2, 14);
+    for (half, dtype) in [
+        (FloatDType::BF16, DType::BF16),
+        (FloatDType::F16, DType::F16),
+    ] {
+        let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
+        for group in [1, 7, 25] {
+            let results = results_of(
+                &operands,
+                &bias,
+                geometry,
+                |backward| match dtype {
+                    DType::F16 => backward.products::<f32, burn::tensor::f16>(group, None),
+                    _ => backward.products::<f32, bf16>(group, None),
+                },
+                |input, weight, bias| forward_in_groups(input, weight, bias, geometry, group, None),
+            );
+            let label = format!("{dtype:?} values in f32, groups of {group} lines");
+            assert_half_results_equal_the_f32_route(results, &f32_route, dtype, &label);
+        }
+    }
+}
+
 /// As above where the bf16 kernel packs the columns in several blocks of `k` and bands of
 /// panels: 135 rows of columns (5 channels × 27 taps, odd), groups of 77 and 528 positions
 /// (lines of 11 that panels of 32 cut in their middles).
