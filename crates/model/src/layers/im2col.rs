@@ -430,6 +430,8 @@ impl SlidingSums {
             group.reach = reach;
             capacity = capacity.max(reach.saturating_sub(group.settled));
         }
+        // At least a line, so that a channel's window is never an empty chunk.
+        let capacity = capacity.max(1);
         Self {
             groups,
             capacity,
@@ -500,6 +502,7 @@ impl SlidingSums {
         let rounded = low..new_low.min(high);
         let kept = new_low.min(high)..high;
         let (capacity, taken_in) = (self.capacity, kept.len()..new_high - new_low);
+        (self.low, self.high) = (new_low, new_high);
         if rounded.is_empty() && kept.start == low && taken_in.is_empty() {
             return;
         }
@@ -519,7 +522,6 @@ impl SlidingSums {
                     },
                 )
             });
-        (self.low, self.high) = (new_low, new_high);
     }
 }
 

@@ -54,17 +54,32 @@ fn f16_convolutions_equal_the_f32_route_and_store_f16() {
 /// widened as the columns are written and as each group's upstream is read, never as whole f32
 /// clips: whatever the line groups, bf16 and f16 inputs on the f32 route equal the f32 route on
 /// the same values, the forward and input gradient to one rounding of what they store. The
-/// forced route runs on every CPU, whichever route the public entry points would choose.
+/// forced route runs on every CPU, whichever route the public entry points would choose. Two
+/// geometries: reads that overlap between groups, and strides past the kernel, whose input
+/// lines between reads no group touches (they stay zero).
 #[test]
 fn half_values_multiplied_in_f32_equal_the_f32_route_whatever_the_groups() {
     let _rng = crate::rng_lock();
-    let geometry = odd_geometry(2, 14);
+    let gaps = ConvGeometry {
+        input: [2, 3, 5, 9, 8],
+        channels_out: 5,
+        kernel: [1, 2, 2],
+        stride: [2, 3, 3],
+        padding: [0, 0, 1],
+        output: [3, 3, 3],
+    };
+    for geometry in [odd_geometry(2, 14), gaps] {
+        half_values_multiplied_in_f32_equal_the_f32_route(geometry);
+    }
+}
+
+fn half_values_multiplied_in_f32_equal_the_f32_route(geometry: ConvGeometry) {
     for (half, dtype) in [
         (FloatDType::BF16, DType::BF16),
         (FloatDType::F16, DType::F16),
     ] {
         let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
-        for group in [1, 7, 25] {
+        for group in [1, 2, 7, 25] {
             let results = results_of(
                 &operands,
                 &bias,
