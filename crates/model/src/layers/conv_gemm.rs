@@ -615,7 +615,8 @@ impl<B: Backend> ConvBackward<'_, B> {
         let device = upstream.device();
         let c_out = geometry.channels_out;
         let (rows, positions, w_out) = (geometry.rows(), geometry.positions(), geometry.output[2]);
-        // Read a clip at a time (a half upstream of the f32 route converted clip by clip).
+        // Read a group of output lines at a time (a half upstream of the f32 route converted
+        // group by group: `group_rows`).
         let upstream = ClipReader::<T>::of(ConvInput::Tensor(upstream));
         let bias_gradient =
             wants_bias.then(|| bias_gradient(upstream.channel_sums(c_out, positions), &device));
