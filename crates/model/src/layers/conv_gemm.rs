@@ -124,8 +124,8 @@ pub fn conv3d_forward<B: Backend>(
         }
     }
     let group = geometry.lines_per_group(if path.is_some() { 2 } else { 4 });
-    // The f32 route computes in f32 and stores the input's dtype (a half input is read a
-    // clip at a time): no whole f32 copy of the input or of the output.
+    // The f32 route computes in f32 and stores the input's dtype (a half input is widened as
+    // its columns are written): no f32 copy of the input or of the output.
     cast(
         forward_in_groups(input, weight, bias, geometry, group, path),
         dtype,
@@ -185,8 +185,9 @@ fn forward_as<B: Backend, T: ConvOperand>(
 }
 
 /// The forward's loop, shared by both routes: for each clip and group of output lines,
-/// `product` writes `weight · columns` (f32, `[c_out, lines·w']`) from the clip's values (the
-/// input read as `T`, a clip at a time) and the group's first line and line count, and each
+/// `product` writes `weight · columns` (f32, `[c_out, lines·w']`) from the clip's values (as
+/// stored, or as `T` where it is read as a clip: [`ClipReader::clip_values`]) and the group's
+/// first line and line count, and each
 /// value plus its channel's bias is stored in the input's dtype; output `[n, c_out, t', h', w']`
 /// in that dtype (a half input of the f32 route stays half).
 fn forward_by_groups<B: Backend, T: HostFloat>(
@@ -206,8 +207,8 @@ fn forward_by_groups<B: Backend, T: HostFloat>(
     }
 }
 
-/// [`forward_by_groups`] reading the input as `T` a clip at a time and storing the output as
-/// `O` (the input's dtype).
+/// [`forward_by_groups`] reading the input's columns as `T` and storing the output as `O` (the
+/// input's dtype).
 fn forward_stored_as<B: Backend, T: HostFloat, O: HostFloat>(
     input: Tensor<B, 5>,
     bias: Option<Tensor<B, 1>>,
@@ -539,7 +540,8 @@ impl<B: Backend> ConvBackward<'_, B> {
             }
             (Some(path), _) => self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path)),
             (None, Some(path)) if direct => self.direct::<f32>(path),
-            // In f32, the input gradient stored in the input's dtype (rounded clip by clip).
+            // In f32, the input gradient stored in the input's dtype (a half one rounded line by
+            // line as the sliding window moves on).
             (None, _) => {
                 let group = geometry.lines_per_group(4);
                 match self.input.dtype() {
@@ -602,8 +604,8 @@ impl<B: Backend> ConvBackward<'_, B> {
 
     /// [`Self::gradients`] with `group` output lines per im2col buffer and operands read as `T`
     /// (f32, or bf16 multiplied by `path`): the weight gradient is accumulated in f32 group
-    /// after group; the input gradient is summed in f32 (in place for f32, one clip at a time
-    /// for bf16) and stored as `T`. The weight is rounded to bf16 for the bf16 input gradient,
+    /// after group; the input gradient is summed in f32 (in place for f32, in a sliding window of
+    /// input lines for half, [`SlidingSums`]) and stored as `O`. The weight is rounded to bf16 for the bf16 input gradient,
     /// as in the forward.
     fn products<T: ConvOperand, O: HostFloat>(
         self,
@@ -743,7 +745,8 @@ fn gradients_by_groups<T: HostFloat, O: HostFloat>(
     let clip_len = c_in * t * h * w;
     let mut input_gradient = wants_input.then(|| filled(n * clip_len, O::from_f32(0.0)));
     let mut columns_gradient = Vec::new();
-    let mut sliding = (wants_input && O::dtype() != DType::F32).then(|| SlidingSums::new(map));
+    // Made for the first clip whose gradient is half (its map is the same for every clip).
+    let mut sliding: Option<SlidingSums> = None;
     for clip in 0..n {
         let clip_input = input.clip_values(clip, clip_len);
         let Some(gradient) = input_gradient.as_mut() else {
@@ -760,9 +763,7 @@ fn gradients_by_groups<T: HostFloat, O: HostFloat>(
             }
             continue;
         }
-        let sliding = sliding
-            .as_mut()
-            .expect("a half input gradient is summed in a sliding window");
+        let sliding = sliding.get_or_insert_with(|| SlidingSums::new(map));
         for index in 0..sliding.group_count() {
             let (first, lines) = sliding.group(index);
             products(clip_input, clip, first, lines, Some(&mut columns_gradient));

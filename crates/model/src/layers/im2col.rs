@@ -181,23 +181,27 @@ pub(super) fn im2col_row<T: HostFloat + Default>(
             #[inline(always)]
             || im2col_row_as_built(values, map, row, from, out, |value| value),
         ),
-        ClipValues::Bf16(values) => crate::cpu_kernels::vectorized(
-            #[inline(always)]
-            || {
-                im2col_row_as_built(values, map, row, from, out, |value| {
-                    T::from_f32(value.to_f32())
-                })
-            },
-        ),
-        ClipValues::F16(values) => crate::cpu_kernels::vectorized(
-            #[inline(always)]
-            || {
-                im2col_row_as_built(values, map, row, from, out, |value| {
-                    T::from_f32(value.to_f32())
-                })
-            },
-        ),
+        ClipValues::Bf16(values) => im2col_row_widened(values, map, row, from, out),
+        ClipValues::F16(values) => im2col_row_widened(values, map, row, from, out),
     }
+}
+
+/// [`im2col_row`] of half values, each widened as it is written.
+fn im2col_row_widened<S: HostFloat, T: HostFloat + Default>(
+    clip: &[S],
+    map: &ColumnMap,
+    row: usize,
+    from: usize,
+    out: &mut [T],
+) {
+    crate::cpu_kernels::vectorized(
+        #[inline(always)]
+        || {
+            im2col_row_as_built(clip, map, row, from, out, |value| {
+                T::from_f32(value.to_f32())
+            })
+        },
+    )
 }
 
 /// [`im2col_row`] of values stored as `S`, each made a `T` by `convert`, as the compiler builds
@@ -407,22 +411,24 @@ impl SlidingSums {
     pub(super) fn new(map: &ColumnMap) -> Self {
         let [_, _, t, h, _] = map.geometry.input;
         let total = t * h;
-        let reads: Vec<_> = map
+        // Each group's reads; then, from the last group back, the lowest line read from it on.
+        let mut groups: Vec<_> = map
             .groups()
-            .map(|(first, lines)| (first, lines, map.input_lines(first, lines)))
+            .map(|(first, lines)| {
+                let read = map.input_lines(first, lines);
+                WindowedGroup {
+                    first,
+                    lines,
+                    settled: read.as_ref().map_or(total, |read| read.start),
+                    reach: read.map_or(0, |read| read.end),
+                }
+            })
             .collect();
-        let mut groups = vec![];
         let mut settled = total;
-        for &(first, lines, ref read) in reads.iter().rev() {
-            settled = settled.min(read.as_ref().map_or(total, |read| read.start));
-            groups.push(WindowedGroup {
-                first,
-                lines,
-                settled,
-                reach: read.as_ref().map_or(0, |read| read.end),
-            });
+        for group in groups.iter_mut().rev() {
+            settled = settled.min(group.settled);
+            group.settled = settled;
         }
-        groups.reverse();
         // The window's lines at each group: from its settled line to the furthest read so far.
         let (mut reach, mut capacity) = (0, 0);
         for group in &mut groups {

@@ -299,13 +299,15 @@ fn restored_clip_bytes(activation_bytes: u64, bf16_products: bool) -> u64 {
 ///   (priced as the output) and its input gradient over the upstream one: nothing more.
 /// - A convolution (`conv_gemm`) holds a few MiB of im2col columns and a group's product or
 ///   column gradient ([`COLUMN_BYTES`] each at most), and in backward its input gradient, made whole
-///   unless it reads the data. A half-precision convolution computing in f32 makes f32 copies
-///   of a clip at a time: its input forward; its input (twice), upstream gradient and input
-///   gradient's sums backward.
+///   unless it reads the data. A half-precision convolution computing in f32 widens its input
+///   as it writes the columns and its upstream a group at a time (a group-sized f32 buffer).
+/// - A half input gradient is stored in half and summed in f32 over a window of input lines
+///   that slides with the groups (`SlidingSums`), priced here at its bound, one clip of f32
+///   sums: the window's size depends on kernel and stride, which the layer summary does not
+///   carry (the seed model's 224 px bf16 row came out at 1.13 with that bound, stop 56).
 ///
-/// bf16 convolutions multiplying bf16 (`gemm_bf16`, `bf16_products`) make none of those f32
-/// copies: their columns are bf16, and the input gradient is stored in bf16, summed in f32 one
-/// clip at a time. (Until stop 39 they were priced as the f32 route: the bf16 step measured
+/// bf16 convolutions multiplying bf16 (`gemm_bf16`, `bf16_products`) make no f32 buffer of
+/// their operands: their columns are bf16. (Until stop 39 they were priced as the f32 route: the bf16 step measured
 /// about 200 MiB more than its kernels held. That was Burn's cast of the stem's output around
 /// the spatial mean, an f64 copy forward and backward, since removed: `mean_dim_f32`.)
 ///
@@ -346,8 +348,9 @@ fn cpu_stem_temporaries(
         // Half values multiplied in f32 are widened as the columns are written and as each
         // group's share of the upstream gradient is read (`ClipValues`, `ClipReader::group_rows`),
         // and outputs and input gradients are stored in half as they are made: forward nothing
-        // beyond the columns; backward the input gradient whole in half with one clip of its f32
-        // sums, and a group's upstream in f32 (as many positions as the columns, `c_out` rows).
+        // beyond the columns; backward the input gradient whole in half with its f32 sums (at
+        // most a clip, see above), and a group's upstream in f32 (as many positions as the
+        // columns, `c_out` rows).
         // (Priced until stop 55 with whole f32 copies of input, output and input gradient, which
         // stops 52–53 removed: the seed model's 224 px bf16 row came out at 1.89× its measured
         // peak; until stop 56 with an f32 clip of the input and of the upstream, which made the
