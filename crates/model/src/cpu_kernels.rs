@@ -50,6 +50,15 @@ pub(crate) fn reference() -> bool {
     })
 }
 
+/// `VIDTRAIN_CPU_KERNELS=no-winograd`: 3 × 3 × 3 convolutions multiplied directly instead of by
+/// Winograd's transforms (`layers::conv_winograd`): the A/B of the two routes in one binary.
+pub(crate) fn winograd_refused() -> bool {
+    static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSED.get_or_init(|| {
+        std::env::var("VIDTRAIN_CPU_KERNELS").is_ok_and(|value| value == "no-winograd")
+    })
+}
+
 /// `VIDTRAIN_CPU_KERNELS=no-amx`: vidtrain's kernels without AMX tiles (bf16 products on
 /// AVX512_BF16 where the CPU has both): a user's way around a tile fault, and the A/B of the
 /// tiles in one binary.

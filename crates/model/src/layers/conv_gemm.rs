@@ -30,9 +30,10 @@ use crate::cpu_kernels::{
     HostFloat, Stored, cast, convert_into, extend_filled, filled, floats, stored,
 };
 use crate::gemm_bf16::{Matrix, Path, Update};
-use crate::gemm_f32::{bf16_path, f32_path};
+use crate::gemm_f32::{F32Path, bf16_path, f32_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
 use crate::layers::conv_direct::{self, DirectOperand};
+use crate::layers::conv_winograd;
 use crate::layers::im2col::{ClipValues, ColumnMap, SlidingSums, col2im};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
 use crate::quantize::{HostCodes, HostInput};
@@ -111,6 +112,13 @@ pub fn conv3d_forward<B: Backend>(
 ) -> Tensor<B, 5> {
     let dtype = input.dtype();
     let path = bf16_path(&[dtype]);
+    // Winograd's transforms for 3 × 3 × 3 kernels of stride 1 on every dtype multiplied in f32.
+    if conv_winograd::applies(&geometry)
+        && !path.is_some_and(conv_direct::multiplies_bf16_on)
+        && let Some(f32_path) = f32_path(&[dtype])
+    {
+        return conv_winograd::forward(input, weight, bias, geometry, f32_path);
+    }
     if conv_direct::applies(&geometry) {
         if let Some(path) = path
             && conv_direct::multiplies_bf16_on(path)
@@ -538,6 +546,7 @@ impl<B: Backend> ConvBackward<'_, B> {
             (Some(path), _) if direct && conv_direct::multiplies_bf16_on(path) => {
                 self.direct::<bf16>(path)
             }
+            (None, Some(path)) if conv_winograd::applies(&geometry) => self.winograd(path),
             (Some(path), _) => self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path)),
             (None, Some(path)) if direct => self.direct::<f32>(path),
             // In f32, the input gradient stored in the input's dtype (a half one rounded line by
@@ -596,6 +605,51 @@ impl<B: Backend> ConvBackward<'_, B> {
         // The input gradient's packed weight and the clip buffers are given back before the
         // weight gradient is reordered into a buffer of its own (at r3d_18's last stage each
         // is as large as the weight).
+        drop((input_gradient, input));
+        let weight_gradient = weight_gradient.into_weight_order(path);
+        let gradients = gradient_tensors(&geometry, weight_gradient, gradient, &device);
+        (gradients, bias_gradient)
+    }
+
+    /// [`Self::gradients`] of a convolution that [`conv_winograd::applies`] to, computed in f32
+    /// on `path` as on the direct route: the weight gradient summed clip by clip, the input
+    /// gradient computed clip by clip and stored in the upstream's dtype, half operands widened
+    /// as they are transformed.
+    fn winograd(self, path: F32Path) -> ConvGradientsWithBias<B> {
+        match self.upstream.dtype() {
+            DType::BF16 => self.winograd_of::<bf16>(path),
+            DType::F16 => self.winograd_of::<burn::tensor::f16>(path),
+            _ => self.winograd_of::<f32>(path),
+        }
+    }
+
+    /// [`Self::winograd`] of operands stored as `S`.
+    fn winograd_of<S: HostFloat>(self, path: F32Path) -> ConvGradientsWithBias<B> {
+        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
+        let device = self.upstream.device();
+        let [n, c_in, t, h, w] = geometry.input;
+        let (c_out, positions) = (geometry.channels_out, geometry.positions());
+        let upstream = stored::<S, _, 5>(self.upstream);
+        let bias_gradient = wants_bias.then(|| {
+            let sums = channel_sums(&upstream, geometry.channels_out, geometry.positions());
+            bias_gradient(sums, &device)
+        });
+        let input_gradient = wants_input.then(|| {
+            let weight = stored::<f32, _, 5>(self.weight);
+            conv_winograd::InputGradient::new(&weight, &geometry)
+        });
+        let clip_len = c_in * t * h * w;
+        let mut input = ClipReader::<S>::of(self.input);
+        let mut weight_gradient = conv_winograd::WeightGradient::new(&geometry);
+        let mut gradient = input_gradient
+            .as_ref()
+            .map(|_| filled(n * clip_len, S::from_f32(0.0)));
+        for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
+            weight_gradient.add_clip(input.clip(clip, clip_len), upstream, path);
+            if let (Some(computed), Some(gradient)) = (&input_gradient, gradient.as_mut()) {
+                computed.clip(upstream, &mut gradient[clip * clip_len..][..clip_len], path);
+            }
+        }
         drop((input_gradient, input));
         let weight_gradient = weight_gradient.into_weight_order(path);
         let gradients = gradient_tensors(&geometry, weight_gradient, gradient, &device);

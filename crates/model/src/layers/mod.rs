@@ -7,6 +7,7 @@ pub mod conv3d;
 mod conv_columns;
 mod conv_direct;
 pub mod conv_gemm;
+mod conv_winograd;
 pub mod dropout;
 pub mod encoder;
 pub mod gelu;

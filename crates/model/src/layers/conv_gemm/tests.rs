@@ -444,3 +444,81 @@ fn an_input_read_from_codes_equals_the_restored_input() {
         assert_eq!(bias_a.unwrap().to_data(), bias_b.unwrap().to_data());
     }
 }
+
+/// 3 × 3 × 3 convolutions by Winograd's transforms (`conv_winograd`) equal the f32 route on the
+/// same values, on every f32 tile path this CPU has: odd sizes on every axis (tiles cut by the
+/// clip's end), a single frame, channel counts off the tiles' rows and columns, several clips
+/// and blocks of rows of tiles.
+#[test]
+fn winograd_convolutions_equal_the_f32_route() {
+    let _rng = crate::rng_lock();
+    let geometries = [
+        ([2, 5, 4, 12, 11], 13),
+        ([1, 3, 1, 5, 3], 33),
+        ([3, 40, 5, 7, 9], 70),
+        ([1, 2, 7, 30, 30], 4),
+        // The weight gradient's blocks of rows of tiles end inside clips (37 rows a block, 80 a
+        // clip); the forward's blocks are whole rows of products.
+        ([2, 32, 8, 40, 40], 12),
+    ];
+    for (input, channels_out) in geometries {
+        let geometry = ConvGeometry {
+            input,
+            channels_out,
+            kernel: [3; 3],
+            stride: [1; 3],
+            padding: [1; 3],
+            output: [input[2], input[3], input[4]],
+        };
+        let (operands, bias, f32_route) =
+            half_operands_and_the_f32_route(geometry, FloatDType::F32);
+        let paths = [F32Path::Portable, F32Path::Avx512, F32Path::Avx2];
+        for path in paths.into_iter().filter(|path| path.available()) {
+            let results = results_of(
+                &operands,
+                &bias,
+                geometry,
+                |backward| backward.winograd(path),
+                |input, weight, bias| conv_winograd::forward(input, weight, bias, geometry, path),
+            );
+            let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+            let (forward, weight_gradient, input_gradient, bias_gradient) = results;
+            for (winograd, route, name) in [
+                (forward, &f32_route.0, "forward"),
+                (weight_gradient, &f32_route.1, "weight gradient"),
+                (input_gradient, &f32_route.2, "input gradient"),
+            ] {
+                assert_eq!(winograd.dtype(), DType::F32, "{path:?} {name}");
+                let route = route.to_data();
+                winograd
+                    .to_data()
+                    .assert_approx_eq::<f32>(&route, tolerance);
+            }
+            let route = f32_route.3.to_data();
+            bias_gradient
+                .to_data()
+                .assert_approx_eq::<f32>(&route, tolerance);
+        }
+        // Half values (fp16; bf16 on a CPU without the bf16 instruction): widened as they are
+        // transformed, the input gradient and the forward rounded as they are stored.
+        for (half, dtype) in [
+            (FloatDType::BF16, DType::BF16),
+            (FloatDType::F16, DType::F16),
+        ] {
+            let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
+            for path in paths.into_iter().filter(|path| path.available()) {
+                let results = results_of(
+                    &operands,
+                    &bias,
+                    geometry,
+                    |backward| backward.winograd(path),
+                    |input, weight, bias| {
+                        conv_winograd::forward(input, weight, bias, geometry, path)
+                    },
+                );
+                let label = format!("Winograd {path:?} on {dtype:?}");
+                assert_half_results_equal_the_f32_route(results, &f32_route, dtype, &label);
+            }
+        }
+    }
+}

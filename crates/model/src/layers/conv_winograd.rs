@@ -1,0 +1,995 @@
+//! 3 × 3 × 3 convolutions of stride 1 and padding 1 (the 3-D ResNet's) by Winograd's minimal
+//! filtering F(2 × 2 × 2, 3 × 3 × 3), on the CPU backend.
+//!
+//! Computed directly ([`super::conv_direct`]), each output position costs 27 multiply-adds per
+//! pair of channels. Here the output is cut into tiles of 2 × 2 × 2 positions; a tile reads a
+//! 4 × 4 × 4 block of the padded input, and in the transformed space (64 points per tile) the
+//! convolution is an element-wise product: per point, `[tiles × c_in] · [c_in × c_out]`. A tile's
+//! eight outputs cost 64 multiply-adds per pair of channels instead of 216: 3.4 times fewer. The
+//! transforms (1-D transforms along each axis, additions only, and halves for the weight) are
+//! linear passes over the clip; the products run on [`gemm_f32::strided_tile`], the f32 tiles of
+//! the direct route.
+//!
+//! With F(2, 3)'s matrices (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"),
+//! `d` a tile's 4 inputs on one axis, `g` the kernel's 3 taps, `y` its 2 outputs:
+//!
+//! - inputs: `Bᵀd = [d0 − d2, d1 + d2, d2 − d1, d1 − d3]`;
+//! - weight: `Gg = [g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2]`;
+//! - outputs: `y = Aᵀm = [m0 + m1 + m2, m1 − m2 − m3]`;
+//!
+//! applied on each of the three axes. The gradients follow from the same identity
+//! (`d[i + k] = Σ_p A[p][i]·G[p][k]·(Bᵀd)[p]` for every `d`):
+//!
+//! - the input gradient is the forward of the output gradient with the weight transposed and
+//!   flipped on every axis (padding `3 − 1 − 1 = 1`), as on the direct route;
+//! - the weight gradient sums, per point, `(A·dy)[p] · (Bᵀd)[p]` over tiles
+//!   (`A·dy = [y0, y0 + y1, y0 − y1, −y1]`) and maps the 64 sums back to 27 taps by `Gᵀ`
+//!   (`[s0 + (s1 + s2)/2, (s1 − s2)/2, (s1 + s2)/2 + s3]`).
+//!
+//! F(2, 3) is the most accurate of Winograd's tilings: its transforms add at most four values
+//! and halve the weight, so the results differ from the direct sums by a few f32 roundings
+//! (tested against the im2col route to 1e-5).
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData, bf16, f16};
+use rayon::prelude::*;
+
+use super::conv_gemm::ConvGeometry;
+use crate::cpu_kernels::{HostFloat, filled, floats, stored};
+use crate::gemm_bf16::{COLUMNS, ROWS, Strided, Tile};
+use crate::gemm_f32::{self, F32Path};
+
+/// Transform points of a tile: 4 on each axis, in the order (frame, row, column).
+const POINTS: usize = 64;
+
+/// Bytes of transformed inputs a task of the forward holds (its block of tiles' 64 points of
+/// every input channel), so that they and the block's products stay in the L2 and L3 caches
+/// between the transforms and the products (r3d_18's first stage on the Zen 3: 1.26–1.44 times
+/// the direct route's speed with 1 MiB, 0.87–0.93 with 4 MiB).
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// The most of a block's tiles that may be padding: a block is a whole number of rows of tiles,
+/// its products a whole number of [`COLUMNS`] tiles (r3d_18's first stage: 2 rows of 28 tiles,
+/// 64 columns, 1 MiB of transformed inputs).
+const MOST_WASTE: f64 = 0.15;
+
+/// Bytes of transformed inputs and output gradients a block of the weight gradient holds.
+const GRADIENT_BLOCK_BYTES: usize = 8 << 20;
+
+/// Tiles per input channel below which the direct route is faster: the weight's transforms
+/// cost as many passes over `c_in · c_out` values whatever the clip.
+const FEWEST_TILES_PER_CHANNEL: usize = 2;
+
+/// Whether a convolution of `geometry` is computed here: a 3 × 3 × 3 kernel, stride 1 and
+/// padding 1 on every axis (the output the input's size), unless `VIDTRAIN_CPU_KERNELS` says
+/// `no-winograd` (the direct route then computes it: the A/B of the two in one binary).
+pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
+    let [n, c_in, t, h, w] = geometry.input;
+    let tiles = n * Tiling::new([t, h, w]).rows() * w.div_ceil(2);
+    geometry.kernel == [3; 3]
+        && geometry.stride == [1; 3]
+        && geometry.padding == [1; 3]
+        && tiles >= FEWEST_TILES_PER_CHANNEL * c_in
+        && !crate::cpu_kernels::winograd_refused()
+}
+
+/// A clip's sizes and its tiles.
+#[derive(Debug, Clone, Copy)]
+struct Tiling {
+    /// Frames, rows and columns of the input (and of the output: stride 1, padding 1).
+    dims: [usize; 3],
+    /// Tiles on each axis: half the positions, rounded up.
+    tiles: [usize; 3],
+}
+
+impl Tiling {
+    fn new(dims: [usize; 3]) -> Self {
+        Self {
+            dims,
+            tiles: dims.map(|dim| dim.div_ceil(2)),
+        }
+    }
+
+    /// Rows of tiles (a frame and row of tiles: `tiles[2]` tiles) per clip.
+    fn rows(&self) -> usize {
+        self.tiles[0] * self.tiles[1]
+    }
+
+    /// Values of one channel of a clip.
+    fn volume(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Rows of tiles per block of the forward, `channels_in` being transformed: a block's
+    /// tiles are a whole number of [`COLUMNS`] (no column of the products computed for nothing)
+    /// or waste at most an eighth where that outgrows [`BLOCK_BYTES`], and there are at least
+    /// two blocks per thread where the clips have that many rows.
+    fn rows_per_block(&self, channels_in: usize, total_rows: usize) -> usize {
+        let row_tiles = self.tiles[2];
+        let bytes = |rows: usize| {
+            POINTS * channels_in * (rows * row_tiles).next_multiple_of(COLUMNS) * size_of::<f32>()
+        };
+        let waste = |rows: usize| {
+            let tiles = rows * row_tiles;
+            (tiles.next_multiple_of(COLUMNS) - tiles) as f64 / tiles as f64
+        };
+        let most = total_rows.div_ceil(2 * rayon::current_num_threads()).max(1);
+        // The most rows within the budget that waste at most an eighth, else the fewest waste.
+        let candidates = 1..=most.min(COLUMNS);
+        candidates
+            .clone()
+            .filter(|&rows| bytes(rows) <= BLOCK_BYTES && waste(rows) <= MOST_WASTE)
+            .max()
+            .unwrap_or_else(|| {
+                candidates
+                    .min_by(|&a, &b| waste(a).total_cmp(&waste(b)))
+                    .unwrap_or(1)
+            })
+    }
+}
+
+/// Bᵀ of F(2, 3) along one axis: `out[p]` from the tile's four inputs `d` (each a run of
+/// values, one per tile or position), all of one length.
+#[inline(always)]
+fn input_points(d: [&[f32]; 4], out: [&mut [f32]; 4]) {
+    let [d0, d1, d2, d3] = d;
+    let [o0, o1, o2, o3] = out;
+    for i in 0..o0.len() {
+        o0[i] = d0[i] - d2[i];
+        o1[i] = d1[i] + d2[i];
+        o2[i] = d2[i] - d1[i];
+        o3[i] = d1[i] - d3[i];
+    }
+}
+
+/// Aᵀ of F(2, 3) along one axis: the tile's two outputs from its four points' runs.
+#[inline(always)]
+fn output_values(m: [&[f32]; 4], out: [&mut [f32]; 2]) {
+    let [m0, m1, m2, m3] = m;
+    let [y0, y1] = out;
+    for i in 0..y0.len() {
+        y0[i] = m0[i] + m1[i] + m2[i];
+        y1[i] = m1[i] - m2[i] - m3[i];
+    }
+}
+
+/// A (the transpose of Aᵀ) along one axis: an output gradient's four points from the tile's
+/// two values.
+#[inline(always)]
+fn gradient_points(y: [&[f32]; 2], out: [&mut [f32]; 4]) {
+    let [y0, y1] = y;
+    let [o0, o1, o2, o3] = out;
+    for i in 0..o0.len() {
+        o0[i] = y0[i];
+        o1[i] = y0[i] + y1[i];
+        o2[i] = y0[i] - y1[i];
+        o3[i] = -y1[i];
+    }
+}
+
+/// G of F(2, 3) on one axis's three taps.
+#[inline(always)]
+fn weight_points([g0, g1, g2]: [f32; 3]) -> [f32; 4] {
+    [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+}
+
+/// Gᵀ on one axis: three taps from four points' sums.
+#[inline(always)]
+fn tap_sums([s0, s1, s2, s3]: [f32; 4]) -> [f32; 3] {
+    [s0 + 0.5 * (s1 + s2), 0.5 * (s1 - s2), 0.5 * (s1 + s2) + s3]
+}
+
+/// `values` (`[a][b][c]` of lanes, `IN` on each axis) through `transform` on each axis in turn,
+/// into `out` (`[a'][b'][c']`, `OUT` on each axis), lane by lane: every lane of a line through
+/// the same arithmetic, which the compiler turns into vector instructions across the lanes.
+#[inline(always)]
+fn separable<const IN: usize, const OUT: usize>(
+    values: &[Lanes],
+    transform: impl Fn([f32; IN]) -> [f32; OUT] + Copy,
+    out: &mut [Lanes],
+) {
+    // Along the last axis, then the middle, then the first; `[f32; IN]` and `[f32; OUT]` lines
+    // of lanes between scratch arrays.
+    let mut last = [[0.0; COLUMNS]; 64];
+    for line in 0..IN * IN {
+        for lane in 0..COLUMNS {
+            let result = transform(std::array::from_fn(|i| values[line * IN + i][lane]));
+            for (o, value) in result.into_iter().enumerate() {
+                last[line * OUT + o][lane] = value;
+            }
+        }
+    }
+    let mut middle = [[0.0; COLUMNS]; 64];
+    for a in 0..IN {
+        for c in 0..OUT {
+            for lane in 0..COLUMNS {
+                let result = transform(std::array::from_fn(|b| last[(a * IN + b) * OUT + c][lane]));
+                for (b, value) in result.into_iter().enumerate() {
+                    middle[(a * OUT + b) * OUT + c][lane] = value;
+                }
+            }
+        }
+    }
+    for b in 0..OUT {
+        for c in 0..OUT {
+            for lane in 0..COLUMNS {
+                let result = transform(std::array::from_fn(|a| {
+                    middle[(a * OUT + b) * OUT + c][lane]
+                }));
+                for (a, value) in result.into_iter().enumerate() {
+                    out[(a * OUT + b) * OUT + c][lane] = value;
+                }
+            }
+        }
+    }
+}
+
+/// [`COLUMNS`] values side by side: a panel's channels.
+type Lanes = [f32; COLUMNS];
+
+/// A weight transformed for the products: per point, per input channel, every output channel
+/// (zero up to a whole number of [`ROWS`]) — `[point][c_in][c_out rounded up]`, the rows of
+/// the products' tiles.
+struct PointWeights {
+    values: Vec<f32>,
+    channels_in: usize,
+    channels_out: usize,
+    /// `c_out` rounded up to [`ROWS`].
+    padded_out: usize,
+}
+
+impl PointWeights {
+    /// From a weight whose value of (output channel, input channel, tap) lies at `output ·
+    /// strides[0] + input · strides[1]` and then its 27 taps in a row (reversed when `flipped`:
+    /// the input gradient's weight); `dims` are `[c_out, c_in]` of the transformed weight.
+    fn new<T: HostFloat>(
+        weight: &[T],
+        [channels_out, channels_in]: [usize; 2],
+        [output_stride, input_stride]: [usize; 2],
+        flipped: bool,
+    ) -> Self {
+        let padded_out = channels_out.next_multiple_of(ROWS);
+        // Each input channel's points (`[c_in][point][c_out]`, one task per channel), then
+        // each point's input channels gathered (`[point][c_in][c_out]`).
+        let mut by_input = filled(channels_in * POINTS * padded_out, 0f32);
+        by_input
+            .par_chunks_mut(POINTS * padded_out)
+            .enumerate()
+            .for_each(|(input, values)| {
+                crate::cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        // [`COLUMNS`] output channels' 27 taps side by side (zero past the last
+                        // channel), then their 64 points.
+                        let mut taps = [[0.0; COLUMNS]; 27];
+                        let mut points = [[0.0; COLUMNS]; POINTS];
+                        for first in (0..channels_out).step_by(COLUMNS) {
+                            let outputs = COLUMNS.min(channels_out - first);
+                            for column in 0..outputs {
+                                let at = (first + column) * output_stride + input * input_stride;
+                                for (tap, lanes) in taps.iter_mut().enumerate() {
+                                    let tap = if flipped { 26 - tap } else { tap };
+                                    lanes[column] = weight[at + tap].to_f32();
+                                }
+                            }
+                            for lanes in &mut taps {
+                                lanes[outputs..].fill(0.0);
+                            }
+                            separable::<3, 4>(&taps, weight_points, &mut points);
+                            for (point, lanes) in points.iter().enumerate() {
+                                let at = point * padded_out + first;
+                                values[at..][..outputs].copy_from_slice(&lanes[..outputs]);
+                            }
+                        }
+                    },
+                )
+            });
+        let mut values = filled(POINTS * channels_in * padded_out, 0f32);
+        values
+            .par_chunks_mut(channels_in * padded_out)
+            .enumerate()
+            .for_each(|(point, values)| {
+                for (input, target) in values.chunks_exact_mut(padded_out).enumerate() {
+                    let at = (input * POINTS + point) * padded_out;
+                    target.copy_from_slice(&by_input[at..][..padded_out]);
+                }
+            });
+        Self {
+            values,
+            channels_in,
+            channels_out,
+            padded_out,
+        }
+    }
+
+    /// Where `point`'s values start.
+    fn start(&self, point: usize) -> usize {
+        point * self.channels_in * self.padded_out
+    }
+}
+
+/// The 16 lines (4 frames × 4 rows) a row of tiles reads on one axis: the tile row's input
+/// frames `2i − 1 … 2i + 2` and rows `2j − 1 … 2j + 2`, `None` in the padding or past the clip.
+fn tile_row_lines(row: usize, tiling: &Tiling) -> [[Option<usize>; 4]; 2] {
+    let [t, h, _] = tiling.dims;
+    let (i, j) = (row / tiling.tiles[1], row % tiling.tiles[1]);
+    let line = |start: usize, offset: usize, limit: usize| {
+        (start * 2 + offset)
+            .checked_sub(1)
+            .filter(|&index| index < limit)
+    };
+    [
+        std::array::from_fn(|a| line(i, a, t)),
+        std::array::from_fn(|b| line(j, b, h)),
+    ]
+}
+
+/// Scratch buffers of the input transform of one channel's row of tiles.
+#[derive(Default)]
+struct InputScratch {
+    /// The padded line's values at even and at odd positions (`2m − 1` and `2m` of the line).
+    even: Vec<f32>,
+    odd: Vec<f32>,
+    /// Each of the 16 lines' 4 column points of every tile: `[a][b][γ][tile]`.
+    columns: Vec<f32>,
+    /// After the row axis: `[a][β][γ][tile]`.
+    rows: Vec<f32>,
+}
+
+/// The row and column transforms (`Bᵀ`) of every tile of one row of tiles of one channel
+/// (`plane`: the channel's `[t, h, w]` values), into `scratch.rows` (`[a][β][γ][tile]`: the
+/// frame axis is left to [`frame_points`], which writes where the caller keeps the points).
+#[inline(always)]
+fn transform_input_row<S: HostFloat>(
+    plane: &[S],
+    row: usize,
+    tiling: &Tiling,
+    scratch: &mut InputScratch,
+) {
+    let [_, h, w] = tiling.dims;
+    let tiles = tiling.tiles[2];
+    let [frames, lines] = tile_row_lines(row, tiling);
+    let InputScratch {
+        even,
+        odd,
+        columns,
+        rows,
+    } = scratch;
+    even.resize(tiles + 1, 0.0);
+    odd.resize(tiles + 1, 0.0);
+    columns.resize(16 * 4 * tiles, 0.0);
+    rows.resize(16 * 4 * tiles, 0.0);
+    // Columns: tile k reads the padded line's positions 2k … 2k + 3 (the line's 2k − 1 … 2k + 2):
+    // even[k], odd[k], even[k + 1], odd[k + 1].
+    for a in 0..4 {
+        for b in 0..4 {
+            let out = &mut columns[(a * 4 + b) * 4 * tiles..][..4 * tiles];
+            let (Some(frame), Some(line)) = (frames[a], lines[b]) else {
+                out.fill(0.0);
+                continue;
+            };
+            let values = &plane[(frame * h + line) * w..][..w];
+            even[0] = 0.0;
+            let (pairs, last) = values.as_chunks::<2>();
+            for (m, pair) in pairs.iter().enumerate() {
+                odd[m] = pair[0].to_f32();
+                even[m + 1] = pair[1].to_f32();
+            }
+            match last.first() {
+                Some(value) => {
+                    odd[pairs.len()] = value.to_f32();
+                    even[pairs.len() + 1..].fill(0.0);
+                    odd[pairs.len() + 1..].fill(0.0);
+                }
+                None => odd[pairs.len()..].fill(0.0),
+            }
+            let [o0, o1, o2, o3] = split4(out, tiles);
+            input_points(
+                [&even[..tiles], &odd[..tiles], &even[1..], &odd[1..]],
+                [o0, o1, o2, o3],
+            );
+        }
+    }
+    // Rows: runs of `4 · tiles` values (every column point of every tile).
+    let run = 4 * tiles;
+    for a in 0..4 {
+        let source = &columns[a * 4 * run..][..4 * run];
+        let target = &mut rows[a * 4 * run..][..4 * run];
+        let d: [&[f32]; 4] = std::array::from_fn(|b| &source[b * run..][..run]);
+        input_points(d, split4(target, run));
+    }
+}
+
+/// The frame transform (`Bᵀ`) after [`transform_input_row`]: for each of the 16 (row, column)
+/// points `line = β · 4 + γ`, the four frame points' runs of tiles into `targets[α]` at
+/// `offset(line)` (each target holds the 16 points of one α).
+#[inline(always)]
+fn frame_points(
+    scratch: &InputScratch,
+    tiles: usize,
+    targets: [&mut [f32]; 4],
+    offset: impl Fn(usize) -> usize,
+) {
+    let run = 4 * tiles;
+    let [t0, t1, t2, t3] = targets;
+    for line in 0..16 {
+        let (beta, gamma) = (line / 4, line % 4);
+        let d: [&[f32]; 4] =
+            std::array::from_fn(|a| &scratch.rows[(a * 4 + beta) * run + gamma * tiles..][..tiles]);
+        let at = offset(line);
+        input_points(
+            d,
+            [
+                &mut t0[at..][..tiles],
+                &mut t1[at..][..tiles],
+                &mut t2[at..][..tiles],
+                &mut t3[at..][..tiles],
+            ],
+        );
+    }
+}
+
+/// `values` cut into four runs of `run`.
+#[inline(always)]
+fn split4(values: &mut [f32], run: usize) -> [&mut [f32]; 4] {
+    let (o0, rest) = values.split_at_mut(run);
+    let (o1, rest) = rest.split_at_mut(run);
+    let (o2, rest) = rest.split_at_mut(run);
+    [o0, o1, o2, &mut rest[..run]]
+}
+
+/// A block of rows of tiles of the forward: its rows' first, their count, and the output's
+/// lines it writes (`[c_out][row][2 frames][2 rows]`, `None` past the clip).
+struct Block<'a, O> {
+    first_row: usize,
+    rows: usize,
+    lines: Vec<Option<&'a mut [O]>>,
+}
+
+/// Scratch buffers of a block of the forward.
+#[derive(Default)]
+struct BlockScratch {
+    input: InputScratch,
+    /// The block's transformed inputs, `[point][c_in][tile]`: the products' columns.
+    points: Vec<f32>,
+    /// Their products with the weight, `[point][c_out rounded up to ROWS][tile]`.
+    products: Vec<f32>,
+    output: OutputScratch,
+}
+
+/// The convolution (3 × 3 × 3, stride 1, padding 1) of `clips` (`[n, channels_in, t, h, w]`
+/// read as `S`) with `weight` plus `bias` into `output` (`[n, c_out, t, h, w]` stored as `O`),
+/// blocks of rows of tiles in parallel, each block transformed, multiplied and transformed back
+/// by one thread.
+fn convolve<S: HostFloat, O: HostFloat>(
+    clips: &[S],
+    tiling: &Tiling,
+    weight: &PointWeights,
+    bias: Option<&[f32]>,
+    output: &mut [O],
+    path: F32Path,
+) {
+    let (channels_in, channels_out) = (weight.channels_in, weight.channels_out);
+    let n = clips.len() / (channels_in * tiling.volume());
+    if n == 0 || output.is_empty() {
+        return;
+    }
+    let [t, h, w] = tiling.dims;
+    let clip_rows = tiling.rows();
+    let total_rows = n * clip_rows;
+    let rows_per_block = tiling.rows_per_block(channels_in, total_rows);
+    let mut blocks: Vec<Block<'_, O>> = (0..total_rows.div_ceil(rows_per_block))
+        .map(|index| {
+            let first_row = index * rows_per_block;
+            let rows = rows_per_block.min(total_rows - first_row);
+            Block {
+                first_row,
+                rows,
+                lines: (0..rows * channels_out * 4).map(|_| None).collect(),
+            }
+        })
+        .collect();
+    // Each output line to the block of its row of tiles.
+    for (index, line) in output.chunks_mut(w).enumerate() {
+        let (clip_channel, frame, row) = (index / (t * h), index / h % t, index % h);
+        let (clip, channel) = (clip_channel / channels_out, clip_channel % channels_out);
+        let tile_row = clip * clip_rows + (frame / 2) * tiling.tiles[1] + row / 2;
+        let block = &mut blocks[tile_row / rows_per_block];
+        let local = tile_row - block.first_row;
+        let slot = ((channel * block.rows + local) * 2 + frame % 2) * 2 + row % 2;
+        block.lines[slot] = Some(line);
+    }
+    blocks
+        .into_par_iter()
+        .for_each_init(BlockScratch::default, |scratch, block| {
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || convolve_block(clips, tiling, weight, bias, block, scratch, path),
+            )
+        });
+}
+
+/// One block of [`convolve`].
+#[inline(always)]
+fn convolve_block<S: HostFloat, O: HostFloat>(
+    clips: &[S],
+    tiling: &Tiling,
+    weight: &PointWeights,
+    bias: Option<&[f32]>,
+    mut block: Block<'_, O>,
+    scratch: &mut BlockScratch,
+    path: F32Path,
+) {
+    let (channels_in, channels_out) = (weight.channels_in, weight.channels_out);
+    let (row_tiles, clip_rows, plane) = (tiling.tiles[2], tiling.rows(), tiling.volume());
+    let tiles = (block.rows * row_tiles).next_multiple_of(COLUMNS);
+    let padded_out = weight.padded_out;
+    scratch.points.resize(POINTS * channels_in * tiles, 0.0);
+    scratch.products.resize(POINTS * padded_out * tiles, 0.0);
+    // Inputs: `[point][c_in][tile]`, each α's 16 points a quarter of the buffer.
+    for local in 0..block.rows {
+        let row = block.first_row + local;
+        let (clip, clip_row) = (row / clip_rows, row % clip_rows);
+        for channel in 0..channels_in {
+            let values = &clips[(clip * channels_in + channel) * plane..][..plane];
+            transform_input_row(values, clip_row, tiling, &mut scratch.input);
+            let quarter = 16 * channels_in * tiles;
+            let [q0, q1, q2, q3] = split4(&mut scratch.points, quarter);
+            frame_points(&scratch.input, row_tiles, [q0, q1, q2, q3], |line| {
+                (line * channels_in + channel) * tiles + local * row_tiles
+            });
+        }
+    }
+    // Products: per point, per panel of COLUMNS tiles (in L1), per ROWS output channels.
+    let operands = Strided {
+        a: &weight.values,
+        a_unit_stride: padded_out,
+        b: &scratch.points,
+        b_unit_stride: tiles,
+        units: channels_in,
+    };
+    for point in 0..POINTS {
+        for first in (0..tiles).step_by(COLUMNS) {
+            let b_start = point * channels_in * tiles + first;
+            for group in (0..padded_out).step_by(ROWS) {
+                let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
+                let a_start = weight.start(point) + group;
+                gemm_f32::strided_tile(path, operands, &[(a_start, b_start)], &mut tile);
+                for (row, values) in tile.iter().enumerate() {
+                    let at = (point * padded_out + group + row) * tiles + first;
+                    scratch.products[at..][..COLUMNS].copy_from_slice(values);
+                }
+            }
+        }
+    }
+    // Outputs: per output channel and row of tiles, the points back to 2 × 2 × 2 values.
+    let (run, w) = (row_tiles, tiling.dims[2]);
+    let OutputScratch {
+        frames,
+        lines,
+        values,
+    } = &mut scratch.output;
+    frames.resize(2 * 16 * run, 0.0);
+    lines.resize(4 * 4 * run, 0.0);
+    values.resize(2 * run, 0.0);
+    let products = &scratch.products;
+    let mut targets = block.lines.chunks_exact_mut(block.rows * 4);
+    for channel in 0..channels_out {
+        let targets = targets.next().expect("every output channel's lines");
+        let shift = bias.map_or(0.0, |bias| bias[channel]);
+        for local in 0..block.rows {
+            // Frames: `[α][β][γ]` → `[ot][β][γ]`, read where the products lie.
+            let (y0, y1) = frames.split_at_mut(16 * run);
+            for line in 0..16 {
+                let m: [&[f32]; 4] = std::array::from_fn(|alpha| {
+                    let at = ((alpha * 16 + line) * padded_out + channel) * tiles;
+                    &products[at + local * row_tiles..][..run]
+                });
+                output_values(
+                    m,
+                    [&mut y0[line * run..][..run], &mut y1[line * run..][..run]],
+                );
+            }
+            // Rows: `[ot][β][γ]` → `[ot][oh][γ]`.
+            let span = 4 * run;
+            for ot in 0..2 {
+                let source = &frames[ot * 16 * run..][..16 * run];
+                let m: [&[f32]; 4] = std::array::from_fn(|beta| &source[beta * span..][..span]);
+                let (y0, y1) = lines[ot * 2 * span..][..2 * span].split_at_mut(span);
+                output_values(m, [y0, y1]);
+            }
+            // Columns: each line's tiles' two values, interleaved into the output's line.
+            for line in 0..4 {
+                let source = &lines[line * 4 * run..][..4 * run];
+                let m: [&[f32]; 4] = std::array::from_fn(|gamma| &source[gamma * run..][..run]);
+                let (y0, y1) = values.split_at_mut(run);
+                output_values(m, [y0, y1]);
+                if let Some(target) = targets[local * 4 + line].as_deref_mut() {
+                    let (pairs, last) = target[..w].as_chunks_mut::<2>();
+                    for (k, pair) in pairs.iter_mut().enumerate() {
+                        pair[0] = O::from_f32(y0[k] + shift);
+                        pair[1] = O::from_f32(y1[k] + shift);
+                    }
+                    if let Some(value) = last.first_mut() {
+                        *value = O::from_f32(y0[pairs.len()] + shift);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scratch buffers of the output transform of one channel's row of tiles.
+#[derive(Default)]
+struct OutputScratch {
+    /// After the frame axis, `[ot][β][γ][tile]`.
+    frames: Vec<f32>,
+    /// After the row axis, `[ot][oh][γ][tile]`.
+    lines: Vec<f32>,
+    /// One line's two values per tile, `[ow][tile]`.
+    values: Vec<f32>,
+}
+
+/// The forward of a convolution that [`applies`]: output `[n, c_out, t, h, w]` in the input's
+/// dtype, computed in f32 (a half input widened as it is transformed, the output rounded as it
+/// is stored).
+pub(crate) fn forward<B: Backend>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+    path: F32Path,
+) -> Tensor<B, 5> {
+    match input.dtype() {
+        DType::BF16 => forward_of::<B, bf16>(input, weight, bias, geometry, path),
+        DType::F16 => forward_of::<B, f16>(input, weight, bias, geometry, path),
+        _ => forward_of::<B, f32>(input, weight, bias, geometry, path),
+    }
+}
+
+fn forward_of<B: Backend, S: HostFloat>(
+    input: Tensor<B, 5>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+    path: F32Path,
+) -> Tensor<B, 5> {
+    let device = input.device();
+    let input = stored::<S, _, 5>(input);
+    let weight = stored::<f32, _, 5>(weight);
+    let bias = bias.map(floats);
+    let [n, c_in, t, h, w] = geometry.input;
+    let c_out = geometry.channels_out;
+    let weight = PointWeights::new(&weight, [c_out, c_in], [c_in * 27, 27], false);
+    let tiling = Tiling::new([t, h, w]);
+    let mut output = filled(n * c_out * t * h * w, S::from_f32(0.0));
+    convolve(&input, &tiling, &weight, bias.as_deref(), &mut output, path);
+    Tensor::from_data(
+        TensorData::new(output, [n, c_out, t, h, w]),
+        (&device, S::dtype()),
+    )
+}
+
+/// The input gradient of a convolution that [`applies`], clip by clip: the convolution of the
+/// output gradient with the weight transposed and flipped on every axis (padding 1).
+pub(super) struct InputGradient {
+    weight: PointWeights,
+    tiling: Tiling,
+}
+
+impl InputGradient {
+    /// From the weight `[c_out, c_in, 3, 3, 3]`.
+    pub(super) fn new<T: HostFloat>(weight: &[T], geometry: &ConvGeometry) -> Self {
+        let [_, c_in, t, h, w] = geometry.input;
+        let c_out = geometry.channels_out;
+        Self {
+            // Transposed (the input channels are the panels' columns) and flipped.
+            weight: PointWeights::new(weight, [c_in, c_out], [27, c_in * 27], true),
+            tiling: Tiling::new([t, h, w]),
+        }
+    }
+
+    /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient
+    /// (`[c_out, t, h, w]`), both stored as `S`.
+    pub(super) fn clip<S: HostFloat>(&self, upstream: &[S], gradient: &mut [S], path: F32Path) {
+        convolve(upstream, &self.tiling, &self.weight, None, gradient, path);
+    }
+}
+
+/// Scratch buffers of the output gradient's transform of one channel's row of tiles.
+#[derive(Default)]
+struct GradientScratch {
+    /// Each of the 4 lines' 4 column points of every tile: `[ot][oh][γ][tile]`.
+    columns: Vec<f32>,
+    /// After the row axis: `[ot][β][γ][tile]`.
+    rows: Vec<f32>,
+    /// After the frame axis: `[α][β][γ][tile]`.
+    points: Vec<f32>,
+}
+
+/// The 64 points (`A` on each axis) of every tile of one row of tiles of one channel of an
+/// output gradient (`plane`: `[t, h, w]`), into `scratch.points` (`[point][tile]`).
+#[inline(always)]
+fn transform_gradient_row<S: HostFloat>(
+    plane: &[S],
+    row: usize,
+    tiling: &Tiling,
+    scratch: &mut GradientScratch,
+) {
+    let [t, h, w] = tiling.dims;
+    let tiles = tiling.tiles[2];
+    let (i, j) = (row / tiling.tiles[1], row % tiling.tiles[1]);
+    let GradientScratch {
+        columns,
+        rows,
+        points,
+    } = scratch;
+    let run = 4 * tiles;
+    columns.resize(4 * run, 0.0);
+    rows.resize(2 * 4 * run, 0.0);
+    points.resize(POINTS * tiles, 0.0);
+    for ot in 0..2 {
+        for oh in 0..2 {
+            let out = &mut columns[(ot * 2 + oh) * run..][..run];
+            let (frame, line) = (2 * i + ot, 2 * j + oh);
+            if frame >= t || line >= h {
+                out.fill(0.0);
+                continue;
+            }
+            let values = &plane[(frame * h + line) * w..][..w];
+            let [o0, o1, o2, o3] = split4(out, tiles);
+            for k in 0..tiles {
+                let y0 = values[2 * k].to_f32();
+                let y1 = values.get(2 * k + 1).map_or(0.0, |value| value.to_f32());
+                o0[k] = y0;
+                o1[k] = y0 + y1;
+                o2[k] = y0 - y1;
+                o3[k] = -y1;
+            }
+        }
+    }
+    for ot in 0..2 {
+        let source = &columns[ot * 2 * run..][..2 * run];
+        let (y0, y1) = source.split_at(run);
+        gradient_points([y0, y1], split4(&mut rows[ot * 4 * run..][..4 * run], run));
+    }
+    let span = 4 * run;
+    let (y0, y1) = rows.split_at(span);
+    gradient_points([y0, &y1[..span]], split4(&mut points[..4 * span], span));
+}
+
+/// The weight gradient of a convolution that [`applies`], summed per point in f32 over the
+/// clips' tiles and mapped back to the 27 taps at the end.
+pub(super) struct WeightGradient {
+    tiling: Tiling,
+    channels: [usize; 2],
+    /// `[point][c_out rounded up to ROWS][c_in rounded up to COLUMNS]`, made at the first sum.
+    sums: Vec<f32>,
+    /// Whether `sums` holds nothing yet (the first block's tiles start from zero).
+    fresh: bool,
+    /// Rows of tiles transformed and not yet summed: per row, `[point][panel of c_in][tile]
+    /// [COLUMNS]` of the inputs and `[point][tile][c_out rounded up]` of the output gradients.
+    inputs: Vec<f32>,
+    upstream: Vec<f32>,
+    pending_rows: usize,
+}
+
+impl WeightGradient {
+    pub(super) fn new(geometry: &ConvGeometry) -> Self {
+        let [_, c_in, t, h, w] = geometry.input;
+        Self {
+            tiling: Tiling::new([t, h, w]),
+            channels: [c_in, geometry.channels_out],
+            sums: Vec::new(),
+            fresh: true,
+            inputs: Vec::new(),
+            upstream: Vec::new(),
+            pending_rows: 0,
+        }
+    }
+
+    /// `(c_out rounded up to ROWS, c_in rounded up to COLUMNS)`.
+    fn padded_channels(&self) -> (usize, usize) {
+        let [c_in, c_out] = self.channels;
+        (c_out.next_multiple_of(ROWS), c_in.next_multiple_of(COLUMNS))
+    }
+
+    /// Values of one row of tiles' transformed inputs and output gradients.
+    fn row_lens(&self) -> (usize, usize) {
+        let (rows, columns) = self.padded_channels();
+        let tiles = self.tiling.tiles[2];
+        (POINTS * columns * tiles, POINTS * tiles * rows)
+    }
+
+    /// Rows of tiles summed at a time: their transforms within [`GRADIENT_BLOCK_BYTES`], each
+    /// sum tile's load and store then shared by as many tiles as fit.
+    fn block_rows(&self) -> usize {
+        let (inputs, upstream) = self.row_lens();
+        (GRADIENT_BLOCK_BYTES / ((inputs + upstream) * size_of::<f32>())).max(1)
+    }
+
+    /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t, h, w]`, both stored as
+    /// `S`.
+    pub(super) fn add_clip<S: HostFloat>(&mut self, clip: &[S], upstream: &[S], path: F32Path) {
+        let clip_rows = self.tiling.rows();
+        let mut first = 0;
+        while first < clip_rows {
+            let rows = (self.block_rows() - self.pending_rows).min(clip_rows - first);
+            self.transform_rows(clip, upstream, first..first + rows);
+            first += rows;
+            if self.pending_rows == self.block_rows() {
+                self.sum_pending(path);
+            }
+        }
+    }
+
+    /// Transforms rows `rows` of a clip into the pending rows, in parallel.
+    fn transform_rows<S: HostFloat>(
+        &mut self,
+        clip: &[S],
+        upstream: &[S],
+        rows: std::ops::Range<usize>,
+    ) {
+        let (input_len, upstream_len) = self.row_lens();
+        let ([c_in, c_out], tiling) = (self.channels, self.tiling);
+        let (padded_out, padded_in) = self.padded_channels();
+        let (plane, tiles) = (tiling.volume(), tiling.tiles[2]);
+        let pending = self.pending_rows + rows.len();
+        self.inputs.resize(pending * input_len, 0.0);
+        self.upstream.resize(pending * upstream_len, 0.0);
+        let start = self.pending_rows;
+        self.inputs[start * input_len..]
+            .par_chunks_mut(input_len)
+            .zip(self.upstream[start * upstream_len..].par_chunks_mut(upstream_len))
+            .zip(rows)
+            .for_each_init(
+                || {
+                    (
+                        InputScratch::default(),
+                        GradientScratch::default(),
+                        Vec::new(),
+                    )
+                },
+                |(input_scratch, gradient_scratch, points), ((inputs, gradients), row)| {
+                    crate::cpu_kernels::vectorized(
+                        #[inline(always)]
+                        || {
+                            let panels = padded_in / COLUMNS;
+                            for channel in 0..c_in {
+                                let values = &clip[channel * plane..][..plane];
+                                transform_input_row(values, row, &tiling, input_scratch);
+                                points.resize(POINTS * tiles, 0.0);
+                                let [q0, q1, q2, q3] = split4(points, 16 * tiles);
+                                frame_points(input_scratch, tiles, [q0, q1, q2, q3], |line| {
+                                    line * tiles
+                                });
+                                let (panel, column) = (channel / COLUMNS, channel % COLUMNS);
+                                for point in 0..POINTS {
+                                    let source = &points[point * tiles..][..tiles];
+                                    let at = (point * panels + panel) * tiles * COLUMNS + column;
+                                    for (k, &value) in source.iter().enumerate() {
+                                        inputs[at + k * COLUMNS] = value;
+                                    }
+                                }
+                            }
+                            for channel in 0..c_out {
+                                let values = &upstream[channel * plane..][..plane];
+                                transform_gradient_row(values, row, &tiling, gradient_scratch);
+                                for point in 0..POINTS {
+                                    let source = &gradient_scratch.points[point * tiles..][..tiles];
+                                    let at = point * tiles * padded_out + channel;
+                                    for (k, &value) in source.iter().enumerate() {
+                                        gradients[at + k * padded_out] = value;
+                                    }
+                                }
+                            }
+                        },
+                    )
+                },
+            );
+        self.pending_rows = pending;
+    }
+
+    /// Adds the pending rows' products to the sums, every point in parallel.
+    fn sum_pending(&mut self, path: F32Path) {
+        if self.pending_rows == 0 {
+            return;
+        }
+        let (padded_out, padded_in) = self.padded_channels();
+        if self.sums.is_empty() {
+            self.sums = filled(POINTS * padded_out * padded_in, 0.0);
+        }
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        let (input_len, upstream_len) = self.row_lens();
+        let (tiles, rows) = (self.tiling.tiles[2], self.pending_rows);
+        let panels = padded_in / COLUMNS;
+        let (inputs, upstream) = (&self.inputs, &self.upstream);
+        self.sums
+            .par_chunks_mut(padded_out * padded_in)
+            .enumerate()
+            .for_each(|(point, sums)| {
+                crate::cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        let operands = Strided {
+                            a: upstream,
+                            a_unit_stride: padded_out,
+                            b: inputs,
+                            b_unit_stride: COLUMNS,
+                            units: tiles,
+                        };
+                        let mut segments = Vec::with_capacity(rows);
+                        for first_row in (0..padded_out).step_by(ROWS) {
+                            for panel in 0..panels {
+                                let first_column = panel * COLUMNS;
+                                let at = |row: usize| (first_row + row) * padded_in + first_column;
+                                let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
+                                if !fresh {
+                                    for (row, values) in tile.iter_mut().enumerate() {
+                                        values.copy_from_slice(&sums[at(row)..][..COLUMNS]);
+                                    }
+                                }
+                                segments.clear();
+                                segments.extend((0..rows).map(|row| {
+                                    (
+                                        row * upstream_len + point * tiles * padded_out + first_row,
+                                        row * input_len
+                                            + (point * panels + panel) * tiles * COLUMNS,
+                                    )
+                                }));
+                                gemm_f32::strided_tile(path, operands, &segments, &mut tile);
+                                for (row, values) in tile.iter().enumerate() {
+                                    sums[at(row)..][..COLUMNS].copy_from_slice(values);
+                                }
+                            }
+                        }
+                    },
+                )
+            });
+        self.pending_rows = 0;
+    }
+
+    /// The sums as the weight's gradient, `[c_out, c_in, 3, 3, 3]`.
+    pub(super) fn into_weight_order(mut self, path: F32Path) -> Vec<f32> {
+        self.sum_pending(path);
+        // The transforms' buffers are freed before the gradient is allocated beside the sums.
+        self.inputs = Vec::new();
+        self.upstream = Vec::new();
+        let [c_in, c_out] = self.channels;
+        let (padded_out, padded_in) = self.padded_channels();
+        let mut gradient = filled(c_out * c_in * 27, 0.0);
+        if self.fresh {
+            return gradient;
+        }
+        let sums = &self.sums;
+        gradient
+            .par_chunks_mut(c_in * 27)
+            .enumerate()
+            .for_each(|(output, gradient)| {
+                crate::cpu_kernels::vectorized(
+                    #[inline(always)]
+                    || {
+                        // [`COLUMNS`] input channels side by side: their 64 points' sums, then
+                        // their 27 taps.
+                        let mut points = [[0.0; COLUMNS]; POINTS];
+                        let mut taps = [[0.0; COLUMNS]; 64];
+                        for first in (0..c_in).step_by(COLUMNS) {
+                            for (point, lanes) in points.iter_mut().enumerate() {
+                                let at = (point * padded_out + output) * padded_in + first;
+                                lanes.copy_from_slice(&sums[at..][..COLUMNS]);
+                            }
+                            separable::<4, 3>(&points, tap_sums, &mut taps);
+                            let inputs = COLUMNS.min(c_in - first);
+                            for input in 0..inputs {
+                                let target = &mut gradient[(first + input) * 27..][..27];
+                                for (tap, value) in target.iter_mut().enumerate() {
+                                    *value = taps[tap][input];
+                                }
+                            }
+                        }
+                    },
+                )
+            });
+        gradient
+    }
+}
