@@ -17,14 +17,13 @@
 //! - weight: `Gg = [g0, (g0 + g1 + g2)/2, (g0 − g1 + g2)/2, g2]`;
 //! - outputs: `y = Aᵀm = [m0 + m1 + m2, m1 − m2 − m3]`;
 //!
-//! applied on each of the three axes. The gradients follow from the same identity
-//! (`d[i + k] = Σ_p A[p][i]·G[p][k]·(Bᵀd)[p]` for every `d`):
-//!
-//! - the input gradient is the forward of the output gradient with the weight transposed and
-//!   flipped on every axis (padding `3 − 1 − 1 = 1`), as on the direct route;
-//! - the weight gradient sums, per point, `(A·dy)[p] · (Bᵀd)[p]` over tiles
-//!   (`A·dy = [y0, y0 + y1, y0 − y1, −y1]`) and maps the 64 sums back to 27 taps by `Gᵀ`
-//!   (`[s0 + (s1 + s2)/2, (s1 − s2)/2, (s1 + s2)/2 + s3]`).
+//! applied on each of the three axes. The input gradient is the forward of the output gradient
+//! with the weight transposed and flipped on every axis (padding `3 − 1 − 1 = 1`), as on the
+//! direct route. The weight gradient stays on the direct route: by the same identity it is a sum
+//! per point of `(A·dy)[p] · (Bᵀd)[p]` over tiles, but its products sum over tiles, so both
+//! transforms (8 times the clip and its output gradient) must be transposed into the tiles'
+//! layout; written that way it was slower than the direct route's (r3d_18's first stage on the
+//! Zen 3 of stop 57: 218–261 ms a clip against 180–225).
 //!
 //! F(2, 3) is the most accurate of Winograd's tilings: its transforms add at most four values
 //! and halve the weight, so the results differ from the direct sums by a few f32 roundings
@@ -52,9 +51,6 @@ const BLOCK_BYTES: usize = 1 << 20;
 /// its products a whole number of [`COLUMNS`] tiles (r3d_18's first stage: 2 rows of 28 tiles,
 /// 64 columns, 1 MiB of transformed inputs).
 const MOST_WASTE: f64 = 0.15;
-
-/// Bytes of transformed inputs and output gradients a block of the weight gradient holds.
-const GRADIENT_BLOCK_BYTES: usize = 8 << 20;
 
 /// Tiles per input channel below which the direct route is faster: the weight's transforms
 /// cost as many passes over `c_in · c_out` values whatever the clip.
@@ -153,30 +149,10 @@ fn output_values(m: [&[f32]; 4], out: [&mut [f32]; 2]) {
     }
 }
 
-/// A (the transpose of Aᵀ) along one axis: an output gradient's four points from the tile's
-/// two values.
-#[inline(always)]
-fn gradient_points(y: [&[f32]; 2], out: [&mut [f32]; 4]) {
-    let [y0, y1] = y;
-    let [o0, o1, o2, o3] = out;
-    for i in 0..o0.len() {
-        o0[i] = y0[i];
-        o1[i] = y0[i] + y1[i];
-        o2[i] = y0[i] - y1[i];
-        o3[i] = -y1[i];
-    }
-}
-
 /// G of F(2, 3) on one axis's three taps.
 #[inline(always)]
 fn weight_points([g0, g1, g2]: [f32; 3]) -> [f32; 4] {
     [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
-}
-
-/// Gᵀ on one axis: three taps from four points' sums.
-#[inline(always)]
-fn tap_sums([s0, s1, s2, s3]: [f32; 4]) -> [f32; 3] {
-    [s0 + 0.5 * (s1 + s2), 0.5 * (s1 - s2), 0.5 * (s1 + s2) + s3]
 }
 
 /// `values` (`[a][b][c]` of lanes, `IN` on each axis) through `transform` on each axis in turn,
@@ -693,303 +669,5 @@ impl InputGradient {
     /// (`[c_out, t, h, w]`), both stored as `S`.
     pub(super) fn clip<S: HostFloat>(&self, upstream: &[S], gradient: &mut [S], path: F32Path) {
         convolve(upstream, &self.tiling, &self.weight, None, gradient, path);
-    }
-}
-
-/// Scratch buffers of the output gradient's transform of one channel's row of tiles.
-#[derive(Default)]
-struct GradientScratch {
-    /// Each of the 4 lines' 4 column points of every tile: `[ot][oh][γ][tile]`.
-    columns: Vec<f32>,
-    /// After the row axis: `[ot][β][γ][tile]`.
-    rows: Vec<f32>,
-    /// After the frame axis: `[α][β][γ][tile]`.
-    points: Vec<f32>,
-}
-
-/// The 64 points (`A` on each axis) of every tile of one row of tiles of one channel of an
-/// output gradient (`plane`: `[t, h, w]`), into `scratch.points` (`[point][tile]`).
-#[inline(always)]
-fn transform_gradient_row<S: HostFloat>(
-    plane: &[S],
-    row: usize,
-    tiling: &Tiling,
-    scratch: &mut GradientScratch,
-) {
-    let [t, h, w] = tiling.dims;
-    let tiles = tiling.tiles[2];
-    let (i, j) = (row / tiling.tiles[1], row % tiling.tiles[1]);
-    let GradientScratch {
-        columns,
-        rows,
-        points,
-    } = scratch;
-    let run = 4 * tiles;
-    columns.resize(4 * run, 0.0);
-    rows.resize(2 * 4 * run, 0.0);
-    points.resize(POINTS * tiles, 0.0);
-    for ot in 0..2 {
-        for oh in 0..2 {
-            let out = &mut columns[(ot * 2 + oh) * run..][..run];
-            let (frame, line) = (2 * i + ot, 2 * j + oh);
-            if frame >= t || line >= h {
-                out.fill(0.0);
-                continue;
-            }
-            let values = &plane[(frame * h + line) * w..][..w];
-            let [o0, o1, o2, o3] = split4(out, tiles);
-            for k in 0..tiles {
-                let y0 = values[2 * k].to_f32();
-                let y1 = values.get(2 * k + 1).map_or(0.0, |value| value.to_f32());
-                o0[k] = y0;
-                o1[k] = y0 + y1;
-                o2[k] = y0 - y1;
-                o3[k] = -y1;
-            }
-        }
-    }
-    for ot in 0..2 {
-        let source = &columns[ot * 2 * run..][..2 * run];
-        let (y0, y1) = source.split_at(run);
-        gradient_points([y0, y1], split4(&mut rows[ot * 4 * run..][..4 * run], run));
-    }
-    let span = 4 * run;
-    let (y0, y1) = rows.split_at(span);
-    gradient_points([y0, &y1[..span]], split4(&mut points[..4 * span], span));
-}
-
-/// The weight gradient of a convolution that [`applies`], summed per point in f32 over the
-/// clips' tiles and mapped back to the 27 taps at the end.
-pub(super) struct WeightGradient {
-    tiling: Tiling,
-    channels: [usize; 2],
-    /// `[point][c_out rounded up to ROWS][c_in rounded up to COLUMNS]`, made at the first sum.
-    sums: Vec<f32>,
-    /// Whether `sums` holds nothing yet (the first block's tiles start from zero).
-    fresh: bool,
-    /// Rows of tiles transformed and not yet summed: per row, `[point][panel of c_in][tile]
-    /// [COLUMNS]` of the inputs and `[point][tile][c_out rounded up]` of the output gradients.
-    inputs: Vec<f32>,
-    upstream: Vec<f32>,
-    pending_rows: usize,
-}
-
-impl WeightGradient {
-    pub(super) fn new(geometry: &ConvGeometry) -> Self {
-        let [_, c_in, t, h, w] = geometry.input;
-        Self {
-            tiling: Tiling::new([t, h, w]),
-            channels: [c_in, geometry.channels_out],
-            sums: Vec::new(),
-            fresh: true,
-            inputs: Vec::new(),
-            upstream: Vec::new(),
-            pending_rows: 0,
-        }
-    }
-
-    /// `(c_out rounded up to ROWS, c_in rounded up to COLUMNS)`.
-    fn padded_channels(&self) -> (usize, usize) {
-        let [c_in, c_out] = self.channels;
-        (c_out.next_multiple_of(ROWS), c_in.next_multiple_of(COLUMNS))
-    }
-
-    /// Values of one row of tiles' transformed inputs and output gradients.
-    fn row_lens(&self) -> (usize, usize) {
-        let (rows, columns) = self.padded_channels();
-        let tiles = self.tiling.tiles[2];
-        (POINTS * columns * tiles, POINTS * tiles * rows)
-    }
-
-    /// Rows of tiles summed at a time: their transforms within [`GRADIENT_BLOCK_BYTES`], each
-    /// sum tile's load and store then shared by as many tiles as fit.
-    fn block_rows(&self) -> usize {
-        let (inputs, upstream) = self.row_lens();
-        (GRADIENT_BLOCK_BYTES / ((inputs + upstream) * size_of::<f32>())).max(1)
-    }
-
-    /// Adds one clip's: `clip` `[c_in, t, h, w]`, `upstream` `[c_out, t, h, w]`, both stored as
-    /// `S`.
-    pub(super) fn add_clip<S: HostFloat>(&mut self, clip: &[S], upstream: &[S], path: F32Path) {
-        let clip_rows = self.tiling.rows();
-        let mut first = 0;
-        while first < clip_rows {
-            let rows = (self.block_rows() - self.pending_rows).min(clip_rows - first);
-            self.transform_rows(clip, upstream, first..first + rows);
-            first += rows;
-            if self.pending_rows == self.block_rows() {
-                self.sum_pending(path);
-            }
-        }
-    }
-
-    /// Transforms rows `rows` of a clip into the pending rows, in parallel.
-    fn transform_rows<S: HostFloat>(
-        &mut self,
-        clip: &[S],
-        upstream: &[S],
-        rows: std::ops::Range<usize>,
-    ) {
-        let (input_len, upstream_len) = self.row_lens();
-        let ([c_in, c_out], tiling) = (self.channels, self.tiling);
-        let (padded_out, padded_in) = self.padded_channels();
-        let (plane, tiles) = (tiling.volume(), tiling.tiles[2]);
-        let pending = self.pending_rows + rows.len();
-        self.inputs.resize(pending * input_len, 0.0);
-        self.upstream.resize(pending * upstream_len, 0.0);
-        let start = self.pending_rows;
-        self.inputs[start * input_len..]
-            .par_chunks_mut(input_len)
-            .zip(self.upstream[start * upstream_len..].par_chunks_mut(upstream_len))
-            .zip(rows)
-            .for_each_init(
-                || {
-                    (
-                        InputScratch::default(),
-                        GradientScratch::default(),
-                        Vec::new(),
-                    )
-                },
-                |(input_scratch, gradient_scratch, points), ((inputs, gradients), row)| {
-                    crate::cpu_kernels::vectorized(
-                        #[inline(always)]
-                        || {
-                            let panels = padded_in / COLUMNS;
-                            for channel in 0..c_in {
-                                let values = &clip[channel * plane..][..plane];
-                                transform_input_row(values, row, &tiling, input_scratch);
-                                points.resize(POINTS * tiles, 0.0);
-                                let [q0, q1, q2, q3] = split4(points, 16 * tiles);
-                                frame_points(input_scratch, tiles, [q0, q1, q2, q3], |line| {
-                                    line * tiles
-                                });
-                                let (panel, column) = (channel / COLUMNS, channel % COLUMNS);
-                                for point in 0..POINTS {
-                                    let source = &points[point * tiles..][..tiles];
-                                    let at = (point * panels + panel) * tiles * COLUMNS + column;
-                                    for (k, &value) in source.iter().enumerate() {
-                                        inputs[at + k * COLUMNS] = value;
-                                    }
-                                }
-                            }
-                            for channel in 0..c_out {
-                                let values = &upstream[channel * plane..][..plane];
-                                transform_gradient_row(values, row, &tiling, gradient_scratch);
-                                for point in 0..POINTS {
-                                    let source = &gradient_scratch.points[point * tiles..][..tiles];
-                                    let at = point * tiles * padded_out + channel;
-                                    for (k, &value) in source.iter().enumerate() {
-                                        gradients[at + k * padded_out] = value;
-                                    }
-                                }
-                            }
-                        },
-                    )
-                },
-            );
-        self.pending_rows = pending;
-    }
-
-    /// Adds the pending rows' products to the sums, every point in parallel.
-    fn sum_pending(&mut self, path: F32Path) {
-        if self.pending_rows == 0 {
-            return;
-        }
-        let (padded_out, padded_in) = self.padded_channels();
-        if self.sums.is_empty() {
-            self.sums = filled(POINTS * padded_out * padded_in, 0.0);
-        }
-        let fresh = std::mem::replace(&mut self.fresh, false);
-        let (input_len, upstream_len) = self.row_lens();
-        let (tiles, rows) = (self.tiling.tiles[2], self.pending_rows);
-        let panels = padded_in / COLUMNS;
-        let (inputs, upstream) = (&self.inputs, &self.upstream);
-        self.sums
-            .par_chunks_mut(padded_out * padded_in)
-            .enumerate()
-            .for_each(|(point, sums)| {
-                crate::cpu_kernels::vectorized(
-                    #[inline(always)]
-                    || {
-                        let operands = Strided {
-                            a: upstream,
-                            a_unit_stride: padded_out,
-                            b: inputs,
-                            b_unit_stride: COLUMNS,
-                            units: tiles,
-                        };
-                        let mut segments = Vec::with_capacity(rows);
-                        for first_row in (0..padded_out).step_by(ROWS) {
-                            for panel in 0..panels {
-                                let first_column = panel * COLUMNS;
-                                let at = |row: usize| (first_row + row) * padded_in + first_column;
-                                let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
-                                if !fresh {
-                                    for (row, values) in tile.iter_mut().enumerate() {
-                                        values.copy_from_slice(&sums[at(row)..][..COLUMNS]);
-                                    }
-                                }
-                                segments.clear();
-                                segments.extend((0..rows).map(|row| {
-                                    (
-                                        row * upstream_len + point * tiles * padded_out + first_row,
-                                        row * input_len
-                                            + (point * panels + panel) * tiles * COLUMNS,
-                                    )
-                                }));
-                                gemm_f32::strided_tile(path, operands, &segments, &mut tile);
-                                for (row, values) in tile.iter().enumerate() {
-                                    sums[at(row)..][..COLUMNS].copy_from_slice(values);
-                                }
-                            }
-                        }
-                    },
-                )
-            });
-        self.pending_rows = 0;
-    }
-
-    /// The sums as the weight's gradient, `[c_out, c_in, 3, 3, 3]`.
-    pub(super) fn into_weight_order(mut self, path: F32Path) -> Vec<f32> {
-        self.sum_pending(path);
-        // The transforms' buffers are freed before the gradient is allocated beside the sums.
-        self.inputs = Vec::new();
-        self.upstream = Vec::new();
-        let [c_in, c_out] = self.channels;
-        let (padded_out, padded_in) = self.padded_channels();
-        let mut gradient = filled(c_out * c_in * 27, 0.0);
-        if self.fresh {
-            return gradient;
-        }
-        let sums = &self.sums;
-        gradient
-            .par_chunks_mut(c_in * 27)
-            .enumerate()
-            .for_each(|(output, gradient)| {
-                crate::cpu_kernels::vectorized(
-                    #[inline(always)]
-                    || {
-                        // [`COLUMNS`] input channels side by side: their 64 points' sums, then
-                        // their 27 taps.
-                        let mut points = [[0.0; COLUMNS]; POINTS];
-                        let mut taps = [[0.0; COLUMNS]; 64];
-                        for first in (0..c_in).step_by(COLUMNS) {
-                            for (point, lanes) in points.iter_mut().enumerate() {
-                                let at = (point * padded_out + output) * padded_in + first;
-                                lanes.copy_from_slice(&sums[at..][..COLUMNS]);
-                            }
-                            separable::<4, 3>(&points, tap_sums, &mut taps);
-                            let inputs = COLUMNS.min(c_in - first);
-                            for input in 0..inputs {
-                                let target = &mut gradient[(first + input) * 27..][..27];
-                                for (tap, value) in target.iter_mut().enumerate() {
-                                    *value = taps[tap][input];
-                                }
-                            }
-                        }
-                    },
-                )
-            });
-        gradient
     }
 }

@@ -446,9 +446,10 @@ fn an_input_read_from_codes_equals_the_restored_input() {
 }
 
 /// 3 × 3 × 3 convolutions by Winograd's transforms (`conv_winograd`) equal the f32 route on the
-/// same values, on every f32 tile path this CPU has: odd sizes on every axis (tiles cut by the
-/// clip's end), a single frame, channel counts off the tiles' rows and columns, several clips
-/// and blocks of rows of tiles.
+/// same values — the forward and the input gradient (the weight gradient is the direct route's),
+/// on f32, bf16 and f16 values — on every f32 tile path this CPU has: odd sizes on every axis
+/// (tiles cut by the clip's end), a single frame, channel counts off the tiles' rows and
+/// columns, several clips and blocks of rows of tiles.
 #[test]
 fn winograd_convolutions_equal_the_f32_route() {
     let _rng = crate::rng_lock();
@@ -457,9 +458,9 @@ fn winograd_convolutions_equal_the_f32_route() {
         ([1, 3, 1, 5, 3], 33),
         ([3, 40, 5, 7, 9], 70),
         ([1, 2, 7, 30, 30], 4),
-        // The weight gradient's blocks of rows of tiles end inside clips (37 rows a block, 80 a
-        // clip); the forward's blocks are whole rows of products.
-        ([2, 32, 8, 40, 40], 12),
+        // Blocks of several rows of tiles (6 rows of 20 tiles, 128 columns of the products,
+        // 16 blocks over both clips).
+        ([2, 32, 6, 24, 40], 12),
     ];
     for (input, channels_out) in geometries {
         let geometry = ConvGeometry {
