@@ -26,7 +26,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
-use super::conv_gemm::ConvGeometry;
+use super::conv_gemm::{ClipInputGradient, ConvGeometry};
 use crate::cpu_kernels::{HostFloat, extend_filled, filled, floats, same_dtype, stored};
 use crate::gemm_bf16::{self, COLUMNS, Matrix, Path, ROWS, Strided, Tile};
 use crate::gemm_f32::{self, F32Path};
@@ -673,10 +673,10 @@ impl<T: DirectOperand> InputGradient<T> {
             laid_out: Vec::new(),
         }
     }
+}
 
-    /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient
-    /// (`[c_out, t', h', w']`), both stored as `S`.
-    pub(super) fn clip<S: HostFloat>(&mut self, upstream: &[S], gradient: &mut [S], path: T::Path) {
+impl<T: DirectOperand> ClipInputGradient<T::Path> for InputGradient<T> {
+    fn clip<S: HostFloat>(&mut self, upstream: &[S], gradient: &mut [S], path: T::Path) {
         let (volume, channels) = (&self.volume, self.channels_out);
         let buffers = (gradient, &mut self.laid_out);
         convolve_clip::<T, S, S>(

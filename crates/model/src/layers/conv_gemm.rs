@@ -263,6 +263,15 @@ fn forward_stored_as<B: Backend, T: HostFloat, O: HostFloat>(
     )
 }
 
+/// A convolution's input gradient computed one clip at a time from its upstream, on a kernel
+/// path `P` (the direct route's, [`conv_direct::InputGradient`]; Winograd's,
+/// [`conv_winograd::InputGradient`]).
+pub(super) trait ClipInputGradient<P> {
+    /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient (`[c_out,
+    /// t', h', w']`), both stored as `S`.
+    fn clip<S: HostFloat>(&mut self, upstream: &[S], gradient: &mut [S], path: P);
+}
+
 /// A convolution's weight gradient and, when asked for, its input gradient.
 pub(crate) type ConvGradients<B> = (Tensor<B, 5>, Option<Tensor<B, 5>>);
 
@@ -577,6 +586,35 @@ impl<B: Backend> ConvBackward<'_, B> {
 
     /// [`Self::direct`] of operands stored as `S`.
     fn direct_of<T: DirectOperand, S: HostFloat>(self, path: T::Path) -> ConvGradientsWithBias<B> {
+        self.clip_by_clip::<T, S, _>(path, |weight, geometry| {
+            conv_direct::InputGradient::<T>::new(&stored::<T, _, 5>(weight), geometry)
+        })
+    }
+
+    /// [`Self::gradients`] of a convolution that [`conv_winograd::applies`] to, computed in f32
+    /// on `path`: the input gradient by Winograd's transforms, the weight gradient on the direct
+    /// route (Winograd's, summed per point over tiles, transposes 8 times the clip into the
+    /// products' layout and measured slower: r3d_18's first stage on the Zen 3 of stop 57,
+    /// 218–261 ms against 180–225 a clip); half operands widened as they are read.
+    fn winograd(self, path: F32Path) -> ConvGradientsWithBias<B> {
+        let input_gradient = |weight, geometry: &ConvGeometry| {
+            conv_winograd::InputGradient::new(&stored::<f32, _, 5>(weight), geometry)
+        };
+        match self.upstream.dtype() {
+            DType::BF16 => self.clip_by_clip::<f32, bf16, _>(path, input_gradient),
+            DType::F16 => self.clip_by_clip::<f32, burn::tensor::f16, _>(path, input_gradient),
+            _ => self.clip_by_clip::<f32, f32, _>(path, input_gradient),
+        }
+    }
+
+    /// The gradients clip by clip, operands stored as `S`: the weight gradient summed in f32 on
+    /// the direct route multiplied in `T`, the input gradient by what `input_gradient` makes of
+    /// the weight, stored in the upstream's dtype.
+    fn clip_by_clip<T: DirectOperand, S: HostFloat, G: ClipInputGradient<T::Path>>(
+        self,
+        path: T::Path,
+        input_gradient: impl FnOnce(Tensor<B, 5>, &ConvGeometry) -> G,
+    ) -> ConvGradientsWithBias<B> {
         let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
         let device = self.upstream.device();
         let [n, c_in, t, h, w] = geometry.input;
@@ -586,10 +624,7 @@ impl<B: Backend> ConvBackward<'_, B> {
             let sums = channel_sums(&upstream, geometry.channels_out, geometry.positions());
             bias_gradient(sums, &device)
         });
-        let mut input_gradient = wants_input.then(|| {
-            let weight = stored::<T, _, 5>(self.weight);
-            conv_direct::InputGradient::<T>::new(&weight, &geometry)
-        });
+        let mut input_gradient = wants_input.then(|| input_gradient(self.weight, &geometry));
         let clip_len = c_in * t * h * w;
         let mut input = ClipReader::<S>::of(self.input);
         let mut weight_gradient = conv_direct::WeightGradient::<T>::new(&geometry);
@@ -605,54 +640,6 @@ impl<B: Backend> ConvBackward<'_, B> {
         // The input gradient's packed weight and the clip buffers are given back before the
         // weight gradient is reordered into a buffer of its own (at r3d_18's last stage each
         // is as large as the weight).
-        drop((input_gradient, input));
-        let weight_gradient = weight_gradient.into_weight_order(path);
-        let gradients = gradient_tensors(&geometry, weight_gradient, gradient, &device);
-        (gradients, bias_gradient)
-    }
-
-    /// [`Self::gradients`] of a convolution that [`conv_winograd::applies`] to, computed in f32
-    /// on `path` as on the direct route: the weight gradient summed clip by clip, the input
-    /// gradient computed clip by clip and stored in the upstream's dtype, half operands widened
-    /// as they are transformed.
-    fn winograd(self, path: F32Path) -> ConvGradientsWithBias<B> {
-        match self.upstream.dtype() {
-            DType::BF16 => self.winograd_of::<bf16>(path),
-            DType::F16 => self.winograd_of::<burn::tensor::f16>(path),
-            _ => self.winograd_of::<f32>(path),
-        }
-    }
-
-    /// [`Self::winograd`] of operands stored as `S`.
-    fn winograd_of<S: HostFloat>(self, path: F32Path) -> ConvGradientsWithBias<B> {
-        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
-        let device = self.upstream.device();
-        let [n, c_in, t, h, w] = geometry.input;
-        let (c_out, positions) = (geometry.channels_out, geometry.positions());
-        let upstream = stored::<S, _, 5>(self.upstream);
-        let bias_gradient = wants_bias.then(|| {
-            let sums = channel_sums(&upstream, geometry.channels_out, geometry.positions());
-            bias_gradient(sums, &device)
-        });
-        let input_gradient = wants_input.then(|| {
-            let weight = stored::<f32, _, 5>(self.weight);
-            conv_winograd::InputGradient::new(&weight, &geometry)
-        });
-        let clip_len = c_in * t * h * w;
-        let mut input = ClipReader::<S>::of(self.input);
-        // The weight gradient on the direct route: Winograd's, summed per point over tiles,
-        // transposes 8 times the clip into the products' layout and measured slower (r3d_18's
-        // first stage on the Zen 3: 218–261 ms against 180–225 a clip).
-        let mut weight_gradient = conv_direct::WeightGradient::<f32>::new(&geometry);
-        let mut gradient = input_gradient
-            .as_ref()
-            .map(|_| filled(n * clip_len, S::from_f32(0.0)));
-        for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
-            weight_gradient.add_clip(input.clip(clip, clip_len), upstream, path);
-            if let (Some(computed), Some(gradient)) = (&input_gradient, gradient.as_mut()) {
-                computed.clip(upstream, &mut gradient[clip * clip_len..][..clip_len], path);
-            }
-        }
         drop((input_gradient, input));
         let weight_gradient = weight_gradient.into_weight_order(path);
         let gradients = gradient_tensors(&geometry, weight_gradient, gradient, &device);

@@ -33,7 +33,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
-use super::conv_gemm::ConvGeometry;
+use super::conv_gemm::{ClipInputGradient, ConvGeometry};
 use crate::cpu_kernels::{HostFloat, filled, floats, stored};
 use crate::gemm_bf16::{COLUMNS, ROWS, Strided, Tile};
 use crate::gemm_f32::{self, F32Path};
@@ -664,10 +664,10 @@ impl InputGradient {
             tiling: Tiling::new([t, h, w]),
         }
     }
+}
 
-    /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient
-    /// (`[c_out, t, h, w]`), both stored as `S`.
-    pub(super) fn clip<S: HostFloat>(&self, upstream: &[S], gradient: &mut [S], path: F32Path) {
+impl ClipInputGradient<F32Path> for InputGradient {
+    fn clip<S: HostFloat>(&mut self, upstream: &[S], gradient: &mut [S], path: F32Path) {
         convolve(upstream, &self.tiling, &self.weight, None, gradient, path);
     }
 }

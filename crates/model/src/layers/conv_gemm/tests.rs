@@ -292,39 +292,53 @@ fn direct_convolutions_equal_the_f32_route() {
             let results = direct_results::<bf16>(&operands, &bias, geometry, path);
             assert_equal_to_the_f32_route(results, &f32_route, path);
         }
-        // The f32 kernel on the same values in f32: only the order of the sums differs.
-        let f32_operands = operands.map(|operand| operand.cast(FloatDType::F32));
-        let paths = [F32Path::Portable, F32Path::Avx512, F32Path::Avx2];
-        for path in paths.into_iter().filter(|path| path.available()) {
-            let results = direct_results::<f32>(&f32_operands, &bias, geometry, path);
-            let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
-            let (forward, weight_gradient, input_gradient, bias_gradient) = results;
-            for (direct, route) in [
-                (forward, &f32_route.0),
-                (weight_gradient, &f32_route.1),
-                (input_gradient, &f32_route.2),
-            ] {
-                assert_eq!(direct.dtype(), DType::F32, "{path:?}");
-                let route = route.to_data();
-                direct.to_data().assert_approx_eq::<f32>(&route, tolerance);
-            }
-            let route = f32_route.3.to_data();
-            bias_gradient
-                .to_data()
-                .assert_approx_eq::<f32>(&route, tolerance);
-        }
-        // The f32 kernel on half values (fp16; bf16 on a CPU without the bf16 instruction):
-        // read and stored in their dtype, widened clip by clip.
-        for (half, dtype) in [
-            (FloatDType::BF16, DType::BF16),
-            (FloatDType::F16, DType::F16),
+        // The f32 kernel on f32 values, and on half values it widens clip by clip.
+        f32_tiles_equal_the_f32_route(geometry, "direct", |operands, bias, path| {
+            direct_results::<f32>(operands, bias, geometry, path)
+        });
+    }
+}
+
+/// A route multiplied on the f32 tiles (`results(operands, bias, path)`: its [`Results`]) equals
+/// the f32 route on the same values, on every f32 tile path this CPU has: on f32 values to 1e-5
+/// (only the order of the sums differs), on bf16 and f16 values (fp16; bf16 on a CPU without the
+/// bf16 instruction: read and stored in their dtype) to one rounding of what is stored.
+fn f32_tiles_equal_the_f32_route(
+    geometry: ConvGeometry,
+    route: &str,
+    results: impl Fn(&[Tensor<TestBackend, 5>; 3], &Tensor<TestBackend, 1>, F32Path) -> Results,
+) {
+    let paths = [F32Path::Portable, F32Path::Avx512, F32Path::Avx2];
+    let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, FloatDType::F32);
+    for path in paths.into_iter().filter(|path| path.available()) {
+        let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
+        let (forward, weight_gradient, input_gradient, bias_gradient) =
+            results(&operands, &bias, path);
+        for (values, expected, name) in [
+            (forward, &f32_route.0, "forward"),
+            (weight_gradient, &f32_route.1, "weight gradient"),
+            (input_gradient, &f32_route.2, "input gradient"),
         ] {
-            let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
-            for path in paths.into_iter().filter(|path| path.available()) {
-                let results = direct_results::<f32>(&operands, &bias, geometry, path);
-                let label = format!("{path:?} on {dtype:?}");
-                assert_half_results_equal_the_f32_route(results, &f32_route, dtype, &label);
-            }
+            assert_eq!(values.dtype(), DType::F32, "{route} {path:?} {name}");
+            let expected = expected.to_data();
+            values
+                .to_data()
+                .assert_approx_eq::<f32>(&expected, tolerance);
+        }
+        let expected = f32_route.3.to_data();
+        bias_gradient
+            .to_data()
+            .assert_approx_eq::<f32>(&expected, tolerance);
+    }
+    for (half, dtype) in [
+        (FloatDType::BF16, DType::BF16),
+        (FloatDType::F16, DType::F16),
+    ] {
+        let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
+        for path in paths.into_iter().filter(|path| path.available()) {
+            let label = format!("{route} {path:?} on {dtype:?}");
+            let results = results(&operands, &bias, path);
+            assert_half_results_equal_the_f32_route(results, &f32_route, dtype, &label);
         }
     }
 }
@@ -471,55 +485,14 @@ fn winograd_convolutions_equal_the_f32_route() {
             padding: [1; 3],
             output: [input[2], input[3], input[4]],
         };
-        let (operands, bias, f32_route) =
-            half_operands_and_the_f32_route(geometry, FloatDType::F32);
-        let paths = [F32Path::Portable, F32Path::Avx512, F32Path::Avx2];
-        for path in paths.into_iter().filter(|path| path.available()) {
-            let results = results_of(
-                &operands,
-                &bias,
+        f32_tiles_equal_the_f32_route(geometry, "Winograd", |operands, bias, path| {
+            results_of(
+                operands,
+                bias,
                 geometry,
                 |backward| backward.winograd(path),
                 |input, weight, bias| conv_winograd::forward(input, weight, bias, geometry, path),
-            );
-            let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
-            let (forward, weight_gradient, input_gradient, bias_gradient) = results;
-            for (winograd, route, name) in [
-                (forward, &f32_route.0, "forward"),
-                (weight_gradient, &f32_route.1, "weight gradient"),
-                (input_gradient, &f32_route.2, "input gradient"),
-            ] {
-                assert_eq!(winograd.dtype(), DType::F32, "{path:?} {name}");
-                let route = route.to_data();
-                winograd
-                    .to_data()
-                    .assert_approx_eq::<f32>(&route, tolerance);
-            }
-            let route = f32_route.3.to_data();
-            bias_gradient
-                .to_data()
-                .assert_approx_eq::<f32>(&route, tolerance);
-        }
-        // Half values (fp16; bf16 on a CPU without the bf16 instruction): widened as they are
-        // transformed, the input gradient and the forward rounded as they are stored.
-        for (half, dtype) in [
-            (FloatDType::BF16, DType::BF16),
-            (FloatDType::F16, DType::F16),
-        ] {
-            let (operands, bias, f32_route) = half_operands_and_the_f32_route(geometry, half);
-            for path in paths.into_iter().filter(|path| path.available()) {
-                let results = results_of(
-                    &operands,
-                    &bias,
-                    geometry,
-                    |backward| backward.winograd(path),
-                    |input, weight, bias| {
-                        conv_winograd::forward(input, weight, bias, geometry, path)
-                    },
-                );
-                let label = format!("Winograd {path:?} on {dtype:?}");
-                assert_half_results_equal_the_f32_route(results, &f32_route, dtype, &label);
-            }
-        }
+            )
+        });
     }
 }
