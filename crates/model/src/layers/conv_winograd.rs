@@ -59,6 +59,11 @@ const FEWEST_TILES_PER_CHANNEL: usize = 2;
 /// Whether a convolution of `geometry` is computed here: a 3 × 3 × 3 kernel, stride 1 and
 /// padding 1 on every axis (the output the input's size), unless `VIDTRAIN_CPU_KERNELS` says
 /// `no-winograd` (the direct route then computes it: the A/B of the two in one binary).
+///
+/// The tiles counted are the whole call's (every clip): the forward transforms them together,
+/// while the backward's input gradient runs clip by clip, so at micro-batch 4 a stage just above
+/// the threshold would take this route with a quarter of the tiles per weight transform (none of
+/// r3d_18's does: its third stage has 98 tiles a clip for 256 channels).
 pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
     let [n, c_in, t, h, w] = geometry.input;
     let tiles = n * Tiling::new([t, h, w]).rows() * w.div_ceil(2);
@@ -97,8 +102,8 @@ impl Tiling {
     }
 
     /// Rows of tiles per block of the forward, `channels_in` being transformed: a block's
-    /// tiles are a whole number of [`COLUMNS`] (no column of the products computed for nothing)
-    /// or waste at most an eighth where that outgrows [`BLOCK_BYTES`], and there are at least
+    /// tiles fill the products' [`COLUMNS`]-tile columns but for at most [`MOST_WASTE`] of
+    /// padding, within [`BLOCK_BYTES`] (else the rows that waste least), and there are at least
     /// two blocks per thread where the clips have that many rows.
     fn rows_per_block(&self, channels_in: usize, total_rows: usize) -> usize {
         let row_tiles = self.tiles[2];
@@ -110,7 +115,7 @@ impl Tiling {
             (tiles.next_multiple_of(COLUMNS) - tiles) as f64 / tiles as f64
         };
         let most = total_rows.div_ceil(2 * rayon::current_num_threads()).max(1);
-        // The most rows within the budget that waste at most an eighth, else the fewest waste.
+        // The most rows within the budget and the padding allowed, else the least padding.
         let candidates = 1..=most.min(COLUMNS);
         candidates
             .clone()
@@ -659,7 +664,7 @@ impl InputGradient {
         let [_, c_in, t, h, w] = geometry.input;
         let c_out = geometry.channels_out;
         Self {
-            // Transposed (the input channels are the panels' columns) and flipped.
+            // Transposed (the input channels are the products' rows) and flipped.
             weight: PointWeights::new(weight, [c_in, c_out], [27, c_in * 27], true),
             tiling: Tiling::new([t, h, w]),
         }
