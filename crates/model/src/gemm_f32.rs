@@ -32,6 +32,31 @@ pub fn gemm(
     c_stride: usize,
     update: Update,
 ) {
+    let parallel = a.rows.saturating_mul(b.columns).saturating_mul(a.columns) >= PARALLEL_WORK;
+    product(a, b, c, c_stride, update, parallel);
+}
+
+/// [`gemm`] on the calling thread whatever its size: for products that are themselves tasks of
+/// the compute pool (one per Winograd point).
+pub(crate) fn gemm_on_this_thread(
+    a: Matrix<'_, f32>,
+    b: Matrix<'_, f32>,
+    c: &mut [f32],
+    c_stride: usize,
+    update: Update,
+) {
+    product(a, b, c, c_stride, update, false);
+}
+
+/// [`gemm`] on the compute pool's threads or (`parallel` false) the calling one.
+fn product(
+    a: Matrix<'_, f32>,
+    b: Matrix<'_, f32>,
+    c: &mut [f32],
+    c_stride: usize,
+    update: Update,
+    parallel: bool,
+) {
     assert_eq!(a.columns, b.rows, "inner sizes of an f32 matrix product");
     let (m, n, k) = (a.rows, b.columns, a.columns);
     if m == 0 || n == 0 {
@@ -43,7 +68,7 @@ pub fn gemm(
     );
     a.assert_within();
     b.assert_within();
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_WORK {
+    let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

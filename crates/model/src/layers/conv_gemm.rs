@@ -33,9 +33,9 @@ use crate::gemm_bf16::{Matrix, Path, Update};
 use crate::gemm_f32::{F32Path, bf16_path, f32_path};
 use crate::layers::conv_columns::{ClipColumns, ConvOperand};
 use crate::layers::conv_direct::{self, DirectOperand};
-use crate::layers::conv_winograd;
 use crate::layers::im2col::{ClipValues, ColumnMap, SlidingSums, col2im};
 use crate::layers::norm_relu_host::{ChannelNorm, lane_sum};
+use crate::layers::{conv_winograd, conv_winograd_temporal};
 use crate::quantize::{HostCodes, HostInput};
 
 /// The most bytes of im2col columns held at once: a group of output lines (one output frame's
@@ -112,7 +112,13 @@ pub fn conv3d_forward<B: Backend>(
 ) -> Tensor<B, 5> {
     let dtype = input.dtype();
     let path = bf16_path(&[dtype]);
-    // Winograd's transforms for 3 × 3 × 3 kernels of stride 1 on every dtype multiplied in f32.
+    // Winograd's transforms for ST-GCN's temporal kernels and for 3 × 3 × 3 kernels of stride
+    // 1, on every dtype multiplied in f32.
+    if conv_winograd_temporal::applies(&geometry)
+        && let Some(f32_path) = f32_path(&[dtype])
+    {
+        return conv_winograd_temporal::forward(input, weight, bias, geometry, f32_path);
+    }
     if conv_winograd::applies(&geometry)
         && !path.is_some_and(conv_direct::multiplies_bf16_on)
         && let Some(f32_path) = f32_path(&[dtype])
@@ -556,19 +562,61 @@ impl<B: Backend> ConvBackward<'_, B> {
                 self.direct::<bf16>(path)
             }
             (None, Some(path)) if conv_winograd::applies(&geometry) => self.winograd(path),
+            (None, Some(path)) if conv_winograd_temporal::applies(&geometry) => {
+                self.temporal_winograd(path)
+            }
             (Some(path), _) => self.products::<bf16, bf16>(geometry.lines_per_group(2), Some(path)),
             (None, Some(path)) if direct => self.direct::<f32>(path),
-            // In f32, the input gradient stored in the input's dtype (a half one rounded line by
-            // line as the sliding window moves on).
-            (None, _) => {
-                let group = geometry.lines_per_group(4);
-                match self.input.dtype() {
-                    DType::F16 => self.products::<f32, burn::tensor::f16>(group, None),
-                    DType::BF16 => self.products::<f32, bf16>(group, None),
-                    _ => self.products::<f32, f32>(group, None),
-                }
-            }
+            (None, _) => self.f32_products(),
         }
+    }
+
+    /// [`Self::products`] in f32, the input gradient stored in the input's dtype (a half one
+    /// rounded line by line as the sliding window moves on).
+    fn f32_products(self) -> ConvGradientsWithBias<B> {
+        let group = self.geometry.lines_per_group(4);
+        match self.input.dtype() {
+            DType::F16 => self.products::<f32, burn::tensor::f16>(group, None),
+            DType::BF16 => self.products::<f32, bf16>(group, None),
+            _ => self.products::<f32, f32>(group, None),
+        }
+    }
+
+    /// [`Self::gradients`] of a convolution that [`conv_winograd_temporal::applies`] to,
+    /// computed in f32 by its transforms: the weight gradient clip by clip, then (its buffers
+    /// given back) the input gradient of every clip at once on `path`, stored in the upstream's
+    /// dtype; half operands widened as they are read.
+    fn temporal_winograd(self, path: F32Path) -> ConvGradientsWithBias<B> {
+        match self.upstream.dtype() {
+            DType::BF16 => self.temporal_winograd_of::<bf16>(path),
+            DType::F16 => self.temporal_winograd_of::<burn::tensor::f16>(path),
+            _ => self.temporal_winograd_of::<f32>(path),
+        }
+    }
+
+    /// [`Self::temporal_winograd`] of operands stored as `S`.
+    fn temporal_winograd_of<S: HostFloat>(self, path: F32Path) -> ConvGradientsWithBias<B> {
+        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
+        let device = self.upstream.device();
+        let [_, c_in, t, h, w] = geometry.input;
+        let (c_out, positions) = (geometry.channels_out, geometry.positions());
+        let upstream = stored::<S, _, 5>(self.upstream);
+        let bias_gradient =
+            wants_bias.then(|| bias_gradient(channel_sums(&upstream, c_out, positions), &device));
+        let clip_len = c_in * t * h * w;
+        let mut input = ClipReader::<S>::of(self.input);
+        let mut weight_gradient = conv_winograd_temporal::WeightGradient::new(&geometry);
+        for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
+            weight_gradient.add_clip(input.clip(clip, clip_len), upstream);
+        }
+        drop(input);
+        let weight_gradient = weight_gradient.into_weight_gradient();
+        let input_gradient = wants_input.then(|| {
+            let weight = stored::<f32, _, 5>(self.weight);
+            conv_winograd_temporal::input_gradient(&upstream, &weight, &geometry, path)
+        });
+        let gradients = gradient_tensors(&geometry, weight_gradient, input_gradient, &device);
+        (gradients, bias_gradient)
     }
 
     /// [`Self::gradients`] of a convolution that [`conv_direct::applies`] to, multiplied in `T`

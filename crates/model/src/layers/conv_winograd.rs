@@ -101,32 +101,42 @@ impl Tiling {
         self.dims.iter().product()
     }
 
-    /// Rows of tiles per block of the forward, `channels_in` being transformed: a block's
-    /// tiles fill the products' [`COLUMNS`]-tile columns but for at most [`MOST_WASTE`] of
-    /// padding, within [`BLOCK_BYTES`] (else the rows that waste least), and there are at least
-    /// two blocks per thread where the clips have that many rows.
+    /// Rows of tiles per block of the forward ([`rows_per_block`]).
     fn rows_per_block(&self, channels_in: usize, total_rows: usize) -> usize {
-        let row_tiles = self.tiles[2];
-        let bytes = |rows: usize| {
-            POINTS * channels_in * (rows * row_tiles).next_multiple_of(COLUMNS) * size_of::<f32>()
-        };
-        let waste = |rows: usize| {
-            let tiles = rows * row_tiles;
-            (tiles.next_multiple_of(COLUMNS) - tiles) as f64 / tiles as f64
-        };
-        let most = total_rows.div_ceil(2 * rayon::current_num_threads()).max(1);
-        // The most rows within the budget and the padding allowed, else the least padding.
-        let candidates = 1..=most.min(COLUMNS);
-        candidates
-            .clone()
-            .filter(|&rows| bytes(rows) <= BLOCK_BYTES && waste(rows) <= MOST_WASTE)
-            .max()
-            .unwrap_or_else(|| {
-                candidates
-                    .min_by(|&a, &b| waste(a).total_cmp(&waste(b)))
-                    .unwrap_or(1)
-            })
+        rows_per_block(POINTS, self.tiles[2], channels_in, total_rows)
     }
+}
+
+/// Rows of tiles per block of a forward whose tiles have `points` transform points, `row_tiles`
+/// tiles a row and `channels_in` channels transformed: a block's tiles fill the products'
+/// [`COLUMNS`]-tile columns but for at most [`MOST_WASTE`] of padding, within [`BLOCK_BYTES`]
+/// (else the rows that waste least), and there are at least two blocks per thread where the
+/// clips have that many rows.
+pub(super) fn rows_per_block(
+    points: usize,
+    row_tiles: usize,
+    channels_in: usize,
+    total_rows: usize,
+) -> usize {
+    let bytes = |rows: usize| {
+        points * channels_in * (rows * row_tiles).next_multiple_of(COLUMNS) * size_of::<f32>()
+    };
+    let waste = |rows: usize| {
+        let tiles = rows * row_tiles;
+        (tiles.next_multiple_of(COLUMNS) - tiles) as f64 / tiles as f64
+    };
+    let most = total_rows.div_ceil(2 * rayon::current_num_threads()).max(1);
+    // The most rows within the budget and the padding allowed, else the least padding.
+    let candidates = 1..=most.min(COLUMNS);
+    candidates
+        .clone()
+        .filter(|&rows| bytes(rows) <= BLOCK_BYTES && waste(rows) <= MOST_WASTE)
+        .max()
+        .unwrap_or_else(|| {
+            candidates
+                .min_by(|&a, &b| waste(a).total_cmp(&waste(b)))
+                .unwrap_or(1)
+        })
 }
 
 /// Bᵀ of F(2, 3) along one axis: `out[p]` from the tile's four inputs `d` (each a run of
@@ -206,58 +216,87 @@ fn separable<const IN: usize, const OUT: usize>(
 }
 
 /// [`COLUMNS`] values side by side: a panel's channels.
-type Lanes = [f32; COLUMNS];
+pub(super) type Lanes = [f32; COLUMNS];
+
+/// The most transform points of a tile of any Winograd route (this one's 64).
+const MOST_POINTS: usize = 64;
 
 /// A weight transformed for the products: per point, per input channel, every output channel
 /// (zero up to a whole number of [`ROWS`]) — `[point][c_in][c_out rounded up]`, the rows of
 /// the products' tiles.
-struct PointWeights {
+pub(super) struct PointWeights {
     values: Vec<f32>,
     channels_in: usize,
     channels_out: usize,
     /// `c_out` rounded up to [`ROWS`].
     padded_out: usize,
+    /// Transform points per tile.
+    points: usize,
 }
 
 impl PointWeights {
-    /// From a weight whose value of (output channel, input channel, tap) lies at `output ·
-    /// strides[0] + input · strides[1]` and then its 27 taps in a row (reversed when `flipped`:
-    /// the input gradient's weight); `dims` are `[c_out, c_in]` of the transformed weight.
+    /// This route's: from a weight whose value of (output channel, input channel, tap) lies at
+    /// `output · strides[0] + input · strides[1]` and then its 27 taps in a row (reversed when
+    /// `flipped`: the input gradient's weight); `dims` are `[c_out, c_in]` of the transformed
+    /// weight.
     fn new<T: HostFloat>(
+        weight: &[T],
+        dims: [usize; 2],
+        strides: [usize; 2],
+        flipped: bool,
+    ) -> Self {
+        Self::transformed(
+            weight,
+            dims,
+            strides,
+            flipped,
+            [27, POINTS],
+            |taps, points| separable::<3, 4>(taps, weight_points, points),
+        )
+    }
+
+    /// Any route's: as [`Self::new`] with `taps` taps in a row, made into `points` points by
+    /// `transform` ([`COLUMNS`] output channels side by side, one lane each).
+    pub(super) fn transformed<T: HostFloat>(
         weight: &[T],
         [channels_out, channels_in]: [usize; 2],
         [output_stride, input_stride]: [usize; 2],
         flipped: bool,
+        [taps, points]: [usize; 2],
+        transform: impl Fn(&[Lanes], &mut [Lanes]) + Sync,
     ) -> Self {
+        assert!(taps <= MOST_POINTS && points <= MOST_POINTS);
         let padded_out = channels_out.next_multiple_of(ROWS);
         // Each input channel's points (`[c_in][point][c_out]`, one task per channel), then
         // each point's input channels gathered (`[point][c_in][c_out]`).
-        let mut by_input = filled(channels_in * POINTS * padded_out, 0f32);
+        let mut by_input = filled(channels_in * points * padded_out, 0f32);
         by_input
-            .par_chunks_mut(POINTS * padded_out)
+            .par_chunks_mut(points * padded_out)
             .enumerate()
             .for_each(|(input, values)| {
                 crate::cpu_kernels::vectorized(
                     #[inline(always)]
                     || {
-                        // [`COLUMNS`] output channels' 27 taps side by side (zero past the last
-                        // channel), then their 64 points.
-                        let mut taps = [[0.0; COLUMNS]; 27];
-                        let mut points = [[0.0; COLUMNS]; POINTS];
+                        // [`COLUMNS`] output channels' taps side by side (zero past the last
+                        // channel), then their points.
+                        let mut tap_lanes = [[0.0; COLUMNS]; MOST_POINTS];
+                        let mut point_lanes = [[0.0; COLUMNS]; MOST_POINTS];
+                        let (tap_lanes, point_lanes) =
+                            (&mut tap_lanes[..taps], &mut point_lanes[..points]);
                         for first in (0..channels_out).step_by(COLUMNS) {
                             let outputs = COLUMNS.min(channels_out - first);
                             for column in 0..outputs {
                                 let at = (first + column) * output_stride + input * input_stride;
-                                for (tap, lanes) in taps.iter_mut().enumerate() {
-                                    let tap = if flipped { 26 - tap } else { tap };
+                                for (tap, lanes) in tap_lanes.iter_mut().enumerate() {
+                                    let tap = if flipped { taps - 1 - tap } else { tap };
                                     lanes[column] = weight[at + tap].to_f32();
                                 }
                             }
-                            for lanes in &mut taps {
+                            for lanes in tap_lanes.iter_mut() {
                                 lanes[outputs..].fill(0.0);
                             }
-                            separable::<3, 4>(&taps, weight_points, &mut points);
-                            for (point, lanes) in points.iter().enumerate() {
+                            transform(tap_lanes, point_lanes);
+                            for (point, lanes) in point_lanes.iter().enumerate() {
                                 let at = point * padded_out + first;
                                 values[at..][..outputs].copy_from_slice(&lanes[..outputs]);
                             }
@@ -265,13 +304,13 @@ impl PointWeights {
                     },
                 )
             });
-        let mut values = filled(POINTS * channels_in * padded_out, 0f32);
+        let mut values = filled(points * channels_in * padded_out, 0f32);
         values
             .par_chunks_mut(channels_in * padded_out)
             .enumerate()
             .for_each(|(point, values)| {
                 for (input, target) in values.chunks_exact_mut(padded_out).enumerate() {
-                    let at = (input * POINTS + point) * padded_out;
+                    let at = (input * points + point) * padded_out;
                     target.copy_from_slice(&by_input[at..][..padded_out]);
                 }
             });
@@ -280,12 +319,58 @@ impl PointWeights {
             channels_in,
             channels_out,
             padded_out,
+            points,
         }
     }
 
     /// Where `point`'s values start.
     fn start(&self, point: usize) -> usize {
         point * self.channels_in * self.padded_out
+    }
+
+    pub(super) fn channels(&self) -> [usize; 2] {
+        [self.channels_out, self.channels_in]
+    }
+
+    /// Output channels rounded up to [`ROWS`]: the rows of [`point_products`]' products.
+    pub(super) fn padded_out(&self) -> usize {
+        self.padded_out
+    }
+}
+
+/// The products of a block of `tiles` tiles (a multiple of [`COLUMNS`]) in the transformed
+/// space: for every point, `products[point][c_out rounded up][tile] = Σ_c_in weight[point][c_in]
+/// [c_out] · inputs[point][c_in][tile]`, per panel of [`COLUMNS`] tiles (in L1) and [`ROWS`]
+/// output channels on [`gemm_f32::strided_tile`].
+#[inline(always)]
+pub(super) fn point_products(
+    weight: &PointWeights,
+    inputs: &[f32],
+    tiles: usize,
+    products: &mut [f32],
+    path: F32Path,
+) {
+    let (channels_in, padded_out) = (weight.channels_in, weight.padded_out);
+    let operands = Strided {
+        a: &weight.values,
+        a_unit_stride: padded_out,
+        b: inputs,
+        b_unit_stride: tiles,
+        units: channels_in,
+    };
+    for point in 0..weight.points {
+        for first in (0..tiles).step_by(COLUMNS) {
+            let b_start = point * channels_in * tiles + first;
+            for group in (0..padded_out).step_by(ROWS) {
+                let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
+                let a_start = weight.start(point) + group;
+                gemm_f32::strided_tile(path, operands, &[(a_start, b_start)], &mut tile);
+                for (row, values) in tile.iter().enumerate() {
+                    let at = (point * padded_out + group + row) * tiles + first;
+                    products[at..][..COLUMNS].copy_from_slice(values);
+                }
+            }
+        }
     }
 }
 
@@ -521,28 +606,7 @@ fn convolve_block<S: HostFloat, O: HostFloat>(
             });
         }
     }
-    // Products: per point, per panel of COLUMNS tiles (in L1), per ROWS output channels.
-    let operands = Strided {
-        a: &weight.values,
-        a_unit_stride: padded_out,
-        b: &scratch.points,
-        b_unit_stride: tiles,
-        units: channels_in,
-    };
-    for point in 0..POINTS {
-        for first in (0..tiles).step_by(COLUMNS) {
-            let b_start = point * channels_in * tiles + first;
-            for group in (0..padded_out).step_by(ROWS) {
-                let mut tile: Tile = [[0.0; COLUMNS]; ROWS];
-                let a_start = weight.start(point) + group;
-                gemm_f32::strided_tile(path, operands, &[(a_start, b_start)], &mut tile);
-                for (row, values) in tile.iter().enumerate() {
-                    let at = (point * padded_out + group + row) * tiles + first;
-                    scratch.products[at..][..COLUMNS].copy_from_slice(values);
-                }
-            }
-        }
-    }
+    point_products(weight, &scratch.points, tiles, &mut scratch.products, path);
     // Outputs: per output channel and row of tiles, the points back to 2 × 2 × 2 values.
     let (run, w) = (row_tiles, tiling.dims[2]);
     let OutputScratch {

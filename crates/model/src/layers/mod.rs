@@ -8,6 +8,7 @@ mod conv_columns;
 mod conv_direct;
 pub mod conv_gemm;
 mod conv_winograd;
+mod conv_winograd_temporal;
 pub mod dropout;
 pub mod encoder;
 pub mod gelu;

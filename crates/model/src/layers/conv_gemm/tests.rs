@@ -496,3 +496,44 @@ fn winograd_convolutions_equal_the_f32_route() {
         });
     }
 }
+
+/// Temporal convolutions of nine taps by Winograd's nested transforms
+/// (`conv_winograd_temporal`) equal the f32 route on the same values — the forward and every
+/// gradient, on f32, bf16 and f16 values — on every
+/// f32 tile path this CPU has: clips shorter than a tile, a last tile cut by the clip's end,
+/// joint and channel counts off the tiles' rows and columns, several clips, blocks and chunks.
+#[test]
+fn temporal_winograd_convolutions_equal_the_f32_route() {
+    let _rng = crate::rng_lock();
+    let geometries = [
+        ([2, 5, 20, 1, 13], 7),
+        ([1, 3, 5, 1, 3], 33),
+        ([1, 2, 1, 1, 4], 5),
+        ([3, 40, 16, 1, 52], 70),
+        ([2, 64, 27, 1, 25], 12),
+        // The weight gradient's chunks of one clip each (5.3 MB of transforms a clip), the last
+        // products after the third.
+        ([3, 64, 64, 1, 52], 64),
+    ];
+    for (input, channels_out) in geometries {
+        let geometry = ConvGeometry {
+            input,
+            channels_out,
+            kernel: [9, 1, 1],
+            stride: [1; 3],
+            padding: [4, 0, 0],
+            output: [input[2], 1, input[4]],
+        };
+        f32_tiles_equal_the_f32_route(geometry, "temporal Winograd", |operands, bias, path| {
+            results_of(
+                operands,
+                bias,
+                geometry,
+                |backward| backward.temporal_winograd(path),
+                |input, weight, bias| {
+                    conv_winograd_temporal::forward(input, weight, bias, geometry, path)
+                },
+            )
+        });
+    }
+}
