@@ -269,6 +269,37 @@ fn forward_stored_as<B: Backend, T: HostFloat, O: HostFloat>(
     )
 }
 
+/// A convolution's weight gradient summed one clip at a time, on a kernel path `P` (the direct
+/// route's, [`conv_direct::WeightGradient`]; Winograd's, [`conv_winograd::WeightGradient`]).
+pub(super) trait ClipWeightGradient<P> {
+    /// Adds one clip's input (`[c_in, t, h, w]`) and output gradient (`[c_out, t', h', w']`),
+    /// both stored as `S`.
+    fn add_clip<S: HostFloat>(&mut self, input: &[S], upstream: &[S], path: P);
+
+    /// The sums as the weight's gradient, `[c_out, c_in, taps]` (f32).
+    fn into_weight_gradient(self, path: P) -> Vec<f32>;
+}
+
+impl<T: DirectOperand> ClipWeightGradient<T::Path> for conv_direct::WeightGradient<T> {
+    fn add_clip<S: HostFloat>(&mut self, input: &[S], upstream: &[S], path: T::Path) {
+        conv_direct::WeightGradient::add_clip(self, input, upstream, path);
+    }
+
+    fn into_weight_gradient(self, path: T::Path) -> Vec<f32> {
+        self.into_weight_order(path)
+    }
+}
+
+impl ClipWeightGradient<F32Path> for conv_winograd::WeightGradient {
+    fn add_clip<S: HostFloat>(&mut self, input: &[S], upstream: &[S], _: F32Path) {
+        conv_winograd::WeightGradient::add_clip(self, input, upstream);
+    }
+
+    fn into_weight_gradient(self, _: F32Path) -> Vec<f32> {
+        conv_winograd::WeightGradient::into_weight_gradient(self)
+    }
+}
+
 /// A convolution's input gradient computed one clip at a time from its upstream, on a kernel
 /// path `P` (the direct route's, [`conv_direct::InputGradient`]; Winograd's,
 /// [`conv_winograd::InputGradient`]).
@@ -634,34 +665,51 @@ impl<B: Backend> ConvBackward<'_, B> {
 
     /// [`Self::direct`] of operands stored as `S`.
     fn direct_of<T: DirectOperand, S: HostFloat>(self, path: T::Path) -> ConvGradientsWithBias<B> {
-        self.clip_by_clip::<T, S, _>(path, |weight, geometry| {
-            conv_direct::InputGradient::<T>::new(&stored::<T, _, 5>(weight), geometry)
-        })
+        let weight_gradient = conv_direct::WeightGradient::<T>::new(&self.geometry);
+        self.clip_by_clip::<T, S, _, _>(
+            path,
+            |weight, geometry| {
+                conv_direct::InputGradient::<T>::new(&stored::<T, _, 5>(weight), geometry)
+            },
+            weight_gradient,
+        )
     }
 
     /// [`Self::gradients`] of a convolution that [`conv_winograd::applies`] to, computed in f32
-    /// on `path`: the input gradient by Winograd's transforms, the weight gradient on the direct
-    /// route (Winograd's, summed per point over tiles, transposes 8 times the clip into the
-    /// products' layout and measured slower: r3d_18's first stage on the Zen 3 of stop 57,
-    /// 218–261 ms against 180–225 a clip); half operands widened as they are read.
+    /// by Winograd's transforms clip by clip: the input gradient on `path`, the weight gradient
+    /// by per-point products over tiles ([`conv_winograd::WeightGradient`]); half operands
+    /// widened as they are read.
     fn winograd(self, path: F32Path) -> ConvGradientsWithBias<B> {
         let input_gradient = |weight, geometry: &ConvGeometry| {
             conv_winograd::InputGradient::new(&stored::<f32, _, 5>(weight), geometry)
         };
+        let weight_gradient = conv_winograd::WeightGradient::new(&self.geometry);
         match self.upstream.dtype() {
-            DType::BF16 => self.clip_by_clip::<f32, bf16, _>(path, input_gradient),
-            DType::F16 => self.clip_by_clip::<f32, burn::tensor::f16, _>(path, input_gradient),
-            _ => self.clip_by_clip::<f32, f32, _>(path, input_gradient),
+            DType::BF16 => {
+                self.clip_by_clip::<f32, bf16, _, _>(path, input_gradient, weight_gradient)
+            }
+            DType::F16 => self.clip_by_clip::<f32, burn::tensor::f16, _, _>(
+                path,
+                input_gradient,
+                weight_gradient,
+            ),
+            _ => self.clip_by_clip::<f32, f32, _, _>(path, input_gradient, weight_gradient),
         }
     }
 
-    /// The gradients clip by clip, operands stored as `S`: the weight gradient summed in f32 on
-    /// the direct route multiplied in `T`, the input gradient by what `input_gradient` makes of
-    /// the weight, stored in the upstream's dtype.
-    fn clip_by_clip<T: DirectOperand, S: HostFloat, G: ClipInputGradient<T::Path>>(
+    /// The gradients clip by clip, operands stored as `S`: the weight gradient summed in f32 by
+    /// `weight_gradient` (the direct route's multiplied in `T`, or Winograd's), the input
+    /// gradient by what `input_gradient` makes of the weight, stored in the upstream's dtype.
+    fn clip_by_clip<
+        T: DirectOperand,
+        S: HostFloat,
+        G: ClipInputGradient<T::Path>,
+        W: ClipWeightGradient<T::Path>,
+    >(
         self,
         path: T::Path,
         input_gradient: impl FnOnce(Tensor<B, 5>, &ConvGeometry) -> G,
+        mut weight_gradient: W,
     ) -> ConvGradientsWithBias<B> {
         let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
         let device = self.upstream.device();
@@ -675,7 +723,6 @@ impl<B: Backend> ConvBackward<'_, B> {
         let mut input_gradient = wants_input.then(|| input_gradient(self.weight, &geometry));
         let clip_len = c_in * t * h * w;
         let mut input = ClipReader::<S>::of(self.input);
-        let mut weight_gradient = conv_direct::WeightGradient::<T>::new(&geometry);
         let mut gradient = input_gradient
             .as_ref()
             .map(|_| filled(n * clip_len, S::from_f32(0.0)));
@@ -689,7 +736,7 @@ impl<B: Backend> ConvBackward<'_, B> {
         // weight gradient is reordered into a buffer of its own (at r3d_18's last stage each
         // is as large as the weight).
         drop((input_gradient, input));
-        let weight_gradient = weight_gradient.into_weight_order(path);
+        let weight_gradient = weight_gradient.into_weight_gradient(path);
         let gradients = gradient_tensors(&geometry, weight_gradient, gradient, &device);
         (gradients, bias_gradient)
     }

@@ -37,8 +37,8 @@ use rayon::prelude::*;
 use super::conv_gemm::ConvGeometry;
 use super::conv_winograd::{self, Lanes, PointWeights, point_products};
 use crate::cpu_kernels::{HostFloat, filled, floats, stored};
-use crate::gemm_bf16::{COLUMNS, Matrix, Update};
-use crate::gemm_f32::{self, F32Path};
+use crate::gemm_bf16::COLUMNS;
+use crate::gemm_f32::F32Path;
 
 /// The kernel's taps along time.
 const TAPS: usize = 9;
@@ -642,31 +642,14 @@ impl WeightGradient {
         let tiles = self.clips * self.tiling.rows * self.tiling.joints;
         self.clips = 0;
         let (channels_in, channels_out) = (self.channels_in, self.channels_out);
-        if tiles == 0 || channels_in == 0 {
-            return;
-        }
         let chunk_tiles = self.chunk_tiles();
-        let (inputs, upstreams) = (&self.inputs, &self.upstreams);
-        self.sums
-            .par_chunks_mut(channels_out * channels_in)
-            .enumerate()
-            .for_each(|(point, sums)| {
-                let upstream = Matrix {
-                    values: &upstreams[point * chunk_tiles..],
-                    rows: channels_out,
-                    columns: tiles,
-                    row_stride: POINTS * chunk_tiles,
-                    column_stride: 1,
-                };
-                let input = Matrix {
-                    values: &inputs[point * chunk_tiles..],
-                    rows: tiles,
-                    columns: channels_in,
-                    row_stride: 1,
-                    column_stride: POINTS * chunk_tiles,
-                };
-                gemm_f32::gemm_on_this_thread(upstream, input, sums, channels_in, Update::Add);
-            });
+        conv_winograd::add_point_products(
+            &mut self.sums,
+            [&self.upstreams, &self.inputs],
+            [channels_out, channels_in],
+            POINTS,
+            [tiles, chunk_tiles],
+        );
     }
 
     /// The gradient `[c_out, c_in, 9]` (f32): the last chunk's products, then each pair of

@@ -460,10 +460,10 @@ fn an_input_read_from_codes_equals_the_restored_input() {
 }
 
 /// 3 × 3 × 3 convolutions by Winograd's transforms (`conv_winograd`) equal the f32 route on the
-/// same values — the forward and the input gradient (the weight gradient is the direct route's),
-/// on f32, bf16 and f16 values — on every f32 tile path this CPU has: odd sizes on every axis
-/// (tiles cut by the clip's end), a single frame, channel counts off the tiles' rows and
-/// columns, several clips and blocks of rows of tiles.
+/// same values — the forward and every gradient, on f32, bf16 and f16 values — on every f32 tile
+/// path this CPU has: odd sizes on every axis (tiles cut by the clip's end), a single frame,
+/// channel counts off the tiles' rows and columns, several clips, blocks of rows of tiles and
+/// chunks of the weight gradient.
 #[test]
 fn winograd_convolutions_equal_the_f32_route() {
     let _rng = crate::rng_lock();
@@ -475,6 +475,9 @@ fn winograd_convolutions_equal_the_f32_route() {
         // Blocks of several rows of tiles (6 rows of 20 tiles, 128 columns of the products,
         // 16 blocks over both clips).
         ([2, 32, 6, 24, 40], 12),
+        // The weight gradient's chunks of 12 rows of tiles (655 KB of transforms a row), the
+        // last one of 4.
+        ([1, 64, 4, 40, 40], 64),
     ];
     for (input, channels_out) in geometries {
         let geometry = ConvGeometry {
