@@ -50,8 +50,10 @@ pub(crate) fn reference() -> bool {
     })
 }
 
-/// `VIDTRAIN_CPU_KERNELS=no-winograd`: 3 × 3 × 3 convolutions multiplied directly instead of by
-/// Winograd's transforms (`layers::conv_winograd`): the A/B of the two routes in one binary.
+/// `VIDTRAIN_CPU_KERNELS=no-winograd`: 3 × 3 × 3 convolutions multiplied directly and ST-GCN's
+/// 9-tap temporal ones through im2col columns instead of by Winograd's transforms
+/// (`layers::conv_winograd`, `layers::conv_winograd_temporal`): the A/B of the routes in one
+/// binary.
 pub(crate) fn winograd_refused() -> bool {
     static REFUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REFUSED.get_or_init(|| {

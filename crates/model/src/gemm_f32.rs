@@ -219,9 +219,9 @@ impl F32Path {
         match F32Path::fastest() {
             Some(_) if !crate::cpu_kernels::winograd_refused() => {
                 "multiplied in f32 and stored in half precision: 3 × 3 × 3 ones of stride 1 and \
-                 padding 1 on many tiles by Winograd's transforms, other stride-1 convolutions of \
-                 27 taps and more from the clip, widened clip by clip; the others through im2col \
-                 columns"
+                 padding 1 on many tiles and 9-tap temporal ones of stride 1 by Winograd's \
+                 transforms, other stride-1 convolutions of 27 taps and more from the clip, \
+                 widened clip by clip; the others through im2col columns"
             }
             Some(_) => {
                 "multiplied in f32 and stored in half precision: stride-1 convolutions of 27 taps \
@@ -236,8 +236,9 @@ impl F32Path {
         match F32Path::fastest() {
             Some(F32Path::Avx512) if !crate::cpu_kernels::winograd_refused() => {
                 "f32 3 × 3 × 3 convolutions of stride 1 and padding 1 on many tiles multiply by \
-                 Winograd's transforms F(2³, 3³), other stride-1 convolutions of 27 taps and more \
-                 from the clip, on AVX-512F; the others through im2col columns"
+                 Winograd's transforms F(2³, 3³) and 9-tap temporal ones of stride 1 by F(3 × 3, \
+                 3 × 3), other stride-1 convolutions of 27 taps and more from the clip, on \
+                 AVX-512F; the others through im2col columns"
             }
             Some(F32Path::Avx512) => {
                 "f32 stride-1 convolutions of 27 taps and more multiply from the clip on AVX-512F; \
@@ -245,9 +246,9 @@ impl F32Path {
             }
             Some(_) if !crate::cpu_kernels::winograd_refused() => {
                 "f32 3 × 3 × 3 convolutions of stride 1 and padding 1 on many tiles multiply by \
-                 Winograd's transforms F(2³, 3³), other stride-1 convolutions of 27 taps and more \
-                 from the clip, on AVX2 + FMA (no AVX-512F on this CPU); the others through im2col \
-                 columns"
+                 Winograd's transforms F(2³, 3³) and 9-tap temporal ones of stride 1 by F(3 × 3, \
+                 3 × 3), other stride-1 convolutions of 27 taps and more from the clip, on AVX2 + \
+                 FMA (no AVX-512F on this CPU); the others through im2col columns"
             }
             Some(_) => {
                 "f32 stride-1 convolutions of 27 taps and more multiply from the clip on AVX2 + \

@@ -270,7 +270,8 @@ fn forward_stored_as<B: Backend, T: HostFloat, O: HostFloat>(
 }
 
 /// A convolution's weight gradient summed one clip at a time, on a kernel path `P` (the direct
-/// route's, [`conv_direct::WeightGradient`]; Winograd's, [`conv_winograd::WeightGradient`]).
+/// route's, [`conv_direct::WeightGradient`]; Winograd's, [`conv_winograd::WeightGradient`],
+/// [`conv_winograd_temporal::WeightGradient`]).
 pub(super) trait ClipWeightGradient<P> {
     /// Adds one clip's input (`[c_in, t, h, w]`) and output gradient (`[c_out, t', h', w']`),
     /// both stored as `S`.
@@ -300,9 +301,19 @@ impl ClipWeightGradient<F32Path> for conv_winograd::WeightGradient {
     }
 }
 
+impl ClipWeightGradient<F32Path> for conv_winograd_temporal::WeightGradient {
+    fn add_clip<S: HostFloat>(&mut self, input: &[S], upstream: &[S], _: F32Path) {
+        conv_winograd_temporal::WeightGradient::add_clip(self, input, upstream);
+    }
+
+    fn into_weight_gradient(self, _: F32Path) -> Vec<f32> {
+        conv_winograd_temporal::WeightGradient::into_weight_gradient(self)
+    }
+}
+
 /// A convolution's input gradient computed one clip at a time from its upstream, on a kernel
 /// path `P` (the direct route's, [`conv_direct::InputGradient`]; Winograd's,
-/// [`conv_winograd::InputGradient`]).
+/// [`conv_winograd::InputGradient`], [`conv_winograd_temporal::InputGradient`]).
 pub(super) trait ClipInputGradient<P> {
     /// Writes one clip's input gradient (`[c_in, t, h, w]`) from its output gradient (`[c_out,
     /// t', h', w']`), both stored as `S`.
@@ -614,40 +625,17 @@ impl<B: Backend> ConvBackward<'_, B> {
     }
 
     /// [`Self::gradients`] of a convolution that [`conv_winograd_temporal::applies`] to,
-    /// computed in f32 by its transforms: the weight gradient clip by clip, then (its buffers
-    /// given back) the input gradient of every clip at once on `path`, stored in the upstream's
-    /// dtype; half operands widened as they are read.
+    /// computed in f32 by its transforms clip by clip: the input gradient on `path`, the weight
+    /// gradient by per-point products over tiles ([`conv_winograd_temporal::WeightGradient`]).
     fn temporal_winograd(self, path: F32Path) -> ConvGradientsWithBias<B> {
-        match self.upstream.dtype() {
-            DType::BF16 => self.temporal_winograd_of::<bf16>(path),
-            DType::F16 => self.temporal_winograd_of::<burn::tensor::f16>(path),
-            _ => self.temporal_winograd_of::<f32>(path),
-        }
-    }
-
-    /// [`Self::temporal_winograd`] of operands stored as `S`.
-    fn temporal_winograd_of<S: HostFloat>(self, path: F32Path) -> ConvGradientsWithBias<B> {
-        let (geometry, [wants_input, wants_bias]) = (self.geometry, self.wants);
-        let device = self.upstream.device();
-        let [_, c_in, t, h, w] = geometry.input;
-        let (c_out, positions) = (geometry.channels_out, geometry.positions());
-        let upstream = stored::<S, _, 5>(self.upstream);
-        let bias_gradient =
-            wants_bias.then(|| bias_gradient(channel_sums(&upstream, c_out, positions), &device));
-        let clip_len = c_in * t * h * w;
-        let mut input = ClipReader::<S>::of(self.input);
-        let mut weight_gradient = conv_winograd_temporal::WeightGradient::new(&geometry);
-        for (clip, upstream) in upstream.chunks(c_out * positions).enumerate() {
-            weight_gradient.add_clip(input.clip(clip, clip_len), upstream);
-        }
-        drop(input);
-        let weight_gradient = weight_gradient.into_weight_gradient();
-        let input_gradient = wants_input.then(|| {
-            let weight = stored::<f32, _, 5>(self.weight);
-            conv_winograd_temporal::input_gradient(&upstream, &weight, &geometry, path)
-        });
-        let gradients = gradient_tensors(&geometry, weight_gradient, input_gradient, &device);
-        (gradients, bias_gradient)
+        let weight_gradient = conv_winograd_temporal::WeightGradient::new(&self.geometry);
+        self.in_f32_clip_by_clip(
+            path,
+            |weight, geometry| {
+                conv_winograd_temporal::InputGradient::new(&stored::<f32, _, 5>(weight), geometry)
+            },
+            weight_gradient,
+        )
     }
 
     /// [`Self::gradients`] of a convolution that [`conv_direct::applies`] to, multiplied in `T`
@@ -684,6 +672,17 @@ impl<B: Backend> ConvBackward<'_, B> {
             conv_winograd::InputGradient::new(&stored::<f32, _, 5>(weight), geometry)
         };
         let weight_gradient = conv_winograd::WeightGradient::new(&self.geometry);
+        self.in_f32_clip_by_clip(path, input_gradient, weight_gradient)
+    }
+
+    /// [`Self::clip_by_clip`] multiplied in f32 on `path`, operands stored in the upstream's
+    /// dtype (half ones widened as they are read).
+    fn in_f32_clip_by_clip<G: ClipInputGradient<F32Path>, W: ClipWeightGradient<F32Path>>(
+        self,
+        path: F32Path,
+        input_gradient: impl FnOnce(Tensor<B, 5>, &ConvGeometry) -> G,
+        weight_gradient: W,
+    ) -> ConvGradientsWithBias<B> {
         match self.upstream.dtype() {
             DType::BF16 => {
                 self.clip_by_clip::<f32, bf16, _, _>(path, input_gradient, weight_gradient)

@@ -19,11 +19,11 @@
 //!
 //! applied on each of the three axes. The input gradient is the forward of the output gradient
 //! with the weight transposed and flipped on every axis (padding `3 − 1 − 1 = 1`), as on the
-//! direct route. The weight gradient stays on the direct route: by the same identity it is a sum
-//! per point of `(A·dy)[p] · (Bᵀd)[p]` over tiles, but its products sum over tiles, so both
-//! transforms (8 times the clip and its output gradient) must be transposed into the tiles'
-//! layout; written that way it was slower than the direct route's (r3d_18's first stage on the
-//! Zen 3 of stop 57: 218–261 ms a clip against 180–225).
+//! direct route. The weight gradient is the transforms' adjoint: per point a sum over tiles of
+//! `(A·dy)[p] · (Bᵀd)[p]`, then `Gᵀ` on every axis ([`WeightGradient`], decision 0024). Its
+//! products sum over tiles, so they do not run on the strided tiles (which would need the tiles
+//! as their units: a transpose of 8 times the clip, measured slower than the direct route at
+//! stop 57) but on gemm, which reads both transforms through strides.
 //!
 //! F(2, 3) is the most accurate of Winograd's tilings: its transforms add at most four values
 //! and halve the weight, so the results differ from the direct sums by a few f32 roundings

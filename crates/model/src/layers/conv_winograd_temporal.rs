@@ -34,7 +34,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
-use super::conv_gemm::ConvGeometry;
+use super::conv_gemm::{ClipInputGradient, ConvGeometry};
 use super::conv_winograd::{self, Lanes, PointWeights, point_products};
 use crate::cpu_kernels::{HostFloat, filled, floats, stored};
 use crate::gemm_bf16::COLUMNS;
@@ -59,7 +59,9 @@ const FEWEST_TILES_PER_CHANNEL: usize = 1;
 /// Whether a convolution of `geometry` is computed here: `[n, c_in, t, 1, joints]` through a
 /// `9 × 1 × 1` kernel of stride 1 and padding 4 along time only (the output the input's size),
 /// with at least [`FEWEST_TILES_PER_CHANNEL`] tiles per input channel, unless
-/// `VIDTRAIN_CPU_KERNELS` says `no-winograd`.
+/// `VIDTRAIN_CPU_KERNELS` says `no-winograd`. The tiles counted are the whole call's, as on the
+/// 3-D route; the backward's input gradient runs clip by clip (ST-GCN's 256-channel blocks at
+/// micro-batch 4: 416 tiles a call, 104 a clip).
 pub(crate) fn applies(geometry: &ConvGeometry) -> bool {
     let [n, c_in, t, h, w] = geometry.input;
     let tiles = n * t.div_ceil(OUTPUTS) * w;
@@ -505,28 +507,28 @@ fn forward_of<B: Backend, S: HostFloat>(
     )
 }
 
-/// The input gradient `[n, c_in, t, joints]` (stored as `S`) of a convolution that [`applies`]
-/// from its output gradient `upstream` (`[n, c_out, t, joints]`) and its `weight` (`[c_out,
-/// c_in, 9]`), every clip at once: the convolution of `upstream` with the weight transposed and
-/// reversed in time.
-pub(super) fn input_gradient<S: HostFloat, T: HostFloat>(
-    upstream: &[S],
-    weight: &[T],
-    geometry: &ConvGeometry,
-    path: F32Path,
-) -> Vec<S> {
-    let [n, c_in, t, _, joints] = geometry.input;
-    let weight = point_weights(weight, [geometry.channels_out, c_in], true);
-    let mut gradient = filled(n * c_in * t * joints, S::from_f32(0.0));
-    convolve(
-        upstream,
-        &Tiling::new(t, joints),
-        &weight,
-        None,
-        &mut gradient,
-        path,
-    );
-    gradient
+/// The input gradient of a convolution that [`applies`], clip by clip: the convolution of the
+/// output gradient with the weight transposed and reversed in time (padding 4).
+pub(super) struct InputGradient {
+    weight: PointWeights,
+    tiling: Tiling,
+}
+
+impl InputGradient {
+    /// From the weight `[c_out, c_in, 9, 1, 1]`.
+    pub(super) fn new<T: HostFloat>(weight: &[T], geometry: &ConvGeometry) -> Self {
+        let [_, c_in, t, _, joints] = geometry.input;
+        Self {
+            weight: point_weights(weight, [geometry.channels_out, c_in], true),
+            tiling: Tiling::new(t, joints),
+        }
+    }
+}
+
+impl ClipInputGradient<F32Path> for InputGradient {
+    fn clip<S: HostFloat>(&mut self, upstream: &[S], gradient: &mut [S], path: F32Path) {
+        convolve(upstream, &self.tiling, &self.weight, None, gradient, path);
+    }
 }
 
 /// Bytes of transformed inputs and output gradients a [`WeightGradient`] holds between its
