@@ -883,6 +883,28 @@ pub(super) fn add_point_products(
         });
 }
 
+/// Each channel of `values` (`plane` values each) transformed by `channel(values, scratch,
+/// target)` into its run of `targets` (`run` values each: `[channel][point][tile]`), one task per
+/// channel with its own scratch `X`, on the CPU's vector instructions.
+#[inline(always)]
+pub(super) fn transform_channels<S: HostFloat, X: Default>(
+    targets: &mut [f32],
+    run: usize,
+    values: &[S],
+    plane: usize,
+    channel: impl Fn(&[S], &mut X, &mut [f32]) + Sync + Send,
+) {
+    targets
+        .par_chunks_mut(run)
+        .zip(values.par_chunks(plane))
+        .for_each_init(X::default, |scratch, (target, values)| {
+            crate::cpu_kernels::vectorized(
+                #[inline(always)]
+                || channel(values, scratch, target),
+            )
+        });
+}
+
 /// Bytes of transformed inputs and output gradients a [`WeightGradient`] holds between its
 /// products (whole rows of tiles: at least one).
 const GRADIENT_CHUNK_BYTES: usize = 8 << 20;
@@ -934,48 +956,47 @@ impl WeightGradient {
         for first in (0..total_rows).step_by(self.chunk_rows) {
             let rows = self.chunk_rows.min(total_rows - first);
             let offset = move |line: usize, local: usize| line * chunk_tiles + local * row_tiles;
+            let run = POINTS * chunk_tiles;
             rayon::join(
                 || {
-                    self.inputs
-                        .par_chunks_mut(POINTS * chunk_tiles)
-                        .zip(input.par_chunks(plane))
-                        .for_each_init(InputScratch::default, |scratch, (target, plane)| {
-                            crate::cpu_kernels::vectorized(
-                                #[inline(always)]
-                                || {
-                                    for local in 0..rows {
-                                        transform_input_row(plane, first + local, &tiling, scratch);
-                                        let targets = split4(target, 16 * chunk_tiles);
-                                        frame_points(scratch, row_tiles, targets, |line| {
-                                            offset(line, local)
-                                        });
-                                    }
-                                },
-                            )
-                        })
+                    transform_channels(
+                        &mut self.inputs,
+                        run,
+                        input,
+                        plane,
+                        #[inline(always)]
+                        |plane, scratch: &mut InputScratch, target| {
+                            for local in 0..rows {
+                                transform_input_row(plane, first + local, &tiling, scratch);
+                                let targets = split4(target, 16 * chunk_tiles);
+                                frame_points(scratch, row_tiles, targets, |line| {
+                                    offset(line, local)
+                                });
+                            }
+                        },
+                    )
                 },
                 || {
-                    self.upstreams
-                        .par_chunks_mut(POINTS * chunk_tiles)
-                        .zip(upstream.par_chunks(plane))
-                        .for_each_init(UpstreamScratch::default, |scratch, (target, plane)| {
-                            crate::cpu_kernels::vectorized(
-                                #[inline(always)]
-                                || {
-                                    for local in 0..rows {
-                                        let targets = split4(target, 16 * chunk_tiles);
-                                        transform_upstream_row(
-                                            plane,
-                                            first + local,
-                                            &tiling,
-                                            scratch,
-                                            targets,
-                                            |line| offset(line, local),
-                                        );
-                                    }
-                                },
-                            )
-                        })
+                    transform_channels(
+                        &mut self.upstreams,
+                        run,
+                        upstream,
+                        plane,
+                        #[inline(always)]
+                        |plane, scratch: &mut UpstreamScratch, target| {
+                            for local in 0..rows {
+                                let targets = split4(target, 16 * chunk_tiles);
+                                transform_upstream_row(
+                                    plane,
+                                    first + local,
+                                    &tiling,
+                                    scratch,
+                                    targets,
+                                    |line| offset(line, local),
+                                );
+                            }
+                        },
+                    )
                 },
             );
             add_point_products(

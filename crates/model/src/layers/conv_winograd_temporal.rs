@@ -35,7 +35,7 @@ use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
 use super::conv_gemm::{ClipInputGradient, ConvGeometry};
-use super::conv_winograd::{self, Lanes, PointWeights, point_products};
+use super::conv_winograd::{self, Lanes, PointWeights, point_products, transform_channels};
 use crate::cpu_kernels::{HostFloat, filled, floats, stored};
 use crate::gemm_bf16::COLUMNS;
 use crate::gemm_f32::F32Path;
@@ -262,20 +262,8 @@ fn transform_upstream_row<S: HostFloat>(
             line.fill(0.0);
         }
     }
-    // The inner axis: for each `j`, the frames `i + 3j` into α.
-    for (j, target) in inner.chunks_exact_mut(5 * joints).enumerate() {
-        let y = std::array::from_fn(|i| &frames[(i + 3 * j) * joints..][..joints]);
-        upstream_points(
-            y,
-            runs_mut(target, std::array::from_fn(|alpha| alpha * joints), joints),
-        );
-    }
-    // The outer axis: for each α, the three `j` into the points `α · 5 + β`.
-    for alpha in 0..5 {
-        let y = std::array::from_fn(|j| &inner[(j * 5 + alpha) * joints..][..joints]);
-        let starts = std::array::from_fn(|beta| offset(alpha * 5 + beta));
-        upstream_points(y, runs_mut(points, starts, joints));
-    }
+    // Frame `i + 3j` of the tile: along `i`, then along `j`.
+    nested_points::<3>(frames, joints, inner, points, offset, upstream_points);
 }
 
 /// The transform (`Bᵀ` on both axes) of every tile of row `row` of tiles of one channel
@@ -309,19 +297,31 @@ fn transform_input_row<S: HostFloat>(
             None => line.fill(0.0),
         }
     }
-    // The inner axis: for each `p`, the frames `q + 3p`.
-    for (p, target) in inner.chunks_exact_mut(5 * joints).enumerate() {
-        let d = std::array::from_fn(|q| &frames[(q + 3 * p) * joints..][..joints]);
-        input_points(
-            d,
-            runs_mut(target, std::array::from_fn(|alpha| alpha * joints), joints),
-        );
+    // `z[q][p]`, frame `q + 3p` of the window: along `q`, then along `p`.
+    nested_points::<5>(frames, joints, inner, points, offset, input_points);
+}
+
+/// The two axes of a row of tiles' transform, `frames` (`[frame][joint]`) read as the `N × N`
+/// block `frame(k + 3m)`: `transform` along `k` for each `m` into `inner` (`[m][α][joint]`),
+/// then along `m` for each α into point `α · 5 + β`'s run of `points` at `offset(α · 5 + β)`.
+#[inline(always)]
+fn nested_points<const N: usize>(
+    frames: &[f32],
+    joints: usize,
+    inner: &mut [f32],
+    points: &mut [f32],
+    offset: impl Fn(usize) -> usize,
+    transform: impl Fn([&[f32]; N], [&mut [f32]; 5]),
+) {
+    let alphas = std::array::from_fn(|alpha| alpha * joints);
+    for (m, target) in inner.chunks_exact_mut(5 * joints).take(N).enumerate() {
+        let d = std::array::from_fn(|k| &frames[(k + 3 * m) * joints..][..joints]);
+        transform(d, runs_mut(target, alphas, joints));
     }
-    // The outer axis: for each α, the five `p`, into the points `α · 5 + β`.
     for alpha in 0..5 {
-        let d = std::array::from_fn(|p| &inner[(p * 5 + alpha) * joints..][..joints]);
+        let d = std::array::from_fn(|m| &inner[(m * 5 + alpha) * joints..][..joints]);
         let starts = std::array::from_fn(|beta| offset(alpha * 5 + beta));
-        input_points(d, runs_mut(points, starts, joints));
+        transform(d, runs_mut(points, starts, joints));
     }
 }
 
@@ -587,50 +587,37 @@ impl WeightGradient {
         let plane = tiling.volume();
         let offset =
             move |point: usize, row: usize| point * chunk_tiles + slot + row * tiling.joints;
+        let run = POINTS * chunk_tiles;
         rayon::join(
             || {
-                self.inputs
-                    .par_chunks_mut(POINTS * chunk_tiles)
-                    .zip(input.par_chunks(plane))
-                    .for_each_init(InputScratch::default, |scratch, (target, plane)| {
-                        crate::cpu_kernels::vectorized(
-                            #[inline(always)]
-                            || {
-                                for row in 0..tiling.rows {
-                                    transform_input_row(
-                                        plane,
-                                        row,
-                                        &tiling,
-                                        scratch,
-                                        target,
-                                        |point| offset(point, row),
-                                    );
-                                }
-                            },
-                        )
-                    })
+                transform_channels(
+                    &mut self.inputs,
+                    run,
+                    input,
+                    plane,
+                    #[inline(always)]
+                    |plane, scratch: &mut InputScratch, target| {
+                        for row in 0..tiling.rows {
+                            let offset = |point| offset(point, row);
+                            transform_input_row(plane, row, &tiling, scratch, target, offset);
+                        }
+                    },
+                )
             },
             || {
-                self.upstreams
-                    .par_chunks_mut(POINTS * chunk_tiles)
-                    .zip(upstream.par_chunks(plane))
-                    .for_each_init(InputScratch::default, |scratch, (target, plane)| {
-                        crate::cpu_kernels::vectorized(
-                            #[inline(always)]
-                            || {
-                                for row in 0..tiling.rows {
-                                    transform_upstream_row(
-                                        plane,
-                                        row,
-                                        &tiling,
-                                        scratch,
-                                        target,
-                                        |point| offset(point, row),
-                                    );
-                                }
-                            },
-                        )
-                    })
+                transform_channels(
+                    &mut self.upstreams,
+                    run,
+                    upstream,
+                    plane,
+                    #[inline(always)]
+                    |plane, scratch: &mut InputScratch, target| {
+                        for row in 0..tiling.rows {
+                            let offset = |point| offset(point, row);
+                            transform_upstream_row(plane, row, &tiling, scratch, target, offset);
+                        }
+                    },
+                )
             },
         );
         self.clips += 1;
