@@ -26,9 +26,8 @@
 //! the weight transposed and reversed in time (padding `9 − 1 − 4 = 4`). The weight gradient is
 //! the transforms' adjoint: per point, `Σ_tiles (A·dy·Aᵀ)[π] · (Bᵀ·z·B)[π]` — a product
 //! `[c_out × tiles] · [tiles × c_in]` per point — taken back to the nine taps by `Gᵀ … G`
-//! ([`WeightGradient`]). Unlike the 3-D route's, whose tiles' transforms had to be transposed
-//! into that layout, here both transforms are laid out channel by channel with the tiles in a
-//! row, which the products read through strides.
+//! ([`WeightGradient`]). As on the 3-D route, both transforms are laid out channel by channel
+//! with the tiles in a row, and gemm reads them through strides (decision 0024).
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData, bf16, f16};
