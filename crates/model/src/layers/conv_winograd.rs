@@ -498,10 +498,25 @@ fn frame_points(
 /// `values` cut into four runs of `run`.
 #[inline(always)]
 fn split4(values: &mut [f32], run: usize) -> [&mut [f32]; 4] {
-    let (o0, rest) = values.split_at_mut(run);
-    let (o1, rest) = rest.split_at_mut(run);
-    let (o2, rest) = rest.split_at_mut(run);
-    [o0, o1, o2, &mut rest[..run]]
+    runs_mut(values, [0, run, 2 * run, 3 * run], run)
+}
+
+/// `N` runs of `len` values of `values` starting at `starts` (ascending, not overlapping).
+#[inline(always)]
+pub(super) fn runs_mut<const N: usize>(
+    values: &mut [f32],
+    starts: [usize; N],
+    len: usize,
+) -> [&mut [f32]; N] {
+    let mut rest = values;
+    let mut taken = 0;
+    starts.map(|start| {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - taken);
+        let (run, tail) = tail.split_at_mut(len);
+        rest = tail;
+        taken = start + len;
+        run
+    })
 }
 
 /// A block of rows of tiles of the forward: its rows' first, their count, and the output's

@@ -34,7 +34,9 @@ use burn::tensor::{DType, TensorData, bf16, f16};
 use rayon::prelude::*;
 
 use super::conv_gemm::{ClipInputGradient, ConvGeometry};
-use super::conv_winograd::{self, Lanes, PointWeights, point_products, transform_channels};
+use super::conv_winograd::{
+    self, Lanes, PointWeights, point_products, runs_mut, transform_channels,
+};
 use crate::cpu_kernels::{HostFloat, filled, floats, stored};
 use crate::gemm_bf16::COLUMNS;
 use crate::gemm_f32::F32Path;
@@ -208,20 +210,6 @@ fn point_weights<T: HostFloat>(
         [TAPS, POINTS],
         weight_transform,
     )
-}
-
-/// `N` runs of `len` values of `values` starting at `starts` (ascending, not overlapping).
-#[inline(always)]
-fn runs_mut<const N: usize>(values: &mut [f32], starts: [usize; N], len: usize) -> [&mut [f32]; N] {
-    let mut rest = values;
-    let mut taken = 0;
-    starts.map(|start| {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - taken);
-        let (run, tail) = tail.split_at_mut(len);
-        rest = tail;
-        taken = start + len;
-        run
-    })
 }
 
 /// Scratch buffers of the transform of one channel's row of tiles.
